@@ -1,0 +1,92 @@
+"""The `heteroscale` command: a thin dispatcher; each command lives in its own module.
+
+Imports are lazy so `heteroscale --help` and `heteroscale validate` stay fast and
+do not start Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from heteroscale_ray import __version__
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from heteroscale_ray.config import write_schemas
+
+    for path in write_schemas(args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from heteroscale_ray.config import ConfigError, load_services, load_topology
+
+    try:
+        services = load_services(args.services)
+        print(
+            f"{args.services}: OK, {len(services.services)} service(s): "
+            + ", ".join(s.name for s in services.services)
+        )
+        if args.topology:
+            topo = load_topology(args.topology)
+            print(
+                f"{args.topology}: OK, {topo.total_gpus()} GPUs of types {sorted(topo.gpu_types())}"
+            )
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="heteroscale",
+        description="Coordinated prefill/decode autoscaling for disaggregated LLM serving on Ray "
+        "(HeteroScale, arXiv 2508.19559). Start with `heteroscale demo`.",
+    )
+    parser.add_argument("--version", action="version", version=f"heteroscale-ray {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("schema", help="write JSON schemas for services.yaml and topology.yaml")
+    p.add_argument("--out", default="schemas", help="output folder (default: schemas/)")
+    p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser(
+        "validate", help="check a services.yaml (and topology.yaml) and explain errors"
+    )
+    p.add_argument("services", help="path to services.yaml")
+    p.add_argument("--topology", help="path to topology.yaml")
+    p.set_defaults(func=_cmd_validate)
+
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Commands defined next to the code they drive register their own sub-parsers."""
+    regs: list[Callable[[argparse._SubParsersAction], None]] = []
+    for module in _COMMAND_MODULES:
+        mod = __import__(module, fromlist=["register"])
+        regs.append(mod.register)
+    return regs
+
+
+# Each module exposes `register(subparsers)`, adding its commands with lazy-imported handlers.
+_COMMAND_MODULES: list[str] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Service specs: what each LLM service needs, and how its autoscaling policy behaves.
+
+Defaults not published by the paper are ours; each field's description says what it does.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from heteroscale_ray.config.gpus import GpuCatalog, GpuType
+
+
+class Role(str, Enum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+class AffinityLevel(str, Enum):
+    """Network domain a Deployment Group must fit in: one S1 mini-pod, one S2 big-pod, or anywhere."""
+
+    S1 = "S1"
+    S2 = "S2"
+    NONE = "none"
+
+
+class Slo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ttft_s: float = Field(gt=0, description="Time-to-first-token SLO (p99), seconds.")
+    tbt_s: float = Field(gt=0, description="Time-between-tokens SLO (p99), seconds.")
+
+
+class RoleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpu_types: list[str] = Field(
+        min_length=1,
+        description="GPU types this role may use, most preferred first; later ones are fallbacks.",
+    )
+    gpus_per_instance: int = Field(default=1, ge=1, le=64, description="GPUs one instance uses.")
+    min_instances: int = Field(default=1, ge=0, description="Never scale this role below this.")
+    max_instances: int = Field(default=1000, ge=1, description="Never scale this role above this.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RoleSpec:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"min_instances ({self.min_instances}) exceeds max_instances ({self.max_instances}): "
+                "lower min_instances or raise max_instances"
+            )
+        return self
+
+
+class LatencyTier(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: float = Field(
+        gt=0, description="Fires when observed p99 latency >= at * SLO (e.g. 1.0 = at the SLO)."
+    )
+    step: float = Field(
+        gt=0, le=4, description="Scale-out step as a fraction of current instances (0.1 = +10%)."
+    )
+
+
+class LatencyGuard(BaseModel):
+    """Negative feedback on latency: the safety net under proportional control."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="Turn the latency guard on or off.")
+    metric: Literal["tbt", "ttft", "both"] = Field(
+        default="tbt", description="Latency to watch; TBT is the cleaner signal (paper)."
+    )
+    tiers: list[LatencyTier] = Field(
+        default_factory=lambda: [LatencyTier(at=0.95, step=0.10), LatencyTier(at=1.2, step=0.20)],
+        description="Tiers by rising threshold; the highest tier reached applies. Paper's examples: "
+        "about +10% on a moderate rise, +20% on a severe SLO breach.",
+    )
+    cooldown_s: float = Field(
+        default=30.0, ge=0, description="Minimum seconds between two latency-guard scale-outs."
+    )
+
+    @field_validator("tiers")
+    @classmethod
+    def _sorted(cls, tiers: list[LatencyTier]) -> list[LatencyTier]:
+        ats = [t.at for t in tiers]
+        if ats != sorted(ats) or len(set(ats)) != len(ats):
+            raise ValueError(f"tiers must have strictly rising 'at' values, got {ats}: sort them")
+        return tiers
+
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class PeriodicEntry(BaseModel):
+    """One row of a time table: fixed targets between ``start`` and ``end`` (UTC, end exclusive)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: str = Field(description="'HH:MM' UTC, inclusive.")
+    end: str = Field(description="'HH:MM' UTC, exclusive; may wrap past midnight.")
+    decode_instances: int = Field(ge=0, description="Decode instances in this window.")
+    pd_ratio: str | None = Field(
+        default=None, description="P/D ratio in this window, e.g. '1:2'; default: the service's."
+    )
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not _HHMM.match(v):
+            raise ValueError(f"{v!r} is not a time of day: write it as 'HH:MM', e.g. '08:30'")
+        return v
+
+    @field_validator("pd_ratio")
+    @classmethod
+    def _ratio(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_pd_ratio(v)
+        return v
+
+    def start_s(self) -> int:
+        h, m = self.start.split(":")
+        return int(h) * 3600 + int(m) * 60
+
+    def end_s(self) -> int:
+        h, m = self.end.split(":")
+        return int(h) * 3600 + int(m) * 60
+
+
+class PolicySpec(BaseModel):
+    """How a service scales. Times are seconds; fractions are of the current instance count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["metrics", "periodic", "hybrid"] = Field(
+        default="metrics",
+        description="'metrics': proportional control + latency guard; 'periodic': the time table "
+        "only (hold outside it); 'hybrid': the larger of the two.",
+    )
+    signal: Literal["decode_tps", "prefill_tps"] = Field(
+        default="decode_tps",
+        description="Throughput signal for proportional control; prefill_tps counts cache-miss "
+        "tokens only. Decode TPS is the paper's production choice.",
+    )
+    target_per_instance: float = Field(
+        gt=0,
+        description="Tokens/s one instance of the signal's role should carry at the target load "
+        "(found by a stress test, e.g. `heteroscale pd-sweep`).",
+    )
+    scale_out_tolerance: float = Field(
+        default=0.10, ge=0, le=1, description="Scale out only when required/current > 1 + this."
+    )
+    scale_in_tolerance: float = Field(
+        default=0.20, ge=0, le=1, description="Scale in only when required/current < 1 - this."
+    )
+    scale_out_cooldown_s: float = Field(
+        default=30.0, ge=0, description="Minimum seconds after any scaling before a scale-out."
+    )
+    scale_in_cooldown_s: float = Field(
+        default=300.0, ge=0, description="Minimum seconds after any scaling before a scale-in."
+    )
+    scale_out_damping: float = Field(
+        default=1.0, gt=0, le=1, description="Share of the gap closed per scale-out (1 = all)."
+    )
+    scale_in_damping: float = Field(
+        default=0.5, gt=0, le=1, description="Share of the gap closed per scale-in (>= 1 instance)."
+    )
+    stale_after_s: float = Field(
+        default=60.0, gt=0, description="Signals older than this count as missing (never scale in)."
+    )
+    gpu_budget: int | None = Field(
+        default=None, ge=1, description="Optional cap on GPUs this service may hold (both roles)."
+    )
+    latency_guard: LatencyGuard = Field(default_factory=LatencyGuard)
+    periodic: list[PeriodicEntry] = Field(
+        default_factory=list, description="Time table for 'periodic' and 'hybrid' modes."
+    )
+
+    @model_validator(mode="after")
+    def _periodic_needs_table(self) -> PolicySpec:
+        if self.mode in ("periodic", "hybrid") and not self.periodic:
+            raise ValueError(
+                f"mode '{self.mode}' needs a 'periodic' time table: add entries or use mode 'metrics'"
+            )
+        return self
+
+
+def parse_pd_ratio(text: str) -> tuple[int, int]:
+    """'1:3' -> (1, 3). Prefill first, decode second, both positive integers."""
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) == 0 or int(m.group(2)) == 0:
+        raise ValueError(
+            f"P/D ratio {text!r} must look like '1:3' (prefill:decode, positive integers)"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+class ServiceSpec(BaseModel):
+    """One LLM service served with prefill/decode disaggregation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$", description="Lowercase DNS-style name."
+    )
+    priority: int = Field(
+        default=0, description="Higher is more important; served first when capacity is short."
+    )
+    model: str = Field(
+        default="dense-8b", description="Model profile name for the performance model."
+    )
+    slo: Slo
+    pd_ratio: str = Field(description="Prefill:decode instance ratio, e.g. '1:3'.")
+    prefill: RoleSpec
+    decode: RoleSpec
+    affinity: AffinityLevel = Field(
+        default=AffinityLevel.S1,
+        description="Domain a Deployment Group must fit in: S1, S2 or none.",
+    )
+    dg_max_instances: int | None = Field(
+        default=None,
+        ge=2,
+        description="Largest Deployment Group (prefill + decode instances); beyond it a new DG opens.",
+    )
+    policy: PolicySpec
+
+    @field_validator("pd_ratio")
+    @classmethod
+    def _ratio(cls, v: str) -> str:
+        parse_pd_ratio(v)
+        return v
+
+    @property
+    def ratio(self) -> tuple[int, int]:
+        return parse_pd_ratio(self.pd_ratio)
+
+    def role(self, role: Role) -> RoleSpec:
+        return self.prefill if role is Role.PREFILL else self.decode
+
+
+class ServicesConfig(BaseModel):
+    """Top level of services.yaml: the services, plus optional GPU catalog additions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus: list[GpuType] = Field(
+        default_factory=list, description="GPU types to add to or replace in the built-in catalog."
+    )
+    services: list[ServiceSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServicesConfig:
+        names = [s.name for s in self.services]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate service names {dupes}: give each service a unique name")
+        catalog = self.catalog
+        for s in self.services:
+            for role in Role:
+                for gpu in s.role(role).gpu_types:
+                    if gpu not in catalog:
+                        raise ValueError(
+                            f"service {s.name!r} {role.value}.gpu_types names unknown GPU {gpu!r}: "
+                            f"use one of {catalog.names()} or add it under 'gpus'"
+                        )
+        return self
+
+    @property
+    def catalog(self) -> GpuCatalog:
+        return GpuCatalog.with_overrides(self.gpus)
+
+    def by_name(self) -> dict[str, ServiceSpec]:
+        return {s.name: s for s in self.services}
