@@ -1,0 +1,97 @@
+"""An embedded multi-node Ray cluster on one machine, one fake-GPU node per topology host.
+
+Used by `heteroscale demo` and by the tests: every host of a TopologySpec becomes a Ray
+node with ``num_gpus`` fake GPUs and the ``heteroscale.io/*`` switch labels, exactly what
+`ray start --labels` would set on a real cluster (see cluster.yaml).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from heteroscale_ray.config.topology import (
+    LABEL_GPU_TYPE,
+    LABEL_S0,
+    LABEL_S1,
+    LABEL_S2,
+    TopologySpec,
+)
+
+LABEL_HOST = "heteroscale.io/host"
+
+
+def node_labels(s2: str, s1: str, s0: str, host: str, gpu_type: str) -> dict[str, str]:
+    return {
+        LABEL_GPU_TYPE: gpu_type,
+        LABEL_S0: s0,
+        LABEL_S1: s1,
+        LABEL_S2: s2,
+        LABEL_HOST: host,
+    }
+
+
+@dataclass
+class LocalCluster:
+    """A running ``ray.cluster_utils.Cluster`` plus the topology it emulates."""
+
+    cluster: Any
+    topology: TopologySpec
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def shutdown(self) -> None:
+        import ray
+
+        try:
+            from ray import serve
+
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+            self.cluster.shutdown()
+
+
+def start_local_cluster(
+    topology: TopologySpec,
+    *,
+    head_cpus: int = 4,
+    cpus_per_host: int = 4,
+    object_store_mb: int = 150,
+    connect: bool = True,
+) -> LocalCluster:
+    """Start a head node (no GPUs) and one labelled fake-GPU node per host.
+
+    CPU counts are logical: replicas mostly sleep out emulated GPU time, so a 2-core machine
+    can host many of them. Connects the driver (``ray.init``) unless ``connect=False``.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": head_cpus,
+            "num_gpus": 0,
+            "object_store_memory": object_store_mb * 1024 * 1024,
+            "include_dashboard": False,
+        },
+    )
+    try:
+        for s2, s1, s0, host in topology.hosts():
+            cluster.add_node(
+                num_cpus=cpus_per_host,
+                num_gpus=host.gpus,
+                object_store_memory=object_store_mb * 1024 * 1024,
+                labels=node_labels(s2, s1, s0, host.name, host.gpu_type),
+            )
+        cluster.wait_for_nodes()
+        if connect:
+            ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return LocalCluster(cluster=cluster, topology=topology)
