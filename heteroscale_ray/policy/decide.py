@@ -1,0 +1,312 @@
+"""The policy tick: (spec, signals, counts, state, now) -> (decision, state). Pure: time is an argument.
+
+Stages, each a small function: read the signal -> proportional target with dead-band, cooldowns and
+damping -> latency guard -> periodic table (periodic/hybrid) -> P/D split, bounds, budget -> never
+shrink on missing data -> reason and sentence -> new state. A stage proposes a count for one
+*anchor* role and a P/D ratio; the other role follows, so both move in one decision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from heteroscale_ray.config import Role, ServiceSpec, parse_pd_ratio
+from heteroscale_ray.policy.cooldown import cooldown_left
+from heteroscale_ray.policy.freshness import (
+    SIGNAL_LABELS,
+    Reading,
+    read_signal,
+    signal_role,
+    snapshot_problem,
+)
+from heteroscale_ray.policy.latency_guard import guard_target, latency_pressure, reached_tier
+from heteroscale_ray.policy.limits import Fitted, clamp, fit_to_limits, gpus
+from heteroscale_ray.policy.periodic import active_entry, clock_text
+from heteroscale_ray.policy.proportional import (
+    Direction,
+    ceil_eps,
+    damped_target,
+    dead_band,
+    required_instances,
+)
+from heteroscale_ray.policy.split import Ratio, follower_count, ratio_text, split
+from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
+
+# Reasons whose stage wanted the counts to move; if limits leave them unchanged, that is HOLD_AT_BOUND.
+CHANGE_INTENTS = {Reason.SCALE_OUT, Reason.SCALE_IN, Reason.LATENCY_GUARD, Reason.PERIODIC}
+HOLDS = {
+    Reason.HOLD_DEADBAND,
+    Reason.HOLD_COOLDOWN,
+    Reason.HOLD_MISSING_SIGNAL,
+    Reason.HOLD_OUTSIDE_SCHEDULE,
+}
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What one stage wants: ``count`` instances of the ``anchor`` role at ``ratio``, and why."""
+
+    anchor: Role
+    count: int
+    ratio: Ratio
+    reason: Reason
+    why: str
+
+    def count_as(self, role: Role) -> int:
+        """This proposal's size in instances of ``role``, to compare proposals anchored differently."""
+        return (
+            self.count
+            if role is self.anchor
+            else follower_count(self.anchor, self.count, self.ratio)
+        )
+
+
+def decide(
+    spec: ServiceSpec, signals: Signals, counts: RoleCounts, state: PolicyState, now: float
+) -> tuple[Decision, PolicyState]:
+    """One policy tick for one service. Same inputs, same outputs."""
+    if not math.isfinite(now):
+        raise ValueError(f"now must be a finite epoch time in seconds, got {now!r}")
+    reading = read_signal(spec, signals, now)
+    proposal = propose(spec, signals, reading, counts, state, now)
+    fitted = fit_to_limits(spec, proposal.anchor, proposal.count, proposal.ratio)
+    target = (fitted.prefill, fitted.decode)
+    if spec.policy.mode != "periodic" and reading.value is None:
+        target = never_shrink(spec, target, counts)
+    reason = final_reason(proposal, fitted, target, counts)
+    decision = Decision(
+        service=spec.name,
+        prefill=target[0],
+        decode=target[1],
+        reason=reason,
+        message=sentence(proposal, fitted, target, counts, reason),
+        signal_value=reading.value,
+        **required_per_role(spec, reading),
+    )
+    return decision, advance_state(state, proposal, target, counts, reason, now)
+
+
+def propose(
+    spec: ServiceSpec,
+    signals: Signals,
+    reading: Reading,
+    counts: RoleCounts,
+    state: PolicyState,
+    now: float,
+) -> Proposal:
+    """Pick the stage(s) for the policy mode; hybrid takes the larger of periodic and metrics."""
+    mode = spec.policy.mode
+    periodic = periodic_proposal(spec, now) if mode != "metrics" else None
+    if counts.prefill == 0 and counts.decode == 0:
+        return initial_proposal(spec, reading, periodic)
+    if mode == "periodic":
+        if periodic is not None:
+            return periodic
+        why = f"periodic mode and no time-table row covers {clock_text(now)} UTC"
+        return Proposal(Role.DECODE, counts.decode, spec.ratio, Reason.HOLD_OUTSIDE_SCHEDULE, why)
+    metrics = proportional_proposal(spec, reading, counts, state, now)
+    metrics = latency_guard_proposal(spec, signals, counts, state, now, metrics)
+    if periodic is None or periodic.count_as(metrics.anchor) <= metrics.count:
+        return metrics
+    wanted = f"{metrics.count} {metrics.anchor.value}"
+    return replace(periodic, why=f"{periodic.why}, above the {wanted} metrics alone want")
+
+
+def initial_proposal(spec: ServiceSpec, reading: Reading, periodic: Proposal | None) -> Proposal:
+    """No instances yet: start at what the load needs (or the table says), at least the minimums."""
+    role = Role.DECODE if spec.policy.mode == "periodic" else signal_role(spec.policy)
+    start = Proposal(role, 0, spec.ratio, Reason.INITIAL, "no instances yet")
+    if reading.value is not None and spec.policy.mode != "periodic":
+        required = required_instances(reading.value, spec.policy.target_per_instance)
+        label = SIGNAL_LABELS[spec.policy.signal]
+        why = (
+            f"no instances yet and {label} {reading.value:,.0f} needs {_num(required)} {role.value}"
+        )
+        start = replace(start, count=ceil_eps(required), why=why)
+    if periodic is not None and periodic.count_as(role) > start.count:
+        return replace(periodic, reason=Reason.INITIAL, why=f"no instances yet and {periodic.why}")
+    return start
+
+
+def proportional_proposal(
+    spec: ServiceSpec, reading: Reading, counts: RoleCounts, state: PolicyState, now: float
+) -> Proposal:
+    """required = signal / target; dead-band, then cooldown, then damping of the step."""
+    policy = spec.policy
+    role = signal_role(policy)
+    current = counts.of(role)
+    label = SIGNAL_LABELS[policy.signal]
+    if reading.value is None:
+        why = f"{label} {reading.problem}, and missing data never scales in"
+        return Proposal(role, current, spec.ratio, Reason.HOLD_MISSING_SIGNAL, why)
+    required = required_instances(reading.value, policy.target_per_instance)
+    direction = dead_band(required, current, policy.scale_out_tolerance, policy.scale_in_tolerance)
+    change = f", {required / current - 1:+.0%}" if current else ""
+    why = (
+        f"{label} {reading.value:,.0f} over target {policy.target_per_instance:,.0f}/instance "
+        f"needs {_num(required)} {role.value} (now {current}{change}"
+    )
+    band = f"+{policy.scale_out_tolerance:.0%}/-{policy.scale_in_tolerance:.0%}"
+    desired = ceil_eps(required)
+    if direction is Direction.HOLD or (direction is Direction.IN and desired >= current):
+        return Proposal(
+            role, current, spec.ratio, Reason.HOLD_DEADBAND, f"{why} within the {band} dead-band)"
+        )
+    out = direction is Direction.OUT
+    tolerance = policy.scale_out_tolerance if out else policy.scale_in_tolerance
+    why += f" {'>' if out else '<'} {'+' if out else '-'}{tolerance:.0%} tolerance)"
+    cooldown_s = policy.scale_out_cooldown_s if out else policy.scale_in_cooldown_s
+    wait = cooldown_left(now, state.last_scaled_at, cooldown_s)
+    if wait > 0:
+        why += f" but the scale-{direction.value} cooldown has {wait:,.1f} s left"
+        return Proposal(role, current, spec.ratio, Reason.HOLD_COOLDOWN, why)
+    damping = policy.scale_out_damping if out else policy.scale_in_damping
+    target = damped_target(current, desired, damping)
+    if target != desired:
+        why += f", damped to {target} ({damping:.0%} of the gap)"
+    return Proposal(role, target, spec.ratio, Reason.SCALE_OUT if out else Reason.SCALE_IN, why)
+
+
+def latency_guard_proposal(
+    spec: ServiceSpec,
+    signals: Signals,
+    counts: RoleCounts,
+    state: PolicyState,
+    now: float,
+    proposal: Proposal,
+) -> Proposal:
+    """A fresh latency breach steps out by the reached tier, overriding holds and scale-ins."""
+    guard = spec.policy.latency_guard
+    if not guard.enabled or snapshot_problem(signals, now, spec.policy.stale_after_s):
+        return proposal
+    pressure = latency_pressure(spec, signals)
+    tier = reached_tier(pressure.ratio, guard.tiers) if pressure else None
+    if pressure is None or tier is None:
+        return proposal
+    current = counts.of(proposal.anchor)
+    breach = (
+        f"{pressure.metric} p99 {pressure.observed_s * 1000:,.0f} ms is {pressure.ratio:.2f}x "
+        f"the {pressure.slo_s * 1000:,.0f} ms SLO (tier at {tier.at:g}x: +{tier.step:.0%})"
+    )
+    wait = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
+    if wait > 0:
+        if proposal.count >= current:
+            return proposal
+        why = f"{breach} and the guard cooldown has {wait:,.1f} s left, but no scale-in during a breach"
+        return Proposal(proposal.anchor, current, proposal.ratio, Reason.HOLD_COOLDOWN, why)
+    target = guard_target(current, tier.step)
+    if proposal.count >= target:
+        return proposal
+    return Proposal(proposal.anchor, target, proposal.ratio, Reason.LATENCY_GUARD, breach)
+
+
+def periodic_proposal(spec: ServiceSpec, now: float) -> Proposal | None:
+    """The time-table row for the UTC time of day, as a decode count and its ratio."""
+    entry = active_entry(spec.policy.periodic, now)
+    if entry is None:
+        return None
+    ratio = parse_pd_ratio(entry.pd_ratio) if entry.pd_ratio else spec.ratio
+    why = (
+        f"time table {entry.start}-{entry.end} UTC asks for {entry.decode_instances} decode "
+        f"at {ratio_text(ratio)}"
+    )
+    return Proposal(Role.DECODE, entry.decode_instances, ratio, Reason.PERIODIC, why)
+
+
+def never_shrink(spec: ServiceSpec, target: tuple[int, int], counts: RoleCounts) -> tuple[int, int]:
+    """Missing data: keep any growth, undo any shrinking, unless holding would break max or budget."""
+    current = (
+        clamp(counts.prefill, spec.prefill.min_instances, spec.prefill.max_instances),
+        clamp(counts.decode, spec.decode.min_instances, spec.decode.max_instances),
+    )
+    grown = (max(target[0], current[0]), max(target[1], current[1]))
+    budget = spec.policy.gpu_budget
+    return current if budget is not None and gpus(spec, *grown) > budget else grown
+
+
+def final_reason(
+    proposal: Proposal, fitted: Fitted, target: tuple[int, int], counts: RoleCounts
+) -> Reason:
+    """The stage's reason, unless a limit changed the outcome or a hold turned into a ratio repair."""
+    now_counts = (counts.prefill, counts.decode)
+    wanted = split(proposal.anchor, proposal.count, proposal.ratio)
+    if target == now_counts:
+        if proposal.reason in CHANGE_INTENTS and wanted != now_counts:
+            return Reason.HOLD_AT_BOUND
+        return proposal.reason
+    if proposal.reason is Reason.INITIAL:
+        return Reason.INITIAL
+    if fitted.clamp is not None and target == (fitted.prefill, fitted.decode):
+        return fitted.clamp
+    return Reason.RATIO_REPAIR if proposal.reason in HOLDS else proposal.reason
+
+
+def sentence(
+    proposal: Proposal,
+    fitted: Fitted,
+    target: tuple[int, int],
+    counts: RoleCounts,
+    reason: Reason,
+) -> str:
+    """One readable sentence: why, then what, then which limit bit (if any)."""
+    prefill, decode = target
+    was = f"{counts.prefill} prefill / {counts.decode} decode"
+    if reason is Reason.RATIO_REPAIR:
+        action = f"{was} is off {ratio_text(proposal.ratio)}, rebalance to {prefill} prefill / {decode} decode"
+    elif target == (counts.prefill, counts.decode):
+        action = f"hold {prefill} prefill / {decode} decode"
+    else:
+        grow = prefill >= counts.prefill and decode >= counts.decode
+        shrink = prefill <= counts.prefill and decode <= counts.decode
+        verb = (
+            "start"
+            if reason is Reason.INITIAL
+            else "scale out to"
+            if grow
+            else "scale in to"
+            if shrink
+            else "rebalance to"
+        )
+        action = f"{verb} {prefill} prefill / {decode} decode at {ratio_text(proposal.ratio)}"
+    note = f" ({fitted.note})" if fitted.note and target == (fitted.prefill, fitted.decode) else ""
+    sep = "; " if reason is Reason.RATIO_REPAIR else ": "
+    return f"{proposal.why}{sep}{action}{note}"
+
+
+def required_per_role(spec: ServiceSpec, reading: Reading) -> dict[str, float | None]:
+    """Fractional instances the signal asks for, in both roles at the service's ratio."""
+    if reading.value is None or spec.policy.mode == "periodic":
+        return {"required_decode": None, "required_prefill": None}
+    required = required_instances(reading.value, spec.policy.target_per_instance)
+    p, d = spec.ratio
+    if signal_role(spec.policy) is Role.DECODE:
+        return {"required_decode": required, "required_prefill": required * p / d}
+    return {"required_decode": required * d / p, "required_prefill": required}
+
+
+def advance_state(
+    state: PolicyState,
+    proposal: Proposal,
+    target: tuple[int, int],
+    counts: RoleCounts,
+    reason: Reason,
+    now: float,
+) -> PolicyState:
+    """Any decision that grows a role is a scale-out event, any that shrinks one a scale-in event."""
+    grew = target[0] > counts.prefill or target[1] > counts.decode
+    shrank = target[0] < counts.prefill or target[1] < counts.decode
+    guarded = grew and proposal.reason is Reason.LATENCY_GUARD
+    return replace(
+        state,
+        last_scale_out_at=now if grew else state.last_scale_out_at,
+        last_scale_in_at=now if shrank else state.last_scale_in_at,
+        last_guard_at=now if guarded else state.last_guard_at,
+        last_decision_at=now,
+        last_decision_reason=reason,
+    )
+
+
+def _num(x: float) -> str:
+    """20.0 -> '20', 11.46 -> '11.5', 48000 -> '48,000'."""
+    return f"{round(x):,}" if abs(x - round(x)) < 0.05 else f"{x:,.1f}"

@@ -1,0 +1,131 @@
+"""Boundary types of the policy core: what goes in (signals, counts, state) and what comes out.
+
+Other layers (actors, simulator, CLI) code against these names, so they stay stable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
+from typing import Any
+
+from heteroscale_ray.config import Role
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One metrics snapshot of a service. Any field may be None or NaN: the policy copes."""
+
+    observed_at: float | None = None  # epoch seconds (UTC) the snapshot was taken
+    decode_tps: float | None = None  # decode tokens/s, all instances
+    prefill_tps: float | None = None  # prefill tokens/s, KV-cache misses only
+    ttft_p99_s: float | None = None
+    tbt_p99_s: float | None = None
+    prefill_busy: float | None = None  # 0..1, the GPU-utilisation analogue
+    decode_busy: float | None = None  # 0..1; misleading for scaling (paper), kept for reports
+    kv_use: float | None = None  # 0..1 share of KV-cache blocks in use
+
+    @staticmethod
+    def empty() -> Signals:
+        """No data at all: the policy holds (or starts at the minimums)."""
+        return Signals()
+
+
+@dataclass(frozen=True)
+class RoleCounts:
+    """Instances per role as the substrate reports them; starting ones count as capacity to come."""
+
+    prefill_ready: int = 0
+    prefill_starting: int = 0
+    decode_ready: int = 0
+    decode_starting: int = 0
+
+    def __post_init__(self) -> None:
+        negative = {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) < 0
+        }
+        if negative:
+            raise ValueError(f"instance counts cannot be negative, got {negative}")
+
+    @property
+    def prefill(self) -> int:
+        return self.prefill_ready + self.prefill_starting
+
+    @property
+    def decode(self) -> int:
+        return self.decode_ready + self.decode_starting
+
+    def of(self, role: Role) -> int:
+        return self.prefill if role is Role.PREFILL else self.decode
+
+
+class Reason(str, Enum):
+    """Why a decision came out as it did; exported as a metric label and logged."""
+
+    INITIAL = "initial"  # no instances yet: start at the minimums (or what the load needs)
+    SCALE_OUT = "scale_out"  # proportional control: signal / target above the dead-band
+    SCALE_IN = "scale_in"  # proportional control: signal / target below the dead-band
+    LATENCY_GUARD = "latency_guard"  # latency near or over the SLO: tiered fixed step out
+    PERIODIC = "periodic"  # the time table sets the counts
+    RATIO_REPAIR = "ratio_repair"  # counts were off the P/D ratio: the lagging role is fixed
+    CLAMPED_MIN_MAX = "clamped_min_max"  # the wanted counts hit a role's min or max
+    CLAMPED_BUDGET = "clamped_budget"  # the wanted counts exceed the service's GPU budget
+    HOLD_DEADBAND = "hold_deadband"  # signal within the scale-out/scale-in tolerances
+    HOLD_COOLDOWN = "hold_cooldown"  # a change is wanted but too soon after the last one
+    HOLD_MISSING_SIGNAL = "hold_missing_signal"  # signal missing, NaN or stale: never scale in
+    HOLD_AT_BOUND = "hold_at_bound"  # a change is wanted but min/max/budget leave nothing to do
+    HOLD_OUTSIDE_SCHEDULE = "hold_outside_schedule"  # periodic mode, no time-table row active
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Target totals per role (ready + starting) for one service, with the reason and a sentence."""
+
+    service: str
+    prefill: int
+    decode: int
+    reason: Reason
+    message: str
+    signal_value: float | None = None
+    required_decode: float | None = None
+    required_prefill: float | None = None
+
+    def changed(self, counts: RoleCounts) -> bool:
+        return (self.prefill, self.decode) != (counts.prefill, counts.decode)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["reason"] = self.reason.value
+        return out
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What the policy remembers between calls; saved as JSON so it survives an actor restart."""
+
+    last_scale_out_at: float | None = None  # epoch s of the last decision that grew any role
+    last_scale_in_at: float | None = None  # epoch s of the last decision that shrank any role
+    last_guard_at: float | None = None  # epoch s of the last latency-guard scale-out
+    last_decision_at: float | None = None
+    last_decision_reason: Reason | None = None
+
+    @property
+    def last_scaled_at(self) -> float | None:
+        """The latest scaling event in either direction; both cooldowns count from it."""
+        stamps = [t for t in (self.last_scale_out_at, self.last_scale_in_at) if t is not None]
+        return max(stamps) if stamps else None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["last_decision_reason"] = self.last_decision_reason and self.last_decision_reason.value
+        return json.dumps(data, sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> PolicyState:
+        """Inverse of to_json; unknown keys (from a newer version) are ignored."""
+        data = json.loads(text)
+        known = {f.name for f in fields(PolicyState)}
+        state = PolicyState(**{k: v for k, v in data.items() if k in known})
+        reason = state.last_decision_reason
+        return replace(state, last_decision_reason=None if reason is None else Reason(reason))
