@@ -1,0 +1,134 @@
+"""Rate scaling and splicing of traces, for runs heavier or longer than the public hour.
+
+Two ways to scale load by k, which reports must name: ``superpose`` overlays time-shifted copies
+(same span, same per-request lengths, arrivals stay Poisson-like); ``compress`` divides time by k
+(same requests, span shrinks by k, burst structure sharpens).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from heteroscale_ray.traces.synthetic import make_rng
+from heteroscale_ray.traces.trace import Trace
+
+
+def time_compress(trace: Trace, factor: float) -> Trace:
+    """Divide every arrival time and the duration by ``factor`` (> 1 speeds the trace up)."""
+    if factor <= 0:
+        raise ValueError(f"factor must be > 0 (got {factor})")
+    return Trace.from_columns(
+        trace.arrival_s / factor,
+        trace.input_tokens,
+        trace.output_tokens,
+        trace.hash_ids,
+        trace.request_ids,
+        duration_s=trace.duration_s / factor,
+        source=f"{trace.source} compressed x{factor:g}",
+    )
+
+
+def slice_trace(trace: Trace, start_s: float, end_s: float) -> Trace:
+    """Requests arriving in [start_s, end_s), re-based to start at 0 (same as Trace.slice)."""
+    return trace.slice(start_s, end_s)
+
+
+def _offset_hashes(hashes: Sequence[tuple[int, ...]], offset: int) -> list[tuple[int, ...]]:
+    if offset == 0:
+        return list(hashes)
+    return [tuple(h + offset for h in hs) for hs in hashes]
+
+
+def _superpose(
+    trace: Trace,
+    k: float,
+    rng: np.random.Generator,
+    max_shift_s: float | None,
+    distinct_prefixes: bool,
+) -> Trace:
+    n, span = len(trace), trace.duration_s
+    whole, frac = int(math.floor(k)), k - math.floor(k)
+    shift_cap = span if max_shift_s is None else min(max_shift_s, span)
+    id_stride = 1 + max((max(h) for h in trace.hash_ids if h), default=-1)
+    parts: list[tuple[np.ndarray, np.ndarray]] = []  # (row indices, arrival times) per copy
+    copies = whole + (1 if frac > 0 else 0)
+    for copy in range(copies):
+        rows = np.arange(n)
+        if copy == whole:  # the fractional copy: an exact-size random subset of the rows
+            rows = np.sort(rng.choice(n, size=int(round(frac * n)), replace=False))
+        shift = 0.0 if copy == 0 else float(rng.random() * shift_cap)
+        times = trace.arrival_s[rows] + shift
+        if span > 0:
+            times = np.where(times > span, times - span, times)  # wrap around: span is kept
+        parts.append((rows, times))
+    arrivals = np.concatenate([t for _, t in parts]) if parts else np.empty(0)
+    rows_all = np.concatenate([r for r, _ in parts]) if parts else np.empty(0, dtype=np.int64)
+    hashes: list[tuple[int, ...]] = []
+    for copy, (rows, _) in enumerate(parts):
+        offset = copy * id_stride if distinct_prefixes else 0
+        hashes.extend(_offset_hashes([trace.hash_ids[i] for i in rows.tolist()], offset))
+    order = np.argsort(arrivals, kind="stable")
+    return Trace.from_columns(
+        arrivals[order],
+        trace.input_tokens[rows_all][order],
+        trace.output_tokens[rows_all][order],
+        [hashes[i] for i in order.tolist()],
+        duration_s=span,
+        source=f"{trace.source} superposed x{k:g}",
+    )
+
+
+def scale_rate(
+    trace: Trace,
+    k: float,
+    *,
+    method: Literal["superpose", "compress"] = "superpose",
+    seed: int | np.random.Generator | None = None,
+    max_shift_s: float | None = None,
+    distinct_prefixes: bool = True,
+) -> Trace:
+    """Multiply the request rate by ``k``.
+
+    superpose: the original plus floor(k) - 1 copies, each circularly shifted by a random offset
+    (up to ``max_shift_s``, default the whole span; a small cap keeps a diurnal shape), plus a
+    random round(frac(k) * n) rows of one more shifted copy; k < 1 thins. Needs ``seed``.
+    Request ids are renumbered 0..n-1 in arrival order. With ``distinct_prefixes`` each copy's
+    hash ids are offset so copies do not hit each other's prefix cache (no inflated hit rate).
+    compress: ``time_compress(trace, k)``; deterministic.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be > 0 (got {k})")
+    if method == "compress":
+        return time_compress(trace, k)
+    if method != "superpose":
+        raise ValueError(f"unknown method {method!r}; use 'superpose' or 'compress'")
+    if seed is None:
+        raise ValueError("superpose draws random shifts: pass seed= (an int or a numpy Generator)")
+    if max_shift_s is not None and max_shift_s < 0:
+        raise ValueError(f"max_shift_s must be >= 0 (got {max_shift_s})")
+    return _superpose(trace, k, make_rng(seed), max_shift_s, distinct_prefixes)
+
+
+def concat(traces: Sequence[Trace], gap_s: float = 0.0) -> Trace:
+    """Play traces one after another: each starts ``gap_s`` after the previous one's duration.
+
+    Request ids are renumbered 0..n-1; hash ids are kept (the same prompt stays cacheable).
+    """
+    if gap_s < 0:
+        raise ValueError(f"gap_s must be >= 0 (got {gap_s})")
+    if not traces:
+        return Trace.from_columns([], [], [])
+    starts = np.cumsum([0.0] + [t.duration_s + gap_s for t in traces[:-1]])
+    return Trace.from_columns(
+        np.concatenate([t.arrival_s + s for t, s in zip(traces, starts, strict=True)]),
+        np.concatenate([t.input_tokens for t in traces]),
+        np.concatenate([t.output_tokens for t in traces]),
+        [h for t in traces for h in t.hash_ids],
+        duration_s=float(starts[-1] + traces[-1].duration_s),
+        source=" + ".join(t.source for t in traces),
+        skipped=sum(t.skipped for t in traces),
+    )

@@ -1,0 +1,426 @@
+"""Traces: the two public files load with the SOURCES.md statistics, bad rows are named or
+counted, the diurnal generator follows its curve reproducibly, and rate scaling scales."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heteroscale_ray.traces import (
+    LengthDist,
+    Request,
+    Trace,
+    TraceError,
+    concat,
+    diurnal_rate,
+    diurnal_trace,
+    load_azure_csv,
+    load_mooncake_jsonl,
+    load_trace,
+    scale_rate,
+    slice_trace,
+    time_compress,
+)
+
+# CI clones the repo with shared/ beside it: <repo>/../shared/data/traces
+TRACES = Path(__file__).resolve().parents[1] / "../shared/data/traces"
+AZURE = TRACES / "AzureLLMInferenceTrace_conv.csv"
+MOONCAKE = TRACES / "synthetic_trace.jsonl"
+HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+
+
+@pytest.fixture(scope="module")
+def azure() -> Trace:
+    return load_trace(AZURE)
+
+
+@pytest.fixture(scope="module")
+def mooncake() -> Trace:
+    return load_trace(MOONCAKE)
+
+
+@pytest.mark.parametrize(
+    (
+        "name",
+        "rows",
+        "span_s",
+        "rate",
+        "input_mean",
+        "input_median",
+        "output_mean",
+        "output_median",
+    ),
+    [
+        # SOURCES.md: 58.4 min, 5.53 req/s, input 1,155 / 1,020, output 211 / 129
+        ("azure", 19_366, 3501.721937, 5.53, 1155, 1020, 211, 129),
+        # SOURCES.md: 17.0 min, 3.91 req/s, input 15,326 / 11,587, output 149 / 69
+        ("mooncake", 3_993, 1022.025, 3.91, 15_326, 11_587, 149, 69),
+    ],
+)
+def test_public_traces_match_sources(
+    request, name, rows, span_s, rate, input_mean, input_median, output_mean, output_median
+) -> None:
+    trace: Trace = request.getfixturevalue(name)
+    stats = trace.describe()
+    assert len(trace) == rows and trace.skipped == 0
+    assert trace.arrival_s[0] == 0.0
+    assert trace.duration_s == pytest.approx(span_s, abs=1e-6)
+    assert trace.mean_rate == pytest.approx(rate, abs=0.005)
+    assert stats["input_mean"] == pytest.approx(input_mean, abs=1)
+    assert stats["input_median"] == input_median
+    assert stats["output_mean"] == pytest.approx(output_mean, abs=1)
+    assert stats["output_median"] == output_median
+    assert np.all(np.diff(trace.arrival_s) >= 0)
+
+
+def test_azure_rows_parse_exactly(azure: Trace) -> None:
+    # first rows: 18:15:46.6805900,374,44 and 18:15:50.9951690,396,109
+    assert azure[0] == Request(0.0, 374, 44, (), 0)
+    assert azure[1].arrival_s == pytest.approx(4.314579, abs=1e-9)
+    assert (azure[1].input_tokens, azure[1].output_tokens, azure[1].request_id) == (396, 109, 1)
+    assert azure[-1].request_id == 19_365
+
+
+def test_mooncake_rows_keep_hash_ids(mooncake: Trace) -> None:
+    first = mooncake[0]
+    assert (first.input_tokens, first.output_tokens) == (40_160, 6)
+    assert first.hash_ids == tuple(range(79))  # ceil(40160 / 512) = 79 blocks
+    assert all(
+        len(h) == math.ceil(n / 512)
+        for h, n in zip(mooncake.hash_ids, mooncake.input_tokens.tolist(), strict=True)
+    )
+
+
+def test_azure_loads_fast() -> None:
+    # CPU time, not wall time: other test processes may share the machine
+    start = time.process_time()
+    load_azure_csv(AZURE)
+    assert time.process_time() - start < 0.5
+
+
+def test_iteration_yields_requests(mooncake: Trace) -> None:
+    requests = list(mooncake)
+    assert len(requests) == len(mooncake)
+    assert all(isinstance(r, Request) for r in requests)
+    assert requests[-1] == mooncake[-1]
+    assert sum(r.input_tokens for r in requests) == int(mooncake.input_tokens.sum())
+
+
+def test_requests_and_columns_are_immutable(mooncake: Trace) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mooncake[0].input_tokens = 1  # type: ignore[misc]
+    with pytest.raises(ValueError, match="read-only"):
+        mooncake.input_tokens[0] = 1
+    assert not hasattr(mooncake[0], "__dict__")  # slots
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD_CSV_ROW = "2023-11-16 18:15:46.6805900,374,44\n"
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "reason"),
+    [
+        ("2023-11-16 18:15:4x.1,10,5", "TIMESTAMP '2023-11-16 18:15:4x.1' is not like"),
+        ("2023-02-30 10:00:00.0,10,5", "TIMESTAMP '2023-02-30 10:00:00.0' is not a valid date"),
+        ("2023-11-16 25:00:00.0,10,5", "is not a valid time of day"),
+        ("2023-11-16 18:15:47.0,10,abc", "GeneratedTokens 'abc' is not an integer"),
+        ("2023-11-16 18:15:47.0,1.5,3", "ContextTokens '1.5' is not an integer"),
+        (
+            "2023-11-16 18:15:47.0,10",
+            "expected 3 columns (TIMESTAMP,ContextTokens,GeneratedTokens), got 2",
+        ),
+        ("2023-11-16 18:15:47.0,-5,3", "ContextTokens must be >= 1 (got -5)"),
+        ("2023-11-16 18:15:47.0,5,-1", "GeneratedTokens must be >= 0 (got -1)"),
+    ],
+)
+def test_azure_bad_row_names_file_and_line(tmp_path: Path, bad_row: str, reason: str) -> None:
+    path = write(tmp_path, "trace.csv", HEADER + GOOD_CSV_ROW + bad_row + "\n" + GOOD_CSV_ROW)
+    with pytest.raises(TraceError) as err:
+        load_azure_csv(path)
+    assert str(err.value).startswith(f"{path} line 3: ")
+    assert reason in str(err.value)
+    assert err.value.line == 3
+    skipped = load_azure_csv(path, skip_malformed=True)
+    assert (len(skipped), skipped.skipped) == (2, 1)
+    assert skipped.skip_reasons[0].startswith("line 3: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("TIMESTAMP,ContextTokens\n" + GOOD_CSV_ROW, "line 1: header lacks GeneratedTokens"),
+        ("", "file is empty"),
+    ],
+)
+def test_azure_bad_header_is_fatal_even_when_skipping(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    path = write(tmp_path, "trace.csv", text)
+    with pytest.raises(TraceError, match=reason):
+        load_azure_csv(path, skip_malformed=True)
+
+
+def test_azure_sorts_and_rebases_to_the_earliest_row(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "t.csv",
+        HEADER
+        + "2023-11-16 18:00:02.5,30,3\n2023-11-16 18:00:00.25,10,1\n\n2023-11-16 18:00:01,20,2\n",
+    )
+    trace = load_azure_csv(path)
+    assert trace.arrival_s.tolist() == [0.0, 0.75, 2.25]
+    assert trace.input_tokens.tolist() == [10, 20, 30]
+    assert trace.request_ids.tolist() == [1, 2, 0]  # ids keep file order
+
+
+def test_row_by_row_path_agrees_with_the_fast_path(tmp_path: Path, azure: Trace) -> None:
+    # one bad row sends the whole file through the per-row parser
+    path = write(
+        tmp_path, "azure_bad.csv", AZURE.read_text().rstrip("\n") + "\n2023-11-16 19:20:00.0,x,1\n"
+    )
+    slow = load_azure_csv(path, skip_malformed=True)
+    assert (len(slow), slow.skipped) == (len(azure), 1)
+    assert np.array_equal(slow.arrival_s, azure.arrival_s)
+    assert np.array_equal(slow.output_tokens, azure.output_tokens)
+
+
+def test_extra_csv_columns_are_ignored(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "t.csv",
+        "Id,GeneratedTokens,TIMESTAMP,ContextTokens\n7,5,2023-11-16 18:00:00,10\n",
+    )
+    assert load_azure_csv(path)[0] == Request(0.0, 10, 5, (), 0)
+
+
+GOOD_JSON = '{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids": [0, 1]}\n'
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        ('{"timestamp": 5, "input_length": 600', "not valid JSON"),
+        ('{"timestamp": 5, "input_length": 600, "hash_ids": []}', "missing key output_length"),
+        (
+            '{"timestamp": 5, "input_length": "600", "output_length": 5}',
+            "input_length '600' is not an integer",
+        ),
+        (
+            '{"timestamp": 5, "input_length": 600, "output_length": 2.5}',
+            "output_length 2.5 is not an integer",
+        ),
+        (
+            '{"timestamp": -1, "input_length": 600, "output_length": 5}',
+            "timestamp -1 is not a non-negative",
+        ),
+        (
+            '{"timestamp": 5, "input_length": -3, "output_length": 5}',
+            "input_length must be >= 1 (got -3)",
+        ),
+        (
+            '{"timestamp": 5, "input_length": 6, "output_length": 5, "hash_ids": [1, "x"]}',
+            "hash_ids must be",
+        ),
+        ("[1, 2, 3]", "expected a JSON object, got list"),
+    ],
+)
+def test_mooncake_bad_line_names_file_and_line(tmp_path: Path, bad_line: str, reason: str) -> None:
+    path = write(tmp_path, "trace.jsonl", GOOD_JSON + bad_line + "\n" + GOOD_JSON)
+    with pytest.raises(TraceError) as err:
+        load_mooncake_jsonl(path)
+    assert str(err.value).startswith(f"{path} line 2: ")
+    assert reason in str(err.value)
+    skipped = load_mooncake_jsonl(path, skip_malformed=True)
+    assert (len(skipped), skipped.skipped) == (2, 1)
+
+
+def test_skipping_counts_all_but_keeps_few_reasons(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "t.jsonl", GOOD_JSON + "oops\n" * 8 + GOOD_JSON.replace(": 0,", ": 1500,")
+    )
+    trace = load_mooncake_jsonl(path, skip_malformed=True)
+    assert (len(trace), trace.skipped, len(trace.skip_reasons)) == (2, 8, 5)
+    assert trace.skip_reasons[0].startswith("line 2: not valid JSON")
+    assert trace.arrival_s.tolist() == [0.0, 1.5]  # milliseconds to seconds
+
+
+def test_load_trace_rejects_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match=r"unknown trace format '\.parquet'"):
+        load_trace(tmp_path / "t.parquet")
+    with pytest.raises(TraceError, match="cannot read file"):
+        load_trace(tmp_path / "absent.csv")
+
+
+def small_trace() -> Trace:
+    return Trace.from_columns(
+        [0.0, 1.0, 2.0, 3.0, 4.0],
+        [10, 20, 30, 40, 50],
+        [1, 2, 3, 4, 5],
+        duration_s=5.0,
+        source="small",
+    )
+
+
+def test_slice_rebases_and_keeps_ids() -> None:
+    part = slice_trace(small_trace(), 1.0, 3.0)
+    assert part.arrival_s.tolist() == [0.0, 1.0]
+    assert part.request_ids.tolist() == [1, 2]
+    assert part.duration_s == 2.0
+    assert small_trace().slice(3.5, 99).duration_s == 1.5  # clipped to the source span
+
+
+def test_time_compress_divides_times() -> None:
+    fast = time_compress(small_trace(), 4)
+    assert fast.arrival_s.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert (fast.duration_s, fast.mean_rate) == (1.25, 4.0)
+
+
+def test_concat_plays_in_sequence() -> None:
+    both = concat([small_trace(), small_trace()], gap_s=1.0)
+    assert both.arrival_s.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert both.request_ids.tolist() == list(range(10))
+    assert both.duration_s == 11.0
+
+
+@pytest.mark.parametrize(
+    ("k", "expected_rows"),
+    [(2, 2 * 19_366), (3, 3 * 19_366), (1.5, 19_366 + 9_683), (0.25, round(0.25 * 19_366))],
+)
+def test_superpose_scales_the_count_not_the_span(
+    azure: Trace, k: float, expected_rows: int
+) -> None:
+    scaled = scale_rate(azure, k, seed=7)
+    assert len(scaled) == expected_rows
+    assert scaled.duration_s == azure.duration_s
+    assert scaled.mean_rate == pytest.approx(k * azure.mean_rate, rel=2e-4)
+    assert scaled.arrival_s[0] >= 0 and scaled.arrival_s[-1] <= azure.duration_s
+    assert scaled.request_ids.tolist() == list(range(expected_rows))
+
+
+def test_superpose_copies_the_requests(azure: Trace) -> None:
+    scaled = scale_rate(azure, 2, seed=1)
+    assert np.array_equal(np.sort(scaled.input_tokens), np.sort(np.repeat(azure.input_tokens, 2)))
+    same = scale_rate(azure, 2, seed=1)
+    assert np.array_equal(scaled.arrival_s, same.arrival_s)
+    assert not np.array_equal(scaled.arrival_s, scale_rate(azure, 2, seed=2).arrival_s)
+    unshifted = scale_rate(azure, 2, seed=1, max_shift_s=0)
+    assert np.array_equal(unshifted.arrival_s, np.repeat(azure.arrival_s, 2))
+
+
+def test_superpose_keeps_prefix_sharing_inside_a_copy_only(mooncake: Trace) -> None:
+    ids = {h for hs in mooncake.hash_ids for h in hs}
+    distinct = scale_rate(mooncake, 2, seed=3)
+    assert len({h for hs in distinct.hash_ids for h in hs}) == 2 * len(ids)
+    shared = scale_rate(mooncake, 2, seed=3, distinct_prefixes=False)
+    assert {h for hs in shared.hash_ids for h in hs} == ids
+
+
+def test_compress_halves_the_span(azure: Trace) -> None:
+    scaled = scale_rate(azure, 2, method="compress")
+    assert len(scaled) == len(azure)
+    assert scaled.duration_s == pytest.approx(azure.duration_s / 2)
+    assert np.allclose(scaled.arrival_s, azure.arrival_s / 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 2}, "pass seed="),
+        ({"k": 0, "seed": 1}, "k must be > 0"),
+        ({"k": 2, "seed": 1, "method": "stretch"}, "unknown method 'stretch'"),
+    ],
+)
+def test_scale_rate_rejects_bad_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        scale_rate(small_trace(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("t_s", "expected"),
+    [(0.0, 1.0), (21_600.0, 2.5), (43_200.0, 4.0), (64_800.0, 2.5), (86_400.0, 1.0)],
+)
+def test_diurnal_rate_curve(t_s: float, expected: float) -> None:
+    assert diurnal_rate(t_s, peak_rps=4, trough_rps=1) == pytest.approx(expected)
+    # starting the trace at noon puts the peak at t = 0
+    assert diurnal_rate(t_s - 43_200, 4, 1, phase_s=43_200) == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def day() -> Trace:
+    return diurnal_trace(86_400, peak_rps=4, trough_rps=1, seed=11)
+
+
+@pytest.fixture(scope="module")
+def smooth_day() -> Trace:
+    return diurnal_trace(86_400, peak_rps=20, trough_rps=5, seed=12, noise=0.0)
+
+
+@pytest.mark.parametrize(
+    ("start_s", "window_s", "expected_rps"),
+    [
+        # mean of cos over +-30 min (or the first 30 min) = sin(pi/24) / (pi/24) = 0.99715
+        (43_200 - 1_800, 3_600, 5 + 15 * (1 + 0.99715) / 2),  # peak hour: 19.98
+        (0, 1_800, 5 + 15 * (1 - 0.99715) / 2),  # first half hour, the trough: 5.02
+        (21_600 - 1_800, 3_600, 12.5),  # a quarter day in: half way
+    ],
+)
+def test_diurnal_trace_follows_the_curve(
+    smooth_day: Trace, start_s: float, window_s: float, expected_rps: float
+) -> None:
+    arrivals = smooth_day.arrival_s
+    count = np.count_nonzero((arrivals >= start_s) & (arrivals < start_s + window_s))
+    assert count / window_s == pytest.approx(expected_rps, rel=0.05)
+
+
+def test_diurnal_trace_totals_and_lengths(day: Trace) -> None:
+    # mean rate of the curve = (peak + trough) / 2 = 2.5 req/s over 86,400 s
+    assert day.duration_s == 86_400
+    assert len(day) == pytest.approx(2.5 * 86_400, rel=0.02)
+    assert day.arrival_s[-1] < 86_400
+    stats = day.describe()
+    assert stats["input_mean"] == pytest.approx(1155, rel=0.03)
+    assert stats["input_median"] == pytest.approx(1020, rel=0.03)
+    assert stats["output_median"] == pytest.approx(129, rel=0.05)
+
+
+def test_diurnal_trace_is_reproducible_from_the_seed() -> None:
+    a = diurnal_trace(3_600, 5, 1, seed=3, period_s=3_600)
+    b = diurnal_trace(3_600, 5, 1, seed=np.random.default_rng(3), period_s=3_600)
+    c = diurnal_trace(3_600, 5, 1, seed=4, period_s=3_600)
+    assert np.array_equal(a.arrival_s, b.arrival_s)
+    assert np.array_equal(a.output_tokens, b.output_tokens)
+    assert not np.array_equal(a.arrival_s[:10], c.arrival_s[:10])
+
+
+def test_noise_free_constant_rate_is_poisson() -> None:
+    flat = diurnal_trace(10_000, 3, 3, seed=5, noise=0.0)
+    gaps = np.diff(flat.arrival_s)
+    assert len(flat) == pytest.approx(30_000, rel=0.03)
+    assert gaps.mean() == pytest.approx(1 / 3, rel=0.03)
+    assert gaps.std() == pytest.approx(1 / 3, rel=0.05)  # exponential: std = mean
+
+
+@pytest.mark.parametrize(
+    ("mean", "median", "sigma"),
+    [(1155, 1020, math.sqrt(2 * math.log(1155 / 1020))), (100, 100, 0.0)],
+)
+def test_length_dist_parameters(mean: float, median: float, sigma: float) -> None:
+    dist = LengthDist(mean, median)
+    assert dist.mu == pytest.approx(math.log(median))
+    assert dist.sigma == pytest.approx(sigma)
+
+
+def test_length_dist_rejects_mean_below_median() -> None:
+    with pytest.raises(ValueError, match="median <= mean"):
+        LengthDist(mean=10, median=20)
