@@ -1,0 +1,104 @@
+"""PrefillServer: the prefill role of a DG as a Ray Serve deployment class.
+
+Runs the prompt through the real engine (with its block prefix cache) and returns the prompt's
+KV cache plus first token. The router never fetches that result: it hands the ObjectRef to the
+decode replica of the same DG, so the KV goes prefill node -> object store -> decode node, the
+stand-in for the RDMA transfer. Prefills run one at a time per replica (one emulated GPU), so
+queueing shows up here exactly as it would on a real prefill instance.
+
+Graceful shutdown: Serve only stops a replica after its in-flight calls return, and a returned
+KV lives in the object store (pinned by the node, owned by the router), so a scale-in cannot
+lose a KV that has not yet been handed off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from heteroscale_ray.serving.engine import KVCache, PrefillEngine, PrefillResult, SamplingParams
+from heteroscale_ray.serving.replica import ReplicaBase, ReplicaSpec
+
+
+@dataclass(frozen=True)
+class PrefillRequest:
+    request_id: str
+    prompt_tokens: list[int]
+    params: SamplingParams
+    arrival_wall_s: float  # router receive time (time.time()), for TTFT on the decode side
+
+
+@dataclass
+class PrefillOutput:
+    """What travels through the object store to the decode replica."""
+
+    request_id: str
+    kv: KVCache
+    first_token: int
+    prompt_tokens: int
+    cached_tokens: int
+    produced_wall_s: float  # time.time() when the KV was ready
+    prefill_wall_s: float  # emulated (or real) prefill duration, queueing excluded
+    queue_s: float
+    replica_id: str
+
+
+class PrefillServer(ReplicaBase):
+    """Serve deployment body; `deployments.py` wraps it with placement and scaling options."""
+
+    async def __init__(self, spec: ReplicaSpec) -> None:
+        self._setup(spec)
+        self.engine = PrefillEngine(spec.engine)
+        self._gpu = asyncio.Lock()
+        self._waiting = 0
+        self._active = 0
+        self._start_reporter()
+
+    def _gauges(self) -> dict[str, Any]:
+        return {
+            "emulation_overruns": self.device.overruns,
+            "queue_length": self._waiting,
+            "running": self._active,
+        }
+
+    async def prefill(self, req: PrefillRequest) -> PrefillOutput:
+        t_enq = time.perf_counter()
+        self._waiting += 1
+        try:
+            await self._gpu.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            self._active = 1
+            queue_s = time.perf_counter() - t_enq
+
+            def emulated(res: PrefillResult) -> float:
+                return self.device.prefill_s(len(req.prompt_tokens), res.cached_tokens)
+
+            res, timing = await self.device.run(
+                lambda: self.engine.prefill(req.prompt_tokens, req.params), emulated
+            )
+        finally:
+            self._active = 0
+            self._gpu.release()
+        n, hit = len(req.prompt_tokens), res.cached_tokens
+        self.metrics.prefill_done(n - hit, hit, timing.wall_s, self.device.prefill_flops(n, hit))
+        return PrefillOutput(
+            request_id=req.request_id,
+            kv=res.kv,
+            first_token=res.first_token,
+            prompt_tokens=n,
+            cached_tokens=hit,
+            produced_wall_s=time.time(),
+            prefill_wall_s=timing.wall_s,
+            queue_s=queue_s,
+            replica_id=self.replica_id,
+        )
+
+    async def ping(self) -> str:
+        return self.replica_id
+
+    async def __del__(self) -> None:
+        await self._stop_reporter()

@@ -1,0 +1,137 @@
+"""What prefill and decode replicas share: identity, emulated device, metrics and reporting.
+
+A replica learns who it is from its deployment arguments (`ReplicaSpec`: service, DG, role,
+GPU type, model) and where it runs from Ray (node id and labels), and pushes a `ReplicaStats`
+to the routing-table actor about once a second so the control plane polls one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from heteroscale_ray.serving.emulation import EmulatedDevice, EmulationConfig
+from heteroscale_ray.serving.engine import ModelConfig
+from heteroscale_ray.serving.metrics import RayMetricsExporter, ReplicaMetrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Deployment arguments of one role of one DG; identical for all its replicas."""
+
+    service: str
+    dg_id: str
+    app_name: str
+    role: str  # "prefill" | "decode"
+    gpu_type: str
+    gpus_per_instance: int = 1
+    model_profile: str = "dense-8b"
+    engine: ModelConfig = field(default_factory=ModelConfig)
+    emulation: EmulationConfig = field(default_factory=EmulationConfig)
+    report_period_s: float = 1.0
+
+
+def _flat_labels(labels: dict[str, Any]) -> dict[str, str]:
+    """Ray returns label values as str or list[str] depending on the API; normalise to str."""
+    out = {}
+    for k, v in labels.items():
+        out[k] = v[0] if isinstance(v, list) and len(v) == 1 else str(v)
+    return out
+
+
+class ReplicaBase:
+    """Mixin for the Serve deployment classes; call `_setup` from `__init__`."""
+
+    spec: ReplicaSpec
+    device: EmulatedDevice
+    metrics: ReplicaMetrics
+
+    def _setup(self, spec: ReplicaSpec) -> None:
+        import ray
+        from ray import serve
+
+        self.spec = spec
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # outside Serve (unit tests)
+            self.replica_id = f"local-{id(self):x}"
+        ctx = ray.get_runtime_context() if ray.is_initialized() else None
+        self.node_id = ctx.get_node_id() if ctx else ""
+        self.node_labels = _flat_labels(ctx.get_node_labels()) if ctx else {}
+        self.device = EmulatedDevice(
+            spec.gpu_type, spec.model_profile, spec.gpus_per_instance, spec.emulation
+        )
+        identity = {
+            "replica_id": self.replica_id,
+            "app_name": spec.app_name,
+            "service": spec.service,
+            "dg_id": spec.dg_id,
+            "role": spec.role,
+            "gpu_type": spec.gpu_type,
+            "node_id": self.node_id,
+            "node_labels": self.node_labels,
+            "emulated": self.device.enabled,
+            "time_scale": self.device.time_scale,
+        }
+        self.metrics = ReplicaMetrics(identity, self.device.peak_flops)
+        self._exporter: RayMetricsExporter | None = None
+        self._table: Any = None
+        self._reporter: asyncio.Task[None] | None = None
+
+    def _start_reporter(self) -> None:
+        """Start the stats push loop; must run inside the replica's event loop."""
+        if self._reporter is None:
+            self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+
+    def _gauges(self) -> dict[str, Any]:
+        """Role-specific instantaneous values (queue, running, KV); overridden by each role."""
+        return {"emulation_overruns": self.device.overruns}
+
+    def stats(self) -> dict[str, Any]:
+        """Current `ReplicaStats` as a dict: what the control plane polls."""
+        return self.metrics.snapshot(**self._gauges()).to_dict()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve custom-metrics hook: the numeric signals an autoscaling policy may use."""
+        s = self.stats()
+        keys = ("prefill_tps", "decode_tps", "busy_fraction", "compute_fraction", "kv_use")
+        out = {k: float(s[k]) for k in keys}
+        out["queue_length"] = float(s["queue_length"])
+        out["running"] = float(s["running"])
+        for k in ("ttft_p99", "tbt_p99"):
+            if s[k] is not None:
+                out[k] = float(s[k])
+        return out
+
+    async def _report_loop(self) -> None:
+        from heteroscale_ray.serving.routing_table import get_routing_table
+
+        while True:
+            await asyncio.sleep(self.spec.report_period_s)
+            try:
+                s = self.stats()
+                if self._exporter is None:
+                    self._exporter = RayMetricsExporter()
+                self._exporter.export(s)
+                if self._table is None:
+                    self._table = get_routing_table(create=False)
+                await self._table.report_stats.remote(self.replica_id, s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # table restarting or gone: retry next period
+                logger.debug("stats report failed: %s", e)
+                self._table = None
+
+    async def _stop_reporter(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reporter
+        if self._table is not None:
+            with contextlib.suppress(Exception):
+                await self._table.forget_replica.remote(self.replica_id)

@@ -1,0 +1,320 @@
+"""End to end on the shared local Ray cluster: OpenAI client -> router -> prefill -> KV -> decode.
+
+One DG of service "chat" in S1 domain s1-a0: prefill on L20, decode on H20, emulating dense-8b
+timing; a tiny real model (2 layers, width 64) keeps the CPU cost low.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from heteroscale_ray.config.topology import LABEL_GPU_TYPE, LABEL_S1
+from heteroscale_ray.serving.emulation import EmulationConfig
+from heteroscale_ray.serving.engine import Engine, ModelConfig, SamplingParams
+
+pytestmark = pytest.mark.slow
+
+SERVICE = "chat"
+ENGINE = ModelConfig(n_layers=2, d_model=64, n_heads=4, max_context=512, kv_capacity_tokens=8192)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    url: str
+    app: str
+
+
+@pytest.fixture(scope="module")
+def stack(ray_cluster: object) -> Iterator[Stack]:
+    from ray import serve
+
+    from heteroscale_ray.serving.deployments import (
+        DgServingSpec,
+        RoleServing,
+        deploy_dg,
+        deploy_ingress,
+    )
+    from heteroscale_ray.serving.routing_table import kill_routing_table
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        deploy_ingress(max_inflight=64, token_timeout_s=20.0)
+        spec = DgServingSpec(
+            service=SERVICE,
+            dg_id="a0",
+            prefill=RoleServing(gpu_type="L20"),
+            decode=RoleServing(gpu_type="H20"),
+            domain="s1-a0",
+            domain_level="s1",
+            model_profile="dense-8b",
+            engine=ENGINE,
+            emulation=EmulationConfig(enabled=True, time_scale=1.0),
+        )
+        app = deploy_dg(spec)
+        yield Stack(url=f"http://127.0.0.1:{port}", app=app)
+    finally:
+        serve.shutdown()
+        kill_routing_table()
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack):  # type: ignore[no-untyped-def]
+    import openai
+
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def _reference(prompt: str, max_tokens: int) -> str:
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    return Engine(ENGINE).generate(prompt, params).text
+
+
+def test_openai_client_completes_streams_and_lists(client) -> None:  # type: ignore[no-untyped-def]
+    models = [m.id for m in client.models.list().data]
+    assert SERVICE in models
+
+    prompt = "The quick brown fox"
+    r = client.completions.create(
+        model=SERVICE, prompt=prompt, max_tokens=12, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert r.usage.completion_tokens == 12
+    assert r.usage.prompt_tokens == len(prompt.encode()) + 1  # byte tokens + BOS
+    assert r.choices[0].finish_reason == "length"
+    # Disaggregated prefill -> object store -> decode gives the single-process engine's text.
+    assert r.choices[0].text == _reference(prompt, 12)
+
+    chunks = list(
+        client.completions.create(
+            model=SERVICE,
+            prompt=prompt,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_replicas_land_on_matching_nodes(stack: Stack) -> None:
+    import ray
+
+    from heteroscale_ray.serving.deployments import replica_details, replica_stats
+
+    labels = {n["NodeID"]: n.get("Labels", {}) for n in ray.nodes() if n["Alive"]}
+    want = {"prefill": "L20", "decode": "H20"}
+    for role, gpu in want.items():
+        details = replica_details(stack.app, role)
+        assert details
+        for rep in details:
+            node = labels[rep["node_id"]]
+            assert node[LABEL_GPU_TYPE] == gpu and node[LABEL_S1] == "s1-a0"
+    deadline = time.monotonic() + 10
+    while len(stats := replica_stats(stack.app)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert {s["role"] for s in stats} == {"prefill", "decode"}
+    for s in stats:
+        assert s["node_labels"][LABEL_GPU_TYPE] == want[s["role"]]
+        assert s["node_labels"][LABEL_S1] == "s1-a0"
+        assert s["emulated"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (json.dumps({"model": SERVICE}).encode(), 400, "missing_field"),
+        (json.dumps({"model": SERVICE, "prompt": "hi", "max_tokens": 0}).encode(), 400, None),
+        (
+            json.dumps({"model": SERVICE, "prompt": "hi", "max_tokens": 100000}).encode(),
+            400,
+            "context_length_exceeded",
+        ),
+        (
+            json.dumps({"model": SERVICE, "prompt": "x" * 600, "max_tokens": 4}).encode(),
+            400,
+            "context_length_exceeded",
+        ),
+        (json.dumps({"model": "nope", "prompt": "hi"}).encode(), 404, "model_not_found"),
+    ],
+    ids=[
+        "bad-json",
+        "missing-prompt",
+        "max-tokens-0",
+        "max-tokens-huge",
+        "prompt-too-long",
+        "unknown-model",
+    ],
+)
+def test_bad_requests_get_openai_errors(
+    stack: Stack, body: bytes, status: int, code: str | None
+) -> None:
+    r = requests.post(
+        f"{stack.url}/v1/completions",
+        data=body,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+    if code is not None:
+        assert err["code"] == code
+
+
+def test_healthz_and_metrics(stack: Stack) -> None:
+    assert requests.get(f"{stack.url}/healthz", timeout=10).json()["status"] == "ok"
+    text = requests.get(f"{stack.url}/metrics", timeout=10).text
+    assert "heteroscale_decode_tokens_per_s" in text
+
+
+def _requests_served(app: str) -> int:
+    from heteroscale_ray.serving.deployments import replica_stats
+
+    return sum(s["requests_total"] for s in replica_stats(app, "decode"))
+
+
+def _wait_served(app: str, at_least: int) -> int:
+    deadline = time.monotonic() + 5  # stats are pushed about once a second
+    while (n := _requests_served(app)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.3)
+    return n
+
+
+def test_draining_and_ratio_gate_steer_requests(stack: Stack, client) -> None:  # type: ignore[no-untyped-def]
+    from heteroscale_ray.serving.deployments import (
+        DgServingSpec,
+        RoleServing,
+        delete_dg,
+        deploy_dg,
+        set_draining,
+        set_ratio_gate,
+    )
+
+    other = deploy_dg(
+        DgServingSpec(
+            service=SERVICE,
+            dg_id="a1",
+            prefill=RoleServing(gpu_type="L20"),
+            decode=RoleServing(gpu_type="H20"),
+            domain="s1-a1",
+            engine=ENGINE,
+            emulation=EmulationConfig(enabled=True),
+        )
+    )
+    try:
+
+        def send(n: int) -> None:
+            for i in range(n):
+                client.completions.create(model=SERVICE, prompt=f"g{i}", max_tokens=2)
+
+        time.sleep(1.0)  # routers refresh their table every 0.5 s
+        base_a0, base_a1 = _wait_served(stack.app, 0), _wait_served(other, 0)
+        set_draining(stack.app, True)
+        time.sleep(1.0)
+        send(4)
+        assert _wait_served(other, base_a1 + 4) == base_a1 + 4
+        assert _requests_served(stack.app) == base_a0
+
+        set_draining(stack.app, False)
+        set_ratio_gate(other, False)
+        time.sleep(1.0)
+        send(4)
+        assert _wait_served(stack.app, base_a0 + 4) == base_a0 + 4
+        assert _requests_served(other) == base_a1 + 4
+    finally:
+        delete_dg(other)
+    models = [m.id for m in client.models.list().data]
+    assert SERVICE in models
+
+
+def test_scale_out_keeps_replicas(stack: Stack) -> None:
+    from heteroscale_ray.serving.deployments import replica_ids, scale_role, wait_for_replicas
+
+    for role in ("prefill", "decode"):
+        before = replica_ids(stack.app, role)
+        assert len(before) == 1
+        scale_role(stack.app, role, 2)
+        after = wait_for_replicas(stack.app, role, 2, timeout_s=60)
+        assert set(before) <= set(after)
+
+
+def test_scale_in_while_streaming_loses_nothing(stack: Stack, client) -> None:  # type: ignore[no-untyped-def]
+    from heteroscale_ray.serving.deployments import (
+        replica_ids,
+        replica_stats,
+        scale_role,
+        wait_for_replicas,
+    )
+
+    for role in ("prefill", "decode"):
+        if len(replica_ids(stack.app, role)) != 2:
+            scale_role(stack.app, role, 2)
+            wait_for_replicas(stack.app, role, 2, timeout_s=60)
+    n_requests, max_tokens = 8, 250
+    results: dict[int, tuple[str, int]] = {}
+    errors: list[BaseException] = []
+    started = threading.Semaphore(0)
+
+    def run(i: int) -> None:
+        try:
+            text: list[str] = []
+            reason = None
+            stream = client.completions.create(
+                model=SERVICE,
+                prompt=f"request {i}",
+                max_tokens=max_tokens,
+                temperature=0,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+            for n, chunk in enumerate(stream):
+                if n == 0:
+                    started.release()
+                text.append(chunk.choices[0].text)
+                reason = chunk.choices[0].finish_reason or reason
+            results[i] = ("".join(text), reason)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+            started.release()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_requests)]
+    for t in threads:
+        t.start()
+    for _ in range(n_requests):
+        assert started.acquire(timeout=60)
+    # Both decode replicas must hold streams when the scale-in lands, or the test proves nothing.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        busy = [s for s in replica_stats(stack.app, "decode") if s["running"] > 0]
+        if len(busy) == 2:
+            break
+        time.sleep(0.2)
+    assert len(busy) == 2, "streams did not spread over both decode replicas"
+    scale_role(stack.app, "decode", 1)
+    scale_role(stack.app, "prefill", 1)
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == n_requests
+    for i, (text, reason) in results.items():
+        assert reason == "length"
+        assert text == _reference(f"request {i}", max_tokens), f"request {i} lost tokens"
+    wait_for_replicas(stack.app, "decode", 1, timeout_s=60)
+    wait_for_replicas(stack.app, "prefill", 1, timeout_s=60)
