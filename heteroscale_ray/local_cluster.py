@@ -62,25 +62,40 @@ def start_local_cluster(
     cpus_per_host: int = 4,
     object_store_mb: int = 150,
     connect: bool = True,
+    attempts: int = 2,
 ) -> LocalCluster:
     """Start a head node (no GPUs) and one labelled fake-GPU node per host.
 
     CPU counts are logical: replicas mostly sleep out emulated GPU time, so a 2-core machine
     can host many of them. Connects the driver (``ray.init``) unless ``connect=False``.
     """
+    last_error: Exception | None = None
+    for _attempt in range(attempts):
+        try:
+            cluster = _start(topology, head_cpus, cpus_per_host, object_store_mb, connect)
+        except Exception as err:  # a head that fails to start on a loaded machine: retry once
+            last_error = err
+            continue
+        return cluster
+    raise RuntimeError(
+        f"local Ray cluster failed to start after {attempts} attempts"
+    ) from last_error
+
+
+def _start(
+    topology: TopologySpec, head_cpus: int, cpus_per_host: int, object_store_mb: int, connect: bool
+) -> Any:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": head_cpus,
-            "num_gpus": 0,
-            "object_store_memory": object_store_mb * 1024 * 1024,
-            "include_dashboard": False,
-        },
-    )
+    cluster = Cluster(shutdown_at_exit=True)
     try:
+        cluster.add_node(
+            num_cpus=head_cpus,
+            num_gpus=0,
+            object_store_memory=object_store_mb * 1024 * 1024,
+            include_dashboard=False,
+        )
         for s2, s1, s0, host in topology.hosts():
             cluster.add_node(
                 num_cpus=cpus_per_host,
@@ -92,6 +107,8 @@ def start_local_cluster(
         if connect:
             ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
     except BaseException:
+        if ray.is_initialized():
+            ray.shutdown()
         cluster.shutdown()
         raise
     return LocalCluster(cluster=cluster, topology=topology)
