@@ -76,7 +76,9 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 
 # Each module exposes `register(subparsers)`, adding its commands with lazy-imported handlers.
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = [
+    "heteroscale_ray.sim.commands",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,53 @@
+"""The simulator's actuator: applies placement plans to a `ClusterSim`.
+
+New instances start loading the model and take traffic `startup_s` later; removed instances
+drain (no new requests, in-flight ones finish) before their GPUs stop counting.
+"""
+
+from __future__ import annotations
+
+from heteroscale_ray.sim.engine import ClusterSim
+from heteroscale_ray.topology import (
+    AddInstances,
+    CreateDG,
+    DeploymentGroup,
+    PlacementPlan,
+    RemoveInstances,
+)
+
+
+class SimActuator:
+    """Implements `heteroscale_ray.control.Actuator` for the simulator."""
+
+    def __init__(self, sim: ClusterSim, startup_s: float) -> None:
+        self.sim = sim
+        self.startup_s = startup_s
+        self.dgs: dict[str, DeploymentGroup] = {}
+        self.started = 0
+        self.stopped = 0
+
+    def apply(self, plan: PlacementPlan, *, warm: bool = False) -> None:
+        """`warm=True` makes instances ready at once (the provisioning before a replay starts)."""
+        ready_at = self.sim.now + (0.0 if warm else self.startup_s)
+        for action in plan.all_actions():
+            if isinstance(action, CreateDG):
+                self.dgs[action.dg.dg_id] = action.dg
+            elif isinstance(action, AddInstances):
+                dg = self.dgs[action.dg_id]
+                gpu = dg.gpu_type(action.role)
+                for inst in action.instances:
+                    self.sim.add_instance(
+                        inst.instance_id,
+                        dg.service,
+                        action.role,
+                        action.dg_id,
+                        inst.host,
+                        gpu,
+                        len(inst.gpus),
+                        ready_at,
+                    )
+                    self.started += 1
+            elif isinstance(action, RemoveInstances):
+                for iid in action.instance_ids:
+                    self.sim.drain_instance(iid)
+                    self.stopped += 1

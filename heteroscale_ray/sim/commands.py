@@ -1,0 +1,227 @@
+"""CLI commands of the simulator: `heteroscale replay` and `heteroscale pd-sweep`.
+
+Handlers import the simulator lazily so `heteroscale --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+REPLAY_POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="replay a request trace through the simulated cluster under an autoscaling policy",
+        description="Replay a trace (Azure CSV or Mooncake JSONL) against a simulated GPU cluster; "
+        "prints a summary table and writes a PNG timeline. With --json the last stdout line is "
+        "one JSON object.",
+    )
+    p.add_argument("--trace", required=True, help="trace file (.csv Azure, .jsonl Mooncake)")
+    p.add_argument("--services", required=True, help="services.yaml")
+    p.add_argument("--service", help="service the trace belongs to (default: the first one)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--topology", help="topology.yaml")
+    g.add_argument(
+        "--gpus", type=int, default=1024, help="build a fleet of about N GPUs (default 1024)"
+    )
+    p.add_argument(
+        "--policy",
+        default="heteroscale",
+        help=f"one of {', '.join(REPLAY_POLICIES)}, a comma-separated list, or 'all'",
+    )
+    p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the request rate by K")
+    p.add_argument(
+        "--rate-method",
+        choices=("superpose", "compress"),
+        default="superpose",
+        help="superpose shifted copies (keeps the span) or compress time",
+    )
+    p.add_argument("--duration", type=float, help="replay only the first S seconds of the trace")
+    p.add_argument("--seed", type=int, default=0, help="seed for rate scaling (default 0)")
+    p.add_argument("--startup-s", type=float, default=90.0, help="instance start-up delay")
+    p.add_argument("--control-period-s", type=float, default=15.0, help="autoscaler period")
+    p.add_argument(
+        "--topology-blind", action="store_true", help="placement ignores the switch tree"
+    )
+    p.add_argument("--skip-malformed", action="store_true", help="skip bad trace rows (counted)")
+    p.add_argument("--out", default="results/replay", help="folder for PNG and JSON outputs")
+    p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
+    p.set_defaults(func=_cmd_replay)
+
+    q = sub.add_parser(
+        "pd-sweep",
+        help="stress a service at each P/D split and report max goodput within SLO",
+        description="For N instances, each prefill:decode split is held fixed while the request "
+        "rate is raised until fewer than --threshold of requests meet both SLOs.",
+    )
+    q.add_argument("--services", required=True, help="services.yaml")
+    q.add_argument("--service", help="service to sweep (default: the first one)")
+    q.add_argument("--input-tokens", type=float, required=True, help="mean prompt length")
+    q.add_argument("--output-tokens", type=float, required=True, help="mean output length")
+    q.add_argument("--instances", type=int, default=10, help="total instances (default 10)")
+    q.add_argument("--threshold", type=float, default=0.9, help="SLO attainment to keep")
+    q.add_argument("--duration", type=float, default=240.0, help="seconds per stress run")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default="results/pd-sweep", help="folder for PNG and JSON outputs")
+    q.add_argument("--json", action="store_true", help="print one JSON result as the last line")
+    q.set_defaults(func=_cmd_pd_sweep)
+
+
+def _progress(label: str):  # noqa: ANN202
+    def report(now: float, total: float) -> None:
+        pct = min(100.0, 100.0 * now / total) if total > 0 else 100.0
+        print(
+            f"\r[{label}] {now:7.0f}/{total:.0f} s simulated ({pct:5.1f}%)", end="", file=sys.stderr
+        )
+
+    return report
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from heteroscale_ray.config import ConfigError, load_services, load_topology
+    from heteroscale_ray.sim.fleet import fleet_for
+    from heteroscale_ray.sim.plots import timeline_png
+    from heteroscale_ray.sim.replay import ReplayOptions, run_replay
+    from heteroscale_ray.sim.report import table, timeline
+    from heteroscale_ray.traces import TraceError, load_trace, scale_rate
+
+    try:
+        services = load_services(args.services)
+        topology = load_topology(args.topology) if args.topology else None
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    names = [s.name for s in services.services]
+    name = args.service or names[0]
+    if name not in names:
+        print(f"--service {name!r} is not in {args.services}: use one of {names}", file=sys.stderr)
+        return 2
+    spec = services.by_name()[name]
+    try:
+        trace = load_trace(args.trace, skip_malformed=args.skip_malformed)
+    except (TraceError, OSError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.duration:
+        trace = trace.slice(0, args.duration)
+    if args.rate_scale != 1.0:
+        trace = scale_rate(trace, args.rate_scale, method=args.rate_method, seed=args.seed)
+    if topology is None:
+        topology = fleet_for([spec], args.gpus)
+    policies = REPLAY_POLICIES if args.policy == "all" else tuple(args.policy.split(","))
+    bad = [p for p in policies if p not in REPLAY_POLICIES]
+    if bad:
+        print(
+            f"unknown policy {bad[0]!r}: use one of {', '.join(REPLAY_POLICIES)}", file=sys.stderr
+        )
+        return 2
+    print(
+        f"replay {trace.source}: {len(trace)} requests over {trace.duration_s:.0f} s, "
+        f"service {name}, {topology.total_gpus()} GPUs",
+        file=sys.stderr,
+    )
+    summaries, lines = [], {}
+    for pol in policies:
+        opts = ReplayOptions(
+            policy=pol,
+            startup_s=args.startup_s,
+            control_period_s=args.control_period_s,
+            topology_aware=not args.topology_blind,
+        )
+        res = run_replay(services, topology, {name: trace}, opts, progress=_progress(pol))
+        s = res.summary
+        print(
+            f"\r[{pol}] done: {s['sim_time_s']:.0f} s simulated in {s['wall_s']:.1f} s wall "
+            f"= {s['speedup']:.0f}x real time",
+            file=sys.stderr,
+        )
+        summaries.append(s)
+        lines[pol] = timeline(res.sim, trace.duration_s)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = timeline_png(
+        lines, out / "timeline.png", f"{name}: {trace.source}", (spec.slo.ttft_s, spec.slo.tbt_s)
+    )
+    (out / "summary.json").write_text(json.dumps(_clean(summaries), indent=2) + "\n")
+    print(table(summaries))
+    speeds = ", ".join(f"{s['policy']} {s['speedup']:.0f}x" for s in summaries)
+    print(f"speed (simulated time / wall time): {speeds}")
+    print(f"wrote {png} and {out / 'summary.json'}")
+    if args.json:
+        payload = summaries[0] if len(summaries) == 1 else {"policy": "all", "runs": summaries}
+        print(json.dumps(_clean(payload)))
+    return 0
+
+
+def _cmd_pd_sweep(args: argparse.Namespace) -> int:
+    from heteroscale_ray.config import ConfigError, load_services
+    from heteroscale_ray.sim.pdsweep import sweep
+    from heteroscale_ray.sim.plots import curves_png
+
+    try:
+        services = load_services(args.services)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    name = args.service or services.services[0].name
+    if name not in services.by_name():
+        print(f"--service {name!r} is not in {args.services}", file=sys.stderr)
+        return 2
+    spec = services.by_name()[name]
+    points = sweep(
+        services,
+        spec,
+        total_instances=args.instances,
+        input_mean=args.input_tokens,
+        output_mean=args.output_tokens,
+        threshold=args.threshold,
+        duration_s=args.duration,
+        seed=args.seed,
+    )
+    best = max(points, key=lambda p: p.goodput_rps)
+    print(f"{'P:D':>6}  {'goodput req/s':>13}  {'attainment':>10}  {'tokens/s':>9}")
+    for pt in points:
+        mark = "  <- best" if pt is best else ""
+        print(
+            f"{pt.label:>6}  {pt.goodput_rps:13.2f}  {pt.attainment:10.1%}  {pt.tokens_per_s:9.0f}{mark}"
+        )
+    out = Path(args.out)
+    png = curves_png(
+        {name: (list(range(len(points))), [p.goodput_rps for p in points])},
+        out / f"{name}.png",
+        f"{name}: goodput within SLO vs P:D ({args.instances} instances)",
+        "prefill:decode",
+        "goodput (req/s)",
+        [p.label for p in points],
+    )
+    result = {
+        "service": name,
+        "best_ratio": best.label,
+        "best_goodput_rps": best.goodput_rps,
+        "points": [
+            {"ratio": p.label, "goodput_rps": p.goodput_rps, "attainment": p.attainment}
+            for p in points
+        ],
+    }
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"best ratio {best.label}; wrote {png}")
+    if args.json:
+        print(json.dumps(result))
+    return 0

@@ -1,0 +1,137 @@
+"""P/D ratio stress test (the paper's offline policy curation, Algorithm 1's first step).
+
+For a fixed number of instances, each split into prefill:decode is held static while the
+request rate is raised (binary search) until SLO attainment drops below a threshold; the
+highest rate that still meets it, times its attainment, is the split's goodput.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from heteroscale_ray.config import ServicesConfig, ServiceSpec
+from heteroscale_ray.control import StaticAutoscaler
+from heteroscale_ray.sim.fleet import fleet_for
+from heteroscale_ray.sim.replay import ReplayOptions, run_replay
+from heteroscale_ray.traces import Trace
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    prefill: int
+    decode: int
+    goodput_rps: float
+    attainment: float
+    tokens_per_s: float  # generated tokens/s at that rate
+
+    @property
+    def label(self) -> str:
+        return f"{self.prefill}:{self.decode}"
+
+
+def poisson_trace(
+    rate: float,
+    duration_s: float,
+    input_mean: float,
+    output_mean: float,
+    cv: float,
+    rng: np.random.Generator,
+) -> Trace:
+    """Poisson arrivals, normal lengths (coefficient of variation `cv`), for stress tests."""
+    n = int(rng.poisson(rate * duration_s))
+    arrivals = np.sort(rng.random(n) * duration_s)
+    inp = np.maximum(1, np.rint(rng.normal(input_mean, cv * input_mean, n))).astype(np.int64)
+    out = np.maximum(2, np.rint(rng.normal(output_mean, cv * output_mean, n))).astype(np.int64)
+    return Trace.from_columns(
+        arrivals, inp, out, duration_s=duration_s, source=f"poisson({rate:g})"
+    )
+
+
+def attainment_at(
+    services: ServicesConfig,
+    spec: ServiceSpec,
+    p: int,
+    d: int,
+    rate: float,
+    *,
+    duration_s: float,
+    input_mean: float,
+    output_mean: float,
+    cv: float,
+    seed: int,
+    warmup_s: float,
+) -> tuple[float, float]:
+    """SLO attainment and generated tokens/s with p prefill and d decode instances at `rate`."""
+    rng = np.random.default_rng(seed)
+    trace = poisson_trace(rate, duration_s, input_mean, output_mean, cv, rng)
+    gpus = (p * spec.prefill.gpus_per_instance + d * spec.decode.gpus_per_instance) * 2 + 64
+    topo = fleet_for([spec], gpus)
+    res = run_replay(
+        services,
+        topo,
+        {spec.name: trace},
+        ReplayOptions(policy="static", control_period_s=duration_s * 10),
+        autoscaler=StaticAutoscaler({spec.name: (p, d)}),
+        initial={spec.name: (p, d)},
+    )
+    sim = res.sim
+    w = sim.w
+    keep = w.arrival >= warmup_s
+    ttft = sim.t_first - w.arrival
+    gaps = np.maximum(w.output_tokens - 1, 1)
+    tbt = (sim.t_done - sim.t_first) / gaps
+    ok = np.isfinite(sim.t_done) & (ttft <= spec.slo.ttft_s) & (tbt <= spec.slo.tbt_s)
+    att = float(ok[keep].mean()) if keep.any() else 0.0
+    tps = float(w.output_tokens[keep].sum()) / max(duration_s - warmup_s, 1e-9)
+    return att, tps
+
+
+def sweep(
+    services: ServicesConfig,
+    spec: ServiceSpec,
+    *,
+    total_instances: int = 10,
+    splits: Sequence[tuple[int, int]] | None = None,
+    input_mean: float,
+    output_mean: float,
+    cv: float = 0.1,
+    threshold: float = 0.9,
+    duration_s: float = 240.0,
+    warmup_s: float = 60.0,
+    seed: int = 0,
+    iterations: int = 9,
+) -> list[SweepPoint]:
+    """Max goodput within SLO for each P:D split of `total_instances` (or the given splits)."""
+    pairs = (
+        list(splits) if splits else [(p, total_instances - p) for p in range(1, total_instances)]
+    )
+    points = []
+    kw: Mapping[str, float] = dict(
+        duration_s=duration_s,
+        input_mean=input_mean,
+        output_mean=output_mean,
+        cv=cv,
+        seed=seed,
+        warmup_s=warmup_s,
+    )
+    for p, d in pairs:
+        lo, hi = 0.0, 1.0
+        att_hi, _ = attainment_at(services, spec, p, d, hi, **kw)  # type: ignore[arg-type]
+        while att_hi >= threshold and hi < 1e5:
+            lo, hi = hi, hi * 2
+            att_hi, _ = attainment_at(services, spec, p, d, hi, **kw)  # type: ignore[arg-type]
+        best_att, best_tps = 0.0, 0.0
+        if lo > 0:
+            best_att, best_tps = attainment_at(services, spec, p, d, lo, **kw)  # type: ignore[arg-type]
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            att, tps = attainment_at(services, spec, p, d, mid, **kw)  # type: ignore[arg-type]
+            if att >= threshold:
+                lo, best_att, best_tps = mid, att, tps
+            else:
+                hi = mid
+        points.append(SweepPoint(p, d, lo * best_att, best_att, best_tps))
+    return points

@@ -1,0 +1,332 @@
+"""Trace replay: one simulator, one autoscaler, the shared control cycle, and a summary.
+
+The loop is the same for every policy: every `control_period_s` the simulator's observations go
+through `control_cycle` (autoscaler -> scale requests -> placement) and the plan is applied by
+the simulator's actuator; in between the simulator advances tick by tick.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from heteroscale_ray.config import GpuCatalog, ServicesConfig, ServiceSpec, TopologySpec
+from heteroscale_ray.control import (
+    Autoscaler,
+    HeteroScaleAutoscaler,
+    HpaUtilAutoscaler,
+    ScheduledAutoscaler,
+    ServeDefaultAutoscaler,
+    StaticAutoscaler,
+    control_cycle,
+)
+from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants
+from heteroscale_ray.perf.network import SharedLevel
+from heteroscale_ray.perf.profiles import ModelProfile
+from heteroscale_ray.sim.actuator import SimActuator
+from heteroscale_ray.sim.engine import DECODE, PREFILL, ClusterSim, SimConfig, Workload
+from heteroscale_ray.sim.observe import observe, request_tbt
+from heteroscale_ray.sim.sizing import Needs, needs_per_interval, round_counts
+from heteroscale_ray.topology import ClusterGraph, ScaleRequest, plan_cycle
+
+POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """How a replay runs; defaults are ours (the paper publishes none) and reports list them."""
+
+    policy: str = "heteroscale"
+    control_period_s: float = 15.0  # every autoscaler is asked this often (HPA's default sync)
+    window_s: float = 30.0  # signals are averaged over this much past time
+    tick_s: float = 1.0
+    startup_s: float = 90.0
+    topology_aware: bool = True
+    hpa_target: float = 0.6
+    serve_target_ongoing: float = 2.0
+    static_bin_s: float = 15.0  # static provisioning covers the peak of these bins
+
+
+@dataclass
+class ReplayResult:
+    summary: dict[str, Any]
+    sim: ClusterSim
+    cycles: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _kinds(sim: ClusterSim, spec: ServiceSpec) -> tuple[Any, Any]:
+    p = sim.kinds[sim.kind_for(spec, spec.prefill.gpu_types[0], spec.prefill.gpus_per_instance)]
+    d = sim.kinds[sim.kind_for(spec, spec.decode.gpu_types[0], spec.decode.gpus_per_instance)]
+    return p, d
+
+
+def service_needs(sim: ClusterSim, spec: ServiceSpec, trace: Any, period_s: float) -> Needs:
+    pk, dk = _kinds(sim, spec)
+    return needs_per_interval(
+        spec,
+        pk,
+        dk,
+        np.asarray(trace.arrival_s),
+        np.asarray(trace.input_tokens),
+        np.asarray(trace.output_tokens),
+        max(float(trace.duration_s), period_s),
+        period_s,
+    )
+
+
+def lookahead_counts(
+    spec: ServiceSpec, needs: Needs, now: float, lookahead_s: float
+) -> tuple[int, int]:
+    """Fewest instances covering every interval from `now` to `now + lookahead_s`.
+
+    The look-ahead spans the start-up delay, so capacity is ready before the load arrives.
+    """
+    a = int(now // needs.period_s)
+    b = int(math.ceil((now + lookahead_s) / needs.period_s)) + 1
+    p, d = needs.prefill[a:b], needs.decode[a:b]
+    return round_counts(spec, float(p.max()) if len(p) else 0.0, float(d.max()) if len(d) else 0.0)
+
+
+def make_autoscaler(
+    policy: str,
+    services: list[ServiceSpec],
+    sim: ClusterSim,
+    traces: Mapping[str, Any],
+    opts: ReplayOptions,
+) -> Autoscaler:
+    """Build the named autoscaler; oracle and static read the future load from the traces."""
+    if policy == "heteroscale":
+        return HeteroScaleAutoscaler(services)
+    if policy == "hpa-util":
+        return HpaUtilAutoscaler(services, target=opts.hpa_target)
+    if policy == "serve-default":
+        return ServeDefaultAutoscaler(services, target_ongoing_requests=opts.serve_target_ongoing)
+    if policy == "static":
+        counts = {}
+        for spec in services:
+            n = service_needs(sim, spec, traces[spec.name], opts.static_bin_s)
+            counts[spec.name] = round_counts(spec, float(n.prefill.max()), float(n.decode.max()))
+        return StaticAutoscaler(counts)
+    if policy == "oracle":
+        lookahead = opts.startup_s + 2 * opts.control_period_s
+        table: dict[str, tuple[Needs, ServiceSpec]] = {
+            spec.name: (service_needs(sim, spec, traces[spec.name], opts.control_period_s), spec)
+            for spec in services
+        }
+
+        def schedule(name: str, now: float) -> tuple[int, int]:
+            needs, spec = table[name]
+            return lookahead_counts(spec, needs, now, lookahead)
+
+        return ScheduledAutoscaler(schedule, name="oracle")
+    raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+
+
+def run_replay(
+    services: ServicesConfig,
+    topology: TopologySpec | ClusterGraph,
+    traces: Mapping[str, Any],
+    opts: ReplayOptions = ReplayOptions(),
+    *,
+    const: PerfConstants = DEFAULT_CONSTANTS,
+    profiles: Mapping[str, ModelProfile] | None = None,
+    progress: Callable[[float, float], None] | None = None,
+    autoscaler: Autoscaler | None = None,
+    initial: Mapping[str, tuple[int, int]] | None = None,
+) -> ReplayResult:
+    """Replay `traces` (service name -> Trace) under `opts.policy`; deterministic for fixed input.
+
+    `autoscaler` replaces the named policy (e.g. a fixed P/D pair for a stress test) and
+    `initial` the counts provisioned before t=0.
+    """
+    catalog: GpuCatalog = services.catalog
+    graph = (
+        topology
+        if isinstance(topology, ClusterGraph)
+        else ClusterGraph.from_topology(topology, catalog)
+    )
+    specs = [s for s in services.services if s.name in traces]
+    if not specs:
+        raise ValueError(
+            f"no service matches the traces {sorted(traces)}: name a service of the services file"
+        )
+    by_name = {s.name: s for s in specs}
+    workload = Workload.from_traces(traces, [s.name for s in specs])
+    sim = ClusterSim(
+        specs,
+        graph,
+        workload,
+        catalog=catalog,
+        profiles=profiles,
+        const=const,
+        config=SimConfig(tick_s=opts.tick_s, startup_s=opts.startup_s),
+    )
+    actuator = SimActuator(sim, opts.startup_s)
+    if autoscaler is None:
+        autoscaler = make_autoscaler(opts.policy, specs, sim, traces, opts)
+
+    # Provision before t=0: every policy starts where the oracle would (static: its fixed
+    # counts), placed by the same placement cycle and ready at once, so no policy pays for a
+    # cold start the others skip.
+    first: list[ScaleRequest] = []
+    for spec in specs:
+        if initial is not None:
+            p, d = initial[spec.name]
+        elif isinstance(autoscaler, StaticAutoscaler):
+            p, d = autoscaler.counts[spec.name]
+        else:
+            n = service_needs(sim, spec, traces[spec.name], opts.control_period_s)
+            p, d = lookahead_counts(spec, n, 0.0, opts.startup_s + 2 * opts.control_period_s)
+        first.append(ScaleRequest(spec.name, p, d))
+    plan0 = plan_cycle(graph, by_name, (), first, catalog, topology_aware=opts.topology_aware)
+    actuator.apply(plan0, warm=True)
+    dgs = plan0.apply(())
+
+    result = ReplayResult(summary={}, sim=sim)
+    unplaced = sum(u.count for u in plan0.unplaced)
+    scaling_actions = 0
+    next_control = opts.control_period_s
+    wall0 = time.perf_counter()
+    duration = max(float(max(t.duration_s for t in traces.values())), opts.tick_s)
+    while not sim.done:
+        if sim.now + 1e-9 >= next_control and sim.now < duration + opts.control_period_s:
+            obs = observe(sim, opts.window_s)
+            cyc = control_cycle(
+                autoscaler,
+                sim.now,
+                obs,
+                graph=graph,
+                services=by_name,
+                dgs=dgs,
+                catalog=catalog,
+                topology_aware=opts.topology_aware,
+            )
+            if not cyc.plan.is_empty:
+                actuator.apply(cyc.plan)
+                scaling_actions += len(cyc.requests)
+            unplaced += sum(u.count for u in cyc.plan.unplaced)
+            dgs = cyc.dgs
+            result.cycles.append(
+                {
+                    "t": sim.now,
+                    **{
+                        f"{n}.{k}": v
+                        for n, d in cyc.desired.items()
+                        for k, v in (
+                            ("prefill", d.prefill),
+                            ("decode", d.decode),
+                            ("reason", d.reason),
+                        )
+                    },
+                }
+            )
+            next_control += opts.control_period_s
+        sim.step()
+        if progress is not None and sim.tick % 60 == 0:
+            progress(sim.now, duration)
+    wall = time.perf_counter() - wall0
+    result.summary = summarize(
+        sim, specs, duration, opts, wall, scaling_actions, unplaced, actuator
+    )
+    return result
+
+
+def summarize(
+    sim: ClusterSim,
+    specs: list[ServiceSpec],
+    duration: float,
+    opts: ReplayOptions,
+    wall_s: float,
+    scaling_actions: int,
+    unplaced: int,
+    actuator: SimActuator,
+) -> dict[str, Any]:
+    """The report's numbers; resource metrics cover [0, trace duration), latency every request."""
+    w = sim.w
+    n = len(w)
+    T = max(1, int(math.ceil(duration / sim.dt)))
+    hours = sim.dt / 3600.0
+    gpus = sim.ts_gpus[:T]
+    held = float(gpus.sum())
+    ids = np.arange(n)
+    ttft = sim.t_first - w.arrival
+    tbt = request_tbt(sim, ids)
+    finished = np.isfinite(sim.t_done)
+    slo_ttft = np.array([specs[s].slo.ttft_s for s in range(len(specs))])[w.service]
+    slo_tbt = np.array([specs[s].slo.tbt_s for s in range(len(specs))])[w.service]
+    ok = finished & (ttft <= slo_ttft + 1e-12) & (tbt <= slo_tbt + 1e-12)
+    fin_ttft = ttft[np.isfinite(ttft)]
+    fin_tbt = tbt[finished & (w.output_tokens > 1)]
+    routed = sim.kv_level >= 0
+    kv_bytes = np.zeros(n)
+    for s, spec in enumerate(specs):
+        m = routed & (w.service == s)
+        if m.any():
+            kind = sim.kinds[
+                sim.kind_for(spec, spec.prefill.gpu_types[0], spec.prefill.gpus_per_instance)
+            ]
+            kv_bytes[m] = w.input_tokens[m] * kind.kv_bytes_per_token
+    kv_time = np.where(routed, sim.kv_time, 0.0)
+    level_share = {
+        lvl.name: float(np.mean(sim.kv_level[routed] == int(lvl))) if routed.any() else 0.0
+        for lvl in SharedLevel
+    }
+
+    def role_mean(arr: np.ndarray, role: int) -> float:
+        g = float(gpus[:, :, role].sum())
+        return float(arr[:T, :, role].sum()) / g if g > 0 else 0.0
+
+    def pct(x: np.ndarray, q: float) -> float:
+        return float(np.percentile(x, q)) if len(x) else float("nan")
+
+    generated = float(np.maximum(w.output_tokens[finished], 0).sum())
+    cost = float(sim.ts_cost[:T].sum()) * hours
+    return {
+        "policy": opts.policy,
+        "topology_aware": opts.topology_aware,
+        "requests": int(n),
+        "completed": int(finished.sum()),
+        "duration_s": duration,
+        "gpu_hours": held * hours,
+        "prefill_gpu_hours": float(gpus[:, :, PREFILL].sum()) * hours,
+        "decode_gpu_hours": float(gpus[:, :, DECODE].sum()) * hours,
+        "avg_gpus": held / T,
+        "peak_gpus": float(gpus.sum(axis=(1, 2)).max()),
+        "cost": cost,
+        "cost_per_mtok": cost / generated * 1e6 if generated > 0 else float("nan"),
+        "avg_gpu_util": float(sim.ts_gpu_busy[:T].sum()) / held if held > 0 else 0.0,
+        "avg_sm_activity": float(sim.ts_gpu_sm[:T].sum()) / held if held > 0 else 0.0,
+        "prefill_gpu_util": role_mean(sim.ts_gpu_busy, PREFILL),
+        "decode_gpu_util": role_mean(sim.ts_gpu_busy, DECODE),
+        "prefill_sm_activity": role_mean(sim.ts_gpu_sm, PREFILL),
+        "decode_sm_activity": role_mean(sim.ts_gpu_sm, DECODE),
+        "ttft_p50_s": pct(fin_ttft, 50),
+        "ttft_p99_s": pct(fin_ttft, 99),
+        "tbt_p50_s": pct(fin_tbt, 50),
+        "tbt_p99_s": pct(fin_tbt, 99),
+        "slo_attainment": float(ok.mean()) if n else float("nan"),
+        "scaling_actions": int(scaling_actions),
+        "instances_started": actuator.started,
+        "instances_stopped": actuator.stopped,
+        "unplaced_instances": int(unplaced),
+        "kv_transfer_gbps": float(kv_bytes.sum() / kv_time.sum() / 1e9)
+        if kv_time.sum() > 0
+        else 0.0,
+        "kv_transfer_p50_ms": pct(sim.kv_time[routed] * 1e3, 50),
+        "kv_level_share": level_share,
+        "prefix_cache_hit": float(sim.cached.sum() / max(1, w.input_tokens.sum())),
+        "sim_time_s": float(sim.now),
+        "wall_s": wall_s,
+        "speedup": float(sim.now) / wall_s if wall_s > 0 else float("inf"),
+        "options": {
+            "control_period_s": opts.control_period_s,
+            "window_s": opts.window_s,
+            "tick_s": opts.tick_s,
+            "startup_s": opts.startup_s,
+        },
+    }

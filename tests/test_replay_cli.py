@@ -1,0 +1,84 @@
+"""`heteroscale replay --json`: the last stdout line is one JSON object with the promised keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from heteroscale_ray.sim.commands import register
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACES = ROOT.parent / "shared" / "data" / "traces"
+
+
+def main(argv: Sequence[str]) -> int:
+    """The simulator's commands as `heteroscale` registers them (independent of other modules)."""
+    parser = argparse.ArgumentParser(prog="heteroscale")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(list(argv))
+    return int(args.func(args))
+
+
+@pytest.mark.skipif(not (TRACES / "synthetic_trace.jsonl").exists(), reason="shared trace missing")
+def test_replay_json_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        [
+            "replay",
+            "--trace",
+            str(TRACES / "synthetic_trace.jsonl"),
+            "--services",
+            str(ROOT / "examples" / "sim_services.yaml"),
+            "--service",
+            "longctx",
+            "--gpus",
+            "256",
+            "--duration",
+            "120",
+            "--policy",
+            "heteroscale",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    summary = json.loads(out[-1])
+    for key in (
+        "policy",
+        "requests",
+        "gpu_hours",
+        "slo_attainment",
+        "avg_gpu_util",
+        "avg_sm_activity",
+        "scaling_actions",
+        "ttft_p99_s",
+        "tbt_p99_s",
+    ):
+        assert key in summary
+    assert summary["policy"] == "heteroscale"
+    assert summary["requests"] > 0
+    assert (tmp_path / "timeline.png").stat().st_size > 0
+    assert "GPU-h" in "\n".join(out)
+
+
+def test_replay_unknown_policy_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        [
+            "replay",
+            "--trace",
+            str(TRACES / "AzureLLMInferenceTrace_conv.csv"),
+            "--services",
+            str(ROOT / "examples" / "sim_services.yaml"),
+            "--policy",
+            "nope",
+            "--duration",
+            "10",
+        ]
+    )
+    assert rc == 2
+    assert "unknown policy" in capsys.readouterr().err
