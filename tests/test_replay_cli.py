@@ -82,3 +82,78 @@ def test_replay_unknown_policy_exit_2(capsys: pytest.CaptureFixture[str]) -> Non
     )
     assert rc == 2
     assert "unknown policy" in capsys.readouterr().err
+
+
+def test_pd_sweep_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        [
+            "pd-sweep",
+            "--services",
+            str(ROOT / "examples" / "sim_services.yaml"),
+            "--service",
+            "service-a",
+            "--input-tokens",
+            "3000",
+            "--output-tokens",
+            "350",
+            "--instances",
+            "3",
+            "--duration",
+            "90",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    result = json.loads(out[-1])
+    assert result["service"] == "service-a"
+    assert [p["ratio"] for p in result["points"]] == ["1:2", "2:1"]
+    assert result["best_ratio"] in ("1:2", "2:1")
+    assert result["best_goodput_rps"] > 0
+    assert (tmp_path / "service-a.png").stat().st_size > 0
+    assert (tmp_path / "service-a.json").exists()
+
+
+def test_pd_sweep_cli_needs_lengths(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        ["pd-sweep", "--services", str(ROOT / "examples" / "sim_services.yaml"), "--instances", "2"]
+    )
+    assert rc == 2
+    assert "--trace" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    not (TRACES / "AzureLLMInferenceTrace_conv.csv").exists(), reason="shared trace missing"
+)
+def test_replay_with_topology_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        [
+            "replay",
+            "--trace",
+            str(TRACES / "AzureLLMInferenceTrace_conv.csv"),
+            "--services",
+            str(ROOT / "examples" / "sim_services.yaml"),
+            "--service",
+            "dialogue",
+            "--topology",
+            str(ROOT / "examples" / "topology.yaml"),
+            "--duration",
+            "60",
+            "--policy",
+            "heteroscale",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "64 GPUs" in captured.err  # the file's fleet, not the default --gpus 1024
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["requests"] > 0
+    assert summary["completed"] == summary["requests"]
+    # L20 prefill and H20 decode only meet inside s2-b: every KV copy stays within that S2
+    assert summary["kv_level_share"]["CROSS_S2"] == 0.0
+    assert (tmp_path / "summary.json").exists()

@@ -162,12 +162,22 @@ class ServeDefaultAutoscaler:
 
 
 class StaticAutoscaler:
-    """Fixed counts per service (e.g. provisioned for the peak); never scales."""
+    """Fixed counts per service (e.g. provisioned for the peak); never scales.
+
+    `pd_ratios` (service -> "P:D") is the ratio its Deployment Groups are placed at; None
+    keeps each service's configured ratio. Counts far off that ratio would otherwise leave
+    prefill-only or decode-only DGs, which can serve nothing.
+    """
 
     name = "static"
 
-    def __init__(self, counts: Mapping[str, tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        counts: Mapping[str, tuple[int, int]],
+        pd_ratios: Mapping[str, str] | None = None,
+    ) -> None:
         self.counts = dict(counts)
+        self.pd_ratios = dict(pd_ratios or {})
 
     def desire(self, now: float, observations: Mapping[str, Observation]) -> dict[str, Desired]:
         out = {}
@@ -178,13 +188,20 @@ class StaticAutoscaler:
 
 
 class ScheduledAutoscaler:
-    """Counts from a schedule `(service, now) -> (prefill, decode)`; used by the oracle."""
+    """Counts from a schedule `(service, now) -> (prefill, decode)`; used by the oracle.
+
+    `pd_ratios` as for `StaticAutoscaler`: the ratio DGs are placed at (the schedule's own).
+    """
 
     def __init__(
-        self, schedule: Callable[[str, float], tuple[int, int]], name: str = "oracle"
+        self,
+        schedule: Callable[[str, float], tuple[int, int]],
+        name: str = "oracle",
+        pd_ratios: Mapping[str, str] | None = None,
     ) -> None:
         self.schedule = schedule
         self.name = name
+        self.pd_ratios = dict(pd_ratios or {})
 
     def desire(self, now: float, observations: Mapping[str, Observation]) -> dict[str, Desired]:
         out = {}
@@ -192,6 +209,14 @@ class ScheduledAutoscaler:
             p, d = self.schedule(name, now)
             out[name] = Desired(name, p, d, self.name, "scheduled from future load")
         return out
+
+
+def ratio_of(prefill: int, decode: int) -> str:
+    """The "P:D" string nearest to prefill/decode with a 1 on the smaller side ("15:1", "1:3")."""
+    p, d = max(prefill, 1), max(decode, 1)
+    if p >= d:
+        return f"{max(1, round(p / d))}:1"
+    return f"1:{max(1, round(d / p))}"
 
 
 def _fmt(x: float | None) -> str:

@@ -63,8 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--services", required=True, help="services.yaml")
     q.add_argument("--service", help="service to sweep (default: the first one)")
-    q.add_argument("--input-tokens", type=float, required=True, help="mean prompt length")
-    q.add_argument("--output-tokens", type=float, required=True, help="mean output length")
+    q.add_argument("--input-tokens", type=float, help="mean prompt length")
+    q.add_argument("--output-tokens", type=float, help="mean output length")
+    q.add_argument(
+        "--trace",
+        help="draw (input, output) lengths from this trace instead of the means (keeps tails)",
+    )
     q.add_argument("--instances", type=int, default=10, help="total instances (default 10)")
     q.add_argument("--threshold", type=float, default=0.9, help="SLO attainment to keep")
     q.add_argument("--duration", type=float, default=240.0, help="seconds per stress run")
@@ -185,6 +189,21 @@ def _cmd_pd_sweep(args: argparse.Namespace) -> int:
         print(f"--service {name!r} is not in {args.services}", file=sys.stderr)
         return 2
     spec = services.by_name()[name]
+    lengths = None
+    if args.trace:
+        from heteroscale_ray.traces import TraceError, load_trace
+
+        try:
+            tr = load_trace(args.trace)
+        except (TraceError, OSError) as err:
+            print(err, file=sys.stderr)
+            return 2
+        lengths = (tr.input_tokens, tr.output_tokens)
+        args.input_tokens = float(tr.input_tokens.mean())
+        args.output_tokens = float(tr.output_tokens.mean())
+    elif args.input_tokens is None or args.output_tokens is None:
+        print("pd-sweep needs --input-tokens and --output-tokens, or --trace", file=sys.stderr)
+        return 2
     points = sweep(
         services,
         spec,
@@ -194,6 +213,7 @@ def _cmd_pd_sweep(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         duration_s=args.duration,
         seed=args.seed,
+        lengths=lengths,
     )
     best = max(points, key=lambda p: p.goodput_rps)
     print(f"{'P:D':>6}  {'goodput req/s':>13}  {'attainment':>10}  {'tokens/s':>9}")

@@ -9,7 +9,12 @@ core) rules out a per-token event loop. Per tick (1 s by default):
    left (join-the-least-work, a heap), which fixes its Deployment Group; a decode instance of
    that DG is picked by the least KV promised over capacity. Prefill is a FIFO server per
    instance (exact Lindley recursion in continuous time), its time from the roofline model on
-   cache-miss tokens only (a per-DG prefix cache over Mooncake `hash_ids`);
+   cache-miss tokens only. Prefix cache: one pooled KV store per DG over Mooncake `hash_ids`
+   (Mooncake's design: prefill instances' spare memory pooled and read over RDMA), holding as
+   many 512-token blocks as the DG's ready prefill instances have KV memory beyond
+   `PREFILL_WORKING_TOKENS` each; LRU eviction; a hit costs no prefill FLOPs and its transfer
+   from the pool is not modelled. The DG choice is cache-aware (as Mooncake's conductor):
+   the prefill seconds a DG's cached prefix would save count against its queue;
 3. KV transfer: prompt KV bytes over the bandwidth of the lowest switch level the two hosts
    share; the request then waits for decode admission;
 4. decode: continuous batching per instance, admission FIFO while the batch fits the KV
@@ -25,7 +30,7 @@ any sequence running counts as busy) and SM activity (achieved FLOP/s over peak)
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +46,9 @@ from heteroscale_ray.topology import ClusterGraph
 STARTING, READY, DRAINING, GONE = 0, 1, 2, 3
 PREFILL, DECODE = 0, 1
 BLOCK_TOKENS = 512  # Mooncake hash_ids cover 512-token prompt blocks
+# KV tokens a prefill instance keeps for the prompt it is computing; the rest of its KV memory
+# is spare and joins its DG's pooled prefix cache. One 64k-token prompt (Mooncake's p99 is 66k).
+PREFILL_WORKING_TOKENS = 65_536
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,16 @@ class SimConfig:
     tick_s: float = 1.0
     startup_s: float = 90.0  # model load of a new instance (60-120 s is typical for 8-70B)
     drain_timeout_s: float = 900.0  # after the last arrival, keep running this long at most
+
+
+def _prefill(kind: InstanceKind, tokens: int, cached: int) -> tuple[float, float]:
+    """(seconds, FLOPs) of one prompt alone on `kind`; scalar twin of kind.prefill_seconds."""
+    new_t = tokens - cached
+    flops = kind.flops_per_token * new_t + kind.flops_per_pair * (
+        new_t * cached + new_t * (new_t + 1) / 2
+    )
+    mem = (kind.w_shared + kind.w_experts * (1.0 - kind.q_untouched**new_t)) / kind.mem_bw
+    return max(flops / kind.prefill_flops_s, mem) + kind.prefill_overhead_s, flops
 
 
 class _Grow:
@@ -169,7 +187,7 @@ class ClusterSim:
         self.row_of: dict[str, int] = {}
         self.dg_names: list[str] = []
         self._dg_index: dict[str, int] = {}
-        self._dg_cache: dict[int, tuple[set[int], deque[int]]] = {}
+        self._dg_cache: dict[int, OrderedDict[int, None]] = {}
         self._kv_full_cache: dict[tuple[int, int], float] = {}
         n = len(workload)
         self.horizon = float(workload.arrival[-1]) + self.dt if n else self.dt
@@ -365,6 +383,11 @@ class ClusterSim:
             for h in (*pheaps.values(), *dheaps.values()):
                 heapq.heapify(h)
             groups = sorted(pheaps)
+            pool_blocks: dict[int, int] = {}
+            if hashes is not None:
+                spare = np.maximum(T.kv_cap[pre_rows] - PREFILL_WORKING_TOKENS, 0.0)
+                for g_, sp in zip(dg[pre_rows].tolist(), spare.tolist(), strict=True):
+                    pool_blocks[g_] = pool_blocks.get(g_, 0) + int(sp) // BLOCK_TOKENS
             ttft_slo = self.services[s].slo.ttft_s
             arr = w.arrival[ids].tolist()
             inp = w.input_tokens[ids].tolist()
@@ -379,28 +402,28 @@ class ClusterSim:
             for j, rid in enumerate(ids.tolist()):
                 a = arr[j]
                 g = groups[0]
+                tokens = inp[j]
+                blocks = hashes[rid] if hashes is not None else ()
                 if len(groups) > 1:
                     best = float("inf")
                     for cand in groups:
                         wait = pheaps[cand][0][0] - a
                         score = (wait if wait > 0 else 0.0) / ttft_slo + dheaps[cand][0][0]
+                        if blocks:  # cache-aware: the prefill time a hit in this DG saves
+                            hit = self._cache_peek(cand, blocks, tokens)
+                            if hit:
+                                ck = kinds[T.kind[pheaps[cand][0][1]]]
+                                saved = _prefill(ck, tokens, 0)[0] - _prefill(ck, tokens, hit)[0]
+                                score -= saved / ttft_slo
                         if score < best:
                             best, g = score, cand
                 heap = pheaps[g]
                 free, r = heap[0]
                 kind = kinds[T.kind[r]]
-                tokens = inp[j]
                 cached = 0
-                if hashes is not None and hashes[rid]:
-                    cached = self._cache_lookup(int(dg[r]), hashes[rid], tokens, r)
-                new_t = tokens - cached
-                flops = kind.flops_per_token * new_t + kind.flops_per_pair * (
-                    new_t * cached + new_t * (new_t + 1) / 2
-                )
-                mem = (
-                    kind.w_shared + kind.w_experts * (1.0 - kind.q_untouched**new_t)
-                ) / kind.mem_bw
-                svc_time = max(flops / kind.prefill_flops_s, mem) + kind.prefill_overhead_s
+                if blocks:
+                    cached = self._cache_lookup(g, blocks, tokens, pool_blocks.get(g, 0))
+                svc_time, flops = _prefill(kind, tokens, cached)
                 start = free if free > arr[j] else max(arr[j], t0)
                 fin = start + svc_time
                 heapq.heapreplace(heap, (fin, r))
@@ -463,29 +486,40 @@ class ClusterSim:
             self._kv_full_cache[key] = max(cap.batch * res / k.kv_capacity_tokens, 1e-6)
         return self._kv_full_cache[key]
 
-    def _cache_lookup(self, dg: int, blocks: tuple[int, ...], tokens: int, prow: int) -> int:
-        """Leading cached blocks of the prompt in the DG's prefix cache; then insert the prompt.
-
-        Capacity: the KV capacity of one prefill instance of the DG (a pooled cache would be
-        larger; this keeps hit rates conservative). FIFO eviction.
-        """
-        entry = self._dg_cache.get(dg)
-        if entry is None:
-            entry = (set(), deque())
-            self._dg_cache[dg] = entry
-        seen, order = entry
+    def _cache_peek(self, dg: int, blocks: tuple[int, ...], tokens: int) -> int:
+        """Cached tokens the prompt would hit in the DG's pool (no insertion, no LRU refresh)."""
+        cache = self._dg_cache.get(dg)
+        if not cache:
+            return 0
         hit = 0
         for b in blocks:
-            if b in seen:
+            if b not in cache:
+                break
+            hit += 1
+        return min(hit * BLOCK_TOKENS, tokens - 1)
+
+    def _cache_lookup(self, dg: int, blocks: tuple[int, ...], tokens: int, cap: int) -> int:
+        """Cached tokens of the prompt's leading blocks in the DG's pooled prefix cache.
+
+        Then the prompt's blocks are inserted (or refreshed) and the least recently used
+        blocks evicted down to `cap` blocks, the pool's current size.
+        """
+        cache = self._dg_cache.get(dg)
+        if cache is None:
+            cache = OrderedDict()
+            self._dg_cache[dg] = cache
+        hit = 0
+        for b in blocks:
+            if b in cache:
                 hit += 1
             else:
                 break
+        for b in blocks[:hit]:
+            cache.move_to_end(b)
         for b in blocks[hit:]:
-            seen.add(b)
-            order.append(b)
-        cap = int(self.inst.kv_cap[prow]) // BLOCK_TOKENS
-        while len(order) > cap:
-            seen.discard(order.popleft())
+            cache[b] = None
+        while len(cache) > cap:
+            cache.popitem(last=False)
         return min(hit * BLOCK_TOKENS, tokens - 1)
 
     def _shared_level(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -39,10 +39,20 @@ def poisson_trace(
     output_mean: float,
     cv: float,
     rng: np.random.Generator,
+    lengths: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Trace:
-    """Poisson arrivals, normal lengths (coefficient of variation `cv`), for stress tests."""
+    """Poisson arrivals for stress tests; lengths normal (coefficient of variation `cv`) around
+    the means, or drawn as (input, output) pairs from `lengths` (a real trace's columns, which
+    keeps their tails and their correlation)."""
     n = int(rng.poisson(rate * duration_s))
     arrivals = np.sort(rng.random(n) * duration_s)
+    if lengths is not None:
+        pick = rng.integers(0, len(lengths[0]), n)
+        inp = np.asarray(lengths[0], dtype=np.int64)[pick]
+        out = np.maximum(2, np.asarray(lengths[1], dtype=np.int64)[pick])
+        return Trace.from_columns(
+            arrivals, inp, out, duration_s=duration_s, source=f"poisson({rate:g}, trace lengths)"
+        )
     inp = np.maximum(1, np.rint(rng.normal(input_mean, cv * input_mean, n))).astype(np.int64)
     out = np.maximum(2, np.rint(rng.normal(output_mean, cv * output_mean, n))).astype(np.int64)
     return Trace.from_columns(
@@ -63,10 +73,11 @@ def attainment_at(
     cv: float,
     seed: int,
     warmup_s: float,
+    lengths: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, float]:
     """SLO attainment and generated tokens/s with p prefill and d decode instances at `rate`."""
     rng = np.random.default_rng(seed)
-    trace = poisson_trace(rate, duration_s, input_mean, output_mean, cv, rng)
+    trace = poisson_trace(rate, duration_s, input_mean, output_mean, cv, rng, lengths)
     gpus = (p * spec.prefill.gpus_per_instance + d * spec.decode.gpus_per_instance) * 2 + 64
     topo = fleet_for([spec], gpus)
     res = run_replay(
@@ -103,13 +114,19 @@ def sweep(
     warmup_s: float = 60.0,
     seed: int = 0,
     iterations: int = 9,
+    lengths: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[SweepPoint]:
-    """Max goodput within SLO for each P:D split of `total_instances` (or the given splits)."""
+    """Max goodput within SLO for each P:D split of `total_instances` (or the given splits).
+
+    `lengths`: (input, output) columns of a real trace to draw request lengths from; prefer it
+    to the means when lengths are heavy-tailed or correlated (Mooncake: long prompts, short
+    answers), where a sweep on means misjudges both the decode KV load and the best ratio.
+    """
     pairs = (
         list(splits) if splits else [(p, total_instances - p) for p in range(1, total_instances)]
     )
     points = []
-    kw: Mapping[str, float] = dict(
+    kw: Mapping[str, object] = dict(
         duration_s=duration_s,
         input_mean=input_mean,
         output_mean=output_mean,
@@ -117,6 +134,8 @@ def sweep(
         seed=seed,
         warmup_s=warmup_s,
     )
+    if lengths is not None:
+        kw = {**kw, "lengths": lengths}
     for p, d in pairs:
         lo, hi = 0.0, 1.0
         att_hi, _ = attainment_at(services, spec, p, d, hi, **kw)  # type: ignore[arg-type]

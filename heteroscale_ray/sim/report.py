@@ -24,6 +24,7 @@ COLUMNS = (
     ("TBT p50", "tbt_p50_s", "{:.1f}ms", 1e3),
     ("TBT p99", "tbt_p99_s", "{:.1f}ms", 1e3),
     ("SLO att.", "slo_attainment", "{:.1%}"),
+    ("ceiling", "slo_ceiling", "{:.1%}"),
     ("actions", "scaling_actions", "{}"),
     ("cost", "cost", "{:.1f}"),
 )

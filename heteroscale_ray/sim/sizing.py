@@ -1,8 +1,29 @@
-"""Capacity arithmetic from the performance model: what one instance can carry within SLO.
+"""Capacity arithmetic from the performance model: how many instances carry a load within SLO.
 
 Used by the oracle (fewest instances per interval given the future load), by static peak
 provisioning, by the initial provisioning before a replay, and by `pd-sweep` to suggest a
-policy target. All of it is the roofline model evaluated at the workload's own lengths.
+policy target. Everything is the simulator's own vectorised roofline (`InstanceKind`) evaluated
+on the requests themselves, so the counts are what *this* simulator needs, not a generic rule.
+
+Decode is sized by Little's law at tick resolution. Each request holds a decode slot and its
+KV reservation (input + output tokens) from the tick its KV arrives to the end of the tick it
+finishes (the engine admits at tick starts and frees at tick ends, so short outputs hold their
+KV for about one tick more than their decode steps take). Summing over requests gives, per tick,
+the sequences S, the context tokens C and the reserved KV R in flight. Spread evenly over n
+instances, a batch of S/n sequences over C/n tokens must
+
+- step within the TBT budget: weights + C/n KV bytes streamed in `budget` seconds (memory
+  bound), and the FLOPs of S/n tokens in `budget` seconds (compute bound);
+- fit the KV memory: R/n <= KV capacity x `KV_FILL`;
+- fit the sequence cap: S/n <= max_running_seqs.
+
+Each bound is linear in 1/n, so the fewest n per tick is a closed form (no search). Whichever
+bound binds -- TBT for short contexts (Azure), KV memory for ~15k-token contexts (Mooncake) --
+decides. Step times depend on n and the hold times on step times, so the computation iterates
+that fixed point a few times.
+
+Prefill is sized from work: the seconds of prefill each interval's arrivals cost (cache misses
+only when cached tokens are given) over the interval at `PREFILL_UTIL_TARGET` utilisation.
 """
 
 from __future__ import annotations
@@ -13,10 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from heteroscale_ray.config import ServiceSpec
+from heteroscale_ray.perf.network import SharedLevel
 from heteroscale_ray.sim.speed import InstanceKind
 
 PREFILL_UTIL_TARGET = 0.8  # queueing headroom: an M/D/1 queue at 80% waits ~2 service times
-DECODE_TBT_MARGIN = 0.7  # size decode batches so steps stay at 70% of the TBT SLO (batch growth near capacity is cliff-like)
+DECODE_TBT_MARGIN = 0.7  # routing balance (engine._kv_full) and `decode_capacity` only
+SIZING_TBT_MARGIN = 0.85  # decode steps may take 85% of the TBT SLO; the rest absorbs the KV
+# transfer and admission waits, which the measured TBT (first to last token) includes
+KV_FILL = 0.9  # share of KV capacity FIFO admission fills on average (head-of-line blocking)
+FIXED_POINT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -30,13 +56,21 @@ class DecodeCapacity:
 
 
 def decode_capacity(
-    kind: InstanceKind, tbt_slo_s: float, mean_context: float, mean_reserve: float
+    kind: InstanceKind,
+    tbt_slo_s: float,
+    mean_context: float,
+    mean_reserve: float,
+    margin: float = DECODE_TBT_MARGIN,
 ) -> DecodeCapacity:
-    """Binary search on batch size: step time <= margin x TBT SLO, KV and sequence caps kept."""
+    """Largest batch with step time <= margin x TBT SLO, KV and sequence caps kept.
+
+    A single operating point at mean lengths; the engine uses it to balance decode load, the
+    heterogeneity experiment to compare cards. Sizing uses `decode_need` (per tick, both bounds).
+    """
     by_kv = int(kind.kv_capacity_tokens // max(mean_reserve, 1.0))
     hi = max(1, min(kind.max_seqs, by_kv))
     limited = "kv" if by_kv < kind.max_seqs else "seqs"
-    budget = tbt_slo_s * DECODE_TBT_MARGIN
+    budget = tbt_slo_s * margin
     b = np.arange(1, hi + 1, dtype=float)
     steps = kind.step_seconds(b, b * mean_context)
     ok = np.flatnonzero(steps <= budget)
@@ -62,11 +96,86 @@ def prefill_work_s(
 
 @dataclass(frozen=True)
 class Needs:
-    """Instances per role needed in each interval of `period_s` (fractional, before rounding)."""
+    """Instances per role needed in each interval of `period_s` (fractional, before rounding).
+
+    `decode_bound` names the decode bound that binds most often ("tbt", "kv" or "seqs").
+    """
 
     period_s: float
     prefill: np.ndarray
     decode: np.ndarray
+    decode_bound: str = "tbt"
+
+
+def _in_flight(first: np.ndarray, last: np.ndarray, weight: np.ndarray, n: int) -> np.ndarray:
+    """Per tick, sum of `weight` over requests holding ticks first..last (inclusive)."""
+    diff = np.bincount(first, weights=weight, minlength=n + 1)[: n + 1]
+    diff = diff - np.bincount(np.minimum(last + 1, n), weights=weight, minlength=n + 1)[: n + 1]
+    return np.cumsum(diff)[:n]
+
+
+def decode_need(
+    kind: InstanceKind,
+    tbt_slo_s: float,
+    start_s: np.ndarray,
+    input_tokens: np.ndarray,
+    output_tokens: np.ndarray,
+    n_ticks: int,
+    tick_s: float = 1.0,
+    margin: float = SIZING_TBT_MARGIN,
+) -> tuple[np.ndarray, str]:
+    """Fewest decode instances per tick (fractional) and the bound that binds most often.
+
+    `start_s` is when each request's KV reaches decode. See the module docstring for the model.
+    """
+    budget = tbt_slo_s * margin - kind.step_overhead_s
+    weights_all = kind.w_shared + kind.w_experts  # every weight byte: an upper bound for MoE
+    bytes_budget = kind.mem_bw * budget - weights_all
+    if budget <= 0 or bytes_budget <= 0:
+        raise ValueError(
+            f"{kind.model} on {kind.n_gpus} x {kind.gpu} cannot step within "
+            f"{margin:.0%} of the {tbt_slo_s * 1e3:.0f} ms TBT SLO even at batch 1: "
+            "use more GPUs per decode instance or a faster card"
+        )
+    inp = np.asarray(input_tokens, dtype=float)
+    gen = np.maximum(np.asarray(output_tokens, dtype=float) - 1, 0)
+    m = gen > 0  # single-token outputs finish at prefill and never reach decode
+    inp, gen, start = inp[m], gen[m], np.asarray(start_s, dtype=float)[m]
+    if not len(inp):
+        return np.zeros(n_ticks), "tbt"
+    ctx = inp + (gen + 1) / 2  # mean KV length over the request's decode steps
+    res = np.minimum(inp + gen + 1, float(kind.kv_capacity_tokens))
+    first = np.clip((start / tick_s).astype(np.int64), 0, n_ticks - 1)
+    step = np.full(n_ticks, tbt_slo_s * margin)
+    ones = np.ones(len(inp))
+    for _ in range(FIXED_POINT_ROUNDS):
+        end = start + gen * step[first]
+        last = np.clip(np.ceil(end / tick_s).astype(np.int64) - 1, first, n_ticks - 1)
+        S = _in_flight(first, last, ones, n_ticks)
+        C = _in_flight(first, last, ctx, n_ticks)
+        R = _in_flight(first, last, res, n_ticks)
+        bounds = np.stack(
+            [
+                C * kind.kv_bytes_per_token / bytes_budget,  # memory-bound step <= budget
+                (kind.flops_per_token * S + kind.flops_per_pair * C)
+                / (kind.decode_flops_s * budget),  # compute-bound step <= budget
+                R / (kind.kv_capacity_tokens * KV_FILL),  # KV reservations fit
+                S / kind.max_seqs,  # sequence cap
+            ]
+        )
+        need = bounds.max(axis=0)
+        n = np.maximum(need, 1e-9)
+        step = np.where(
+            S > 0,
+            kind.step_seconds(np.maximum(S / n, 1.0), C / n),
+            tbt_slo_s * margin,
+        )
+        step = np.minimum(step, tbt_slo_s * margin)
+    busy = S > 0
+    which = np.argmax(bounds[:, busy], axis=0) if busy.any() else np.zeros(1, dtype=np.int64)
+    counts = np.bincount(which, minlength=4)
+    bound = ("tbt", "tbt", "kv", "seqs")[int(np.argmax(counts))]
+    return need, bound
 
 
 def needs_per_interval(
@@ -78,23 +187,40 @@ def needs_per_interval(
     output_tokens: np.ndarray,
     duration_s: float,
     period_s: float,
+    *,
+    cached_tokens: np.ndarray | None = None,
+    tick_s: float = 1.0,
+    tbt_margin: float = SIZING_TBT_MARGIN,
+    prefill_util: float = PREFILL_UTIL_TARGET,
 ) -> Needs:
-    """Per interval: prefill = work / (period x util target); decode = token demand / capacity."""
+    """Per interval: prefill = work / (period x util target); decode = peak tick of `decode_need`.
+
+    Decode load is placed where it happens: from the end of the request's own prefill and KV
+    transfer (no queueing, S1-level link) to its last token, so a long output counts in every
+    interval it spans.
+    """
     n_bins = max(1, int(math.ceil(duration_s / period_s)))
-    b = np.minimum((arrival_s / period_s).astype(np.int64), n_bins - 1)
-    work = prefill_work_s(prefill_kind, input_tokens)
-    p_need = np.bincount(b, weights=work, minlength=n_bins) / (period_s * PREFILL_UTIL_TARGET)
-    out = np.asarray(output_tokens, dtype=float)
+    arrival = np.asarray(arrival_s, dtype=float)
     inp = np.asarray(input_tokens, dtype=float)
-    # A running batch holds each request for as many steps as it has output tokens, so its
-    # average context and reservation are output-weighted, not plain means.
-    weight = np.maximum(out, 1.0)
-    mean_ctx = float(np.average(inp + out / 2, weights=weight)) if len(inp) else 1.0
-    mean_res = float(np.average(inp + out, weights=weight)) if len(inp) else 1.0
-    cap = decode_capacity(decode_kind, spec.slo.tbt_s, mean_ctx, mean_res)
-    d_need = np.bincount(b, weights=np.maximum(out - 1, 0), minlength=n_bins) / period_s
-    d_need = d_need / cap.tokens_per_s
-    return Needs(period_s, p_need, d_need)
+    out = np.asarray(output_tokens, dtype=float)
+    b = np.minimum((arrival / period_s).astype(np.int64), n_bins - 1)
+    cached = np.zeros(len(inp)) if cached_tokens is None else np.asarray(cached_tokens, float)
+    work = prefill_work_s(prefill_kind, inp, cached)
+    p_need = np.bincount(b, weights=work, minlength=n_bins) / (period_s * prefill_util)
+    start = (
+        arrival
+        + work
+        + prefill_kind.kv_transfer_seconds(inp, np.full(len(inp), int(SharedLevel.S1)))
+    )
+    per = max(1, int(round(period_s / tick_s)))
+    n_ticks = n_bins * per + int(math.ceil(float(np.max(start, initial=0.0)) / tick_s)) + 2
+    need, bound = decode_need(
+        decode_kind, spec.slo.tbt_s, start, inp, out, n_ticks, tick_s=tick_s, margin=tbt_margin
+    )
+    d_need = need[: n_bins * per].reshape(n_bins, per).max(axis=1)
+    # a decode tail past the last interval still needs its instances in the last interval
+    d_need[-1] = max(d_need[-1], float(need[n_bins * per :].max(initial=0.0)))
+    return Needs(period_s, p_need, d_need, bound)
 
 
 def round_counts(spec: ServiceSpec, prefill: float, decode: float) -> tuple[int, int]:
