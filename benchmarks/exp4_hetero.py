@@ -24,7 +24,7 @@ from heteroscale_ray.sim.commands import _clean  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.plots import bars_png  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
-from heteroscale_ray.sim.sizing import decode_capacity  # noqa: E402
+from heteroscale_ray.sim.sizing import SloInfeasibleError, decode_capacity  # noqa: E402
 from heteroscale_ray.sim.speed import InstanceKind  # noqa: E402
 from heteroscale_ray.traces import load_trace, scale_rate  # noqa: E402
 
@@ -44,6 +44,7 @@ def main() -> int:
         load_trace(TRACES / "AzureLLMInferenceTrace_conv.csv").slice(0, 1800), 12, seed=0
     )
     rows = []
+    infeasible: list[dict[str, str]] = []
     for label, (pg, pn), (dg, dn) in VARIANTS:
         spec = spec0.model_copy(
             update={
@@ -67,6 +68,11 @@ def main() -> int:
             )
         except ModelDoesNotFitError as err:
             print(f"{label}: does not fit ({err})")
+            infeasible.append({"variant": label, "reason": str(err)})
+            continue
+        except SloInfeasibleError as err:
+            print(f"{label}: cannot meet the SLO at any size ({err})")
+            infeasible.append({"variant": label, "reason": str(err)})
             continue
         s = res.summary
         s["variant"] = label
@@ -94,6 +100,10 @@ def main() -> int:
         f"  homogeneous cost per token  paper: ~+41%   ours: {homo['cost_vs_hetero']:+.1%} (H20 only)"
     )
     l20 = next((r for r in rows if r["variant"] == "homogeneous L20"), None)
+    for bad in infeasible:
+        print(
+            f"                                            ours: {bad['variant']} cannot serve within SLO at any cost"
+        )
     if l20 is not None:
         print(
             f"                                            ours: {l20['cost_vs_hetero']:+.1%} (L20 only; SLO attainment {l20['slo_attainment']:.1%}: decode on L20 misses the TBT SLO)"
@@ -107,7 +117,10 @@ def main() -> int:
         "relative cost",
     )
     (OUT / "summary.json").write_text(
-        json.dumps(_clean({"trace": trace.source, "rows": rows}), indent=2) + "\n"
+        json.dumps(
+            _clean({"trace": trace.source, "rows": rows, "infeasible": infeasible}), indent=2
+        )
+        + "\n"
     )
     print(f"wrote {OUT}/summary.json and cost.png")
     return 0

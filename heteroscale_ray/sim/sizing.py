@@ -45,6 +45,10 @@ KV_FILL = 0.9  # share of KV capacity FIFO admission fills on average (head-of-l
 FIXED_POINT_ROUNDS = 3
 
 
+class SloInfeasibleError(ValueError):
+    """No number of instances of this kind can meet the SLO: the card is too slow per step."""
+
+
 @dataclass(frozen=True)
 class DecodeCapacity:
     """Largest batch a decode instance runs within the TBT SLO, and the tokens/s it makes."""
@@ -132,7 +136,7 @@ def decode_need(
     weights_all = kind.w_shared + kind.w_experts  # every weight byte: an upper bound for MoE
     bytes_budget = kind.mem_bw * budget - weights_all
     if budget <= 0 or bytes_budget <= 0:
-        raise ValueError(
+        raise SloInfeasibleError(
             f"{kind.model} on {kind.n_gpus} x {kind.gpu} cannot step within "
             f"{margin:.0%} of the {tbt_slo_s * 1e3:.0f} ms TBT SLO even at batch 1: "
             "use more GPUs per decode instance or a faster card"
