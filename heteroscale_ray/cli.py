@@ -78,6 +78,8 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
 # Each module exposes `register(subparsers)`, adding its commands with lazy-imported handlers.
 _COMMAND_MODULES: list[str] = [
     "heteroscale_ray.sim.commands",
+    "heteroscale_ray.actors.commands",
+    "heteroscale_ray.demo",
 ]
 
 

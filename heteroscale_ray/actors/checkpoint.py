@@ -1,0 +1,86 @@
+"""Actor names and state that survives actor restarts, kept in Ray's GCS internal KV.
+
+Detached actors restart with their constructor arguments only; whatever they decided since
+(policy states, DG ownership, draining marks, accepted config updates) is written here after
+every change and read back in ``__init__``. Values are JSON so a checkpoint stays readable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from heteroscale_ray.config import AffinityLevel, Role
+from heteroscale_ray.topology import DeploymentGroup, Instance
+
+NAMESPACE = "heteroscale"
+KV_NAMESPACE = "heteroscale"
+POLICY_ENGINE = "heteroscale-policy-engine"
+PRE_SCHEDULER = "heteroscale-pre-scheduler"
+
+
+def sub_cluster_actor(name: str) -> str:
+    return f"heteroscale-sub-cluster-{name}"
+
+
+def gpu_node_actor(host: str) -> str:
+    return f"heteroscale-gpu-node-{host}"
+
+
+def kv_put(key: str, value: Any) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(key, json.dumps(value), overwrite=True, namespace=KV_NAMESPACE)
+
+
+def kv_get(key: str) -> Any | None:
+    from ray.experimental import internal_kv
+
+    raw = internal_kv._internal_kv_get(key, namespace=KV_NAMESPACE)
+    return None if raw is None else json.loads(raw)
+
+
+def kv_clear(prefix: str = "") -> None:
+    """Forget every checkpoint under ``prefix`` (``heteroscale stop`` clears all)."""
+    from ray.experimental import internal_kv
+
+    for key in internal_kv._internal_kv_list(prefix, namespace=KV_NAMESPACE):
+        internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
+
+
+def dg_to_json(dg: DeploymentGroup) -> dict[str, Any]:
+    return {
+        "dg_id": dg.dg_id,
+        "service": dg.service,
+        "domain": dg.domain,
+        "level": dg.level.value,
+        "prefill_gpu_type": dg.prefill_gpu_type,
+        "decode_gpu_type": dg.decode_gpu_type,
+        "draining": dg.draining,
+        "instances": [[i.instance_id, i.role.value, i.host, list(i.gpus)] for i in dg.instances],
+    }
+
+
+def dg_from_json(data: dict[str, Any]) -> DeploymentGroup:
+    return DeploymentGroup(
+        dg_id=data["dg_id"],
+        service=data["service"],
+        domain=data["domain"],
+        level=AffinityLevel(data["level"]),
+        prefill_gpu_type=data["prefill_gpu_type"],
+        decode_gpu_type=data["decode_gpu_type"],
+        draining=bool(data.get("draining", False)),
+        instances=tuple(
+            Instance(iid, Role(role), host, tuple(gpus))
+            for iid, role, host, gpus in data["instances"]
+        ),
+    )
+
+
+def dgs_to_json(dgs: Iterable[DeploymentGroup]) -> list[dict[str, Any]]:
+    return [dg_to_json(dg) for dg in dgs]
+
+
+def dgs_from_json(data: Iterable[dict[str, Any]]) -> tuple[DeploymentGroup, ...]:
+    return tuple(dg_from_json(d) for d in data)

@@ -1,0 +1,196 @@
+"""CLI commands of the control plane: start, status, update, stop (and demo, in demo.py).
+
+Handlers import Ray lazily so `heteroscale --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ADDRESS_HELP = "Ray cluster address (default: auto, the cluster this machine belongs to)"
+
+
+def _connect(address: str) -> None:
+    import ray
+
+    from heteroscale_ray.actors.checkpoint import NAMESPACE
+
+    try:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError) as e:
+        raise SystemExit(
+            f"cannot connect to a Ray cluster at {address!r}: {e}\n"
+            "start one with `ray start --head` (or `ray up cluster.yaml`), or pass --address"
+        ) from None
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise SystemExit(f"cannot read {what} {path!r}: {e.strerror}") from None
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from heteroscale_ray.actors.control_plane import (
+        ControlPlaneError,
+        ControlPlaneSettings,
+        start_control_plane,
+    )
+    from heteroscale_ray.config import ConfigError, ServicesConfig, TopologySpec, parse_yaml_text
+
+    services = _read(args.services, "services file")
+    topology = _read(args.topology, "topology file") if args.topology else None
+    try:  # validate before touching the cluster
+        parse_yaml_text(services, ServicesConfig, args.services)
+        if topology:
+            parse_yaml_text(topology, TopologySpec, args.topology)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    _connect(args.address)
+    settings = ControlPlaneSettings(
+        period_s=args.period,
+        soft_window_s=args.soft_window,
+        advisory=args.advisory,
+        metrics_port=args.metrics_port or None,
+    )
+    try:
+        start_control_plane(
+            services,
+            topology_yaml=topology,
+            settings=settings,
+            http_host=args.http_host,
+            http_port=args.http_port,
+        )
+    except ControlPlaneError as e:
+        print(e, file=sys.stderr)
+        return 1
+    mode = "advisory mode (decisions logged, nothing actuated)" if args.advisory else "active"
+    print(
+        f"HeteroScale control plane started ({mode}), period {args.period:g}s.\n"
+        f"OpenAI-compatible endpoint: http://{args.http_host}:{args.http_port}/v1/completions\n"
+        "Watch it with `heteroscale status`; stop it with `heteroscale stop`."
+    )
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import ray
+
+    from heteroscale_ray.actors.control_plane import (
+        ControlPlaneError,
+        control_plane_status,
+        format_status,
+        policy_engine,
+    )
+
+    _connect(args.address)
+    try:
+        if args.metrics:
+            print(ray.get(policy_engine().metrics_text.remote(), timeout=60))
+            return 0
+        st = control_plane_status(args.last)
+    except ControlPlaneError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(json.dumps(st, indent=2, default=str) if args.json else format_status(st))
+    return 0
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    from heteroscale_ray.actors.control_plane import ControlPlaneError, update_services
+
+    text = _read(args.services, "services file")
+    _connect(args.address)
+    try:
+        ok, message = update_services(text)
+    except ControlPlaneError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(
+        message if ok else f"update rejected, the running config stays:\n{message}",
+        file=sys.stdout if ok else sys.stderr,
+    )
+    return 0 if ok else 2
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from heteroscale_ray.actors.control_plane import stop_control_plane
+
+    _connect(args.address)
+    done = stop_control_plane(purge=args.purge)
+    if not done:
+        print("no HeteroScale control plane was running")
+        return 0
+    for line in done:
+        print(f"stopped {line}" if line.startswith("heteroscale-") else line)
+    if not args.purge:
+        print(
+            "DG applications keep serving at their current size; `heteroscale start` adopts "
+            "them again, `heteroscale stop --purge` deletes them."
+        )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "start",
+        help="run the control plane on an existing Ray cluster (returns once it runs)",
+        description="Start the HeteroScale control plane (policy engine, federated "
+        "pre-scheduler, one scheduler per sub-cluster, one GpuNode actor per GPU host) as "
+        "detached Ray actors, plus Ray Serve and the OpenAI-compatible ingress. GPU nodes "
+        "must carry the heteroscale.io/* labels (see cluster.yaml), or pass --topology.",
+    )
+    p.add_argument("--address", default="auto", help=ADDRESS_HELP)
+    p.add_argument(
+        "--services", required=True, help="services.yaml (check it with `heteroscale validate`)"
+    )
+    p.add_argument("--topology", help="topology.yaml; default: discovered from Ray node labels")
+    p.add_argument(
+        "--advisory",
+        action="store_true",
+        help="run the loop and log/export decisions without changing anything",
+    )
+    p.add_argument(
+        "--period", type=float, default=5.0, help="control period in seconds (default 5)"
+    )
+    p.add_argument(
+        "--soft-window",
+        type=float,
+        default=60.0,
+        help="seconds removed instances stay out of routing before they stop (default 60)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9500,
+        help="Prometheus port of the control plane's metrics (default 9500; 0 = off)",
+    )
+    p.add_argument("--http-host", default="0.0.0.0", help="Serve HTTP host (default 0.0.0.0)")
+    p.add_argument("--http-port", type=int, default=8000, help="Serve HTTP port (default 8000)")
+    p.set_defaults(func=_cmd_start)
+
+    p = sub.add_parser("status", help="services, DGs, instances and the last decisions")
+    p.add_argument("--address", default="auto", help=ADDRESS_HELP)
+    p.add_argument("--last", type=int, default=10, help="how many recent decisions to show")
+    p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    p.add_argument("--metrics", action="store_true", help="print the Prometheus metrics text")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("update", help="switch the running control plane to a new services.yaml")
+    p.add_argument("--address", default="auto", help=ADDRESS_HELP)
+    p.add_argument("--services", required=True, help="the new services.yaml")
+    p.set_defaults(func=_cmd_update)
+
+    p = sub.add_parser("stop", help="stop the control plane (DGs keep serving unless --purge)")
+    p.add_argument("--address", default="auto", help=ADDRESS_HELP)
+    p.add_argument(
+        "--purge",
+        action="store_true",
+        help="also delete the DG applications, the ingress and the checkpoints",
+    )
+    p.set_defaults(func=_cmd_stop)

@@ -1,0 +1,224 @@
+"""Start, inspect and stop the control plane from a driver connected to a Ray cluster.
+
+`start_control_plane` makes sure Serve and the ingress run, then creates the detached actors
+(pre-scheduler first, policy engine last, which starts the loop). `stop_control_plane` stops
+the loop first, then kills the actors; by default the DG applications keep serving at their
+current size and the checkpoint stays, so a later `start` adopts them; ``purge`` deletes the
+DGs, the ingress, the routing table and the checkpoints too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from heteroscale_ray.actors.checkpoint import (
+    KV_NAMESPACE,
+    NAMESPACE,
+    POLICY_ENGINE,
+    PRE_SCHEDULER,
+    kv_clear,
+    kv_put,
+)
+from heteroscale_ray.actors.serving_adapter import ServingOptions
+from heteroscale_ray.config import ServicesConfig, parse_yaml_text
+
+SERVICES_KEY = "services"
+
+
+class ControlPlaneError(RuntimeError):
+    """A control-plane command cannot go on; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ControlPlaneSettings:
+    period_s: float = 5.0
+    soft_window_s: float = 60.0
+    advisory: bool = False
+    metrics_port: int | None = None
+    options: ServingOptions = field(default_factory=ServingOptions)
+
+
+def _actor(name: str) -> Any | None:
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def _options(name: str, concurrency: int) -> dict[str, Any]:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {
+        "name": name,
+        "namespace": NAMESPACE,
+        "lifetime": "detached",
+        "num_cpus": 0,
+        "max_restarts": -1,
+        "max_task_retries": -1,
+        "max_concurrency": concurrency,
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=True
+        ),
+    }
+
+
+def start_control_plane(
+    services_yaml: str,
+    *,
+    topology_yaml: str | None = None,
+    settings: ControlPlaneSettings = ControlPlaneSettings(),
+    http_host: str = "0.0.0.0",
+    http_port: int = 8000,
+) -> Any:
+    """Start everything on the connected cluster; returns the PolicyEngine handle.
+
+    Raises ConfigError for a bad services.yaml and ControlPlaneError when one already runs.
+    """
+    import ray
+    from ray import serve
+
+    from heteroscale_ray.actors.policy_engine import PolicyEngine
+    from heteroscale_ray.actors.pre_scheduler import FederatedPreScheduler
+    from heteroscale_ray.serving.deployments import INGRESS_APP, deploy_ingress, register_service
+
+    config = parse_yaml_text(services_yaml, ServicesConfig, "services")
+    if _actor(POLICY_ENGINE) is not None:
+        raise ControlPlaneError(
+            "a HeteroScale control plane already runs on this cluster: `heteroscale status` "
+            "shows it, `heteroscale stop` stops it"
+        )
+    serve.start(http_options={"host": http_host, "port": http_port})
+    if INGRESS_APP not in serve.status().applications:
+        deploy_ingress()
+    for spec in config.services:
+        register_service(spec.name, settings.options.engine, spec.model)
+    kv_put(SERVICES_KEY, services_yaml)  # an explicit start wins over an older checkpoint
+    fps = (
+        ray.remote(FederatedPreScheduler)
+        .options(**_options(PRE_SCHEDULER, 8))
+        .remote(services_yaml, topology_yaml, settings.options, settings.soft_window_s)
+    )
+    ray.get(fps.scheduler_names.remote())  # constructed (its config parsed) before the loop
+    return (
+        ray.remote(PolicyEngine)
+        .options(**_options(POLICY_ENGINE, 8))
+        .remote(services_yaml, settings.period_s, settings.advisory, settings.metrics_port)
+    )
+
+
+def policy_engine() -> Any:
+    pe = _actor(POLICY_ENGINE)
+    if pe is None:
+        raise ControlPlaneError(
+            "no HeteroScale control plane runs on this cluster: start it with "
+            "`heteroscale start --services services.yaml`"
+        )
+    return pe
+
+
+def control_plane_status(last: int = 10) -> dict[str, Any]:
+    import ray
+
+    return ray.get(policy_engine().status.remote(last), timeout=60)
+
+
+def update_services(services_yaml: str) -> tuple[bool, str]:
+    import ray
+
+    return ray.get(policy_engine().update_services.remote(services_yaml), timeout=60)
+
+
+def stop_control_plane(purge: bool = False) -> list[str]:
+    """Stop the loop, kill the control-plane actors; with ``purge`` remove what they created."""
+    import ray
+
+    done: list[str] = []
+    pe = _actor(POLICY_ENGINE)
+    if pe is not None:
+        with contextlib.suppress(Exception):
+            ray.get(pe.shutdown.remote(), timeout=120)
+        ray.kill(pe, no_restart=True)
+        done.append(POLICY_ENGINE)
+    fps = _actor(PRE_SCHEDULER)
+    if fps is not None and purge:
+        with contextlib.suppress(Exception):
+            done += [f"deleted {app}" for app in ray.get(fps.delete_all.remote(), timeout=120)]
+    for info in ray.util.list_named_actors(all_namespaces=True):
+        name = info["name"]
+        if info.get("namespace") != NAMESPACE or not name.startswith("heteroscale-"):
+            continue
+        if name == "heteroscale-routing" and not purge:
+            continue
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+            done.append(name)
+    if purge:
+        from ray import serve
+
+        from heteroscale_ray.serving.deployments import INGRESS_APP
+
+        with contextlib.suppress(Exception):
+            if INGRESS_APP in serve.status().applications:
+                serve.delete(INGRESS_APP)
+                done.append(f"deleted {INGRESS_APP}")
+        kv_clear()
+        done.append(f"cleared checkpoints (GCS KV namespace {KV_NAMESPACE!r})")
+    return done
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """`heteroscale status` as text: services, DGs, pending removals, last decisions."""
+    import datetime as dt
+
+    lines = []
+    mode = "ADVISORY (no actuation)" if st["advisory"] else "active"
+    lines.append(
+        f"control plane: {mode}, period {st['period_s']:g}s, {st['cycles']} cycles"
+        + (f", last error: {st['last_error']}" if st.get("last_error") else "")
+    )
+    lines.append("")
+    lines.append(f"{'service':<14}{'ratio':>7}{'prio':>6}  signal (target/instance)   observed")
+    for s in st["services"]:
+        o = st.get("observations", {}).get(s["name"], {})
+        val = o.get(s["signal"])
+        obs = "n/a" if val is None else f"{val:.0f} tok/s"
+        lines.append(
+            f"{s['name']:<14}{s['pd_ratio']:>7}{s['priority']:>6}  "
+            f"{s['signal']} ({s['target_per_instance']:g}){'':<6}{obs}"
+        )
+    fps = st.get("pre_scheduler", {})
+    lines.append("")
+    if "error" in fps:
+        lines.append(f"pre-scheduler: {fps['error']}")
+    else:
+        lines.append(
+            f"{'DG':<26}{'domain':<14}{'GPU P/D':<11}{'P run/want':>11}{'D run/want':>11}  gate"
+        )
+        for d in fps.get("dgs", []):
+            lines.append(
+                f"{d['app']:<26}{d['domain']:<14}"
+                f"{d['prefill_gpu_type'] + '/' + d['decode_gpu_type']:<11}"
+                f"{str(d['running']['prefill']) + '/' + str(d['prefill']):>11}"
+                f"{str(d['running']['decode']) + '/' + str(d['decode']):>11}  "
+                f"{'open' if d['gate_open'] else 'closed'}"
+                + (f" weight {d['weight']:.2f}" if d.get("weight", 1.0) < 1.0 else "")
+            )
+        for p in fps.get("pending_removals", []):
+            kind = "whole DG, draining" if p["whole_dg"] else "down-weighted"
+            lines.append(f"  soft scale-in: {p['dg_id']} {p['prefill']}P+{p['decode']}D ({kind})")
+        for u in fps.get("last_cycle", {}).get("unplaced", []):
+            lines.append(f"  unplaced: {u['count']} {u['role']} of {u['service']} ({u['reason']})")
+    lines.append("")
+    lines.append("last decisions:")
+    for e in st.get("decisions", []):
+        t = dt.datetime.fromtimestamp(e["time"]).strftime("%H:%M:%S")
+        lines.append(
+            f"  {t} {e['service']}: {e['reason']} {e['had_prefill']}P/{e['had_decode']}D -> "
+            f"{e['prefill']}P/{e['decode']}D: {e['message']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Prometheus metrics of the control plane (not of the replicas: serving exports those).
+
+Names (all prefixed ``heteroscale_cp_``):
+    desired_instances{service,role}           target from the latest decision
+    actual_instances{service,role,dg,state}   per DG: ready (running) and starting replicas
+    decisions_total{service,reason}           every decision, by its reason enum
+    signal{service,signal}                    the signal values the policy saw
+    placement_failures_total{service,role,reason}  instances a cycle could not place
+    cycle_seconds                             duration of one control cycle (histogram)
+Served on a port with `start_http_server` when one is given, and always as text through
+`PolicyEngine.metrics_text()` (what `heteroscale status --metrics` prints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from heteroscale_ray.control import Observation
+
+SIGNALS = (
+    "decode_tps",
+    "prefill_tps",
+    "ttft_p99_s",
+    "tbt_p99_s",
+    "prefill_busy",
+    "decode_busy",
+    "kv_use",
+)
+
+
+class ControlPlaneMetrics:
+    def __init__(self, port: int | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        p = "heteroscale_cp_"
+        self.desired = Gauge(
+            p + "desired_instances",
+            "Target instances from the latest decision",
+            ["service", "role"],
+            registry=self.registry,
+        )
+        self.actual = Gauge(
+            p + "actual_instances",
+            "Instances per DG by state",
+            ["service", "role", "dg", "state"],
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            p + "decisions", "Decisions by reason", ["service", "reason"], registry=self.registry
+        )
+        self.signal = Gauge(
+            p + "signal",
+            "Signal values the policy saw",
+            ["service", "signal"],
+            registry=self.registry,
+        )
+        self.failures = Counter(
+            p + "placement_failures",
+            "Instances a cycle could not place",
+            ["service", "role", "reason"],
+            registry=self.registry,
+        )
+        self.cycle = Histogram(
+            p + "cycle_seconds",
+            "Duration of one control cycle",
+            registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.port = port
+        if port:
+            from prometheus_client import start_http_server
+
+            start_http_server(port, registry=self.registry)
+
+    def record(
+        self,
+        decisions: Mapping[str, Any],
+        observations: Mapping[str, Observation],
+        snapshot: Mapping[str, Any],
+        cycle: Mapping[str, Any],
+        seconds: float,
+    ) -> None:
+        for name, d in decisions.items():
+            self.desired.labels(name, "prefill").set(d.prefill)
+            self.desired.labels(name, "decode").set(d.decode)
+            self.decisions.labels(name, d.reason).inc()
+        for name, obs in observations.items():
+            for sig in SIGNALS:
+                value = getattr(obs.signals, sig)
+                if value is not None:
+                    self.signal.labels(name, sig).set(float(value))
+        self.actual.clear()
+        for dg in snapshot.get("dgs", []):
+            for role in ("prefill", "decode"):
+                ready = min(dg[role], dg["running"][role])
+                self.actual.labels(dg["service"], role, dg["dg_id"], "ready").set(ready)
+                self.actual.labels(dg["service"], role, dg["dg_id"], "starting").set(
+                    dg[role] - ready
+                )
+        for u in cycle.get("unplaced", []):
+            self.failures.labels(u["service"], u["role"], u["reason"]).inc(u["count"])
+        self.cycle.observe(seconds)
+
+    def text(self) -> str:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode()

@@ -1,0 +1,265 @@
+"""PolicyEngine: validated service configs, metrics -> decisions every period, a decision log.
+
+Each period it reads the replica reports (one call to the serving layer's routing table),
+turns them into `Observation`s, asks the shared `HeteroScaleAutoscaler` (policy.decide) for
+target counts, checkpoints the policy states, and hands the decisions to the pre-scheduler,
+which plans and actuates them (or, in advisory mode, only plans them). Every decision is kept
+with its reason enum and sentence, exported as metrics, and logged (INFO when it changes
+something or its reason changes; repeated identical holds go to DEBUG).
+
+Test hook: `set_test_signals(service, {...})` overrides measured signal fields for a service
+(``observed_at`` becomes the tick's time) so tests can drive decisions without real load;
+`set_test_signals(service, None)` removes the override.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+from heteroscale_ray.actors.checkpoint import NAMESPACE, PRE_SCHEDULER, kv_get, kv_put
+from heteroscale_ray.actors.metrics import ControlPlaneMetrics
+from heteroscale_ray.actors.observe import build_observations
+from heteroscale_ray.config import ConfigError, ServicesConfig, parse_yaml_text
+from heteroscale_ray.control import HeteroScaleAutoscaler, Observation
+from heteroscale_ray.policy import PolicyState
+
+logger = logging.getLogger(__name__)
+SERVICES_KEY = "services"
+STATE_KEY = "policy-engine"
+LOG_KEEP = 500
+LOG_CHECKPOINT = 50
+
+
+class PolicyEngine:
+    """Actor body (threaded: the control loop runs in its own thread, calls run beside it)."""
+
+    def __init__(
+        self,
+        services_yaml: str,
+        period_s: float = 5.0,
+        advisory: bool = False,
+        metrics_port: int | None = None,
+    ) -> None:
+        self.period_s = period_s
+        self.advisory = advisory
+        self._lock = threading.RLock()
+        text = kv_get(SERVICES_KEY) or services_yaml
+        self.services_yaml = text
+        self.config = parse_yaml_text(text, ServicesConfig, "services")
+        kv_put(SERVICES_KEY, text)
+        self.autoscaler = HeteroScaleAutoscaler(self.config.services)
+        saved = kv_get(STATE_KEY) or {}
+        for name, js in saved.get("states", {}).items():
+            if name in self.autoscaler.states:
+                self.autoscaler.states[name] = PolicyState.from_json(js)
+        self.log: deque[dict[str, Any]] = deque(saved.get("log", []), maxlen=LOG_KEEP)
+        self.restored = bool(saved)
+        self.cycles = int(saved.get("cycles", 0))
+        self.last_error: str | None = None
+        self.last_cycle: dict[str, Any] = {}
+        self.last_observations: dict[str, dict[str, Any]] = {}
+        self._overrides: dict[str, dict[str, float]] = {}
+        try:
+            self.metrics = ControlPlaneMetrics(metrics_port)
+        except OSError as e:  # port taken (e.g. after a restart on the same node)
+            logger.warning("metrics port %s unavailable (%s); text metrics only", metrics_port, e)
+            self.metrics = ControlPlaneMetrics(None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="policy-loop", daemon=True)
+        self._thread.start()
+
+    # ---- configuration ----
+    def update_services(self, services_yaml: str) -> tuple[bool, str]:
+        """Validate and switch to a new services.yaml; a bad one is rejected, the old one stays."""
+        import ray
+
+        try:
+            config = parse_yaml_text(services_yaml, ServicesConfig, "services update")
+        except ConfigError as e:
+            logger.warning("rejected services update: %s", e)
+            return False, str(e)
+        with self._lock:
+            old = self.autoscaler.states
+            self.autoscaler = HeteroScaleAutoscaler(config.services)
+            for name in self.autoscaler.states:
+                if name in old:
+                    self.autoscaler.states[name] = old[name]
+            self.config, self.services_yaml = config, services_yaml
+            kv_put(SERVICES_KEY, services_yaml)
+            self._checkpoint()
+        ray.get(self._pre_scheduler().set_services.remote(services_yaml), timeout=30)
+        names = ", ".join(s.name for s in config.services)
+        logger.info("services updated: %s", names)
+        return True, f"accepted {len(config.services)} service(s): {names}"
+
+    def set_test_signals(self, service: str, fields: dict[str, float] | None) -> None:
+        """Test hook: override measured signal fields of one service (None removes it)."""
+        with self._lock:
+            if fields is None:
+                self._overrides.pop(service, None)
+            else:
+                self._overrides[service] = dict(fields)
+
+    # ---- the loop ----
+    def _pre_scheduler(self) -> Any:
+        import ray
+
+        return ray.get_actor(PRE_SCHEDULER, namespace=NAMESPACE)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.tick()
+                self.last_error = None
+            except Exception as e:  # keep going: the next period retries from fresh state
+                self.last_error = f"{type(e).__name__}: {e}"
+                logger.warning("control cycle failed: %s", self.last_error)
+            self._stop.wait(max(0.1, self.period_s - (time.monotonic() - started)))
+
+    def tick(self) -> dict[str, Any]:
+        """One control period: observe, decide, plan (and actuate unless advisory)."""
+        import ray
+
+        from heteroscale_ray.serving.deployments import replica_stats
+
+        t0 = time.perf_counter()
+        fps = self._pre_scheduler()
+        counts = ray.get(fps.counts.remote(), timeout=60)
+        stats = replica_stats()
+        now = time.time()
+        with self._lock:
+            names = [s.name for s in self.config.services]
+            obs = build_observations(names, stats, counts)
+            for name, fields in self._overrides.items():
+                if name in obs:
+                    sig = replace(obs[name].signals, observed_at=now, **fields)
+                    obs[name] = replace(obs[name], signals=sig)
+            desired = self.autoscaler.desire(now, obs)
+            self._checkpoint()
+        cycle = ray.get(fps.run_cycle.remote(now, desired, obs, not self.advisory), timeout=180)
+        snapshot = ray.get(fps.snapshot.remote(), timeout=60)
+        seconds = time.perf_counter() - t0
+        with self._lock:
+            self.cycles += 1
+            self._record(now, desired, obs, cycle)
+            self.last_cycle = {**cycle, "seconds": seconds}
+            self.last_observations = {n: _obs_dict(o) for n, o in obs.items()}
+            self.metrics.record(desired, obs, snapshot, cycle, seconds)
+            self._checkpoint()
+        return self.last_cycle
+
+    def _record(
+        self,
+        now: float,
+        desired: dict[str, Any],
+        obs: dict[str, Observation],
+        cycle: dict[str, Any],
+    ) -> None:
+        prev = {e["service"]: e for e in reversed(self.log)}
+        for name, d in desired.items():
+            c = obs[name].counts
+            entry = {
+                "time": now,
+                "service": name,
+                "reason": d.reason,
+                "message": d.message,
+                "prefill": d.prefill,
+                "decode": d.decode,
+                "had_prefill": c.prefill,
+                "had_decode": c.decode,
+                "advisory": self.advisory,
+                "plan": [line for line in cycle.get("plan", []) if name in line],
+            }
+            self.log.append(entry)
+            last = prev.get(name)
+            changed = (d.prefill, d.decode) != (c.prefill, c.decode)
+            same = last is not None and last["reason"] == d.reason and not changed
+            level = logging.DEBUG if same else logging.INFO
+            mode = "advisory " if self.advisory else ""
+            logger.log(
+                level,
+                "%sdecision %s: %s -> %dP/%dD (%s)",
+                mode,
+                name,
+                d.reason,
+                d.prefill,
+                d.decode,
+                d.message,
+            )
+
+    def _checkpoint(self) -> None:
+        kv_put(
+            STATE_KEY,
+            {
+                "states": {n: s.to_json() for n, s in self.autoscaler.states.items()},
+                "log": list(self.log)[-LOG_CHECKPOINT:],
+                "cycles": self.cycles,
+            },
+        )
+
+    # ---- reporting ----
+    def status(self, last: int = 10) -> dict[str, Any]:
+        import ray
+
+        with self._lock:
+            out = {
+                "services": [
+                    {
+                        "name": s.name,
+                        "pd_ratio": s.pd_ratio,
+                        "priority": s.priority,
+                        "signal": s.policy.signal,
+                        "target_per_instance": s.policy.target_per_instance,
+                    }
+                    for s in self.config.services
+                ],
+                "advisory": self.advisory,
+                "period_s": self.period_s,
+                "cycles": self.cycles,
+                "restored": self.restored,
+                "last_error": self.last_error,
+                "last_cycle": dict(self.last_cycle),
+                "observations": dict(self.last_observations),
+                "decisions": list(self.log)[-last:],
+            }
+        try:
+            out["pre_scheduler"] = ray.get(self._pre_scheduler().snapshot.remote(), timeout=30)
+        except Exception as e:
+            out["pre_scheduler"] = {"error": f"{type(e).__name__}: {e}"}
+        return out
+
+    def decisions(self, since: float = 0.0) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.log if e["time"] > since]
+
+    def metrics_text(self) -> str:
+        return self.metrics.text()
+
+    def services_text(self) -> str:
+        return self.services_yaml
+
+    def shutdown(self) -> None:
+        """Stop the loop (before the actor is killed, so no cycle is cut halfway)."""
+        self._stop.set()
+        self._thread.join(timeout=self.period_s + 30)
+
+
+def _obs_dict(obs: Observation) -> dict[str, Any]:
+    s = obs.signals
+    return {
+        "decode_tps": s.decode_tps,
+        "prefill_tps": s.prefill_tps,
+        "ttft_p99_s": s.ttft_p99_s,
+        "tbt_p99_s": s.tbt_p99_s,
+        "observed_at": s.observed_at,
+        "prefill_ready": obs.prefill.ready,
+        "prefill_starting": obs.prefill.starting,
+        "decode_ready": obs.decode.ready,
+        "decode_starting": obs.decode.starting,
+    }

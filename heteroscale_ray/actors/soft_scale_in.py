@@ -1,0 +1,178 @@
+"""Soft scale-in: removed instances leave routing first and are only stopped once SLOs held.
+
+The placement plan says which instances go. They leave the DG ownership state at once (so the
+policy sees its new target and does not shrink twice) but keep running as a `PendingRemoval`
+for an observation window: a whole DG is marked draining (the router sends it nothing new),
+a partly shrunk DG gets a lower routing weight. When the window ends with the service's p99
+TTFT and TBT within SLO, they are stopped; if an SLO breaks during the window, or the policy
+wants more instances again, they are restored at once. Pure: no Ray, time is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.control.types import Desired, Observation
+from heteroscale_ray.topology import (
+    CapacityError,
+    ClusterGraph,
+    DeleteDG,
+    DeploymentGroup,
+    FreeCapacity,
+    Instance,
+    PlacementPlan,
+    RemoveInstances,
+    role_counts,
+)
+
+
+@dataclass(frozen=True)
+class PendingRemoval:
+    """Instances a plan removed from one DG that still run, out of routing, until settled."""
+
+    dg: DeploymentGroup  # the DG as it was before the removal (types, domain, level)
+    instances: tuple[Instance, ...]
+    since: float
+    whole_dg: bool  # the plan deleted the DG: it is drained rather than down-weighted
+
+    @property
+    def service(self) -> str:
+        return self.dg.service
+
+    def count(self, role: Role) -> int:
+        return sum(1 for i in self.instances if i.role is role)
+
+
+def pending_from_plan(
+    plan: PlacementPlan, before: Sequence[DeploymentGroup], now: float
+) -> list[PendingRemoval]:
+    """The removals of one plan, grouped per DG, with the DG snapshot taken before the plan."""
+    by_id = {dg.dg_id: dg for dg in before}
+    removed: dict[str, set[str]] = {}
+    deleted: set[str] = set()
+    for action in plan.all_actions():
+        if isinstance(action, RemoveInstances):
+            removed.setdefault(action.dg_id, set()).update(action.instance_ids)
+        elif isinstance(action, DeleteDG):
+            deleted.add(action.dg_id)
+    out = []
+    for dg_id in sorted(removed.keys() | deleted):
+        dg = by_id.get(dg_id)
+        if dg is None:  # created and deleted in one plan: nothing runs
+            continue
+        gone = tuple(i for i in dg.instances if i.instance_id in removed.get(dg_id, set()))
+        if gone or dg_id in deleted:
+            out.append(PendingRemoval(dg, gone, now, dg_id in deleted))
+    return out
+
+
+def slo_held(spec: ServiceSpec, obs: Observation | None) -> bool:
+    """True unless a p99 latency is over its SLO; no latency data (no traffic) counts as held."""
+    if obs is None:
+        return True
+    s = obs.signals
+    return not (
+        (s.ttft_p99_s is not None and s.ttft_p99_s > spec.slo.ttft_s)
+        or (s.tbt_p99_s is not None and s.tbt_p99_s > spec.slo.tbt_s)
+    )
+
+
+def restore(dgs: Sequence[DeploymentGroup], pending: PendingRemoval) -> tuple[DeploymentGroup, ...]:
+    """Put a pending removal's instances back into the DG state (re-adding a deleted DG)."""
+    out = list(dgs)
+    for k, dg in enumerate(out):
+        if dg.dg_id == pending.dg.dg_id:
+            out[k] = dg.with_instances(dg.instances + pending.instances)
+            return tuple(out)
+    return (*out, replace(pending.dg, instances=pending.instances, draining=False))
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Outcome of one settle step: the new DG state, what is still pending, and what happened."""
+
+    dgs: tuple[DeploymentGroup, ...]
+    pending: tuple[PendingRemoval, ...]
+    events: tuple[str, ...]
+
+
+def settle(
+    dgs: Sequence[DeploymentGroup],
+    pending: Iterable[PendingRemoval],
+    *,
+    now: float,
+    window_s: float,
+    services: Mapping[str, ServiceSpec],
+    observations: Mapping[str, Observation],
+    desired: Mapping[str, Desired],
+    graph: ClusterGraph,
+) -> Settled:
+    """Finalise removals whose window passed with SLOs held; restore the others when needed."""
+    state = tuple(dgs)
+    keep: list[PendingRemoval] = []
+    events: list[str] = []
+    for p in pending:
+        spec = services.get(p.service)
+        held = spec is None or slo_held(spec, observations.get(p.service))
+        want = desired.get(p.service)
+        have = role_counts(state, p.service)
+        wants_more = want is not None and (want.prefill > have[0] or want.decode > have[1])
+        what = f"{p.dg.dg_id}: {_describe(p)}"
+        if spec is not None and (not held or wants_more):
+            candidate = restore(state, p)
+            try:
+                FreeCapacity(graph, candidate)
+            except (CapacityError, ValueError):
+                events.append(f"{what} could not be restored (GPUs taken); stopping them")
+                continue
+            state = candidate
+            why = "SLO breached" if not held else "policy wants more instances"
+            events.append(f"{what} restored to routing ({why})")
+        elif now - p.since >= window_s:
+            events.append(f"{what} stopped after {window_s:g}s with SLOs held")
+        else:
+            keep.append(p)
+    return Settled(state, tuple(keep), tuple(events))
+
+
+def _describe(p: PendingRemoval) -> str:
+    pre, dec = p.count(Role.PREFILL), p.count(Role.DECODE)
+    kind = "whole DG" if p.whole_dg else "instances"
+    return f"{kind} {pre}P+{dec}D"
+
+
+def serving_counts(
+    dgs: Iterable[DeploymentGroup], pending: Iterable[PendingRemoval]
+) -> dict[str, tuple[int, int]]:
+    """Replicas each DG must keep running: its target plus its pending removals."""
+    out = {dg.dg_id: (dg.count(Role.PREFILL), dg.count(Role.DECODE)) for dg in dgs}
+    for p in pending:
+        pre, dec = out.get(p.dg.dg_id, (0, 0))
+        out[p.dg.dg_id] = (pre + p.count(Role.PREFILL), dec + p.count(Role.DECODE))
+    return out
+
+
+def pending_to_json(p: PendingRemoval) -> dict[str, object]:
+    from heteroscale_ray.actors.checkpoint import dg_to_json
+
+    return {
+        "dg": dg_to_json(p.dg),
+        "instances": [i.instance_id for i in p.instances],
+        "since": p.since,
+        "whole_dg": p.whole_dg,
+    }
+
+
+def pending_from_json(data: Mapping[str, object]) -> PendingRemoval:
+    from heteroscale_ray.actors.checkpoint import dg_from_json
+
+    dg = dg_from_json(data["dg"])  # type: ignore[arg-type]
+    ids = set(data["instances"])  # type: ignore[arg-type]
+    return PendingRemoval(
+        dg=dg,
+        instances=tuple(i for i in dg.instances if i.instance_id in ids),
+        since=float(data["since"]),  # type: ignore[arg-type]
+        whole_dg=bool(data["whole_dg"]),
+    )

@@ -1,0 +1,187 @@
+"""SubClusterScheduler: carries out placement plans for one sub-cluster on Ray Serve.
+
+It receives the *level* its DGs should be at (`DgTarget`s) rather than a diff, and reconciles
+Serve to it: a missing DG application is deployed (pinned by labels), a role whose replica
+count differs is scaled through Serve's external-scaler path (running replicas survive), the
+routing gates (draining, weight, start-up-skew ratio gate) are re-applied, and applications it
+owns that no target names any more are deleted. Applying the same targets twice changes
+nothing, so a restarted scheduler (or a retried call) never creates a DG twice; the set of
+applications it owns is checkpointed so none is orphaned across a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from heteroscale_ray.actors.checkpoint import kv_get, kv_put
+from heteroscale_ray.actors.serving_adapter import (
+    DgTarget,
+    ServingOptions,
+    gate_open,
+    live_replicas,
+    serving_spec,
+)
+
+logger = logging.getLogger(__name__)
+REPORT_TIMEOUT_S = 5.0
+
+
+class SubClusterScheduler:
+    """Actor body (threaded: status calls run while a reconcile is in progress)."""
+
+    def __init__(self, name: str, options: ServingOptions) -> None:
+        self.name = name
+        self.options = options
+        self._key = f"sub-cluster/{name}"
+        self._lock = threading.Lock()
+        saved = kv_get(self._key) or {}
+        self._owned: set[str] = set(saved.get("owned_apps", []))
+        self._hosts: dict[str, str] = dict(saved.get("hosts", {}))  # host -> node id
+        self._nodes: dict[str, Any] = {}
+        self._applied: dict[str, tuple[int, int]] = {}  # app -> replicas last requested
+        self._routes: dict[str, tuple[bool, float, bool]] = {}  # app -> (draining, weight, gate)
+        self._status: dict[str, dict[str, Any]] = {}
+        self.restored = bool(saved)
+
+    def _checkpoint(self) -> None:
+        kv_put(self._key, {"owned_apps": sorted(self._owned), "hosts": self._hosts})
+
+    # ---- inventory ----
+    def sync_hosts(self, hosts: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Ensure a GpuNode actor per (host, node id) and collect their reports.
+
+        A host whose actor does not answer within a few seconds is reported unhealthy, and the
+        pre-scheduler leaves it out of the topology until it answers again.
+        """
+        import ray
+
+        from heteroscale_ray.actors.gpu_node import gpu_node_handle
+
+        with self._lock:
+            wanted = dict(hosts)
+            if wanted != self._hosts:
+                self._hosts = wanted
+                self._checkpoint()
+            for host, node_id in wanted.items():
+                if host not in self._nodes:
+                    self._nodes[host] = gpu_node_handle(host, node_id)
+            for host in [h for h in self._nodes if h not in wanted]:
+                del self._nodes[host]
+            nodes = dict(self._nodes)
+        refs = {host: actor.report.remote() for host, actor in nodes.items()}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=REPORT_TIMEOUT_S)
+        done = set(ready)
+        reports = []
+        for host, ref in refs.items():
+            try:
+                if ref not in done:
+                    raise TimeoutError("no answer")
+                reports.append(ray.get(ref))
+            except Exception as e:  # actor dead or node gone
+                reports.append(
+                    {
+                        "host": host,
+                        "node_id": wanted[host],
+                        "healthy": False,
+                        "error": f"{type(e).__name__}: {e}",
+                    }
+                )
+                with self._lock:
+                    self._nodes.pop(host, None)  # recreate (or re-fetch) next time
+        return reports
+
+    # ---- plans ----
+    def reconcile(self, targets: Sequence[DgTarget]) -> dict[str, dict[str, Any]]:
+        """Bring Serve to ``targets``; returns per-DG replica readiness and gate state."""
+        from heteroscale_ray.serving import deployments as dep
+
+        with self._lock:
+            live = live_replicas()
+            wanted = {t.app_name: t for t in targets}
+            for app in sorted(wanted):
+                t = wanted[app]
+                if app not in live:
+                    dep.deploy_dg(serving_spec(t, self.options), wait=False)
+                    self._owned.add(app)
+                    self._checkpoint()
+                    self._applied[app] = (t.prefill, t.decode)
+                    self._routes[app] = (False, t.weight, False)
+                    logger.info("%s: deployed DG %s (%dP+%dD)", self.name, app, t.prefill, t.decode)
+                    continue
+                if app not in self._owned:
+                    self._owned.add(app)
+                    self._checkpoint()
+                self._scale(app, t)
+                self._route(app, t, live[app])
+            for app in sorted(self._owned - wanted.keys()):
+                if app in live:
+                    dep.delete_dg(app, wait=False)
+                    logger.info("%s: deleted DG %s", self.name, app)
+                self._owned.discard(app)
+                self._applied.pop(app, None)
+                self._routes.pop(app, None)
+                self._checkpoint()
+            self._status = {
+                app: {
+                    "prefill": live.get(app, {}).get("prefill", (0, 0)),
+                    "decode": live.get(app, {}).get("decode", (0, 0)),
+                    "gate_open": self._routes.get(app, (False, 1.0, False))[2],
+                    "draining": wanted[app].draining,
+                    "weight": wanted[app].weight,
+                }
+                for app in wanted
+            }
+            return dict(self._status)
+
+    def _scale(self, app: str, t: DgTarget) -> None:
+        from heteroscale_ray.serving import deployments as dep
+
+        before = self._applied.get(app)
+        for k, role, n in ((0, "prefill", t.prefill), (1, "decode", t.decode)):
+            if before is None or before[k] != n:
+                dep.scale_role(app, role, n)
+        if before != (t.prefill, t.decode):
+            if before is not None:
+                logger.info("%s: scaled %s to %dP+%dD", self.name, app, t.prefill, t.decode)
+            self._applied[app] = (t.prefill, t.decode)
+
+    def _route(self, app: str, t: DgTarget, live: dict[str, tuple[int, int]]) -> None:
+        from heteroscale_ray.serving import deployments as dep
+
+        ready_p = live.get("prefill", (0, 0))[0]
+        ready_d = live.get("decode", (0, 0))[0]
+        gate = gate_open(ready_p, ready_d, t.prefill, t.decode, self.options.ratio_tolerance)
+        old = self._routes.get(app)
+        if old is None or old[0] != t.draining:
+            dep.set_draining(app, t.draining)
+        if old is None or old[1] != t.weight:
+            dep.set_weight(app, t.weight)
+        if old is None or old[2] != gate:
+            dep.set_ratio_gate(app, gate)
+        self._routes[app] = (t.draining, t.weight, gate)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "hosts": dict(self._hosts),
+            "owned_apps": sorted(self._owned),
+            "dgs": dict(self._status),
+            "restored": self.restored,
+        }
+
+    def delete_all(self) -> list[str]:
+        """Delete every DG application this scheduler owns (``heteroscale stop --purge``)."""
+        from heteroscale_ray.serving import deployments as dep
+
+        with self._lock:
+            live = live_replicas()
+            gone = sorted(self._owned)
+            for app in gone:
+                if app in live:
+                    dep.delete_dg(app, wait=False)
+            self._owned.clear()
+            self._checkpoint()
+            return gone

@@ -1,0 +1,171 @@
+"""The control plane's pure helpers, without Ray: observations, soft scale-in, ratio gate,
+checkpoint round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from heteroscale_ray.actors.checkpoint import dgs_from_json, dgs_to_json
+from heteroscale_ray.actors.observe import build_observations
+from heteroscale_ray.actors.pre_scheduler import _without_hosts, describe_plan
+from heteroscale_ray.actors.serving_adapter import gate_open
+from heteroscale_ray.actors.soft_scale_in import (
+    pending_from_json,
+    pending_from_plan,
+    pending_to_json,
+    serving_counts,
+    settle,
+    slo_held,
+)
+from heteroscale_ray.config import ServicesConfig, TopologySpec, parse_yaml_text
+from heteroscale_ray.control import Desired, HeteroScaleAutoscaler, control_cycle
+from heteroscale_ray.control.types import Observation
+from heteroscale_ray.policy import RoleCounts, Signals
+from heteroscale_ray.topology import ClusterGraph, ScaleRequest, plan_cycle, role_counts
+
+SERVICES = parse_yaml_text(
+    """
+services:
+  - name: chat
+    slo: {ttft_s: 1.0, tbt_s: 0.1}
+    pd_ratio: "1:2"
+    prefill: {gpu_types: [L20], max_instances: 4}
+    decode: {gpu_types: [H20], min_instances: 2, max_instances: 8}
+    affinity: S1
+    policy: {target_per_instance: 30, scale_in_cooldown_s: 0, scale_out_cooldown_s: 0}
+""",
+    ServicesConfig,
+)
+SPEC = SERVICES.by_name()["chat"]
+
+
+def _stat(role: str, **kw: float) -> dict[str, object]:
+    base = {
+        "service": "chat",
+        "role": role,
+        "timestamp": 100.0,
+        "prefill_tps": 0.0,
+        "decode_tps": 0.0,
+        "busy_fraction": 0.5,
+        "compute_fraction": 0.2,
+        "queue_length": 0,
+        "running": 1,
+        "kv_use": 0.1,
+        "ttft_p99": None,
+        "tbt_p99": None,
+    }
+    return {**base, **kw}
+
+
+def test_observations_add_rates_and_take_worst_latency() -> None:
+    stats = [
+        _stat("decode", decode_tps=40.0, tbt_p99=0.05, ttft_p99=0.3, timestamp=101.0),
+        _stat("decode", decode_tps=20.0, tbt_p99=0.09, ttft_p99=0.2, timestamp=99.0),
+        _stat("prefill", prefill_tps=500.0),
+        _stat("decode", decode_tps=999.0) | {"service": "other"},
+    ]
+    counts = {"chat": RoleCounts(1, 0, 2, 1)}
+    obs = build_observations(["chat", "idle"], stats, counts)["chat"]
+    assert obs.signals.decode_tps == 60.0 and obs.signals.prefill_tps == 500.0
+    assert obs.signals.tbt_p99_s == 0.09 and obs.signals.ttft_p99_s == 0.3
+    assert obs.signals.observed_at == 99.0  # the oldest decode report
+    assert obs.counts == RoleCounts(1, 0, 2, 1)
+    idle = build_observations(["idle"], stats, counts)["idle"]
+    assert idle.signals.observed_at is None  # no reports: the policy must hold
+
+
+@pytest.mark.parametrize(
+    ("ready", "want", "tol", "expect"),
+    [
+        ((0, 2), (1, 2), 0.5, False),  # no prefill yet: decode would idle
+        ((1, 0), (1, 2), 0.5, False),
+        ((1, 1), (1, 2), 0.5, False),  # 1:1 is twice the 1:2 target
+        ((1, 2), (2, 4), 0.5, True),  # right ratio, not all up yet
+        ((2, 3), (2, 4), 0.5, True),  # within tolerance
+        ((2, 4), (2, 4), 0.0, True),  # everything ready
+    ],
+)
+def test_ratio_gate(
+    ready: tuple[int, int], want: tuple[int, int], tol: float, expect: bool
+) -> None:
+    assert gate_open(*ready, *want, tol) is expect
+
+
+def _topology() -> TopologySpec:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import TEST_TOPOLOGY
+
+    return TopologySpec.model_validate(TEST_TOPOLOGY)
+
+
+def _grown() -> tuple[ClusterGraph, tuple]:
+    graph = ClusterGraph.from_topology(_topology())
+    plan = plan_cycle(graph, SERVICES.by_name(), (), [ScaleRequest("chat", 2, 4)])
+    return graph, plan.apply(())
+
+
+def _obs(tbt: float | None) -> dict[str, Observation]:
+    return {"chat": Observation("chat", Signals(observed_at=0.0, tbt_p99_s=tbt))}
+
+
+def test_soft_scale_in_keeps_removed_instances_until_the_window_ends() -> None:
+    graph, dgs = _grown()
+    plan = plan_cycle(graph, SERVICES.by_name(), dgs, [ScaleRequest("chat", 1, 2)])
+    pending = pending_from_plan(plan, dgs, now=10.0)
+    after = plan.apply(dgs)
+    assert role_counts(after, "chat") == (1, 2)
+    assert sum(len(p.instances) for p in pending) == 3
+    # Replicas kept running = target + pending, so nothing stops before the window ends.
+    assert serving_counts(after, pending) == {dgs[0].dg_id: (2, 4)}
+    kw = dict(window_s=20.0, services=SERVICES.by_name(), desired={}, graph=graph)
+    early = settle(after, pending, now=15.0, observations=_obs(0.05), **kw)
+    assert early.pending == tuple(pending) and early.dgs == after and not early.events
+    done = settle(after, pending, now=31.0, observations=_obs(0.05), **kw)
+    assert done.pending == () and done.dgs == after and "stopped" in done.events[0]
+
+
+def test_soft_scale_in_restores_at_once_when_the_slo_breaks_or_more_is_wanted() -> None:
+    graph, dgs = _grown()
+    plan = plan_cycle(graph, SERVICES.by_name(), dgs, [ScaleRequest("chat", 1, 2)])
+    pending = pending_from_plan(plan, dgs, now=10.0)
+    after = plan.apply(dgs)
+    kw = dict(services=SERVICES.by_name(), graph=graph, window_s=20.0)
+    breached = settle(after, pending, now=11.0, observations=_obs(0.5), desired={}, **kw)
+    assert breached.pending == () and role_counts(breached.dgs, "chat") == (2, 4)
+    assert "SLO breached" in breached.events[0]
+    more = {"chat": Desired("chat", 2, 3, "scale_out")}
+    wanted = settle(after, pending, now=11.0, observations=_obs(0.05), desired=more, **kw)
+    assert role_counts(wanted.dgs, "chat") == (2, 4) and "wants more" in wanted.events[0]
+
+
+def test_slo_held_without_latency_data() -> None:
+    assert slo_held(SPEC, None)
+    assert slo_held(SPEC, _obs(None)["chat"])
+    assert not slo_held(SPEC, _obs(0.2)["chat"])
+
+
+def test_checkpoint_round_trips_dgs_and_pending() -> None:
+    graph, dgs = _grown()
+    assert dgs_from_json(dgs_to_json(dgs)) == dgs
+    plan = plan_cycle(graph, SERVICES.by_name(), dgs, [ScaleRequest("chat", 1, 2)])
+    for p in pending_from_plan(plan, dgs, now=3.0):
+        assert pending_from_json(pending_to_json(p)) == p
+
+
+def test_precomputed_decisions_go_through_the_shared_control_cycle() -> None:
+    """The pre-scheduler plans with control_cycle, the same function the simulator uses."""
+    graph = ClusterGraph.from_topology(_topology())
+    auto = HeteroScaleAutoscaler(SERVICES.services)
+    obs = {"chat": Observation("chat", Signals(observed_at=0.0, decode_tps=100.0))}
+    result = control_cycle(auto, 0.0, obs, graph=graph, services=SERVICES.by_name(), dgs=())
+    want = result.desired["chat"]
+    assert role_counts(result.dgs, "chat") == (want.prefill, want.decode)
+    assert any(line.startswith("create chat-dg0 in S1") for line in describe_plan(result.plan))
+
+
+def test_unhealthy_hosts_leave_the_topology() -> None:
+    spec = _without_hosts(_topology(), {"a0-h20", "a1-l20"})
+    assert {h.name for *_, h in spec.hosts()} == {"a0-l20", "a1-h20"}
