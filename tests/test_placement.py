@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_topology_builders import (
+from topology_builders import (
     counts,
     make_dg,
     make_graph,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_topology_builders import counts, make_graph, make_service, services
+from topology_builders import counts, make_graph, make_service, services
 
 from heteroscale_ray.config import AffinityLevel, Role, ServiceSpec
 from heteroscale_ray.topology import (

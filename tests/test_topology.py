@@ -6,7 +6,7 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
-from test_topology_builders import make_dg, make_graph, make_topology
+from topology_builders import make_dg, make_graph, make_topology
 
 from heteroscale_ray.config import AffinityLevel, load_topology, synthetic_topology
 from heteroscale_ray.topology import (
