@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sim_builders import GRAPH, SERVICES
 
-from heteroscale_ray.config import DEFAULT_CATALOG, Role, ServicesConfig, parse_model
+from heteroscale_ray.config import DEFAULT_CATALOG, Role
 from heteroscale_ray.perf.network import SharedLevel
 from heteroscale_ray.perf.profiles import get_profile
 from heteroscale_ray.perf.roofline import decode_step_time_s, prefill_time_s
@@ -18,27 +19,7 @@ from heteroscale_ray.sim.engine import (
     SimConfig,
     Workload,
 )
-from heteroscale_ray.sim.fleet import fleet_topology
 from heteroscale_ray.sim.speed import InstanceKind
-from heteroscale_ray.topology import ClusterGraph
-
-SERVICES = parse_model(
-    ServicesConfig,
-    {
-        "services": [
-            {
-                "name": "svc",
-                "model": "dense-8b",
-                "slo": {"ttft_s": 1.0, "tbt_s": 0.04},
-                "pd_ratio": "1:1",
-                "prefill": {"gpu_types": ["L20"]},
-                "decode": {"gpu_types": ["H20"]},
-                "policy": {"target_per_instance": 1000},
-            }
-        ]
-    },
-)
-GRAPH = ClusterGraph.from_topology(fleet_topology(64, ["L20", "H20"], hosts_per_leaf=2))
 
 
 def make_sim(arrivals: list[float], inputs: list[int], outputs: list[int]) -> ClusterSim:

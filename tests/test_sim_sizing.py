@@ -6,38 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sim_builders import GRAPH, SERVICES
 
-from heteroscale_ray.config import DEFAULT_CATALOG, Role, ServicesConfig, load_services, parse_model
+from heteroscale_ray.config import DEFAULT_CATALOG, Role, load_services
 from heteroscale_ray.control.baselines import ratio_of
 from heteroscale_ray.perf.profiles import get_profile
 from heteroscale_ray.sim.engine import BLOCK_TOKENS, ClusterSim, SimConfig, Workload
-from heteroscale_ray.sim.fleet import fleet_for, fleet_topology
+from heteroscale_ray.sim.fleet import fleet_for
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay
 from heteroscale_ray.sim.sizing import KV_FILL, SIZING_TBT_MARGIN, decode_capacity, decode_need
 from heteroscale_ray.sim.speed import InstanceKind
-from heteroscale_ray.topology import ClusterGraph
 from heteroscale_ray.traces import load_trace, scale_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "data" / "traces"
 H20X4_70B = InstanceKind.build(get_profile("dense-70b"), DEFAULT_CATALOG["H20"], 4)
-SERVICES = parse_model(
-    ServicesConfig,
-    {
-        "services": [
-            {
-                "name": "svc",
-                "model": "dense-8b",
-                "slo": {"ttft_s": 1.0, "tbt_s": 0.04},
-                "pd_ratio": "1:1",
-                "prefill": {"gpu_types": ["L20"]},
-                "decode": {"gpu_types": ["H20"]},
-                "policy": {"target_per_instance": 1000},
-            }
-        ]
-    },
-)
-GRAPH = ClusterGraph.from_topology(fleet_topology(64, ["L20", "H20"], hosts_per_leaf=2))
 
 
 def steady(rate: float, inp: int, out: int, seconds: int = 300) -> tuple[np.ndarray, ...]:
