@@ -3,11 +3,21 @@ checkpoint round trips."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 
 from heteroscale_ray.actors.checkpoint import dgs_from_json, dgs_to_json
 from heteroscale_ray.actors.observe import build_observations
-from heteroscale_ray.actors.pre_scheduler import _without_hosts, describe_plan
+from heteroscale_ray.actors.pre_scheduler import (
+    _Precomputed,
+    _without_hosts,
+    describe_plan,
+    domain_owners,
+    reserved_of,
+    retire_unconfigured,
+    unroutable,
+)
 from heteroscale_ray.actors.serving_adapter import gate_open
 from heteroscale_ray.actors.soft_scale_in import (
     pending_from_json,
@@ -17,11 +27,17 @@ from heteroscale_ray.actors.soft_scale_in import (
     settle,
     slo_held,
 )
-from heteroscale_ray.config import ServicesConfig, TopologySpec, parse_yaml_text
+from heteroscale_ray.config import Role, ServicesConfig, TopologySpec, parse_yaml_text
 from heteroscale_ray.control import Desired, HeteroScaleAutoscaler, control_cycle
 from heteroscale_ray.control.types import Observation
 from heteroscale_ray.policy import RoleCounts, Signals
-from heteroscale_ray.topology import ClusterGraph, ScaleRequest, plan_cycle, role_counts
+from heteroscale_ray.topology import (
+    ClusterGraph,
+    DeploymentGroup,
+    ScaleRequest,
+    plan_cycle,
+    role_counts,
+)
 
 SERVICES = parse_yaml_text(
     """
@@ -169,3 +185,117 @@ def test_precomputed_decisions_go_through_the_shared_control_cycle() -> None:
 def test_unhealthy_hosts_leave_the_topology() -> None:
     spec = _without_hosts(_topology(), {"a0-h20", "a1-l20"})
     assert {h.name for *_, h in spec.hosts()} == {"a0-l20", "a1-h20"}
+
+
+def _used(dgs: Iterable[DeploymentGroup]) -> list[tuple[str, int]]:
+    return [(i.host, g) for dg in dgs for i in dg.instances for g in i.gpus]
+
+
+def test_pending_removals_are_reserved_so_a_breach_can_restore_them() -> None:
+    """Instances in the soft window keep their GPUs and ids: a later cycle places around them,
+    and an SLO breach can still put them back."""
+    graph, dgs = _grown()
+    plan = plan_cycle(graph, SERVICES.by_name(), dgs, [ScaleRequest("chat", 1, 2)])
+    pending = pending_from_plan(plan, dgs, now=10.0)
+    after = plan.apply(dgs)
+    # The policy asks for 2P+4D again; the planner must not count or reuse the pending ones.
+    result = control_cycle(
+        _Precomputed({"chat": Desired("chat", 2, 4, "scale_out")}),
+        11.0,
+        {},
+        graph=graph,
+        services=SERVICES.by_name(),
+        dgs=after,
+        reserved=reserved_of(pending),
+    )
+    assert role_counts(result.dgs, "chat") == (2, 4)
+    reserved = reserved_of(pending)
+    gpus = _used([*result.dgs, *reserved])
+    assert len(gpus) == len(set(gpus))  # no GPU of a pending instance handed out
+    ids = [i.instance_id for dg in [*result.dgs, *reserved] for i in dg.instances]
+    assert len(ids) == len(set(ids))  # no instance id reused either
+    breached = settle(
+        result.dgs,
+        pending,
+        now=12.0,
+        window_s=20.0,
+        services=SERVICES.by_name(),
+        observations=_obs(0.5),
+        desired={},
+        graph=graph,
+    )
+    assert "restored" in breached.events[0] and breached.pending == ()
+    assert role_counts(breached.dgs, "chat") == (3, 6)
+
+
+def test_a_deleted_dg_id_stays_taken_while_it_drains() -> None:
+    graph, dgs = _grown()
+    plan = plan_cycle(graph, SERVICES.by_name(), dgs, [ScaleRequest("chat", 0, 0)])
+    pending = pending_from_plan(plan, dgs, now=10.0)
+    assert [p.whole_dg for p in pending] == [True]
+    again = plan_cycle(
+        graph,
+        SERVICES.by_name(),
+        plan.apply(dgs),
+        [ScaleRequest("chat", 1, 2)],
+        reserved=reserved_of(pending),
+    )
+    created = [line for line in describe_plan(again) if line.startswith("create")]
+    assert created and all(pending[0].dg.dg_id + " " not in line for line in created)
+    restored = settle(
+        again.apply(plan.apply(dgs)),
+        pending,
+        now=11.0,
+        window_s=20.0,
+        services=SERVICES.by_name(),
+        observations=_obs(0.5),
+        desired={},
+        graph=graph,
+    )
+    assert "restored" in restored.events[0]
+    assert len({dg.dg_id for dg in restored.dgs}) == len(restored.dgs) == 2
+
+
+def test_domain_owners_survive_a_domain_going_dark() -> None:
+    from topology_builders import make_topology
+
+    full = make_topology(
+        {"pod-a": {"s1-a": ["H20"]}, "pod-b": {"s1-b": ["H20"], "s1-c": ["H20"]}},
+        sub_clusters={"sc-a": ["pod-a"], "sc-b": ["pod-b"]},
+    )
+    owners = domain_owners(full, {})
+    assert owners == {
+        "pod-a": "sc-a",
+        "s1-a": "sc-a",
+        "pod-b": "sc-b",
+        "s1-b": "sc-b",
+        "s1-c": "sc-b",
+    }
+    # Every host of pod-b misses its report: the filtered view loses pod-b and its sub-cluster,
+    # but owners come from the full view and so do not change.
+    dark = _without_hosts(full, {"s1-b-h0", "s1-c-h0"})
+    assert {s2.name for s2 in dark.big_pods} == {"pod-a"}
+    assert domain_owners(full, owners) == owners
+    # Even when the view itself loses them (Ray nodes not alive), the previous owner is kept.
+    assert domain_owners(dark, owners) == owners
+
+
+def test_dgs_of_a_removed_service_drain_and_leave_routing() -> None:
+    graph, dgs = _grown()
+    kept, retired = retire_unconfigured(dgs, SERVICES.by_name(), now=5.0)
+    assert kept == tuple(dgs) and retired == ()
+    kept, retired = retire_unconfigured(dgs, {}, now=5.0)  # `heteroscale update` dropped chat
+    assert kept == ()
+    assert [(p.whole_dg, p.count(Role.PREFILL), p.count(Role.DECODE)) for p in retired] == [
+        (True, 2, 4)
+    ]
+    # They keep running (drained) through the window, then stop; no spec means no restore.
+    assert serving_counts(kept, retired) == {dgs[0].dg_id: (2, 4)}
+    kw = dict(window_s=20.0, services={}, desired={}, graph=graph)
+    early = settle(kept, retired, now=10.0, observations=_obs(0.5), **kw)
+    assert early.pending == retired and early.dgs == ()
+    assert unroutable({"chat"}, {}, early.dgs, early.pending) == []  # still draining
+    done = settle(kept, retired, now=25.0, observations=_obs(0.5), **kw)
+    assert done.pending == () and done.dgs == () and "stopped" in done.events[0]
+    assert unroutable({"chat"}, {}, done.dgs, done.pending) == ["chat"]
+    assert unroutable({"chat"}, SERVICES.by_name(), (), ()) == []  # configured again

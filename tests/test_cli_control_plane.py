@@ -95,6 +95,7 @@ def test_start_advisory_status_metrics_stop(ray_cluster: Any, tmp_path: Path) ->
         assert "heteroscale_" in metrics.stdout
     finally:
         stopped = _cli("stop", "--address", address, "--purge")
+        serve.shutdown()  # the CLI started Serve on its own port; later tests start their own
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped heteroscale-" in stopped.stdout
     again = _cli("stop", "--address", address)

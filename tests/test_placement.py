@@ -484,3 +484,114 @@ def test_place_dg_reserves_and_returns_none_when_full() -> None:
     assert third is not None and third.domain == "s1-a"
     gpus = used_gpus([first, second, third])
     assert len(gpus) == len(set(gpus)) == 7
+
+
+# -- reserved instances (pending soft scale-in) --------------------------------------------
+
+# A DG's live part and its reserved part (instances on their way out, same DG id).
+LIVE_DG0 = make_dg("svc-dg0", "s1", one_gpu_each("s1-h0", "pd"))
+PENDING_DG0 = make_dg(
+    "svc-dg0", "s1", one_gpu_each("s1-h0", "pd", 2), ids=["svc-dg0-p1", "svc-dg0-d1"]
+)
+# A whole DG pending removal: gone from the live state, still running.
+PENDING_WHOLE_DG0 = make_dg("svc-dg0", "s1", one_gpu_each("s1-h0", "pd"))
+
+
+@pytest.mark.parametrize(
+    ("host", "live", "reserved", "target", "created", "added", "removed", "unplaced"),
+    [
+        # Reserved GPUs are not handed out again: the only free ones are held.
+        ("H20:4", [LIVE_DG0], [PENDING_DG0], (2, 2), [], [], 0, {P, D}),
+        # ...the next free GPUs are used, and reserved instance ids are not reused.
+        (
+            "H20:6",
+            [LIVE_DG0],
+            [PENDING_DG0],
+            (2, 2),
+            [],
+            [("svc-dg0-p2", (4,)), ("svc-dg0-d2", (5,))],
+            0,
+            set(),
+        ),
+        # A reserved DG id is not reused, and its instances do not count toward the target.
+        (
+            "H20:4",
+            [],
+            [PENDING_WHOLE_DG0],
+            (1, 1),
+            ["svc-dg1"],
+            [("svc-dg1-p0", (2,)), ("svc-dg1-d0", (3,))],
+            0,
+            set(),
+        ),
+        # Reserved instances are not counted, so a target equal to the live DG removes nothing.
+        ("H20:8", [LIVE_DG0], [PENDING_DG0], (1, 1), [], [], 0, set()),
+        # ...and a shrink takes only live instances, never reserved ones.
+        ("H20:8", [LIVE_DG0], [PENDING_DG0], (0, 0), [], [], 2, set()),
+        # No reserved instances: the same request grows in place on the freed GPUs.
+        (
+            "H20:4",
+            [LIVE_DG0],
+            [],
+            (2, 2),
+            [],
+            [("svc-dg0-p1", (2,)), ("svc-dg0-d1", (3,))],
+            0,
+            set(),
+        ),
+    ],
+    ids=[
+        "gpus-not-reused",
+        "gpus-and-ids-skipped",
+        "dg-id-not-reused",
+        "not-counted",
+        "never-victims",
+        "control-without-reserved",
+    ],
+)
+def test_reserved_instances_hold_gpus_and_ids_but_not_totals(
+    host: str,
+    live: list[DeploymentGroup],
+    reserved: list[DeploymentGroup],
+    target: tuple[int, int],
+    created: list[str],
+    added: list[tuple[str, tuple[int, ...]]],
+    removed: int,
+    unplaced: set[Role],
+) -> None:
+    graph = make_graph({"s2": {"s1": [host]}})
+    request = [ScaleRequest("svc", *target)]
+    plan = plan_cycle(graph, services(make_service()), live, request, reserved=reserved)
+    after = plan.apply(live)
+    assert [a.dg.dg_id for a in actions_of(plan, CreateDG)] == created
+    assert [
+        (i.instance_id, i.gpus) for a in actions_of(plan, AddInstances) for i in a.instances
+    ] == (added)
+    assert plan.removed() == removed
+    assert {u.role for u in plan.unplaced} == unplaced
+    assert all(u.reason is UnplacedReason.NO_CAPACITY for u in plan.unplaced)
+    # Never a GPU held twice, counting the reserved instances.
+    gpus = used_gpus([*after, *reserved])
+    assert len(gpus) == len(set(gpus))
+
+
+def test_reserved_overlapping_live_instances_does_not_stop_the_cycle() -> None:
+    """A reserved instance on a GPU a live one holds (a leftover of older state) is skipped."""
+    graph = make_graph({"s2": {"s1": ["H20:4"]}})
+    plan = plan_cycle(
+        graph,
+        services(make_service()),
+        [LIVE_DG0],
+        [ScaleRequest("svc", 2, 2)],
+        reserved=[PENDING_WHOLE_DG0.with_instances(PENDING_WHOLE_DG0.instances[:1])],
+    )
+    assert plan.added() == 2 and not plan.unplaced
+
+
+def test_empty_reserved_changes_nothing() -> None:
+    graph = make_graph(THREE_SHAPES)
+    specs = services(make_service("a", affinity="S2"), make_service("b", pd_ratio="1:3"))
+    requests = [ScaleRequest("a", 4, 4), ScaleRequest("b", 2, 6)]
+    assert plan_cycle(graph, specs, [], requests) == plan_cycle(
+        graph, specs, [], requests, reserved=()
+    )

@@ -3,11 +3,14 @@
 Pure: the replica stats dicts (serving.metrics.ReplicaStats) and the per-role counts come in,
 no Ray calls. Rates add up over replicas; latency p99 takes the worst replica's p99 (a safe
 upper bound, since per-replica percentiles cannot be merged exactly); utilisations average.
-A service whose decode replicas sent nothing gets no timestamp, so the policy holds.
+A service gets no timestamp (so the policy holds, never scales in) unless every ready
+replica of both roles has a well-formed report: a sum over some replicas would under-count
+the load. Malformed reports (missing keys, non-numbers) count as missing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -37,6 +40,31 @@ def _pool(stats: list[dict[str, Any]], ready: int, starting: int, tps_key: str) 
     )
 
 
+_NUMERIC_KEYS = (
+    "timestamp",
+    "busy_fraction",
+    "compute_fraction",
+    "queue_length",
+    "running",
+    "prefill_tps",
+    "decode_tps",
+    "kv_use",
+)
+
+
+def _well_formed(report: Mapping[str, Any]) -> bool:
+    """A report the sums may use: its identity and every numeric field finite numbers."""
+    if not isinstance(report.get("service"), str) or report.get("role") not in (
+        "prefill",
+        "decode",
+    ):
+        return False
+    try:
+        return all(math.isfinite(float(report[k])) for k in _NUMERIC_KEYS)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def build_observations(
     services: Iterable[str],
     stats: Iterable[Mapping[str, Any]],
@@ -45,7 +73,8 @@ def build_observations(
     """One observation per service; ``observed_at`` is the oldest decode report's wall time."""
     by_role: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for s in stats:
-        by_role.setdefault((s["service"], s["role"]), []).append(dict(s))
+        if _well_formed(s):
+            by_role.setdefault((s["service"], s["role"]), []).append(dict(s))
     out: dict[str, Observation] = {}
     for name in services:
         pre = by_role.get((name, "prefill"), [])
@@ -53,8 +82,9 @@ def build_observations(
         c = counts.get(name, RoleCounts())
         prefill = _pool(pre, c.prefill_ready, c.prefill_starting, "prefill_tps")
         decode = _pool(dec, c.decode_ready, c.decode_starting, "decode_tps")
+        complete = bool(dec) and len(dec) >= c.decode_ready and len(pre) >= c.prefill_ready
         signals = Signals(
-            observed_at=min(float(s["timestamp"]) for s in dec) if dec else None,
+            observed_at=min(float(s["timestamp"]) for s in dec) if complete else None,
             decode_tps=decode.tps,
             prefill_tps=prefill.tps,
             ttft_p99_s=_worst(s.get("ttft_p99") for s in dec + pre),

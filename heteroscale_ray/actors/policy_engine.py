@@ -140,9 +140,16 @@ class PolicyEngine:
                 if name in obs:
                     sig = replace(obs[name].signals, observed_at=now, **fields)
                     obs[name] = replace(obs[name], signals=sig)
+            before = dict(self.autoscaler.states)
             desired = self.autoscaler.desire(now, obs)
-            self._checkpoint()
-        cycle = ray.get(fps.run_cycle.remote(now, desired, obs, not self.advisory), timeout=180)
+        try:
+            cycle = ray.get(fps.run_cycle.remote(now, desired, obs, not self.advisory), timeout=180)
+        except BaseException:
+            # Nothing was applied: forget the cooldown timestamps this tick set, so the next
+            # period retries the same decision instead of holding on a cooldown.
+            with self._lock:
+                self.autoscaler.states.update(before)
+            raise
         snapshot = ray.get(fps.snapshot.remote(), timeout=60)
         seconds = time.perf_counter() - t0
         with self._lock:
@@ -161,7 +168,7 @@ class PolicyEngine:
         obs: dict[str, Observation],
         cycle: dict[str, Any],
     ) -> None:
-        prev = {e["service"]: e for e in reversed(self.log)}
+        prev = {e["service"]: e for e in self.log}  # later entries win: the latest
         for name, d in desired.items():
             c = obs[name].counts
             entry = {

@@ -4,8 +4,10 @@ Every cycle it rebuilds the topology from Ray's node labels (or a given topology
 only hosts whose GpuNode actor answers its sub-cluster scheduler, and calls the shared core
 `control.control_cycle` with the policy engine's desired counts: the very function the
 simulator calls, so both substrates plan identically. It owns the Deployment Group state
-(checkpointed before anything is actuated), runs soft scale-in on what plans remove, and
-hands each sub-cluster scheduler the DG targets it must reconcile Serve to.
+(checkpointed before anything is actuated), runs soft scale-in on what plans remove (and on
+every DG of a service no longer configured), and hands each sub-cluster scheduler the DG
+targets it must reconcile Serve to. Instances in the soft scale-in window still hold their
+GPUs and ids, so they are passed to the planner as ``reserved``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from heteroscale_ray.actors.checkpoint import (
@@ -36,6 +39,7 @@ from heteroscale_ray.actors.soft_scale_in import (
 from heteroscale_ray.config import (
     Role,
     ServicesConfig,
+    ServiceSpec,
     TopologySpec,
     parse_yaml_text,
     topology_from_ray_nodes,
@@ -119,6 +123,57 @@ def _without_hosts(spec: TopologySpec, gone: set[str]) -> TopologySpec:
     return TopologySpec.model_validate(data)
 
 
+def domain_owners(spec: TopologySpec, previous: Mapping[str, str]) -> dict[str, str]:
+    """Domain name (S1 and S2) -> the sub-cluster that owns its DGs.
+
+    Built from the topology *before* unhealthy hosts are removed and merged over the previous
+    mapping, so a domain that briefly vanishes (all its hosts miss a report, or its Ray nodes
+    are not alive for a moment) keeps its owner: a DG never moves to another sub-cluster
+    scheduler, which would delete and redeploy it, because of a transient outage.
+    """
+    out = dict(previous)
+    sub_of = spec.sub_cluster_of()
+    for s2 in spec.big_pods:
+        sc = sub_of[s2.name]
+        out[s2.name] = sc
+        for s1 in s2.mini_pods:
+            out[s1.name] = sc
+    return out
+
+
+def reserved_of(pending: Iterable[PendingRemoval]) -> list[DeploymentGroup]:
+    """Pending removals as the planner's ``reserved`` DGs: their GPUs and ids stay taken."""
+    return [replace(p.dg, instances=p.instances) for p in pending]
+
+
+def retire_unconfigured(
+    dgs: Sequence[DeploymentGroup], services: Mapping[str, ServiceSpec], now: float
+) -> tuple[tuple[DeploymentGroup, ...], tuple[PendingRemoval, ...]]:
+    """DGs of services no longer configured leave the state as whole-DG soft removals.
+
+    They drain like any deleted DG and `settle` stops them once the window ends (a service
+    without a spec is never restored, unless it is configured again before then).
+    """
+    kept = tuple(dg for dg in dgs if dg.service in services)
+    retired = tuple(
+        PendingRemoval(dg, dg.instances, now, whole_dg=True)
+        for dg in dgs
+        if dg.service not in services
+    )
+    return kept, retired
+
+
+def unroutable(
+    candidates: Iterable[str],
+    services: Mapping[str, ServiceSpec],
+    dgs: Iterable[DeploymentGroup],
+    pending: Iterable[PendingRemoval],
+) -> list[str]:
+    """Candidates that can leave the routing table: not configured, holding no DG any more."""
+    holding = {dg.service for dg in dgs} | {p.service for p in pending}
+    return sorted(s for s in set(candidates) if s not in services and s not in holding)
+
+
 class FederatedPreScheduler:
     """Actor body (threaded; `run_cycle` is serialised by a lock)."""
 
@@ -142,11 +197,14 @@ class FederatedPreScheduler:
         self.pending: tuple[PendingRemoval, ...] = tuple(
             pending_from_json(p) for p in saved.get("pending", [])
         )
+        # Removed services whose routing-table entry goes once their last DG is stopped.
+        self._unroute: set[str] = set(saved.get("unroute", []))
         self.restored = bool(saved)
         self._spec: TopologySpec | None = None
         self._graph: ClusterGraph | None = None
         self._schedulers: dict[str, Any] = {}
-        self._sub_cluster_of_domain: dict[str, str] = {}
+        # Domain -> owning sub-cluster, checkpointed so a restart during an outage keeps it.
+        self._sub_cluster_of_domain: dict[str, str] = dict(saved.get("owners", {}))
         self._status: dict[str, dict[str, Any]] = {}
         self._hosts: list[dict[str, Any]] = []
         self._last: dict[str, Any] = {}
@@ -157,13 +215,20 @@ class FederatedPreScheduler:
             {
                 "dgs": dgs_to_json(self.dgs),
                 "pending": [pending_to_json(p) for p in self.pending],
+                "unroute": sorted(self._unroute),
+                "owners": dict(sorted(self._sub_cluster_of_domain.items())),
             },
         )
 
     def set_services(self, services_yaml: str) -> None:
         """Take a config the policy engine already validated (and checkpointed)."""
         with self._lock:
+            old = set(self.config.by_name())
             self.config = parse_yaml_text(services_yaml, ServicesConfig, "services")
+            removed = old - set(self.config.by_name())
+            if removed - self._unroute:
+                self._unroute |= removed
+                self._checkpoint()
 
     # ---- topology ----
     def _scheduler(self, name: str) -> Any:
@@ -201,6 +266,11 @@ class FederatedPreScheduler:
             if host:
                 node_of[host] = n["NodeID"]
         sub_of = spec.sub_cluster_of()
+        # Owners come from the full view, before unhealthy hosts are dropped (see domain_owners).
+        owners = domain_owners(spec, self._sub_cluster_of_domain)
+        if owners != self._sub_cluster_of_domain:
+            self._sub_cluster_of_domain = owners
+            self._checkpoint()
         per_sc: dict[str, list[tuple[str, str]]] = {}
         for s2, _s1, _s0, host in spec.hosts():
             node_id = host.node_id or node_of.get(host.name)
@@ -216,7 +286,6 @@ class FederatedPreScheduler:
         if spec != self._spec or self._graph is None:
             self._graph = ClusterGraph.from_topology(spec, self.config.catalog)
             self._spec = spec
-            self._sub_cluster_of_domain = {d.name: d.sub_cluster for d in self._graph.domains}
         return self._graph
 
     # ---- the cycle ----
@@ -263,6 +332,17 @@ class FederatedPreScheduler:
                     graph=graph,
                 )
                 dgs, pending, events = settled.dgs, settled.pending, list(settled.events)
+            if apply:
+                dgs, retired = retire_unconfigured(dgs, services, now)
+                if retired:
+                    pending = pending + retired
+                    self._unroute |= {p.service for p in retired}
+                    events += [
+                        f"{p.dg.dg_id}: service {p.service} is no longer configured; "
+                        "whole DG drains (soft)"
+                        for p in retired
+                    ]
+            self._unroute -= services.keys()  # configured again: keep its route
             known = {k: v for k, v in desired.items() if k in services}
             result = control_cycle(
                 _Precomputed(known),
@@ -272,6 +352,7 @@ class FederatedPreScheduler:
                 services=services,
                 dgs=dgs,
                 catalog=self.config.catalog,
+                reserved=reserved_of(pending),
             )
             plan_lines = describe_plan(result.plan)
             if apply:
@@ -281,6 +362,7 @@ class FederatedPreScheduler:
                 if changed:
                     self._checkpoint()  # before actuating: a crash re-applies, never forgets
                 self._fan_out()
+                self._unroute_services(services)
             for line in events + plan_lines:
                 logger.info("%s", line)
             self._last = {
@@ -336,6 +418,30 @@ class FederatedPreScheduler:
                 )
             )
         return out
+
+    def _unroute_services(self, services: Mapping[str, ServiceSpec]) -> None:
+        """Remove services that are gone from the config and hold no DG from the routing table."""
+        import ray
+
+        from heteroscale_ray.serving.routing_table import get_routing_table
+
+        names = unroutable(self._unroute, services, self.dgs, self.pending)
+        if not names:
+            return
+        try:
+            table = get_routing_table(create=False)
+        except ValueError:  # no routing table: nothing routes to them
+            table = None
+        for name in names:
+            if table is not None:
+                try:
+                    ray.get(table.remove_service.remote(name), timeout=FAN_OUT_TIMEOUT_S)
+                except Exception as e:  # retried next cycle
+                    logger.warning("could not remove service %s from routing: %s", name, e)
+                    continue
+                logger.info("service %s removed from routing", name)
+            self._unroute.discard(name)
+        self._checkpoint()
 
     def _fan_out(self) -> None:
         import ray

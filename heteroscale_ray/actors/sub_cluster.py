@@ -100,26 +100,24 @@ class SubClusterScheduler:
 
         with self._lock:
             live = live_replicas()
+            routed = dep.routed_apps()
             wanted = {t.app_name: t for t in targets}
+            failed: dict[str, str] = {}
             for app in sorted(wanted):
-                t = wanted[app]
-                if app not in live:
-                    dep.deploy_dg(serving_spec(t, self.options), wait=False)
-                    self._owned.add(app)
-                    self._checkpoint()
-                    self._applied[app] = (t.prefill, t.decode)
-                    self._routes[app] = (False, t.weight, False)
-                    logger.info("%s: deployed DG %s (%dP+%dD)", self.name, app, t.prefill, t.decode)
-                    continue
-                if app not in self._owned:
-                    self._owned.add(app)
-                    self._checkpoint()
-                self._scale(app, t)
-                self._route(app, t, live[app])
+                try:  # one failing DG must not stop the others from being reconciled
+                    self._reconcile_one(wanted[app], live, routed)
+                except Exception as e:
+                    failed[app] = f"{type(e).__name__}: {e}"
+                    logger.warning("%s: reconciling %s failed: %s", self.name, app, failed[app])
             for app in sorted(self._owned - wanted.keys()):
-                if app in live:
-                    dep.delete_dg(app, wait=False)
-                    logger.info("%s: deleted DG %s", self.name, app)
+                try:
+                    if app in live:
+                        dep.delete_dg(app, wait=False)
+                        logger.info("%s: deleted DG %s", self.name, app)
+                except Exception as e:
+                    failed[app] = f"{type(e).__name__}: {e}"
+                    logger.warning("%s: deleting %s failed: %s", self.name, app, failed[app])
+                    continue
                 self._owned.discard(app)
                 self._applied.pop(app, None)
                 self._routes.pop(app, None)
@@ -131,10 +129,35 @@ class SubClusterScheduler:
                     "gate_open": self._routes.get(app, (False, 1.0, False))[2],
                     "draining": wanted[app].draining,
                     "weight": wanted[app].weight,
+                    "error": failed.get(app),
                 }
                 for app in wanted
             }
             return dict(self._status)
+
+    def _reconcile_one(
+        self, t: DgTarget, live: dict[str, dict[str, tuple[int, int]]], routed: set[str]
+    ) -> None:
+        from heteroscale_ray.serving import deployments as dep
+
+        app = t.app_name
+        if app not in live:
+            dep.deploy_dg(serving_spec(t, self.options), wait=False)
+            self._owned.add(app)
+            self._checkpoint()
+            self._applied[app] = (t.prefill, t.decode)
+            self._routes[app] = (False, t.weight, False)
+            logger.info("%s: deployed DG %s (%dP+%dD)", self.name, app, t.prefill, t.decode)
+            return
+        if app not in self._owned:
+            self._owned.add(app)
+            self._checkpoint()
+        if app not in routed:  # the routing table restarted empty: put the DG back, re-gate it
+            dep.restore_route(serving_spec(t, self.options))
+            self._routes.pop(app, None)
+            logger.info("%s: restored routing for %s", self.name, app)
+        self._scale(app, t)
+        self._route(app, t, live[app])
 
     def _scale(self, app: str, t: DgTarget) -> None:
         from heteroscale_ray.serving import deployments as dep

@@ -44,11 +44,14 @@ def control_cycle(
     dgs: Sequence[DeploymentGroup],
     catalog: GpuCatalog | None = None,
     topology_aware: bool = True,
+    reserved: Sequence[DeploymentGroup] = (),
 ) -> CycleResult:
     """Decide, turn changed targets into scale requests, and plan them in one placement cycle.
 
     Only services whose target differs from what their DGs hold get a request, so a quiet
-    cycle plans nothing and the plan stays small at scale.
+    cycle plans nothing and the plan stays small at scale. ``reserved`` (instances on their
+    way out, e.g. pending soft scale-in) hold GPUs and ids but count toward no target; see
+    :func:`~heteroscale_ray.topology.plan_cycle`.
     """
     desired = autoscaler.desire(now, observations)
     requests = []
@@ -57,7 +60,15 @@ def control_cycle(
         if (want.prefill, want.decode) != role_counts(dgs, name):
             requests.append(ScaleRequest(name, max(0, want.prefill), max(0, want.decode)))
     if requests:
-        plan = plan_cycle(graph, services, dgs, requests, catalog, topology_aware=topology_aware)
+        plan = plan_cycle(
+            graph,
+            services,
+            dgs,
+            requests,
+            catalog,
+            topology_aware=topology_aware,
+            reserved=reserved,
+        )
     else:
         plan = PlacementPlan()
     return CycleResult(now, desired, tuple(requests), plan, plan.apply(dgs))

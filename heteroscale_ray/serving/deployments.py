@@ -147,7 +147,12 @@ def deploy_dg(spec: DgServingSpec, *, wait: bool = True) -> str:
         external_scaler_enabled=True,
         _blocking=wait,
     )
-    route = DgRoute(
+    ray.get(get_routing_table().upsert_dg.remote(_route(spec)))
+    return spec.app_name
+
+
+def _route(spec: DgServingSpec) -> DgRoute:
+    return DgRoute(
         service=spec.service,
         dg_id=spec.dg_id,
         app_name=spec.app_name,
@@ -156,8 +161,22 @@ def deploy_dg(spec: DgServingSpec, *, wait: bool = True) -> str:
         weight=spec.weight,
         ratio_gate_open=spec.ratio_gate_open,
     )
-    ray.get(get_routing_table().upsert_dg.remote(route))
-    return spec.app_name
+
+
+def routed_apps() -> set[str]:
+    """Application names the routing table knows; after the table restarts this is empty."""
+    import ray
+
+    _, services = ray.get(get_routing_table().snapshot.remote())
+    return {dg.app_name for svc in services.values() for dg in svc.dgs.values()}
+
+
+def restore_route(spec: DgServingSpec) -> None:
+    """Put a running DG back into routing (e.g. after the routing table restarted), no redeploy."""
+    import ray
+
+    register_service(spec.service, spec.engine, spec.model_profile)
+    ray.get(get_routing_table().upsert_dg.remote(_route(spec)))
 
 
 def _controller() -> Any:

@@ -113,11 +113,8 @@ class ReplicaBase:
 
         while True:
             await asyncio.sleep(self.spec.report_period_s)
-            try:
-                s = self.stats()
-                if self._exporter is None:
-                    self._exporter = RayMetricsExporter()
-                self._exporter.export(s)
+            s = self.stats()
+            try:  # the control plane's signal first, independent of the exporter below
                 if self._table is None:
                     self._table = get_routing_table(create=False)
                 await self._table.report_stats.remote(self.replica_id, s)
@@ -126,6 +123,12 @@ class ReplicaBase:
             except Exception as e:  # table restarting or gone: retry next period
                 logger.debug("stats report failed: %s", e)
                 self._table = None
+            try:
+                if self._exporter is None:
+                    self._exporter = RayMetricsExporter()
+                self._exporter.export(s)
+            except Exception as e:  # metrics agent missing: the table report above still counts
+                logger.debug("Ray metrics export failed: %s", e)
 
     async def _stop_reporter(self) -> None:
         if self._reporter is not None:

@@ -47,6 +47,8 @@ from heteroscale_ray.serving.routing_table import (
 from heteroscale_ray.serving.tokenizer import ByteTokenizer
 
 logger = logging.getLogger(__name__)
+# asyncio.wait_for raises asyncio.TimeoutError, distinct from the builtin before Python 3.11.
+_TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
 
 PREFILL_DEPLOYMENT = "PrefillServer"
 DECODE_DEPLOYMENT = "DecodeServer"
@@ -271,20 +273,28 @@ class Router:
         try:
             ref = await asyncio.wait_for(resp._to_object_ref(), self.prefill_timeout_s)
             await asyncio.wait_for(ref._ready(), self.prefill_timeout_s)
-        except TimeoutError:
+        except _TIMEOUTS:
             resp.cancel()
             raise ApiError(
                 503, "prefill timed out (overloaded); retry later", "server_overloaded", "timeout"
             ) from None
+        except BaseException:  # client went away: do not leave the prefill running
+            with contextlib.suppress(Exception):
+                resp.cancel()
+            raise
         decode = self._handle(dg.app_name, DECODE_DEPLOYMENT).options(stream=True)
         gen = decode.generate.remote(DecodeRequest(rid, [ref], params, arrival))
         try:
             first = await asyncio.wait_for(gen.__anext__(), self.token_timeout_s)
-        except TimeoutError:
+        except _TIMEOUTS:
             gen.cancel()
             raise ApiError(
                 503, "decode timed out (overloaded); retry later", "server_overloaded", "timeout"
             ) from None
+        except BaseException:  # client went away: free the decode slot and its KV
+            with contextlib.suppress(Exception):
+                gen.cancel()
+            raise
         return gen, first
 
     async def _next(self, gen: Any) -> DecodeChunk | None:
@@ -292,7 +302,7 @@ class Router:
             return await asyncio.wait_for(gen.__anext__(), self.token_timeout_s)
         except StopAsyncIteration:
             return None
-        except TimeoutError:
+        except _TIMEOUTS:
             gen.cancel()
             raise ApiError(504, "decode stalled", "server_error", "timeout") from None
 

@@ -129,11 +129,12 @@ class RoutingTable:
     ) -> list[dict[str, Any]]:
         """Fresh reports, optionally filtered by application (DG) and role."""
         now = time.monotonic()
-        for rid in [r for r, (t, _) in self._stats.items() if now - t > STATS_TTL_S]:
-            del self._stats[rid]
+        # Threaded actor: a concurrent call may prune or add reports, so copy and pop safely.
+        for rid in [r for r, (t, _) in list(self._stats.items()) if now - t > STATS_TTL_S]:
+            self._stats.pop(rid, None)
         return [
             s
-            for _, s in self._stats.values()
+            for _, s in list(self._stats.values())
             if (app_name is None or s.get("app_name") == app_name)
             and (role is None or s.get("role") == role)
         ]

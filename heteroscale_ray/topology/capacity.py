@@ -25,7 +25,19 @@ class CapacityError(ValueError):
 class FreeCapacity:
     """Mutable free-GPU ledger for one cycle over an immutable :class:`ClusterGraph`."""
 
-    def __init__(self, graph: ClusterGraph, dgs: Iterable[DeploymentGroup] = ()) -> None:
+    def __init__(
+        self,
+        graph: ClusterGraph,
+        dgs: Iterable[DeploymentGroup] = (),
+        reserved: Iterable[DeploymentGroup] = (),
+    ) -> None:
+        """Free GPUs = every GPU minus those of ``dgs`` and of ``reserved``.
+
+        ``dgs`` must not overlap (a GPU held twice is a :class:`CapacityError`). ``reserved``
+        instances (still running but on their way out, e.g. pending soft scale-in) only take
+        GPUs away: one already held, or no longer on its host, is skipped rather than raised,
+        so an inconsistent leftover cannot stop the cycle.
+        """
         self.graph = graph
         hosts = graph.hosts
         host_index = graph.host_index
@@ -42,6 +54,14 @@ class FreeCapacity:
                 if bits & ~mask[i]:
                     _raise_conflict(graph, dg, inst.instance_id, inst.host, inst.gpus, mask[i])
                 mask[i] &= ~bits
+        for dg in reserved:
+            for inst in dg.instances:
+                i = host_index.get(inst.host)
+                if i is None:
+                    continue
+                for gpu in inst.gpus:
+                    if 0 <= gpu < hosts[i].gpus:
+                        mask[i] &= ~(1 << gpu)
         self._mask = mask
         self._free_n = [m.bit_count() for m in mask]
         self._type_of = [graph.type_index[h.gpu_type] for h in hosts]

@@ -2,7 +2,9 @@
 
 One cycle (the paper's federated pre-scheduling layer):
 
-1. rebuild free capacity from the topology minus every current DG instance;
+1. rebuild free capacity from the topology minus every current DG instance and every
+   reserved one (instances still running on their way out, e.g. in the soft scale-in
+   window: they hold GPUs and ids but no longer count toward a service's totals);
 2. serve scale requests by service priority (descending, then name);
 3. scale-in first, per service: victims come from draining DGs, then DGs in scarce (HIGH)
    subgroups, then small DGs, removing whole P/D units so each DG keeps its ratio; a DG left
@@ -85,6 +87,7 @@ def plan_cycle(
     catalog: GpuCatalog | None = None,
     *,
     topology_aware: bool = True,
+    reserved: Sequence[DeploymentGroup] = (),
 ) -> PlacementPlan:
     """Plan one placement cycle; pure and deterministic.
 
@@ -92,6 +95,11 @@ def plan_cycle(
     ``topology_aware=False`` is the baseline for experiments: affinity and subgroups are
     ignored, new DGs span the whole cluster and hosts are taken first-fit in tree order.
     Draining DGs count toward a service's current totals, are never grown and shrink first.
+
+    ``reserved`` are instances that still run but are no longer part of ``dgs`` (pending soft
+    scale-in): their GPUs are not handed out, their DG ids and instance ids are not reused
+    (a reserved DG may share its id with a live DG it was removed from), and they count
+    toward no service's totals; the plan never touches them.
     """
     graph = (
         topology
@@ -105,7 +113,7 @@ def plan_cycle(
         if req.service in seen:
             raise ValueError(f"two scale requests for {req.service!r}: send one per service")
         seen.add(req.service)
-    cycle = _Cycle(graph, dgs, topology_aware)
+    cycle = _Cycle(graph, dgs, topology_aware, reserved)
     known = [r for r in requests if r.service in services]
     for req in sorted(known, key=lambda r: (-services[r.service].priority, r.service)):
         cycle.serve(services[req.service], req)
@@ -206,6 +214,7 @@ class _WorkingDG:
         "rank",
         "_removal_queue",
         "_used_k",
+        "_reserved_ids",
     )
 
     def __init__(
@@ -215,6 +224,7 @@ class _WorkingDG:
         base: DeploymentGroup,
         topology_aware: bool,
         created: bool = False,
+        reserved_ids: Sequence[str] = (),
     ) -> None:
         self.base = None if created else base
         self.dg_id = base.dg_id
@@ -239,6 +249,7 @@ class _WorkingDG:
         self.rank = type_rank(spec, *self.types)
         self._removal_queue: list[list[Instance] | None] = [None, None]
         self._used_k: list[set[int] | None] = [None, None]
+        self._reserved_ids = reserved_ids
 
     @property
     def size(self) -> int:
@@ -249,12 +260,15 @@ class _WorkingDG:
         return (self.counts[0] + extra[0]) * d - (self.counts[1] + extra[1]) * p
 
     def next_instance_id(self, r: int) -> str:
-        """Smallest unused k for this DG and role; ids removed this cycle stay taken."""
+        """Smallest unused k for this DG and role; ids removed this cycle, and ids of reserved
+        instances of this DG, stay taken."""
         used = self._used_k[r]
         if used is None:
             prefix = f"{self.dg_id}-{ROLES[r].value[0]}"
             existing = self.base.instances if self.base is not None else ()
-            used = taken_suffixes(prefix, (i.instance_id for i in existing))
+            ids = [i.instance_id for i in existing]
+            ids.extend(self._reserved_ids)
+            used = taken_suffixes(prefix, ids)
             self._used_k[r] = used
         k = 0
         while k in used:
@@ -286,15 +300,22 @@ class _Cycle:
     """Mutable working state of one plan_cycle call; nothing outlives the call."""
 
     def __init__(
-        self, graph: ClusterGraph, dgs: Sequence[DeploymentGroup], topology_aware: bool
+        self,
+        graph: ClusterGraph,
+        dgs: Sequence[DeploymentGroup],
+        topology_aware: bool,
+        reserved: Sequence[DeploymentGroup] = (),
     ) -> None:
         self.graph = graph
         self.aware = topology_aware
-        self.capacity = FreeCapacity(graph, dgs)
+        self.capacity = FreeCapacity(graph, dgs, reserved)
         self.base_by_service: dict[str, list[DeploymentGroup]] = {}
         for dg in dgs:
             self.base_by_service.setdefault(dg.service, []).append(dg)
-        self.dg_numbers = dg_numbers(dg.dg_id for dg in dgs)
+        self.dg_numbers = dg_numbers([*(dg.dg_id for dg in dgs), *(dg.dg_id for dg in reserved)])
+        self.reserved_ids: dict[str, list[str]] = {}
+        for dg in reserved:
+            self.reserved_ids.setdefault(dg.dg_id, []).extend(i.instance_id for i in dg.instances)
         self.touched: list[list[_WorkingDG]] = []
         self.unplaced: list[Unplaced] = []
 
@@ -302,7 +323,13 @@ class _Cycle:
 
     def serve(self, spec: ServiceSpec, req: ScaleRequest) -> None:
         dgs = [
-            _WorkingDG(self.graph, spec, base, self.aware)
+            _WorkingDG(
+                self.graph,
+                spec,
+                base,
+                self.aware,
+                reserved_ids=self.reserved_ids.get(base.dg_id, ()),
+            )
             for base in self.base_by_service.get(spec.name, ())
         ]
         self.touched.append(dgs)
