@@ -144,21 +144,24 @@ class PolicyEngine:
             desired = self.autoscaler.desire(now, obs)
         try:
             cycle = ray.get(fps.run_cycle.remote(now, desired, obs, not self.advisory), timeout=180)
+        except ray.exceptions.GetTimeoutError:
+            raise  # it may still apply: keep the new cooldowns, the conservative choice
         except BaseException:
-            # Nothing was applied: forget the cooldown timestamps this tick set, so the next
-            # period retries the same decision instead of holding on a cooldown.
+            # The pre-scheduler raises only before it commits a plan: forget the cooldown
+            # timestamps this tick set, so the next period retries instead of holding.
             with self._lock:
                 self.autoscaler.states.update(before)
             raise
+        with self._lock:  # the plan is committed: log the decision before anything else can fail
+            self.cycles += 1
+            self._record(now, desired, obs, cycle)
+            self.last_observations = {n: _obs_dict(o) for n, o in obs.items()}
+            self._checkpoint()
         snapshot = ray.get(fps.snapshot.remote(), timeout=60)
         seconds = time.perf_counter() - t0
         with self._lock:
-            self.cycles += 1
-            self._record(now, desired, obs, cycle)
             self.last_cycle = {**cycle, "seconds": seconds}
-            self.last_observations = {n: _obs_dict(o) for n, o in obs.items()}
             self.metrics.record(desired, obs, snapshot, cycle, seconds)
-            self._checkpoint()
         return self.last_cycle
 
     def _record(

@@ -355,14 +355,22 @@ class FederatedPreScheduler:
                 reserved=reserved_of(pending),
             )
             plan_lines = describe_plan(result.plan)
+            actuation_error: str | None = None
             if apply:
                 pending = pending + tuple(pending_from_plan(result.plan, dgs, now))
                 changed = (result.dgs, pending) != (self.dgs, self.pending)
                 self.dgs, self.pending = result.dgs, pending
                 if changed:
                     self._checkpoint()  # before actuating: a crash re-applies, never forgets
-                self._fan_out()
-                self._unroute_services(services)
+                # The plan is committed from here on, so actuation errors must not surface as a
+                # failed cycle (the policy engine would roll its decision back): reconciling is
+                # idempotent and the next cycle applies whatever did not land this time.
+                try:
+                    self._fan_out()
+                    self._unroute_services(services)
+                except Exception as e:
+                    actuation_error = f"{type(e).__name__}: {e}"
+                    logger.warning("actuation incomplete, retried next cycle: %s", actuation_error)
             for line in events + plan_lines:
                 logger.info("%s", line)
             self._last = {
@@ -380,6 +388,7 @@ class FederatedPreScheduler:
                     for u in result.plan.unplaced
                 ],
                 "applied": apply,
+                "actuation_error": actuation_error,
                 "seconds": time.perf_counter() - t0,
             }
             return dict(self._last)
