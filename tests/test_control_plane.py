@@ -197,7 +197,10 @@ def test_load_drop_scales_in_softly_after_cooldown(plane: Plane) -> None:
     # The scale-in may end at the decode minimum (reason clamped_min_max) rather than plain
     # scale_in; either way both roles shrink in one decision and keep the 1:2 ratio.
     scale_in = [e for e in saw_soft["decisions"] if e["decode"] < e["had_decode"]]
-    assert scale_in, [(e["reason"], e["message"]) for e in saw_soft["decisions"]]
+    assert scale_in, [
+        (e["reason"], e["had_prefill"], e["had_decode"], e["prefill"], e["decode"])
+        for e in saw_soft["decisions"]
+    ] + [saw_soft["pre_scheduler"]["pending_removals"]]
     assert scale_in[-1]["reason"] in ("scale_in", "clamped_min_max")
     assert scale_in[-1]["prefill"] == math.ceil(scale_in[-1]["decode"] / 2)
     wait_for(
