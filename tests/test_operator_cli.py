@@ -1,4 +1,4 @@
-"""The operator's path: `heteroscale start --advisory`, `status`, `stop --purge` as subprocesses
+"""The operator's path (runs after test_control_plane): `heteroscale start --advisory`, `status`,
 against the shared local cluster. Advisory mode must decide and export, and actuate nothing."""
 
 from __future__ import annotations
