@@ -1,5 +1,6 @@
-"""The operator's path (runs after test_control_plane): `heteroscale start --advisory`, `status`,
-against the shared local cluster. Advisory mode must decide and export, and actuate nothing."""
+"""The operator's path (runs after test_control_plane): `heteroscale start --advisory`,
+`status` and `stop --purge` as subprocesses against the shared local cluster. Advisory mode
+must decide and export, and actuate nothing."""
 
 from __future__ import annotations
 
