@@ -43,3 +43,27 @@ def test_schema_writes(tmp_path: Path) -> None:
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 1
     assert "heteroscale demo" in capsys.readouterr().out
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nobody listens
+
+
+@pytest.mark.parametrize("command", ["status", "stop"])
+def test_unreachable_address_fails_fast_with_a_hint(command: str) -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    with pytest.raises(SystemExit) as e:
+        main([command, "--address", address])
+    message = str(e.value.code)
+    assert f"cannot reach a Ray cluster at {address!r}" in message
+    assert "--address" in message
+
+
+def test_malformed_address_says_the_expected_form() -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["status", "--address", "head-node:port"])
+    assert "host:port" in str(e.value.code)

@@ -181,11 +181,6 @@ def test_ramp_scales_prefill_and_decode_together_on_the_right_nodes(plane: Plane
     assert not plane.load.failures(), plane.load.failures()[:3]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known flake on fresh-clone CI (about half the runs since the review fixes): a soft "
-    "removal sometimes appears with no scale-in decision in the log; never reproduced locally",
-)
 def test_load_drop_scales_in_softly_after_cooldown(plane: Plane) -> None:
     plane.level[0] = LOW
     saw_soft = wait_for(

@@ -13,11 +13,35 @@ from pathlib import Path
 ADDRESS_HELP = "Ray cluster address (default: auto, the cluster this machine belongs to)"
 
 
+REACH_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Fail fast on a ``host:port`` nobody listens on: ray.init would retry for minutes."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return  # auto-discovery and Ray Client addresses fail fast on their own
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except ValueError:
+        raise SystemExit(f"--address {address!r} is not host:port (e.g. 10.0.0.5:6379)") from None
+    except OSError as e:
+        raise SystemExit(
+            f"cannot reach a Ray cluster at {address!r} ({e.strerror or e}); check the head "
+            "node's address and port (`ray status` on the head prints it) or omit --address "
+            "on a node of the cluster"
+        ) from None
+
+
 def _connect(address: str) -> None:
     import ray
 
     from heteroscale_ray.actors.checkpoint import NAMESPACE
 
+    _check_reachable(address)
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError) as e:

@@ -142,19 +142,29 @@ class PolicyEngine:
                     obs[name] = replace(obs[name], signals=sig)
             before = dict(self.autoscaler.states)
             desired = self.autoscaler.desire(now, obs)
+            # Logged before the pre-scheduler can commit the plan, so that nobody reading the
+            # status ever sees a plan's effect (e.g. a soft removal) without its decision.
+            entries = self._record(now, desired, obs)
         try:
             cycle = ray.get(fps.run_cycle.remote(now, desired, obs, not self.advisory), timeout=180)
         except ray.exceptions.GetTimeoutError:
-            raise  # it may still apply: keep the new cooldowns, the conservative choice
-        except BaseException:
+            with self._lock:  # it may still apply: keep the new cooldowns, the conservative choice
+                for e in entries:
+                    e["outcome"] = "unknown: the pre-scheduler did not answer in time"
+            raise
+        except BaseException as exc:
             # The pre-scheduler raises only before it commits a plan: forget the cooldown
             # timestamps this tick set, so the next period retries instead of holding.
             with self._lock:
                 self.autoscaler.states.update(before)
+                for e in entries:
+                    e["outcome"] = f"not applied: {type(exc).__name__}: {exc}"
             raise
-        with self._lock:  # the plan is committed: log the decision before anything else can fail
+        with self._lock:
             self.cycles += 1
-            self._record(now, desired, obs, cycle)
+            for e in entries:
+                e["plan"] = [line for line in cycle.get("plan", []) if e["service"] in line]
+                e["outcome"] = "applied" if cycle.get("applied") else "advisory"
             self.last_observations = {n: _obs_dict(o) for n, o in obs.items()}
             self._checkpoint()
         snapshot = ray.get(fps.snapshot.remote(), timeout=60)
@@ -165,13 +175,11 @@ class PolicyEngine:
         return self.last_cycle
 
     def _record(
-        self,
-        now: float,
-        desired: dict[str, Any],
-        obs: dict[str, Observation],
-        cycle: dict[str, Any],
-    ) -> None:
+        self, now: float, desired: dict[str, Any], obs: dict[str, Observation]
+    ) -> list[dict[str, Any]]:
+        """Append one log entry per decision (outcome filled in once the cycle returns)."""
         prev = {e["service"]: e for e in self.log}  # later entries win: the latest
+        entries = []
         for name, d in desired.items():
             c = obs[name].counts
             entry = {
@@ -184,9 +192,11 @@ class PolicyEngine:
                 "had_prefill": c.prefill,
                 "had_decode": c.decode,
                 "advisory": self.advisory,
-                "plan": [line for line in cycle.get("plan", []) if name in line],
+                "plan": [],
+                "outcome": "planning",
             }
             self.log.append(entry)
+            entries.append(entry)
             last = prev.get(name)
             changed = (d.prefill, d.decode) != (c.prefill, c.decode)
             same = last is not None and last["reason"] == d.reason and not changed
@@ -202,6 +212,7 @@ class PolicyEngine:
                 d.decode,
                 d.message,
             )
+        return entries
 
     def _checkpoint(self) -> None:
         kv_put(
@@ -217,8 +228,14 @@ class PolicyEngine:
     def status(self, last: int = 10) -> dict[str, Any]:
         import ray
 
+        # Pre-scheduler first, log second: a decision is logged before its plan is committed,
+        # so every removal or DG in this snapshot has its decision in the log read after it.
+        try:
+            pre = ray.get(self._pre_scheduler().snapshot.remote(), timeout=30)
+        except Exception as e:
+            pre = {"error": f"{type(e).__name__}: {e}"}
         with self._lock:
-            out = {
+            return {
                 "services": [
                     {
                         "name": s.name,
@@ -236,17 +253,13 @@ class PolicyEngine:
                 "last_error": self.last_error,
                 "last_cycle": dict(self.last_cycle),
                 "observations": dict(self.last_observations),
-                "decisions": list(self.log)[-last:],
+                "decisions": [dict(e) for e in list(self.log)[-last:]],
+                "pre_scheduler": pre,
             }
-        try:
-            out["pre_scheduler"] = ray.get(self._pre_scheduler().snapshot.remote(), timeout=30)
-        except Exception as e:
-            out["pre_scheduler"] = {"error": f"{type(e).__name__}: {e}"}
-        return out
 
     def decisions(self, since: float = 0.0) -> list[dict[str, Any]]:
         with self._lock:
-            return [e for e in self.log if e["time"] > since]
+            return [dict(e) for e in self.log if e["time"] > since]
 
     def metrics_text(self) -> str:
         return self.metrics.text()
