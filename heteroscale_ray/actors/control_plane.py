@@ -182,13 +182,15 @@ def format_status(st: dict[str, Any]) -> str:
         + (f", last error: {st['last_error']}" if st.get("last_error") else "")
     )
     lines.append("")
-    lines.append(f"{'service':<14}{'ratio':>7}{'prio':>6}  signal (target/instance)   observed")
+    lines.append(f"{'service':<14}{'ratio':>9}{'prio':>6}  signal (target/instance)   observed")
     for s in st["services"]:
         o = st.get("observations", {}).get(s["name"], {})
         val = o.get(s["signal"])
         obs = "n/a" if val is None else f"{val:.0f} tok/s"
+        active = s.get("active_ratio", s["pd_ratio"])
+        ratio = s["pd_ratio"] if active == s["pd_ratio"] else f"{active}*"
         lines.append(
-            f"{s['name']:<14}{s['pd_ratio']:>7}{s['priority']:>6}  "
+            f"{s['name']:<14}{ratio:>9}{s['priority']:>6}  "
             f"{s['signal']} ({s['target_per_instance']:g}){'':<6}{obs}"
         )
     fps = st.get("pre_scheduler", {})
@@ -213,6 +215,8 @@ def format_status(st: dict[str, Any]) -> str:
             lines.append(f"  soft scale-in: {p['dg_id']} {p['prefill']}P+{p['decode']}D ({kind})")
         for u in fps.get("last_cycle", {}).get("unplaced", []):
             lines.append(f"  unplaced: {u['count']} {u['role']} of {u['service']} ({u['reason']})")
+    if any(s.get("active_ratio", s["pd_ratio"]) != s["pd_ratio"] for s in st["services"]):
+        lines.append("  * dynamic P/D ratio: moved from the configured one with the workload")
     lines.append("")
     lines.append("last decisions:")
     for e in st.get("decisions", []):

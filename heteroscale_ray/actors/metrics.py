@@ -2,6 +2,7 @@
 
 Names (all prefixed ``heteroscale_cp_``):
     desired_instances{service,role}           target from the latest decision
+    pd_ratio{service}                         prefill/decode ratio in force (moves if dynamic)
     actual_instances{service,role,dg,state}   per DG: ready (running) and starting replicas
     decisions_total{service,reason}           every decision, by its reason enum
     signal{service,signal}                    the signal values the policy saw
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from heteroscale_ray.config import parse_pd_ratio
 from heteroscale_ray.control import Observation
 
 SIGNALS = (
@@ -45,6 +47,12 @@ class ControlPlaneMetrics:
             p + "actual_instances",
             "Instances per DG by state",
             ["service", "role", "dg", "state"],
+            registry=self.registry,
+        )
+        self.pd_ratio = Gauge(
+            p + "pd_ratio",
+            "Prefill/decode instance ratio the latest decision is at",
+            ["service"],
             registry=self.registry,
         )
         self.decisions = Counter(
@@ -86,6 +94,9 @@ class ControlPlaneMetrics:
             self.desired.labels(name, "prefill").set(d.prefill)
             self.desired.labels(name, "decode").set(d.decode)
             self.decisions.labels(name, d.reason).inc()
+            if d.pd_ratio:
+                p, d_ = parse_pd_ratio(d.pd_ratio)
+                self.pd_ratio.labels(name).set(p / d_)
         for name, obs in observations.items():
             for sig in SIGNALS:
                 value = getattr(obs.signals, sig)

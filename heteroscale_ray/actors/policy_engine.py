@@ -24,7 +24,7 @@ from typing import Any
 from heteroscale_ray.actors.checkpoint import NAMESPACE, PRE_SCHEDULER, kv_get, kv_put
 from heteroscale_ray.actors.metrics import ControlPlaneMetrics
 from heteroscale_ray.actors.observe import build_observations
-from heteroscale_ray.config import ConfigError, ServicesConfig, parse_yaml_text
+from heteroscale_ray.config import ConfigError, ServicesConfig, ServiceSpec, parse_yaml_text
 from heteroscale_ray.control import HeteroScaleAutoscaler, Observation
 from heteroscale_ray.policy import PolicyState
 
@@ -191,6 +191,7 @@ class PolicyEngine:
                 "decode": d.decode,
                 "had_prefill": c.prefill,
                 "had_decode": c.decode,
+                "pd_ratio": d.pd_ratio,
                 "advisory": self.advisory,
                 "plan": [],
                 "outcome": "planning",
@@ -240,6 +241,7 @@ class PolicyEngine:
                     {
                         "name": s.name,
                         "pd_ratio": s.pd_ratio,
+                        "active_ratio": _active_ratio(s, self.autoscaler.states.get(s.name)),
                         "priority": s.priority,
                         "signal": s.policy.signal,
                         "target_per_instance": s.policy.target_per_instance,
@@ -271,6 +273,13 @@ class PolicyEngine:
         """Stop the loop (before the actor is killed, so no cycle is cut halfway)."""
         self._stop.set()
         self._thread.join(timeout=self.period_s + 30)
+
+
+def _active_ratio(spec: ServiceSpec, state: PolicyState | None) -> str:
+    """The P/D ratio the policy works at now: the configured one unless a dynamic one moved."""
+    if state is None or state.active_ratio is None or not spec.policy.dynamic_ratio.enabled:
+        return spec.pd_ratio
+    return f"{state.active_ratio[0]}:{state.active_ratio[1]}"
 
 
 def _obs_dict(obs: Observation) -> dict[str, Any]:

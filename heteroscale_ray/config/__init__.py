@@ -11,6 +11,7 @@ from heteroscale_ray.config.loader import (
 )
 from heteroscale_ray.config.services import (
     AffinityLevel,
+    DynamicRatio,
     LatencyGuard,
     LatencyTier,
     PeriodicEntry,
@@ -38,6 +39,7 @@ __all__ = [
     "AffinityLevel",
     "BigPodSpec",
     "ConfigError",
+    "DynamicRatio",
     "GpuCatalog",
     "GpuType",
     "HostSpec",

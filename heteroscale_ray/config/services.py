@@ -131,6 +131,75 @@ class PeriodicEntry(BaseModel):
         return int(h) * 3600 + int(m) * 60
 
 
+class DynamicRatio(BaseModel):
+    """A P/D ratio that follows workload drift (the paper's future work; ours to define).
+
+    Each tick measures the ratio the load needs, (prefill tokens/s / prefill target) :
+    (decode tokens/s / decode target), smooths it over ``smoothing_s`` and switches the
+    active ratio to the nearest small-integer ratio only when the smoothed value has moved
+    more than ``change_tolerance`` from it. The configured ``pd_ratio`` is where it starts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=False, description="Let the P/D ratio follow the workload.")
+    paired_target_per_instance: float | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens/s one instance of the *other* role should carry at the target load "
+        "(prefill cache-miss tokens/s when the signal is decode_tps), from the same stress test "
+        "as target_per_instance. Required when enabled.",
+    )
+    min_ratio: str = Field(
+        default="1:8", description="Lowest prefill:decode the ratio may move to, e.g. '1:8'."
+    )
+    max_ratio: str = Field(
+        default="8:1", description="Highest prefill:decode the ratio may move to, e.g. '8:1'."
+    )
+    max_term: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Largest number on either side of the active ratio (8 allows '3:8', not '5:13').",
+    )
+    smoothing_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Time constant of the moving average over measured ratios (0 = none).",
+    )
+    change_tolerance: float = Field(
+        default=0.2,
+        ge=0,
+        le=4,
+        description="Switch only when the smoothed ratio is this far (relative) from the active one.",
+    )
+
+    @field_validator("min_ratio", "max_ratio")
+    @classmethod
+    def _ratio(cls, v: str) -> str:
+        parse_pd_ratio(v)
+        return v
+
+    @model_validator(mode="after")
+    def _usable(self) -> DynamicRatio:
+        lo, hi = parse_pd_ratio(self.min_ratio), parse_pd_ratio(self.max_ratio)
+        if lo[0] * hi[1] > hi[0] * lo[1]:
+            raise ValueError(
+                f"min_ratio {self.min_ratio!r} is above max_ratio {self.max_ratio!r}: swap them"
+            )
+        if self.enabled and self.paired_target_per_instance is None:
+            raise ValueError(
+                "enabled needs paired_target_per_instance (tokens/s one instance of the other "
+                "role carries at target load): set it, e.g. from `heteroscale pd-sweep`"
+            )
+        return self
+
+    def bounds(self) -> tuple[float, float]:
+        """(lowest, highest) prefill/decode as numbers."""
+        (a, b), (c, d) = parse_pd_ratio(self.min_ratio), parse_pd_ratio(self.max_ratio)
+        return a / b, c / d
+
+
 class PolicySpec(BaseModel):
     """How a service scales. Times are seconds; fractions are of the current instance count."""
 
@@ -176,6 +245,7 @@ class PolicySpec(BaseModel):
         default=None, ge=1, description="Optional cap on GPUs this service may hold (both roles)."
     )
     latency_guard: LatencyGuard = Field(default_factory=LatencyGuard)
+    dynamic_ratio: DynamicRatio = Field(default_factory=DynamicRatio)
     periodic: list[PeriodicEntry] = Field(
         default_factory=list, description="Time table for 'periodic' and 'hybrid' modes."
     )
@@ -185,6 +255,11 @@ class PolicySpec(BaseModel):
         if self.mode in ("periodic", "hybrid") and not self.periodic:
             raise ValueError(
                 f"mode '{self.mode}' needs a 'periodic' time table: add entries or use mode 'metrics'"
+            )
+        if self.mode == "periodic" and self.dynamic_ratio.enabled:
+            raise ValueError(
+                "dynamic_ratio needs measured load, which mode 'periodic' ignores: use mode "
+                "'hybrid' or 'metrics', or set the ratio per time-table row"
             )
         return self
 
@@ -233,6 +308,18 @@ class ServiceSpec(BaseModel):
     def _ratio(cls, v: str) -> str:
         parse_pd_ratio(v)
         return v
+
+    @model_validator(mode="after")
+    def _ratio_within_dynamic_bounds(self) -> ServiceSpec:
+        dyn = self.policy.dynamic_ratio
+        lo, hi = dyn.bounds()
+        p, d = self.ratio
+        if dyn.enabled and not lo <= p / d <= hi:
+            raise ValueError(
+                f"pd_ratio {self.pd_ratio!r} lies outside policy.dynamic_ratio's "
+                f"{dyn.min_ratio}..{dyn.max_ratio}: widen the bounds or change pd_ratio"
+            )
+        return self
 
     @property
     def ratio(self) -> tuple[int, int]:

@@ -48,5 +48,6 @@ class HeteroScaleAutoscaler:
                 decode=decision.decode,
                 reason=decision.reason.value,
                 message=decision.message,
+                pd_ratio=decision.pd_ratio or None,
             )
         return out

@@ -55,14 +55,19 @@ def control_cycle(
     """
     desired = autoscaler.desire(now, observations)
     requests = []
+    placed_as = dict(services)
     for name in sorted(desired):
         want = desired[name]
         if (want.prefill, want.decode) != role_counts(dgs, name):
             requests.append(ScaleRequest(name, max(0, want.prefill), max(0, want.decode)))
+            spec = services.get(name)
+            if spec is not None and want.pd_ratio and want.pd_ratio != spec.pd_ratio:
+                # A dynamic ratio: DGs grow and shrink in units of the ratio the policy uses now.
+                placed_as[name] = spec.model_copy(update={"pd_ratio": want.pd_ratio})
     if requests:
         plan = plan_cycle(
             graph,
-            services,
+            placed_as,
             dgs,
             requests,
             catalog,

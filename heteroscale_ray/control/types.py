@@ -54,6 +54,7 @@ class Desired:
     decode: int
     reason: str
     message: str = ""
+    pd_ratio: str | None = None  # the ratio new DGs should be formed at; None: the configured one
 
     def changed(self, counts: RoleCounts) -> bool:
         return (self.prefill, self.decode) != (counts.prefill, counts.decode)

@@ -1,9 +1,10 @@
 """The policy tick: (spec, signals, counts, state, now) -> (decision, state). Pure: time is an argument.
 
-Stages, each a small function: read the signal -> proportional target with dead-band, cooldowns and
-damping -> latency guard -> periodic table (periodic/hybrid) -> P/D split, bounds, budget -> never
-shrink on missing data -> reason and sentence -> new state. A stage proposes a count for one
-*anchor* role and a P/D ratio; the other role follows, so both move in one decision.
+Stages, each a small function: read the signal -> the P/D ratio (configured, or dynamic) ->
+proportional target with dead-band, cooldowns and damping -> latency guard -> periodic table
+(periodic/hybrid) -> P/D split, bounds, budget -> never shrink on missing data -> reason and
+sentence -> new state. A stage proposes a count for one *anchor* role and a P/D ratio; the other
+role follows, so both move in one decision.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from heteroscale_ray.config import Role, ServiceSpec, parse_pd_ratio
 from heteroscale_ray.policy.cooldown import cooldown_left
+from heteroscale_ray.policy.dynamic_ratio import RatioStep, step_ratio
 from heteroscale_ray.policy.freshness import (
     SIGNAL_LABELS,
     Reading,
@@ -69,22 +71,27 @@ def decide(
     if not math.isfinite(now):
         raise ValueError(f"now must be a finite epoch time in seconds, got {now!r}")
     reading = read_signal(spec, signals, now)
-    proposal = propose(spec, signals, reading, counts, state, now)
+    ratio = step_ratio(spec, signals, state, now)
+    proposal = propose(spec, signals, reading, counts, state, now, ratio.ratio)
     fitted = fit_to_limits(spec, proposal.anchor, proposal.count, proposal.ratio)
     target = (fitted.prefill, fitted.decode)
     if spec.policy.mode != "periodic" and reading.value is None:
         target = never_shrink(spec, target, counts)
     reason = final_reason(proposal, fitted, target, counts)
+    if reason is Reason.RATIO_REPAIR and ratio.changed:
+        reason = Reason.RATIO_DRIFT
+    message = sentence(proposal, fitted, target, counts, reason)
     decision = Decision(
         service=spec.name,
         prefill=target[0],
         decode=target[1],
         reason=reason,
-        message=sentence(proposal, fitted, target, counts, reason),
+        message=f"{message}; {ratio.note}" if ratio.note else message,
         signal_value=reading.value,
-        **required_per_role(spec, reading),
+        pd_ratio=ratio_text(proposal.ratio),
+        **required_per_role(spec, reading, ratio.ratio),
     )
-    return decision, advance_state(state, proposal, target, counts, reason, now)
+    return decision, advance_state(state, proposal, target, counts, reason, now, ratio)
 
 
 def propose(
@@ -94,18 +101,19 @@ def propose(
     counts: RoleCounts,
     state: PolicyState,
     now: float,
+    ratio: Ratio,
 ) -> Proposal:
     """Pick the stage(s) for the policy mode; hybrid takes the larger of periodic and metrics."""
     mode = spec.policy.mode
-    periodic = periodic_proposal(spec, now) if mode != "metrics" else None
+    periodic = periodic_proposal(spec, now, ratio) if mode != "metrics" else None
     if counts.prefill == 0 and counts.decode == 0:
-        return initial_proposal(spec, reading, periodic)
+        return initial_proposal(spec, reading, periodic, ratio)
     if mode == "periodic":
         if periodic is not None:
             return periodic
         why = f"periodic mode and no time-table row covers {clock_text(now)} UTC"
-        return Proposal(Role.DECODE, counts.decode, spec.ratio, Reason.HOLD_OUTSIDE_SCHEDULE, why)
-    metrics = proportional_proposal(spec, reading, counts, state, now)
+        return Proposal(Role.DECODE, counts.decode, ratio, Reason.HOLD_OUTSIDE_SCHEDULE, why)
+    metrics = proportional_proposal(spec, reading, counts, state, now, ratio)
     metrics = latency_guard_proposal(spec, signals, counts, state, now, metrics)
     if periodic is None or periodic.count_as(metrics.anchor) <= metrics.count:
         return metrics
@@ -113,10 +121,12 @@ def propose(
     return replace(periodic, why=f"{periodic.why}, above the {wanted} metrics alone want")
 
 
-def initial_proposal(spec: ServiceSpec, reading: Reading, periodic: Proposal | None) -> Proposal:
+def initial_proposal(
+    spec: ServiceSpec, reading: Reading, periodic: Proposal | None, ratio: Ratio
+) -> Proposal:
     """No instances yet: start at what the load needs (or the table says), at least the minimums."""
     role = Role.DECODE if spec.policy.mode == "periodic" else signal_role(spec.policy)
-    start = Proposal(role, 0, spec.ratio, Reason.INITIAL, "no instances yet")
+    start = Proposal(role, 0, ratio, Reason.INITIAL, "no instances yet")
     if reading.value is not None and spec.policy.mode != "periodic":
         required = required_instances(reading.value, spec.policy.target_per_instance)
         label = SIGNAL_LABELS[spec.policy.signal]
@@ -130,7 +140,12 @@ def initial_proposal(spec: ServiceSpec, reading: Reading, periodic: Proposal | N
 
 
 def proportional_proposal(
-    spec: ServiceSpec, reading: Reading, counts: RoleCounts, state: PolicyState, now: float
+    spec: ServiceSpec,
+    reading: Reading,
+    counts: RoleCounts,
+    state: PolicyState,
+    now: float,
+    ratio: Ratio,
 ) -> Proposal:
     """required = signal / target; dead-band, then cooldown, then damping of the step."""
     policy = spec.policy
@@ -139,7 +154,7 @@ def proportional_proposal(
     label = SIGNAL_LABELS[policy.signal]
     if reading.value is None:
         why = f"{label} {reading.problem}, and missing data never scales in"
-        return Proposal(role, current, spec.ratio, Reason.HOLD_MISSING_SIGNAL, why)
+        return Proposal(role, current, ratio, Reason.HOLD_MISSING_SIGNAL, why)
     required = required_instances(reading.value, policy.target_per_instance)
     direction = dead_band(required, current, policy.scale_out_tolerance, policy.scale_in_tolerance)
     change = f", {required / current - 1:+.0%}" if current else ""
@@ -151,7 +166,7 @@ def proportional_proposal(
     desired = ceil_eps(required)
     if direction is Direction.HOLD or (direction is Direction.IN and desired >= current):
         return Proposal(
-            role, current, spec.ratio, Reason.HOLD_DEADBAND, f"{why} within the {band} dead-band)"
+            role, current, ratio, Reason.HOLD_DEADBAND, f"{why} within the {band} dead-band)"
         )
     out = direction is Direction.OUT
     tolerance = policy.scale_out_tolerance if out else policy.scale_in_tolerance
@@ -160,12 +175,12 @@ def proportional_proposal(
     wait = cooldown_left(now, state.last_scaled_at, cooldown_s)
     if wait > 0:
         why += f" but the scale-{direction.value} cooldown has {wait:,.1f} s left"
-        return Proposal(role, current, spec.ratio, Reason.HOLD_COOLDOWN, why)
+        return Proposal(role, current, ratio, Reason.HOLD_COOLDOWN, why)
     damping = policy.scale_out_damping if out else policy.scale_in_damping
     target = damped_target(current, desired, damping)
     if target != desired:
         why += f", damped to {target} ({damping:.0%} of the gap)"
-    return Proposal(role, target, spec.ratio, Reason.SCALE_OUT if out else Reason.SCALE_IN, why)
+    return Proposal(role, target, ratio, Reason.SCALE_OUT if out else Reason.SCALE_IN, why)
 
 
 def latency_guard_proposal(
@@ -201,12 +216,13 @@ def latency_guard_proposal(
     return Proposal(proposal.anchor, target, proposal.ratio, Reason.LATENCY_GUARD, breach)
 
 
-def periodic_proposal(spec: ServiceSpec, now: float) -> Proposal | None:
-    """The time-table row for the UTC time of day, as a decode count and its ratio."""
+def periodic_proposal(spec: ServiceSpec, now: float, ratio: Ratio) -> Proposal | None:
+    """The time-table row for the UTC time of day, as a decode count and its ratio (the row's
+    own, else ``ratio``: the service's current one)."""
     entry = active_entry(spec.policy.periodic, now)
     if entry is None:
         return None
-    ratio = parse_pd_ratio(entry.pd_ratio) if entry.pd_ratio else spec.ratio
+    ratio = parse_pd_ratio(entry.pd_ratio) if entry.pd_ratio else ratio
     why = (
         f"time table {entry.start}-{entry.end} UTC asks for {entry.decode_instances} decode "
         f"at {ratio_text(ratio)}"
@@ -274,12 +290,12 @@ def sentence(
     return f"{proposal.why}{sep}{action}{note}"
 
 
-def required_per_role(spec: ServiceSpec, reading: Reading) -> dict[str, float | None]:
-    """Fractional instances the signal asks for, in both roles at the service's ratio."""
+def required_per_role(spec: ServiceSpec, reading: Reading, ratio: Ratio) -> dict[str, float | None]:
+    """Fractional instances the signal asks for, in both roles at the current ratio."""
     if reading.value is None or spec.policy.mode == "periodic":
         return {"required_decode": None, "required_prefill": None}
     required = required_instances(reading.value, spec.policy.target_per_instance)
-    p, d = spec.ratio
+    p, d = ratio
     if signal_role(spec.policy) is Role.DECODE:
         return {"required_decode": required, "required_prefill": required * p / d}
     return {"required_decode": required * d / p, "required_prefill": required}
@@ -292,8 +308,10 @@ def advance_state(
     counts: RoleCounts,
     reason: Reason,
     now: float,
+    ratio: RatioStep,
 ) -> PolicyState:
-    """Any decision that grows a role is a scale-out event, any that shrinks one a scale-in event."""
+    """Any decision that grows a role is a scale-out event, any that shrinks one a scale-in event.
+    The dynamic ratio's active value and estimate are remembered for the next tick."""
     grew = target[0] > counts.prefill or target[1] > counts.decode
     shrank = target[0] < counts.prefill or target[1] < counts.decode
     guarded = grew and proposal.reason is Reason.LATENCY_GUARD
@@ -304,6 +322,9 @@ def advance_state(
         last_guard_at=now if guarded else state.last_guard_at,
         last_decision_at=now,
         last_decision_reason=reason,
+        active_ratio=ratio.ratio if ratio.estimate is not None else None,
+        ratio_estimate=ratio.estimate,
+        ratio_estimate_at=ratio.estimate_at,
     )
 
 

@@ -69,6 +69,7 @@ class Reason(str, Enum):
     LATENCY_GUARD = "latency_guard"  # latency near or over the SLO: tiered fixed step out
     PERIODIC = "periodic"  # the time table sets the counts
     RATIO_REPAIR = "ratio_repair"  # counts were off the P/D ratio: the lagging role is fixed
+    RATIO_DRIFT = "ratio_drift"  # the dynamic P/D ratio followed the workload: one role moves
     CLAMPED_MIN_MAX = "clamped_min_max"  # the wanted counts hit a role's min or max
     CLAMPED_BUDGET = "clamped_budget"  # the wanted counts exceed the service's GPU budget
     HOLD_DEADBAND = "hold_deadband"  # signal within the scale-out/scale-in tolerances
@@ -90,6 +91,7 @@ class Decision:
     signal_value: float | None = None
     required_decode: float | None = None
     required_prefill: float | None = None
+    pd_ratio: str = ""  # the P/D ratio the counts are at ("1:2"); dynamic ratios change it
 
     def changed(self, counts: RoleCounts) -> bool:
         return (self.prefill, self.decode) != (counts.prefill, counts.decode)
@@ -109,6 +111,9 @@ class PolicyState:
     last_guard_at: float | None = None  # epoch s of the last latency-guard scale-out
     last_decision_at: float | None = None
     last_decision_reason: Reason | None = None
+    active_ratio: tuple[int, int] | None = None  # dynamic P/D ratio in force (None: configured)
+    ratio_estimate: float | None = None  # smoothed prefill/decode need (dynamic ratio)
+    ratio_estimate_at: float | None = None  # epoch s of the last measurement folded in
 
     @property
     def last_scaled_at(self) -> float | None:
@@ -128,4 +133,9 @@ class PolicyState:
         known = {f.name for f in fields(PolicyState)}
         state = PolicyState(**{k: v for k, v in data.items() if k in known})
         reason = state.last_decision_reason
-        return replace(state, last_decision_reason=None if reason is None else Reason(reason))
+        ratio = state.active_ratio
+        return replace(
+            state,
+            last_decision_reason=None if reason is None else Reason(reason),
+            active_ratio=None if ratio is None else (int(ratio[0]), int(ratio[1])),
+        )

@@ -1,0 +1,119 @@
+"""Dynamic P/D ratio: the ratio the load needs, smoothed, snapped to small integers, with hysteresis.
+
+HeteroScale scales on one signal (decode TPS) at a fixed P/D ratio found offline. When the
+workload drifts (longer prompts, shorter answers), that ratio starves one role while the
+signal looks healthy. Here each tick measures the ratio the load needs,
+
+    (prefill tokens/s / prefill target) : (decode tokens/s / decode target),
+
+averages it in log space (ratios are multiplicative: 1:2 -> 1:1 is as big a step as
+1:1 -> 2:1) with time constant ``smoothing_s``, and moves the active ratio to the nearest
+``p:d`` with both terms <= ``max_term`` only once the average is more than
+``change_tolerance`` away from it. The configured ``pd_ratio`` is where it starts, and any
+missing or stale signal leaves the ratio where it is. Pure: time comes in as ``now``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+
+from heteroscale_ray.config import ServiceSpec
+from heteroscale_ray.policy.freshness import snapshot_problem
+from heteroscale_ray.policy.split import Ratio, ratio_text
+from heteroscale_ray.policy.types import PolicyState, Signals
+
+
+@dataclass(frozen=True)
+class RatioStep:
+    """The ratio this tick works at, the smoothed estimate to remember, and what happened."""
+
+    ratio: Ratio
+    estimate: float | None
+    estimate_at: float | None
+    changed: bool = False
+    note: str = ""
+
+
+def measured_ratio(spec: ServiceSpec, signals: Signals) -> float | None:
+    """Prefill instances needed per decode instance at this snapshot, or None without load."""
+    policy = spec.policy
+    paired = policy.dynamic_ratio.paired_target_per_instance
+    if paired is None:
+        return None
+    prefill, decode = signals.prefill_tps, signals.decode_tps
+    if not (_positive(prefill) and _positive(decode)):
+        return None
+    if policy.signal == "decode_tps":
+        prefill_target, decode_target = paired, policy.target_per_instance
+    else:
+        prefill_target, decode_target = policy.target_per_instance, paired
+    need = (prefill / prefill_target) / (decode / decode_target)  # type: ignore[operator]
+    return need if math.isfinite(need) and need > 0 else None  # e.g. decode tps ~1e-300
+
+
+def smooth(
+    previous: float | None, previous_at: float | None, value: float, now: float, tau: float
+) -> float:
+    """Exponential moving average in log space; the first value (or tau 0) is taken as is."""
+    if previous is None or previous_at is None or tau <= 0 or previous <= 0:
+        return value
+    weight = 1.0 - math.exp(-max(0.0, now - previous_at) / tau)
+    return math.exp(math.log(previous) + weight * (math.log(value) - math.log(previous)))
+
+
+@cache
+def _candidates(max_term: int) -> tuple[Ratio, ...]:
+    """Reduced ratios p:d with 1 <= p, d <= max_term, simplest first."""
+    pairs = {
+        (p, d)
+        for p in range(1, max_term + 1)
+        for d in range(1, max_term + 1)
+        if math.gcd(p, d) == 1
+    }
+    return tuple(sorted(pairs, key=lambda r: (r[0] + r[1], r)))
+
+
+def nearest_ratio(value: float, max_term: int, low: float, high: float) -> Ratio:
+    """The allowed ratio closest to ``value`` in log distance (the simpler one on a tie)."""
+    inside = [r for r in _candidates(max_term) if low <= r[0] / r[1] <= high]
+    if not inside:  # bounds narrower than the grid allows: the closest bound wins
+        inside = list(_candidates(max_term))
+    target = math.log(min(max(value, low), high))
+    return min(inside, key=lambda r: abs(math.log(r[0] / r[1]) - target))
+
+
+def step_ratio(spec: ServiceSpec, signals: Signals, state: PolicyState, now: float) -> RatioStep:
+    """This tick's P/D ratio for ``spec``: its configured one unless the dynamic ratio is on."""
+    dyn = spec.policy.dynamic_ratio
+    if not dyn.enabled:
+        return RatioStep(spec.ratio, None, None)
+    low, high = dyn.bounds()
+    active = state.active_ratio
+    if active is None or not low <= active[0] / active[1] <= high:
+        active = spec.ratio  # first tick, or bounds changed by a config update
+    keep = RatioStep(active, state.ratio_estimate, state.ratio_estimate_at)
+    if snapshot_problem(signals, now, spec.policy.stale_after_s):
+        return keep
+    measured = measured_ratio(spec, signals)
+    if measured is None:
+        return keep
+    estimate = smooth(state.ratio_estimate, state.ratio_estimate_at, measured, now, dyn.smoothing_s)
+    keep = RatioStep(active, estimate, now)
+    bounded = min(max(estimate, low), high)
+    drift = abs(math.log(bounded * active[1] / active[0]))
+    if drift <= math.log1p(dyn.change_tolerance):
+        return keep
+    new = nearest_ratio(bounded, dyn.max_term, low, high)
+    if new == active:
+        return keep
+    note = (
+        f"the load's P/D need moved to {estimate:.2f} (smoothed over {dyn.smoothing_s:g} s), "
+        f"more than {dyn.change_tolerance:.0%} from {ratio_text(active)}: ratio now {ratio_text(new)}"
+    )
+    return RatioStep(new, estimate, now, changed=True, note=note)
+
+
+def _positive(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x > 0
