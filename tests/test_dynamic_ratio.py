@@ -53,6 +53,25 @@ def test_measured_ratio(
 
 
 @pytest.mark.parametrize(
+    ("served", "offered", "expected"),
+    [
+        (18000, None, 1 / 3),
+        (18000, 36000, 2 / 3),  # prefill saturated: arrivals show the real need
+        (36000, 18000, 2 / 3),  # a backlog draining: processed tokens are the larger
+        (None, 36000, 2 / 3),
+        (18000, math.nan, 1 / 3),
+    ],
+)
+def test_measured_ratio_takes_the_larger_of_served_and_offered(
+    served: float | None, offered: float | None, expected: float
+) -> None:
+    signals = Signals(
+        observed_at=NOW, prefill_tps=served, prefill_offered_tps=offered, decode_tps=9000
+    )
+    assert measured_ratio(dyn_service(), signals) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
     ("previous", "dt", "value", "tau", "expected"),
     [
         (None, 10, 2.0, 300, 2.0),  # first value taken as is
@@ -125,6 +144,14 @@ def test_active_ratio_outside_new_bounds_falls_back_to_the_configured_one() -> N
     state = PolicyState(active_ratio=(4, 1), ratio_estimate=4.0, ratio_estimate_at=NOW - 10)
     step = step_ratio(spec, sig(None, None), state, NOW)
     assert step.ratio == (1, 3)
+
+
+def test_smoothing_starts_from_the_configured_ratio() -> None:
+    """The first snapshot (here a 2:3 need) only seeds the average at the configured 1:3."""
+    spec = dyn_service(smoothing_s=300)
+    step = step_ratio(spec, sig(36000, 9000), PolicyState(), NOW)
+    assert (step.ratio, step.changed) == ((1, 3), False)
+    assert (step.estimate, step.estimate_at) == (pytest.approx(1 / 3), NOW)
 
 
 def test_smoothing_needs_sustained_drift() -> None:

@@ -72,3 +72,32 @@ services:
     decision, _ = decide(spec, obs.signals, counts, PolicyState(), now=100.0)
     assert (decision.prefill, decision.decode) == (2, 8)
     assert decision.reason is Reason.HOLD_MISSING_SIGNAL
+
+
+@pytest.mark.parametrize(
+    ("prefill_reports", "offered"),
+    [
+        # 3,000 prompt tok/s arriving, a quarter of the processed tokens were cache hits
+        (
+            [
+                report(
+                    "prefill", prefill_arrival_tps=1000.0, prefill_tps=300.0, prefill_hit_tps=100.0
+                ),
+                report(
+                    "prefill", prefill_arrival_tps=2000.0, prefill_tps=600.0, prefill_hit_tps=200.0
+                ),
+            ],
+            2250.0,
+        ),
+        ([report("prefill", prefill_arrival_tps=500.0)], 500.0),  # nothing processed yet: all miss
+        ([report("prefill")], None),  # an older replica without arrivals: unknown, not zero
+        ([report("prefill", prefill_arrival_tps=math.inf)], None),
+    ],
+)
+def test_offered_prefill_load_is_arrivals_times_the_miss_share(
+    prefill_reports: list[dict[str, object]], offered: float | None
+) -> None:
+    counts = {"chat": RoleCounts(prefill_ready=len(prefill_reports), decode_ready=1)}
+    obs = build_observations(["chat"], [*prefill_reports, report("decode")], counts)["chat"]
+    got = obs.signals.prefill_offered_tps
+    assert got == pytest.approx(offered) if offered is not None else got is None

@@ -102,7 +102,12 @@ def test_metrics_window_rates_percentiles_and_prometheus() -> None:
     assert s.busy_fraction == pytest.approx(0.5, rel=0.01)
     assert s.compute_fraction == pytest.approx(0.1, rel=0.01)
     assert s.tbt_p99 == pytest.approx(0.02) and s.ttft_p50 == pytest.approx(0.3)
+    for _ in range(5):  # offered prefill load counts prompts as they arrive, hits included
+        m.prefill_arrived(400)
+    s = m.snapshot(running=8, queue_length=1, kv_use=0.25)
+    assert s.prefill_arrival_tps == pytest.approx(200.0, rel=0.01)
     text = render_prometheus([s.to_dict()])
+    assert "heteroscale_prefill_arrival_tokens_per_s{" in text
     assert 'heteroscale_decode_tokens_per_s{dg="a"' in text
     assert 'quantile="0.99"' in text
 

@@ -153,3 +153,22 @@ def test_slo_accounting_in_summary() -> None:
     s2 = summarize(sim2, SERVICES.services, 100.0, ReplayOptions(), 1.0, 0, 0, SimActuator(sim2, 0))
     assert s2["slo_attainment"] == 0.5
     assert s2["completed"] == 2
+
+
+@pytest.mark.parametrize(("n", "tokens", "saturated"), [(10, 100, False), (120, 4000, True)])
+def test_offered_prefill_load_keeps_rising_when_prefill_saturates(
+    n: int, tokens: int, saturated: bool
+) -> None:
+    from heteroscale_ray.sim.observe import observe
+
+    arrivals = list(np.linspace(0.5, 29.5, n))
+    sim = make_sim(arrivals, [tokens] * n, [4] * n)
+    add_pair(sim)
+    while sim.now < 30.0:
+        sim.step()
+    sig = observe(sim, 30.0)["svc"].signals
+    assert sig.prefill_offered_tps == pytest.approx(n * tokens / 30.0)
+    if saturated:  # one L20 cannot keep up: processed tokens lag what arrived
+        assert sig.prefill_tps < 0.8 * sig.prefill_offered_tps
+    else:
+        assert sig.prefill_tps == pytest.approx(sig.prefill_offered_tps, rel=0.15)

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,8 +23,10 @@ from heteroscale_ray.traces import (
     load_azure_csv,
     load_mooncake_jsonl,
     load_trace,
+    overlay,
     scale_rate,
     slice_trace,
+    thin,
     time_compress,
 )
 
@@ -424,3 +427,46 @@ def test_length_dist_parameters(mean: float, median: float, sigma: float) -> Non
 def test_length_dist_rejects_mean_below_median() -> None:
     with pytest.raises(ValueError, match="median <= mean"):
         LengthDist(mean=10, median=20)
+
+
+def _uniform(n: int, span: float, hashes: bool = False) -> Trace:
+    t = np.linspace(0, span, n, endpoint=False)
+    return Trace.from_columns(
+        t,
+        np.full(n, 100),
+        np.full(n, 10),
+        [(k % 5, 7) for k in range(n)] if hashes else None,
+        duration_s=span,
+        source="uniform",
+    )
+
+
+def test_thin_follows_the_keep_probability() -> None:
+    trace = _uniform(20000, 1000.0)
+    ramp = thin(trace, lambda t: t / 1000.0, seed=0)  # 0 at the start, 1 at the end
+    first, last = ramp.slice(0, 250), ramp.slice(750, 1000)
+    assert len(first) == pytest.approx(20000 / 4 * 0.125, rel=0.1)
+    assert len(last) == pytest.approx(20000 / 4 * 0.875, rel=0.05)
+    assert ramp.duration_s == 1000.0
+    assert len(thin(trace, lambda t: np.ones_like(t), seed=1)) == 20000
+    assert len(thin(trace, lambda t: np.zeros_like(t), seed=1)) == 0
+    again = thin(trace, lambda t: t / 1000.0, seed=0)
+    assert np.array_equal(ramp.arrival_s, again.arrival_s)
+
+
+@pytest.mark.parametrize("keep", [lambda t: t, lambda t: -np.ones_like(t), lambda t: np.ones(3)])
+def test_thin_rejects_bad_probabilities(keep: Any) -> None:
+    with pytest.raises(ValueError, match=r"probability in \[0, 1\]"):
+        thin(_uniform(10, 100.0), keep, seed=0)
+
+
+def test_overlay_merges_in_arrival_order_and_keeps_prefixes_apart() -> None:
+    a, b = _uniform(10, 100.0, hashes=True), _uniform(4, 200.0, hashes=True)
+    both = overlay([a, b])
+    assert len(both) == 14 and both.duration_s == 200.0
+    assert np.all(np.diff(both.arrival_s) >= 0)
+    assert list(both.request_ids) == list(range(14))
+    a_ids = {h for hs in a.hash_ids for h in hs}
+    b_ids = {h for hs in both.hash_ids for h in hs} - a_ids
+    assert len(b_ids) == len({h for hs in b.hash_ids for h in hs})  # b's all moved past a's
+    assert len(overlay([])) == 0

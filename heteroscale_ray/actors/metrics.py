@@ -23,6 +23,7 @@ from heteroscale_ray.control import Observation
 SIGNALS = (
     "decode_tps",
     "prefill_tps",
+    "prefill_offered_tps",
     "ttft_p99_s",
     "tbt_p99_s",
     "prefill_busy",

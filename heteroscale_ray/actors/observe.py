@@ -65,6 +65,19 @@ def _well_formed(report: Mapping[str, Any]) -> bool:
         return False
 
 
+def offered_miss_tps(prefill_reports: list[dict[str, Any]]) -> float | None:
+    """Prompt tokens/s arriving at prefill, times the share that missed the prefix cache."""
+    try:
+        arrived = sum(float(s["prefill_arrival_tps"]) for s in prefill_reports)
+        miss = sum(float(s["prefill_tps"]) for s in prefill_reports)
+        hit = sum(float(s.get("prefill_hit_tps", 0.0)) for s in prefill_reports)
+    except (KeyError, TypeError, ValueError):  # older replicas do not report arrivals
+        return None
+    if not prefill_reports or not math.isfinite(arrived + miss + hit):
+        return None
+    return arrived * (miss / (miss + hit) if miss + hit > 0 else 1.0)
+
+
 def build_observations(
     services: Iterable[str],
     stats: Iterable[Mapping[str, Any]],
@@ -87,6 +100,7 @@ def build_observations(
             observed_at=min(float(s["timestamp"]) for s in dec) if complete else None,
             decode_tps=decode.tps,
             prefill_tps=prefill.tps,
+            prefill_offered_tps=offered_miss_tps(pre),
             ttft_p99_s=_worst(s.get("ttft_p99") for s in dec + pre),
             tbt_p99_s=_worst(s.get("tbt_p99") for s in dec),
             prefill_busy=prefill.gpu_util,

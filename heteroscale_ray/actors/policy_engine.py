@@ -287,6 +287,7 @@ def _obs_dict(obs: Observation) -> dict[str, Any]:
     return {
         "decode_tps": s.decode_tps,
         "prefill_tps": s.prefill_tps,
+        "prefill_offered_tps": s.prefill_offered_tps,
         "ttft_p99_s": s.ttft_p99_s,
         "tbt_p99_s": s.tbt_p99_s,
         "observed_at": s.observed_at,

@@ -6,11 +6,13 @@ signal looks healthy. Here each tick measures the ratio the load needs,
 
     (prefill tokens/s / prefill target) : (decode tokens/s / decode target),
 
+with prefill tokens/s the larger of the processed and the offered (arriving) cache-miss rate,
+
 averages it in log space (ratios are multiplicative: 1:2 -> 1:1 is as big a step as
 1:1 -> 2:1) with time constant ``smoothing_s``, and moves the active ratio to the nearest
 ``p:d`` with both terms <= ``max_term`` only once the average is more than
-``change_tolerance`` away from it. The configured ``pd_ratio`` is where it starts, and any
-missing or stale signal leaves the ratio where it is. Pure: time comes in as ``now``.
+``change_tolerance`` away from it. The configured ``pd_ratio`` is where it starts (and the
+prior the average starts from), and any missing or stale signal leaves the ratio where it is. Pure: time comes in as ``now``.
 """
 
 from __future__ import annotations
@@ -42,15 +44,22 @@ def measured_ratio(spec: ServiceSpec, signals: Signals) -> float | None:
     paired = policy.dynamic_ratio.paired_target_per_instance
     if paired is None:
         return None
-    prefill, decode = signals.prefill_tps, signals.decode_tps
+    # Served tokens cap at what prefill can do; the offered rate does not. The larger wins, so
+    # a saturated prefill pool shows its real need and a draining backlog does not hide it.
+    served = [x for x in (signals.prefill_tps, signals.prefill_offered_tps) if _positive(x)]
+    prefill, decode = (max(served) if served else None), signals.decode_tps
     if not (_positive(prefill) and _positive(decode)):
         return None
     if policy.signal == "decode_tps":
         prefill_target, decode_target = paired, policy.target_per_instance
     else:
         prefill_target, decode_target = policy.target_per_instance, paired
-    need = (prefill / prefill_target) / (decode / decode_target)  # type: ignore[operator]
-    return need if math.isfinite(need) and need > 0 else None  # e.g. decode tps ~1e-300
+    prefill_need = prefill / prefill_target  # type: ignore[operator]
+    decode_need = decode / decode_target  # type: ignore[operator]
+    if not (prefill_need > 0 and decode_need > 0):  # underflow, e.g. decode tps ~1e-320
+        return None
+    need = prefill_need / decode_need
+    return need if math.isfinite(need) else None
 
 
 def smooth(
@@ -93,6 +102,10 @@ def step_ratio(spec: ServiceSpec, signals: Signals, state: PolicyState, now: flo
     active = state.active_ratio
     if active is None or not low <= active[0] / active[1] <= high:
         active = spec.ratio  # first tick, or bounds changed by a config update
+    if dyn.smoothing_s > 0 and (state.ratio_estimate is None or state.ratio_estimate_at is None):
+        # The configured ratio (from an offline sweep) is the prior the average starts from,
+        # so one early snapshot (e.g. prefill done, decode still catching up) cannot move it.
+        return RatioStep(active, active[0] / active[1], now)
     keep = RatioStep(active, state.ratio_estimate, state.ratio_estimate_at)
     if snapshot_problem(signals, now, spec.policy.stale_after_s):
         return keep

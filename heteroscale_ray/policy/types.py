@@ -20,6 +20,9 @@ class Signals:
     observed_at: float | None = None  # epoch seconds (UTC) the snapshot was taken
     decode_tps: float | None = None  # decode tokens/s, all instances
     prefill_tps: float | None = None  # prefill tokens/s, KV-cache misses only
+    # Cache-miss prompt tokens/s *arriving* at prefill: unlike prefill_tps it keeps rising when
+    # prefill falls behind, so the dynamic P/D ratio can see how far behind it is.
+    prefill_offered_tps: float | None = None
     ttft_p99_s: float | None = None
     tbt_p99_s: float | None = None
     prefill_busy: float | None = None  # 0..1, the GPU-utilisation analogue

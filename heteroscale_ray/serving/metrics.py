@@ -8,6 +8,7 @@ stats dicts as Prometheus text (the ingress serves it at GET /metrics).
 
 Metric names (labels: service, dg, role, gpu_type, replica):
     heteroscale_prefill_tokens_per_s    cache-miss prompt tokens prefilled per second
+    heteroscale_prefill_arrival_tokens_per_s  prompt tokens arriving per second (offered load)
     heteroscale_decode_tokens_per_s     tokens generated per second
     heteroscale_ttft_seconds{quantile}  time to first token (p50/p90/p99), decode side
     heteroscale_tbt_seconds{quantile}   time between tokens (p50/p90/p99)
@@ -52,6 +53,7 @@ class ReplicaStats:
     timestamp: float = 0.0
     prefill_tps: float = 0.0  # cache-miss tokens only
     prefill_hit_tps: float = 0.0
+    prefill_arrival_tps: float = 0.0  # prompt tokens/s entering the replica (hits included)
     decode_tps: float = 0.0
     ttft_p50: float | None = None
     ttft_p90: float | None = None
@@ -115,6 +117,7 @@ class ReplicaMetrics:
         self.started = time.monotonic()
         self._miss_tokens = _Window(window_s)
         self._hit_tokens = _Window(window_s)
+        self._arrived_tokens = _Window(window_s)
         self._decode_tokens = _Window(window_s)
         self._busy = _Window(window_s)
         self._flops = _Window(window_s)
@@ -125,6 +128,10 @@ class ReplicaMetrics:
         self.handoff_bytes = 0
         self.handoff_seconds = 0.0
         self.handoff_count = 0
+
+    def prefill_arrived(self, tokens: int) -> None:
+        """A prompt entered the replica (before any queueing): the offered load."""
+        self._arrived_tokens.add(tokens)
 
     def prefill_done(self, miss_tokens: int, hit_tokens: int, busy_s: float, flops: float) -> None:
         now = time.monotonic()
@@ -171,6 +178,7 @@ class ReplicaMetrics:
             timestamp=time.time(),
             prefill_tps=self._miss_tokens.sum(now) / span,
             prefill_hit_tps=self._hit_tokens.sum(now) / span,
+            prefill_arrival_tps=self._arrived_tokens.sum(now) / span,
             decode_tps=self._decode_tokens.sum(now) / span,
             ttft_p50=ttft[0],
             ttft_p90=ttft[1],
@@ -191,6 +199,7 @@ class ReplicaMetrics:
 
 _GAUGE_FIELDS = {
     "prefill_tokens_per_s": "prefill_tps",
+    "prefill_arrival_tokens_per_s": "prefill_arrival_tps",
     "decode_tokens_per_s": "decode_tps",
     "busy_fraction": "busy_fraction",
     "compute_fraction": "compute_fraction",

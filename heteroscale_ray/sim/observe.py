@@ -51,6 +51,10 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
         td = sim.t_done[mine]
         done_in = mine[(td >= now - window_s) & (td < now) & (w.output_tokens[mine] > 1)]
         ttft = sim.t_first[first_in] - w.arrival[first_in]
+        arrived = mine[w.arrival[mine] >= now - span]
+        prompt = float(np.sum(w.input_tokens[first_in]))
+        miss_share = 1.0 - float(np.sum(sim.cached[first_in])) / prompt if prompt > 0 else 1.0
+        offered = float(np.sum(w.input_tokens[arrived])) * miss_share / span if span > 0 else 0.0
         tbt = request_tbt(sim, done_in)
         pools = {}
         for role in (PREFILL, DECODE):
@@ -69,6 +73,7 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             observed_at=now if have_data else None,
             decode_tps=pools[DECODE]["tps"],
             prefill_tps=pools[PREFILL]["tps"],
+            prefill_offered_tps=offered if have_data else None,
             ttft_p99_s=_p(ttft, 99),
             tbt_p99_s=_p(tbt, 99),
             prefill_busy=pools[PREFILL]["util"],

@@ -329,6 +329,7 @@ def run_replay(
                             ("prefill", d.prefill),
                             ("decode", d.decode),
                             ("reason", d.reason),
+                            ("pd_ratio", d.pd_ratio),
                         )
                     },
                 }

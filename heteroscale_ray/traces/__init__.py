@@ -14,7 +14,14 @@ from heteroscale_ray.traces.synthetic import (
     make_rng,
 )
 from heteroscale_ray.traces.trace import Trace, TraceError
-from heteroscale_ray.traces.transforms import concat, scale_rate, slice_trace, time_compress
+from heteroscale_ray.traces.transforms import (
+    concat,
+    overlay,
+    scale_rate,
+    slice_trace,
+    thin,
+    time_compress,
+)
 
 __all__ = [
     "AZURE_CONV_INPUT",
@@ -30,7 +37,9 @@ __all__ = [
     "load_mooncake_jsonl",
     "load_trace",
     "make_rng",
+    "overlay",
     "scale_rate",
     "slice_trace",
+    "thin",
     "time_compress",
 ]

@@ -8,7 +8,7 @@ Two ways to scale load by k, which reports must name: ``superpose`` overlays tim
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -129,6 +129,54 @@ def concat(traces: Sequence[Trace], gap_s: float = 0.0) -> Trace:
         np.concatenate([t.output_tokens for t in traces]),
         [h for t in traces for h in t.hash_ids],
         duration_s=float(starts[-1] + traces[-1].duration_s),
+        source=" + ".join(t.source for t in traces),
+        skipped=sum(t.skipped for t in traces),
+    )
+
+
+def thin(
+    trace: Trace,
+    keep: Callable[[np.ndarray], np.ndarray],
+    *,
+    seed: int | np.random.Generator,
+) -> Trace:
+    """Keep each request with probability ``keep(arrival_s)`` (0..1, vectorised), e.g. a ramp
+    that makes one kind of request come and go over the day. Times and lengths are unchanged."""
+    p = np.asarray(keep(trace.arrival_s), dtype=np.float64)
+    if p.shape != trace.arrival_s.shape or not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("keep(arrival_s) must return one probability in [0, 1] per request")
+    rows = np.flatnonzero(make_rng(seed).random(len(trace)) < p)
+    return Trace.from_columns(
+        trace.arrival_s[rows],
+        trace.input_tokens[rows],
+        trace.output_tokens[rows],
+        [trace.hash_ids[i] for i in rows.tolist()],
+        duration_s=trace.duration_s,
+        source=f"{trace.source} thinned",
+    )
+
+
+def overlay(traces: Sequence[Trace]) -> Trace:
+    """Play traces at the same time (e.g. two request mixes of one service).
+
+    Request ids are renumbered 0..n-1 in arrival order; hash ids of each later trace are
+    offset past the earlier ones, so two traces never share a cached prefix by accident.
+    """
+    if not traces:
+        return Trace.from_columns([], [], [])
+    hashes: list[tuple[int, ...]] = []
+    offset = 0
+    for t in traces:
+        hashes.extend(_offset_hashes(list(t.hash_ids), offset))
+        offset += 1 + max((max(h) for h in t.hash_ids if h), default=-1)
+    arrivals = np.concatenate([t.arrival_s for t in traces])
+    order = np.argsort(arrivals, kind="stable")
+    return Trace.from_columns(
+        arrivals[order],
+        np.concatenate([t.input_tokens for t in traces])[order],
+        np.concatenate([t.output_tokens for t in traces])[order],
+        [hashes[i] for i in order.tolist()],
+        duration_s=max(t.duration_s for t in traces),
         source=" + ".join(t.source for t in traces),
         skipped=sum(t.skipped for t in traces),
     )
