@@ -99,6 +99,8 @@ def test_observations_add_rates_and_take_worst_latency() -> None:
         ((1, 2), (2, 4), 0.5, True),  # right ratio, not all up yet
         ((2, 3), (2, 4), 0.5, True),  # within tolerance
         ((2, 4), (2, 4), 0.0, True),  # everything ready
+        ((2, 0), (2, 0), 0.5, False),  # a DG without decode can serve nothing
+        ((0, 3), (0, 3), 0.5, False),  # nor one without prefill
     ],
 )
 def test_ratio_gate(

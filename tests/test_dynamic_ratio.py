@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -90,17 +91,23 @@ def test_smooth(
 @pytest.mark.parametrize(
     ("value", "max_term", "low", "high", "expected"),
     [
-        (1.0, 8, 1 / 8, 8, (1, 1)),
-        (0.34, 8, 1 / 8, 8, (1, 3)),
-        (0.62, 8, 1 / 8, 8, (5, 8)),
-        (0.62, 2, 1 / 8, 8, (1, 2)),  # coarse grid
-        (1 / 20, 8, 1 / 8, 8, (1, 8)),  # below the lowest allowed
-        (0.2, 8, 1 / 3, 3, (1, 3)),  # clamped to the configured bound
-        (30.0, 4, 1 / 8, 8, (4, 1)),  # the grid cannot reach the bound
+        (1.0, 8, (1, 8), (8, 1), (1, 1)),
+        (0.34, 8, (1, 8), (8, 1), (1, 3)),
+        (0.62, 8, (1, 8), (8, 1), (5, 8)),
+        (0.62, 2, (1, 8), (8, 1), (1, 2)),  # coarse grid
+        (1 / 20, 8, (1, 8), (8, 1), (1, 8)),  # below the lowest allowed
+        (0.2, 8, (1, 3), (3, 1), (1, 3)),  # clamped to the configured bound
+        (30.0, 4, (1, 8), (8, 1), (4, 1)),  # the grid cannot reach the bound
+        (0.5, 1, (1, 4), (1, 2), (1, 2)),  # no grid ratio inside the bounds: the bounds
+        (0.1, 1, (1, 4), (1, 2), (1, 4)),
     ],
 )
 def test_nearest_ratio(
-    value: float, max_term: int, low: float, high: float, expected: tuple[int, int]
+    value: float,
+    max_term: int,
+    low: tuple[int, int],
+    high: tuple[int, int],
+    expected: tuple[int, int],
 ) -> None:
     assert nearest_ratio(value, max_term, low, high) == expected
 
@@ -129,6 +136,68 @@ def test_step_ratio_hysteresis(
     step = step_ratio(spec, sig(prefill_tps, decode_tps), PolicyState(), NOW)
     assert (step.ratio, step.changed) == (ratio, changed)
     assert step.estimate == pytest.approx((prefill_tps / 6000) / (decode_tps / 1000))
+
+
+def test_an_estimate_between_two_grid_ratios_does_not_flip() -> None:
+    """Review finding: with a tolerance smaller than the grid's gaps, an estimate near the
+    midpoint of 1:2 and 3:7 flipped the ratio every tick."""
+    spec = dyn_service(change_tolerance=0.05)
+    state = PolicyState(active_ratio=(1, 2), ratio_estimate=0.5, ratio_estimate_at=NOW - 10)
+    ratios = []
+    for k, need in enumerate([0.47, 0.455, 0.47, 0.455, 0.47]):
+        t = NOW + 10 * k
+        step = step_ratio(spec, Signals(t, 9000, need * 54000), state, t)
+        state = PolicyState(
+            active_ratio=step.ratio, ratio_estimate=step.estimate, ratio_estimate_at=t
+        )
+        ratios.append(step.ratio)
+    assert len(set(ratios)) <= 2 and sum(a != b for a, b in pairwise(ratios)) <= 1
+
+
+def test_the_ratio_stays_inside_bounds_the_grid_cannot_reach() -> None:
+    """Review finding: max_term 1 with bounds 1:4..1:2 used to snap to 1:1 (outside)."""
+    spec = dyn_service(max_term=1, min_ratio="1:4", max_ratio="1:2")
+    step = step_ratio(spec, sig(27000, 9000), PolicyState(), NOW)  # need 1:2
+    assert step.ratio == (1, 2)
+
+
+def test_one_sample_after_a_long_gap_weighs_like_one_period() -> None:
+    """Review finding: after an idle hour one snapshot replaced the average outright."""
+    spec = dyn_service(smoothing_s=300)
+    state = PolicyState(
+        active_ratio=(1, 3),
+        ratio_estimate=1 / 3,
+        ratio_estimate_at=NOW - 3600,
+        last_decision_at=NOW - 15,
+    )
+    step = step_ratio(spec, sig(54000, 9000), state, NOW)  # a 1:1 need
+    assert step.ratio == (1, 3)
+    assert step.estimate == pytest.approx(smooth(1 / 3, NOW - 15, 1.0, NOW, 300))
+
+
+def test_a_ratio_change_waits_out_a_scaling_cooldown() -> None:
+    spec = dyn_service()
+    just_scaled = PolicyState(last_scale_in_at=NOW - 5)
+    held, state = decide(spec, sig(36000, 9000), counts(3, 9), just_scaled, NOW)
+    assert (held.pd_ratio, held.prefill) == ("1:3", 3)
+    assert state.active_ratio == (1, 3) and state.ratio_estimate == pytest.approx(2 / 3)
+    later, _ = decide(spec, sig(36000, 9000), counts(3, 9), state, NOW + 30)
+    assert (later.pd_ratio, later.prefill, later.reason) == ("2:3", 6, Reason.RATIO_DRIFT)
+
+
+def test_a_time_table_ratio_wins_without_claiming_the_dynamic_one() -> None:
+    spec = make_service(
+        policy={
+            "mode": "hybrid",
+            "dynamic_ratio": DYN,
+            "periodic": [
+                {"start": "00:00", "end": "23:59", "decode_instances": 30, "pd_ratio": "1:3"}
+            ],
+        }
+    )
+    decision, _ = decide(spec, sig(36000, 9000), counts(3, 9), PolicyState(), NOW)
+    assert decision.pd_ratio == "1:3"
+    assert "ratio now" not in decision.message
 
 
 @pytest.mark.parametrize("age", [61.0, 1e6])

@@ -75,29 +75,28 @@ services:
 
 
 @pytest.mark.parametrize(
-    ("prefill_reports", "offered"),
+    ("arrived", "prefill_reports", "offered"),
     [
-        # 3,000 prompt tok/s arriving, a quarter of the processed tokens were cache hits
+        # 3,000 prompt tok/s at the ingress; a quarter of the processed tokens were cache hits
         (
+            3000.0,
             [
-                report(
-                    "prefill", prefill_arrival_tps=1000.0, prefill_tps=300.0, prefill_hit_tps=100.0
-                ),
-                report(
-                    "prefill", prefill_arrival_tps=2000.0, prefill_tps=600.0, prefill_hit_tps=200.0
-                ),
+                report("prefill", prefill_tps=300.0, prefill_hit_tps=100.0),
+                report("prefill", prefill_tps=600.0, prefill_hit_tps=200.0),
             ],
             2250.0,
         ),
-        ([report("prefill", prefill_arrival_tps=500.0)], 500.0),  # nothing processed yet: all miss
-        ([report("prefill")], None),  # an older replica without arrivals: unknown, not zero
-        ([report("prefill", prefill_arrival_tps=math.inf)], None),
+        (500.0, [report("prefill")], 500.0),  # nothing processed yet: all of it misses
+        (None, [report("prefill")], None),  # no ingress report: unknown, not zero
+        (math.inf, [report("prefill")], None),
     ],
 )
 def test_offered_prefill_load_is_arrivals_times_the_miss_share(
-    prefill_reports: list[dict[str, object]], offered: float | None
+    arrived: float | None, prefill_reports: list[dict[str, object]], offered: float | None
 ) -> None:
     counts = {"chat": RoleCounts(prefill_ready=len(prefill_reports), decode_ready=1)}
-    obs = build_observations(["chat"], [*prefill_reports, report("decode")], counts)["chat"]
+    arrivals = {} if arrived is None else {"chat": arrived}
+    reports = [*prefill_reports, report("decode")]
+    obs = build_observations(["chat"], reports, counts, arrivals)["chat"]
     got = obs.signals.prefill_offered_tps
     assert got == pytest.approx(offered) if offered is not None else got is None

@@ -130,8 +130,24 @@ def test_every_dg_lives_in_one_domain_with_one_type_per_role(s: Scenario) -> Non
             assert s.graph.host(inst.host).gpu_type == dg.gpu_type(inst.role)
             assert len(inst.gpus) == s.specs[dg.service].role(inst.role).gpus_per_instance
         limit = s.specs[dg.service].dg_max_instances
-        assert limit is None or dg.size <= limit
+        if limit is not None and dg.size > limit:
+            # Only a lone role may overflow a DG (a new DG needs both roles), or it was
+            # already over the limit in the input.
+            old = next((x for x in s.dgs if x.dg_id == dg.dg_id), None)
+            assert old is not None
+            grew = [dg.count(r) > old.count(r) for r in (Role.PREFILL, Role.DECODE)]
+            assert old.size > limit or not all(grew)
         assert dg.size > 0
+
+
+@SETTINGS
+@given(scenarios())
+def test_new_dgs_always_hold_both_roles(s: Scenario) -> None:
+    """A DG serves a request with its own prefill and decode: one role alone serves nothing."""
+    before = {dg.dg_id for dg in s.dgs}
+    for dg in _plan(s).apply(s.dgs):
+        if dg.dg_id not in before:
+            assert dg.count(Role.PREFILL) > 0 and dg.count(Role.DECODE) > 0, dg
 
 
 @SETTINGS

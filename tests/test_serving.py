@@ -184,6 +184,20 @@ def test_healthz_and_metrics(stack: Stack) -> None:
     assert "heteroscale_decode_tokens_per_s" in text
 
 
+def test_ingress_reports_the_offered_prompt_load(stack: Stack, client) -> None:  # type: ignore[no-untyped-def]
+    """Prompt tokens are counted at the ingress and reach the control plane's reader."""
+    from heteroscale_ray.serving.deployments import prompt_arrival_rates
+
+    for _ in range(3):
+        client.completions.create(model=SERVICE, prompt="x" * 200, max_tokens=2)
+    deadline = time.monotonic() + 5  # the ingress reports every refresh (0.5 s)
+    while (rate := prompt_arrival_rates().get(SERVICE, 0.0)) <= 0 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert rate >= 3 * 200 / 10.0  # 600 tokens in the 10 s window, at least
+    text = requests.get(f"{stack.url}/metrics", timeout=10).text
+    assert f'heteroscale_prompt_arrival_tokens_per_s{{service="{SERVICE}"}}' in text
+
+
 def _requests_served(app: str) -> int:
     from heteroscale_ray.serving.deployments import replica_stats
 

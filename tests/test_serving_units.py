@@ -10,7 +10,12 @@ import pytest
 
 from heteroscale_ray.serving.emulation import EmulatedDevice, EmulationConfig
 from heteroscale_ray.serving.engine import ModelConfig
-from heteroscale_ray.serving.metrics import ReplicaMetrics, render_prometheus
+from heteroscale_ray.serving.metrics import (
+    ArrivalMeter,
+    ReplicaMetrics,
+    render_arrivals,
+    render_prometheus,
+)
 from heteroscale_ray.serving.router import ApiError, check_context, parse_completion
 from heteroscale_ray.serving.routing_table import DgRoute, RoutingTable, ServiceRoute, choose_dg
 
@@ -34,6 +39,9 @@ def make_dg(dg_id: str, **overrides: object) -> DgRoute:
         ([make_dg("a", draining=True), make_dg("b", ratio_gate_open=False)], {}, "b"),
         ([make_dg("a", draining=True)], {}, "a"),
         ([make_dg("b"), make_dg("a")], {}, "a"),  # ties broken by dg_id: deterministic
+        # a DG missing a role can finish no request, however idle it looks
+        ([make_dg("a", decode_replicas=0), make_dg("b")], {"s-b": 50}, "b"),
+        ([make_dg("a", prefill_replicas=0)], {}, None),
     ],
 )
 def test_choose_dg(dgs: list[DgRoute], inflight: dict[str, int], want: str | None) -> None:
@@ -102,14 +110,32 @@ def test_metrics_window_rates_percentiles_and_prometheus() -> None:
     assert s.busy_fraction == pytest.approx(0.5, rel=0.01)
     assert s.compute_fraction == pytest.approx(0.1, rel=0.01)
     assert s.tbt_p99 == pytest.approx(0.02) and s.ttft_p50 == pytest.approx(0.3)
-    for _ in range(5):  # offered prefill load counts prompts as they arrive, hits included
-        m.prefill_arrived(400)
-    s = m.snapshot(running=8, queue_length=1, kv_use=0.25)
-    assert s.prefill_arrival_tps == pytest.approx(200.0, rel=0.01)
     text = render_prometheus([s.to_dict()])
-    assert "heteroscale_prefill_arrival_tokens_per_s{" in text
     assert 'heteroscale_decode_tokens_per_s{dg="a"' in text
     assert 'quantile="0.99"' in text
+
+
+def test_ingress_arrivals_are_summed_over_fresh_reports() -> None:
+    meter = ArrivalMeter(window_s=10.0)
+    meter.started -= 10.0  # a full window of uptime
+    for _ in range(5):
+        meter.add("chat", 400)
+    meter.add("docs", 15000)
+    rates = meter.rates()
+    assert rates == {
+        "chat": pytest.approx(200.0, rel=0.01),
+        "docs": pytest.approx(1500.0, rel=0.01),
+    }
+    table = RoutingTable()
+    table.report_arrivals("ingress-a", rates)
+    table.report_arrivals("ingress-b", {"chat": 100.0})
+    assert table.arrival_rates() == {
+        "chat": pytest.approx(300.0, rel=0.01),
+        "docs": pytest.approx(1500.0, rel=0.01),
+    }
+    table._arrivals["ingress-b"] = (time.monotonic() - 60.0, {"chat": 100.0})  # a gone ingress
+    assert table.arrival_rates()["chat"] == pytest.approx(200.0, rel=0.01)
+    assert 'heteroscale_prompt_arrival_tokens_per_s{service="docs"}' in render_arrivals(rates)
 
 
 def test_emulated_device_paces_and_reports_overruns() -> None:

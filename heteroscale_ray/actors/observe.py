@@ -65,15 +65,17 @@ def _well_formed(report: Mapping[str, Any]) -> bool:
         return False
 
 
-def offered_miss_tps(prefill_reports: list[dict[str, Any]]) -> float | None:
-    """Prompt tokens/s arriving at prefill, times the share that missed the prefix cache."""
-    try:
-        arrived = sum(float(s["prefill_arrival_tps"]) for s in prefill_reports)
-        miss = sum(float(s["prefill_tps"]) for s in prefill_reports)
-        hit = sum(float(s.get("prefill_hit_tps", 0.0)) for s in prefill_reports)
-    except (KeyError, TypeError, ValueError):  # older replicas do not report arrivals
+def offered_miss_tps(arrived: float | None, prefill_reports: list[dict[str, Any]]) -> float | None:
+    """Prompt tokens/s arriving at the ingress, times the share that missed the prefix cache
+    in what prefill processed (all of it, before anything was processed)."""
+    if arrived is None or not math.isfinite(arrived) or arrived < 0:
         return None
-    if not prefill_reports or not math.isfinite(arrived + miss + hit):
+    miss = sum(float(s["prefill_tps"]) for s in prefill_reports)
+    try:
+        hit = sum(float(s.get("prefill_hit_tps", 0.0)) for s in prefill_reports)
+    except (TypeError, ValueError):
+        hit = math.nan
+    if not math.isfinite(miss + hit):
         return None
     return arrived * (miss / (miss + hit) if miss + hit > 0 else 1.0)
 
@@ -82,8 +84,11 @@ def build_observations(
     services: Iterable[str],
     stats: Iterable[Mapping[str, Any]],
     counts: Mapping[str, RoleCounts],
+    arrivals: Mapping[str, float] | None = None,
 ) -> dict[str, Observation]:
-    """One observation per service; ``observed_at`` is the oldest decode report's wall time."""
+    """One observation per service; ``observed_at`` is the oldest decode report's wall time.
+
+    ``arrivals``: prompt tokens/s per service at the ingress (the offered prefill load)."""
     by_role: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for s in stats:
         if _well_formed(s):
@@ -100,7 +105,7 @@ def build_observations(
             observed_at=min(float(s["timestamp"]) for s in dec) if complete else None,
             decode_tps=decode.tps,
             prefill_tps=prefill.tps,
-            prefill_offered_tps=offered_miss_tps(pre),
+            prefill_offered_tps=offered_miss_tps((arrivals or {}).get(name), pre),
             ttft_p99_s=_worst(s.get("ttft_p99") for s in dec + pre),
             tbt_p99_s=_worst(s.get("tbt_p99") for s in dec),
             prefill_busy=prefill.gpu_util,

@@ -58,6 +58,9 @@ class PolicyEngine:
             if name in self.autoscaler.states:
                 self.autoscaler.states[name] = PolicyState.from_json(js)
         self.log: deque[dict[str, Any]] = deque(saved.get("log", []), maxlen=LOG_KEEP)
+        for e in self.log:  # checkpointed mid-cycle (e.g. by an update): we never heard back
+            if e.get("outcome") == "planning":
+                e["outcome"] = "unknown: the policy engine restarted during the cycle"
         self.restored = bool(saved)
         self.cycles = int(saved.get("cycles", 0))
         self.last_error: str | None = None
@@ -126,16 +129,21 @@ class PolicyEngine:
         """One control period: observe, decide, plan (and actuate unless advisory)."""
         import ray
 
-        from heteroscale_ray.serving.deployments import replica_stats
+        from heteroscale_ray.serving.deployments import prompt_arrival_rates, replica_stats
 
         t0 = time.perf_counter()
         fps = self._pre_scheduler()
         counts = ray.get(fps.counts.remote(), timeout=60)
         stats = replica_stats()
+        try:
+            arrivals = prompt_arrival_rates()
+        except Exception as e:  # an optional signal: without it the ratio uses processed tokens
+            logger.debug("no ingress arrival rates: %s", e)
+            arrivals = {}
         now = time.time()
         with self._lock:
             names = [s.name for s in self.config.services]
-            obs = build_observations(names, stats, counts)
+            obs = build_observations(names, stats, counts, arrivals)
             for name, fields in self._overrides.items():
                 if name in obs:
                     sig = replace(obs[name].signals, observed_at=now, **fields)
@@ -147,10 +155,14 @@ class PolicyEngine:
             entries = self._record(now, desired, obs)
         try:
             cycle = ray.get(fps.run_cycle.remote(now, desired, obs, not self.advisory), timeout=180)
-        except ray.exceptions.GetTimeoutError:
-            with self._lock:  # it may still apply: keep the new cooldowns, the conservative choice
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+            # It may have committed (it checkpoints its plan before actuating, and a restarted
+            # pre-scheduler re-applies it): keep the new cooldowns, the conservative choice.
+            with self._lock:
                 for e in entries:
-                    e["outcome"] = "unknown: the pre-scheduler did not answer in time"
+                    e["outcome"] = (
+                        f"unknown: the pre-scheduler did not answer ({type(exc).__name__})"
+                    )
             raise
         except BaseException as exc:
             # The pre-scheduler raises only before it commits a plan: forget the cooldown

@@ -98,7 +98,10 @@ def live_replicas() -> dict[str, dict[str, tuple[int, int]]]:
 
 
 def gate_open(ready_p: int, ready_d: int, want_p: int, want_d: int, tolerance: float) -> bool:
-    """Start-up skew: route to a DG only once its ready P:D is near the ratio it is built for."""
+    """Start-up skew: route to a DG only once its ready P:D is near the ratio it is built for.
+    A DG meant to hold no instances of one role never opens: it could finish no request."""
+    if want_p == 0 or want_d == 0:
+        return False
     if ready_p >= want_p and ready_d >= want_d:
         return True
     if ready_p == 0 or ready_d == 0 or want_p == 0 or want_d == 0:

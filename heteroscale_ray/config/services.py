@@ -196,8 +196,11 @@ class DynamicRatio(BaseModel):
 
     def bounds(self) -> tuple[float, float]:
         """(lowest, highest) prefill/decode as numbers."""
-        (a, b), (c, d) = parse_pd_ratio(self.min_ratio), parse_pd_ratio(self.max_ratio)
+        (a, b), (c, d) = self.bound_ratios()
         return a / b, c / d
+
+    def bound_ratios(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        return parse_pd_ratio(self.min_ratio), parse_pd_ratio(self.max_ratio)
 
 
 class PolicySpec(BaseModel):

@@ -72,13 +72,16 @@ def decide(
         raise ValueError(f"now must be a finite epoch time in seconds, got {now!r}")
     reading = read_signal(spec, signals, now)
     ratio = step_ratio(spec, signals, state, now)
+    if ratio.changed and cooldown_left(now, state.last_scaled_at, spec.policy.scale_out_cooldown_s):
+        ratio = ratio.held()  # a rebalance is a scaling action too: not straight after another
     proposal = propose(spec, signals, reading, counts, state, now, ratio.ratio)
     fitted = fit_to_limits(spec, proposal.anchor, proposal.count, proposal.ratio)
     target = (fitted.prefill, fitted.decode)
     if spec.policy.mode != "periodic" and reading.value is None:
         target = never_shrink(spec, target, counts)
     reason = final_reason(proposal, fitted, target, counts)
-    if reason is Reason.RATIO_REPAIR and ratio.changed:
+    drives = ratio.changed and proposal.ratio == ratio.ratio  # not when a time-table row's won
+    if reason is Reason.RATIO_REPAIR and drives:
         reason = Reason.RATIO_DRIFT
     message = sentence(proposal, fitted, target, counts, reason)
     decision = Decision(
@@ -86,7 +89,7 @@ def decide(
         prefill=target[0],
         decode=target[1],
         reason=reason,
-        message=f"{message}; {ratio.note}" if ratio.note else message,
+        message=f"{message}; {ratio.note}" if ratio.note and drives else message,
         signal_value=reading.value,
         pd_ratio=ratio_text(proposal.ratio),
         **required_per_role(spec, reading, ratio.ratio),

@@ -36,6 +36,13 @@ class RatioStep:
     estimate_at: float | None
     changed: bool = False
     note: str = ""
+    was: Ratio | None = None  # the ratio before a change (to hold it back, e.g. in a cooldown)
+
+    def held(self) -> RatioStep:
+        """The same step without its change: the estimate is kept, the ratio is not moved."""
+        if not self.changed or self.was is None:
+            return self
+        return RatioStep(self.was, self.estimate, self.estimate_at)
 
 
 def measured_ratio(spec: ServiceSpec, signals: Signals) -> float | None:
@@ -84,12 +91,15 @@ def _candidates(max_term: int) -> tuple[Ratio, ...]:
     return tuple(sorted(pairs, key=lambda r: (r[0] + r[1], r)))
 
 
-def nearest_ratio(value: float, max_term: int, low: float, high: float) -> Ratio:
-    """The allowed ratio closest to ``value`` in log distance (the simpler one on a tie)."""
-    inside = [r for r in _candidates(max_term) if low <= r[0] / r[1] <= high]
-    if not inside:  # bounds narrower than the grid allows: the closest bound wins
-        inside = list(_candidates(max_term))
-    target = math.log(min(max(value, low), high))
+def nearest_ratio(value: float, max_term: int, low: Ratio, high: Ratio) -> Ratio:
+    """The allowed ratio closest to ``value`` in log distance (the simpler one on a tie).
+
+    Allowed: terms <= ``max_term`` and within [low, high]; when no such ratio exists (bounds
+    narrower than the grid), the bounds themselves are the choices.
+    """
+    lo, hi = low[0] / low[1], high[0] / high[1]
+    inside = [r for r in _candidates(max_term) if lo <= r[0] / r[1] <= hi] or [low, high]
+    target = math.log(min(max(value, lo), hi))
     return min(inside, key=lambda r: abs(math.log(r[0] / r[1]) - target))
 
 
@@ -99,6 +109,7 @@ def step_ratio(spec: ServiceSpec, signals: Signals, state: PolicyState, now: flo
     if not dyn.enabled:
         return RatioStep(spec.ratio, None, None)
     low, high = dyn.bounds()
+    low_ratio, high_ratio = dyn.bound_ratios()
     active = state.active_ratio
     if active is None or not low <= active[0] / active[1] <= high:
         active = spec.ratio  # first tick, or bounds changed by a config update
@@ -112,20 +123,25 @@ def step_ratio(spec: ServiceSpec, signals: Signals, state: PolicyState, now: flo
     measured = measured_ratio(spec, signals)
     if measured is None:
         return keep
-    estimate = smooth(state.ratio_estimate, state.ratio_estimate_at, measured, now, dyn.smoothing_s)
+    # A sample after a gap (no data overnight, an outage, a restart) weighs like one period's,
+    # never like a fresh start: time since the last tick, capped at the staleness limit.
+    since = [t for t in (state.ratio_estimate_at, state.last_decision_at) if t is not None]
+    gap = min(now - max(since), spec.policy.stale_after_s) if since else 0.0
+    estimate = smooth(state.ratio_estimate, now - gap, measured, now, dyn.smoothing_s)
     keep = RatioStep(active, estimate, now)
     bounded = min(max(estimate, low), high)
+    new = nearest_ratio(bounded, dyn.max_term, low_ratio, high_ratio)
     drift = abs(math.log(bounded * active[1] / active[0]))
-    if drift <= math.log1p(dyn.change_tolerance):
-        return keep
-    new = nearest_ratio(bounded, dyn.max_term, low, high)
-    if new == active:
+    after = abs(math.log(bounded * new[1] / new[0]))
+    # Move only when the new ratio is closer by more than the tolerance: an estimate sitting
+    # between two grid ratios cannot flip between them.
+    if new == active or after + math.log1p(dyn.change_tolerance) >= drift:
         return keep
     note = (
         f"the load's P/D need moved to {estimate:.2f} (smoothed over {dyn.smoothing_s:g} s), "
         f"more than {dyn.change_tolerance:.0%} from {ratio_text(active)}: ratio now {ratio_text(new)}"
     )
-    return RatioStep(new, estimate, now, changed=True, note=note)
+    return RatioStep(new, estimate, now, changed=True, note=note, was=active)
 
 
 def _positive(x: float | None) -> bool:

@@ -291,6 +291,13 @@ def replica_stats(app_name: str | None = None, role: str | None = None) -> list[
     return ray.get(get_routing_table().replica_stats.remote(app_name, role))
 
 
+def prompt_arrival_rates() -> dict[str, float]:
+    """Prompt tokens/s per service arriving at the ingress (offered prefill load)."""
+    import ray
+
+    return ray.get(get_routing_table().arrival_rates.remote(), timeout=30)
+
+
 def deploy_ingress(
     *,
     name: str = INGRESS_APP,

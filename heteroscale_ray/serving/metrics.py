@@ -8,7 +8,6 @@ stats dicts as Prometheus text (the ingress serves it at GET /metrics).
 
 Metric names (labels: service, dg, role, gpu_type, replica):
     heteroscale_prefill_tokens_per_s    cache-miss prompt tokens prefilled per second
-    heteroscale_prefill_arrival_tokens_per_s  prompt tokens arriving per second (offered load)
     heteroscale_decode_tokens_per_s     tokens generated per second
     heteroscale_ttft_seconds{quantile}  time to first token (p50/p90/p99), decode side
     heteroscale_tbt_seconds{quantile}   time between tokens (p50/p90/p99)
@@ -53,7 +52,6 @@ class ReplicaStats:
     timestamp: float = 0.0
     prefill_tps: float = 0.0  # cache-miss tokens only
     prefill_hit_tps: float = 0.0
-    prefill_arrival_tps: float = 0.0  # prompt tokens/s entering the replica (hits included)
     decode_tps: float = 0.0
     ttft_p50: float | None = None
     ttft_p90: float | None = None
@@ -105,6 +103,41 @@ class _Window:
         return [float(x) for x in np.percentile(arr, qs)]
 
 
+class ArrivalMeter:
+    """Prompt tokens arriving per service at the ingress, before any queue or admission check:
+    the offered prefill load, which keeps rising when prefill (or the ingress) falls behind."""
+
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self.window_s = window_s
+        self.started = time.monotonic()
+        self._by_service: dict[str, _Window] = {}
+
+    def add(self, service: str, tokens: int) -> None:
+        self._by_service.setdefault(service, _Window(self.window_s)).add(tokens)
+
+    def rates(self) -> dict[str, float]:
+        """Tokens/s per service over min(window, uptime)."""
+        now = time.monotonic()
+        span = max(min(self.window_s, now - self.started), 1e-3)
+        return {name: w.sum(now) / span for name, w in self._by_service.items()}
+
+
+def render_arrivals(rates: dict[str, float]) -> str:
+    """Prometheus text for the ingress's offered load per service."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry()
+    gauge = Gauge(
+        "heteroscale_prompt_arrival_tokens_per_s",
+        "Prompt tokens/s arriving at the ingress (offered prefill load, cache hits included)",
+        ["service"],
+        registry=registry,
+    )
+    for name, rate in sorted(rates.items()):
+        gauge.labels(name).set(rate)
+    return generate_latest(registry).decode()
+
+
 class ReplicaMetrics:
     """Event recorder for one replica; cheap to call from the hot path (no I/O, no locks)."""
 
@@ -117,7 +150,6 @@ class ReplicaMetrics:
         self.started = time.monotonic()
         self._miss_tokens = _Window(window_s)
         self._hit_tokens = _Window(window_s)
-        self._arrived_tokens = _Window(window_s)
         self._decode_tokens = _Window(window_s)
         self._busy = _Window(window_s)
         self._flops = _Window(window_s)
@@ -128,10 +160,6 @@ class ReplicaMetrics:
         self.handoff_bytes = 0
         self.handoff_seconds = 0.0
         self.handoff_count = 0
-
-    def prefill_arrived(self, tokens: int) -> None:
-        """A prompt entered the replica (before any queueing): the offered load."""
-        self._arrived_tokens.add(tokens)
 
     def prefill_done(self, miss_tokens: int, hit_tokens: int, busy_s: float, flops: float) -> None:
         now = time.monotonic()
@@ -178,7 +206,6 @@ class ReplicaMetrics:
             timestamp=time.time(),
             prefill_tps=self._miss_tokens.sum(now) / span,
             prefill_hit_tps=self._hit_tokens.sum(now) / span,
-            prefill_arrival_tps=self._arrived_tokens.sum(now) / span,
             decode_tps=self._decode_tokens.sum(now) / span,
             ttft_p50=ttft[0],
             ttft_p90=ttft[1],
@@ -199,7 +226,6 @@ class ReplicaMetrics:
 
 _GAUGE_FIELDS = {
     "prefill_tokens_per_s": "prefill_tps",
-    "prefill_arrival_tokens_per_s": "prefill_arrival_tps",
     "decode_tokens_per_s": "decode_tps",
     "busy_fraction": "busy_fraction",
     "compute_fraction": "compute_fraction",

@@ -65,7 +65,6 @@ class PrefillServer(ReplicaBase):
 
     async def prefill(self, req: PrefillRequest) -> PrefillOutput:
         t_enq = time.perf_counter()
-        self.metrics.prefill_arrived(len(req.prompt_tokens))
         self._waiting += 1
         try:
             await self._gpu.acquire()

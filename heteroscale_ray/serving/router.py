@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,6 +38,7 @@ from heteroscale_ray.serving.api_types import (
 )
 from heteroscale_ray.serving.decode import DecodeChunk, DecodeRequest
 from heteroscale_ray.serving.engine import SamplingParams
+from heteroscale_ray.serving.metrics import ArrivalMeter
 from heteroscale_ray.serving.prefill import PrefillRequest
 from heteroscale_ray.serving.routing_table import (
     DgRoute,
@@ -148,6 +150,8 @@ class Router:
         self._inflight = 0
         self._inflight_by_app: dict[str, int] = defaultdict(int)
         self._handles: dict[tuple[str, str], Any] = {}
+        self._arrivals = ArrivalMeter()
+        self._ingress_id = f"ingress-{uuid.uuid4().hex[:12]}"
         await self._refresh()
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
 
@@ -165,6 +169,7 @@ class Router:
             await asyncio.sleep(self.refresh_s)
             try:
                 await self._refresh()
+                await self._table.report_arrivals.remote(self._ingress_id, self._arrivals.rates())
             except Exception as e:  # table restarting: keep the last good view
                 logger.warning("routing table refresh failed: %s", e)
                 with contextlib.suppress(Exception):
@@ -188,10 +193,11 @@ class Router:
 
     @api.get("/metrics")
     async def metrics(self) -> Response:
-        from heteroscale_ray.serving.metrics import render_prometheus
+        from heteroscale_ray.serving.metrics import render_arrivals, render_prometheus
 
         stats = await self._table.replica_stats.remote()
-        return PlainTextResponse(render_prometheus(stats), media_type="text/plain; version=0.0.4")
+        text = render_prometheus(stats) + render_arrivals(self._arrivals.rates())
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
@@ -208,6 +214,7 @@ class Router:
                     "model",
                 )
             tokens = self.tokenizer.encode(req.prompt_text, add_bos=True)
+            self._arrivals.add(req.model, len(tokens))  # offered load: before any admission
             check_context(service, len(tokens), req.max_tokens)
             if self._inflight >= self.max_inflight:
                 raise ApiError(

@@ -56,7 +56,8 @@ def choose_dg(dgs: Mapping[str, DgRoute], inflight: Mapping[str, int]) -> DgRout
     """Least loaded DG relative to capacity, preferring open gates over closed ones over draining.
 
     A closed ratio gate or a draining flag only holds a DG back while another DG can take the
-    request; a request is never refused just because every DG is gated.
+    request; a request is never refused just because every DG is gated. A DG without prefill
+    or without decode replicas is never chosen: it could not finish the request.
     """
 
     def tier(d: DgRoute) -> int:
@@ -64,10 +65,11 @@ def choose_dg(dgs: Mapping[str, DgRoute], inflight: Mapping[str, int]) -> DgRout
             return 2
         return 0 if d.ratio_gate_open else 1
 
-    if not dgs:
+    whole = [d for d in dgs.values() if d.prefill_replicas > 0 and d.decode_replicas > 0]
+    if not whole:
         return None
     return min(
-        dgs.values(),
+        whole,
         key=lambda d: (tier(d), inflight.get(d.app_name, 0) / d.capacity, d.dg_id),
     )
 
@@ -79,6 +81,7 @@ class RoutingTable:
         self._services: dict[str, ServiceRoute] = {}
         self._version = 0
         self._stats: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._arrivals: dict[str, tuple[float, dict[str, float]]] = {}
 
     # ---- routes (written by deployments.py / the control plane) ----
     def register_service(self, name: str, engine: ModelConfig, model_profile: str) -> None:
@@ -120,6 +123,20 @@ class RoutingTable:
     # ---- replica reports (pushed by replicas about once a second) ----
     def report_stats(self, replica_id: str, stats: dict[str, Any]) -> None:
         self._stats[replica_id] = (time.monotonic(), stats)
+
+    def report_arrivals(self, ingress_id: str, rates: dict[str, float]) -> None:
+        """One ingress replica's prompt tokens/s per service (its `ArrivalMeter`)."""
+        self._arrivals[ingress_id] = (time.monotonic(), dict(rates))
+
+    def arrival_rates(self) -> dict[str, float]:
+        """Prompt tokens/s per service, summed over ingress replicas with a fresh report."""
+        now = time.monotonic()
+        out: dict[str, float] = {}
+        for t, rates in list(self._arrivals.values()):
+            if now - t <= STATS_TTL_S:
+                for name, rate in rates.items():
+                    out[name] = out.get(name, 0.0) + rate
+        return out
 
     def forget_replica(self, replica_id: str) -> None:
         self._stats.pop(replica_id, None)

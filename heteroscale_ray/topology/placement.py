@@ -403,10 +403,39 @@ class _Cycle:
         for r in (0, 1):
             chunk = (1, 0) if r == 0 else (0, 1)
             while grow[r]:
-                if not self._place_chunk(spec, dgs, chooser, chunk, grow[r]):
-                    self._unplaced(spec, r, grow[r], UnplacedReason.NO_CAPACITY, chooser)
+                if not self._grow_one_role(spec, dgs, chooser, chunk):
+                    self.unplaced.append(
+                        Unplaced(
+                            spec.name,
+                            ROLES[r],
+                            grow[r],
+                            UnplacedReason.NO_CAPACITY,
+                            f"no DG of {spec.name} has room for another {ROLES[r].value} in "
+                            "its domain, and a new DG needs both roles",
+                        )
+                    )
                     break
                 grow[r] -= 1
+
+    def _grow_one_role(
+        self,
+        spec: ServiceSpec,
+        dgs: list[_WorkingDG],
+        chooser: DomainChooser,
+        chunk: tuple[int, int],
+    ) -> bool:
+        """One instance of one role (the ratio moved, or rounding): into an existing DG only,
+        past ``dg_max_instances`` if need be. A new DG holding a single role could serve
+        nothing (prefill and decode of a request run in the same DG)."""
+        for respect_limit in (True, False):
+            skip: set[str] = set()
+            while (
+                w := self._best_growth(spec, dgs, chooser, chunk, skip, respect_limit)
+            ) is not None:
+                if self._allocate(w, w.grow_domain, chooser, chunk):
+                    return True
+                skip.add(w.dg_id)
+        return False
 
     def _place_chunk(
         self,
@@ -441,9 +470,12 @@ class _Cycle:
         chooser: DomainChooser,
         chunk: tuple[int, int],
         skip: set[str],
+        respect_limit: bool = True,
     ) -> _WorkingDG | None:
         p, d = ratio_unit(spec)
         limit = spec.dg_max_instances if spec.dg_max_instances is not None else NO_LIMIT
+        if not respect_limit:
+            limit = NO_LIMIT
         extra = chunk[0] + chunk[1]
         best_key: tuple | None = None
         best: _WorkingDG | None = None
