@@ -12,6 +12,7 @@ from heteroscale_ray.config.loader import (
 from heteroscale_ray.config.services import (
     AffinityLevel,
     DynamicRatio,
+    KvGuard,
     LatencyGuard,
     LatencyTier,
     PeriodicEntry,
@@ -43,6 +44,7 @@ __all__ = [
     "GpuCatalog",
     "GpuType",
     "HostSpec",
+    "KvGuard",
     "LatencyGuard",
     "LatencyTier",
     "LeafSpec",

@@ -131,6 +131,33 @@ class PeriodicEntry(BaseModel):
         return int(h) * 3600 + int(m) * 60
 
 
+class KvGuard(BaseModel):
+    """Decode KV-cache memory pressure as a scale-out trigger (KV-aware signal; ours to define).
+
+    Decode throughput per instance falls when sequences get longer: each holds more KV, fewer
+    fit, and new ones wait for memory while decode TPS still looks on target. When the mean
+    share of decode KV in use reaches ``high``, decode steps out by ``step`` (prefill follows
+    the ratio), and no scale-in happens while it stays there.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=False, description="Turn the KV-pressure guard on or off.")
+    high: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Mean decode KV use (0..1) at which decode is short of memory. Set it above "
+        "what the service runs at on target (see kv_use in `heteroscale replay` or status).",
+    )
+    step: float = Field(
+        default=0.1, gt=0, le=4, description="Scale-out step as a fraction of decode instances."
+    )
+    cooldown_s: float = Field(
+        default=60.0, ge=0, description="Minimum seconds between two KV-pressure scale-outs."
+    )
+
+
 class DynamicRatio(BaseModel):
     """A P/D ratio that follows workload drift (the paper's future work; ours to define).
 
@@ -249,6 +276,7 @@ class PolicySpec(BaseModel):
     )
     latency_guard: LatencyGuard = Field(default_factory=LatencyGuard)
     dynamic_ratio: DynamicRatio = Field(default_factory=DynamicRatio)
+    kv_guard: KvGuard = Field(default_factory=KvGuard)
     periodic: list[PeriodicEntry] = Field(
         default_factory=list, description="Time table for 'periodic' and 'hybrid' modes."
     )

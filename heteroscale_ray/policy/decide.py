@@ -1,9 +1,9 @@
 """The policy tick: (spec, signals, counts, state, now) -> (decision, state). Pure: time is an argument.
 
 Stages, each a small function: read the signal -> the P/D ratio (configured, or dynamic) ->
-proportional target with dead-band, cooldowns and damping -> latency guard -> periodic table
-(periodic/hybrid) -> P/D split, bounds, budget -> never shrink on missing data -> reason and
-sentence -> new state. A stage proposes a count for one *anchor* role and a P/D ratio; the other
+proportional target with dead-band, cooldowns and damping -> latency guard -> KV-pressure
+guard -> periodic table (periodic/hybrid) -> P/D split, bounds, budget -> never shrink on
+missing data -> reason and sentence -> new state. A stage proposes a count for one *anchor* role and a P/D ratio; the other
 role follows, so both move in one decision.
 """
 
@@ -21,11 +21,13 @@ from heteroscale_ray.policy.freshness import (
     read_signal,
     signal_role,
     snapshot_problem,
+    value_problem,
 )
 from heteroscale_ray.policy.latency_guard import guard_target, latency_pressure, reached_tier
 from heteroscale_ray.policy.limits import Fitted, clamp, fit_to_limits, gpus
 from heteroscale_ray.policy.periodic import active_entry, clock_text
 from heteroscale_ray.policy.proportional import (
+    EPS,
     Direction,
     ceil_eps,
     damped_target,
@@ -36,7 +38,13 @@ from heteroscale_ray.policy.split import Ratio, follower_count, ratio_text, spli
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
 # Reasons whose stage wanted the counts to move; if limits leave them unchanged, that is HOLD_AT_BOUND.
-CHANGE_INTENTS = {Reason.SCALE_OUT, Reason.SCALE_IN, Reason.LATENCY_GUARD, Reason.PERIODIC}
+CHANGE_INTENTS = {
+    Reason.SCALE_OUT,
+    Reason.SCALE_IN,
+    Reason.LATENCY_GUARD,
+    Reason.KV_PRESSURE,
+    Reason.PERIODIC,
+}
 HOLDS = {
     Reason.HOLD_DEADBAND,
     Reason.HOLD_COOLDOWN,
@@ -118,6 +126,7 @@ def propose(
         return Proposal(Role.DECODE, counts.decode, ratio, Reason.HOLD_OUTSIDE_SCHEDULE, why)
     metrics = proportional_proposal(spec, reading, counts, state, now, ratio)
     metrics = latency_guard_proposal(spec, signals, counts, state, now, metrics)
+    metrics = kv_guard_proposal(spec, signals, counts, state, now, metrics)
     if periodic is None or periodic.count_as(metrics.anchor) <= metrics.count:
         return metrics
     wanted = f"{metrics.count} {metrics.anchor.value}"
@@ -219,6 +228,36 @@ def latency_guard_proposal(
     return Proposal(proposal.anchor, target, proposal.ratio, Reason.LATENCY_GUARD, breach)
 
 
+def kv_guard_proposal(
+    spec: ServiceSpec,
+    signals: Signals,
+    counts: RoleCounts,
+    state: PolicyState,
+    now: float,
+    proposal: Proposal,
+) -> Proposal:
+    """Decode KV memory nearly full: step decode out, and never scale in while it is."""
+    guard = spec.policy.kv_guard
+    if not guard.enabled or snapshot_problem(signals, now, spec.policy.stale_after_s):
+        return proposal
+    use = signals.kv_use
+    if value_problem(use) is not None or use < guard.high - EPS:  # type: ignore[operator]
+        return proposal
+    current = counts.of(Role.DECODE)
+    mine = proposal.count_as(Role.DECODE)
+    pressure = f"decode KV use {use:.0%} >= {guard.high:.0%} (+{guard.step:.0%})"
+    wait = cooldown_left(now, state.last_kv_guard_at, guard.cooldown_s)
+    if wait > 0:
+        if mine >= current:
+            return proposal
+        why = f"{pressure} and the KV-guard cooldown has {wait:,.1f} s left, but no scale-in while memory is short"
+        return Proposal(Role.DECODE, current, proposal.ratio, Reason.HOLD_COOLDOWN, why)
+    target = guard_target(current, guard.step)
+    if mine >= target:
+        return proposal
+    return Proposal(Role.DECODE, target, proposal.ratio, Reason.KV_PRESSURE, pressure)
+
+
 def periodic_proposal(spec: ServiceSpec, now: float, ratio: Ratio) -> Proposal | None:
     """The time-table row for the UTC time of day, as a decode count and its ratio (the row's
     own, else ``ratio``: the service's current one)."""
@@ -318,11 +357,13 @@ def advance_state(
     grew = target[0] > counts.prefill or target[1] > counts.decode
     shrank = target[0] < counts.prefill or target[1] < counts.decode
     guarded = grew and proposal.reason is Reason.LATENCY_GUARD
+    kv_guarded = grew and proposal.reason is Reason.KV_PRESSURE
     return replace(
         state,
         last_scale_out_at=now if grew else state.last_scale_out_at,
         last_scale_in_at=now if shrank else state.last_scale_in_at,
         last_guard_at=now if guarded else state.last_guard_at,
+        last_kv_guard_at=now if kv_guarded else state.last_kv_guard_at,
         last_decision_at=now,
         last_decision_reason=reason,
         active_ratio=ratio.ratio if ratio.estimate is not None else None,

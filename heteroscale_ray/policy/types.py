@@ -70,6 +70,7 @@ class Reason(str, Enum):
     SCALE_OUT = "scale_out"  # proportional control: signal / target above the dead-band
     SCALE_IN = "scale_in"  # proportional control: signal / target below the dead-band
     LATENCY_GUARD = "latency_guard"  # latency near or over the SLO: tiered fixed step out
+    KV_PRESSURE = "kv_pressure"  # decode KV memory nearly full: fixed step out
     PERIODIC = "periodic"  # the time table sets the counts
     RATIO_REPAIR = "ratio_repair"  # counts were off the P/D ratio: the lagging role is fixed
     RATIO_DRIFT = "ratio_drift"  # the dynamic P/D ratio followed the workload: one role moves
@@ -112,6 +113,7 @@ class PolicyState:
     last_scale_out_at: float | None = None  # epoch s of the last decision that grew any role
     last_scale_in_at: float | None = None  # epoch s of the last decision that shrank any role
     last_guard_at: float | None = None  # epoch s of the last latency-guard scale-out
+    last_kv_guard_at: float | None = None  # epoch s of the last KV-pressure scale-out
     last_decision_at: float | None = None
     last_decision_reason: Reason | None = None
     active_ratio: tuple[int, int] | None = None  # dynamic P/D ratio in force (None: configured)
