@@ -107,6 +107,9 @@ def _host_domains(graph: ClusterGraph, host: str) -> dict[AffinityLevel, str]:
     return {AffinityLevel.S1: info.s1, AffinityLevel.S2: info.s2, AffinityLevel.NONE: "root"}
 
 
+ROLES = (Role.PREFILL, Role.DECODE)
+
+
 @SETTINGS
 @given(scenarios())
 def test_no_gpu_is_assigned_twice(s: Scenario) -> None:
@@ -129,14 +132,18 @@ def test_every_dg_lives_in_one_domain_with_one_type_per_role(s: Scenario) -> Non
             assert _host_domains(s.graph, inst.host)[dg.level] == dg.domain
             assert s.graph.host(inst.host).gpu_type == dg.gpu_type(inst.role)
             assert len(inst.gpus) == s.specs[dg.service].role(inst.role).gpus_per_instance
-        limit = s.specs[dg.service].dg_max_instances
+        spec = s.specs[dg.service]
+        limit = spec.dg_max_instances
         if limit is not None and dg.size > limit:
-            # Only a lone role may overflow a DG (a new DG needs both roles), or it was
-            # already over the limit in the input.
+            # Only a lone role overflows a DG (a new DG needs both roles): the growth asked
+            # of the service was off its ratio. (Or the input DG was already over.)
             old = next((x for x in s.dgs if x.dg_id == dg.dg_id), None)
-            assert old is not None
-            grew = [dg.count(r) > old.count(r) for r in (Role.PREFILL, Role.DECODE)]
-            assert old.size > limit or not all(grew)
+            req = next((r for r in s.requests if r.service == dg.service), None)
+            have = [sum(x.count(r) for x in s.dgs if x.service == dg.service) for r in ROLES]
+            if (old is None or old.size <= limit) and req is not None:
+                grow_p, grow_d = req.prefill - have[0], req.decode - have[1]
+                (p, d) = spec.ratio
+                assert grow_p * d != grow_d * p
         assert dg.size > 0
 
 
