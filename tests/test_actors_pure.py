@@ -7,28 +7,30 @@ from collections.abc import Iterable
 
 import pytest
 
-from heteroscale_ray.actors.checkpoint import dgs_from_json, dgs_to_json
+from heteroscale_ray.actors.checkpoint import (
+    dgs_from_json,
+    dgs_to_json,
+    pending_from_json,
+    pending_to_json,
+)
 from heteroscale_ray.actors.observe import build_observations
 from heteroscale_ray.actors.pre_scheduler import (
-    _Precomputed,
     _without_hosts,
     describe_plan,
     domain_owners,
-    reserved_of,
     retire_unconfigured,
     unroutable,
 )
 from heteroscale_ray.actors.serving_adapter import gate_open
-from heteroscale_ray.actors.soft_scale_in import (
-    pending_from_json,
+from heteroscale_ray.config import Role, ServicesConfig, TopologySpec, parse_yaml_text
+from heteroscale_ray.control import Desired, FixedDesires, HeteroScaleAutoscaler, control_cycle
+from heteroscale_ray.control.soft_scale_in import (
     pending_from_plan,
-    pending_to_json,
+    reserved_of,
     serving_counts,
     settle,
     slo_held,
 )
-from heteroscale_ray.config import Role, ServicesConfig, TopologySpec, parse_yaml_text
-from heteroscale_ray.control import Desired, HeteroScaleAutoscaler, control_cycle
 from heteroscale_ray.control.types import Observation
 from heteroscale_ray.policy import RoleCounts, Signals
 from heteroscale_ray.topology import (
@@ -165,6 +167,30 @@ def test_slo_held_without_latency_data() -> None:
     assert not slo_held(SPEC, _obs(0.2)["chat"])
 
 
+@pytest.mark.parametrize(
+    ("guard", "ttft", "tbt", "held"),
+    [
+        ({"metric": "ttft"}, 0.5, 9.9, True),  # TBT untrusted for this service: ignored
+        ({"metric": "ttft"}, 9.9, 0.01, False),
+        ({"metric": "tbt"}, 9.9, 0.01, True),
+        ({"metric": "both"}, 0.5, 9.9, False),
+        ({"enabled": False, "metric": "ttft"}, 0.5, 9.9, False),  # guard off: every SLO counts
+    ],
+)
+def test_slo_held_watches_what_the_latency_guard_watches(
+    guard: dict[str, object], ttft: float, tbt: float, held: bool
+) -> None:
+    spec = SPEC.model_copy(
+        update={
+            "policy": SPEC.policy.model_copy(
+                update={"latency_guard": SPEC.policy.latency_guard.model_copy(update=guard)}
+            )
+        }
+    )
+    obs = Observation("chat", Signals(observed_at=0.0, ttft_p99_s=ttft, tbt_p99_s=tbt))
+    assert slo_held(spec, obs) is held
+
+
 def test_checkpoint_round_trips_dgs_and_pending() -> None:
     graph, dgs = _grown()
     assert dgs_from_json(dgs_to_json(dgs)) == dgs
@@ -202,7 +228,7 @@ def test_pending_removals_are_reserved_so_a_breach_can_restore_them() -> None:
     after = plan.apply(dgs)
     # The policy asks for 2P+4D again; the planner must not count or reuse the pending ones.
     result = control_cycle(
-        _Precomputed({"chat": Desired("chat", 2, 4, "scale_out")}),
+        FixedDesires({"chat": Desired("chat", 2, 4, "scale_out")}),
         11.0,
         {},
         graph=graph,

@@ -8,10 +8,11 @@ every change and read back in ``__init__``. Values are JSON so a checkpoint stay
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from heteroscale_ray.config import AffinityLevel, Role
+from heteroscale_ray.control.soft_scale_in import PendingRemoval
 from heteroscale_ray.topology import DeploymentGroup, Instance
 
 NAMESPACE = "heteroscale"
@@ -84,3 +85,23 @@ def dgs_to_json(dgs: Iterable[DeploymentGroup]) -> list[dict[str, Any]]:
 
 def dgs_from_json(data: Iterable[dict[str, Any]]) -> tuple[DeploymentGroup, ...]:
     return tuple(dg_from_json(d) for d in data)
+
+
+def pending_to_json(p: PendingRemoval) -> dict[str, object]:
+    return {
+        "dg": dg_to_json(p.dg),
+        "instances": [i.instance_id for i in p.instances],
+        "since": p.since,
+        "whole_dg": p.whole_dg,
+    }
+
+
+def pending_from_json(data: Mapping[str, object]) -> PendingRemoval:
+    dg = dg_from_json(data["dg"])  # type: ignore[arg-type]
+    ids = set(data["instances"])  # type: ignore[arg-type]
+    return PendingRemoval(
+        dg=dg,
+        instances=tuple(i for i in dg.instances if i.instance_id in ids),
+        since=float(data["since"]),  # type: ignore[arg-type]
+        whole_dg=bool(data["whole_dg"]),
+    )

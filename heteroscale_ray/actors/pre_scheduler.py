@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from heteroscale_ray.actors.checkpoint import (
@@ -25,17 +24,11 @@ from heteroscale_ray.actors.checkpoint import (
     dgs_to_json,
     kv_get,
     kv_put,
+    pending_from_json,
+    pending_to_json,
     sub_cluster_actor,
 )
 from heteroscale_ray.actors.serving_adapter import DgTarget, ServingOptions
-from heteroscale_ray.actors.soft_scale_in import (
-    PendingRemoval,
-    pending_from_json,
-    pending_from_plan,
-    pending_to_json,
-    serving_counts,
-    settle,
-)
 from heteroscale_ray.config import (
     Role,
     ServicesConfig,
@@ -44,7 +37,14 @@ from heteroscale_ray.config import (
     parse_yaml_text,
     topology_from_ray_nodes,
 )
-from heteroscale_ray.control import Desired, Observation, control_cycle
+from heteroscale_ray.control import Desired, FixedDesires, Observation, control_cycle
+from heteroscale_ray.control.soft_scale_in import (
+    PendingRemoval,
+    pending_from_plan,
+    reserved_of,
+    serving_counts,
+    settle,
+)
 from heteroscale_ray.policy import RoleCounts
 from heteroscale_ray.topology import (
     CLUSTER_WIDE,
@@ -61,19 +61,6 @@ logger = logging.getLogger(__name__)
 KEY = "pre-scheduler"
 SERVICES_KEY = "services"
 FAN_OUT_TIMEOUT_S = 60.0
-
-
-class _Precomputed:
-    """An `Autoscaler` that returns the policy engine's decisions, so that `control_cycle`
-    (request derivation + placement) runs here while policy state stays in the policy engine."""
-
-    name = "heteroscale"
-
-    def __init__(self, desired: Mapping[str, Desired]) -> None:
-        self.desired = dict(desired)
-
-    def desire(self, now: float, observations: Mapping[str, Observation]) -> dict[str, Desired]:
-        return dict(self.desired)
 
 
 def describe_plan(plan: PlacementPlan) -> list[str]:
@@ -139,11 +126,6 @@ def domain_owners(spec: TopologySpec, previous: Mapping[str, str]) -> dict[str, 
         for s1 in s2.mini_pods:
             out[s1.name] = sc
     return out
-
-
-def reserved_of(pending: Iterable[PendingRemoval]) -> list[DeploymentGroup]:
-    """Pending removals as the planner's ``reserved`` DGs: their GPUs and ids stay taken."""
-    return [replace(p.dg, instances=p.instances) for p in pending]
 
 
 def retire_unconfigured(
@@ -345,7 +327,7 @@ class FederatedPreScheduler:
             self._unroute -= services.keys()  # configured again: keep its route
             known = {k: v for k, v in desired.items() if k in services}
             result = control_cycle(
-                _Precomputed(known),
+                FixedDesires(known),
                 now,
                 observations,
                 graph=graph,

@@ -5,7 +5,7 @@ a placement plan through the shared topology core, and an `Actuator` carries the
 """
 
 from heteroscale_ray.control.actuator import Actuator, AdvisoryActuator
-from heteroscale_ray.control.autoscaler import Autoscaler, HeteroScaleAutoscaler
+from heteroscale_ray.control.autoscaler import Autoscaler, FixedDesires, HeteroScaleAutoscaler
 from heteroscale_ray.control.baselines import (
     HpaUtilAutoscaler,
     ScheduledAutoscaler,
@@ -21,6 +21,7 @@ __all__ = [
     "Autoscaler",
     "Desired",
     "CycleResult",
+    "FixedDesires",
     "HeteroScaleAutoscaler",
     "HpaUtilAutoscaler",
     "Observation",

@@ -51,3 +51,18 @@ class HeteroScaleAutoscaler:
                 pd_ratio=decision.pd_ratio or None,
             )
         return out
+
+
+class FixedDesires:
+    """An `Autoscaler` that returns decisions made elsewhere, so `control_cycle` (requests and
+    placement) can run where the plan is applied: the pre-scheduler (the policy engine decided)
+    and the simulator's soft scale-in (which settles removals between deciding and planning)."""
+
+    name = "heteroscale"
+
+    def __init__(self, desired: Mapping[str, Desired], name: str = "heteroscale") -> None:
+        self.desired = dict(desired)
+        self.name = name
+
+    def desire(self, now: float, observations: Mapping[str, Observation]) -> dict[str, Desired]:
+        return dict(self.desired)

@@ -26,8 +26,10 @@ class SimActuator:
         self.started = 0
         self.stopped = 0
 
-    def apply(self, plan: PlacementPlan, *, warm: bool = False) -> None:
-        """`warm=True` makes instances ready at once (the provisioning before a replay starts)."""
+    def apply(self, plan: PlacementPlan, *, warm: bool = False, soft: bool = False) -> None:
+        """`warm=True` makes instances ready at once (the provisioning before a replay starts);
+        `soft=True` holds removed instances out of routing instead of stopping them (soft
+        scale-in: the replay's control loop stops or restores them later)."""
         ready_at = self.sim.now + (0.0 if warm else self.startup_s)
         for action in plan.all_actions():
             if isinstance(action, CreateDG):
@@ -49,5 +51,11 @@ class SimActuator:
                     self.started += 1
             elif isinstance(action, RemoveInstances):
                 for iid in action.instance_ids:
-                    self.sim.drain_instance(iid)
-                    self.stopped += 1
+                    if soft:
+                        self.sim.hold_out(iid)
+                    else:
+                        self.stop(iid)
+
+    def stop(self, instance_id: str) -> None:
+        self.sim.drain_instance(instance_id)
+        self.stopped += 1

@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--startup-s", type=float, default=90.0, help="instance start-up delay")
     p.add_argument("--control-period-s", type=float, default=15.0, help="autoscaler period")
     p.add_argument(
+        "--soft-window",
+        type=float,
+        default=60.0,
+        help="HeteroScale's soft scale-in window in seconds, as `heteroscale start` (0 = off)",
+    )
+    p.add_argument(
         "--topology-blind", action="store_true", help="placement ignores the switch tree"
     )
     p.add_argument("--skip-malformed", action="store_true", help="skip bad trace rows (counted)")
@@ -148,6 +154,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             startup_s=args.startup_s,
             control_period_s=args.control_period_s,
             topology_aware=not args.topology_blind,
+            soft_window_s=args.soft_window,
         )
         res = run_replay(services, topology, {name: trace}, opts, progress=_progress(pol))
         s = res.summary

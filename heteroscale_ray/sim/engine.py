@@ -43,7 +43,9 @@ from heteroscale_ray.perf.profiles import ModelProfile, get_profile
 from heteroscale_ray.sim.speed import InstanceKind
 from heteroscale_ray.topology import ClusterGraph
 
-STARTING, READY, DRAINING, GONE = 0, 1, 2, 3
+STARTING, READY, DRAINING, GONE, SOFT = 0, 1, 2, 3, 4
+# SOFT: soft scale-in window: out of routing, finishing in-flight work, GPUs held until the
+# control loop stops it (-> DRAINING) or puts it back (-> READY, or STARTING if still loading).
 PREFILL, DECODE = 0, 1
 BLOCK_TOKENS = 512  # Mooncake hash_ids cover 512-token prompt blocks
 # KV tokens a prefill instance keeps for the prompt it is computing; the rest of its KV memory
@@ -281,10 +283,24 @@ class ClusterSim:
     def drain_instance(self, instance_id: str) -> None:
         """Stop routing to the instance; it is removed once its in-flight work is done."""
         row = self.row_of[instance_id]
-        if self.inst.state[row] == STARTING:
+        state = self.inst.state[row]
+        if state == STARTING or (state == SOFT and self.inst.t_ready[row] > self.now):
             self._remove(row)
-        elif self.inst.state[row] == READY:
+        elif state in (READY, SOFT):
             self.inst.state[row] = DRAINING
+
+    def hold_out(self, instance_id: str) -> None:
+        """Soft scale-in: no new requests, in-flight work finishes, the instance stays up."""
+        row = self.row_of[instance_id]
+        if self.inst.state[row] in (READY, STARTING):
+            self.inst.state[row] = SOFT
+
+    def put_back(self, instance_id: str) -> None:
+        """Undo `hold_out`: the instance takes requests again (once loaded)."""
+        row = self.row_of[instance_id]
+        if self.inst.state[row] == SOFT:
+            loaded = self.inst.t_ready[row] <= self.now
+            self.inst.state[row] = READY if loaded else STARTING
 
     def _remove(self, row: int) -> None:
         self.inst.state[row] = GONE
@@ -613,7 +629,8 @@ class ClusterSim:
         t = self.tick
         st, role, svc, gpus = T.state[:n], T.role[:n], T.svc[:n], T.gpus[:n].astype(float)
         held = st != GONE
-        serving = (st == READY) | (st == DRAINING)
+        held_out = (st == SOFT) & (T.t_ready[:n] <= t1)  # soft scale-in, model loaded
+        serving = (st == READY) | (st == DRAINING) | held_out
         # prefill busy: work executed by t1 = assigned work minus what is still queued
         executed = T.cum_work[:n] - np.maximum(0.0, T.free_at[:n] - np.maximum(t1, T.t_ready[:n]))
         executed = np.where(T.cum_work[:n] > 0, executed, 0.0)
@@ -647,7 +664,7 @@ class ClusterSim:
         ones = np.ones(n)
         self.ts_ready[t] = agg(ones, st == READY)
         self.ts_starting[t] = agg(ones, st == STARTING)
-        self.ts_draining[t] = agg(ones, st == DRAINING)
+        self.ts_draining[t] = agg(ones, (st == DRAINING) | held_out)
         self.ts_gpus[t] = agg(gpus, held)
         self.ts_cost[t] = agg(gpus * cost, held)
         self.ts_busy[t] = agg(busy, serving)

@@ -18,14 +18,23 @@ import numpy as np
 from heteroscale_ray.config import GpuCatalog, ServicesConfig, ServiceSpec, TopologySpec
 from heteroscale_ray.control import (
     Autoscaler,
+    Desired,
+    FixedDesires,
     HeteroScaleAutoscaler,
     HpaUtilAutoscaler,
+    Observation,
     ScheduledAutoscaler,
     ServeDefaultAutoscaler,
     StaticAutoscaler,
     control_cycle,
 )
 from heteroscale_ray.control.baselines import ratio_of
+from heteroscale_ray.control.soft_scale_in import (
+    PendingRemoval,
+    pending_from_plan,
+    reserved_of,
+    settle,
+)
 from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants
 from heteroscale_ray.perf.network import SharedLevel
 from heteroscale_ray.perf.profiles import ModelProfile
@@ -39,7 +48,7 @@ from heteroscale_ray.sim.sizing import (
     needs_per_interval,
     round_counts,
 )
-from heteroscale_ray.topology import ClusterGraph, ScaleRequest, plan_cycle
+from heteroscale_ray.topology import ClusterGraph, DeploymentGroup, ScaleRequest, plan_cycle
 
 POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
 ORACLE_NOTE = (
@@ -66,6 +75,9 @@ class ReplayOptions:
     static_bin_s: float = 15.0  # static provisioning covers the peak of these bins
     sizing_tbt_margin: float = SIZING_TBT_MARGIN  # oracle/static: decode steps <= this x TBT SLO
     sizing_prefill_util: float = PREFILL_UTIL_TARGET  # oracle/static: prefill busy share
+    # HeteroScale's soft scale-in (the control plane's --soft-window): removed instances leave
+    # routing, keep their GPUs for this long, and come back if an SLO breaks. 0: stop at once.
+    soft_window_s: float = 60.0
 
 
 @dataclass
@@ -79,6 +91,38 @@ def _kinds(sim: ClusterSim, spec: ServiceSpec) -> tuple[Any, Any]:
     p = sim.kinds[sim.kind_for(spec, spec.prefill.gpu_types[0], spec.prefill.gpus_per_instance)]
     d = sim.kinds[sim.kind_for(spec, spec.decode.gpu_types[0], spec.decode.gpus_per_instance)]
     return p, d
+
+
+def _settle_soft(
+    actuator: SimActuator,
+    dgs: tuple[DeploymentGroup, ...],
+    pending: tuple[PendingRemoval, ...],
+    desired: Mapping[str, Desired],
+    obs: Mapping[str, Observation],
+    services: Mapping[str, ServiceSpec],
+    graph: ClusterGraph,
+    window_s: float,
+) -> tuple[tuple[DeploymentGroup, ...], tuple[PendingRemoval, ...]]:
+    """The shared `settle` step, carried out on the simulated instances."""
+    if not pending:
+        return dgs, pending
+    out = settle(
+        dgs,
+        pending,
+        now=actuator.sim.now,
+        window_s=window_s,
+        services=services,
+        observations=obs,
+        desired=desired,
+        graph=graph,
+    )
+    for p in out.stopped:
+        for inst in p.instances:
+            actuator.stop(inst.instance_id)
+    for p in out.restored:
+        for inst in p.instances:
+            actuator.sim.put_back(inst.instance_id)
+    return out.dgs, out.pending
 
 
 def service_needs(
@@ -298,14 +342,23 @@ def run_replay(
     result = ReplayResult(summary={}, sim=sim)
     unplaced = sum(u.count for u in plan0.unplaced)
     scaling_actions = 0
+    soft = opts.soft_window_s > 0 and autoscaler.name == "heteroscale"
+    pending: tuple[PendingRemoval, ...] = ()
     next_control = opts.control_period_s
     wall0 = time.perf_counter()
     duration = max(float(max(t.duration_s for t in traces.values())), opts.tick_s)
     while not sim.done:
         if sim.now + 1e-9 >= next_control and sim.now < duration + opts.control_period_s:
             obs = observe(sim, opts.window_s)
+            scaler: Autoscaler = autoscaler
+            if soft:  # the control plane's order: decide, settle soft removals, then plan
+                desired = autoscaler.desire(sim.now, obs)
+                dgs, pending = _settle_soft(
+                    actuator, dgs, pending, desired, obs, by_name, graph, opts.soft_window_s
+                )
+                scaler = FixedDesires(desired, autoscaler.name)
             cyc = control_cycle(
-                autoscaler,
+                scaler,
                 sim.now,
                 obs,
                 graph=graph,
@@ -313,9 +366,12 @@ def run_replay(
                 dgs=dgs,
                 catalog=catalog,
                 topology_aware=opts.topology_aware,
+                reserved=reserved_of(pending),
             )
+            if soft:
+                pending += tuple(pending_from_plan(cyc.plan, dgs, sim.now))
             if not cyc.plan.is_empty:
-                actuator.apply(cyc.plan)
+                actuator.apply(cyc.plan, soft=soft)
                 scaling_actions += len(cyc.requests)
             unplaced += sum(u.count for u in cyc.plan.unplaced)
             dgs = cyc.dgs

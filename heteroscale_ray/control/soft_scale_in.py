@@ -69,14 +69,20 @@ def pending_from_plan(
 
 
 def slo_held(spec: ServiceSpec, obs: Observation | None) -> bool:
-    """True unless a p99 latency is over its SLO; no latency data (no traffic) counts as held."""
+    """True unless a watched p99 latency is over its SLO; no latency data counts as held.
+
+    Watched: the latencies the service's latency guard watches (a service whose TBT p99 sits
+    over its SLO at any size, e.g. from KV transfer of long prompts, watches TTFT only, and
+    a removal must not be restored for a breach it did not cause); both when the guard is off.
+    """
     if obs is None:
         return True
     s = obs.signals
-    return not (
-        (s.ttft_p99_s is not None and s.ttft_p99_s > spec.slo.ttft_s)
-        or (s.tbt_p99_s is not None and s.tbt_p99_s > spec.slo.tbt_s)
-    )
+    guard = spec.policy.latency_guard
+    metric = guard.metric if guard.enabled else "both"
+    ttft_bad = s.ttft_p99_s is not None and s.ttft_p99_s > spec.slo.ttft_s
+    tbt_bad = s.tbt_p99_s is not None and s.tbt_p99_s > spec.slo.tbt_s
+    return not ((ttft_bad and metric != "tbt") or (tbt_bad and metric != "ttft"))
 
 
 def restore(dgs: Sequence[DeploymentGroup], pending: PendingRemoval) -> tuple[DeploymentGroup, ...]:
@@ -91,11 +97,14 @@ def restore(dgs: Sequence[DeploymentGroup], pending: PendingRemoval) -> tuple[De
 
 @dataclass(frozen=True)
 class Settled:
-    """Outcome of one settle step: the new DG state, what is still pending, and what happened."""
+    """Outcome of one settle step: the new DG state, what is still pending, and what happened
+    (``stopped``: removals to carry out now; ``restored``: instances back in routing)."""
 
     dgs: tuple[DeploymentGroup, ...]
     pending: tuple[PendingRemoval, ...]
     events: tuple[str, ...]
+    stopped: tuple[PendingRemoval, ...] = ()
+    restored: tuple[PendingRemoval, ...] = ()
 
 
 def settle(
@@ -113,6 +122,8 @@ def settle(
     state = tuple(dgs)
     keep: list[PendingRemoval] = []
     events: list[str] = []
+    stopped: list[PendingRemoval] = []
+    restored: list[PendingRemoval] = []
     for p in pending:
         spec = services.get(p.service)
         held = spec is None or slo_held(spec, observations.get(p.service))
@@ -126,15 +137,18 @@ def settle(
                 FreeCapacity(graph, candidate)
             except (CapacityError, ValueError):
                 events.append(f"{what} could not be restored (GPUs taken); stopping them")
+                stopped.append(p)
                 continue
             state = candidate
+            restored.append(p)
             why = "SLO breached" if not held else "policy wants more instances"
             events.append(f"{what} restored to routing ({why})")
         elif now - p.since >= window_s:
+            stopped.append(p)
             events.append(f"{what} stopped after {window_s:g}s with SLOs held")
         else:
             keep.append(p)
-    return Settled(state, tuple(keep), tuple(events))
+    return Settled(state, tuple(keep), tuple(events), tuple(stopped), tuple(restored))
 
 
 def _describe(p: PendingRemoval) -> str:
@@ -154,25 +168,6 @@ def serving_counts(
     return out
 
 
-def pending_to_json(p: PendingRemoval) -> dict[str, object]:
-    from heteroscale_ray.actors.checkpoint import dg_to_json
-
-    return {
-        "dg": dg_to_json(p.dg),
-        "instances": [i.instance_id for i in p.instances],
-        "since": p.since,
-        "whole_dg": p.whole_dg,
-    }
-
-
-def pending_from_json(data: Mapping[str, object]) -> PendingRemoval:
-    from heteroscale_ray.actors.checkpoint import dg_from_json
-
-    dg = dg_from_json(data["dg"])  # type: ignore[arg-type]
-    ids = set(data["instances"])  # type: ignore[arg-type]
-    return PendingRemoval(
-        dg=dg,
-        instances=tuple(i for i in dg.instances if i.instance_id in ids),
-        since=float(data["since"]),  # type: ignore[arg-type]
-        whole_dg=bool(data["whole_dg"]),
-    )
+def reserved_of(pending: Iterable[PendingRemoval]) -> list[DeploymentGroup]:
+    """Pending removals as the planner's ``reserved`` DGs: their GPUs and ids stay taken."""
+    return [replace(p.dg, instances=p.instances) for p in pending]
