@@ -211,21 +211,48 @@ def latency_guard_proposal(
     tier = reached_tier(pressure.ratio, guard.tiers) if pressure else None
     if pressure is None or tier is None:
         return proposal
-    current = counts.of(proposal.anchor)
     breach = (
         f"{pressure.metric} p99 {pressure.observed_s * 1000:,.0f} ms is {pressure.ratio:.2f}x "
         f"the {pressure.slo_s * 1000:,.0f} ms SLO (tier at {tier.at:g}x: +{tier.step:.0%})"
     )
     wait = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
+    return guard_step(
+        proposal,
+        proposal.anchor,
+        counts,
+        tier.step,
+        wait,
+        Reason.LATENCY_GUARD,
+        breach,
+        "the guard cooldown",
+        "during a breach",
+    )
+
+
+def guard_step(
+    proposal: Proposal,
+    anchor: Role,
+    counts: RoleCounts,
+    step: float,
+    wait: float,
+    reason: Reason,
+    why: str,
+    cooldown_name: str,
+    while_: str,
+) -> Proposal:
+    """The guards' common tail: inside their cooldown they only block a scale-in; otherwise they
+    step ``anchor`` out by ``step``, unless the proposal already asks for more."""
+    current = counts.of(anchor)
+    wanted = proposal.count_as(anchor)
     if wait > 0:
-        if proposal.count >= current:
+        if wanted >= current:
             return proposal
-        why = f"{breach} and the guard cooldown has {wait:,.1f} s left, but no scale-in during a breach"
-        return Proposal(proposal.anchor, current, proposal.ratio, Reason.HOLD_COOLDOWN, why)
-    target = guard_target(current, tier.step)
-    if proposal.count >= target:
+        hold = f"{why} and {cooldown_name} has {wait:,.1f} s left, but no scale-in {while_}"
+        return Proposal(anchor, current, proposal.ratio, Reason.HOLD_COOLDOWN, hold)
+    target = guard_target(current, step)
+    if wanted >= target:
         return proposal
-    return Proposal(proposal.anchor, target, proposal.ratio, Reason.LATENCY_GUARD, breach)
+    return Proposal(anchor, target, proposal.ratio, reason, why)
 
 
 def kv_guard_proposal(
@@ -243,19 +270,19 @@ def kv_guard_proposal(
     use = signals.kv_use
     if value_problem(use) is not None or use < guard.high - EPS:  # type: ignore[operator]
         return proposal
-    current = counts.of(Role.DECODE)
-    mine = proposal.count_as(Role.DECODE)
     pressure = f"decode KV use {use:.0%} >= {guard.high:.0%} (+{guard.step:.0%})"
     wait = cooldown_left(now, state.last_kv_guard_at, guard.cooldown_s)
-    if wait > 0:
-        if mine >= current:
-            return proposal
-        why = f"{pressure} and the KV-guard cooldown has {wait:,.1f} s left, but no scale-in while memory is short"
-        return Proposal(Role.DECODE, current, proposal.ratio, Reason.HOLD_COOLDOWN, why)
-    target = guard_target(current, guard.step)
-    if mine >= target:
-        return proposal
-    return Proposal(Role.DECODE, target, proposal.ratio, Reason.KV_PRESSURE, pressure)
+    return guard_step(
+        proposal,
+        Role.DECODE,
+        counts,
+        guard.step,
+        wait,
+        Reason.KV_PRESSURE,
+        pressure,
+        "the KV-guard cooldown",
+        "while memory is short",
+    )
 
 
 def periodic_proposal(spec: ServiceSpec, now: float, ratio: Ratio) -> Proposal | None:
