@@ -18,14 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from heteroscale_ray.config import RoleSpec, ServicesConfig, load_services  # noqa: E402
+from heteroscale_ray.perf.capacity import decode_capacity  # noqa: E402
+from heteroscale_ray.perf.instance_kind import InstanceKind  # noqa: E402
 from heteroscale_ray.perf.memory import ModelDoesNotFitError  # noqa: E402
 from heteroscale_ray.perf.profiles import get_profile  # noqa: E402
 from heteroscale_ray.sim.commands import _clean  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.plots import bars_png  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
-from heteroscale_ray.sim.sizing import SloInfeasibleError, decode_capacity  # noqa: E402
-from heteroscale_ray.sim.speed import InstanceKind  # noqa: E402
+from heteroscale_ray.sim.sizing import SloInfeasibleError  # noqa: E402
 from heteroscale_ray.traces import load_trace, scale_rate  # noqa: E402
 
 TRACES = ROOT.parent / "shared" / "data" / "traces"

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         replica_stats,
     )
     from heteroscale_ray.serving.emulation import EmulationConfig
-    from heteroscale_ray.serving.engine import ModelConfig
+    from heteroscale_ray.serving.model import ModelConfig
     from heteroscale_ray.serving.routing_table import kill_routing_table
 
     engine = ModelConfig(
@@ -257,10 +257,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             time.sleep(1.2)  # let replicas push their last stats
             stats = replica_stats()
             level["decode_tps_per_replica"] = {
-                s["replica_id"]: round(s["decode_tps"], 1) for s in stats if s["role"] == "decode"
+                s.replica_id: round(s.decode_tps, 1) for s in stats if s.role == "decode"
             }
             level["prefill_tps_per_replica"] = {
-                s["replica_id"]: round(s["prefill_tps"], 1) for s in stats if s["role"] == "prefill"
+                s.replica_id: round(s.prefill_tps, 1) for s in stats if s.role == "prefill"
             }
             levels.append(level)
             print(
@@ -272,14 +272,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for sample in level["error_samples"]:
                 print(f"       error: {sample}")
         stats = replica_stats()
-        dec = [s for s in stats if s["role"] == "decode"]
-        kv_bytes = sum(s["kv_handoff_bytes_total"] for s in dec)
-        kv_secs = sum(s["kv_handoff_seconds_total"] for s in dec)
-        kv_count = sum(s["kv_handoff_count"] for s in dec)
-        overruns = sum(s["emulation_overruns"] for s in stats)
-        steps = {r: sum(s["steps"] for s in stats if s["role"] == r) for r in ("prefill", "decode")}
+        dec = [s for s in stats if s.role == "decode"]
+        kv_bytes = sum(s.kv_handoff_bytes_total for s in dec)
+        kv_secs = sum(s.kv_handoff_seconds_total for s in dec)
+        kv_count = sum(s.kv_handoff_count for s in dec)
+        overruns = sum(s.emulation_overruns for s in stats)
+        steps = {r: sum(s.steps for s in stats if s.role == r) for r in ("prefill", "decode")}
         over = {
-            r: sum(s["emulation_overruns"] for s in stats if s["role"] == r)
+            r: sum(s.emulation_overruns for s in stats if s.role == r)
             for r in ("prefill", "decode")
         }
         kv_gbps = kv_bytes / kv_secs / 1e9 if kv_secs else 0.0

@@ -13,17 +13,9 @@ from heteroscale_ray.actors.checkpoint import (
     pending_from_json,
     pending_to_json,
 )
-from heteroscale_ray.actors.observe import build_observations
-from heteroscale_ray.actors.pre_scheduler import (
-    _without_hosts,
-    describe_plan,
-    domain_owners,
-    retire_unconfigured,
-    unroutable,
-)
-from heteroscale_ray.actors.serving_adapter import gate_open
 from heteroscale_ray.config import Role, ServicesConfig, TopologySpec, parse_yaml_text
-from heteroscale_ray.control import Desired, FixedDesires, HeteroScaleAutoscaler, control_cycle
+from heteroscale_ray.control import Desired, HeteroScaleAutoscaler, control_cycle
+from heteroscale_ray.control.retire import retire_unconfigured, unroutable
 from heteroscale_ray.control.soft_scale_in import (
     pending_from_plan,
     reserved_of,
@@ -31,14 +23,18 @@ from heteroscale_ray.control.soft_scale_in import (
     settle,
     slo_held,
 )
+from heteroscale_ray.control.startup_skew import gate_open
 from heteroscale_ray.control.types import Observation
-from heteroscale_ray.policy import RoleCounts, Signals
+from heteroscale_ray.policy import Reason, Signals
 from heteroscale_ray.topology import (
     ClusterGraph,
     DeploymentGroup,
     ScaleRequest,
+    describe_plan,
+    domain_owners,
     plan_cycle,
     role_counts,
+    without_hosts,
 )
 
 SERVICES = parse_yaml_text(
@@ -55,41 +51,6 @@ services:
     ServicesConfig,
 )
 SPEC = SERVICES.by_name()["chat"]
-
-
-def _stat(role: str, **kw: float) -> dict[str, object]:
-    base = {
-        "service": "chat",
-        "role": role,
-        "timestamp": 100.0,
-        "prefill_tps": 0.0,
-        "decode_tps": 0.0,
-        "busy_fraction": 0.5,
-        "compute_fraction": 0.2,
-        "queue_length": 0,
-        "running": 1,
-        "kv_use": 0.1,
-        "ttft_p99": None,
-        "tbt_p99": None,
-    }
-    return {**base, **kw}
-
-
-def test_observations_add_rates_and_take_worst_latency() -> None:
-    stats = [
-        _stat("decode", decode_tps=40.0, tbt_p99=0.05, ttft_p99=0.3, timestamp=101.0),
-        _stat("decode", decode_tps=20.0, tbt_p99=0.09, ttft_p99=0.2, timestamp=99.0),
-        _stat("prefill", prefill_tps=500.0),
-        _stat("decode", decode_tps=999.0) | {"service": "other"},
-    ]
-    counts = {"chat": RoleCounts(1, 0, 2, 1)}
-    obs = build_observations(["chat", "idle"], stats, counts)["chat"]
-    assert obs.signals.decode_tps == 60.0 and obs.signals.prefill_tps == 500.0
-    assert obs.signals.tbt_p99_s == 0.09 and obs.signals.ttft_p99_s == 0.3
-    assert obs.signals.observed_at == 99.0  # the oldest decode report
-    assert obs.counts == RoleCounts(1, 0, 2, 1)
-    idle = build_observations(["idle"], stats, counts)["idle"]
-    assert idle.signals.observed_at is None  # no reports: the policy must hold
 
 
 @pytest.mark.parametrize(
@@ -204,14 +165,15 @@ def test_precomputed_decisions_go_through_the_shared_control_cycle() -> None:
     graph = ClusterGraph.from_topology(_topology())
     auto = HeteroScaleAutoscaler(SERVICES.services)
     obs = {"chat": Observation("chat", Signals(observed_at=0.0, decode_tps=100.0))}
-    result = control_cycle(auto, 0.0, obs, graph=graph, services=SERVICES.by_name(), dgs=())
-    want = result.desired["chat"]
+    desired = auto.desire(0.0, obs)
+    result = control_cycle(desired, graph=graph, services=SERVICES.by_name(), dgs=())
+    want = desired["chat"]
     assert role_counts(result.dgs, "chat") == (want.prefill, want.decode)
     assert any(line.startswith("create chat-dg0 in S1") for line in describe_plan(result.plan))
 
 
 def test_unhealthy_hosts_leave_the_topology() -> None:
-    spec = _without_hosts(_topology(), {"a0-h20", "a1-l20"})
+    spec = without_hosts(_topology(), {"a0-h20", "a1-l20"})
     assert {h.name for *_, h in spec.hosts()} == {"a0-l20", "a1-h20"}
 
 
@@ -228,9 +190,7 @@ def test_pending_removals_are_reserved_so_a_breach_can_restore_them() -> None:
     after = plan.apply(dgs)
     # The policy asks for 2P+4D again; the planner must not count or reuse the pending ones.
     result = control_cycle(
-        FixedDesires({"chat": Desired("chat", 2, 4, "scale_out")}),
-        11.0,
-        {},
+        {"chat": Desired("chat", 2, 4, Reason.SCALE_OUT)},
         graph=graph,
         services=SERVICES.by_name(),
         dgs=after,
@@ -301,7 +261,7 @@ def test_domain_owners_survive_a_domain_going_dark() -> None:
     }
     # Every host of pod-b misses its report: the filtered view loses pod-b and its sub-cluster,
     # but owners come from the full view and so do not change.
-    dark = _without_hosts(full, {"s1-b-h0", "s1-c-h0"})
+    dark = without_hosts(full, {"s1-b-h0", "s1-c-h0"})
     assert {s2.name for s2 in dark.big_pods} == {"pod-a"}
     assert domain_owners(full, owners) == owners
     # Even when the view itself loses them (Ray nodes not alive), the previous owner is kept.

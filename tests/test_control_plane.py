@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from heteroscale_ray.config import ServicesConfig, parse_yaml_text
 from heteroscale_ray.config.topology import LABEL_GPU_TYPE, LABEL_S1
 
 pytestmark = pytest.mark.slow
@@ -115,7 +116,7 @@ def plane(ray_cluster: object) -> Iterator[Plane]:
     from heteroscale_ray.actors.serving_adapter import ServingOptions
     from heteroscale_ray.demo.load import LoadGenerator
     from heteroscale_ray.serving.emulation import EmulationConfig
-    from heteroscale_ray.serving.engine import ModelConfig
+    from heteroscale_ray.serving.model import ModelConfig
 
     port = _free_port()
     options = ServingOptions(
@@ -127,7 +128,8 @@ def plane(ray_cluster: object) -> Iterator[Plane]:
     level = [LOW]
     load = None
     try:
-        start_control_plane(SERVICES_YAML, settings=settings, http_host="127.0.0.1", http_port=port)
+        config = parse_yaml_text(SERVICES_YAML, ServicesConfig, "test services")
+        start_control_plane(config, settings=settings, http_host="127.0.0.1", http_port=port)
         plane = Plane(f"http://127.0.0.1:{port}", None, level)
         wait_for(
             "the first DG to run with its gate open",

@@ -179,10 +179,10 @@ def test_a_ratio_change_waits_out_a_scaling_cooldown() -> None:
     spec = dyn_service()
     just_scaled = PolicyState(last_scale_in_at=NOW - 5)
     held, state = decide(spec, sig(36000, 9000), counts(3, 9), just_scaled, NOW)
-    assert (held.pd_ratio, held.prefill) == ("1:3", 3)
+    assert (str(held.pd_ratio), held.prefill) == ("1:3", 3)
     assert state.active_ratio == (1, 3) and state.ratio_estimate == pytest.approx(2 / 3)
     later, _ = decide(spec, sig(36000, 9000), counts(3, 9), state, NOW + 30)
-    assert (later.pd_ratio, later.prefill, later.reason) == ("2:3", 6, Reason.RATIO_DRIFT)
+    assert (str(later.pd_ratio), later.prefill, later.reason) == ("2:3", 6, Reason.RATIO_DRIFT)
 
 
 def test_a_time_table_ratio_wins_without_claiming_the_dynamic_one() -> None:
@@ -196,7 +196,7 @@ def test_a_time_table_ratio_wins_without_claiming_the_dynamic_one() -> None:
         }
     )
     decision, _ = decide(spec, sig(36000, 9000), counts(3, 9), PolicyState(), NOW)
-    assert decision.pd_ratio == "1:3"
+    assert str(decision.pd_ratio) == "1:3"
     assert "ratio now" not in decision.message
 
 
@@ -230,14 +230,14 @@ def test_smoothing_needs_sustained_drift() -> None:
     start = NOW - 3600
     state = decide(spec, Signals(start, 9000, 18000), counts(3, 9), PolicyState(), start)[1]
     burst = decide(spec, Signals(start + 10, 9000, 36000), counts(3, 9), state, start + 10)[0]
-    assert burst.pd_ratio == "1:3"
+    assert str(burst.pd_ratio) == "1:3"
     t, have, changes = start, (3, 9), []
     for _ in range(180):  # 30 minutes of a 2:3 need, ticks of 10 s
         t += 10
         decision, state = decide(spec, Signals(t, 9000, 36000), counts(*have), state, t)
-        if decision.pd_ratio != (changes[-1][1] if changes else "1:3"):
+        if str(decision.pd_ratio) != (changes[-1][1] if changes else "1:3"):
             assert decision.reason is Reason.RATIO_DRIFT
-            changes.append((t - start, decision.pd_ratio))
+            changes.append((t - start, str(decision.pd_ratio)))
         have = (decision.prefill, decision.decode)
     assert changes[0][0] >= 60, changes  # the first move waits for the average to follow
     assert len(changes) <= 5, changes  # each move is at least the 20% tolerance
@@ -253,20 +253,20 @@ def test_drift_moves_only_the_follower_and_says_why() -> None:
     decision, state = decide(spec, sig(36000, 9000), counts(3, 9), PolicyState(), NOW)
     assert decision.reason is Reason.RATIO_DRIFT
     assert (decision.prefill, decision.decode) == (6, 9)
-    assert decision.pd_ratio == "2:3"
+    assert str(decision.pd_ratio) == "2:3"
     assert "ratio now 2:3" in decision.message
     assert state.active_ratio == (2, 3)
     # The next tick at the same load holds at the new ratio.
     again, _ = decide(spec, sig(36000, 9000), counts(6, 9), state, NOW + 10)
     assert again.reason is Reason.HOLD_DEADBAND
-    assert (again.prefill, again.decode, again.pd_ratio) == (6, 9, "2:3")
+    assert (again.prefill, again.decode, str(again.pd_ratio)) == (6, 9, "2:3")
 
 
 def test_scale_out_uses_the_new_ratio() -> None:
     spec = dyn_service()
     decision, _ = decide(spec, sig(72000, 18000), counts(3, 9), PolicyState(), NOW)
     assert decision.reason is Reason.SCALE_OUT
-    assert (decision.prefill, decision.decode, decision.pd_ratio) == (12, 18, "2:3")
+    assert (decision.prefill, decision.decode, str(decision.pd_ratio)) == (12, 18, "2:3")
     assert decision.required_prefill == pytest.approx(12)
 
 
@@ -324,15 +324,18 @@ def test_control_cycle_places_new_dgs_at_the_dynamic_ratio() -> None:
     graph = make_graph({"s2": {"s1-a": ["H20"] * 4}})
     scaler = HeteroScaleAutoscaler([spec])
     obs = {spec.name: Observation(spec.name, sig(12000, 6000))}
-    result = control_cycle(scaler, NOW, obs, graph=graph, services={spec.name: spec}, dgs=())
-    desired = result.desired[spec.name]
-    assert desired.pd_ratio == "1:3"  # the first tick starts at the configured ratio
+    desired = scaler.desire(NOW, obs)
+    result = control_cycle(desired, graph=graph, services={spec.name: spec}, dgs=())
+    assert (
+        str(desired[spec.name].pd_ratio) == "1:3"
+    )  # the first tick starts at the configured ratio
     # Later the need has drifted to 2:3: the DG grows in 2:3 units.
     state = PolicyState(active_ratio=(2, 3), ratio_estimate=2 / 3, ratio_estimate_at=NOW)
     scaler.states[spec.name] = state
     obs = {spec.name: Observation(spec.name, sig(24000, 6000))}
-    result = control_cycle(scaler, NOW + 5, obs, graph=graph, services={spec.name: spec}, dgs=())
-    assert result.desired[spec.name].pd_ratio == "2:3"
+    desired = scaler.desire(NOW + 5, obs)
+    result = control_cycle(desired, graph=graph, services={spec.name: spec}, dgs=())
+    assert str(desired[spec.name].pd_ratio) == "2:3"
     assert sorted((dg.count(Role.PREFILL), dg.count(Role.DECODE)) for dg in result.dgs) == [
         (2, 3),
         (2, 3),

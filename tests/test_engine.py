@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from heteroscale_ray.serving.engine import (
+from heteroscale_ray.serving.model import (
     DecodeEngine,
     Engine,
     KVCache,

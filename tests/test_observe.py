@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 
 import pytest
@@ -10,24 +12,28 @@ from heteroscale_ray.actors.observe import build_observations
 from heteroscale_ray.config import parse_yaml_text
 from heteroscale_ray.config.services import ServicesConfig
 from heteroscale_ray.policy import PolicyState, Reason, RoleCounts, decide
+from heteroscale_ray.policy.types import Signals
+from heteroscale_ray.serving.replica_stats import IngressLoad, ReplicaStats
 
 
-def report(role: str, **kw: object) -> dict[str, object]:
-    base: dict[str, object] = {
-        "service": "chat",
-        "role": role,
-        "timestamp": 100.0,
-        "prefill_tps": 0.0,
-        "decode_tps": 10.0,
-        "busy_fraction": 0.5,
-        "compute_fraction": 0.2,
-        "queue_length": 0,
-        "running": 1,
-        "kv_use": 0.1,
-        "ttft_p99": None,
-        "tbt_p99": None,
-    }
-    return {**base, **kw}
+def report(role: str, **kw: object) -> ReplicaStats:
+    """A well-formed report of one `chat` replica; `kw` overrides fields (even with bad values:
+    a dataclass does not check types, and that is what the tests feed in)."""
+    base = ReplicaStats(
+        replica_id=f"{role}-r",
+        app_name="chat-dg0",
+        service="chat",
+        dg_id="dg0",
+        role=role,
+        gpu_type="H20",
+        timestamp=100.0,
+        decode_tps=10.0,
+        busy_fraction=0.5,
+        compute_fraction=0.2,
+        running=1,
+        kv_use=0.1,
+    )
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
 FULL = [report("prefill"), *(report("decode") for _ in range(4))]
@@ -41,16 +47,46 @@ FULL = [report("prefill"), *(report("decode") for _ in range(4))]
         (FULL[1:], False),  # the prefill replica silent
         ([*FULL[:4], report("decode", decode_tps="fast")], False),  # non-number
         ([*FULL[:4], report("decode", decode_tps=math.nan)], False),  # NaN
-        ([*FULL[:4], {"service": "chat", "role": "decode"}], False),  # missing keys
-        ([*FULL, {**report("decode"), "role": "router"}], True),  # unknown role ignored
+        ([*FULL[:4], report("decode", timestamp=None)], False),  # missing value
+        ([*FULL[:4], report("decode", tbt_p99=math.inf)], False),  # optional, but not finite
+        ([*FULL[:4], {"service": "chat", "role": "decode"}], False),  # untyped: not a report
+        ([*FULL, report("router")], True),  # unknown role ignored
     ],
 )
 def test_observed_only_when_every_ready_replica_reported(
-    reports: list[dict[str, object]], fresh: bool
+    reports: list[object], fresh: bool
 ) -> None:
     counts = {"chat": RoleCounts(prefill_ready=1, decode_ready=4)}
-    obs = build_observations(["chat"], reports, counts)["chat"]
+    obs = build_observations(["chat"], reports, counts)["chat"]  # type: ignore[arg-type]
     assert (obs.signals.observed_at is not None) is fresh
+
+
+def test_a_malformed_report_is_dropped_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    bad = report("decode", replica_id="r-bad", decode_tps=math.nan)
+    counts = {"chat": RoleCounts(prefill_ready=1, decode_ready=1)}
+    with caplog.at_level(logging.WARNING, logger="heteroscale_ray.actors.observe"):
+        obs = build_observations(["chat"], [report("prefill"), bad], counts)["chat"]
+    assert obs.signals.observed_at is None and obs.signals.decode_tps is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring stats report of replica r-bad: decode_tps=nan is not a finite number"
+    ]
+
+
+def test_observations_add_rates_and_take_worst_latency() -> None:
+    stats = [
+        report("decode", decode_tps=40.0, tbt_p99=0.05, ttft_p99=0.3, timestamp=101.0),
+        report("decode", decode_tps=20.0, tbt_p99=0.09, ttft_p99=0.2, timestamp=99.0),
+        report("prefill", prefill_tps=500.0),
+        report("decode", decode_tps=999.0, service="other"),
+    ]
+    counts = {"chat": RoleCounts(1, 0, 2, 1)}
+    obs = build_observations(["chat", "idle"], stats, counts)["chat"]
+    assert obs.signals.decode_tps == 60.0 and obs.signals.prefill_tps == 500.0
+    assert obs.signals.tbt_p99_s == 0.09 and obs.signals.ttft_p99_s == 0.3
+    assert obs.signals.observed_at == 99.0  # the oldest decode report
+    assert obs.counts == RoleCounts(1, 0, 2, 1)
+    idle = build_observations(["idle"], stats, counts)["idle"]
+    assert idle.signals.observed_at is None  # no reports: the policy must hold
 
 
 def test_partial_reports_never_scale_in() -> None:
@@ -92,7 +128,7 @@ services:
     ],
 )
 def test_offered_prefill_load_is_arrivals_times_the_miss_share(
-    arrived: float | None, prefill_reports: list[dict[str, object]], offered: float | None
+    arrived: float | None, prefill_reports: list[ReplicaStats], offered: float | None
 ) -> None:
     counts = {"chat": RoleCounts(prefill_ready=len(prefill_reports), decode_ready=1)}
     arrivals = {} if arrived is None else {"chat": arrived}
@@ -100,3 +136,109 @@ def test_offered_prefill_load_is_arrivals_times_the_miss_share(
     obs = build_observations(["chat"], reports, counts, arrivals)["chat"]
     got = obs.signals.prefill_offered_tps
     assert got == pytest.approx(offered) if offered is not None else got is None
+
+
+DEMAND_FIELDS = (
+    "request_rate",
+    "prompt_mean",
+    "output_mean",
+    "prefill_queue_s",
+    "decode_running",
+    "decode_queue",
+    "ttft_wait_p99_s",
+    "ttft_service_p99_s",
+    "decode_step_s",
+)
+
+
+def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> None:
+    stats = [
+        report("prefill", prefill_queue_s=2.0, ttft_wait_p99=1.5, ttft_service_p99=0.4),
+        report("prefill", prefill_queue_s=0.0, ttft_wait_p99=0.1, ttft_service_p99=0.6),
+        report("prefill", replica_id="fresh", prefill_queue_s=None),  # queue not priced yet
+        report(
+            "decode",
+            running_mean=6.0,
+            queue_length=2,
+            step_mean_s=0.04,
+            finished_requests=3,
+            output_tokens_mean=100.0,
+        ),
+        report(
+            "decode",
+            running_mean=2.5,
+            queue_length=0,
+            step_mean_s=0.02,
+            finished_requests=1,
+            output_tokens_mean=20.0,
+        ),
+        report("decode", running_mean=0.0, queue_length=1),  # idle: no step, nothing finished
+    ]
+    counts = {"chat": RoleCounts(prefill_ready=3, decode_ready=3)}
+    arrivals = {"chat": IngressLoad(prompt_tokens_per_s=3000.0, requests_per_s=6.0)}
+    sig = build_observations(["chat"], stats, counts, arrivals)["chat"].signals
+    assert sig.observed_at is not None
+    assert sig.request_rate == 6.0 and sig.prompt_mean == 500.0
+    assert sig.prefill_offered_tps == pytest.approx(3000.0)
+    assert sig.output_mean == pytest.approx((3 * 100.0 + 20.0) / 4)  # per finished request
+    assert sig.prefill_queue_s == pytest.approx(1.0)  # per instance that priced its queue
+    assert sig.decode_running == pytest.approx(8.5) and sig.decode_queue == 3.0
+    assert sig.ttft_wait_p99_s == 1.5 and sig.ttft_service_p99_s == 0.6  # worst replica
+    assert sig.decode_step_s == pytest.approx(0.03)  # over the replicas that stepped
+
+
+def test_demand_fields_are_none_when_nobody_reports_them() -> None:
+    counts = {"chat": RoleCounts(prefill_ready=1, decode_ready=1)}
+    nothing = build_observations(["chat"], [], counts)["chat"].signals
+    assert all(getattr(nothing, f) is None for f in DEMAND_FIELDS)
+    # Replicas up but idle, an ingress that reports tokens alone (an older ingress).
+    up = [report("prefill", prefill_queue_s=0.0), report("decode")]
+    idle = build_observations(["chat"], up, counts, {"chat": 800.0})["chat"].signals
+    assert idle.prefill_offered_tps == 800.0
+    assert idle.request_rate is None and idle.prompt_mean is None and idle.output_mean is None
+    assert idle.ttft_wait_p99_s is None and idle.decode_step_s is None
+    assert idle.prefill_queue_s == 0.0  # an empty queue is known to be empty
+    assert idle.decode_running == 0.0 and idle.decode_queue == 0.0
+    quiet = build_observations(["chat"], FULL[:2], counts, {"chat": IngressLoad(0.0, 0.0)})
+    assert quiet["chat"].signals.request_rate == 0.0
+    assert quiet["chat"].signals.prompt_mean is None  # no request arrived: no mean
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            report("decode", replica_id="r-bad", step_mean_s=math.nan),
+            "ignoring stats report of replica r-bad: step_mean_s=nan is neither None nor a "
+            "finite number",
+        ),
+        (
+            report("prefill", replica_id="r-bad", queued_prompt_tokens=-5),
+            "ignoring stats report of replica r-bad: queued_prompt_tokens=-5 is negative",
+        ),
+    ],
+)
+def test_malformed_demand_values_drop_the_report_with_a_log_line(
+    bad: ReplicaStats, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    counts = {"chat": RoleCounts(prefill_ready=1, decode_ready=1)}
+    with caplog.at_level(logging.WARNING, logger="heteroscale_ray.actors.observe"):
+        sig = build_observations(["chat"], [*FULL[:2], bad], counts)["chat"].signals
+    assert sig.observed_at is not None  # the good reports still cover every ready replica
+    assert [r.getMessage() for r in caplog.records] == [message]
+
+
+@pytest.mark.parametrize(
+    "arrival", [IngressLoad(math.nan, 1.0), IngressLoad(100.0, -1.0), "lots", math.inf]
+)
+def test_a_malformed_ingress_report_is_dropped_with_a_log_line(
+    arrival: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    counts = {"chat": RoleCounts(prefill_ready=1, decode_ready=1)}
+    with caplog.at_level(logging.WARNING, logger="heteroscale_ray.actors.observe"):
+        obs = build_observations(["chat"], FULL[:2], counts, {"chat": arrival})  # type: ignore[dict-item]
+    sig: Signals = obs["chat"].signals
+    assert sig.request_rate is None and sig.prefill_offered_tps is None
+    assert sig.observed_at is not None  # an optional signal: the replicas still count
+    assert len(caplog.records) == 1
+    assert caplog.records[0].getMessage().startswith("ignoring ingress report of service chat")

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from heteroscale_ray.config.gpus import DEFAULT_CATALOG
 from heteroscale_ray.config.loader import ConfigError
 from heteroscale_ray.perf import (
+    InstanceKind,
     ModelDoesNotFitError,
     PerfConstants,
     SharedLevel,
-    decode_operating_point,
+    decode_capacity,
     decode_step_time_s,
-    decode_tps_capacity,
     fits,
     flops_decode_step,
     flops_prefill,
@@ -34,15 +35,14 @@ from heteroscale_ray.perf import (
     max_decode_batch,
     min_gpus_to_fit,
     prefill_batch_time_s,
-    prefill_operating_point,
+    prefill_capacity,
     prefill_time_s,
-    prefill_tps_capacity,
     prefill_uniform_batch_time_s,
     profiles_from_dict,
     sm_activity,
     weight_bytes_read,
 )
-from heteroscale_ray.serving.engine import ModelConfig, TinyTransformer
+from heteroscale_ray.serving.model import ModelConfig, TinyTransformer
 
 H20 = DEFAULT_CATALOG["H20"]
 L20 = DEFAULT_CATALOG["L20"]
@@ -209,8 +209,8 @@ def test_more_bandwidth_decode_faster(fast, slow) -> None:
 def test_h20_is_the_decode_card_and_l20_the_cheap_prefill_card() -> None:
     """The paper's premise: each phase wants different hardware (Service A: 3000 in / 350 out)."""
     context = 3000 + 350 / 2
-    h20_tps = decode_tps_capacity(D8, H20, context, tbt_slo_s=0.04)
-    l20_tps = decode_tps_capacity(D8, L20, context, tbt_slo_s=0.04)
+    h20_tps = decode_capacity(InstanceKind.build(D8, H20, 1), 0.04, context, 3350, 1.0).tokens_per_s
+    l20_tps = decode_capacity(InstanceKind.build(D8, L20, 1), 0.04, context, 3350, 1.0).tokens_per_s
     assert h20_tps / H20.cost_per_hour > 3 * l20_tps / L20.cost_per_hour
     assert decode_step_time_s(D8, H20, 64, 64 * 3000) < decode_step_time_s(D8, L20, 64, 64 * 3000)
     # prefill: H20 is faster, but L20 does the same prompt for less money
@@ -282,40 +282,62 @@ def test_max_decode_batch() -> None:
         max_decode_batch(D8, L20, 0)
 
 
-def test_decode_operating_point_hand_computed() -> None:
+def test_decode_capacity_hand_computed() -> None:
     # per sequence at 2000 tokens on H20: compute 0.2312 ms, memory 0.0936 ms (+5.74 ms weights);
     # a 20 ms TBT leaves 15 ms: compute allows 64 sequences, memory 98
+    h20 = InstanceKind.build(D8, H20, 1)
     step_64 = 64 * (2 * 8.03e9 + D8_ATTN * 2000) / (148e12 * 0.5) + 0.005
-    op = decode_operating_point(D8, H20, 2000, tbt_slo_s=0.020)
-    assert op.batch == 64
-    assert op.step_s == pytest.approx(step_64)
-    assert op.tokens_per_s == pytest.approx(64 / step_64)
+    cap = decode_capacity(h20, 0.020, 2000, 2000, margin=1.0)
+    assert (cap.batch, cap.limited_by, cap.feasible) == (64, "tbt", True)
+    assert cap.step_s == pytest.approx(step_64)
+    assert cap.tokens_per_s == pytest.approx(64 / step_64)
     assert decode_step_time_s(D8, H20, 65, 65 * 2000) > 0.020
-    # no target: the memory cap
-    assert decode_operating_point(D8, L20, 2000).batch == 103
-    # L20 cannot meet 30 ms even at batch 1 (31.7 ms)
-    infeasible = decode_operating_point(D8, L20, 2000, tbt_slo_s=0.030)
-    assert (infeasible.batch, infeasible.tokens_per_s) == (0, 0.0)
-    assert infeasible.step_s == pytest.approx(decode_step_time_s(D8, L20, 1, 2000))
+    # the default margin: 0.7 x 20 ms less 5 ms leaves 9 ms, and memory binds first there
+    # (5.74 ms of weights + 0.0936 ms a sequence): 34
+    assert decode_capacity(h20, 0.020, 2000, 2000).batch == 34
+    # no binding TBT: the KV reservations cap the batch (the memory cap of max_decode_batch)
+    l20 = InstanceKind.build(D8, L20, 1)
+    roomy = decode_capacity(l20, 10.0, 2000, 2000)
+    assert (roomy.batch, roomy.limited_by) == (max_decode_batch(D8, L20, 2000), "kv")
+    assert roomy.batch == 103
+    # L20 cannot meet 30 ms even at batch 1 (31.7 ms): batch 1, flagged infeasible
+    slow = decode_capacity(l20, 0.030, 2000, 2000, margin=1.0)
+    assert (slow.batch, slow.limited_by, slow.feasible) == (1, "tbt", False)
+    assert slow.step_s == pytest.approx(decode_step_time_s(D8, L20, 1, 2000))
 
 
-def test_prefill_operating_point_hand_computed() -> None:
+def test_prefill_capacity_hand_computed() -> None:
     one = (2 * 8.03e9 * 1000 + D8_ATTN * 500_500) / (119e12 * 0.5)  # 0.2743 s of compute
-    # no target: 8192 // 1000 = 8 prompts per batch
-    op = prefill_operating_point(D8, L20, 1000)
-    assert (op.batch, op.batch_s) == (8, pytest.approx(8 * one + 0.01))
-    assert op.tokens_per_s == pytest.approx(8000 / (8 * one + 0.01))
-    # TTFT 1 s: a batch may take 0.5 s, so one prompt (0.284 s), not two (0.559 s)
-    assert prefill_operating_point(D8, L20, 1000, ttft_slo_s=1.0).batch == 1
-    assert prefill_tps_capacity(D8, L20, 1000, ttft_slo_s=1.0) == pytest.approx(1000 / (one + 0.01))
-    assert prefill_tps_capacity(D8, L20, 1000, ttft_slo_s=0.4) == 0.0
-    # a 50% cache hit: 0.1358 s of compute a prompt, so 3 fit in 0.5 s; only missed tokens count
+    l20 = InstanceKind.build(D8, L20, 1)
+    assert prefill_capacity(l20, 1000, busy_share=1.0) == pytest.approx(1000 / (one + 0.01))
+    assert prefill_capacity(l20, 1000) == pytest.approx(0.8 * 1000 / (one + 0.01))
+    assert prefill_capacity(l20, 1000, 1.0) == pytest.approx(1000 / prefill_time_s(D8, L20, 1000))
+    # a 50% cache hit: 0.1358 s of compute a prompt; only the missed tokens count
     half = (2 * 8.03e9 * 500 + D8_ATTN * (500 * 500 + 500 * 501 / 2)) / (119e12 * 0.5)
-    hit = prefill_operating_point(D8, L20, 1000, 1.0, cache_hit_fraction=0.5)
-    assert (hit.batch, hit.batch_s) == (3, pytest.approx(3 * half + 0.01))
-    assert hit.tokens_per_s == pytest.approx(1500 / (3 * half + 0.01))
-    # without a target the 8192-token budget counts the 500 computed tokens: 16 prompts
-    assert prefill_operating_point(D8, L20, 1000, cache_hit_fraction=0.5).batch == 16
+    assert prefill_capacity(l20, 1000, 1.0, mean_cached=500) == pytest.approx(500 / (half + 0.01))
+    # four GPUs (tensor parallel) compute four times as fast, less the fixed overhead
+    l20x4 = InstanceKind.build(D8, L20, 4)
+    assert prefill_capacity(l20x4, 1000, 1.0) == pytest.approx(1000 / (one / 4 + 0.01))
+    with pytest.raises(ValueError, match="mean_input"):
+        prefill_capacity(l20, 0)
+    with pytest.raises(ValueError, match="busy_share"):
+        prefill_capacity(l20, 1000, busy_share=0.0)
+
+
+@pytest.mark.parametrize("model", ["dense-8b", "dense-70b", "moe-a3b"])
+@pytest.mark.parametrize(("gpu", "n"), [("H20", 4), ("L20", 8), ("H800", 2)])
+def test_vectorised_timing_matches_the_shared_perf_model(model: str, gpu: str, n: int) -> None:
+    prof = get_profile(model)
+    kind = InstanceKind.build(prof, DEFAULT_CATALOG[gpu], n)
+    for tokens, cached in [(1, 0), (1000, 0), (5000, 512), (30000, 20000)]:
+        expect = prefill_time_s(prof, DEFAULT_CATALOG[gpu], tokens, n, cached)
+        got = float(kind.prefill_seconds(np.array([tokens - cached]), np.array([cached]))[0])
+        assert got == pytest.approx(expect, rel=1e-9)
+        assert kind.prefill_one(tokens, cached)[0] == pytest.approx(expect, rel=1e-9)
+    for batch, ctx in [(1, 100), (64, 64 * 1300), (256, 256 * 4000)]:
+        expect = decode_step_time_s(prof, DEFAULT_CATALOG[gpu], batch, ctx, n)
+        got = float(kind.step_seconds(np.array([batch]), np.array([float(ctx)]))[0])
+        assert got == pytest.approx(expect, rel=1e-9)
 
 
 def test_sm_activity() -> None:

@@ -17,7 +17,7 @@ from topology_builders import (
     used_gpus,
 )
 
-from heteroscale_ray.config import AffinityLevel, Role
+from heteroscale_ray.config import DEFAULT_CATALOG, AffinityLevel, Role
 from heteroscale_ray.topology import (
     CLUSTER_WIDE,
     ROOT,
@@ -249,6 +249,12 @@ def test_unknown_service_is_reported() -> None:
         ("ghost", P, 1, UnplacedReason.UNKNOWN_SERVICE),
         ("ghost", D, 2, UnplacedReason.UNKNOWN_SERVICE),
     ]
+
+
+def test_a_gpu_type_unknown_to_the_catalog_is_rejected() -> None:
+    spec = make_service(decode={"gpu_types": ["Z99"]})
+    with pytest.raises(ValueError, match=r"service 'svc' decode.gpu_types names unknown GPU 'Z99'"):
+        plan_cycle(make_graph(TWO_S1), services(spec), [], [], DEFAULT_CATALOG)
 
 
 # -- scale-in ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -18,7 +19,7 @@ import requests
 
 from heteroscale_ray.config.topology import LABEL_GPU_TYPE, LABEL_S1
 from heteroscale_ray.serving.emulation import EmulationConfig
-from heteroscale_ray.serving.engine import Engine, ModelConfig, SamplingParams
+from heteroscale_ray.serving.model import Engine, ModelConfig, SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -128,11 +129,11 @@ def test_replicas_land_on_matching_nodes(stack: Stack) -> None:
     deadline = time.monotonic() + 10
     while len(stats := replica_stats(stack.app)) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert {s["role"] for s in stats} == {"prefill", "decode"}
+    assert {s.role for s in stats} == {"prefill", "decode"}
     for s in stats:
-        assert s["node_labels"][LABEL_GPU_TYPE] == want[s["role"]]
-        assert s["node_labels"][LABEL_S1] == "s1-a0"
-        assert s["emulated"] is True
+        assert s.node_labels[LABEL_GPU_TYPE] == want[s.role]
+        assert s.node_labels[LABEL_S1] == "s1-a0"
+        assert s.emulated is True
 
 
 @pytest.mark.parametrize(
@@ -185,23 +186,70 @@ def test_healthz_and_metrics(stack: Stack) -> None:
 
 
 def test_ingress_reports_the_offered_prompt_load(stack: Stack, client) -> None:  # type: ignore[no-untyped-def]
-    """Prompt tokens are counted at the ingress and reach the control plane's reader."""
-    from heteroscale_ray.serving.deployments import prompt_arrival_rates
+    """Prompt tokens and requests are counted at the ingress, replicas under concurrent load
+    report their queue, TTFT split and step time, and all of it reaches `Signals`."""
+    from heteroscale_ray.actors.observe import build_observations
+    from heteroscale_ray.policy.types import RoleCounts
+    from heteroscale_ray.serving.deployments import (
+        ingress_loads,
+        prompt_arrival_rates,
+        replica_stats,
+    )
 
-    for _ in range(3):
-        client.completions.create(model=SERVICE, prompt="x" * 200, max_tokens=2)
+    def one(_: int) -> None:
+        client.completions.create(model=SERVICE, prompt="x" * 200, max_tokens=4)
+
+    with ThreadPoolExecutor(8) as pool:  # 8 at once: they queue at the one prefill replica
+        list(pool.map(one, range(8)))
     deadline = time.monotonic() + 5  # the ingress reports every refresh (0.5 s)
     while (rate := prompt_arrival_rates().get(SERVICE, 0.0)) <= 0 and time.monotonic() < deadline:
         time.sleep(0.3)
-    assert rate >= 3 * 200 / 10.0  # 600 tokens in the 10 s window, at least
+    assert rate >= 8 * 200 / 10.0  # 1,600 tokens in the 10 s window, at least
+    load = ingress_loads()[SERVICE]
+    assert load.requests_per_s is not None and load.requests_per_s >= 8 / 10.0
     text = requests.get(f"{stack.url}/metrics", timeout=10).text
     assert f'heteroscale_prompt_arrival_tokens_per_s{{service="{SERVICE}"}}' in text
+    assert f'heteroscale_request_arrivals_per_s{{service="{SERVICE}"}}' in text
+    assert "heteroscale_ttft_wait_seconds{" in text
+    assert "heteroscale_decode_step_seconds_mean{" in text
+
+    deadline = time.monotonic() + 5  # replicas push stats about once a second
+    while True:
+        pre, dec = replica_stats(stack.app, "prefill"), replica_stats(stack.app, "decode")
+        ready = (
+            pre
+            and dec
+            and all(s.ttft_wait_p99 is not None for s in pre)
+            and all(s.step_mean_s is not None and s.finished_requests for s in dec)
+        )
+        if ready or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    for s in pre:
+        assert s.prefill_queue_s is not None and s.prefill_tokens_per_busy_s
+        assert s.ttft_wait_p99 is not None and s.ttft_wait_p99 > 0
+        assert s.ttft_service_p99 is not None and s.ttft_service_p99 > 0.03  # emulated L20
+    for s in dec:
+        assert s.step_mean_s is not None and s.step_mean_s > 0
+        assert s.finished_requests >= 1 and s.output_tokens_mean is not None
+        assert s.running_mean > 0
+
+    counts = {SERVICE: RoleCounts(prefill_ready=len(pre), decode_ready=len(dec))}
+    sig = build_observations([SERVICE], pre + dec, counts, ingress_loads())[SERVICE].signals
+    assert sig.observed_at is not None
+    assert sig.request_rate is not None and sig.request_rate > 0
+    assert sig.prompt_mean == pytest.approx(201, abs=1)  # 200 bytes + BOS
+    assert sig.output_mean is not None and 1 <= sig.output_mean <= 4
+    assert sig.prefill_queue_s is not None and sig.decode_queue is not None
+    assert sig.decode_running is not None and sig.decode_running > 0
+    assert sig.ttft_wait_p99_s is not None and sig.ttft_service_p99_s is not None
+    assert sig.decode_step_s is not None and sig.decode_step_s > 0
 
 
 def _requests_served(app: str) -> int:
     from heteroscale_ray.serving.deployments import replica_stats
 
-    return sum(s["requests_total"] for s in replica_stats(app, "decode"))
+    return sum(s.requests_total for s in replica_stats(app, "decode"))
 
 
 def _wait_served(app: str, at_least: int) -> int:
@@ -316,7 +364,7 @@ def test_scale_in_while_streaming_loses_nothing(stack: Stack, client) -> None:  
     # Both decode replicas must hold streams when the scale-in lands, or the test proves nothing.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        busy = [s for s in replica_stats(stack.app, "decode") if s["running"] > 0]
+        busy = [s for s in replica_stats(stack.app, "decode") if s.running > 0]
         if len(busy) == 2:
             break
         time.sleep(0.2)

@@ -3,21 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
+import math
 import time
 
 import pytest
 
+from heteroscale_ray.clock import VirtualClock, WallClock
 from heteroscale_ray.serving.emulation import EmulatedDevice, EmulationConfig
-from heteroscale_ray.serving.engine import ModelConfig
 from heteroscale_ray.serving.metrics import (
     ArrivalMeter,
     ReplicaMetrics,
     render_arrivals,
     render_prometheus,
 )
+from heteroscale_ray.serving.metrics_hub import STATS_TTL_S, MetricsHub
+from heteroscale_ray.serving.model import ModelConfig
+from heteroscale_ray.serving.replica_stats import IngressLoad, ReplicaStats, stats_problem
 from heteroscale_ray.serving.router import ApiError, check_context, parse_completion
-from heteroscale_ray.serving.routing_table import DgRoute, RoutingTable, ServiceRoute, choose_dg
+from heteroscale_ray.serving.routing_table import (
+    DgRoute,
+    RoutingTable,
+    ServiceRoute,
+    ServingDirectory,
+    choose_dg,
+)
+
+IDENTITY = {
+    "replica_id": "r",
+    "app_name": "s-a",
+    "service": "s",
+    "dg_id": "a",
+    "role": "decode",
+    "gpu_type": "H20",
+}
+
+
+def make_stats(**overrides: object) -> ReplicaStats:
+    return dataclasses.replace(ReplicaStats(**IDENTITY), **overrides)  # type: ignore[arg-type]
 
 
 def make_dg(dg_id: str, **overrides: object) -> DgRoute:
@@ -49,7 +74,7 @@ def test_choose_dg(dgs: list[DgRoute], inflight: dict[str, int], want: str | Non
     assert (got.dg_id if got else None) == want
 
 
-def test_routing_table_updates_and_stats_ttl() -> None:
+def test_routing_table_updates() -> None:
     t = RoutingTable()
     t.register_service("s", ModelConfig(n_layers=1, d_model=32, n_heads=2), "dense-8b")
     t.upsert_dg(make_dg("a"))
@@ -57,10 +82,50 @@ def test_routing_table_updates_and_stats_ttl() -> None:
     t.update_dg("s", "a", draining=True)
     version, services = t.snapshot()
     assert version > v0 and services["s"].dgs["a"].draining
-    t.report_stats("r1", {"app_name": "s-a", "role": "decode"})
-    assert t.replica_stats("s-a", "decode") and not t.replica_stats("s-a", "prefill")
     with pytest.raises(KeyError):
         t.upsert_dg(make_dg("x", service="unknown"))
+
+
+def test_metrics_hub_filters_and_expires_replica_reports() -> None:
+    clock = VirtualClock()
+    hub = MetricsHub(clock)
+    hub.report_stats("r1", make_stats(replica_id="r1"))
+    assert hub.replica_stats("s-a", "decode") == [make_stats(replica_id="r1")]
+    assert not hub.replica_stats("s-a", "prefill") and not hub.replica_stats("s-b")
+    clock.advance(STATS_TTL_S / 2)
+    hub.report_stats("r2", make_stats(replica_id="r2"))
+    clock.advance(STATS_TTL_S / 2 + 0.1)  # r1 is now older than the TTL, r2 is not
+    assert [s.replica_id for s in hub.replica_stats()] == ["r2"]
+    hub.forget_replica("r2")
+    assert hub.replica_stats() == []
+
+
+def test_metrics_hub_drops_a_malformed_report_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = MetricsHub(VirtualClock())
+    hub.report_stats("r1", make_stats(replica_id="r1", busy_fraction=0.5))
+    with caplog.at_level(logging.WARNING, logger="heteroscale_ray.serving.metrics_hub"):
+        hub.report_stats("r1", make_stats(replica_id="r1", busy_fraction=math.nan))
+        hub.report_stats("r1", make_stats(replica_id="r1", busy_fraction=math.nan))
+        hub.report_stats("r2", {"app_name": "s-a", "role": "decode"})  # type: ignore[arg-type]
+    # The bad report replaces the good one (the replica counts as missing, not as stale-good);
+    # a repeated problem is logged once.
+    assert hub.replica_stats() == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "dropping stats report of replica r1: busy_fraction=nan is not a finite number",
+        "dropping stats report of replica r2: not a ReplicaStats but a dict",
+    ]
+    hub.report_stats("r1", make_stats(replica_id="r1"))
+    assert len(hub.replica_stats()) == 1
+
+
+def test_serving_directory_is_routes_plus_hub() -> None:
+    d = ServingDirectory(VirtualClock())
+    d.register_service("s", ModelConfig(n_layers=1, d_model=32, n_heads=2), "dense-8b")
+    d.report_stats("r1", make_stats())
+    assert d.snapshot()[1]["s"].name == "s" and d.replica_stats("s-a")
+    assert isinstance(ServingDirectory().clock, WallClock)
 
 
 @pytest.mark.parametrize(
@@ -91,33 +156,40 @@ def test_parse_completion_ok_and_context_check() -> None:
 
 
 def test_metrics_window_rates_percentiles_and_prometheus() -> None:
-    ident = {
-        "replica_id": "r",
-        "app_name": "s-a",
-        "service": "s",
-        "dg_id": "a",
-        "role": "decode",
-        "gpu_type": "H20",
-    }
-    m = ReplicaMetrics(ident, peak_flops=1e12, window_s=10.0)
-    m.started -= 10.0  # pretend a full window of uptime
+    clock = VirtualClock(start=5000.0)
+    m = ReplicaMetrics(IDENTITY, peak_flops=1e12, window_s=10.0, clock=clock)
+    clock.advance(10.0)  # a full window of uptime
     for _ in range(10):
         m.decode_step(tokens=8, busy_s=0.5, flops=1e11)
         m.tbt(0.02)
     m.ttft(0.3)
     s = m.snapshot(running=8, queue_length=1, kv_use=0.25)
+    assert s.timestamp == 5010.0
     assert s.decode_tps == pytest.approx(8.0, rel=0.01)
     assert s.busy_fraction == pytest.approx(0.5, rel=0.01)
     assert s.compute_fraction == pytest.approx(0.1, rel=0.01)
     assert s.tbt_p99 == pytest.approx(0.02) and s.ttft_p50 == pytest.approx(0.3)
-    text = render_prometheus([s.to_dict()])
+    text = render_prometheus([s])
     assert 'heteroscale_decode_tokens_per_s{dg="a"' in text
     assert 'quantile="0.99"' in text
+    clock.advance(10.1)  # every sample has left the window
+    idle = m.snapshot()
+    assert idle.decode_tps == 0.0 and idle.tbt_p99 is None and idle.steps == 10
+
+
+def test_metrics_rates_span_the_uptime_of_a_fresh_replica() -> None:
+    clock = VirtualClock()
+    m = ReplicaMetrics(IDENTITY, peak_flops=1e12, window_s=10.0, clock=clock)
+    clock.advance(2.0)  # up for 2 s of a 10 s window: divide by 2, not by 10
+    m.decode_step(tokens=20, busy_s=1.0, flops=0.0)
+    s = m.snapshot()
+    assert s.decode_tps == pytest.approx(10.0) and s.busy_fraction == pytest.approx(0.5)
 
 
 def test_ingress_arrivals_are_summed_over_fresh_reports() -> None:
-    meter = ArrivalMeter(window_s=10.0)
-    meter.started -= 10.0  # a full window of uptime
+    clock = VirtualClock()
+    meter = ArrivalMeter(window_s=10.0, clock=clock)
+    clock.advance(10.0)  # a full window of uptime
     for _ in range(5):
         meter.add("chat", 400)
     meter.add("docs", 15000)
@@ -126,16 +198,145 @@ def test_ingress_arrivals_are_summed_over_fresh_reports() -> None:
         "chat": pytest.approx(200.0, rel=0.01),
         "docs": pytest.approx(1500.0, rel=0.01),
     }
-    table = RoutingTable()
-    table.report_arrivals("ingress-a", rates)
-    table.report_arrivals("ingress-b", {"chat": 100.0})
-    assert table.arrival_rates() == {
+    hub = MetricsHub(clock)
+    hub.report_arrivals("ingress-a", rates)
+    hub.report_arrivals("ingress-b", {"chat": 100.0})
+    assert hub.arrival_rates() == {
         "chat": pytest.approx(300.0, rel=0.01),
         "docs": pytest.approx(1500.0, rel=0.01),
     }
-    table._arrivals["ingress-b"] = (time.monotonic() - 60.0, {"chat": 100.0})  # a gone ingress
-    assert table.arrival_rates()["chat"] == pytest.approx(200.0, rel=0.01)
+    clock.advance(STATS_TTL_S + 1.0)
+    hub.report_arrivals("ingress-a", rates)  # ingress-b has gone silent
+    assert hub.arrival_rates()["chat"] == pytest.approx(200.0, rel=0.01)
     assert 'heteroscale_prompt_arrival_tokens_per_s{service="docs"}' in render_arrivals(rates)
+
+
+def test_prefill_reports_its_queue_and_the_ttft_split() -> None:
+    clock = VirtualClock()
+    m = ReplicaMetrics({**IDENTITY, "role": "prefill"}, peak_flops=1e12, clock=clock)
+    empty = m.snapshot(queued_prompt_tokens=0)
+    assert empty.prefill_queue_s == 0.0 and empty.ttft_wait_p99 is None
+    # A queue before anything ran: priced with the seeded prior, or unknown without one.
+    assert m.snapshot(queued_prompt_tokens=500).prefill_queue_s is None
+    m.seed_prefill_rate(1000.0)
+    assert m.snapshot(queued_prompt_tokens=500).prefill_queue_s == pytest.approx(0.5)
+    clock.advance(10.0)
+    # 4 prompts of 1,000 tokens (a quarter cache hits) in 0.5 s each: 2,000 tokens/busy-s.
+    for wait in (0.1, 0.2, 0.3, 2.0):
+        m.prefill_done(750, 250, busy_s=0.5, flops=1e11, wait_s=wait)
+    m.prefill_done(0, 0, busy_s=0.0, flops=0.0, wait_s=-1.0)  # clock skew: clamped to 0
+    s = m.snapshot(queued_prompt_tokens=3000, queue_length=3, running=1)
+    assert s.prefill_tokens_per_busy_s == pytest.approx(2000.0)
+    assert s.prefill_queue_s == pytest.approx(1.5)
+    assert s.ttft_wait_p50 == pytest.approx(0.2)
+    assert s.ttft_wait_p99 == pytest.approx(2.0, rel=0.05)
+    assert s.ttft_service_p99 == pytest.approx(0.5)
+    assert stats_problem(s) is None
+    clock.advance(10.1)  # the samples leave the window; the measured rate stays
+    idle = m.snapshot(queued_prompt_tokens=1000)
+    assert idle.ttft_wait_p99 is None and idle.ttft_service_p99 is None
+    assert idle.prefill_queue_s == pytest.approx(0.5)
+
+
+def test_decode_reports_batch_step_time_and_output_lengths() -> None:
+    clock = VirtualClock()
+    m = ReplicaMetrics(IDENTITY, peak_flops=1e12, window_s=10.0, clock=clock)
+    clock.advance(10.0)
+    idle = m.snapshot()
+    assert idle.running_mean == 0.0 and idle.step_mean_s is None
+    assert idle.finished_requests == 0 and idle.output_tokens_mean is None
+    for _ in range(50):  # 5 s of 8-sequence steps at 0.1 s, the other 5 s idle
+        m.decode_step(tokens=8, busy_s=0.1, flops=0.0)
+    for n in (10, 20, 60):
+        m.request_finished(n)
+    s = m.snapshot(running=8, queue_length=2)
+    assert s.running_mean == pytest.approx(4.0)
+    assert s.step_mean_s == pytest.approx(0.1)
+    assert (s.finished_requests, s.output_tokens_mean) == (3, pytest.approx(30.0))
+    clock.advance(10.1)
+    gone = m.snapshot()
+    assert gone.running_mean == 0.0 and gone.step_mean_s is None and gone.finished_requests == 0
+
+
+def test_new_per_replica_values_are_exported_to_prometheus() -> None:
+    s = make_stats(
+        queued_prompt_tokens=3000,
+        prefill_queue_s=1.5,
+        prefill_tokens_per_busy_s=2000.0,
+        ttft_wait_p99=2.0,
+        ttft_service_p50=0.5,
+        running_mean=4.0,
+        step_mean_s=0.1,
+        finished_requests=3,
+        output_tokens_mean=30.0,
+    )
+    text = render_prometheus([s])
+    for line in (
+        "heteroscale_prefill_queued_prompt_tokens{",
+        "heteroscale_prefill_queue_seconds{",
+        "heteroscale_prefill_tokens_per_busy_second{",
+        "heteroscale_running_sequences_mean{",
+        "heteroscale_decode_step_seconds_mean{",
+        "heteroscale_finished_requests_in_window{",
+        "heteroscale_output_tokens_mean{",
+    ):
+        assert line in text, line
+    assert 'heteroscale_ttft_wait_seconds{dg="a",gpu_type="H20",quantile="0.99"' in text
+    assert 'heteroscale_ttft_service_seconds{dg="a",gpu_type="H20",quantile="0.50"' in text
+    # Unknown values are left out, not exported as 0.
+    unknown = render_prometheus([make_stats()])
+    assert "heteroscale_decode_step_seconds_mean{" not in unknown
+    assert "heteroscale_prefill_queue_seconds{" not in unknown
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("queued_prompt_tokens", -1, "queued_prompt_tokens=-1 is negative"),
+        ("prefill_queue_s", math.nan, "prefill_queue_s=nan is neither None nor a finite number"),
+        ("step_mean_s", "slow", "step_mean_s='slow' is neither None nor a finite number"),
+        ("running_mean", None, "running_mean=None is not a finite number"),
+        ("ttft_wait_p99", -0.5, "ttft_wait_p99=-0.5 is negative"),
+    ],
+)
+def test_malformed_new_values_make_a_report_unusable(
+    field: str, value: object, problem: str
+) -> None:
+    assert stats_problem(make_stats(**{field: value})) == problem
+
+
+def test_ingress_counts_requests_and_their_prompt_tokens() -> None:
+    clock = VirtualClock()
+    meter = ArrivalMeter(window_s=10.0, clock=clock)
+    clock.advance(2.0)  # up for 2 s of a 10 s window
+    for tokens in (100, 300, 200, 400):
+        meter.add("chat", tokens)
+    load = meter.loads()["chat"]
+    assert load.requests_per_s == pytest.approx(2.0)
+    assert load.prompt_tokens_per_s == pytest.approx(500.0)
+    assert load.prompt_mean == pytest.approx(250.0)
+    text = render_arrivals(meter.loads())
+    assert 'heteroscale_request_arrivals_per_s{service="chat"} 2.0' in text
+    assert 'heteroscale_prompt_tokens_mean{service="chat"} 250.0' in text
+    clock.advance(10.1)
+    quiet = meter.loads()["chat"]
+    assert quiet.requests_per_s == 0.0 and quiet.prompt_mean is None
+
+
+def test_hub_sums_ingress_loads_and_drops_malformed_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = VirtualClock()
+    hub = MetricsHub(clock)
+    hub.report_arrivals("ingress-a", {"chat": IngressLoad(1000.0, 4.0)})
+    hub.report_arrivals("ingress-b", {"chat": IngressLoad(2000.0, 2.0), "docs": 50.0})
+    with caplog.at_level(logging.WARNING, logger="heteroscale_ray.serving.metrics_hub"):
+        hub.report_arrivals("ingress-c", {"chat": IngressLoad(math.nan, 1.0), "x": "many"})  # type: ignore[dict-item]
+    loads = hub.ingress_loads()
+    assert loads["chat"] == IngressLoad(3000.0, 6.0) and loads["chat"].prompt_mean == 500.0
+    assert loads["docs"] == IngressLoad(50.0, None)  # tokens alone: requests unknown
+    assert hub.arrival_rates() == {"chat": 3000.0, "docs": 50.0}
+    assert len(caplog.records) == 2 and "prompt_tokens_per_s=nan" in caplog.records[0].getMessage()
 
 
 def test_emulated_device_paces_and_reports_overruns() -> None:

@@ -10,12 +10,14 @@ from sim_builders import GRAPH, SERVICES
 
 from heteroscale_ray.config import DEFAULT_CATALOG, Role, load_services
 from heteroscale_ray.control.baselines import ratio_of
+from heteroscale_ray.perf.capacity import decode_capacity
+from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.profiles import get_profile
-from heteroscale_ray.sim.engine import BLOCK_TOKENS, ClusterSim, SimConfig, Workload
+from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
 from heteroscale_ray.sim.fleet import fleet_for
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay
-from heteroscale_ray.sim.sizing import KV_FILL, SIZING_TBT_MARGIN, decode_capacity, decode_need
-from heteroscale_ray.sim.speed import InstanceKind
+from heteroscale_ray.sim.sizing import KV_FILL, SIZING_TBT_MARGIN, decode_need
+from heteroscale_ray.sim.workload import BLOCK_TOKENS
 from heteroscale_ray.traces import load_trace, scale_rate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +72,7 @@ def test_decode_need_refuses_an_impossible_slo() -> None:
     ("p", "d", "want"), [(151, 10, "15:1"), (10, 10, "1:1"), (3, 7, "1:2"), (0, 0, "1:1")]
 )
 def test_ratio_of(p: int, d: int, want: str) -> None:
-    assert ratio_of(p, d) == want
+    assert str(ratio_of(p, d)) == want
 
 
 def test_pooled_prefix_cache_spans_the_dgs_prefill_instances() -> None:

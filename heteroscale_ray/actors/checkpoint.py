@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from heteroscale_ray.config import AffinityLevel, Role
+from heteroscale_ray.config import AffinityLevel, Role, ServicesConfig
 from heteroscale_ray.control.soft_scale_in import PendingRemoval
 from heteroscale_ray.topology import DeploymentGroup, Instance
 
@@ -19,6 +19,7 @@ NAMESPACE = "heteroscale"
 KV_NAMESPACE = "heteroscale"
 POLICY_ENGINE = "heteroscale-policy-engine"
 PRE_SCHEDULER = "heteroscale-pre-scheduler"
+SERVICES_KEY = "services"  # the accepted services config, as validated JSON
 
 
 def sub_cluster_actor(name: str) -> str:
@@ -48,6 +49,18 @@ def kv_clear(prefix: str = "") -> None:
 
     for key in internal_kv._internal_kv_list(prefix, namespace=KV_NAMESPACE):
         internal_kv._internal_kv_del(key, namespace=KV_NAMESPACE)
+
+
+def save_services(config: ServicesConfig) -> None:
+    """Checkpoint an accepted (already validated) services config."""
+    kv_put(SERVICES_KEY, config.model_dump(mode="json"))
+
+
+def load_services() -> ServicesConfig | None:
+    """The last accepted services config, or None. It was validated when it was accepted, so
+    reading it back is a model load, not a re-parse of user text."""
+    data = kv_get(SERVICES_KEY)
+    return None if data is None else ServicesConfig.model_validate(data)
 
 
 def dg_to_json(dg: DeploymentGroup) -> dict[str, Any]:

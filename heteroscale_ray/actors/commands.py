@@ -67,11 +67,12 @@ def _cmd_start(args: argparse.Namespace) -> int:
     from heteroscale_ray.config import ConfigError, ServicesConfig, TopologySpec, parse_yaml_text
 
     services = _read(args.services, "services file")
-    topology = _read(args.topology, "topology file") if args.topology else None
-    try:  # validate before touching the cluster
-        parse_yaml_text(services, ServicesConfig, args.services)
-        if topology:
-            parse_yaml_text(topology, TopologySpec, args.topology)
+    topology_text = _read(args.topology, "topology file") if args.topology else None
+    try:  # validated once, here, before touching the cluster
+        config = parse_yaml_text(services, ServicesConfig, args.services)
+        topology = (
+            parse_yaml_text(topology_text, TopologySpec, args.topology) if topology_text else None
+        )
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
@@ -84,8 +85,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
     )
     try:
         start_control_plane(
-            services,
-            topology_yaml=topology,
+            config,
+            topology=topology,
             settings=settings,
             http_host=args.http_host,
             http_port=args.http_port,

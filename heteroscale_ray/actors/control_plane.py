@@ -19,12 +19,10 @@ from heteroscale_ray.actors.checkpoint import (
     POLICY_ENGINE,
     PRE_SCHEDULER,
     kv_clear,
-    kv_put,
+    save_services,
 )
 from heteroscale_ray.actors.serving_adapter import ServingOptions
-from heteroscale_ray.config import ServicesConfig, parse_yaml_text
-
-SERVICES_KEY = "services"
+from heteroscale_ray.config import ConfigError, ServicesConfig, TopologySpec, parse_yaml_text
 
 
 class ControlPlaneError(RuntimeError):
@@ -68,16 +66,18 @@ def _options(name: str, concurrency: int) -> dict[str, Any]:
 
 
 def start_control_plane(
-    services_yaml: str,
+    config: ServicesConfig,
     *,
-    topology_yaml: str | None = None,
+    topology: TopologySpec | None = None,
     settings: ControlPlaneSettings = ControlPlaneSettings(),
     http_host: str = "0.0.0.0",
     http_port: int = 8000,
 ) -> Any:
     """Start everything on the connected cluster; returns the PolicyEngine handle.
 
-    Raises ConfigError for a bad services.yaml and ControlPlaneError when one already runs.
+    ``config`` and ``topology`` were validated where they entered (the CLI parses the YAML
+    files); the actors receive the models, never YAML text. Raises ControlPlaneError when a
+    control plane already runs.
     """
     import ray
     from ray import serve
@@ -86,7 +86,6 @@ def start_control_plane(
     from heteroscale_ray.actors.pre_scheduler import FederatedPreScheduler
     from heteroscale_ray.serving.deployments import INGRESS_APP, deploy_ingress, register_service
 
-    config = parse_yaml_text(services_yaml, ServicesConfig, "services")
     if _actor(POLICY_ENGINE) is not None:
         raise ControlPlaneError(
             "a HeteroScale control plane already runs on this cluster: `heteroscale status` "
@@ -97,17 +96,17 @@ def start_control_plane(
         deploy_ingress()
     for spec in config.services:
         register_service(spec.name, settings.options.engine, spec.model)
-    kv_put(SERVICES_KEY, services_yaml)  # an explicit start wins over an older checkpoint
+    save_services(config)  # an explicit start wins over an older checkpoint
     fps = (
         ray.remote(FederatedPreScheduler)
         .options(**_options(PRE_SCHEDULER, 8))
-        .remote(services_yaml, topology_yaml, settings.options, settings.soft_window_s)
+        .remote(config, topology, settings.options, settings.soft_window_s)
     )
     ray.get(fps.scheduler_names.remote())  # constructed (its config parsed) before the loop
     return (
         ray.remote(PolicyEngine)
         .options(**_options(POLICY_ENGINE, 8))
-        .remote(services_yaml, settings.period_s, settings.advisory, settings.metrics_port)
+        .remote(config, settings.period_s, settings.advisory, settings.metrics_port)
     )
 
 
@@ -128,9 +127,15 @@ def control_plane_status(last: int = 10) -> dict[str, Any]:
 
 
 def update_services(services_yaml: str) -> tuple[bool, str]:
+    """Validate a new services.yaml here, at the edge, and hand the model to the policy engine;
+    a bad file is rejected with the loader's message and the running config stays."""
     import ray
 
-    return ray.get(policy_engine().update_services.remote(services_yaml), timeout=60)
+    try:
+        config = parse_yaml_text(services_yaml, ServicesConfig, "services update")
+    except ConfigError as e:
+        return False, str(e)
+    return ray.get(policy_engine().update_services.remote(config), timeout=60)
 
 
 def stop_control_plane(purge: bool = False) -> list[str]:

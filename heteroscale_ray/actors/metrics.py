@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from heteroscale_ray.config import parse_pd_ratio
 from heteroscale_ray.control import Observation
 
 SIGNALS = (
@@ -94,10 +93,9 @@ class ControlPlaneMetrics:
         for name, d in decisions.items():
             self.desired.labels(name, "prefill").set(d.prefill)
             self.desired.labels(name, "decode").set(d.decode)
-            self.decisions.labels(name, d.reason).inc()
-            if d.pd_ratio:
-                p, d_ = parse_pd_ratio(d.pd_ratio)
-                self.pd_ratio.labels(name).set(p / d_)
+            self.decisions.labels(name, d.reason.value).inc()
+            if d.pd_ratio is not None:
+                self.pd_ratio.labels(name).set(d.pd_ratio.value)
         for name, obs in observations.items():
             for sig in SIGNALS:
                 value = getattr(obs.signals, sig)

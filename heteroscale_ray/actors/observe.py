@@ -1,21 +1,36 @@
 """Replica reports -> one `Observation` per service: the policy engine's metric source.
 
-Pure: the replica stats dicts (serving.metrics.ReplicaStats) and the per-role counts come in,
+Pure: the replicas' `ReplicaStats` (serving/replica_stats.py) and the per-role counts come in,
 no Ray calls. Rates add up over replicas; latency p99 takes the worst replica's p99 (a safe
 upper bound, since per-replica percentiles cannot be merged exactly); utilisations average.
 A service gets no timestamp (so the policy holds, never scales in) unless every ready
 replica of both roles has a well-formed report: a sum over some replicas would under-count
-the load. Malformed reports (missing keys, non-numbers) count as missing.
+the load. A malformed report (`stats_problem`: not a ReplicaStats, unknown role, a non-finite
+number) is dropped with a log line and counts as missing.
+
+Demand and the TTFT split (issue 10): the ingress's `IngressLoad` gives request_rate and
+prompt_mean; decode replicas give output_mean (weighted by finished requests), decode_running
+and decode_queue (sums) and decode_step_s (mean over replicas that stepped); prefill replicas
+give prefill_queue_s (mean queued work per reporting instance) and the TTFT wait/service p99
+(worst replica). Each is None when no replica (or no ingress) reports it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from heteroscale_ray.control.types import Observation, PoolObservation
 from heteroscale_ray.policy.types import RoleCounts, Signals
+from heteroscale_ray.serving.replica_stats import (
+    IngressLoad,
+    ReplicaStats,
+    ingress_problem,
+    stats_problem,
+)
+
+logger = logging.getLogger(__name__)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -27,90 +42,111 @@ def _worst(values: Iterable[float | None]) -> float | None:
     return max(present) if present else None
 
 
-def _pool(stats: list[dict[str, Any]], ready: int, starting: int, tps_key: str) -> PoolObservation:
+def _pool(stats: list[ReplicaStats], ready: int, starting: int, role: str) -> PoolObservation:
     if not stats:
         return PoolObservation(ready=ready, starting=starting)
+    tps = [s.prefill_tps if role == "prefill" else s.decode_tps for s in stats]
     return PoolObservation(
         ready=ready,
         starting=starting,
-        gpu_util=_mean([float(s["busy_fraction"]) for s in stats]),
-        sm_activity=_mean([float(s["compute_fraction"]) for s in stats]),
-        ongoing_requests=float(sum(s["queue_length"] + s["running"] for s in stats)),
-        tps=float(sum(s[tps_key] for s in stats)),
+        gpu_util=_mean([float(s.busy_fraction) for s in stats]),
+        sm_activity=_mean([float(s.compute_fraction) for s in stats]),
+        ongoing_requests=float(sum(s.queue_length + s.running for s in stats)),
+        tps=float(sum(tps)),
     )
 
 
-_NUMERIC_KEYS = (
-    "timestamp",
-    "busy_fraction",
-    "compute_fraction",
-    "queue_length",
-    "running",
-    "prefill_tps",
-    "decode_tps",
-    "kv_use",
-)
+def well_formed(stats: Iterable[object]) -> list[ReplicaStats]:
+    """The reports the sums may use; every other one is dropped with a log line."""
+    out = []
+    for s in stats:
+        problem = stats_problem(s)
+        if problem is None and isinstance(s, ReplicaStats):
+            out.append(s)
+        else:
+            replica = getattr(s, "replica_id", "?")
+            logger.warning("ignoring stats report of replica %s: %s", replica, problem)
+    return out
 
 
-def _well_formed(report: Mapping[str, Any]) -> bool:
-    """A report the sums may use: its identity and every numeric field finite numbers."""
-    if not isinstance(report.get("service"), str) or report.get("role") not in (
-        "prefill",
-        "decode",
-    ):
-        return False
-    try:
-        return all(math.isfinite(float(report[k])) for k in _NUMERIC_KEYS)
-    except (KeyError, TypeError, ValueError):
-        return False
-
-
-def offered_miss_tps(arrived: float | None, prefill_reports: list[dict[str, Any]]) -> float | None:
+def offered_miss_tps(arrived: float | None, prefill_reports: list[ReplicaStats]) -> float | None:
     """Prompt tokens/s arriving at the ingress, times the share that missed the prefix cache
     in what prefill processed (all of it, before anything was processed)."""
     if arrived is None or not math.isfinite(arrived) or arrived < 0:
         return None
-    miss = sum(float(s["prefill_tps"]) for s in prefill_reports)
-    try:
-        hit = sum(float(s.get("prefill_hit_tps", 0.0)) for s in prefill_reports)
-    except (TypeError, ValueError):
-        hit = math.nan
+    miss = sum(float(s.prefill_tps) for s in prefill_reports)
+    hit = sum(float(s.prefill_hit_tps) for s in prefill_reports)
     if not math.isfinite(miss + hit):
         return None
     return arrived * (miss / (miss + hit) if miss + hit > 0 else 1.0)
 
 
+def ingress_load(name: str, arrival: IngressLoad | float | None) -> IngressLoad | None:
+    """One service's ingress report as an `IngressLoad` (a bare float: prompt tokens/s); a
+    malformed one is dropped with a log line."""
+    if arrival is None:
+        return None
+    if isinstance(arrival, (int, float)) and not isinstance(arrival, bool):
+        arrival = IngressLoad(float(arrival))
+    problem = ingress_problem(arrival)
+    if problem is not None or not isinstance(arrival, IngressLoad):
+        logger.warning("ignoring ingress report of service %s: %s", name, problem)
+        return None
+    return arrival
+
+
+def output_mean(decode_reports: list[ReplicaStats]) -> float | None:
+    """Mean output tokens of the requests finished in the window, over all decode replicas."""
+    done = [(s.finished_requests, s.output_tokens_mean) for s in decode_reports]
+    n = sum(k for k, m in done if m is not None and k > 0)
+    if n <= 0:
+        return None
+    return sum(k * float(m) for k, m in done if m is not None and k > 0) / n
+
+
 def build_observations(
     services: Iterable[str],
-    stats: Iterable[Mapping[str, Any]],
+    stats: Iterable[ReplicaStats],
     counts: Mapping[str, RoleCounts],
-    arrivals: Mapping[str, float] | None = None,
+    arrivals: Mapping[str, IngressLoad | float] | None = None,
 ) -> dict[str, Observation]:
     """One observation per service; ``observed_at`` is the oldest decode report's wall time.
 
-    ``arrivals``: prompt tokens/s per service at the ingress (the offered prefill load)."""
-    by_role: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for s in stats:
-        if _well_formed(s):
-            by_role.setdefault((s["service"], s["role"]), []).append(dict(s))
+    ``arrivals``: per service, what arrives at the ingress (`IngressLoad`), or prompt tokens/s
+    alone as a float (then request_rate and prompt_mean stay None)."""
+    by_role: dict[tuple[str, str], list[ReplicaStats]] = {}
+    for s in well_formed(stats):
+        by_role.setdefault((s.service, s.role), []).append(s)
     out: dict[str, Observation] = {}
     for name in services:
         pre = by_role.get((name, "prefill"), [])
         dec = by_role.get((name, "decode"), [])
         c = counts.get(name, RoleCounts())
-        prefill = _pool(pre, c.prefill_ready, c.prefill_starting, "prefill_tps")
-        decode = _pool(dec, c.decode_ready, c.decode_starting, "decode_tps")
+        load = ingress_load(name, (arrivals or {}).get(name))
+        prefill = _pool(pre, c.prefill_ready, c.prefill_starting, "prefill")
+        decode = _pool(dec, c.decode_ready, c.decode_starting, "decode")
         complete = bool(dec) and len(dec) >= c.decode_ready and len(pre) >= c.prefill_ready
         signals = Signals(
-            observed_at=min(float(s["timestamp"]) for s in dec) if complete else None,
+            observed_at=min(float(s.timestamp) for s in dec) if complete else None,
             decode_tps=decode.tps,
             prefill_tps=prefill.tps,
-            prefill_offered_tps=offered_miss_tps((arrivals or {}).get(name), pre),
-            ttft_p99_s=_worst(s.get("ttft_p99") for s in dec + pre),
-            tbt_p99_s=_worst(s.get("tbt_p99") for s in dec),
+            prefill_offered_tps=offered_miss_tps(
+                None if load is None else load.prompt_tokens_per_s, pre
+            ),
+            ttft_p99_s=_worst(s.ttft_p99 for s in dec + pre),
+            tbt_p99_s=_worst(s.tbt_p99 for s in dec),
             prefill_busy=prefill.gpu_util,
             decode_busy=decode.gpu_util,
-            kv_use=_mean([float(s["kv_use"]) for s in dec]),
+            kv_use=_mean([float(s.kv_use) for s in dec]),
+            request_rate=None if load is None else load.requests_per_s,
+            prompt_mean=None if load is None else load.prompt_mean,
+            output_mean=output_mean(dec),
+            prefill_queue_s=_mean([float(q) for s in pre if (q := s.prefill_queue_s) is not None]),
+            decode_running=float(sum(s.running_mean for s in dec)) if dec else None,
+            decode_queue=float(sum(s.queue_length for s in dec)) if dec else None,
+            ttft_wait_p99_s=_worst(s.ttft_wait_p99 for s in pre),
+            ttft_service_p99_s=_worst(s.ttft_service_p99 for s in pre),
+            decode_step_s=_mean([float(t) for s in dec if (t := s.step_mean_s) is not None]),
         )
         out[name] = Observation(service=name, signals=signals, prefill=prefill, decode=decode)
     return out

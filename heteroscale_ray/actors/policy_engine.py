@@ -21,15 +21,21 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
-from heteroscale_ray.actors.checkpoint import NAMESPACE, PRE_SCHEDULER, kv_get, kv_put
+from heteroscale_ray.actors.checkpoint import (
+    NAMESPACE,
+    PRE_SCHEDULER,
+    kv_get,
+    kv_put,
+    load_services,
+    save_services,
+)
 from heteroscale_ray.actors.metrics import ControlPlaneMetrics
 from heteroscale_ray.actors.observe import build_observations
-from heteroscale_ray.config import ConfigError, ServicesConfig, ServiceSpec, parse_yaml_text
-from heteroscale_ray.control import HeteroScaleAutoscaler, Observation
-from heteroscale_ray.policy import PolicyState
+from heteroscale_ray.config import ServicesConfig, ServiceSpec
+from heteroscale_ray.control import Desired, HeteroScaleAutoscaler, Observation
+from heteroscale_ray.policy import PolicyState, RoleCounts
 
 logger = logging.getLogger(__name__)
-SERVICES_KEY = "services"
 STATE_KEY = "policy-engine"
 LOG_KEEP = 500
 LOG_CHECKPOINT = 50
@@ -40,7 +46,7 @@ class PolicyEngine:
 
     def __init__(
         self,
-        services_yaml: str,
+        config: ServicesConfig,
         period_s: float = 5.0,
         advisory: bool = False,
         metrics_port: int | None = None,
@@ -48,11 +54,10 @@ class PolicyEngine:
         self.period_s = period_s
         self.advisory = advisory
         self._lock = threading.RLock()
-        text = kv_get(SERVICES_KEY) or services_yaml
-        self.services_yaml = text
-        self.config = parse_yaml_text(text, ServicesConfig, "services")
-        kv_put(SERVICES_KEY, text)
-        self.autoscaler = HeteroScaleAutoscaler(self.config.services)
+        self.config = load_services() or config  # a restart keeps the last accepted update
+        save_services(self.config)
+        self._counts: dict[str, RoleCounts] | None = None  # from the last cycle's report
+        self.autoscaler = HeteroScaleAutoscaler(self.config.services, self.config.catalog)
         saved = kv_get(STATE_KEY) or {}
         for name, js in saved.get("states", {}).items():
             if name in self.autoscaler.states:
@@ -77,25 +82,21 @@ class PolicyEngine:
         self._thread.start()
 
     # ---- configuration ----
-    def update_services(self, services_yaml: str) -> tuple[bool, str]:
-        """Validate and switch to a new services.yaml; a bad one is rejected, the old one stays."""
+    def update_services(self, config: ServicesConfig) -> tuple[bool, str]:
+        """Switch to a new services config (validated where it entered: the CLI or
+        `control_plane.update_services`); policy states of kept services carry over."""
         import ray
 
-        try:
-            config = parse_yaml_text(services_yaml, ServicesConfig, "services update")
-        except ConfigError as e:
-            logger.warning("rejected services update: %s", e)
-            return False, str(e)
         with self._lock:
             old = self.autoscaler.states
-            self.autoscaler = HeteroScaleAutoscaler(config.services)
+            self.autoscaler = HeteroScaleAutoscaler(config.services, config.catalog)
             for name in self.autoscaler.states:
                 if name in old:
                     self.autoscaler.states[name] = old[name]
-            self.config, self.services_yaml = config, services_yaml
-            kv_put(SERVICES_KEY, services_yaml)
+            self.config = config
+            save_services(config)
             self._checkpoint()
-        ray.get(self._pre_scheduler().set_services.remote(services_yaml), timeout=30)
+        ray.get(self._pre_scheduler().set_services.remote(config), timeout=30)
         names = ", ".join(s.name for s in config.services)
         logger.info("services updated: %s", names)
         return True, f"accepted {len(config.services)} service(s): {names}"
@@ -129,14 +130,17 @@ class PolicyEngine:
         """One control period: observe, decide, plan (and actuate unless advisory)."""
         import ray
 
-        from heteroscale_ray.serving.deployments import prompt_arrival_rates, replica_stats
+        from heteroscale_ray.serving.deployments import ingress_loads, replica_stats
 
         t0 = time.perf_counter()
         fps = self._pre_scheduler()
-        counts = ray.get(fps.counts.remote(), timeout=60)
+        counts = self._counts
+        if counts is None:  # first period (or after an error): ask; later cycles report them
+            counts = ray.get(fps.counts.remote(), timeout=60)
+        self._counts = None
         stats = replica_stats()
         try:
-            arrivals = prompt_arrival_rates()
+            arrivals = ingress_loads()
         except Exception as e:  # an optional signal: without it the ratio uses processed tokens
             logger.debug("no ingress arrival rates: %s", e)
             arrivals = {}
@@ -173,13 +177,14 @@ class PolicyEngine:
                     e["outcome"] = f"not applied: {type(exc).__name__}: {exc}"
             raise
         with self._lock:
+            self._counts = cycle.pop("counts")
+            snapshot = cycle.pop("snapshot")
             self.cycles += 1
             for e in entries:
                 e["plan"] = [line for line in cycle.get("plan", []) if e["service"] in line]
                 e["outcome"] = "applied" if cycle.get("applied") else "advisory"
             self.last_observations = {n: _obs_dict(o) for n, o in obs.items()}
             self._checkpoint()
-        snapshot = ray.get(fps.snapshot.remote(), timeout=60)
         seconds = time.perf_counter() - t0
         with self._lock:
             self.last_cycle = {**cycle, "seconds": seconds}
@@ -187,7 +192,7 @@ class PolicyEngine:
         return self.last_cycle
 
     def _record(
-        self, now: float, desired: dict[str, Any], obs: dict[str, Observation]
+        self, now: float, desired: dict[str, Desired], obs: dict[str, Observation]
     ) -> list[dict[str, Any]]:
         """Append one log entry per decision (outcome filled in once the cycle returns)."""
         prev = {e["service"]: e for e in self.log}  # later entries win: the latest
@@ -197,13 +202,13 @@ class PolicyEngine:
             entry = {
                 "time": now,
                 "service": name,
-                "reason": d.reason,
+                "reason": d.reason.value,
                 "message": d.message,
                 "prefill": d.prefill,
                 "decode": d.decode,
                 "had_prefill": c.prefill,
                 "had_decode": c.decode,
-                "pd_ratio": d.pd_ratio,
+                "pd_ratio": None if d.pd_ratio is None else str(d.pd_ratio),
                 "advisory": self.advisory,
                 "plan": [],
                 "outcome": "planning",
@@ -212,7 +217,7 @@ class PolicyEngine:
             entries.append(entry)
             last = prev.get(name)
             changed = (d.prefill, d.decode) != (c.prefill, c.decode)
-            same = last is not None and last["reason"] == d.reason and not changed
+            same = last is not None and last["reason"] == d.reason.value and not changed
             level = logging.DEBUG if same else logging.INFO
             mode = "advisory " if self.advisory else ""
             logger.log(
@@ -220,7 +225,7 @@ class PolicyEngine:
                 "%sdecision %s: %s -> %dP/%dD (%s)",
                 mode,
                 name,
-                d.reason,
+                d.reason.value,
                 d.prefill,
                 d.decode,
                 d.message,
@@ -278,8 +283,8 @@ class PolicyEngine:
     def metrics_text(self) -> str:
         return self.metrics.text()
 
-    def services_text(self) -> str:
-        return self.services_yaml
+    def services(self) -> ServicesConfig:
+        return self.config
 
     def shutdown(self) -> None:
         """Stop the loop (before the actor is killed, so no cycle is cut halfway)."""
@@ -291,7 +296,7 @@ def _active_ratio(spec: ServiceSpec, state: PolicyState | None) -> str:
     """The P/D ratio the policy works at now: the configured one unless a dynamic one moved."""
     if state is None or state.active_ratio is None or not spec.policy.dynamic_ratio.enabled:
         return spec.pd_ratio
-    return f"{state.active_ratio[0]}:{state.active_ratio[1]}"
+    return str(state.active_ratio)
 
 
 def _obs_dict(obs: Observation) -> dict[str, Any]:

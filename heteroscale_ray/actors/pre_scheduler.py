@@ -1,13 +1,12 @@
 """FederatedPreScheduler: the cluster-wide topology view, placement, and the fan-out of plans.
 
 Every cycle it rebuilds the topology from Ray's node labels (or a given topology file), keeps
-only hosts whose GpuNode actor answers its sub-cluster scheduler, and calls the shared core
-`control.control_cycle` with the policy engine's desired counts: the very function the
-simulator calls, so both substrates plan identically. It owns the Deployment Group state
-(checkpointed before anything is actuated), runs soft scale-in on what plans remove (and on
-every DG of a service no longer configured), and hands each sub-cluster scheduler the DG
-targets it must reconcile Serve to. Instances in the soft scale-in window still hold their
-GPUs and ids, so they are passed to the planner as ``reserved``.
+only hosts whose GpuNode actor answers its sub-cluster scheduler, and runs the shared tick
+`control.ControlLoop.step` on the policy engine's decisions: the very tick the simulator runs
+(settle soft removals -> retire unconfigured services -> plan -> pending removals), so both
+substrates plan identically. This actor only gathers the tick's input and applies its result:
+it checkpoints the new DG state before anything is actuated, and hands each sub-cluster
+scheduler the DG targets it must reconcile Serve to.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from heteroscale_ray.actors.checkpoint import (
@@ -24,136 +24,43 @@ from heteroscale_ray.actors.checkpoint import (
     dgs_to_json,
     kv_get,
     kv_put,
+    load_services,
     pending_from_json,
     pending_to_json,
     sub_cluster_actor,
 )
-from heteroscale_ray.actors.serving_adapter import DgTarget, ServingOptions
+from heteroscale_ray.actors.serving_adapter import DgServeState, DgTarget, ServingOptions
 from heteroscale_ray.config import (
     Role,
     ServicesConfig,
     ServiceSpec,
     TopologySpec,
-    parse_yaml_text,
     topology_from_ray_nodes,
 )
-from heteroscale_ray.control import Desired, FixedDesires, Observation, control_cycle
-from heteroscale_ray.control.soft_scale_in import (
-    PendingRemoval,
-    pending_from_plan,
-    reserved_of,
-    serving_counts,
-    settle,
+from heteroscale_ray.control import (
+    ControlLoop,
+    Desired,
+    LoopState,
+    Observation,
+    RunningReplicas,
+    TickInput,
+    ready_and_starting,
 )
+from heteroscale_ray.control.retire import unroutable
+from heteroscale_ray.control.soft_scale_in import PendingRemoval, serving_counts
 from heteroscale_ray.policy import RoleCounts
 from heteroscale_ray.topology import (
     CLUSTER_WIDE,
-    AddInstances,
     ClusterGraph,
-    CreateDG,
-    DeleteDG,
     DeploymentGroup,
-    PlacementPlan,
-    RemoveInstances,
+    describe_plan,
+    domain_owners,
+    without_hosts,
 )
 
 logger = logging.getLogger(__name__)
 KEY = "pre-scheduler"
-SERVICES_KEY = "services"
 FAN_OUT_TIMEOUT_S = 60.0
-
-
-def describe_plan(plan: PlacementPlan) -> list[str]:
-    """One short line per action, for logs and `heteroscale status`."""
-    lines = []
-    for a in plan.all_actions():
-        if isinstance(a, CreateDG):
-            dg = a.dg
-            lines.append(
-                f"create {dg.dg_id} in {dg.level.value} {dg.domain} "
-                f"(prefill {dg.prefill_gpu_type}, decode {dg.decode_gpu_type})"
-            )
-        elif isinstance(a, AddInstances):
-            lines.append(f"add {len(a.instances)} {a.role.value} to {a.dg_id}")
-        elif isinstance(a, RemoveInstances):
-            lines.append(f"remove {len(a.instance_ids)} {a.role.value} from {a.dg_id} (soft)")
-        elif isinstance(a, DeleteDG):
-            lines.append(f"delete {a.dg_id} (soft)")
-    for u in plan.unplaced:
-        lines.append(f"unplaced {u.count} {u.role.value} of {u.service}: {u.reason.value}")
-    return lines
-
-
-def _without_hosts(spec: TopologySpec, gone: set[str]) -> TopologySpec:
-    """The topology minus some hosts (and any switch left empty)."""
-    data = spec.model_dump()
-    pods = []
-    for s2 in data["big_pods"]:
-        minis = []
-        for s1 in s2["mini_pods"]:
-            leaves = [
-                {**s0, "hosts": [h for h in s0["hosts"] if h["name"] not in gone]}
-                for s0 in s1["leaves"]
-            ]
-            leaves = [s0 for s0 in leaves if s0["hosts"]]
-            if leaves:
-                minis.append({**s1, "leaves": leaves})
-        if minis:
-            pods.append({**s2, "mini_pods": minis})
-    data["big_pods"] = pods
-    if data.get("sub_clusters"):
-        alive = {p["name"] for p in pods}
-        data["sub_clusters"] = {
-            k: [b for b in v if b in alive] for k, v in data["sub_clusters"].items()
-        }
-        data["sub_clusters"] = {k: v for k, v in data["sub_clusters"].items() if v}
-    return TopologySpec.model_validate(data)
-
-
-def domain_owners(spec: TopologySpec, previous: Mapping[str, str]) -> dict[str, str]:
-    """Domain name (S1 and S2) -> the sub-cluster that owns its DGs.
-
-    Built from the topology *before* unhealthy hosts are removed and merged over the previous
-    mapping, so a domain that briefly vanishes (all its hosts miss a report, or its Ray nodes
-    are not alive for a moment) keeps its owner: a DG never moves to another sub-cluster
-    scheduler, which would delete and redeploy it, because of a transient outage.
-    """
-    out = dict(previous)
-    sub_of = spec.sub_cluster_of()
-    for s2 in spec.big_pods:
-        sc = sub_of[s2.name]
-        out[s2.name] = sc
-        for s1 in s2.mini_pods:
-            out[s1.name] = sc
-    return out
-
-
-def retire_unconfigured(
-    dgs: Sequence[DeploymentGroup], services: Mapping[str, ServiceSpec], now: float
-) -> tuple[tuple[DeploymentGroup, ...], tuple[PendingRemoval, ...]]:
-    """DGs of services no longer configured leave the state as whole-DG soft removals.
-
-    They drain like any deleted DG and `settle` stops them once the window ends (a service
-    without a spec is never restored, unless it is configured again before then).
-    """
-    kept = tuple(dg for dg in dgs if dg.service in services)
-    retired = tuple(
-        PendingRemoval(dg, dg.instances, now, whole_dg=True)
-        for dg in dgs
-        if dg.service not in services
-    )
-    return kept, retired
-
-
-def unroutable(
-    candidates: Iterable[str],
-    services: Mapping[str, ServiceSpec],
-    dgs: Iterable[DeploymentGroup],
-    pending: Iterable[PendingRemoval],
-) -> list[str]:
-    """Candidates that can leave the routing table: not configured, holding no DG any more."""
-    holding = {dg.service for dg in dgs} | {p.service for p in pending}
-    return sorted(s for s in set(candidates) if s not in services and s not in holding)
 
 
 class FederatedPreScheduler:
@@ -161,23 +68,20 @@ class FederatedPreScheduler:
 
     def __init__(
         self,
-        services_yaml: str,
-        topology_yaml: str | None,
+        config: ServicesConfig,
+        topology: TopologySpec | None,
         options: ServingOptions,
         soft_window_s: float = 60.0,
     ) -> None:
         self.options = options
-        self.soft_window_s = soft_window_s
         self._lock = threading.Lock()
-        text = kv_get(SERVICES_KEY) or services_yaml
-        self.config = parse_yaml_text(text, ServicesConfig, "services")
-        self.static_topology = (
-            parse_yaml_text(topology_yaml, TopologySpec, "topology") if topology_yaml else None
-        )
+        self.config = load_services() or config  # a restart keeps the last accepted update
+        self.loop = ControlLoop(catalog=self.config.catalog, soft_window_s=soft_window_s)
+        self.static_topology = topology
         saved = kv_get(KEY) or {}
-        self.dgs: tuple[DeploymentGroup, ...] = dgs_from_json(saved.get("dgs", []))
-        self.pending: tuple[PendingRemoval, ...] = tuple(
-            pending_from_json(p) for p in saved.get("pending", [])
+        self.state = LoopState(
+            dgs_from_json(saved.get("dgs", [])),
+            tuple(pending_from_json(p) for p in saved.get("pending", [])),
         )
         # Removed services whose routing-table entry goes once their last DG is stopped.
         self._unroute: set[str] = set(saved.get("unroute", []))
@@ -187,9 +91,17 @@ class FederatedPreScheduler:
         self._schedulers: dict[str, Any] = {}
         # Domain -> owning sub-cluster, checkpointed so a restart during an outage keeps it.
         self._sub_cluster_of_domain: dict[str, str] = dict(saved.get("owners", {}))
-        self._status: dict[str, dict[str, Any]] = {}
+        self._status: dict[str, DgServeState] = {}
         self._hosts: list[dict[str, Any]] = []
         self._last: dict[str, Any] = {}
+
+    @property
+    def dgs(self) -> tuple[DeploymentGroup, ...]:
+        return self.state.dgs
+
+    @property
+    def pending(self) -> tuple[PendingRemoval, ...]:
+        return self.state.pending
 
     def _checkpoint(self) -> None:
         kv_put(
@@ -202,11 +114,12 @@ class FederatedPreScheduler:
             },
         )
 
-    def set_services(self, services_yaml: str) -> None:
+    def set_services(self, config: ServicesConfig) -> None:
         """Take a config the policy engine already validated (and checkpointed)."""
         with self._lock:
             old = set(self.config.by_name())
-            self.config = parse_yaml_text(services_yaml, ServicesConfig, "services")
+            self.config = config
+            self.loop = replace(self.loop, catalog=config.catalog)
             removed = old - set(self.config.by_name())
             if removed - self._unroute:
                 self._unroute |= removed
@@ -264,29 +177,28 @@ class FederatedPreScheduler:
         healthy = {r["host"] for r in reports if r.get("healthy")}
         gone = {h.name for *_, h in spec.hosts()} - healthy
         if gone:
-            spec = _without_hosts(spec, gone)
+            spec = without_hosts(spec, gone)
         if spec != self._spec or self._graph is None:
             self._graph = ClusterGraph.from_topology(spec, self.config.catalog)
             self._spec = spec
         return self._graph
 
     # ---- the cycle ----
-    def counts(self) -> dict[str, RoleCounts]:
-        """Per service: target instances split into ready (running on Serve) and starting."""
+    def _running(self) -> dict[str, RunningReplicas]:
+        """DG id -> replicas Serve runs, from the last reconcile's status."""
         from heteroscale_ray.serving.deployments import dg_app_name
 
+        out = {}
+        for dg in self.dgs:
+            st = self._status.get(dg_app_name(dg.service, dg.dg_id))
+            if st is not None:
+                out[dg.dg_id] = RunningReplicas(st.prefill.running, st.decode.running)
+        return out
+
+    def counts(self) -> dict[str, RoleCounts]:
+        """Per service: target instances split into ready (running on Serve) and starting."""
         with self._lock:
-            out: dict[str, list[int]] = {}
-            for dg in self.dgs:
-                st = self._status.get(dg_app_name(dg.service, dg.dg_id), {})
-                c = out.setdefault(dg.service, [0, 0, 0, 0])
-                for k, role in ((0, Role.PREFILL), (2, Role.DECODE)):
-                    want = dg.count(role)
-                    running = int(st.get(role.value, (0, 0))[0])
-                    ready = min(want, running)
-                    c[k] += ready
-                    c[k + 1] += want - ready
-            return {s: RoleCounts(*c) for s, c in out.items()}
+            return ready_and_starting(self.dgs, self._running())
 
     def run_cycle(
         self,
@@ -295,53 +207,24 @@ class FederatedPreScheduler:
         observations: Mapping[str, Observation],
         apply: bool = True,
     ) -> dict[str, Any]:
-        """Settle soft removals, plan with the shared core, checkpoint, then actuate."""
+        """One tick of the shared control loop; commit and actuate its result unless advisory.
+
+        The report carries what the policy engine needs next (counts for the next period, the
+        snapshot for its metrics), so one round trip per period suffices.
+        """
         t0 = time.perf_counter()
         with self._lock:
-            graph = self._refresh_topology()
             services = self.config.by_name()
-            events: list[str] = []
-            dgs, pending = self.dgs, self.pending
-            if apply and pending:
-                settled = settle(
-                    dgs,
-                    pending,
-                    now=now,
-                    window_s=self.soft_window_s,
-                    services=services,
-                    observations=observations,
-                    desired=desired,
-                    graph=graph,
-                )
-                dgs, pending, events = settled.dgs, settled.pending, list(settled.events)
-            if apply:
-                dgs, retired = retire_unconfigured(dgs, services, now)
-                if retired:
-                    pending = pending + retired
-                    self._unroute |= {p.service for p in retired}
-                    events += [
-                        f"{p.dg.dg_id}: service {p.service} is no longer configured; "
-                        "whole DG drains (soft)"
-                        for p in retired
-                    ]
-            self._unroute -= services.keys()  # configured again: keep its route
-            known = {k: v for k, v in desired.items() if k in services}
-            result = control_cycle(
-                FixedDesires(known),
-                now,
-                observations,
-                graph=graph,
-                services=services,
-                dgs=dgs,
-                catalog=self.config.catalog,
-                reserved=reserved_of(pending),
-            )
+            tick = TickInput(now, desired, observations, services, self._refresh_topology())
+            result = self.loop.step(self.state, tick)
             plan_lines = describe_plan(result.plan)
+            events = list(result.events)
             actuation_error: str | None = None
+            self._unroute -= services.keys()  # configured again: keep its route
             if apply:
-                pending = pending + tuple(pending_from_plan(result.plan, dgs, now))
-                changed = (result.dgs, pending) != (self.dgs, self.pending)
-                self.dgs, self.pending = result.dgs, pending
+                self._unroute |= {p.service for p in result.retired}
+                changed = result.state != self.state
+                self.state = result.state
                 if changed:
                     self._checkpoint()  # before actuating: a crash re-applies, never forgets
                 # The plan is committed from here on, so actuation errors must not surface as a
@@ -373,7 +256,11 @@ class FederatedPreScheduler:
                 "actuation_error": actuation_error,
                 "seconds": time.perf_counter() - t0,
             }
-            return dict(self._last)
+            return {
+                **self._last,
+                "counts": ready_and_starting(self.dgs, self._running()),
+                "snapshot": self._snapshot(),
+            }
 
     def _targets(self) -> dict[str, list[DgTarget]]:
         services = self.config.by_name()
@@ -450,47 +337,50 @@ class FederatedPreScheduler:
 
     # ---- reporting ----
     def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
         from heteroscale_ray.serving.deployments import dg_app_name
 
-        with self._lock:
-            dgs = []
-            for dg in self.dgs:
-                app = dg_app_name(dg.service, dg.dg_id)
-                st = self._status.get(app, {})
-                dgs.append(
-                    {
-                        "service": dg.service,
-                        "dg_id": dg.dg_id,
-                        "app": app,
-                        "domain": f"{dg.level.value}:{dg.domain}",
-                        "prefill_gpu_type": dg.prefill_gpu_type,
-                        "decode_gpu_type": dg.decode_gpu_type,
-                        "prefill": dg.count(Role.PREFILL),
-                        "decode": dg.count(Role.DECODE),
-                        "running": {r: st.get(r, (0, 0))[0] for r in ("prefill", "decode")},
-                        "gate_open": st.get("gate_open"),
-                        "weight": st.get("weight", 1.0),
-                    }
-                )
-            pending = [
+        dgs = []
+        for dg in self.dgs:
+            app = dg_app_name(dg.service, dg.dg_id)
+            st = self._status.get(app, DgServeState())
+            dgs.append(
                 {
-                    "dg_id": p.dg.dg_id,
-                    "service": p.service,
-                    "whole_dg": p.whole_dg,
-                    "prefill": p.count(Role.PREFILL),
-                    "decode": p.count(Role.DECODE),
-                    "since": p.since,
+                    "service": dg.service,
+                    "dg_id": dg.dg_id,
+                    "app": app,
+                    "domain": f"{dg.level.value}:{dg.domain}",
+                    "prefill_gpu_type": dg.prefill_gpu_type,
+                    "decode_gpu_type": dg.decode_gpu_type,
+                    "prefill": dg.count(Role.PREFILL),
+                    "decode": dg.count(Role.DECODE),
+                    "running": {"prefill": st.prefill.running, "decode": st.decode.running},
+                    "gate_open": st.gate_open,
+                    "weight": st.weight,
                 }
-                for p in self.pending
-            ]
-            return {
-                "dgs": dgs,
-                "pending_removals": pending,
-                "hosts": list(self._hosts),
-                "sub_clusters": sorted(self._schedulers),
-                "last_cycle": dict(self._last),
-                "restored": self.restored,
+            )
+        pending = [
+            {
+                "dg_id": p.dg.dg_id,
+                "service": p.service,
+                "whole_dg": p.whole_dg,
+                "prefill": p.count(Role.PREFILL),
+                "decode": p.count(Role.DECODE),
+                "since": p.since,
             }
+            for p in self.pending
+        ]
+        return {
+            "dgs": dgs,
+            "pending_removals": pending,
+            "hosts": list(self._hosts),
+            "sub_clusters": sorted(self._schedulers),
+            "last_cycle": dict(self._last),
+            "restored": self.restored,
+        }
 
     def delete_all(self) -> list[str]:
         """Delete every DG on Serve and forget them (``heteroscale stop --purge``)."""
@@ -500,7 +390,7 @@ class FederatedPreScheduler:
             gone = []
             for sc in list(self._schedulers):
                 gone += ray.get(self._schedulers[sc].delete_all.remote(), timeout=60)
-            self.dgs, self.pending = (), ()
+            self.state = LoopState()
             self._checkpoint()
             return gone
 

@@ -1,8 +1,8 @@
 """Thin adapter from control-plane targets to the serving layer's actuator API.
 
 Keeps every Serve detail the schedulers need in one place: how a DG target becomes a
-`DgServingSpec`, how many replicas of each role Serve runs (`serve.status()`), and when the
-start-up-skew ratio gate opens. Replicas are pinned by label selectors to the DG's domain and
+`DgServingSpec`, and how many replicas of each role Serve runs (`serve.status()`), as small
+named records. Replicas are pinned by label selectors to the DG's domain and
 per-role GPU type; Serve (not us) picks the host inside that domain, so the per-host GPU
 indices the placement core reserves are bookkeeping, not a binding.
 """
@@ -10,11 +10,11 @@ indices the placement core reserves are bookkeeping, not a binding.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from heteroscale_ray.config import AffinityLevel
 from heteroscale_ray.serving.emulation import EmulationConfig
-from heteroscale_ray.serving.engine import ModelConfig
+from heteroscale_ray.serving.model import ModelConfig
 
 RUNNING_STATES = {"RUNNING"}
 STARTING_STATES = {"STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION"}
@@ -76,13 +76,40 @@ def serving_spec(target: DgTarget, options: ServingOptions) -> Any:
     )
 
 
-def live_replicas() -> dict[str, dict[str, tuple[int, int]]]:
-    """Serve application -> role -> (running, starting) replicas, from `serve.status()`."""
+class ReplicaCounts(NamedTuple):
+    """Replicas of one role of one DG application, as Serve reports them."""
+
+    running: int = 0
+    starting: int = 0
+
+
+@dataclass(frozen=True)
+class DgServeState:
+    """One DG application on Serve after a reconcile: replicas per role and its routing gates."""
+
+    prefill: ReplicaCounts = ReplicaCounts()
+    decode: ReplicaCounts = ReplicaCounts()
+    gate_open: bool = False
+    draining: bool = False
+    weight: float = 1.0
+    error: str | None = None
+
+
+class RouteState(NamedTuple):
+    """The routing gates last applied to a DG application."""
+
+    draining: bool
+    weight: float
+    gate_open: bool
+
+
+def live_replicas() -> dict[str, dict[str, ReplicaCounts]]:
+    """Serve application -> role ("prefill"/"decode") -> replicas, from `serve.status()`."""
     from ray import serve
 
     from heteroscale_ray.serving.deployments import ROLE_DEPLOYMENT
 
-    out: dict[str, dict[str, tuple[int, int]]] = {}
+    out: dict[str, dict[str, ReplicaCounts]] = {}
     for app_name, app in serve.status().applications.items():
         roles = {}
         for role, dep_name in ROLE_DEPLOYMENT.items():
@@ -92,19 +119,6 @@ def live_replicas() -> dict[str, dict[str, tuple[int, int]]]:
             states = {str(getattr(k, "value", k)): n for k, n in dep.replica_states.items()}
             running = sum(n for k, n in states.items() if k in RUNNING_STATES)
             starting = sum(n for k, n in states.items() if k in STARTING_STATES)
-            roles[role] = (running, starting)
+            roles[role] = ReplicaCounts(running, starting)
         out[app_name] = roles
     return out
-
-
-def gate_open(ready_p: int, ready_d: int, want_p: int, want_d: int, tolerance: float) -> bool:
-    """Start-up skew: route to a DG only once its ready P:D is near the ratio it is built for.
-    A DG meant to hold no instances of one role never opens: it could finish no request."""
-    if want_p == 0 or want_d == 0:
-        return False
-    if ready_p >= want_p and ready_d >= want_d:
-        return True
-    if ready_p == 0 or ready_d == 0 or want_p == 0 or want_d == 0:
-        return False
-    skew = (ready_p / ready_d) / (want_p / want_d)
-    return 1.0 / (1.0 + tolerance) <= skew <= 1.0 + tolerance

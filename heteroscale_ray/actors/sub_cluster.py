@@ -18,12 +18,15 @@ from typing import Any
 
 from heteroscale_ray.actors.checkpoint import kv_get, kv_put
 from heteroscale_ray.actors.serving_adapter import (
+    DgServeState,
     DgTarget,
+    ReplicaCounts,
+    RouteState,
     ServingOptions,
-    gate_open,
     live_replicas,
     serving_spec,
 )
+from heteroscale_ray.control.startup_skew import gate_open
 
 logger = logging.getLogger(__name__)
 REPORT_TIMEOUT_S = 5.0
@@ -42,8 +45,8 @@ class SubClusterScheduler:
         self._hosts: dict[str, str] = dict(saved.get("hosts", {}))  # host -> node id
         self._nodes: dict[str, Any] = {}
         self._applied: dict[str, tuple[int, int]] = {}  # app -> replicas last requested
-        self._routes: dict[str, tuple[bool, float, bool]] = {}  # app -> (draining, weight, gate)
-        self._status: dict[str, dict[str, Any]] = {}
+        self._routes: dict[str, RouteState] = {}
+        self._status: dict[str, DgServeState] = {}
         self.restored = bool(saved)
 
     def _checkpoint(self) -> None:
@@ -94,7 +97,7 @@ class SubClusterScheduler:
         return reports
 
     # ---- plans ----
-    def reconcile(self, targets: Sequence[DgTarget]) -> dict[str, dict[str, Any]]:
+    def reconcile(self, targets: Sequence[DgTarget]) -> dict[str, DgServeState]:
         """Bring Serve to ``targets``; returns per-DG replica readiness and gate state."""
         from heteroscale_ray.serving import deployments as dep
 
@@ -123,20 +126,20 @@ class SubClusterScheduler:
                 self._routes.pop(app, None)
                 self._checkpoint()
             self._status = {
-                app: {
-                    "prefill": live.get(app, {}).get("prefill", (0, 0)),
-                    "decode": live.get(app, {}).get("decode", (0, 0)),
-                    "gate_open": self._routes.get(app, (False, 1.0, False))[2],
-                    "draining": wanted[app].draining,
-                    "weight": wanted[app].weight,
-                    "error": failed.get(app),
-                }
+                app: DgServeState(
+                    prefill=live.get(app, {}).get("prefill", ReplicaCounts()),
+                    decode=live.get(app, {}).get("decode", ReplicaCounts()),
+                    gate_open=app in self._routes and self._routes[app].gate_open,
+                    draining=wanted[app].draining,
+                    weight=wanted[app].weight,
+                    error=failed.get(app),
+                )
                 for app in wanted
             }
             return dict(self._status)
 
     def _reconcile_one(
-        self, t: DgTarget, live: dict[str, dict[str, tuple[int, int]]], routed: set[str]
+        self, t: DgTarget, live: dict[str, dict[str, ReplicaCounts]], routed: set[str]
     ) -> None:
         from heteroscale_ray.serving import deployments as dep
 
@@ -146,7 +149,7 @@ class SubClusterScheduler:
             self._owned.add(app)
             self._checkpoint()
             self._applied[app] = (t.prefill, t.decode)
-            self._routes[app] = (False, t.weight, False)
+            self._routes[app] = RouteState(False, t.weight, False)
             logger.info("%s: deployed DG %s (%dP+%dD)", self.name, app, t.prefill, t.decode)
             return
         if app not in self._owned:
@@ -171,20 +174,20 @@ class SubClusterScheduler:
                 logger.info("%s: scaled %s to %dP+%dD", self.name, app, t.prefill, t.decode)
             self._applied[app] = (t.prefill, t.decode)
 
-    def _route(self, app: str, t: DgTarget, live: dict[str, tuple[int, int]]) -> None:
+    def _route(self, app: str, t: DgTarget, live: dict[str, ReplicaCounts]) -> None:
         from heteroscale_ray.serving import deployments as dep
 
-        ready_p = live.get("prefill", (0, 0))[0]
-        ready_d = live.get("decode", (0, 0))[0]
+        ready_p = live.get("prefill", ReplicaCounts()).running
+        ready_d = live.get("decode", ReplicaCounts()).running
         gate = gate_open(ready_p, ready_d, t.prefill, t.decode, self.options.ratio_tolerance)
         old = self._routes.get(app)
-        if old is None or old[0] != t.draining:
+        if old is None or old.draining != t.draining:
             dep.set_draining(app, t.draining)
-        if old is None or old[1] != t.weight:
+        if old is None or old.weight != t.weight:
             dep.set_weight(app, t.weight)
-        if old is None or old[2] != gate:
+        if old is None or old.gate_open != gate:
             dep.set_ratio_gate(app, gate)
-        self._routes[app] = (t.draining, t.weight, gate)
+        self._routes[app] = RouteState(t.draining, t.weight, gate)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -11,10 +11,12 @@ from heteroscale_ray.config.loader import (
 )
 from heteroscale_ray.config.services import (
     AffinityLevel,
+    DemandSpec,
     DynamicRatio,
     KvGuard,
     LatencyGuard,
     LatencyTier,
+    PdRatio,
     PeriodicEntry,
     PolicySpec,
     Role,
@@ -40,6 +42,7 @@ __all__ = [
     "AffinityLevel",
     "BigPodSpec",
     "ConfigError",
+    "DemandSpec",
     "DynamicRatio",
     "GpuCatalog",
     "GpuType",
@@ -49,6 +52,7 @@ __all__ = [
     "LatencyTier",
     "LeafSpec",
     "MiniPodSpec",
+    "PdRatio",
     "PeriodicEntry",
     "PolicySpec",
     "Role",

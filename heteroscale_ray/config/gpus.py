@@ -2,11 +2,13 @@
 
 Built-in values are dense BF16 (no sparsity) from public spec sheets; prices are
 notional relative hourly costs (H20 = 1.0) because real prices differ by provider.
-Override or extend the catalog in YAML (see ``examples/gpus.yaml``).
+Override or extend the catalog in YAML: a top-level ``gpus:`` list in the services file
+(``ServicesConfig.gpus``), entries in the same fields as ``GpuType``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -155,6 +157,18 @@ class GpuCatalog(BaseModel):
 
     def names(self) -> list[str]:
         return sorted(self.gpus)
+
+    def check_known(self, gpu_types: Iterable[str], where: str, hint: str = "") -> None:
+        """Raise ValueError naming the first of ``gpu_types`` this catalog does not have.
+
+        The one catalog check for configured GPU types; ``where`` says what names them (e.g.
+        "service 'chat' prefill.gpu_types"), ``hint`` is appended to the fix.
+        """
+        for gpu in gpu_types:
+            if gpu not in self.gpus:
+                raise ValueError(
+                    f"{where} names unknown GPU {gpu!r}: use one of {self.names()}{hint}"
+                )
 
 
 DEFAULT_CATALOG = GpuCatalog()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -226,8 +226,63 @@ class DynamicRatio(BaseModel):
         (a, b), (c, d) = self.bound_ratios()
         return a / b, c / d
 
-    def bound_ratios(self) -> tuple[tuple[int, int], tuple[int, int]]:
+    def bound_ratios(self) -> tuple[PdRatio, PdRatio]:
         return parse_pd_ratio(self.min_ratio), parse_pd_ratio(self.max_ratio)
+
+
+class DemandSpec(BaseModel):
+    """How `signal: demand` sizes each role: its arrival-side demand over what one instance
+    carries, learned from replica reports with the roofline model as the prior. Every default
+    is a property of queueing and of the SLO, not of a trace."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefill_utilization: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Busy share prefill instances are sized for; the rest absorbs bursts "
+        "(queueing wait grows without bound as this nears 1).",
+    )
+    decode_tbt_margin: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Decode batches are sized so that one step takes at most this share of the "
+        "TBT SLO.",
+    )
+    drain_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A queued backlog is planned to drain within this many seconds.",
+    )
+    backlog_periods: int = Field(
+        default=3,
+        ge=1,
+        description="A role whose backlog grew this many periods in a row is never held or "
+        "scaled in (reason backlog_growth).",
+    )
+    learn: bool = Field(
+        default=True,
+        description="Correct the roofline prior with what replicas report (busy time, step time).",
+    )
+    learn_smoothing_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Time constant of the learned correction's moving average.",
+    )
+    prefill_tokens_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Override: cache-miss prompt tokens/s one prefill instance processes when "
+        "busy all the time (replaces the learned value).",
+    )
+    decode_batch: float | None = Field(
+        default=None,
+        gt=0,
+        description="Override: sequences one decode instance runs within the TBT SLO "
+        "(replaces the learned value).",
+    )
 
 
 class PolicySpec(BaseModel):
@@ -240,16 +295,20 @@ class PolicySpec(BaseModel):
         description="'metrics': proportional control + latency guard; 'periodic': the time table "
         "only (hold outside it); 'hybrid': the larger of the two.",
     )
-    signal: Literal["decode_tps", "prefill_tps"] = Field(
+    signal: Literal["decode_tps", "prefill_tps", "demand"] = Field(
         default="decode_tps",
-        description="Throughput signal for proportional control; prefill_tps counts cache-miss "
-        "tokens only. Decode TPS is the paper's production choice.",
+        description="'decode_tps'/'prefill_tps': the paper's proportional control on one "
+        "throughput signal, split by the fixed P/D ratio (prefill_tps counts cache-miss tokens "
+        "only; decode TPS is the paper's production choice). 'demand': each role sized on its "
+        "own arrival-side demand over a learned per-instance capacity; the ratio follows.",
     )
-    target_per_instance: float = Field(
+    target_per_instance: float | None = Field(
+        default=None,
         gt=0,
         description="Tokens/s one instance of the signal's role should carry at the target load "
-        "(found by a stress test, e.g. `heteroscale pd-sweep`).",
+        "(found by `heteroscale tune`); required for decode_tps/prefill_tps.",
     )
+    demand: DemandSpec = Field(default_factory=DemandSpec)
     scale_out_tolerance: float = Field(
         default=0.10, ge=0, le=1, description="Scale out only when required/current > 1 + this."
     )
@@ -283,6 +342,16 @@ class PolicySpec(BaseModel):
 
     @model_validator(mode="after")
     def _periodic_needs_table(self) -> PolicySpec:
+        if self.signal != "demand" and self.target_per_instance is None:
+            raise ValueError(
+                f"signal '{self.signal}' needs target_per_instance (tokens/s one instance carries "
+                "at target load): set it (`heteroscale tune` finds it), or use signal 'demand'"
+            )
+        if self.signal == "demand" and self.dynamic_ratio.enabled:
+            raise ValueError(
+                "signal 'demand' sizes each role on its own, so the ratio already follows the "
+                "load: turn dynamic_ratio off"
+            )
         if self.mode in ("periodic", "hybrid") and not self.periodic:
             raise ValueError(
                 f"mode '{self.mode}' needs a 'periodic' time table: add entries or use mode 'metrics'"
@@ -295,14 +364,29 @@ class PolicySpec(BaseModel):
         return self
 
 
-def parse_pd_ratio(text: str) -> tuple[int, int]:
-    """'1:3' -> (1, 3). Prefill first, decode second, both positive integers."""
+class PdRatio(NamedTuple):
+    """A prefill:decode instance ratio, e.g. 1:3; written and read as "1:3"."""
+
+    prefill: int
+    decode: int
+
+    def __str__(self) -> str:
+        return f"{self.prefill}:{self.decode}"
+
+    @property
+    def value(self) -> float:
+        """Prefill instances per decode instance."""
+        return self.prefill / self.decode
+
+
+def parse_pd_ratio(text: str) -> PdRatio:
+    """'1:3' -> PdRatio(1, 3). Prefill first, decode second, both positive integers."""
     m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
     if not m or int(m.group(1)) == 0 or int(m.group(2)) == 0:
         raise ValueError(
             f"P/D ratio {text!r} must look like '1:3' (prefill:decode, positive integers)"
         )
-    return int(m.group(1)), int(m.group(2))
+    return PdRatio(int(m.group(1)), int(m.group(2)))
 
 
 class ServiceSpec(BaseModel):
@@ -353,7 +437,7 @@ class ServiceSpec(BaseModel):
         return self
 
     @property
-    def ratio(self) -> tuple[int, int]:
+    def ratio(self) -> PdRatio:
         return parse_pd_ratio(self.pd_ratio)
 
     def role(self, role: Role) -> RoleSpec:
@@ -379,12 +463,11 @@ class ServicesConfig(BaseModel):
         catalog = self.catalog
         for s in self.services:
             for role in Role:
-                for gpu in s.role(role).gpu_types:
-                    if gpu not in catalog:
-                        raise ValueError(
-                            f"service {s.name!r} {role.value}.gpu_types names unknown GPU {gpu!r}: "
-                            f"use one of {catalog.names()} or add it under 'gpus'"
-                        )
+                catalog.check_known(
+                    s.role(role).gpu_types,
+                    f"service {s.name!r} {role.value}.gpu_types",
+                    " or add it under 'gpus'",
+                )
         return self
 
     @property

@@ -1,33 +1,41 @@
-"""Control loop glue shared by the simulator and the Ray actors (pure: no Ray, no clock, no I/O).
+"""The control tick both substrates share (pure: no Ray, no clock, no I/O).
 
-An `Autoscaler` turns observations into desired counts, `control_cycle` turns desired counts into
-a placement plan through the shared topology core, and an `Actuator` carries the plan out.
+An `Autoscaler` turns observations into desired counts; `ControlLoop.step` turns desired counts
+into a new DG state and a placement plan (settle soft removals -> retire -> plan -> pending);
+the substrate's actuator carries the plan out.
 """
 
 from heteroscale_ray.control.actuator import Actuator, AdvisoryActuator
-from heteroscale_ray.control.autoscaler import Autoscaler, FixedDesires, HeteroScaleAutoscaler
+from heteroscale_ray.control.autoscaler import Autoscaler, HeteroScaleAutoscaler
 from heteroscale_ray.control.baselines import (
     HpaUtilAutoscaler,
     ScheduledAutoscaler,
     ServeDefaultAutoscaler,
     StaticAutoscaler,
 )
+from heteroscale_ray.control.counts import RunningReplicas, ready_and_starting
 from heteroscale_ray.control.cycle import CycleResult, control_cycle
+from heteroscale_ray.control.loop import ControlLoop, LoopState, StepResult, TickInput
 from heteroscale_ray.control.types import Desired, Observation, PoolObservation
 
 __all__ = [
     "Actuator",
     "AdvisoryActuator",
     "Autoscaler",
-    "Desired",
+    "ControlLoop",
     "CycleResult",
-    "FixedDesires",
+    "Desired",
     "HeteroScaleAutoscaler",
     "HpaUtilAutoscaler",
+    "LoopState",
     "Observation",
     "PoolObservation",
+    "RunningReplicas",
     "ScheduledAutoscaler",
     "ServeDefaultAutoscaler",
     "StaticAutoscaler",
+    "StepResult",
+    "TickInput",
     "control_cycle",
+    "ready_and_starting",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from heteroscale_ray.config import ServiceSpec
+from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, ServiceSpec
 from heteroscale_ray.control.types import Desired, Observation
 from heteroscale_ray.policy import PolicyState, decide
 
@@ -31,8 +31,11 @@ class HeteroScaleAutoscaler:
 
     name = "heteroscale"
 
-    def __init__(self, services: Iterable[ServiceSpec]) -> None:
+    def __init__(
+        self, services: Iterable[ServiceSpec], catalog: GpuCatalog = DEFAULT_CATALOG
+    ) -> None:
         self.specs = {s.name: s for s in services}
+        self.catalog = catalog
         self.states: dict[str, PolicyState] = {name: PolicyState() for name in self.specs}
 
     def desire(self, now: float, observations: Mapping[str, Observation]) -> dict[str, Desired]:
@@ -40,29 +43,14 @@ class HeteroScaleAutoscaler:
         for name, obs in observations.items():
             spec = self.specs[name]
             decision, self.states[name] = decide(
-                spec, obs.signals, obs.counts, self.states[name], now
+                spec, obs.signals, obs.counts, self.states[name], now, self.catalog
             )
             out[name] = Desired(
                 service=name,
                 prefill=decision.prefill,
                 decode=decision.decode,
-                reason=decision.reason.value,
+                reason=decision.reason,
                 message=decision.message,
-                pd_ratio=decision.pd_ratio or None,
+                pd_ratio=decision.pd_ratio,
             )
         return out
-
-
-class FixedDesires:
-    """An `Autoscaler` that returns decisions made elsewhere, so `control_cycle` (requests and
-    placement) can run where the plan is applied: the pre-scheduler (the policy engine decided)
-    and the simulator's soft scale-in (which settles removals between deciding and planning)."""
-
-    name = "heteroscale"
-
-    def __init__(self, desired: Mapping[str, Desired], name: str = "heteroscale") -> None:
-        self.desired = dict(desired)
-        self.name = name
-
-    def desire(self, now: float, observations: Mapping[str, Observation]) -> dict[str, Desired]:
-        return dict(self.desired)

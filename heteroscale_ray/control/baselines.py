@@ -19,8 +19,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.config import PdRatio, Role, ServiceSpec
 from heteroscale_ray.control.types import Desired, Observation, PoolObservation
+from heteroscale_ray.policy.types import Reason
 
 _EPS = 1e-9
 
@@ -88,7 +89,7 @@ class HpaUtilAutoscaler:
                 name,
                 p,
                 d,
-                "hpa",
+                Reason.HPA,
                 f"util prefill={_fmt(obs.prefill.gpu_util)} decode={_fmt(obs.decode.gpu_util)} "
                 f"target={self.target:.2f}",
             )
@@ -154,7 +155,7 @@ class ServeDefaultAutoscaler:
                 name,
                 p,
                 d,
-                "serve",
+                Reason.SERVE,
                 f"ongoing prefill={_fmt(obs.prefill.ongoing_requests)} "
                 f"decode={_fmt(obs.decode.ongoing_requests)} target/replica={self.target:g}",
             )
@@ -164,7 +165,7 @@ class ServeDefaultAutoscaler:
 class StaticAutoscaler:
     """Fixed counts per service (e.g. provisioned for the peak); never scales.
 
-    `pd_ratios` (service -> "P:D") is the ratio its Deployment Groups are placed at; None
+    `pd_ratios` (service -> ratio) is the ratio its Deployment Groups are placed at; None
     keeps each service's configured ratio. Counts far off that ratio would otherwise leave
     prefill-only or decode-only DGs, which can serve nothing.
     """
@@ -174,7 +175,7 @@ class StaticAutoscaler:
     def __init__(
         self,
         counts: Mapping[str, tuple[int, int]],
-        pd_ratios: Mapping[str, str] | None = None,
+        pd_ratios: Mapping[str, PdRatio] | None = None,
     ) -> None:
         self.counts = dict(counts)
         self.pd_ratios = dict(pd_ratios or {})
@@ -183,7 +184,9 @@ class StaticAutoscaler:
         out = {}
         for name in observations:
             p, d = self.counts[name]
-            out[name] = Desired(name, p, d, "static", "fixed provisioning")
+            out[name] = Desired(
+                name, p, d, Reason.STATIC, "fixed provisioning", self.pd_ratios.get(name)
+            )
         return out
 
 
@@ -197,7 +200,7 @@ class ScheduledAutoscaler:
         self,
         schedule: Callable[[str, float], tuple[int, int]],
         name: str = "oracle",
-        pd_ratios: Mapping[str, str] | None = None,
+        pd_ratios: Mapping[str, PdRatio] | None = None,
     ) -> None:
         self.schedule = schedule
         self.name = name
@@ -207,16 +210,23 @@ class ScheduledAutoscaler:
         out = {}
         for name in observations:
             p, d = self.schedule(name, now)
-            out[name] = Desired(name, p, d, self.name, "scheduled from future load")
+            out[name] = Desired(
+                name,
+                p,
+                d,
+                Reason.SCHEDULED,
+                f"{self.name}: scheduled from future load",
+                self.pd_ratios.get(name),
+            )
         return out
 
 
-def ratio_of(prefill: int, decode: int) -> str:
-    """The "P:D" string nearest to prefill/decode with a 1 on the smaller side ("15:1", "1:3")."""
+def ratio_of(prefill: int, decode: int) -> PdRatio:
+    """The ratio nearest to prefill/decode with a 1 on the smaller side (15:1, 1:3)."""
     p, d = max(prefill, 1), max(decode, 1)
     if p >= d:
-        return f"{max(1, round(p / d))}:1"
-    return f"1:{max(1, round(d / p))}"
+        return PdRatio(max(1, round(p / d)), 1)
+    return PdRatio(1, max(1, round(d / p)))
 
 
 def _fmt(x: float | None) -> str:

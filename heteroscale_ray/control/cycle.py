@@ -1,8 +1,6 @@
-"""One control cycle, the single path from observations to a placement plan.
+"""Desired counts -> scale requests -> one placement cycle: the planning step of every tick.
 
-observations -> autoscaler.desire -> ScaleRequests -> topology.plan_cycle -> plan. The simulator
-and the Ray policy engine both call `control_cycle` and differ only in the actuator that applies
-the returned plan, so the two substrates cannot drift apart.
+Pure: the caller passes the decisions (made by any `Autoscaler`), the DG state and the graph.
 """
 
 from __future__ import annotations
@@ -11,8 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from heteroscale_ray.config import GpuCatalog, ServiceSpec
-from heteroscale_ray.control.autoscaler import Autoscaler
-from heteroscale_ray.control.types import Desired, Observation
+from heteroscale_ray.control.types import Desired
 from heteroscale_ray.topology import (
     ClusterGraph,
     DeploymentGroup,
@@ -25,19 +22,40 @@ from heteroscale_ray.topology import (
 
 @dataclass(frozen=True)
 class CycleResult:
-    """What one cycle decided and planned; `dgs` is the DG state once the plan is applied."""
+    """What one cycle planned; `dgs` is the DG state once the plan is applied."""
 
-    now: float
-    desired: Mapping[str, Desired]
     requests: tuple[ScaleRequest, ...]
     plan: PlacementPlan
     dgs: tuple[DeploymentGroup, ...]
 
 
+def scale_requests(
+    desired: Mapping[str, Desired], dgs: Sequence[DeploymentGroup]
+) -> tuple[ScaleRequest, ...]:
+    """One request per service whose target differs from what its DGs hold, so a quiet cycle
+    plans nothing and the plan stays small at scale."""
+    return tuple(
+        ScaleRequest(name, max(0, want.prefill), max(0, want.decode))
+        for name, want in sorted(desired.items())
+        if (want.prefill, want.decode) != role_counts(dgs, name)
+    )
+
+
+def placed_as(
+    services: Mapping[str, ServiceSpec], desired: Mapping[str, Desired]
+) -> dict[str, ServiceSpec]:
+    """The specs placement sees: a service whose policy moved its P/D ratio (dynamic ratio, or
+    a baseline's own) grows and shrinks its DGs in units of that ratio."""
+    out = dict(services)
+    for name, want in desired.items():
+        spec = services.get(name)
+        if spec is not None and want.pd_ratio is not None and want.pd_ratio != spec.ratio:
+            out[name] = spec.model_copy(update={"pd_ratio": str(want.pd_ratio)})
+    return out
+
+
 def control_cycle(
-    autoscaler: Autoscaler,
-    now: float,
-    observations: Mapping[str, Observation],
+    desired: Mapping[str, Desired],
     *,
     graph: ClusterGraph,
     services: Mapping[str, ServiceSpec],
@@ -46,34 +64,21 @@ def control_cycle(
     topology_aware: bool = True,
     reserved: Sequence[DeploymentGroup] = (),
 ) -> CycleResult:
-    """Decide, turn changed targets into scale requests, and plan them in one placement cycle.
+    """Turn changed targets into scale requests and plan them in one placement cycle.
 
-    Only services whose target differs from what their DGs hold get a request, so a quiet
-    cycle plans nothing and the plan stays small at scale. ``reserved`` (instances on their
-    way out, e.g. pending soft scale-in) hold GPUs and ids but count toward no target; see
-    :func:`~heteroscale_ray.topology.plan_cycle`.
+    ``reserved`` (instances on their way out, e.g. pending soft scale-in) hold GPUs and ids but
+    count toward no target; see :func:`~heteroscale_ray.topology.plan_cycle`.
     """
-    desired = autoscaler.desire(now, observations)
-    requests = []
-    placed_as = dict(services)
-    for name in sorted(desired):
-        want = desired[name]
-        if (want.prefill, want.decode) != role_counts(dgs, name):
-            requests.append(ScaleRequest(name, max(0, want.prefill), max(0, want.decode)))
-            spec = services.get(name)
-            if spec is not None and want.pd_ratio and want.pd_ratio != spec.pd_ratio:
-                # A dynamic ratio: DGs grow and shrink in units of the ratio the policy uses now.
-                placed_as[name] = spec.model_copy(update={"pd_ratio": want.pd_ratio})
-    if requests:
-        plan = plan_cycle(
-            graph,
-            placed_as,
-            dgs,
-            requests,
-            catalog,
-            topology_aware=topology_aware,
-            reserved=reserved,
-        )
-    else:
-        plan = PlacementPlan()
-    return CycleResult(now, desired, tuple(requests), plan, plan.apply(dgs))
+    requests = scale_requests(desired, dgs)
+    if not requests:
+        return CycleResult((), PlacementPlan(), tuple(dgs))
+    plan = plan_cycle(
+        graph,
+        placed_as(services, {r.service: desired[r.service] for r in requests}),
+        dgs,
+        list(requests),
+        catalog,
+        topology_aware=topology_aware,
+        reserved=reserved,
+    )
+    return CycleResult(requests, plan, plan.apply(dgs))

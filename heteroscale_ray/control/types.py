@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from heteroscale_ray.config import Role
-from heteroscale_ray.policy.types import RoleCounts, Signals
+from heteroscale_ray.config import PdRatio, Role
+from heteroscale_ray.policy.types import Reason, RoleCounts, Signals
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ class Desired:
     service: str
     prefill: int
     decode: int
-    reason: str
+    reason: Reason
     message: str = ""
-    pd_ratio: str | None = None  # the ratio new DGs should be formed at; None: the configured one
+    pd_ratio: PdRatio | None = None  # the ratio new DGs are formed at; None: the configured one
 
     def changed(self, counts: RoleCounts) -> bool:
         return (self.prefill, self.decode) != (counts.prefill, counts.decode)

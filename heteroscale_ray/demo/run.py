@@ -102,7 +102,7 @@ def run_demo(
     from heteroscale_ray.demo.load import LoadGenerator
     from heteroscale_ray.local_cluster import start_local_cluster
     from heteroscale_ray.serving.emulation import EmulationConfig
-    from heteroscale_ray.serving.engine import ModelConfig
+    from heteroscale_ray.serving.model import ModelConfig
 
     wall0 = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ def run_demo(
             f"[demo] starting the control plane (period {period_s:g}s, soft scale-in window {soft_window_s:g}s) and Serve on port {port}"
         )
         start_control_plane(
-            scenario.SERVICES_YAML, settings=settings, http_host="127.0.0.1", http_port=port
+            scenario.services(), settings=settings, http_host="127.0.0.1", http_port=port
         )
         deadline = time.monotonic() + 180
         while True:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heteroscale_ray.config import TopologySpec, parse_model
+from heteroscale_ray.config import ServicesConfig, TopologySpec, parse_model, parse_yaml_text
 
 SERVICE = "chat"
 OUTPUT_TOKENS = 32
@@ -68,6 +68,10 @@ services:
         tiers: [{{at: 0.95, step: 0.10}}, {{at: 1.2, step: 0.20}}]
         cooldown_s: 10
 """
+
+
+def services() -> ServicesConfig:
+    return parse_yaml_text(SERVICES_YAML, ServicesConfig, "demo services")
 
 
 def topology() -> TopologySpec:

@@ -4,14 +4,13 @@ Pure functions of (model profile, GPU type, constants): no Ray, no clock, no ran
 """
 
 from heteroscale_ray.perf.capacity import (
-    DecodeOperatingPoint,
-    PrefillOperatingPoint,
-    decode_operating_point,
-    decode_tps_capacity,
-    prefill_operating_point,
-    prefill_tps_capacity,
+    DecodeCapacity,
+    decode_capacity,
+    prefill_capacity,
+    prefill_work_s,
 )
 from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants, load_perf_constants
+from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.memory import (
     ModelDoesNotFitError,
     fits,
@@ -44,17 +43,16 @@ from heteroscale_ray.perf.roofline import (
 __all__ = [
     "BUILTIN_PROFILES",
     "DEFAULT_CONSTANTS",
-    "DecodeOperatingPoint",
+    "DecodeCapacity",
+    "InstanceKind",
     "ModelDoesNotFitError",
     "ModelProfile",
     "PerfConstants",
-    "PrefillOperatingPoint",
     "ProfileSet",
     "SharedLevel",
     "builtin_profiles",
-    "decode_operating_point",
+    "decode_capacity",
     "decode_step_time_s",
-    "decode_tps_capacity",
     "fits",
     "flops_decode_step",
     "flops_prefill",
@@ -66,11 +64,11 @@ __all__ = [
     "load_profiles",
     "max_decode_batch",
     "min_gpus_to_fit",
+    "prefill_capacity",
     "prefill_batch_time_s",
-    "prefill_operating_point",
     "prefill_time_s",
-    "prefill_tps_capacity",
     "prefill_uniform_batch_time_s",
+    "prefill_work_s",
     "profiles_from_dict",
     "sm_activity",
     "usable_memory_bytes",

@@ -1,140 +1,104 @@
-"""Sustainable tokens/s of one instance under a latency target: the per-instance targets of policy.
+"""Per-instance capacity under a latency target: the one capacity model of the project.
 
-HeteroScale scales on throughput divided by a per-instance target. Offline that target comes
-from stress tests; here it comes from the roofline: the largest batch whose step time meets the
-SLO, and the tokens/s that batch sustains. The simulator uses the same numbers as capacity.
+Evaluated on an `InstanceKind` (one model on `n_gpus` GPUs of one type, the simulator's own
+vectorised roofline), so the simulator's routing, its oracle/static sizing (`sim/sizing.py`)
+and the policy's roofline prior all read the same numbers. Build a kind per (model, GPU type,
+role) with ``InstanceKind.build(get_profile(model), catalog[gpu], role.gpus_per_instance)``.
+
+- `prefill_capacity`: cache-miss prompt tokens/s one prefill instance computes at a busy share.
+  The simulator's prefill instance is a FIFO server running one prompt at a time, so at busy
+  share u it computes u / (time of one prompt) prompts per second.
+- `decode_capacity`: the largest batch whose step time stays within TBT SLO x margin, with the
+  KV reservations and the sequence cap kept, and the tokens/s that batch makes.
+
+Both are single operating points at mean lengths; sizing per tick over real requests is
+`sim.sizing.decode_need`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from heteroscale_ray.config.gpus import GpuType
-from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants
-from heteroscale_ray.perf.memory import max_decode_batch
-from heteroscale_ray.perf.profiles import ModelProfile
-from heteroscale_ray.perf.roofline import decode_step_time_s, prefill_uniform_batch_time_s
+import numpy as np
+
+from heteroscale_ray.perf.instance_kind import InstanceKind
+
+PREFILL_UTIL_TARGET = 0.8  # queueing headroom: an M/D/1 queue at 80% waits ~2 service times
+DECODE_TBT_MARGIN = 0.7  # routing balance (sim ClusterSim._kv_full) and `decode_capacity`
 
 
-@dataclass(frozen=True, slots=True)
-class DecodeOperatingPoint:
-    """Batch a decode instance runs at, its step time (= TBT) and decode tokens/s (0 if none)."""
+@dataclass(frozen=True)
+class DecodeCapacity:
+    """Largest batch a decode instance runs within the TBT SLO, and the tokens/s it makes.
+
+    ``feasible`` is False when even one sequence steps slower than the budget; ``batch`` is
+    then 1 (the simulator still routes to such an instance) and ``step_s`` says by how much.
+    """
 
     batch: int
     step_s: float
     tokens_per_s: float
+    limited_by: str  # "tbt", "kv" or "seqs"
+    feasible: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class PrefillOperatingPoint:
-    """Requests per prefill batch, the batch time and cache-miss tokens/s (0 if none)."""
+def decode_capacity(
+    kind: InstanceKind,
+    tbt_slo_s: float,
+    mean_context: float,
+    mean_reserve: float,
+    margin: float = DECODE_TBT_MARGIN,
+) -> DecodeCapacity:
+    """Largest batch with step time <= margin x TBT SLO, KV and sequence caps kept.
 
-    batch: int
-    batch_s: float
-    tokens_per_s: float
-
-
-def _largest_ok(upper: int, ok: Callable[[int], bool]) -> int:
-    """Largest k in [1, upper] with ok(k), for ok monotone (true then false); 0 if none."""
-    if upper < 1 or not ok(1):
-        return 0
-    lo, hi = 1, upper
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def decode_operating_point(
-    profile: ModelProfile,
-    gpu: GpuType,
-    avg_context: float,
-    tbt_slo_s: float | None = None,
-    n_gpus: int = 1,
-    const: PerfConstants = DEFAULT_CONSTANTS,
-) -> DecodeOperatingPoint:
-    """Largest batch that fits in KV memory with step time <= ``tbt_slo_s`` (None: no target).
-
-    ``avg_context`` is the mean KV length of a running sequence, about input + output / 2.
+    ``mean_context`` is the mean KV length of a running sequence (about input + output / 2);
+    ``mean_reserve`` the KV tokens a request reserves at admission (input + output), which
+    bounds the batch by KV memory. The simulator uses it to balance decode load.
     """
-
-    def step(b: int) -> float:
-        return decode_step_time_s(profile, gpu, b, b * avg_context, n_gpus, const)
-
-    upper = max_decode_batch(profile, gpu, avg_context, n_gpus, const)
-    slo = tbt_slo_s
-    batch = upper if slo is None else _largest_ok(upper, lambda b: step(b) <= slo)
-    if batch == 0:
-        return DecodeOperatingPoint(batch=0, step_s=step(1), tokens_per_s=0.0)
-    step_s = step(batch)
-    return DecodeOperatingPoint(batch=batch, step_s=step_s, tokens_per_s=batch / step_s)
-
-
-def decode_tps_capacity(
-    profile: ModelProfile,
-    gpu: GpuType,
-    avg_context: float,
-    tbt_slo_s: float | None = None,
-    n_gpus: int = 1,
-    const: PerfConstants = DEFAULT_CONSTANTS,
-) -> float:
-    """Decode tokens/s one instance sustains within the TBT target (0 if it cannot meet it)."""
-    return decode_operating_point(profile, gpu, avg_context, tbt_slo_s, n_gpus, const).tokens_per_s
-
-
-def prefill_operating_point(
-    profile: ModelProfile,
-    gpu: GpuType,
-    avg_input_tokens: float,
-    ttft_slo_s: float | None = None,
-    cache_hit_fraction: float = 0.0,
-    n_gpus: int = 1,
-    const: PerfConstants = DEFAULT_CONSTANTS,
-) -> PrefillOperatingPoint:
-    """Largest prefill batch within the token budget whose time <= TTFT x budget fraction.
-
-    The batch token budget counts computed (cache-miss) tokens, as chunked prefill does.
-
-    Throughput counts cache-miss tokens only, as the paper prescribes for the prefill signal.
-    """
-    if avg_input_tokens <= 0:
-        raise ValueError(f"avg_input_tokens must be > 0 (got {avg_input_tokens})")
-    if not 0.0 <= cache_hit_fraction < 1.0:
-        raise ValueError(f"cache_hit_fraction must be in [0, 1) (got {cache_hit_fraction})")
-    cached = avg_input_tokens * cache_hit_fraction
-    new = avg_input_tokens - cached
-
-    def batch_s(k: int) -> float:
-        return prefill_uniform_batch_time_s(
-            profile, gpu, avg_input_tokens, k, cached, n_gpus, const
-        )
-
-    upper = max(1, int(const.prefill_batch_tokens // new))  # the budget counts computed tokens
-    if ttft_slo_s is None:
-        batch = upper
+    by_kv = int(kind.kv_capacity_tokens // max(mean_reserve, 1.0))
+    hi = max(1, min(kind.max_seqs, by_kv))
+    limited = "kv" if by_kv < kind.max_seqs else "seqs"
+    budget = tbt_slo_s * margin
+    b = np.arange(1, hi + 1, dtype=float)
+    steps = kind.step_seconds(b, b * mean_context)
+    ok = np.flatnonzero(steps <= budget)
+    feasible = len(ok) > 0
+    if not feasible:
+        best = 1
+        limited = "tbt"
     else:
-        budget = ttft_slo_s * const.prefill_ttft_budget_fraction
-        batch = _largest_ok(upper, lambda k: batch_s(k) <= budget)
-    if batch == 0:
-        return PrefillOperatingPoint(batch=0, batch_s=batch_s(1), tokens_per_s=0.0)
-    seconds = batch_s(batch)
-    return PrefillOperatingPoint(batch=batch, batch_s=seconds, tokens_per_s=batch * new / seconds)
+        best = int(ok[-1]) + 1
+        if best < hi:
+            limited = "tbt"
+    step = float(steps[best - 1])
+    return DecodeCapacity(best, step, best / step, limited, feasible)
 
 
-def prefill_tps_capacity(
-    profile: ModelProfile,
-    gpu: GpuType,
-    avg_input_tokens: float,
-    ttft_slo_s: float | None = None,
-    cache_hit_fraction: float = 0.0,
-    n_gpus: int = 1,
-    const: PerfConstants = DEFAULT_CONSTANTS,
+def prefill_work_s(
+    kind: InstanceKind, input_tokens: np.ndarray, cached: np.ndarray | float = 0.0
+) -> np.ndarray:
+    """Seconds of prefill each request costs on one instance of `kind` (cache misses only)."""
+    inp = np.asarray(input_tokens, dtype=float)
+    cached = np.minimum(np.asarray(cached, dtype=float), np.maximum(inp - 1, 0))
+    return kind.prefill_seconds(inp - cached, cached)
+
+
+def prefill_capacity(
+    kind: InstanceKind,
+    mean_input: float,
+    busy_share: float = PREFILL_UTIL_TARGET,
+    mean_cached: float = 0.0,
 ) -> float:
-    """Cache-miss prefill tokens/s one instance sustains within the TTFT target (0 if it cannot)."""
-    return prefill_operating_point(
-        profile, gpu, avg_input_tokens, ttft_slo_s, cache_hit_fraction, n_gpus, const
-    ).tokens_per_s
+    """Cache-miss prefill tokens/s one instance sustains at ``busy_share`` of its time.
+
+    For prompts of ``mean_input`` tokens of which ``mean_cached`` hit the prefix cache (they
+    cost no FLOPs and do not count). Evaluated at the mean length: attention grows with the
+    square of the length, so a spread of lengths lowers the real rate slightly.
+    """
+    if mean_input <= 0:
+        raise ValueError(f"mean_input must be > 0 (got {mean_input})")
+    if not 0.0 < busy_share <= 1.0:
+        raise ValueError(f"busy_share must be in (0, 1] (got {busy_share})")
+    cached = min(max(mean_cached, 0.0), max(mean_input - 1.0, 0.0))
+    seconds = float(prefill_work_s(kind, np.array([mean_input]), cached)[0])
+    return busy_share * (mean_input - cached) / seconds

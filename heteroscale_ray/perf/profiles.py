@@ -134,7 +134,7 @@ BUILTIN_PROFILES: tuple[ModelProfile, ...] = (
         experts_per_token=8,
         source="Qwen/Qwen3-30B-A3B config.json and model card",
     ),
-    # heteroscale_ray.serving.engine.ModelConfig defaults: 4 layers, d_model 256, 8 heads of 32,
+    # heteroscale_ray.serving.model.ModelConfig defaults: 4 layers, d_model 256, 8 heads of 32,
     # d_ff 1024, vocab 259, float32. params = embed 259*256 + 4*(4*256^2 + 2*256*1024)
     # + lm_head 256*259 + norms 9*256 = 3,280,640; active = the matmul weights the engine's
     # TinyTransformer.flops counts (3,212,032), so FLOP numbers agree with the engine's.
@@ -148,7 +148,7 @@ BUILTIN_PROFILES: tuple[ModelProfile, ...] = (
         head_dim=32,
         bytes_per_param=4,
         kv_dtype_bytes=4,
-        source="heteroscale_ray.serving.engine.ModelConfig defaults",
+        source="heteroscale_ray.serving.model.ModelConfig defaults",
     ),
 )
 

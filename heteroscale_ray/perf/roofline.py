@@ -25,7 +25,7 @@ def flops_prefill(profile: ModelProfile, n_tokens: float, cached_tokens: float =
 
     2 FLOPs per active parameter per new token, plus causal attention (QK^T and AV, 4 FLOPs per
     query-key pair per attention width): each new token attends to the cached prefix and to the
-    new tokens before it. Same formula as the CPU engine's TinyTransformer.flops.
+    new tokens before it. Same formula as `serving.model`'s TinyTransformer.flops.
     """
     if n_tokens < 0 or cached_tokens < 0 or cached_tokens > n_tokens:
         raise ValueError(

@@ -12,7 +12,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from heteroscale_ray.config import Role, ServiceSpec, parse_pd_ratio
+from heteroscale_ray.config import (
+    DEFAULT_CATALOG,
+    GpuCatalog,
+    PdRatio,
+    Role,
+    ServiceSpec,
+    parse_pd_ratio,
+)
+from heteroscale_ray.policy import backlog
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dynamic_ratio import RatioStep, step_ratio
 from heteroscale_ray.policy.freshness import (
@@ -73,11 +81,27 @@ class Proposal:
 
 
 def decide(
-    spec: ServiceSpec, signals: Signals, counts: RoleCounts, state: PolicyState, now: float
+    spec: ServiceSpec,
+    signals: Signals,
+    counts: RoleCounts,
+    state: PolicyState,
+    now: float,
+    catalog: GpuCatalog = DEFAULT_CATALOG,
 ) -> tuple[Decision, PolicyState]:
-    """One policy tick for one service. Same inputs, same outputs."""
+    """One policy tick for one service. Same inputs, same outputs.
+
+    ``catalog`` (the services file's GPU types) gives `signal: demand` its roofline prior.
+    """
     if not math.isfinite(now):
         raise ValueError(f"now must be a finite epoch time in seconds, got {now!r}")
+    if spec.policy.signal == "demand" and spec.policy.mode != "periodic":
+        from heteroscale_ray.policy.demand import decide_demand
+
+        return decide_demand(spec, signals, counts, state, now, catalog)
+    if spec.policy.mode != "periodic" and not snapshot_problem(
+        signals, now, spec.policy.stale_after_s
+    ):
+        state = backlog.track(state, signals)
     reading = read_signal(spec, signals, now)
     ratio = step_ratio(spec, signals, state, now)
     if ratio.changed and cooldown_left(now, state.last_scaled_at, spec.policy.scale_out_cooldown_s):
@@ -88,10 +112,11 @@ def decide(
     if spec.policy.mode != "periodic" and reading.value is None:
         target = never_shrink(spec, target, counts)
     reason = final_reason(proposal, fitted, target, counts)
+    target, reason, backlog_note = backlog_override(spec, state, target, reason, counts, proposal)
     drives = ratio.changed and proposal.ratio == ratio.ratio  # not when a time-table row's won
     if reason is Reason.RATIO_REPAIR and drives:
         reason = Reason.RATIO_DRIFT
-    message = sentence(proposal, fitted, target, counts, reason)
+    message = sentence(proposal, fitted, target, counts, reason) + backlog_note
     decision = Decision(
         service=spec.name,
         prefill=target[0],
@@ -99,7 +124,7 @@ def decide(
         reason=reason,
         message=f"{message}; {ratio.note}" if ratio.note and drives else message,
         signal_value=reading.value,
-        pd_ratio=ratio_text(proposal.ratio),
+        pd_ratio=PdRatio(*proposal.ratio),
         **required_per_role(spec, reading, ratio.ratio),
     )
     return decision, advance_state(state, proposal, target, counts, reason, now, ratio)
@@ -131,6 +156,36 @@ def propose(
         return metrics
     wanted = f"{metrics.count} {metrics.anchor.value}"
     return replace(periodic, why=f"{periodic.why}, above the {wanted} metrics alone want")
+
+
+def backlog_override(
+    spec: ServiceSpec,
+    state: PolicyState,
+    target: tuple[int, int],
+    reason: Reason,
+    counts: RoleCounts,
+    proposal: Proposal,
+) -> tuple[tuple[int, int], Reason, str]:
+    """The backlog rule on the paper's coordinated rule: a role whose queue keeps growing steps
+    out (its partner follows by the ratio) instead of holding or shrinking."""
+    if spec.policy.mode == "periodic" or (counts.prefill == 0 and counts.decode == 0):
+        return target, reason, ""
+    p, d = target
+    for role in Role:
+        have, want = counts.of(role), target[0 if role is Role.PREFILL else 1]
+        if not backlog.growing(spec, state, role) or want > have:
+            continue
+        fitted = fit_to_limits(spec, role, backlog.backlog_target(have), proposal.ratio)
+        if fitted.prefill < p or fitted.decode < d:  # never undo the other role's growth
+            fitted = replace(fitted, prefill=max(fitted.prefill, p), decode=max(fitted.decode, d))
+        if (fitted.prefill, fitted.decode) == (p, d):
+            continue
+        p, d = fitted.prefill, fitted.decode
+        streak = getattr(state, f"{role.value}_growth_streak")
+        reason = Reason.BACKLOG_GROWTH
+        note = f"; {role.value} queue grew {streak} periods in a row: {p} prefill / {d} decode"
+        return (p, d), reason, note
+    return target, reason, ""
 
 
 def initial_proposal(

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
-from heteroscale_ray.config import ServiceSpec
+from heteroscale_ray.config import PdRatio, ServiceSpec
 from heteroscale_ray.policy.freshness import snapshot_problem
 from heteroscale_ray.policy.split import Ratio, ratio_text
 from heteroscale_ray.policy.types import PolicyState, Signals
@@ -83,7 +83,7 @@ def smooth(
 def _candidates(max_term: int) -> tuple[Ratio, ...]:
     """Reduced ratios p:d with 1 <= p, d <= max_term, simplest first."""
     pairs = {
-        (p, d)
+        PdRatio(p, d)
         for p in range(1, max_term + 1)
         for d in range(1, max_term + 1)
         if math.gcd(p, d) == 1

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from heteroscale_ray.config import Role
+from heteroscale_ray.config import PdRatio, Role
 
-Ratio = tuple[int, int]  # (prefill, decode), e.g. (1, 3)
+Ratio = PdRatio  # (prefill, decode), e.g. 1:3
 
 
 def other(role: Role) -> Role:
@@ -33,5 +33,5 @@ def split(anchor: Role, count: int, ratio: Ratio) -> tuple[int, int]:
     return as_pair(anchor, count, follower_count(anchor, count, ratio))
 
 
-def ratio_text(ratio: Ratio) -> str:
-    return f"{ratio[0]}:{ratio[1]}"
+def ratio_text(ratio: tuple[int, int]) -> str:
+    return str(PdRatio(*ratio))

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
-from heteroscale_ray.config import Role
+from heteroscale_ray.config import PdRatio, Role
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,19 @@ class Signals:
     prefill_busy: float | None = None  # 0..1, the GPU-utilisation analogue
     decode_busy: float | None = None  # 0..1; misleading for scaling (paper), kept for reports
     kv_use: float | None = None  # 0..1 share of KV-cache blocks in use
+    # Demand where work arrives (signal 'demand', and the backlog rule of every mode):
+    request_rate: float | None = None  # requests/s arriving at the ingress
+    prompt_mean: float | None = None  # mean prompt tokens of arriving requests
+    output_mean: float | None = None  # mean output tokens of finished requests
+    prefill_queue_s: float | None = None  # queued prefill work per prefill instance, seconds
+    decode_running: float | None = None  # sequences in decode, all instances (mean)
+    decode_queue: float | None = None  # sequences waiting for a decode slot (KV or batch)
+    # TTFT split into the part more prefill instances shorten (queueing) and the part they
+    # cannot (the prompt's own compute), and decode's pure step time, for the latency guard
+    # and for learning per-instance capacity.
+    ttft_wait_p99_s: float | None = None
+    ttft_service_p99_s: float | None = None
+    decode_step_s: float | None = None  # mean decode step time (TBT without transfer/queueing)
 
     @staticmethod
     def empty() -> Signals:
@@ -81,6 +94,14 @@ class Reason(str, Enum):
     HOLD_MISSING_SIGNAL = "hold_missing_signal"  # signal missing, NaN or stale: never scale in
     HOLD_AT_BOUND = "hold_at_bound"  # a change is wanted but min/max/budget leave nothing to do
     HOLD_OUTSIDE_SCHEDULE = "hold_outside_schedule"  # periodic mode, no time-table row active
+    # The baseline autoscalers' rules (control/baselines.py), so every decision has one type.
+    HPA = "hpa"  # Kubernetes HPA on GPU utilisation
+    SERVE = "serve"  # Ray Serve's ongoing-requests rule
+    STATIC = "static"  # fixed provisioning
+    SCHEDULED = "scheduled"  # counts from a precomputed schedule (the oracle)
+    BACKLOG_GROWTH = "backlog_growth"  # a role's queue grew K periods in a row: it never holds
+    LATENCY_FLOOR = "latency_floor"  # latency over the SLO, but not from queueing: no step
+    LATENCY_NO_GAIN = "latency_no_gain"  # the last guard step did not lower latency: no more
 
 
 @dataclass(frozen=True)
@@ -95,7 +116,7 @@ class Decision:
     signal_value: float | None = None
     required_decode: float | None = None
     required_prefill: float | None = None
-    pd_ratio: str = ""  # the P/D ratio the counts are at ("1:2"); dynamic ratios change it
+    pd_ratio: PdRatio | None = None  # the P/D ratio the counts are at; dynamic ratios change it
 
     def changed(self, counts: RoleCounts) -> bool:
         return (self.prefill, self.decode) != (counts.prefill, counts.decode)
@@ -103,6 +124,7 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["reason"] = self.reason.value
+        out["pd_ratio"] = None if self.pd_ratio is None else str(self.pd_ratio)
         return out
 
 
@@ -116,9 +138,21 @@ class PolicyState:
     last_kv_guard_at: float | None = None  # epoch s of the last KV-pressure scale-out
     last_decision_at: float | None = None
     last_decision_reason: Reason | None = None
-    active_ratio: tuple[int, int] | None = None  # dynamic P/D ratio in force (None: configured)
+    active_ratio: PdRatio | None = None  # dynamic P/D ratio in force (None: configured)
     ratio_estimate: float | None = None  # smoothed prefill/decode need (dynamic ratio)
     ratio_estimate_at: float | None = None  # epoch s of the last measurement folded in
+    # Backlog rule: the last queue per role and how many periods in a row it grew.
+    prefill_queue_last: float | None = None
+    decode_queue_last: float | None = None
+    prefill_growth_streak: int = 0
+    decode_growth_streak: int = 0
+    # Marginal-gain check: the fixable latency (s) when the guard last stepped, and its role.
+    guard_fixable_s: float | None = None
+    guard_role: str | None = None
+    # Learned capacity: measured over roofline prior per role (1.0 = the prior is right).
+    prefill_capacity_scale: float | None = None
+    decode_capacity_scale: float | None = None
+    capacity_learned_at: float | None = None
 
     @property
     def last_scaled_at(self) -> float | None:
@@ -142,5 +176,5 @@ class PolicyState:
         return replace(
             state,
             last_decision_reason=None if reason is None else Reason(reason),
-            active_ratio=None if ratio is None else (int(ratio[0]), int(ratio[1])),
+            active_ratio=None if ratio is None else PdRatio(int(ratio[0]), int(ratio[1])),
         )

@@ -8,6 +8,11 @@ and yields one chunk per generated token.
 
 Graceful shutdown: a streaming call counts as in flight until its last chunk, and Serve only
 stops a replica when none are left, so a scale-in never cuts a running sequence.
+
+What it measures for the control plane (`ReplicaStats`): sequences running (time-mean of the
+batch over the window) and waiting (KV fetched, not yet admitted), the mean batched step time
+(real compute plus the emulated GPU time it sleeps out: the step, without transfer or
+queueing), and the output length of every request that finishes.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from heteroscale_ray.serving.engine import DecodeEngine, SamplingParams, StepOutput
+from heteroscale_ray.serving.model import DecodeEngine, SamplingParams, StepOutput
 from heteroscale_ray.serving.prefill import PrefillOutput
 from heteroscale_ray.serving.replica import ReplicaBase, ReplicaSpec
 
@@ -171,6 +176,8 @@ class DecodeServer(ReplicaBase):
                     track.queue.put_nowait(err)
             now_wall, now = time.time(), time.perf_counter()
             for o in outs:
+                if o.finished:
+                    self.metrics.request_finished(o.num_generated)
                 track = self._tracks.get(o.seq_id)
                 if track is None:
                     continue

@@ -9,6 +9,7 @@
 - `set_draining` / `set_ratio_gate` / `set_weight`: routing intent, read by the ingress.
 - `delete_dg`: stop routing to a DG, then delete its application (replicas drain first).
 - `replica_ids`, `replica_details`, `replica_stats`: what runs where, and its metrics.
+- `prompt_arrival_rates`, `ingress_loads`: what arrives at the ingress per service.
 - `deploy_ingress`: the OpenAI-compatible router application.
 
 All functions are synchronous (ray.get) and work from a driver or from inside an actor.
@@ -22,8 +23,9 @@ from typing import Any, Literal
 
 from heteroscale_ray.config.topology import LABEL_GPU_TYPE, LABEL_S1, LABEL_S2
 from heteroscale_ray.serving.emulation import EmulationConfig
-from heteroscale_ray.serving.engine import ModelConfig
+from heteroscale_ray.serving.model import ModelConfig
 from heteroscale_ray.serving.replica import ReplicaSpec
+from heteroscale_ray.serving.replica_stats import IngressLoad, ReplicaStats
 from heteroscale_ray.serving.router import DECODE_DEPLOYMENT, PREFILL_DEPLOYMENT
 from heteroscale_ray.serving.routing_table import DgRoute, get_routing_table
 
@@ -284,8 +286,8 @@ def wait_for_replicas(app_name: str, role: str, n: int, timeout_s: float = 60.0)
         time.sleep(0.2)
 
 
-def replica_stats(app_name: str | None = None, role: str | None = None) -> list[dict[str, Any]]:
-    """Latest `ReplicaStats` dicts pushed by replicas (about 1 s old at most)."""
+def replica_stats(app_name: str | None = None, role: str | None = None) -> list[ReplicaStats]:
+    """Latest `ReplicaStats` pushed by replicas (about 1 s old at most)."""
     import ray
 
     return ray.get(get_routing_table().replica_stats.remote(app_name, role))
@@ -296,6 +298,13 @@ def prompt_arrival_rates() -> dict[str, float]:
     import ray
 
     return ray.get(get_routing_table().arrival_rates.remote(), timeout=30)
+
+
+def ingress_loads() -> dict[str, IngressLoad]:
+    """Per service, prompt tokens/s and requests/s arriving at the ingress (all replicas)."""
+    import ray
+
+    return ray.get(get_routing_table().ingress_loads.remote(), timeout=30)
 
 
 def deploy_ingress(

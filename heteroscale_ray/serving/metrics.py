@@ -1,10 +1,12 @@
 """Per-replica serving metrics: the eight signals the paper studies, over a sliding window.
 
 A replica records events as they happen (tokens, latency samples, busy intervals, FLOPs) and
-`ReplicaMetrics.snapshot()` turns them into a `ReplicaStats` the control plane polls. The same
-numbers go to Prometheus in two ways: Ray's metrics agent (`ray.util.metrics`, exported with a
-``ray_`` prefix) from inside each replica, and `render_prometheus()` which renders a list of
-stats dicts as Prometheus text (the ingress serves it at GET /metrics).
+`ReplicaMetrics.snapshot()` turns them into a `ReplicaStats` (serving/replica_stats.py) the
+control plane polls. The same numbers go to Prometheus in two ways: Ray's metrics agent
+(`ray.util.metrics`, exported with a ``ray_`` prefix) from inside each replica, and
+`render_prometheus()` which renders many replicas' `ReplicaStats` as Prometheus text (the
+ingress serves it at GET /metrics). Time comes from an injected `Clock` (default: the wall
+clock), so tests move it with `VirtualClock.advance` instead of sleeping.
 
 Metric names (labels: service, dg, role, gpu_type, replica):
     heteroscale_prefill_tokens_per_s    cache-miss prompt tokens prefilled per second
@@ -19,73 +21,62 @@ Metric names (labels: service, dg, role, gpu_type, replica):
     heteroscale_emulation_overruns_total steps whose real compute exceeded emulated time
     heteroscale_kv_handoff_bytes_total  KV bytes received from prefill (decode)
     heteroscale_kv_handoff_seconds_total time spent receiving them
+  prefill: its queue and the two parts of TTFT it owns
+    heteroscale_prefill_queued_prompt_tokens      prompt tokens of the requests waiting
+    heteroscale_prefill_tokens_per_busy_second    measured prompt tokens per busy second
+    heteroscale_prefill_queue_seconds             queued work: queued tokens / that rate
+    heteroscale_ttft_wait_seconds{quantile}       ingress arrival -> prefill compute start
+    heteroscale_ttft_service_seconds{quantile}    prefill compute time of one prompt
+  decode: the batch over time, the step, finished requests
+    heteroscale_running_sequences_mean            batch size, time-mean over the window
+    heteroscale_decode_step_seconds_mean          mean batched step time (TBT w/o queueing)
+    heteroscale_finished_requests_in_window       requests finished within the window
+    heteroscale_output_tokens_mean                their mean output tokens
+  ingress (labels: service), `render_arrivals`:
+    heteroscale_prompt_arrival_tokens_per_s       prompt tokens/s arriving (offered load)
+    heteroscale_request_arrivals_per_s            requests/s arriving
+    heteroscale_prompt_tokens_mean                mean prompt tokens of arriving requests
+A value that is unknown (no sample in the window) is left out rather than exported as 0.
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-WINDOW_S = 10.0
+from heteroscale_ray.clock import Clock, WallClock
+from heteroscale_ray.serving.replica_stats import WINDOW_S, IngressLoad, ReplicaStats
+
+__all__ = [
+    "WINDOW_S",
+    "ArrivalMeter",
+    "IngressLoad",
+    "RayMetricsExporter",
+    "ReplicaMetrics",
+    "ReplicaStats",
+    "render_arrivals",
+    "render_prometheus",
+]
+
 LABELS = ("service", "dg", "role", "gpu_type", "replica")
 
 
-@dataclass
-class ReplicaStats:
-    """One replica's view over the last `window_s` seconds (rates) plus totals and gauges."""
-
-    replica_id: str
-    app_name: str
-    service: str
-    dg_id: str
-    role: str
-    gpu_type: str
-    node_id: str = ""
-    node_labels: dict[str, str] = field(default_factory=dict)
-    emulated: bool = False
-    time_scale: float = 1.0
-    window_s: float = WINDOW_S
-    timestamp: float = 0.0
-    prefill_tps: float = 0.0  # cache-miss tokens only
-    prefill_hit_tps: float = 0.0
-    decode_tps: float = 0.0
-    ttft_p50: float | None = None
-    ttft_p90: float | None = None
-    ttft_p99: float | None = None
-    tbt_p50: float | None = None
-    tbt_p90: float | None = None
-    tbt_p99: float | None = None
-    busy_fraction: float = 0.0
-    compute_fraction: float = 0.0
-    kv_used_tokens: int = 0
-    kv_capacity_tokens: int = 0
-    kv_use: float = 0.0
-    queue_length: int = 0
-    running: int = 0
-    emulation_overruns: int = 0
-    steps: int = 0
-    requests_total: int = 0
-    kv_handoff_bytes_total: int = 0
-    kv_handoff_seconds_total: float = 0.0
-    kv_handoff_count: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class _Window:
-    """(time, value) samples kept for `window_s`; sums, rates and percentiles over them."""
+    """(time, value) samples kept for `window_s`; sums, rates and percentiles over them.
 
-    def __init__(self, window_s: float, maxlen: int = 20000) -> None:
+    Times are the clock's monotonic readings; `now` arguments must come from the same clock.
+    """
+
+    def __init__(self, window_s: float, maxlen: int = 20000, clock: Clock | None = None) -> None:
         self.window_s = window_s
+        self.clock = clock or WallClock()
         self._items: deque[tuple[float, float]] = deque(maxlen=maxlen)
 
     def add(self, value: float, now: float | None = None) -> None:
-        self._items.append((time.monotonic() if now is None else now, value))
+        self._items.append((self.clock.monotonic() if now is None else now, value))
 
     def _prune(self, now: float) -> None:
         while self._items and now - self._items[0][0] > self.window_s:
@@ -94,6 +85,14 @@ class _Window:
     def sum(self, now: float) -> float:
         self._prune(now)
         return float(sum(v for _, v in self._items))
+
+    def count(self, now: float) -> int:
+        self._prune(now)
+        return len(self._items)
+
+    def mean(self, now: float) -> float | None:
+        self._prune(now)
+        return self.sum(now) / len(self._items) if self._items else None
 
     def percentiles(self, now: float, qs: tuple[float, ...]) -> list[float | None]:
         self._prune(now)
@@ -104,37 +103,70 @@ class _Window:
 
 
 class ArrivalMeter:
-    """Prompt tokens arriving per service at the ingress, before any queue or admission check:
-    the offered prefill load, which keeps rising when prefill (or the ingress) falls behind."""
+    """Requests and their prompt tokens arriving per service at the ingress, before any queue
+    or admission check: the offered load, which keeps rising when prefill (or the ingress)
+    falls behind. Each window sample is one request (its prompt tokens)."""
 
-    def __init__(self, window_s: float = WINDOW_S) -> None:
+    def __init__(self, window_s: float = WINDOW_S, clock: Clock | None = None) -> None:
         self.window_s = window_s
-        self.started = time.monotonic()
+        self.clock = clock or WallClock()
+        self.started = self.clock.monotonic()
         self._by_service: dict[str, _Window] = {}
 
     def add(self, service: str, tokens: int) -> None:
-        self._by_service.setdefault(service, _Window(self.window_s)).add(tokens)
+        """One request of `service` with `tokens` prompt tokens has arrived."""
+        window = self._by_service.setdefault(service, _Window(self.window_s, clock=self.clock))
+        window.add(tokens)
+
+    def _span(self, now: float) -> float:
+        return max(min(self.window_s, now - self.started), 1e-3)
 
     def rates(self) -> dict[str, float]:
-        """Tokens/s per service over min(window, uptime)."""
-        now = time.monotonic()
-        span = max(min(self.window_s, now - self.started), 1e-3)
-        return {name: w.sum(now) / span for name, w in self._by_service.items()}
+        """Prompt tokens/s per service over min(window, uptime)."""
+        now = self.clock.monotonic()
+        return {name: w.sum(now) / self._span(now) for name, w in self._by_service.items()}
+
+    def loads(self) -> dict[str, IngressLoad]:
+        """Prompt tokens/s and requests/s per service over min(window, uptime)."""
+        now = self.clock.monotonic()
+        span = self._span(now)
+        return {
+            name: IngressLoad(w.sum(now) / span, w.count(now) / span)
+            for name, w in self._by_service.items()
+        }
 
 
-def render_arrivals(rates: dict[str, float]) -> str:
-    """Prometheus text for the ingress's offered load per service."""
+def render_arrivals(loads: Mapping[str, IngressLoad | float]) -> str:
+    """Prometheus text for the ingress's offered load per service (a bare float: tokens/s)."""
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
     registry = CollectorRegistry()
-    gauge = Gauge(
+    tokens = Gauge(
         "heteroscale_prompt_arrival_tokens_per_s",
         "Prompt tokens/s arriving at the ingress (offered prefill load, cache hits included)",
         ["service"],
         registry=registry,
     )
-    for name, rate in sorted(rates.items()):
-        gauge.labels(name).set(rate)
+    requests = Gauge(
+        "heteroscale_request_arrivals_per_s",
+        "Requests/s arriving at the ingress",
+        ["service"],
+        registry=registry,
+    )
+    prompt_mean = Gauge(
+        "heteroscale_prompt_tokens_mean",
+        "Mean prompt tokens of the requests arriving at the ingress",
+        ["service"],
+        registry=registry,
+    )
+    for name, load in sorted(loads.items()):
+        if not isinstance(load, IngressLoad):
+            load = IngressLoad(float(load))
+        tokens.labels(name).set(load.prompt_tokens_per_s)
+        if load.requests_per_s is not None:
+            requests.labels(name).set(load.requests_per_s)
+        if load.prompt_mean is not None:
+            prompt_mean.labels(name).set(load.prompt_mean)
     return generate_latest(registry).decode()
 
 
@@ -142,40 +174,87 @@ class ReplicaMetrics:
     """Event recorder for one replica; cheap to call from the hot path (no I/O, no locks)."""
 
     def __init__(
-        self, identity: dict[str, Any], peak_flops: float, window_s: float = WINDOW_S
+        self,
+        identity: dict[str, Any],
+        peak_flops: float,
+        window_s: float = WINDOW_S,
+        clock: Clock | None = None,
     ) -> None:
-        self.identity = identity
+        self.identity = identity  # the ReplicaStats identity fields (replica_id, service, ...)
         self.peak_flops = peak_flops
         self.window_s = window_s
-        self.started = time.monotonic()
-        self._miss_tokens = _Window(window_s)
-        self._hit_tokens = _Window(window_s)
-        self._decode_tokens = _Window(window_s)
-        self._busy = _Window(window_s)
-        self._flops = _Window(window_s)
-        self._ttft = _Window(window_s, maxlen=5000)
-        self._tbt = _Window(window_s, maxlen=20000)
+        self.clock = c = clock or WallClock()
+        self.started = c.monotonic()
+        self._miss_tokens = _Window(window_s, clock=c)
+        self._hit_tokens = _Window(window_s, clock=c)
+        self._decode_tokens = _Window(window_s, clock=c)
+        self._busy = _Window(window_s, clock=c)
+        self._flops = _Window(window_s, clock=c)
+        self._ttft = _Window(window_s, maxlen=5000, clock=c)
+        self._tbt = _Window(window_s, maxlen=20000, clock=c)
+        self._prefill_tokens = _Window(window_s, clock=c)  # hits + misses: what busy_s did
+        self._ttft_wait = _Window(window_s, maxlen=5000, clock=c)
+        self._ttft_service = _Window(window_s, maxlen=5000, clock=c)
+        self._step_s = _Window(window_s, clock=c)
+        self._batch_time = _Window(window_s, clock=c)  # batch x step seconds
+        self._outputs = _Window(window_s, maxlen=5000, clock=c)
+        # Last measured prompt tokens per busy second, kept past the window so a replica that
+        # sat idle still prices a new queue; `seed_prefill_rate` sets a prior before any sample.
+        self._tokens_per_busy_s: float | None = None
         self.steps = 0
         self.requests_total = 0
         self.handoff_bytes = 0
         self.handoff_seconds = 0.0
         self.handoff_count = 0
 
-    def prefill_done(self, miss_tokens: int, hit_tokens: int, busy_s: float, flops: float) -> None:
-        now = time.monotonic()
+    def prefill_done(
+        self,
+        miss_tokens: int,
+        hit_tokens: int,
+        busy_s: float,
+        flops: float,
+        wait_s: float | None = None,
+    ) -> None:
+        """One prompt prefilled in `busy_s` (its compute: TTFT's service part) after waiting
+        `wait_s` since it arrived at the ingress (TTFT's queueing part; None: unknown)."""
+        now = self.clock.monotonic()
         self._miss_tokens.add(miss_tokens, now)
         self._hit_tokens.add(hit_tokens, now)
+        self._prefill_tokens.add(miss_tokens + hit_tokens, now)
         self._busy.add(busy_s, now)
         self._flops.add(flops, now)
+        self._ttft_service.add(busy_s, now)
+        if wait_s is not None:
+            self._ttft_wait.add(max(0.0, wait_s), now)
         self.steps += 1
         self.requests_total += 1
+        busy = self._busy.sum(now)
+        if busy > 0:
+            self._tokens_per_busy_s = self._prefill_tokens.sum(now) / busy
+
+    def seed_prefill_rate(self, tokens_per_busy_s: float) -> None:
+        """A prior for the prefill rate (e.g. the emulated GPU's), until one is measured."""
+        if self._tokens_per_busy_s is None and tokens_per_busy_s > 0:
+            self._tokens_per_busy_s = tokens_per_busy_s
+
+    @property
+    def prefill_tokens_per_busy_s(self) -> float | None:
+        """Prompt tokens (hits included) per busy second: measured, else the seeded prior."""
+        return self._tokens_per_busy_s
 
     def decode_step(self, tokens: int, busy_s: float, flops: float) -> None:
-        now = time.monotonic()
+        """One batched step of `tokens` sequences that took `busy_s` (compute + emulated GPU)."""
+        now = self.clock.monotonic()
         self._decode_tokens.add(tokens, now)
         self._busy.add(busy_s, now)
         self._flops.add(flops, now)
+        self._step_s.add(busy_s, now)
+        self._batch_time.add(tokens * busy_s, now)
         self.steps += 1
+
+    def request_finished(self, output_tokens: int) -> None:
+        """A decode request finished with `output_tokens` generated (the first one included)."""
+        self._outputs.add(output_tokens)
 
     def ttft(self, seconds: float) -> None:
         self._ttft.add(seconds)
@@ -190,12 +269,23 @@ class ReplicaMetrics:
         self.requests_total += 1
 
     def snapshot(self, **gauges: Any) -> ReplicaStats:
-        """Rates over min(window, uptime) so a fresh replica does not under-report."""
-        now = time.monotonic()
+        """Rates over min(window, uptime) so a fresh replica does not under-report.
+
+        `gauges` are the role's instantaneous values; `queued_prompt_tokens` among them is
+        priced with the prefill rate into `prefill_queue_s`."""
+        now = self.clock.monotonic()
         span = max(min(self.window_s, now - self.started), 1e-3)
         qs = (50.0, 90.0, 99.0)
         ttft = self._ttft.percentiles(now, qs)
         tbt = self._tbt.percentiles(now, qs)
+        wait = self._ttft_wait.percentiles(now, qs)
+        service = self._ttft_service.percentiles(now, qs)
+        queued = gauges.get("queued_prompt_tokens", 0)
+        rate = self._tokens_per_busy_s
+        if not queued:
+            queue_s: float | None = 0.0
+        else:
+            queue_s = queued / rate if rate else None
         busy = min(1.0, self._busy.sum(now) / span)
         compute = (
             min(1.0, self._flops.sum(now) / (span * self.peak_flops)) if self.peak_flops else 0.0
@@ -203,7 +293,7 @@ class ReplicaMetrics:
         return ReplicaStats(
             **self.identity,
             window_s=self.window_s,
-            timestamp=time.time(),
+            timestamp=self.clock.now(),
             prefill_tps=self._miss_tokens.sum(now) / span,
             prefill_hit_tps=self._hit_tokens.sum(now) / span,
             decode_tps=self._decode_tokens.sum(now) / span,
@@ -220,10 +310,23 @@ class ReplicaMetrics:
             kv_handoff_bytes_total=self.handoff_bytes,
             kv_handoff_seconds_total=self.handoff_seconds,
             kv_handoff_count=self.handoff_count,
+            prefill_tokens_per_busy_s=rate,
+            prefill_queue_s=queue_s,
+            ttft_wait_p50=wait[0],
+            ttft_wait_p90=wait[1],
+            ttft_wait_p99=wait[2],
+            ttft_service_p50=service[0],
+            ttft_service_p90=service[1],
+            ttft_service_p99=service[2],
+            running_mean=self._batch_time.sum(now) / span,
+            step_mean_s=self._step_s.mean(now),
+            finished_requests=self._outputs.count(now),
+            output_tokens_mean=self._outputs.mean(now),
             **gauges,
         )
 
 
+# Prometheus metric name (after heteroscale_) -> ReplicaStats attribute.
 _GAUGE_FIELDS = {
     "prefill_tokens_per_s": "prefill_tps",
     "decode_tokens_per_s": "decode_tps",
@@ -235,17 +338,30 @@ _GAUGE_FIELDS = {
     "emulation_overruns_total": "emulation_overruns",
     "kv_handoff_bytes_total": "kv_handoff_bytes_total",
     "kv_handoff_seconds_total": "kv_handoff_seconds_total",
+    "prefill_queued_prompt_tokens": "queued_prompt_tokens",
+    "prefill_tokens_per_busy_second": "prefill_tokens_per_busy_s",
+    "prefill_queue_seconds": "prefill_queue_s",
+    "running_sequences_mean": "running_mean",
+    "decode_step_seconds_mean": "step_mean_s",
+    "finished_requests_in_window": "finished_requests",
+    "output_tokens_mean": "output_tokens_mean",
 }
-_QUANTILE_FIELDS = {"ttft_seconds": "ttft", "tbt_seconds": "tbt"}
+# Quantile metric name -> ReplicaStats attribute prefix (p50/p90/p99 follow).
+_QUANTILE_FIELDS = {
+    "ttft_seconds": "ttft",
+    "tbt_seconds": "tbt",
+    "ttft_wait_seconds": "ttft_wait",
+    "ttft_service_seconds": "ttft_service",
+}
 
 
-def _labels(stats: dict[str, Any]) -> dict[str, str]:
+def _labels(stats: ReplicaStats) -> dict[str, str]:
     return {
-        "service": stats["service"],
-        "dg": stats["dg_id"],
-        "role": stats["role"],
-        "gpu_type": stats["gpu_type"],
-        "replica": stats["replica_id"],
+        "service": stats.service,
+        "dg": stats.dg_id,
+        "role": stats.role,
+        "gpu_type": stats.gpu_type,
+        "replica": stats.replica_id,
     }
 
 
@@ -266,18 +382,19 @@ class RayMetricsExporter:
             for name in _QUANTILE_FIELDS
         }
 
-    def export(self, stats: dict[str, Any]) -> None:
+    def export(self, stats: ReplicaStats) -> None:
         tags = _labels(stats)
-        for name, key in _GAUGE_FIELDS.items():
-            self._gauges[name].set(float(stats[key]), tags=tags)
-        for name, key in _QUANTILE_FIELDS.items():
+        for name, attr in _GAUGE_FIELDS.items():
+            if (value := getattr(stats, attr)) is not None:  # None: unknown, not zero
+                self._gauges[name].set(float(value), tags=tags)
+        for name, attr in _QUANTILE_FIELDS.items():
             for q in ("50", "90", "99"):
-                value = stats[f"{key}_p{q}"]
+                value = getattr(stats, f"{attr}_p{q}")
                 if value is not None:
                     self._quantiles[name].set(float(value), tags={**tags, "quantile": f"0.{q}"})
 
 
-def render_prometheus(stats_list: list[dict[str, Any]]) -> str:
+def render_prometheus(stats_list: Iterable[ReplicaStats]) -> str:
     """Prometheus text exposition of many replicas' stats (one gauge family per metric)."""
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
@@ -292,11 +409,12 @@ def render_prometheus(stats_list: list[dict[str, Any]]) -> str:
     }
     for stats in stats_list:
         tags = _labels(stats)
-        for name, key in _GAUGE_FIELDS.items():
-            gauges[name].labels(**tags).set(float(stats[key]))
-        for name, key in _QUANTILE_FIELDS.items():
+        for name, attr in _GAUGE_FIELDS.items():
+            if (value := getattr(stats, attr)) is not None:  # None: unknown, not zero
+                gauges[name].labels(**tags).set(float(value))
+        for name, attr in _QUANTILE_FIELDS.items():
             for q in ("50", "90", "99"):
-                value = stats[f"{key}_p{q}"]
+                value = getattr(stats, f"{attr}_p{q}")
                 if value is not None:
                     quantiles[name].labels(**tags, quantile=f"0.{q}").set(float(value))
     return generate_latest(registry).decode()

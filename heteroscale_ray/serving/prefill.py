@@ -6,6 +6,13 @@ decode replica of the same DG, so the KV goes prefill node -> object store -> de
 stand-in for the RDMA transfer. Prefills run one at a time per replica (one emulated GPU), so
 queueing shows up here exactly as it would on a real prefill instance.
 
+What it measures for the control plane (`ReplicaStats`): its queue (requests and their prompt
+tokens waiting for the GPU, priced in seconds with its measured prompt tokens per busy second,
+seeded from the emulated GPU until a prefill has run), and TTFT split in two: the wait from the
+request's arrival at the ingress (its `arrival_wall_s`) to compute start (router, Serve handle
+and this queue), and the compute itself. Requests Serve holds back at the handle because this
+replica is at `max_ongoing_requests` are not in the queue, but their wait is in TTFT's wait.
+
 Graceful shutdown: Serve only stops a replica after its in-flight calls return, and a returned
 KV lives in the object store (pinned by the node, owned by the router), so a scale-in cannot
 lose a KV that has not yet been handed off.
@@ -18,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from heteroscale_ray.serving.engine import KVCache, PrefillEngine, PrefillResult, SamplingParams
+from heteroscale_ray.serving.model import KVCache, PrefillEngine, PrefillResult, SamplingParams
 from heteroscale_ray.serving.replica import ReplicaBase, ReplicaSpec
 
 
@@ -27,7 +34,7 @@ class PrefillRequest:
     request_id: str
     prompt_tokens: list[int]
     params: SamplingParams
-    arrival_wall_s: float  # router receive time (time.time()), for TTFT on the decode side
+    arrival_wall_s: float  # router receive time (time.time()): TTFT (decode side), wait here
 
 
 @dataclass
@@ -53,26 +60,41 @@ class PrefillServer(ReplicaBase):
         self.engine = PrefillEngine(spec.engine)
         self._gpu = asyncio.Lock()
         self._waiting = 0
+        self._waiting_tokens = 0
         self._active = 0
+        if self.device.enabled:  # a prior for pricing the queue until a prefill is measured
+            n = 1024
+            emulated = self.device.prefill_s(n, 0)
+            if emulated > 0:
+                self.metrics.seed_prefill_rate(n / emulated)
         self._start_reporter()
 
     def _gauges(self) -> dict[str, Any]:
         return {
             "emulation_overruns": self.device.overruns,
             "queue_length": self._waiting,
+            "queued_prompt_tokens": self._waiting_tokens,
             "running": self._active,
         }
 
     async def prefill(self, req: PrefillRequest) -> PrefillOutput:
         t_enq = time.perf_counter()
+        n_prompt = len(req.prompt_tokens)
         self._waiting += 1
+        self._waiting_tokens += n_prompt
         try:
             await self._gpu.acquire()
         finally:
             self._waiting -= 1
+            self._waiting_tokens -= n_prompt
         try:
             self._active = 1
             queue_s = time.perf_counter() - t_enq
+            # TTFT's queueing part: from the ingress (another process: wall clocks), at least
+            # the wait here; without an ingress stamp, only the wait here.
+            wait_s = queue_s
+            if req.arrival_wall_s > 0:
+                wait_s = max(queue_s, self.metrics.clock.now() - req.arrival_wall_s)
 
             def emulated(res: PrefillResult) -> float:
                 return self.device.prefill_s(len(req.prompt_tokens), res.cached_tokens)
@@ -84,7 +106,9 @@ class PrefillServer(ReplicaBase):
             self._active = 0
             self._gpu.release()
         n, hit = len(req.prompt_tokens), res.cached_tokens
-        self.metrics.prefill_done(n - hit, hit, timing.wall_s, self.device.prefill_flops(n, hit))
+        self.metrics.prefill_done(
+            n - hit, hit, timing.wall_s, self.device.prefill_flops(n, hit), wait_s=wait_s
+        )
         return PrefillOutput(
             request_id=req.request_id,
             kv=res.kv,

@@ -2,7 +2,8 @@
 
 A replica learns who it is from its deployment arguments (`ReplicaSpec`: service, DG, role,
 GPU type, model) and where it runs from Ray (node id and labels), and pushes a `ReplicaStats`
-to the routing-table actor about once a second so the control plane polls one place.
+to the metrics hub (in the routing-table actor) about once a second so the control plane polls
+one place.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heteroscale_ray.serving.emulation import EmulatedDevice, EmulationConfig
-from heteroscale_ray.serving.engine import ModelConfig
 from heteroscale_ray.serving.metrics import RayMetricsExporter, ReplicaMetrics
+from heteroscale_ray.serving.model import ModelConfig
+from heteroscale_ray.serving.replica_stats import ReplicaStats
 
 logger = logging.getLogger(__name__)
 
@@ -92,20 +94,32 @@ class ReplicaBase:
         """Role-specific instantaneous values (queue, running, KV); overridden by each role."""
         return {"emulation_overruns": self.device.overruns}
 
-    def stats(self) -> dict[str, Any]:
-        """Current `ReplicaStats` as a dict: what the control plane polls."""
-        return self.metrics.snapshot(**self._gauges()).to_dict()
+    def stats(self) -> ReplicaStats:
+        """Current `ReplicaStats`: what the control plane polls."""
+        return self.metrics.snapshot(**self._gauges())
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve custom-metrics hook: the numeric signals an autoscaling policy may use."""
         s = self.stats()
-        keys = ("prefill_tps", "decode_tps", "busy_fraction", "compute_fraction", "kv_use")
-        out = {k: float(s[k]) for k in keys}
-        out["queue_length"] = float(s["queue_length"])
-        out["running"] = float(s["running"])
-        for k in ("ttft_p99", "tbt_p99"):
-            if s[k] is not None:
-                out[k] = float(s[k])
+        out = {
+            "prefill_tps": float(s.prefill_tps),
+            "decode_tps": float(s.decode_tps),
+            "busy_fraction": float(s.busy_fraction),
+            "compute_fraction": float(s.compute_fraction),
+            "kv_use": float(s.kv_use),
+            "queue_length": float(s.queue_length),
+            "running": float(s.running),
+        }
+        optional = {
+            "ttft_p99": s.ttft_p99,
+            "tbt_p99": s.tbt_p99,
+            "prefill_queue_s": s.prefill_queue_s,
+            "ttft_wait_p99": s.ttft_wait_p99,
+            "ttft_service_p99": s.ttft_service_p99,
+            "running_mean": s.running_mean,
+            "step_mean_s": s.step_mean_s,
+        }
+        out.update({k: float(v) for k, v in optional.items() if v is not None})
         return out
 
     async def _report_loop(self) -> None:
@@ -127,7 +141,7 @@ class ReplicaBase:
                 if self._exporter is None:
                     self._exporter = RayMetricsExporter()
                 self._exporter.export(s)
-            except Exception as e:  # metrics agent missing: the table report above still counts
+            except Exception as e:  # metrics agent missing: the hub report above still counts
                 logger.debug("Ray metrics export failed: %s", e)
 
     async def _stop_reporter(self) -> None:

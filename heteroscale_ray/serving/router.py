@@ -37,8 +37,8 @@ from heteroscale_ray.serving.api_types import (
     new_completion_id,
 )
 from heteroscale_ray.serving.decode import DecodeChunk, DecodeRequest
-from heteroscale_ray.serving.engine import SamplingParams
 from heteroscale_ray.serving.metrics import ArrivalMeter
+from heteroscale_ray.serving.model import SamplingParams
 from heteroscale_ray.serving.prefill import PrefillRequest
 from heteroscale_ray.serving.routing_table import (
     DgRoute,
@@ -169,7 +169,7 @@ class Router:
             await asyncio.sleep(self.refresh_s)
             try:
                 await self._refresh()
-                await self._table.report_arrivals.remote(self._ingress_id, self._arrivals.rates())
+                await self._table.report_arrivals.remote(self._ingress_id, self._arrivals.loads())
             except Exception as e:  # table restarting: keep the last good view
                 logger.warning("routing table refresh failed: %s", e)
                 with contextlib.suppress(Exception):
@@ -196,7 +196,7 @@ class Router:
         from heteroscale_ray.serving.metrics import render_arrivals, render_prometheus
 
         stats = await self._table.replica_stats.remote()
-        text = render_prometheus(stats) + render_arrivals(self._arrivals.rates())
+        text = render_prometheus(stats) + render_arrivals(self._arrivals.loads())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @api.post("/v1/completions")
@@ -214,7 +214,8 @@ class Router:
                     "model",
                 )
             tokens = self.tokenizer.encode(req.prompt_text, add_bos=True)
-            self._arrivals.add(req.model, len(tokens))  # offered load: before any admission
+            # Offered load (one request, its prompt tokens): before any admission check.
+            self._arrivals.add(req.model, len(tokens))
             check_context(service, len(tokens), req.max_tokens)
             if self._inflight >= self.max_inflight:
                 raise ApiError(

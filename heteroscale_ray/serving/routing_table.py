@@ -1,9 +1,10 @@
-"""Serving directory: which DGs serve which service, their routing gates, and replica reports.
+"""Routing table: which DGs serve which service, and their routing gates.
 
 One named, detached actor (``heteroscale-routing`` in namespace ``heteroscale``) is the single
 place the control plane writes routing intent to (draining, ratio gate, capacity weight) and
-the ingress routers read from (cached for ~0.5 s). Replicas push their stats here too, so the
-policy engine polls one actor instead of fanning out to every replica.
+the ingress routers read from (cached for ~0.5 s). The same actor hosts the metrics hub
+(serving/metrics_hub.py) that replicas and ingresses push their reports to, so everything
+serving-side lives in one actor: `ServingDirectory` composes the two, each in its own module.
 
 The DG choice itself (`choose_dg`) is a pure function so it can be tested without Ray.
 """
@@ -11,16 +12,16 @@ The DG choice itself (`choose_dg`) is a pure function so it can be tested withou
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from heteroscale_ray.serving.engine import ModelConfig
+from heteroscale_ray.clock import Clock
+from heteroscale_ray.serving.metrics_hub import MetricsHub
+from heteroscale_ray.serving.model import ModelConfig
 
 ROUTING_ACTOR_NAME = "heteroscale-routing"
 ROUTING_NAMESPACE = "heteroscale"
-STATS_TTL_S = 10.0  # replica reports older than this are dropped (replica gone or stuck)
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,12 @@ def choose_dg(dgs: Mapping[str, DgRoute], inflight: Mapping[str, int]) -> DgRout
 
 
 class RoutingTable:
-    """Actor body. State is in memory; the control plane re-applies its intent after a restart."""
+    """Services and their DG routes, versioned so readers can cache. State is in memory; the
+    control plane re-applies its intent after a restart."""
 
     def __init__(self) -> None:
         self._services: dict[str, ServiceRoute] = {}
         self._version = 0
-        self._stats: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._arrivals: dict[str, tuple[float, dict[str, float]]] = {}
 
     # ---- routes (written by deployments.py / the control plane) ----
     def register_service(self, name: str, engine: ModelConfig, model_profile: str) -> None:
@@ -120,41 +120,16 @@ class RoutingTable:
     def version(self) -> int:
         return self._version
 
-    # ---- replica reports (pushed by replicas about once a second) ----
-    def report_stats(self, replica_id: str, stats: dict[str, Any]) -> None:
-        self._stats[replica_id] = (time.monotonic(), stats)
 
-    def report_arrivals(self, ingress_id: str, rates: dict[str, float]) -> None:
-        """One ingress replica's prompt tokens/s per service (its `ArrivalMeter`)."""
-        self._arrivals[ingress_id] = (time.monotonic(), dict(rates))
+class ServingDirectory(RoutingTable, MetricsHub):
+    """The routing-table actor's body: the routes plus the metrics hub, one Ray actor.
 
-    def arrival_rates(self) -> dict[str, float]:
-        """Prompt tokens/s per service, summed over ingress replicas with a fresh report."""
-        now = time.monotonic()
-        out: dict[str, float] = {}
-        for t, rates in list(self._arrivals.values()):
-            if now - t <= STATS_TTL_S:
-                for name, rate in rates.items():
-                    out[name] = out.get(name, 0.0) + rate
-        return out
+    `clock` times the hub's reports (TTL); the routes themselves never read the time.
+    """
 
-    def forget_replica(self, replica_id: str) -> None:
-        self._stats.pop(replica_id, None)
-
-    def replica_stats(
-        self, app_name: str | None = None, role: str | None = None
-    ) -> list[dict[str, Any]]:
-        """Fresh reports, optionally filtered by application (DG) and role."""
-        now = time.monotonic()
-        # Threaded actor: a concurrent call may prune or add reports, so copy and pop safely.
-        for rid in [r for r, (t, _) in list(self._stats.items()) if now - t > STATS_TTL_S]:
-            self._stats.pop(rid, None)
-        return [
-            s
-            for _, s in list(self._stats.values())
-            if (app_name is None or s.get("app_name") == app_name)
-            and (role is None or s.get("role") == role)
-        ]
+    def __init__(self, clock: Clock | None = None) -> None:
+        RoutingTable.__init__(self)
+        MetricsHub.__init__(self, clock)
 
 
 def get_routing_table(create: bool = True) -> Any:
@@ -163,7 +138,7 @@ def get_routing_table(create: bool = True) -> Any:
 
     if not create:
         return ray.get_actor(ROUTING_ACTOR_NAME, namespace=ROUTING_NAMESPACE)
-    actor_cls = ray.remote(RoutingTable)
+    actor_cls = ray.remote(ServingDirectory)
     return actor_cls.options(
         name=ROUTING_ACTOR_NAME,
         namespace=ROUTING_NAMESPACE,

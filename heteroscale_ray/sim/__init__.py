@@ -1,6 +1,8 @@
-"""Cluster simulator: replays request traces through the shared policy and placement core.
+"""Cluster simulator: replays request traces through the shared policy, tick and placement core.
 
-`engine` (the fluid tick model), `speed` (vectorised roofline timing), `actuator` (plans ->
-simulated instances), `observe` (signals for autoscalers), `replay` (the loop and summary),
-`sizing` (oracle/static capacity), `pdsweep` (P/D stress test), `commands` (CLI).
+`cluster` (the fluid tick model; its pieces in `workload`, `instances`, `prefix_cache`,
+`decode_phase`, `tick_record`), `actuator` (plans -> simulated instances), `observe` (signals
+for autoscalers), `replay` (the loop), `summary` (the report), `sizing` (oracle/static sizing;
+timing and per-instance capacity are `perf.instance_kind` / `perf.capacity`), `pdsweep` (P/D
+stress test), `commands` (CLI).
 """

@@ -6,7 +6,7 @@ drain (no new requests, in-flight ones finish) before their GPUs stop counting.
 
 from __future__ import annotations
 
-from heteroscale_ray.sim.engine import ClusterSim
+from heteroscale_ray.sim.cluster import ClusterSim
 from heteroscale_ray.topology import (
     AddInstances,
     CreateDG,

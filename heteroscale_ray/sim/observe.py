@@ -13,8 +13,10 @@ import math
 import numpy as np
 
 from heteroscale_ray.control.types import Observation, PoolObservation
+from heteroscale_ray.perf.capacity import prefill_work_s
 from heteroscale_ray.policy.types import Signals
-from heteroscale_ray.sim.engine import DECODE, PREFILL, ClusterSim
+from heteroscale_ray.sim.cluster import DECODE, PREFILL, ClusterSim
+from heteroscale_ray.sim.instances import READY
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -30,6 +32,44 @@ def request_tbt(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
     out = sim.w.output_tokens[ids]
     gaps = np.maximum(out - 1, 1)
     return np.where(out > 1, (sim.t_done[ids] - sim.t_first[ids]) / gaps, 0.0)
+
+
+def prefill_seconds(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
+    """Each request's own prefill compute on the instance it ran on (no queueing)."""
+    out = np.zeros(len(ids))
+    kinds = sim.inst.kind[sim.p_inst[ids]]
+    inp, cached = sim.w.input_tokens[ids], sim.cached[ids]
+    for k in np.unique(kinds).tolist():
+        m = kinds == k
+        out[m] = prefill_work_s(sim.kinds[k], inp[m], cached[m])
+    return out
+
+
+def queues(sim: ClusterSim, s: int) -> tuple[float | None, float, float, float | None]:
+    """Now, for service ``s``: queued prefill work per ready prefill instance (s), sequences
+    running and waiting in decode, and the mean decode step time of busy decode instances."""
+    T, now = sim.inst, sim.now
+    n = T.n
+    mine = (T.svc[:n] == s) & (T.state[:n] == READY)
+    pre = np.flatnonzero(mine & (T.role[:n] == PREFILL))
+    dec = np.flatnonzero(mine & (T.role[:n] == DECODE))
+    queue_s = float(np.mean(np.maximum(T.free_at[pre] - now, 0.0))) if len(pre) else None
+    running = float(T.n_active[dec].sum())
+    waiting = float(T.n_pending[dec].sum())
+    step = None
+    A = sim._active
+    if len(A) and len(dec):
+        d = sim.d_inst[A]
+        B = np.bincount(d, minlength=n).astype(float)[dec]
+        C = np.bincount(d, weights=sim.w.input_tokens[A] + sim.gen[A], minlength=n)[dec]
+        busy = B > 0
+        if busy.any():
+            taus = [
+                float(sim.kinds[int(T.kind[r])].step_seconds(b, c))
+                for r, b, c in zip(dec[busy], B[busy], C[busy], strict=True)
+            ]
+            step = float(np.mean(taus))
+    return queue_s, running, waiting, step
 
 
 def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
@@ -56,6 +96,10 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
         miss_share = 1.0 - float(np.sum(sim.cached[first_in])) / prompt if prompt > 0 else 1.0
         offered = float(np.sum(w.input_tokens[arrived])) * miss_share / span if span > 0 else 0.0
         tbt = request_tbt(sim, done_in)
+        service = prefill_seconds(sim, first_in)
+        wait = np.maximum(ttft - service, 0.0)
+        finished = mine[(td >= now - window_s) & (td < now)]
+        queue_s, running, waiting, step = queues(sim, s)
         pools = {}
         for role in (PREFILL, DECODE):
             serving = float(np.sum(sim.ts_ready[sl, s, role] + sim.ts_draining[sl, s, role]))
@@ -79,6 +123,15 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             prefill_busy=pools[PREFILL]["util"],
             decode_busy=pools[DECODE]["util"],
             kv_use=pools[DECODE]["kv"],
+            request_rate=len(arrived) / span if have_data and span > 0 else None,
+            prompt_mean=float(np.mean(w.input_tokens[arrived])) if len(arrived) else None,
+            output_mean=float(np.mean(w.output_tokens[finished])) if len(finished) else None,
+            prefill_queue_s=queue_s if have_data else None,
+            decode_running=running if have_data else None,
+            decode_queue=waiting if have_data else None,
+            ttft_wait_p99_s=_p(wait, 99),
+            ttft_service_p99_s=_p(service, 99),
+            decode_step_s=step,
         )
         out[spec.name] = Observation(
             service=spec.name,

@@ -1,8 +1,9 @@
-"""Trace replay: one simulator, one autoscaler, the shared control cycle, and a summary.
+"""Trace replay: one simulator, one autoscaler, the shared control tick, and a summary.
 
-The loop is the same for every policy: every `control_period_s` the simulator's observations go
-through `control_cycle` (autoscaler -> scale requests -> placement) and the plan is applied by
-the simulator's actuator; in between the simulator advances tick by tick.
+The loop is the same for every policy: every `control_period_s` the autoscaler decides on the
+simulator's observations, `ControlLoop.step` (the tick the Ray pre-scheduler runs) turns the
+decisions into a plan, and the simulator's actuator applies it; in between the simulator
+advances tick by tick.
 """
 
 from __future__ import annotations
@@ -18,29 +19,21 @@ import numpy as np
 from heteroscale_ray.config import GpuCatalog, ServicesConfig, ServiceSpec, TopologySpec
 from heteroscale_ray.control import (
     Autoscaler,
-    Desired,
-    FixedDesires,
+    ControlLoop,
     HeteroScaleAutoscaler,
     HpaUtilAutoscaler,
-    Observation,
+    LoopState,
     ScheduledAutoscaler,
     ServeDefaultAutoscaler,
     StaticAutoscaler,
-    control_cycle,
+    TickInput,
 )
 from heteroscale_ray.control.baselines import ratio_of
-from heteroscale_ray.control.soft_scale_in import (
-    PendingRemoval,
-    pending_from_plan,
-    reserved_of,
-    settle,
-)
 from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants
-from heteroscale_ray.perf.network import SharedLevel
 from heteroscale_ray.perf.profiles import ModelProfile
 from heteroscale_ray.sim.actuator import SimActuator
-from heteroscale_ray.sim.engine import DECODE, PREFILL, ClusterSim, SimConfig, Workload
-from heteroscale_ray.sim.observe import observe, request_tbt
+from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
+from heteroscale_ray.sim.observe import observe
 from heteroscale_ray.sim.sizing import (
     PREFILL_UTIL_TARGET,
     SIZING_TBT_MARGIN,
@@ -48,7 +41,8 @@ from heteroscale_ray.sim.sizing import (
     needs_per_interval,
     round_counts,
 )
-from heteroscale_ray.topology import ClusterGraph, DeploymentGroup, ScaleRequest, plan_cycle
+from heteroscale_ray.sim.summary import role_kinds, summarize
+from heteroscale_ray.topology import ClusterGraph, ScaleRequest, plan_cycle
 
 POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
 ORACLE_NOTE = (
@@ -87,44 +81,6 @@ class ReplayResult:
     cycles: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _kinds(sim: ClusterSim, spec: ServiceSpec) -> tuple[Any, Any]:
-    p = sim.kinds[sim.kind_for(spec, spec.prefill.gpu_types[0], spec.prefill.gpus_per_instance)]
-    d = sim.kinds[sim.kind_for(spec, spec.decode.gpu_types[0], spec.decode.gpus_per_instance)]
-    return p, d
-
-
-def _settle_soft(
-    actuator: SimActuator,
-    dgs: tuple[DeploymentGroup, ...],
-    pending: tuple[PendingRemoval, ...],
-    desired: Mapping[str, Desired],
-    obs: Mapping[str, Observation],
-    services: Mapping[str, ServiceSpec],
-    graph: ClusterGraph,
-    window_s: float,
-) -> tuple[tuple[DeploymentGroup, ...], tuple[PendingRemoval, ...]]:
-    """The shared `settle` step, carried out on the simulated instances."""
-    if not pending:
-        return dgs, pending
-    out = settle(
-        dgs,
-        pending,
-        now=actuator.sim.now,
-        window_s=window_s,
-        services=services,
-        observations=obs,
-        desired=desired,
-        graph=graph,
-    )
-    for p in out.stopped:
-        for inst in p.instances:
-            actuator.stop(inst.instance_id)
-    for p in out.restored:
-        for inst in p.instances:
-            actuator.sim.put_back(inst.instance_id)
-    return out.dgs, out.pending
-
-
 def service_needs(
     sim: ClusterSim,
     spec: ServiceSpec,
@@ -137,7 +93,7 @@ def service_needs(
 
     `cached` (per request of `trace`, in trace order): prefix-cache hits to discount.
     """
-    pk, dk = _kinds(sim, spec)
+    pk, dk = role_kinds(sim, spec)
     return needs_per_interval(
         spec,
         pk,
@@ -181,7 +137,7 @@ def make_autoscaler(
     """
     hits = dict(cached or {})
     if policy == "heteroscale":
-        return HeteroScaleAutoscaler(services)
+        return HeteroScaleAutoscaler(services, sim.catalog)
     if policy == "hpa-util":
         return HpaUtilAutoscaler(services, target=opts.hpa_target)
     if policy == "serve-default":
@@ -318,8 +274,9 @@ def run_replay(
         autoscaler = make_autoscaler(opts.policy, specs, sim, traces, opts, cached)
     # Static and oracle place their DGs at their own P/D ratio (see StaticAutoscaler).
     own = getattr(autoscaler, "pd_ratios", None) or {}
-    by_name = {
-        n: s.model_copy(update={"pd_ratio": own[n]}) if n in own else s for n, s in by_name.items()
+    placed = {
+        n: s.model_copy(update={"pd_ratio": str(own[n])}) if n in own else s
+        for n, s in by_name.items()
     }
 
     # Provision before t=0: every policy starts where the oracle would (static: its fixed
@@ -335,57 +292,50 @@ def run_replay(
             n = service_needs(sim, spec, traces[spec.name], opts.control_period_s, opts)
             p, d = lookahead_counts(spec, n, 0.0, opts.startup_s + 2 * opts.control_period_s)
         first.append(ScaleRequest(spec.name, p, d))
-    plan0 = plan_cycle(graph, by_name, (), first, catalog, topology_aware=opts.topology_aware)
+    plan0 = plan_cycle(graph, placed, (), first, catalog, topology_aware=opts.topology_aware)
     actuator.apply(plan0, warm=True)
-    dgs = plan0.apply(())
 
     result = ReplayResult(summary={}, sim=sim)
     unplaced = sum(u.count for u in plan0.unplaced)
     scaling_actions = 0
-    soft = opts.soft_window_s > 0 and autoscaler.name == "heteroscale"
-    pending: tuple[PendingRemoval, ...] = ()
+    # Soft scale-in is HeteroScale's (the control plane's --soft-window); baselines stop at once.
+    soft = opts.soft_window_s > 0 and isinstance(autoscaler, HeteroScaleAutoscaler)
+    loop = ControlLoop(
+        catalog=catalog,
+        soft_window_s=opts.soft_window_s if soft else None,
+        topology_aware=opts.topology_aware,
+    )
+    state = LoopState(plan0.apply(()))
     next_control = opts.control_period_s
     wall0 = time.perf_counter()
     duration = max(float(max(t.duration_s for t in traces.values())), opts.tick_s)
     while not sim.done:
         if sim.now + 1e-9 >= next_control and sim.now < duration + opts.control_period_s:
             obs = observe(sim, opts.window_s)
-            scaler: Autoscaler = autoscaler
-            if soft:  # the control plane's order: decide, settle soft removals, then plan
-                desired = autoscaler.desire(sim.now, obs)
-                dgs, pending = _settle_soft(
-                    actuator, dgs, pending, desired, obs, by_name, graph, opts.soft_window_s
-                )
-                scaler = FixedDesires(desired, autoscaler.name)
-            cyc = control_cycle(
-                scaler,
-                sim.now,
-                obs,
-                graph=graph,
-                services=by_name,
-                dgs=dgs,
-                catalog=catalog,
-                topology_aware=opts.topology_aware,
-                reserved=reserved_of(pending),
-            )
-            if soft:
-                pending += tuple(pending_from_plan(cyc.plan, dgs, sim.now))
-            if not cyc.plan.is_empty:
-                actuator.apply(cyc.plan, soft=soft)
-                scaling_actions += len(cyc.requests)
-            unplaced += sum(u.count for u in cyc.plan.unplaced)
-            dgs = cyc.dgs
+            desired = autoscaler.desire(sim.now, obs)
+            step = loop.step(state, TickInput(sim.now, desired, obs, by_name, graph))
+            for p in step.stopped:
+                for inst in p.instances:
+                    actuator.stop(inst.instance_id)
+            for p in step.restored:
+                for inst in p.instances:
+                    sim.put_back(inst.instance_id)
+            if not step.plan.is_empty:
+                actuator.apply(step.plan, soft=loop.soft)
+                scaling_actions += len(step.requests)
+            unplaced += sum(u.count for u in step.plan.unplaced)
+            state = step.state
             result.cycles.append(
                 {
                     "t": sim.now,
                     **{
                         f"{n}.{k}": v
-                        for n, d in cyc.desired.items()
+                        for n, d in desired.items()
                         for k, v in (
                             ("prefill", d.prefill),
                             ("decode", d.decode),
-                            ("reason", d.reason),
-                            ("pd_ratio", d.pd_ratio),
+                            ("reason", d.reason.value),
+                            ("pd_ratio", None if d.pd_ratio is None else str(d.pd_ratio)),
                         )
                     },
                 }
@@ -399,133 +349,3 @@ def run_replay(
         sim, specs, duration, opts, wall, scaling_actions, unplaced, actuator
     )
     return result
-
-
-def slo_ceiling(sim: ClusterSim, specs: list[ServiceSpec]) -> float:
-    """Share of requests that meet both SLOs on an idle cluster: no queueing, batch of one.
-
-    TTFT is the request's own prefill (with the cache hits it got); TBT is its KV transfer
-    (at the switch level it got, S1 if never routed) spread over its gaps plus a batch-of-one
-    decode step. No policy can beat this; long prompts with 2-3 output tokens miss the TBT SLO
-    on the transfer alone (Mooncake), which is why attainment there stays below 100%.
-    """
-    w = sim.w
-    n = len(w)
-    if not n:
-        return float("nan")
-    ok = np.zeros(n, dtype=bool)
-    for s, spec in enumerate(specs):
-        m = np.flatnonzero(w.service == s)
-        if not len(m):
-            continue
-        pk, dk = _kinds(sim, spec)
-        inp = w.input_tokens[m].astype(float)
-        out = w.output_tokens[m].astype(float)
-        cached = np.minimum(sim.cached[m].astype(float), np.maximum(inp - 1, 0))
-        own = pk.prefill_seconds(inp - cached, cached)
-        kv = sim.kv_time[m]
-        kv = np.where(
-            np.isfinite(kv), kv, pk.kv_transfer_seconds(inp, np.full(len(m), int(SharedLevel.S1)))
-        )
-        gaps = np.maximum(out - 1, 1)
-        tbt = kv / gaps + dk.step_seconds(np.ones(len(m)), inp + out / 2)
-        ok[m] = (own <= spec.slo.ttft_s + 1e-12) & ((out <= 1) | (tbt <= spec.slo.tbt_s + 1e-12))
-    return float(ok.mean())
-
-
-def summarize(
-    sim: ClusterSim,
-    specs: list[ServiceSpec],
-    duration: float,
-    opts: ReplayOptions,
-    wall_s: float,
-    scaling_actions: int,
-    unplaced: int,
-    actuator: SimActuator,
-) -> dict[str, Any]:
-    """The report's numbers; resource metrics cover [0, trace duration), latency every request."""
-    w = sim.w
-    n = len(w)
-    T = max(1, int(math.ceil(duration / sim.dt)))
-    hours = sim.dt / 3600.0
-    gpus = sim.ts_gpus[:T]
-    held = float(gpus.sum())
-    ids = np.arange(n)
-    ttft = sim.t_first - w.arrival
-    tbt = request_tbt(sim, ids)
-    finished = np.isfinite(sim.t_done)
-    slo_ttft = np.array([specs[s].slo.ttft_s for s in range(len(specs))])[w.service]
-    slo_tbt = np.array([specs[s].slo.tbt_s for s in range(len(specs))])[w.service]
-    ok = finished & (ttft <= slo_ttft + 1e-12) & (tbt <= slo_tbt + 1e-12)
-    fin_ttft = ttft[np.isfinite(ttft)]
-    fin_tbt = tbt[finished & (w.output_tokens > 1)]
-    routed = sim.kv_level >= 0
-    kv_bytes = np.zeros(n)
-    for s, spec in enumerate(specs):
-        m = routed & (w.service == s)
-        if m.any():
-            kind = sim.kinds[
-                sim.kind_for(spec, spec.prefill.gpu_types[0], spec.prefill.gpus_per_instance)
-            ]
-            kv_bytes[m] = w.input_tokens[m] * kind.kv_bytes_per_token
-    kv_time = np.where(routed, sim.kv_time, 0.0)
-    ceiling = slo_ceiling(sim, specs)
-    level_share = {
-        lvl.name: float(np.mean(sim.kv_level[routed] == int(lvl))) if routed.any() else 0.0
-        for lvl in SharedLevel
-    }
-
-    def role_mean(arr: np.ndarray, role: int) -> float:
-        g = float(gpus[:, :, role].sum())
-        return float(arr[:T, :, role].sum()) / g if g > 0 else 0.0
-
-    def pct(x: np.ndarray, q: float) -> float:
-        return float(np.percentile(x, q)) if len(x) else float("nan")
-
-    generated = float(np.maximum(w.output_tokens[finished], 0).sum())
-    cost = float(sim.ts_cost[:T].sum()) * hours
-    return {
-        "policy": opts.policy,
-        "topology_aware": opts.topology_aware,
-        "requests": int(n),
-        "completed": int(finished.sum()),
-        "duration_s": duration,
-        "gpu_hours": held * hours,
-        "prefill_gpu_hours": float(gpus[:, :, PREFILL].sum()) * hours,
-        "decode_gpu_hours": float(gpus[:, :, DECODE].sum()) * hours,
-        "avg_gpus": held / T,
-        "peak_gpus": float(gpus.sum(axis=(1, 2)).max()),
-        "cost": cost,
-        "cost_per_mtok": cost / generated * 1e6 if generated > 0 else float("nan"),
-        "avg_gpu_util": float(sim.ts_gpu_busy[:T].sum()) / held if held > 0 else 0.0,
-        "avg_sm_activity": float(sim.ts_gpu_sm[:T].sum()) / held if held > 0 else 0.0,
-        "prefill_gpu_util": role_mean(sim.ts_gpu_busy, PREFILL),
-        "decode_gpu_util": role_mean(sim.ts_gpu_busy, DECODE),
-        "prefill_sm_activity": role_mean(sim.ts_gpu_sm, PREFILL),
-        "decode_sm_activity": role_mean(sim.ts_gpu_sm, DECODE),
-        "ttft_p50_s": pct(fin_ttft, 50),
-        "ttft_p99_s": pct(fin_ttft, 99),
-        "tbt_p50_s": pct(fin_tbt, 50),
-        "tbt_p99_s": pct(fin_tbt, 99),
-        "slo_attainment": float(ok.mean()) if n else float("nan"),
-        "slo_ceiling": ceiling,
-        "scaling_actions": int(scaling_actions),
-        "instances_started": actuator.started,
-        "instances_stopped": actuator.stopped,
-        "unplaced_instances": int(unplaced),
-        "kv_transfer_gbps": float(kv_bytes.sum() / kv_time.sum() / 1e9)
-        if kv_time.sum() > 0
-        else 0.0,
-        "kv_transfer_p50_ms": pct(sim.kv_time[routed] * 1e3, 50),
-        "kv_level_share": level_share,
-        "prefix_cache_hit": float(sim.cached.sum() / max(1, w.input_tokens.sum())),
-        "sim_time_s": float(sim.now),
-        "wall_s": wall_s,
-        "speedup": float(sim.now) / wall_s if wall_s > 0 else float("inf"),
-        "options": {
-            "control_period_s": opts.control_period_s,
-            "window_s": opts.window_s,
-            "tick_s": opts.tick_s,
-            "startup_s": opts.startup_s,
-        },
-    }

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from heteroscale_ray.sim.engine import DECODE, PREFILL, ClusterSim
+from heteroscale_ray.sim.cluster import DECODE, PREFILL, ClusterSim
 from heteroscale_ray.sim.observe import request_tbt
 
 COLUMNS = (

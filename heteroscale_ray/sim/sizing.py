@@ -2,12 +2,14 @@
 
 Used by the oracle (fewest instances per interval given the future load), by static peak
 provisioning, by the initial provisioning before a replay, and by `pd-sweep` to suggest a
-policy target. Everything is the simulator's own vectorised roofline (`InstanceKind`) evaluated
-on the requests themselves, so the counts are what *this* simulator needs, not a generic rule.
+policy target. Everything is the simulator's own vectorised roofline (`perf.instance_kind`)
+evaluated on the requests themselves, so the counts are what *this* simulator needs, not a
+generic rule. Single per-instance operating points (`decode_capacity`, `prefill_capacity`) are
+in `perf.capacity`.
 
 Decode is sized by Little's law at tick resolution. Each request holds a decode slot and its
 KV reservation (input + output tokens) from the tick its KV arrives to the end of the tick it
-finishes (the engine admits at tick starts and frees at tick ends, so short outputs hold their
+finishes (the simulator admits at tick starts and frees at tick ends, so short outputs hold their
 KV for about one tick more than their decode steps take). Summing over requests gives, per tick,
 the sequences S, the context tokens C and the reserved KV R in flight. Spread evenly over n
 instances, a batch of S/n sequences over C/n tokens must
@@ -34,11 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from heteroscale_ray.config import ServiceSpec
+from heteroscale_ray.perf.capacity import PREFILL_UTIL_TARGET, prefill_work_s
+from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.network import SharedLevel
-from heteroscale_ray.sim.speed import InstanceKind
 
-PREFILL_UTIL_TARGET = 0.8  # queueing headroom: an M/D/1 queue at 80% waits ~2 service times
-DECODE_TBT_MARGIN = 0.7  # routing balance (engine._kv_full) and `decode_capacity` only
 SIZING_TBT_MARGIN = 0.85  # decode steps may take 85% of the TBT SLO; the rest absorbs the KV
 # transfer and admission waits, which the measured TBT (first to last token) includes
 KV_FILL = 0.9  # share of KV capacity FIFO admission fills on average (head-of-line blocking)
@@ -47,55 +48,6 @@ FIXED_POINT_ROUNDS = 3
 
 class SloInfeasibleError(ValueError):
     """No number of instances of this kind can meet the SLO: the card is too slow per step."""
-
-
-@dataclass(frozen=True)
-class DecodeCapacity:
-    """Largest batch a decode instance runs within the TBT SLO, and the tokens/s it makes."""
-
-    batch: int
-    step_s: float
-    tokens_per_s: float
-    limited_by: str  # "tbt", "kv" or "seqs"
-
-
-def decode_capacity(
-    kind: InstanceKind,
-    tbt_slo_s: float,
-    mean_context: float,
-    mean_reserve: float,
-    margin: float = DECODE_TBT_MARGIN,
-) -> DecodeCapacity:
-    """Largest batch with step time <= margin x TBT SLO, KV and sequence caps kept.
-
-    A single operating point at mean lengths; the engine uses it to balance decode load, the
-    heterogeneity experiment to compare cards. Sizing uses `decode_need` (per tick, both bounds).
-    """
-    by_kv = int(kind.kv_capacity_tokens // max(mean_reserve, 1.0))
-    hi = max(1, min(kind.max_seqs, by_kv))
-    limited = "kv" if by_kv < kind.max_seqs else "seqs"
-    budget = tbt_slo_s * margin
-    b = np.arange(1, hi + 1, dtype=float)
-    steps = kind.step_seconds(b, b * mean_context)
-    ok = np.flatnonzero(steps <= budget)
-    if len(ok) == 0:
-        best = 1
-        limited = "tbt"
-    else:
-        best = int(ok[-1]) + 1
-        if best < hi:
-            limited = "tbt"
-    step = float(steps[best - 1])
-    return DecodeCapacity(best, step, best / step, limited)
-
-
-def prefill_work_s(
-    kind: InstanceKind, input_tokens: np.ndarray, cached: np.ndarray | float = 0.0
-) -> np.ndarray:
-    """Seconds of prefill each request costs on one instance of `kind` (cache misses only)."""
-    inp = np.asarray(input_tokens, dtype=float)
-    cached = np.minimum(np.asarray(cached, dtype=float), np.maximum(inp - 1, 0))
-    return kind.prefill_seconds(inp - cached, cached)
 
 
 @dataclass(frozen=True)

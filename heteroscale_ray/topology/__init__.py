@@ -24,6 +24,7 @@ from heteroscale_ray.topology.plan import (
     RemoveInstances,
     Unplaced,
     UnplacedReason,
+    describe_plan,
 )
 from heteroscale_ray.topology.subgroups import (
     SubgroupClass,
@@ -32,6 +33,7 @@ from heteroscale_ray.topology.subgroups import (
     classify_s2,
     classify_topology,
 )
+from heteroscale_ray.topology.view import domain_owners, without_hosts
 
 __all__ = [
     "CLUSTER_WIDE",
@@ -57,8 +59,11 @@ __all__ = [
     "classify_s1",
     "classify_s2",
     "classify_topology",
+    "describe_plan",
+    "domain_owners",
     "next_dg_id",
     "place_dg",
     "plan_cycle",
     "role_counts",
+    "without_hosts",
 ]

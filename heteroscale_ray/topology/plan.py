@@ -148,3 +148,24 @@ class PlacementPlan:
 def _known(by_id: Mapping[str, DeploymentGroup], dg_id: str) -> None:
     if dg_id not in by_id:
         raise ValueError(f"plan refers to DG {dg_id!r}, which the given state does not have")
+
+
+def describe_plan(plan: PlacementPlan) -> list[str]:
+    """One short line per action (and per unplaced request), for logs and `heteroscale status`."""
+    lines = []
+    for a in plan.all_actions():
+        if isinstance(a, CreateDG):
+            dg = a.dg
+            lines.append(
+                f"create {dg.dg_id} in {dg.level.value} {dg.domain} "
+                f"(prefill {dg.prefill_gpu_type}, decode {dg.decode_gpu_type})"
+            )
+        elif isinstance(a, AddInstances):
+            lines.append(f"add {len(a.instances)} {a.role.value} to {a.dg_id}")
+        elif isinstance(a, RemoveInstances):
+            lines.append(f"remove {len(a.instance_ids)} {a.role.value} from {a.dg_id} (soft)")
+        elif isinstance(a, DeleteDG):
+            lines.append(f"delete {a.dg_id} (soft)")
+    for u in plan.unplaced:
+        lines.append(f"unplaced {u.count} {u.role.value} of {u.service}: {u.reason.value}")
+    return lines

@@ -1,9 +1,11 @@
-"""Vectorised timing for the simulator, derived from (and tested against) `heteroscale_ray.perf`.
+"""Vectorised roofline timing of one instance kind, derived from (and tested against) `roofline`.
 
-The shared roofline model works on scalars; the simulator needs the same numbers for thousands
-of sequences per tick. `InstanceKind` reads the model's coefficients once (FLOPs per token,
-attention FLOPs per token pair, weight bytes read as a function of tokens) by probing the perf
-functions, and evaluates them on numpy arrays. tests/test_sim_speed.py checks both agree.
+The scalar roofline functions (`perf.roofline`, `perf.network`) work on one batch at a time; the
+simulator needs the same numbers for thousands of sequences per tick. `InstanceKind` reads the
+model's coefficients once (FLOPs per token, attention FLOPs per token pair, weight bytes read as
+a function of tokens) by probing those functions, and evaluates them on numpy arrays.
+`tests/test_perf.py::test_vectorised_timing_matches_the_shared_perf_model` checks both agree.
+Per-instance capacity on a kind is `perf.capacity`.
 """
 
 from __future__ import annotations
@@ -97,6 +99,15 @@ class InstanceKind:
         compute = self.prefill_flops(new, cached) / self.prefill_flops_s
         memory = self.weight_bytes(new) / self.mem_bw
         return np.where(new > 0, np.maximum(compute, memory) + self.prefill_overhead_s, 0.0)
+
+    def prefill_one(self, tokens: int, cached: int) -> tuple[float, float]:
+        """(seconds, FLOPs) of one prompt alone; scalar twin of `prefill_seconds` (routing)."""
+        new_t = tokens - cached
+        flops = self.flops_per_token * new_t + self.flops_per_pair * (
+            new_t * cached + new_t * (new_t + 1) / 2
+        )
+        mem = (self.w_shared + self.w_experts * (1.0 - self.q_untouched**new_t)) / self.mem_bw
+        return max(flops / self.prefill_flops_s, mem) + self.prefill_overhead_s, flops
 
     def decode_flops(self, batch: np.ndarray, ctx: np.ndarray) -> np.ndarray:
         return self.flops_per_token * batch + self.flops_per_pair * ctx

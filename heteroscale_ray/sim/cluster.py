@@ -12,9 +12,10 @@ core) rules out a per-token event loop. Per tick (1 s by default):
    cache-miss tokens only. Prefix cache: one pooled KV store per DG over Mooncake `hash_ids`
    (Mooncake's design: prefill instances' spare memory pooled and read over RDMA), holding as
    many 512-token blocks as the DG's ready prefill instances have KV memory beyond
-   `PREFILL_WORKING_TOKENS` each; LRU eviction; a hit costs no prefill FLOPs and its transfer
-   from the pool is not modelled. The DG choice is cache-aware (as Mooncake's conductor):
-   the prefill seconds a DG's cached prefix would save count against its queue;
+   `prefix_cache.PREFILL_WORKING_TOKENS` each; LRU eviction; a hit costs no prefill FLOPs
+   and its transfer from the pool is not modelled. The DG choice is cache-aware (as
+   Mooncake's conductor): the prefill seconds a DG's cached prefix would save count against
+   its queue;
 3. KV transfer: prompt KV bytes over the bandwidth of the lowest switch level the two hosts
    share; the request then waits for decode admission;
 4. decode: continuous batching per instance, admission FIFO while the batch fits the KV
@@ -25,65 +26,55 @@ Latency per request: TTFT = first token at prefill end (queueing included); TBT 
 the first to the last token, so KV transfer and decode queueing show up in TBT. Hardware
 signals per tick and instance: busy share (the GPU-utilisation analogue: a decode instance with
 any sequence running counts as busy) and SM activity (achieved FLOP/s over peak).
+
+Pieces in sibling modules: `workload` (the requests), `instances` (instance table, states,
+roles), `prefix_cache` (the per-DG pool),
+`decode_phase` (step 4) and `tick_record` (the per-tick series); per-kind timing is
+`perf.instance_kind`, per-instance capacity `perf.capacity`.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from heteroscale_ray.config import GpuCatalog, Role, ServiceSpec
+from heteroscale_ray.perf.capacity import decode_capacity
 from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants
+from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.network import SharedLevel
 from heteroscale_ray.perf.profiles import ModelProfile, get_profile
-from heteroscale_ray.sim.speed import InstanceKind
+from heteroscale_ray.sim.decode_phase import admit_fifo, advance_decode
+from heteroscale_ray.sim.instances import (
+    DECODE,
+    DRAINING,
+    GONE,
+    PREFILL,
+    READY,
+    SOFT,
+    STARTING,
+    InstanceTable,
+)
+from heteroscale_ray.sim.prefix_cache import PrefixCache, pool_blocks
+from heteroscale_ray.sim.tick_record import record_tick
+from heteroscale_ray.sim.workload import Workload
 from heteroscale_ray.topology import ClusterGraph
 
-STARTING, READY, DRAINING, GONE, SOFT = 0, 1, 2, 3, 4
-# SOFT: soft scale-in window: out of routing, finishing in-flight work, GPUs held until the
-# control loop stops it (-> DRAINING) or puts it back (-> READY, or STARTING if still loading).
-PREFILL, DECODE = 0, 1
-BLOCK_TOKENS = 512  # Mooncake hash_ids cover 512-token prompt blocks
-# KV tokens a prefill instance keeps for the prompt it is computing; the rest of its KV memory
-# is spare and joins its DG's pooled prefix cache. One 64k-token prompt (Mooncake's p99 is 66k).
-PREFILL_WORKING_TOKENS = 65_536
-
-
-@dataclass(frozen=True)
-class Workload:
-    """All requests of a replay, services merged, sorted by arrival."""
-
-    arrival: np.ndarray
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
-    service: np.ndarray  # index into the simulator's service list
-    hash_ids: tuple[tuple[int, ...], ...] | None  # None: no prefix-cache information
-
-    @staticmethod
-    def from_traces(traces: Mapping[str, object], service_names: Sequence[str]) -> Workload:
-        """Merge one trace per service (objects with arrival_s/input_tokens/... columns)."""
-        idx = {n: i for i, n in enumerate(service_names)}
-        parts = [(idx[name], t) for name, t in traces.items()]
-        arrival = np.concatenate([t.arrival_s for _, t in parts]).astype(float)
-        order = np.argsort(arrival, kind="stable")
-        hashes_all = [h for _, t in parts for h in getattr(t, "hash_ids", ())]
-        has_hashes = any(hashes_all)
-        return Workload(
-            arrival=arrival[order],
-            input_tokens=np.concatenate([t.input_tokens for _, t in parts]).astype(np.int64)[order],
-            output_tokens=np.concatenate([t.output_tokens for _, t in parts]).astype(np.int64)[
-                order
-            ],
-            service=np.concatenate([np.full(len(t.arrival_s), i) for i, t in parts])[order],
-            hash_ids=tuple(hashes_all[i] for i in order.tolist()) if has_hashes else None,
-        )
-
-    def __len__(self) -> int:
-        return len(self.arrival)
+__all__ = [
+    "DECODE",
+    "DRAINING",
+    "GONE",
+    "PREFILL",
+    "READY",
+    "SOFT",
+    "STARTING",
+    "ClusterSim",
+    "SimConfig",
+    "Workload",
+]
 
 
 @dataclass(frozen=True)
@@ -93,61 +84,6 @@ class SimConfig:
     tick_s: float = 1.0
     startup_s: float = 90.0  # model load of a new instance (60-120 s is typical for 8-70B)
     drain_timeout_s: float = 900.0  # after the last arrival, keep running this long at most
-
-
-def _prefill(kind: InstanceKind, tokens: int, cached: int) -> tuple[float, float]:
-    """(seconds, FLOPs) of one prompt alone on `kind`; scalar twin of kind.prefill_seconds."""
-    new_t = tokens - cached
-    flops = kind.flops_per_token * new_t + kind.flops_per_pair * (
-        new_t * cached + new_t * (new_t + 1) / 2
-    )
-    mem = (kind.w_shared + kind.w_experts * (1.0 - kind.q_untouched**new_t)) / kind.mem_bw
-    return max(flops / kind.prefill_flops_s, mem) + kind.prefill_overhead_s, flops
-
-
-class _Grow:
-    """Column store of instances; rows are never reused so ids stay stable."""
-
-    FIELDS = {
-        "svc": np.int64,
-        "role": np.int64,
-        "kind": np.int64,
-        "host": np.int64,
-        "dg": np.int64,
-        "gpus": np.int64,
-        "state": np.int64,
-        "t_ready": float,
-        "t_created": float,
-        "t_removed": float,
-        "free_at": float,  # prefill: when the FIFO queue empties
-        "cum_work": float,  # prefill: seconds of work ever assigned
-        "cum_flops": float,
-        "exec_prev": float,  # prefill: work executed by the previous tick's end
-        "kv_cap": float,
-        "max_seqs": np.int64,
-        "kv_used": float,  # decode: KV tokens reserved by admitted sequences
-        "kv_promised": float,  # decode: KV of routed, not yet finished requests (for balancing)
-        "n_active": np.int64,
-        "n_pending": np.int64,
-    }
-
-    def __init__(self, capacity: int = 256) -> None:
-        self.n = 0
-        for name, dt in self.FIELDS.items():
-            setattr(self, name, np.zeros(capacity, dtype=dt))
-
-    def add(self, **values: float) -> int:
-        if self.n == len(self.svc):
-            for name in self.FIELDS:
-                old = getattr(self, name)
-                new = np.zeros(2 * len(old), dtype=old.dtype)
-                new[: len(old)] = old
-                setattr(self, name, new)
-        row = self.n
-        for name, v in values.items():
-            getattr(self, name)[row] = v
-        self.n += 1
-        return row
 
 
 class ClusterSim:
@@ -184,12 +120,12 @@ class ClusterSim:
         )
         self.kinds: list[InstanceKind] = []
         self._kind_of: dict[tuple[str, str, int], int] = {}
-        self.inst = _Grow()
+        self.inst = InstanceTable()
         self.inst_ids: list[str] = []
         self.row_of: dict[str, int] = {}
         self.dg_names: list[str] = []
         self._dg_index: dict[str, int] = {}
-        self._dg_cache: dict[int, OrderedDict[int, None]] = {}
+        self.prefix_cache = PrefixCache()
         self._kv_full_cache: dict[tuple[int, int], float] = {}
         n = len(workload)
         self.horizon = float(workload.arrival[-1]) + self.dt if n else self.dt
@@ -344,9 +280,9 @@ class ClusterSim:
             np.add.at(self.ts_arrivals[self.tick], self.w.service[new], 1)
         todo = np.concatenate([self._backlog, new]) if len(self._backlog) else new
         self._backlog = self._route(todo, t0) if len(todo) else todo
-        self._admit(t0, t1)
-        self._decode(t0, t1)
-        self._record(t0, t1)
+        admit_fifo(self, t0, t1)
+        advance_decode(self, t0, t1)
+        record_tick(self, t1)
         self.now = t1
         self.tick += 1
 
@@ -399,11 +335,9 @@ class ClusterSim:
             for h in (*pheaps.values(), *dheaps.values()):
                 heapq.heapify(h)
             groups = sorted(pheaps)
-            pool_blocks: dict[int, int] = {}
+            pools: dict[int, int] = {}
             if hashes is not None:
-                spare = np.maximum(T.kv_cap[pre_rows] - PREFILL_WORKING_TOKENS, 0.0)
-                for g_, sp in zip(dg[pre_rows].tolist(), spare.tolist(), strict=True):
-                    pool_blocks[g_] = pool_blocks.get(g_, 0) + int(sp) // BLOCK_TOKENS
+                pools = pool_blocks(T.kv_cap[pre_rows], dg[pre_rows])
             ttft_slo = self.services[s].slo.ttft_s
             arr = w.arrival[ids].tolist()
             inp = w.input_tokens[ids].tolist()
@@ -426,10 +360,12 @@ class ClusterSim:
                         wait = pheaps[cand][0][0] - a
                         score = (wait if wait > 0 else 0.0) / ttft_slo + dheaps[cand][0][0]
                         if blocks:  # cache-aware: the prefill time a hit in this DG saves
-                            hit = self._cache_peek(cand, blocks, tokens)
+                            hit = self.prefix_cache.peek(cand, blocks, tokens)
                             if hit:
                                 ck = kinds[T.kind[pheaps[cand][0][1]]]
-                                saved = _prefill(ck, tokens, 0)[0] - _prefill(ck, tokens, hit)[0]
+                                saved = (
+                                    ck.prefill_one(tokens, 0)[0] - ck.prefill_one(tokens, hit)[0]
+                                )
                                 score -= saved / ttft_slo
                         if score < best:
                             best, g = score, cand
@@ -438,8 +374,8 @@ class ClusterSim:
                 kind = kinds[T.kind[r]]
                 cached = 0
                 if blocks:
-                    cached = self._cache_lookup(g, blocks, tokens, pool_blocks.get(g, 0))
-                svc_time, flops = _prefill(kind, tokens, cached)
+                    cached = self.prefix_cache.lookup(g, blocks, tokens, pools.get(g, 0))
+                svc_time, flops = kind.prefill_one(tokens, cached)
                 start = free if free > arr[j] else max(arr[j], t0)
                 fin = start + svc_time
                 heapq.heapreplace(heap, (fin, r))
@@ -489,8 +425,6 @@ class ClusterSim:
         """Share of a decode instance's KV capacity a batch at the TBT SLO holds (cached)."""
         key = (s, kind)
         if key not in self._kv_full_cache:
-            from heteroscale_ray.sim.sizing import decode_capacity
-
             m = self.w.service == s
             inp = self.w.input_tokens[m].astype(float)
             out = self.w.output_tokens[m].astype(float)
@@ -502,42 +436,6 @@ class ClusterSim:
             self._kv_full_cache[key] = max(cap.batch * res / k.kv_capacity_tokens, 1e-6)
         return self._kv_full_cache[key]
 
-    def _cache_peek(self, dg: int, blocks: tuple[int, ...], tokens: int) -> int:
-        """Cached tokens the prompt would hit in the DG's pool (no insertion, no LRU refresh)."""
-        cache = self._dg_cache.get(dg)
-        if not cache:
-            return 0
-        hit = 0
-        for b in blocks:
-            if b not in cache:
-                break
-            hit += 1
-        return min(hit * BLOCK_TOKENS, tokens - 1)
-
-    def _cache_lookup(self, dg: int, blocks: tuple[int, ...], tokens: int, cap: int) -> int:
-        """Cached tokens of the prompt's leading blocks in the DG's pooled prefix cache.
-
-        Then the prompt's blocks are inserted (or refreshed) and the least recently used
-        blocks evicted down to `cap` blocks, the pool's current size.
-        """
-        cache = self._dg_cache.get(dg)
-        if cache is None:
-            cache = OrderedDict()
-            self._dg_cache[dg] = cache
-        hit = 0
-        for b in blocks:
-            if b in cache:
-                hit += 1
-            else:
-                break
-        for b in blocks[:hit]:
-            cache.move_to_end(b)
-        for b in blocks[hit:]:
-            cache[b] = None
-        while len(cache) > cap:
-            cache.popitem(last=False)
-        return min(hit * BLOCK_TOKENS, tokens - 1)
-
     def _shared_level(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         sa, sb = self.host_sw[a], self.host_sw[b]
         level = np.full(len(a), int(SharedLevel.CROSS_S2), dtype=np.int64)
@@ -546,140 +444,3 @@ class ClusterSim:
         level[sa[:, 0] == sb[:, 0]] = SharedLevel.S0
         level[a == b] = SharedLevel.HOST
         return level
-
-    def _admit(self, t0: float, t1: float) -> None:
-        """FIFO admission per decode instance while sequences and KV reservations fit."""
-        if not len(self._pending):
-            return
-        T = self.inst
-        p = self._pending
-        ok = self.t_kv[p] < t1
-        cand = p[ok]
-        if not len(cand):
-            return
-        d = self.d_inst[cand]
-        order = np.lexsort((self.t_kv[cand], d))
-        cand, d = cand[order], d[order]
-        res = self.reserve[cand]
-        starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
-        seg = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(d)]))
-        rank = np.arange(len(d)) - starts[seg]
-        csum = np.cumsum(res)
-        before = np.r_[0.0, csum][starts][seg]
-        cum = csum - before
-        admit = (rank < T.max_seqs[d] - T.n_active[d]) & (cum <= T.kv_cap[d] - T.kv_used[d])
-        a_ids, a_d = cand[admit], d[admit]
-        if not len(a_ids):
-            return
-        self.t_dstart[a_ids] = np.maximum(self.t_kv[a_ids], t0)
-        np.add.at(T.kv_used, a_d, self.reserve[a_ids])
-        np.add.at(T.n_active, a_d, 1)
-        np.add.at(T.n_pending, a_d, -1)
-        keep = np.ones(len(p), dtype=bool)
-        keep[np.flatnonzero(ok)[order[admit]]] = False
-        self._pending = p[keep]
-        self._active = np.concatenate([self._active, a_ids])
-
-    def _decode(self, t0: float, t1: float) -> None:
-        T, w = self.inst, self.w
-        n = T.n
-        self._dec_busy = np.zeros(n)
-        self._dec_tokens = np.zeros(n)
-        self._dec_flops = np.zeros(n)
-        A = self._active
-        if not len(A):
-            return
-        d = self.d_inst[A]
-        ctx = w.input_tokens[A] + self.gen[A]
-        B = np.bincount(d, minlength=n).astype(float)
-        C = np.bincount(d, weights=ctx, minlength=n)
-        tau = np.zeros(n)
-        live = np.flatnonzero(B > 0)
-        kind_live = T.kind[live]
-        for k in np.unique(kind_live).tolist():
-            rows = live[kind_live == k]
-            tau[rows] = self.kinds[k].step_seconds(B[rows], C[rows])
-        st = np.maximum(self.t_dstart[A], t0)
-        avail = t1 - st
-        step = tau[d]
-        can = avail / step
-        need = (w.output_tokens[A] - 1) - self.gen[A]
-        fin = can >= need
-        made = np.where(fin, need, can)
-        self.gen[A] += made
-        end = np.where(fin, st + need * step, t1)
-        np.maximum.at(self._dec_busy, d, (end - st) / self.dt)
-        self._dec_tokens = np.bincount(d, weights=made, minlength=n)
-        steps = self._dec_busy * self.dt / np.where(tau > 0, tau, 1.0)
-        for k in np.unique(kind_live).tolist():
-            rows = live[kind_live == k]
-            self._dec_flops[rows] = steps[rows] * self.kinds[k].decode_flops(B[rows], C[rows])
-        done_ids = A[fin]
-        if len(done_ids):
-            dd = d[fin]
-            self.t_done[done_ids] = end[fin]
-            np.subtract.at(T.kv_used, dd, self.reserve[done_ids])
-            np.subtract.at(T.kv_promised, dd, self.reserve[done_ids])
-            np.add.at(T.n_active, dd, -1)
-            self._active = A[~fin]
-
-    def _record(self, t0: float, t1: float) -> None:
-        T = self.inst
-        n = T.n
-        t = self.tick
-        st, role, svc, gpus = T.state[:n], T.role[:n], T.svc[:n], T.gpus[:n].astype(float)
-        held = st != GONE
-        held_out = (st == SOFT) & (T.t_ready[:n] <= t1)  # soft scale-in, model loaded
-        serving = (st == READY) | (st == DRAINING) | held_out
-        # prefill busy: work executed by t1 = assigned work minus what is still queued
-        executed = T.cum_work[:n] - np.maximum(0.0, T.free_at[:n] - np.maximum(t1, T.t_ready[:n]))
-        executed = np.where(T.cum_work[:n] > 0, executed, 0.0)
-        busy_p = np.clip((executed - T.exec_prev[:n]) / self.dt, 0.0, 1.0)
-        flops_rate = np.divide(
-            T.cum_flops[:n], T.cum_work[:n], out=np.zeros(n), where=T.cum_work[:n] > 0
-        )
-        peak = (
-            np.array([self.kinds[k].peak_flops for k in T.kind[:n].tolist()]) if n else np.zeros(0)
-        )
-        sm_p = busy_p * flops_rate / np.where(peak > 0, peak, 1.0)
-        T.exec_prev[:n] = executed
-        busy_d = self._dec_busy[:n] if len(self._dec_busy) >= n else np.zeros(n)
-        sm_d = self._dec_flops[:n] / (self.dt * np.where(peak > 0, peak, 1.0))
-        busy = np.where(role == PREFILL, busy_p, np.minimum(busy_d, 1.0))
-        sm = np.minimum(np.where(role == PREFILL, sm_p, sm_d), 1.0)
-        busy = np.where(serving, busy, 0.0)
-        sm = np.where(serving, sm, 0.0)
-        cost = (
-            np.array([self.kinds[k].cost_per_gpu_hour for k in T.kind[:n].tolist()])
-            if n
-            else np.zeros(0)
-        )
-        kvuse = np.where(role == DECODE, T.kv_used[:n] / np.maximum(T.kv_cap[:n], 1.0), 0.0)
-        key = svc * 2 + role
-        size = 2 * len(self.services)
-
-        def agg(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            return np.bincount(key[mask], weights=x[mask], minlength=size).reshape(-1, 2)
-
-        ones = np.ones(n)
-        self.ts_ready[t] = agg(ones, st == READY)
-        self.ts_starting[t] = agg(ones, st == STARTING)
-        self.ts_draining[t] = agg(ones, (st == DRAINING) | held_out)
-        self.ts_gpus[t] = agg(gpus, held)
-        self.ts_cost[t] = agg(gpus * cost, held)
-        self.ts_busy[t] = agg(busy, serving)
-        self.ts_sm[t] = agg(sm, serving)
-        self.ts_gpu_busy[t] = agg(busy * gpus, held)
-        self.ts_gpu_sm[t] = agg(sm * gpus, held)
-        self.ts_kv[t] = agg(kvuse, serving & (role == DECODE))
-        self.ts_tokens[t, :, DECODE] = agg(self._dec_tokens[:n], serving)[:, DECODE]
-        # ongoing requests per pool: prefill = routed but no first token yet (+ unrouted)
-        w = self.w
-        lo = int(np.searchsorted(w.arrival, t1 - 600.0))
-        recent = np.arange(lo, self._next_arrival)
-        waiting_p = recent[(self.t_first[recent] > t1) | np.isnan(self.t_first[recent])]
-        self.ts_ongoing[t, :, PREFILL] = np.bincount(
-            w.service[waiting_p], minlength=len(self.services)
-        )
-        in_dec = np.concatenate([self._pending, self._active])
-        self.ts_ongoing[t, :, DECODE] = np.bincount(w.service[in_dec], minlength=len(self.services))

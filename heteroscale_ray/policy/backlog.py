@@ -1,0 +1,55 @@
+"""The backlog rule: a role whose queue keeps growing is short of capacity, whatever the
+throughput signal says (a saturated role caps its own processed throughput, so throughput alone
+hides demand exactly when it matters). After `backlog_periods` periods of growth in a row, that
+role is never held or scaled in; it steps out until the queue stops growing."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.policy.latency_guard import guard_target
+from heteroscale_ray.policy.types import PolicyState, Signals
+
+# A queue must grow by more than this (seconds of prefill work / waiting sequences) to count:
+# float noise and one extra request must not start a streak.
+GROWTH_EPS = {Role.PREFILL: 0.05, Role.DECODE: 0.5}
+STEP = 0.10  # share of the role's instances added per period while the streak lasts
+
+
+def queue_of(signals: Signals, role: Role) -> float | None:
+    value = signals.prefill_queue_s if role is Role.PREFILL else signals.decode_queue
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def track(state: PolicyState, signals: Signals) -> PolicyState:
+    """Update each role's last queue and growth streak from this snapshot (missing data resets
+    nothing: the streak waits for the next real value)."""
+    out = state
+    for role in Role:
+        value = queue_of(signals, role)
+        if value is None:
+            continue
+        last = getattr(state, f"{role.value}_queue_last")
+        streak = getattr(state, f"{role.value}_growth_streak")
+        grew = last is not None and value > last + GROWTH_EPS[role]
+        out = replace(
+            out,
+            **{
+                f"{role.value}_queue_last": value,
+                f"{role.value}_growth_streak": streak + 1 if grew else 0,
+            },
+        )
+    return out
+
+
+def growing(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:
+    """The role's queue grew `backlog_periods` periods in a row."""
+    streak = getattr(state, f"{role.value}_growth_streak")
+    return streak >= spec.policy.demand.backlog_periods
+
+
+def backlog_target(current: int) -> int:
+    """Where a growing role goes this period: one step out (at least one instance)."""
+    return guard_target(current, STEP)

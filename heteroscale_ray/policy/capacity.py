@@ -1,0 +1,196 @@
+"""What one instance carries, per (model, GPU type, role): the roofline prior, corrected by
+what replicas report. Pure: the caller passes signals, state and time.
+
+The prior is the project's one capacity model (`perf.capacity`) at the load's mean lengths. The
+correction is one number per role, measured over prior, averaged in log space:
+- prefill: cache-miss tokens per busy second of a prefill instance, over the prior's;
+- decode: the prior's step time at the observed batch, over the measured step time.
+So a GPU slower than its spec sheet, an engine with more overhead, or a prefix-cache mix the
+prior does not know shows up as a scale below 1 and the fleet is sized for it. Operators can
+pin either value with `policy.demand.prefill_tokens_per_s` / `decode_batch`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, GpuType, ServiceSpec
+from heteroscale_ray.perf.capacity import decode_capacity, prefill_capacity
+from heteroscale_ray.perf.instance_kind import InstanceKind
+from heteroscale_ray.perf.profiles import get_profile
+from heteroscale_ray.policy.dynamic_ratio import smooth
+from heteroscale_ray.policy.types import PolicyState, Signals
+
+DEFAULT_PROMPT = 1024.0  # tokens; the prior's length before any request was seen
+DEFAULT_OUTPUT = 256.0
+SCALE_BOUNDS = (0.2, 5.0)  # a measurement further off than this is a broken report, not a GPU
+MIN_BUSY = 0.2  # below this busy share, tokens per busy second is too noisy to learn from
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Per-instance capacity of one service's roles at the current load's lengths."""
+
+    prefill_tps: float  # cache-miss prompt tokens/s of one prefill instance, busy all the time
+    decode_batch: float  # sequences one decode instance runs within the TBT budget and KV
+    decode_tps: float  # tokens/s one decode instance makes at that batch
+    prefill_scale: float = 1.0  # learned correction applied to the prior (1.0: prior as is)
+    decode_scale: float = 1.0
+    source: str = "prior"  # "prior", "learned" or "override"
+
+    def describe(self) -> str:
+        return (
+            f"prefill {self.prefill_tps:,.0f} tok/s/instance (x{self.prefill_scale:.2f}), "
+            f"decode {self.decode_batch:,.0f} seqs = {self.decode_tps:,.0f} tok/s/instance "
+            f"(x{self.decode_scale:.2f}), {self.source}"
+        )
+
+
+@lru_cache(maxsize=256)
+def _kind(model: str, gpu: GpuType, n_gpus: int) -> InstanceKind:
+    return InstanceKind.build(get_profile(model), gpu, n_gpus)
+
+
+def kinds(spec: ServiceSpec, catalog: GpuCatalog) -> tuple[InstanceKind, InstanceKind]:
+    """The prefill and decode instance kinds of a service's preferred GPU types."""
+    p, d = spec.prefill, spec.decode
+    return (
+        _kind(spec.model, catalog[p.gpu_types[0]], p.gpus_per_instance),
+        _kind(spec.model, catalog[d.gpu_types[0]], d.gpus_per_instance),
+    )
+
+
+def _prior(
+    spec: ServiceSpec, catalog: GpuCatalog, prompt: float, output: float, tbt_budget_s: float
+) -> tuple[float, float, float]:
+    p, d = spec.prefill, spec.decode
+    return _prior_of(
+        spec.model,
+        catalog[p.gpu_types[0]],
+        p.gpus_per_instance,
+        catalog[d.gpu_types[0]],
+        d.gpus_per_instance,
+        prompt,
+        output,
+        tbt_budget_s,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _prior_of(
+    model: str,
+    p_gpu: GpuType,
+    p_n: int,
+    d_gpu: GpuType,
+    d_n: int,
+    prompt: float,
+    output: float,
+    tbt_budget_s: float,
+) -> tuple[float, float, float]:
+    pk, dk = _kind(model, p_gpu, p_n), _kind(model, d_gpu, d_n)
+    prefill = prefill_capacity(pk, prompt, busy_share=1.0)
+    dec = decode_capacity(dk, tbt_budget_s, prompt + output / 2, prompt + output, margin=1.0)
+    return prefill, float(dec.batch), dec.tokens_per_s
+
+
+def _rounded(x: float) -> float:
+    """Two significant digits: the prior changes little with length, and caching stays useful."""
+    if x <= 0:
+        return x
+    digits = 1 - int(math.floor(math.log10(x)))
+    return round(x, digits)
+
+
+def lengths(signals: Signals) -> tuple[float, float]:
+    """Mean prompt and output length of the current load (defaults before any is seen)."""
+    prompt = signals.prompt_mean
+    output = signals.output_mean
+    prompt = prompt if _positive(prompt) else DEFAULT_PROMPT
+    output = output if _positive(output) else DEFAULT_OUTPUT
+    return _rounded(prompt), _rounded(max(output, 1.0))  # type: ignore[arg-type]
+
+
+def capacity(
+    spec: ServiceSpec, signals: Signals, state: PolicyState, catalog: GpuCatalog = DEFAULT_CATALOG
+) -> Capacity:
+    """Capacity at this snapshot's lengths: prior x learned scale, or the configured override."""
+    demand = spec.policy.demand
+    prompt, output = lengths(signals)
+    p_scale = state.prefill_capacity_scale or 1.0
+    d_scale = state.decode_capacity_scale or 1.0
+    budget = spec.slo.tbt_s * demand.decode_tbt_margin
+    prefill, _, _ = _prior(spec, catalog, prompt, output, budget)
+    # A decode instance d_scale x faster than the prior fits the batch the prior allows at a
+    # d_scale x looser budget.
+    _, batch, tps = _prior(spec, catalog, prompt, output, _rounded(budget * d_scale))
+    cap = Capacity(
+        prefill * p_scale,
+        batch,
+        tps,
+        p_scale,
+        d_scale,
+        "learned" if state.capacity_learned_at is not None else "prior",
+    )
+    if demand.prefill_tokens_per_s is not None:
+        cap = replace(cap, prefill_tps=demand.prefill_tokens_per_s, source="override")
+    if demand.decode_batch is not None:
+        per_seq = cap.decode_tps / cap.decode_batch
+        cap = replace(
+            cap, decode_batch=demand.decode_batch, decode_tps=per_seq * demand.decode_batch
+        )
+        cap = replace(cap, source="override")
+    return cap
+
+
+def learn(
+    spec: ServiceSpec,
+    signals: Signals,
+    state: PolicyState,
+    ready_prefill: int,
+    ready_decode: int,
+    now: float,
+    catalog: GpuCatalog = DEFAULT_CATALOG,
+) -> PolicyState:
+    """Fold this snapshot's measured capacity into the state (no change without usable data)."""
+    demand = spec.policy.demand
+    if not demand.learn:
+        return state
+    prompt, output = lengths(signals)
+    pk, dk = kinds(spec, catalog)
+    p_scale, d_scale = state.prefill_capacity_scale, state.decode_capacity_scale
+    learned = False
+    busy, tps = signals.prefill_busy, signals.prefill_tps
+    if ready_prefill > 0 and _positive(tps) and _positive(busy) and busy >= MIN_BUSY:  # type: ignore[operator]
+        measured = tps / (busy * ready_prefill)  # type: ignore[operator]
+        prior = prefill_capacity(pk, prompt, busy_share=1.0)
+        p_scale = _fold(p_scale, state.capacity_learned_at, measured / prior, now, demand)
+        learned = True
+    step, running = signals.decode_step_s, signals.decode_running
+    if ready_decode > 0 and _positive(step) and _positive(running):
+        batch = max(1.0, running / ready_decode)  # type: ignore[operator]
+        ctx = prompt + output / 2
+        prior = float(dk.step_seconds(batch, batch * ctx))
+        d_scale = _fold(d_scale, state.capacity_learned_at, prior / step, now, demand)  # type: ignore[operator]
+        learned = True
+    if not learned:
+        return state
+    return replace(
+        state,
+        prefill_capacity_scale=p_scale,
+        decode_capacity_scale=d_scale,
+        capacity_learned_at=now,
+    )
+
+
+def _fold(
+    previous: float | None, previous_at: float | None, ratio: float, now: float, demand
+) -> float:
+    lo, hi = SCALE_BOUNDS
+    value = min(max(ratio, lo), hi)
+    return smooth(previous, previous_at, value, now, demand.learn_smoothing_s)
+
+
+def _positive(x: float | None) -> bool:
+    return x is not None and math.isfinite(x) and x > 0

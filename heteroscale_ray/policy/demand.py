@@ -1,0 +1,350 @@
+"""`signal: demand`: each role sized on its own arrival-side demand over what one instance carries.
+
+Demand is measured where work arrives, so a saturated role cannot hide it:
+- prefill: cache-miss prompt tokens/s arriving, over one instance's learned tokens/s at the
+  configured busy share, plus the queued work drained within `drain_s`;
+- decode: the larger of the tokens/s arrivals will ask for (request rate x mean output, which
+  sees demand while prefill still holds it back) over one instance's tokens/s, and the
+  sequences running or waiting over one instance's batch.
+Both roles move in one decision (the paper's coordinated action); the P/D ratio is whatever the
+two needs make it, snapped to a small ratio only for the shape of new Deployment Groups. Then
+the backlog rule, the latency guard on the latency capacity can fix, the KV guard, bounds and
+budget, and never-shrink-on-missing-data, as for the paper's rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
+from heteroscale_ray.policy import backlog
+from heteroscale_ray.policy.capacity import Capacity, capacity, learn
+from heteroscale_ray.policy.cooldown import cooldown_left
+from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
+from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
+from heteroscale_ray.policy.latency_guard import guard_target, reached_tier
+from heteroscale_ray.policy.limits import clamp, gpus
+from heteroscale_ray.policy.proportional import Direction, ceil_eps, damped_target, dead_band
+from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
+
+FLOOR_SHARE = 0.2  # queueing under this share of the TTFT SLO: more prefill cannot help
+MIN_GAIN = 0.1  # a guard step must cut the fixable latency by this share to earn another
+PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
+PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
+# When several roles moved or held, the decision's one reason is the first in this order.
+PRIORITY = (
+    Reason.INITIAL,
+    Reason.BACKLOG_GROWTH,
+    Reason.LATENCY_GUARD,
+    Reason.KV_PRESSURE,
+    Reason.SCALE_OUT,
+    Reason.SCALE_IN,
+    Reason.CLAMPED_BUDGET,
+    Reason.CLAMPED_MIN_MAX,
+    Reason.LATENCY_NO_GAIN,
+    Reason.LATENCY_FLOOR,
+    Reason.HOLD_AT_BOUND,
+    Reason.HOLD_COOLDOWN,
+    Reason.HOLD_MISSING_SIGNAL,
+    Reason.HOLD_DEADBAND,
+)
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    """What one role should be, and why (the sentence part for this role)."""
+
+    role: Role
+    current: int
+    target: int
+    reason: Reason
+    why: str
+    need: float | None = None
+
+
+def decide_demand(
+    spec: ServiceSpec,
+    signals: Signals,
+    counts: RoleCounts,
+    state: PolicyState,
+    now: float,
+    catalog: GpuCatalog = DEFAULT_CATALOG,
+) -> tuple[Decision, PolicyState]:
+    problem = snapshot_problem(signals, now, spec.policy.stale_after_s)
+    if problem is None:
+        state = backlog.track(state, signals)
+        state = learn(spec, signals, state, counts.prefill_ready, counts.decode_ready, now, catalog)
+    cap = capacity(spec, signals, state, catalog)
+    needs = {
+        Role.PREFILL: prefill_need(spec, signals, counts, cap, problem),
+        Role.DECODE: decode_need(spec, signals, cap, problem),
+    }
+    initial = counts.prefill == 0 and counts.decode == 0
+    plans = {
+        role: initial_plan(spec, role, *needs[role])
+        if initial
+        else role_plan(spec, role, counts.of(role), *needs[role], state, now)
+        for role in Role
+    }
+    guard_state = state
+    if not initial:
+        for role in Role:
+            plans[role] = backlog_rule(spec, state, plans[role])
+        plans, guard_state = latency_guard(spec, signals, counts, state, now, plans)
+        plans[Role.DECODE] = kv_guard(spec, signals, state, now, plans[Role.DECODE])
+    plans = bounded(spec, plans)
+    reason = next(r for r in PRIORITY if any(p.reason is r for p in plans.values()))
+    p, d = plans[Role.PREFILL].target, plans[Role.DECODE].target
+    ratio = nearest_ratio(max(p, 1) / max(d, 1), PLACEMENT_MAX_TERM, *PLACEMENT_BOUNDS)
+    message = "; ".join(f"{pl.role.value}: {pl.why} -> {pl.target}" for pl in plans.values())
+    decision = Decision(
+        service=spec.name,
+        prefill=p,
+        decode=d,
+        reason=reason,
+        message=f"{message} [{cap.describe()}]",
+        signal_value=needs[Role.DECODE][0],
+        required_prefill=needs[Role.PREFILL][0],
+        required_decode=needs[Role.DECODE][0],
+        pd_ratio=PdRatio(*ratio),
+    )
+    return decision, advance(guard_state, counts, plans, now)
+
+
+def prefill_need(
+    spec: ServiceSpec, s: Signals, counts: RoleCounts, cap: Capacity, problem: str | None
+) -> tuple[float | None, str]:
+    """Fractional prefill instances the arriving prompts and the queue ask for."""
+    if problem is not None:
+        return None, f"signals {problem}"
+    offered = s.prefill_offered_tps if _usable(s.prefill_offered_tps) else s.prefill_tps
+    if not _usable(offered):
+        return None, "offered prompt tokens/s is missing"
+    per = cap.prefill_tps * spec.policy.demand.prefill_utilization
+    need = offered / per  # type: ignore[operator]
+    why = f"{offered:,.0f} prompt tok/s / {per:,.0f} per instance"
+    queue = backlog.queue_of(s, Role.PREFILL)
+    if queue and counts.prefill_ready:
+        drain = queue * counts.prefill_ready / spec.policy.demand.drain_s
+        need += drain
+        why += f" + {queue:,.1f} s queued"
+    return need, why
+
+
+def decode_need(
+    spec: ServiceSpec, s: Signals, cap: Capacity, problem: str | None
+) -> tuple[float | None, str]:
+    """Fractional decode instances: arriving output tokens/s, or sequences in the pool."""
+    if problem is not None:
+        return None, f"signals {problem}"
+    by_rate = by_seqs = None
+    if _usable(s.request_rate) and _usable(s.output_mean):
+        offered = s.request_rate * max(s.output_mean - 1.0, 0.0)  # type: ignore[operator]
+        by_rate = offered / cap.decode_tps
+    elif _usable(s.decode_tps):
+        offered = s.decode_tps
+        by_rate = offered / cap.decode_tps  # type: ignore[operator]
+    if _usable(s.decode_running):
+        seqs = s.decode_running + (backlog.queue_of(s, Role.DECODE) or 0.0)  # type: ignore[operator]
+        by_seqs = seqs / cap.decode_batch
+    if by_rate is None and by_seqs is None:
+        return None, "decode demand is missing"
+    need = max(x for x in (by_rate, by_seqs) if x is not None)
+    parts = []
+    if by_rate is not None:
+        parts.append(f"{offered:,.0f} tok/s / {cap.decode_tps:,.0f}")
+    if by_seqs is not None:
+        parts.append(f"{seqs:,.0f} seqs / {cap.decode_batch:,.0f}")
+    return need, " vs ".join(parts)
+
+
+def initial_plan(spec: ServiceSpec, role: Role, need: float | None, why: str) -> RolePlan:
+    start = ceil_eps(need) if need is not None else 0
+    return RolePlan(role, 0, start, Reason.INITIAL, f"no instances yet; {why}", need)
+
+
+def role_plan(
+    spec: ServiceSpec,
+    role: Role,
+    current: int,
+    need: float | None,
+    why: str,
+    state: PolicyState,
+    now: float,
+) -> RolePlan:
+    """Dead-band, then cooldown, then damping: the paper's proportional rule, per role."""
+    policy = spec.policy
+    if need is None:
+        why = f"{why}, and missing data never scales in"
+        return RolePlan(role, current, current, Reason.HOLD_MISSING_SIGNAL, why)
+    direction = dead_band(need, current, policy.scale_out_tolerance, policy.scale_in_tolerance)
+    desired = ceil_eps(need)
+    why = f"{why} = {need:,.1f} (now {current})"
+    if direction is Direction.HOLD or (direction is Direction.IN and desired >= current):
+        return RolePlan(
+            role, current, current, Reason.HOLD_DEADBAND, f"{why} in the dead-band", need
+        )
+    out = direction is Direction.OUT
+    cooldown = policy.scale_out_cooldown_s if out else policy.scale_in_cooldown_s
+    wait = cooldown_left(now, state.last_scaled_at, cooldown)
+    if wait > 0:
+        why += f", scale-{direction.value} cooldown {wait:,.0f} s left"
+        return RolePlan(role, current, current, Reason.HOLD_COOLDOWN, why, need)
+    damping = policy.scale_out_damping if out else policy.scale_in_damping
+    target = damped_target(current, desired, damping)
+    return RolePlan(role, current, target, Reason.SCALE_OUT if out else Reason.SCALE_IN, why, need)
+
+
+def backlog_rule(spec: ServiceSpec, state: PolicyState, plan: RolePlan) -> RolePlan:
+    """A role whose queue grew `backlog_periods` periods in a row never holds or shrinks."""
+    if not backlog.growing(spec, state, plan.role) or plan.target > plan.current:
+        return plan
+    streak = getattr(state, f"{plan.role.value}_growth_streak")
+    why = f"{plan.why}; but its queue grew {streak} periods in a row"
+    return replace(
+        plan, target=backlog.backlog_target(plan.current), reason=Reason.BACKLOG_GROWTH, why=why
+    )
+
+
+def latency_guard(
+    spec: ServiceSpec,
+    s: Signals,
+    counts: RoleCounts,
+    state: PolicyState,
+    now: float,
+    plans: dict[Role, RolePlan],
+) -> tuple[dict[Role, RolePlan], PolicyState]:
+    """Step out the role whose *queueing* latency breaks the SLO; stop when a step did not help.
+
+    TTFT counts against prefill, but only its queueing part (a long prompt's own compute is
+    not shortened by more instances: that is a latency floor, reason latency_floor). TBT counts
+    against decode when batches are large enough that more instances shrink them. A step that
+    did not cut the fixable latency by MIN_GAIN earns no other (reason latency_no_gain) until
+    latency drops below the lowest tier.
+    """
+    guard = spec.policy.latency_guard
+    if not guard.enabled or snapshot_problem(s, now, spec.policy.stale_after_s):
+        return plans, state
+    watched = []
+    if guard.metric in ("ttft", "both"):
+        wait = s.ttft_wait_p99_s if value_problem(s.ttft_wait_p99_s) is None else None
+        floor = wait is not None and wait < FLOOR_SHARE * spec.slo.ttft_s
+        watched.append((Role.PREFILL, "TTFT", s.ttft_p99_s, spec.slo.ttft_s, wait, floor))
+    if guard.metric in ("tbt", "both"):
+        batch = None
+        if _usable(s.decode_running) and counts.decode_ready:
+            batch = s.decode_running / counts.decode_ready  # type: ignore[operator]
+        floor = batch is not None and batch < 2.0
+        watched.append((Role.DECODE, "TBT", s.tbt_p99_s, spec.slo.tbt_s, s.tbt_p99_s, floor))
+    for role, name, observed, slo, fixable, floor in watched:
+        plan = plans[role]
+        if value_problem(observed) is not None:
+            continue
+        tier = reached_tier(observed / slo, guard.tiers)  # type: ignore[operator]
+        if tier is None:
+            if state.guard_role == role.value:
+                state = replace(state, guard_role=None, guard_fixable_s=None)
+            continue
+        breach = f"{name} p99 {observed * 1000:,.0f} ms is {observed / slo:.2f}x the SLO"  # type: ignore[operator]
+        if floor:
+            if plan.target <= plan.current and plan.reason is not Reason.BACKLOG_GROWTH:
+                why = f"{plan.why}; {breach} but not from queueing, which instances cannot fix"
+                plans[role] = replace(plan, reason=Reason.LATENCY_FLOOR, why=why)
+            continue
+        fixable = observed if fixable is None else fixable
+        wait_s = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
+        if wait_s > 0:
+            if plan.target < plan.current:
+                why = f"{plan.why}; {breach}, no scale-in during a breach"
+                plans[role] = replace(
+                    plan, target=plan.current, reason=Reason.HOLD_COOLDOWN, why=why
+                )
+            continue
+        before = state.guard_fixable_s if state.guard_role == role.value else None
+        if before is not None and fixable > (1 - MIN_GAIN) * before:
+            why = (
+                f"{plan.why}; {breach} but the last guard step left it at "
+                f"{fixable * 1000:,.0f} ms (was {before * 1000:,.0f} ms): no further step"
+            )
+            target = max(plan.target, plan.current)
+            plans[role] = replace(plan, target=target, reason=Reason.LATENCY_NO_GAIN, why=why)
+            continue
+        step = guard_target(plan.current, tier.step)
+        if step > plan.target:
+            why = f"{plan.why}; {breach} (tier {tier.at:g}x: +{tier.step:.0%})"
+            plans[role] = replace(plan, target=step, reason=Reason.LATENCY_GUARD, why=why)
+            state = replace(state, guard_role=role.value, guard_fixable_s=fixable)
+    return plans, state
+
+
+def kv_guard(
+    spec: ServiceSpec, s: Signals, state: PolicyState, now: float, plan: RolePlan
+) -> RolePlan:
+    """Decode KV memory nearly full: step decode out, and never scale it in while it is."""
+    guard = spec.policy.kv_guard
+    if not guard.enabled or snapshot_problem(s, now, spec.policy.stale_after_s):
+        return plan
+    use = s.kv_use
+    if value_problem(use) is not None or use < guard.high:  # type: ignore[operator]
+        return plan
+    pressure = f"decode KV use {use:.0%} >= {guard.high:.0%}"
+    if cooldown_left(now, state.last_kv_guard_at, guard.cooldown_s) > 0:
+        if plan.target < plan.current:
+            return replace(plan, target=plan.current, reason=Reason.HOLD_COOLDOWN, why=pressure)
+        return plan
+    step = guard_target(plan.current, guard.step)
+    if step <= plan.target:
+        return plan
+    return replace(plan, target=step, reason=Reason.KV_PRESSURE, why=f"{plan.why}; {pressure}")
+
+
+def bounded(spec: ServiceSpec, plans: dict[Role, RolePlan]) -> dict[Role, RolePlan]:
+    """Each role within its min/max, then both within the GPU budget (shrunk alike)."""
+    out = {}
+    for role, plan in plans.items():
+        rs = spec.role(role)
+        target = clamp(plan.target, rs.min_instances, rs.max_instances)
+        if target == plan.target:
+            out[role] = plan
+        elif target == plan.current:
+            out[role] = replace(plan, target=target, reason=Reason.HOLD_AT_BOUND)
+        else:
+            limit = "max" if target < plan.target else "min"
+            why = f"{plan.why} ({role.value} {limit} {target})"
+            out[role] = replace(plan, target=target, reason=Reason.CLAMPED_MIN_MAX, why=why)
+    budget = spec.policy.gpu_budget
+    p, d = out[Role.PREFILL].target, out[Role.DECODE].target
+    if budget is not None and gpus(spec, p, d) > budget:
+        share = budget / gpus(spec, p, d)
+        for role in Role:
+            rs, plan = spec.role(role), out[role]
+            target = max(rs.min_instances, math.floor(plan.target * share))
+            why = f"{plan.why} (GPU budget {budget})"
+            out[role] = replace(plan, target=target, reason=Reason.CLAMPED_BUDGET, why=why)
+    return out
+
+
+def advance(
+    state: PolicyState, counts: RoleCounts, plans: dict[Role, RolePlan], now: float
+) -> PolicyState:
+    grew = any(p.target > counts.of(r) for r, p in plans.items())
+    shrank = any(p.target < counts.of(r) for r, p in plans.items())
+    guarded = any(
+        p.reason is Reason.LATENCY_GUARD and p.target > counts.of(r) for r, p in plans.items()
+    )
+    kv = plans[Role.DECODE].reason is Reason.KV_PRESSURE
+    reason = next(r for r in PRIORITY if any(p.reason is r for p in plans.values()))
+    return replace(
+        state,
+        last_scale_out_at=now if grew else state.last_scale_out_at,
+        last_scale_in_at=now if shrank else state.last_scale_in_at,
+        last_guard_at=now if guarded else state.last_guard_at,
+        last_kv_guard_at=now if kv else state.last_kv_guard_at,
+        last_decision_at=now,
+        last_decision_reason=reason,
+    )
+
+
+def _usable(x: float | None) -> bool:
+    return value_problem(x) is None

@@ -1,0 +1,54 @@
+"""The cluster view a pre-scheduler rebuilds every cycle: healthy hosts only, stable owners.
+
+Pure functions over `TopologySpec`; the actor reads node labels and health, these decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from heteroscale_ray.config import TopologySpec
+
+
+def without_hosts(spec: TopologySpec, gone: set[str]) -> TopologySpec:
+    """The topology minus some hosts (and any switch left empty), validated again."""
+    data = spec.model_dump()
+    pods = []
+    for s2 in data["big_pods"]:
+        minis = []
+        for s1 in s2["mini_pods"]:
+            leaves = [
+                {**s0, "hosts": [h for h in s0["hosts"] if h["name"] not in gone]}
+                for s0 in s1["leaves"]
+            ]
+            leaves = [s0 for s0 in leaves if s0["hosts"]]
+            if leaves:
+                minis.append({**s1, "leaves": leaves})
+        if minis:
+            pods.append({**s2, "mini_pods": minis})
+    data["big_pods"] = pods
+    if data.get("sub_clusters"):
+        alive = {p["name"] for p in pods}
+        data["sub_clusters"] = {
+            k: [b for b in v if b in alive] for k, v in data["sub_clusters"].items()
+        }
+        data["sub_clusters"] = {k: v for k, v in data["sub_clusters"].items() if v}
+    return TopologySpec.model_validate(data)
+
+
+def domain_owners(spec: TopologySpec, previous: Mapping[str, str]) -> dict[str, str]:
+    """Domain name (S1 and S2) -> the sub-cluster that owns its DGs.
+
+    Built from the topology *before* unhealthy hosts are removed and merged over the previous
+    mapping, so a domain that briefly vanishes (all its hosts miss a report, or its Ray nodes
+    are not alive for a moment) keeps its owner: a DG never moves to another sub-cluster
+    scheduler, which would delete and redeploy it, because of a transient outage.
+    """
+    out = dict(previous)
+    sub_of = spec.sub_cluster_of()
+    for s2 in spec.big_pods:
+        sc = sub_of[s2.name]
+        out[s2.name] = sc
+        for s1 in s2.mini_pods:
+            out[s1.name] = sc
+    return out
