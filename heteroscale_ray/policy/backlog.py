@@ -12,9 +12,13 @@ from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy.latency_guard import guard_target
 from heteroscale_ray.policy.types import PolicyState, Signals
 
-# A queue must grow by more than this (seconds of prefill work / waiting sequences) to count:
-# float noise and one extra request must not start a streak.
-GROWTH_EPS = {Role.PREFILL: 0.05, Role.DECODE: 0.5}
+# A queue must grow by more than this share (and be material, below) to count: bursty arrivals
+# and one long prompt must not start a streak.
+GROWTH_SHARE = 0.1
+# Material: prefill work queued for more than this share of the TTFT SLO; decode sequences
+# waiting for a slot, more than this many.
+MATERIAL_TTFT_SHARE = 0.2
+MATERIAL_DECODE_SEQS = 1.0
 STEP = 0.10  # share of the role's instances added per period while the streak lasts
 
 
@@ -23,7 +27,13 @@ def queue_of(signals: Signals, role: Role) -> float | None:
     return value if value is not None and math.isfinite(value) and value >= 0 else None
 
 
-def track(state: PolicyState, signals: Signals) -> PolicyState:
+def material(spec: ServiceSpec, role: Role, value: float) -> bool:
+    if role is Role.PREFILL:
+        return value > MATERIAL_TTFT_SHARE * spec.slo.ttft_s
+    return value > MATERIAL_DECODE_SEQS
+
+
+def track(spec: ServiceSpec, state: PolicyState, signals: Signals) -> PolicyState:
     """Update each role's last queue and growth streak from this snapshot (missing data resets
     nothing: the streak waits for the next real value)."""
     out = state
@@ -33,7 +43,9 @@ def track(state: PolicyState, signals: Signals) -> PolicyState:
             continue
         last = getattr(state, f"{role.value}_queue_last")
         streak = getattr(state, f"{role.value}_growth_streak")
-        grew = last is not None and value > last + GROWTH_EPS[role]
+        grew = (
+            last is not None and value > last * (1 + GROWTH_SHARE) and material(spec, role, value)
+        )
         out = replace(
             out,
             **{

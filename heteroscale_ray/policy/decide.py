@@ -101,7 +101,7 @@ def decide(
     if spec.policy.mode != "periodic" and not snapshot_problem(
         signals, now, spec.policy.stale_after_s
     ):
-        state = backlog.track(state, signals)
+        state = backlog.track(spec, state, signals)
     reading = read_signal(spec, signals, now)
     ratio = step_ratio(spec, signals, state, now)
     if ratio.changed and cooldown_left(now, state.last_scaled_at, spec.policy.scale_out_cooldown_s):

@@ -29,6 +29,7 @@ from heteroscale_ray.policy.proportional import Direction, ceil_eps, damped_targ
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
 FLOOR_SHARE = 0.2  # queueing under this share of the TTFT SLO: more prefill cannot help
+TBT_FLOOR_SHARE = 0.5  # decode steps under this share of the TBT SLO: batches are not the cause
 MIN_GAIN = 0.1  # a guard step must cut the fixable latency by this share to earn another
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
@@ -73,7 +74,7 @@ def decide_demand(
 ) -> tuple[Decision, PolicyState]:
     problem = snapshot_problem(signals, now, spec.policy.stale_after_s)
     if problem is None:
-        state = backlog.track(state, signals)
+        state = backlog.track(spec, state, signals)
         state = learn(spec, signals, state, counts.prefill_ready, counts.decode_ready, now, catalog)
     cap = capacity(spec, signals, state, catalog)
     needs = {
@@ -232,10 +233,10 @@ def latency_guard(
         floor = wait is not None and wait < FLOOR_SHARE * spec.slo.ttft_s
         watched.append((Role.PREFILL, "TTFT", s.ttft_p99_s, spec.slo.ttft_s, wait, floor))
     if guard.metric in ("tbt", "both"):
-        batch = None
-        if _usable(s.decode_running) and counts.decode_ready:
-            batch = s.decode_running / counts.decode_ready  # type: ignore[operator]
-        floor = batch is not None and batch < 2.0
+        # More decode instances shorten TBT only by shrinking batches, i.e. the step time; the
+        # KV transfer and waiting for a slot (the backlog rule's business) they do not touch.
+        step = s.decode_step_s if _usable(s.decode_step_s) else None
+        floor = step is not None and step < TBT_FLOOR_SHARE * spec.slo.tbt_s
         watched.append((Role.DECODE, "TBT", s.tbt_p99_s, spec.slo.tbt_s, s.tbt_p99_s, floor))
     for role, name, observed, slo, fixable, floor in watched:
         plan = plans[role]
@@ -267,8 +268,9 @@ def latency_guard(
                 f"{plan.why}; {breach} but the last guard step left it at "
                 f"{fixable * 1000:,.0f} ms (was {before * 1000:,.0f} ms): no further step"
             )
-            target = max(plan.target, plan.current)
-            plans[role] = replace(plan, target=target, reason=Reason.LATENCY_NO_GAIN, why=why)
+            # Capacity did not move this latency, so demand alone sizes the role (no ratchet).
+            if plan.target <= plan.current and plan.reason is not Reason.BACKLOG_GROWTH:
+                plans[role] = replace(plan, reason=Reason.LATENCY_NO_GAIN, why=why)
             continue
         step = guard_target(plan.current, tier.step)
         if step > plan.target:

@@ -336,6 +336,7 @@ def run_replay(
                             ("decode", d.decode),
                             ("reason", d.reason.value),
                             ("pd_ratio", None if d.pd_ratio is None else str(d.pd_ratio)),
+                            ("message", d.message),
                         )
                     },
                 }
