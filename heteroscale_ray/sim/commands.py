@@ -1,4 +1,4 @@
-"""CLI commands of the simulator: `heteroscale replay` and `heteroscale pd-sweep`.
+"""CLI commands of the simulator: `heteroscale replay`, `heteroscale pd-sweep` and `heteroscale tune`.
 
 Handlers import the simulator lazily so `heteroscale --help` stays fast.
 """
@@ -82,6 +82,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", default="results/pd-sweep", help="folder for PNG and JSON outputs")
     q.add_argument("--json", action="store_true", help="print one JSON result as the last line")
     q.set_defaults(func=_cmd_pd_sweep)
+
+    t = sub.add_parser(
+        "tune",
+        help="the paper's offline tuning (Algorithm 1): best P/D ratio and per-instance target",
+        description="P/D sweep on the request lengths of a trace sample (its first --sample-s "
+        "seconds): each prefill:decode split of --instances is stressed until fewer than "
+        "--threshold of requests meet both SLOs; the split with the best goodput (max request "
+        "rate within SLO x attainment) gives pd_ratio, and its generated tokens/s per decode "
+        "instance gives target_per_instance for signal decode_tps. Prints the table and a YAML "
+        "fragment to paste into the service's entry.",
+    )
+    t.add_argument("--trace", required=True, help="trace file (.csv Azure, .jsonl Mooncake)")
+    t.add_argument("--services", required=True, help="services.yaml")
+    t.add_argument("--service", help="service to tune (default: the first one)")
+    t.add_argument(
+        "--sample-s", type=float, default=1800.0, help="use the trace's first S seconds (1800)"
+    )
+    t.add_argument("--instances", type=int, default=16, help="total instances swept (16)")
+    t.add_argument("--threshold", type=float, default=0.9, help="SLO attainment to keep (0.9)")
+    t.add_argument("--duration", type=float, default=180.0, help="seconds per stress run (180)")
+    t.add_argument("--iterations", type=int, default=6, help="bisection steps per split (6)")
+    t.add_argument("--max-term", type=int, default=8, help="largest term of the ratio (8)")
+    t.add_argument(
+        "--absolute",
+        action="store_true",
+        help="--threshold on raw SLO attainment (default: on attainment over the idle-fleet "
+        "ceiling, so requests no capacity can fix do not count against a split)",
+    )
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--skip-malformed", action="store_true", help="skip bad trace rows (counted)")
+    t.add_argument("--json", action="store_true", help="print one JSON result as the last line")
+    t.set_defaults(func=_cmd_tune)
 
 
 def _progress(label: str):  # noqa: ANN202
@@ -251,4 +283,61 @@ def _cmd_pd_sweep(args: argparse.Namespace) -> int:
     print(f"best ratio {best.label}; wrote {png}")
     if args.json:
         print(json.dumps(result))
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from heteroscale_ray.config import ConfigError, load_services
+    from heteroscale_ray.sim.tune import tune
+    from heteroscale_ray.traces import TraceError, load_trace
+
+    try:
+        services = load_services(args.services)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    name = args.service or services.services[0].name
+    if name not in services.by_name():
+        print(f"--service {name!r} is not in {args.services}", file=sys.stderr)
+        return 2
+    try:
+        trace = load_trace(args.trace, skip_malformed=args.skip_malformed)
+    except (TraceError, OSError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    try:
+        res = tune(
+            services,
+            name,
+            trace,
+            sample_s=args.sample_s,
+            instances=args.instances,
+            threshold=args.threshold,
+            duration_s=args.duration,
+            iterations=args.iterations,
+            max_term=args.max_term,
+            seed=args.seed,
+            relative=not args.absolute,
+        )
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(
+        f"tune {name} on {trace.source}: first {res.sample_s:.0f} s, {res.sample_requests} "
+        f"requests (prompt mean {res.input_mean:.0f}, output mean {res.output_mean:.0f} tokens); "
+        f"{res.instances} instances, SLO attainment >= {res.threshold:.0%}"
+        f"{' of the idle-fleet ceiling' if res.relative else ''}, ranked by goodput "
+        "(max req/s within SLO x attainment)"
+    )
+    print(res.table())
+    bp, bd = res.best_split
+    print(
+        f"best split {bp}:{bd} -> pd_ratio {res.ratio}; {res.target_per_instance:.0f} generated "
+        f"tok/s per decode instance (prefill: {res.prefill_target_per_instance:.0f} prompt tok/s "
+        "per instance)"
+    )
+    print("\n# paste into the service's entry:")
+    print(res.yaml_fragment(), end="")
+    if args.json:
+        print(json.dumps(_clean(res.as_dict())))
     return 0

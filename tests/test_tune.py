@@ -1,0 +1,146 @@
+"""`heteroscale tune` (sim/tune.py): Algorithm 1 on a trace sample -> pd_ratio and target."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heteroscale_ray.config import PdRatio, ServiceSpec, load_services
+from heteroscale_ray.sim.commands import register
+from heteroscale_ray.sim.tune import TuneResult, small_ratio, tune
+from heteroscale_ray.traces import Trace
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ROOT / "examples" / "sim_services.yaml"
+TRACES = ROOT.parent / "shared" / "data" / "traces"
+FAST = dict(instances=3, duration_s=60.0, warmup_s=15.0, iterations=3)
+
+
+def _trace(n: int = 400, span: float = 600.0) -> Trace:
+    rng = np.random.default_rng(1)
+    arrivals = np.sort(rng.random(n) * span)
+    return Trace.from_columns(
+        arrivals,
+        rng.integers(200, 2000, n),
+        rng.integers(20, 300, n),
+        duration_s=span,
+        source="test",
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="heteroscale")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(list(argv))
+    return int(args.func(args))
+
+
+def test_small_ratio() -> None:
+    assert small_ratio(14, 2) == PdRatio(7, 1)
+    assert small_ratio(6, 10) == PdRatio(3, 5)
+    assert small_ratio(8, 8) == PdRatio(1, 1)
+    r = small_ratio(9, 7, max_term=4)  # 9:7 has terms > 4: nearest allowed ratio
+    assert max(r) <= 4 and abs(np.log(r[0] / r[1]) - np.log(9 / 7)) < 0.2
+
+
+def test_tune_returns_best_split_ratio_and_target() -> None:
+    services = load_services(SERVICES)
+    res = tune(services, "general", _trace(), sample_s=300.0, **FAST)
+    assert isinstance(res, TuneResult)
+    assert [r.label for r in res.rows] == ["1:2", "2:1"]
+    best = [r for r in res.rows if r.best]
+    assert len(best) == 1 and best[0].goodput_rps == max(r.goodput_rps for r in res.rows)
+    assert res.best_split == (best[0].prefill, best[0].decode)
+    assert res.ratio == small_ratio(*res.best_split)
+    assert res.target_per_instance == pytest.approx(best[0].tokens_per_s / best[0].decode)
+    assert res.target_per_instance > 0 and res.prefill_target_per_instance > 0
+    assert res.sample_s == pytest.approx(300.0) and 0 < res.sample_requests < 400
+    # the fragment applies to the service and validates
+    spec = services.by_name()["general"]
+    data = spec.model_dump(mode="json")
+    data["pd_ratio"] = str(res.ratio)
+    data["policy"] = {
+        **data["policy"],
+        "signal": "decode_tps",
+        "target_per_instance": round(res.target_per_instance),
+    }
+    tuned = ServiceSpec.model_validate(data)
+    assert tuned.ratio == res.ratio
+    frag = res.yaml_fragment()
+    assert f'pd_ratio: "{res.ratio}"' in frag and "signal: decode_tps" in frag
+    assert f"target_per_instance: {round(res.target_per_instance)}" in frag
+
+
+def test_tune_threshold_absolute_or_relative_to_ceiling() -> None:
+    services = load_services(SERVICES)
+    rel = tune(services, "general", _trace(), sample_s=300.0, **FAST)
+    ab = tune(services, "general", _trace(), sample_s=300.0, relative=False, **FAST)
+    assert rel.relative and not ab.relative
+    assert rel.as_dict()["relative_to_ceiling"] is True
+    # relative attainment is never below the absolute one at the same rate
+    assert all(r.goodput_rps > 0 for r in rel.rows + ab.rows)
+
+
+def test_tune_is_deterministic() -> None:
+    services = load_services(SERVICES)
+    a = tune(services, "general", _trace(), sample_s=300.0, **FAST)
+    b = tune(services, "general", _trace(), sample_s=300.0, **FAST)
+    assert a.as_dict() == b.as_dict()
+
+
+def test_tune_rejects_unknown_service_and_empty_sample() -> None:
+    services = load_services(SERVICES)
+    with pytest.raises(ValueError, match="nope"):
+        tune(services, "nope", _trace(), **FAST)
+    late = Trace.from_columns(
+        np.array([500.0]), np.array([100]), np.array([10]), duration_s=600.0, source="late"
+    )
+    with pytest.raises(ValueError, match="no requests"):
+        tune(services, "general", late, sample_s=60.0, **FAST)
+
+
+@pytest.mark.skipif(
+    not (TRACES / "AzureLLMInferenceTrace_conv.csv").exists(), reason="shared trace missing"
+)
+def test_tune_cli_prints_table_and_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        [
+            "tune",
+            "--trace",
+            str(TRACES / "AzureLLMInferenceTrace_conv.csv"),
+            "--services",
+            str(SERVICES),
+            "--service",
+            "general",
+            "--sample-s",
+            "300",
+            "--instances",
+            "3",
+            "--duration",
+            "60",
+            "--iterations",
+            "3",
+            "--json",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    lines = out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["service"] == "general"
+    assert [r["ratio"] for r in result["rows"]] == ["1:2", "2:1"]
+    assert "<- best" in out
+    assert f'pd_ratio: "{result["pd_ratio"]}"' in out
+    assert f"target_per_instance: {round(result['target_per_instance'])}" in out
+    assert "signal: decode_tps" in out
+
+
+def test_tune_cli_unknown_service(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["tune", "--trace", "x.csv", "--services", str(SERVICES), "--service", "nope"])
+    assert rc == 2
+    assert "nope" in capsys.readouterr().err
