@@ -81,6 +81,23 @@ def test_both_roles_move_in_one_decision_and_the_ratio_follows() -> None:
     )
 
 
+def test_a_long_wait_without_a_prefill_queue_is_not_prefill_capacity() -> None:
+    """Waiting with no prefill work queued (e.g. routing around full decode instances) does not
+    step prefill out."""
+    spec = make_service()
+    sig = signals(ttft_p99_s=6.0, ttft_wait_p99_s=4.0, prefill_queue_s=0.1)
+    decision, _ = decide(spec, sig, counts(3, 3), PolicyState(), NOW)
+    assert decision.prefill <= 3 and "not from queueing" in decision.message
+
+
+def test_the_guard_waits_for_its_last_step_to_land() -> None:
+    spec = make_service()
+    sig = signals(ttft_p99_s=6.0, ttft_wait_p99_s=4.0, prefill_queue_s=3.0)
+    starting = RoleCounts(prefill_ready=3, prefill_starting=1, decode_ready=3)
+    decision, _ = decide(spec, sig, starting, PolicyState(), NOW)
+    assert decision.reason is not Reason.LATENCY_GUARD
+
+
 def test_a_latency_floor_does_not_scale_out() -> None:
     """TTFT over the SLO from the prompt's own compute (queueing tiny): no step."""
     spec = make_service()
@@ -93,7 +110,9 @@ def test_a_latency_floor_does_not_scale_out() -> None:
 
 def test_queueing_latency_steps_prefill_out_then_stops_without_gain() -> None:
     spec = make_service()
-    sig = signals(ttft_p99_s=6.0, ttft_wait_p99_s=4.0, prefill_offered_tps=20_000.0)
+    sig = signals(
+        ttft_p99_s=6.0, ttft_wait_p99_s=4.0, prefill_queue_s=3.0, prefill_offered_tps=20_000.0
+    )
     first, state = decide(spec, sig, counts(3, 3), PolicyState(), NOW)
     assert first.reason is Reason.LATENCY_GUARD and first.prefill > 3
     # The step landed, yet the queueing part did not drop by 10%: no further step.

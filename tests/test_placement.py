@@ -601,3 +601,17 @@ def test_empty_reserved_changes_nothing() -> None:
     assert plan_cycle(graph, specs, [], requests) == plan_cycle(
         graph, specs, [], requests, reserved=()
     )
+
+
+def test_a_role_whose_domain_is_full_opens_a_dg_elsewhere_with_a_moved_partner() -> None:
+    """Decode must grow past what its DG's S1 holds: a new DG in another domain takes the
+    growth and one prefill moved from the existing DG, so totals stay as asked and every DG
+    holds both roles (demand-based scaling moves one role at a time)."""
+    layout = {"s2": {"s1-a": ["H20:4"], "s1-b": ["H20:4"]}}
+    full = make_dg("svc-dg0", "s1-a", one_gpu_each("s1-a-h0", "ppdd"))
+    plan, after = run(layout, [make_service()], [full], [ScaleRequest("svc", 2, 4)])
+    assert counts(after, "svc") == (2, 4) and not plan.unplaced
+    assert {dg.dg_id: (dg.count(Role.PREFILL), dg.count(Role.DECODE)) for dg in after} == {
+        "svc-dg0": (1, 2),
+        "svc-dg1": (1, 2),
+    }

@@ -62,6 +62,7 @@ def growing(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:
     return streak >= spec.policy.demand.backlog_periods
 
 
-def backlog_target(current: int) -> int:
-    """Where a growing role goes this period: one step out (at least one instance)."""
-    return guard_target(current, STEP)
+def backlog_target(current: int, starting: int = 0) -> int:
+    """Where a growing role goes this period: one step out (at least one instance); only one
+    more instance while earlier ones are still starting (the queue grows until they land)."""
+    return current + 1 if starting else guard_target(current, STEP)

@@ -175,7 +175,8 @@ def backlog_override(
         have, want = counts.of(role), target[0 if role is Role.PREFILL else 1]
         if not backlog.growing(spec, state, role) or want > have:
             continue
-        fitted = fit_to_limits(spec, role, backlog.backlog_target(have), proposal.ratio)
+        starting = counts.prefill_starting if role is Role.PREFILL else counts.decode_starting
+        fitted = fit_to_limits(spec, role, backlog.backlog_target(have, starting), proposal.ratio)
         if fitted.prefill < p or fitted.decode < d:  # never undo the other role's growth
             fitted = replace(fitted, prefill=max(fitted.prefill, p), decode=max(fitted.decode, d))
         if (fitted.prefill, fitted.decode) == (p, d):

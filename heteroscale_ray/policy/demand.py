@@ -91,7 +91,7 @@ def decide_demand(
     guard_state = state
     if not initial:
         for role in Role:
-            plans[role] = backlog_rule(spec, state, plans[role])
+            plans[role] = backlog_rule(spec, state, plans[role], counts)
         plans, guard_state = latency_guard(spec, signals, counts, state, now, plans)
         plans[Role.DECODE] = kv_guard(spec, signals, state, now, plans[Role.DECODE])
     plans = bounded(spec, plans)
@@ -197,14 +197,19 @@ def role_plan(
     return RolePlan(role, current, target, Reason.SCALE_OUT if out else Reason.SCALE_IN, why, need)
 
 
-def backlog_rule(spec: ServiceSpec, state: PolicyState, plan: RolePlan) -> RolePlan:
+def backlog_rule(
+    spec: ServiceSpec, state: PolicyState, plan: RolePlan, counts: RoleCounts
+) -> RolePlan:
     """A role whose queue grew `backlog_periods` periods in a row never holds or shrinks."""
     if not backlog.growing(spec, state, plan.role) or plan.target > plan.current:
         return plan
     streak = getattr(state, f"{plan.role.value}_growth_streak")
     why = f"{plan.why}; but its queue grew {streak} periods in a row"
     return replace(
-        plan, target=backlog.backlog_target(plan.current), reason=Reason.BACKLOG_GROWTH, why=why
+        plan,
+        target=backlog.backlog_target(plan.current, _starting(counts, plan.role)),
+        reason=Reason.BACKLOG_GROWTH,
+        why=why,
     )
 
 
@@ -230,7 +235,12 @@ def latency_guard(
     watched = []
     if guard.metric in ("ttft", "both"):
         wait = s.ttft_wait_p99_s if value_problem(s.ttft_wait_p99_s) is None else None
-        floor = wait is not None and wait < FLOOR_SHARE * spec.slo.ttft_s
+        # Queueing that more prefill shortens shows as queued prefill work; a long wait with
+        # no queue comes from elsewhere (e.g. routing around full decode instances).
+        queue = backlog.queue_of(s, Role.PREFILL)
+        floor = (wait is not None and wait < FLOOR_SHARE * spec.slo.ttft_s) or (
+            queue is not None and not backlog.material(spec, Role.PREFILL, queue)
+        )
         watched.append((Role.PREFILL, "TTFT", s.ttft_p99_s, spec.slo.ttft_s, wait, floor))
     if guard.metric in ("tbt", "both"):
         # More decode instances shorten TBT only by shrinking batches, i.e. the step time; the
@@ -241,6 +251,8 @@ def latency_guard(
     for role, name, observed, slo, fixable, floor in watched:
         plan = plans[role]
         if value_problem(observed) is not None:
+            continue
+        if _starting(counts, role):  # the last step has not landed yet: judge it once it has
             continue
         tier = reached_tier(observed / slo, guard.tiers)  # type: ignore[operator]
         if tier is None:
@@ -346,6 +358,10 @@ def advance(
         last_decision_at=now,
         last_decision_reason=reason,
     )
+
+
+def _starting(counts: RoleCounts, role: Role) -> int:
+    return counts.prefill_starting if role is Role.PREFILL else counts.decode_starting
 
 
 def _usable(x: float | None) -> bool:

@@ -157,7 +157,9 @@ class PlacementCycle:
         for r in (0, 1):
             chunk = (1, 0) if r == 0 else (0, 1)
             while grow[r]:
-                if not self._grow_one_role(spec, dgs, chooser, chunk):
+                if not self._grow_one_role(spec, dgs, chooser, chunk) and not self._move_partner(
+                    spec, dgs, chooser, r
+                ):
                     self.unplaced.append(
                         Unplaced(
                             spec.name,
@@ -165,7 +167,8 @@ class PlacementCycle:
                             grow[r],
                             UnplacedReason.NO_CAPACITY,
                             f"no DG of {spec.name} has room for another {ROLES[r].value} in "
-                            "its domain, and a new DG needs both roles",
+                            "its domain, and no DG can spare an instance of the other role "
+                            "to open a new one",
                         )
                     )
                     break
@@ -189,6 +192,30 @@ class PlacementCycle:
                 if self._allocate(w, w.grow_domain, chooser, chunk):
                     return True
                 skip.add(w.dg_id)
+        return False
+
+    def _move_partner(
+        self, spec: ServiceSpec, dgs: list[WorkingDG], chooser: DomainChooser, r: int
+    ) -> bool:
+        """Role r must grow but every DG's domain is full of it: open a new DG elsewhere with
+        one instance of r and one instance of the other role moved from the DG that has the
+        most of it (soft-removed there). Totals stay exactly what was asked, and the new DG
+        holds both roles; later growth of r fills it."""
+        other = 1 - r
+        donors = [w for w in dgs if w.can_give(other)]
+        if not donors:
+            return False
+        donor = max(donors, key=lambda w: (w.counts[other], w.dg_id))
+        chunk = (1, 1)
+        room = NO_LIMIT if spec.dg_max_instances is None else max(1, spec.dg_max_instances // 2)
+        excluded: set[Candidate] = set()
+        while (choice := chooser.best(chunk, 1, excluded, room)) is not None:
+            w = self._new_dg(spec, choice)
+            if self._allocate(w, choice[0], chooser, chunk):
+                dgs.append(w)
+                donor.pop_victims(self.graph, other, 1)
+                return True
+            excluded.add(choice)
         return False
 
     def _place_chunk(

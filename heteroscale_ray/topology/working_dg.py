@@ -101,6 +101,13 @@ class WorkingDG:
         used.add(k)
         return instance_id_for(self.dg_id, ROLES[r], k)
 
+    def can_give(self, r: int) -> bool:
+        """Whether one running instance of role r can leave and still leave one behind."""
+        if self.draining or self.deleted or self.counts[r] < 2 or self.base is None:
+            return False
+        own = sum(1 for i in self.base.instances if i.role is ROLES[r])
+        return own - len(self.removed[r]) > 0
+
     def pop_victims(self, graph: ClusterGraph, r: int, n: int) -> None:
         """Remove n instances of role r: those on scarce (or vanished) hosts first, newest first."""
         queue = self._removal_queue[r]
