@@ -69,7 +69,17 @@ def test_decode_need_refuses_an_impossible_slo() -> None:
 
 
 @pytest.mark.parametrize(
-    ("p", "d", "want"), [(151, 10, "15:1"), (10, 10, "1:1"), (3, 7, "1:2"), (0, 0, "1:1")]
+    ("p", "d", "want"),
+    [
+        (10, 10, "1:1"),
+        (3, 7, "3:7"),  # exact when both terms fit the grid (was 1:2)
+        (30, 43, "5:7"),  # was 1:1: 13 decode instances left to squeeze in one at a time
+        (34, 44, "3:4"),
+        (14, 7, "2:1"),
+        (151, 10, "8:1"),  # the grid's bound, as HeteroScale's placement (was 15:1)
+        (1, 40, "1:8"),
+        (0, 0, "1:1"),
+    ],
 )
 def test_ratio_of(p: int, d: int, want: str) -> None:
     assert str(ratio_of(p, d)) == want

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from heteroscale_ray.config import PdRatio, Role, ServiceSpec
 from heteroscale_ray.control.types import Desired, Observation, PoolObservation
+from heteroscale_ray.policy.demand import PLACEMENT_BOUNDS, PLACEMENT_MAX_TERM
+from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
 from heteroscale_ray.policy.types import Reason
 
 _EPS = 1e-9
@@ -222,11 +224,18 @@ class ScheduledAutoscaler:
 
 
 def ratio_of(prefill: int, decode: int) -> PdRatio:
-    """The ratio nearest to prefill/decode with a 1 on the smaller side (15:1, 1:3)."""
+    """The DG shape for counts `prefill`:`decode`: the nearest ratio with both terms <= 8.
+
+    The same grid HeteroScale's demand policy places at (3:5, 5:7, ..., within 1:8..8:1), so
+    static, oracle and HeteroScale build DGs alike. Placement grows DGs in whole units of this
+    ratio and puts the remainder one instance at a time into existing DGs, so the ratio must
+    be close to the counts: a ratio with a 1 on the smaller side (43 decode per 30 prefill
+    read as 1:1) left 13 decode instances to squeeze into full domains, and at scale they were
+    unplaced, or landed in a DG with one prefill instance that fed them almost nothing while
+    the other DGs' decode ran at 3x the sized batch.
+    """
     p, d = max(prefill, 1), max(decode, 1)
-    if p >= d:
-        return PdRatio(max(1, round(p / d)), 1)
-    return PdRatio(1, max(1, round(d / p)))
+    return PdRatio(*nearest_ratio(p / d, PLACEMENT_MAX_TERM, *PLACEMENT_BOUNDS))
 
 
 def _fmt(x: float | None) -> str:
