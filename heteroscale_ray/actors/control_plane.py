@@ -176,6 +176,38 @@ def stop_control_plane(purge: bool = False) -> list[str]:
     return done
 
 
+def format_capacity(cap: dict[str, Any]) -> str:
+    """One line: what one instance carries now (`PolicyEngine.capacities()` entry)."""
+    if "error" in cap:
+        return f"n/a ({cap['error']})"
+    return (
+        f"{cap['text']} at prompt {cap['prompt_mean']:,.0f} / output {cap['output_mean']:,.0f} "
+        "tokens"
+    )
+
+
+def format_observation(o: dict[str, Any]) -> str:
+    """One line of the demand-side signals and the TTFT split the last period saw."""
+
+    def num(key: str, fmt: str, unit: str = "", scale: float = 1.0) -> str | None:
+        v = o.get(key)
+        return None if v is None else f"{v * scale:{fmt}}{unit}"
+
+    parts = [
+        ("rate", num("request_rate", ".2f", " req/s")),
+        ("prompt", num("prompt_mean", ",.0f", " tok")),
+        ("prefill queue", num("prefill_queue_s", ".2f", " s")),
+        ("decode running", num("decode_running", ".1f")),
+        ("queued", num("decode_queue", ".0f")),
+        ("TTFT p99", num("ttft_p99_s", ",.0f", " ms", 1000)),
+        ("wait", num("ttft_wait_p99_s", ",.0f", " ms", 1000)),
+        ("service", num("ttft_service_p99_s", ",.0f", " ms", 1000)),
+        ("TBT p99", num("tbt_p99_s", ",.0f", " ms", 1000)),
+        ("decode step", num("decode_step_s", ",.1f", " ms", 1000)),
+    ]
+    return ", ".join(f"{k} {v}" for k, v in parts if v is not None) or "n/a"
+
+
 def format_status(st: dict[str, Any]) -> str:
     """`heteroscale status` as text: services, DGs, pending removals, last decisions."""
     import datetime as dt
@@ -190,14 +222,23 @@ def format_status(st: dict[str, Any]) -> str:
     lines.append(f"{'service':<14}{'ratio':>9}{'prio':>6}  signal (target/instance)   observed")
     for s in st["services"]:
         o = st.get("observations", {}).get(s["name"], {})
-        val = o.get(s["signal"])
-        obs = "n/a" if val is None else f"{val:.0f} tok/s"
         active = s.get("active_ratio", s["pd_ratio"])
         ratio = s["pd_ratio"] if active == s["pd_ratio"] else f"{active}*"
-        lines.append(
-            f"{s['name']:<14}{ratio:>9}{s['priority']:>6}  "
-            f"{s['signal']} ({s['target_per_instance']:g}){'':<6}{obs}"
-        )
+        if s["signal"] == "demand":
+            rate = o.get("request_rate")
+            obs = "n/a" if rate is None else f"{rate:.2f} req/s"
+            signal = "demand (learned)"
+        else:
+            val = o.get(s["signal"])
+            obs = "n/a" if val is None else f"{val:.0f} tok/s"
+            target = s.get("target_per_instance")
+            signal = f"{s['signal']} ({'-' if target is None else f'{target:g}'})"
+        lines.append(f"{s['name']:<14}{ratio:>9}{s['priority']:>6}  {signal:<27}{obs}")
+        cap = st.get("capacity", {}).get(s["name"])
+        if cap:
+            lines.append(f"  capacity: {format_capacity(cap)}")
+        if o:
+            lines.append(f"  observed: {format_observation(o)}")
     fps = st.get("pre_scheduler", {})
     lines.append("")
     if "error" in fps:

@@ -8,6 +8,11 @@ Names (all prefixed ``heteroscale_cp_``):
     signal{service,signal}                    the signal values the policy saw
     placement_failures_total{service,role,reason}  instances a cycle could not place
     cycle_seconds                             duration of one control cycle (histogram)
+    capacity{service,role,kind}               `signal: demand` services: what one instance
+                                              carries now (prefill kind=tokens_per_s; decode
+                                              kind=tokens_per_s and kind=batch, sequences)
+    capacity_scale{service,role}              learned correction of the roofline prior (1 = prior)
+    capacity_learned{service}                 1 once replica reports corrected the prior, else 0
 Served on a port with `start_http_server` when one is given, and always as text through
 `PolicyEngine.metrics_text()` (what `heteroscale status --metrics` prints).
 """
@@ -28,6 +33,15 @@ SIGNALS = (
     "prefill_busy",
     "decode_busy",
     "kv_use",
+    "request_rate",
+    "prompt_mean",
+    "output_mean",
+    "prefill_queue_s",
+    "decode_running",
+    "decode_queue",
+    "ttft_wait_p99_s",
+    "ttft_service_p99_s",
+    "decode_step_s",
 )
 
 
@@ -68,6 +82,24 @@ class ControlPlaneMetrics:
             p + "placement_failures",
             "Instances a cycle could not place",
             ["service", "role", "reason"],
+            registry=self.registry,
+        )
+        self.capacity = Gauge(
+            p + "capacity",
+            "Per-instance capacity in force (signal demand): tokens/s, or decode batch",
+            ["service", "role", "kind"],
+            registry=self.registry,
+        )
+        self.capacity_scale = Gauge(
+            p + "capacity_scale",
+            "Learned correction of the roofline capacity prior (1 = the prior as is)",
+            ["service", "role"],
+            registry=self.registry,
+        )
+        self.capacity_learned = Gauge(
+            p + "capacity_learned",
+            "1 once replica reports corrected the capacity prior, 0 while it is the prior",
+            ["service"],
             registry=self.registry,
         )
         self.cycle = Histogram(
@@ -112,6 +144,18 @@ class ControlPlaneMetrics:
         for u in cycle.get("unplaced", []):
             self.failures.labels(u["service"], u["role"], u["reason"]).inc(u["count"])
         self.cycle.observe(seconds)
+
+    def record_capacity(self, capacities: Mapping[str, Mapping[str, Any]]) -> None:
+        """Per service, the `PolicyEngine.capacities()` entry (skipped when it has an error)."""
+        for name, cap in capacities.items():
+            if "error" in cap:
+                continue
+            self.capacity.labels(name, "prefill", "tokens_per_s").set(cap["prefill_tps"])
+            self.capacity.labels(name, "decode", "tokens_per_s").set(cap["decode_tps"])
+            self.capacity.labels(name, "decode", "batch").set(cap["decode_batch"])
+            self.capacity_scale.labels(name, "prefill").set(cap["prefill_scale"])
+            self.capacity_scale.labels(name, "decode").set(cap["decode_scale"])
+            self.capacity_learned.labels(name).set(1.0 if cap["source"] == "learned" else 0.0)
 
     def text(self) -> str:
         from prometheus_client import generate_latest

@@ -34,6 +34,8 @@ from heteroscale_ray.actors.observe import build_observations
 from heteroscale_ray.config import ServicesConfig, ServiceSpec
 from heteroscale_ray.control import Desired, HeteroScaleAutoscaler, Observation
 from heteroscale_ray.policy import PolicyState, RoleCounts
+from heteroscale_ray.policy.capacity import capacity, lengths
+from heteroscale_ray.policy.types import Signals
 
 logger = logging.getLogger(__name__)
 STATE_KEY = "policy-engine"
@@ -71,6 +73,7 @@ class PolicyEngine:
         self.last_error: str | None = None
         self.last_cycle: dict[str, Any] = {}
         self.last_observations: dict[str, dict[str, Any]] = {}
+        self._last_signals: dict[str, Signals] = {}  # for the capacity report (status, metrics)
         self._overrides: dict[str, dict[str, float]] = {}
         try:
             self.metrics = ControlPlaneMetrics(metrics_port)
@@ -184,11 +187,13 @@ class PolicyEngine:
                 e["plan"] = [line for line in cycle.get("plan", []) if e["service"] in line]
                 e["outcome"] = "applied" if cycle.get("applied") else "advisory"
             self.last_observations = {n: _obs_dict(o) for n, o in obs.items()}
+            self._last_signals = {n: o.signals for n, o in obs.items()}
             self._checkpoint()
         seconds = time.perf_counter() - t0
         with self._lock:
             self.last_cycle = {**cycle, "seconds": seconds}
             self.metrics.record(desired, obs, snapshot, cycle, seconds)
+            self.metrics.record_capacity(self.capacities())
         return self.last_cycle
 
     def _record(
@@ -265,6 +270,7 @@ class PolicyEngine:
                     }
                     for s in self.config.services
                 ],
+                "capacity": self.capacities(),
                 "advisory": self.advisory,
                 "period_s": self.period_s,
                 "cycles": self.cycles,
@@ -275,6 +281,36 @@ class PolicyEngine:
                 "decisions": [dict(e) for e in list(self.log)[-last:]],
                 "pre_scheduler": pre,
             }
+
+    def capacities(self) -> dict[str, dict[str, Any]]:
+        """Per `signal: demand` service, the per-instance capacity in force at the last
+        observation's lengths: the roofline prior times the learned scales, or the override."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for spec in self.config.services:
+                if spec.policy.signal != "demand":
+                    continue
+                signals = self._last_signals.get(spec.name, Signals())
+                state = self.autoscaler.states.get(spec.name) or PolicyState()
+                try:
+                    cap = capacity(spec, signals, state, self.config.catalog)
+                except Exception as e:  # a report must never break the status
+                    out[spec.name] = {"error": f"{type(e).__name__}: {e}"}
+                    continue
+                prompt, output = lengths(signals)
+                out[spec.name] = {
+                    "prefill_tps": cap.prefill_tps,
+                    "decode_batch": cap.decode_batch,
+                    "decode_tps": cap.decode_tps,
+                    "prefill_scale": cap.prefill_scale,
+                    "decode_scale": cap.decode_scale,
+                    "source": cap.source,
+                    "prompt_mean": prompt,
+                    "output_mean": output,
+                    "learned_at": state.capacity_learned_at,
+                    "text": cap.describe(),
+                }
+        return out
 
     def decisions(self, since: float = 0.0) -> list[dict[str, Any]]:
         with self._lock:
@@ -307,6 +343,18 @@ def _obs_dict(obs: Observation) -> dict[str, Any]:
         "prefill_offered_tps": s.prefill_offered_tps,
         "ttft_p99_s": s.ttft_p99_s,
         "tbt_p99_s": s.tbt_p99_s,
+        "prefill_busy": s.prefill_busy,
+        "decode_busy": s.decode_busy,
+        "kv_use": s.kv_use,
+        "request_rate": s.request_rate,
+        "prompt_mean": s.prompt_mean,
+        "output_mean": s.output_mean,
+        "prefill_queue_s": s.prefill_queue_s,
+        "decode_running": s.decode_running,
+        "decode_queue": s.decode_queue,
+        "ttft_wait_p99_s": s.ttft_wait_p99_s,
+        "ttft_service_p99_s": s.ttft_service_p99_s,
+        "decode_step_s": s.decode_step_s,
         "observed_at": s.observed_at,
         "prefill_ready": obs.prefill.ready,
         "prefill_starting": obs.prefill.starting,

@@ -120,11 +120,12 @@ def run_demo(
     load = None
     rows: list[Row] = []
     all_decisions: list[dict[str, Any]] = []
+    final_capacity: dict[str, Any] = {}
     try:
         port = _free_port()
         options = ServingOptions(
             engine=ModelConfig(n_layers=2, d_model=64, n_heads=4, max_context=512),
-            emulation=EmulationConfig(enabled=True),
+            emulation=EmulationConfig(enabled=True, time_scale=scenario.TIME_SCALE),
             graceful_shutdown_timeout_s=60.0,
         )
         settings = ControlPlaneSettings(
@@ -147,7 +148,9 @@ def run_demo(
             time.sleep(1.0)
         print(
             f"[demo] first DG ready after {time.monotonic() - wall0:.0f}s; driving {duration_s:.0f}s of load "
-            f"({low_rps:g} -> {peak_rps:g} -> {low_rps:g} req/s, {shape}), {scenario.OUTPUT_TOKENS} tokens each"
+            f"({low_rps:g} -> {peak_rps:g} -> {low_rps:g} req/s, {shape}), ~{scenario.PROMPT_BYTES}-token "
+            f"prompts, {scenario.OUTPUT_TOKENS} tokens out, emulated GPUs {scenario.TIME_SCALE:g}x "
+            "slower than the capacity prior assumes"
         )
         load = LoadGenerator(
             f"http://127.0.0.1:{port}",
@@ -170,6 +173,7 @@ def run_demo(
         st = control_plane_status(500)
         rows.append(_row(load.elapsed(), 0.0, st, load))
         all_decisions = st["decisions"]
+        final_capacity = st.get("capacity", {}).get(scenario.SERVICE, {})
     finally:
         if load is not None:
             load.stop(drain_s=30)
@@ -179,6 +183,7 @@ def run_demo(
         finally:
             local.shutdown()
     summary = summarise(rows, load, all_decisions, time.monotonic() - wall0, duration_s, shape)
+    summary["capacity_at_end"] = final_capacity
     write_outputs(out_dir, rows, summary)
     print()
     print(format_summary(summary))
@@ -242,6 +247,10 @@ def summarise(
         "scaling_decisions": len(changes),
         "failure_examples": [f"{r.status} {r.error}" for r in records if not r.ok][:3],
         "decisions_by_reason": dict(sorted(reasons.items())),
+        # The first sentence of each reason: the numbers behind it and the capacity in force.
+        "reason_examples": {
+            r: next(e["message"] for e in decisions if e["reason"] == r) for r in sorted(reasons)
+        },
     }
 
 
@@ -279,10 +288,23 @@ def format_summary(s: dict[str, Any]) -> str:
         ("scaling decisions", f"{s['scaling_decisions']}"),
         ("decisions by reason", ", ".join(f"{k} {v}" for k, v in s["decisions_by_reason"].items())),
     ]
+    cap = s.get("capacity_at_end") or {}
+    if cap and "error" not in cap:
+        lines.append(
+            (
+                "capacity in force at the end",
+                f"{cap['text']} (at {cap['prompt_mean']:,.0f}-token prompts)",
+            )
+        )
     lines += [("failed request", f) for f in s.get("failure_examples", [])]
     width = max(len(k) for k, _ in lines)
     out = ["summary", "-" * (width + 40)]
     out += [f"{k:<{width}}  {v}" for k, v in lines]
+    examples = s.get("reason_examples") or {}
+    if examples:
+        out.append("")
+        out.append("one decision per reason (the sentence ends with the capacity in force):")
+        out += [f"  {r}: {m}" for r, m in examples.items()]
     return "\n".join(out)
 
 

@@ -1,10 +1,16 @@
 """The demo's fixed scenario: fleet, service, serving options and the load curve.
 
 Two S1 mini-pods under one S2, each with one H20 and one L20 host of 4 fake GPUs (a mixed
-fleet, the paper's H20/L20 pairing). One service: prefill on L20, decode on H20 at 1:2, DGs
-of at most 2P+4D so the peak needs a second DG. The load is a rise-and-fall day compressed to
-a few minutes; with the Azure conversation trace available, its per-minute arrival counts
-modulate that envelope so the curve carries real burstiness.
+fleet, the paper's H20/L20 pairing). One service: prefill on L20, decode on H20 (1:2 is only
+the first DG's shape), DGs of at most 6 instances so the peak needs a second DG. It scales
+with `signal: demand`: each role on its own arriving work over what one instance carries,
+learned from the replicas' reports with the roofline model as the prior. The emulated GPUs run
+TIME_SCALE x slower than their spec sheet (so a 2-core laptop can saturate them), which the
+prior does not know: the learned scales (about 1/TIME_SCALE) are the demo's evidence that the
+control plane calibrates itself. Prompts are long and outputs short, so prefill is the role
+that runs out first. The load is a rise-and-fall day compressed to a few minutes; with the
+Azure conversation trace available, its per-minute arrival counts modulate that envelope so
+the curve carries real burstiness.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from heteroscale_ray.config import ServicesConfig, TopologySpec, parse_model, pa
 
 SERVICE = "chat"
 OUTPUT_TOKENS = 32
-PROMPT_BYTES = 64
+PROMPT_BYTES = 400  # the byte tokenizer makes this ~400 prompt tokens (engine max_context 512)
+TIME_SCALE = 4.0  # emulated step times x this: the learned capacity should come out near 1/4
 
 TOPOLOGY = {
     "big_pods": [
@@ -55,16 +62,18 @@ services:
     affinity: S1
     dg_max_instances: 6
     policy:
-      signal: decode_tps
-      target_per_instance: 20
+      signal: demand
       scale_out_tolerance: 0.1
       scale_in_tolerance: 0.2
       scale_out_cooldown_s: 4
       scale_in_cooldown_s: 15
       scale_in_damping: 1.0
       stale_after_s: 30
+      demand:
+        learn_smoothing_s: 20   # the demo's day lasts minutes: learn within a few periods
+        drain_s: 10
       latency_guard:
-        metric: tbt
+        metric: both
         tiers: [{{at: 0.95, step: 0.10}}, {{at: 1.2, step: 0.20}}]
         cooldown_s: 10
 """
