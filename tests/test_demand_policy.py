@@ -182,3 +182,24 @@ def test_a_growing_backlog_never_holds_or_shrinks_its_role(
             assert decision.prefill > p or p == spec.prefill.max_instances, (i, decision)
             assert decision.reason is not Reason.SCALE_IN
         p, d = decision.prefill, decision.decode
+
+
+def test_demand_defaults_are_the_capacity_models_operating_point() -> None:
+    """The policy sizes at the same margins the simulator's oracle/static sizing uses."""
+    from heteroscale_ray.config import DemandSpec
+    from heteroscale_ray.perf.capacity import DECODE_TBT_MARGIN, PREFILL_UTIL_TARGET
+
+    assert DemandSpec().decode_tbt_margin == DECODE_TBT_MARGIN
+    assert DemandSpec().prefill_utilization == PREFILL_UTIL_TARGET
+
+
+def test_scale_in_stops_at_the_recent_peak_need() -> None:
+    """After a burst, a role scales in only as far as its decaying recent peak allows."""
+    spec = make_service()
+    burst = signals(request_rate=100.0, decode_running=1500.0)
+    high, state = decide(spec, burst, counts(3, 3), PolicyState(), NOW)
+    assert high.decode > 10
+    quiet = signals(observed_at=NOW + 60, request_rate=10.0, decode_running=150.0)
+    after, _ = decide(spec, quiet, counts(high.prefill, high.decode), state, NOW + 60)
+    # one minute later the peak has decayed by ~10% only: no deep scale-in
+    assert after.decode >= 0.8 * high.decode

@@ -238,18 +238,18 @@ class DemandSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prefill_utilization: float = Field(
-        default=0.8,
+        default=0.8,  # = perf.capacity.PREFILL_UTIL_TARGET
         gt=0,
         le=1,
         description="Busy share prefill instances are sized for; the rest absorbs bursts "
         "(queueing wait grows without bound as this nears 1).",
     )
     decode_tbt_margin: float = Field(
-        default=0.8,
+        default=0.7,  # = perf.capacity.DECODE_TBT_MARGIN: the simulator's sizing uses it too
         gt=0,
         le=1,
         description="Decode batches are sized so that one step takes at most this share of the "
-        "TBT SLO.",
+        "TBT SLO (the rest absorbs KV transfer, admission waits and longer-than-mean contexts).",
     )
     drain_s: float = Field(
         default=60.0,
@@ -261,6 +261,13 @@ class DemandSpec(BaseModel):
         ge=1,
         description="A role whose backlog grew this many periods in a row is never held or "
         "scaled in (reason backlog_growth).",
+    )
+    peak_window_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="Scale-in stabilisation: a role scales in only to its recent peak need, "
+        "which decays with this time constant (HPA's downscale window, as a decaying max), so "
+        "bursts that come back find the capacity still there. 0 = off.",
     )
     learn: bool = Field(
         default=True,

@@ -82,6 +82,7 @@ def decide_demand(
         Role.DECODE: decode_need(spec, signals, cap, problem),
     }
     initial = counts.prefill == 0 and counts.decode == 0
+    state = track_peaks(spec, state, needs, now)
     plans = {
         role: initial_plan(spec, role, *needs[role])
         if initial
@@ -160,6 +161,26 @@ def decode_need(
     return need, " vs ".join(parts)
 
 
+def track_peaks(
+    spec: ServiceSpec,
+    state: PolicyState,
+    needs: dict[Role, tuple[float | None, str]],
+    now: float,
+) -> PolicyState:
+    """Each role's recent peak need: max(need now, the old peak decayed by elapsed time)."""
+    window = spec.policy.demand.peak_window_s
+    if window <= 0:
+        return state
+    decay = 1.0 if state.peak_at is None else math.exp(-max(0.0, now - state.peak_at) / window)
+    peaks = {}
+    for role in Role:
+        old = getattr(state, f"{role.value}_peak_need")
+        need = needs[role][0]
+        candidates = [x for x in (need, None if old is None else old * decay) if x is not None]
+        peaks[f"{role.value}_peak_need"] = max(candidates) if candidates else None
+    return replace(state, peak_at=now, **peaks)
+
+
 def initial_plan(spec: ServiceSpec, role: Role, need: float | None, why: str) -> RolePlan:
     start = ceil_eps(need) if need is not None else 0
     return RolePlan(role, 0, start, Reason.INITIAL, f"no instances yet; {why}", need)
@@ -179,16 +200,25 @@ def role_plan(
     if need is None:
         why = f"{why}, and missing data never scales in"
         return RolePlan(role, current, current, Reason.HOLD_MISSING_SIGNAL, why)
+    peak = getattr(state, f"{role.value}_peak_need")
+    why = f"{why} = {need:,.1f} (now {current})"
+    if peak is not None and peak > need and need < current:
+        # Scale in only as far as the recent peak allows (stabilisation window).
+        why += f", recent peak {peak:,.1f}"
+        need = peak
     direction = dead_band(need, current, policy.scale_out_tolerance, policy.scale_in_tolerance)
     desired = ceil_eps(need)
-    why = f"{why} = {need:,.1f} (now {current})"
     if direction is Direction.HOLD or (direction is Direction.IN and desired >= current):
         return RolePlan(
             role, current, current, Reason.HOLD_DEADBAND, f"{why} in the dead-band", need
         )
     out = direction is Direction.OUT
     cooldown = policy.scale_out_cooldown_s if out else policy.scale_in_cooldown_s
-    wait = cooldown_left(now, state.last_scaled_at, cooldown)
+    since = state.last_scaled_at
+    if not out:  # no scale-in before one cooldown of observation, even on the first tick
+        started = now if state.started_at is None else state.started_at
+        since = started if since is None else max(since, started)
+    wait = cooldown_left(now, since, cooldown)
     if wait > 0:
         why += f", scale-{direction.value} cooldown {wait:,.0f} s left"
         return RolePlan(role, current, current, Reason.HOLD_COOLDOWN, why, need)
@@ -357,6 +387,7 @@ def advance(
         last_kv_guard_at=now if kv else state.last_kv_guard_at,
         last_decision_at=now,
         last_decision_reason=reason,
+        started_at=now if state.started_at is None else state.started_at,
     )
 
 

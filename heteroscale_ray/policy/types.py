@@ -137,6 +137,8 @@ class PolicyState:
     last_guard_at: float | None = None  # epoch s of the last latency-guard scale-out
     last_kv_guard_at: float | None = None  # epoch s of the last KV-pressure scale-out
     last_decision_at: float | None = None
+    started_at: float | None = None  # epoch s of the first decision (demand mode): a fresh
+    # control plane waits a scale-in cooldown before its first scale-in, as HPA's window does
     last_decision_reason: Reason | None = None
     active_ratio: PdRatio | None = None  # dynamic P/D ratio in force (None: configured)
     ratio_estimate: float | None = None  # smoothed prefill/decode need (dynamic ratio)
@@ -153,6 +155,10 @@ class PolicyState:
     prefill_capacity_scale: float | None = None
     decode_capacity_scale: float | None = None
     capacity_learned_at: float | None = None
+    # Scale-in stabilisation (demand mode): each role's recent peak need, decaying with time.
+    prefill_peak_need: float | None = None
+    decode_peak_need: float | None = None
+    peak_at: float | None = None
 
     @property
     def last_scaled_at(self) -> float | None:
