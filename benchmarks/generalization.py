@@ -64,7 +64,19 @@ TRACES: dict[str, tuple[str, bool, float]] = {
 POLICIES = ("heteroscale", "paper-fixed", "hpa-util", "serve-default", "static", "oracle")
 STATIC_GPUS = 400  # scale each trace until the static fleet is at least this
 FLEET_FACTOR = 2.5  # fleet = this x the static GPUs
-MAX_SHIFT_S = 600.0  # superposed copies shift by at most this (keeps the diurnal shape)
+MAX_SHIFT_S = 600.0  # diurnal traces: copies shift by at most this (keeps the day's shape)
+# Short stationary traces (Azure, Mooncake) shift over their whole span: nearly aligned copies
+# of an hour would multiply its minute-scale bursts by K, a load no real service sees.
+
+
+def shift_cap(diurnal: bool) -> float | None:
+    return MAX_SHIFT_S if diurnal else None
+
+
+def _shift_text(diurnal: bool) -> str:
+    return f"<= {MAX_SHIFT_S:.0f} s" if diurnal else "over the whole span"
+
+
 SEED = 0
 BIN_S = 15.0  # static sizing bins (ReplayOptions.static_bin_s)
 TUNE_SAMPLE_S = 1800.0
@@ -146,11 +158,13 @@ def fleet_gpus(spec: ServiceSpec, counts: tuple[int, int], factor: float = FLEET
     return int(math.ceil(factor * total / per_s2) * per_s2)
 
 
-def _first_guess(services: ServicesConfig, spec: ServiceSpec, trace: Trace, target: int) -> int:
+def _first_guess(
+    services: ServicesConfig, spec: ServiceSpec, trace: Trace, target: int, diurnal: bool
+) -> int:
     """K from the unscaled needs smoothed over the shift window (superposed copies average
     the bursts out); the replayed sizing then corrects it."""
     p, d = _needs(services, spec, trace)
-    w = max(1, int(MAX_SHIFT_S / BIN_S))
+    w = max(1, int((shift_cap(diurnal) or trace.duration_s) / BIN_S))
     kernel = np.ones(w) / w
     ps = np.convolve(np.concatenate([p, p[: w - 1]]), kernel, "valid")
     ds = np.convolve(np.concatenate([d, d[: w - 1]]), kernel, "valid")
@@ -161,25 +175,29 @@ def _first_guess(services: ServicesConfig, spec: ServiceSpec, trace: Trace, targ
     return 100_000
 
 
-def _scale(trace: Trace, k: int) -> Trace:
-    return scale_rate(trace, k, seed=SEED, max_shift_s=MAX_SHIFT_S) if k != 1 else trace
+def _scale(trace: Trace, k: int, diurnal: bool) -> Trace:
+    return scale_rate(trace, k, seed=SEED, max_shift_s=shift_cap(diurnal)) if k != 1 else trace
 
 
 def rate_factor(
-    services: ServicesConfig, spec: ServiceSpec, trace: Trace, target: int = STATIC_GPUS
+    services: ServicesConfig,
+    spec: ServiceSpec,
+    trace: Trace,
+    target: int = STATIC_GPUS,
+    diurnal: bool = True,
 ) -> tuple[int, Trace, int, int]:
     """Smallest K found with static sizing >= target: (K, scaled trace, its static GPUs,
     the unscaled static GPUs)."""
     g0 = static_gpus(services, spec, trace)
-    k = max(math.ceil(target / max(g0, 1)), _first_guess(services, spec, trace, target))
+    k = max(math.ceil(target / max(g0, 1)), _first_guess(services, spec, trace, target, diurnal))
     # step down while the guess overshoots, then up until the target is met
-    scaled = _scale(trace, k)
+    scaled = _scale(trace, k, diurnal)
     est = static_gpus(services, spec, scaled)
     for _ in range(8):
         if est >= target:
             break
         k = max(k + 1, math.ceil(k * target / max(est, 1)))
-        scaled = _scale(trace, k)
+        scaled = _scale(trace, k, diurnal)
         est = static_gpus(services, spec, scaled)
     return k, scaled, est, g0
 
@@ -367,11 +385,11 @@ def run_trace(
     spec = services.by_name()[SERVICE]
     t0 = time.perf_counter()
     raw = load_trace(TRACES_DIR / fname)
-    k, scaled, est, g0 = rate_factor(services, spec, raw)
+    k, scaled, est, g0 = rate_factor(services, spec, raw, diurnal=diurnal)
     print(
         f"\n== {label} ({fname}): {len(raw)} requests over {raw.duration_s / 3600:.2f} h; "
         f"static sizing {g0} GPUs unscaled -> rate scale factor x{k} (superpose, seed {SEED}, "
-        f"shifts <= {MAX_SHIFT_S:.0f} s): {len(scaled)} requests, static sizing {est} GPUs "
+        f"shifts {_shift_text(diurnal)}): {len(scaled)} requests, static sizing {est} GPUs "
         f"[{time.perf_counter() - t0:.0f} s]",
         flush=True,
     )
@@ -412,7 +430,7 @@ def run_trace(
                 f"after its cache discount: rate scale factor x{k} instead",
                 file=sys.stderr,
             )
-            trace = _scale(raw, k)
+            trace = _scale(raw, k, diurnal)
             counts = static_counts(services, spec, trace)
             est = _gpus(spec, *counts)
             topo = fleet_for([spec], fleet_gpus(spec, counts))
@@ -444,7 +462,7 @@ def run_trace(
         "service": SERVICE,
         "diurnal": diurnal,
         "rate_scale": k,
-        "rate_method": f"superpose, seed {SEED}, shifts <= {MAX_SHIFT_S:.0f} s",
+        "rate_method": f"superpose, seed {SEED}, shifts {_shift_text(diurnal)}",
         "static_gpus_unscaled": g0,
         "static_gpus_sizing": est,
         "static_gpus_replay": by["static"]["peak_gpus"] if "static" in by else None,

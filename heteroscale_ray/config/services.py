@@ -447,6 +447,12 @@ class ServiceSpec(BaseModel):
     def ratio(self) -> PdRatio:
         return parse_pd_ratio(self.pd_ratio)
 
+    def placed_at(self, ratio: PdRatio) -> ServiceSpec:
+        """This service as placement sees it when its DGs take another shape (a dynamic or
+        demand-driven ratio, a baseline's own). A PdRatio is valid by construction; the
+        dynamic ratio's bounds constrain the policy, not the shape of a DG."""
+        return self if ratio == self.ratio else self.model_copy(update={"pd_ratio": str(ratio)})
+
     def role(self, role: Role) -> RoleSpec:
         return self.prefill if role is Role.PREFILL else self.decode
 

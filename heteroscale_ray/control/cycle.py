@@ -50,7 +50,7 @@ def placed_as(
     for name, want in desired.items():
         spec = services.get(name)
         if spec is not None and want.pd_ratio is not None and want.pd_ratio != spec.ratio:
-            out[name] = spec.model_copy(update={"pd_ratio": str(want.pd_ratio)})
+            out[name] = spec.placed_at(want.pd_ratio)
     return out
 
 

@@ -27,6 +27,7 @@ DEFAULT_PROMPT = 1024.0  # tokens; the prior's length before any request was see
 DEFAULT_OUTPUT = 256.0
 SCALE_BOUNDS = (0.2, 5.0)  # a measurement further off than this is a broken report, not a GPU
 MIN_BUSY = 0.2  # below this busy share, tokens per busy second is too noisy to learn from
+PERIOD_GUESS_S = 15.0  # the weight of the first sample: one control period's
 
 
 @dataclass(frozen=True)
@@ -187,8 +188,12 @@ def learn(
 def _fold(
     previous: float | None, previous_at: float | None, ratio: float, now: float, demand
 ) -> float:
+    """The moving average starts at the prior (1.0) one period back, so the first samples,
+    taken while instances warm up, cannot replace it outright."""
     lo, hi = SCALE_BOUNDS
     value = min(max(ratio, lo), hi)
+    if previous is None or previous_at is None:
+        previous, previous_at = 1.0, now - PERIOD_GUESS_S
     return smooth(previous, previous_at, value, now, demand.learn_smoothing_s)
 
 

@@ -273,11 +273,7 @@ def run_replay(
     if autoscaler is None:
         autoscaler = make_autoscaler(opts.policy, specs, sim, traces, opts, cached)
     # Static and oracle place their DGs at their own P/D ratio (see StaticAutoscaler).
-    own = getattr(autoscaler, "pd_ratios", None) or {}
-    placed = {
-        n: s.model_copy(update={"pd_ratio": str(own[n])}) if n in own else s
-        for n, s in by_name.items()
-    }
+    own = dict(getattr(autoscaler, "pd_ratios", None) or {})
 
     # Provision before t=0: every policy starts where the oracle would (static: its fixed
     # counts), placed by the same placement cycle and ready at once, so no policy pays for a
@@ -292,6 +288,9 @@ def run_replay(
             n = service_needs(sim, spec, traces[spec.name], opts.control_period_s, opts)
             p, d = lookahead_counts(spec, n, 0.0, opts.startup_s + 2 * opts.control_period_s)
         first.append(ScaleRequest(spec.name, p, d))
+        if spec.policy.signal == "demand" and isinstance(autoscaler, HeteroScaleAutoscaler):
+            own.setdefault(spec.name, ratio_of(p, d))  # its DGs take the shape of its counts
+    placed = {n: s.placed_at(own[n]) if n in own else s for n, s in by_name.items()}
     plan0 = plan_cycle(graph, placed, (), first, catalog, topology_aware=opts.topology_aware)
     actuator.apply(plan0, warm=True)
 
