@@ -7,6 +7,7 @@ timing; a tiny real model (2 layers, width 64) keeps the CPU cost low.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -113,6 +114,134 @@ def test_openai_client_completes_streams_and_lists(client) -> None:  # type: ign
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+def test_chat_completions_stream_and_not(client) -> None:  # type: ignore[no-untyped-def]
+    from heteroscale_ray.serving.tokenizer import apply_chat_template
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    r = client.chat.completions.create(
+        model=SERVICE,
+        messages=messages,
+        max_completion_tokens=8,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 8
+    prompt = apply_chat_template((m["role"], m["content"]) for m in messages)
+    assert r.usage.prompt_tokens == len(prompt.encode()) + 1  # the documented template + BOS
+    assert r.choices[0].message.content == _reference(prompt, 8)
+
+    chunks = list(
+        client.chat.completions.create(
+            model=SERVICE,
+            messages=messages,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == r.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    last = chunks[-1]  # include_usage: a last chunk with usage and no choices
+    assert last.choices == [] and last.usage.completion_tokens == 8
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_openai_parameters_are_honoured(client) -> None:  # type: ignore[no-untyped-def]
+    # n: independent choices; seed: reproducible (choice i uses seed + i).
+    kw = {"model": SERVICE, "prompt": "Once", "max_tokens": 6, "temperature": 1.0, "seed": 11}
+    a = client.completions.create(n=2, extra_body={"ignore_eos": True}, **kw)
+    b = client.completions.create(n=2, extra_body={"ignore_eos": True}, **kw)
+    assert sorted(c.index for c in a.choices) == [0, 1]
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert a.usage.completion_tokens == 12
+
+    # stop: generation ends at the stop string, which is not included.
+    full = (
+        client.completions.create(
+            model=SERVICE,
+            prompt="stop",
+            max_tokens=20,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+        .choices[0]
+        .text
+    )
+    cut = full[3:5] if len(full) >= 5 else full[-2:]
+    stopped = client.completions.create(
+        model=SERVICE,
+        prompt="stop",
+        max_tokens=20,
+        temperature=0,
+        stop=[cut],
+        extra_body={"ignore_eos": True},
+    ).choices[0]
+    assert stopped.finish_reason == "stop" and stopped.text == full[: full.index(cut)]
+
+    # echo: the prompt comes first.
+    echoed = client.completions.create(
+        model=SERVICE, prompt="Echo me", max_tokens=3, temperature=0, echo=True
+    ).choices[0]
+    assert echoed.text.startswith("Echo me")
+
+    # logprobs: top-k per generated token in the completions format.
+    lp = (
+        client.completions.create(
+            model=SERVICE,
+            prompt="Log",
+            max_tokens=5,
+            temperature=0,
+            logprobs=2,
+            extra_body={"ignore_eos": True},
+        )
+        .choices[0]
+        .logprobs
+    )
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
+    assert len(lp.text_offset) == 5 and lp.text_offset[0] == 0
+    assert all(v <= 0 for v in lp.token_logprobs)
+    assert all(2 <= len(top) <= 3 for top in lp.top_logprobs)
+
+    # streaming with n=2: choices interleaved, each with its index.
+    chunks = list(
+        client.completions.create(
+            model=SERVICE,
+            prompt="Once",
+            max_tokens=6,
+            temperature=1.0,
+            seed=11,
+            n=2,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
+    for i in (0, 1):
+        text = "".join(c.choices[0].text for c in chunks if c.choices[0].index == i)
+        assert text == a.choices[i].text
+
+
+def test_unsupported_parameters_are_rejected_by_name(client) -> None:  # type: ignore[no-untyped-def]
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=SERVICE,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=2,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
+    assert e.value.status_code == 400 and "tools" in str(e.value)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=SERVICE, prompt="x", max_tokens=2, logit_bias={"65": 3})
+    assert "logit_bias" in str(e.value)
+
+
 def test_replicas_land_on_matching_nodes(stack: Stack) -> None:
     import ray
 
@@ -179,10 +308,29 @@ def test_bad_requests_get_openai_errors(
         assert err["code"] == code
 
 
-def test_healthz_and_metrics(stack: Stack) -> None:
+def test_health_version_and_metrics(stack: Stack, client) -> None:  # type: ignore[no-untyped-def]
+    from test_promtool import promtool_problems
+
+    health = requests.get(f"{stack.url}/health", timeout=10)
+    assert health.status_code == 200
     assert requests.get(f"{stack.url}/healthz", timeout=10).json()["status"] == "ok"
-    text = requests.get(f"{stack.url}/metrics", timeout=10).text
-    assert "heteroscale_decode_tokens_per_s" in text
+    assert requests.get(f"{stack.url}/version", timeout=10).json()["version"]
+    client.completions.create(model=SERVICE, prompt="metrics", max_tokens=3)
+    deadline = time.monotonic() + 5  # replicas push stats about once a second
+    while True:
+        text = requests.get(f"{stack.url}/metrics", timeout=10).text
+        if "heteroscale_decode_tokens_per_second{" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert "heteroscale_decode_tokens_per_second{" in text
+    assert "heteroscale_prefill_tokens_per_second{" in text
+    assert f'heteroscale_prompt_tokens_total{{service="{SERVICE}"}}' in text
+    assert "heteroscale_time_to_first_token_seconds_bucket{" in text
+    assert "heteroscale_e2e_request_latency_seconds_count{" in text
+    # Each role exports only its own families.
+    assert not re.search(r'^heteroscale_decode_tokens_per_second\{[^}]*role="prefill"', text, re.M)
+    assert not re.search(r'^heteroscale_prefill_tokens_per_second\{[^}]*role="decode"', text, re.M)
+    assert promtool_problems(text) == ""
 
 
 def test_ingress_reports_the_offered_prompt_load(stack: Stack, client) -> None:  # type: ignore[no-untyped-def]
@@ -208,9 +356,9 @@ def test_ingress_reports_the_offered_prompt_load(stack: Stack, client) -> None: 
     load = ingress_loads()[SERVICE]
     assert load.requests_per_s is not None and load.requests_per_s >= 8 / 10.0
     text = requests.get(f"{stack.url}/metrics", timeout=10).text
-    assert f'heteroscale_prompt_arrival_tokens_per_s{{service="{SERVICE}"}}' in text
-    assert f'heteroscale_request_arrivals_per_s{{service="{SERVICE}"}}' in text
-    assert "heteroscale_ttft_wait_seconds{" in text
+    assert f'heteroscale_prompt_arrival_tokens_per_second{{service="{SERVICE}"}}' in text
+    assert f'heteroscale_request_arrivals_per_second{{service="{SERVICE}"}}' in text
+    assert "heteroscale_ttft_wait_p99_seconds{" in text
     assert "heteroscale_decode_step_seconds_mean{" in text
 
     deadline = time.monotonic() + 5  # replicas push stats about once a second

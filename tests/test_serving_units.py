@@ -170,8 +170,8 @@ def test_metrics_window_rates_percentiles_and_prometheus() -> None:
     assert s.compute_fraction == pytest.approx(0.1, rel=0.01)
     assert s.tbt_p99 == pytest.approx(0.02) and s.ttft_p50 == pytest.approx(0.3)
     text = render_prometheus([s])
-    assert 'heteroscale_decode_tokens_per_s{dg="a"' in text
-    assert 'quantile="0.99"' in text
+    assert 'heteroscale_decode_tokens_per_second{dg="a"' in text
+    assert 'heteroscale_tbt_p99_seconds{dg="a"' in text and "quantile=" not in text
     clock.advance(10.1)  # every sample has left the window
     idle = m.snapshot()
     assert idle.decode_tps == 0.0 and idle.tbt_p99 is None and idle.steps == 10
@@ -208,7 +208,7 @@ def test_ingress_arrivals_are_summed_over_fresh_reports() -> None:
     clock.advance(STATS_TTL_S + 1.0)
     hub.report_arrivals("ingress-a", rates)  # ingress-b has gone silent
     assert hub.arrival_rates()["chat"] == pytest.approx(200.0, rel=0.01)
-    assert 'heteroscale_prompt_arrival_tokens_per_s{service="docs"}' in render_arrivals(rates)
+    assert 'heteroscale_prompt_arrival_tokens_per_second{service="docs"}' in render_arrivals(rates)
 
 
 def test_prefill_reports_its_queue_and_the_ttft_split() -> None:
@@ -259,18 +259,19 @@ def test_decode_reports_batch_step_time_and_output_lengths() -> None:
 
 
 def test_new_per_replica_values_are_exported_to_prometheus() -> None:
-    s = make_stats(
+    pre = make_stats(
+        role="prefill",
+        replica_id="p",
         queued_prompt_tokens=3000,
         prefill_queue_s=1.5,
         prefill_tokens_per_busy_s=2000.0,
         ttft_wait_p99=2.0,
-        ttft_service_p50=0.5,
-        running_mean=4.0,
-        step_mean_s=0.1,
-        finished_requests=3,
-        output_tokens_mean=30.0,
+        ttft_service_p99=0.5,
     )
-    text = render_prometheus([s])
+    dec = make_stats(
+        running_mean=4.0, step_mean_s=0.1, finished_requests=3, output_tokens_mean=30.0
+    )
+    text = render_prometheus([pre, dec])
     for line in (
         "heteroscale_prefill_queued_prompt_tokens{",
         "heteroscale_prefill_queue_seconds{",
@@ -281,8 +282,8 @@ def test_new_per_replica_values_are_exported_to_prometheus() -> None:
         "heteroscale_output_tokens_mean{",
     ):
         assert line in text, line
-    assert 'heteroscale_ttft_wait_seconds{dg="a",gpu_type="H20",quantile="0.99"' in text
-    assert 'heteroscale_ttft_service_seconds{dg="a",gpu_type="H20",quantile="0.50"' in text
+    assert 'heteroscale_ttft_wait_p99_seconds{dg="a",gpu_type="H20",replica="p"' in text
+    assert 'heteroscale_ttft_service_p99_seconds{dg="a",gpu_type="H20",replica="p"' in text
     # Unknown values are left out, not exported as 0.
     unknown = render_prometheus([make_stats()])
     assert "heteroscale_decode_step_seconds_mean{" not in unknown
@@ -316,8 +317,8 @@ def test_ingress_counts_requests_and_their_prompt_tokens() -> None:
     assert load.prompt_tokens_per_s == pytest.approx(500.0)
     assert load.prompt_mean == pytest.approx(250.0)
     text = render_arrivals(meter.loads())
-    assert 'heteroscale_request_arrivals_per_s{service="chat"} 2.0' in text
-    assert 'heteroscale_prompt_tokens_mean{service="chat"} 250.0' in text
+    assert 'heteroscale_request_arrivals_per_second{service="chat"} 2.0' in text
+    assert 'heteroscale_arrival_prompt_tokens_mean{service="chat"} 250.0' in text
     clock.advance(10.1)
     quiet = meter.loads()["chat"]
     assert quiet.requests_per_s == 0.0 and quiet.prompt_mean is None

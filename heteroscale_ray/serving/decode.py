@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from heteroscale_ray.serving.model import DecodeEngine, SamplingParams, StepOutput
+from heteroscale_ray.serving.model import DecodeEngine, SamplingParams, StepOutput, TokenLogprob
 from heteroscale_ray.serving.prefill import PrefillOutput
 from heteroscale_ray.serving.replica import ReplicaBase, ReplicaSpec
 
@@ -52,6 +52,7 @@ class DecodeChunk:
     finished: bool
     finish_reason: str | None
     meta: dict[str, Any] | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # tokens of this chunk (params.logprobs set)
 
 
 @dataclass
@@ -118,7 +119,12 @@ class DecodeServer(ReplicaBase):
                     raise item
                 finished = item.finished
                 yield DecodeChunk(
-                    item.text_delta, item.num_generated, finished, item.finish_reason, meta
+                    item.text_delta,
+                    item.num_generated,
+                    finished,
+                    item.finish_reason,
+                    meta,
+                    item.logprobs,
                 )
                 meta = None
         finally:
@@ -136,7 +142,9 @@ class DecodeServer(ReplicaBase):
         errors: dict[str, BaseException] = {}
         for rid, out, params in pending:
             try:
-                self.engine.add(rid, out.kv, out.first_token, params)
+                self.engine.add(
+                    rid, out.kv, out.first_token, params, getattr(out, "first_logprob", None)
+                )
             except ValueError as e:
                 errors[rid] = e
         for rid in aborts:

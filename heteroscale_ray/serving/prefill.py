@@ -25,7 +25,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from heteroscale_ray.serving.model import KVCache, PrefillEngine, PrefillResult, SamplingParams
+from heteroscale_ray.serving.model import (
+    KVCache,
+    PrefillEngine,
+    PrefillResult,
+    SamplingParams,
+    TokenLogprob,
+    token_logprob,
+)
 from heteroscale_ray.serving.replica import ReplicaBase, ReplicaSpec
 
 
@@ -50,6 +57,7 @@ class PrefillOutput:
     prefill_wall_s: float  # emulated (or real) prefill duration, queueing excluded
     queue_s: float
     replica_id: str
+    first_logprob: TokenLogprob | None = None  # when the request asked for logprobs
 
 
 class PrefillServer(ReplicaBase):
@@ -119,6 +127,11 @@ class PrefillServer(ReplicaBase):
             prefill_wall_s=timing.wall_s,
             queue_s=queue_s,
             replica_id=self.replica_id,
+            first_logprob=(
+                None
+                if req.params.logprobs is None
+                else token_logprob(res.first_logits, res.first_token, req.params.logprobs)
+            ),
         )
 
     async def ping(self) -> str:

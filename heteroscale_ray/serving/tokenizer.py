@@ -1,4 +1,12 @@
-"""Byte-level tokenizer: 256 byte tokens plus a few specials, so nothing is ever downloaded."""
+"""Byte-level tokenizer: 256 byte tokens plus a few specials, so nothing is ever downloaded.
+
+Also the chat template the ingress applies to `/v1/chat/completions` messages (plain text over
+the byte tokens, no special tokens besides the leading BOS)::
+
+    <|system|>\nYou are terse.\n<|user|>\nHi\n<|assistant|>\n
+
+one `<|role|>\ncontent\n` block per message, in order, then `<|assistant|>\n` for the reply.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,32 @@ EOS_ID = 257
 PAD_ID = 258
 VOCAB_SIZE = 259
 SPECIAL_TOKENS = {"<bos>": BOS_ID, "<eos>": EOS_ID, "<pad>": PAD_ID}
+_SPECIAL_NAMES = {v: k for k, v in SPECIAL_TOKENS.items()}
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
+def apply_chat_template(messages: Iterable[tuple[str, str]]) -> str:
+    """The prompt for (role, content) messages: `<|role|>\ncontent\n` each, then
+    `<|assistant|>\n` (the generation prompt). Encode it with `add_bos=True`."""
+    parts = [f"<|{role}|>\n{content}\n" for role, content in messages]
+    parts.append("<|assistant|>\n")
+    return "".join(parts)
+
+
+def token_text(token: int) -> str:
+    """A token as a display string (logprobs): its character for ASCII bytes, `bytes:\\xNN`
+    for bytes that are part of a multi-byte character (vLLM's convention), `<eos>` etc. for
+    specials."""
+    if 0 <= token < 128:
+        return chr(token)
+    if 0 <= token < BYTE_VOCAB:
+        return f"bytes:\\x{token:02x}"
+    return _SPECIAL_NAMES.get(token, f"<{token}>")
+
+
+def token_bytes(token: int) -> list[int]:
+    """The UTF-8 bytes of a token (chat logprobs' `bytes`); specials have none."""
+    return [token] if 0 <= token < BYTE_VOCAB else []
 
 
 class ByteTokenizer:

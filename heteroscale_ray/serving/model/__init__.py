@@ -27,7 +27,9 @@ from heteroscale_ray.serving.model.transformer import (
     ModelConfig,
     SamplingParams,
     TinyTransformer,
+    TokenLogprob,
     measure_peak_flops,
+    token_logprob,
 )
 
 __all__ = [
@@ -41,5 +43,7 @@ __all__ = [
     "SamplingParams",
     "StepOutput",
     "TinyTransformer",
+    "TokenLogprob",
     "measure_peak_flops",
+    "token_logprob",
 ]

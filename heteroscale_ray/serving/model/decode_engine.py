@@ -15,7 +15,9 @@ from heteroscale_ray.serving.model.transformer import (
     ModelConfig,
     SamplingParams,
     TinyTransformer,
+    TokenLogprob,
     sample_token,
+    token_logprob,
 )
 from heteroscale_ray.serving.tokenizer import EOS_ID, IncrementalDecoder
 
@@ -38,6 +40,8 @@ class StepOutput:
     finished: bool
     finish_reason: str | None  # "stop" | "length" | None
     num_generated: int  # tokens generated so far, including the first token
+    # Tokens accepted since the previous output, with their logprobs (params.logprobs set).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass
@@ -47,6 +51,7 @@ class _Waiting:
     first_token: int
     params: SamplingParams
     reserved: int
+    first_logprob: TokenLogprob | None = None
 
 
 @dataclass
@@ -64,6 +69,7 @@ class _Seq:
     text: str = ""
     emitted: int = 0  # chars of `text` already returned in text_delta
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet in an output
 
 
 class DecodeEngine:
@@ -128,10 +134,12 @@ class DecodeEngine:
         kv: KVCache,
         first_token: int,
         params: SamplingParams | None = None,
+        first_logprob: TokenLogprob | None = None,
     ) -> bool:
         """Queue a prefilled sequence; returns True if admitted at once, False if it waits.
 
-        `first_token` counts as generated token 1 (towards max_tokens, stop strings and text).
+        `first_token` counts as generated token 1 (towards max_tokens, stop strings and text);
+        `first_logprob` is its logprob (the prefill computed it), reported with its output.
         """
         params = params or SamplingParams()
         c = self.config
@@ -148,7 +156,7 @@ class DecodeEngine:
         with self._lock:
             if seq_id in self._running or any(w.seq_id == seq_id for w in self._waiting):
                 raise ValueError(f"duplicate seq_id {seq_id!r}")
-            item = _Waiting(seq_id, kv, int(first_token), params, reserved)
+            item = _Waiting(seq_id, kv, int(first_token), params, reserved, first_logprob)
             if not self._waiting and self.can_admit(reserved):
                 self._admit(item)
                 return True
@@ -179,6 +187,8 @@ class DecodeEngine:
             rng = p.make_rng()
             rng.random()  # the prefill engine used the first draw for the first token
         seq = _Seq(item.seq_id, p, n, item.reserved, k, v, kv_len=n, rng=rng)
+        if p.logprobs is not None and item.first_logprob is not None:
+            seq.logprobs.append(item.first_logprob)
         self._accept_token(seq, item.first_token)
         self._running[item.seq_id] = seq
         self._reserved += item.reserved
@@ -220,7 +230,10 @@ class DecodeEngine:
             end = len(seq.text)
         delta, seq.emitted = seq.text[seq.emitted : end], end
         finished = seq.finish_reason is not None
-        return StepOutput(seq.seq_id, token, delta, finished, seq.finish_reason, len(seq.generated))
+        lps, seq.logprobs = tuple(seq.logprobs), []
+        return StepOutput(
+            seq.seq_id, token, delta, finished, seq.finish_reason, len(seq.generated), lps
+        )
 
     def step(self) -> list[StepOutput]:
         """Admit what fits, advance every running sequence by one token in one batched pass.
@@ -243,7 +256,9 @@ class DecodeEngine:
                 for s, row in zip(active, logits, strict=True):
                     flops += self.model.flops(1, s.kv_len)
                     s.kv_len += 1
-                    tok = sample_token(row, s.params.temperature, s.rng)
+                    tok = sample_token(row, s.params.temperature, s.rng, s.params.top_p)
+                    if s.params.logprobs is not None:  # from the logits already in hand
+                        s.logprobs.append(token_logprob(row, tok, s.params.logprobs))
                     sampled[s.seq_id] = tok
                     self._accept_token(s, tok)
             outputs = [self._output(s, sampled.get(s.seq_id)) for s in self._running.values()]

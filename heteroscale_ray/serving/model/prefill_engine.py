@@ -137,7 +137,7 @@ class PrefillEngine:
             past_k = np.concatenate([b[0] for b in hit_blocks], axis=2)[:, :, :cached]
             past_v = np.concatenate([b[1] for b in hit_blocks], axis=2)[:, :, :cached]
         logits, k, v = self.model.forward_prefill(tokens[cached:], past_k, past_v)
-        first = sample_token(logits, params.temperature, params.make_rng())
+        first = sample_token(logits, params.temperature, params.make_rng(), params.top_p)
         flops = self.model.flops(n - cached, cached)
         with self._lock:
             for i in reversed(range(len(keys))):

@@ -60,12 +60,18 @@ class SamplingParams:
     seed: int | None = None  # per-sequence numpy Generator for temperature > 0
     stop: tuple[str, ...] = ()  # stop strings, matched on decoded text, excluded from output
     ignore_eos: bool = False
+    top_p: float = 1.0  # nucleus sampling: the smallest top set whose probability >= top_p
+    logprobs: int | None = None  # None: none; k: the sampled token's logprob plus the top k
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError("logprobs must be >= 0")
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
 
     def make_rng(self) -> np.random.Generator:
@@ -112,15 +118,53 @@ def _softmax_(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def sample_token(logits: np.ndarray, temperature: float, rng: np.random.Generator | None) -> int:
-    """Greedy argmax for temperature 0, else one uniform draw from `rng` (exactly one per token)."""
+def sample_token(
+    logits: np.ndarray,
+    temperature: float,
+    rng: np.random.Generator | None,
+    top_p: float = 1.0,
+) -> int:
+    """Greedy argmax for temperature 0, else one uniform draw from `rng` (exactly one per token).
+
+    With `top_p` < 1 the draw is over the smallest set of most likely tokens whose probability
+    (after temperature) reaches `top_p`, renormalised (nucleus sampling)."""
     if temperature <= 0 or rng is None:
         return int(np.argmax(logits))
     z = logits.astype(np.float64) / temperature
     z -= z.max()
-    cdf = np.cumsum(np.exp(z))
+    p = np.exp(z)
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        ps = p[order]
+        total = np.cumsum(ps)
+        keep = min(int(np.searchsorted(total, top_p * total[-1], side="left")) + 1, len(ps))
+        cdf = total[:keep]
+        j = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+        return int(order[min(j, keep - 1)])
+    cdf = np.cumsum(p)
     idx = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
     return min(idx, len(cdf) - 1)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log probability and the `k` most likely tokens at its position.
+
+    Log probabilities are of the model's own distribution (log-softmax of the logits, before
+    temperature and top_p), as OpenAI and vLLM report them."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprob(logits: np.ndarray, token: int, k: int) -> TokenLogprob:
+    """`token`'s log probability under `logits` and the top-`k` (id, logprob), most likely first."""
+    z = logits.astype(np.float64)
+    z = z - z.max()
+    lp = z - np.log(np.exp(z).sum())
+    top = np.argsort(-lp, kind="stable")[:k] if k > 0 else np.empty(0, np.int64)
+    return TokenLogprob(int(token), float(lp[token]), tuple((int(i), float(lp[i])) for i in top))
 
 
 class TinyTransformer:
