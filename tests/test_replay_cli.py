@@ -157,3 +157,41 @@ def test_replay_with_topology_file(tmp_path: Path, capsys: pytest.CaptureFixture
     # L20 prefill and H20 decode only meet inside s2-b: every KV copy stays within that S2
     assert summary["kv_level_share"]["CROSS_S2"] == 0.0
     assert (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.skipif(not (TRACES / "synthetic_trace.jsonl").exists(), reason="shared trace missing")
+@pytest.mark.parametrize("policy", ["heteroscale", "hpa-util", "serve-default", "static", "oracle"])
+def test_replay_general_keeps_the_json_contract(
+    policy: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10's contract: `--service general --policy P --rate-scale K --json` ends with one
+    JSON object holding gpu_hours, slo_attainment, slo_ceiling, completed and requests."""
+    rc = main(
+        [
+            "replay",
+            "--trace",
+            str(TRACES / "synthetic_trace.jsonl"),
+            "--services",
+            str(ROOT / "examples" / "sim_services.yaml"),
+            "--service",
+            "general",
+            "--policy",
+            policy,
+            "--rate-scale",
+            "2",
+            "--gpus",
+            "512",
+            "--duration",
+            "90",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and summary["policy"] == policy
+    for key in ("gpu_hours", "slo_attainment", "slo_ceiling", "completed", "requests"):
+        assert isinstance(summary[key], (int, float)), key
+    assert 0 < summary["completed"] <= summary["requests"]
