@@ -287,7 +287,7 @@ def latency_guard(
         tier = reached_tier(observed / slo, guard.tiers)  # type: ignore[operator]
         if tier is None:
             if state.guard_role == role.value:
-                state = replace(state, guard_role=None, guard_fixable_s=None)
+                state = replace(state, guard_role=None, guard_fixable_s=None, guard_load=None)
             continue
         breach = f"{name} p99 {observed * 1000:,.0f} ms is {observed / slo:.2f}x the SLO"  # type: ignore[operator]
         if floor:
@@ -305,7 +305,11 @@ def latency_guard(
                 )
             continue
         before = state.guard_fixable_s if state.guard_role == role.value else None
-        if before is not None and fixable > (1 - MIN_GAIN) * before:
+        load = plan.need / plan.current if plan.need is not None and plan.current else None
+        # A step that load growth ate (need per instance no lower than when it was taken) says
+        # nothing about whether capacity helps; only a step that did lower the load does.
+        relieved = load is None or state.guard_load is None or load < 0.95 * state.guard_load
+        if before is not None and relieved and fixable > (1 - MIN_GAIN) * before:
             why = (
                 f"{plan.why}; {breach} but the last guard step left it at "
                 f"{fixable * 1000:,.0f} ms (was {before * 1000:,.0f} ms): no further step"
@@ -318,7 +322,7 @@ def latency_guard(
         if step > plan.target:
             why = f"{plan.why}; {breach} (tier {tier.at:g}x: +{tier.step:.0%})"
             plans[role] = replace(plan, target=step, reason=Reason.LATENCY_GUARD, why=why)
-            state = replace(state, guard_role=role.value, guard_fixable_s=fixable)
+            state = replace(state, guard_role=role.value, guard_fixable_s=fixable, guard_load=load)
     return plans, state
 
 

@@ -151,6 +151,7 @@ class PolicyState:
     # Marginal-gain check: the fixable latency (s) when the guard last stepped, and its role.
     guard_fixable_s: float | None = None
     guard_role: str | None = None
+    guard_load: float | None = None  # that role's need per instance when the guard stepped
     # Learned capacity: measured over roofline prior per role (1.0 = the prior is right).
     prefill_capacity_scale: float | None = None
     decode_capacity_scale: float | None = None
