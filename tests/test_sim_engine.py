@@ -206,3 +206,88 @@ def test_soft_scale_in_holds_gpus_for_the_window_then_stops() -> None:
     held = on["gpu_hours"] - off["gpu_hours"]
     assert held > 0  # instances kept their GPUs through the window
     assert on["completed"] == off["completed"] == len(trace)
+
+
+def test_vectorised_prefill_time_is_the_scalar_one_bit_for_bit() -> None:
+    """Routing prices prompts in bulk (`prefill_many`); it must equal `prefill_one` exactly,
+    dense and MoE alike."""
+    from heteroscale_ray.perf.instance_kind import InstanceKind
+    from heteroscale_ray.perf.profiles import builtin_profiles
+
+    tokens = np.r_[
+        1, 2, 3, 511, 512, 4097, 65_536, np.random.default_rng(1).integers(1, 200_000, 500)
+    ]
+    for prof in builtin_profiles().values():
+        for gpu in ("L20", "H20"):
+            kind = InstanceKind.build(prof, DEFAULT_CATALOG[gpu], 8)
+            secs, flops = kind.prefill_many(tokens)
+            want = [kind.prefill_one(t, 0) for t in tokens.tolist()]
+            assert secs.tolist() == [s for s, _ in want], (prof.name, gpu)
+            assert flops.tolist() == [f for _, f in want], (prof.name, gpu)
+
+
+def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
+    """One busy tick over three DGs of unequal shape: every request goes where a plain scan of
+    all DGs (least prefill wait / TTFT SLO + decode load, first minimum) and the per-DG least
+    loaded instances send it."""
+    rng = np.random.default_rng(3)
+    n = 400
+    arrivals = np.sort(rng.uniform(0.0, 1.0, n))
+    inputs = rng.integers(50, 6000, n)
+    outputs = rng.integers(2, 400, n)
+    sim = make_sim(arrivals.tolist(), inputs.tolist(), outputs.tolist())
+    l20 = [h.name for h in GRAPH.hosts if h.gpu_type == "L20"]
+    layout = {"dgA": (2, 1), "dgB": (1, 2), "dgC": (1, 1)}
+    for g, (n_p, n_d) in layout.items():
+        for i in range(n_p):
+            sim.add_instance(f"{g}p{i}", "svc", Role.PREFILL, g, l20[i % len(l20)], "L20", 1, 0.0)
+        for i in range(n_d):
+            sim.add_instance(f"{g}d{i}", "svc", Role.DECODE, g, h20_host(i), "H20", 1, 0.0)
+    T = sim.inst
+    T.free_at[: T.n] = rng.uniform(0.0, 0.5, T.n)  # prefill queues left from earlier ticks
+    T.kv_promised[: T.n] = rng.uniform(0.0, 4000.0, T.n).round()
+    free0, prom0 = T.free_at[: T.n].copy(), T.kv_promised[: T.n].copy()
+    sim.step()
+    # the plain scan, request by request
+    slo = SERVICES.services[0].slo.ttft_s
+    free = {r: max(float(free0[r]), 0.0) for r in range(T.n) if T.role[r] == 0}
+    load = {}
+    for r in range(T.n):
+        if T.role[r] == 1:
+            load[r] = prom0[r] / (sim._kv_full(0, int(T.kind[r])) * T.kv_cap[r])
+    dgs = sorted(set(T.dg[: T.n].tolist()))
+    for j in range(n):
+        a = float(arrivals[j])
+        best, g = float("inf"), dgs[0]
+        for cand in dgs:
+            p = min((f, r) for r, f in free.items() if T.dg[r] == cand)
+            d = min((v, r) for r, v in load.items() if T.dg[r] == cand)
+            wait = p[0] - a
+            score = (wait if wait > 0 else 0.0) / slo + d[0]
+            if score < best:
+                best, g = score, cand
+        f, r = min((f, r) for r, f in free.items() if T.dg[r] == g)
+        v, d = min((v, r) for r, v in load.items() if T.dg[r] == g)
+        kind = sim.kinds[int(T.kind[r])]
+        fin = (f if f > a else a) + kind.prefill_one(int(inputs[j]), 0)[0]
+        free[r] = fin
+        res = min(float(inputs[j] + outputs[j]), float(T.kv_cap[d]))
+        load[d] = v + res / (sim._kv_full(0, int(T.kind[d])) * T.kv_cap[d])
+        assert (sim.p_inst[j], sim.d_inst[j], sim.t_first[j]) == (r, d, fin), j
+
+
+def test_prefill_ongoing_counts_recent_requests_without_a_first_token() -> None:
+    """The per-tick prefill pool size: requests of the last 600 s whose first token is still
+    ahead (routed and queued, or not routed yet)."""
+    rng = np.random.default_rng(5)
+    n = 600
+    arrivals = np.sort(rng.uniform(0.0, 60.0, n))
+    sim = make_sim(arrivals.tolist(), rng.integers(2000, 8000, n).tolist(), [20] * n)
+    add_pair(sim, ready_at=10.0)  # requests wait unrouted for 10 s, then queue on one prefill
+    while not sim.done:
+        sim.step()
+        t1 = sim.now
+        arrived = np.flatnonzero((sim.w.arrival < t1) & (sim.w.arrival >= t1 - 600.0))
+        tf = sim.t_first[arrived]
+        want = int(np.sum((tf > t1) | np.isnan(tf)))
+        assert sim.ts_ongoing[sim.tick - 1, 0, 0] == want, sim.tick

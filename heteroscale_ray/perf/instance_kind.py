@@ -109,13 +109,38 @@ class InstanceKind:
         mem = (self.w_shared + self.w_experts * (1.0 - self.q_untouched**new_t)) / self.mem_bw
         return max(flops / self.prefill_flops_s, mem) + self.prefill_overhead_s, flops
 
+    def prefill_many(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`prefill_one(t, 0)` for every t of the int array `tokens`, bit for bit (routing).
+
+        The arithmetic is elementwise IEEE, as in the scalar twin; the weight-streaming term
+        uses Python's scalar power per distinct token count, so it matches on every platform.
+        """
+        new_t = np.asarray(tokens, dtype=np.int64)
+        flops = self.flops_per_token * new_t + self.flops_per_pair * (
+            new_t * 0 + new_t * (new_t + 1) / 2
+        )
+        if self.w_experts == 0.0:  # dense: the expert term is exactly 0 for every count
+            mem: np.ndarray | float = (
+                self.w_shared + self.w_experts * (1.0 - self.q_untouched**1)
+            ) / self.mem_bw
+        else:
+            uniq, inv = np.unique(new_t, return_inverse=True)
+            per = [
+                (self.w_shared + self.w_experts * (1.0 - self.q_untouched**t)) / self.mem_bw
+                for t in uniq.tolist()
+            ]
+            mem = np.array(per, dtype=float)[inv]
+        return np.maximum(flops / self.prefill_flops_s, mem) + self.prefill_overhead_s, flops
+
     def decode_flops(self, batch: np.ndarray, ctx: np.ndarray) -> np.ndarray:
         return self.flops_per_token * batch + self.flops_per_pair * ctx
 
     def step_seconds(self, batch: np.ndarray, ctx: np.ndarray) -> np.ndarray:
         """Decode step time for batches of `batch` sequences holding `ctx` KV tokens in total."""
         batch = np.asarray(batch, dtype=float)
-        mem = (self.weight_bytes(batch) + ctx * self.kv_bytes_per_token) / self.mem_bw
+        # dense: the expert term is exactly 0 whatever the batch, so skip the power
+        weights = self.w_shared if self.w_experts == 0.0 else self.weight_bytes(batch)
+        mem = (weights + ctx * self.kv_bytes_per_token) / self.mem_bw
         comp = self.decode_flops(batch, ctx) / self.decode_flops_s
         return np.where(batch > 0, np.maximum(mem, comp) + self.step_overhead_s, 0.0)
 

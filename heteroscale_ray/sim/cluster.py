@@ -36,7 +36,8 @@ roles), `prefix_cache` (the per-DG pool),
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from bisect import bisect_left, insort
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,7 @@ from heteroscale_ray.sim.instances import (
     SOFT,
     STARTING,
     InstanceTable,
+    distinct,
 )
 from heteroscale_ray.sim.prefix_cache import PrefixCache, pool_blocks
 from heteroscale_ray.sim.tick_record import record_tick
@@ -118,6 +120,7 @@ class ClusterSim:
         self.host_sw = np.array(
             [[s0[h.s0], s1[h.s1], s2[h.s2]] for h in graph.hosts], dtype=np.int64
         )
+        self._level_table: np.ndarray | None = None  # [host, host] -> SharedLevel
         self.kinds: list[InstanceKind] = []
         self._kind_of: dict[tuple[str, str, int], int] = {}
         self.inst = InstanceTable()
@@ -127,6 +130,9 @@ class ClusterSim:
         self._dg_index: dict[str, int] = {}
         self.prefix_cache = PrefixCache()
         self._kv_full_cache: dict[tuple[int, int], float] = {}
+        # per kind, for the per-tick series: SM-activity denominator and cost per GPU-hour
+        self._kind_peak_den = np.zeros(0)
+        self._kind_cost = np.zeros(0)
         n = len(workload)
         self.horizon = float(workload.arrival[-1]) + self.dt if n else self.dt
         self.n_ticks_max = int(np.ceil((self.horizon + config.drain_timeout_s) / self.dt)) + 2
@@ -146,6 +152,9 @@ class ClusterSim:
         self._backlog = np.empty(0, dtype=np.int64)
         self._pending = np.empty(0, dtype=np.int64)
         self._active = np.empty(0, dtype=np.int64)
+        # routed requests that may still wait for their first token (see `first_pending`)
+        self._first_wait = np.empty(0, dtype=np.int64)
+        self._first_new: list[np.ndarray] = []
         self.removed: list[str] = []  # instance ids removed since the actuator last looked
         # per-tick series [tick, service, role]
         s = len(self.services)
@@ -173,6 +182,9 @@ class ClusterSim:
             prof = get_profile(spec.model, dict(self.profiles) if self.profiles else None)
             self._kind_of[key] = len(self.kinds)
             self.kinds.append(InstanceKind.build(prof, self.catalog[gpu], n_gpus, self.const))
+            peak = np.array([k.peak_flops for k in self.kinds], dtype=float)
+            self._kind_peak_den = np.where(peak > 0, peak, 1.0)
+            self._kind_cost = np.array([k.cost_per_gpu_hour for k in self.kinds], dtype=float)
         return self._kind_of[key]
 
     def dg_index(self, dg_id: str) -> int:
@@ -277,7 +289,12 @@ class ClusterSim:
         new = np.arange(self._next_arrival, hi)
         self._next_arrival = hi
         if len(new):
-            np.add.at(self.ts_arrivals[self.tick], self.w.service[new], 1)
+            if len(self.services) == 1:
+                self.ts_arrivals[self.tick, 0] += len(new)
+            else:
+                self.ts_arrivals[self.tick] += np.bincount(
+                    self.w.service[new], minlength=len(self.services)
+                )
         todo = np.concatenate([self._backlog, new]) if len(self._backlog) else new
         self._backlog = self._route(todo, t0) if len(todo) else todo
         admit_fifo(self, t0, t1)
@@ -285,6 +302,20 @@ class ClusterSim:
         record_tick(self, t1)
         self.now = t1
         self.tick += 1
+
+    def first_pending(self, t1: float) -> np.ndarray:
+        """Routed requests whose first token comes after `t1` (any order).
+
+        Called with a non-decreasing `t1` (once per tick): a request whose first token is at or
+        before one call's `t1` is dropped for good.
+        """
+        cand = self._first_wait
+        if self._first_new:
+            cand = np.concatenate([cand, *self._first_new])
+            self._first_new = []
+        cand = cand[self.t_first[cand] > t1]
+        self._first_wait = cand
+        return cand
 
     def _lifecycle(self, t0: float) -> None:
         T = self.inst
@@ -303,123 +334,268 @@ class ClusterSim:
     def _route(self, todo: np.ndarray, t0: float) -> np.ndarray:
         """Assign prefill and decode instances; returns the requests that found no DG."""
         T, w = self.inst, self.w
-        n = T.n
-        st, role, dg = T.state[:n], T.role[:n], T.dg[:n]
-        ready = st == READY
+        ready = np.flatnonzero(T.state[: T.n] == READY)
+        ready_svc, ready_dec = T.svc[ready], T.role[ready] == DECODE
         left: list[np.ndarray] = []
         svc_of = w.service[todo]
-        hashes = w.hash_ids
-        kinds = self.kinds
-        for s in np.unique(svc_of).tolist():
-            ids = todo[svc_of == s]
-            mine = ready & (T.svc[:n] == s)
-            dec_rows = np.flatnonzero(mine & (role == DECODE))
-            dg_ok = set(dg[dec_rows].tolist())
+        one_svc = len(self.services) == 1
+        for s in distinct(svc_of, len(self.services)):
+            ids = todo if one_svc else todo[svc_of == s]
+            mine = ready_svc == s
+            dec_rows = ready[mine & ready_dec]
+            dg_ok = set(T.dg[dec_rows].tolist())
+            pre_all = ready[mine & ~ready_dec]
             pre_rows = [
-                r for r in np.flatnonzero(mine & (role == PREFILL)).tolist() if dg[r] in dg_ok
+                r
+                for r, g in zip(pre_all.tolist(), T.dg[pre_all].tolist(), strict=True)
+                if g in dg_ok
             ]
             if not pre_rows:
                 left.append(ids)
                 continue
-            # Per-DG heaps: prefill by when its queue empties, decode by KV promised over the
-            # KV a batch at the TBT SLO holds. A request goes to the DG with the least combined
-            # pressure (prefill wait over the TTFT SLO + decode load), then to that DG's
-            # least-loaded prefill and decode instances.
-            pheaps: dict[int, list[tuple[float, int]]] = {}
-            for r in pre_rows:
-                pheaps.setdefault(int(dg[r]), []).append((max(float(T.free_at[r]), t0), r))
-            dheaps: dict[int, list[tuple[float, int]]] = {}
-            for r in dec_rows.tolist():
-                full = self._kv_full(s, int(T.kind[r])) * T.kv_cap[r]
-                dheaps.setdefault(int(dg[r]), []).append((T.kv_promised[r] / full, r))
-            for h in (*pheaps.values(), *dheaps.values()):
-                heapq.heapify(h)
-            groups = sorted(pheaps)
-            pools: dict[int, int] = {}
-            if hashes is not None:
-                pools = pool_blocks(T.kv_cap[pre_rows], dg[pre_rows])
-            ttft_slo = self.services[s].slo.ttft_s
-            arr = w.arrival[ids].tolist()
-            inp = w.input_tokens[ids].tolist()
-            out = w.output_tokens[ids].tolist()
-            p_rows = np.empty(len(ids), dtype=np.int64)
-            d_rows = np.empty(len(ids), dtype=np.int64)
-            fin_l = np.empty(len(ids))
-            work_l = np.empty(len(ids))
-            flops_l = np.empty(len(ids))
-            cached_l = np.zeros(len(ids), dtype=np.int64)
-            res_l = np.empty(len(ids))
-            for j, rid in enumerate(ids.tolist()):
-                a = arr[j]
-                g = groups[0]
-                tokens = inp[j]
-                blocks = hashes[rid] if hashes is not None else ()
-                if len(groups) > 1:
+            self._route_service(s, ids, t0, pre_rows, dec_rows)
+        return np.concatenate(left) if left else np.empty(0, dtype=np.int64)
+
+    def _route_service(
+        self, s: int, ids: np.ndarray, t0: float, pre_rows: list[int], dec_rows: np.ndarray
+    ) -> None:
+        """Route the requests `ids` of service `s` (arrival order) over its ready DGs.
+
+        Per-DG heaps: prefill by when its queue empties, decode by KV promised over the KV a
+        batch at the TBT SLO holds. A request goes to the DG with the least combined pressure
+        (prefill wait over the TTFT SLO + decode load), then to that DG's least-loaded prefill
+        and decode instances. Ties go to the lower DG index, then to the lower row.
+        """
+        T, w = self.inst, self.w
+        dg, kinds = T.dg, self.kinds
+        pre_arr = np.array(pre_rows, dtype=np.int64)
+        pheaps: dict[int, list[tuple[float, int]]] = {}
+        for r, f, g in zip(
+            pre_rows, T.free_at[pre_arr].tolist(), dg[pre_arr].tolist(), strict=True
+        ):
+            pheaps.setdefault(g, []).append((max(f, t0), r))
+        # decode rows by class (kind, KV capacity): the KV share a batch at the TBT SLO holds
+        full_of: dict[tuple[int, float], float] = {}
+        dcls_row: dict[int, tuple[int, float]] = {}
+        dheaps: dict[int, list[tuple[float, int]]] = {}
+        for r, k, cap, prom, g in zip(
+            dec_rows.tolist(),
+            T.kind[dec_rows].tolist(),
+            T.kv_cap[dec_rows].tolist(),
+            T.kv_promised[dec_rows].tolist(),
+            dg[dec_rows].tolist(),
+            strict=True,
+        ):
+            key = (k, cap)
+            if key not in full_of:
+                full_of[key] = self._kv_full(s, k) * cap
+            dcls_row[r] = key
+            dheaps.setdefault(g, []).append((prom / full_of[key], r))
+        for h in (*pheaps.values(), *dheaps.values()):
+            heapq.heapify(h)
+        groups = sorted(pheaps)
+        ttft_slo = self.services[s].slo.ttft_s
+        m = len(ids)
+        inp_a = w.input_tokens[ids]
+        out_a = w.output_tokens[ids]
+        # per request and decode class: KV reserved, and the load it adds to the instance
+        want = (inp_a + out_a).astype(float)
+        res_of = {key: np.minimum(want, key[1]) for key in full_of}
+        inc_of = {key: (res_of[key] / full).tolist() for key, full in full_of.items()}
+        inc_row = {r: inc_of[key] for r, key in dcls_row.items()}
+        pkind = dict(zip(pre_rows, T.kind[pre_arr].tolist(), strict=True))
+        arr_a = w.arrival[ids]
+        arr = arr_a.tolist()
+        ph = [pheaps[g] for g in groups]
+        dh = [dheaps[g] for g in groups]
+        n_groups = len(groups)
+        if self.w.hash_ids is None:
+            # no prefix cache: a prompt's prefill time depends on its instance's kind only
+            work_of = {k: kinds[k].prefill_many(inp_a) for k in set(pkind.values())}
+            svc_of = {k: work[0].tolist() for k, work in work_of.items()}
+            svc_row = {r: svc_of[k] for r, k in pkind.items()}
+            a0 = np.maximum(arr_a, t0).tolist()
+            pmin = [h[0][0] for h in ph]
+            dmin = [h[0][0] for h in dh]
+            p_sel = [0] * m
+            d_sel = [0] * m
+            fins = [0.0] * m
+            replace = heapq.heapreplace
+            # The DG of least score = max(prefill wait, 0) / TTFT SLO + decode load, the lowest
+            # index among equal scores. A score is never below its DG's decode load (a wait of
+            # 0 adds exactly 0.0), so DGs are visited by increasing load until the next load
+            # exceeds the best score found.
+            by_load = sorted((dl, i) for i, dl in enumerate(dmin))
+            multi = n_groups > 1
+            gi = 0
+            for j, a in enumerate(arr):
+                if multi:
                     best = float("inf")
-                    for cand in groups:
-                        wait = pheaps[cand][0][0] - a
-                        score = (wait if wait > 0 else 0.0) / ttft_slo + dheaps[cand][0][0]
-                        if blocks:  # cache-aware: the prefill time a hit in this DG saves
-                            hit = self.prefix_cache.peek(cand, blocks, tokens)
-                            if hit:
-                                ck = kinds[T.kind[pheaps[cand][0][1]]]
-                                saved = (
-                                    ck.prefill_one(tokens, 0)[0] - ck.prefill_one(tokens, hit)[0]
-                                )
-                                score -= saved / ttft_slo
-                        if score < best:
-                            best, g = score, cand
-                heap = pheaps[g]
+                    for dl, i in by_load:
+                        if dl > best:
+                            break
+                        p = pmin[i]
+                        score = (p - a) / ttft_slo + dl if p > a else dl
+                        if score < best or (score == best and i < gi):
+                            best, gi = score, i
+                heap = ph[gi]
                 free, r = heap[0]
-                kind = kinds[T.kind[r]]
-                cached = 0
-                if blocks:
-                    cached = self.prefix_cache.lookup(g, blocks, tokens, pools.get(g, 0))
-                svc_time, flops = kind.prefill_one(tokens, cached)
-                start = free if free > arr[j] else max(arr[j], t0)
-                fin = start + svc_time
-                heapq.heapreplace(heap, (fin, r))
-                dh = dheaps[g]
-                load, d = dh[0]
-                res = min(float(tokens + out[j]), float(T.kv_cap[d]))
-                full = self._kv_full(s, int(T.kind[d])) * T.kv_cap[d]
-                heapq.heapreplace(dh, (load + res / full, d))
-                p_rows[j], d_rows[j], fin_l[j] = r, d, fin
-                work_l[j], flops_l[j], cached_l[j], res_l[j] = svc_time, flops, cached, res
-            for heap in pheaps.values():
-                for fin, r in heap:
-                    T.free_at[r] = fin
-            np.add.at(T.cum_work, p_rows, work_l)
-            np.add.at(T.cum_flops, p_rows, flops_l)
-            self.p_inst[ids] = p_rows
+                fin = (free if free > a else a0[j]) + svc_row[r][j]
+                replace(heap, (fin, r))
+                pmin[gi] = heap[0][0]
+                heap = dh[gi]
+                load, d = heap[0]
+                replace(heap, (load + inc_row[d][j], d))
+                if multi:
+                    del by_load[bisect_left(by_load, (dmin[gi], gi))]
+                    insort(by_load, (heap[0][0], gi))
+                dmin[gi] = heap[0][0]
+                p_sel[j], d_sel[j], fins[j] = r, d, fin
+            p_rows = np.array(p_sel, dtype=np.int64)
+            d_rows = np.array(d_sel, dtype=np.int64)
+            fin_l = np.array(fins, dtype=float)
+            cached_l: np.ndarray | None = None  # no hits: `self.cached` stays 0
+            work_l, flops_l = self._by_class(p_rows, pkind, work_of, m)
+        else:
+            p_rows, d_rows, fin_l, work_l, flops_l, cached_l = self._route_cached(
+                s, ids, t0, groups, ph, dh, pkind, inc_row, pre_rows
+            )
+        (res_l,) = self._by_class(d_rows, dcls_row, {key: (res,) for key, res in res_of.items()}, m)
+        for heap in ph:
+            for fin, r in heap:
+                T.free_at[r] = fin
+        np.add.at(T.cum_work, p_rows, work_l)
+        np.add.at(T.cum_flops, p_rows, flops_l)
+        self.p_inst[ids] = p_rows
+        self.t_first[ids] = fin_l
+        self.reserve[ids] = res_l
+        new_tokens = inp_a
+        if cached_l is not None:
             self.cached[ids] = cached_l
-            self.t_first[ids] = fin_l
-            self.reserve[ids] = res_l
-            new_tokens = w.input_tokens[ids] - cached_l
-            done_tick = np.minimum((fin_l / self.dt).astype(np.int64), self.n_ticks_max - 1)
-            np.add.at(self.ts_tokens[:, s, PREFILL], done_tick, new_tokens)
-            # single-token outputs finish at prefill; the rest go to decode after the KV copy
-            one = w.output_tokens[ids] <= 1
+            new_tokens = inp_a - cached_l
+        done_tick = np.minimum((fin_l / self.dt).astype(np.int64), self.n_ticks_max - 1)
+        np.add.at(self.ts_tokens[:, s, PREFILL], done_tick, new_tokens)
+        # single-token outputs finish at prefill; the rest go to decode after the KV copy
+        one = out_a <= 1
+        if one.any():
             self.t_done[ids[one]] = fin_l[one]
             go = ~one
             ids_d, d_go, p_go = ids[go], d_rows[go], p_rows[go]
-            self.d_inst[ids_d] = d_go
-            np.add.at(T.kv_promised, d_go, res_l[go])
-            np.add.at(T.n_pending, d_go, 1)
-            level = self._shared_level(T.host[p_go], T.host[d_go])
+            res_d, inp_d, fin_d = res_l[go], inp_a[go], fin_l[go]
+        else:
+            ids_d, d_go, p_go, res_d, inp_d, fin_d = ids, d_rows, p_rows, res_l, inp_a, fin_l
+        self.d_inst[ids_d] = d_go
+        np.add.at(T.kv_promised, d_go, res_d)
+        T.n_pending[: T.n] += np.bincount(d_go, minlength=T.n)
+        level = self._shared_level(T.host[p_go], T.host[d_go])
+        inp_d = inp_d.astype(float)
+        pk = T.kind[p_go]
+        present = distinct(pk, len(kinds))
+        if len(present) == 1:
+            kv_t = kinds[present[0]].kv_transfer_seconds(inp_d, level)
+        else:
             kv_t = np.empty(len(ids_d))
-            pk = T.kind[p_go]
-            for k in np.unique(pk).tolist():
-                m = pk == k
-                kv_t[m] = kinds[k].kv_transfer_seconds(
-                    w.input_tokens[ids_d[m]].astype(float), level[m]
-                )
-            self.kv_level[ids_d] = level
-            self.kv_time[ids_d] = kv_t
-            self.t_kv[ids_d] = fin_l[go] + kv_t
-            np.add.at(self.ts_routed_kvlevel[self.tick], level, 1)
-            self._pending = np.concatenate([self._pending, ids_d])
-        return np.concatenate(left) if left else np.empty(0, dtype=np.int64)
+            for k in present:
+                sel = pk == k
+                kv_t[sel] = kinds[k].kv_transfer_seconds(inp_d[sel], level[sel])
+        self.kv_level[ids_d] = level
+        self.kv_time[ids_d] = kv_t
+        self.t_kv[ids_d] = fin_d + kv_t
+        self.ts_routed_kvlevel[self.tick] += np.bincount(level, minlength=len(SharedLevel))
+        self._pending = np.concatenate([self._pending, ids_d])
+        self._first_new.append(ids)
+
+    @staticmethod
+    def _by_class(
+        rows: np.ndarray,
+        class_of: Mapping[int, Hashable],
+        arrays_of: Mapping[Hashable, tuple[np.ndarray, ...]],
+        m: int,
+    ) -> tuple[np.ndarray, ...]:
+        """Per request j, the arrays of the class of instance `rows[j]`, at j."""
+        if len(arrays_of) == 1:
+            return next(iter(arrays_of.values()))
+        first = next(iter(arrays_of.values()))
+        out = tuple(np.empty(m, dtype=a.dtype) for a in first)
+        keys = list(arrays_of)
+        index = {key: i for i, key in enumerate(keys)}
+        tag = np.array([index[class_of[r]] for r in rows.tolist()], dtype=np.int64)
+        for i, key in enumerate(keys):
+            sel = tag == i
+            for o, a in zip(out, arrays_of[key], strict=True):
+                o[sel] = a[sel]
+        return out
+
+    def _route_cached(
+        self,
+        s: int,
+        ids: np.ndarray,
+        t0: float,
+        groups: list[int],
+        ph: list[list[tuple[float, int]]],
+        dh: list[list[tuple[float, int]]],
+        pkind: Mapping[int, int],
+        inc_row: Mapping[int, list[float]],
+        pre_rows: list[int],
+    ) -> tuple[np.ndarray, ...]:
+        """`_route_service`'s loop with the prefix cache (Mooncake `hash_ids`).
+
+        The DG choice is cache-aware (as Mooncake's conductor): the prefill seconds a DG's
+        cached prefix would save count against its queue.
+        """
+        T, w, kinds, cache = self.inst, self.w, self.kinds, self.prefix_cache
+        hashes = w.hash_ids
+        assert hashes is not None
+        rows = np.array(pre_rows, dtype=np.int64)
+        pools = pool_blocks(T.kv_cap[rows], T.dg[rows])
+        ttft_slo = self.services[s].slo.ttft_s
+        arr = w.arrival[ids].tolist()
+        inp = w.input_tokens[ids].tolist()
+        m = len(ids)
+        p_sel, d_sel = [0] * m, [0] * m
+        fins, works, flops_l, cached_l = [0.0] * m, [0.0] * m, [0.0] * m, [0] * m
+        n_groups = len(groups)
+        for j, rid in enumerate(ids.tolist()):
+            a = arr[j]
+            gi = 0
+            tokens = inp[j]
+            blocks = hashes[rid]
+            if n_groups > 1:
+                best = float("inf")
+                for i in range(n_groups):
+                    wait = ph[i][0][0] - a
+                    score = (wait if wait > 0 else 0.0) / ttft_slo + dh[i][0][0]
+                    if blocks:  # cache-aware: the prefill time a hit in this DG saves
+                        hit = cache.peek(groups[i], blocks, tokens)
+                        if hit:
+                            ck = kinds[pkind[ph[i][0][1]]]
+                            saved = ck.prefill_one(tokens, 0)[0] - ck.prefill_one(tokens, hit)[0]
+                            score -= saved / ttft_slo
+                    if score < best:
+                        best, gi = score, i
+            g = groups[gi]
+            heap = ph[gi]
+            free, r = heap[0]
+            cached = 0
+            if blocks:
+                cached = cache.lookup(g, blocks, tokens, pools.get(g, 0))
+            svc_time, flops = kinds[pkind[r]].prefill_one(tokens, cached)
+            start = free if free > a else max(a, t0)
+            fin = start + svc_time
+            heapq.heapreplace(heap, (fin, r))
+            heap = dh[gi]
+            load, d = heap[0]
+            heapq.heapreplace(heap, (load + inc_row[d][j], d))
+            p_sel[j], d_sel[j], fins[j] = r, d, fin
+            works[j], flops_l[j], cached_l[j] = svc_time, flops, cached
+        return (
+            np.array(p_sel, dtype=np.int64),
+            np.array(d_sel, dtype=np.int64),
+            np.array(fins, dtype=float),
+            np.array(works, dtype=float),
+            np.array(flops_l, dtype=float),
+            np.array(cached_l, dtype=np.int64),
+        )
 
     def _kv_full(self, s: int, kind: int) -> float:
         """Share of a decode instance's KV capacity a batch at the TBT SLO holds (cached)."""
@@ -437,6 +613,21 @@ class ClusterSim:
         return self._kv_full_cache[key]
 
     def _shared_level(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Lowest switch level hosts `a[i]` and `b[i]` share (from a [host, host] table on
+        fleets of up to 1024 hosts, built on first use)."""
+        n_hosts = len(self.host_sw)
+        if self._level_table is None and n_hosts <= 1024:
+            h = np.arange(n_hosts)
+            self._level_table = (
+                self._shared_level_of(np.repeat(h, n_hosts), np.tile(h, n_hosts))
+                .astype(np.int8)
+                .reshape(n_hosts, n_hosts)
+            )
+        if self._level_table is not None:
+            return self._level_table[a, b].astype(np.int64)
+        return self._shared_level_of(a, b)
+
+    def _shared_level_of(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         sa, sb = self.host_sw[a], self.host_sw[b]
         level = np.full(len(a), int(SharedLevel.CROSS_S2), dtype=np.int64)
         level[sa[:, 2] == sb[:, 2]] = SharedLevel.S2

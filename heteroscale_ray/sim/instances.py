@@ -10,6 +10,13 @@ STARTING, READY, DRAINING, GONE, SOFT = 0, 1, 2, 3, 4
 PREFILL, DECODE = 0, 1
 
 
+def distinct(values: np.ndarray, n_values: int) -> list[int]:
+    """The distinct entries of `values`, ints in [0, n_values), ascending (np.unique's order)."""
+    if n_values == 1:
+        return [0] if len(values) else []
+    return np.flatnonzero(np.bincount(values, minlength=n_values)).tolist()
+
+
 class InstanceTable:
     """Column store of instances; rows are never reused so ids stay stable."""
 

@@ -64,10 +64,18 @@ def queues(sim: ClusterSim, s: int) -> tuple[float | None, float, float, float |
         C = np.bincount(d, weights=sim.w.input_tokens[A] + sim.gen[A], minlength=n)[dec]
         busy = B > 0
         if busy.any():
-            taus = [
-                float(sim.kinds[int(T.kind[r])].step_seconds(b, c))
-                for r, b, c in zip(dec[busy], B[busy], C[busy], strict=True)
-            ]
+            rows, b_busy, c_busy = dec[busy], B[busy], C[busy]
+            kind_of = T.kind[rows]
+            taus = np.empty(len(rows))
+            for k in np.unique(kind_of).tolist():
+                kind, m = sim.kinds[k], kind_of == k
+                if kind.w_experts == 0.0:  # dense: elementwise, as one instance at a time
+                    taus[m] = kind.step_seconds(b_busy[m], c_busy[m])
+                else:
+                    taus[m] = [
+                        float(kind.step_seconds(b, c))
+                        for b, c in zip(b_busy[m], c_busy[m], strict=True)
+                    ]
             step = float(np.mean(taus))
     return queue_s, running, waiting, step
 
@@ -82,16 +90,18 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
     lo = int(np.searchsorted(w.arrival, now - window_s - 900.0))
     hi = int(np.searchsorted(w.arrival, now))
     recent = np.arange(lo, hi)
+    one = len(sim.services) == 1  # then every recent request is the service's: slice views
     out: dict[str, Observation] = {}
     for s, spec in enumerate(sim.services):
         sl = slice(t0, t1)
-        mine = recent[w.service[recent] == s]
-        tf = sim.t_first[mine]
+        mine = recent if one else recent[w.service[recent] == s]
+        at = slice(lo, hi) if one else mine
+        tf = sim.t_first[at]
         first_in = mine[(tf >= now - window_s) & (tf < now)]
-        td = sim.t_done[mine]
-        done_in = mine[(td >= now - window_s) & (td < now) & (w.output_tokens[mine] > 1)]
+        td = sim.t_done[at]
+        done_in = mine[(td >= now - window_s) & (td < now) & (w.output_tokens[at] > 1)]
         ttft = sim.t_first[first_in] - w.arrival[first_in]
-        arrived = mine[w.arrival[mine] >= now - span]
+        arrived = mine[w.arrival[at] >= now - span]
         prompt = float(np.sum(w.input_tokens[first_in]))
         miss_share = 1.0 - float(np.sum(sim.cached[first_in])) / prompt if prompt > 0 else 1.0
         offered = float(np.sum(w.input_tokens[arrived])) * miss_share / span if span > 0 else 0.0
