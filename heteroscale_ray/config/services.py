@@ -263,11 +263,12 @@ class DemandSpec(BaseModel):
         "scaled in (reason backlog_growth).",
     )
     peak_window_s: float = Field(
-        default=600.0,
+        default=900.0,
         ge=0,
-        description="Scale-in stabilisation: a role scales in only to its recent peak need, "
-        "which decays with this time constant (HPA's downscale window, as a decaying max), so "
-        "bursts that come back find the capacity still there. 0 = off.",
+        description="Scale-in stabilisation: a role scales in only to its recent peak need "
+        "(HPA's downscale window): the peak is held this long after it was last raised, then "
+        "decays with the same time constant. 900 s keeps a role to at most four direction "
+        "changes an hour. 0 = off.",
     )
     learn: bool = Field(
         default=True,

@@ -33,6 +33,8 @@ TBT_FLOOR_SHARE = 0.5  # decode steps under this share of the TBT SLO: batches a
 MIN_GAIN = 0.1  # a guard step must cut the fixable latency by this share to earn another
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
+# Steps that show demand is higher than the estimate: the stabilisation window keeps them.
+EVIDENCE = {Reason.BACKLOG_GROWTH, Reason.LATENCY_GUARD, Reason.KV_PRESSURE}
 # When several roles moved or held, the decision's one reason is the first in this order.
 PRIORITY = (
     Reason.INITIAL,
@@ -96,6 +98,9 @@ def decide_demand(
         plans, guard_state = latency_guard(spec, signals, counts, state, now, plans)
         plans[Role.DECODE] = kv_guard(spec, signals, state, now, plans[Role.DECODE])
     plans = bounded(spec, plans)
+    for role, plan in plans.items():  # latency or queues proved the need higher than measured
+        if plan.reason in EVIDENCE and plan.target > plan.current:
+            guard_state = raise_peak(spec, guard_state, role, float(plan.target), now)
     reason = next(r for r in PRIORITY if any(p.reason is r for p in plans.values()))
     p, d = plans[Role.PREFILL].target, plans[Role.DECODE].target
     ratio = nearest_ratio(max(p, 1) / max(d, 1), PLACEMENT_MAX_TERM, *PLACEMENT_BOUNDS)
@@ -161,24 +166,38 @@ def decode_need(
     return need, " vs ".join(parts)
 
 
+def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
+    """A role's recent peak need: held `peak_window_s` after it was last raised, then decaying."""
+    window = spec.policy.demand.peak_window_s
+    peak = getattr(state, f"{role.value}_peak_need")
+    at = getattr(state, f"{role.value}_peak_at")
+    if window <= 0 or peak is None or at is None:
+        return None
+    age = max(0.0, now - at)
+    return peak if age <= window else peak * math.exp(-(age - window) / window)
+
+
+def raise_peak(
+    spec: ServiceSpec, state: PolicyState, role: Role, need: float | None, now: float
+) -> PolicyState:
+    """Record ``need`` as the role's peak when it reaches the current one."""
+    if need is None or spec.policy.demand.peak_window_s <= 0:
+        return state
+    current = recent_peak(spec, state, role, now)
+    if current is not None and need < current:
+        return state
+    return replace(state, **{f"{role.value}_peak_need": need, f"{role.value}_peak_at": now})
+
+
 def track_peaks(
     spec: ServiceSpec,
     state: PolicyState,
     needs: dict[Role, tuple[float | None, str]],
     now: float,
 ) -> PolicyState:
-    """Each role's recent peak need: max(need now, the old peak decayed by elapsed time)."""
-    window = spec.policy.demand.peak_window_s
-    if window <= 0:
-        return state
-    decay = 1.0 if state.peak_at is None else math.exp(-max(0.0, now - state.peak_at) / window)
-    peaks = {}
     for role in Role:
-        old = getattr(state, f"{role.value}_peak_need")
-        need = needs[role][0]
-        candidates = [x for x in (need, None if old is None else old * decay) if x is not None]
-        peaks[f"{role.value}_peak_need"] = max(candidates) if candidates else None
-    return replace(state, peak_at=now, **peaks)
+        state = raise_peak(spec, state, role, needs[role][0], now)
+    return state
 
 
 def initial_plan(spec: ServiceSpec, role: Role, need: float | None, why: str) -> RolePlan:
@@ -200,14 +219,15 @@ def role_plan(
     if need is None:
         why = f"{why}, and missing data never scales in"
         return RolePlan(role, current, current, Reason.HOLD_MISSING_SIGNAL, why)
-    peak = getattr(state, f"{role.value}_peak_need")
+    peak = recent_peak(spec, state, role, now)
     why = f"{why} = {need:,.1f} (now {current})"
+    sized = need  # what the role is sized for; `need` stays the measured demand
     if peak is not None and peak > need and need < current:
         # Scale in only as far as the recent peak allows (stabilisation window).
         why += f", recent peak {peak:,.1f}"
-        need = peak
-    direction = dead_band(need, current, policy.scale_out_tolerance, policy.scale_in_tolerance)
-    desired = ceil_eps(need)
+        sized = peak
+    direction = dead_band(sized, current, policy.scale_out_tolerance, policy.scale_in_tolerance)
+    desired = ceil_eps(sized)
     if direction is Direction.HOLD or (direction is Direction.IN and desired >= current):
         return RolePlan(
             role, current, current, Reason.HOLD_DEADBAND, f"{why} in the dead-band", need

@@ -156,10 +156,12 @@ class PolicyState:
     prefill_capacity_scale: float | None = None
     decode_capacity_scale: float | None = None
     capacity_learned_at: float | None = None
-    # Scale-in stabilisation (demand mode): each role's recent peak need, decaying with time.
+    # Scale-in stabilisation (demand mode): each role's recent peak need (instances) and when
+    # it was last raised; held for the window, then decaying.
     prefill_peak_need: float | None = None
     decode_peak_need: float | None = None
-    peak_at: float | None = None
+    prefill_peak_at: float | None = None
+    decode_peak_at: float | None = None
 
     @property
     def last_scaled_at(self) -> float | None:

@@ -1,0 +1,97 @@
+"""OpenAI response formatting at the ingress: the JSON body and the server-sent events.
+
+Why apart from router.py: the shape of what the client receives (completion or chat, whole or
+streamed, with logprobs and usage as requested) is OpenAI's format, independent of how the
+choices were produced; the ingress deployment hands the absorbed choices here.
+"""
+
+import json
+from typing import Any
+
+from heteroscale_ray.serving.api_types import Usage, chat_logprobs, completion_logprobs
+from heteroscale_ray.serving.choices import _Choice, _Request
+from heteroscale_ray.serving.decode import DecodeChunk
+
+
+def usage_dict(choices: list[_Choice], ctx: _Request) -> dict[str, int]:
+    """The OpenAI `usage` object of a request: its prompt and all its choices' tokens."""
+    completion = sum(c.num_generated for c in choices)
+    return Usage(
+        prompt_tokens=ctx.prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=ctx.prompt_tokens + completion,
+    ).model_dump()
+
+
+def completion_body(choices: list[_Choice], ctx: _Request) -> dict[str, Any]:
+    """The non-streamed response body of a request whose choices are all absorbed."""
+    out = []
+    for c in sorted(choices, key=lambda c: c.index):
+        text = "".join(c.text)
+        if ctx.chat:
+            out.append(
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": chat_logprobs(c.logprobs) if ctx.wants_logprobs else None,
+                    "finish_reason": c.finish_reason,
+                }
+            )
+        else:
+            lp = completion_logprobs(c.logprobs, c.offsets) if ctx.wants_logprobs else None
+            out.append(
+                {
+                    "index": c.index,
+                    "text": (ctx.prompt if ctx.echo else "") + text,
+                    "logprobs": lp,
+                    "finish_reason": c.finish_reason,
+                }
+            )
+    body = {
+        "id": ctx.rid,
+        "object": "chat.completion" if ctx.chat else "text_completion",
+        "created": ctx.created,
+        "model": ctx.model,
+        "choices": out,
+        "usage": usage_dict(choices, ctx),
+    }
+    return body
+
+
+def sse_event(ctx: _Request, choices: list[dict[str, Any]], usage: Any = None) -> str:
+    """One server-sent event of the stream (`usage` only when the request asked for it)."""
+    body: dict[str, Any] = {
+        "id": ctx.rid,
+        "object": "chat.completion.chunk" if ctx.chat else "text_completion",
+        "created": ctx.created,
+        "model": ctx.model,
+        "choices": choices,
+    }
+    if ctx.req.include_usage:
+        body["usage"] = usage
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def chunk_event(c: _Choice, chunk: DecodeChunk, ctx: _Request) -> str | None:
+    """The SSE event for one absorbed chunk, or None when it carries nothing to send."""
+    text = chunk.text
+    if ctx.echo and c.seen == 1:
+        text = ctx.prompt + text
+    lps = list(chunk.logprobs) if ctx.wants_logprobs else []
+    if not (text or lps or chunk.finished):
+        return None
+    if ctx.chat:
+        choice: dict[str, Any] = {
+            "index": c.index,
+            "delta": {"content": text} if text else {},
+            "logprobs": chat_logprobs(lps) if lps else None,
+            "finish_reason": chunk.finish_reason if chunk.finished else None,
+        }
+    else:
+        choice = {
+            "index": c.index,
+            "text": text,
+            "logprobs": completion_logprobs(lps, c.chunk_offsets) if lps else None,
+            "finish_reason": chunk.finish_reason if chunk.finished else None,
+        }
+    return sse_event(ctx, [choice])
