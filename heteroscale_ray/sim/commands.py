@@ -213,21 +213,33 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_pd_sweep(args: argparse.Namespace) -> int:
+def _service_of(args: argparse.Namespace) -> tuple[Any, Any] | None:
+    """The services file and the spec --service names (default: the first), or None after
+    printing why not."""
     from heteroscale_ray.config import ConfigError, load_services
-    from heteroscale_ray.sim.pdsweep import sweep
-    from heteroscale_ray.sim.plots import curves_png
 
     try:
         services = load_services(args.services)
     except ConfigError as err:
         print(err, file=sys.stderr)
+        return None
+    names = [s.name for s in services.services]
+    name = args.service or names[0]
+    if name not in names:
+        print(f"--service {name!r} is not in {args.services}: use one of {names}", file=sys.stderr)
+        return None
+    return services, services.by_name()[name]
+
+
+def _cmd_pd_sweep(args: argparse.Namespace) -> int:
+    from heteroscale_ray.sim.pdsweep import sweep
+    from heteroscale_ray.sim.plots import curves_png
+
+    picked = _service_of(args)
+    if picked is None:
         return 2
-    name = args.service or services.services[0].name
-    if name not in services.by_name():
-        print(f"--service {name!r} is not in {args.services}", file=sys.stderr)
-        return 2
-    spec = services.by_name()[name]
+    services, spec = picked
+    name = spec.name
     lengths = None
     if args.trace:
         from heteroscale_ray.traces import TraceError, load_trace
@@ -287,19 +299,14 @@ def _cmd_pd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from heteroscale_ray.config import ConfigError, load_services
     from heteroscale_ray.sim.tune import tune
     from heteroscale_ray.traces import TraceError, load_trace
 
-    try:
-        services = load_services(args.services)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+    picked = _service_of(args)
+    if picked is None:
         return 2
-    name = args.service or services.services[0].name
-    if name not in services.by_name():
-        print(f"--service {name!r} is not in {args.services}", file=sys.stderr)
-        return 2
+    services, spec = picked
+    name = spec.name
     try:
         trace = load_trace(args.trace, skip_malformed=args.skip_malformed)
     except (TraceError, OSError) as err:
