@@ -347,12 +347,16 @@ def test_ingress_reports_the_offered_prompt_load(stack: Stack, client) -> None: 
     def one(_: int) -> None:
         client.completions.create(model=SERVICE, prompt="x" * 200, max_tokens=4)
 
+    sent_at = time.monotonic()
     with ThreadPoolExecutor(8) as pool:  # 8 at once: they queue at the one prefill replica
         list(pool.map(one, range(8)))
     deadline = time.monotonic() + 5  # the ingress reports every refresh (0.5 s)
     while (rate := prompt_arrival_rates().get(SERVICE, 0.0)) <= 0 and time.monotonic() < deadline:
         time.sleep(0.3)
-    assert rate >= 8 * 200 / 10.0  # 1,600 tokens in the 10 s window, at least
+    if time.monotonic() - sent_at < 8.0:
+        assert rate >= 8 * 200 / 10.0  # all 1,600 tokens still in the 10 s window
+    else:  # a loaded machine: the first arrivals may have left the window already
+        assert rate >= 200 / 10.0
     load = ingress_loads()[SERVICE]
     assert load.requests_per_s is not None and load.requests_per_s >= 8 / 10.0
     text = requests.get(f"{stack.url}/metrics", timeout=10).text
