@@ -22,6 +22,7 @@ from heteroscale_ray.config import (
 )
 from heteroscale_ray.policy import backlog
 from heteroscale_ray.policy.cooldown import cooldown_left
+from heteroscale_ray.policy.demand import decide_demand
 from heteroscale_ray.policy.dynamic_ratio import RatioStep, step_ratio
 from heteroscale_ray.policy.freshness import (
     SIGNAL_LABELS,
@@ -95,8 +96,6 @@ def decide(
     if not math.isfinite(now):
         raise ValueError(f"now must be a finite epoch time in seconds, got {now!r}")
     if spec.policy.signal == "demand" and spec.policy.mode != "periodic":
-        from heteroscale_ray.policy.demand import decide_demand
-
         return decide_demand(spec, signals, counts, state, now, catalog)
     if spec.policy.mode != "periodic" and not snapshot_problem(
         signals, now, spec.policy.stale_after_s
@@ -175,7 +174,7 @@ def backlog_override(
         have, want = counts.of(role), target[0 if role is Role.PREFILL else 1]
         if not backlog.growing(spec, state, role) or want > have:
             continue
-        starting = counts.prefill_starting if role is Role.PREFILL else counts.decode_starting
+        starting = counts.starting_of(role)
         fitted = fit_to_limits(spec, role, backlog.backlog_target(have, starting), proposal.ratio)
         if fitted.prefill < p or fitted.decode < d:  # never undo the other role's growth
             fitted = replace(fitted, prefill=max(fitted.prefill, p), decode=max(fitted.decode, d))
@@ -442,13 +441,9 @@ def advance_state(
     guarded = grew and proposal.reason is Reason.LATENCY_GUARD
     kv_guarded = grew and proposal.reason is Reason.KV_PRESSURE
     return replace(
-        state,
-        last_scale_out_at=now if grew else state.last_scale_out_at,
-        last_scale_in_at=now if shrank else state.last_scale_in_at,
-        last_guard_at=now if guarded else state.last_guard_at,
-        last_kv_guard_at=now if kv_guarded else state.last_kv_guard_at,
-        last_decision_at=now,
-        last_decision_reason=reason,
+        state.after_decision(
+            now, reason, grew=grew, shrank=shrank, guarded=guarded, kv_guarded=kv_guarded
+        ),
         active_ratio=ratio.ratio if ratio.estimate is not None else None,
         ratio_estimate=ratio.estimate,
         ratio_estimate_at=ratio.estimate_at,

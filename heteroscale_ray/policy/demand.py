@@ -116,7 +116,7 @@ def decide_demand(
         required_decode=needs[Role.DECODE][0],
         pd_ratio=PdRatio(*ratio),
     )
-    return decision, advance(guard_state, counts, plans, now)
+    return decision, advance(guard_state, counts, plans, reason, now)
 
 
 def prefill_need(
@@ -257,7 +257,7 @@ def backlog_rule(
     why = f"{plan.why}; but its queue grew {streak} periods in a row"
     return replace(
         plan,
-        target=backlog.backlog_target(plan.current, _starting(counts, plan.role)),
+        target=backlog.backlog_target(plan.current, counts.starting_of(plan.role)),
         reason=Reason.BACKLOG_GROWTH,
         why=why,
     )
@@ -302,7 +302,7 @@ def latency_guard(
         plan = plans[role]
         if value_problem(observed) is not None:
             continue
-        if _starting(counts, role):  # the last step has not landed yet: judge it once it has
+        if counts.starting_of(role):  # the last step has not landed yet: judge it once it has
             continue
         tier = reached_tier(observed / slo, guard.tiers)  # type: ignore[operator]
         if tier is None:
@@ -394,7 +394,11 @@ def bounded(spec: ServiceSpec, plans: dict[Role, RolePlan]) -> dict[Role, RolePl
 
 
 def advance(
-    state: PolicyState, counts: RoleCounts, plans: dict[Role, RolePlan], now: float
+    state: PolicyState,
+    counts: RoleCounts,
+    plans: dict[Role, RolePlan],
+    reason: Reason,
+    now: float,
 ) -> PolicyState:
     grew = any(p.target > counts.of(r) for r, p in plans.items())
     shrank = any(p.target < counts.of(r) for r, p in plans.items())
@@ -402,21 +406,10 @@ def advance(
         p.reason is Reason.LATENCY_GUARD and p.target > counts.of(r) for r, p in plans.items()
     )
     kv = plans[Role.DECODE].reason is Reason.KV_PRESSURE
-    reason = next(r for r in PRIORITY if any(p.reason is r for p in plans.values()))
-    return replace(
-        state,
-        last_scale_out_at=now if grew else state.last_scale_out_at,
-        last_scale_in_at=now if shrank else state.last_scale_in_at,
-        last_guard_at=now if guarded else state.last_guard_at,
-        last_kv_guard_at=now if kv else state.last_kv_guard_at,
-        last_decision_at=now,
-        last_decision_reason=reason,
-        started_at=now if state.started_at is None else state.started_at,
+    after = state.after_decision(
+        now, reason, grew=grew, shrank=shrank, guarded=guarded, kv_guarded=kv
     )
-
-
-def _starting(counts: RoleCounts, role: Role) -> int:
-    return counts.prefill_starting if role is Role.PREFILL else counts.decode_starting
+    return replace(after, started_at=now if state.started_at is None else state.started_at)
 
 
 def _usable(x: float | None) -> bool:

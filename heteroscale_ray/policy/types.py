@@ -75,6 +75,9 @@ class RoleCounts:
     def of(self, role: Role) -> int:
         return self.prefill if role is Role.PREFILL else self.decode
 
+    def starting_of(self, role: Role) -> int:
+        return self.prefill_starting if role is Role.PREFILL else self.decode_starting
+
 
 class Reason(str, Enum):
     """Why a decision came out as it did; exported as a metric label and logged."""
@@ -162,6 +165,28 @@ class PolicyState:
     decode_peak_need: float | None = None
     prefill_peak_at: float | None = None
     decode_peak_at: float | None = None
+
+    def after_decision(
+        self,
+        now: float,
+        reason: Reason,
+        *,
+        grew: bool,
+        shrank: bool,
+        guarded: bool,
+        kv_guarded: bool,
+    ) -> PolicyState:
+        """The scale events and cooldown clocks a decision leaves behind: any decision that
+        grows a role is a scale-out event, any that shrinks one a scale-in event."""
+        return replace(
+            self,
+            last_scale_out_at=now if grew else self.last_scale_out_at,
+            last_scale_in_at=now if shrank else self.last_scale_in_at,
+            last_guard_at=now if guarded else self.last_guard_at,
+            last_kv_guard_at=now if kv_guarded else self.last_kv_guard_at,
+            last_decision_at=now,
+            last_decision_reason=reason,
+        )
 
     @property
     def last_scaled_at(self) -> float | None:
