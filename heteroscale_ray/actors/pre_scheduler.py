@@ -1,7 +1,9 @@
 """FederatedPreScheduler: the cluster-wide topology view, placement, and the fan-out of plans.
 
 Every cycle it rebuilds the topology from Ray's node labels (or a given topology file), keeps
-only hosts whose GpuNode actor answers its sub-cluster scheduler, and runs the shared tick
+only hosts whose GpuNode actor answers its sub-cluster scheduler, tells the tick which hosts
+the DG state uses are lost (their Ray node is dead, or was replaced: `topology.view.lost_hosts`)
+so their instances are re-placed, and runs the shared tick
 `control.ControlLoop.step` on the policy engine's decisions: the very tick the simulator runs
 (settle soft removals -> retire unconfigured services -> plan -> pending removals), so both
 substrates plan identically. This actor only gathers the tick's input and applies its result:
@@ -46,6 +48,7 @@ from heteroscale_ray.control import (
     TickInput,
     ready_and_starting,
 )
+from heteroscale_ray.control.node_loss import hosts_in_use
 from heteroscale_ray.control.retire import unroutable
 from heteroscale_ray.control.soft_scale_in import PendingRemoval, serving_counts
 from heteroscale_ray.policy import RoleCounts
@@ -57,10 +60,12 @@ from heteroscale_ray.topology import (
     domain_owners,
     without_hosts,
 )
+from heteroscale_ray.topology.view import lost_hosts
 
 logger = logging.getLogger(__name__)
 KEY = "pre-scheduler"
 FAN_OUT_TIMEOUT_S = 60.0
+SYNC_TIMEOUT_S = 15.0  # all sub-cluster host syncs of one cycle (each waits <= 5 s on nodes)
 
 
 class FederatedPreScheduler:
@@ -91,6 +96,10 @@ class FederatedPreScheduler:
         self._schedulers: dict[str, Any] = {}
         # Domain -> owning sub-cluster, checkpointed so a restart during an outage keeps it.
         self._sub_cluster_of_domain: dict[str, str] = dict(saved.get("owners", {}))
+        # Host -> Ray node id it ran on when the DG state was last committed; a host back on
+        # another node lost what ran on the old one. Checkpointed with the DG state.
+        self._seen_nodes: dict[str, str] = dict(saved.get("nodes", {}))
+        self._reports: dict[str, list[dict[str, Any]]] = {}  # last host reports per sub-cluster
         self._status: dict[str, DgServeState] = {}
         self._hosts: list[dict[str, Any]] = []
         self._last: dict[str, Any] = {}
@@ -111,6 +120,7 @@ class FederatedPreScheduler:
                 "pending": [pending_to_json(p) for p in self.pending],
                 "unroute": sorted(self._unroute),
                 "owners": dict(sorted(self._sub_cluster_of_domain.items())),
+                "nodes": dict(sorted(self._seen_nodes.items())),
             },
         )
 
@@ -149,14 +159,23 @@ class FederatedPreScheduler:
             )
         return self._schedulers[name]
 
-    def _refresh_topology(self) -> ClusterGraph:
-        """Rebuild the view: Ray node labels (or the file), minus hosts that do not answer."""
+    def _refresh_topology(self) -> tuple[ClusterGraph, frozenset[str], dict[str, str]]:
+        """Rebuild the view: Ray node labels (or the file), minus hosts that do not answer.
+
+        Returns the graph, the hosts of the DG state that are lost (their Ray node died; not
+        merely slow), and host -> node id of every host on a live node. Bounded: one
+        `ray.nodes()` and one report round per sub-cluster (GpuNode calls time out after 5 s;
+        a dead actor fails at once), and a sub-cluster that does not answer keeps its last
+        reports rather than failing the cycle.
+        """
         import ray
 
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        spec = self.static_topology or topology_from_ray_nodes(nodes)
+        nodes = ray.nodes()
+        alive_nodes = [n for n in nodes if n.get("Alive")]
+        alive_ids = {n["NodeID"] for n in alive_nodes}
+        spec = self.static_topology or topology_from_ray_nodes(alive_nodes)
         node_of = {}
-        for n in nodes:
+        for n in alive_nodes:
             host = (n.get("Labels") or {}).get("heteroscale.io/host")
             if host:
                 node_of[host] = n["NodeID"]
@@ -166,22 +185,54 @@ class FederatedPreScheduler:
         if owners != self._sub_cluster_of_domain:
             self._sub_cluster_of_domain = owners
             self._checkpoint()
+        alive: dict[str, str] = dict(node_of)
         per_sc: dict[str, list[tuple[str, str]]] = {}
         for s2, _s1, _s0, host in spec.hosts():
             node_id = host.node_id or node_of.get(host.name)
-            if node_id:
+            if node_id and node_id in alive_ids:  # never pin a GpuNode to a dead node
+                alive[host.name] = node_id
                 per_sc.setdefault(sub_of[s2], []).append((host.name, node_id))
-        refs = {sc: self._scheduler(sc).sync_hosts.remote(h) for sc, h in per_sc.items()}
-        reports = [r for ref in refs.values() for r in ray.get(ref, timeout=30)]
+        # Hosts seen before whose node is gone: their sub-cluster looks at its GpuNode handle
+        # once more (a dead actor answers at once), so the report says the actor died.
+        down: dict[str, list[str]] = {}
+        for host in sorted(set(self._seen_nodes) - set(alive)):
+            owner = self._sub_cluster_of_host(host)
+            if owner is not None:
+                down.setdefault(owner, []).append(host)
+        names = sorted(set(per_sc) | set(down))
+        refs = {
+            sc: self._scheduler(sc).sync_hosts.remote(per_sc.get(sc, []), down.get(sc, []))
+            for sc in names
+        }
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=SYNC_TIMEOUT_S)
+        done = set(ready)
+        for sc, ref in refs.items():
+            try:
+                if ref not in done:
+                    raise TimeoutError(f"no answer within {SYNC_TIMEOUT_S:g}s")
+                self._reports[sc] = ray.get(ref)
+            except Exception as e:  # restarting scheduler: keep its last reports this cycle
+                logger.warning("sub-cluster %s did not report its hosts: %s", sc, e)
+        for sc in set(self._reports) - set(names):
+            del self._reports[sc]
+        reports = [r for sc in sorted(self._reports) for r in self._reports[sc]]
+        lost = lost_hosts(hosts_in_use(self.dgs, self.pending), alive, self._seen_nodes)
         self._hosts = reports
-        healthy = {r["host"] for r in reports if r.get("healthy")}
+        healthy = {r["host"] for r in reports if r.get("healthy") and r["host"] in alive}
         gone = {h.name for *_, h in spec.hosts()} - healthy
         if gone:
             spec = without_hosts(spec, gone)
         if spec != self._spec or self._graph is None:
             self._graph = ClusterGraph.from_topology(spec, self.config.catalog)
             self._spec = spec
-        return self._graph
+        return self._graph, lost, alive
+
+    def _sub_cluster_of_host(self, host: str) -> str | None:
+        """The sub-cluster that last reported ``host`` (it holds the host's GpuNode handle)."""
+        for sc, reports in self._reports.items():
+            if any(r.get("host") == host for r in reports):
+                return sc
+        return None
 
     # ---- the cycle ----
     def _running(self) -> dict[str, RunningReplicas]:
@@ -215,7 +266,8 @@ class FederatedPreScheduler:
         t0 = time.perf_counter()
         with self._lock:
             services = self.config.by_name()
-            tick = TickInput(now, desired, observations, services, self._refresh_topology())
+            graph, lost, alive = self._refresh_topology()
+            tick = TickInput(now, desired, observations, services, graph, lost)
             result = self.loop.step(self.state, tick)
             plan_lines = describe_plan(result.plan)
             events = list(result.events)
@@ -223,8 +275,11 @@ class FederatedPreScheduler:
             self._unroute -= services.keys()  # configured again: keep its route
             if apply:
                 self._unroute |= {p.service for p in result.retired}
-                changed = result.state != self.state
+                changed = result.state != self.state or any(
+                    self._seen_nodes.get(h) != n for h, n in alive.items()
+                )
                 self.state = result.state
+                self._seen_nodes.update(alive)  # the lost ones keep their last node id
                 if changed:
                     self._checkpoint()  # before actuating: a crash re-applies, never forgets
                 # The plan is committed from here on, so actuation errors must not surface as a
@@ -252,6 +307,18 @@ class FederatedPreScheduler:
                     }
                     for u in result.plan.unplaced
                 ],
+                "lost": [
+                    {
+                        "service": x.service,
+                        "dg_id": x.dg_id,
+                        "instance": x.instance.instance_id,
+                        "role": x.instance.role.value,
+                        "host": x.instance.host,
+                    }
+                    for x in result.lost
+                ],
+                "lost_hosts": sorted(lost),
+                "removed_dgs": list(result.removed_dgs),
                 "applied": apply,
                 "actuation_error": actuation_error,
                 "seconds": time.perf_counter() - t0,
@@ -360,6 +427,15 @@ class FederatedPreScheduler:
                     "running": {"prefill": st.prefill.running, "decode": st.decode.running},
                     "gate_open": st.gate_open,
                     "weight": st.weight,
+                    "instances": [
+                        {
+                            "id": i.instance_id,
+                            "role": i.role.value,
+                            "host": i.host,
+                            "gpus": list(i.gpus),
+                        }
+                        for i in dg.instances
+                    ],
                 }
             )
         pending = [
@@ -370,6 +446,8 @@ class FederatedPreScheduler:
                 "prefill": p.count(Role.PREFILL),
                 "decode": p.count(Role.DECODE),
                 "since": p.since,
+                "hosts": sorted({i.host for i in p.instances}),
+                "gpus": [[i.host, g] for i in p.instances for g in i.gpus],
             }
             for p in self.pending
         ]

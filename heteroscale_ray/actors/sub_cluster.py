@@ -53,11 +53,16 @@ class SubClusterScheduler:
         kv_put(self._key, {"owned_apps": sorted(self._owned), "hosts": self._hosts})
 
     # ---- inventory ----
-    def sync_hosts(self, hosts: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    def sync_hosts(
+        self, hosts: Sequence[tuple[str, str]], down: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
         """Ensure a GpuNode actor per (host, node id) and collect their reports.
 
         A host whose actor does not answer within a few seconds is reported unhealthy, and the
-        pre-scheduler leaves it out of the topology until it answers again.
+        pre-scheduler leaves it out of the topology until it answers again. ``down`` are hosts
+        whose Ray node is no longer alive: no actor is created for them; a handle still held
+        is asked once (a dead actor fails at once) so the report says how it died. A host back
+        on a new node gets a new actor (the old one was pinned to the dead node).
         """
         import ray
 
@@ -65,35 +70,56 @@ class SubClusterScheduler:
 
         with self._lock:
             wanted = dict(hosts)
+            moved = {h for h, n in wanted.items() if self._hosts.get(h) not in (None, n)}
             if wanted != self._hosts:
                 self._hosts = wanted
                 self._checkpoint()
+            for host in moved:
+                self._nodes.pop(host, None)
             for host, node_id in wanted.items():
                 if host not in self._nodes:
                     self._nodes[host] = gpu_node_handle(host, node_id)
+            probe = {h: self._nodes.pop(h) for h in down if h in self._nodes}
             for host in [h for h in self._nodes if h not in wanted]:
                 del self._nodes[host]
             nodes = dict(self._nodes)
-        refs = {host: actor.report.remote() for host, actor in nodes.items()}
+        refs = {host: actor.report.remote() for host, actor in {**nodes, **probe}.items()}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=REPORT_TIMEOUT_S)
         done = set(ready)
         reports = []
         for host, ref in refs.items():
             try:
                 if ref not in done:
-                    raise TimeoutError("no answer")
-                reports.append(ray.get(ref))
+                    raise TimeoutError(f"no answer within {REPORT_TIMEOUT_S:g}s")
+                report = ray.get(ref)
+                if host in probe:
+                    raise RuntimeError("answered, but its Ray node is not alive")
+                reports.append(report)
             except Exception as e:  # actor dead or node gone
                 reports.append(
                     {
                         "host": host,
-                        "node_id": wanted[host],
+                        "node_id": wanted.get(host),
                         "healthy": False,
-                        "error": f"{type(e).__name__}: {e}",
+                        "dead": _is_dead(e) or host in probe,
+                        "error": f"{type(e).__name__}: {_first_line(e)}",
                     }
                 )
+                if host not in probe and _is_dead(e):
+                    logger.warning("%s: GpuNode of %s is dead: %s", self.name, host, reports[-1])
                 with self._lock:
                     self._nodes.pop(host, None)  # recreate (or re-fetch) next time
+        for host in down:
+            if host not in probe:
+                reports.append(
+                    {
+                        "host": host,
+                        "node_id": None,
+                        "healthy": False,
+                        "dead": True,
+                        "error": "its Ray node is not alive",
+                    }
+                )
         return reports
 
     # ---- plans ----
@@ -211,3 +237,15 @@ class SubClusterScheduler:
             self._owned.clear()
             self._checkpoint()
             return gone
+
+
+def _is_dead(e: BaseException) -> bool:
+    """Whether a failed GpuNode call means the actor is gone (not merely slow)."""
+    from ray.exceptions import ActorUnschedulableError, RayActorError
+
+    return isinstance(e, (RayActorError, ActorUnschedulableError))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else ""

@@ -2,7 +2,8 @@
 
 A tick takes the decisions made this period and the DG state, and returns what to do:
 
-    decisions -> settle soft removals -> retire unconfigured services -> plan -> pending removals
+    drop instances lost with their node -> settle soft removals -> retire unconfigured
+    services -> plan (which re-places the lost) -> pending removals
 
 The FederatedPreScheduler actor and the simulator's replay only fill `TickInput` and apply the
 `StepResult` (commit its state, stop/restore what it says, actuate its plan), the shape of the
@@ -16,6 +17,12 @@ from dataclasses import dataclass
 
 from heteroscale_ray.config import GpuCatalog, ServiceSpec
 from heteroscale_ray.control.cycle import control_cycle
+from heteroscale_ray.control.node_loss import (
+    LostInstance,
+    dissolve_unservable,
+    drop_lost,
+    remove_emptied,
+)
 from heteroscale_ray.control.retire import retire_unconfigured
 from heteroscale_ray.control.soft_scale_in import (
     PendingRemoval,
@@ -44,6 +51,9 @@ class TickInput:
     observations: Mapping[str, Observation]  # what the decisions were made on
     services: Mapping[str, ServiceSpec]  # the configured services (validated)
     graph: ClusterGraph  # the cluster as it is now
+    # Hosts whose Ray node died (confirmed by the substrate, not merely slow to answer): their
+    # instances are gone and are re-placed this tick. See `topology.view.lost_hosts`.
+    lost_hosts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,9 @@ class StepResult:
     stopped: tuple[PendingRemoval, ...] = ()  # soft removals to stop now
     restored: tuple[PendingRemoval, ...] = ()  # soft removals back in routing
     retired: tuple[PendingRemoval, ...] = ()  # DGs of services no longer configured, draining
-    events: tuple[str, ...] = ()  # one line per settle/retire event, for logs and status
+    events: tuple[str, ...] = ()  # one line per loss/settle/retire event, for logs and status
+    lost: tuple[LostInstance, ...] = ()  # instances dropped because their host died
+    removed_dgs: tuple[str, ...] = ()  # DGs that lost every instance and were not refilled
 
 
 @dataclass(frozen=True)
@@ -74,8 +86,16 @@ class ControlLoop:
         return self.soft_window_s is not None
 
     def step(self, state: LoopState, tick: TickInput) -> StepResult:
-        dgs, pending = state.dgs, state.pending
-        events: list[str] = []
+        loss = drop_lost(
+            state.dgs,
+            state.pending,
+            tick.lost_hosts,
+            graph=tick.graph,
+            services=tick.services,
+            now=tick.now,
+        )
+        dgs, pending = loss.dgs, loss.pending
+        events: list[str] = list(loss.events)
         stopped: tuple[PendingRemoval, ...] = ()
         restored: tuple[PendingRemoval, ...] = ()
         if pending:
@@ -110,12 +130,25 @@ class ControlLoop:
         )
         if self.soft:
             pending += tuple(pending_from_plan(cycle.plan, dgs, tick.now))
+        final, removed = remove_emptied(cycle.dgs, loss.emptied)
+        final, late, late_events = dissolve_unservable(
+            final, {x.dg_id for x in loss.lost}, tick.now
+        )
+        pending += late
+        events += late_events
+        events += [
+            f"{dg_id}: every instance died with its host and none could come back in its "
+            "domain; DG removed (its lost instances were placed elsewhere or are unplaced)"
+            for dg_id in removed
+        ]
         return StepResult(
-            state=LoopState(cycle.dgs, pending),
+            state=LoopState(final, pending),
             plan=cycle.plan,
             requests=cycle.requests,
             stopped=stopped,
             restored=restored,
             retired=retired,
             events=tuple(events),
+            lost=loss.lost,
+            removed_dgs=removed,
         )

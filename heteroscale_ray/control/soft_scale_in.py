@@ -131,7 +131,9 @@ def settle(
         have = role_counts(state, p.service)
         wants_more = want is not None and (want.prefill > have[0] or want.decode > have[1])
         what = f"{p.dg.dg_id}: {_describe(p)}"
-        if spec is not None and (not held or wants_more):
+        # A DG dissolved because it lost its node (`node_loss`) is marked draining: it could
+        # serve nothing if restored, so it only waits out its window.
+        if spec is not None and not p.dg.draining and (not held or wants_more):
             candidate = restore(state, p)
             try:
                 FreeCapacity(graph, candidate)

@@ -99,6 +99,8 @@ class DomainChooser:
     def units_fitting(self, domain: int, types: tuple[str, str], chunk: tuple[int, int]) -> int:
         """How many chunks of this shape the domain still takes."""
         ti = self.graph.type_index
+        if types[0] not in ti or types[1] not in ti:
+            return 0  # every host of the type left the cluster (dead or not answering)
         cap = self.capacity
         gp, gd = self.gpus
         return units_fitting_in(

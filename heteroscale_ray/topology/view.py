@@ -1,11 +1,12 @@
 """The cluster view a pre-scheduler rebuilds every cycle: healthy hosts only, stable owners.
 
-Pure functions over `TopologySpec`; the actor reads node labels and health, these decide.
+Pure functions over `TopologySpec` and host names; the actor reads node labels, node liveness
+and GpuNode health, these decide.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from heteroscale_ray.config import TopologySpec
 
@@ -52,3 +53,19 @@ def domain_owners(spec: TopologySpec, previous: Mapping[str, str]) -> dict[str, 
         for s1 in s2.mini_pods:
             out[s1.name] = sc
     return out
+
+
+def lost_hosts(
+    placed: Iterable[str], alive: Mapping[str, str], last_seen: Mapping[str, str]
+) -> frozenset[str]:
+    """Hosts the DG state places instances on whose Ray node is gone, so those instances are.
+
+    ``alive`` maps each host on a live Ray node to that node's id; ``last_seen`` the node id
+    each host had when its instances were last accounted for. A placed host is lost when no
+    live node carries it, or when it is back on a *different* node (it died and was re-added
+    between two looks: what ran on the old node died with it). A host that is alive but slow
+    to answer is not lost: its GPUs leave the placement view, its instances stay.
+    """
+    return frozenset(
+        h for h in placed if h not in alive or (h in last_seen and last_seen[h] != alive[h])
+    )
