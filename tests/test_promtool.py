@@ -53,6 +53,7 @@ def sample_text() -> str:
     req.inter_token("s", 0.02)
     req.finished("s", "length", 5, 0.5)
     req.error("s", 429)
+    req.migration("s", "decode_failed")
     arrivals = render_arrivals({"s": IngressLoad(10.0, 1.0)})
     return render_prometheus([decode, prefill]) + arrivals + req.render()
 
@@ -97,6 +98,7 @@ def test_conventions_hold_without_promtool() -> None:
         "heteroscale_prompt_tokens",
         "heteroscale_generation_tokens",
         "heteroscale_request_success",
+        "heteroscale_request_migrations",
     ):
         assert types[counter + "_total"] == "counter"
     for gauge in (

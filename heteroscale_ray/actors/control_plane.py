@@ -95,7 +95,7 @@ def start_control_plane(
     if INGRESS_APP not in serve.status().applications:
         deploy_ingress()
     for spec in config.services:
-        register_service(spec.name, settings.options.engine, spec.model)
+        register_service(spec.name, settings.options.engine, spec.model, spec.migration_limit)
     save_services(config)  # an explicit start wins over an older checkpoint
     fps = (
         ray.remote(FederatedPreScheduler)

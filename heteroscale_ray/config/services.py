@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from heteroscale_ray.config.gpus import GpuCatalog, GpuType
 
+DEFAULT_MIGRATION_LIMIT = 3  # a request's moves after replica failures (ServiceSpec field)
+
 
 class Role(str, Enum):
     PREFILL = "prefill"
@@ -270,6 +272,19 @@ class DemandSpec(BaseModel):
         "decays with the same time constant. 900 s keeps a role to at most four direction "
         "changes an hour. 0 = off.",
     )
+    burst_horizon_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Burst headroom: each role is sized for its need plus the rise its need has "
+        "shown within this horizon (learned quantile, policy/burst.py). Set it to the instance "
+        "start-up time plus one control period. 0 = off.",
+    )
+    burst_quantile: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Which quantile of the remembered rises the headroom covers.",
+    )
     learn: bool = Field(
         default=True,
         description="Correct the roofline prior with what replicas report (busy time, step time).",
@@ -424,6 +439,16 @@ class ServiceSpec(BaseModel):
         ge=2,
         description="Largest Deployment Group (prefill + decode instances); beyond it a new DG opens.",
     )
+    migration_limit: int = Field(
+        default=DEFAULT_MIGRATION_LIMIT,
+        ge=0,
+        le=20,
+        description=(
+            "How many times one request may move to another replica or DG when the one "
+            "serving it fails (prefill retried, decode resumed mid-stream); after that the "
+            "client gets one error. 0 turns migration off."
+        ),
+    )
     policy: PolicySpec
 
     @field_validator("pd_ratio")
@@ -439,8 +464,8 @@ class ServiceSpec(BaseModel):
         p, d = self.ratio
         if dyn.enabled and not lo <= p / d <= hi:
             raise ValueError(
-                f"pd_ratio {self.pd_ratio!r} lies outside policy.dynamic_ratio's "
-                f"{dyn.min_ratio}..{dyn.max_ratio}: widen the bounds or change pd_ratio"
+                f"pd_ratio {self.pd_ratio!r} lies outside policy.dynamic_ratio's min_ratio.."
+                f"max_ratio ({dyn.min_ratio}..{dyn.max_ratio}): widen them or change pd_ratio"
             )
         return self
 

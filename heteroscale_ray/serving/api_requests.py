@@ -4,11 +4,19 @@ Why apart from router.py: turning body bytes into a validated request (a 400 nam
 offending parameter when it is not) and checking it against the served model's context is
 pure, testable without Serve; the ingress deployment only calls it. The request models
 themselves are in api_types.py.
+
+Hostile bodies are 4xx, never 500: a body over `MAX_BODY_BYTES` (2 MiB) is a 413, a declared
+content type other than JSON a 415, and bytes that are not UTF-8 JSON, nest too deeply to
+parse, or are not one JSON object a 400. Error messages name the parameter and never internal
+classes; an unexpected failure becomes `internal_error`'s generic 500.
 """
 
 import json
+import math
+import re
 from typing import Any, TypeVar
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -22,6 +30,10 @@ from heteroscale_ray.serving.routing_table import ServiceRoute
 from heteroscale_ray.serving.tokenizer import apply_chat_template
 
 _R = TypeVar("_R", CompletionRequest, ChatCompletionRequest)
+
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a request body above this is a 413 (prompts are far smaller)
+MAX_REPORTED_ERRORS = 5  # problems listed in one 400; the rest are counted
+_MAX_MESSAGE_CHARS = 2000  # client-visible text, so that no echoed input makes a huge body
 
 
 class ApiError(Exception):
@@ -39,8 +51,30 @@ class ApiError(Exception):
         self.status, self.type_, self.code, self.param = status, type_, code, param
 
     def response(self) -> JSONResponse:
-        body = error_body(str(self), type_=self.type_, code=self.code, param=self.param)
+        """The error as JSON; text that echoes input is cut short and made encodable."""
+        param = None if self.param is None else _printable(self.param, 200)
+        body = error_body(
+            _printable(str(self), _MAX_MESSAGE_CHARS), type_=self.type_, code=self.code, param=param
+        )
         return JSONResponse(body, status_code=self.status)
+
+
+def _printable(text: str, limit: int) -> str:
+    """`text` as valid UTF-8 (lone surrogates escaped), at most `limit` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def internal_error() -> ApiError:
+    """What the client sees when something fails inside the server: a generic OpenAI 500,
+    never a class name, actor id or traceback (those go to the log)."""
+    return ApiError(
+        500,
+        "The server had an error while processing your request; retry it, or report it if it "
+        "persists",
+        "server_error",
+        "internal_error",
+    )
 
 
 def _bad_request(message: str, code: str | None = None, param: str | None = None) -> ApiError:
@@ -58,12 +92,102 @@ def _param_of(err: dict[str, Any]) -> str | None:
     return ".".join(loc) or None
 
 
+def _message_of(err: dict[str, Any]) -> str:
+    """pydantic's message in the client's terms: JSON types, no model class names."""
+    if err["type"] in {"model_type", "model_attributes_type", "dict_type"}:
+        return "Input should be a JSON object"
+    if err["type"] == "string_unicode":  # a lone surrogate escape in a key (values: api_types)
+        return "Input should be Unicode text (it holds an unpaired surrogate such as \\ud800)"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _parse_int(text: str) -> int | float:
+    """A JSON integer; one longer than Python parses (4,300 digits) reads as +/-inf, which
+    validation rejects naming its parameter (instead of a parse error naming none)."""
+    if len(text) <= 4000:
+        return int(text)
+    return -math.inf if text.startswith("-") else math.inf
+
+
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _deepest_key(raw: bytes) -> str | None:
+    """The top-level key under which `raw` nests deepest (None: not under a key), for naming
+    the parameter of a body too deep to parse. One pass over strings and brackets."""
+    depth, deepest, key, last_string, deepest_key = 0, 0, None, None, None
+    for m in _JSON_TOKEN.finditer(raw):
+        tok = m.group()
+        if tok in (b"[", b"{"):
+            if depth == 1 and last_string is not None:
+                key = last_string
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_key = depth, key if depth > 1 else None
+        elif tok in (b"]", b"}"):
+            depth -= 1
+        elif depth == 1:
+            last_string = tok
+            key = tok
+    if deepest_key is None:
+        return None
+    try:
+        return str(json.loads(deepest_key))
+    except ValueError:
+        return None
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, or a 415 for a declared non-JSON content type and a 413 above
+    `limit` bytes (checked on Content-Length first, then while reading)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise ApiError(
+            415,
+            f"Content-Type '{ctype}' is not supported: send the body as JSON with "
+            "Content-Type: application/json",
+            "invalid_request_error",
+            "unsupported_media_type",
+        )
+    too_large = ApiError(
+        413,
+        f"request body is larger than {limit} bytes",
+        "invalid_request_error",
+        "request_too_large",
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def parse_request(raw: bytes, model: type[_R]) -> _R:
     """Body bytes -> request of type `model`, or a 400 that names the offending parameter."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(
+            413,
+            f"request body is larger than {MAX_BODY_BYTES} bytes",
+            "invalid_request_error",
+            "request_too_large",
+        )
+    if not raw.strip():
+        raise _bad_request("request body is empty: send a JSON object", "invalid_json")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_int=_parse_int)
     except (ValueError, UnicodeDecodeError) as e:
         raise _bad_request(f"request body is not valid JSON: {e}", "invalid_json") from None
+    except RecursionError:
+        key = _deepest_key(raw)
+        where = f"'{key}'" if key is not None else "the body"
+        raise _bad_request(
+            f"{where} nests arrays or objects too deeply to parse", "invalid_json", key
+        ) from None
     if not isinstance(data, dict):
         raise _bad_request("request body must be a JSON object", "invalid_json")
     try:
@@ -81,7 +205,10 @@ def parse_request(raw: bytes, model: type[_R]) -> _R:
                 name,
             ) from None
         first = errors[0]
-        msgs = "; ".join(f"{_param_of(err) or 'body'}: {err['msg']}" for err in errors)
+        shown = errors[:MAX_REPORTED_ERRORS]
+        msgs = "; ".join(f"{_param_of(err) or 'body'}: {_message_of(err)}" for err in shown)
+        if len(errors) > len(shown):
+            msgs += f" (and {len(errors) - len(shown)} more problems)"
         code = "missing_field" if first["type"] == "missing" else "invalid_value"
         raise _bad_request(msgs, code, _param_of(first)) from None
 
@@ -107,28 +234,33 @@ def default_max_tokens(service: ServiceRoute, prompt_tokens: int) -> int:
     return max(1, room)
 
 
-def check_context(service: ServiceRoute, prompt_tokens: int, max_tokens: int) -> None:
-    """400 unless prompt + max_tokens fits the model context and one decode replica's KV."""
+def check_context(
+    service: ServiceRoute, prompt_tokens: int, max_tokens: int, *, chat: bool = False
+) -> None:
+    """400 unless prompt + max_tokens fits the model context and one decode replica's KV.
+
+    The prompt's parameter is `messages` for chat, `prompt` for completions (as OpenAI names it)."""
     limit = service.engine.max_context
+    prompt = "messages" if chat else "prompt"
     if prompt_tokens >= limit:
         raise _bad_request(
             f"This model's maximum context length is {limit} tokens, however you requested "
-            f"{prompt_tokens} prompt tokens. Please reduce the length of the prompt.",
+            f"{prompt_tokens} prompt tokens. Please reduce the length of the {prompt}.",
             "context_length_exceeded",
-            "prompt",
+            prompt,
         )
     if prompt_tokens + max_tokens > limit:
         raise _bad_request(
             f"This model's maximum context length is {limit} tokens, however you requested "
-            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} "
-            "for the completion). Please reduce the prompt or max_tokens.",
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {prompt}, {max_tokens} "
+            f"for the completion). Please reduce the {prompt} or max_tokens.",
             "context_length_exceeded",
             "max_tokens",
         )
     if prompt_tokens + max_tokens > service.engine.kv_capacity_tokens:
         raise _bad_request(
             f"request needs {prompt_tokens + max_tokens} KV tokens, more than one decode "
-            f"replica holds ({service.engine.kv_capacity_tokens})",
+            f"replica holds ({service.engine.kv_capacity_tokens}): lower max_tokens",
             "context_length_exceeded",
             "max_tokens",
         )

@@ -10,10 +10,13 @@ extension (as in vLLM).
 
 Honoured: `model`, `prompt` (one string, or a list of one) / `messages` (roles system,
 developer, user, assistant; text content), `max_tokens` (and `max_completion_tokens` for chat),
-`temperature`, `top_p`, `n`, `stop`, `seed` (choice i uses seed + i), `stream`,
+`temperature`, `top_p`, `n`, `stop`, `seed` (0 to 2**63 - 17; choice i uses seed + i), `stream`,
 `stream_options.include_usage`, `logprobs` (completions: top-k per token; chat: `logprobs` +
 `top_logprobs`) and `echo` (completions, not together with logprobs: prompt logprobs are not
 computed).
+
+Text must be Unicode (no lone surrogate escapes) and numbers finite (no NaN or Infinity); both
+are a 400 naming the parameter.
 """
 
 from __future__ import annotations
@@ -29,6 +32,22 @@ from heteroscale_ray.serving.tokenizer import token_bytes, token_text
 
 MAX_N = 16  # choices per request
 MAX_LOGPROBS = 20  # top-k logprobs per token (vLLM's default cap)
+MAX_SEED = 2**63 - 1 - MAX_N  # choice i samples with seed + i: every seed stays an int64
+
+
+def _unicode_text(name: str, value: Any) -> Any:
+    """Reject strings holding lone surrogates (JSON escapes such as "\\ud800"): they are not
+    Unicode text, so they can neither be tokenized as UTF-8 nor echoed back in a response."""
+    for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"'{name}' is not valid Unicode text (it holds an unpaired surrogate such as "
+                    "\\ud800): send UTF-8 text"
+                ) from None
+    return value
 
 
 def _neutral_only(name: str, value: Any, neutral: tuple[Any, ...]) -> Any:
@@ -48,15 +67,18 @@ class StreamOptions(BaseModel):
 
 
 class _SamplingRequest(BaseModel):
-    """What completions and chat share; unknown fields are a 400 naming them."""
+    """What completions and chat share; unknown fields are a 400 naming them, and so are NaN
+    and Infinity (JSON has no such numbers; Python's parser reads them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(description="Service name, as listed by GET /v1/models.")
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0 = greedy.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     n: int = Field(default=1, ge=1, le=MAX_N, description="Independent choices.")
-    seed: int | None = Field(default=None, description="Choice i samples with seed + i.")
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="Choice i samples with seed + i."
+    )
     stop: str | list[str] | None = Field(default=None, description="Up to 4 stop strings.")
     stream: bool = Field(default=False, description="Server-sent events when true.")
     stream_options: StreamOptions | None = None
@@ -66,6 +88,11 @@ class _SamplingRequest(BaseModel):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     response_format: dict[str, Any] | None = None
+
+    @field_validator("model", "stop", "user")
+    @classmethod
+    def _text(cls, v: Any, info: Any) -> Any:
+        return _unicode_text(info.field_name, v)
 
     @field_validator("stop")
     @classmethod
@@ -129,12 +156,12 @@ class CompletionRequest(_SamplingRequest):
     def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
         if isinstance(v, list) and len(v) != 1:
             raise ValueError("exactly one prompt per request is supported (batch on the client)")
-        return v
+        return _unicode_text("prompt", v)
 
     @field_validator("suffix")
     @classmethod
     def _no_suffix(cls, v: str | None) -> str | None:
-        return _neutral_only("suffix", v, ("",))
+        return _neutral_only("suffix", _unicode_text("suffix", v), ("",))
 
     @model_validator(mode="after")
     def _checks(self) -> CompletionRequest:
@@ -155,12 +182,22 @@ class TextPart(BaseModel):
     type: Literal["text"]
     text: str
 
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _unicode_text("text", v)
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, v: str | list[TextPart]) -> str | list[TextPart]:
+        return _unicode_text("content", v)
 
     @property
     def text(self) -> str:

@@ -32,15 +32,39 @@ from heteroscale_ray.serving.replica import ReplicaBase, ReplicaSpec
 logger = logging.getLogger(__name__)
 
 
+class KvHandoffError(Exception):
+    """The prefill's KV could not be fetched: its replica died before producing it
+    (`producer_died`), or the object was lost (its node left). The router prefills again; this
+    replica is fine, which is why it is not reported as the Ray error it wraps."""
+
+    def __init__(self, message: str, producer_died: bool) -> None:
+        super().__init__(message, producer_died)
+        self.producer_died = producer_died
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a migrated request's stream stopped: the output tokens the router received (the
+    KV it comes with ends with them) and the chars of their text the client already has."""
+
+    tokens: tuple[int, ...]
+    chars: int
+
+
 @dataclass(frozen=True)
 class DecodeRequest:
     """`kv_ref` holds one ObjectRef to a `PrefillOutput`, nested in a list so that neither
-    Serve nor Ray resolves it before the call: the decode replica fetches (and times) it."""
+    Serve nor Ray resolves it before the call: the decode replica fetches (and times) it.
+    `resume` is set when the request migrated here from a failed replica mid-stream."""
 
     request_id: str
     kv_ref: list[Any]
     params: SamplingParams
     arrival_wall_s: float
+    resume: ResumePoint | None = None
 
 
 @dataclass
@@ -53,6 +77,7 @@ class DecodeChunk:
     finish_reason: str | None
     meta: dict[str, Any] | None = None
     logprobs: tuple[TokenLogprob, ...] = ()  # tokens of this chunk (params.logprobs set)
+    tokens: tuple[int, ...] = ()  # ids of this chunk's tokens: what a migration resumes from
 
 
 @dataclass
@@ -70,7 +95,7 @@ class DecodeServer(ReplicaBase):
         self._prefill = prefill  # binding it makes the DG's prefill deployment part of this app
         self.engine = DecodeEngine(spec.engine)
         self._tracks: dict[str, _Track] = {}
-        self._pending: list[tuple[str, PrefillOutput, SamplingParams]] = []
+        self._pending: list[tuple[str, PrefillOutput, DecodeRequest]] = []
         self._aborts: list[str] = []
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop().create_task(self._step_loop())
@@ -91,7 +116,17 @@ class DecodeServer(ReplicaBase):
     async def generate(self, req: DecodeRequest) -> AsyncIterator[DecodeChunk]:
         t0 = time.perf_counter()
         recv_wall = time.time()
-        out: PrefillOutput = await req.kv_ref[0]
+        try:
+            out: PrefillOutput = await req.kv_ref[0]
+        except Exception as e:
+            from ray.exceptions import ObjectLostError
+
+            lost = isinstance(e, ObjectLostError) or isinstance(
+                getattr(e, "cause", None), ObjectLostError
+            )
+            raise KvHandoffError(
+                f"KV of {req.request_id} unavailable ({type(e).__name__})", not lost
+            ) from None
         fetch_s = time.perf_counter() - t0
         nbytes = out.kv.nbytes
         self.metrics.handoff(nbytes, fetch_s)
@@ -109,7 +144,7 @@ class DecodeServer(ReplicaBase):
         rid = req.request_id
         track = _Track(arrival_wall_s=req.arrival_wall_s)
         self._tracks[rid] = track
-        self._pending.append((rid, out, req.params))
+        self._pending.append((rid, out, req))
         self._wake.set()
         finished = False
         try:
@@ -125,6 +160,7 @@ class DecodeServer(ReplicaBase):
                     item.finish_reason,
                     meta,
                     item.logprobs,
+                    item.tokens,
                 )
                 meta = None
         finally:
@@ -135,15 +171,22 @@ class DecodeServer(ReplicaBase):
 
     def _apply_and_step(
         self,
-        pending: list[tuple[str, PrefillOutput, SamplingParams]],
+        pending: list[tuple[str, PrefillOutput, DecodeRequest]],
         aborts: list[str],
     ) -> tuple[list[StepOutput], dict[str, BaseException], int, int]:
         """Worker-thread body: arrivals, aborts, then one batched step."""
         errors: dict[str, BaseException] = {}
-        for rid, out, params in pending:
+        for rid, out, req in pending:
+            resume = req.resume or ResumePoint((), 0)
             try:
                 self.engine.add(
-                    rid, out.kv, out.first_token, params, getattr(out, "first_logprob", None)
+                    rid,
+                    out.kv,
+                    out.first_token,
+                    req.params,
+                    out.first_logprob,
+                    prior=resume.tokens,
+                    emitted_chars=resume.chars,
                 )
             except ValueError as e:
                 errors[rid] = e

@@ -10,6 +10,7 @@
 - `delete_dg`: stop routing to a DG, then delete its application (replicas drain first).
 - `replica_ids`, `replica_details`, `replica_stats`: what runs where, and its metrics.
 - `prompt_arrival_rates`, `ingress_loads`: what arrives at the ingress per service.
+- `request_migrations`: requests moved off failed replicas, per service and reason.
 - `deploy_ingress`: the OpenAI-compatible router application.
 
 All functions are synchronous (ray.get) and work from a driver or from inside an actor.
@@ -125,11 +126,18 @@ def build_dg_app(spec: DgServingSpec) -> Any:
     return decode.bind(spec.replica_spec("decode"), prefill.bind(spec.replica_spec("prefill")))
 
 
-def register_service(name: str, engine: ModelConfig, model_profile: str = "dense-8b") -> None:
-    """Make a service known to the ingress (it lists it in /v1/models and checks its limits)."""
+def register_service(
+    name: str,
+    engine: ModelConfig,
+    model_profile: str = "dense-8b",
+    migration_limit: int | None = None,
+) -> None:
+    """Make a service known to the ingress (it lists it in /v1/models and checks its limits);
+    `migration_limit` None keeps the one already registered (else the default)."""
     import ray
 
-    ray.get(get_routing_table().register_service.remote(name, engine, model_profile))
+    table = get_routing_table()
+    ray.get(table.register_service.remote(name, engine, model_profile, migration_limit))
 
 
 def deploy_dg(spec: DgServingSpec, *, wait: bool = True) -> str:
@@ -305,6 +313,19 @@ def ingress_loads() -> dict[str, IngressLoad]:
     import ray
 
     return ray.get(get_routing_table().ingress_loads.remote(), timeout=30)
+
+
+def request_migrations() -> dict[str, dict[str, int]] | None:
+    """Requests the ingress moved off failed replicas, per service and reason (all ingress
+    replicas, since they started); None when no routing table runs or it does not answer."""
+    import ray
+    from ray.exceptions import RayError
+
+    try:
+        table = get_routing_table(create=False)
+        return ray.get(table.request_migrations.remote(), timeout=30)
+    except (ValueError, RayError):  # no serving stack here, or its actor is restarting
+        return None
 
 
 def deploy_ingress(

@@ -1,7 +1,8 @@
 """Metrics hub: the latest report of every replica and every ingress, in one place.
 
 Replicas push their `ReplicaStats` about once a second and ingress replicas their arrivals
-(`IngressLoad`: prompt tokens/s and requests/s per service); the policy engine (and the ingress's GET /metrics) reads them back here instead
+(`IngressLoad`: prompt tokens/s and requests/s per service) with their request migrations so
+far (per service and reason, for `heteroscale status`); the policy engine (and the ingress's GET /metrics) reads them back here instead
 of fanning out to every replica. Reports older than `STATS_TTL_S` are dropped (replica gone or
 stuck). A malformed replica report (see `stats_problem`) is dropped with a log line and also
 removes that replica's previous report, so it counts as missing rather than as stale-but-good;
@@ -37,6 +38,9 @@ class MetricsHub:
         self._stats: dict[str, tuple[float, ReplicaStats]] = {}
         self._arrivals: dict[str, tuple[float, dict[str, IngressLoad]]] = {}
         self._rejected: dict[str, str] = {}  # replica id -> why its last report was dropped
+        # ingress id -> service -> reason -> migrations since that ingress started. Totals
+        # never expire: a gone ingress's migrations still happened.
+        self._migrations: dict[str, dict[str, dict[str, int]]] = {}
 
     def report_stats(self, replica_id: str, stats: ReplicaStats) -> None:
         """Store a replica's report; a malformed one is dropped (logged once per new reason)."""
@@ -68,9 +72,20 @@ class MetricsHub:
             if (app_name is None or s.app_name == app_name) and (role is None or s.role == role)
         ]
 
-    def report_arrivals(self, ingress_id: str, loads: Mapping[str, IngressLoad | float]) -> None:
+    def report_arrivals(
+        self,
+        ingress_id: str,
+        loads: Mapping[str, IngressLoad | float],
+        migrations: Mapping[str, Mapping[str, int]] | None = None,
+    ) -> None:
         """One ingress replica's arrivals per service (its `ArrivalMeter.loads()`); a bare
-        float is prompt tokens/s alone. A malformed entry is dropped with a log line."""
+        float is prompt tokens/s alone. A malformed entry is dropped with a log line.
+        `migrations`: that ingress's request migrations so far, per service and reason."""
+        if migrations is not None:
+            self._migrations[ingress_id] = {
+                svc: {str(r): int(n) for r, n in dict(by_reason).items() if int(n) >= 0}
+                for svc, by_reason in dict(migrations).items()
+            }
         kept: dict[str, IngressLoad] = {}
         for name, load in dict(loads).items():
             if isinstance(load, (int, float)) and not isinstance(load, bool):
@@ -103,3 +118,13 @@ class MetricsHub:
     def arrival_rates(self) -> dict[str, float]:
         """Prompt tokens/s per service, summed over ingress replicas with a fresh report."""
         return {name: load.prompt_tokens_per_s for name, load in self.ingress_loads().items()}
+
+    def request_migrations(self) -> dict[str, dict[str, int]]:
+        """Request migrations per service and reason, summed over every ingress replica seen."""
+        total: dict[str, dict[str, int]] = {}
+        for per_service in list(self._migrations.values()):
+            for svc, by_reason in per_service.items():
+                into = total.setdefault(svc, {})
+                for reason, n in by_reason.items():
+                    into[reason] = into.get(reason, 0) + n
+        return total

@@ -42,6 +42,9 @@ class PrefillRequest:
     prompt_tokens: list[int]
     params: SamplingParams
     arrival_wall_s: float  # router receive time (time.time()): TTFT (decode side), wait here
+    # A migrated request: its last `resume_at` tokens are output already sent to the client,
+    # and the token sampled here is output token `resume_at` (see PrefillEngine.prefill).
+    resume_at: int = 0
 
 
 @dataclass
@@ -108,7 +111,8 @@ class PrefillServer(ReplicaBase):
                 return self.device.prefill_s(len(req.prompt_tokens), res.cached_tokens)
 
             res, timing = await self.device.run(
-                lambda: self.engine.prefill(req.prompt_tokens, req.params), emulated
+                lambda: self.engine.prefill(req.prompt_tokens, req.params, req.resume_at),
+                emulated,
             )
         finally:
             self._active = 0

@@ -31,11 +31,11 @@ class RequestMetrics:
     """Per-request metrics at the ingress, as the client sees them (label: service).
 
     Counters: prompt tokens (once per request, as `usage` counts them), generation tokens,
-    requests finished by finish reason, error responses by HTTP status. Histograms: time to
-    first token, inter-token latency (between a choice's consecutive chunks), end-to-end
-    latency, and prompt / generation length. `render()` gives this ingress replica's text; with
-    `mirror_to_ray` the same events also go to Ray's metrics agent (`ray_` prefix), which sums
-    over all ingress replicas.
+    requests finished by finish reason, error responses by HTTP status, request migrations by
+    reason. Histograms: time to first token, inter-token latency (between a choice's
+    consecutive chunks), end-to-end latency, and prompt / generation length. `render()` gives
+    this ingress replica's text; with `mirror_to_ray` the same events also go to Ray's metrics
+    agent (`ray_` prefix), which sums over all ingress replicas.
     """
 
     def __init__(self, mirror_to_ray: bool = False) -> None:
@@ -59,6 +59,13 @@ class RequestMetrics:
             "heteroscale_request_errors",
             "Error responses (and errors mid-stream), by HTTP status",
             (*svc, "status"),
+            registry=r,
+        )
+        self.migrations = Counter(
+            "heteroscale_request_migrations",
+            "Requests moved to another replica or DG after the one serving them failed, by "
+            "reason (prefill_failed, decode_failed, kv_lost, decode_stalled)",
+            (*svc, "reason"),
             registry=r,
         )
         self.ttft = Histogram(
@@ -115,6 +122,7 @@ class RequestMetrics:
                 "heteroscale_request_success", "", (*svc, "finished_reason")
             ),
             "errors": metrics.Counter("heteroscale_request_errors", "", (*svc, "status")),
+            "migrations": metrics.Counter("heteroscale_request_migrations", "", (*svc, "reason")),
             "ttft": metrics.Histogram(
                 "heteroscale_time_to_first_token_seconds", "", list(TTFT_BUCKETS), svc
             ),
@@ -158,6 +166,10 @@ class RequestMetrics:
     def error(self, service: str, status: int) -> None:
         self.request_errors.labels(service, str(status)).inc()
         self._mirror("errors", "inc", 1, service=service, status=str(status))
+
+    def migration(self, service: str, reason: str) -> None:
+        self.migrations.labels(service, reason).inc()
+        self._mirror("migrations", "inc", 1, service=service, reason=reason)
 
     def render(self) -> str:
         from prometheus_client import generate_latest

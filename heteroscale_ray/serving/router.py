@@ -38,9 +38,11 @@ from heteroscale_ray.serving.api_requests import (
     chat_prompt,
     check_context,
     default_max_tokens,
+    internal_error,
     parse_chat,
     parse_completion,
     parse_request,
+    read_body,
 )
 from heteroscale_ray.serving.api_responses import (
     chunk_event,
@@ -63,10 +65,12 @@ from heteroscale_ray.serving.choices import (
     ChoiceStreams,
     _Choice,
     _Request,
+    _Slot,
     sampling_params,
 )
 from heteroscale_ray.serving.metrics import ArrivalMeter
 from heteroscale_ray.serving.metrics_export import render_arrivals, render_prometheus
+from heteroscale_ray.serving.migration import Budget
 from heteroscale_ray.serving.request_metrics import RequestMetrics
 from heteroscale_ray.serving.routing_table import (
     DgRoute,
@@ -121,6 +125,7 @@ class Router(ChoiceStreams):
         self._handles: dict[tuple[str, str], Any] = {}
         self._arrivals = ArrivalMeter()
         self._requests = RequestMetrics(mirror_to_ray=True)
+        self._migrations: dict[str, dict[str, int]] = {}  # service -> reason -> count, ever
         self._ingress_id = f"ingress-{uuid.uuid4().hex[:12]}"
         await self._refresh()
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
@@ -139,7 +144,9 @@ class Router(ChoiceStreams):
             await asyncio.sleep(self.refresh_s)
             try:
                 await self._refresh()
-                await self._table.report_arrivals.remote(self._ingress_id, self._arrivals.loads())
+                await self._table.report_arrivals.remote(
+                    self._ingress_id, self._arrivals.loads(), self._migrations
+                )
             except Exception as e:  # table restarting: keep the last good view
                 logger.warning("routing table refresh failed: %s", e)
                 with contextlib.suppress(Exception):
@@ -197,7 +204,7 @@ class Router(ChoiceStreams):
         arrival, started = time.time(), time.perf_counter()
         service_name = ""
         try:
-            raw = await request.body()
+            raw = await read_body(request)
             req: CompletionRequest | ChatCompletionRequest
             req = parse_chat(raw) if chat else parse_completion(raw)
             service = self._services.get(req.model)
@@ -221,7 +228,7 @@ class Router(ChoiceStreams):
             # Offered load (each choice is one prefill of the prompt): before any admission.
             for _ in range(req.n):
                 self._arrivals.add(req.model, len(tokens))
-            check_context(service, len(tokens), max_tokens)
+            check_context(service, len(tokens), max_tokens, chat=chat)
             if self._inflight + req.n > self.max_inflight:
                 raise ApiError(
                     429,
@@ -239,56 +246,70 @@ class Router(ChoiceStreams):
                 )
         except ApiError as e:
             return self._error(e, service_name)
+        except Exception:  # a bug, never the client's fault: a generic 500, details in the log
+            logger.exception("request entry failed")
+            return self._error(internal_error(), service_name)
         rid = new_chat_id() if chat else new_completion_id()
         ctx = _Request(rid, req.model, chat, req, prompt, len(tokens), started)
-        for _ in range(req.n):
-            self._enter(dg)
+        ctx.tokens, ctx.max_tokens, ctx.arrival = tokens, max_tokens, arrival
+        ctx.budget = Budget(service.migration_limit)
+        slots = [self._occupy(dg) for _ in range(req.n)]
         handed_off = False
         try:
-            choices = await self._start_all(dg, ctx, tokens, max_tokens, arrival)
-            prompt_tokens = int((choices[0].first.meta or {}).get("prompt_tokens", len(tokens)))
+            choices = await self._start_all(slots, ctx)
+            first = choices[0].first
+            meta = (first.meta if first is not None else None) or {}
+            prompt_tokens = int(meta.get("prompt_tokens", len(tokens)))
             ctx.prompt_tokens = prompt_tokens
             self._requests.prompt(req.model, prompt_tokens)
             if req.stream:
                 handed_off = True
                 return StreamingResponse(
-                    self._sse(dg, choices, ctx), media_type="text/event-stream"
+                    self._sse(slots, choices, ctx), media_type="text/event-stream"
                 )
             return await self._collect(choices, ctx)
         except ApiError as e:
             return self._error(e, service_name)
         except Exception as e:
-            logger.exception("completion %s failed", rid)
-            return self._error(
-                ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error"),
-                service_name,
-            )
+            logger.exception("completion %s failed: %s", rid, type(e).__name__)
+            return self._error(internal_error(), service_name)
         finally:
             if not handed_off:
-                for _ in range(req.n):
-                    self._leave(dg)
+                for slot in slots:
+                    self._release(slot)
 
     # ---- request plumbing ----
-    def _enter(self, dg: DgRoute) -> None:
+    def _occupy(self, dg: DgRoute) -> _Slot:
+        """Count one choice in flight on `dg`; the slot follows the choice if it migrates."""
         self._inflight += 1
         self._inflight_by_app[dg.app_name] += 1
+        return _Slot(dg)
 
-    def _leave(self, dg: DgRoute) -> None:
-        self._inflight -= 1
-        self._inflight_by_app[dg.app_name] -= 1
+    def _move(self, slot: _Slot, dg: DgRoute) -> None:
+        if slot.held:
+            self._inflight_by_app[slot.dg.app_name] -= 1
+            self._inflight_by_app[dg.app_name] += 1
+        slot.dg = dg
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.held:
+            slot.held = False
+            self._inflight -= 1
+            self._inflight_by_app[slot.dg.app_name] -= 1
 
     async def _collect(self, choices: list[_Choice], ctx: _Request) -> JSONResponse:
         try:
-            async for c, chunk in self._merged(choices):
+            async for c, chunk in self._merged(choices, ctx):
                 self._absorb(c, chunk, ctx)
         finally:
             for c in choices:
                 if not c.finished:
-                    with contextlib.suppress(Exception):
-                        c.gen.cancel()
+                    c.cancel()
         return JSONResponse(completion_body(choices, ctx))
 
-    async def _sse(self, dg: DgRoute, choices: list[_Choice], ctx: _Request) -> AsyncIterator[str]:
+    async def _sse(
+        self, slots: list[_Slot], choices: list[_Choice], ctx: _Request
+    ) -> AsyncIterator[str]:
         """Server-sent events as OpenAI sends them; an error mid-stream becomes an error event."""
         try:
             if ctx.chat:  # the assistant role first, once per choice
@@ -305,7 +326,7 @@ class Router(ChoiceStreams):
                             }
                         ],
                     )
-            async for c, chunk in self._merged(choices):
+            async for c, chunk in self._merged(choices, ctx):
                 self._absorb(c, chunk, ctx)
                 if (event := chunk_event(c, chunk, ctx)) is not None:
                     yield event
@@ -316,14 +337,15 @@ class Router(ChoiceStreams):
             self._requests.error(ctx.model, e.status)
             err = error_body(str(e), type_=e.type_, code=e.code)
             yield f"data: {json.dumps(err)}\n\n"
-        except Exception as e:
+        except Exception:
             logger.exception("stream %s failed", ctx.rid)
-            self._requests.error(ctx.model, 500)
-            err = error_body(f"{type(e).__name__}: {e}", type_="server_error")
+            e = internal_error()  # never a class name or actor id on the wire
+            self._requests.error(ctx.model, e.status)
+            err = error_body(str(e), type_=e.type_, code=e.code)
             yield f"data: {json.dumps(err)}\n\n"
         finally:
             for c in choices:
                 if not c.finished:  # client went away or error: free the decode slot
-                    with contextlib.suppress(Exception):
-                        c.gen.cancel()
-                self._leave(dg)
+                    c.cancel()
+            for slot in slots:
+                self._release(slot)

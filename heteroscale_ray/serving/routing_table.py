@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from heteroscale_ray.clock import Clock
+from heteroscale_ray.config.services import DEFAULT_MIGRATION_LIMIT
 from heteroscale_ray.serving.metrics_hub import MetricsHub
 from heteroscale_ray.serving.model import ModelConfig
 
@@ -51,6 +52,8 @@ class ServiceRoute:
     engine: ModelConfig
     model_profile: str = "dense-8b"
     dgs: dict[str, DgRoute] = field(default_factory=dict)
+    # Moves one request may make after replica failures (ServiceSpec.migration_limit).
+    migration_limit: int = DEFAULT_MIGRATION_LIMIT
 
 
 def choose_dg(dgs: Mapping[str, DgRoute], inflight: Mapping[str, int]) -> DgRoute | None:
@@ -84,10 +87,20 @@ class RoutingTable:
         self._version = 0
 
     # ---- routes (written by deployments.py / the control plane) ----
-    def register_service(self, name: str, engine: ModelConfig, model_profile: str) -> None:
+    def register_service(
+        self,
+        name: str,
+        engine: ModelConfig,
+        model_profile: str,
+        migration_limit: int | None = None,
+    ) -> None:
+        """Add or update a service; its DGs stay, and so does its migration limit when
+        `migration_limit` is None (a DG re-deploy does not know the service's config)."""
         old = self._services.get(name)
         dgs = old.dgs if old else {}
-        self._services[name] = ServiceRoute(name, engine, model_profile, dict(dgs))
+        if migration_limit is None:
+            migration_limit = old.migration_limit if old else DEFAULT_MIGRATION_LIMIT
+        self._services[name] = ServiceRoute(name, engine, model_profile, dict(dgs), migration_limit)
         self._version += 1
 
     def remove_service(self, name: str) -> None:

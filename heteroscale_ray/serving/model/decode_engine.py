@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +42,8 @@ class StepOutput:
     num_generated: int  # tokens generated so far, including the first token
     # Tokens accepted since the previous output, with their logprobs (params.logprobs set).
     logprobs: tuple[TokenLogprob, ...] = ()
+    # Those tokens' ids (all of them, logprobs or not): what a migration resumes from.
+    tokens: tuple[int, ...] = ()
 
 
 @dataclass
@@ -52,6 +54,8 @@ class _Waiting:
     params: SamplingParams
     reserved: int
     first_logprob: TokenLogprob | None = None
+    prior: tuple[int, ...] = ()  # output already produced elsewhere (a migrated sequence)
+    emitted_chars: int = 0  # chars of that output's text the client already has
 
 
 @dataclass
@@ -70,6 +74,7 @@ class _Seq:
     emitted: int = 0  # chars of `text` already returned in text_delta
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet in an output
+    fresh: list[int] = field(default_factory=list)  # tokens accepted, not yet in an output
 
 
 class DecodeEngine:
@@ -135,11 +140,19 @@ class DecodeEngine:
         first_token: int,
         params: SamplingParams | None = None,
         first_logprob: TokenLogprob | None = None,
+        *,
+        prior: Sequence[int] = (),
+        emitted_chars: int = 0,
     ) -> bool:
         """Queue a prefilled sequence; returns True if admitted at once, False if it waits.
 
         `first_token` counts as generated token 1 (towards max_tokens, stop strings and text);
         `first_logprob` is its logprob (the prefill computed it), reported with its output.
+
+        A migrated sequence resumes: `prior` is the output it already produced (its last
+        tokens are also the last of `kv`), of whose text the client has `emitted_chars`;
+        `first_token` is then output token len(prior). Outputs continue exactly where the
+        client's stream stopped: no token or char twice, none missing.
         """
         params = params or SamplingParams()
         c = self.config
@@ -148,7 +161,13 @@ class DecodeEngine:
             raise ValueError(f"KV shape {kv.k.shape} does not match this model {expect}")
         if not 1 <= kv.num_tokens < c.max_context:
             raise ValueError("prompt KV must hold 1..max_context-1 tokens")
-        reserved = self.reservation(kv.num_tokens, params)
+        prior = tuple(int(t) for t in prior)
+        if (
+            len(prior) >= kv.num_tokens
+            or tuple(kv.token_ids[kv.num_tokens - len(prior) :]) != prior
+        ):
+            raise ValueError("a resumed sequence's KV must end with the output it resumes from")
+        reserved = self.reservation(kv.num_tokens - len(prior), params)
         if reserved > c.kv_capacity_tokens:
             raise ValueError(
                 f"sequence needs {reserved} KV tokens > capacity {c.kv_capacity_tokens}"
@@ -156,7 +175,9 @@ class DecodeEngine:
         with self._lock:
             if seq_id in self._running or any(w.seq_id == seq_id for w in self._waiting):
                 raise ValueError(f"duplicate seq_id {seq_id!r}")
-            item = _Waiting(seq_id, kv, int(first_token), params, reserved, first_logprob)
+            item = _Waiting(
+                seq_id, kv, int(first_token), params, reserved, first_logprob, prior, emitted_chars
+            )
             if not self._waiting and self.can_admit(reserved):
                 self._admit(item)
                 return True
@@ -181,12 +202,15 @@ class DecodeEngine:
         shape = (c.n_layers, c.n_heads, item.reserved, c.head_dim)
         k, v = np.empty(shape, np.float32), np.empty(shape, np.float32)
         k[:, :, :n], v[:, :, :n] = item.kv.k, item.kv.v  # copy: object-store arrays are read-only
-        p = item.params
+        p, prior = item.params, item.prior
         rng = None
-        if p.temperature > 0:
-            rng = p.make_rng()
-            rng.random()  # the prefill engine used the first draw for the first token
-        seq = _Seq(item.seq_id, p, n, item.reserved, k, v, kv_len=n, rng=rng)
+        if p.temperature > 0:  # the prefill took the draw of output token len(prior)
+            rng = p.make_rng(len(prior) + 1)
+        seq = _Seq(item.seq_id, p, n - len(prior), item.reserved, k, v, kv_len=n, rng=rng)
+        if prior:  # rebuild the text the stream had; the client already has emitted_chars of it
+            seq.generated = list(prior)
+            seq.text = "".join(seq.decoder.push(t) for t in prior)
+            seq.emitted = min(item.emitted_chars, len(seq.text))
         if p.logprobs is not None and item.first_logprob is not None:
             seq.logprobs.append(item.first_logprob)
         self._accept_token(seq, item.first_token)
@@ -201,6 +225,7 @@ class DecodeEngine:
         """Append a token, update text, and decide whether the sequence is finished."""
         p = seq.params
         seq.generated.append(token)
+        seq.fresh.append(token)
         if token == EOS_ID and not p.ignore_eos:
             seq.finish_reason = FINISH_STOP
             return
@@ -231,8 +256,9 @@ class DecodeEngine:
         delta, seq.emitted = seq.text[seq.emitted : end], end
         finished = seq.finish_reason is not None
         lps, seq.logprobs = tuple(seq.logprobs), []
+        fresh, seq.fresh = tuple(seq.fresh), []
         return StepOutput(
-            seq.seq_id, token, delta, finished, seq.finish_reason, len(seq.generated), lps
+            seq.seq_id, token, delta, finished, seq.finish_reason, len(seq.generated), lps, fresh
         )
 
     def step(self) -> list[StepOutput]:

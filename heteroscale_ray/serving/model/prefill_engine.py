@@ -111,17 +111,25 @@ class PrefillEngine:
         return keys
 
     def prefill(
-        self, prompt_tokens: Sequence[int], params: SamplingParams | None = None
+        self,
+        prompt_tokens: Sequence[int],
+        params: SamplingParams | None = None,
+        resume_at: int = 0,
     ) -> PrefillResult:
         """KV of the prompt and its first token, sampled with `params` (greedy if None).
 
         Give the decode side the same `params`: with a seed, the first token takes the first
         draw of the sequence's random stream and the decode engine continues that stream.
+        `resume_at` > 0 re-prefills a migrated sequence: the last `resume_at` tokens are output
+        it already produced, and the token sampled here is output token `resume_at`, taking
+        that draw of the stream (so the continuation equals the unbroken run's).
         """
         t0 = time.perf_counter()
         params = params or SamplingParams()
         tokens = _validate_tokens(prompt_tokens, self.config)
         bs, n = self.config.kv_block_size, len(tokens)
+        if not 0 <= resume_at < n:
+            raise ValueError(f"resume_at {resume_at} must be in 0..{n - 1} (tokens given: {n})")
         use_cache = self.config.prefix_cache_blocks > 0
         keys = self._block_keys(tokens) if use_cache else []
         with self._lock:
@@ -137,7 +145,8 @@ class PrefillEngine:
             past_k = np.concatenate([b[0] for b in hit_blocks], axis=2)[:, :, :cached]
             past_v = np.concatenate([b[1] for b in hit_blocks], axis=2)[:, :, :cached]
         logits, k, v = self.model.forward_prefill(tokens[cached:], past_k, past_v)
-        first = sample_token(logits, params.temperature, params.make_rng(), params.top_p)
+        rng = params.make_rng(resume_at)
+        first = sample_token(logits, params.temperature, rng, params.top_p)
         flops = self.model.flops(n - cached, cached)
         with self._lock:
             for i in reversed(range(len(keys))):

@@ -74,8 +74,15 @@ class SamplingParams:
             raise ValueError("logprobs must be >= 0")
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
 
-    def make_rng(self) -> np.random.Generator:
-        return np.random.default_rng(self.seed)
+    def make_rng(self, position: int = 0) -> np.random.Generator:
+        """The sequence's random stream positioned for output token `position`.
+
+        Token i of the output takes draw i (`sample_token` takes exactly one per token), so a
+        sequence resumed at token i elsewhere continues exactly as the unbroken run would."""
+        rng = np.random.default_rng(self.seed)
+        if position > 0:
+            rng.random(position)  # the draws tokens 0..position-1 took
+        return rng
 
 
 def measure_peak_flops(n: int = 1024, repeats: int = 5) -> float:
