@@ -2,6 +2,11 @@
 
 A bad row stops the load with the file, line and problem named, unless the caller asks to skip
 such rows; skipped rows are counted on the trace so a report can say how many were dropped.
+Bad rows: a line that is not UTF-8, a CSV row with the wrong column count or a field over the
+csv module's limit (128 KiB), a JSONL line that is not one JSON object (or nests too deeply to
+parse), a timestamp outside 1678-2261 (numpy's nanosecond range) or not a date, token counts
+that are not integers in [min, MAX_TOKENS], hash ids outside [0, 2**63). Lines holding only
+whitespace are not rows. Nothing but TraceError leaves a loader.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import datetime as dt
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,9 @@ from heteroscale_ray.traces.trace import Trace, TraceError
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
 KEPT_REASONS = 5  # skip reasons kept on the trace; the count covers all of them
+MAX_TOKENS = 2**31 - 1  # token counts above this are malformed (and would overflow columns)
+MAX_HASH_ID = 2**63 - 1
+YEARS = (1678, 2261)  # whole years numpy's datetime64[ns] holds
 
 # '2023-11-16 18:15:46.6805900': up to 9 fractional digits (Azure writes 7), no zone.
 _TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
@@ -54,18 +63,50 @@ def _count(text: str, column: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise _RowError(f"{column} {text!r} is not an integer") from None
+        raise _RowError(f"{column} {_short(text)} is not an integer") from None
     if value < minimum:
-        raise _RowError(f"{column} must be >= {minimum} (got {value})")
+        raise _RowError(f"{column} must be >= {minimum} (got {_short(value)})")
+    if value > MAX_TOKENS:
+        raise _RowError(f"{column} must be <= {MAX_TOKENS} (got {_short(value)})")
     return value
+
+
+def _short(value: object) -> str:
+    """A value quoted in an error, cut to 60 characters (a field may be 128 KiB)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _utf8_lines(raw: bytes, bad: list[tuple[int, str]], first_line: int = 1) -> Iterator[str]:
+    """`raw` split after each newline and decoded as it is read; a line that is not UTF-8 is
+    appended to `bad` and read as an empty line (so later line numbers stay right)."""
+    chunks = raw.split(b"\n")
+    for i, chunk in enumerate(chunks):
+        end = "\n" if i < len(chunks) - 1 else ""
+        line = first_line + i
+        try:
+            text = chunk.decode("utf-8-sig" if line == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            bad.append((line, f"not UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1})"))
+            text = ""
+        yield text + end
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise TraceError(str(path), None, f"cannot read file: {e.strerror}") from None
 
 
 def _timestamp_ns(text: str) -> int:
     """Nanoseconds since 1970-01-01 of a zone-less timestamp (integer: no float rounding)."""
     m = _TIMESTAMP.fullmatch(text.strip())
     if m is None:
-        raise _RowError(f"TIMESTAMP {text!r} is not like '2023-11-16 18:15:46.6805900'")
+        raise _RowError(f"TIMESTAMP {_short(text)} is not like '2023-11-16 18:15:46.6805900'")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if not YEARS[0] <= year <= YEARS[1]:
+        raise _RowError(f"TIMESTAMP {text!r}: the year must be in {YEARS[0]}..{YEARS[1]}")
     try:
         days = dt.date(year, month, day).toordinal() - _EPOCH_DAY
     except ValueError as e:
@@ -78,7 +119,7 @@ def _timestamp_ns(text: str) -> int:
 
 
 def _azure_fast(
-    rows: list[tuple[int, list[str]]], cols: tuple[int, int, int], width: int
+    rows: list[tuple[int, list[str] | str]], cols: tuple[int, int, int], width: int
 ) -> tuple[Any, ...]:
     """Clean-file path: cheap per-row checks, timestamps parsed by numpy in one call.
 
@@ -89,16 +130,16 @@ def _azure_fast(
     stamps, inputs, outputs = [], [], []
     match = _TIMESTAMP.fullmatch
     for _, row in rows:
-        if len(row) != width:
+        if isinstance(row, str) or len(row) != width:
             return None
         ts = row[i_ts].strip()
-        if match(ts) is None:
+        if match(ts) is None or not YEARS[0] <= int(ts[:4]) <= YEARS[1]:
             return None
         try:
             inp, out = int(row[i_in]), int(row[i_out])
         except ValueError:
             return None
-        if inp < 1 or out < 0:
+        if not (1 <= inp <= MAX_TOKENS and 0 <= out <= MAX_TOKENS):
             return None
         stamps.append(ts)
         inputs.append(inp)
@@ -111,7 +152,10 @@ def _azure_fast(
 
 
 def _azure_slow(
-    rows: list[tuple[int, list[str]]], cols: tuple[int, int, int], names: list[str], skips: _Skips
+    rows: list[tuple[int, list[str] | str]],
+    cols: tuple[int, int, int],
+    names: list[str],
+    skips: _Skips,
 ) -> tuple[Any, ...]:
     i_ts, i_in, i_out = cols
     stamps: list[int] = []
@@ -119,6 +163,8 @@ def _azure_slow(
     outputs: list[int] = []
     for line, row in rows:
         try:
+            if isinstance(row, str):
+                raise _RowError(row)
             if len(row) != len(names):
                 raise _RowError(
                     f"expected {len(names)} columns ({','.join(names)}), got {len(row)}"
@@ -143,26 +189,29 @@ def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     """
     path = Path(path)
     skips = _Skips(path, skip_malformed)
+    raw = _read(path)
+    first, _, rest = raw.partition(b"\n")
+    bad_header: list[tuple[int, str]] = []
+    header_text = next(_utf8_lines(first, bad_header))
+    for line, reason in bad_header:  # a bad header is never skipped
+        raise TraceError(str(path), line, f"header is {reason}")
     try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as e:
-        raise TraceError(str(path), None, f"cannot read file: {e.strerror}") from None
-    with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise TraceError(
-                str(path), None, "file is empty; expected a header " + ",".join(AZURE_COLUMNS)
-            )
-        names = [h.strip() for h in header]
-        missing = [c for c in AZURE_COLUMNS if c not in names]
-        if missing:
-            raise TraceError(
-                str(path),
-                1,
-                f"header lacks {', '.join(missing)}; expected {','.join(AZURE_COLUMNS)}",
-            )
-        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+        header = next(csv.reader([header_text]), None)
+    except csv.Error as e:
+        raise TraceError(str(path), 1, f"header is not valid CSV ({e})") from None
+    if not header_text.strip() or header is None:
+        raise TraceError(
+            str(path), None, "file is empty; expected a header " + ",".join(AZURE_COLUMNS)
+        )
+    names = [h.strip() for h in header]
+    missing = [c for c in AZURE_COLUMNS if c not in names]
+    if missing:
+        raise TraceError(
+            str(path),
+            1,
+            f"header lacks {', '.join(missing)}; expected {','.join(AZURE_COLUMNS)}",
+        )
+    rows = _csv_rows(rest)
     cols = (
         names.index(AZURE_COLUMNS[0]),
         names.index(AZURE_COLUMNS[1]),
@@ -170,9 +219,8 @@ def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     )
     parsed = _azure_fast(rows, cols, len(names)) or _azure_slow(rows, cols, names, skips)
     stamps, inputs, outputs = parsed
-    first = stamps.min() if len(stamps) else 0
     return Trace.from_columns(
-        (stamps - first) / 1e9,
+        _seconds_from_first(stamps),
         inputs,
         outputs,
         source=path.name,
@@ -181,14 +229,55 @@ def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     )
 
 
+def _seconds_from_first(stamps: np.ndarray) -> np.ndarray:
+    """Nanosecond stamps -> seconds since the earliest. A span over 292 years would overflow
+    int64 nanoseconds: whole seconds and nanoseconds are then subtracted apart."""
+    if not len(stamps):
+        return np.zeros(0)
+    first = stamps.min()
+    if int(stamps.max()) - int(first) < 2**63:
+        return (stamps - first) / 1e9
+    secs, nanos = np.divmod(stamps, 10**9)
+    fs, fn = divmod(int(first), 10**9)
+    return (secs - fs).astype(np.float64) + (nanos - fn) / 1e9
+
+
+def _csv_rows(rest: bytes) -> list[tuple[int, list[str] | str]]:
+    """The non-blank CSV rows after the header, in file order with their line numbers; a line
+    that is not UTF-8 or a row the csv module refuses (e.g. a field over its size limit) comes
+    as the reason it is bad instead of a row."""
+    bad: list[tuple[int, str]] = []
+    reader = csv.reader(_utf8_lines(rest, bad, first_line=2) if rest else iter(()))
+    rows: list[tuple[int, list[str] | str]] = []
+    while True:
+        before = reader.line_num
+        try:
+            row: list[str] | None = next(reader)
+        except StopIteration:
+            rows.extend(bad)
+            return rows
+        except csv.Error as e:
+            bad.append((reader.line_num + 1, f"not valid CSV ({e})"))
+            row = None
+            if reader.line_num == before:  # no progress: nothing more can be read
+                rows.extend(bad)
+                return rows
+        rows.extend(bad)
+        bad.clear()
+        if row is not None and any(cell.strip() for cell in row):
+            rows.append((reader.line_num + 1, row))
+
+
 def _json_count(obj: dict[str, Any], key: str, minimum: int) -> int:
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _RowError(f"{key} {value!r} is not an integer")
+        raise _RowError(f"{key} {_short(value)} is not an integer")
     if isinstance(value, float) and not value.is_integer():
         raise _RowError(f"{key} {value!r} is not an integer")
     if value < minimum:
-        raise _RowError(f"{key} must be >= {minimum} (got {value})")
+        raise _RowError(f"{key} must be >= {minimum} (got {_short(value)})")
+    if value > MAX_TOKENS:
+        raise _RowError(f"{key} must be <= {MAX_TOKENS} (got {_short(value)})")
     return int(value)
 
 
@@ -197,6 +286,10 @@ def _mooncake_row(text: str) -> tuple[float, int, int, tuple[int, ...]]:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise _RowError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise _RowError(f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise _RowError("not valid JSON (nests too deeply to parse)") from None
     if not isinstance(obj, dict):
         raise _RowError(f"expected a JSON object, got {type(obj).__name__}")
     missing = [k for k in MOONCAKE_KEYS if k not in obj]
@@ -204,14 +297,14 @@ def _mooncake_row(text: str) -> tuple[float, int, int, tuple[int, ...]]:
         raise _RowError(f"missing key {', '.join(missing)}")
     ts = obj["timestamp"]
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) or ts < 0:
-        raise _RowError(f"timestamp {ts!r} is not a non-negative number of milliseconds")
+        raise _RowError(f"timestamp {_short(ts)} is not a non-negative number of milliseconds")
     inp = _json_count(obj, "input_length", 1)
     out = _json_count(obj, "output_length", 0)
     raw = obj.get("hash_ids", [])
     if not isinstance(raw, list) or any(
-        isinstance(h, bool) or not isinstance(h, int) or h < 0 for h in raw
+        isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= MAX_HASH_ID for h in raw
     ):
-        raise _RowError("hash_ids must be a list of non-negative integers")
+        raise _RowError("hash_ids must be a list of integers in [0, 2**63)")
     return float(ts), inp, out, tuple(raw)
 
 
@@ -224,11 +317,12 @@ def load_mooncake_jsonl(path: str | Path, *, skip_malformed: bool = False) -> Tr
     inputs: list[int] = []
     outputs: list[int] = []
     hashes: list[tuple[int, ...]] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise TraceError(str(path), None, f"cannot read file: {e.strerror}") from None
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: JSON strings may hold U+2028 and friends, which splitlines cuts.
+    bad: list[tuple[int, str]] = []
+    for line, raw in enumerate(_utf8_lines(_read(path), bad), start=1):
+        if bad:
+            skips.bad(*bad.pop())
+            continue
         if not raw.strip():
             continue
         try:
