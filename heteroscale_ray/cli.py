@@ -83,13 +83,60 @@ _COMMAND_MODULES: list[str] = [
 ]
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
-    return int(args.func(args) or 0)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one parsed command. A reader that closed the pipe (`heteroscale status | head -1`)
+    or Ctrl-C ends it with one line on stderr and the shell's exit code for that signal, never
+    a traceback: handled here, once, for every command. Commands clean up in their own
+    ``finally`` blocks, which run before this returns."""
+    name = f"heteroscale {args.command}"
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _detach_stdout()
+        _say(f"{name}: output closed by the reader (broken pipe); stopped")
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        _say(f"{name}: interrupted (Ctrl-C)")
+        return EXIT_INTERRUPTED
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of the dead pipe cannot raise
+    again at exit (the recipe in Python's signal module documentation)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (e.g. captured)
+        pass
+
+
+def _say(message: str) -> None:
+    """One line on stderr, on a line of its own after a ``\r`` progress line or an echoed ^C
+    on a terminal; silent if stderr is gone too."""
+    try:
+        lead = "\n" if sys.stderr.isatty() else ""
+        sys.stderr.write(f"{lead}{message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

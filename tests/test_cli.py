@@ -1,7 +1,12 @@
-"""The CLI's cheap commands: validate explains errors with exit code 2; schema writes files."""
+"""The CLI's cheap commands: validate explains errors with exit code 2; schema writes files;
+every command ends on a closed pipe or Ctrl-C with one line and exit code 141 / 130."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -152,3 +157,129 @@ def test_capacity_gauges_in_the_metrics_text() -> None:
     assert 'heteroscale_cp_capacity{kind="batch",role="decode",service="chat"}' in text
     assert 'heteroscale_cp_capacity_scale{role="prefill",service="chat"} 0.25' in text
     assert 'heteroscale_cp_capacity_learned{service="chat"} 1.0' in text
+
+
+# --- closed pipes and Ctrl-C, as subprocesses (what a shell sees) ----------------------------
+
+EXE = str(Path(sys.executable).with_name("heteroscale"))
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def _closed_pipe(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """Run `heteroscale argv` with a stdout reader that has already left (`| head -0`)."""
+    proc = subprocess.Popen(
+        [EXE, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command writes: it needs far longer to start Python
+    err = proc.stderr.read()
+    return proc.wait(timeout=300), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["validate", str(ROOT / "examples/services.yaml")],
+        [
+            "replay", "--trace", "azure-conv", "--services", str(ROOT / "examples/sim_services.yaml"),
+            "--duration", "30", "--gpus", "64", "--policy", "static", "--out", "out",
+        ],
+    ],
+    ids=["validate", "replay"],
+)  # fmt: skip
+def test_closed_pipe_ends_with_one_line_and_141(argv: list[str], tmp_path: Path) -> None:
+    code, err = _closed_pipe(argv, tmp_path)
+    assert code == 141, err
+    assert TRACEBACK not in err
+    # replay's progress lines come first; the message is the one last line
+    assert err.splitlines()[-1] == (
+        f"heteroscale {argv[0]}: output closed by the reader (broken pipe); stopped"
+    )
+
+
+def test_ctrl_c_ends_with_one_line_and_130(tmp_path: Path) -> None:
+    # a replay long enough to be interrupted mid-way: five policies on 20 min of ServeGen x8
+    argv = [
+        "replay", "--trace", "servegen-mlarge", "--services", str(ROOT / "examples/sim_services.yaml"),
+        "--service", "general", "--rate-scale", "8", "--policy", "all", "--out", "out",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [EXE, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    err: list[str] = []
+    running = threading.Event()
+
+    def read_stderr() -> None:  # progress lines end in \r, not \n: read by character
+        while char := proc.stderr.read(1):
+            err.append(char)
+            if not running.is_set() and "simulated" in "".join(err[-40:]):
+                running.set()  # the replay loop runs
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert running.wait(timeout=240), "".join(err)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=30)
+    text = "".join(err)
+    assert code == 130, text
+    assert TRACEBACK not in text
+    assert text.splitlines()[-1] == "heteroscale replay: interrupted (Ctrl-C)"
+    assert proc.stdout.read() == ""  # stopped before the summary table
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_watch_interval_is_checked_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["status", "--watch", "--interval", "0.05"])
+    assert e.value.code == 2
+    assert "--interval: must be at least 0.2 s (got 0.05)" in capsys.readouterr().err
+
+
+def test_run_command_turns_broken_pipe_and_ctrl_c_into_exit_codes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from heteroscale_ray.cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, run_command
+
+    def raises(exc: type[BaseException]):  # noqa: ANN202
+        def func(args: argparse.Namespace) -> int:
+            raise exc()
+
+        return func
+
+    ctrl_c = argparse.Namespace(command="status", func=raises(KeyboardInterrupt))
+    assert run_command(ctrl_c) == EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == "heteroscale status: interrupted (Ctrl-C)\n"
+    pipe = argparse.Namespace(command="replay", func=raises(BrokenPipeError))
+    assert run_command(pipe) == EXIT_BROKEN_PIPE == 141
+    assert "heteroscale replay: output closed by the reader" in capsys.readouterr().err
+    other = argparse.Namespace(command="status", func=raises(ValueError))
+    with pytest.raises(ValueError):  # real bugs keep their traceback
+        run_command(other)
+
+
+def test_demo_trace_defaults_to_the_packaged_sample_without_shared(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from heteroscale_ray.demo import commands
+    from heteroscale_ray.traces.samples import SAMPLES
+
+    monkeypatch.setattr(commands, "REPO_TRACE", tmp_path / "absent.csv")
+    assert commands.default_trace() == SAMPLES["azure-conv"].path
+
+
+@pytest.mark.parametrize(
+    ("trace", "message"),
+    [("mooncake", "Azure-format CSV"), ("nope", "packaged samples: azure-conv, mooncake")],
+)
+def test_demo_rejects_a_trace_it_cannot_use_before_starting(trace: str, message: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--trace", trace])
+    assert message in str(e.value.code)

@@ -1,11 +1,12 @@
 """The operator's path (runs after test_control_plane): `heteroscale start --advisory`,
-`status` and `stop --purge` as subprocesses against the shared local cluster. Advisory mode
-must decide and export, and actuate nothing."""
+`status` (also `--watch`, Ctrl-C and a closed pipe) and `stop --purge` as subprocesses against
+the shared local cluster. Advisory mode must decide and export, and actuate nothing."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +53,39 @@ def _status(address: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
+def _exe() -> str:
+    return str(Path(sys.executable).with_name("heteroscale"))
+
+
+def _watch(address: str, *extra: str, frames: int = 2) -> tuple[int, list[str], str]:
+    """`status --watch` into a pipe until `frames` whole frames arrived, then Ctrl-C."""
+    proc = subprocess.Popen(
+        [_exe(), "status", "--address", address, "--watch", "--interval", "0.5", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    json_mode = "--json" in extra
+    try:
+        for line in proc.stdout:  # each frame is flushed whole
+            lines.append(line.rstrip("\n"))
+            done = len(lines) if json_mode else sum(x.startswith(HEADER) for x in lines) - 1
+            if done >= frames:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, lines + rest.splitlines(), err
+
+
+HEADER = "heteroscale status at "
+
+
 def test_start_advisory_status_metrics_stop(ray_cluster: Any, tmp_path: Path) -> None:
     from ray import serve
 
@@ -89,6 +123,35 @@ def test_start_advisory_status_metrics_stop(ray_cluster: Any, tmp_path: Path) ->
 
         text = _cli("status", "--address", address)
         assert text.returncode == 0 and "ADVISORY" in text.stdout
+
+        # --watch: frames until Ctrl-C, which ends it with one line and 130, no traceback
+        code, lines, err = _watch(address)
+        assert code == 130, err
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1] == "heteroscale status: interrupted (Ctrl-C)"
+        frames = "\n".join(lines).split(HEADER)[1:]
+        assert len(frames) >= 2 and all("ADVISORY" in f for f in frames[:2]), lines
+        assert "every 0.5s (Ctrl-C to stop)" in frames[0]
+        code, lines, err = _watch(address, "--json")
+        assert code == 130, err
+        objs = [json.loads(x) for x in lines[:2]]  # one JSON object a line
+        assert all(o["advisory"] and "decisions" in o for o in objs)
+
+        # `heteroscale status | head` with the reader gone: one line and 141, no traceback
+        proc = subprocess.Popen(
+            [_exe(), "status", "--address", address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 141, err
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1] == (
+            "heteroscale status: output closed by the reader (broken pipe); stopped"
+        )
 
         metrics = _cli("status", "--address", address, "--metrics")
         assert metrics.returncode == 0, metrics.stderr

@@ -22,9 +22,10 @@ from heteroscale_ray.sim.fleet import fleet_for
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay
 from heteroscale_ray.topology import ClusterGraph, ScaleRequest, plan_cycle
 from heteroscale_ray.traces import load_trace, scale_rate
+from heteroscale_ray.traces.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
-AZURE = ROOT.parent / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+AZURE = SAMPLES["azure-conv"].path  # its first 900 s equal the full Azure trace's
 SERVICES = load_services(ROOT / "examples" / "sim_services.yaml")
 GENERAL = SERVICES.by_name()["general"]
 
@@ -46,7 +47,6 @@ def test_dgs_at_ratio_of_carry_the_counts_evenly(counts: tuple[int, int]) -> Non
         assert share == pytest.approx(d / p, rel=0.25), (g.dg_id, g.count(Role.PREFILL), share)
 
 
-@pytest.mark.skipif(not AZURE.exists(), reason="shared Azure trace not present")
 @pytest.mark.parametrize("policy", ["static", "oracle"])
 def test_reference_policies_reach_the_ceiling_at_high_load(policy: str) -> None:
     trace = scale_rate(load_trace(AZURE).slice(300, 450), 53, seed=0)

@@ -12,7 +12,7 @@ import pytest
 from heteroscale_ray.sim.commands import register
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACES = ROOT.parent / "shared" / "data" / "traces"
+# --trace takes the packaged samples by name (heteroscale_ray/traces/data), so no ../shared
 
 
 def main(argv: Sequence[str]) -> int:
@@ -23,13 +23,12 @@ def main(argv: Sequence[str]) -> int:
     return int(args.func(args))
 
 
-@pytest.mark.skipif(not (TRACES / "synthetic_trace.jsonl").exists(), reason="shared trace missing")
 def test_replay_json_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(
         [
             "replay",
             "--trace",
-            str(TRACES / "synthetic_trace.jsonl"),
+            "mooncake",
             "--services",
             str(ROOT / "examples" / "sim_services.yaml"),
             "--service",
@@ -71,7 +70,7 @@ def test_replay_unknown_policy_exit_2(capsys: pytest.CaptureFixture[str]) -> Non
         [
             "replay",
             "--trace",
-            str(TRACES / "AzureLLMInferenceTrace_conv.csv"),
+            "azure-conv",
             "--services",
             str(ROOT / "examples" / "sim_services.yaml"),
             "--policy",
@@ -124,15 +123,12 @@ def test_pd_sweep_cli_needs_lengths(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--trace" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    not (TRACES / "AzureLLMInferenceTrace_conv.csv").exists(), reason="shared trace missing"
-)
 def test_replay_with_topology_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(
         [
             "replay",
             "--trace",
-            str(TRACES / "AzureLLMInferenceTrace_conv.csv"),
+            "azure-conv",
             "--services",
             str(ROOT / "examples" / "sim_services.yaml"),
             "--service",
@@ -159,7 +155,6 @@ def test_replay_with_topology_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (tmp_path / "summary.json").exists()
 
 
-@pytest.mark.skipif(not (TRACES / "synthetic_trace.jsonl").exists(), reason="shared trace missing")
 @pytest.mark.parametrize("policy", ["heteroscale", "hpa-util", "serve-default", "static", "oracle"])
 def test_replay_general_keeps_the_json_contract(
     policy: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -170,7 +165,7 @@ def test_replay_general_keeps_the_json_contract(
         [
             "replay",
             "--trace",
-            str(TRACES / "synthetic_trace.jsonl"),
+            "mooncake",
             "--services",
             str(ROOT / "examples" / "sim_services.yaml"),
             "--service",

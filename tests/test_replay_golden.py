@@ -17,9 +17,10 @@ from heteroscale_ray.config import load_services
 from heteroscale_ray.sim.fleet import fleet_for
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay
 from heteroscale_ray.traces import load_trace, scale_rate
+from heteroscale_ray.traces.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACE = ROOT.parent / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+TRACE = SAMPLES["azure-conv"].path  # its first 300 s equal the full Azure trace's
 GOLDEN = Path(__file__).parent / "golden" / "replay_dialogue_small.json"
 KEYS = (
     "requests",
@@ -39,7 +40,6 @@ KEYS = (
 )
 
 
-@pytest.mark.skipif(not TRACE.exists(), reason="shared Azure trace not present")
 def test_golden_replay() -> None:
     services = load_services(ROOT / "examples" / "sim_services.yaml")
     spec = services.by_name()["dialogue"]

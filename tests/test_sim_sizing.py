@@ -19,9 +19,9 @@ from heteroscale_ray.sim.replay import ReplayOptions, run_replay
 from heteroscale_ray.sim.sizing import KV_FILL, SIZING_TBT_MARGIN, decode_need
 from heteroscale_ray.sim.workload import BLOCK_TOKENS
 from heteroscale_ray.traces import load_trace, scale_rate
+from heteroscale_ray.traces.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACES = ROOT.parent / "shared" / "data" / "traces"
 H20X4_70B = InstanceKind.build(get_profile("dense-70b"), DEFAULT_CATALOG["H20"], 4)
 
 
@@ -110,12 +110,11 @@ def test_pooled_prefix_cache_spans_the_dgs_prefill_instances() -> None:
     assert sim.cached.tolist() == [0, 4 * BLOCK_TOKENS]
 
 
-@pytest.mark.skipif(not (TRACES / "synthetic_trace.jsonl").exists(), reason="trace missing")
 def test_static_meets_the_slo_ceiling_on_long_contexts() -> None:
     # The KV-bound regression: static peak provisioning on the Mooncake trace used to reach 6%.
     services = load_services(ROOT / "examples" / "sim_services.yaml")
     spec = services.by_name()["longctx"]
-    trace = scale_rate(load_trace(TRACES / "synthetic_trace.jsonl").slice(0, 180), 8, seed=0)
+    trace = scale_rate(load_trace(SAMPLES["mooncake"].path).slice(0, 180), 8, seed=0)
     res = run_replay(services, fleet_for([spec], 512), {"longctx": trace}, ReplayOptions("static"))
     s = res.summary
     assert s["prefix_cache_hit"] > 0.03  # was 0.005 with a one-instance cache

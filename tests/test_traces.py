@@ -1,9 +1,13 @@
-"""Traces: the two public files load with the SOURCES.md statistics, bad rows are named or
-counted, the diurnal generator follows its curve reproducibly, and rate scaling scales."""
+"""Traces: the two public files load with the SOURCES.md statistics, the packaged samples are
+exact excerpts of them, bad rows are named or counted, the diurnal generator follows its curve
+reproducibly, and rate scaling scales.
+
+Most tests read the packaged samples; those about the full files skip without ../shared."""
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 import time
 from pathlib import Path
@@ -11,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import shared_trace
 
 from heteroscale_ray.traces import (
     LengthDist,
@@ -29,11 +34,20 @@ from heteroscale_ray.traces import (
     thin,
     time_compress,
 )
+from heteroscale_ray.traces.samples import (
+    DATA_DIR,
+    SAMPLES,
+    load_trace_arg,
+    resolve_trace,
+    samples_help,
+)
 
-# CI clones the repo with shared/ beside it: <repo>/../shared/data/traces
-TRACES = Path(__file__).resolve().parents[1] / "../shared/data/traces"
-AZURE = TRACES / "AzureLLMInferenceTrace_conv.csv"
-MOONCAKE = TRACES / "synthetic_trace.jsonl"
+# Full files in ../shared/data/traces (CI clones the repo with shared/ beside it)
+AZURE_FULL = "AzureLLMInferenceTrace_conv.csv"
+MOONCAKE_FULL = "synthetic_trace.jsonl"
+# Packaged samples: the first 900 s of the Azure file, the first 300 s of the Mooncake file
+AZURE = SAMPLES["azure-conv"].path
+MOONCAKE = SAMPLES["mooncake"].path
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 
 
@@ -45,6 +59,16 @@ def azure() -> Trace:
 @pytest.fixture(scope="module")
 def mooncake() -> Trace:
     return load_trace(MOONCAKE)
+
+
+@pytest.fixture(scope="module")
+def azure_full() -> Trace:
+    return load_trace(shared_trace(AZURE_FULL))
+
+
+@pytest.fixture(scope="module")
+def mooncake_full() -> Trace:
+    return load_trace(shared_trace(MOONCAKE_FULL))
 
 
 @pytest.mark.parametrize(
@@ -60,9 +84,12 @@ def mooncake() -> Trace:
     ),
     [
         # SOURCES.md: 58.4 min, 5.53 req/s, input 1,155 / 1,020, output 211 / 129
-        ("azure", 19_366, 3501.721937, 5.53, 1155, 1020, 211, 129),
+        ("azure_full", 19_366, 3501.721937, 5.53, 1155, 1020, 211, 129),
         # SOURCES.md: 17.0 min, 3.91 req/s, input 15,326 / 11,587, output 149 / 69
-        ("mooncake", 3_993, 1022.025, 3.91, 15_326, 11_587, 149, 69),
+        ("mooncake_full", 3_993, 1022.025, 3.91, 15_326, 11_587, 149, 69),
+        # the packaged samples (heteroscale_ray/traces/data/SOURCES.md)
+        ("azure", 4_424, 899.881888, 4.92, 1173, 1047, 254, 205),
+        ("mooncake", 1_091, 298.716, 3.65, 11_798, 2_969, 196, 172),
     ],
 )
 def test_public_traces_match_sources(
@@ -86,7 +113,7 @@ def test_azure_rows_parse_exactly(azure: Trace) -> None:
     assert azure[0] == Request(0.0, 374, 44, (), 0)
     assert azure[1].arrival_s == pytest.approx(4.314579, abs=1e-9)
     assert (azure[1].input_tokens, azure[1].output_tokens, azure[1].request_id) == (396, 109, 1)
-    assert azure[-1].request_id == 19_365
+    assert azure[-1].request_id == 4_423
 
 
 def test_mooncake_rows_keep_hash_ids(mooncake: Trace) -> None:
@@ -101,8 +128,9 @@ def test_mooncake_rows_keep_hash_ids(mooncake: Trace) -> None:
 
 def test_azure_loads_fast() -> None:
     # CPU time, not wall time: other test processes may share the machine
+    path = shared_trace(AZURE_FULL)
     start = time.process_time()
-    load_azure_csv(AZURE)
+    load_azure_csv(path)
     assert time.process_time() - start < 0.5
 
 
@@ -298,7 +326,7 @@ def test_concat_plays_in_sequence() -> None:
 
 @pytest.mark.parametrize(
     ("k", "expected_rows"),
-    [(2, 2 * 19_366), (3, 3 * 19_366), (1.5, 19_366 + 9_683), (0.25, round(0.25 * 19_366))],
+    [(2, 2 * 4_424), (3, 3 * 4_424), (1.5, 4_424 + 2_212), (0.25, round(0.25 * 4_424))],
 )
 def test_superpose_scales_the_count_not_the_span(
     azure: Trace, k: float, expected_rows: int
@@ -470,3 +498,94 @@ def test_overlay_merges_in_arrival_order_and_keeps_prefixes_apart() -> None:
     b_ids = {h for hs in both.hash_ids for h in hs} - a_ids
     assert len(b_ids) == len({h for hs in b.hash_ids for h in hs})  # b's all moved past a's
     assert len(overlay([])) == 0
+
+
+# --- packaged samples ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_every_sample_loads_clean(name: str) -> None:
+    trace = load_trace_arg(name)
+    assert trace.skipped == 0 and len(trace) > 1_000
+    assert trace.source == SAMPLES[name].path.name
+    assert f"{len(trace):,} requests" in SAMPLES[name].description
+    assert np.all(np.diff(trace.arrival_s) >= 0)
+
+
+@pytest.mark.parametrize(
+    ("sample", "full"),
+    [("azure-conv", AZURE_FULL), ("mooncake", MOONCAKE_FULL), ("servegen-mlarge", None)],
+)
+def test_samples_are_unmodified_excerpts_of_the_shared_files(sample: str, full: str | None) -> None:
+    text = SAMPLES[sample].path.read_text()
+    if full is None:  # a window from the middle of a day: a contiguous block of the file
+        source = shared_trace("servegen_mlarge_day1.csv").read_text()
+        header, _, body = text.partition("\n")
+        at = source.find("\n" + body)
+        assert source.startswith(header + "\n") and at > 0
+        before = source[:at].rsplit("\n", 1)[-1]
+        after = source[at + 1 + len(body) :].split("\n", 1)[0]
+        assert before < "2025-01-01 08:00:00" <= body < "2025-01-01 08:20:00" <= after
+    else:
+        assert shared_trace(full).read_text().startswith(text)
+
+
+@pytest.mark.parametrize(
+    ("sample", "full", "start", "end"),
+    [
+        ("azure-conv", AZURE_FULL, 0, 300),  # tests/test_replay_golden.py
+        ("azure-conv", AZURE_FULL, 300, 450),  # tests/test_reference_policies.py
+        ("mooncake", MOONCAKE_FULL, 0, 180),  # tests/test_sim_sizing.py
+    ],
+)
+def test_sample_slices_equal_the_full_trace_slices(
+    sample: str, full: str, start: float, end: float
+) -> None:
+    # so the tests that moved to the samples kept their numbers
+    a = load_trace_arg(sample).slice(start, end)
+    b = load_trace(shared_trace(full)).slice(start, end)
+    assert a.duration_s == b.duration_s
+    for col in ("arrival_s", "input_tokens", "output_tokens", "request_ids"):
+        assert np.array_equal(getattr(a, col), getattr(b, col)), col
+    assert a.hash_ids == b.hash_ids
+
+
+def test_trace_argument_is_a_sample_name_or_a_path(tmp_path: Path) -> None:
+    assert resolve_trace("azure-conv") == SAMPLES["azure-conv"].path
+    own = write(tmp_path, "mine.csv", HEADER + GOOD_CSV_ROW)
+    assert resolve_trace(str(own)) == own
+    assert len(load_trace_arg(own)) == 1
+
+
+@pytest.mark.parametrize(
+    ("arg", "kind"), [("azure", "trace file or packaged sample"), ("x/t.csv", "file")]
+)
+def test_unknown_trace_argument_names_the_samples(arg: str, kind: str) -> None:
+    with pytest.raises(TraceError) as err:
+        resolve_trace(arg)
+    assert str(err.value).startswith(f"{arg}: no such {kind};")
+    assert "azure-conv, mooncake, servegen-mlarge" in str(err.value)
+
+
+def test_cli_help_spells_the_sample_names() -> None:
+    from heteroscale_ray.sim.commands import SAMPLE_NAMES
+
+    assert samples_help() == SAMPLE_NAMES
+
+
+def test_samples_are_small_attributed_and_packaged() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    files = sorted(p for p in DATA_DIR.iterdir() if p.is_file())
+    assert sum(p.stat().st_size for p in files) < 1_000_000  # well under the 2 MB budget
+    sources = (DATA_DIR / "SOURCES.md").read_text()
+    for sample in SAMPLES.values():
+        assert sample.path in files
+        assert f"`{sample.name}` | {sample.filename}" in sources
+    for licence in ("CC-BY 4.0", "Apache-2.0", "Apache License 2.0"):
+        assert licence in sources
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["heteroscale_ray"]
+    package = DATA_DIR.parents[1]
+    for path in files:  # every file in data/ ships in the wheel
+        rel = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), rel

@@ -17,7 +17,6 @@ from heteroscale_ray.traces import Trace
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "examples" / "sim_services.yaml"
-TRACES = ROOT.parent / "shared" / "data" / "traces"
 FAST = dict(instances=3, duration_s=60.0, warmup_s=15.0, iterations=3)
 
 
@@ -104,15 +103,12 @@ def test_tune_rejects_unknown_service_and_empty_sample() -> None:
         tune(services, "general", late, sample_s=60.0, **FAST)
 
 
-@pytest.mark.skipif(
-    not (TRACES / "AzureLLMInferenceTrace_conv.csv").exists(), reason="shared trace missing"
-)
 def test_tune_cli_prints_table_and_yaml(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(
         [
             "tune",
             "--trace",
-            str(TRACES / "AzureLLMInferenceTrace_conv.csv"),
+            "azure-conv",  # the packaged sample: its first 300 s are the full trace's
             "--services",
             str(SERVICES),
             "--service",

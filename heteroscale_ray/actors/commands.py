@@ -14,6 +14,8 @@ ADDRESS_HELP = "Ray cluster address (default: auto, the cluster this machine bel
 
 
 REACH_TIMEOUT_S = 5.0
+WATCH_INTERVAL_S = 2.0
+MIN_WATCH_INTERVAL_S = 0.2
 
 
 def _check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
@@ -103,27 +105,99 @@ def _cmd_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+def _status_text(args: argparse.Namespace, *, one_line: bool = False) -> str:
+    """What `status` prints once: the Prometheus text, JSON (one line when watching) or the
+    table."""
     import ray
 
     from heteroscale_ray.actors.control_plane import (
-        ControlPlaneError,
         control_plane_status,
         format_status,
         policy_engine,
     )
+    from heteroscale_ray.serving.deployments import request_migrations
+    from heteroscale_ray.serving.migration import format_migrations
+
+    if args.metrics:
+        return ray.get(policy_engine().metrics_text.remote(), timeout=60).rstrip("\n")
+    st = control_plane_status(args.last)
+    st["request_migrations"] = request_migrations()  # the ingress's, from the routing table
+    if args.json:
+        return json.dumps(st, default=str) if one_line else json.dumps(st, indent=2, default=str)
+    return format_status(st) + "\n" + format_migrations(st["request_migrations"])
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from heteroscale_ray.actors.control_plane import ControlPlaneError
 
     _connect(args.address)
+    if args.watch or args.interval is not None:
+        if args.interval is None:
+            args.interval = WATCH_INTERVAL_S
+        return _watch_status(args)
     try:
-        if args.metrics:
-            print(ray.get(policy_engine().metrics_text.remote(), timeout=60))
-            return 0
-        st = control_plane_status(args.last)
+        text = _status_text(args)
     except ControlPlaneError as e:
         print(e, file=sys.stderr)
         return 1
-    print(json.dumps(st, indent=2, default=str) if args.json else format_status(st))
+    print(text)
     return 0
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    """`status --watch`: the status again every --interval seconds until Ctrl-C. On a terminal
+    each frame replaces the last; into a pipe or file frames follow each other (with --json, one
+    object a line). A control plane that stops answering mid-watch (an actor restarting) shows
+    as a line in the frame and the watch goes on; Ctrl-C and a closed pipe end at the CLI entry
+    point with one line and exit code 130 / 141."""
+    import datetime as dt
+    import time
+
+    from ray.exceptions import RayError
+
+    from heteroscale_ray.actors.control_plane import ControlPlaneError
+
+    redraw = sys.stdout.isatty()
+    frames = 0
+    while True:
+        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            body = _status_text(args, one_line=True)
+        except (ControlPlaneError, RayError) as e:
+            if frames == 0:
+                print(e, file=sys.stderr)  # nothing to watch
+                return 1
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            body = (
+                json.dumps({"time": stamp, "error": reason})
+                if args.json and not args.metrics
+                else f"control plane not answering: {reason}"
+            )
+        if args.json and not args.metrics:
+            print(body)
+        else:
+            if redraw:
+                sys.stdout.write("\033[H\033[2J")  # cursor home, clear screen
+            elif frames:
+                print()
+            print(f"heteroscale status at {stamp}, every {args.interval:g}s (Ctrl-C to stop)")
+            print(body)
+        sys.stdout.flush()
+        frames += 1
+        time.sleep(args.interval)
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= MIN_WATCH_INTERVAL_S:  # also rejects nan
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_WATCH_INTERVAL_S:g} s (got {text}): each refresh asks the "
+            "policy engine for its status"
+        )
+    return value
 
 
 def _cmd_update(args: argparse.Namespace) -> int:
@@ -204,6 +278,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--last", type=int, default=10, help="how many recent decisions to show")
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
     p.add_argument("--metrics", action="store_true", help="print the Prometheus metrics text")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="refresh until Ctrl-C (a live table on a terminal; one JSON object a line with "
+        "--json)",
+    )
+    p.add_argument(
+        "--interval",
+        type=_interval,
+        metavar="S",
+        help=f"seconds between refreshes; implies --watch (default {WATCH_INTERVAL_S:g})",
+    )
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("update", help="switch the running control plane to a new services.yaml")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# The full hour beside a source checkout (per-minute burstiness, as the README's run used);
+# else the packaged 15-minute sample, so a plain clone or a pip install still gets real
+# burstiness.
 REPO_TRACE = (
     Path(__file__).resolve().parents[3]
     / "shared"
@@ -14,10 +17,32 @@ REPO_TRACE = (
 )
 
 
+def default_trace() -> Path:
+    from heteroscale_ray.traces.samples import SAMPLES
+
+    return REPO_TRACE if REPO_TRACE.exists() else SAMPLES["azure-conv"].path
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from heteroscale_ray.demo.run import run_demo
 
-    trace = None if args.no_trace else Path(args.trace) if args.trace else REPO_TRACE
+    if args.no_trace:
+        trace = None
+    elif args.trace:
+        from heteroscale_ray.traces import TraceError
+        from heteroscale_ray.traces.samples import resolve_trace
+
+        try:
+            trace = resolve_trace(args.trace)
+        except TraceError as err:
+            raise SystemExit(str(err)) from None
+        if trace.suffix.lower() != ".csv":
+            raise SystemExit(
+                f"--trace {args.trace}: the demo takes the burstiness of an Azure-format CSV "
+                "(azure-conv, servegen-mlarge or a .csv file)"
+            )
+    else:
+        trace = default_trace()
     summary = run_demo(
         Path(args.out),
         duration_s=args.duration,
@@ -53,8 +78,9 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--trace",
-        help="Azure LLM inference CSV whose burstiness modulates the load "
-        "(default: ../shared/data/traces/AzureLLMInferenceTrace_conv.csv when present)",
+        help="Azure-format CSV (or the packaged sample azure-conv or servegen-mlarge) whose "
+        "burstiness modulates the load (default: ../shared/data/traces/"
+        "AzureLLMInferenceTrace_conv.csv when present, else the packaged azure-conv)",
     )
     p.add_argument("--no-trace", action="store_true", help="use the smooth envelope only")
     p.set_defaults(func=_cmd_demo)

@@ -15,15 +15,24 @@ from typing import Any
 REPLAY_POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
 
 
+# heteroscale_ray.traces.samples.samples_help(), spelled out so `--help` need not import numpy
+# (tests/test_traces.py checks the two agree)
+SAMPLE_NAMES = "azure-conv, mooncake, servegen-mlarge"
+TRACE_HELP = (
+    f"a packaged sample ({SAMPLE_NAMES}; see heteroscale_ray/traces/data/SOURCES.md) "
+    "or a trace file (.csv Azure, .jsonl Mooncake)"
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "replay",
         help="replay a request trace through the simulated cluster under an autoscaling policy",
-        description="Replay a trace (Azure CSV or Mooncake JSONL) against a simulated GPU cluster; "
-        "prints a summary table and writes a PNG timeline. With --json the last stdout line is "
-        "one JSON object.",
+        description="Replay a trace (a packaged sample, an Azure CSV or a Mooncake JSONL) against "
+        "a simulated GPU cluster; prints a summary table and writes a PNG timeline. With --json "
+        "the last stdout line is one JSON object.",
     )
-    p.add_argument("--trace", required=True, help="trace file (.csv Azure, .jsonl Mooncake)")
+    p.add_argument("--trace", required=True, help=TRACE_HELP)
     p.add_argument("--services", required=True, help="services.yaml")
     p.add_argument("--service", help="service the trace belongs to (default: the first one)")
     g = p.add_mutually_exclusive_group()
@@ -73,7 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--output-tokens", type=float, help="mean output length")
     q.add_argument(
         "--trace",
-        help="draw (input, output) lengths from this trace instead of the means (keeps tails)",
+        help="draw (input, output) lengths from this trace instead of the means (keeps tails): "
+        + TRACE_HELP,
     )
     q.add_argument("--instances", type=int, default=10, help="total instances (default 10)")
     q.add_argument("--threshold", type=float, default=0.9, help="SLO attainment to keep")
@@ -93,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "instance gives target_per_instance for signal decode_tps. Prints the table and a YAML "
         "fragment to paste into the service's entry.",
     )
-    t.add_argument("--trace", required=True, help="trace file (.csv Azure, .jsonl Mooncake)")
+    t.add_argument("--trace", required=True, help=TRACE_HELP)
     t.add_argument("--services", required=True, help="services.yaml")
     t.add_argument("--service", help="service to tune (default: the first one)")
     t.add_argument(
@@ -117,11 +127,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _progress(label: str):  # noqa: ANN202
+    """Progress on stderr: one line redrawn in place on a terminal; into a file or pipe, whole
+    lines at every 10% (no partial line is left behind when the run is interrupted)."""
+    redraw = sys.stderr.isatty()
+    shown = [-1]
+
     def report(now: float, total: float) -> None:
         pct = min(100.0, 100.0 * now / total) if total > 0 else 100.0
-        print(
-            f"\r[{label}] {now:7.0f}/{total:.0f} s simulated ({pct:5.1f}%)", end="", file=sys.stderr
-        )
+        text = f"[{label}] {now:7.0f}/{total:.0f} s simulated ({pct:5.1f}%)"
+        # one write() per line: Ctrl-C cannot land between a line and its newline
+        if redraw:
+            sys.stderr.write(f"\r{text}")
+            sys.stderr.flush()
+        elif int(pct // 10) > shown[0]:
+            shown[0] = int(pct // 10)
+            sys.stderr.write(f"{text}\n")
 
     return report
 
@@ -142,7 +162,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from heteroscale_ray.sim.plots import timeline_png
     from heteroscale_ray.sim.replay import ReplayOptions, run_replay
     from heteroscale_ray.sim.report import table, timeline
-    from heteroscale_ray.traces import TraceError, load_trace, scale_rate
+    from heteroscale_ray.traces import TraceError, scale_rate
+    from heteroscale_ray.traces.samples import load_trace_arg
 
     try:
         services = load_services(args.services)
@@ -157,7 +178,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return 2
     spec = services.by_name()[name]
     try:
-        trace = load_trace(args.trace, skip_malformed=args.skip_malformed)
+        trace = load_trace_arg(args.trace, skip_malformed=args.skip_malformed)
     except (TraceError, OSError) as err:
         print(err, file=sys.stderr)
         return 2
@@ -180,6 +201,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     summaries, lines = [], {}
+    lead = "\r" if sys.stderr.isatty() else ""  # overwrite the progress line on a terminal
     for pol in policies:
         opts = ReplayOptions(
             policy=pol,
@@ -191,7 +213,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         res = run_replay(services, topology, {name: trace}, opts, progress=_progress(pol))
         s = res.summary
         print(
-            f"\r[{pol}] done: {s['sim_time_s']:.0f} s simulated in {s['wall_s']:.1f} s wall "
+            f"{lead}[{pol}] done: {s['sim_time_s']:.0f} s simulated in {s['wall_s']:.1f} s wall "
             f"= {s['speedup']:.0f}x real time",
             file=sys.stderr,
         )
@@ -242,10 +264,11 @@ def _cmd_pd_sweep(args: argparse.Namespace) -> int:
     name = spec.name
     lengths = None
     if args.trace:
-        from heteroscale_ray.traces import TraceError, load_trace
+        from heteroscale_ray.traces import TraceError
+        from heteroscale_ray.traces.samples import load_trace_arg
 
         try:
-            tr = load_trace(args.trace)
+            tr = load_trace_arg(args.trace)
         except (TraceError, OSError) as err:
             print(err, file=sys.stderr)
             return 2
@@ -300,7 +323,8 @@ def _cmd_pd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from heteroscale_ray.sim.tune import tune
-    from heteroscale_ray.traces import TraceError, load_trace
+    from heteroscale_ray.traces import TraceError
+    from heteroscale_ray.traces.samples import load_trace_arg
 
     picked = _service_of(args)
     if picked is None:
@@ -308,7 +332,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     services, spec = picked
     name = spec.name
     try:
-        trace = load_trace(args.trace, skip_malformed=args.skip_malformed)
+        trace = load_trace_arg(args.trace, skip_malformed=args.skip_malformed)
     except (TraceError, OSError) as err:
         print(err, file=sys.stderr)
         return 2
