@@ -203,3 +203,25 @@ def test_scale_in_stops_at_the_recent_peak_need() -> None:
     after, _ = decide(spec, quiet, counts(high.prefill, high.decode), state, NOW + 60)
     # one minute later the peak has decayed by ~10% only: no deep scale-in
     assert after.decode >= 0.8 * high.decode
+
+
+def test_tbt_from_the_most_loaded_instance_is_fixable_though_the_mean_step_is_short() -> None:
+    """TBT p99 follows the slowest instance: a mean step far under the SLO does not make the
+    breach a floor when one instance's step is most of the p99 gap."""
+    spec = make_service()
+    skewed = signals(tbt_p99_s=0.07, decode_step_s=0.02, decode_step_max_s=0.055)
+    decision, _ = decide(spec, skewed, counts(4, 10), PolicyState(), NOW)
+    assert decision.reason is Reason.LATENCY_GUARD and decision.decode > 10
+    even = signals(tbt_p99_s=0.07, decode_step_s=0.02, decode_step_max_s=0.021)
+    decision, _ = decide(spec, even, counts(4, 10), PolicyState(), NOW)
+    assert decision.reason is not Reason.LATENCY_GUARD and decision.decode <= 10
+
+
+def test_a_decode_queue_is_sized_by_its_drain_not_as_concurrency() -> None:
+    """5,000 sequences waiting for a slot after a burst are 5,000 x 70 tokens to drain within
+    drain_s, a few instances' worth, not 5,000 / batch instances."""
+    spec = make_service(scale_in_cooldown_s=0)
+    burst = signals(decode_running=250.0, decode_queue=5_000.0, output_mean=70.0, request_rate=5.0)
+    decision, _ = decide(spec, burst, counts(4, 5), PolicyState(), NOW)
+    as_concurrency = (250.0 + 5_000.0) / capacity(spec, burst, PolicyState()).decode_batch
+    assert 5 < decision.decode < as_concurrency / 3

@@ -251,10 +251,13 @@ def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
     # the plain scan, request by request
     slo = SERVICES.services[0].slo.ttft_s
     free = {r: max(float(free0[r]), 0.0) for r in range(T.n) if T.role[r] == 0}
-    load = {}
+    # decode load: the binding one of KV promised and sequences (none running yet)
+    kv, seqs, load = {}, {}, {}
     for r in range(T.n):
         if T.role[r] == 1:
-            load[r] = prom0[r] / (sim._kv_full(0, int(T.kind[r])) * T.kv_cap[r])
+            kv[r] = prom0[r] / (sim._kv_full(0, int(T.kind[r])) * T.kv_cap[r])
+            seqs[r] = 0.0
+            load[r] = kv[r]
     dgs = sorted(set(T.dg[: T.n].tolist()))
     for j in range(n):
         a = float(arrivals[j])
@@ -272,7 +275,9 @@ def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
         fin = (f if f > a else a) + kind.prefill_one(int(inputs[j]), 0)[0]
         free[r] = fin
         res = min(float(inputs[j] + outputs[j]), float(T.kv_cap[d]))
-        load[d] = v + res / (sim._kv_full(0, int(T.kind[d])) * T.kv_cap[d])
+        kv[d] += res / (sim._kv_full(0, int(T.kind[d])) * T.kv_cap[d])
+        seqs[d] += 1.0 / sim._batch_full(0, int(T.kind[d]))
+        load[d] = max(kv[d], seqs[d])
         assert (sim.p_inst[j], sim.d_inst[j], sim.t_first[j]) == (r, d, fin), j
 
 
@@ -291,3 +296,22 @@ def test_prefill_ongoing_counts_recent_requests_without_a_first_token() -> None:
         tf = sim.t_first[arrived]
         want = int(np.sum((tf > t1) | np.isnan(tf)))
         assert sim.ts_ongoing[sim.tick - 1, 0, 0] == want, sim.tick
+
+
+def test_decode_queue_counts_only_requests_whose_kv_has_arrived() -> None:
+    """A request whose KV is still being copied is in flight, not waiting for a decode slot: it
+    rises with the prefill rate and would read as decode demand (issue 10)."""
+    from heteroscale_ray.sim.observe import queues
+
+    sim = make_sim([0.0, 0.0], [2000, 2000], [50, 50])
+    add_pair(sim)
+    sim.inst.max_seqs[1] = 1  # d0 runs one sequence at a time: the other one waits
+    sim.step()
+    assert sim.inst.n_active[1] == 1 and len(sim._pending) == 1
+    waiter = sim._pending[0]
+    sim.t_kv[waiter] = sim.now + 5.0  # its KV still on the wire
+    _, running, waiting, _, _ = queues(sim, 0)
+    assert (running, waiting) == (1.0, 0.0)
+    sim.t_kv[waiter] = sim.now - 0.5  # arrived, no slot
+    _, running, waiting, _, _ = queues(sim, 0)
+    assert (running, waiting) == (1.0, 1.0)

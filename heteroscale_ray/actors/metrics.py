@@ -42,6 +42,7 @@ SIGNALS = (
     "ttft_wait_p99_s",
     "ttft_service_p99_s",
     "decode_step_s",
+    "decode_step_max_s",
 )
 
 

@@ -10,7 +10,8 @@ number) is dropped with a log line and counts as missing.
 
 Demand and the TTFT split (issue 10): the ingress's `IngressLoad` gives request_rate and
 prompt_mean; decode replicas give output_mean (weighted by finished requests), decode_running
-and decode_queue (sums) and decode_step_s (mean over replicas that stepped); prefill replicas
+and decode_queue (sums), decode_step_s and decode_step_max_s (mean and slowest of the replicas
+that stepped); prefill replicas
 give prefill_queue_s (mean queued work per reporting instance) and the TTFT wait/service p99
 (worst replica). Each is None when no replica (or no ingress) reports it.
 """
@@ -126,6 +127,7 @@ def build_observations(
         prefill = _pool(pre, c.prefill_ready, c.prefill_starting, "prefill")
         decode = _pool(dec, c.decode_ready, c.decode_starting, "decode")
         complete = bool(dec) and len(dec) >= c.decode_ready and len(pre) >= c.prefill_ready
+        steps = [float(t) for s in dec if (t := s.step_mean_s) is not None]
         signals = Signals(
             observed_at=min(float(s.timestamp) for s in dec) if complete else None,
             decode_tps=decode.tps,
@@ -146,7 +148,8 @@ def build_observations(
             decode_queue=float(sum(s.queue_length for s in dec)) if dec else None,
             ttft_wait_p99_s=_worst(s.ttft_wait_p99 for s in pre),
             ttft_service_p99_s=_worst(s.ttft_service_p99 for s in pre),
-            decode_step_s=_mean([float(t) for s in dec if (t := s.step_mean_s) is not None]),
+            decode_step_s=_mean(steps),
+            decode_step_max_s=max(steps, default=None),
         )
         out[name] = Observation(service=name, signals=signals, prefill=prefill, decode=decode)
     return out

@@ -355,6 +355,7 @@ def _obs_dict(obs: Observation) -> dict[str, Any]:
         "ttft_wait_p99_s": s.ttft_wait_p99_s,
         "ttft_service_p99_s": s.ttft_service_p99_s,
         "decode_step_s": s.decode_step_s,
+        "decode_step_max_s": s.decode_step_max_s,
         "observed_at": s.observed_at,
         "prefill_ready": obs.prefill.ready,
         "prefill_starting": obs.prefill.starting,

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
-from heteroscale_ray.policy import backlog
+from heteroscale_ray.policy import backlog, burst
 from heteroscale_ray.policy.capacity import Capacity, capacity, learn
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
@@ -29,7 +29,9 @@ from heteroscale_ray.policy.proportional import Direction, ceil_eps, damped_targ
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
 FLOOR_SHARE = 0.2  # queueing under this share of the TTFT SLO: more prefill cannot help
-TBT_FLOOR_SHARE = 0.5  # decode steps under this share of the TBT SLO: batches are not the cause
+TBT_FLOOR_SHARE = (
+    0.5  # the slowest decode step under this share of TBT p99: batches are not the cause
+)
 MIN_GAIN = 0.1  # a guard step must cut the fixable latency by this share to earn another
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
@@ -83,6 +85,9 @@ def decide_demand(
         Role.PREFILL: prefill_need(spec, signals, counts, cap, problem),
         Role.DECODE: decode_need(spec, signals, cap, problem),
     }
+    if problem is None:
+        state = remember_needs(spec, state, needs, now)
+    needs = {role: with_headroom(spec, state, role, *needs[role]) for role in Role}
     initial = counts.prefill == 0 and counts.decode == 0
     state = track_peaks(spec, state, needs, now)
     plans = {
@@ -142,7 +147,9 @@ def prefill_need(
 def decode_need(
     spec: ServiceSpec, s: Signals, cap: Capacity, problem: str | None
 ) -> tuple[float | None, str]:
-    """Fractional decode instances: arriving output tokens/s, or sequences in the pool."""
+    """Fractional decode instances: arriving output tokens/s, or the sequences running plus
+    the waiting ones' work drained within `drain_s` (a burst's queue empties in seconds once
+    capacity lands; sized as concurrency it would ask for a fleet per queued sequence)."""
     if problem is not None:
         return None, f"signals {problem}"
     by_rate = by_seqs = None
@@ -153,8 +160,14 @@ def decode_need(
         offered = s.decode_tps
         by_rate = offered / cap.decode_tps  # type: ignore[operator]
     if _usable(s.decode_running):
-        seqs = s.decode_running + (backlog.queue_of(s, Role.DECODE) or 0.0)  # type: ignore[operator]
-        by_seqs = seqs / cap.decode_batch
+        queued = backlog.queue_of(s, Role.DECODE) or 0.0
+        seqs = s.decode_running + queued  # type: ignore[operator]
+        by_seqs = s.decode_running / cap.decode_batch  # type: ignore[operator]
+        if queued and _usable(s.output_mean):
+            drain = spec.policy.demand.drain_s * cap.decode_tps
+            by_seqs += queued * s.output_mean / drain  # type: ignore[operator]
+        elif queued:
+            by_seqs += queued / cap.decode_batch
     if by_rate is None and by_seqs is None:
         return None, "decode demand is missing"
     need = max(x for x in (by_rate, by_seqs) if x is not None)
@@ -164,6 +177,32 @@ def decode_need(
     if by_seqs is not None:
         parts.append(f"{seqs:,.0f} seqs / {cap.decode_batch:,.0f}")
     return need, " vs ".join(parts)
+
+
+def remember_needs(
+    spec: ServiceSpec,
+    state: PolicyState,
+    needs: dict[Role, tuple[float | None, str]],
+    now: float,
+) -> PolicyState:
+    horizon = spec.policy.demand.burst_horizon_s
+    for role in Role:
+        memory = burst.remember(burst.memory_of(state, role), needs[role][0], now, horizon)
+        state = burst.with_memory(state, role, memory)
+    return state
+
+
+def with_headroom(
+    spec: ServiceSpec, state: PolicyState, role: Role, need: float | None, why: str
+) -> tuple[float | None, str]:
+    """The need plus the rise this role's need has shown within a start-up horizon."""
+    demand = spec.policy.demand
+    if need is None or demand.burst_horizon_s <= 0:
+        return need, why
+    share = burst.margin(burst.memory_of(state, role), demand.burst_quantile)
+    if share <= 0:
+        return need, why
+    return need * (1 + share), f"({why}) x {1 + share:.2f} burst headroom"
 
 
 def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
@@ -295,8 +334,12 @@ def latency_guard(
     if guard.metric in ("tbt", "both"):
         # More decode instances shorten TBT only by shrinking batches, i.e. the step time; the
         # KV transfer and waiting for a slot (the backlog rule's business) they do not touch.
-        step = s.decode_step_s if _usable(s.decode_step_s) else None
-        floor = step is not None and step < TBT_FLOOR_SHARE * spec.slo.tbt_s
+        # TBT p99 follows the most loaded instance, so its step is the one compared; a step
+        # that is a small part of the p99 gap leaves the rest to the transfer.
+        step = next((x for x in (s.decode_step_max_s, s.decode_step_s) if _usable(x)), None)
+        floor = (
+            step is not None and _usable(s.tbt_p99_s) and step < TBT_FLOOR_SHARE * s.tbt_p99_s  # type: ignore[operator]
+        )
         watched.append((Role.DECODE, "TBT", s.tbt_p99_s, spec.slo.tbt_s, s.tbt_p99_s, floor))
     for role, name, observed, slo, fixable, floor in watched:
         plan = plans[role]

@@ -41,6 +41,8 @@ class Signals:
     ttft_wait_p99_s: float | None = None
     ttft_service_p99_s: float | None = None
     decode_step_s: float | None = None  # mean decode step time (TBT without transfer/queueing)
+    # The slowest decode instance's step: TBT p99 follows the most loaded instance, not the mean.
+    decode_step_max_s: float | None = None
 
     @staticmethod
     def empty() -> Signals:
@@ -132,6 +134,25 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class BurstMemory:
+    """One role's recent needs (time, instances) and the rises over a start-up horizon measured
+    from them (policy/burst.py)."""
+
+    needs: tuple[tuple[float, float], ...] = ()
+    rises: tuple[float, ...] = ()
+    rises_at: tuple[float, ...] = ()
+
+    @staticmethod
+    def from_dict(data: dict[str, Any] | None) -> BurstMemory:
+        data = data or {}
+        return BurstMemory(
+            needs=tuple((float(t), float(n)) for t, n in data.get("needs", ())),
+            rises=tuple(float(r) for r in data.get("rises", ())),
+            rises_at=tuple(float(t) for t in data.get("rises_at", ())),
+        )
+
+
+@dataclass(frozen=True)
 class PolicyState:
     """What the policy remembers between calls; saved as JSON so it survives an actor restart."""
 
@@ -165,6 +186,9 @@ class PolicyState:
     decode_peak_need: float | None = None
     prefill_peak_at: float | None = None
     decode_peak_at: float | None = None
+    # Learned burst headroom (demand mode): each role's needs and rises over a start-up horizon.
+    prefill_burst: BurstMemory = BurstMemory()
+    decode_burst: BurstMemory = BurstMemory()
 
     def after_decision(
         self,
@@ -211,4 +235,6 @@ class PolicyState:
             state,
             last_decision_reason=None if reason is None else Reason(reason),
             active_ratio=None if ratio is None else PdRatio(int(ratio[0]), int(ratio[1])),
+            prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
+            decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
         )

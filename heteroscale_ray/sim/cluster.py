@@ -127,7 +127,7 @@ class ClusterSim:
         self.dg_names: list[str] = []
         self._dg_index: dict[str, int] = {}
         self.prefix_cache = PrefixCache()
-        self._kv_full_cache: dict[tuple[int, int], float] = {}
+        self._decode_full_cache: dict[tuple[int, int], tuple[float, float]] = {}
         # per kind, for the per-tick series: SM-activity denominator and cost per GPU-hour
         self._kind_peak_den = np.zeros(0)
         self._kind_cost = np.zeros(0)
@@ -331,8 +331,15 @@ class ClusterSim:
 
     def _kv_full(self, s: int, kind: int) -> float:
         """Share of a decode instance's KV capacity a batch at the TBT SLO holds (cached)."""
+        return self._decode_full(s, kind)[0]
+
+    def _batch_full(self, s: int, kind: int) -> float:
+        """Sequences a decode instance runs at the TBT SLO (cached)."""
+        return self._decode_full(s, kind)[1]
+
+    def _decode_full(self, s: int, kind: int) -> tuple[float, float]:
         key = (s, kind)
-        if key not in self._kv_full_cache:
+        if key not in self._decode_full_cache:
             m = self.w.service == s
             inp = self.w.input_tokens[m].astype(float)
             out = self.w.output_tokens[m].astype(float)
@@ -341,8 +348,9 @@ class ClusterSim:
             res = float(np.average(inp + out, weights=wt)) if len(inp) else 1.0
             k = self.kinds[kind]
             cap = decode_capacity(k, self.services[s].slo.tbt_s, ctx, res)
-            self._kv_full_cache[key] = max(cap.batch * res / k.kv_capacity_tokens, 1e-6)
-        return self._kv_full_cache[key]
+            share = max(cap.batch * res / k.kv_capacity_tokens, 1e-6)
+            self._decode_full_cache[key] = (share, float(max(cap.batch, 1)))
+        return self._decode_full_cache[key]
 
     def _shared_level(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Lowest switch level hosts `a[i]` and `b[i]` share (from a [host, host] table on

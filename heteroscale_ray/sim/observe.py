@@ -45,9 +45,12 @@ def prefill_seconds(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def queues(sim: ClusterSim, s: int) -> tuple[float | None, float, float, float | None]:
+def queues(
+    sim: ClusterSim, s: int
+) -> tuple[float | None, float, float, float | None, float | None]:
     """Now, for service ``s``: queued prefill work per ready prefill instance (s), sequences
-    running and waiting in decode, and the mean decode step time of busy decode instances."""
+    running and waiting in decode, and the mean and slowest decode step time of busy decode
+    instances."""
     T, now = sim.inst, sim.now
     n = T.n
     mine = (T.svc[:n] == s) & (T.state[:n] == READY)
@@ -55,8 +58,13 @@ def queues(sim: ClusterSim, s: int) -> tuple[float | None, float, float, float |
     dec = np.flatnonzero(mine & (T.role[:n] == DECODE))
     queue_s = float(np.mean(np.maximum(T.free_at[pre] - now, 0.0))) if len(pre) else None
     running = float(T.n_active[dec].sum())
-    waiting = float(T.n_pending[dec].sum())
-    step = None
+    # Waiting for a decode slot: the KV has arrived but the batch or the KV space is full.
+    # Requests whose KV is still being copied are in flight, not queued (they rise with the
+    # prefill rate, and would read as decode demand).
+    P = sim._pending
+    arrived = P[sim.t_kv[P] <= now] if len(P) else P
+    waiting = float(np.count_nonzero(np.isin(sim.d_inst[arrived], dec))) if len(arrived) else 0.0
+    step = slowest = None
     A = sim._active
     if len(A) and len(dec):
         d = sim.d_inst[A]
@@ -76,8 +84,8 @@ def queues(sim: ClusterSim, s: int) -> tuple[float | None, float, float, float |
                         float(kind.step_seconds(b, c))
                         for b, c in zip(b_busy[m], c_busy[m], strict=True)
                     ]
-            step = float(np.mean(taus))
-    return queue_s, running, waiting, step
+            step, slowest = float(np.mean(taus)), float(np.max(taus))
+    return queue_s, running, waiting, step, slowest
 
 
 def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
@@ -109,7 +117,7 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
         service = prefill_seconds(sim, first_in)
         wait = np.maximum(ttft - service, 0.0)
         finished = mine[(td >= now - window_s) & (td < now)]
-        queue_s, running, waiting, step = queues(sim, s)
+        queue_s, running, waiting, step, slowest = queues(sim, s)
         pools = {}
         for role in (PREFILL, DECODE):
             serving = float(np.sum(sim.ts_ready[sl, s, role] + sim.ts_draining[sl, s, role]))
@@ -142,6 +150,7 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             ttft_wait_p99_s=_p(wait, 99),
             ttft_service_p99_s=_p(service, 99),
             decode_step_s=step,
+            decode_step_max_s=slowest,
         )
         out[spec.name] = Observation(
             service=spec.name,

@@ -22,6 +22,32 @@ if TYPE_CHECKING:
     from heteroscale_ray.sim.cluster import ClusterSim
 
 
+class DecodeLoad:
+    """A decode instance's load as routing sees it: the binding one of its KV (promised over
+    what a batch at the TBT SLO holds) and its sequences (over that batch). KV alone sends
+    many short requests to one instance beside a few long ones elsewhere, and its step time,
+    which TBT follows, grows with the batch."""
+
+    __slots__ = ("kv", "seqs", "per_seq")
+
+    def __init__(self) -> None:
+        self.kv: dict[int, float] = {}
+        self.seqs: dict[int, float] = {}
+        self.per_seq: dict[int, float] = {}
+
+    def start(self, row: int, kv_share: float, seqs: float, batch: float) -> float:
+        self.kv[row] = kv_share
+        self.per_seq[row] = 1.0 / batch
+        self.seqs[row] = seqs / batch
+        return max(kv_share, self.seqs[row])
+
+    def add(self, row: int, kv_share: float) -> float:
+        """One more request of `kv_share` on `row`; its new load."""
+        kv = self.kv[row] = self.kv[row] + kv_share
+        seqs = self.seqs[row] = self.seqs[row] + self.per_seq[row]
+        return kv if kv > seqs else seqs
+
+
 def route(sim: ClusterSim, todo: np.ndarray, t0: float) -> np.ndarray:
     """Assign prefill and decode instances; returns the requests that found no DG."""
     T, w = sim.inst, sim.w
@@ -51,8 +77,8 @@ def _route_service(
 ) -> None:
     """Route the requests `ids` of service `s` (arrival order) over its ready DGs.
 
-    Per-DG heaps: prefill by when its queue empties, decode by KV promised over the KV a
-    batch at the TBT SLO holds. A request goes to the DG with the least combined pressure
+    Per-DG heaps: prefill by when its queue empties, decode by its binding load (`DecodeLoad`:
+    KV promised over the KV a batch at the TBT SLO holds, or sequences over that batch). A request goes to the DG with the least combined pressure
     (prefill wait over the TTFT SLO + decode load), then to that DG's least-loaded prefill
     and decode instances. Ties go to the lower DG index, then to the lower row.
     """
@@ -62,23 +88,29 @@ def _route_service(
     pheaps: dict[int, list[tuple[float, int]]] = {}
     for r, f, g in zip(pre_rows, T.free_at[pre_arr].tolist(), dg[pre_arr].tolist(), strict=True):
         pheaps.setdefault(g, []).append((max(f, t0), r))
-    # decode rows by class (kind, KV capacity): the KV share a batch at the TBT SLO holds
+    # decode rows by class (kind, KV capacity): the KV a batch at the TBT SLO holds, and that batch
     full_of: dict[tuple[int, float], float] = {}
+    batch_of: dict[tuple[int, float], float] = {}
     dcls_row: dict[int, tuple[int, float]] = {}
     dheaps: dict[int, list[tuple[float, int]]] = {}
-    for r, k, cap, prom, g in zip(
+    dload = DecodeLoad()
+    for r, k, cap, prom, seqs, g in zip(
         dec_rows.tolist(),
         T.kind[dec_rows].tolist(),
         T.kv_cap[dec_rows].tolist(),
         T.kv_promised[dec_rows].tolist(),
+        (T.n_active[dec_rows] + T.n_pending[dec_rows]).tolist(),
         dg[dec_rows].tolist(),
         strict=True,
     ):
         key = (k, cap)
         if key not in full_of:
             full_of[key] = sim._kv_full(s, k) * cap
+            batch_of[key] = sim._batch_full(s, k)
         dcls_row[r] = key
-        dheaps.setdefault(g, []).append((prom / full_of[key], r))
+        dheaps.setdefault(g, []).append(
+            (dload.start(r, prom / full_of[key], seqs, batch_of[key]), r)
+        )
     for h in (*pheaps.values(), *dheaps.values()):
         heapq.heapify(h)
     groups = sorted(pheaps)
@@ -132,8 +164,8 @@ def _route_service(
             replace(heap, (fin, r))
             pmin[gi] = heap[0][0]
             heap = dh[gi]
-            load, d = heap[0]
-            replace(heap, (load + inc_row[d][j], d))
+            d = heap[0][1]
+            replace(heap, (dload.add(d, inc_row[d][j]), d))
             if multi:
                 del by_load[bisect_left(by_load, (dmin[gi], gi))]
                 insort(by_load, (heap[0][0], gi))
@@ -146,7 +178,7 @@ def _route_service(
         work_l, flops_l = _by_class(p_rows, pkind, work_of, m)
     else:
         p_rows, d_rows, fin_l, work_l, flops_l, cached_l = _route_cached(
-            sim, s, ids, t0, groups, ph, dh, pkind, inc_row, pre_rows
+            sim, s, ids, t0, groups, ph, dh, pkind, inc_row, dload, pre_rows
         )
     (res_l,) = _by_class(d_rows, dcls_row, {key: (res,) for key, res in res_of.items()}, m)
     for heap in ph:
@@ -225,6 +257,7 @@ def _route_cached(
     dh: list[list[tuple[float, int]]],
     pkind: Mapping[int, int],
     inc_row: Mapping[int, list[float]],
+    dload: DecodeLoad,
     pre_rows: list[int],
 ) -> tuple[np.ndarray, ...]:
     """`_route_service`'s loop with the prefix cache (Mooncake `hash_ids`).
@@ -273,8 +306,8 @@ def _route_cached(
         fin = start + svc_time
         heapq.heapreplace(heap, (fin, r))
         heap = dh[gi]
-        load, d = heap[0]
-        heapq.heapreplace(heap, (load + inc_row[d][j], d))
+        d = heap[0][1]
+        heapq.heapreplace(heap, (dload.add(d, inc_row[d][j]), d))
         p_sel[j], d_sel[j], fins[j] = r, d, fin
         works[j], flops_l[j], cached_l[j] = svc_time, flops, cached
     return (

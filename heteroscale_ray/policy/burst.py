@@ -1,0 +1,59 @@
+"""Burst headroom, learned: how much a role's need rises within one start-up horizon.
+
+A reactive policy sees a burst only once it has arrived, and the instances it then asks for
+serve only after the start-up delay. So each role is sized for its need now plus the rise this
+service's traffic has shown over such a horizon: from its own recent history, the `quantile` of
+
+    (highest need within the horizon - need at its start) / max(need at its start, 1 instance)
+
+Smooth traffic learns a margin near 0 and pays nothing; bursty traffic learns how bursty it
+is. No trace-specific number: the horizon is a property of the deployment (instance start-up
+plus one control period), the quantile one of the SLO target. Pure: time comes in as `now`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from heteroscale_ray.config import Role
+from heteroscale_ray.policy.types import BurstMemory, PolicyState
+
+HISTORY_HORIZONS = 30  # rises remembered: 30 horizons (an hour at a 120-s horizon)
+MAX_MARGIN = 1.0  # never more than double the need: a rise larger than that is an outage
+COVERED = 0.75  # a rise is measured once the remembered needs span this share of a horizon
+
+
+def remember(memory: BurstMemory, need: float | None, now: float, horizon_s: float) -> BurstMemory:
+    """Add this period's need; once (most of) a horizon is covered, record the rise over it."""
+    if need is None or not math.isfinite(need) or need < 0 or horizon_s <= 0:
+        return memory
+    needs = tuple((t, n) for t, n in memory.needs if now - t <= horizon_s) + ((now, need),)
+    rises, rises_at = memory.rises, memory.rises_at
+    oldest_t, base = needs[0]
+    if now - oldest_t >= COVERED * horizon_s:
+        top = max(n for _, n in needs)
+        keep_after = now - HISTORY_HORIZONS * horizon_s
+        kept = [(r, t) for r, t in zip(rises, rises_at, strict=True) if t >= keep_after]
+        kept.append((max(top - base, 0.0) / max(base, 1.0), now))
+        rises = tuple(r for r, _ in kept)
+        rises_at = tuple(t for _, t in kept)
+    return BurstMemory(needs=needs, rises=rises, rises_at=rises_at)
+
+
+def margin(memory: BurstMemory, quantile: float) -> float:
+    """The learned headroom share: the `quantile` of the remembered rises (0 before any)."""
+    if not memory.rises:
+        return 0.0
+    ordered = sorted(memory.rises)
+    k = min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))
+    return min(ordered[k], MAX_MARGIN)
+
+
+def memory_of(state: PolicyState, role: Role) -> BurstMemory:
+    return state.prefill_burst if role is Role.PREFILL else state.decode_burst
+
+
+def with_memory(state: PolicyState, role: Role, memory: BurstMemory) -> PolicyState:
+    field = "prefill_burst" if role is Role.PREFILL else "decode_burst"
+    return replace(state, **{field: memory})

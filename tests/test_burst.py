@@ -1,0 +1,90 @@
+"""Learned burst headroom (policy/burst.py): a role is sized for its need plus the rise its own
+history has shown within a start-up horizon; steady load learns none."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from heteroscale_ray.config import Role
+from heteroscale_ray.policy import PolicyState, decide
+from heteroscale_ray.policy.burst import MAX_MARGIN, margin, remember
+from heteroscale_ray.policy.types import BurstMemory
+from tests.test_demand_policy import NOW, counts, make_service, signals
+
+HORIZON = 120.0
+PERIOD = 15.0
+
+
+def replay(needs: list[float], start: float = NOW) -> BurstMemory:
+    memory = BurstMemory()
+    for i, need in enumerate(needs):
+        memory = remember(memory, need, start + i * PERIOD, HORIZON)
+    return memory
+
+
+def test_steady_need_learns_no_headroom() -> None:
+    memory = replay([10.0] * 60)
+    assert memory.rises and margin(memory, 0.9) == 0.0
+
+
+def test_a_burst_that_recurs_is_learned_as_its_rise_over_the_horizon() -> None:
+    # every 10 minutes the need jumps from 10 to 16 for two minutes
+    needs = [16.0 if i % 40 in (20, 21, 22, 23, 24, 25, 26, 27) else 10.0 for i in range(240)]
+    share = margin(replay(needs), 0.9)
+    assert 0.5 <= share <= 0.6 + 1e-9
+
+
+def test_no_rise_is_measured_before_a_horizon_is_covered() -> None:
+    memory = replay([1.0, 50.0, 100.0])  # 30 s of history: less than 0.75 of 120 s
+    assert memory.rises == () and margin(memory, 0.9) == 0.0
+
+
+def test_rises_are_forgotten_after_thirty_horizons() -> None:
+    needs = [10.0] * 10 + [30.0] * 8 + [10.0] * (30 * 8 + 20)
+    assert margin(replay(needs), 1.0) == 0.0
+
+
+def test_missing_or_broken_needs_change_nothing() -> None:
+    memory = replay([10.0] * 12)
+    for bad in (None, float("nan"), float("inf"), -1.0):
+        assert remember(memory, bad, NOW + 10_000, HORIZON) == memory
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=1e4), min_size=1, max_size=120))
+def test_headroom_is_bounded_and_never_negative(needs: list[float]) -> None:
+    share = margin(replay(needs), 0.9)
+    assert 0.0 <= share <= MAX_MARGIN
+
+
+def test_bursty_history_sizes_the_role_above_its_current_need() -> None:
+    spec = make_service()
+    sig = signals(decode_running=600.0)
+    plain, _ = decide(spec, sig, counts(4, 4), PolicyState(), NOW)
+    learned = replace(
+        PolicyState(), decode_burst=replay([10.0] * 6 + [15.0] * 3, start=NOW - 10 * PERIOD)
+    )
+    bursty, _ = decide(spec, sig, counts(4, 4), learned, NOW)
+    assert bursty.decode > plain.decode
+    assert "burst headroom" in bursty.message
+
+
+def test_headroom_off_when_the_horizon_is_zero() -> None:
+    spec = make_service(demand={"burst_horizon_s": 0})
+    learned = replace(
+        PolicyState(), decode_burst=replay([10.0] * 6 + [20.0] * 3, start=NOW - 10 * PERIOD)
+    )
+    a, _ = decide(spec, signals(decode_running=600.0), counts(4, 4), PolicyState(), NOW)
+    b, _ = decide(spec, signals(decode_running=600.0), counts(4, 4), learned, NOW)
+    assert (a.prefill, a.decode) == (b.prefill, b.decode)
+
+
+def test_burst_memory_survives_a_json_round_trip() -> None:
+    state = replace(PolicyState(), prefill_burst=replay([3.0, 4.0, 9.0] * 10))
+    back = PolicyState.from_json(state.to_json())
+    assert back == state
+    assert back.prefill_burst.rises == state.prefill_burst.rises
+    assert Role.PREFILL.value == "prefill"
