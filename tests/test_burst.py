@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,3 +89,19 @@ def test_burst_memory_survives_a_json_round_trip() -> None:
     assert back == state
     assert back.prefill_burst.rises == state.prefill_burst.rises
     assert Role.PREFILL.value == "prefill"
+
+
+def test_prefill_adds_only_the_rise_its_idle_share_does_not_absorb() -> None:
+    """Prefill is sized 0.8 busy: a learned 20% rise fits in the idle share (no headroom), a
+    50% rise adds 1.5 x 0.8 = 1.2x."""
+    from heteroscale_ray.policy.demand import with_headroom
+
+    spec = make_service()
+    start = NOW - 10 * PERIOD
+    small = replace(PolicyState(), prefill_burst=replay([10.0] * 6 + [12.0] * 3, start=start))
+    assert with_headroom(spec, small, Role.PREFILL, 10.0, "w") == (10.0, "w")
+    large = replace(PolicyState(), prefill_burst=replay([10.0] * 6 + [15.0] * 3, start=start))
+    need, why = with_headroom(spec, large, Role.PREFILL, 10.0, "w")
+    assert need == pytest.approx(12.0) and "x 1.20 burst headroom" in why
+    decode = replace(PolicyState(), decode_burst=replay([10.0] * 6 + [12.0] * 3, start=start))
+    assert with_headroom(spec, decode, Role.DECODE, 10.0, "w")[0] == pytest.approx(12.0)

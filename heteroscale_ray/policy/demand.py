@@ -195,14 +195,22 @@ def remember_needs(
 def with_headroom(
     spec: ServiceSpec, state: PolicyState, role: Role, need: float | None, why: str
 ) -> tuple[float | None, str]:
-    """The need plus the rise this role's need has shown within a start-up horizon."""
+    """The need plus the rise this role's need has shown within a start-up horizon.
+
+    Prefill is already sized to be busy only `prefill_utilization` of the time: a rise up to
+    that idle share is absorbed, so only the rest is added (steady traffic pays nothing twice).
+    Decode's TBT margin is not spare in the same way: the most loaded instance uses it first.
+    """
     demand = spec.policy.demand
     if need is None or demand.burst_horizon_s <= 0:
         return need, why
     share = burst.margin(burst.memory_of(state, role), demand.burst_quantile)
-    if share <= 0:
+    factor = 1 + share
+    if role is Role.PREFILL:
+        factor = max(1.0, factor * demand.prefill_utilization)
+    if factor <= 1:
         return need, why
-    return need * (1 + share), f"({why}) x {1 + share:.2f} burst headroom"
+    return need * factor, f"({why}) x {factor:.2f} burst headroom"
 
 
 def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
