@@ -242,6 +242,54 @@ def test_unsupported_parameters_are_rejected_by_name(client) -> None:  # type: i
     assert "logit_bias" in str(e.value)
 
 
+def test_continuous_usage_stats_as_vllm_and_guidellm_send_them(client) -> None:  # type: ignore[no-untyped-def]
+    """GuideLLM sends vLLM's stream_options on every streamed request: each chunk then carries
+    its choice's running usage, and the last one the request's."""
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    *chunks, last = client.completions.create(
+        model=SERVICE,
+        prompt="Once",
+        max_tokens=6,
+        temperature=1.0,
+        seed=11,
+        n=2,
+        stream=True,
+        stream_options=options,
+        extra_body={"ignore_eos": True},
+    )
+    assert last.choices == [] and last.usage.completion_tokens == 12
+    prompt = last.usage.prompt_tokens
+    counts: dict[int, list[int]] = {0: [], 1: []}
+    for c in chunks:
+        assert c.usage.prompt_tokens == prompt
+        assert c.usage.total_tokens == prompt + c.usage.completion_tokens
+        counts[c.choices[0].index].append(c.usage.completion_tokens)
+    assert all(n == sorted(n) and n[0] >= 1 and n[-1] == 6 for n in counts.values()), counts
+
+    role, *chat, chat_last = client.chat.completions.create(
+        model=SERVICE,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        temperature=0,
+        stream=True,
+        stream_options=options,
+        extra_body={"ignore_eos": True},
+    )
+    assert role.choices[0].delta.role == "assistant" and role.usage.completion_tokens == 0
+    assert chat[-1].choices[0].finish_reason == "length" and chat[-1].usage.completion_tokens == 4
+    assert chat_last.choices == [] and chat_last.usage.completion_tokens == 4
+
+
+def test_fastapi_errors_are_openai_errors(stack: Stack) -> None:
+    """Unknown URLs and wrong methods get the OpenAI envelope with FastAPI's status."""
+    r = requests.get(f"{stack.url}/v1/nope", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = requests.get(f"{stack.url}/v1/chat/completions", timeout=10)
+    assert r.status_code == 405 and r.headers["allow"] == "POST", r.text
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
 def test_replicas_land_on_matching_nodes(stack: Stack) -> None:
     import ray
 

@@ -4,14 +4,17 @@
 (pre-scheduler first, policy engine last, which starts the loop). `stop_control_plane` stops
 the loop first, then kills the actors; by default the DG applications keep serving at their
 current size and the checkpoint stays, so a later `start` adopts them; ``purge`` deletes the
-DGs, the ingress, the routing table and the checkpoints too.
+DGs, the ingress, the routing table and the checkpoints too. `update_services` switches the
+policy engine to a new services config and, as `start` does, registers each service's
+`migration_limit` with the ingress.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heteroscale_ray.actors.checkpoint import (
     KV_NAMESPACE,
@@ -23,6 +26,10 @@ from heteroscale_ray.actors.checkpoint import (
 )
 from heteroscale_ray.actors.serving_adapter import ServingOptions
 from heteroscale_ray.config import ConfigError, ServicesConfig, TopologySpec, parse_yaml_text
+from heteroscale_ray.serving.model import ModelConfig
+
+if TYPE_CHECKING:
+    from heteroscale_ray.serving.routing_table import ServiceRoute
 
 
 class ControlPlaneError(RuntimeError):
@@ -126,16 +133,83 @@ def control_plane_status(last: int = 10) -> dict[str, Any]:
     return ray.get(policy_engine().status.remote(last), timeout=60)
 
 
+@dataclass(frozen=True)
+class IngressRegistration:
+    """One service as the ingress's routing table registers it (`register_service`)."""
+
+    name: str
+    engine: ModelConfig
+    model_profile: str
+    migration_limit: int
+
+
+def ingress_registrations(
+    config: ServicesConfig, registered: Mapping[str, ServiceRoute]
+) -> list[IngressRegistration]:
+    """What an update registers with the ingress so the router moves each request at most its
+    service's `migration_limit` times, as after `start`.
+
+    A registered service whose limit changed keeps the engine and model profile it has (its
+    DGs registered them) and takes the new limit; an unchanged one is left alone. A service
+    new in this config is registered as `start` registers it, with the engine the control plane
+    serves every service with (that of the registered ones; the default when there are none),
+    so the limit is in place before its first DG deploys (a DG keeps a registered limit)."""
+    engines = [registered[n].engine for n in sorted(registered)]
+    default_engine = engines[0] if engines else ModelConfig()
+    out = []
+    for spec in config.services:
+        route = registered.get(spec.name)
+        if route is None:
+            out.append(
+                IngressRegistration(spec.name, default_engine, spec.model, spec.migration_limit)
+            )
+        elif route.migration_limit != spec.migration_limit:
+            out.append(
+                IngressRegistration(
+                    spec.name, route.engine, route.model_profile, spec.migration_limit
+                )
+            )
+    return out
+
+
+def push_ingress_registrations(config: ServicesConfig) -> list[IngressRegistration]:
+    """Register `ingress_registrations(config, <what the routing table holds>)`; returns them."""
+    import ray
+
+    from heteroscale_ray.serving.deployments import register_service
+    from heteroscale_ray.serving.routing_table import get_routing_table
+
+    _, services = ray.get(get_routing_table().snapshot.remote(), timeout=30)
+    regs = ingress_registrations(config, services)
+    for r in regs:
+        register_service(r.name, r.engine, r.model_profile, r.migration_limit)
+    return regs
+
+
 def update_services(services_yaml: str) -> tuple[bool, str]:
     """Validate a new services.yaml here, at the edge, and hand the model to the policy engine;
-    a bad file is rejected with the loader's message and the running config stays."""
+    a bad file is rejected with the loader's message and the running config stays. Once the
+    engine took it, changed `migration_limit`s go to the ingress (as `start` registers them)."""
     import ray
 
     try:
         config = parse_yaml_text(services_yaml, ServicesConfig, "services update")
     except ConfigError as e:
         return False, str(e)
-    return ray.get(policy_engine().update_services.remote(config), timeout=60)
+    ok, message = ray.get(policy_engine().update_services.remote(config), timeout=60)
+    if not ok:
+        return ok, message
+    try:
+        regs = push_ingress_registrations(config)
+    except Exception as e:  # the policy engine has the config; say what the ingress missed
+        return ok, (
+            f"{message}; the ingress could not take the new migration limits "
+            f"({type(e).__name__}: {e}): run the update again"
+        )
+    if regs:
+        limits = ", ".join(f"{r.name} {r.migration_limit}" for r in regs)
+        message += f"; ingress migration_limit: {limits}"
+    return ok, message
 
 
 def stop_control_plane(purge: bool = False) -> list[str]:

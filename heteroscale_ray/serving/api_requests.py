@@ -9,16 +9,23 @@ Hostile bodies are 4xx, never 500: a body over `MAX_BODY_BYTES` (2 MiB) is a 413
 content type other than JSON a 415, and bytes that are not UTF-8 JSON, nest too deeply to
 parse, or are not one JSON object a 400. Error messages name the parameter and never internal
 classes; an unexpected failure becomes `internal_error`'s generic 500.
+
+What FastAPI answers itself before a route runs (an unknown URL 404, a wrong method 405, a
+request-validation 422) gets the same OpenAI envelope and status through
+`install_error_handlers`, instead of FastAPI's `{"detail": ...}`.
 """
 
 import json
 import math
 import re
+from http import HTTPStatus
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from heteroscale_ray.serving.api_types import (
     ChatCompletionRequest,
@@ -50,13 +57,13 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.type_, self.code, self.param = status, type_, code, param
 
-    def response(self) -> JSONResponse:
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         """The error as JSON; text that echoes input is cut short and made encodable."""
         param = None if self.param is None else _printable(self.param, 200)
         body = error_body(
             _printable(str(self), _MAX_MESSAGE_CHARS), type_=self.type_, code=self.code, param=param
         )
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(body, status_code=self.status, headers=headers)
 
 
 def _printable(text: str, limit: int) -> str:
@@ -264,3 +271,81 @@ def check_context(
             "context_length_exceeded",
             "max_tokens",
         )
+
+
+# ---- errors FastAPI raises before a route runs ----
+ROUTES_HINT = (
+    "this server serves POST /v1/completions, POST /v1/chat/completions, GET /v1/models, "
+    "/health, /healthz, /version and /metrics"
+)
+_REQUEST_PARTS = {"body", "query", "path", "header", "cookie"}  # first item of a FastAPI loc
+
+
+def http_error(
+    method: str, path: str, status: int, detail: Any, allow: str | None = None
+) -> ApiError:
+    """FastAPI's own HTTP error (unknown URL, wrong method, ...) as an OpenAI error; the
+    messages say what OpenAI's say ("Invalid URL (GET /x)") plus what to do instead
+    (`allow`: the methods the URL takes, from a 405's Allow header)."""
+    where = f"{method} {_printable(path, 200)}"
+    if status == 404:
+        return ApiError(
+            404, f"Invalid URL ({where}): {ROUTES_HINT}", "invalid_request_error", "not_found"
+        )
+    if status == 405:
+        return ApiError(
+            405,
+            f"Invalid method for URL ({where}): "
+            + (f"it accepts {allow}" if allow else ROUTES_HINT),
+            "invalid_request_error",
+            "method_not_allowed",
+        )
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "HTTP error"
+    message = detail if isinstance(detail, str) and detail else phrase
+    type_ = "server_error" if status >= 500 else "invalid_request_error"
+    return ApiError(status, f"{message} ({where})", type_)
+
+
+def validation_error(errors: list[dict[str, Any]], status: int = 422) -> ApiError:
+    """FastAPI's request validation as an OpenAI error naming the parameter, in the terms
+    `parse_request` uses (FastAPI's location prefix "body"/"query" dropped)."""
+    shown = []
+    for err in errors[:MAX_REPORTED_ERRORS]:
+        loc = list(err.get("loc") or ())
+        if loc and loc[0] in _REQUEST_PARTS:
+            loc = loc[1:]
+        shown.append({**err, "loc": loc})
+    if not shown:
+        return ApiError(
+            status, "the request is not valid", "invalid_request_error", "invalid_value"
+        )
+    msgs = "; ".join(f"{_param_of(err) or 'body'}: {_message_of(err)}" for err in shown)
+    if len(errors) > len(shown):
+        msgs += f" (and {len(errors) - len(shown)} more problems)"
+    code = "missing_field" if shown[0].get("type") == "missing" else "invalid_value"
+    return ApiError(status, msgs, "invalid_request_error", code, _param_of(shown[0]))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
+    detail = exc.detail if isinstance(exc, StarletteHTTPException) else None
+    headers = dict(exc.headers or {}) if isinstance(exc, StarletteHTTPException) else {}
+    allow = next((v for k, v in headers.items() if k.lower() == "allow"), None)
+    err = http_error(request.method, request.url.path, status, detail, allow)
+    return err.response(headers=headers or None)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    errors = list(exc.errors()) if isinstance(exc, RequestValidationError) else []
+    return validation_error(errors).response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer FastAPI's own errors with OpenAI envelopes, status (and Allow header) kept.
+
+    Call it before `serve.ingress(app)`: Serve freezes a copy of the app there."""
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)

@@ -3,6 +3,13 @@
 Why apart from router.py: the shape of what the client receives (completion or chat, whole or
 streamed, with logprobs and usage as requested) is OpenAI's format, independent of how the
 choices were produced; the ingress deployment hands the absorbed choices here.
+
+A stream is: (chat only) one assistant-role chunk per choice, one chunk per absorbed decode
+chunk that carries something, then with `include_usage` a last chunk with the request's usage
+and no choices, then `[DONE]`. With `include_usage` every other chunk has `"usage": null`
+(OpenAI's format), or with vLLM's `continuous_usage_stats` the running usage of its choice:
+prompt tokens, the tokens that choice generated so far (0 in a role chunk) and their sum, as
+vLLM sends it.
 """
 
 import json
@@ -16,6 +23,17 @@ from heteroscale_ray.serving.decode import DecodeChunk
 def usage_dict(choices: list[_Choice], ctx: _Request) -> dict[str, int]:
     """The OpenAI `usage` object of a request: its prompt and all its choices' tokens."""
     completion = sum(c.num_generated for c in choices)
+    return Usage(
+        prompt_tokens=ctx.prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=ctx.prompt_tokens + completion,
+    ).model_dump()
+
+
+def choice_usage(c: _Choice | None, ctx: _Request) -> dict[str, int]:
+    """Running usage of one choice (None: before it generated anything), for vLLM's
+    `continuous_usage_stats`: the prompt and the tokens this choice generated so far."""
+    completion = c.num_generated if c is not None else 0
     return Usage(
         prompt_tokens=ctx.prompt_tokens,
         completion_tokens=completion,
@@ -72,8 +90,36 @@ def sse_event(ctx: _Request, choices: list[dict[str, Any]], usage: Any = None) -
     return f"data: {json.dumps(body)}\n\n"
 
 
+def role_events(choices: list[_Choice], ctx: _Request) -> list[str]:
+    """Chat streams open with the assistant role, once per choice; completions send none."""
+    if not ctx.chat:
+        return []
+    usage = choice_usage(None, ctx) if ctx.req.continuous_usage else None
+    return [
+        sse_event(
+            ctx,
+            [
+                {
+                    "index": c.index,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+            usage,
+        )
+        for c in choices
+    ]
+
+
+def usage_event(choices: list[_Choice], ctx: _Request) -> str | None:
+    """The last chunk with `include_usage`: the whole request's usage and no choices."""
+    return sse_event(ctx, [], usage_dict(choices, ctx)) if ctx.req.include_usage else None
+
+
 def chunk_event(c: _Choice, chunk: DecodeChunk, ctx: _Request) -> str | None:
-    """The SSE event for one absorbed chunk, or None when it carries nothing to send."""
+    """The SSE event for one chunk already absorbed into `c`, or None when it carries
+    nothing to send."""
     text = chunk.text
     if ctx.echo and c.seen == 1:
         text = ctx.prompt + text
@@ -94,4 +140,4 @@ def chunk_event(c: _Choice, chunk: DecodeChunk, ctx: _Request) -> str | None:
             "logprobs": completion_logprobs(lps, c.chunk_offsets) if lps else None,
             "finish_reason": chunk.finish_reason if chunk.finished else None,
         }
-    return sse_event(ctx, [choice])
+    return sse_event(ctx, [choice], choice_usage(c, ctx) if ctx.req.continuous_usage else None)

@@ -11,7 +11,8 @@ extension (as in vLLM).
 Honoured: `model`, `prompt` (one string, or a list of one) / `messages` (roles system,
 developer, user, assistant; text content), `max_tokens` (and `max_completion_tokens` for chat),
 `temperature`, `top_p`, `n`, `stop`, `seed` (0 to 2**63 - 17; choice i uses seed + i), `stream`,
-`stream_options.include_usage`, `logprobs` (completions: top-k per token; chat: `logprobs` +
+`stream_options.include_usage` (and vLLM's `stream_options.continuous_usage_stats`, which load
+tools such as GuideLLM send), `logprobs` (completions: top-k per token; chat: `logprobs` +
 `top_logprobs`) and `echo` (completions, not together with logprobs: prompt logprobs are not
 computed).
 
@@ -59,10 +60,19 @@ def _neutral_only(name: str, value: Any, neutral: tuple[Any, ...]) -> Any:
 
 
 class StreamOptions(BaseModel):
+    """`stream_options`; null reads as false (as vLLM reads it)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    include_usage: bool = Field(
+    include_usage: bool | None = Field(
         default=False, description="Send a last chunk with `usage` and no choices."
+    )
+    continuous_usage_stats: bool | None = Field(
+        default=False,
+        description=(
+            "vLLM's extension: with include_usage, every chunk also carries `usage` with the "
+            "running counts (prompt tokens, and the tokens its choice generated so far)."
+        ),
     )
 
 
@@ -137,6 +147,14 @@ class _SamplingRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage on every chunk: vLLM's `continuous_usage_stats`, which (as in vLLM) takes
+        effect only together with `include_usage`."""
+        return self.include_usage and bool(
+            self.stream_options and self.stream_options.continuous_usage_stats
+        )
 
 
 class CompletionRequest(_SamplingRequest):

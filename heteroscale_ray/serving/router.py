@@ -38,6 +38,7 @@ from heteroscale_ray.serving.api_requests import (
     chat_prompt,
     check_context,
     default_max_tokens,
+    install_error_handlers,
     internal_error,
     parse_chat,
     parse_completion,
@@ -47,8 +48,8 @@ from heteroscale_ray.serving.api_requests import (
 from heteroscale_ray.serving.api_responses import (
     chunk_event,
     completion_body,
-    sse_event,
-    usage_dict,
+    role_events,
+    usage_event,
 )
 from heteroscale_ray.serving.api_types import (
     ChatCompletionRequest,
@@ -99,6 +100,7 @@ __all__ = [  # re-exported: imported from here by deployments.py and the tests
 logger = logging.getLogger(__name__)
 
 api = FastAPI(title="heteroscale ingress")
+install_error_handlers(api)  # 404/405/422 as OpenAI errors; before serve.ingress copies `api`
 
 
 @serve.ingress(api)
@@ -312,26 +314,14 @@ class Router(ChoiceStreams):
     ) -> AsyncIterator[str]:
         """Server-sent events as OpenAI sends them; an error mid-stream becomes an error event."""
         try:
-            if ctx.chat:  # the assistant role first, once per choice
-                for c in choices:
-                    delta = {"role": "assistant", "content": ""}
-                    yield sse_event(
-                        ctx,
-                        [
-                            {
-                                "index": c.index,
-                                "delta": delta,
-                                "logprobs": None,
-                                "finish_reason": None,
-                            }
-                        ],
-                    )
+            for event in role_events(choices, ctx):
+                yield event
             async for c, chunk in self._merged(choices, ctx):
                 self._absorb(c, chunk, ctx)
                 if (event := chunk_event(c, chunk, ctx)) is not None:
                     yield event
-            if ctx.req.include_usage:
-                yield sse_event(ctx, [], usage_dict(choices, ctx))
+            if (event := usage_event(choices, ctx)) is not None:
+                yield event
             yield "data: [DONE]\n\n"
         except ApiError as e:
             self._requests.error(ctx.model, e.status)
