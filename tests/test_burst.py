@@ -65,12 +65,27 @@ def test_bursty_history_sizes_the_role_above_its_current_need() -> None:
     spec = make_service()
     sig = signals(decode_running=600.0)
     plain, _ = decide(spec, sig, counts(4, 4), PolicyState(), NOW)
-    learned = replace(
-        PolicyState(), decode_burst=replay([10.0] * 6 + [15.0] * 3, start=NOW - 10 * PERIOD)
-    )
+    memory = replay([10.0] * 6 + [15.0] * 3, start=NOW - 10 * PERIOD)
+    calm, _ = decide(spec, sig, counts(4, 4), replace(PolicyState(), decode_burst=memory), NOW)
+    assert calm.decode == plain.decode  # rises, but the role was never short: no insurance
+    strained = replace(memory, strained_at=NOW - 5 * PERIOD)
+    learned = replace(PolicyState(), decode_burst=strained)
     bursty, _ = decide(spec, sig, counts(4, 4), learned, NOW)
     assert bursty.decode > plain.decode
     assert "burst headroom" in bursty.message
+    long_ago = replace(memory, strained_at=NOW - 31 * HORIZON)  # once strained, kept
+    old, _ = decide(spec, sig, counts(4, 4), replace(PolicyState(), decode_burst=long_ago), NOW)
+    assert old.decode == bursty.decode
+
+
+def test_a_fixable_breach_marks_the_role_strained() -> None:
+    spec = make_service()
+    short = signals(tbt_p99_s=0.06, decode_step_s=0.03, decode_step_max_s=0.05)
+    _, state = decide(spec, short, counts(4, 4), PolicyState(), NOW)
+    assert state.decode_burst.strained_at == NOW
+    floor = signals(tbt_p99_s=0.06, decode_step_s=0.01, decode_step_max_s=0.012)
+    _, state = decide(spec, floor, counts(4, 4), PolicyState(), NOW)
+    assert state.decode_burst.strained_at is None
 
 
 def test_headroom_off_when_the_horizon_is_zero() -> None:

@@ -7,7 +7,11 @@ service's traffic has shown over such a horizon: from its own recent history, th
     (highest need within the horizon - need at its start) / max(need at its start, 1 instance)
 
 Smooth traffic learns a margin near 0 and pays nothing; bursty traffic learns how bursty it
-is. No trace-specific number: the horizon is a property of the deployment (instance start-up
+is. The margin applies once the role has been short (its fixable latency reached the latency
+guard's lowest tier): rises the sizing's own slack absorbs cost nothing, and a service whose
+fleet never strains needs no insurance against them; one that has strained keeps it, since its
+calm hours are when the next surge finds the fleet lean.
+No trace-specific number: the horizon is a property of the deployment (instance start-up
 plus one control period), the quantile one of the SLO target. Pure: time comes in as `now`.
 """
 
@@ -24,8 +28,16 @@ MAX_MARGIN = 1.0  # never more than double the need: a rise larger than that is 
 COVERED = 0.75  # a rise is measured once the remembered needs span this share of a horizon
 
 
-def remember(memory: BurstMemory, need: float | None, now: float, horizon_s: float) -> BurstMemory:
+def remember(
+    memory: BurstMemory,
+    need: float | None,
+    now: float,
+    horizon_s: float,
+    strained: bool = False,
+) -> BurstMemory:
     """Add this period's need; once (most of) a horizon is covered, record the rise over it."""
+    if strained and horizon_s > 0:
+        memory = replace(memory, strained_at=now)
     if need is None or not math.isfinite(need) or need < 0 or horizon_s <= 0:
         return memory
     needs = tuple((t, n) for t, n in memory.needs if now - t <= horizon_s) + ((now, need),)
@@ -38,12 +50,13 @@ def remember(memory: BurstMemory, need: float | None, now: float, horizon_s: flo
         kept.append((max(top - base, 0.0) / max(base, 1.0), now))
         rises = tuple(r for r, _ in kept)
         rises_at = tuple(t for _, t in kept)
-    return BurstMemory(needs=needs, rises=rises, rises_at=rises_at)
+    return BurstMemory(needs, rises, rises_at, memory.strained_at)
 
 
-def margin(memory: BurstMemory, quantile: float) -> float:
-    """The learned headroom share: the `quantile` of the remembered rises (0 before any)."""
-    if not memory.rises:
+def margin(memory: BurstMemory, quantile: float, gated: bool = False) -> float:
+    """The learned headroom share: the `quantile` of the remembered rises (0 before any). With
+    `gated`, 0 until the role has strained."""
+    if not memory.rises or (gated and memory.strained_at is None):
         return 0.0
     ordered = sorted(memory.rises)
     k = min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))

@@ -86,10 +86,12 @@ def decide_demand(
         Role.DECODE: decode_need(spec, signals, cap, problem),
     }
     if problem is None:
-        state = remember_needs(spec, state, needs, now)
-    needs = {role: with_headroom(spec, state, role, *needs[role]) for role in Role}
-    initial = counts.prefill == 0 and counts.decode == 0
+        state = remember_needs(spec, state, needs, now, strained(spec, signals))
+    # The stabilisation window holds the measured peak; headroom is for the rise to come. Both
+    # guard against the same burst, so the role is sized for the larger, never their product.
     state = track_peaks(spec, state, needs, now)
+    needs = {role: with_headroom(spec, state, role, *needs[role], now) for role in Role}
+    initial = counts.prefill == 0 and counts.decode == 0
     plans = {
         role: initial_plan(spec, role, *needs[role])
         if initial
@@ -184,16 +186,24 @@ def remember_needs(
     state: PolicyState,
     needs: dict[Role, tuple[float | None, str]],
     now: float,
+    short: set[Role],
 ) -> PolicyState:
     horizon = spec.policy.demand.burst_horizon_s
     for role in Role:
-        memory = burst.remember(burst.memory_of(state, role), needs[role][0], now, horizon)
+        memory = burst.remember(
+            burst.memory_of(state, role), needs[role][0], now, horizon, role in short
+        )
         state = burst.with_memory(state, role, memory)
     return state
 
 
 def with_headroom(
-    spec: ServiceSpec, state: PolicyState, role: Role, need: float | None, why: str
+    spec: ServiceSpec,
+    state: PolicyState,
+    role: Role,
+    need: float | None,
+    why: str,
+    now: float | None = None,
 ) -> tuple[float | None, str]:
     """The need plus the rise this role's need has shown within a start-up horizon.
 
@@ -204,7 +214,8 @@ def with_headroom(
     demand = spec.policy.demand
     if need is None or demand.burst_horizon_s <= 0:
         return need, why
-    share = burst.margin(burst.memory_of(state, role), demand.burst_quantile)
+    memory = burst.memory_of(state, role)
+    share = burst.margin(memory, demand.burst_quantile, gated=now is not None)
     factor = 1 + share
     if role is Role.PREFILL:
         factor = max(1.0, factor * demand.prefill_utilization)
@@ -329,27 +340,7 @@ def latency_guard(
     guard = spec.policy.latency_guard
     if not guard.enabled or snapshot_problem(s, now, spec.policy.stale_after_s):
         return plans, state
-    watched = []
-    if guard.metric in ("ttft", "both"):
-        wait = s.ttft_wait_p99_s if value_problem(s.ttft_wait_p99_s) is None else None
-        # Queueing that more prefill shortens shows as queued prefill work; a long wait with
-        # no queue comes from elsewhere (e.g. routing around full decode instances).
-        queue = backlog.queue_of(s, Role.PREFILL)
-        floor = (wait is not None and wait < FLOOR_SHARE * spec.slo.ttft_s) or (
-            queue is not None and not backlog.material(spec, Role.PREFILL, queue)
-        )
-        watched.append((Role.PREFILL, "TTFT", s.ttft_p99_s, spec.slo.ttft_s, wait, floor))
-    if guard.metric in ("tbt", "both"):
-        # More decode instances shorten TBT only by shrinking batches, i.e. the step time; the
-        # KV transfer and waiting for a slot (the backlog rule's business) they do not touch.
-        # TBT p99 follows the most loaded instance, so its step is the one compared; a step
-        # that is a small part of the p99 gap leaves the rest to the transfer.
-        step = next((x for x in (s.decode_step_max_s, s.decode_step_s) if _usable(x)), None)
-        floor = (
-            step is not None and _usable(s.tbt_p99_s) and step < TBT_FLOOR_SHARE * s.tbt_p99_s  # type: ignore[operator]
-        )
-        watched.append((Role.DECODE, "TBT", s.tbt_p99_s, spec.slo.tbt_s, s.tbt_p99_s, floor))
-    for role, name, observed, slo, fixable, floor in watched:
+    for role, name, observed, slo, fixable, floor in watched_latencies(spec, s):
         plan = plans[role]
         if value_problem(observed) is not None:
             continue
@@ -395,6 +386,45 @@ def latency_guard(
             plans[role] = replace(plan, target=step, reason=Reason.LATENCY_GUARD, why=why)
             state = replace(state, guard_role=role.value, guard_fixable_s=fixable, guard_load=load)
     return plans, state
+
+
+def watched_latencies(
+    spec: ServiceSpec, s: Signals
+) -> list[tuple[Role, str, float | None, float, float | None, bool]]:
+    """(role, name, observed p99, SLO, the part capacity can fix, is it a floor) per latency
+    the guard watches: TTFT for prefill (fixable: its queueing wait), TBT for decode."""
+    guard = spec.policy.latency_guard
+    watched: list[tuple[Role, str, float | None, float, float | None, bool]] = []
+    if guard.metric in ("ttft", "both"):
+        wait = s.ttft_wait_p99_s if value_problem(s.ttft_wait_p99_s) is None else None
+        # Queueing that more prefill shortens shows as queued prefill work; a long wait with
+        # no queue comes from elsewhere (e.g. routing around full decode instances).
+        queue = backlog.queue_of(s, Role.PREFILL)
+        floor = (wait is not None and wait < FLOOR_SHARE * spec.slo.ttft_s) or (
+            queue is not None and not backlog.material(spec, Role.PREFILL, queue)
+        )
+        watched.append((Role.PREFILL, "TTFT", s.ttft_p99_s, spec.slo.ttft_s, wait, floor))
+    if guard.metric in ("tbt", "both"):
+        # More decode instances shorten TBT only by shrinking batches, i.e. the step time; the
+        # KV transfer and waiting for a slot (the backlog rule's business) they do not touch.
+        # TBT p99 follows the most loaded instance, so its step is the one compared; a step
+        # that is a small part of the p99 gap leaves the rest to the transfer.
+        step = next((x for x in (s.decode_step_max_s, s.decode_step_s) if _usable(x)), None)
+        floor = (
+            step is not None and _usable(s.tbt_p99_s) and step < TBT_FLOOR_SHARE * s.tbt_p99_s  # type: ignore[operator]
+        )
+        watched.append((Role.DECODE, "TBT", s.tbt_p99_s, spec.slo.tbt_s, s.tbt_p99_s, floor))
+    return watched
+
+
+def strained(spec: ServiceSpec, s: Signals) -> set[Role]:
+    """Roles whose fixable latency reached the guard's lowest tier: capacity was short."""
+    tiers = spec.policy.latency_guard.tiers
+    out = set()
+    for role, _, observed, slo, _, floor in watched_latencies(spec, s):
+        if not floor and _usable(observed) and reached_tier(observed / slo, tiers) is not None:  # type: ignore[operator]
+            out.add(role)
+    return out
 
 
 def kv_guard(

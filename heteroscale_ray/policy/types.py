@@ -141,6 +141,7 @@ class BurstMemory:
     needs: tuple[tuple[float, float], ...] = ()
     rises: tuple[float, ...] = ()
     rises_at: tuple[float, ...] = ()
+    strained_at: float | None = None  # last time the role's fixable latency neared the SLO
 
     @staticmethod
     def from_dict(data: dict[str, Any] | None) -> BurstMemory:
@@ -149,6 +150,7 @@ class BurstMemory:
             needs=tuple((float(t), float(n)) for t, n in data.get("needs", ())),
             rises=tuple(float(r) for r in data.get("rises", ())),
             rises_at=tuple(float(t) for t in data.get("rises_at", ())),
+            strained_at=None if data.get("strained_at") is None else float(data["strained_at"]),
         )
 
 
