@@ -15,24 +15,21 @@ budget, and never-shrink-on-missing-data, as for the paper's rule.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
 from heteroscale_ray.policy import backlog, burst
 from heteroscale_ray.policy.capacity import Capacity, capacity, learn
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
+from heteroscale_ray.policy.fixable_latency import latency_guard, strained
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
-from heteroscale_ray.policy.latency_guard import guard_target, reached_tier
+from heteroscale_ray.policy.latency_guard import guard_target
 from heteroscale_ray.policy.limits import clamp, gpus
 from heteroscale_ray.policy.proportional import Direction, ceil_eps, damped_target, dead_band
+from heteroscale_ray.policy.role_plan import RolePlan
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
-FLOOR_SHARE = 0.2  # queueing under this share of the TTFT SLO: more prefill cannot help
-TBT_FLOOR_SHARE = (
-    0.5  # the slowest decode step under this share of TBT p99: batches are not the cause
-)
-MIN_GAIN = 0.1  # a guard step must cut the fixable latency by this share to earn another
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them.
@@ -54,18 +51,6 @@ PRIORITY = (
     Reason.HOLD_MISSING_SIGNAL,
     Reason.HOLD_DEADBAND,
 )
-
-
-@dataclass(frozen=True)
-class RolePlan:
-    """What one role should be, and why (the sentence part for this role)."""
-
-    role: Role
-    current: int
-    target: int
-    reason: Reason
-    why: str
-    need: float | None = None
 
 
 def decide_demand(
@@ -319,112 +304,6 @@ def backlog_rule(
         reason=Reason.BACKLOG_GROWTH,
         why=why,
     )
-
-
-def latency_guard(
-    spec: ServiceSpec,
-    s: Signals,
-    counts: RoleCounts,
-    state: PolicyState,
-    now: float,
-    plans: dict[Role, RolePlan],
-) -> tuple[dict[Role, RolePlan], PolicyState]:
-    """Step out the role whose *queueing* latency breaks the SLO; stop when a step did not help.
-
-    TTFT counts against prefill, but only its queueing part (a long prompt's own compute is
-    not shortened by more instances: that is a latency floor, reason latency_floor). TBT counts
-    against decode when batches are large enough that more instances shrink them. A step that
-    did not cut the fixable latency by MIN_GAIN earns no other (reason latency_no_gain) until
-    latency drops below the lowest tier.
-    """
-    guard = spec.policy.latency_guard
-    if not guard.enabled or snapshot_problem(s, now, spec.policy.stale_after_s):
-        return plans, state
-    for role, name, observed, slo, fixable, floor in watched_latencies(spec, s):
-        plan = plans[role]
-        if value_problem(observed) is not None:
-            continue
-        if counts.starting_of(role):  # the last step has not landed yet: judge it once it has
-            continue
-        tier = reached_tier(observed / slo, guard.tiers)  # type: ignore[operator]
-        if tier is None:
-            if state.guard_role == role.value:
-                state = replace(state, guard_role=None, guard_fixable_s=None, guard_load=None)
-            continue
-        breach = f"{name} p99 {observed * 1000:,.0f} ms is {observed / slo:.2f}x the SLO"  # type: ignore[operator]
-        if floor:
-            if plan.target <= plan.current and plan.reason is not Reason.BACKLOG_GROWTH:
-                why = f"{plan.why}; {breach} but not from queueing, which instances cannot fix"
-                plans[role] = replace(plan, reason=Reason.LATENCY_FLOOR, why=why)
-            continue
-        fixable = observed if fixable is None else fixable
-        wait_s = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
-        if wait_s > 0:
-            if plan.target < plan.current:
-                why = f"{plan.why}; {breach}, no scale-in during a breach"
-                plans[role] = replace(
-                    plan, target=plan.current, reason=Reason.HOLD_COOLDOWN, why=why
-                )
-            continue
-        before = state.guard_fixable_s if state.guard_role == role.value else None
-        load = plan.need / plan.current if plan.need is not None and plan.current else None
-        # A step that load growth ate (need per instance no lower than when it was taken) says
-        # nothing about whether capacity helps; only a step that did lower the load does.
-        relieved = load is None or state.guard_load is None or load < 0.95 * state.guard_load
-        if before is not None and relieved and fixable > (1 - MIN_GAIN) * before:
-            why = (
-                f"{plan.why}; {breach} but the last guard step left it at "
-                f"{fixable * 1000:,.0f} ms (was {before * 1000:,.0f} ms): no further step"
-            )
-            # Capacity did not move this latency, so demand alone sizes the role (no ratchet).
-            if plan.target <= plan.current and plan.reason is not Reason.BACKLOG_GROWTH:
-                plans[role] = replace(plan, reason=Reason.LATENCY_NO_GAIN, why=why)
-            continue
-        step = guard_target(plan.current, tier.step)
-        if step > plan.target:
-            why = f"{plan.why}; {breach} (tier {tier.at:g}x: +{tier.step:.0%})"
-            plans[role] = replace(plan, target=step, reason=Reason.LATENCY_GUARD, why=why)
-            state = replace(state, guard_role=role.value, guard_fixable_s=fixable, guard_load=load)
-    return plans, state
-
-
-def watched_latencies(
-    spec: ServiceSpec, s: Signals
-) -> list[tuple[Role, str, float | None, float, float | None, bool]]:
-    """(role, name, observed p99, SLO, the part capacity can fix, is it a floor) per latency
-    the guard watches: TTFT for prefill (fixable: its queueing wait), TBT for decode."""
-    guard = spec.policy.latency_guard
-    watched: list[tuple[Role, str, float | None, float, float | None, bool]] = []
-    if guard.metric in ("ttft", "both"):
-        wait = s.ttft_wait_p99_s if value_problem(s.ttft_wait_p99_s) is None else None
-        # Queueing that more prefill shortens shows as queued prefill work; a long wait with
-        # no queue comes from elsewhere (e.g. routing around full decode instances).
-        queue = backlog.queue_of(s, Role.PREFILL)
-        floor = (wait is not None and wait < FLOOR_SHARE * spec.slo.ttft_s) or (
-            queue is not None and not backlog.material(spec, Role.PREFILL, queue)
-        )
-        watched.append((Role.PREFILL, "TTFT", s.ttft_p99_s, spec.slo.ttft_s, wait, floor))
-    if guard.metric in ("tbt", "both"):
-        # More decode instances shorten TBT only by shrinking batches, i.e. the step time; the
-        # KV transfer and waiting for a slot (the backlog rule's business) they do not touch.
-        # TBT p99 follows the most loaded instance, so its step is the one compared; a step
-        # that is a small part of the p99 gap leaves the rest to the transfer.
-        step = next((x for x in (s.decode_step_max_s, s.decode_step_s) if _usable(x)), None)
-        floor = (
-            step is not None and _usable(s.tbt_p99_s) and step < TBT_FLOOR_SHARE * s.tbt_p99_s  # type: ignore[operator]
-        )
-        watched.append((Role.DECODE, "TBT", s.tbt_p99_s, spec.slo.tbt_s, s.tbt_p99_s, floor))
-    return watched
-
-
-def strained(spec: ServiceSpec, s: Signals) -> set[Role]:
-    """Roles whose fixable latency reached the guard's lowest tier: capacity was short."""
-    tiers = spec.policy.latency_guard.tiers
-    out = set()
-    for role, _, observed, slo, _, floor in watched_latencies(spec, s):
-        if not floor and _usable(observed) and reached_tier(observed / slo, tiers) is not None:  # type: ignore[operator]
-            out.add(role)
-    return out
 
 
 def kv_guard(
