@@ -87,6 +87,10 @@ class LocalCluster:
         self.cluster.remove_node(node)
         return node_id
 
+    def host_of(self, node_id: str | None) -> str | None:
+        """The host whose live Ray node is ``node_id``; None for the head or a node gone."""
+        return next((h for h, n in self.nodes.items() if n.node_id == node_id), None)
+
     def restore_host(self, host: str) -> str:
         """Bring a removed host back with the same labels (a new Ray node); returns its id."""
         where = self.placements.get(host)

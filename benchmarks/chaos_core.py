@@ -1,0 +1,561 @@
+"""The chaos benchmark's pure part: scenario, seeded schedule and arrivals, request outcomes,
+recovery windows, the status-snapshot invariants, the summary, its goals, table and figure.
+
+No Ray here (benchmarks/chaos.py runs the cluster; benchmarks/chaos_faults.py breaks it), so
+tests/test_chaos_bench.py checks all of it in a second.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE = "chaos"
+RECOVERY_GOAL_S = 10.0
+SCALE_EVENTS_GOAL = 20
+RECOVERY_WINDOW_S = 5.0  # recovered: every request sent in this long after is served in time
+
+DECODE_REPLICA = "decode_replica"
+PREFILL_REPLICA = "prefill_replica"
+POLICY_ENGINE = "policy_engine"
+PRE_SCHEDULER = "pre_scheduler"
+SUB_CLUSTER = "sub_cluster"
+GPU_NODE = "gpu_node"
+NODE = "node"
+NODE_RESTORE = "node_restore"  # not a kill: the removed host comes back; its disruption counts
+KILL_KINDS = (
+    DECODE_REPLICA,
+    PREFILL_REPLICA,
+    POLICY_ENGINE,
+    PRE_SCHEDULER,
+    SUB_CLUSTER,
+    GPU_NODE,
+    NODE,
+)
+CONTROL_PLANE_KINDS = (POLICY_ENGINE, PRE_SCHEDULER, SUB_CLUSTER, GPU_NODE)
+SERVING_KINDS = (DECODE_REPLICA, PREFILL_REPLICA, NODE, NODE_RESTORE)
+
+TOPOLOGY = {
+    "big_pods": [
+        {
+            "name": "pod-c",
+            "mini_pods": [
+                {
+                    "name": "mini-c0",
+                    "leaves": [
+                        {"name": f"leaf-{h}", "hosts": [{"name": h, "gpu_type": t, "gpus": 4}]}
+                        for h, t in (
+                            ("h20-a", "H20"),
+                            ("h20-b", "H20"),
+                            ("l20-a", "L20"),
+                            ("l20-b", "L20"),
+                        )
+                    ],
+                }
+            ],
+        }
+    ]
+}
+# (prefill, decode) minimum instances the scaler alternates between. Every role keeps two
+# replicas at least: a request on a killed replica then always has a peer to move to. With one
+# (`--levels 1,1 2,2`) the recovery from a kill is that role's restart time instead.
+LEVELS = ((2, 2), (3, 3))
+
+
+def level_yaml(levels: Sequence[tuple[int, int]], k: int) -> str:
+    """The service at ``levels[k]``, with maxima that admit every level."""
+    p, d = levels[k]
+    return services_yaml(p, d, max(x for x, _ in levels), max(y for _, y in levels))
+
+
+def services_yaml(min_prefill: int, min_decode: int, max_prefill: int, max_decode: int) -> str:
+    """The service at one scale level. The per-instance target is far above the offered load,
+    so the minimums decide the counts: raising one scales out (clamped_min_max), lowering it
+    lets the policy scale in (soft, through the observation window)."""
+    return f"""
+services:
+  - name: {SERVICE}
+    model: dense-8b
+    slo: {{ttft_s: 10.0, tbt_s: 2.0}}
+    pd_ratio: "1:1"
+    prefill: {{gpu_types: [L20], min_instances: {min_prefill}, max_instances: {max_prefill}}}
+    decode: {{gpu_types: [H20], min_instances: {min_decode}, max_instances: {max_decode}}}
+    affinity: S1
+    policy:
+      target_per_instance: 5000
+      scale_out_tolerance: 0.1
+      scale_in_tolerance: 0.2
+      scale_out_cooldown_s: 1
+      scale_in_cooldown_s: 2
+      scale_in_damping: 1.0
+      stale_after_s: 30
+      latency_guard: {{enabled: false}}
+"""
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One run's size: load, faults per kind, pacing. Times in seconds."""
+
+    name: str
+    rate: float  # requests/s, Poisson
+    warmup_s: float  # load before the first fault (the latency baseline)
+    kills: Mapping[str, int]
+    gap_s: tuple[float, float]  # pause before each fault, uniform
+    window_s: float  # at least this long between a fault and the next (recovery window)
+    scale_every_s: tuple[float, float]  # scaler period, uniform
+    refill_cap_s: float  # stop waiting for a refill / actor recovery after this
+    drain_s: float  # wait this long for requests in flight after the last arrival
+    stream_fraction: float = 0.5
+    prompt_bytes: tuple[int, int] = (48, 200)
+    max_tokens: tuple[int, int] = (24, 80)
+
+
+QUICK = Mode(
+    name="quick",
+    rate=2.0,
+    warmup_s=12.0,
+    kills={
+        DECODE_REPLICA: 2,
+        PREFILL_REPLICA: 1,
+        POLICY_ENGINE: 1,
+        PRE_SCHEDULER: 1,
+        SUB_CLUSTER: 1,
+        GPU_NODE: 1,
+        NODE: 1,
+    },
+    gap_s=(1.0, 3.0),
+    window_s=12.0,
+    scale_every_s=(4.0, 7.0),
+    refill_cap_s=45.0,
+    drain_s=45.0,
+)
+FULL = Mode(
+    name="full",
+    rate=3.0,
+    warmup_s=20.0,
+    kills={
+        DECODE_REPLICA: 4,
+        PREFILL_REPLICA: 3,
+        POLICY_ENGINE: 2,
+        PRE_SCHEDULER: 2,
+        SUB_CLUSTER: 2,
+        GPU_NODE: 2,
+        NODE: 2,
+    },
+    gap_s=(2.0, 6.0),
+    window_s=15.0,
+    scale_every_s=(4.0, 9.0),
+    refill_cap_s=60.0,
+    drain_s=60.0,
+)
+
+
+# ------------------------------------------------------------------------- pure helpers
+
+
+class Clock:
+    """Seconds since the load started, shared by every thread of the run."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.t0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scheduled fault: what to break, after how long, and which target (``pick`` in
+    [0, 1) indexes the sorted candidates found at run time, so the choice is seeded too)."""
+
+    kind: str
+    gap_s: float
+    pick: float
+
+
+def make_schedule(seed: int, mode: Mode) -> list[Fault]:
+    """Every kill of the mode once, in a seeded order with seeded gaps and targets."""
+    rng = np.random.default_rng(seed)
+    kinds = [k for k in KILL_KINDS for _ in range(mode.kills.get(k, 0))]
+    order = rng.permutation(len(kinds))
+    return [
+        Fault(kinds[i], round(float(rng.uniform(*mode.gap_s)), 2), float(rng.random()))
+        for i in order
+    ]
+
+
+def pick(candidates: Sequence[str], u: float) -> str:
+    """The seeded choice among sorted candidates."""
+    ordered = sorted(candidates)
+    return ordered[min(int(u * len(ordered)), len(ordered) - 1)]
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    index: int
+    at: float  # seconds after the load started
+    stream: bool
+    prompt_bytes: int
+    max_tokens: int
+
+
+def request_plan(seed: int, mode: Mode) -> Iterator[RequestSpec]:
+    """Seeded open-loop arrivals (Poisson at ``mode.rate``), endless; the caller stops."""
+    rng = np.random.default_rng([seed, 1])
+    t, k = 0.0, 0
+    while True:
+        t += float(rng.exponential(1.0 / mode.rate))
+        stream = bool(rng.random() < mode.stream_fraction)
+        n_in = int(rng.integers(mode.prompt_bytes[0], mode.prompt_bytes[1] + 1))
+        n_out = int(rng.integers(mode.max_tokens[0], mode.max_tokens[1] + 1))
+        yield RequestSpec(k, t, stream, n_in, n_out)
+        k += 1
+
+
+def prompt_text(seed: int, spec: RequestSpec) -> str:
+    rng = np.random.default_rng([seed, 2, spec.index])
+    return "".join(chr(c) for c in rng.integers(97, 123, spec.prompt_bytes))
+
+
+COMPLETED, FAILED, TRUNCATED = "completed", "failed", "truncated"
+
+
+def classify(
+    status: int, error: str, finish_reason: str | None, tokens: int, max_tokens: int
+) -> str:
+    """Failed: an HTTP error, an error event, a broken connection. Truncated: ended cleanly but
+    without a finish_reason, or short of ``max_tokens`` without a stop."""
+    if status != 200 or error:
+        return FAILED
+    if finish_reason is None or (finish_reason != "stop" and tokens < max_tokens):
+        return TRUNCATED
+    return COMPLETED
+
+
+@dataclass
+class RequestRecord:
+    index: int
+    sent: float
+    done: float
+    stream: bool
+    max_tokens: int
+    status: int
+    tokens: int
+    finish_reason: str | None
+    error: str
+    outcome: str
+
+    @property
+    def latency_s(self) -> float:
+        return self.done - self.sent
+
+
+def verdict(
+    sent: float, done: float, completed: bool, bound_s: float, until_t: float
+) -> bool | None:
+    """Whether a request was served at the offered rate: completed within ``bound_s``. None
+    (unknown) when it went wrong only after ``until_t``, the next fault, which it may owe to."""
+    if completed and done - sent <= bound_s:
+        return True
+    went_bad = min(sent + bound_s, math.inf if completed else done)
+    return False if went_bad < until_t else None
+
+
+def recovery_s(
+    fault_t: float,
+    until_t: float,
+    sent_good: Sequence[tuple[float, bool | None]],
+    window_s: float = RECOVERY_WINDOW_S,
+) -> float | None:
+    """Seconds from ``fault_t`` until new requests succeed again: the earliest start (the fault
+    itself, or a good request's send time) from which every request sent in the next
+    ``window_s`` (cut at ``until_t``, the next fault) is good, with at least one sent; requests
+    of unknown verdict are left out. None when that never happens before ``until_t``."""
+    after = sorted((s, g) for s, g in sent_good if fault_t <= s < until_t and g is not None)
+    starts = [fault_t] + [s for s, g in after if g]
+    for start in starts:
+        end = min(start + window_s, until_t)
+        inside = [g for s, g in after if start <= s < end]
+        if inside and all(inside):
+            return round(start - fault_t, 2)
+    return None
+
+
+def invariant_violations(snapshot: Mapping[str, Any]) -> tuple[set[str], set[tuple[str, int]]]:
+    """From the pre-scheduler's status snapshot: DG ids held twice (two live DGs, or a live DG
+    and a whole-DG removal) and (host, GPU) pairs held twice (DG instances + pending removals)."""
+    dgs = snapshot.get("dgs", [])
+    pending = snapshot.get("pending_removals", [])
+    ids = [d["dg_id"] for d in dgs] + [p["dg_id"] for p in pending if p.get("whole_dg")]
+    dup_ids = {i for i, n in Counter(ids).items() if n > 1}
+    gpus = [(i["host"], int(g)) for d in dgs for i in d.get("instances", []) for g in i["gpus"]]
+    gpus += [(h, int(g)) for p in pending for h, g in p.get("gpus", [])]
+    double = {k for k, n in Counter(gpus).items() if n > 1}
+    return dup_ids, double
+
+
+def decision_key(entry: Mapping[str, Any]) -> tuple[str, float]:
+    return entry["service"], float(entry["time"])
+
+
+def is_scale_event(entry: Mapping[str, Any]) -> bool:
+    """A decision that changed the service's instance targets (the initial one excluded)."""
+    return entry.get("reason") != "initial" and (entry["prefill"], entry["decode"]) != (
+        entry["had_prefill"],
+        entry["had_decode"],
+    )
+
+
+def counter_total(text: str, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+    """Sum of a Prometheus counter's samples (``name`` without ``_total``) whose labels include
+    ``labels``; None when the exposition does not declare the metric at all."""
+    if not re.search(rf"^# TYPE {re.escape(name)}(_total)? counter", text, re.M):
+        return None
+    total = 0.0
+    sample = re.compile(rf"^{re.escape(name)}_total(?:\{{([^}}]*)\}})?\s+(\S+)", re.M)
+    for m in sample.finditer(text):
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
+        if all(got.get(k) == v for k, v in (labels or {}).items()):
+            total += float(m.group(2))
+    return total
+
+
+def longest_stall(samples: Sequence[Mapping[str, Any]]) -> float:
+    """The longest time the control loop's cycle counter stood still between two status
+    samples that saw it (seconds): how long the control plane was not acting."""
+    seen = [(s["t"], s["cycles"]) for s in samples if s.get("cycles") is not None]
+    if not seen:
+        return 0.0
+    longest, since = 0.0, seen[0][0]
+    for (t, c), (_, prev) in zip(seen[1:], seen[:-1], strict=True):
+        if c != prev:
+            longest, since = max(longest, t - since), t
+    return round(max(longest, seen[-1][0] - since), 1)
+
+
+def good_latency_bound(latencies: Sequence[float]) -> float:
+    """The latency under which a request counts as served at the offered rate: 3x the p99
+    seen before any fault, at least 5 s."""
+    if not latencies:
+        return 10.0
+    return round(max(5.0, 3.0 * float(np.percentile(latencies, 99))), 2)
+
+
+def _max(values: Sequence[float | None]) -> float | None:
+    """Max of per-fault times; None (never recovered) wins over any number."""
+    if not values or any(v is None for v in values):
+        return None
+    return max(v for v in values if v is not None)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the run saw besides the requests and the faults."""
+
+    scale_events: int
+    duplicate_dgs: int  # DG ids ever held twice in a status snapshot
+    double_booked_gpus: int  # (host, GPU) pairs ever held twice in a status snapshot
+    migrations: int
+    migrations_source: str
+    good_latency_s: float
+    end_t: float  # when the last arrival window closed (seconds since the load started)
+
+
+def summarise(
+    records: Sequence[RequestRecord], faults: Sequence[dict[str, Any]], facts: RunFacts
+) -> dict[str, Any]:
+    """The JSON summary; fills each fault's serving recovery and lost requests in place."""
+    good_latency_s, end_t = facts.good_latency_s, facts.end_t
+    outcomes = Counter(r.outcome for r in records)
+    times = [f["t"] for f in faults]
+    for k, f in enumerate(faults):
+        until = times[k + 1] if k + 1 < len(times) else end_t
+        sent_good = [
+            (r.sent, verdict(r.sent, r.done, r.outcome == COMPLETED, good_latency_s, until))
+            for r in records
+        ]
+        f["serving_recovery_s"] = recovery_s(f["t"], until, sent_good)
+        f["lost"] = sum(1 for r in records if r.outcome != COMPLETED and f["t"] <= r.done < until)
+        if f["kind"] in SERVING_KINDS:
+            f["recovery_s"] = f["serving_recovery_s"]
+    kills = Counter(f["kind"] for f in faults if f["kind"] in KILL_KINDS and not f.get("skipped"))
+    kinds = [k for k in (*KILL_KINDS, NODE_RESTORE) if any(f["kind"] == k for f in faults)]
+    recovery = {k: _max([f.get("recovery_s") for f in faults if f["kind"] == k]) for k in kinds}
+    refill = {
+        k: _max([f.get("refill_s") for f in faults if f["kind"] == k])
+        for k in kinds
+        if any("refill_s" in f for f in faults if f["kind"] == k)
+    }
+    failed, truncated = outcomes.get(FAILED, 0), outcomes.get(TRUNCATED, 0)
+    summary: dict[str, Any] = {
+        "requests": len(records),
+        "completed": outcomes.get(COMPLETED, 0),
+        "failed": failed,
+        "truncated": truncated,
+        "lost": failed + truncated,
+        "migrations": facts.migrations,
+        "migrations_source": facts.migrations_source,
+        "kills": {k: kills.get(k, 0) for k in KILL_KINDS},
+        "recovery_s_max": recovery,
+        "refill_s_max": refill,
+        "duplicate_dgs": facts.duplicate_dgs,
+        "double_booked_gpus": facts.double_booked_gpus,
+        "scale_events": facts.scale_events,
+        "good_latency_s": good_latency_s,
+    }
+    summary["goals"] = goals(summary)
+    return summary
+
+
+def goals(s: Mapping[str, Any]) -> dict[str, Any]:
+    """The issue's goals, plus coverage (a run that skipped a kind proves nothing about it)."""
+    slow = sorted(k for k, v in s["recovery_s_max"].items() if v is None or v > RECOVERY_GOAL_S)
+    missing = sorted(k for k in KILL_KINDS if s["kills"].get(k, 0) == 0)
+    out = {
+        "lost_zero": s["lost"] == 0,
+        "recovery_le_10s": not slow,
+        "recovery_over_goal": slow,
+        "no_duplicate_dgs": s["duplicate_dgs"] == 0,
+        "no_double_booked_gpus": s["double_booked_gpus"] == 0,
+        "coverage": not missing and s["scale_events"] >= SCALE_EVENTS_GOAL,
+        "kinds_not_killed": missing,
+    }
+    out["pass"] = all(
+        out[k]
+        for k in (
+            "lost_zero",
+            "recovery_le_10s",
+            "no_duplicate_dgs",
+            "no_double_booked_gpus",
+            "coverage",
+        )
+    )
+    return out
+
+
+def seconds_text(x: float | None) -> str:
+    return "never" if x is None else f"{x:.1f} s"
+
+
+def format_table(summary: Mapping[str, Any], faults: Sequence[Mapping[str, Any]]) -> str:
+    """Per-fault rows, then per-kind maxima, totals and the goals."""
+    width = max([len(str(f.get("target", ""))) for f in faults] + [6])
+    lines = [
+        f"{'t':>6}  {'fault':<15} {'target':<{width}} {'recovery':>9} {'refill':>8} "
+        f"{'migr':>5} {'lost':>5}"
+    ]
+    for f in faults:
+        refill = seconds_text(f["refill_s"]) if "refill_s" in f else "-"
+        lines.append(
+            f"{f['t']:>5.0f}s  {f['kind']:<15} {str(f.get('target', '')):<{width}} "
+            f"{seconds_text(f.get('recovery_s')):>9} {refill:>8} "
+            f"{f.get('migrations', '-'):>5} {f.get('lost', 0):>5}"
+        )
+    lines.append("")
+    lines.append(f"{'kind':<16}{'kills':>6}{'recovery max':>14}{'refill max':>12}")
+    for k, v in summary["recovery_s_max"].items():
+        refill = summary["refill_s_max"].get(k, "-")
+        lines.append(
+            f"{k:<16}{summary['kills'].get(k, 0):>6}{seconds_text(v):>14}"
+            f"{seconds_text(refill) if refill != '-' else '-':>12}"
+        )
+    g = summary["goals"]
+    mark = {True: "ok", False: "FAIL"}
+    lines += [
+        "",
+        f"requests {summary['requests']}: completed {summary['completed']}, failed "
+        f"{summary['failed']}, truncated {summary['truncated']} -> lost {summary['lost']}",
+        f"migrations {summary['migrations']} ({summary['migrations_source']})",
+        f"scale events {summary['scale_events']}; duplicate DGs {summary['duplicate_dgs']}; "
+        f"double-booked GPUs {summary['double_booked_gpus']}; a request is good when it "
+        f"completes within {summary['good_latency_s']:.1f} s"
+        + (
+            f"; control loop stood still {summary['control_cycle_stall_s_max']:.1f} s at most"
+            if "control_cycle_stall_s_max" in summary
+            else ""
+        ),
+        f"goals: lost = 0 {mark[g['lost_zero']]}; recovery <= {RECOVERY_GOAL_S:g} s per kind "
+        f"{mark[g['recovery_le_10s']]}"
+        + (f" (over: {', '.join(g['recovery_over_goal'])})" if g["recovery_over_goal"] else "")
+        + f"; 0 duplicate DGs {mark[g['no_duplicate_dgs']]}; 0 double-booked GPUs "
+        f"{mark[g['no_double_booked_gpus']]}; every kind killed and >= {SCALE_EVENTS_GOAL} "
+        f"scale events {mark[g['coverage']]} -> {'PASS' if g['pass'] else 'FAIL'}",
+    ]
+    return "\n".join(lines)
+
+
+def plot(
+    path: Path,
+    records: Sequence[RequestRecord],
+    faults: Sequence[Mapping[str, Any]],
+    samples: Sequence[Mapping[str, Any]],
+    updates: Sequence[Mapping[str, Any]],
+) -> bool:
+    """Offered / completed / lost requests per 2 s with fault markers, and instance counts."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    end = max([r.done for r in records] + [1.0])
+    bins = np.arange(0.0, end + 2.0, 2.0)
+    offered, _ = np.histogram([r.sent for r in records], bins=bins)
+    done, _ = np.histogram([r.done for r in records if r.outcome == COMPLETED], bins=bins)
+    lost, _ = np.histogram([r.done for r in records if r.outcome != COMPLETED], bins=bins)
+    fig, ax = plt.subplots(2, 1, figsize=(13, 7), sharex=True)
+    mid = bins[:-1]
+    ax[0].step(mid, offered / 2.0, where="post", label="offered (req/s)", color="black")
+    ax[0].step(mid, done / 2.0, where="post", label="completed (req/s)", color="tab:green")
+    ax[0].bar(
+        mid,
+        lost / 2.0,
+        width=2.0,
+        align="edge",
+        label="failed + truncated (req/s)",
+        color="tab:red",
+        alpha=0.7,
+    )
+    colors = dict(zip((*KILL_KINDS, NODE_RESTORE), plt.get_cmap("tab10").colors, strict=False))
+    for f in faults:
+        for a in ax:
+            a.axvline(f["t"], color=colors.get(f["kind"], "grey"), ls="--", lw=1)
+        ax[0].text(
+            f["t"],
+            ax[0].get_ylim()[1] * 0.98,
+            f["kind"],
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color=colors.get(f["kind"], "grey"),
+        )
+    ax[0].set_ylabel("requests/s")
+    ax[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    t = [s["t"] for s in samples]
+    for role, color, lw in (("prefill", "tab:orange", 3.5), ("decode", "tab:blue", 1.5)):
+        target = [s[f"{role}_target"] for s in samples]
+        running = [s[f"{role}_running"] for s in samples]
+        ax[1].step(t, target, where="post", color=color, lw=lw, label=f"{role} target")
+        ax[1].step(t, running, ":", where="post", color=color, label=f"{role} running")
+    for u in updates:
+        ax[1].axvline(u["t"], color="grey", alpha=0.25, lw=0.8)
+    ax[1].set_ylabel("instances")
+    ax[1].set_xlabel("seconds since the load started (grey: min-instance updates)")
+    ax[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.suptitle("HeteroScale chaos benchmark: open-loop load through faults and scale events")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
