@@ -198,10 +198,10 @@ def test_closed_pipe_ends_with_one_line_and_141(argv: list[str], tmp_path: Path)
 
 
 def test_ctrl_c_ends_with_one_line_and_130(tmp_path: Path) -> None:
-    # a replay long enough to be interrupted mid-way: five policies on 20 min of ServeGen x8
+    # a replay long enough to be interrupted mid-way: five policies on 20 min of ServeGen x64, minutes of work even on an idle machine
     argv = [
         "replay", "--trace", "servegen-mlarge", "--services", str(ROOT / "examples/sim_services.yaml"),
-        "--service", "general", "--rate-scale", "8", "--policy", "all", "--out", "out",
+        "--service", "general", "--rate-scale", "64", "--policy", "all", "--out", "out",
     ]  # fmt: skip
     proc = subprocess.Popen(
         [EXE, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path

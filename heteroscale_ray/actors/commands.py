@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ADDRESS_HELP = "Ray cluster address (default: auto, the cluster this machine belongs to)"
@@ -150,6 +151,26 @@ def _watch_status(args: argparse.Namespace) -> int:
     object a line). A control plane that stops answering mid-watch (an actor restarting) shows
     as a line in the frame and the watch goes on; Ctrl-C and a closed pipe end at the CLI entry
     point with one line and exit code 130 / 141."""
+    import signal
+
+    # Ctrl-C that lands inside a Ray call can come back as a RayError, which the loop below
+    # would show as "not answering" and go on: remember it, and end the watch either way.
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return _watch_frames(args, lambda: interrupted)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _watch_frames(args: argparse.Namespace, interrupted: Callable[[], bool]) -> int:
+    """The frames of `status --watch` until Ctrl-C (`interrupted()`), which the caller traps."""
     import datetime as dt
     import time
 
@@ -160,10 +181,14 @@ def _watch_status(args: argparse.Namespace) -> int:
     redraw = sys.stdout.isatty()
     frames = 0
     while True:
+        if interrupted():
+            raise KeyboardInterrupt
         stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         try:
             body = _status_text(args, one_line=True)
         except (ControlPlaneError, RayError) as e:
+            if interrupted():
+                raise KeyboardInterrupt from e
             if frames == 0:
                 print(e, file=sys.stderr)  # nothing to watch
                 return 1
