@@ -197,6 +197,13 @@ def test_closed_pipe_ends_with_one_line_and_141(argv: list[str], tmp_path: Path)
     )
 
 
+def interruptible() -> None:
+    """In the child before exec: SIGINT back to its default. A test run started as a background
+    job (`make test &`, nohup) ignores SIGINT, children inherit that, and Python then installs
+    no KeyboardInterrupt handler, so the Ctrl-C under test would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_with_one_line_and_130(tmp_path: Path) -> None:
     # a replay long enough to be interrupted mid-way: five policies on 20 min of ServeGen x64, minutes of work even on an idle machine
     argv = [
@@ -204,7 +211,12 @@ def test_ctrl_c_ends_with_one_line_and_130(tmp_path: Path) -> None:
         "--service", "general", "--rate-scale", "64", "--policy", "all", "--out", "out",
     ]  # fmt: skip
     proc = subprocess.Popen(
-        [EXE, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        [EXE, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=interruptible,
     )
     assert proc.stdout is not None and proc.stderr is not None
     err: list[str] = []

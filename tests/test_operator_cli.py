@@ -64,6 +64,7 @@ def _watch(address: str, *extra: str, frames: int = 2) -> tuple[int, list[str], 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
         env={**os.environ, "RAY_DEDUP_LOGS": "0"},
     )
     assert proc.stdout is not None
@@ -84,6 +85,12 @@ def _watch(address: str, *extra: str, frames: int = 2) -> tuple[int, list[str], 
 
 
 HEADER = "heteroscale status at "
+
+
+def interruptible() -> None:
+    """In the child before exec: SIGINT back to its default (a background test run ignores it,
+    and children inherit that; see tests/test_cli.py)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_start_advisory_status_metrics_stop(ray_cluster: Any, tmp_path: Path) -> None:
