@@ -103,6 +103,9 @@ api = FastAPI(title="heteroscale ingress")
 install_error_handlers(api)  # 404/405/422 as OpenAI errors; before serve.ingress copies `api`
 
 
+REFRESH_ON_MISS_S = 2.0  # how long a request waits for a fresh view before a 404 / 503
+
+
 @serve.ingress(api)
 class Router(ChoiceStreams):
     """Serve ingress deployment body; `deployments.deploy_ingress` sets its options."""
@@ -134,12 +137,13 @@ class Router(ChoiceStreams):
 
     # ---- routing table cache ----
     async def _refresh(self) -> None:
+        # Adopt every snapshot, not only a new version: a restarted table may count versions
+        # from where its checkpoint left off, and a copy of a few routes each period is cheap.
         version, services = await self._table.snapshot.remote()
-        if version != self._version:
-            self._version, self._services = version, services
-            live = {d.app_name for s in services.values() for d in s.dgs.values()}
-            for key in [k for k in self._handles if k[0] not in live]:
-                del self._handles[key]
+        self._version, self._services = version, services
+        live = {d.app_name for s in services.values() for d in s.dgs.values()}
+        for key in [k for k in self._handles if k[0] not in live]:
+            del self._handles[key]
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -202,6 +206,15 @@ class Router(ChoiceStreams):
         self._requests.error(service, e.status)
         return e.response()
 
+    async def _refreshed(self) -> bool:
+        """Fetch the routing table now, before refusing a request on a view up to one refresh
+        period old (a DG registered a moment ago); False if the table did not answer in time."""
+        try:
+            await asyncio.wait_for(self._refresh(), timeout=REFRESH_ON_MISS_S)
+        except Exception:  # the table restarting: the periodic refresh retries
+            return False
+        return True
+
     async def _serve(self, request: Request, chat: bool) -> Response:
         arrival, started = time.time(), time.perf_counter()
         service_name = ""
@@ -210,6 +223,8 @@ class Router(ChoiceStreams):
             req: CompletionRequest | ChatCompletionRequest
             req = parse_chat(raw) if chat else parse_completion(raw)
             service = self._services.get(req.model)
+            if service is None and await self._refreshed():
+                service = self._services.get(req.model)
             if service is None:
                 raise ApiError(
                     404,
@@ -239,6 +254,9 @@ class Router(ChoiceStreams):
                     "overloaded",
                 )
             dg = choose_dg(service.dgs, self._inflight_by_app)
+            if dg is None and await self._refreshed():
+                service = self._services.get(req.model, service)
+                dg = choose_dg(service.dgs, self._inflight_by_app)
             if dg is None:
                 raise ApiError(
                     503,
