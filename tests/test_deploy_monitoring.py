@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from heteroscale_ray.actors.metrics import SIGNALS, ControlPlaneMetrics
-from heteroscale_ray.config.services import Role, parse_pd_ratio
+from heteroscale_ray.config import Role, parse_pd_ratio
 from heteroscale_ray.control import Observation
 from heteroscale_ray.control.types import Desired
 from heteroscale_ray.policy.types import Reason, Signals

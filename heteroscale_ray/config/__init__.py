@@ -9,22 +9,23 @@ from heteroscale_ray.config.loader import (
     parse_yaml_text,
     write_schemas,
 )
-from heteroscale_ray.config.services import (
-    AffinityLevel,
+from heteroscale_ray.config.policy import (
     DemandSpec,
     DynamicRatio,
     KvGuard,
     LatencyGuard,
     LatencyTier,
-    PdRatio,
     PeriodicEntry,
     PolicySpec,
+)
+from heteroscale_ray.config.ratio import PdRatio, parse_pd_ratio
+from heteroscale_ray.config.services import (
+    AffinityLevel,
     Role,
     RoleSpec,
     ServicesConfig,
     ServiceSpec,
     Slo,
-    parse_pd_ratio,
 )
 from heteroscale_ray.config.topology import (
     BigPodSpec,

@@ -1,0 +1,342 @@
+"""A service's autoscaling policy: the signal and its targets, the guards, the time table,
+the dynamic ratio and demand sizing. Defaults not published by the paper are ours; each field's
+description says what it does."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from heteroscale_ray.config.ratio import PdRatio, parse_pd_ratio
+
+
+class LatencyTier(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: float = Field(
+        gt=0, description="Fires when observed p99 latency >= at * SLO (e.g. 1.0 = at the SLO)."
+    )
+    step: float = Field(
+        gt=0, le=4, description="Scale-out step as a fraction of current instances (0.1 = +10%)."
+    )
+
+
+class LatencyGuard(BaseModel):
+    """Negative feedback on latency: the safety net under proportional control."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="Turn the latency guard on or off.")
+    metric: Literal["tbt", "ttft", "both"] = Field(
+        default="tbt", description="Latency to watch; TBT is the cleaner signal (paper)."
+    )
+    tiers: list[LatencyTier] = Field(
+        default_factory=lambda: [LatencyTier(at=0.95, step=0.10), LatencyTier(at=1.2, step=0.20)],
+        description="Tiers by rising threshold; the highest tier reached applies. Paper's examples: "
+        "about +10% on a moderate rise, +20% on a severe SLO breach.",
+    )
+    cooldown_s: float = Field(
+        default=30.0, ge=0, description="Minimum seconds between two latency-guard scale-outs."
+    )
+
+    @field_validator("tiers")
+    @classmethod
+    def _sorted(cls, tiers: list[LatencyTier]) -> list[LatencyTier]:
+        ats = [t.at for t in tiers]
+        if ats != sorted(ats) or len(set(ats)) != len(ats):
+            raise ValueError(f"tiers must have strictly rising 'at' values, got {ats}: sort them")
+        return tiers
+
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class PeriodicEntry(BaseModel):
+    """One row of a time table: fixed targets between ``start`` and ``end`` (UTC, end exclusive)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: str = Field(description="'HH:MM' UTC, inclusive.")
+    end: str = Field(description="'HH:MM' UTC, exclusive; may wrap past midnight.")
+    decode_instances: int = Field(ge=0, description="Decode instances in this window.")
+    pd_ratio: str | None = Field(
+        default=None, description="P/D ratio in this window, e.g. '1:2'; default: the service's."
+    )
+
+    @field_validator("start", "end")
+    @classmethod
+    def _hhmm(cls, v: str) -> str:
+        if not _HHMM.match(v):
+            raise ValueError(f"{v!r} is not a time of day: write it as 'HH:MM', e.g. '08:30'")
+        return v
+
+    @field_validator("pd_ratio")
+    @classmethod
+    def _ratio(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_pd_ratio(v)
+        return v
+
+    def start_s(self) -> int:
+        h, m = self.start.split(":")
+        return int(h) * 3600 + int(m) * 60
+
+    def end_s(self) -> int:
+        h, m = self.end.split(":")
+        return int(h) * 3600 + int(m) * 60
+
+
+class KvGuard(BaseModel):
+    """Decode KV-cache memory pressure as a scale-out trigger (KV-aware signal; ours to define).
+
+    Decode throughput per instance falls when sequences get longer: each holds more KV, fewer
+    fit, and new ones wait for memory while decode TPS still looks on target. When the mean
+    share of decode KV in use reaches ``high``, decode steps out by ``step`` (prefill follows
+    the ratio), and no scale-in happens while it stays there.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=False, description="Turn the KV-pressure guard on or off.")
+    high: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Mean decode KV use (0..1) at which decode is short of memory. Set it above "
+        "what the service runs at on target (see kv_use in `heteroscale replay` or status).",
+    )
+    step: float = Field(
+        default=0.1, gt=0, le=4, description="Scale-out step as a fraction of decode instances."
+    )
+    cooldown_s: float = Field(
+        default=60.0, ge=0, description="Minimum seconds between two KV-pressure scale-outs."
+    )
+
+
+class DynamicRatio(BaseModel):
+    """A P/D ratio that follows workload drift (the paper's future work; ours to define).
+
+    Each tick measures the ratio the load needs, (prefill tokens/s / prefill target) :
+    (decode tokens/s / decode target), smooths it over ``smoothing_s`` and switches the
+    active ratio to the nearest small-integer ratio only when the smoothed value has moved
+    more than ``change_tolerance`` from it. The configured ``pd_ratio`` is where it starts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=False, description="Let the P/D ratio follow the workload.")
+    paired_target_per_instance: float | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens/s one instance of the *other* role should carry at the target load "
+        "(prefill cache-miss tokens/s when the signal is decode_tps), from the same stress test "
+        "as target_per_instance. Required when enabled.",
+    )
+    min_ratio: str = Field(
+        default="1:8", description="Lowest prefill:decode the ratio may move to, e.g. '1:8'."
+    )
+    max_ratio: str = Field(
+        default="8:1", description="Highest prefill:decode the ratio may move to, e.g. '8:1'."
+    )
+    max_term: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Largest number on either side of the active ratio (8 allows '3:8', not '5:13').",
+    )
+    smoothing_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Time constant of the moving average over measured ratios (0 = none).",
+    )
+    change_tolerance: float = Field(
+        default=0.2,
+        ge=0,
+        le=4,
+        description="Switch only when the smoothed ratio is this far (relative) from the active one.",
+    )
+
+    @field_validator("min_ratio", "max_ratio")
+    @classmethod
+    def _ratio(cls, v: str) -> str:
+        parse_pd_ratio(v)
+        return v
+
+    @model_validator(mode="after")
+    def _usable(self) -> DynamicRatio:
+        lo, hi = parse_pd_ratio(self.min_ratio), parse_pd_ratio(self.max_ratio)
+        if lo[0] * hi[1] > hi[0] * lo[1]:
+            raise ValueError(
+                f"min_ratio {self.min_ratio!r} is above max_ratio {self.max_ratio!r}: swap them"
+            )
+        if self.enabled and self.paired_target_per_instance is None:
+            raise ValueError(
+                "enabled needs paired_target_per_instance (tokens/s one instance of the other "
+                "role carries at target load): set it, e.g. from `heteroscale pd-sweep`"
+            )
+        return self
+
+    def bounds(self) -> tuple[float, float]:
+        """(lowest, highest) prefill/decode as numbers."""
+        (a, b), (c, d) = self.bound_ratios()
+        return a / b, c / d
+
+    def bound_ratios(self) -> tuple[PdRatio, PdRatio]:
+        return parse_pd_ratio(self.min_ratio), parse_pd_ratio(self.max_ratio)
+
+
+class DemandSpec(BaseModel):
+    """How `signal: demand` sizes each role: its arrival-side demand over what one instance
+    carries, learned from replica reports with the roofline model as the prior. Every default
+    is a property of queueing and of the SLO, not of a trace."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefill_utilization: float = Field(
+        default=0.8,  # = perf.capacity.PREFILL_UTIL_TARGET
+        gt=0,
+        le=1,
+        description="Busy share prefill instances are sized for; the rest absorbs bursts "
+        "(queueing wait grows without bound as this nears 1).",
+    )
+    decode_tbt_margin: float = Field(
+        default=0.7,  # = perf.capacity.DECODE_TBT_MARGIN: the simulator's sizing uses it too
+        gt=0,
+        le=1,
+        description="Decode batches are sized so that one step takes at most this share of the "
+        "TBT SLO (the rest absorbs KV transfer, admission waits and longer-than-mean contexts).",
+    )
+    drain_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A queued backlog is planned to drain within this many seconds.",
+    )
+    backlog_periods: int = Field(
+        default=3,
+        ge=1,
+        description="A role whose backlog grew this many periods in a row is never held or "
+        "scaled in (reason backlog_growth).",
+    )
+    peak_window_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="Scale-in stabilisation: a role scales in only to its recent peak need "
+        "(HPA's downscale window): the peak is held this long after it was last raised, then "
+        "decays with the same time constant. 900 s keeps a role to at most four direction "
+        "changes an hour. 0 = off.",
+    )
+    burst_horizon_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Burst headroom: each role is sized for its need plus the rise its need has "
+        "shown within this horizon (learned quantile, policy/burst.py). Set it to the instance "
+        "start-up time plus one control period. 0 = off.",
+    )
+    burst_quantile: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Which quantile of the remembered rises the headroom covers.",
+    )
+    learn: bool = Field(
+        default=True,
+        description="Correct the roofline prior with what replicas report (busy time, step time).",
+    )
+    learn_smoothing_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Time constant of the learned correction's moving average.",
+    )
+    prefill_tokens_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Override: cache-miss prompt tokens/s one prefill instance processes when "
+        "busy all the time (replaces the learned value).",
+    )
+    decode_batch: float | None = Field(
+        default=None,
+        gt=0,
+        description="Override: sequences one decode instance runs within the TBT SLO "
+        "(replaces the learned value).",
+    )
+
+
+class PolicySpec(BaseModel):
+    """How a service scales. Times are seconds; fractions are of the current instance count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["metrics", "periodic", "hybrid"] = Field(
+        default="metrics",
+        description="'metrics': proportional control + latency guard; 'periodic': the time table "
+        "only (hold outside it); 'hybrid': the larger of the two.",
+    )
+    signal: Literal["decode_tps", "prefill_tps", "demand"] = Field(
+        default="decode_tps",
+        description="'decode_tps'/'prefill_tps': the paper's proportional control on one "
+        "throughput signal, split by the fixed P/D ratio (prefill_tps counts cache-miss tokens "
+        "only; decode TPS is the paper's production choice). 'demand': each role sized on its "
+        "own arrival-side demand over a learned per-instance capacity; the ratio follows.",
+    )
+    target_per_instance: float | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens/s one instance of the signal's role should carry at the target load "
+        "(found by `heteroscale tune`); required for decode_tps/prefill_tps.",
+    )
+    demand: DemandSpec = Field(default_factory=DemandSpec)
+    scale_out_tolerance: float = Field(
+        default=0.10, ge=0, le=1, description="Scale out only when required/current > 1 + this."
+    )
+    scale_in_tolerance: float = Field(
+        default=0.20, ge=0, le=1, description="Scale in only when required/current < 1 - this."
+    )
+    scale_out_cooldown_s: float = Field(
+        default=30.0, ge=0, description="Minimum seconds after any scaling before a scale-out."
+    )
+    scale_in_cooldown_s: float = Field(
+        default=300.0, ge=0, description="Minimum seconds after any scaling before a scale-in."
+    )
+    scale_out_damping: float = Field(
+        default=1.0, gt=0, le=1, description="Share of the gap closed per scale-out (1 = all)."
+    )
+    scale_in_damping: float = Field(
+        default=0.5, gt=0, le=1, description="Share of the gap closed per scale-in (>= 1 instance)."
+    )
+    stale_after_s: float = Field(
+        default=60.0, gt=0, description="Signals older than this count as missing (never scale in)."
+    )
+    gpu_budget: int | None = Field(
+        default=None, ge=1, description="Optional cap on GPUs this service may hold (both roles)."
+    )
+    latency_guard: LatencyGuard = Field(default_factory=LatencyGuard)
+    dynamic_ratio: DynamicRatio = Field(default_factory=DynamicRatio)
+    kv_guard: KvGuard = Field(default_factory=KvGuard)
+    periodic: list[PeriodicEntry] = Field(
+        default_factory=list, description="Time table for 'periodic' and 'hybrid' modes."
+    )
+
+    @model_validator(mode="after")
+    def _periodic_needs_table(self) -> PolicySpec:
+        if self.signal != "demand" and self.target_per_instance is None:
+            raise ValueError(
+                f"signal '{self.signal}' needs target_per_instance (tokens/s one instance carries "
+                "at target load): set it (`heteroscale tune` finds it), or use signal 'demand'"
+            )
+        if self.signal == "demand" and self.dynamic_ratio.enabled:
+            raise ValueError(
+                "signal 'demand' sizes each role on its own, so the ratio already follows the "
+                "load: turn dynamic_ratio off"
+            )
+        if self.mode in ("periodic", "hybrid") and not self.periodic:
+            raise ValueError(
+                f"mode '{self.mode}' needs a 'periodic' time table: add entries or use mode 'metrics'"
+            )
+        if self.mode == "periodic" and self.dynamic_ratio.enabled:
+            raise ValueError(
+                "dynamic_ratio needs measured load, which mode 'periodic' ignores: use mode "
+                "'hybrid' or 'metrics', or set the ratio per time-table row"
+            )
+        return self
