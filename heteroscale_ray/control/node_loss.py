@@ -105,9 +105,7 @@ def drop_lost(
                 f"{head}; none left, re-placed in its domain if it has room, else elsewhere"
             )
         elif spec is not None and _broken(dg, gone, spec, graph, free):
-            dissolved.append(
-                PendingRemoval(replace(dg, draining=True), dg.instances, now, whole_dg=True)
-            )
+            dissolved.append(_dissolve(dg, now))
             events.append(
                 f"{head}; its domain has no room to bring that role back, so the DG is dissolved: "
                 f"its {dg.size} survivor(s) drain and the whole DG is re-placed"
@@ -142,9 +140,7 @@ def dissolve_unservable(
             and dg.instances
             and not (dg.count(Role.PREFILL) and dg.count(Role.DECODE))
         ):
-            dissolved.append(
-                PendingRemoval(replace(dg, draining=True), dg.instances, now, whole_dg=True)
-            )
+            dissolved.append(_dissolve(dg, now))
             events.append(
                 f"{dg.dg_id}: could not get back the role it lost in its domain, so it is "
                 f"dissolved: its {dg.size} instance(s) drain and are re-placed next tick"
@@ -152,6 +148,11 @@ def dissolve_unservable(
         else:
             out.append(dg)
     return tuple(out), tuple(dissolved), tuple(events)
+
+
+def _dissolve(dg: DeploymentGroup, now: float) -> PendingRemoval:
+    """The whole DG leaves routing and drains; `settle` never restores a draining DG."""
+    return PendingRemoval(replace(dg, draining=True), dg.instances, now, whole_dg=True)
 
 
 def _broken(

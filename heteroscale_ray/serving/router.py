@@ -124,7 +124,6 @@ class Router(ChoiceStreams):
         self.tokenizer = ByteTokenizer()
         self._table = get_routing_table()
         self._services: dict[str, ServiceRoute] = {}
-        self._version = -1
         self._inflight = 0
         self._inflight_by_app: dict[str, int] = defaultdict(int)
         self._handles: dict[tuple[str, str], Any] = {}
@@ -137,10 +136,10 @@ class Router(ChoiceStreams):
 
     # ---- routing table cache ----
     async def _refresh(self) -> None:
-        # Adopt every snapshot, not only a new version: a restarted table may count versions
-        # from where its checkpoint left off, and a copy of a few routes each period is cheap.
-        version, services = await self._table.snapshot.remote()
-        self._version, self._services = version, services
+        # Adopt every snapshot, not only a new version: a copy of a few routes each period is
+        # cheap, and a view is then never older than one period.
+        _, services = await self._table.snapshot.remote()
+        self._services = services
         live = {d.app_name for s in services.values() for d in s.dgs.values()}
         for key in [k for k in self._handles if k[0] not in live]:
             del self._handles[key]
