@@ -225,3 +225,66 @@ def test_a_decode_queue_is_sized_by_its_drain_not_as_concurrency() -> None:
     decision, _ = decide(spec, burst, counts(4, 5), PolicyState(), NOW)
     as_concurrency = (250.0 + 5_000.0) / capacity(spec, burst, PolicyState()).decode_batch
     assert 5 < decision.decode < as_concurrency / 3
+
+
+def _grow_decode_queue(spec: ServiceSpec, queues: list[float], d: int = 5) -> tuple:
+    """Feed periods with a growing decode queue; return the last decision and state."""
+    state, p = PolicyState(), 4
+    decision = None
+    for i, q in enumerate(queues):
+        t = NOW + 15 * i
+        sig = signals(observed_at=t, decode_running=300.0, decode_queue=q, output_mean=70.0)
+        decision, state = decide(spec, sig, counts(p, d), state, t)
+        p, d = decision.prefill, decision.decode
+    return decision, state
+
+
+def test_a_decode_queue_that_keeps_growing_is_sized_as_concurrency() -> None:
+    """The mean output comes from finished requests and lags a shift to long outputs; once the
+    queue has grown backlog_periods in a row, the drain estimate is proven short and the
+    waiting sequences count as running ones do."""
+    spec = make_service(scale_out_cooldown_s=30)
+    k = spec.policy.demand.backlog_periods
+    queues = [500.0 * 1.5**i for i in range(k + 1)]
+    decision, state = _grow_decode_queue(spec, queues)
+    batch = capacity(spec, signals(), state).decode_batch
+    assert decision.decode >= (300.0 + queues[-1]) / batch - 1
+
+
+def test_a_growing_backlog_goes_to_the_need_through_the_cooldown() -> None:
+    """A role held by its scale-out cooldown while its queue grows steps to the measured need,
+    not one instance at a time (one instance per period took a 16x surge 4 minutes)."""
+    spec = make_service(scale_out_cooldown_s=300)
+    k = spec.policy.demand.backlog_periods
+    queues = [500.0 * 1.5**i for i in range(k + 2)]
+    decision, state = _grow_decode_queue(spec, queues)
+    batch = capacity(spec, signals(), state).decode_batch
+    assert decision.reason is Reason.BACKLOG_GROWTH  # the step before started the cooldown
+    assert decision.decode >= (300.0 + queues[-1]) / batch - 1
+
+
+def test_one_roles_growth_does_not_hold_the_others_scale_out() -> None:
+    """Each role's scale-out cooldown counts from its own growth: prefill stepping out every
+    period must not keep decode waiting."""
+    spec = make_service(scale_out_cooldown_s=60)
+    state, p, d = PolicyState(), 2, 3
+    first = signals(prefill_offered_tps=60_000.0)
+    decision, state = decide(spec, first, counts(p, d), state, NOW)
+    assert decision.prefill > p and decision.decode == d
+    p = decision.prefill
+    later = signals(observed_at=NOW + 15, prefill_offered_tps=60_000.0, decode_running=900.0)
+    decision, _ = decide(spec, later, counts(p, d), state, NOW + 15)
+    assert decision.decode > d, decision.message
+
+
+def test_a_drained_backlog_is_not_held_by_the_scale_in_window() -> None:
+    """The scale-in window remembers the arriving demand, not the queue it drained: once the
+    queue is gone the role returns toward its arriving need."""
+    spec = make_service()
+    k = spec.policy.demand.backlog_periods
+    queues = [500.0 * 1.5**i for i in range(k + 1)]
+    high, state = _grow_decode_queue(spec, queues)
+    t = NOW + 15 * (k + 1) + 120
+    calm = signals(observed_at=t, decode_running=300.0, decode_queue=0.0, output_mean=70.0)
+    after, _ = decide(spec, calm, counts(high.prefill, high.decode), state, t)
+    assert after.decode < high.decode

@@ -15,7 +15,7 @@ budget, and never-shrink-on-missing-data, as for the paper's rule.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
 from heteroscale_ray.policy import backlog, burst
@@ -32,8 +32,9 @@ from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCoun
 
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
-# Steps that show demand is higher than the estimate: the stabilisation window keeps them.
-EVIDENCE = {Reason.BACKLOG_GROWTH, Reason.LATENCY_GUARD, Reason.KV_PRESSURE}
+# Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
+# backlog step drains a queue, which is gone once drained: the window keeps only its arriving need.)
+EVIDENCE = {Reason.LATENCY_GUARD, Reason.KV_PRESSURE}
 # When several roles moved or held, the decision's one reason is the first in this order.
 PRIORITY = (
     Reason.INITIAL,
@@ -53,6 +54,17 @@ PRIORITY = (
 )
 
 
+@dataclass(frozen=True)
+class Need:
+    """Fractional instances one role asks for, and why. `steady` leaves out the queued backlog:
+    a queue is drained once, so the scale-in window and the burst memory remember only the
+    arriving demand, not a backlog that is gone once capacity lands."""
+
+    value: float | None
+    why: str
+    steady: float | None = None
+
+
 def decide_demand(
     spec: ServiceSpec,
     signals: Signals,
@@ -68,19 +80,25 @@ def decide_demand(
     cap = capacity(spec, signals, state, catalog)
     needs = {
         Role.PREFILL: prefill_need(spec, signals, counts, cap, problem),
-        Role.DECODE: decode_need(spec, signals, cap, problem),
+        Role.DECODE: decode_need(
+            spec, signals, cap, problem, backlog.growing(spec, state, Role.DECODE)
+        ),
     }
+    steady = {role: need.steady for role, need in needs.items()}
     if problem is None:
-        state = remember_needs(spec, state, needs, now, strained(spec, signals))
+        state = remember_needs(spec, state, steady, now, strained(spec, signals))
     # The stabilisation window holds the measured peak; headroom is for the rise to come. Both
     # guard against the same burst, so the role is sized for the larger, never their product.
-    state = track_peaks(spec, state, needs, now)
-    needs = {role: with_headroom(spec, state, role, *needs[role], now) for role in Role}
+    state = track_peaks(spec, state, steady, now)
+    sized = {
+        role: with_headroom(spec, state, role, need.value, need.why, now)
+        for role, need in needs.items()
+    }
     initial = counts.prefill == 0 and counts.decode == 0
     plans = {
-        role: initial_plan(spec, role, *needs[role])
+        role: initial_plan(spec, role, *sized[role])
         if initial
-        else role_plan(spec, role, counts.of(role), *needs[role], state, now)
+        else role_plan(spec, role, counts.of(role), *sized[role], state, now)
         for role in Role
     }
     guard_state = state
@@ -103,9 +121,9 @@ def decide_demand(
         decode=d,
         reason=reason,
         message=f"{message} [{cap.describe()}]",
-        signal_value=needs[Role.DECODE][0],
-        required_prefill=needs[Role.PREFILL][0],
-        required_decode=needs[Role.DECODE][0],
+        signal_value=sized[Role.DECODE][0],
+        required_prefill=sized[Role.PREFILL][0],
+        required_decode=sized[Role.DECODE][0],
         pd_ratio=PdRatio(*ratio),
     )
     return decision, advance(guard_state, counts, plans, reason, now)
@@ -113,33 +131,41 @@ def decide_demand(
 
 def prefill_need(
     spec: ServiceSpec, s: Signals, counts: RoleCounts, cap: Capacity, problem: str | None
-) -> tuple[float | None, str]:
+) -> Need:
     """Fractional prefill instances the arriving prompts and the queue ask for."""
     if problem is not None:
-        return None, f"signals {problem}"
+        return Need(None, f"signals {problem}")
     offered = s.prefill_offered_tps if _usable(s.prefill_offered_tps) else s.prefill_tps
     if not _usable(offered):
-        return None, "offered prompt tokens/s is missing"
+        return Need(None, "offered prompt tokens/s is missing")
     per = cap.prefill_tps * spec.policy.demand.prefill_utilization
-    need = offered / per  # type: ignore[operator]
-    why = f"{offered:,.0f} prompt tok/s / {per:,.0f} per instance"
+    steady = offered / per  # type: ignore[operator]
+    need, why = steady, f"{offered:,.0f} prompt tok/s / {per:,.0f} per instance"
     queue = backlog.queue_of(s, Role.PREFILL)
     if queue and counts.prefill_ready:
-        drain = queue * counts.prefill_ready / spec.policy.demand.drain_s
-        need += drain
+        need += queue * counts.prefill_ready / spec.policy.demand.drain_s
         why += f" + {queue:,.1f} s queued"
-    return need, why
+    return Need(need, why, steady)
 
 
 def decode_need(
-    spec: ServiceSpec, s: Signals, cap: Capacity, problem: str | None
-) -> tuple[float | None, str]:
+    spec: ServiceSpec,
+    s: Signals,
+    cap: Capacity,
+    problem: str | None,
+    queue_growing: bool = False,
+) -> Need:
     """Fractional decode instances: arriving output tokens/s, or the sequences running plus
     the waiting ones' work drained within `drain_s` (a burst's queue empties in seconds once
-    capacity lands; sized as concurrency it would ask for a fleet per queued sequence)."""
+    capacity lands; sized as concurrency it would ask for a fleet per queued sequence).
+
+    The mean output comes from finished requests, so it lags a shift to longer outputs: those
+    are still running or waiting. Once the queue has kept growing (`queue_growing`), the drain
+    estimate is proven short and the waiting sequences count as concurrency, as running ones do.
+    """
     if problem is not None:
-        return None, f"signals {problem}"
-    by_rate = by_seqs = None
+        return Need(None, f"signals {problem}")
+    by_rate = by_seqs = running = None
     if _usable(s.request_rate) and _usable(s.output_mean):
         offered = s.request_rate * max(s.output_mean - 1.0, 0.0)  # type: ignore[operator]
         by_rate = offered / cap.decode_tps
@@ -149,34 +175,37 @@ def decode_need(
     if _usable(s.decode_running):
         queued = backlog.queue_of(s, Role.DECODE) or 0.0
         seqs = s.decode_running + queued  # type: ignore[operator]
-        by_seqs = s.decode_running / cap.decode_batch  # type: ignore[operator]
-        if queued and _usable(s.output_mean):
+        running = by_seqs = s.decode_running / cap.decode_batch  # type: ignore[operator]
+        if queued and queue_growing:
+            by_seqs += queued / cap.decode_batch
+        elif queued and _usable(s.output_mean):
             drain = spec.policy.demand.drain_s * cap.decode_tps
             by_seqs += queued * s.output_mean / drain  # type: ignore[operator]
         elif queued:
             by_seqs += queued / cap.decode_batch
     if by_rate is None and by_seqs is None:
-        return None, "decode demand is missing"
+        return Need(None, "decode demand is missing")
     need = max(x for x in (by_rate, by_seqs) if x is not None)
+    steady = max(x for x in (by_rate, running) if x is not None)
     parts = []
     if by_rate is not None:
         parts.append(f"{offered:,.0f} tok/s / {cap.decode_tps:,.0f}")
     if by_seqs is not None:
         parts.append(f"{seqs:,.0f} seqs / {cap.decode_batch:,.0f}")
-    return need, " vs ".join(parts)
+    return Need(need, " vs ".join(parts), steady)
 
 
 def remember_needs(
     spec: ServiceSpec,
     state: PolicyState,
-    needs: dict[Role, tuple[float | None, str]],
+    needs: dict[Role, float | None],
     now: float,
     short: set[Role],
 ) -> PolicyState:
     horizon = spec.policy.demand.burst_horizon_s
     for role in Role:
         memory = burst.remember(
-            burst.memory_of(state, role), needs[role][0], now, horizon, role in short
+            burst.memory_of(state, role), needs[role], now, horizon, role in short
         )
         state = burst.with_memory(state, role, memory)
     return state
@@ -235,11 +264,11 @@ def raise_peak(
 def track_peaks(
     spec: ServiceSpec,
     state: PolicyState,
-    needs: dict[Role, tuple[float | None, str]],
+    needs: dict[Role, float | None],
     now: float,
 ) -> PolicyState:
     for role in Role:
-        state = raise_peak(spec, state, role, needs[role][0], now)
+        state = raise_peak(spec, state, role, needs[role], now)
     return state
 
 
@@ -277,9 +306,12 @@ def role_plan(
         )
     out = direction is Direction.OUT
     cooldown = policy.scale_out_cooldown_s if out else policy.scale_in_cooldown_s
-    since = state.last_scaled_at
-    if not out:  # no scale-in before one cooldown of observation, even on the first tick
+    if out:  # from this role's own last growth, or any scale-in
+        stamps = (getattr(state, f"{role.value}_grew_at"), state.last_scale_in_at)
+        since = max((t for t in stamps if t is not None), default=None)
+    else:  # no scale-in before one cooldown of observation, even on the first tick
         started = now if state.started_at is None else state.started_at
+        since = state.last_scaled_at
         since = started if since is None else max(since, started)
     wait = cooldown_left(now, since, cooldown)
     if wait > 0:
@@ -298,12 +330,10 @@ def backlog_rule(
         return plan
     streak = getattr(state, f"{plan.role.value}_growth_streak")
     why = f"{plan.why}; but its queue grew {streak} periods in a row"
-    return replace(
-        plan,
-        target=backlog.backlog_target(plan.current, counts.starting_of(plan.role)),
-        reason=Reason.BACKLOG_GROWTH,
-        why=why,
-    )
+    target = backlog.backlog_target(plan.current, counts.starting_of(plan.role))
+    if plan.need is not None:  # a held scale-out (cooldown) goes the whole way, not a step
+        target = max(target, ceil_eps(plan.need))
+    return replace(plan, target=target, reason=Reason.BACKLOG_GROWTH, why=why)
 
 
 def kv_guard(
@@ -369,7 +399,15 @@ def advance(
     after = state.after_decision(
         now, reason, grew=grew, shrank=shrank, guarded=guarded, kv_guarded=kv
     )
-    return replace(after, started_at=now if state.started_at is None else state.started_at)
+    grew_at = {
+        f"{r.value}_grew_at": now
+        if p.target > counts.of(r)
+        else getattr(state, f"{r.value}_grew_at")
+        for r, p in plans.items()
+    }
+    return replace(
+        after, started_at=now if state.started_at is None else state.started_at, **grew_at
+    )
 
 
 def _usable(x: float | None) -> bool:

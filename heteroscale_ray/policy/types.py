@@ -188,6 +188,10 @@ class PolicyState:
     decode_peak_need: float | None = None
     prefill_peak_at: float | None = None
     decode_peak_at: float | None = None
+    # Demand mode: when each role last grew. A role's scale-out cooldown counts from its own
+    # growth: the other role's step does not change what this one's arriving demand asks for.
+    prefill_grew_at: float | None = None
+    decode_grew_at: float | None = None
     # Learned burst headroom (demand mode): each role's needs and rises over a start-up horizon.
     prefill_burst: BurstMemory = BurstMemory()
     decode_burst: BurstMemory = BurstMemory()
