@@ -120,3 +120,33 @@ def test_prefill_adds_only_the_rise_its_idle_share_does_not_absorb() -> None:
     assert need == pytest.approx(12.0) and "x 1.20 burst headroom" in why
     decode = replace(PolicyState(), decode_burst=replay([10.0] * 6 + [12.0] * 3, start=start))
     assert with_headroom(spec, decode, Role.DECODE, 10.0, "w")[0] == pytest.approx(12.0)
+
+
+def test_a_rising_need_is_sized_for_where_it_will_be_once_new_instances_are_up() -> None:
+    """A surge steeper than any remembered rise: the need is extrapolated one horizon ahead
+    (instances asked for now serve only after start-up), from its least-squares slope."""
+    from heteroscale_ray.policy.burst import trend
+    from heteroscale_ray.policy.demand import with_headroom
+
+    spec = make_service()
+    rising = replay([10.0 + 2.0 * i for i in range(9)], start=NOW - 9 * PERIOD)
+    assert trend(rising, NOW, HORIZON) == 0.0  # never strained: no insurance
+    rising = replace(rising, strained_at=NOW - PERIOD)
+    assert trend(rising, NOW, HORIZON) == pytest.approx(2.0 / PERIOD)
+    state = replace(PolicyState(), decode_burst=rising)
+    need, why = with_headroom(spec, state, Role.DECODE, 12.0, "w", NOW)
+    # the larger of the learned margin and the climb extrapolated one horizon ahead
+    assert 12.0 * (1 + margin(rising, 0.9)) < 12.0 + 2.0 / PERIOD * HORIZON
+    assert need == pytest.approx(12.0 + 2.0 / PERIOD * HORIZON) and "rising" in why
+    falling = replay([26.0 - 2.0 * i for i in range(9)], start=NOW - 9 * PERIOD)
+    falling = replace(falling, strained_at=NOW - PERIOD)
+    assert trend(falling, NOW, HORIZON) == 0.0
+    state = replace(PolicyState(), decode_burst=falling)
+    assert with_headroom(spec, state, Role.DECODE, 10.0, "w", NOW) == (10.0, "w")
+
+
+def test_no_trend_before_most_of_a_horizon_is_covered() -> None:
+    from heteroscale_ray.policy.burst import trend
+
+    memory = replace(replay([1.0, 50.0, 100.0], start=NOW - 3 * PERIOD), strained_at=NOW)
+    assert trend(memory, NOW, HORIZON) == 0.0

@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heteroscale_ray.config import ServiceSpec
+from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy import PolicyState, Reason, RoleCounts, Signals, decide
 from heteroscale_ray.policy.capacity import capacity
 
@@ -201,8 +201,26 @@ def test_scale_in_stops_at_the_recent_peak_need() -> None:
     assert high.decode > 10
     quiet = signals(observed_at=NOW + 60, request_rate=10.0, decode_running=150.0)
     after, _ = decide(spec, quiet, counts(high.prefill, high.decode), state, NOW + 60)
-    # one minute later the peak has decayed by ~10% only: no deep scale-in
+    # one minute later the burst is still inside the window: no deep scale-in
     assert after.decode >= 0.8 * high.decode
+
+
+def test_the_scale_in_window_is_the_highest_need_within_it() -> None:
+    """HPA's downscale window: the highest need of the last peak_window_s, whatever came after
+    it; once it leaves the window, the next highest takes over."""
+    from heteroscale_ray.policy.demand import raise_peak, recent_peak
+
+    spec = make_service()
+    window = spec.policy.demand.peak_window_s
+    state = PolicyState()
+    for i, need in enumerate([5.0, 20.0, 8.0, 12.0, 6.0]):
+        state = raise_peak(spec, state, Role.DECODE, need, NOW + 60 * i)
+    assert recent_peak(spec, state, Role.DECODE, NOW + 240) == 20.0
+    assert recent_peak(spec, state, Role.DECODE, NOW + 60 + window + 1) == 12.0
+    assert recent_peak(spec, state, Role.DECODE, NOW + 240 + window + 1) is None
+    assert len(state.decode_peaks) == 3  # 20, 12, 6: the falling staircase only
+    back = PolicyState.from_json(state.to_json())
+    assert back.decode_peaks == state.decode_peaks
 
 
 def test_tbt_from_the_most_loaded_instance_is_fixable_though_the_mean_step_is_short() -> None:

@@ -25,6 +25,7 @@ from heteroscale_ray.policy.types import BurstMemory, PolicyState
 
 HISTORY_HORIZONS = 30  # rises remembered: 30 horizons (an hour at a 120-s horizon)
 MAX_MARGIN = 1.0  # never more than double the need: a rise larger than that is an outage
+CLIMB_T = 2.0  # a slope counts as a climb when it is this many standard errors above 0
 COVERED = 0.75  # a rise is measured once the remembered needs span this share of a horizon
 
 
@@ -61,6 +62,31 @@ def margin(memory: BurstMemory, quantile: float, gated: bool = False) -> float:
     ordered = sorted(memory.rises)
     k = min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))
     return min(ordered[k], MAX_MARGIN)
+
+
+def trend(memory: BurstMemory, now: float, horizon_s: float) -> float:
+    """How fast the need is climbing now (instances per second): the least-squares slope of
+    the needs within the horizon, while the newest is their highest; else 0, as before most
+    of a horizon is covered. A surge larger than any remembered rise is still sized for
+    where it will be once the instances asked for now are up. Like the margin, it applies
+    once the role has strained: a fleet that never ran short needs no insurance, and a climb
+    its own slack absorbs would otherwise hold extra instances for nothing."""
+    if memory.strained_at is None:
+        return 0.0
+    pts = [(t, n) for t, n in memory.needs if now - t <= horizon_s]
+    if len(pts) < 3 or now - pts[0][0] < COVERED * horizon_s:
+        return 0.0
+    if pts[-1][1] < max(n for _, n in pts):  # a spike that has passed is not a climb
+        return 0.0
+    t_mean = sum(t for t, _ in pts) / len(pts)
+    n_mean = sum(n for _, n in pts) / len(pts)
+    var = sum((t - t_mean) ** 2 for t, _ in pts)
+    if var <= 0:
+        return 0.0
+    slope = sum((t - t_mean) * (n - n_mean) for t, n in pts) / var
+    residual = sum((n - n_mean - slope * (t - t_mean)) ** 2 for t, n in pts)
+    stderr = math.sqrt(residual / (len(pts) - 2) / var)
+    return slope if slope > CLIMB_T * stderr else 0.0  # a climb the fit tells from noise
 
 
 def memory_of(state: PolicyState, role: Role) -> BurstMemory:

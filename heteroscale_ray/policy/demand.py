@@ -85,11 +85,16 @@ def decide_demand(
         ),
     }
     steady = {role: need.steady for role, need in needs.items()}
+    values = {role: need.value for role, need in needs.items()}
     if problem is None:
-        state = remember_needs(spec, state, steady, now, strained(spec, signals))
+        state = remember_needs(spec, state, values, now, strained(spec, signals))
     # The stabilisation window holds the measured peak; headroom is for the rise to come. Both
     # guard against the same burst, so the role is sized for the larger, never their product.
-    state = track_peaks(spec, state, steady, now)
+    margined = {
+        role: None if n is None else n * margin_factor(spec, state, role, now)
+        for role, n in steady.items()
+    }
+    state = track_peaks(spec, state, margined, now)
     sized = {
         role: with_headroom(spec, state, role, need.value, need.why, now)
         for role, need in needs.items()
@@ -229,36 +234,51 @@ def with_headroom(
     if need is None or demand.burst_horizon_s <= 0:
         return need, why
     memory = burst.memory_of(state, role)
-    share = burst.margin(memory, demand.burst_quantile, gated=now is not None)
-    factor = 1 + share
-    if role is Role.PREFILL:
-        factor = max(1.0, factor * demand.prefill_utilization)
+    factor = margin_factor(spec, state, role, now)
+    rise = 0.0 if now is None else burst.trend(memory, now, demand.burst_horizon_s)
+    rise *= demand.burst_horizon_s
+    ahead = need + rise
+    if role is Role.PREFILL:  # as for the learned rise: the idle share absorbs part of it
+        ahead = max(need, ahead * demand.prefill_utilization)
+    if ahead > need * factor:
+        return ahead, f"({why}) + {ahead - need:,.1f} rising"
     if factor <= 1:
         return need, why
     return need * factor, f"({why}) x {factor:.2f} burst headroom"
 
 
+def margin_factor(spec: ServiceSpec, state: PolicyState, role: Role, now: float | None) -> float:
+    """1 + the learned burst margin, less the share prefill's idle time already absorbs."""
+    demand = spec.policy.demand
+    if demand.burst_horizon_s <= 0:
+        return 1.0
+    memory = burst.memory_of(state, role)
+    factor = 1 + burst.margin(memory, demand.burst_quantile, gated=now is not None)
+    if role is Role.PREFILL:
+        factor = max(1.0, factor * demand.prefill_utilization)
+    return factor
+
+
 def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
-    """A role's recent peak need: held `peak_window_s` after it was last raised, then decaying."""
+    """A role's highest need within the last `peak_window_s` (HPA's downscale window)."""
     window = spec.policy.demand.peak_window_s
-    peak = getattr(state, f"{role.value}_peak_need")
-    at = getattr(state, f"{role.value}_peak_at")
-    if window <= 0 or peak is None or at is None:
-        return None
-    age = max(0.0, now - at)
-    return peak if age <= window else peak * math.exp(-(age - window) / window)
+    inside = [n for t, n in getattr(state, f"{role.value}_peaks") if now - t <= window]
+    return max(inside) if window > 0 and inside else None
 
 
 def raise_peak(
     spec: ServiceSpec, state: PolicyState, role: Role, need: float | None, now: float
 ) -> PolicyState:
-    """Record ``need`` as the role's peak when it reaches the current one."""
-    if need is None or spec.policy.demand.peak_window_s <= 0:
+    """Add ``need`` to the role's window. Kept as a falling staircase: a need no later need
+    exceeds until it leaves the window; that is all the window's maximum needs."""
+    window = spec.policy.demand.peak_window_s
+    if need is None or not math.isfinite(need) or window <= 0:
         return state
-    current = recent_peak(spec, state, role, now)
-    if current is not None and need < current:
-        return state
-    return replace(state, **{f"{role.value}_peak_need": need, f"{role.value}_peak_at": now})
+    kept = [(t, n) for t, n in getattr(state, f"{role.value}_peaks") if now - t <= window]
+    while kept and kept[-1][1] <= need:
+        kept.pop()
+    kept.append((now, need))
+    return replace(state, **{f"{role.value}_peaks": tuple(kept)})
 
 
 def track_peaks(

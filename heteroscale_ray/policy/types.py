@@ -182,12 +182,10 @@ class PolicyState:
     prefill_capacity_scale: float | None = None
     decode_capacity_scale: float | None = None
     capacity_learned_at: float | None = None
-    # Scale-in stabilisation (demand mode): each role's recent peak need (instances) and when
-    # it was last raised; held for the window, then decaying.
-    prefill_peak_need: float | None = None
-    decode_peak_need: float | None = None
-    prefill_peak_at: float | None = None
-    decode_peak_at: float | None = None
+    # Scale-in stabilisation (demand mode): each role's needs (time, instances) that are the
+    # highest from their time on within the window; the first is the window's maximum.
+    prefill_peaks: tuple[tuple[float, float], ...] = ()
+    decode_peaks: tuple[tuple[float, float], ...] = ()
     # Demand mode: when each role last grew. A role's scale-out cooldown counts from its own
     # growth: the other role's step does not change what this one's arriving demand asks for.
     prefill_grew_at: float | None = None
@@ -241,6 +239,8 @@ class PolicyState:
             state,
             last_decision_reason=None if reason is None else Reason(reason),
             active_ratio=None if ratio is None else PdRatio(int(ratio[0]), int(ratio[1])),
+            prefill_peaks=tuple((float(t), float(n)) for t, n in data.get("prefill_peaks", ())),
+            decode_peaks=tuple((float(t), float(n)) for t, n in data.get("decode_peaks", ())),
             prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
             decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
         )
