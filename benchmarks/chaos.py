@@ -9,6 +9,8 @@ endpoint, half of them streamed. Meanwhile a seeded schedule
 - kills each control-plane actor kind: PolicyEngine, FederatedPreScheduler, one
   SubClusterScheduler, one GpuNode (`ray.kill(no_restart=False)`: Ray restarts them and they
   read their checkpoints back),
+- kills the ingress's routing-table actor (Ray restarts it on the head node; it reads its
+  routes back from the GCS KV store, and the routers must not turn its restart into errors),
 - removes the GPU host holding most of the service's replicas (`Cluster.remove_node`), waits
   until its instances run again elsewhere, then adds it back with the same labels,
 
@@ -21,9 +23,10 @@ replicas, so a killed replica's requests always have a peer to move to.
 Measured: every request's outcome (completed / failed / truncated: a stream that ended without
 a finish_reason, or with fewer tokens than asked for without a stop), request migrations (the
 ingress's `heteroscale_request_migrations_total`), per fault kind the recovery time (serving
-faults: from the fault until every request sent in a 5 s window completes within 3x the p99
-latency seen before any fault; control-plane actors: until the restarted actor answers with
-its checkpointed state) and the refill time (until the lost replicas run again), and every second
+faults and the routing table: from the fault until every request sent in a 5 s window completes
+within 3x the p99 latency seen before any fault; control-plane actors: until the restarted actor
+answers with its checkpointed state) and the refill time (until the lost replicas run again, or
+the restarted routing table answers with the service's routes), and every second
 the control plane's status snapshot is checked: DG ids unique, no GPU held twice.
 
 Prints a table; the LAST line is the JSON summary, also written to results/chaos/summary.json
@@ -31,7 +34,7 @@ with every fault and request, and results/chaos/timeline.png. Exit status 0 when
 hold (lost = 0, recovery <= 10 s per kind, no duplicate DG, no double-booked GPU, every kind
 killed and >= 20 scale events), 1 otherwise. Everything started is stopped, also on Ctrl-C.
 
-    .venv/bin/python benchmarks/chaos.py --quick     # about 3.5 minutes on 2 cores
+    .venv/bin/python benchmarks/chaos.py --quick     # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/chaos.py             # about 6.5 minutes: every kind 2-4 times
 
 The pure part (schedule, outcomes, recovery, invariants, summary) is benchmarks/chaos_core.py,
@@ -327,7 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--quick", action="store_true", help="one kill per kind (two decode), ~3.5 min")
+    p.add_argument("--quick", action="store_true", help="one kill per kind (two decode), ~3 min")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rate", type=float, default=None, help="requests/s (default by mode)")
     p.add_argument("--period", type=float, default=1.5, help="control period, seconds")

@@ -30,6 +30,7 @@ POLICY_ENGINE = "policy_engine"
 PRE_SCHEDULER = "pre_scheduler"
 SUB_CLUSTER = "sub_cluster"
 GPU_NODE = "gpu_node"
+ROUTING_TABLE = "routing_table"  # the ingress's routes: requests must not notice its restart
 NODE = "node"
 NODE_RESTORE = "node_restore"  # not a kill: the removed host comes back; its disruption counts
 KILL_KINDS = (
@@ -39,10 +40,12 @@ KILL_KINDS = (
     PRE_SCHEDULER,
     SUB_CLUSTER,
     GPU_NODE,
+    ROUTING_TABLE,
     NODE,
 )
 CONTROL_PLANE_KINDS = (POLICY_ENGINE, PRE_SCHEDULER, SUB_CLUSTER, GPU_NODE)
-SERVING_KINDS = (DECODE_REPLICA, PREFILL_REPLICA, NODE, NODE_RESTORE)
+# Recovery measured on the requests; the routing table's own restart is its refill.
+SERVING_KINDS = (DECODE_REPLICA, PREFILL_REPLICA, ROUTING_TABLE, NODE, NODE_RESTORE)
 
 TOPOLOGY = {
     "big_pods": [
@@ -131,6 +134,7 @@ QUICK = Mode(
         PRE_SCHEDULER: 1,
         SUB_CLUSTER: 1,
         GPU_NODE: 1,
+        ROUTING_TABLE: 1,
         NODE: 1,
     },
     gap_s=(1.0, 3.0),
@@ -150,6 +154,7 @@ FULL = Mode(
         PRE_SCHEDULER: 2,
         SUB_CLUSTER: 2,
         GPU_NODE: 2,
+        ROUTING_TABLE: 2,
         NODE: 2,
     },
     gap_s=(2.0, 6.0),

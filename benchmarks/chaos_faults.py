@@ -17,6 +17,7 @@ from chaos_core import (
     POLICY_ENGINE,
     PRE_SCHEDULER,
     PREFILL_REPLICA,
+    ROUTING_TABLE,
     SERVICE,
     SUB_CLUSTER,
     Clock,
@@ -120,6 +121,7 @@ class Chaos:
             PRE_SCHEDULER: self.kill_pre_scheduler,
             SUB_CLUSTER: self.kill_sub_cluster,
             GPU_NODE: self.kill_gpu_node,
+            ROUTING_TABLE: self.kill_routing_table,
             NODE: self.remove_node,
         }
         first = len(self.faults)
@@ -296,6 +298,37 @@ class Chaos:
             t0,
         )
         entry["loop_resumed_s"] = self._loop_resumed(cycles, t0)
+
+    # ---- the ingress's routing table ----
+    def kill_routing_table(self, fault: Fault) -> None:
+        """Ray restarts it on the head node and it reads its routes back from the checkpoint;
+        the routers meanwhile serve from their last view (or wait for the table). Its refill:
+        until the restarted table answers with the service's DG routes."""
+        import ray
+
+        from heteroscale_ray.serving.routing_table import ROUTING_ACTOR_NAME
+
+        table = _routing_table()
+        if table is None:
+            self._record(ROUTING_TABLE, "none running: skipped", self.clock(), skipped=True)
+            return
+        _, services = ray.get(table.snapshot.remote(), timeout=30)
+        svc = services.get(SERVICE)
+        apps = sorted(dg.app_name for dg in svc.dgs.values()) if svc is not None else []
+        restarts = _restarts(table)
+        t0 = self.clock()
+        ray.kill(table, no_restart=False)
+        entry = self._record(
+            ROUTING_TABLE, f"{ROUTING_ACTOR_NAME}: {len(apps)} DG routes", t0, checkpoint_apps=apps
+        )
+
+        def routes_back(snap: tuple[int, Mapping[str, Any]]) -> bool:
+            svc = snap[1].get(SERVICE)  # a restart without the checkpoint would come back empty
+            return svc is not None and bool(svc.dgs)
+
+        entry["refill_s"] = self._actor_recovery(
+            table, restarts, lambda: table.snapshot.remote(), routes_back, t0
+        )
 
     # ---- a node ----
     def _victim(self, u: float) -> tuple[str, str]:

@@ -230,7 +230,7 @@ def test_a_clean_run_passes_only_with_full_coverage() -> None:
     assert s["refill_s_max"] == {chaos.DECODE_REPLICA: 6.0}
     g = s["goals"]
     assert g["lost_zero"] and g["recovery_le_10s"] and g["no_double_booked_gpus"]
-    assert not g["coverage"] and not g["pass"]  # five kinds were never killed
+    assert not g["coverage"] and not g["pass"]  # six kinds were never killed
     assert set(g["kinds_not_killed"]) == set(chaos.KILL_KINDS) - {
         chaos.DECODE_REPLICA,
         chaos.POLICY_ENGINE,

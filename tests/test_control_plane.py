@@ -314,9 +314,9 @@ def test_sub_cluster_scheduler_restart_creates_nothing_twice(plane: Plane) -> No
 
 
 def test_routing_table_restart_is_repaired_by_the_next_cycles(plane: Plane) -> None:
-    """The routing table keeps routes in memory; after Ray restarts it empty, the sub-cluster
-    schedulers put every running DG back (no redeploy) and traffic flows again. Requests that
-    arrive in the gap may get a 404 (model unknown): that window is what this test bounds."""
+    """Ray restarts the routing table with the routes of its checkpoint, and the sub-cluster
+    schedulers would put any running DG it lacks back (no redeploy): every DG is routed again,
+    nothing is redeployed, and traffic flows under load afterwards."""
     import ray
 
     from heteroscale_ray.serving.deployments import routed_apps

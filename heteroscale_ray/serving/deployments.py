@@ -11,7 +11,7 @@
 - `replica_ids`, `replica_details`, `replica_stats`: what runs where, and its metrics.
 - `prompt_arrival_rates`, `ingress_loads`: what arrives at the ingress per service.
 - `request_migrations`: requests moved off failed replicas, per service and reason.
-- `deploy_ingress`: the OpenAI-compatible router application.
+- `deploy_ingress`: the OpenAI-compatible router application, pinned to the head node.
 
 All functions are synchronous (ray.get) and work from a driver or from inside an actor.
 """
@@ -28,7 +28,7 @@ from heteroscale_ray.serving.model import ModelConfig
 from heteroscale_ray.serving.replica import ReplicaSpec
 from heteroscale_ray.serving.replica_stats import IngressLoad, ReplicaStats
 from heteroscale_ray.serving.router import DECODE_DEPLOYMENT, PREFILL_DEPLOYMENT
-from heteroscale_ray.serving.routing_table import DgRoute, get_routing_table
+from heteroscale_ray.serving.routing_table import DgRoute, get_routing_table, head_node_resources
 
 INGRESS_APP = "heteroscale-ingress"
 ROLE_DEPLOYMENT = {"prefill": PREFILL_DEPLOYMENT, "decode": DECODE_DEPLOYMENT}
@@ -336,9 +336,12 @@ def deploy_ingress(
     max_inflight: int = 256,
     prefill_timeout_s: float = 60.0,
     token_timeout_s: float = 30.0,
+    refresh_s: float = 0.5,
     wait: bool = True,
 ) -> str:
-    """Deploy the OpenAI-compatible router application (not GPU-bound, lands anywhere)."""
+    """Deploy the OpenAI-compatible router application, its replicas on the head node (no GPUs
+    there), so losing a GPU host never takes the ingress down with it. Each replica re-reads the
+    routing table every `refresh_s` and whenever its view cannot answer a request."""
     from ray import serve
 
     from heteroscale_ray.serving.router import Router
@@ -350,10 +353,10 @@ def deploy_ingress(
         max_ongoing_requests=max_inflight * 2,
         graceful_shutdown_timeout_s=120.0,
         graceful_shutdown_wait_loop_s=0.5,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "resources": head_node_resources()},
     )
     serve._run(
-        dep.bind(max_inflight, prefill_timeout_s, token_timeout_s),
+        dep.bind(max_inflight, prefill_timeout_s, token_timeout_s, refresh_s),
         name=name,
         route_prefix=route_prefix,
         external_scaler_enabled=True,

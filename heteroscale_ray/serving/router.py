@@ -103,7 +103,10 @@ api = FastAPI(title="heteroscale ingress")
 install_error_handlers(api)  # 404/405/422 as OpenAI errors; before serve.ingress copies `api`
 
 
-REFRESH_ON_MISS_S = 2.0  # how long a request waits for a fresh view before a 404 / 503
+# How long a request waits for a fresh view before a 404 / 503 (the table may be restarting: a
+# restart on a loaded head node took up to ~7 s) and how often it asks again meanwhile.
+REFRESH_ON_MISS_S = 10.0
+REFRESH_RETRY_S = 0.25
 
 
 @serve.ingress(api)
@@ -131,14 +134,21 @@ class Router(ChoiceStreams):
         self._requests = RequestMetrics(mirror_to_ray=True)
         self._migrations: dict[str, dict[str, int]] = {}  # service -> reason -> count, ever
         self._ingress_id = f"ingress-{uuid.uuid4().hex[:12]}"
-        await self._refresh()
+        if not await self._refreshed():  # Serve retries a replica whose constructor raised
+            raise RuntimeError("the routing table did not answer; the ingress cannot start")
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
 
     # ---- routing table cache ----
     async def _refresh(self) -> None:
-        # Adopt every snapshot, not only a new version: a copy of a few routes each period is
-        # cheap, and a view is then never older than one period.
-        _, services = await self._table.snapshot.remote()
+        """Adopt the table's routes. Every snapshot, not only a new version: a copy of a few
+        routes each period is cheap, and a view is then never older than one period. When the
+        table does not answer, look its actor up again (it may have been re-created) and raise."""
+        try:
+            _, services = await self._table.snapshot.remote()
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._table = get_routing_table()
+            raise
         self._services = services
         live = {d.app_name for s in services.values() for d in s.dgs.values()}
         for key in [k for k in self._handles if k[0] not in live]:
@@ -154,8 +164,6 @@ class Router(ChoiceStreams):
                 )
             except Exception as e:  # table restarting: keep the last good view
                 logger.warning("routing table refresh failed: %s", e)
-                with contextlib.suppress(Exception):
-                    self._table = get_routing_table()
 
     def _handle(self, app_name: str, deployment: str) -> Any:
         key = (app_name, deployment)
@@ -206,13 +214,37 @@ class Router(ChoiceStreams):
         return e.response()
 
     async def _refreshed(self) -> bool:
-        """Fetch the routing table now, before refusing a request on a view up to one refresh
-        period old (a DG registered a moment ago); False if the table did not answer in time."""
-        try:
-            await asyncio.wait_for(self._refresh(), timeout=REFRESH_ON_MISS_S)
-        except Exception:  # the table restarting: the periodic refresh retries
-            return False
-        return True
+        """Fetch the routing table now; False if it did not answer within REFRESH_ON_MISS_S.
+
+        While the table restarts Ray fails calls to it (ActorUnavailableError) rather than
+        queueing them, so one failed call says nothing about the routes: ask again until the
+        restarted table (its routes read back from the checkpoint) answers."""
+        deadline = time.monotonic() + REFRESH_ON_MISS_S
+        while True:
+            try:
+                left = max(deadline - time.monotonic(), 0.01)
+                await asyncio.wait_for(self._refresh(), timeout=left)
+                return True
+            except Exception as e:
+                if time.monotonic() + REFRESH_RETRY_S >= deadline:
+                    logger.warning(
+                        "routing table did not answer in %.0f s: %s", REFRESH_ON_MISS_S, e
+                    )
+                    return False
+            await asyncio.sleep(REFRESH_RETRY_S)
+
+    async def _confirm_view(self) -> None:
+        """Refresh the view before refusing a request from it: it is up to one refresh period
+        old (a DG registered a moment ago) and frozen while the table restarts. A request is
+        never refused from a view the table did not confirm; if the table stays silent the
+        client gets a retryable 503, not a 404 for a model that may well exist."""
+        if not await self._refreshed():
+            raise ApiError(
+                503,
+                "the routing table is not answering; retry later",
+                "service_unavailable",
+                "routing_unavailable",
+            )
 
     async def _serve(self, request: Request, chat: bool) -> Response:
         arrival, started = time.time(), time.perf_counter()
@@ -222,7 +254,8 @@ class Router(ChoiceStreams):
             req: CompletionRequest | ChatCompletionRequest
             req = parse_chat(raw) if chat else parse_completion(raw)
             service = self._services.get(req.model)
-            if service is None and await self._refreshed():
+            if service is None:
+                await self._confirm_view()
                 service = self._services.get(req.model)
             if service is None:
                 raise ApiError(
@@ -253,7 +286,8 @@ class Router(ChoiceStreams):
                     "overloaded",
                 )
             dg = choose_dg(service.dgs, self._inflight_by_app)
-            if dg is None and await self._refreshed():
+            if dg is None:
+                await self._confirm_view()
                 service = self._services.get(req.model, service)
                 dg = choose_dg(service.dgs, self._inflight_by_app)
             if dg is None:

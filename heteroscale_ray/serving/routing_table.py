@@ -7,14 +7,22 @@ the ingress routers read from (cached for ~0.5 s). The same actor hosts the metr
 serving-side lives in one actor: `ServingDirectory` composes the two, each in its own module.
 
 The DG choice itself (`choose_dg`) is a pure function so it can be tested without Ray.
+
+The actor is pinned to the head node (like Serve's controller), so losing a GPU host never
+takes it down; and it checkpoints its routes in the GCS KV store after every change and reads
+them back when it starts, so a restarted table serves the routes it had, not 404s, before the
+control plane's next cycle.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
 
 from heteroscale_ray.clock import Clock
 from heteroscale_ray.config.services import DEFAULT_MIGRATION_LIMIT
@@ -23,6 +31,9 @@ from heteroscale_ray.serving.model import ModelConfig
 
 ROUTING_ACTOR_NAME = "heteroscale-routing"
 ROUTING_NAMESPACE = "heteroscale"
+ROUTING_KV_KEY = "routing"  # GCS KV key (namespace ROUTING_NAMESPACE) of the routes checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,13 +89,100 @@ def choose_dg(dgs: Mapping[str, DgRoute], inflight: Mapping[str, int]) -> DgRout
     )
 
 
-class RoutingTable:
-    """Services and their DG routes, versioned so readers can cache. State is in memory; the
-    control plane re-applies its intent after a restart."""
+def routes_to_json(version: int, services: Mapping[str, ServiceRoute]) -> dict[str, Any]:
+    """The routes as plain JSON data (the checkpoint's format)."""
+    return {
+        "version": version,
+        "services": [
+            {
+                "name": svc.name,
+                "engine": asdict(svc.engine),
+                "model_profile": svc.model_profile,
+                "migration_limit": svc.migration_limit,
+                "dgs": [asdict(dg) for dg in svc.dgs.values()],
+            }
+            for svc in services.values()
+        ],
+    }
 
-    def __init__(self) -> None:
+
+def routes_from_json(data: Mapping[str, Any]) -> tuple[int, dict[str, ServiceRoute]]:
+    """Inverse of `routes_to_json`; raises (KeyError, TypeError, ValueError) on a bad document."""
+    services = {}
+    for s in data["services"]:
+        dgs = {d["dg_id"]: DgRoute(**d) for d in s["dgs"]}
+        services[s["name"]] = ServiceRoute(
+            name=s["name"],
+            engine=ModelConfig(**s["engine"]),
+            model_profile=s["model_profile"],
+            dgs=dgs,
+            migration_limit=int(s["migration_limit"]),
+        )
+    return int(data["version"]), services
+
+
+class RouteStore(Protocol):
+    """Where the table keeps its routes across restarts."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, data: dict[str, Any]) -> None: ...
+
+
+class GcsRouteStore:
+    """The routes checkpoint in Ray's GCS internal KV, which outlives every worker node."""
+
+    def load(self) -> dict[str, Any] | None:
+        from ray.experimental import internal_kv
+
+        raw = internal_kv._internal_kv_get(ROUTING_KV_KEY, namespace=ROUTING_NAMESPACE)
+        return None if raw is None else json.loads(raw)
+
+    def save(self, data: dict[str, Any]) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(
+            ROUTING_KV_KEY, json.dumps(data), overwrite=True, namespace=ROUTING_NAMESPACE
+        )
+
+    @staticmethod
+    def clear() -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_del(ROUTING_KV_KEY, namespace=ROUTING_NAMESPACE)
+
+
+class RoutingTable:
+    """Services and their DG routes, versioned so readers can cache.
+
+    With a `store`, every change is saved before the call returns and the constructor reads
+    the saved routes back (version bumped, so every reader re-fetches); without one, state is
+    in memory only. A lock keeps a change and its save together (the actor is threaded).
+    """
+
+    def __init__(self, store: RouteStore | None = None) -> None:
         self._services: dict[str, ServiceRoute] = {}
         self._version = 0
+        self._store = store
+        self._lock = threading.RLock()
+        self.restored = 0  # services read back from the store at start
+        data = None if store is None else store.load()
+        if data is not None:
+            try:
+                version, self._services = routes_from_json(data)
+            except (KeyError, TypeError, ValueError) as e:  # the control plane re-registers
+                logger.warning("routing checkpoint unreadable, starting empty: %r", e)
+                self._services = {}
+            else:
+                self._version = version + 1
+                self.restored = len(self._services)
+                logger.info("routing table restored %d services from its checkpoint", self.restored)
+
+    def _changed(self) -> None:
+        """Bump the version and save (call with the lock held)."""
+        self._version += 1
+        if self._store is not None:
+            self._store.save(routes_to_json(self._version, self._services))
 
     # ---- routes (written by deployments.py / the control plane) ----
     def register_service(
@@ -96,39 +194,51 @@ class RoutingTable:
     ) -> None:
         """Add or update a service; its DGs stay, and so does its migration limit when
         `migration_limit` is None (a DG re-deploy does not know the service's config)."""
-        old = self._services.get(name)
-        dgs = old.dgs if old else {}
-        if migration_limit is None:
-            migration_limit = old.migration_limit if old else DEFAULT_MIGRATION_LIMIT
-        self._services[name] = ServiceRoute(name, engine, model_profile, dict(dgs), migration_limit)
-        self._version += 1
+        with self._lock:
+            old = self._services.get(name)
+            dgs = old.dgs if old else {}
+            if migration_limit is None:
+                migration_limit = old.migration_limit if old else DEFAULT_MIGRATION_LIMIT
+            self._services[name] = ServiceRoute(
+                name, engine, model_profile, dict(dgs), migration_limit
+            )
+            self._changed()
 
     def remove_service(self, name: str) -> None:
-        self._services.pop(name, None)
-        self._version += 1
+        with self._lock:
+            self._services.pop(name, None)
+            self._changed()
 
     def upsert_dg(self, route: DgRoute) -> None:
-        svc = self._services.get(route.service)
-        if svc is None:
-            raise KeyError(f"service {route.service!r} not registered; call register_service first")
-        svc.dgs[route.dg_id] = route
-        self._version += 1
+        with self._lock:
+            svc = self._services.get(route.service)
+            if svc is None:
+                raise KeyError(
+                    f"service {route.service!r} not registered; call register_service first"
+                )
+            svc.dgs[route.dg_id] = route
+            self._changed()
 
     def update_dg(self, service: str, dg_id: str, **changes: Any) -> DgRoute:
         """Change some fields of a DG route (draining, ratio_gate_open, weight, *_replicas)."""
-        route = replace(self._services[service].dgs[dg_id], **changes)
-        self._services[service].dgs[dg_id] = route
-        self._version += 1
-        return route
+        with self._lock:
+            route = replace(self._services[service].dgs[dg_id], **changes)
+            self._services[service].dgs[dg_id] = route
+            self._changed()
+            return route
 
     def remove_dg(self, service: str, dg_id: str) -> None:
-        svc = self._services.get(service)
-        if svc is not None:
-            svc.dgs.pop(dg_id, None)
-        self._version += 1
+        with self._lock:
+            svc = self._services.get(service)
+            if svc is not None:
+                svc.dgs.pop(dg_id, None)
+            self._changed()
 
     def snapshot(self) -> tuple[int, dict[str, ServiceRoute]]:
-        return self._version, dict(self._services)
+        with self._lock:
+            return self._version, {
+                name: replace(svc, dgs=dict(svc.dgs)) for name, svc in self._services.items()
+            }
 
     def version(self) -> int:
         return self._version
@@ -137,16 +247,28 @@ class RoutingTable:
 class ServingDirectory(RoutingTable, MetricsHub):
     """The routing-table actor's body: the routes plus the metrics hub, one Ray actor.
 
-    `clock` times the hub's reports (TTL); the routes themselves never read the time.
+    `clock` times the hub's reports (TTL); the routes themselves never read the time. The
+    hub's reports are not checkpointed: replicas and ingresses re-send them every second.
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
-        RoutingTable.__init__(self)
+    def __init__(self, clock: Clock | None = None, store: RouteStore | None = None) -> None:
+        RoutingTable.__init__(self, store)
         MetricsHub.__init__(self, clock)
 
 
+def head_node_resources() -> dict[str, float]:
+    """A sliver of the resource only the head node has: what Serve pins its controller with.
+
+    The head carries no GPUs (local cluster, cluster.yaml, KubeRay), so what sits there is
+    never lost with a GPU host."""
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    return {HEAD_NODE_RESOURCE_NAME: 0.001}
+
+
 def get_routing_table(create: bool = True) -> Any:
-    """Handle to the routing-table actor, creating it (detached, restartable) when missing."""
+    """Handle to the routing-table actor, creating it (detached, restartable, on the head node,
+    checkpointed in the GCS KV store) when missing."""
     import ray
 
     if not create:
@@ -158,14 +280,17 @@ def get_routing_table(create: bool = True) -> Any:
         lifetime="detached",
         get_if_exists=True,
         num_cpus=0,
+        resources=head_node_resources(),
         max_restarts=-1,
         max_concurrency=64,
-    ).remote()
+    ).remote(None, GcsRouteStore())
 
 
 def kill_routing_table() -> None:
-    """Remove the detached actor (tests, `heteroscale down`); a no-op when absent."""
+    """Remove the detached actor and its checkpoint (tests, `heteroscale stop --purge`), so the
+    next table starts empty; a no-op when absent."""
     import ray
 
     with contextlib.suppress(ValueError):
         ray.kill(get_routing_table(create=False), no_restart=True)
+    GcsRouteStore.clear()
