@@ -252,6 +252,7 @@ def test_mangled_example_text_is_accepted_or_a_config_error(
         (b"gpus: []\ngpus: []\n", "key 'gpus' appears twice"),
         (b"services:\n  - name: a\n    slo: {ttft_s: 2024-13-01}\n", "line 3"),
         (b"services: !!int x\n", "line 1"),
+        (b"services: !!int ''\n", "line 1"),  # an empty int: IndexError inside PyYAML
         (b"services: !!python/object:os.system {}\n", "line 1"),
         (b"", "empty"),
     ],
@@ -266,6 +267,7 @@ def test_mangled_example_text_is_accepted_or_a_config_error(
         "dup-key",
         "bad-date",
         "bad-tag",
+        "empty-int",
         "python-tag",
         "empty",
     ],  # fmt: skip

@@ -64,7 +64,12 @@ class _StrictLoader(yaml.SafeLoader):
             return super().construct_object(node, deep=deep)
         except yaml.YAMLError:
             raise
-        except (ValueError, TypeError, OverflowError) as e:  # e.g. !!int x, 2024-13-01
+        except (
+            ValueError,
+            TypeError,
+            OverflowError,
+            IndexError,
+        ) as e:  # !!int x, !!int "", 2024-13-01
             raise yaml.constructor.ConstructorError(
                 None, None, f"cannot read {node.tag.rsplit(':', 1)[-1]} value: {e}", node.start_mark
             ) from None
