@@ -15,6 +15,7 @@ router has seen that must be served while the table restarts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -286,3 +287,78 @@ def test_a_route_no_router_has_seen_is_served_while_the_table_restarts(stack: St
     finally:
         serve.delete(lazy)
         ray.get(table.remove_service.remote("late"))
+
+
+@pytest.mark.slow
+def test_a_silent_routing_table_gets_a_retryable_503_not_a_404(stack: Stack) -> None:
+    """A router whose view cannot answer and whose table stays silent longer than it waits
+    (`refresh_on_miss_s`, 1 s here, 10 s by default) refuses with a retryable 503
+    `routing_unavailable`, never a 404 for a model it could not check, names nothing internal,
+    and stays healthy; once a table answers again, it serves and 404s from a confirmed view.
+
+    The silent table is an actor holding the table's name whose `snapshot` never returns (a hung
+    or swamped table): the real one is killed without restart and the name taken over, again
+    if a router re-created the real one in between."""
+    import ray
+    from ray import serve
+
+    from heteroscale_ray.serving.deployments import deploy_ingress
+    from heteroscale_ray.serving.routing_table import (
+        ROUTING_ACTOR_NAME,
+        ROUTING_NAMESPACE,
+        get_routing_table,
+    )
+
+    class SilentTable:
+        async def snapshot(self) -> None:
+            import asyncio
+
+            await asyncio.sleep(3600)
+
+    quick = deploy_ingress(name="quick-ingress", route_prefix="/quick", refresh_on_miss_s=1.0)
+    real_id = get_routing_table(create=False)._actor_id.hex()
+    silent = None
+    try:
+        deadline = time.monotonic() + 30  # a bound on the wait, not a timing assertion
+        while silent is None:
+            assert time.monotonic() < deadline, "could not take over the routing table's name"
+            with contextlib.suppress(ValueError):  # ValueError: the name is free
+                ray.kill(ray.get_actor(ROUTING_ACTOR_NAME, ROUTING_NAMESPACE), no_restart=True)
+            try:
+                silent = (
+                    ray.remote(SilentTable)
+                    .options(name=ROUTING_ACTOR_NAME, namespace=ROUTING_NAMESPACE, num_cpus=0)
+                    .remote()
+                )
+            except ValueError:  # name still held (not yet released, or a router re-created it)
+                time.sleep(0.02)
+        ray.get(silent.__ray_ready__.remote(), timeout=30)
+
+        t0 = time.monotonic()
+        r = _complete(stack, model="never-registered", prefix="/quick")
+        waited = time.monotonic() - t0
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert set(body) == {"error"}
+        assert body["error"]["type"] == "service_unavailable"
+        assert body["error"]["code"] == "routing_unavailable"
+        assert body["error"]["message"] == "the routing table is not answering; retry later"
+        for internal in (real_id, silent._actor_id.hex(), "SilentTable", "ServingDirectory"):
+            assert internal not in r.text
+        assert 1.0 <= waited < 10.0, waited  # it waited for the table, not the 10 s default
+        assert requests.get(f"{stack.url}/quick/health", timeout=10).status_code == 200
+    finally:
+        if silent is not None:
+            ray.kill(silent, no_restart=True)
+        get_routing_table()  # the real table again, its routes read back from the checkpoint
+    try:
+        r = _complete(stack, prefix="/quick")  # its view had the service: served all along
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        while (r := _complete(stack, model="never-registered", prefix="/quick")).status_code == 503:
+            assert time.monotonic() < deadline, "the router never heard from the table again"
+            time.sleep(0.25)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+        assert requests.get(f"{stack.url}/quick/health", timeout=10).status_code == 200
+    finally:
+        serve.delete(quick)

@@ -7,7 +7,8 @@ the service's allowed GPU types and domains, with no GPU held twice and no dupli
 Ray part (slow): two labelled fake-GPU hosts of their own (A100, one per S1 of a big-pod
 nothing else uses) join the shared session cluster, so removing them disturbs no other test;
 a control plane runs one service on them; the host holding it is removed with
-`Cluster.remove_node`, then re-added with the same labels, and the other one removed.
+`Cluster.remove_node`, then re-added with the same labels, and the other one removed; then the
+pre-scheduler is restarted while a host is down and must still report it.
 """
 
 from __future__ import annotations
@@ -355,6 +356,11 @@ def _serving(st: dict[str, Any], host: str) -> bool:
     )
 
 
+def _host_report(st: dict[str, Any], host: str) -> dict[str, Any] | None:
+    """The pre-scheduler's last report on ``host``; None when it reports nothing on it."""
+    return next((h for h in st["pre_scheduler"]["hosts"] if h["host"] == host), None)
+
+
 def _assert_sound(st: dict[str, Any]) -> None:
     """No GPU held twice (DGs and pending removals), no duplicate DG, and every RUNNING replica
     on a node of an allowed GPU type inside its DG's S1 domain."""
@@ -448,7 +454,8 @@ def _refill(local: Any, victim: str, survivor: str) -> dict[str, float]:
     )
     t_running = time.monotonic() - t0
     # The GpuNode was seen dead and the host left the view the placement core sees.
-    host_report = {h["host"]: h for h in running["pre_scheduler"]["hosts"]}[victim]
+    host_report = _host_report(running, victim)
+    assert host_report is not None, (victim, running["pre_scheduler"]["hosts"])
     assert not host_report["healthy"] and host_report["dead"], host_report
     assert running["last_error"] is None, running["last_error"]
     _assert_sound(running)
@@ -490,3 +497,80 @@ def test_a_removed_node_s_instances_are_re_placed_and_the_node_is_used_again(
     )
     # ... and is used again: when the other host dies, everything comes back to it.
     _refill(nf_plane, y, x)
+
+
+@pytest.mark.slow
+def test_a_restarted_pre_scheduler_still_reports_a_host_that_died_before_it(
+    nf_plane: Any,
+) -> None:
+    """The interleaving behind a flake: the pre-scheduler ran on a GPU host (soft affinity to
+    the driver's node had fallen through), died with it, and came back knowing no host owner
+    (those came from the reports it had held in memory), so the dead host vanished from its
+    reports for good. A restart after a host died now still reports it dead, and changes no
+    placement; and the control-plane actors sit on the head node, never on a GPU host."""
+    import ray
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    from heteroscale_ray.actors.checkpoint import (
+        NAMESPACE,
+        POLICY_ENGINE,
+        PRE_SCHEDULER,
+        sub_cluster_actor,
+    )
+
+    def _pid(_actor: Any) -> int:  # defined here: pickled by value, run in the actor
+        import os
+
+        return os.getpid()
+
+    def _node_id(_actor: Any) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    st = wait_for(
+        "the service running on one host",
+        lambda: (
+            (st := _status()) and len(_placed_on(st)) == 1 and _serving(st, *_placed_on(st)) and st
+        ),
+        180,
+    )
+    (x,) = _placed_on(st)
+    (y,) = {h.host for h in _nf_hosts()} - {x}
+    if y in nf_plane.nodes:  # run alone: the other host has not died yet
+        nf_plane.remove_host(y)
+    wait_for(f"{y} reported dead", lambda: (_host_report(_status(), y) or {}).get("dead"), 60)
+
+    fps = ray.get_actor(PRE_SCHEDULER, namespace=NAMESPACE)
+    pid = ray.get(fps.__ray_call__.remote(_pid), timeout=30)
+    ray.kill(fps, no_restart=False)
+    wait_for(
+        "the pre-scheduler restarted",
+        lambda: ray.get(fps.__ray_call__.remote(_pid), timeout=10) != pid,
+        60,
+    )
+    cycles = _status()["cycles"]
+    after = wait_for(
+        "two cycles of the restarted pre-scheduler",
+        lambda: (st := _status()) and st["cycles"] >= cycles + 2 and st,
+        60,
+    )
+    report = _host_report(after, y)
+    assert report is not None, (y, after["pre_scheduler"]["hosts"])
+    assert report["dead"] and not report["healthy"], report
+    assert after["pre_scheduler"]["restored"] and after["last_error"] is None, after["last_error"]
+    assert _serving(after, x), _dgs(after)
+    _assert_sound(after)
+
+    head = next(
+        n["NodeID"]
+        for n in ray.nodes()
+        if n["Alive"] and HEAD_NODE_RESOURCE_NAME in n.get("Resources", {})
+    )
+    names = [POLICY_ENGINE, PRE_SCHEDULER]
+    names += [sub_cluster_actor(sc) for sc in ray.get(fps.scheduler_names.remote(), timeout=30)]
+    where = {
+        name: ray.get(
+            ray.get_actor(name, namespace=NAMESPACE).__ray_call__.remote(_node_id), timeout=30
+        )
+        for name in names
+    }
+    assert where == dict.fromkeys(names, head), (head, where)

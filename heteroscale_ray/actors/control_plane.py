@@ -55,20 +55,20 @@ def _actor(name: str) -> Any | None:
 
 
 def _options(name: str, concurrency: int) -> dict[str, Any]:
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    """Detached, restartable, and on the head node (as Serve pins its controller): a soft
+    affinity to the driver's node can land a control-plane actor on a GPU host, which then
+    takes it down when it dies, exactly when the control plane has to act."""
+    from heteroscale_ray.serving.routing_table import head_node_resources
 
     return {
         "name": name,
         "namespace": NAMESPACE,
         "lifetime": "detached",
         "num_cpus": 0,
+        "resources": head_node_resources(),
         "max_restarts": -1,
         "max_task_retries": -1,
         "max_concurrency": concurrency,
-        "scheduling_strategy": NodeAffinitySchedulingStrategy(
-            ray.get_runtime_context().get_node_id(), soft=True
-        ),
     }
 
 

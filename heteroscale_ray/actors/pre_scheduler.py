@@ -99,6 +99,9 @@ class FederatedPreScheduler:
         # Host -> Ray node id it ran on when the DG state was last committed; a host back on
         # another node lost what ran on the old one. Checkpointed with the DG state.
         self._seen_nodes: dict[str, str] = dict(saved.get("nodes", {}))
+        # Host -> sub-cluster holding its GpuNode, checkpointed: a host whose node died while
+        # this actor was down (or died with it) is still probed by, and reported as, its owner.
+        self._sub_cluster_of_host: dict[str, str] = dict(saved.get("host_owners", {}))
         self._reports: dict[str, list[dict[str, Any]]] = {}  # last host reports per sub-cluster
         self._status: dict[str, DgServeState] = {}
         self._hosts: list[dict[str, Any]] = []
@@ -121,6 +124,7 @@ class FederatedPreScheduler:
                 "unroute": sorted(self._unroute),
                 "owners": dict(sorted(self._sub_cluster_of_domain.items())),
                 "nodes": dict(sorted(self._seen_nodes.items())),
+                "host_owners": dict(sorted(self._sub_cluster_of_host.items())),
             },
         )
 
@@ -140,6 +144,7 @@ class FederatedPreScheduler:
         import ray
 
         from heteroscale_ray.actors.sub_cluster import SubClusterScheduler
+        from heteroscale_ray.serving.routing_table import head_node_resources
 
         if name not in self._schedulers:
             self._schedulers[name] = (
@@ -153,7 +158,7 @@ class FederatedPreScheduler:
                     max_restarts=-1,
                     max_task_retries=-1,
                     max_concurrency=4,
-                    scheduling_strategy=_near_me(),
+                    resources=head_node_resources(),
                 )
                 .remote(name, self.options)
             )
@@ -182,8 +187,13 @@ class FederatedPreScheduler:
         sub_of = spec.sub_cluster_of()
         # Owners come from the full view, before unhealthy hosts are dropped (see domain_owners).
         owners = domain_owners(spec, self._sub_cluster_of_domain)
-        if owners != self._sub_cluster_of_domain:
+        host_owners = {
+            **self._sub_cluster_of_host,
+            **{h.name: sub_of[s2] for s2, *_, h in spec.hosts()},
+        }
+        if owners != self._sub_cluster_of_domain or host_owners != self._sub_cluster_of_host:
             self._sub_cluster_of_domain = owners
+            self._sub_cluster_of_host = host_owners
             self._checkpoint()
         alive: dict[str, str] = dict(node_of)
         per_sc: dict[str, list[tuple[str, str]]] = {}
@@ -194,9 +204,10 @@ class FederatedPreScheduler:
                 per_sc.setdefault(sub_of[s2], []).append((host.name, node_id))
         # Hosts seen before whose node is gone: their sub-cluster looks at its GpuNode handle
         # once more (a dead actor answers at once), so the report says the actor died.
+        gone_nodes = set(self._seen_nodes) - set(alive)
         down: dict[str, list[str]] = {}
-        for host in sorted(set(self._seen_nodes) - set(alive)):
-            owner = self._sub_cluster_of_host(host)
+        for host in sorted(gone_nodes):
+            owner = self._sub_cluster_of_host.get(host)
             if owner is not None:
                 down.setdefault(owner, []).append(host)
         names = sorted(set(per_sc) | set(down))
@@ -215,7 +226,9 @@ class FederatedPreScheduler:
                 logger.warning("sub-cluster %s did not report its hosts: %s", sc, e)
         for sc in set(self._reports) - set(names):
             del self._reports[sc]
-        reports = [r for sc in sorted(self._reports) for r in self._reports[sc]]
+        reports = _with_dead_hosts(
+            [r for sc in sorted(self._reports) for r in self._reports[sc]], gone_nodes
+        )
         lost = lost_hosts(hosts_in_use(self.dgs, self.pending), alive, self._seen_nodes)
         self._hosts = reports
         healthy = {r["host"] for r in reports if r.get("healthy") and r["host"] in alive}
@@ -226,13 +239,6 @@ class FederatedPreScheduler:
             self._graph = ClusterGraph.from_topology(spec, self.config.catalog)
             self._spec = spec
         return self._graph, lost, alive
-
-    def _sub_cluster_of_host(self, host: str) -> str | None:
-        """The sub-cluster that last reported ``host`` (it holds the host's GpuNode handle)."""
-        for sc, reports in self._reports.items():
-            if any(r.get("host") == host for r in reports):
-                return sc
-        return None
 
     # ---- the cycle ----
     def _running(self) -> dict[str, RunningReplicas]:
@@ -476,9 +482,23 @@ class FederatedPreScheduler:
         return sorted(self._schedulers)
 
 
-def _near_me() -> Any:
-    """Soft affinity to the caller's node: control-plane actors gather on the head."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+def _with_dead_hosts(reports: list[dict[str, Any]], gone: set[str]) -> list[dict[str, Any]]:
+    """The host reports with every host whose Ray node is gone present once, as dead.
 
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    Its sub-cluster says so when it probed it this cycle; when it did not (its owner kept last
+    cycle's reports, or no owner is known: a checkpoint from before owners were kept), the
+    node's death is the report: the status never drops a host that went away.
+    """
+    out = [r for r in reports if not (r["host"] in gone and r.get("healthy"))]
+    seen = {r["host"] for r in out}
+    out += [
+        {
+            "host": host,
+            "node_id": None,
+            "healthy": False,
+            "dead": True,
+            "error": "its Ray node is not alive",
+        }
+        for host in sorted(gone - seen)
+    ]
+    return out

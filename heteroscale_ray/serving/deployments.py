@@ -27,7 +27,11 @@ from heteroscale_ray.serving.emulation import EmulationConfig
 from heteroscale_ray.serving.model import ModelConfig
 from heteroscale_ray.serving.replica import ReplicaSpec
 from heteroscale_ray.serving.replica_stats import IngressLoad, ReplicaStats
-from heteroscale_ray.serving.router import DECODE_DEPLOYMENT, PREFILL_DEPLOYMENT
+from heteroscale_ray.serving.router import (
+    DECODE_DEPLOYMENT,
+    PREFILL_DEPLOYMENT,
+    REFRESH_ON_MISS_S,
+)
 from heteroscale_ray.serving.routing_table import DgRoute, get_routing_table, head_node_resources
 
 INGRESS_APP = "heteroscale-ingress"
@@ -337,11 +341,13 @@ def deploy_ingress(
     prefill_timeout_s: float = 60.0,
     token_timeout_s: float = 30.0,
     refresh_s: float = 0.5,
+    refresh_on_miss_s: float = REFRESH_ON_MISS_S,
     wait: bool = True,
 ) -> str:
     """Deploy the OpenAI-compatible router application, its replicas on the head node (no GPUs
     there), so losing a GPU host never takes the ingress down with it. Each replica re-reads the
-    routing table every `refresh_s` and whenever its view cannot answer a request."""
+    routing table every `refresh_s` and whenever its view cannot answer a request; a table that
+    stays silent for `refresh_on_miss_s` then gets the client a retryable 503."""
     from ray import serve
 
     from heteroscale_ray.serving.router import Router
@@ -356,7 +362,7 @@ def deploy_ingress(
         ray_actor_options={"num_cpus": 0, "resources": head_node_resources()},
     )
     serve._run(
-        dep.bind(max_inflight, prefill_timeout_s, token_timeout_s, refresh_s),
+        dep.bind(max_inflight, prefill_timeout_s, token_timeout_s, refresh_s, refresh_on_miss_s),
         name=name,
         route_prefix=route_prefix,
         external_scaler_enabled=True,

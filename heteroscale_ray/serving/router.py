@@ -119,11 +119,13 @@ class Router(ChoiceStreams):
         prefill_timeout_s: float = 60.0,
         token_timeout_s: float = 30.0,
         refresh_s: float = 0.5,
+        refresh_on_miss_s: float = REFRESH_ON_MISS_S,
     ) -> None:
         self.max_inflight = max_inflight
         self.prefill_timeout_s = prefill_timeout_s
         self.token_timeout_s = token_timeout_s
         self.refresh_s = refresh_s
+        self.refresh_on_miss_s = refresh_on_miss_s
         self.tokenizer = ByteTokenizer()
         self._table = get_routing_table()
         self._services: dict[str, ServiceRoute] = {}
@@ -214,12 +216,12 @@ class Router(ChoiceStreams):
         return e.response()
 
     async def _refreshed(self) -> bool:
-        """Fetch the routing table now; False if it did not answer within REFRESH_ON_MISS_S.
+        """Fetch the routing table now; False if it did not answer within `refresh_on_miss_s`.
 
         While the table restarts Ray fails calls to it (ActorUnavailableError) rather than
         queueing them, so one failed call says nothing about the routes: ask again until the
         restarted table (its routes read back from the checkpoint) answers."""
-        deadline = time.monotonic() + REFRESH_ON_MISS_S
+        deadline = time.monotonic() + self.refresh_on_miss_s
         while True:
             try:
                 left = max(deadline - time.monotonic(), 0.01)
@@ -228,7 +230,7 @@ class Router(ChoiceStreams):
             except Exception as e:
                 if time.monotonic() + REFRESH_RETRY_S >= deadline:
                     logger.warning(
-                        "routing table did not answer in %.0f s: %s", REFRESH_ON_MISS_S, e
+                        "routing table did not answer in %.1f s: %s", self.refresh_on_miss_s, e
                     )
                     return False
             await asyncio.sleep(REFRESH_RETRY_S)
