@@ -234,10 +234,11 @@ class DemandSpec(BaseModel):
         "start-up time plus one control period. 0 = off.",
     )
     burst_quantile: float = Field(
-        default=0.9,
+        default=0.99,
         gt=0,
         le=1,
-        description="Which quantile of the remembered rises the headroom covers.",
+        description="Which quantile of the remembered rises the headroom covers: the share of "
+        "start-up horizons the fleet should ride out, as the SLO's 99% of requests.",
     )
     learn: bool = Field(
         default=True,
