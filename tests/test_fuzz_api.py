@@ -76,7 +76,8 @@ def _admit(raw: bytes, chat: bool) -> tuple[Any, int]:
         prompt = req.prompt_text
         tokens = TOKENIZER.encode(prompt, add_bos=True)
         max_tokens = req.max_tokens
-    check_context(SERVICE, len(tokens), max_tokens, chat=chat)
+    limit = req.max_tokens_param if isinstance(req, ChatCompletionRequest) else "max_tokens"
+    check_context(SERVICE, len(tokens), max_tokens, chat=chat, limit_param=limit)
     for i in range(req.n):
         params = sampling_params(req, max_tokens, i)
         np.random.default_rng(params.seed)  # what the replica builds from the seed

@@ -155,6 +155,20 @@ def test_parse_completion_ok_and_context_check() -> None:
         assert e.value.code == "context_length_exceeded"
 
 
+def test_a_too_long_max_completion_tokens_is_named_as_sent() -> None:
+    """Hypothesis found the error naming `max_tokens` for a chat that sent only
+    `max_completion_tokens`: the client must see the parameter it sent."""
+    from heteroscale_ray.serving.api_requests import parse_chat
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    svc = ServiceRoute("m", ModelConfig(max_context=64, kv_capacity_tokens=1000))
+    for key in ("max_completion_tokens", "max_tokens"):
+        req = parse_chat(json.dumps({**body, key: 60}).encode())
+        with pytest.raises(ApiError) as e:
+            check_context(svc, 10, 60, chat=True, limit_param=req.max_tokens_param)
+        assert e.value.param == key and key in str(e.value)
+
+
 def test_metrics_window_rates_percentiles_and_prometheus() -> None:
     clock = VirtualClock(start=5000.0)
     m = ReplicaMetrics(IDENTITY, peak_flops=1e12, window_s=10.0, clock=clock)

@@ -242,11 +242,17 @@ def default_max_tokens(service: ServiceRoute, prompt_tokens: int) -> int:
 
 
 def check_context(
-    service: ServiceRoute, prompt_tokens: int, max_tokens: int, *, chat: bool = False
+    service: ServiceRoute,
+    prompt_tokens: int,
+    max_tokens: int,
+    *,
+    chat: bool = False,
+    limit_param: str = "max_tokens",
 ) -> None:
     """400 unless prompt + max_tokens fits the model context and one decode replica's KV.
 
-    The prompt's parameter is `messages` for chat, `prompt` for completions (as OpenAI names it)."""
+    The prompt's parameter is `messages` for chat, `prompt` for completions (as OpenAI names it);
+    the limit's is the one the client sent (`max_completion_tokens` or `max_tokens`)."""
     limit = service.engine.max_context
     prompt = "messages" if chat else "prompt"
     if prompt_tokens >= limit:
@@ -260,16 +266,16 @@ def check_context(
         raise _bad_request(
             f"This model's maximum context length is {limit} tokens, however you requested "
             f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {prompt}, {max_tokens} "
-            f"for the completion). Please reduce the {prompt} or max_tokens.",
+            f"for the completion). Please reduce the {prompt} or {limit_param}.",
             "context_length_exceeded",
-            "max_tokens",
+            limit_param,
         )
     if prompt_tokens + max_tokens > service.engine.kv_capacity_tokens:
         raise _bad_request(
             f"request needs {prompt_tokens + max_tokens} KV tokens, more than one decode "
-            f"replica holds ({service.engine.kv_capacity_tokens}): lower max_tokens",
+            f"replica holds ({service.engine.kv_capacity_tokens}): lower {limit_param}",
             "context_length_exceeded",
-            "max_tokens",
+            limit_param,
         )
 
 

@@ -279,7 +279,8 @@ class Router(ChoiceStreams):
             # Offered load (each choice is one prefill of the prompt): before any admission.
             for _ in range(req.n):
                 self._arrivals.add(req.model, len(tokens))
-            check_context(service, len(tokens), max_tokens, chat=chat)
+            limit = req.max_tokens_param if isinstance(req, ChatCompletionRequest) else "max_tokens"
+            check_context(service, len(tokens), max_tokens, chat=chat, limit_param=limit)
             if self._inflight + req.n > self.max_inflight:
                 raise ApiError(
                     429,
