@@ -28,8 +28,11 @@ signals per tick and instance: busy share (the GPU-utilisation analogue: a decod
 any sequence running counts as busy) and SM activity (achieved FLOP/s over peak).
 
 Pieces in sibling modules: `workload` (the requests), `instances` (instance table, states,
-roles), `prefix_cache` (the per-DG pool),
-`decode_phase` (step 4) and `tick_record` (the per-tick series); per-kind timing is
+roles), `layout` (what the per-tick code reads of the held instances), `pools` (what routing
+sees of them), `routing` (step 2), `request_columns` (per-request prices, by block),
+`prefix_cache` (the per-DG pool), `decode_phase` (step 4), `tick_record` (the per-tick
+series) and `kernels` (compiled twins of the per-request loops, when numba is installed: a
+two-day, 24M-request replay then runs in under two minutes); per-kind timing is
 `perf.instance_kind`, per-instance capacity `perf.capacity`.
 """
 
@@ -57,7 +60,10 @@ from heteroscale_ray.sim.instances import (
     STARTING,
     InstanceTable,
 )
+from heteroscale_ray.sim.layout import SERIES, Layout
+from heteroscale_ray.sim.pools import PoolShape
 from heteroscale_ray.sim.prefix_cache import PrefixCache
+from heteroscale_ray.sim.request_columns import RequestColumns
 from heteroscale_ray.sim.routing import route
 from heteroscale_ray.sim.tick_record import record_tick
 from heteroscale_ray.sim.workload import Workload
@@ -127,6 +133,10 @@ class ClusterSim:
         self.dg_names: list[str] = []
         self._dg_index: dict[str, int] = {}
         self.prefix_cache = PrefixCache()
+        self.columns = RequestColumns()  # per-request prices, by block (routing)
+        self._layout: Layout | None = None  # held instances, for the per-tick series
+        self._pool_shapes: tuple[tuple, dict[int, PoolShape]] | None = None  # for routing
+        self._calm = b""  # instance states with none starting or draining (`_lifecycle`)
         self._decode_full_cache: dict[tuple[int, int], tuple[float, float]] = {}
         # per kind, for the per-tick series: SM-activity denominator and cost per GPU-hour
         self._kind_peak_den = np.zeros(0)
@@ -157,16 +167,20 @@ class ClusterSim:
         # per-tick series [tick, service, role]
         s = len(self.services)
         shape = (self.n_ticks_max, s, 2)
-        self.ts_ready = np.zeros(shape)
-        self.ts_starting = np.zeros(shape)
-        self.ts_draining = np.zeros(shape)
-        self.ts_gpus = np.zeros(shape)  # GPUs held (any state)
-        self.ts_cost = np.zeros(shape)  # relative cost per hour of GPUs held
-        self.ts_busy = np.zeros(shape)  # sum over ready/draining instances of busy share
-        self.ts_gpu_busy = np.zeros(shape)  # sum over all held GPUs of busy share
-        self.ts_gpu_sm = np.zeros(shape)  # sum over all held GPUs of SM activity
-        self.ts_sm = np.zeros(shape)  # sum over ready/draining instances of SM activity
-        self.ts_kv = np.zeros(shape)  # decode: sum of KV use share
+        # the series `record_tick` sums (SERIES but ts_tokens): views of one block, one write
+        self.series = np.zeros((len(SERIES) - 1, *shape))
+        (
+            self.ts_ready,
+            self.ts_starting,
+            self.ts_draining,
+            self.ts_gpus,  # GPUs held (any state)
+            self.ts_cost,  # relative cost per hour of GPUs held
+            self.ts_busy,  # sum over ready/draining instances of busy share
+            self.ts_sm,  # sum over ready/draining instances of SM activity
+            self.ts_gpu_busy,  # sum over all held GPUs of busy share
+            self.ts_gpu_sm,  # sum over all held GPUs of SM activity
+            self.ts_kv,  # decode: sum of KV use share
+        ) = self.series
         self.ts_tokens = np.zeros(shape)  # prefill: cache-miss tokens done; decode: tokens made
         self.ts_ongoing = np.zeros(shape)  # requests in the pool (queued + running)
         self.ts_arrivals = np.zeros((self.n_ticks_max, s))
@@ -250,6 +264,7 @@ class ClusterSim:
 
     def _remove(self, row: int) -> None:
         self.inst.state[row] = GONE
+        self.inst.version += 1
         self.inst.t_removed[row] = self.now
         self.removed.append(self.inst_ids[row])
 
@@ -319,6 +334,8 @@ class ClusterSim:
         T = self.inst
         n = T.n
         st = T.state[:n]
+        if st.tobytes() == self._calm:  # no instance starting or draining: nothing to do
+            return
         st[(st == STARTING) & (T.t_ready[:n] <= t0)] = READY
         draining = np.flatnonzero(st == DRAINING)
         for row in draining.tolist():
@@ -328,6 +345,8 @@ class ClusterSim:
                 idle = T.n_active[row] == 0 and T.n_pending[row] == 0
             if idle:
                 self._remove(row)
+        if not np.any((st == STARTING) | (st == DRAINING)):
+            self._calm = st.tobytes()
 
     def _kv_full(self, s: int, kind: int) -> float:
         """Share of a decode instance's KV capacity a batch at the TBT SLO holds (cached)."""

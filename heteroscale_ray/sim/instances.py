@@ -45,6 +45,7 @@ class InstanceTable:
 
     def __init__(self, capacity: int = 256) -> None:
         self.n = 0
+        self.version = 0  # bumped when a row is added or removed (GONE): caches key on it
         for name, dt in self.FIELDS.items():
             setattr(self, name, np.zeros(capacity, dtype=dt))
 
@@ -59,4 +60,5 @@ class InstanceTable:
         for name, v in values.items():
             getattr(self, name)[row] = v
         self.n += 1
+        self.version += 1
         return row

@@ -15,8 +15,9 @@ import numpy as np
 from heteroscale_ray.control.types import Observation, PoolObservation
 from heteroscale_ray.perf.capacity import prefill_work_s
 from heteroscale_ray.policy.types import Signals
+from heteroscale_ray.sim import kernels
 from heteroscale_ray.sim.cluster import DECODE, PREFILL, ClusterSim
-from heteroscale_ray.sim.instances import READY
+from heteroscale_ray.sim.instances import READY, distinct
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -39,7 +40,7 @@ def prefill_seconds(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
     out = np.zeros(len(ids))
     kinds = sim.inst.kind[sim.p_inst[ids]]
     inp, cached = sim.w.input_tokens[ids], sim.cached[ids]
-    for k in np.unique(kinds).tolist():
+    for k in distinct(kinds, len(sim.kinds)):
         m = kinds == k
         out[m] = prefill_work_s(sim.kinds[k], inp[m], cached[m])
     return out
@@ -63,7 +64,11 @@ def queues(
     # prefill rate, and would read as decode demand).
     P = sim._pending
     arrived = P[sim.t_kv[P] <= now] if len(P) else P
-    waiting = float(np.count_nonzero(np.isin(sim.d_inst[arrived], dec))) if len(arrived) else 0.0
+    waiting = 0.0
+    if len(arrived):
+        is_dec = np.zeros(n, dtype=bool)
+        is_dec[dec] = True
+        waiting = float(np.count_nonzero(is_dec[sim.d_inst[arrived]]))
     step = slowest = None
     A = sim._active
     if len(A) and len(dec):
@@ -75,7 +80,7 @@ def queues(
             rows, b_busy, c_busy = dec[busy], B[busy], C[busy]
             kind_of = T.kind[rows]
             taus = np.empty(len(rows))
-            for k in np.unique(kind_of).tolist():
+            for k in distinct(kind_of, len(sim.kinds)):
                 kind, m = sim.kinds[k], kind_of == k
                 if kind.w_experts == 0.0:  # dense: elementwise, as one instance at a time
                     taus[m] = kind.step_seconds(b_busy[m], c_busy[m])
@@ -95,28 +100,48 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
     t0 = max(0, t1 - int(round(window_s / sim.dt)))
     span = (t1 - t0) * sim.dt
     w = sim.w
-    lo = int(np.searchsorted(w.arrival, now - window_s - 900.0))
-    hi = int(np.searchsorted(w.arrival, now))
-    recent = np.arange(lo, hi)
-    one = len(sim.services) == 1  # then every recent request is the service's: slice views
+    lo = int(w.arrival.searchsorted(now - window_s - 900.0))
+    hi = int(w.arrival.searchsorted(now))
+    one = len(sim.services) == 1  # then every recent request is the service's: no filter
+    recent = None if one else np.arange(lo, hi)
     out: dict[str, Observation] = {}
     for s, spec in enumerate(sim.services):
         sl = slice(t0, t1)
-        mine = recent if one else recent[w.service[recent] == s]
-        at = slice(lo, hi) if one else mine
-        tf = sim.t_first[at]
-        first_in = mine[(tf >= now - window_s) & (tf < now)]
-        td = sim.t_done[at]
-        done_in = mine[(td >= now - window_s) & (td < now) & (w.output_tokens[at] > 1)]
+        if recent is None:
+            # requests [lo, hi) by slices; arrival is sorted, so the last `span` is a suffix
+            if kernels.ENABLED:
+                first_in, finished = kernels.in_window(
+                    sim.t_first, sim.t_done, lo, hi, now - window_s, now
+                )
+            else:
+                tf, td = sim.t_first[lo:hi], sim.t_done[lo:hi]
+                first_in = np.flatnonzero((tf >= now - window_s) & (tf < now)) + lo
+                finished = np.flatnonzero((td >= now - window_s) & (td < now)) + lo
+            arrived: slice | np.ndarray = slice(
+                max(lo, int(w.arrival.searchsorted(now - span))), hi
+            )
+            n_arrived = arrived.stop - arrived.start
+        else:
+            mine = recent[w.service[recent] == s]
+            tf, td = sim.t_first[mine], sim.t_done[mine]
+            first_in = mine[(tf >= now - window_s) & (tf < now)]
+            finished = mine[(td >= now - window_s) & (td < now)]
+            arrived = mine[w.arrival[mine] >= now - span]
+            n_arrived = len(arrived)
+        done_in = finished[w.output_tokens[finished] > 1]
         ttft = sim.t_first[first_in] - w.arrival[first_in]
-        arrived = mine[w.arrival[at] >= now - span]
         prompt = float(np.sum(w.input_tokens[first_in]))
         miss_share = 1.0 - float(np.sum(sim.cached[first_in])) / prompt if prompt > 0 else 1.0
         offered = float(np.sum(w.input_tokens[arrived])) * miss_share / span if span > 0 else 0.0
         tbt = request_tbt(sim, done_in)
         service = prefill_seconds(sim, first_in)
         wait = np.maximum(ttft - service, 0.0)
-        finished = mine[(td >= now - window_s) & (td < now)]
+        # p99 of the three per-first-token series in one call (row by row, the same values)
+        ttft_p99, wait_p99, service_p99 = (
+            np.percentile(np.stack([ttft, wait, service]), 99, axis=1).tolist()
+            if len(first_in)
+            else (None, None, None)
+        )
         queue_s, running, waiting, step, slowest = queues(sim, s)
         pools = {}
         for role in (PREFILL, DECODE):
@@ -136,19 +161,19 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             decode_tps=pools[DECODE]["tps"],
             prefill_tps=pools[PREFILL]["tps"],
             prefill_offered_tps=offered if have_data else None,
-            ttft_p99_s=_p(ttft, 99),
+            ttft_p99_s=ttft_p99,
             tbt_p99_s=_p(tbt, 99),
             prefill_busy=pools[PREFILL]["util"],
             decode_busy=pools[DECODE]["util"],
             kv_use=pools[DECODE]["kv"],
-            request_rate=len(arrived) / span if have_data and span > 0 else None,
-            prompt_mean=float(np.mean(w.input_tokens[arrived])) if len(arrived) else None,
+            request_rate=n_arrived / span if have_data and span > 0 else None,
+            prompt_mean=float(np.mean(w.input_tokens[arrived])) if n_arrived else None,
             output_mean=float(np.mean(w.output_tokens[finished])) if len(finished) else None,
             prefill_queue_s=queue_s if have_data else None,
             decode_running=running if have_data else None,
             decode_queue=waiting if have_data else None,
-            ttft_wait_p99_s=_p(wait, 99),
-            ttft_service_p99_s=_p(service, 99),
+            ttft_wait_p99_s=wait_p99,
+            ttft_service_p99_s=service_p99,
             decode_step_s=step,
             decode_step_max_s=slowest,
         )

@@ -88,20 +88,33 @@ def service_needs(
     period_s: float,
     opts: ReplayOptions = ReplayOptions(),
     cached: np.ndarray | None = None,
+    until_s: float | None = None,
 ) -> Needs:
     """Instances per interval from the future load (sizing.py), on the simulator's own kinds.
 
     `cached` (per request of `trace`, in trace order): prefix-cache hits to discount.
+    `until_s`: only the intervals up to this time are read, so the arrivals two intervals
+    past it are left out; they cannot change those intervals (a tick's decode need depends
+    only on requests whose KV arrived by then), which stay exactly as on the whole trace.
     """
     pk, dk = role_kinds(sim, spec)
+    arrival = np.asarray(trace.arrival_s)
+    inp, out = np.asarray(trace.input_tokens), np.asarray(trace.output_tokens)
+    duration = max(float(trace.duration_s), period_s)
+    if until_s is not None:
+        cut = (math.ceil(until_s / period_s) + 2) * period_s
+        if cut < duration:
+            k = int(np.searchsorted(arrival, cut))
+            arrival, inp, out, duration = arrival[:k], inp[:k], out[:k], cut
+            cached = None if cached is None else cached[:k]
     return needs_per_interval(
         spec,
         pk,
         dk,
-        np.asarray(trace.arrival_s),
-        np.asarray(trace.input_tokens),
-        np.asarray(trace.output_tokens),
-        max(float(trace.duration_s), period_s),
+        arrival,
+        inp,
+        out,
+        duration,
         period_s,
         cached_tokens=cached,
         tick_s=sim.dt,
@@ -285,8 +298,11 @@ def run_replay(
         elif isinstance(autoscaler, StaticAutoscaler):
             p, d = autoscaler.counts[spec.name]
         else:
-            n = service_needs(sim, spec, traces[spec.name], opts.control_period_s, opts)
-            p, d = lookahead_counts(spec, n, 0.0, opts.startup_s + 2 * opts.control_period_s)
+            ahead = opts.startup_s + 2 * opts.control_period_s
+            n = service_needs(
+                sim, spec, traces[spec.name], opts.control_period_s, opts, until_s=ahead
+            )
+            p, d = lookahead_counts(spec, n, 0.0, ahead)
         first.append(ScaleRequest(spec.name, p, d))
         if spec.policy.signal == "demand" and isinstance(autoscaler, HeteroScaleAutoscaler):
             own.setdefault(spec.name, ratio_of(p, d))  # its DGs take the shape of its counts

@@ -3,264 +3,405 @@ and a decode instance, the way the real router does (least combined pressure: pr
 the TTFT SLO plus decode KV load; cache-aware where prompts share prefixes).
 
 Functions of the `ClusterSim` they route for; kept apart from the tick loop in `cluster.py`.
+The per-request loop is the simulator's hottest code (one pass per request of a trace), so it
+works on plain lists with positions into the tick's instance lists, and everything per request
+that does not depend on the choice is priced in bulk beforehand (`RequestColumns`).
 """
 
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, insort
-from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from heteroscale_ray.perf.network import SharedLevel
-from heteroscale_ray.sim.instances import DECODE, PREFILL, READY, distinct
+from heteroscale_ray.sim import kernels
+from heteroscale_ray.sim.instances import PREFILL, distinct
+from heteroscale_ray.sim.pools import Pools, PoolShape, shapes
 from heteroscale_ray.sim.prefix_cache import pool_blocks
 
 if TYPE_CHECKING:
+    from heteroscale_ray.perf.instance_kind import InstanceKind
     from heteroscale_ray.sim.cluster import ClusterSim
-
-
-class DecodeLoad:
-    """A decode instance's load as routing sees it: the binding one of its KV (promised over
-    what a batch at the TBT SLO holds) and its sequences (over that batch). KV alone sends
-    many short requests to one instance beside a few long ones elsewhere, and its step time,
-    which TBT follows, grows with the batch."""
-
-    __slots__ = ("kv", "seqs", "per_seq")
-
-    def __init__(self) -> None:
-        self.kv: dict[int, float] = {}
-        self.seqs: dict[int, float] = {}
-        self.per_seq: dict[int, float] = {}
-
-    def start(self, row: int, kv_share: float, seqs: float, batch: float) -> float:
-        self.kv[row] = kv_share
-        self.per_seq[row] = 1.0 / batch
-        self.seqs[row] = seqs / batch
-        return max(kv_share, self.seqs[row])
-
-    def add(self, row: int, kv_share: float) -> float:
-        """One more request of `kv_share` on `row`; its new load."""
-        kv = self.kv[row] = self.kv[row] + kv_share
-        seqs = self.seqs[row] = self.seqs[row] + self.per_seq[row]
-        return kv if kv > seqs else seqs
 
 
 def route(sim: ClusterSim, todo: np.ndarray, t0: float) -> np.ndarray:
     """Assign prefill and decode instances; returns the requests that found no DG."""
-    T, w = sim.inst, sim.w
-    ready = np.flatnonzero(T.state[: T.n] == READY)
-    ready_svc, ready_dec = T.svc[ready], T.role[ready] == DECODE
+    by_svc = shapes(sim)
+    if len(sim.services) == 1:
+        if 0 not in by_svc:
+            return todo
+        _route_service(sim, 0, todo, t0, by_svc[0])
+        return np.empty(0, dtype=np.int64)
     left: list[np.ndarray] = []
-    svc_of = w.service[todo]
-    one_svc = len(sim.services) == 1
+    svc_of = sim.w.service[todo]
     for s in distinct(svc_of, len(sim.services)):
-        ids = todo if one_svc else todo[svc_of == s]
-        mine = ready_svc == s
-        dec_rows = ready[mine & ready_dec]
-        dg_ok = set(T.dg[dec_rows].tolist())
-        pre_all = ready[mine & ~ready_dec]
-        pre_rows = [
-            r for r, g in zip(pre_all.tolist(), T.dg[pre_all].tolist(), strict=True) if g in dg_ok
-        ]
-        if not pre_rows:
+        ids = todo[svc_of == s]
+        if s in by_svc:
+            _route_service(sim, s, ids, t0, by_svc[s])
+        else:
             left.append(ids)
-            continue
-        _route_service(sim, s, ids, t0, pre_rows, dec_rows)
     return np.concatenate(left) if left else np.empty(0, dtype=np.int64)
 
 
-def _route_service(
-    sim: ClusterSim, s: int, ids: np.ndarray, t0: float, pre_rows: list[int], dec_rows: np.ndarray
-) -> None:
+class _Batch:
+    """The requests one service routes in a tick (arrival order) and what they cost."""
+
+    def __init__(self, sim: ClusterSim, s: int, ids: np.ndarray, shape: PoolShape) -> None:
+        w = sim.w
+        self.ids = ids
+        m = len(ids)
+        lo = int(ids[0])
+        # consecutive requests (no backlog): slices, and prices read from blocks
+        run = int(ids[-1]) - lo + 1 == m
+        self.at: slice | np.ndarray = slice(lo, lo + m) if run else ids
+        self.arrival = w.arrival[self.at]
+        self.inp = w.input_tokens[self.at]
+        self.out = w.output_tokens[self.at]
+        n = len(w)
+        # per decode class: KV each request reserves, and the load it adds to an instance
+        self.res: list[np.ndarray] = []
+        self.inc: list[np.ndarray] = []
+        for cap, full in zip((c for _, c in shape.classes), shape.full, strict=True):
+            res, inc = (
+                sim.columns.get(
+                    ("kv", s, cap, full),
+                    lo,
+                    lo + m,
+                    n,
+                    lambda a, b, cap=cap, full=full: price_kv(
+                        w.input_tokens[a:b], w.output_tokens[a:b], cap, full
+                    ),
+                )
+                if run
+                else price_kv(self.inp, self.out, cap, full)
+            )
+            self.res.append(res)
+            self.inc.append(inc)
+        # without a prefix cache, per prefill kind: (seconds, FLOPs) of each prompt
+        self.work: dict[int, tuple[np.ndarray, ...]] = {}
+        if w.hash_ids is None:
+            for k in shape.pkinds:
+                kind = sim.kinds[k]
+                self.work[k] = (
+                    sim.columns.get(
+                        ("prefill", k),
+                        lo,
+                        lo + m,
+                        n,
+                        lambda a, b, kind=kind: kind.prefill_many(w.input_tokens[a:b]),
+                    )
+                    if run
+                    else kind.prefill_many(self.inp)
+                )
+
+
+def price_kv(
+    inp: np.ndarray, out: np.ndarray, cap: float, full: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """KV a request reserves on a decode class of capacity `cap`, and that over `full`."""
+    res = np.minimum((inp + out).astype(float), cap)
+    return res, res / full
+
+
+def _route_service(sim: ClusterSim, s: int, ids: np.ndarray, t0: float, shape: PoolShape) -> None:
     """Route the requests `ids` of service `s` (arrival order) over its ready DGs.
 
-    Per-DG heaps: prefill by when its queue empties, decode by its binding load (`DecodeLoad`:
-    KV promised over the KV a batch at the TBT SLO holds, or sequences over that batch). A request goes to the DG with the least combined pressure
-    (prefill wait over the TTFT SLO + decode load), then to that DG's least-loaded prefill
-    and decode instances. Ties go to the lower DG index, then to the lower row.
+    A request goes to the DG with the least combined pressure (prefill wait over the TTFT SLO
+    + decode load), then to that DG's prefill instance whose queue empties first and its
+    least-loaded decode instance. Ties go to the lower DG index, then to the lower row.
     """
-    T, w = sim.inst, sim.w
-    dg, kinds = T.dg, sim.kinds
-    pre_arr = np.array(pre_rows, dtype=np.int64)
-    pheaps: dict[int, list[tuple[float, int]]] = {}
-    for r, f, g in zip(pre_rows, T.free_at[pre_arr].tolist(), dg[pre_arr].tolist(), strict=True):
-        pheaps.setdefault(g, []).append((max(f, t0), r))
-    # decode rows by class (kind, KV capacity): the KV a batch at the TBT SLO holds, and that batch
-    full_of: dict[tuple[int, float], float] = {}
-    batch_of: dict[tuple[int, float], float] = {}
-    dcls_row: dict[int, tuple[int, float]] = {}
-    dheaps: dict[int, list[tuple[float, int]]] = {}
-    dload = DecodeLoad()
-    for r, k, cap, prom, seqs, g in zip(
-        dec_rows.tolist(),
-        T.kind[dec_rows].tolist(),
-        T.kv_cap[dec_rows].tolist(),
-        T.kv_promised[dec_rows].tolist(),
-        (T.n_active[dec_rows] + T.n_pending[dec_rows]).tolist(),
-        dg[dec_rows].tolist(),
-        strict=True,
-    ):
-        key = (k, cap)
-        if key not in full_of:
-            full_of[key] = sim._kv_full(s, k) * cap
-            batch_of[key] = sim._batch_full(s, k)
-        dcls_row[r] = key
-        dheaps.setdefault(g, []).append(
-            (dload.start(r, prom / full_of[key], seqs, batch_of[key]), r)
-        )
-    for h in (*pheaps.values(), *dheaps.values()):
-        heapq.heapify(h)
-    groups = sorted(pheaps)
+    T = sim.inst
+    batch = _Batch(sim, s, ids, shape)
     ttft_slo = sim.services[s].slo.ttft_s
-    m = len(ids)
-    inp_a = w.input_tokens[ids]
-    out_a = w.output_tokens[ids]
-    # per request and decode class: KV reserved, and the load it adds to the instance
-    want = (inp_a + out_a).astype(float)
-    res_of = {key: np.minimum(want, key[1]) for key in full_of}
-    inc_of = {key: (res_of[key] / full).tolist() for key, full in full_of.items()}
-    inc_row = {r: inc_of[key] for r, key in dcls_row.items()}
-    pkind = dict(zip(pre_rows, T.kind[pre_arr].tolist(), strict=True))
-    arr_a = w.arrival[ids]
-    arr = arr_a.tolist()
-    ph = [pheaps[g] for g in groups]
-    dh = [dheaps[g] for g in groups]
-    n_groups = len(groups)
-    if sim.w.hash_ids is None:
-        # no prefix cache: a prompt's prefill time depends on its instance's kind only
-        work_of = {k: kinds[k].prefill_many(inp_a) for k in set(pkind.values())}
-        svc_of = {k: work[0].tolist() for k, work in work_of.items()}
-        svc_row = {r: svc_of[k] for r, k in pkind.items()}
-        a0 = np.maximum(arr_a, t0).tolist()
-        pmin = [h[0][0] for h in ph]
-        dmin = [h[0][0] for h in dh]
-        p_sel = [0] * m
-        d_sel = [0] * m
-        fins = [0.0] * m
-        replace = heapq.heapreplace
-        # The DG of least score = max(prefill wait, 0) / TTFT SLO + decode load, the lowest
-        # index among equal scores. A score is never below its DG's decode load (a wait of
-        # 0 adds exactly 0.0), so DGs are visited by increasing load until the next load
-        # exceeds the best score found.
-        by_load = sorted((dl, i) for i, dl in enumerate(dmin))
-        multi = n_groups > 1
-        gi = 0
-        for j, a in enumerate(arr):
-            if multi:
-                best = float("inf")
-                for dl, i in by_load:
-                    if dl > best:
-                        break
-                    p = pmin[i]
-                    score = (p - a) / ttft_slo + dl if p > a else dl
-                    if score < best or (score == best and i < gi):
-                        best, gi = score, i
-            heap = ph[gi]
-            free, r = heap[0]
-            fin = (free if free > a else a0[j]) + svc_row[r][j]
-            replace(heap, (fin, r))
-            pmin[gi] = heap[0][0]
-            heap = dh[gi]
-            d = heap[0][1]
-            replace(heap, (dload.add(d, inc_row[d][j]), d))
-            if multi:
-                del by_load[bisect_left(by_load, (dmin[gi], gi))]
-                insort(by_load, (heap[0][0], gi))
-            dmin[gi] = heap[0][0]
-            p_sel[j], d_sel[j], fins[j] = r, d, fin
-        p_rows = np.array(p_sel, dtype=np.int64)
-        d_rows = np.array(d_sel, dtype=np.int64)
-        fin_l = np.array(fins, dtype=float)
-        cached_l: np.ndarray | None = None  # no hits: `sim.cached` stays 0
-        work_l, flops_l = _by_class(p_rows, pkind, work_of, m)
-    else:
-        p_rows, d_rows, fin_l, work_l, flops_l, cached_l = _route_cached(
-            sim, s, ids, t0, groups, ph, dh, pkind, inc_row, dload, pre_rows
+    cached_l: np.ndarray | None = None  # no hits: `sim.cached` stays 0
+    if sim.w.hash_ids is not None:
+        pools = Pools(sim, shape, t0)
+        inc_by_pos = [batch.inc[c].tolist() for c in shape.dcls]
+        p_pos, d_pos, fin_l, work_l, flops_l, cached_l = _assign_cached(
+            sim, s, ids, t0, pools, inc_by_pos
         )
-    (res_l,) = _by_class(d_rows, dcls_row, {key: (res,) for key, res in res_of.items()}, m)
-    for heap in ph:
-        for fin, r in heap:
-            T.free_at[r] = fin
+        (res_l,) = _per_request(d_pos, shape.dcls, {c: (r,) for c, r in enumerate(batch.res)})
+        pos, free = pools.free_at()
+        T.free_at[shape.pre[pos]] = free
+    elif kernels.ENABLED:
+        _route_compiled(sim, s, shape, batch, t0, ttft_slo)
+        return
+    else:
+        pools = Pools(sim, shape, t0)
+        inc_c = [inc.tolist() for inc in batch.inc]
+        svc_k = {k: work[0].tolist() for k, work in batch.work.items()}
+        p_pos, d_pos, fin_l = _assign(
+            pools,
+            batch.arrival.tolist(),
+            np.maximum(batch.arrival, t0).tolist(),
+            [svc_k[k] for k in shape.pkind],
+            [inc_c[c] for c in shape.dcls],
+            ttft_slo,
+        )
+        work_l, flops_l = _per_request(p_pos, shape.pkind, batch.work)
+        (res_l,) = _per_request(d_pos, shape.dcls, {c: (r,) for c, r in enumerate(batch.res)})
+        pos, free = pools.free_at()
+        T.free_at[shape.pre[pos]] = free
+    _commit(sim, s, shape, batch, p_pos, d_pos, fin_l, work_l, flops_l, res_l, cached_l)
+
+
+def _rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays as the rows of one 2-D array (a view when there is one)."""
+    return arrays[0].reshape(1, -1) if len(arrays) == 1 else np.stack(arrays)
+
+
+def _route_compiled(
+    sim: ClusterSim, s: int, shape: PoolShape, batch: _Batch, t0: float, ttft_slo: float
+) -> None:
+    """`_assign` and `_commit` by `kernels.route_tick`; the same numbers."""
+    T = sim.inst
+    m = len(batch.ids)
+    go_ids = np.empty(m, dtype=np.int64)
+    level_counts = np.zeros(len(SharedLevel), dtype=np.int64)
+    n_go = kernels.route_tick(
+        batch.ids,
+        batch.arrival,
+        batch.inp,
+        batch.out,
+        t0,
+        _rows([batch.work[k][0] for k in shape.pkinds]),
+        _rows([batch.work[k][1] for k in shape.pkinds]),
+        _kv_seconds(sim, shape, batch),
+        shape.pk_row,
+        _rows(batch.inc),
+        _rows(batch.res),
+        shape.dcls_arr,
+        shape.pre,
+        shape.dec,
+        shape.level(sim),
+        shape.pstart,
+        shape.ppos_flat,
+        shape.dstart,
+        shape.dpos_flat,
+        shape.full_row,
+        shape.batch_row,
+        shape.per_seq_arr,
+        ttft_slo,
+        sim.dt,
+        T.free_at,
+        T.cum_work,
+        T.cum_flops,
+        T.kv_promised,
+        T.n_active,
+        T.n_pending,
+        sim.p_inst,
+        sim.d_inst,
+        sim.t_first,
+        sim.t_done,
+        sim.reserve,
+        sim.kv_level,
+        sim.kv_time,
+        sim.t_kv,
+        sim.ts_tokens[:, s, PREFILL],
+        level_counts,
+        go_ids,
+    )
+    sim.ts_routed_kvlevel[sim.tick] += level_counts
+    sim._pending = np.concatenate([sim._pending, go_ids[:n_go]])
+    sim._first_new.append(batch.ids)
+
+
+def _kv_seconds(sim: ClusterSim, shape: PoolShape, batch: _Batch) -> np.ndarray:
+    """KV transfer seconds of each request per prefill kind and switch level [kind, level, j]."""
+    w = sim.w
+
+    def price(kind: InstanceKind, inp: np.ndarray) -> tuple[np.ndarray]:
+        tokens = inp.astype(float)
+        return (
+            np.stack(
+                [
+                    kind.kv_transfer_seconds(tokens, np.full(len(tokens), int(lvl)))
+                    for lvl in SharedLevel
+                ]
+            ),
+        )
+
+    out = []
+    for k in shape.pkinds:
+        kind = sim.kinds[k]
+        if isinstance(batch.at, slice):
+            lo, hi = batch.at.start, batch.at.stop
+            (secs,) = sim.columns.get(
+                ("kv_seconds", k),
+                lo,
+                hi,
+                len(w),
+                lambda a, b, kind=kind: price(kind, w.input_tokens[a:b]),
+                axis=1,
+            )
+        else:
+            (secs,) = price(kind, batch.inp)
+        out.append(secs)
+    return out[0][None] if len(out) == 1 else np.stack(out)
+
+
+def _commit(
+    sim: ClusterSim,
+    s: int,
+    shape: PoolShape,
+    batch: _Batch,
+    p_pos: np.ndarray,
+    d_pos: np.ndarray,
+    fin_l: np.ndarray,
+    work_l: np.ndarray,
+    flops_l: np.ndarray,
+    res_l: np.ndarray,
+    cached_l: np.ndarray | None,
+) -> None:
+    """Write the routed requests' choices and times into the simulator: prefill work on
+    the chosen instances, first-token times, and the KV transfer to decode."""
+    T, kinds = sim.inst, sim.kinds
+    ids, at, inp_a = batch.ids, batch.at, batch.inp
+    p_rows = shape.pre[p_pos]
     np.add.at(T.cum_work, p_rows, work_l)
     np.add.at(T.cum_flops, p_rows, flops_l)
-    sim.p_inst[ids] = p_rows
-    sim.t_first[ids] = fin_l
-    sim.reserve[ids] = res_l
+    sim.p_inst[at] = p_rows
+    sim.t_first[at] = fin_l
+    sim.reserve[at] = res_l
     new_tokens = inp_a
     if cached_l is not None:
-        sim.cached[ids] = cached_l
+        sim.cached[at] = cached_l
         new_tokens = inp_a - cached_l
     done_tick = np.minimum((fin_l / sim.dt).astype(np.int64), sim.n_ticks_max - 1)
     np.add.at(sim.ts_tokens[:, s, PREFILL], done_tick, new_tokens)
     # single-token outputs finish at prefill; the rest go to decode after the KV copy
-    one = out_a <= 1
-    if one.any():
+    one = batch.out <= 1
+    at_d: slice | np.ndarray = at
+    ids_d, dp_go, pp_go, res_d, inp_d, fin_d = ids, d_pos, p_pos, res_l, inp_a, fin_l
+    if np.count_nonzero(one):
         sim.t_done[ids[one]] = fin_l[one]
-        go = ~one
-        ids_d, d_go, p_go = ids[go], d_rows[go], p_rows[go]
+        go = np.flatnonzero(~one)
+        ids_d, dp_go, pp_go = ids[go], d_pos[go], p_pos[go]
         res_d, inp_d, fin_d = res_l[go], inp_a[go], fin_l[go]
-    else:
-        ids_d, d_go, p_go, res_d, inp_d, fin_d = ids, d_rows, p_rows, res_l, inp_a, fin_l
-    sim.d_inst[ids_d] = d_go
+        at_d = ids_d
+    d_go = shape.dec[dp_go]
+    sim.d_inst[at_d] = d_go
     np.add.at(T.kv_promised, d_go, res_d)
     T.n_pending[: T.n] += np.bincount(d_go, minlength=T.n)
-    level = sim._shared_level(T.host[p_go], T.host[d_go])
+    level = sim._shared_level(shape.phost[pp_go], shape.dhost[dp_go])
     inp_d = inp_d.astype(float)
-    pk = T.kind[p_go]
-    present = distinct(pk, len(kinds))
-    if len(present) == 1:
-        kv_t = kinds[present[0]].kv_transfer_seconds(inp_d, level)
+    if len(shape.pkinds) == 1:
+        kv_t = kinds[shape.pkinds[0]].kv_transfer_seconds(inp_d, level)
     else:
-        kv_t = np.empty(len(ids_d))
-        for k in present:
+        pk = T.kind[shape.pre[pp_go]]
+        kv_t = np.empty(len(inp_d))
+        for k in distinct(pk, len(kinds)):
             sel = pk == k
             kv_t[sel] = kinds[k].kv_transfer_seconds(inp_d[sel], level[sel])
-    sim.kv_level[ids_d] = level
-    sim.kv_time[ids_d] = kv_t
-    sim.t_kv[ids_d] = fin_d + kv_t
+    sim.kv_level[at_d] = level
+    sim.kv_time[at_d] = kv_t
+    sim.t_kv[at_d] = fin_d + kv_t
     sim.ts_routed_kvlevel[sim.tick] += np.bincount(level, minlength=len(SharedLevel))
     sim._pending = np.concatenate([sim._pending, ids_d])
     sim._first_new.append(ids)
 
 
-def _by_class(
-    rows: np.ndarray,
-    class_of: Mapping[int, Hashable],
-    arrays_of: Mapping[Hashable, tuple[np.ndarray, ...]],
-    m: int,
+def _assign(
+    pools: Pools,
+    arr: list[float],
+    a0: list[float],
+    svc_by_pos: list[list[float]],
+    inc_by_pos: list[list[float]],
+    ttft_slo: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The routing loop without a prefix cache: (prefill position, decode position, first-token
+    time) per request.
+
+    `a0[j]` is request j's arrival clamped to the tick start, `svc_by_pos[p][j]` its prefill
+    seconds on prefill position p, `inc_by_pos[d][j]` the KV load it adds on decode position d.
+    The DG of least score = max(prefill wait, 0) / TTFT SLO + decode load, the lowest index
+    among equal scores.
+    """
+    ph, dh = pools.ph, pools.dh
+    kv, seqs, per_seq = pools.kv, pools.seqs, pools.shape.per_seq
+    m = len(arr)
+    p_sel = [0] * m
+    d_sel = [0] * m
+    fins = [0.0] * m
+    replace = heapq.heapreplace
+    n_groups = len(ph)
+    if n_groups == 1:
+        pheap, dheap = ph[0], dh[0]
+        for j in range(m):
+            free, r = pheap[0]
+            a = arr[j]
+            fin = (free if free > a else a0[j]) + svc_by_pos[r][j]
+            replace(pheap, (fin, r))
+            d = dheap[0][1]
+            k = kv[d] = kv[d] + inc_by_pos[d][j]
+            q = seqs[d] = seqs[d] + per_seq[d]
+            replace(dheap, (k if k > q else q, d))
+            p_sel[j] = r
+            d_sel[j] = d
+            fins[j] = fin
+    else:
+        pmin = [h[0][0] for h in ph]
+        dmin = [h[0][0] for h in dh]
+        order = range(n_groups)
+        gi = 0
+        for j in range(m):
+            a = arr[j]
+            best = float("inf")
+            for i in order:
+                p = pmin[i]
+                score = (p - a) / ttft_slo + dmin[i] if p > a else dmin[i]
+                if score < best:
+                    best = score
+                    gi = i
+            heap = ph[gi]
+            free, r = heap[0]
+            fin = (free if free > a else a0[j]) + svc_by_pos[r][j]
+            replace(heap, (fin, r))
+            pmin[gi] = heap[0][0]
+            heap = dh[gi]
+            d = heap[0][1]
+            k = kv[d] = kv[d] + inc_by_pos[d][j]
+            q = seqs[d] = seqs[d] + per_seq[d]
+            replace(heap, (k if k > q else q, d))
+            dmin[gi] = heap[0][0]
+            p_sel[j] = r
+            d_sel[j] = d
+            fins[j] = fin
+    return (
+        np.array(p_sel, dtype=np.int64),
+        np.array(d_sel, dtype=np.int64),
+        np.array(fins, dtype=float),
+    )
+
+
+def _per_request(
+    pos: np.ndarray, class_of: list[int], arrays_of: dict[int, tuple[np.ndarray, ...]]
 ) -> tuple[np.ndarray, ...]:
-    """Per request j, the arrays of the class of instance `rows[j]`, at j."""
+    """Per request j, the arrays of the class of instance position `pos[j]`, at j."""
     if len(arrays_of) == 1:
         return next(iter(arrays_of.values()))
     first = next(iter(arrays_of.values()))
-    out = tuple(np.empty(m, dtype=a.dtype) for a in first)
-    keys = list(arrays_of)
-    index = {key: i for i, key in enumerate(keys)}
-    tag = np.array([index[class_of[r]] for r in rows.tolist()], dtype=np.int64)
-    for i, key in enumerate(keys):
-        sel = tag == i
-        for o, a in zip(out, arrays_of[key], strict=True):
+    out = tuple(np.empty(len(pos), dtype=a.dtype) for a in first)
+    tag = np.array(class_of, dtype=np.int64)[pos]
+    for c, arrays in arrays_of.items():
+        sel = tag == c
+        for o, a in zip(out, arrays, strict=True):
             o[sel] = a[sel]
     return out
 
 
-def _route_cached(
+def _assign_cached(
     sim: ClusterSim,
     s: int,
     ids: np.ndarray,
     t0: float,
-    groups: list[int],
-    ph: list[list[tuple[float, int]]],
-    dh: list[list[tuple[float, int]]],
-    pkind: Mapping[int, int],
-    inc_row: Mapping[int, list[float]],
-    dload: DecodeLoad,
-    pre_rows: list[int],
+    pools: Pools,
+    inc_by_pos: list[list[float]],
 ) -> tuple[np.ndarray, ...]:
-    """`_route_service`'s loop with the prefix cache (Mooncake `hash_ids`).
+    """`_assign` with the prefix cache (Mooncake `hash_ids`); also returns each request's
+    prefill seconds, FLOPs and cached tokens.
 
     The DG choice is cache-aware (as Mooncake's conductor): the prefill seconds a DG's
     cached prefix would save count against its queue.
@@ -268,8 +409,10 @@ def _route_cached(
     T, w, kinds, cache = sim.inst, sim.w, sim.kinds, sim.prefix_cache
     hashes = w.hash_ids
     assert hashes is not None
-    rows = np.array(pre_rows, dtype=np.int64)
-    pools = pool_blocks(T.kv_cap[rows], T.dg[rows])
+    shape = pools.shape
+    pools_blocks = pool_blocks(T.kv_cap[shape.pre], T.dg[shape.pre])
+    groups, ph, dh, pkind = shape.groups, pools.ph, pools.dh, shape.pkind
+    kv, seqs, per_seq = pools.kv, pools.seqs, shape.per_seq
     ttft_slo = sim.services[s].slo.ttft_s
     arr = w.arrival[ids].tolist()
     inp = w.input_tokens[ids].tolist()
@@ -300,14 +443,16 @@ def _route_cached(
         free, r = heap[0]
         cached = 0
         if blocks:
-            cached = cache.lookup(g, blocks, tokens, pools.get(g, 0))
+            cached = cache.lookup(g, blocks, tokens, pools_blocks.get(g, 0))
         svc_time, flops = kinds[pkind[r]].prefill_one(tokens, cached)
         start = free if free > a else max(a, t0)
         fin = start + svc_time
         heapq.heapreplace(heap, (fin, r))
         heap = dh[gi]
         d = heap[0][1]
-        heapq.heapreplace(heap, (dload.add(d, inc_row[d][j]), d))
+        k = kv[d] = kv[d] + inc_by_pos[d][j]
+        q = seqs[d] = seqs[d] + per_seq[d]
+        heapq.heapreplace(heap, (k if k > q else q, d))
         p_sel[j], d_sel[j], fins[j] = r, d, fin
         works[j], flops_l[j], cached_l[j] = svc_time, flops, cached
     return (

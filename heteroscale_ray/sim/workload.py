@@ -27,8 +27,8 @@ class Workload:
         parts = [(idx[name], t) for name, t in traces.items()]
         arrival = np.concatenate([t.arrival_s for _, t in parts]).astype(float)
         order = np.argsort(arrival, kind="stable")
-        hashes_all = [h for _, t in parts for h in getattr(t, "hash_ids", ())]
-        has_hashes = any(hashes_all)
+        has_hashes = any(any(getattr(t, "hash_ids", ())) for _, t in parts)
+        hashes_all = [h for _, t in parts for h in getattr(t, "hash_ids", ())] if has_hashes else []
         return Workload(
             arrival=arrival[order],
             input_tokens=np.concatenate([t.input_tokens for _, t in parts]).astype(np.int64)[order],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -94,6 +95,8 @@ class Trace:
         hashes = ((),) * n if hash_ids is None else tuple(tuple(h) for h in hash_ids)
         if len(hashes) != n:
             raise ValueError(f"hash_ids has {len(hashes)} entries for {n} requests")
+        if hash_ids is not None and not any(hashes):
+            hash_ids = None  # all empty: nothing to reorder
         sorted_arr = arr[order]
         if duration_s is None:
             duration_s = float(sorted_arr[-1]) if n else 0.0
@@ -101,7 +104,7 @@ class Trace:
             arrival_s=_frozen(sorted_arr, np.float64),
             input_tokens=_frozen(np.asarray(input_tokens, dtype=np.int64)[order], np.int64),
             output_tokens=_frozen(np.asarray(output_tokens, dtype=np.int64)[order], np.int64),
-            hash_ids=tuple(hashes[i] for i in order.tolist()),
+            hash_ids=hashes if hash_ids is None else tuple(hashes[i] for i in order.tolist()),
             request_ids=_frozen(ids[order], np.int64),
             duration_s=float(duration_s),
             source=source,
@@ -111,6 +114,12 @@ class Trace:
 
     def __len__(self) -> int:
         return len(self.arrival_s)
+
+    @cached_property
+    def has_hashes(self) -> bool:
+        """Whether any request names prompt blocks (Mooncake); most traces name none, and
+        transforms then skip the per-request tuples."""
+        return any(self.hash_ids)
 
     def __iter__(self) -> Iterator[Request]:
         columns = zip(
@@ -155,7 +164,7 @@ class Trace:
             self.arrival_s[lo:hi] - start_s,
             self.input_tokens[lo:hi],
             self.output_tokens[lo:hi],
-            self.hash_ids[lo:hi],
+            self.hash_ids[lo:hi] if self.has_hashes else None,
             self.request_ids[lo:hi],
             duration_s=span,
             source=f"{self.source}[{start_s:g}:{end_s:g}]",

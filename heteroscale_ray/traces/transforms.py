@@ -25,7 +25,7 @@ def time_compress(trace: Trace, factor: float) -> Trace:
         trace.arrival_s / factor,
         trace.input_tokens,
         trace.output_tokens,
-        trace.hash_ids,
+        trace.hash_ids if trace.has_hashes else None,
         trace.request_ids,
         duration_s=trace.duration_s / factor,
         source=f"{trace.source} compressed x{factor:g}",
@@ -53,7 +53,8 @@ def _superpose(
     n, span = len(trace), trace.duration_s
     whole, frac = int(math.floor(k)), k - math.floor(k)
     shift_cap = span if max_shift_s is None else min(max_shift_s, span)
-    id_stride = 1 + max((max(h) for h in trace.hash_ids if h), default=-1)
+    keep_hashes = trace.has_hashes
+    id_stride = 1 + max((max(h) for h in trace.hash_ids if h), default=-1) if keep_hashes else 0
     parts: list[tuple[np.ndarray, np.ndarray]] = []  # (row indices, arrival times) per copy
     copies = whole + (1 if frac > 0 else 0)
     for copy in range(copies):
@@ -68,7 +69,7 @@ def _superpose(
     arrivals = np.concatenate([t for _, t in parts]) if parts else np.empty(0)
     rows_all = np.concatenate([r for r, _ in parts]) if parts else np.empty(0, dtype=np.int64)
     hashes: list[tuple[int, ...]] = []
-    for copy, (rows, _) in enumerate(parts):
+    for copy, (rows, _) in enumerate(parts if keep_hashes else ()):
         offset = copy * id_stride if distinct_prefixes else 0
         hashes.extend(_offset_hashes([trace.hash_ids[i] for i in rows.tolist()], offset))
     order = np.argsort(arrivals, kind="stable")
@@ -76,7 +77,7 @@ def _superpose(
         arrivals[order],
         trace.input_tokens[rows_all][order],
         trace.output_tokens[rows_all][order],
-        [hashes[i] for i in order.tolist()],
+        [hashes[i] for i in order.tolist()] if keep_hashes else None,
         duration_s=span,
         source=f"{trace.source} superposed x{k:g}",
     )
@@ -127,7 +128,7 @@ def concat(traces: Sequence[Trace], gap_s: float = 0.0) -> Trace:
         np.concatenate([t.arrival_s + s for t, s in zip(traces, starts, strict=True)]),
         np.concatenate([t.input_tokens for t in traces]),
         np.concatenate([t.output_tokens for t in traces]),
-        [h for t in traces for h in t.hash_ids],
+        [h for t in traces for h in t.hash_ids] if any(t.has_hashes for t in traces) else None,
         duration_s=float(starts[-1] + traces[-1].duration_s),
         source=" + ".join(t.source for t in traces),
         skipped=sum(t.skipped for t in traces),
@@ -150,7 +151,7 @@ def thin(
         trace.arrival_s[rows],
         trace.input_tokens[rows],
         trace.output_tokens[rows],
-        [trace.hash_ids[i] for i in rows.tolist()],
+        [trace.hash_ids[i] for i in rows.tolist()] if trace.has_hashes else None,
         duration_s=trace.duration_s,
         source=f"{trace.source} thinned",
     )

@@ -1,0 +1,141 @@
+"""The compiled kernels (sim/kernels.py, with numba) give the reference code's numbers bit for bit.
+
+Each scenario replays twice in one process, once with the kernels and once with the numpy and
+Python reference (`kernels.ENABLED` off), and compares every per-request and per-tick array.
+Skipped where numba is not installed: then only the reference code runs anyway.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from sim_builders import GRAPH, SERVICES  # noqa: E402
+
+from heteroscale_ray.config import DEFAULT_CATALOG, Role, load_services  # noqa: E402
+from heteroscale_ray.sim import kernels  # noqa: E402
+from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload  # noqa: E402
+from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
+from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
+from heteroscale_ray.traces import load_trace, scale_rate  # noqa: E402
+from heteroscale_ray.traces.samples import SAMPLES  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUEST_ARRAYS = ("p_inst", "d_inst", "cached", "t_first", "t_kv", "t_dstart", "t_done")
+REQUEST_ARRAYS += ("kv_level", "kv_time", "gen", "reserve")
+
+
+def _state(sim: ClusterSim) -> dict[str, np.ndarray]:
+    out = {name: getattr(sim, name).copy() for name in REQUEST_ARRAYS}
+    for name in vars(sim):
+        if name.startswith("ts_"):
+            out[name] = getattr(sim, name).copy()
+    T = sim.inst
+    for name in ("free_at", "cum_work", "cum_flops", "kv_used", "kv_promised", "n_active"):
+        out[f"inst.{name}"] = getattr(T, name)[: T.n].copy()
+    return out
+
+
+def _both(monkeypatch: pytest.MonkeyPatch, run) -> tuple[dict, dict]:  # noqa: ANN001
+    if not kernels.ENABLED:
+        pytest.skip("kernels switched off (HETEROSCALE_SIM_KERNELS=0)")
+    compiled = run()
+    monkeypatch.setattr(kernels, "ENABLED", False)
+    reference = run()
+    return compiled, reference
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name, strict=True)
+
+
+@pytest.mark.parametrize("policy", ["heteroscale", "hpa-util", "oracle"])
+def test_replay_is_the_same_with_and_without_kernels(
+    monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    services = load_services(ROOT / "examples" / "sim_services.yaml")
+    spec = services.by_name()["dialogue"]
+    trace = scale_rate(load_trace(SAMPLES["azure-conv"].path).slice(0, 300), 8, seed=7)
+
+    def run() -> dict:
+        res = run_replay(
+            services, fleet_for([spec], 512), {"dialogue": trace}, ReplayOptions(policy=policy)
+        )
+        return {**_state(res.sim), "summary": np.array([_numbers(res.summary)])}
+
+    _assert_same(*_both(monkeypatch, run))
+
+
+def test_prefix_cache_replay_is_the_same_with_and_without_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mooncake: routing stays in Python (cache-aware), decode and the series use kernels."""
+    services = load_services(ROOT / "examples" / "sim_services.yaml")
+    spec = services.by_name()["longctx"]
+    trace = load_trace(SAMPLES["mooncake"].path).slice(0, 240)
+
+    def run() -> dict:
+        res = run_replay(services, fleet_for([spec], 512), {"longctx": trace}, ReplayOptions())
+        return _state(res.sim)
+
+    _assert_same(*_both(monkeypatch, run))
+
+
+def test_full_decode_instances_admit_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three DGs, tight KV and sequence caps: admission waits, ties of KV arrival time, and
+    prefill queues left from earlier ticks."""
+    rng = np.random.default_rng(5)
+    n = 600
+    arrivals = np.sort(rng.uniform(0.0, 20.0, n))
+    arrivals[100:140] = arrivals[100]  # one burst at the same instant
+    inputs = rng.integers(50, 6000, n)
+    outputs = rng.integers(1, 300, n)
+    free0 = rng.uniform(0.0, 0.5, 8)  # prefill queues left from earlier ticks
+
+    def run() -> dict:
+        w = Workload(
+            arrival=arrivals,
+            input_tokens=inputs.astype(np.int64),
+            output_tokens=outputs.astype(np.int64),
+            service=np.zeros(n, dtype=np.int64),
+            hash_ids=None,
+        )
+        sim = ClusterSim(
+            SERVICES.services,
+            GRAPH,
+            w,
+            catalog=DEFAULT_CATALOG,
+            config=SimConfig(drain_timeout_s=600),
+        )
+        l20 = [h.name for h in GRAPH.hosts if h.gpu_type == "L20"]
+        h20 = [h.name for h in GRAPH.hosts if h.gpu_type == "H20"]
+        for g, (n_p, n_d) in {"dgA": (2, 1), "dgB": (1, 2), "dgC": (1, 1)}.items():
+            for i in range(n_p):
+                sim.add_instance(f"{g}p{i}", "svc", Role.PREFILL, g, l20[i], "L20", 1, 0.0)
+            for i in range(n_d):
+                sim.add_instance(f"{g}d{i}", "svc", Role.DECODE, g, h20[i], "H20", 1, 0.0)
+        T = sim.inst
+        dec = T.role[: T.n] == 1
+        T.kv_cap[: T.n][dec] = 12_000.0
+        T.max_seqs[: T.n][dec] = 6
+        T.free_at[: T.n] = free0
+        while not sim.done:
+            if sim.tick == 8:
+                sim.drain_instance("dgBd1")
+            sim.step()
+        return _state(sim)
+
+    _assert_same(*_both(monkeypatch, run))
+
+
+def _numbers(summary: dict) -> str:
+    """The summary's numbers (not its wall time) as one comparable string."""
+    kept = {k: v for k, v in summary.items() if k not in ("wall_s", "speedup")}
+    return json.dumps(kept, sort_keys=True, default=str)
