@@ -26,6 +26,20 @@ def replay(needs: list[float], start: float = NOW) -> BurstMemory:
     return memory
 
 
+def test_headroom_multiplies_the_arriving_need_never_a_queue() -> None:
+    """A backlog is drained once: it is added to the sized need as it is."""
+    from heteroscale_ray.policy.demand import with_headroom
+
+    spec = make_service()
+    state = replace(
+        PolicyState(),
+        decode_burst=replay([10.0] * 6 + [12.0] * 3, start=NOW - 10 * PERIOD),
+    )
+    need, why = with_headroom(spec, state, Role.DECODE, 30.0, "w", steady=10.0)
+    assert need == pytest.approx(10.0 * 1.2 + 20.0) and "x 1.20 burst headroom" in why
+    assert with_headroom(spec, state, Role.DECODE, 30.0, "w")[0] == pytest.approx(36.0)
+
+
 def test_steady_need_learns_no_headroom() -> None:
     memory = replay([10.0] * 60)
     assert memory.rises and margin(memory, 0.9) == 0.0

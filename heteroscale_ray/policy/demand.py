@@ -96,7 +96,7 @@ def decide_demand(
     }
     state = track_peaks(spec, state, margined, now)
     sized = {
-        role: with_headroom(spec, state, role, need.value, need.why, now)
+        role: with_headroom(spec, state, role, need.value, need.why, now, need.steady)
         for role, need in needs.items()
     }
     initial = counts.prefill == 0 and counts.decode == 0
@@ -223,28 +223,32 @@ def with_headroom(
     need: float | None,
     why: str,
     now: float | None = None,
+    steady: float | None = None,
 ) -> tuple[float | None, str]:
-    """The need plus the rise this role's need has shown within a start-up horizon.
+    """The need plus the rise this role's arriving need has shown within a start-up horizon.
 
-    Prefill is already sized to be busy only `prefill_utilization` of the time: a rise up to
-    that idle share is absorbed, so only the rest is added (steady traffic pays nothing twice).
-    Decode's TBT margin is not spare in the same way: the most loaded instance uses it first.
+    Headroom insures the arriving (`steady`) need only: a queued backlog is drained once, so
+    it is added as it is, never multiplied. Prefill is already sized to be busy only
+    `prefill_utilization` of the time: a rise up to that idle share is absorbed, so only the
+    rest is added (steady traffic pays nothing twice). Decode's TBT margin is not spare in the
+    same way: the most loaded instance uses it first.
     """
     demand = spec.policy.demand
     if need is None or demand.burst_horizon_s <= 0:
         return need, why
+    base = need if steady is None else min(steady, need)
+    queued = need - base
     memory = burst.memory_of(state, role)
     factor = margin_factor(spec, state, role, now)
     rise = 0.0 if now is None else burst.trend(memory, now, demand.burst_horizon_s)
-    rise *= demand.burst_horizon_s
-    ahead = need + rise
+    ahead = base + rise * demand.burst_horizon_s
     if role is Role.PREFILL:  # as for the learned rise: the idle share absorbs part of it
-        ahead = max(need, ahead * demand.prefill_utilization)
-    if ahead > need * factor:
-        return ahead, f"({why}) + {ahead - need:,.1f} rising"
+        ahead = max(base, ahead * demand.prefill_utilization)
+    if ahead > base * factor:
+        return ahead + queued, f"({why}) + {ahead - base:,.1f} rising"
     if factor <= 1:
         return need, why
-    return need * factor, f"({why}) x {factor:.2f} burst headroom"
+    return base * factor + queued, f"({why}) x {factor:.2f} burst headroom"
 
 
 def margin_factor(spec: ServiceSpec, state: PolicyState, role: Role, now: float | None) -> float:
