@@ -87,6 +87,8 @@ class InstanceKind:
         )
 
     def weight_bytes(self, tokens: np.ndarray) -> np.ndarray:
+        if not self.w_experts:  # dense: every weight, whatever the tokens (skips the power)
+            return np.full(np.shape(tokens), float(self.w_shared))
         return self.w_shared + self.w_experts * (1.0 - np.power(self.q_untouched, tokens))
 
     def prefill_flops(self, new: np.ndarray, cached: np.ndarray | float = 0.0) -> np.ndarray:
