@@ -256,6 +256,36 @@ def test_any_host_loss_keeps_the_state_sound_and_refills_what_fits(
     case: tuple[dict[str, dict[str, list[str]]], ServiceSpec, tuple[int, int]], data: st.DataObject
 ) -> None:
     layout, spec, want = case
+    check_host_loss(
+        layout,
+        spec,
+        want,
+        lambda used: set(data.draw(st.lists(st.sampled_from(used), min_size=1, max_size=2))),
+    )
+
+
+def test_a_refill_then_a_restored_prefill_leaves_no_dg_with_one_role() -> None:
+    """Found by the property above. The lost H20 decode came back as a new L20 DG with a
+    prefill moved from the old DG (kept running, pending removal); the next tick restored it,
+    and scale-in then took the new DG's only prefill, leaving it decode-only, rather than
+    the old DG's second one."""
+    check_host_loss(
+        {"p0": {"p0m0": ["H20:1", "H20:1", "H20:1"]}, "p1": {"p1m0": ["L20:1", "L20:3"]}},
+        chat(pd_ratio="1:1", decode={"gpu_types": ["H20", "L20"]}, affinity="none"),
+        (2, 4),
+        lambda used: {"p0m0-h0"},  # the H20 host of one of the DG's three decodes
+    )
+
+
+def check_host_loss(
+    layout: dict[str, dict[str, list[str]]],
+    spec: ServiceSpec,
+    want: tuple[int, int],
+    choose_dead: Callable[[list[str]], set[str]],
+) -> None:
+    """Place ``want``, lose the hosts ``choose_dead`` picks among the used ones, run two ticks:
+    the state stays sound, the target is met or its shortfall reported exactly, and every DG
+    holds both roles."""
     topo = make_topology(layout)
     loop = ControlLoop(soft_window_s=30.0)
     state = loop.step(LoopState(), tick(0.0, spec, ClusterGraph.from_topology(topo), want)).state
@@ -263,7 +293,8 @@ def test_any_host_loss_keeps_the_state_sound_and_refills_what_fits(
     if not used:
         return
     names = [h.name for *_, h in topo.hosts()]
-    dead = set(data.draw(st.lists(st.sampled_from(used), min_size=1, max_size=2)))
+    dead = choose_dead(used)
+    assert dead <= set(used), (dead, used)
     if set(names) <= dead:
         return  # nothing left to place on
     graph = ClusterGraph.from_topology(without_hosts(topo, dead))

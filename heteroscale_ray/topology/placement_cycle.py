@@ -92,7 +92,8 @@ class PlacementCycle:
         shrink = [max(0, current[r] - target[r]) for r in (0, 1)]
         grow = [max(0, target[r] - current[r]) for r in (0, 1)]
         if shrink[0] or shrink[1]:
-            self._scale_in(spec, dgs, shrink)
+            moved = self._scale_in(spec, dgs, shrink)
+            grow = [grow[r] + moved[r] for r in (0, 1)]
         if grow[0] or grow[1]:
             self._scale_out(spec, dgs, grow)
 
@@ -111,8 +112,18 @@ class PlacementCycle:
 
     # -- scale-in ------------------------------------------------------------------------
 
-    def _scale_in(self, spec: ServiceSpec, dgs: list[WorkingDG], shrink: list[int]) -> None:
+    def _scale_in(
+        self, spec: ServiceSpec, dgs: list[WorkingDG], shrink: list[int]
+    ) -> tuple[int, int]:
+        """Remove ``shrink`` instances per role; return the instances per role to re-place.
+
+        A DG serves a request with its own prefill and decode, so a DG that held both roles
+        never keeps only one: a lone instance of a role is taken from a DG only when no other
+        DG can spare one, and then the whole DG goes and what it still held of the other role
+        is grown again elsewhere (placed, or reported unplaced), so totals stay as asked.
+        """
         p, d = ratio_unit(spec)
+        whole = {w.dg_id for w in dgs if w.counts[0] and w.counts[1]}
         order = sorted(dgs, key=lambda w: (not w.draining, -w.cost[0], -w.cost[1], w.size, w.dg_id))
         position = {w.dg_id: k for k, w in enumerate(order)}
         # Whole P/D units, emptying victims one after another so whole DGs go away.
@@ -127,19 +138,30 @@ class PlacementCycle:
                     if take[r]:
                         w.pop_victims(self.graph, r, take[r])
                         shrink[r] -= take[r]
-        # One role left: one instance at a time from the DG with the most of that role.
+        # One role left: one instance at a time from the DG with the most of that role, among
+        # the DGs that keep one of it (or hold nothing else); else the DG with least to move.
         for r in (0, 1):
             sign = 1 if r == 0 else -1
             while shrink[r]:
                 holders = [w for w in order if w.counts[r] > 0]
                 if not holders:
                     break
-                w = min(holders, key=lambda w: (-sign * w.imbalance(p, d), position[w.dg_id]))
+                spare = [w for w in holders if w.counts[r] > 1 or not w.counts[1 - r]]
+                if spare:
+                    w = min(spare, key=lambda w: (-sign * w.imbalance(p, d), position[w.dg_id]))
+                else:
+                    w = min(holders, key=lambda w: (w.counts[1 - r], position[w.dg_id]))
                 w.pop_victims(self.graph, r, 1)
                 shrink[r] -= 1
+        moved = [0, 0]
         for w in dgs:
+            if w.dg_id in whole and w.size and not (w.counts[0] and w.counts[1]):
+                r = 0 if w.counts[0] else 1
+                moved[r] += w.counts[r]
+                w.pop_victims(self.graph, r, w.counts[r])
             if w.size == 0 and (w.removed[0] or w.removed[1]):
                 w.deleted = True
+        return moved[0], moved[1]
 
     # -- scale-out -----------------------------------------------------------------------
 
