@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
-from heteroscale_ray.policy import backlog, burst
+from heteroscale_ray.policy import backlog, burst, proof
 from heteroscale_ray.policy.capacity import Capacity, capacity, learn
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
@@ -99,6 +99,8 @@ def decide_demand(
         role: with_headroom(spec, state, role, need.value, need.why, now, need.steady)
         for role, need in needs.items()
     }
+    for role in Role:
+        state = proof.lapse(spec, state, role, sized[role][0])
     initial = counts.prefill == 0 and counts.decode == 0
     plans = {
         role: initial_plan(spec, role, *sized[role])
@@ -116,6 +118,7 @@ def decide_demand(
     for role, plan in plans.items():  # latency or queues proved the need higher than measured
         if plan.reason in EVIDENCE and plan.target > plan.current:
             guard_state = raise_peak(spec, guard_state, role, float(plan.target), now)
+            guard_state = proof.prove(guard_state, role, plan.need, plan.target)
     reason = next(r for r in PRIORITY if any(p.reason is r for p in plans.values()))
     p, d = plans[Role.PREFILL].target, plans[Role.DECODE].target
     ratio = nearest_ratio(max(p, 1) / max(d, 1), PLACEMENT_MAX_TERM, *PLACEMENT_BOUNDS)
@@ -322,6 +325,10 @@ def role_plan(
         # Scale in only as far as the recent peak allows (stabilisation window).
         why += f", recent peak {peak:,.1f}"
         sized = peak
+    proven = proof.proven_need(state, role, need)
+    if proven is not None and proven[0] > sized:
+        sized = proven[0]
+        why += f", x {proven[1]:.2f} as the latency guard proved = {sized:,.1f}"
     direction = dead_band(sized, current, policy.scale_out_tolerance, policy.scale_in_tolerance)
     desired = ceil_eps(sized)
     if direction is Direction.HOLD or (direction is Direction.IN and desired >= current):

@@ -193,6 +193,9 @@ class PolicyState:
     # Learned burst headroom (demand mode): each role's needs and rises over a start-up horizon.
     prefill_burst: BurstMemory = BurstMemory()
     decode_burst: BurstMemory = BurstMemory()
+    # Capacity the latency guard proved (policy/proof.py): (sized need, instances) per role.
+    prefill_proof: tuple[float, float] | None = None
+    decode_proof: tuple[float, float] | None = None
 
     def after_decision(
         self,
@@ -243,4 +246,10 @@ class PolicyState:
             decode_peaks=tuple((float(t), float(n)) for t, n in data.get("decode_peaks", ())),
             prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
             decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
+            prefill_proof=_pair(data.get("prefill_proof")),
+            decode_proof=_pair(data.get("decode_proof")),
         )
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))

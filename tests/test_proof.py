@@ -1,0 +1,70 @@
+"""Capacity the latency guard proved (policy/proof.py): held while the load it was measured at
+holds, so the scale-in window's expiry does not undo a guard step and start the cycle again."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from heteroscale_ray.config import Role
+from heteroscale_ray.policy import PolicyState, Reason, decide
+from heteroscale_ray.policy.proof import MAX_PROOF, lapse, proof_of, prove, proven_need
+from tests.test_demand_policy import NOW, counts, make_service, signals
+
+# TBT over the SLO with the slowest decode step most of it: capacity can fix it.
+BREACH = dict(tbt_p99_s=0.06, decode_step_s=0.03, decode_step_max_s=0.05)
+
+
+def test_a_guard_step_is_remembered_as_need_and_instances() -> None:
+    spec = make_service()
+    first, state = decide(spec, signals(**BREACH), counts(4, 4), PolicyState(), NOW)
+    assert first.reason is Reason.LATENCY_GUARD and first.decode > 4
+    need, instances = proof_of(state, Role.DECODE)
+    assert instances == first.decode and 0 < need < instances
+    assert proof_of(state, Role.PREFILL) is None
+
+
+def test_the_proof_outlives_the_scale_in_window_while_the_load_holds() -> None:
+    """Same load, latency fine, long after the window: the role stays where the guard put it
+    (without the proof it scales in, breaches, and the guard steps again: a flip a window)."""
+    spec = make_service()
+    first, state = decide(spec, signals(**BREACH), counts(4, 4), PolicyState(), NOW)
+    later = NOW + 3 * spec.policy.demand.peak_window_s
+    calm = signals(observed_at=later)
+    held, _ = decide(spec, calm, counts(4, first.decode), state, later)
+    assert held.decode == first.decode
+    assert "as the latency guard proved" in held.message
+    forgot, _ = decide(
+        spec, calm, counts(4, first.decode), replace(state, decode_proof=None), later
+    )
+    assert forgot.decode < first.decode  # what the proof prevents
+
+
+def test_the_proof_lapses_once_the_load_falls_by_the_scale_in_tolerance() -> None:
+    spec = make_service()
+    state = prove(PolicyState(), Role.DECODE, 10.0, 13)
+    tolerance = spec.policy.scale_in_tolerance
+    kept = lapse(spec, state, Role.DECODE, 10.0 * (1 - tolerance) + 0.01)
+    assert proof_of(kept, Role.DECODE) == (10.0, 13.0)
+    assert lapse(spec, state, Role.DECODE, None) == state  # missing data changes nothing
+    gone = lapse(spec, state, Role.DECODE, 10.0 * (1 - tolerance) - 0.01)
+    assert proof_of(gone, Role.DECODE) is None
+
+
+def test_the_proof_scales_with_the_need_and_is_capped() -> None:
+    state = prove(PolicyState(), Role.PREFILL, 10.0, 13)
+    assert proven_need(state, Role.PREFILL, 20.0) == pytest.approx((26.0, 1.3))
+    huge = prove(PolicyState(), Role.PREFILL, 1.0, 9)
+    assert proven_need(huge, Role.PREFILL, 2.0) == pytest.approx((2.0 * MAX_PROOF, MAX_PROOF))
+
+
+@pytest.mark.parametrize("need", [None, float("nan"), 0.0, -1.0, 14.0])
+def test_no_proof_from_a_missing_need_or_a_step_that_added_nothing(need: float | None) -> None:
+    assert prove(PolicyState(), Role.DECODE, need, 13) == PolicyState()
+
+
+def test_the_proof_survives_a_json_round_trip() -> None:
+    state = prove(PolicyState(), Role.DECODE, 10.0, 13)
+    back = PolicyState.from_json(state.to_json())
+    assert back == state and back.decode_proof == (10.0, 13.0)
