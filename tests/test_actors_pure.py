@@ -117,9 +117,69 @@ def test_soft_scale_in_restores_at_once_when_the_slo_breaks_or_more_is_wanted() 
     breached = settle(after, pending, now=11.0, observations=_obs(0.5), desired={}, **kw)
     assert breached.pending == () and role_counts(breached.dgs, "chat") == (2, 4)
     assert "SLO breached" in breached.events[0]
+    # Wanting more brings back only what is short; the spare decode keeps its window.
     more = {"chat": Desired("chat", 2, 3, "scale_out")}
     wanted = settle(after, pending, now=11.0, observations=_obs(0.05), desired=more, **kw)
-    assert role_counts(wanted.dgs, "chat") == (2, 4) and "wants more" in wanted.events[0]
+    assert role_counts(wanted.dgs, "chat") == (2, 3) and "wants more" in wanted.events[0]
+    assert [(p.count(Role.PREFILL), p.count(Role.DECODE)) for p in wanted.restored] == [(1, 1)]
+    assert [(p.count(Role.PREFILL), p.count(Role.DECODE), p.since) for p in wanted.pending] == [
+        (0, 1, 10.0)
+    ]
+    assert serving_counts(wanted.dgs, wanted.pending) == {dgs[0].dg_id: (2, 4)}
+
+
+def _prefill_pending() -> tuple[ClusterGraph, tuple[DeploymentGroup, ...], list]:
+    """2P+4D shrunk to 1P+4D: one prefill pending in its still-live DG."""
+    graph, dgs = _grown()
+    plan = plan_cycle(graph, SERVICES.by_name(), dgs, [ScaleRequest("chat", 1, 4)])
+    pending = pending_from_plan(plan, dgs, now=10.0)
+    assert [(p.count(Role.PREFILL), p.count(Role.DECODE), p.whole_dg) for p in pending] == [
+        (1, 0, False)
+    ]
+    return graph, plan.apply(dgs), pending
+
+
+def test_a_pending_prefill_stays_pending_when_only_decode_is_short() -> None:
+    """Restoring it would only see the same tick's scale-in remove a prefill again, every tick
+    decode stays short, and routing would flap each time."""
+    graph, after, pending = _prefill_pending()
+    kw = dict(window_s=20.0, services=SERVICES.by_name(), graph=graph, observations=_obs(0.05))
+    decode_short = {"chat": Desired("chat", 1, 6, "scale_out")}
+    kept = settle(after, pending, now=11.0, desired=decode_short, **kw)
+    assert kept.restored == () and kept.pending == tuple(pending) and not kept.events
+    assert kept.dgs == after
+    # Its window still runs from the removal, so it stops on time.
+    done = settle(after, pending, now=31.0, desired=decode_short, **kw)
+    assert done.stopped == tuple(pending) and done.dgs == after
+    # Short of prefill, it comes back.
+    prefill_short = {"chat": Desired("chat", 2, 6, "scale_out")}
+    back = settle(after, pending, now=11.0, desired=prefill_short, **kw)
+    assert back.restored == tuple(pending) and back.pending == ()
+    assert role_counts(back.dgs, "chat") == (2, 4)
+    assert "wants more prefill" in back.events[0]
+
+
+def test_a_deleted_dg_comes_back_with_both_roles_when_one_is_short() -> None:
+    """A DG needs both roles to serve: only decode is short, yet the whole 1P+2D DG returns
+    with its prefill; the decode not needed keeps waiting."""
+    graph, dgs = _grown()
+    plan = plan_cycle(graph, SERVICES.by_name(), dgs, [ScaleRequest("chat", 0, 0)])
+    pending = pending_from_plan(plan, dgs, now=10.0)
+    after = plan.apply(dgs)
+    assert after == () and [p.whole_dg for p in pending] == [True]
+    wanted = settle(
+        after,
+        pending,
+        now=11.0,
+        window_s=20.0,
+        services=SERVICES.by_name(),
+        observations=_obs(0.05),
+        desired={"chat": Desired("chat", 0, 1, "scale_out")},
+        graph=graph,
+    )
+    assert role_counts(wanted.dgs, "chat") == (1, 1)
+    assert [(p.count(Role.PREFILL), p.count(Role.DECODE)) for p in wanted.pending] == [(1, 3)]
+    assert [p.whole_dg for p in wanted.pending] == [False]  # its DG routes again
 
 
 def test_slo_held_without_latency_data() -> None:

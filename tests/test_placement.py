@@ -312,6 +312,20 @@ def test_scale_in_single_role_takes_from_the_dg_with_most_of_it() -> None:
     }
 
 
+def test_scale_in_of_one_role_takes_from_the_dg_that_keeps_one() -> None:
+    """Both DGs are on ratio, so the smaller one sorts first; taking its only prefill would
+    leave it decode-only, so the prefill comes from the 2P+2D DG instead."""
+    big = make_dg("svc-dg0", "s1-low-0", one_gpu_each("s1-low-0-h0", "ppdd"))
+    small = make_dg("svc-dg1", "s1-low-1", one_gpu_each("s1-low-1-h0", "pd"))
+    plan, after = run(THREE_SHAPES, [make_service()], [big, small], [ScaleRequest("svc", 2, 3)])
+    assert [(a.dg_id, a.role) for a in actions_of(plan, RemoveInstances)] == [("svc-dg0", P)]
+    assert not actions_of(plan, DeleteDG) and not plan.unplaced
+    assert {dg.dg_id: (dg.count(P), dg.count(D)) for dg in after} == {
+        "svc-dg0": (1, 2),
+        "svc-dg1": (1, 1),
+    }
+
+
 def test_scale_in_removes_instances_on_scarce_hosts_first() -> None:
     spec = make_service(affinity="S2")
     dg = make_dg(

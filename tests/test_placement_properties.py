@@ -175,6 +175,44 @@ def test_targets_met_or_shortfall_reported_exactly(s: Scenario) -> None:
         assert counts(after, name) == counts(s.dgs, name)
 
 
+@st.composite
+def scale_ins(draw: st.DrawFn) -> Scenario:
+    """A valid state and, per service holding DGs, a target shrinking one role (the other
+    may shrink, stay or grow)."""
+    s = draw(scenarios())
+    requests = []
+    for name in s.specs:
+        have = counts(s.dgs, name)
+        if not any(have):
+            continue
+        shrunk = draw(st.sampled_from((0, 1)))
+        top = [have[r] if r == shrunk else have[r] + 2 for r in (0, 1)]
+        requests.append(
+            ScaleRequest(name, draw(st.integers(0, top[0])), draw(st.integers(0, top[1])))
+        )
+    return replace(s, requests=tuple(requests))
+
+
+@SETTINGS
+@given(scale_ins())
+def test_a_scale_in_never_leaves_a_dg_with_one_role(s: Scenario) -> None:
+    """A DG that held both roles still holds both or is gone, whatever role shrinks; what a
+    whole DG removal takes beyond the target is placed again or reported short."""
+    plan = _plan(s)
+    after = {dg.dg_id: dg for dg in plan.apply(s.dgs)}
+    for dg in s.dgs:
+        if dg.count(Role.PREFILL) and dg.count(Role.DECODE) and dg.dg_id in after:
+            kept = after[dg.dg_id]
+            assert kept.count(Role.PREFILL) and kept.count(Role.DECODE), (dg, kept)
+    short = Counter()
+    for u in plan.unplaced:
+        short[(u.service, u.role)] += u.count
+    for req in s.requests:
+        got = counts(after.values(), req.service)
+        assert got[0] + short[(req.service, Role.PREFILL)] == req.prefill, req
+        assert got[1] + short[(req.service, Role.DECODE)] == req.decode, req
+
+
 @SETTINGS
 @given(scenarios(in_units=True))
 def test_requests_in_ratio_units_keep_every_dg_on_its_ratio(s: Scenario) -> None:

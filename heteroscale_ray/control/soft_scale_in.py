@@ -4,8 +4,9 @@ The placement plan says which instances go. They leave the DG ownership state at
 policy sees its new target and does not shrink twice) but keep running as a `PendingRemoval`
 for an observation window: a whole DG is marked draining (the router sends it nothing new),
 a partly shrunk DG gets a lower routing weight. When the window ends with the service's p99
-TTFT and TBT within SLO, they are stopped; if an SLO breaks during the window, or the policy
-wants more instances again, they are restored at once. Pure: no Ray, time is an argument.
+TTFT and TBT within SLO, they are stopped. If an SLO breaks during the window they are all
+restored at once; if the policy wants more of a role they hold, as many of that role as are
+short come back (the rest keep waiting). Pure: no Ray, time is an argument.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from heteroscale_ray.topology import (
     RemoveInstances,
     role_counts,
 )
+
+ROLES = (Role.PREFILL, Role.DECODE)
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def settle(
     desired: Mapping[str, Desired],
     graph: ClusterGraph,
 ) -> Settled:
-    """Finalise removals whose window passed with SLOs held; restore the others when needed."""
+    """Finalise removals whose window passed with SLOs held; restore what is needed now."""
     state = tuple(dgs)
     keep: list[PendingRemoval] = []
     events: list[str] = []
@@ -127,30 +130,81 @@ def settle(
     for p in pending:
         spec = services.get(p.service)
         held = spec is None or slo_held(spec, observations.get(p.service))
-        want = desired.get(p.service)
-        have = role_counts(state, p.service)
-        wants_more = want is not None and (want.prefill > have[0] or want.decode > have[1])
-        what = f"{p.dg.dg_id}: {_describe(p)}"
         # A DG dissolved because it lost its node (`node_loss`) is marked draining: it could
         # serve nothing if restored, so it only waits out its window.
-        if spec is not None and not p.dg.draining and (not held or wants_more):
-            candidate = restore(state, p)
+        if spec is None or p.dg.draining:
+            back, rest = None, p
+        elif not held:
+            back, rest = p, None
+        else:
+            back, rest = _wanted_part(p, state, desired.get(p.service))
+        if back is not None:
+            candidate = restore(state, back)
             try:
                 FreeCapacity(graph, candidate)
             except (CapacityError, ValueError):
-                events.append(f"{what} could not be restored (GPUs taken); stopping them")
+                events.append(
+                    f"{p.dg.dg_id}: {_describe(p)} could not be restored (GPUs taken); "
+                    "stopping them"
+                )
                 stopped.append(p)
                 continue
             state = candidate
-            restored.append(p)
-            why = "SLO breached" if not held else "policy wants more instances"
-            events.append(f"{what} restored to routing ({why})")
-        elif now - p.since >= window_s:
-            stopped.append(p)
-            events.append(f"{what} stopped after {window_s:g}s with SLOs held")
+            restored.append(back)
+            why = "SLO breached" if not held else f"policy wants more {_roles_of(back)}"
+            left = "" if rest is None else f"; {_describe(rest)} still pending"
+            events.append(f"{p.dg.dg_id}: {_describe(back)} restored to routing ({why}){left}")
+        if rest is None:
+            continue
+        if now - rest.since >= window_s:
+            stopped.append(rest)
+            events.append(
+                f"{rest.dg.dg_id}: {_describe(rest)} stopped after {window_s:g}s with SLOs held"
+            )
         else:
-            keep.append(p)
+            keep.append(rest)
     return Settled(state, tuple(keep), tuple(events), tuple(stopped), tuple(restored))
+
+
+def _wanted_part(
+    p: PendingRemoval, dgs: Sequence[DeploymentGroup], want: Desired | None
+) -> tuple[PendingRemoval | None, PendingRemoval | None]:
+    """Split ``p`` into the part the policy wants back and the part that keeps waiting.
+
+    Only roles the service is short of (wanted over what its DGs hold; pending removals do
+    not count) come back, and no more of each than is short: an instance of a role nobody
+    asked for would be removed again by the same tick's scale-in, and routing would flap
+    every tick. A DG no longer in the state comes back with at least one of each role so
+    it can serve; a part holding one role only stays pending rather than form such a DG.
+    """
+    if want is None:
+        return None, p
+    have = role_counts(dgs, p.service)
+    short = (max(0, want.prefill - have[0]), max(0, want.decode - have[1]))
+    take = [min(n, p.count(role)) for n, role in zip(short, ROLES, strict=True)]
+    if not any(take):
+        return None, p
+    if all(dg.dg_id != p.dg.dg_id for dg in dgs):
+        if not all(p.count(role) for role in ROLES):
+            return None, p
+        take = [max(1, n) for n in take]
+    back: list[Instance] = []
+    rest: list[Instance] = []
+    for inst in p.instances:
+        k = ROLES.index(inst.role)
+        if take[k]:
+            back.append(inst)
+            take[k] -= 1
+        else:
+            rest.append(inst)
+    if not rest:
+        return p, None
+    # What stays is a removal from a DG that routes again: down-weighted, not drained.
+    return replace(p, instances=tuple(back)), replace(p, instances=tuple(rest), whole_dg=False)
+
+
+def _roles_of(p: PendingRemoval) -> str:
+    return " and ".join(role.value for role in ROLES if p.count(role))
 
 
 def _describe(p: PendingRemoval) -> str:
