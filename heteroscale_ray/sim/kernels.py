@@ -304,6 +304,37 @@ def batch_sums(active, d_inst, input_tokens, gen, n):
 
 
 @_compiled
+def overlap_sums(active, d_inst, input_tokens, output_tokens, gen, t_dstart, tau, t0, t1, B, C):
+    """`decode_phase._overlap_sums`: per instance, the sequences and KV tokens held on average
+    over the span it was busy in the tick (B and C where it held none)."""
+    n = len(B)
+    lo = np.full(n, np.inf)
+    hi = np.full(n, -np.inf)
+    held = np.zeros(n)
+    held_ctx = np.zeros(n)
+    for rid in active:
+        d = d_inst[rid]
+        ts = t_dstart[rid]
+        st = ts if ts > t0 else t0
+        run = ((output_tokens[rid] - 1) - gen[rid]) * tau[d]
+        dur = t1 - st if t1 - st < run else run
+        if st < lo[d]:
+            lo[d] = st
+        if st + dur > hi[d]:
+            hi[d] = st + dur
+        held[d] += dur
+        held_ctx[d] += dur * (input_tokens[rid] + gen[rid])
+    Bo = B.copy()
+    Co = C.copy()
+    for d in range(n):
+        span = hi[d] - lo[d]
+        if span > 0:
+            Bo[d] = held[d] / span
+            Co[d] = held_ctx[d] / span
+    return Bo, Co
+
+
+@_compiled
 def progress(
     active,  # int64[k]: running sequences, in admission order
     d_inst,
