@@ -1,0 +1,48 @@
+"""benchmarks/shapes.py: each shape is the plain transformation of a shared trace it says."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+_spec = importlib.util.spec_from_file_location("shapes_bench", ROOT / "benchmarks" / "shapes.py")
+assert _spec is not None and _spec.loader is not None
+shapes = importlib.util.module_from_spec(_spec)
+sys.modules["shapes_bench"] = shapes
+_spec.loader.exec_module(shapes)
+
+
+def test_prefill_heavy_doubles_prompts_and_cuts_outputs_by_eight() -> None:
+    azure, heavy = shapes._azure(), shapes.prefill_heavy()
+    assert len(heavy) == len(azure) and heavy.duration_s == azure.duration_s
+    np.testing.assert_array_equal(heavy.arrival_s, azure.arrival_s)
+    np.testing.assert_array_equal(
+        heavy.input_tokens, np.minimum(np.asarray(azure.input_tokens) * 2, shapes.CONTEXT_CAP)
+    )
+    np.testing.assert_array_equal(
+        heavy.output_tokens, np.maximum(1, np.asarray(azure.output_tokens) // 8)
+    )
+    assert 2_000 < np.mean(heavy.input_tokens) < 2_600 and 20 < np.mean(heavy.output_tokens) < 32
+
+
+def test_long_context_stays_within_the_context_the_slos_are_set_for() -> None:
+    long = shapes.long_context()
+    assert int(np.max(long.input_tokens)) <= shapes.CONTEXT_CAP
+    assert 9_000 < np.mean(long.input_tokens) < 13_000
+
+
+def test_every_shape_is_named_with_its_builder() -> None:
+    assert set(shapes.SHAPES) == {
+        "prefill-heavy",
+        "long-context",
+        "diurnal-12h",
+        "diurnal-prefill-heavy",
+    }
+    assert all(
+        diurnal for _, diurnal, _ in (shapes.SHAPES[k] for k in shapes.SHAPES if "diurnal" in k)
+    )
