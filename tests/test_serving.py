@@ -68,10 +68,30 @@ def stack(ray_cluster: object) -> Iterator[Stack]:
             emulation=EmulationConfig(enabled=True, time_scale=1.0),
         )
         app = deploy_dg(spec)
-        yield Stack(url=f"http://127.0.0.1:{port}", app=app)
+        url = f"http://127.0.0.1:{port}"
+        _wait_routed(url)
+        yield Stack(url=url, app=app)
     finally:
         serve.shutdown()
         kill_routing_table()
+
+
+def _wait_routed(url: str, timeout_s: float = 60.0) -> None:
+    """Until the HTTP proxy routes /v1 to the ingress: `serve.run` returns once the app is
+    deployed, but a loaded machine's proxy can still answer its own plain-text 404 for a while."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            r = requests.get(f"{url}/v1/models", timeout=10)
+            if r.status_code == 200 and r.headers.get("content-type", "").startswith(
+                "application/json"
+            ):
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/v1/models not routed after {timeout_s:.0f} s")
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
