@@ -32,6 +32,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -478,6 +479,17 @@ def run_trace(
     }
 
 
+def pick(text: str | None, every: Iterable[str]) -> tuple[str, ...]:
+    """A comma-separated command-line subset, or all of `every`."""
+    return tuple(text.split(",")) if text else tuple(every)
+
+
+def unknown(chosen: Iterable[str], known: Iterable[str]) -> str | None:
+    """The first of `chosen` not in `known`, or None."""
+    names = set(known)
+    return next((x for x in chosen if x not in names), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -491,11 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", help=f"comma-separated subset of {','.join(POLICIES)}")
     ap.add_argument("--out", default=str(ROOT / "results" / "generalization"), help="folder")
     args = ap.parse_args(argv)
-    labels = tuple(args.traces.split(",")) if args.traces else tuple(TRACES)
-    policies = tuple(args.policies.split(",")) if args.policies else POLICIES
-    bad = [x for x in labels if x not in TRACES] + [p for p in policies if p not in POLICIES]
+    labels, policies = pick(args.traces, TRACES), pick(args.policies, POLICIES)
+    bad = unknown(labels, TRACES) or unknown(policies, POLICIES)
     if bad:
-        print(f"unknown trace or policy {bad[0]!r}", file=sys.stderr)
+        print(f"unknown trace or policy {bad!r}", file=sys.stderr)
         return 2
     services = load_services(ROOT / "examples" / "sim_services.yaml")
     if SERVICE not in services.by_name():

@@ -130,11 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", help=f"comma-separated subset of {','.join(POLICIES)}")
     ap.add_argument("--out", default=str(ROOT / "results" / "shapes"), help="folder")
     args = ap.parse_args(argv)
-    labels = tuple(args.shapes.split(",")) if args.shapes else tuple(SHAPES)
-    policies = tuple(args.policies.split(",")) if args.policies else POLICIES
-    bad = [x for x in labels if x not in SHAPES] + [p for p in policies if p not in POLICIES]
+    labels, policies = G.pick(args.shapes, SHAPES), G.pick(args.policies, POLICIES)
+    bad = G.unknown(labels, SHAPES) or G.unknown(policies, POLICIES)
     if bad:
-        print(f"unknown shape or policy {bad[0]!r}", file=sys.stderr)
+        print(f"unknown shape or policy {bad!r}", file=sys.stderr)
         return 2
     services = load_services(ROOT / "examples" / "sim_services.yaml")
     out = Path(args.out)

@@ -118,8 +118,12 @@ def advance_decode(sim: ClusterSim, t0: float, t1: float) -> None:
         B = np.bincount(d, minlength=n).astype(float)
         C = np.bincount(d, weights=w.input_tokens[A] + gen, minlength=n)
     tau = np.zeros(n)
-    for k, rows in by_kind:
-        tau[rows] = sim.kinds[k].step_seconds(B[rows], C[rows])
+
+    def price() -> None:  # each instance's step at its batch B over C KV tokens
+        for k, rows in by_kind:
+            tau[rows] = sim.kinds[k].step_seconds(B[rows], C[rows])
+
+    price()
     for _ in range(BATCH_ROUNDS):
         if kernels.ENABLED:
             B, C = kernels.overlap_sums(
@@ -128,8 +132,7 @@ def advance_decode(sim: ClusterSim, t0: float, t1: float) -> None:
             )  # fmt: skip
         else:
             B, C = _overlap_sums(sim, A, tau, t0, t1, B, C)
-        for k, rows in by_kind:
-            tau[rows] = sim.kinds[k].step_seconds(B[rows], C[rows])
+        price()
     if kernels.ENABLED:
         sim._dec_tokens = np.zeros(n)
         sim._active = kernels.progress(
