@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import pytest
+from test_serving import _wait_routed
 
 from heteroscale_ray.config import ServicesConfig, parse_yaml_text
 
@@ -106,6 +107,7 @@ def test_prefill_heavy_load_scales_prefill_out_within_three_periods(ray_cluster:
             ),
             120,
         )
+        _wait_routed(f"http://127.0.0.1:{port}")  # the proxy can lag the deploy under load
         started = time.time()
         load = LoadGenerator(
             f"http://127.0.0.1:{port}",
