@@ -164,3 +164,26 @@ def test_no_trend_before_most_of_a_horizon_is_covered() -> None:
 
     memory = replace(replay([1.0, 50.0, 100.0], start=NOW - 3 * PERIOD), strained_at=NOW)
     assert trend(memory, NOW, HORIZON) == 0.0
+
+
+def test_a_queue_flooding_in_is_no_rise_in_the_arriving_need() -> None:
+    """Sequences piling up behind a short decode pool are drained once; they are not arrivals
+    climbing. So the burst memory (its rises and its trend) holds only the arriving need, and a
+    flood of waiting sequences never reads as a surge to extrapolate a horizon ahead."""
+    spec = make_service()
+    strained = replace(BurstMemory(), strained_at=NOW)  # the trend would apply to a real climb
+    state, d = replace(PolicyState(), decode_burst=strained), 5
+    for i in range(12):  # arrivals and running flat; the queue doubles every period
+        t = NOW + PERIOD * i
+        sig = signals(
+            observed_at=t,
+            decode_running=300.0,
+            decode_queue=100.0 * 2**i,
+            output_mean=70.0,
+        )
+        decision, state = decide(spec, sig, counts(4, d), state, t)
+        d = decision.decode
+    needs = [n for _, n in state.decode_burst.needs]
+    assert max(needs) < 1.2 * min(needs), needs  # the batch estimate moves a little; not 200x
+    assert state.decode_burst.strained_at is not None
+    assert "rising" not in decision.message.split("decode:")[1]

@@ -85,9 +85,8 @@ def decide_demand(
         ),
     }
     steady = {role: need.steady for role, need in needs.items()}
-    values = {role: need.value for role, need in needs.items()}
     if problem is None:
-        state = remember_needs(spec, state, values, now, strained(spec, signals))
+        state = remember_needs(spec, state, steady, now, strained(spec, signals))
     # The stabilisation window holds the measured peak; headroom is for the rise to come. Both
     # guard against the same burst, so the role is sized for the larger, never their product.
     margined = {
