@@ -52,9 +52,21 @@ def test_the_proof_lapses_once_the_load_falls_by_the_scale_in_tolerance() -> Non
     assert proof_of(gone, Role.DECODE) is None
 
 
+def test_the_proof_lapses_once_the_load_rises_by_the_scale_out_tolerance() -> None:
+    """A step proved at one load says nothing about a load well above it (a surge's transient
+    proved 1.5x at 33 instances' need; multiplying the surge's peak by it doubled the fleet)."""
+    spec = make_service()
+    state = prove(PolicyState(), Role.PREFILL, 10.0, 13)
+    tolerance = spec.policy.scale_out_tolerance
+    kept = lapse(spec, state, Role.PREFILL, 10.0 * (1 + tolerance) - 0.01)
+    assert proof_of(kept, Role.PREFILL) == (10.0, 13.0)
+    gone = lapse(spec, state, Role.PREFILL, 10.0 * (1 + tolerance) + 0.01)
+    assert proof_of(gone, Role.PREFILL) is None
+
+
 def test_the_proof_scales_with_the_need_and_is_capped() -> None:
     state = prove(PolicyState(), Role.PREFILL, 10.0, 13)
-    assert proven_need(state, Role.PREFILL, 20.0) == pytest.approx((26.0, 1.3))
+    assert proven_need(state, Role.PREFILL, 10.5) == pytest.approx((13.65, 1.3))
     huge = prove(PolicyState(), Role.PREFILL, 1.0, 9)
     assert proven_need(huge, Role.PREFILL, 2.0) == pytest.approx((2.0 * MAX_PROOF, MAX_PROOF))
 

@@ -5,8 +5,10 @@ N shows that the role carries N with C instances, not with the N the capacity es
 KV transfer, routing imbalance and long contexts cost what the step-time model does not see.
 Without a memory of it, the scale-in window lets go of the step after `peak_window_s`, the
 latency breaches again at the same load, and the guard steps again: a direction change each
-window on a load that never moved. So the role is sized for at least its need x C / N until
-its need falls below N by the scale-in tolerance (a different load, measured afresh).
+window on a load that never moved. So the role is sized for at least its need x C / N while
+its need stays within the tolerances of N. A load further away, below or above, is a different
+load, measured afresh: a step proved during a surge's transient (a queue draining at 35
+instances) multiplied the surge's peak need by 1.5 on the m-large day.
 Pure: the caller passes the state.
 """
 
@@ -34,12 +36,15 @@ def prove(state: PolicyState, role: Role, need: float | None, instances: int) ->
 
 
 def lapse(spec: ServiceSpec, state: PolicyState, role: Role, need: float | None) -> PolicyState:
-    """Forget the proof once the need has fallen below its load by the scale-in tolerance
-    (missing data changes nothing)."""
+    """Forget the proof once the need has left its load: below it by the scale-in tolerance,
+    or above it by the scale-out tolerance (missing data changes nothing)."""
     proof = proof_of(state, role)
     if proof is None or need is None or not math.isfinite(need):
         return state
-    if need < proof[0] * (1 - spec.policy.scale_in_tolerance):
+    tol = spec.policy
+    if need < proof[0] * (1 - tol.scale_in_tolerance) or (
+        need > proof[0] * (1 + tol.scale_out_tolerance)
+    ):
         return replace(state, **{f"{role.value}_proof": None})
     return state
 
