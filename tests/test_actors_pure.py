@@ -182,6 +182,18 @@ def test_a_deleted_dg_comes_back_with_both_roles_when_one_is_short() -> None:
     assert [p.whole_dg for p in wanted.pending] == [False]  # its DG routes again
 
 
+def test_a_breach_never_re_adds_a_dg_with_one_role() -> None:
+    """A prefill removed from a DG that was later deleted (its own removal already gone, say
+    with its node) would come back as a DG of one prefill: it routes to nothing. It keeps
+    waiting; a pending part whose DG still exists comes back at once."""
+    graph, after, pending = _prefill_pending()
+    kw = dict(window_s=20.0, services=SERVICES.by_name(), graph=graph, desired={})
+    gone = settle((), pending, now=11.0, observations=_obs(0.5), **kw)
+    assert gone.restored == () and gone.dgs == () and gone.pending == tuple(pending)
+    live = settle(after, pending, now=11.0, observations=_obs(0.5), **kw)
+    assert live.restored == tuple(pending) and role_counts(live.dgs, "chat") == (2, 4)
+
+
 def test_slo_held_without_latency_data() -> None:
     assert slo_held(SPEC, None)
     assert slo_held(SPEC, _obs(None)["chat"])

@@ -134,8 +134,8 @@ def settle(
         # serve nothing if restored, so it only waits out its window.
         if spec is None or p.dg.draining:
             back, rest = None, p
-        elif not held:
-            back, rest = p, None
+        elif not held:  # all of it, if it can serve (see `_servable`)
+            back, rest = (p, None) if _servable(p, state) else (None, p)
         else:
             back, rest = _wanted_part(p, state, desired.get(p.service))
         if back is not None:
@@ -185,7 +185,7 @@ def _wanted_part(
     if not any(take):
         return None, p
     if all(dg.dg_id != p.dg.dg_id for dg in dgs):
-        if not all(p.count(role) for role in ROLES):
+        if not _servable(p, dgs):
             return None, p
         take = [max(1, n) for n in take]
     back: list[Instance] = []
@@ -201,6 +201,12 @@ def _wanted_part(
         return p, None
     # What stays is a removal from a DG that routes again: down-weighted, not drained.
     return replace(p, instances=tuple(back)), replace(p, instances=tuple(rest), whole_dg=False)
+
+
+def _servable(p: PendingRemoval, dgs: Sequence[DeploymentGroup]) -> bool:
+    """Restoring ``p`` leaves a DG that can serve: its DG is still in the state, or ``p``
+    brings both roles back (a DG re-added with one role would route to nothing)."""
+    return any(dg.dg_id == p.dg.dg_id for dg in dgs) or all(p.count(role) for role in ROLES)
 
 
 def _roles_of(p: PendingRemoval) -> str:
