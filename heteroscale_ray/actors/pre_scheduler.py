@@ -31,9 +31,14 @@ from heteroscale_ray.actors.checkpoint import (
     pending_to_json,
     sub_cluster_actor,
 )
-from heteroscale_ray.actors.serving_adapter import DgServeState, DgTarget, ServingOptions
+from heteroscale_ray.actors.dg_views import (
+    cycle_report,
+    dg_targets,
+    status_snapshot,
+    with_dead_hosts,
+)
+from heteroscale_ray.actors.serving_adapter import DgServeState, ServingOptions
 from heteroscale_ray.config import (
-    Role,
     ServicesConfig,
     ServiceSpec,
     TopologySpec,
@@ -50,10 +55,9 @@ from heteroscale_ray.control import (
 )
 from heteroscale_ray.control.node_loss import hosts_in_use
 from heteroscale_ray.control.retire import unroutable
-from heteroscale_ray.control.soft_scale_in import PendingRemoval, serving_counts
+from heteroscale_ray.control.soft_scale_in import PendingRemoval
 from heteroscale_ray.policy import RoleCounts
 from heteroscale_ray.topology import (
-    CLUSTER_WIDE,
     ClusterGraph,
     DeploymentGroup,
     describe_plan,
@@ -226,7 +230,7 @@ class FederatedPreScheduler:
                 logger.warning("sub-cluster %s did not report its hosts: %s", sc, e)
         for sc in set(self._reports) - set(names):
             del self._reports[sc]
-        reports = _with_dead_hosts(
+        reports = with_dead_hosts(
             [r for sc in sorted(self._reports) for r in self._reports[sc]], gone_nodes
         )
         lost = lost_hosts(hosts_in_use(self.dgs, self.pending), alive, self._seen_nodes)
@@ -299,76 +303,20 @@ class FederatedPreScheduler:
                     logger.warning("actuation incomplete, retried next cycle: %s", actuation_error)
             for line in events + plan_lines:
                 logger.info("%s", line)
-            self._last = {
-                "at": now,
-                "plan": plan_lines,
-                "events": events,
-                "unplaced": [
-                    {
-                        "service": u.service,
-                        "role": u.role.value,
-                        "count": u.count,
-                        "reason": u.reason.value,
-                        "detail": u.detail,
-                    }
-                    for u in result.plan.unplaced
-                ],
-                "lost": [
-                    {
-                        "service": x.service,
-                        "dg_id": x.dg_id,
-                        "instance": x.instance.instance_id,
-                        "role": x.instance.role.value,
-                        "host": x.instance.host,
-                    }
-                    for x in result.lost
-                ],
-                "lost_hosts": sorted(lost),
-                "removed_dgs": list(result.removed_dgs),
-                "applied": apply,
-                "actuation_error": actuation_error,
-                "seconds": time.perf_counter() - t0,
-            }
+            self._last = cycle_report(
+                result,
+                now=now,
+                plan_lines=plan_lines,
+                lost_hosts=lost,
+                applied=apply,
+                actuation_error=actuation_error,
+                seconds=time.perf_counter() - t0,
+            )
             return {
                 **self._last,
                 "counts": ready_and_starting(self.dgs, self._running()),
                 "snapshot": self._snapshot(),
             }
-
-    def _targets(self) -> dict[str, list[DgTarget]]:
-        services = self.config.by_name()
-        run = serving_counts(self.dgs, self.pending)
-        snapshots = {dg.dg_id: dg for dg in self.dgs}
-        whole = {p.dg.dg_id for p in self.pending if p.whole_dg}
-        for p in self.pending:
-            snapshots.setdefault(p.dg.dg_id, p.dg)
-        out: dict[str, list[DgTarget]] = {}
-        for dg_id, dg in snapshots.items():
-            spec = services.get(dg.service)
-            pre, dec = run[dg_id]
-            live = next((d for d in self.dgs if d.dg_id == dg_id), None)
-            target_dec = live.count(Role.DECODE) if live else 0
-            sc = self._sub_cluster_of_domain.get(dg.domain, CLUSTER_WIDE)
-            if sc == CLUSTER_WIDE:
-                sc = min(self._schedulers) if self._schedulers else CLUSTER_WIDE
-            out.setdefault(sc, []).append(
-                DgTarget(
-                    service=dg.service,
-                    dg_id=dg_id,
-                    domain=dg.domain,
-                    level=dg.level,
-                    prefill_gpu_type=dg.prefill_gpu_type,
-                    decode_gpu_type=dg.decode_gpu_type,
-                    prefill=pre,
-                    decode=dec,
-                    prefill_gpus=spec.prefill.gpus_per_instance if spec else 1,
-                    decode_gpus=spec.decode.gpus_per_instance if spec else 1,
-                    model_profile=spec.model if spec else "dense-8b",
-                    draining=dg_id in whole and live is None,
-                    weight=(target_dec / dec) if dec and target_dec < dec and live else 1.0,
-                )
-            )
-        return out
 
     def _unroute_services(self, services: Mapping[str, ServiceSpec]) -> None:
         """Remove services that are gone from the config and hold no DG from the routing table."""
@@ -397,7 +345,13 @@ class FederatedPreScheduler:
     def _fan_out(self) -> None:
         import ray
 
-        targets = self._targets()
+        targets = dg_targets(
+            self.config.by_name(),
+            self.dgs,
+            self.pending,
+            self._sub_cluster_of_domain,
+            self._schedulers,
+        )
         names = set(self._schedulers) | set(targets)
         refs = {sc: self._scheduler(sc).reconcile.remote(targets.get(sc, [])) for sc in names}
         status: dict[str, dict[str, Any]] = {}
@@ -414,57 +368,15 @@ class FederatedPreScheduler:
             return self._snapshot()
 
     def _snapshot(self) -> dict[str, Any]:
-        from heteroscale_ray.serving.deployments import dg_app_name
-
-        dgs = []
-        for dg in self.dgs:
-            app = dg_app_name(dg.service, dg.dg_id)
-            st = self._status.get(app, DgServeState())
-            dgs.append(
-                {
-                    "service": dg.service,
-                    "dg_id": dg.dg_id,
-                    "app": app,
-                    "domain": f"{dg.level.value}:{dg.domain}",
-                    "prefill_gpu_type": dg.prefill_gpu_type,
-                    "decode_gpu_type": dg.decode_gpu_type,
-                    "prefill": dg.count(Role.PREFILL),
-                    "decode": dg.count(Role.DECODE),
-                    "running": {"prefill": st.prefill.running, "decode": st.decode.running},
-                    "gate_open": st.gate_open,
-                    "weight": st.weight,
-                    "instances": [
-                        {
-                            "id": i.instance_id,
-                            "role": i.role.value,
-                            "host": i.host,
-                            "gpus": list(i.gpus),
-                        }
-                        for i in dg.instances
-                    ],
-                }
-            )
-        pending = [
-            {
-                "dg_id": p.dg.dg_id,
-                "service": p.service,
-                "whole_dg": p.whole_dg,
-                "prefill": p.count(Role.PREFILL),
-                "decode": p.count(Role.DECODE),
-                "since": p.since,
-                "hosts": sorted({i.host for i in p.instances}),
-                "gpus": [[i.host, g] for i in p.instances for g in i.gpus],
-            }
-            for p in self.pending
-        ]
-        return {
-            "dgs": dgs,
-            "pending_removals": pending,
-            "hosts": list(self._hosts),
-            "sub_clusters": sorted(self._schedulers),
-            "last_cycle": dict(self._last),
-            "restored": self.restored,
-        }
+        return status_snapshot(
+            self.dgs,
+            self.pending,
+            self._status,
+            hosts=list(self._hosts),
+            sub_clusters=sorted(self._schedulers),
+            last_cycle=dict(self._last),
+            restored=self.restored,
+        )
 
     def delete_all(self) -> list[str]:
         """Delete every DG on Serve and forget them (``heteroscale stop --purge``)."""
@@ -480,25 +392,3 @@ class FederatedPreScheduler:
 
     def scheduler_names(self) -> list[str]:
         return sorted(self._schedulers)
-
-
-def _with_dead_hosts(reports: list[dict[str, Any]], gone: set[str]) -> list[dict[str, Any]]:
-    """The host reports with every host whose Ray node is gone present once, as dead.
-
-    Its sub-cluster says so when it probed it this cycle; when it did not (its owner kept last
-    cycle's reports, or no owner is known: a checkpoint from before owners were kept), the
-    node's death is the report: the status never drops a host that went away.
-    """
-    out = [r for r in reports if not (r["host"] in gone and r.get("healthy"))]
-    seen = {r["host"] for r in out}
-    out += [
-        {
-            "host": host,
-            "node_id": None,
-            "healthy": False,
-            "dead": True,
-            "error": "its Ray node is not alive",
-        }
-        for host in sorted(gone - seen)
-    ]
-    return out
