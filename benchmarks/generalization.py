@@ -3,12 +3,11 @@
 For each trace in ../shared/data/traces (Azure conversation, Mooncake, ServeGen m-large day 1,
 ServeGen m-mid days 4-5 -- its hour without data is a real monitoring gap and is left as is):
 
-1. Rate scale: superpose time-shifted copies (traces.scale_rate, seed 0, shifts <= 600 s so a
-   diurnal shape survives) with the smallest integer factor K for which the static policy's
-   sizing (the peak of 15-s bins, sim/sizing.py, as `make_autoscaler('static')` sizes it,
-   without the prefix-cache discount) reaches >= 400 GPUs. K is found on the whole trace, so
-   --quick replays the same load, only a shorter stretch of it; where the static replay (with
-   its cache discount) lands below 400 on a whole trace, K is raised once more.
+1. Rate scale (benchmarks/trace_scaling.py): superpose time-shifted copies with the smallest
+   integer factor K for which the static policy's sizing reaches >= 400 GPUs. K is found on the
+   whole trace, so --quick replays the same load, only a shorter stretch of it; where the
+   static replay (with its cache discount) lands below 400 on a whole trace, K is raised once
+   more.
 2. Tune: `heteroscale tune` (sim/tune.py, the paper's Algorithm 1) on the trace's first 30 min
    gives pd_ratio and the decode-TPS target_per_instance for the 'paper-fixed' row.
 3. Replay service `general` of examples/sim_services.yaml on a fleet (sim/fleet.fleet_for)
@@ -42,16 +41,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from heteroscale_ray.config import ServicesConfig, ServiceSpec, load_services  # noqa: E402
-from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS  # noqa: E402
-from heteroscale_ray.perf.instance_kind import InstanceKind  # noqa: E402
-from heteroscale_ray.perf.profiles import get_profile  # noqa: E402
 from heteroscale_ray.sim.commands import _clean, _progress  # noqa: E402
-from heteroscale_ray.sim.fleet import fleet_for, s1_pattern  # noqa: E402
+from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ORACLE_NOTE, ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.sim.report import timeline  # noqa: E402
-from heteroscale_ray.sim.sizing import needs_per_interval, round_counts  # noqa: E402
 from heteroscale_ray.sim.tune import TuneResult, tune  # noqa: E402
-from heteroscale_ray.traces import Trace, load_trace, scale_rate  # noqa: E402
+from heteroscale_ray.traces import Trace, load_trace  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from trace_scaling import (  # noqa: E402
+    SEED,
+    STATIC_GPUS,
+    fleet_gpus,
+    gpus_of,
+    rate_factor,
+    scale,
+    shift_text,
+    static_counts,
+)
 
 TRACES_DIR = ROOT.parent / "shared" / "data" / "traces"
 SERVICE = "general"
@@ -63,23 +70,6 @@ TRACES: dict[str, tuple[str, bool, float]] = {
     "servegen-mmid-days4-5": ("servegen_mmid_days4-5.csv", True, 7200.0),
 }
 POLICIES = ("heteroscale", "paper-fixed", "hpa-util", "serve-default", "static", "oracle")
-STATIC_GPUS = 400  # scale each trace until the static fleet is at least this
-FLEET_FACTOR = 2.5  # fleet = this x the static GPUs
-MAX_SHIFT_S = 600.0  # diurnal traces: copies shift by at most this (keeps the day's shape)
-# Short stationary traces (Azure, Mooncake) shift over their whole span: nearly aligned copies
-# of an hour would multiply its minute-scale bursts by K, a load no real service sees.
-
-
-def shift_cap(diurnal: bool) -> float | None:
-    return MAX_SHIFT_S if diurnal else None
-
-
-def _shift_text(diurnal: bool) -> str:
-    return f"<= {MAX_SHIFT_S:.0f} s" if diurnal else "over the whole span"
-
-
-SEED = 0
-BIN_S = 15.0  # static sizing bins (ReplayOptions.static_bin_s)
 TUNE_SAMPLE_S = 1800.0
 TUNE_FULL = dict(instances=16, duration_s=180.0, warmup_s=45.0, iterations=6)
 TUNE_QUICK = dict(instances=8, duration_s=120.0, warmup_s=30.0, iterations=5)
@@ -89,118 +79,6 @@ VS_ORACLE, VS_STATIC_DIURNAL = 1.10, 0.6
 MAX_FLIPS_PER_H = 4.0
 MIN_SPEEDUP = 1000.0
 MAX_WALL_TWO_DAYS_S = 180.0
-
-
-# ---------------------------------------------------------------- sizing and rate scaling
-
-
-def _kinds(services: ServicesConfig, spec: ServiceSpec) -> tuple[InstanceKind, InstanceKind]:
-    """The kinds static sizing uses (sim/summary.role_kinds): each role's first GPU type."""
-    prof = get_profile(spec.model)
-    cat = services.catalog
-    return (
-        InstanceKind.build(
-            prof,
-            cat[spec.prefill.gpu_types[0]],
-            spec.prefill.gpus_per_instance,
-            DEFAULT_CONSTANTS,
-        ),
-        InstanceKind.build(
-            prof, cat[spec.decode.gpu_types[0]], spec.decode.gpus_per_instance, DEFAULT_CONSTANTS
-        ),
-    )
-
-
-def _needs(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> tuple[Any, Any]:
-    pk, dk = _kinds(services, spec)
-    n = needs_per_interval(
-        spec,
-        pk,
-        dk,
-        np.asarray(trace.arrival_s),
-        np.asarray(trace.input_tokens),
-        np.asarray(trace.output_tokens),
-        max(float(trace.duration_s), BIN_S),
-        BIN_S,
-    )
-    return n.prefill, n.decode
-
-
-def _gpus(spec: ServiceSpec, p: int, d: int) -> int:
-    return p * spec.prefill.gpus_per_instance + d * spec.decode.gpus_per_instance
-
-
-def static_counts(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> tuple[int, int]:
-    """Prefill and decode instances of the static policy (peak of 15-s bins, no prefix-cache
-    discount)."""
-    p, d = _needs(services, spec, trace)
-    return round_counts(spec, float(p.max()), float(d.max()))
-
-
-def static_gpus(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> int:
-    """GPUs of the static policy's fleet (peak of 15-s bins, no prefix-cache discount)."""
-    return _gpus(spec, *static_counts(services, spec, trace))
-
-
-def fleet_gpus(spec: ServiceSpec, counts: tuple[int, int], factor: float = FLEET_FACTOR) -> int:
-    """Fleet size for fleet_for([spec], n) holding `factor` x the static need of each GPU type
-    (fleet_for lays mini-pods out 3 prefill-type : 1 decode-type, so a decode-heavy service
-    needs a larger fleet than its GPU total suggests); whole big-pods."""
-    pattern = s1_pattern([spec])
-    need: dict[str, float] = {}
-    for role, n in (("prefill", counts[0]), ("decode", counts[1])):
-        r = spec.prefill if role == "prefill" else spec.decode
-        need[r.gpu_types[0]] = need.get(r.gpu_types[0], 0.0) + n * r.gpus_per_instance
-    total = max(
-        sum(need.values()),
-        *(v * len(pattern) / max(1, pattern.count(t)) for t, v in need.items()),
-    )
-    per_s2 = 64 * len(pattern)  # fleet_topology's default mini-pod is 64 GPUs
-    return int(math.ceil(factor * total / per_s2) * per_s2)
-
-
-def _first_guess(
-    services: ServicesConfig, spec: ServiceSpec, trace: Trace, target: int, diurnal: bool
-) -> int:
-    """K from the unscaled needs smoothed over the shift window (superposed copies average
-    the bursts out); the replayed sizing then corrects it."""
-    p, d = _needs(services, spec, trace)
-    w = max(1, int((shift_cap(diurnal) or trace.duration_s) / BIN_S))
-    kernel = np.ones(w) / w
-    ps = np.convolve(np.concatenate([p, p[: w - 1]]), kernel, "valid")
-    ds = np.convolve(np.concatenate([d, d[: w - 1]]), kernel, "valid")
-    pm, dm = float(ps.max()), float(ds.max())
-    for k in range(1, 100_000):
-        if _gpus(spec, *round_counts(spec, k * pm, k * dm)) >= target:
-            return k
-    return 100_000
-
-
-def _scale(trace: Trace, k: int, diurnal: bool) -> Trace:
-    return scale_rate(trace, k, seed=SEED, max_shift_s=shift_cap(diurnal)) if k != 1 else trace
-
-
-def rate_factor(
-    services: ServicesConfig,
-    spec: ServiceSpec,
-    trace: Trace,
-    target: int = STATIC_GPUS,
-    diurnal: bool = True,
-) -> tuple[int, Trace, int, int]:
-    """Smallest K found with static sizing >= target: (K, scaled trace, its static GPUs,
-    the unscaled static GPUs)."""
-    g0 = static_gpus(services, spec, trace)
-    k = max(math.ceil(target / max(g0, 1)), _first_guess(services, spec, trace, target, diurnal))
-    # step down while the guess overshoots, then up until the target is met
-    scaled = _scale(trace, k, diurnal)
-    est = static_gpus(services, spec, scaled)
-    for _ in range(8):
-        if est >= target:
-            break
-        k = max(k + 1, math.ceil(k * target / max(est, 1)))
-        scaled = _scale(trace, k, diurnal)
-        est = static_gpus(services, spec, scaled)
-    return k, scaled, est, g0
 
 
 # ---------------------------------------------------------------- policies and metrics
@@ -390,7 +268,7 @@ def run_trace(
     print(
         f"\n== {label} ({fname}): {len(raw)} requests over {raw.duration_s / 3600:.2f} h; "
         f"static sizing {g0} GPUs unscaled -> rate scale factor x{k} (superpose, seed {SEED}, "
-        f"shifts {_shift_text(diurnal)}): {len(scaled)} requests, static sizing {est} GPUs "
+        f"shifts {shift_text(diurnal)}): {len(scaled)} requests, static sizing {est} GPUs "
         f"[{time.perf_counter() - t0:.0f} s]",
         flush=True,
     )
@@ -431,9 +309,9 @@ def run_trace(
                 f"after its cache discount: rate scale factor x{k} instead",
                 file=sys.stderr,
             )
-            trace = _scale(raw, k, diurnal)
+            trace = scale(raw, k, diurnal)
             counts = static_counts(services, spec, trace)
-            est = _gpus(spec, *counts)
+            est = gpus_of(spec, *counts)
             topo = fleet_for([spec], fleet_gpus(spec, counts))
             res, wall = _replay(pol, services, spec, tuned, topo, trace)
         row = _row(pol, res, wall, hours)
@@ -463,7 +341,7 @@ def run_trace(
         "service": SERVICE,
         "diurnal": diurnal,
         "rate_scale": k,
-        "rate_method": f"superpose, seed {SEED}, shifts {_shift_text(diurnal)}",
+        "rate_method": f"superpose, seed {SEED}, shifts {shift_text(diurnal)}",
         "static_gpus_unscaled": g0,
         "static_gpus_sizing": est,
         "static_gpus_replay": by["static"]["peak_gpus"] if "static" in by else None,

@@ -38,9 +38,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import generalization as G  # noqa: E402
+import trace_scaling  # noqa: E402
 
 from heteroscale_ray.config import load_services  # noqa: E402
 from heteroscale_ray.sim.commands import _clean  # noqa: E402
+from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.traces import Trace, load_trace  # noqa: E402
 from heteroscale_ray.traces.transforms import time_compress  # noqa: E402
@@ -96,8 +98,9 @@ def run_shape(label: str, services: Any, policies: tuple[str, ...]) -> dict[str,
     build, diurnal, what = SHAPES[label]
     spec = services.by_name()[G.SERVICE]
     raw = build()
-    k, trace, est, _ = G.rate_factor(services, spec, raw, diurnal=diurnal)
-    topo = G.fleet_for([spec], G.fleet_gpus(spec, G.static_counts(services, spec, trace)))
+    k, trace, est, _ = trace_scaling.rate_factor(services, spec, raw, diurnal=diurnal)
+    counts = trace_scaling.static_counts(services, spec, trace)
+    topo = fleet_for([spec], trace_scaling.fleet_gpus(spec, counts))
     hours = trace.duration_s / 3600.0
     print(
         f"\n== {label} ({what}): prompt mean {np.mean(raw.input_tokens):,.0f}, output mean "

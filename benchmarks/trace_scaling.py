@@ -1,0 +1,156 @@
+"""A shared trace rate-scaled until the static policy needs >= 400 GPUs, and the fleet around it.
+
+The benchmarks compare policies on a fleet of a realistic size, not on a trace's own (the shared
+traces are one service's sampled traffic): K time-shifted copies are superposed (traces.scale_rate,
+seed 0; on a diurnal trace each copy shifts by at most 600 s so the day's shape survives) with
+the smallest K for which the static policy's sizing (the peak of 15-s bins, sim/sizing.py, as
+`make_autoscaler('static')` sizes it, without the prefix-cache discount) reaches the target. The
+fleet then holds 2.5x those GPUs of each type. Used by generalization.py and shapes.py.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from heteroscale_ray.config import ServicesConfig, ServiceSpec  # noqa: E402
+from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS  # noqa: E402
+from heteroscale_ray.perf.instance_kind import InstanceKind  # noqa: E402
+from heteroscale_ray.perf.profiles import get_profile  # noqa: E402
+from heteroscale_ray.sim.fleet import s1_pattern  # noqa: E402
+from heteroscale_ray.sim.sizing import needs_per_interval, round_counts  # noqa: E402
+from heteroscale_ray.traces import Trace, scale_rate  # noqa: E402
+
+STATIC_GPUS = 400  # scale each trace until the static fleet is at least this
+FLEET_FACTOR = 2.5  # fleet = this x the static GPUs
+MAX_SHIFT_S = 600.0  # diurnal traces: copies shift by at most this (keeps the day's shape)
+# Short stationary traces (Azure, Mooncake) shift over their whole span: nearly aligned copies
+# of an hour would multiply its minute-scale bursts by K, a load no real service sees.
+
+
+def shift_cap(diurnal: bool) -> float | None:
+    return MAX_SHIFT_S if diurnal else None
+
+
+def shift_text(diurnal: bool) -> str:
+    return f"<= {MAX_SHIFT_S:.0f} s" if diurnal else "over the whole span"
+
+
+SEED = 0
+BIN_S = 15.0  # static sizing bins (ReplayOptions.static_bin_s)
+
+
+def _kinds(services: ServicesConfig, spec: ServiceSpec) -> tuple[InstanceKind, InstanceKind]:
+    """The kinds static sizing uses (sim/summary.role_kinds): each role's first GPU type."""
+    prof = get_profile(spec.model)
+    cat = services.catalog
+    return (
+        InstanceKind.build(
+            prof,
+            cat[spec.prefill.gpu_types[0]],
+            spec.prefill.gpus_per_instance,
+            DEFAULT_CONSTANTS,
+        ),
+        InstanceKind.build(
+            prof, cat[spec.decode.gpu_types[0]], spec.decode.gpus_per_instance, DEFAULT_CONSTANTS
+        ),
+    )
+
+
+def _needs(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> tuple[Any, Any]:
+    pk, dk = _kinds(services, spec)
+    n = needs_per_interval(
+        spec,
+        pk,
+        dk,
+        np.asarray(trace.arrival_s),
+        np.asarray(trace.input_tokens),
+        np.asarray(trace.output_tokens),
+        max(float(trace.duration_s), BIN_S),
+        BIN_S,
+    )
+    return n.prefill, n.decode
+
+
+def gpus_of(spec: ServiceSpec, p: int, d: int) -> int:
+    return p * spec.prefill.gpus_per_instance + d * spec.decode.gpus_per_instance
+
+
+def static_counts(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> tuple[int, int]:
+    """Prefill and decode instances of the static policy (peak of 15-s bins, no prefix-cache
+    discount)."""
+    p, d = _needs(services, spec, trace)
+    return round_counts(spec, float(p.max()), float(d.max()))
+
+
+def static_gpus(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> int:
+    """GPUs of the static policy's fleet (peak of 15-s bins, no prefix-cache discount)."""
+    return gpus_of(spec, *static_counts(services, spec, trace))
+
+
+def fleet_gpus(spec: ServiceSpec, counts: tuple[int, int], factor: float = FLEET_FACTOR) -> int:
+    """Fleet size for fleet_for([spec], n) holding `factor` x the static need of each GPU type
+    (fleet_for lays mini-pods out 3 prefill-type : 1 decode-type, so a decode-heavy service
+    needs a larger fleet than its GPU total suggests); whole big-pods."""
+    pattern = s1_pattern([spec])
+    need: dict[str, float] = {}
+    for role, n in (("prefill", counts[0]), ("decode", counts[1])):
+        r = spec.prefill if role == "prefill" else spec.decode
+        need[r.gpu_types[0]] = need.get(r.gpu_types[0], 0.0) + n * r.gpus_per_instance
+    total = max(
+        sum(need.values()),
+        *(v * len(pattern) / max(1, pattern.count(t)) for t, v in need.items()),
+    )
+    per_s2 = 64 * len(pattern)  # fleet_topology's default mini-pod is 64 GPUs
+    return int(math.ceil(factor * total / per_s2) * per_s2)
+
+
+def _first_guess(
+    services: ServicesConfig, spec: ServiceSpec, trace: Trace, target: int, diurnal: bool
+) -> int:
+    """K from the unscaled needs smoothed over the shift window (superposed copies average
+    the bursts out); the replayed sizing then corrects it."""
+    p, d = _needs(services, spec, trace)
+    w = max(1, int((shift_cap(diurnal) or trace.duration_s) / BIN_S))
+    kernel = np.ones(w) / w
+    ps = np.convolve(np.concatenate([p, p[: w - 1]]), kernel, "valid")
+    ds = np.convolve(np.concatenate([d, d[: w - 1]]), kernel, "valid")
+    pm, dm = float(ps.max()), float(ds.max())
+    for k in range(1, 100_000):
+        if gpus_of(spec, *round_counts(spec, k * pm, k * dm)) >= target:
+            return k
+    return 100_000
+
+
+def scale(trace: Trace, k: int, diurnal: bool) -> Trace:
+    return scale_rate(trace, k, seed=SEED, max_shift_s=shift_cap(diurnal)) if k != 1 else trace
+
+
+def rate_factor(
+    services: ServicesConfig,
+    spec: ServiceSpec,
+    trace: Trace,
+    target: int = STATIC_GPUS,
+    diurnal: bool = True,
+) -> tuple[int, Trace, int, int]:
+    """Smallest K found with static sizing >= target: (K, scaled trace, its static GPUs,
+    the unscaled static GPUs)."""
+    g0 = static_gpus(services, spec, trace)
+    k = max(math.ceil(target / max(g0, 1)), _first_guess(services, spec, trace, target, diurnal))
+    # step down while the guess overshoots, then up until the target is met
+    scaled = scale(trace, k, diurnal)
+    est = static_gpus(services, spec, scaled)
+    for _ in range(8):
+        if est >= target:
+            break
+        k = max(k + 1, math.ceil(k * target / max(est, 1)))
+        scaled = scale(trace, k, diurnal)
+        est = static_gpus(services, spec, scaled)
+    return k, scaled, est, g0
