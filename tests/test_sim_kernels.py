@@ -76,7 +76,7 @@ def test_replay_is_the_same_with_and_without_kernels(
 def test_prefix_cache_replay_is_the_same_with_and_without_kernels(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Mooncake: routing stays in Python (cache-aware), decode and the series use kernels."""
+    """Mooncake: the cache-aware routing loop, decode and the series all have compiled twins."""
     services = load_services(ROOT / "examples" / "sim_services.yaml")
     spec = services.by_name()["longctx"]
     trace = load_trace(SAMPLES["mooncake"].path).slice(0, 240)
