@@ -1,8 +1,8 @@
 """The compiled prefix-cache path gives the reference's numbers bit for bit.
 
-`prefix_cache.LruArrays` (lazy-deletion LRU driven by `kernels.lru_hits`/`lru_use`) against
-`PrefixCache`'s ordered dicts, `kernels.prefill_one` against `InstanceKind.prefill_one`, and
-a cache-aware replay over three DGs with tight pools routed by `kernels.route_cached` and by
+`prefix_cache.LruArrays` (lazy-deletion LRU driven by `cache_kernels.lru_hits`/`lru_use`) against
+`PrefixCache`'s ordered dicts, `cache_kernels.prefill_one` against `InstanceKind.prefill_one`, and
+a cache-aware replay over three DGs with tight pools routed by `cache_kernels.route_cached` and by
 the Python loop. Without numba the kernels run as Python: the array LRU is still checked.
 """
 
@@ -15,10 +15,10 @@ from sim_builders import GRAPH
 from heteroscale_ray.config import DEFAULT_CATALOG, Role, ServicesConfig, parse_model
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.profiles import get_profile
-from heteroscale_ray.sim import kernels
+from heteroscale_ray.sim import cache_kernels, kernels
+from heteroscale_ray.sim.cached_routing import PREFILL_COEFFS
 from heteroscale_ray.sim.cluster import ClusterSim, SimConfig
 from heteroscale_ray.sim.prefix_cache import PREFILL_WORKING_TOKENS, LruArrays, PrefixCache
-from heteroscale_ray.sim.routing import PREFILL_COEFFS
 from heteroscale_ray.sim.workload import BLOCK_TOKENS, PromptBlocks, Workload
 
 
@@ -54,10 +54,10 @@ def test_array_lru_matches_the_ordered_dict_lru() -> None:
         g, s = dgs[i], int(slots[i])
         flat = np.array(blocks, dtype=np.int32)
         arrays.reserve(slots, len(flat))
-        hit = kernels.lru_hits(arrays.pos, s, flat, 0, len(flat))
+        hit = cache_kernels.lru_hits(arrays.pos, s, flat, 0, len(flat))
         assert hit == ref.hits(g, blocks)
         ref.use(g, blocks, hit, caps[g])
-        kernels.lru_use(
+        cache_kernels.lru_use(
             arrays.pos, arrays.fifo, arrays.head, arrays.tail, arrays.size,
             s, flat, 0, len(flat), hit, caps[g],
         )  # fmt: skip
@@ -80,7 +80,7 @@ def test_compiled_prefill_one_matches_the_kind(model: str) -> None:
     for tokens in [1, 2, 511, 512, 513, *rng.integers(1, 200_000, 300).tolist()]:
         for cached in {0, tokens - 1, (tokens // 2) // BLOCK_TOKENS * BLOCK_TOKENS}:
             want = kind.prefill_one(tokens, cached)
-            got = kernels.prefill_one(kp, tokens, cached)
+            got = cache_kernels.prefill_one(kp, tokens, cached)
             assert (float(got[0]), float(got[1])) == want, (tokens, cached)
 
 

@@ -4,13 +4,12 @@ A replay spends its time in loops over requests: the routing loop (one pass per 
 arrival order, because each choice changes the queues the next one sees) and the per-tick
 bookkeeping of decode admission, decode progress and the per-tick series. In Python and numpy
 they cost microseconds per request and tens of numpy calls per tick; compiled, nanoseconds.
-The Python and numpy versions (`routing._assign`, `_assign_cached` and `_commit`,
-`decode_phase.admit_fifo` and `_progress`, `tick_record._sums`, `prefix_cache.PrefixCache`,
-`InstanceKind.prefill_one`) stay the reference and the fallback: each kernel here performs the
-same floating-point operations in the same order, so a replay gives the same numbers bit for
-bit either way (tests/test_sim_kernels.py and tests/test_prefix_cache_speed.py run both on the
-same scenarios). The timing formulas stay in `perf` (applied per tick, or per block of
-requests), not here, but for the one-prompt prefill time the cache-aware routing needs.
+The Python and numpy versions (`routing._assign` and `_commit`, `decode_phase.admit_fifo` and
+`_progress`, `tick_record._sums`) stay the reference and the fallback: each kernel here performs
+the same floating-point operations in the same order, so a replay gives the same numbers bit
+for bit either way (tests/test_sim_kernels.py runs both on the same scenarios). The timing
+formulas stay in `perf` (applied per tick, or per block of requests), not here.
+The prefix-cache path (cache-aware routing and its LRU) has its twins in `cache_kernels.py`.
 
 Set HETEROSCALE_SIM_KERNELS=0 to use the reference code even when numba is installed.
 """
@@ -21,8 +20,6 @@ import os
 
 import numpy as np
 
-from heteroscale_ray.sim.workload import BLOCK_TOKENS
-
 try:  # numba is optional: without it the reference code runs
     from numba import njit
 except ImportError:  # pragma: no cover - depends on the environment
@@ -31,13 +28,13 @@ except ImportError:  # pragma: no cover - depends on the environment
 ENABLED = njit is not None and os.environ.get("HETEROSCALE_SIM_KERNELS", "1") != "0"
 
 
-def _compiled(fn):
-    """`fn` compiled (cached on disk beside this module) when the kernels are on."""
+def compiled(fn):
+    """`fn` compiled (cached on disk beside its module) when the kernels are on."""
     return njit(cache=True, nogil=True)(fn) if ENABLED else fn
 
 
-@_compiled
-def _group_min(key, pos, lo, hi):
+@compiled
+def group_min(key, pos, lo, hi):
     """Smallest `key[pos[x]]` for x in [lo, hi) (inf if empty)."""
     best = np.inf
     for x in range(lo, hi):
@@ -47,8 +44,8 @@ def _group_min(key, pos, lo, hi):
     return best
 
 
-@_compiled
-def _group_argmin(key, pos, lo, hi):
+@compiled
+def group_argmin(key, pos, lo, hi):
     """Position of the smallest (key, position) among `pos[lo:hi]` (positions ascending):
     what a heap of (key, position) tuples pops."""
     r = pos[lo]
@@ -61,7 +58,7 @@ def _group_argmin(key, pos, lo, hi):
     return r
 
 
-@_compiled
+@compiled
 def route_tick(
     ids,  # int64[m]: the requests, arrival order
     arr,  # float64[m]: their arrivals
@@ -125,8 +122,8 @@ def route_tick(
     pmin = np.empty(n_groups)
     dmin = np.empty(n_groups)
     for i in range(n_groups):
-        pmin[i] = _group_min(pkey, ppos, pstart[i], pstart[i + 1])
-        dmin[i] = _group_min(dload, dpos, dstart[i], dstart[i + 1])
+        pmin[i] = group_min(pkey, ppos, pstart[i], pstart[i + 1])
+        dmin[i] = group_min(dload, dpos, dstart[i], dstart[i + 1])
     last_tick = len(ts_prefill_tokens) - 1
     gi = 0
     n_go = 0
@@ -140,21 +137,21 @@ def route_tick(
                 if score < best:
                     best = score
                     gi = i
-        r = _group_argmin(pkey, ppos, pstart[gi], pstart[gi + 1])
+        r = group_argmin(pkey, ppos, pstart[gi], pstart[gi + 1])
         free = pkey[r]
         a0 = a if a > t0 else t0
         kr = pk[r]
         fin = (free if free > a else a0) + svc[kr, j]
         pkey[r] = fin
-        pmin[gi] = _group_min(pkey, ppos, pstart[gi], pstart[gi + 1])
-        d = _group_argmin(dload, dpos, dstart[gi], dstart[gi + 1])
+        pmin[gi] = group_min(pkey, ppos, pstart[gi], pstart[gi + 1])
+        d = group_argmin(dload, dpos, dstart[gi], dstart[gi + 1])
         c = dc[d]
         k = dkv[d] + inc[c, j]
         dkv[d] = k
         q = dseqs[d] + per_seq[d]
         dseqs[d] = q
         dload[d] = k if k > q else q
-        dmin[gi] = _group_min(dload, dpos, dstart[gi], dstart[gi + 1])
+        dmin[gi] = group_min(dload, dpos, dstart[gi], dstart[gi + 1])
         # commit: the prefill instance's work, the request's first token and reservation
         rid = ids[j]
         row = pre[r]
@@ -185,7 +182,7 @@ def route_tick(
     return n_go
 
 
-@_compiled
+@compiled
 def _by_instance_then_kv(cand, d_inst, t_kv):
     """np.lexsort((t_kv[cand], d_inst[cand])): the order by instance, then KV arrival, then
     position (a stable bottom-up merge sort)."""
@@ -223,7 +220,7 @@ def _by_instance_then_kv(cand, d_inst, t_kv):
     return order
 
 
-@_compiled
+@compiled
 def admit(
     pending,  # int64[k]: requests waiting for a decode slot, in arrival-at-decode order
     t_kv,  # float64[n requests]
@@ -295,7 +292,7 @@ def admit(
     return left, admitted
 
 
-@_compiled
+@compiled
 def batch_sums(active, d_inst, input_tokens, gen, n):
     """Per decode instance: sequences running (B) and the KV tokens they hold (C)."""
     B = np.zeros(n)
@@ -307,7 +304,7 @@ def batch_sums(active, d_inst, input_tokens, gen, n):
     return B, C
 
 
-@_compiled
+@compiled
 def overlap_sums(active, d_inst, input_tokens, output_tokens, gen, t_dstart, tau, t0, t1, B, C):
     """`decode_phase._overlap_sums`: per instance, the sequences and KV tokens held on average
     over the span it was busy in the tick (B and C where it held none)."""
@@ -338,7 +335,7 @@ def overlap_sums(active, d_inst, input_tokens, output_tokens, gen, t_dstart, tau
     return Bo, Co
 
 
-@_compiled
+@compiled
 def progress(
     active,  # int64[k]: running sequences, in admission order
     d_inst,
@@ -400,7 +397,7 @@ def progress(
     return left
 
 
-@_compiled
+@compiled
 def record(
     rows,  # int64[m]: held instances
     key,  # int64[m]: their (service, role) bin
@@ -468,7 +465,7 @@ def record(
         sums[10, b] += dec_tokens[row] if serving else 0.0
 
 
-@_compiled
+@compiled
 def in_window(t_first, t_done, lo, hi, a, b):
     """Requests in [lo, hi) whose first token, and those whose last token, fell in [a, b):
     `np.flatnonzero((x >= a) & (x < b)) + lo` for x = t_first[lo:hi] and t_done[lo:hi]."""
@@ -486,157 +483,3 @@ def in_window(t_first, t_done, lo, hi, a, b):
             done[n_done] = i
             n_done += 1
     return first[:n_first].copy(), done[:n_done].copy()
-
-
-@_compiled
-def prefill_one(kp, tokens, cached):
-    """`InstanceKind.prefill_one` (seconds, FLOPs) by the same operations, the kind's
-    coefficients in `kp` (`routing.PREFILL_COEFFS` order). The power takes a float exponent:
-    numba's integer power multiplies, C's `pow` (Python's) rounds once."""
-    new_t = tokens - cached
-    flops = kp[0] * new_t + kp[1] * (new_t * cached + new_t * (new_t + 1) / 2)
-    mem = (kp[2] + kp[3] * (1.0 - kp[4] ** float(new_t))) / kp[5]
-    compute = flops / kp[6]
-    return (mem if mem > compute else compute) + kp[7], flops
-
-
-@_compiled
-def lru_hits(pos, s, blocks, lo, hi):
-    """Leading blocks of `blocks[lo:hi]` cached in row `s` (`prefix_cache.LruArrays`)."""
-    for x in range(lo, hi):
-        if pos[s, blocks[x]] < 0:
-            return x - lo
-    return hi - lo
-
-
-@_compiled
-def lru_use(pos, fifo, head, tail, size, s, blocks, lo, hi, hit, cap):
-    """`PrefixCache.use` on row `s` of `prefix_cache.LruArrays` (room reserved beforehand)."""
-    t = tail[s]
-    for x in range(lo, hi):
-        b = blocks[x]
-        if x < lo + hit or pos[s, b] < 0:  # a hit moves to the back; a miss is appended
-            if x >= lo + hit:
-                size[s] += 1
-            fifo[s, t] = b
-            pos[s, b] = t
-            t += 1
-    tail[s] = t
-    h = head[s]
-    while size[s] > cap:
-        b = fifo[s, h]
-        if pos[s, b] == h:  # the block's newest entry: evict it
-            pos[s, b] = -1
-            size[s] -= 1
-        h += 1
-    head[s] = h
-
-
-@_compiled
-def route_cached(
-    ids,  # int64[m]: the requests, arrival order
-    arrival,  # float64[n requests]
-    input_tokens,  # int64[n requests]
-    block_start,  # int64[n requests + 1], block_ids: `workload.PromptBlocks`
-    block_ids,
-    t0,  # tick start
-    kp,  # float64[P, coefficients]: prefill position -> its kind's `prefill_one` coefficients
-    pkey,  # float64[P]: when each prefill queue empties (>= t0); updated
-    dkv,  # float64[D]: decode KV load; updated
-    dseqs,  # float64[D]: decode sequence load; updated
-    dload,  # float64[D]: the binding one of the two; updated
-    inc,  # float64[D, m]: KV load each request adds per decode position
-    per_seq,  # float64[D]: sequence load per request
-    pstart,  # int64[G+1], ppos: prefill positions of DG i are ppos[pstart[i]:pstart[i+1]]
-    ppos,
-    dstart,  # int64[G+1], dpos: as pstart, ppos for decode
-    dpos,
-    slot,  # int64[G]: each DG's row of the LRU arrays
-    cap,  # int64[G]: each DG's pool size in blocks
-    pos,  # the LRU arrays (`prefix_cache.LruArrays`); updated
-    fifo,
-    head,
-    tail,
-    size,
-    ttft_slo,
-    p_sel,  # out int64[m]: prefill position
-    d_sel,  # out int64[m]: decode position
-    fins,  # out float64[m]: first-token time
-    works,  # out float64[m]: prefill seconds
-    flops,  # out float64[m]: prefill FLOPs
-    cached,  # out int64[m]: cached prompt tokens
-):
-    """`routing._assign_cached`'s loop, the cache-aware DG choice and the prefix cache
-    included; every value by the same operations in the same order."""
-    n_groups = len(pstart) - 1
-    parg = np.empty(n_groups, dtype=np.int64)
-    pmin = np.empty(n_groups)
-    dmin = np.empty(n_groups)
-    hits = np.zeros(n_groups, dtype=np.int64)
-    for i in range(n_groups):
-        parg[i] = _group_argmin(pkey, ppos, pstart[i], pstart[i + 1])
-        pmin[i] = pkey[parg[i]]
-        dmin[i] = _group_min(dload, dpos, dstart[i], dstart[i + 1])
-    for j in range(len(ids)):
-        rid = ids[j]
-        a = arrival[rid]
-        tokens = input_tokens[rid]
-        lo, hi = block_start[rid], block_start[rid + 1]
-        gi = 0
-        if n_groups > 1:
-            best = np.inf
-            for i in range(n_groups):
-                wait = pmin[i] - a
-                score = (wait if wait > 0 else 0.0) / ttft_slo + dmin[i]
-                if hi > lo:  # cache-aware: the prefill time a hit in this DG saves
-                    hits[i] = lru_hits(pos, slot[i], block_ids, lo, hi)
-                    hit = min(hits[i] * BLOCK_TOKENS, tokens - 1)
-                    if hit:
-                        ck = kp[parg[i]]
-                        saved = prefill_one(ck, tokens, 0)[0] - prefill_one(ck, tokens, hit)[0]
-                        score -= saved / ttft_slo
-                if score < best:
-                    best = score
-                    gi = i
-        elif hi > lo:
-            hits[0] = lru_hits(pos, slot[0], block_ids, lo, hi)
-        r = parg[gi]
-        free = pkey[r]
-        c = 0
-        if hi > lo:
-            lru_use(pos, fifo, head, tail, size, slot[gi], block_ids, lo, hi, hits[gi], cap[gi])
-            c = min(hits[gi] * BLOCK_TOKENS, tokens - 1)
-        svc_time, fl = prefill_one(kp[r], tokens, c)
-        start = free if free > a else (t0 if t0 > a else a)
-        fin = start + svc_time
-        pkey[r] = fin
-        parg[gi] = _group_argmin(pkey, ppos, pstart[gi], pstart[gi + 1])
-        pmin[gi] = pkey[parg[gi]]
-        d = _group_argmin(dload, dpos, dstart[gi], dstart[gi + 1])
-        k = dkv[d] + inc[d, j]
-        dkv[d] = k
-        q = dseqs[d] + per_seq[d]
-        dseqs[d] = q
-        dload[d] = k if k > q else q
-        dmin[gi] = _group_min(dload, dpos, dstart[gi], dstart[gi + 1])
-        p_sel[j] = r
-        d_sel[j] = d
-        fins[j] = fin
-        works[j] = svc_time
-        flops[j] = fl
-        cached[j] = c
-
-
-@_compiled
-def lru_compact(pos, fifo, head, tail, s):
-    """Drop row `s`'s stale queue entries (`prefix_cache.LruArrays`): the live ones move to
-    the front of the queue, in order."""
-    x = 0
-    for y in range(head[s], tail[s]):
-        b = fifo[s, y]
-        if pos[s, b] == y:
-            fifo[s, x] = b
-            pos[s, b] = x
-            x += 1
-    head[s] = 0
-    tail[s] = x

@@ -5,8 +5,8 @@ holds as many `BLOCK_TOKENS`-token blocks as its ready prefill instances have KV
 `PREFILL_WORKING_TOKENS` each; a prompt hits the leading blocks it shares with earlier prompts.
 
 Two stores with the same LRU semantics: `PrefixCache`'s ordered dicts, the reference the Python
-routing loop uses, and `LruArrays`, the arrays the compiled loop (`kernels.route_cached`) keeps
-when numba is installed. A replay uses one of them throughout.
+routing loop uses, and `LruArrays`, the arrays the compiled loop (`cache_kernels.route_cached`)
+keeps when numba is installed. A replay uses one of them throughout.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from heteroscale_ray.sim import kernels
+from heteroscale_ray.sim import cache_kernels
 from heteroscale_ray.sim.workload import BLOCK_TOKENS
 
 # KV tokens a prefill instance keeps for the prompt it is computing; the rest of its KV memory
@@ -133,7 +133,7 @@ class LruArrays:
             self.fifo, width = grown, 4 * need
         for s in slots.tolist():
             if self.tail[s] + pushes > width:
-                kernels.lru_compact(self.pos, self.fifo, self.head, self.tail, s)
+                cache_kernels.lru_compact(self.pos, self.fifo, self.head, self.tail, s)
 
     def blocks_of(self, dg: int) -> list[int]:
         """The DG's cached blocks, least recently used first (for tests)."""

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import heapq
 from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
 
 import numpy as np
 
 from heteroscale_ray.perf.network import SharedLevel
 from heteroscale_ray.sim import kernels
+from heteroscale_ray.sim.cached_routing import assign_cached
 from heteroscale_ray.sim.instances import PREFILL, distinct
 from heteroscale_ray.sim.pools import Pools, PoolShape, shapes
-from heteroscale_ray.sim.prefix_cache import cached_tokens, pool_blocks
 
 if TYPE_CHECKING:
     from heteroscale_ray.perf.instance_kind import InstanceKind
@@ -120,7 +119,7 @@ def _route_service(sim: ClusterSim, s: int, ids: np.ndarray, t0: float, shape: P
     if sim.w.hash_ids is not None:
         pools = Pools(sim, shape, t0)
         inc_by_pos = [batch.inc[c].tolist() for c in shape.dcls]
-        p_pos, d_pos, fin_l, work_l, flops_l, cached_l = _assign_cached(
+        p_pos, d_pos, fin_l, work_l, flops_l, cached_l = assign_cached(
             sim, s, ids, t0, pools, inc_by_pos
         )
         (res_l,) = _per_request(d_pos, shape.dcls, {c: (r,) for c, r in enumerate(batch.res)})
@@ -390,197 +389,4 @@ def _per_request(
         sel = tag == c
         for o, a in zip(out, arrays, strict=True):
             o[sel] = a[sel]
-    return out
-
-
-# `InstanceKind.prefill_one`'s coefficients, in the order `kernels.prefill_one` reads them
-PREFILL_COEFFS = (
-    "flops_per_token",
-    "flops_per_pair",
-    "w_shared",
-    "w_experts",
-    "q_untouched",
-    "mem_bw",
-    "prefill_flops_s",
-    "prefill_overhead_s",
-)
-
-
-class _CacheShape:
-    """What the cached routing loop reads of a `PoolShape` that stays with it (pool sizes,
-    prefill kinds): built once per shape rather than once per tick."""
-
-    def __init__(self, sim: ClusterSim, shape: PoolShape) -> None:
-        T = sim.inst
-        sizes = pool_blocks(T.kv_cap[shape.pre], T.dg[shape.pre])
-        self.caps: list[int] = [sizes.get(g, 0) for g in shape.groups]
-        self.kind_at: list[InstanceKind] = [sim.kinds[k] for k in shape.pkind]
-        # for the compiled loop
-        self.cap_arr = np.array(self.caps, dtype=np.int64)
-        self.coeffs = np.array(
-            [[float(getattr(k, c)) for c in PREFILL_COEFFS] for k in self.kind_at], dtype=float
-        ).reshape(len(self.kind_at), len(PREFILL_COEFFS))
-        self.slots: np.ndarray | None = None  # rows of the sim's `LruArrays`, on first use
-
-
-_CACHE_SHAPES: WeakKeyDictionary[PoolShape, _CacheShape] = WeakKeyDictionary()
-
-
-def _cache_shape(sim: ClusterSim, shape: PoolShape) -> _CacheShape:
-    found = _CACHE_SHAPES.get(shape)
-    if found is None:
-        found = _CACHE_SHAPES[shape] = _CacheShape(sim, shape)
-    return found
-
-
-def _assign_cached(
-    sim: ClusterSim,
-    s: int,
-    ids: np.ndarray,
-    t0: float,
-    pools: Pools,
-    inc_by_pos: list[list[float]],
-) -> tuple[np.ndarray, ...]:
-    """`_assign` with the prefix cache (Mooncake `hash_ids`); also returns each request's
-    prefill seconds, FLOPs and cached tokens.
-
-    The DG choice is cache-aware (as Mooncake's conductor): the prefill seconds a DG's
-    cached prefix would save count against its queue. Compiled (`kernels.route_cached`)
-    when the kernels are on; the same numbers either way.
-    """
-    cshape = _cache_shape(sim, pools.shape)
-    ttft_slo = sim.services[s].slo.ttft_s
-    if kernels.ENABLED:
-        return _assign_cached_compiled(sim, ids, t0, pools, inc_by_pos, cshape, ttft_slo)
-    w, cache = sim.w, sim.prefix_cache
-    hashes = w.hash_ids
-    assert hashes is not None
-    shape = pools.shape
-    groups, ph, dh = shape.groups, pools.ph, pools.dh
-    caps, kind_at = cshape.caps, cshape.kind_at
-    kv, seqs, per_seq = pools.kv, pools.seqs, shape.per_seq
-    arr = w.arrival[ids].tolist()
-    inp = w.input_tokens[ids].tolist()
-    m = len(ids)
-    p_sel, d_sel = [0] * m, [0] * m
-    fins, works, flops_l, cached_l = [0.0] * m, [0.0] * m, [0.0] * m, [0] * m
-    n_groups = len(groups)
-    hits = [0] * n_groups  # leading cached blocks of the prompt, per DG
-    for j, rid in enumerate(ids.tolist()):
-        a = arr[j]
-        gi = 0
-        tokens = inp[j]
-        blocks = hashes[rid]
-        if n_groups > 1:
-            best = float("inf")
-            for i in range(n_groups):
-                wait = ph[i][0][0] - a
-                score = (wait if wait > 0 else 0.0) / ttft_slo + dh[i][0][0]
-                if blocks:  # cache-aware: the prefill time a hit in this DG saves
-                    hits[i] = cache.hits(groups[i], blocks)
-                    hit = cached_tokens(hits[i], tokens)
-                    if hit:
-                        ck = kind_at[ph[i][0][1]]
-                        saved = ck.prefill_one(tokens, 0)[0] - ck.prefill_one(tokens, hit)[0]
-                        score -= saved / ttft_slo
-                if score < best:
-                    best, gi = score, i
-        elif blocks:
-            hits[0] = cache.hits(groups[0], blocks)
-        heap = ph[gi]
-        free, r = heap[0]
-        cached = 0
-        if blocks:  # the pool has not changed since `hits`
-            cache.use(groups[gi], blocks, hits[gi], caps[gi])
-            cached = cached_tokens(hits[gi], tokens)
-        svc_time, flops = kind_at[r].prefill_one(tokens, cached)
-        start = free if free > a else max(a, t0)
-        fin = start + svc_time
-        heapq.heapreplace(heap, (fin, r))
-        heap = dh[gi]
-        d = heap[0][1]
-        k = kv[d] = kv[d] + inc_by_pos[d][j]
-        q = seqs[d] = seqs[d] + per_seq[d]
-        heapq.heapreplace(heap, (k if k > q else q, d))
-        p_sel[j], d_sel[j], fins[j] = r, d, fin
-        works[j], flops_l[j], cached_l[j] = svc_time, flops, cached
-    return (
-        np.array(p_sel, dtype=np.int64),
-        np.array(d_sel, dtype=np.int64),
-        np.array(fins, dtype=float),
-        np.array(works, dtype=float),
-        np.array(flops_l, dtype=float),
-        np.array(cached_l, dtype=np.int64),
-    )
-
-
-def _assign_cached_compiled(
-    sim: ClusterSim,
-    ids: np.ndarray,
-    t0: float,
-    pools: Pools,
-    inc_by_pos: list[list[float]],
-    cshape: _CacheShape,
-    ttft_slo: float,
-) -> tuple[np.ndarray, ...]:
-    """`_assign_cached` by `kernels.route_cached`: the pools' heaps as arrays in, and back."""
-    blocks = sim.w.blocks
-    assert blocks is not None
-    shape = pools.shape
-    lru = sim.prefix_cache.arrays(blocks.n_distinct)
-    if cshape.slots is None:
-        cshape.slots = lru.slots(shape.groups)
-    lru.reserve(cshape.slots, int((blocks.start[ids + 1] - blocks.start[ids]).sum()))
-    pkey = np.empty(len(shape.pre))
-    for heap in pools.ph:
-        for f, p in heap:
-            pkey[p] = f
-    dkv, dseqs = np.array(pools.kv), np.array(pools.seqs)
-    dload = np.maximum(dkv, dseqs)  # as `Pools` keys its decode heaps
-    m = len(ids)
-    out = (
-        np.empty(m, dtype=np.int64),
-        np.empty(m, dtype=np.int64),
-        np.empty(m),
-        np.empty(m),
-        np.empty(m),
-        np.empty(m, dtype=np.int64),
-    )
-    kernels.route_cached(
-        ids,
-        sim.w.arrival,
-        sim.w.input_tokens,
-        blocks.start,
-        blocks.ids,
-        t0,
-        cshape.coeffs,
-        pkey,
-        dkv,
-        dseqs,
-        dload,
-        np.array(inc_by_pos, dtype=float).reshape(len(shape.dec), m),
-        shape.per_seq_arr,
-        shape.pstart,
-        shape.ppos_flat,
-        shape.dstart,
-        shape.dpos_flat,
-        cshape.slots,
-        cshape.cap_arr,
-        lru.pos,
-        lru.fifo,
-        lru.head,
-        lru.tail,
-        lru.size,
-        ttft_slo,
-        *out,
-    )
-    # the heaps as the Python loop leaves them (`Pools.free_at` reads them next)
-    free, load = pkey.tolist(), dload.tolist()
-    for heap, pos in zip(pools.ph, shape.ppos, strict=True):
-        heap[:] = [(free[p], p) for p in pos]
-        heapq.heapify(heap)
-    for heap, pos in zip(pools.dh, shape.dpos, strict=True):
-        heap[:] = [(load[d], d) for d in pos]
-        heapq.heapify(heap)
-    pools.kv[:], pools.seqs[:] = dkv.tolist(), dseqs.tolist()
     return out
