@@ -9,6 +9,7 @@ import pytest
 
 from heteroscale_ray.config import Role
 from heteroscale_ray.policy import PolicyState, Reason, decide
+from heteroscale_ray.policy.demand import role_plan
 from heteroscale_ray.policy.proof import MAX_PROOF, lapse, proof_of, prove, proven_need
 from tests.test_demand_policy import NOW, counts, make_service, signals
 
@@ -52,23 +53,39 @@ def test_the_proof_lapses_once_the_load_falls_by_the_scale_in_tolerance() -> Non
     assert proof_of(gone, Role.DECODE) is None
 
 
-def test_the_proof_lapses_once_the_load_rises_by_the_scale_out_tolerance() -> None:
+def test_above_its_load_the_proof_is_a_floor_never_a_multiple() -> None:
     """A step proved at one load says nothing about a load well above it (a surge's transient
-    proved 1.5x at 33 instances' need; multiplying the surge's peak by it doubled the fleet)."""
+    proved 1.5x at 33 instances' need; multiplying the surge's peak by it doubled the fleet).
+    Nor may more load ask for fewer instances: past the scale-out tolerance the proof holds
+    what it asked at that edge, until the need itself is larger."""
     spec = make_service()
-    state = prove(PolicyState(), Role.PREFILL, 10.0, 13)
-    tolerance = spec.policy.scale_out_tolerance
-    kept = lapse(spec, state, Role.PREFILL, 10.0 * (1 + tolerance) - 0.01)
-    assert proof_of(kept, Role.PREFILL) == (10.0, 13.0)
-    gone = lapse(spec, state, Role.PREFILL, 10.0 * (1 + tolerance) + 0.01)
-    assert proof_of(gone, Role.PREFILL) is None
+    tol = spec.policy.scale_out_tolerance
+    state = prove(PolicyState(), Role.PREFILL, 10.0, 15)
+    edge = 10.0 * (1 + tol) * 1.5
+    asks = [proven_need(state, Role.PREFILL, n, tol)[0] for n in (10.0, 10.9, 11.2, 14.0, 30.0)]
+    assert asks[:2] == pytest.approx([15.0, 16.35])
+    assert asks[2:] == pytest.approx([edge, edge, 30.0])
+    assert asks == sorted(asks)  # monotone in the need
+    assert lapse(spec, state, Role.PREFILL, 30.0) == state  # a rise never drops it
+
+
+def test_a_need_just_past_the_proved_load_does_not_scale_in() -> None:
+    """Outside the scale-in window, a need 12% above the proved load keeps the proved
+    instances (dropping the proof there scaled 15 in to 13 under more load)."""
+    spec = make_service()
+    state = prove(PolicyState(), Role.DECODE, 10.0, 15)
+    later = NOW + 3 * spec.policy.demand.peak_window_s
+    plan = role_plan(spec, Role.DECODE, 15, 11.2, "w", state, later)
+    assert plan.target >= 15, plan.why
 
 
 def test_the_proof_scales_with_the_need_and_is_capped() -> None:
     state = prove(PolicyState(), Role.PREFILL, 10.0, 13)
-    assert proven_need(state, Role.PREFILL, 10.5) == pytest.approx((13.65, 1.3))
+    assert proven_need(state, Role.PREFILL, 10.5, 0.1) == pytest.approx((13.65, 1.3))
     huge = prove(PolicyState(), Role.PREFILL, 1.0, 9)
-    assert proven_need(huge, Role.PREFILL, 2.0) == pytest.approx((2.0 * MAX_PROOF, MAX_PROOF))
+    assert proven_need(huge, Role.PREFILL, 1.05, 0.1) == pytest.approx(
+        (1.05 * MAX_PROOF, MAX_PROOF)
+    )
 
 
 @pytest.mark.parametrize("need", [None, float("nan"), 0.0, -1.0, 14.0])

@@ -324,10 +324,10 @@ def role_plan(
         # Scale in only as far as the recent peak allows (stabilisation window).
         why += f", recent peak {peak:,.1f}"
         sized = peak
-    proven = proof.proven_need(state, role, need)
+    proven = proof.proven_need(state, role, need, policy.scale_out_tolerance)
     if proven is not None and proven[0] > sized:
         sized = proven[0]
-        why += f", x {proven[1]:.2f} as the latency guard proved = {sized:,.1f}"
+        why += f", x {sized / need:.2f} as the latency guard proved = {sized:,.1f}"
     direction = dead_band(sized, current, policy.scale_out_tolerance, policy.scale_in_tolerance)
     desired = ceil_eps(sized)
     if direction is Direction.HOLD or (direction is Direction.IN and desired >= current):

@@ -6,9 +6,12 @@ KV transfer, routing imbalance and long contexts cost what the step-time model d
 Without a memory of it, the scale-in window lets go of the step after `peak_window_s`, the
 latency breaches again at the same load, and the guard steps again: a direction change each
 window on a load that never moved. So the role is sized for at least its need x C / N while
-its need stays within the tolerances of N. A load further away, below or above, is a different
-load, measured afresh: a step proved during a surge's transient (a queue draining at 35
-instances) multiplied the surge's peak need by 1.5 on the m-large day.
+its need is within the scale-out tolerance of N; above that the proof is a floor, not a
+multiplier: the larger of the need and what it asked at the tolerance's edge. A step proved in a
+surge's transient (a queue draining at 35 instances) had multiplied the surge's peak need by
+1.5 on the m-large day; dropping the proof instead made more load ask for fewer instances.
+The proof lapses once the need falls below N by the scale-in tolerance (a different load,
+measured afresh).
 Pure: the caller passes the state.
 """
 
@@ -36,23 +39,26 @@ def prove(state: PolicyState, role: Role, need: float | None, instances: int) ->
 
 
 def lapse(spec: ServiceSpec, state: PolicyState, role: Role, need: float | None) -> PolicyState:
-    """Forget the proof once the need has left its load: below it by the scale-in tolerance,
-    or above it by the scale-out tolerance (missing data changes nothing)."""
+    """Forget the proof once the need has fallen below its load by the scale-in tolerance
+    (missing data changes nothing)."""
     proof = proof_of(state, role)
     if proof is None or need is None or not math.isfinite(need):
         return state
-    tol = spec.policy
-    if need < proof[0] * (1 - tol.scale_in_tolerance) or (
-        need > proof[0] * (1 + tol.scale_out_tolerance)
-    ):
+    if need < proof[0] * (1 - spec.policy.scale_in_tolerance):
         return replace(state, **{f"{role.value}_proof": None})
     return state
 
 
-def proven_need(state: PolicyState, role: Role, need: float) -> tuple[float, float] | None:
-    """(instances the proof asks for at `need`, its ratio), or None without a proof."""
+def proven_need(
+    state: PolicyState, role: Role, need: float, scale_out_tolerance: float
+) -> tuple[float, float] | None:
+    """(instances the proof asks for at `need`, its ratio), or None without a proof. Within
+    the scale-out tolerance of the proved load the need is multiplied by the ratio; above it,
+    the proof holds what it asked at that edge (never less as the need grows, never a multiple
+    of a load it was not measured at)."""
     proof = proof_of(state, role)
     if proof is None:
         return None
     ratio = min(proof[1] / proof[0], MAX_PROOF)
-    return need * ratio, ratio
+    edge = proof[0] * (1 + scale_out_tolerance)
+    return min(need * ratio, max(edge * ratio, need)), ratio
