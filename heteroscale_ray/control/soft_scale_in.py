@@ -159,7 +159,8 @@ def settle(
         if now - rest.since >= window_s:
             stopped.append(rest)
             events.append(
-                f"{rest.dg.dg_id}: {_describe(rest)} stopped after {window_s:g}s with SLOs held"
+                f"{rest.dg.dg_id}: {_describe(rest)} stopped after {window_s:g}s"
+                + (" with SLOs held" if held else " (SLOs breached, but it could not be restored)")
             )
         else:
             keep.append(rest)

@@ -1,4 +1,4 @@
-"""Burst headroom, learned: how much a role's need rises within one start-up horizon.
+"""Burst headroom, learned: how much a role's arriving need rises within one start-up horizon.
 
 A reactive policy sees a burst only once it has arrived, and the instances it then asks for
 serve only after the start-up delay. So each role is sized for its need now plus the rise this
