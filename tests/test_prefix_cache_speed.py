@@ -107,13 +107,8 @@ def _state(sim: ClusterSim) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("model", ["moe-a3b", "dense-8b"])
-def test_cache_aware_replay_is_the_same_compiled_and_in_python(
-    monkeypatch: pytest.MonkeyPatch, model: str
-) -> None:
-    """Three DGs with small pools (one empty), one resized mid-run: DG choices, hits and
-    evictions all count."""
-    services = parse_model(
+def _services(model: str) -> ServicesConfig:
+    return parse_model(
         ServicesConfig,
         {
             "services": [
@@ -129,6 +124,15 @@ def test_cache_aware_replay_is_the_same_compiled_and_in_python(
             ]
         },
     )
+
+
+@pytest.mark.parametrize("model", ["moe-a3b", "dense-8b"])
+def test_cache_aware_replay_is_the_same_compiled_and_in_python(
+    monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
+    """Three DGs with small pools (one empty), one resized mid-run: DG choices, hits and
+    evictions all count."""
+    services = _services(model)
     rng = np.random.default_rng(11)
     n = 1500
     hashes = _prompts(rng, n, 400)
@@ -170,3 +174,61 @@ def test_cache_aware_replay_is_the_same_compiled_and_in_python(
     assert len(np.unique(compiled["p_inst"])) == 4  # every prefill instance took prompts
     for name in compiled:
         np.testing.assert_array_equal(compiled[name], reference[name], err_msg=name, strict=True)
+
+
+@pytest.mark.parametrize("store", ["dicts", "arrays"])
+def test_a_dg_that_lost_its_prefill_instances_comes_back_cold(store: str) -> None:
+    """A reused DG id maps to the same DG index: its pool must not survive the DG."""
+    services = _services("dense-8b")
+    one = np.ones(1, dtype=np.int64)
+    w = Workload(
+        arrival=np.zeros(1), input_tokens=one, output_tokens=one, service=0 * one, hash_ids=None
+    )
+    sim = ClusterSim(services.services, GRAPH, w, catalog=DEFAULT_CATALOG, config=SimConfig())
+    l20, h20 = (next(h.name for h in GRAPH.hosts if h.gpu_type == t) for t in ("L20", "H20"))
+
+    def add(g: str, i: int) -> None:  # loading: a drain removes it at once
+        sim.add_instance(f"{g}p{i}", "svc", Role.PREFILL, g, l20, "L20", 1, 10.0)
+        sim.add_instance(f"{g}d{i}", "svc", Role.DECODE, g, h20, "H20", 1, 10.0)
+
+    cache = sim.prefix_cache
+
+    def fill(g: int) -> None:
+        if store == "dicts":
+            cache.use(g, (1, 2, 3), 0, 8)
+        else:
+            lru = cache.arrays(8)
+            s = lru.slots([g])
+            lru.reserve(s, 3)
+            flat = np.array([1, 2, 3], dtype=np.int32)
+            cache_kernels.lru_use(
+                lru.pos, lru.fifo, lru.head, lru.tail, lru.size, int(s[0]), flat, 0, 3, 0, 8
+            )
+
+    def blocks(g: int) -> list[int]:
+        if store == "dicts":
+            return list(cache._pools.get(g, ()))
+        return cache.arrays(8).blocks_of(g)
+
+    add("dgA", 0)
+    add("dgB", 0)
+    a, b = sim.dg_index("dgA"), sim.dg_index("dgB")
+    fill(a)
+    fill(b)
+    sim.drain_instance("dgAd0")
+    assert blocks(a) == [1, 2, 3]  # a decode instance holds no pool
+    add("dgA", 1)
+    sim.drain_instance("dgAp0")
+    assert blocks(a) == [1, 2, 3]  # the pool lives on in the DG's other prefill instance
+    sim.drain_instance("dgAp1")
+    sim.drain_instance("dgAd1")
+    assert blocks(a) == []
+    add("dgA", 2)  # the id comes back
+    assert sim.dg_index("dgA") == a and blocks(a) == []
+    assert blocks(b) == [1, 2, 3]
+    if store == "arrays":
+        lru = cache.arrays(8)
+        row = lru.slot_of[a]  # the DG keeps its row, emptied
+        assert lru.size[row] == 0 and (lru.pos[row] == -1).all()
+    fill(a)
+    assert blocks(a) == [1, 2, 3]

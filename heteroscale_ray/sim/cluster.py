@@ -30,9 +30,10 @@ any sequence running counts as busy) and SM activity (achieved FLOP/s over peak)
 Pieces in sibling modules: `workload` (the requests), `instances` (instance table, states,
 roles), `layout` (what the per-tick code reads of the held instances), `pools` (what routing
 sees of them), `routing` (step 2), `request_columns` (per-request prices, by block),
-`prefix_cache` (the per-DG pool), `decode_phase` (step 4), `tick_record` (the per-tick
-series) and `kernels` (compiled twins of the per-request loops, when numba is installed: a
-two-day, 24M-request replay then runs in under two minutes); per-kind timing is
+`prefix_cache` (the per-DG pool) and `cached_routing` (step 2 with it), `decode_phase` (step
+4), `tick_record` (the per-tick series) and `kernels` / `cache_kernels` (compiled twins of the
+per-request loops, when numba is installed: a two-day, 24M-request replay then runs in under
+two minutes, Mooncake's 17 minutes with its prefix cache in about a second); per-kind timing is
 `perf.instance_kind`, per-instance capacity `perf.capacity`.
 """
 
@@ -267,6 +268,11 @@ class ClusterSim:
         self.inst.version += 1
         self.inst.t_removed[row] = self.now
         self.removed.append(self.inst_ids[row])
+        T, dg = self.inst, self.inst.dg[row]
+        if T.role[row] == PREFILL and not np.any(
+            (T.dg[: T.n] == dg) & (T.role[: T.n] == PREFILL) & (T.state[: T.n] != GONE)
+        ):
+            self.prefix_cache.forget(int(dg))  # the pool dies with the DG's last prefill
 
     def counts(self, service: str) -> tuple[int, int, int, int]:
         """(prefill ready, prefill starting, decode ready, decode starting) of a service."""

@@ -80,6 +80,14 @@ class PrefixCache:
         self.use(dg, blocks, hit, cap)
         return cached_tokens(hit, tokens)
 
+    def forget(self, dg: int) -> None:
+        """Empty the DG's pool, in whichever store holds it: the pool lives in its prefill
+        instances' KV memory and dies with the last of them, so a DG that comes back under the
+        same index (a reused DG id) starts cold."""
+        self._pools.pop(dg, None)
+        if self._arrays is not None:
+            self._arrays.clear(dg)
+
     def arrays(self, n_blocks: int) -> LruArrays:
         """The array store of the compiled routing loop, over dense block ids < `n_blocks`."""
         if self._arrays is None:
@@ -134,6 +142,14 @@ class LruArrays:
         for s in slots.tolist():
             if self.tail[s] + pushes > width:
                 cache_kernels.lru_compact(self.pos, self.fifo, self.head, self.tail, s)
+
+    def clear(self, dg: int) -> None:
+        """Empty the DG's row; the row stays the DG's (routing keeps the slots it looked up)."""
+        s = self.slot_of.get(dg)
+        if s is None:
+            return
+        self.pos[s, self.fifo[s, self.head[s] : self.tail[s]]] = -1
+        self.head[s] = self.tail[s] = self.size[s] = 0
 
     def blocks_of(self, dg: int) -> list[int]:
         """The DG's cached blocks, least recently used first (for tests)."""
