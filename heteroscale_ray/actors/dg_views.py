@@ -160,7 +160,7 @@ def status_snapshot(
         }
         for p in pending
     ]
-    return {"dgs": rows, "pending_removals": removals, **extra}
+    return {**extra, "dgs": rows, "pending_removals": removals}  # extra never hides the state
 
 
 def with_dead_hosts(reports: list[dict[str, Any]], gone: set[str]) -> list[dict[str, Any]]:
