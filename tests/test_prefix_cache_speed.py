@@ -67,7 +67,7 @@ def test_array_lru_matches_the_ordered_dict_lru() -> None:
 
 def test_a_cache_keeps_one_store() -> None:
     cache = PrefixCache()
-    cache.lookup(0, (1, 2), 1024, 4)
+    cache.use(0, (1, 2), cache.hits(0, (1, 2)), 4)
     with pytest.raises(AssertionError):
         cache.arrays(8)
 

@@ -74,12 +74,6 @@ class PrefixCache:
         for _ in range(len(cache) - cap):
             cache.popitem(last=False)
 
-    def lookup(self, dg: int, blocks: tuple[int, ...], tokens: int, cap: int) -> int:
-        """`hits` then `use`: the prompt's cached tokens in the DG's pool."""
-        hit = self.hits(dg, blocks)
-        self.use(dg, blocks, hit, cap)
-        return cached_tokens(hit, tokens)
-
     def forget(self, dg: int) -> None:
         """Empty the DG's pool, in whichever store holds it: the pool lives in its prefill
         instances' KV memory and dies with the last of them, so a DG that comes back under the
