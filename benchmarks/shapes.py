@@ -9,7 +9,9 @@ traces we have, each a plain transformation of a shared file (no number fitted t
 - prefill-heavy: Azure conversation, prompts x2, outputs / 8 (mean ~2.3k in, ~26 out);
 - long-context: Azure conversation, prompts x10 capped at 32k (mean ~10.7k in);
 - diurnal-12h: the ServeGen m-large day compressed 2x in time (12 h, surges twice as sharp);
-- diurnal-prefill-heavy: the ServeGen m-mid day 4 (its first 24 h), outputs / 8 (~10 out).
+- diurnal-prefill-heavy: the ServeGen m-mid day 4 (its first 24 h), outputs / 8 (~10 out);
+- decode-heavy: Azure conversation, outputs x8 with prompt + output <= 32k (~1.7k out, as a
+  reasoning model writes): a fleet takes minutes to fill with such requests.
 
 Each is rate-scaled as benchmarks/generalization.py scales a trace (static fleet >= 400 GPUs),
 then replayed on service `general` under heteroscale, static and oracle. Issue 10's goals are
@@ -52,11 +54,18 @@ CONTEXT_CAP = 32_000  # the `general` service's SLOs are reachable up to 32k-tok
 DAY_S = 86_400.0
 
 
-def _lengths(t: Trace, prompt: Callable[[np.ndarray], np.ndarray], out_div: int) -> Trace:
+def _lengths(
+    t: Trace,
+    prompt: Callable[[np.ndarray], np.ndarray],
+    output: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> Trace:
+    """`t` with new prompt lengths, then output lengths from (outputs, new prompts)."""
+    prompts = prompt(np.asarray(t.input_tokens))
+    outputs = np.maximum(1, output(np.asarray(t.output_tokens), prompts))
     return Trace.from_columns(
         t.arrival_s,
-        prompt(np.asarray(t.input_tokens)),
-        np.maximum(1, np.asarray(t.output_tokens) // out_div),
+        prompts,
+        outputs,
         None,
         t.request_ids,
         duration_s=t.duration_s,
@@ -69,11 +78,15 @@ def _azure() -> Trace:
 
 
 def prefill_heavy() -> Trace:
-    return _lengths(_azure(), lambda p: np.minimum(p * 2, CONTEXT_CAP), 8)
+    return _lengths(_azure(), lambda p: np.minimum(p * 2, CONTEXT_CAP), lambda o, p: o // 8)
 
 
 def long_context() -> Trace:
-    return _lengths(_azure(), lambda p: np.minimum(p * 10, CONTEXT_CAP), 1)
+    return _lengths(_azure(), lambda p: np.minimum(p * 10, CONTEXT_CAP), lambda o, p: o)
+
+
+def decode_heavy() -> Trace:
+    return _lengths(_azure(), lambda p: p, lambda o, p: np.minimum(o * 8, CONTEXT_CAP - p))
 
 
 def diurnal_12h() -> Trace:
@@ -82,7 +95,7 @@ def diurnal_12h() -> Trace:
 
 def diurnal_prefill_heavy() -> Trace:
     day = load_trace(G.TRACES_DIR / "servegen_mmid_days4-5.csv").slice(0, DAY_S)
-    return _lengths(day, lambda p: p, 8)
+    return _lengths(day, lambda p: p, lambda o, p: o // 8)
 
 
 # label -> (builder, diurnal, what it stands for)
@@ -91,6 +104,7 @@ SHAPES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
     "long-context": (long_context, False, "Azure conv, prompts x10 (<= 32k)"),
     "diurnal-12h": (diurnal_12h, True, "ServeGen m-large day, compressed 2x"),
     "diurnal-prefill-heavy": (diurnal_prefill_heavy, True, "ServeGen m-mid day 4, outputs / 8"),
+    "decode-heavy": (decode_heavy, False, "Azure conv, outputs x8 (<= 32k in all)"),
 }
 
 

@@ -94,12 +94,29 @@ def test_bursty_history_sizes_the_role_above_its_current_need() -> None:
 
 def test_a_fixable_breach_marks_the_role_strained() -> None:
     spec = make_service()
+    settled = replace(PolicyState(), decode_burst=BurstMemory(settled=True))
     short = signals(tbt_p99_s=0.06, decode_step_s=0.03, decode_step_max_s=0.05)
-    _, state = decide(spec, short, counts(4, 4), PolicyState(), NOW)
+    _, state = decide(spec, short, counts(4, 4), settled, NOW)
     assert state.decode_burst.strained_at == NOW
     floor = signals(tbt_p99_s=0.06, decode_step_s=0.01, decode_step_max_s=0.012)
-    _, state = decide(spec, floor, counts(4, 4), PolicyState(), NOW)
+    _, state = decide(spec, floor, counts(4, 4), settled, NOW)
     assert state.decode_burst.strained_at is None
+    _, state = decide(spec, short, counts(4, 4), PolicyState(), NOW)  # a first snapshot
+    assert state.decode_burst.strained_at is None
+
+
+def test_the_climb_the_policy_starts_into_is_the_fleet_filling_not_a_burst() -> None:
+    """Long requests fill a fleet for minutes after a launch (or a replay's empty start): that
+    climb, and the strain it brings, teach nothing; the same climb later is a burst."""
+    fill = [10.0 + 5.0 * i for i in range(20)]  # 10 -> 105 instances over five minutes
+    flat = [105.0 + (1.0 if i % 2 else -1.0) for i in range(20)]
+    memory = BurstMemory()
+    for i, need in enumerate(fill + flat):
+        memory = remember(memory, need, NOW + i * PERIOD, HORIZON, strained=i < len(fill))
+    assert memory.settled and memory.strained_at is None
+    assert margin(memory, 0.99) < 0.1  # the climb alone would learn MAX_MARGIN
+    later = replay([10.0] * 10 + fill)  # after a calm start: learned as it always was
+    assert later.settled and margin(later, 0.99) == MAX_MARGIN
 
 
 def test_headroom_off_when_the_horizon_is_zero() -> None:

@@ -36,12 +36,21 @@ def test_long_context_stays_within_the_context_the_slos_are_set_for() -> None:
     assert 9_000 < np.mean(long.input_tokens) < 13_000
 
 
+def test_decode_heavy_writes_eight_times_longer_within_the_context() -> None:
+    azure, heavy = shapes._azure(), shapes.decode_heavy()
+    np.testing.assert_array_equal(heavy.input_tokens, azure.input_tokens)
+    total = np.asarray(heavy.input_tokens) + np.asarray(heavy.output_tokens)
+    assert int(total.max()) <= shapes.CONTEXT_CAP and int(np.min(heavy.output_tokens)) >= 1
+    assert 1_400 < np.mean(heavy.output_tokens) < 2_000
+
+
 def test_every_shape_is_named_with_its_builder() -> None:
     assert set(shapes.SHAPES) == {
         "prefill-heavy",
         "long-context",
         "diurnal-12h",
         "diurnal-prefill-heavy",
+        "decode-heavy",
     }
     assert all(
         diurnal for _, diurnal, _ in (shapes.SHAPES[k] for k in shapes.SHAPES if "diurnal" in k)

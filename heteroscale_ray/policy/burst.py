@@ -11,6 +11,10 @@ is. The margin applies once the role has been short (its fixable latency reached
 guard's lowest tier): rises the sizing's own slack absorbs cost nothing, and a service whose
 fleet never strains needs no insurance against them; one that has strained keeps it, since its
 calm hours are when the next surge finds the fleet lean.
+Neither rises nor strain are learned while the need is still in the climb the policy started
+into (its least-squares slope tells it from noise): that is the fleet filling, after a launch or
+at a replay's empty start. Long requests take minutes to fill a fleet, and a fill learned as a
+burst, with the strain a cold start brings, held twice the need for an hour.
 No trace-specific number: the horizon is a property of the deployment (instance start-up
 plus one control period), the quantile one of the SLO target. Pure: time comes in as `now`.
 """
@@ -18,6 +22,7 @@ plus one control period), the quantile one of the SLO target. Pure: time comes i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 from heteroscale_ray.config import Role
@@ -36,12 +41,15 @@ def remember(
     horizon_s: float,
     strained: bool = False,
 ) -> BurstMemory:
-    """Add this period's need; once (most of) a horizon is covered, record the rise over it."""
-    if strained and horizon_s > 0:
+    """Add this period's need; once (most of) a horizon is covered, record the rise over it.
+    Until a covered horizon shows no climb, only the needs are kept (the memory is unsettled)."""
+    if strained and horizon_s > 0 and memory.settled:
         memory = replace(memory, strained_at=now)
     if need is None or not math.isfinite(need) or need < 0 or horizon_s <= 0:
         return memory
     needs = tuple((t, n) for t, n in memory.needs if now - t <= horizon_s) + ((now, need),)
+    if not memory.settled and (now - needs[0][0] < COVERED * horizon_s or _climb(needs) > 0):
+        return replace(memory, needs=needs)  # still the climb the policy started into
     rises, rises_at = memory.rises, memory.rises_at
     oldest_t, base = needs[0]
     if now - oldest_t >= COVERED * horizon_s:
@@ -51,7 +59,7 @@ def remember(
         kept.append((max(top - base, 0.0) / max(base, 1.0), now))
         rises = tuple(r for r, _ in kept)
         rises_at = tuple(t for _, t in kept)
-    return BurstMemory(needs, rises, rises_at, memory.strained_at)
+    return BurstMemory(needs, rises, rises_at, memory.strained_at, settled=True)
 
 
 def margin(memory: BurstMemory, quantile: float, gated: bool = False) -> float:
@@ -78,6 +86,14 @@ def trend(memory: BurstMemory, now: float, horizon_s: float) -> float:
         return 0.0
     if pts[-1][1] < max(n for _, n in pts):  # a spike that has passed is not a climb
         return 0.0
+    return _climb(pts)
+
+
+def _climb(pts: Sequence[tuple[float, float]]) -> float:
+    """The least-squares slope of (time, need) points when it is `CLIMB_T` standard errors above
+    0 (a climb the fit tells from noise); else 0."""
+    if len(pts) < 3:
+        return 0.0
     t_mean = sum(t for t, _ in pts) / len(pts)
     n_mean = sum(n for _, n in pts) / len(pts)
     var = sum((t - t_mean) ** 2 for t, _ in pts)
@@ -86,7 +102,7 @@ def trend(memory: BurstMemory, now: float, horizon_s: float) -> float:
     slope = sum((t - t_mean) * (n - n_mean) for t, n in pts) / var
     residual = sum((n - n_mean - slope * (t - t_mean)) ** 2 for t, n in pts)
     stderr = math.sqrt(residual / (len(pts) - 2) / var)
-    return slope if slope > CLIMB_T * stderr else 0.0  # a climb the fit tells from noise
+    return slope if slope > CLIMB_T * stderr else 0.0
 
 
 def memory_of(state: PolicyState, role: Role) -> BurstMemory:

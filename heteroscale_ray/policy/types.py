@@ -142,6 +142,7 @@ class BurstMemory:
     rises: tuple[float, ...] = ()
     rises_at: tuple[float, ...] = ()
     strained_at: float | None = None  # last time the role's fixable latency neared the SLO
+    settled: bool = False  # past the climb the policy started into (see policy/burst.py)
 
     @staticmethod
     def from_dict(data: dict[str, Any] | None) -> BurstMemory:
@@ -151,6 +152,7 @@ class BurstMemory:
             rises=tuple(float(r) for r in data.get("rises", ())),
             rises_at=tuple(float(t) for t in data.get("rises_at", ())),
             strained_at=None if data.get("strained_at") is None else float(data["strained_at"]),
+            settled=bool(data.get("settled", False)),
         )
 
 
