@@ -24,8 +24,8 @@ from chaos_core import (
     Fault,
     Mode,
     pick,
-    seconds_text,
 )
+from chaos_report import seconds_text
 
 
 def cp_status(last: int = 40) -> dict[str, Any]:

@@ -1,21 +1,32 @@
 """The chaos benchmark's pure part (benchmarks/chaos_core.py): the seeded schedule and
 arrivals, request outcomes, recovery windows, the status-snapshot invariants, the migrations
-counter and the summary with its goals."""
+counter; and (benchmarks/chaos_report.py) the summary with its goals and table."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("chaos_core", ROOT / "benchmarks" / "chaos_core.py")
-assert _spec is not None and _spec.loader is not None
-chaos = importlib.util.module_from_spec(_spec)
-sys.modules["chaos_core"] = chaos
-_spec.loader.exec_module(chaos)
+
+
+def _load(name: str) -> ModuleType:
+    """Load benchmarks/<name>.py under its own name, as benchmarks/chaos.py imports it (the
+    benchmarks folder is no package); registered first so chaos_report finds chaos_core."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+chaos = _load("chaos_core")
+report = _load("chaos_report")
 
 
 # ---------------------------------------------------------------- schedule and arrivals
@@ -218,12 +229,12 @@ def _facts(**overrides: object) -> object:
         "good_latency_s": 5.0,
         "end_t": 50.0,
     }
-    return chaos.RunFacts(**{**base, **overrides})
+    return report.RunFacts(**{**base, **overrides})
 
 
 def test_a_clean_run_passes_only_with_full_coverage() -> None:
     records = [_rec(k, k * 0.5, k * 0.5 + 1.0, chaos.COMPLETED) for k in range(100)]
-    s = chaos.summarise(records, _faults(), _facts())
+    s = report.summarise(records, _faults(), _facts())
     assert (s["requests"], s["completed"], s["lost"]) == (100, 100, 0)
     assert s["kills"][chaos.DECODE_REPLICA] == 1 and s["kills"][chaos.NODE] == 0
     assert s["recovery_s_max"] == {chaos.DECODE_REPLICA: 0.0, chaos.POLICY_ENGINE: 2.5}
@@ -235,7 +246,7 @@ def test_a_clean_run_passes_only_with_full_coverage() -> None:
         chaos.DECODE_REPLICA,
         chaos.POLICY_ENGINE,
     }
-    text = chaos.format_table(s, _faults())
+    text = report.format_table(s, _faults())
     assert "decode_replica" in text and "FAIL" in text
 
 
@@ -245,7 +256,7 @@ def test_lost_requests_and_slow_recovery_fail_the_goals() -> None:
         records[k] = _rec(k, k * 0.5, k * 0.5 + 0.2, chaos.FAILED)
     records[70] = _rec(70, 35.0, 36.0, chaos.TRUNCATED)
     faults = _faults()
-    s = chaos.summarise(records, faults, _facts(double_booked_gpus=1))
+    s = report.summarise(records, faults, _facts(double_booked_gpus=1))
     assert (s["failed"], s["truncated"], s["lost"]) == (25, 1, 26)
     assert s["recovery_s_max"][chaos.DECODE_REPLICA] == 12.5
     assert [f["lost"] for f in faults] == [25, 1]  # each attributed to the fault before it
