@@ -224,6 +224,31 @@ def test_slo_held_watches_what_the_latency_guard_watches(
     assert slo_held(spec, obs) is held
 
 
+@pytest.mark.parametrize(
+    ("signals", "held"),
+    [
+        ({"ttft_p99_s": 9.9, "ttft_wait_p99_s": 0.1}, True),  # long prompts' own compute
+        ({"ttft_p99_s": 9.9, "ttft_wait_p99_s": 8.0, "prefill_queue_s": 5.0}, False),
+        ({"tbt_p99_s": 0.2, "decode_step_max_s": 0.02}, True),  # KV transfer, not batches
+        ({"tbt_p99_s": 0.2, "decode_step_max_s": 0.15}, False),
+    ],
+)
+def test_a_latency_floor_does_not_restore_a_removal(signals: dict, held: bool) -> None:
+    """A breach capacity cannot fix was not caused by the removal and would not end with a
+    restore: counted, it kept every removal of such a service from ever stopping."""
+    spec = SPEC.model_copy(
+        update={
+            "policy": SPEC.policy.model_copy(
+                update={
+                    "latency_guard": SPEC.policy.latency_guard.model_copy(update={"metric": "both"})
+                }
+            )
+        }
+    )
+    obs = Observation("chat", Signals(observed_at=0.0, **signals))
+    assert slo_held(spec, obs) is held
+
+
 def test_checkpoint_round_trips_dgs_and_pending() -> None:
     graph, dgs = _grown()
     assert dgs_from_json(dgs_to_json(dgs)) == dgs

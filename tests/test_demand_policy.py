@@ -122,6 +122,21 @@ def test_queueing_latency_steps_prefill_out_then_stops_without_gain() -> None:
     assert second.prefill <= first.prefill
 
 
+def test_the_guard_waits_while_the_queue_drains() -> None:
+    """The p99 still counts requests that queued before the last capacity landed: while the
+    queue falls, no step (and no scale-in during the breach); once it stops falling, a step."""
+    spec = make_service()
+    before = signals(observed_at=NOW - 15, prefill_queue_s=3.0)  # latency not yet over
+    _, state = decide(spec, before, counts(10, 3), PolicyState(), NOW - 15)
+    breach = dict(ttft_p99_s=6.0, ttft_wait_p99_s=4.0)
+    falling = replace(before, observed_at=NOW, prefill_queue_s=2.0, **breach)
+    waited, after = decide(spec, falling, counts(10, 3), state, NOW)
+    assert waited.reason is not Reason.LATENCY_GUARD and waited.prefill == 10
+    flat = replace(falling, observed_at=NOW + 15)
+    stepped, _ = decide(spec, flat, counts(10, 3), after, NOW + 15)
+    assert stepped.reason is Reason.LATENCY_GUARD and stepped.prefill == 12
+
+
 def test_tbt_from_transfer_is_a_floor_not_a_reason_to_add_decode() -> None:
     spec = make_service()
     sig = signals(tbt_p99_s=0.1, decode_step_s=0.015)

@@ -4,9 +4,10 @@ The placement plan says which instances go. They leave the DG ownership state at
 policy sees its new target and does not shrink twice) but keep running as a `PendingRemoval`
 for an observation window: a whole DG is marked draining (the router sends it nothing new),
 a partly shrunk DG gets a lower routing weight. When the window ends with the service's p99
-TTFT and TBT within SLO, they are stopped. If an SLO breaks during the window they are all
-restored at once; if the policy wants more of a role they hold, as many of that role as are
-short come back (the rest keep waiting). Pure: no Ray, time is an argument.
+TTFT and TBT within SLO (or over it only by a floor capacity cannot fix), they are stopped. If
+an SLO breaks during the window they are all restored at once; if the policy wants more of a
+role they hold, as many of that role as are short come back (the rest keep waiting). Pure: no
+Ray, time is an argument.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.control.types import Desired, Observation
+from heteroscale_ray.policy.fixable_latency import watched_latencies
 from heteroscale_ray.topology import (
     CapacityError,
     ClusterGraph,
@@ -72,20 +74,24 @@ def pending_from_plan(
 
 
 def slo_held(spec: ServiceSpec, obs: Observation | None) -> bool:
-    """True unless a watched p99 latency is over its SLO; no latency data counts as held.
+    """True unless a watched p99 latency is over its SLO by a part capacity can fix; no
+    latency data counts as held.
 
     Watched: the latencies the service's latency guard watches (a service whose TBT p99 sits
-    over its SLO at any size, e.g. from KV transfer of long prompts, watches TTFT only, and
-    a removal must not be restored for a breach it did not cause); both when the guard is off.
+    over its SLO at any size, e.g. from KV transfer of long prompts, watches TTFT only); both
+    when the guard is off. A breach that is a latency floor (TTFT not from queueing, TBT not
+    from batch size: `policy.fixable_latency`) was not caused by a removal and would not end
+    with a restore: counted as a breach, it kept every removal of such a service from ever
+    stopping, and its fleet only grew.
     """
     if obs is None:
         return True
-    s = obs.signals
     guard = spec.policy.latency_guard
     metric = guard.metric if guard.enabled else "both"
-    ttft_bad = s.ttft_p99_s is not None and s.ttft_p99_s > spec.slo.ttft_s
-    tbt_bad = s.tbt_p99_s is not None and s.tbt_p99_s > spec.slo.tbt_s
-    return not ((ttft_bad and metric != "tbt") or (tbt_bad and metric != "ttft"))
+    for _, _, observed, slo, _, floor in watched_latencies(spec, obs.signals, metric):
+        if observed is not None and observed > slo and not floor:
+            return False
+    return True
 
 
 def restore(dgs: Sequence[DeploymentGroup], pending: PendingRemoval) -> tuple[DeploymentGroup, ...]:

@@ -34,8 +34,8 @@ def material(spec: ServiceSpec, role: Role, value: float) -> bool:
 
 
 def track(spec: ServiceSpec, state: PolicyState, signals: Signals) -> PolicyState:
-    """Update each role's last queue and growth streak from this snapshot (missing data resets
-    nothing: the streak waits for the next real value)."""
+    """Update each role's last queue, growth streak and whether it fell from this snapshot
+    (missing data resets nothing: the streak waits for the next real value)."""
     out = state
     for role in Role:
         value = queue_of(signals, role)
@@ -46,14 +46,22 @@ def track(spec: ServiceSpec, state: PolicyState, signals: Signals) -> PolicyStat
         grew = (
             last is not None and value > last * (1 + GROWTH_SHARE) and material(spec, role, value)
         )
+        fell = last is not None and value < last * (1 - GROWTH_SHARE)
         out = replace(
             out,
             **{
                 f"{role.value}_queue_last": value,
                 f"{role.value}_growth_streak": streak + 1 if grew else 0,
+                f"{role.value}_queue_fell": fell,
             },
         )
     return out
+
+
+def draining(state: PolicyState, role: Role) -> bool:
+    """The role's queue fell by more than GROWTH_SHARE at the last snapshot: the capacity in
+    place already outruns arrivals."""
+    return getattr(state, f"{role.value}_queue_fell")
 
 
 def growing(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:

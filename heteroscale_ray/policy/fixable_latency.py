@@ -40,7 +40,8 @@ def latency_guard(
     not shortened by more instances: that is a latency floor, reason latency_floor). TBT counts
     against decode when batches are large enough that more instances shrink them. A step that
     did not cut the fixable latency by MIN_GAIN earns no other (reason latency_no_gain) until
-    latency drops below the lowest tier.
+    latency drops below the lowest tier. A role whose queue is draining waits: the capacity in
+    place already outruns arrivals.
     """
     guard = spec.policy.latency_guard
     if not guard.enabled or snapshot_problem(s, now, spec.policy.stale_after_s):
@@ -64,7 +65,9 @@ def latency_guard(
             continue
         fixable = observed if fixable is None else fixable
         wait_s = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
-        if wait_s > 0:
+        if wait_s > 0 or backlog.draining(state, role):
+            # While the queue drains, the p99 still counts requests that queued before the
+            # capacity in place landed: a step now would answer the past.
             if plan.target < plan.current:
                 why = f"{plan.why}; {breach}, no scale-in during a breach"
                 plans[role] = replace(
@@ -94,13 +97,14 @@ def latency_guard(
 
 
 def watched_latencies(
-    spec: ServiceSpec, s: Signals
+    spec: ServiceSpec, s: Signals, metric: str | None = None
 ) -> list[tuple[Role, str, float | None, float, float | None, bool]]:
     """(role, name, observed p99, SLO, the part capacity can fix, is it a floor) per latency
-    the guard watches: TTFT for prefill (fixable: its queueing wait), TBT for decode."""
-    guard = spec.policy.latency_guard
+    the guard watches (or `metric`: "ttft", "tbt" or "both"): TTFT for prefill (fixable: its
+    queueing wait), TBT for decode."""
+    metric = spec.policy.latency_guard.metric if metric is None else metric
     watched: list[tuple[Role, str, float | None, float, float | None, bool]] = []
-    if guard.metric in ("ttft", "both"):
+    if metric in ("ttft", "both"):
         wait = s.ttft_wait_p99_s if value_problem(s.ttft_wait_p99_s) is None else None
         # Queueing that more prefill shortens shows as queued prefill work; a long wait with
         # no queue comes from elsewhere (e.g. routing around full decode instances).
@@ -109,7 +113,7 @@ def watched_latencies(
             queue is not None and not backlog.material(spec, Role.PREFILL, queue)
         )
         watched.append((Role.PREFILL, "TTFT", s.ttft_p99_s, spec.slo.ttft_s, wait, floor))
-    if guard.metric in ("tbt", "both"):
+    if metric in ("tbt", "both"):
         # More decode instances shorten TBT only by shrinking batches, i.e. the step time; the
         # KV transfer and waiting for a slot (the backlog rule's business) they do not touch.
         # TBT p99 follows the most loaded instance, so its step is the one compared; a step

@@ -171,11 +171,14 @@ class PolicyState:
     active_ratio: PdRatio | None = None  # dynamic P/D ratio in force (None: configured)
     ratio_estimate: float | None = None  # smoothed prefill/decode need (dynamic ratio)
     ratio_estimate_at: float | None = None  # epoch s of the last measurement folded in
-    # Backlog rule: the last queue per role and how many periods in a row it grew.
+    # Backlog rule: the last queue per role, how many periods in a row it grew, and whether it
+    # fell at the last snapshot (the latency guard waits while a queue drains).
     prefill_queue_last: float | None = None
     decode_queue_last: float | None = None
     prefill_growth_streak: int = 0
     decode_growth_streak: int = 0
+    prefill_queue_fell: bool = False
+    decode_queue_fell: bool = False
     # Marginal-gain check: the fixable latency (s) when the guard last stepped, and its role.
     guard_fixable_s: float | None = None
     guard_role: str | None = None
