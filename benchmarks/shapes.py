@@ -11,7 +11,9 @@ traces we have, each a plain transformation of a shared file (no number fitted t
 - diurnal-12h: the ServeGen m-large day compressed 2x in time (12 h, surges twice as sharp);
 - diurnal-prefill-heavy: the ServeGen m-mid day 4 (its first 24 h), outputs / 8 (~10 out);
 - decode-heavy: Azure conversation, outputs x8 with prompt + output <= 32k (~1.7k out, as a
-  reasoning model writes): a fleet takes minutes to fill with such requests.
+  reasoning model writes): a fleet takes minutes to fill with such requests;
+- diurnal-long-context: diurnal-12h with prompts x10 (<= 32k; ~7.6k in): decode is bound by
+  KV memory, and the day's output-length surges fill it within minutes.
 
 Each is rate-scaled as benchmarks/generalization.py scales a trace (static fleet >= 400 GPUs),
 then replayed on service `general` under heteroscale, static and oracle. Issue 10's goals are
@@ -93,6 +95,10 @@ def diurnal_12h() -> Trace:
     return time_compress(load_trace(G.TRACES_DIR / "servegen_mlarge_day1.csv"), 2.0)
 
 
+def diurnal_long_context() -> Trace:
+    return _lengths(diurnal_12h(), lambda p: np.minimum(p * 10, CONTEXT_CAP), lambda o, p: o)
+
+
 def diurnal_prefill_heavy() -> Trace:
     day = load_trace(G.TRACES_DIR / "servegen_mmid_days4-5.csv").slice(0, DAY_S)
     return _lengths(day, lambda p: p, lambda o, p: o // 8)
@@ -105,6 +111,11 @@ SHAPES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
     "diurnal-12h": (diurnal_12h, True, "ServeGen m-large day, compressed 2x"),
     "diurnal-prefill-heavy": (diurnal_prefill_heavy, True, "ServeGen m-mid day 4, outputs / 8"),
     "decode-heavy": (decode_heavy, False, "Azure conv, outputs x8 (<= 32k in all)"),
+    "diurnal-long-context": (
+        diurnal_long_context,
+        True,
+        "ServeGen m-large day compressed 2x, prompts x10 (<= 32k)",
+    ),
 }
 
 

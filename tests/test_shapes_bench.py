@@ -51,6 +51,7 @@ def test_every_shape_is_named_with_its_builder() -> None:
         "diurnal-12h",
         "diurnal-prefill-heavy",
         "decode-heavy",
+        "diurnal-long-context",
     }
     assert all(
         diurnal for _, diurnal, _ in (shapes.SHAPES[k] for k in shapes.SHAPES if "diurnal" in k)
