@@ -88,7 +88,11 @@ def long_context() -> Trace:
 
 
 def decode_heavy() -> Trace:
-    return _lengths(_azure(), lambda p: p, lambda o, p: np.minimum(o * 8, CONTEXT_CAP - p))
+    return _lengths(
+        _azure(),
+        lambda p: np.minimum(p, CONTEXT_CAP - 1),  # room for at least one output token
+        lambda o, p: np.minimum(o * 8, CONTEXT_CAP - p),
+    )
 
 
 def diurnal_12h() -> Trace:

@@ -20,7 +20,9 @@ PERIOD = 15.0
 
 
 def replay(needs: list[float], start: float = NOW) -> BurstMemory:
-    memory = BurstMemory()
+    """The memory after `needs`, one per period, past the climb the policy started into (the
+    fill itself is tested on its own below)."""
+    memory = BurstMemory(settled_at=start)
     for i, need in enumerate(needs):
         memory = remember(memory, need, start + i * PERIOD, HORIZON)
     return memory
@@ -94,7 +96,7 @@ def test_bursty_history_sizes_the_role_above_its_current_need() -> None:
 
 def test_a_fixable_breach_marks_the_role_strained() -> None:
     spec = make_service()
-    settled = replace(PolicyState(), decode_burst=BurstMemory(settled=True))
+    settled = replace(PolicyState(), decode_burst=BurstMemory(settled_at=NOW - 1000))
     short = signals(tbt_p99_s=0.06, decode_step_s=0.03, decode_step_max_s=0.05)
     _, state = decide(spec, short, counts(4, 4), settled, NOW)
     assert state.decode_burst.strained_at == NOW
@@ -113,10 +115,22 @@ def test_the_climb_the_policy_starts_into_is_the_fleet_filling_not_a_burst() -> 
     memory = BurstMemory()
     for i, need in enumerate(fill + flat):
         memory = remember(memory, need, NOW + i * PERIOD, HORIZON, strained=i < len(fill))
-    assert memory.settled and memory.strained_at is None
+    assert memory.settled_at is not None and memory.strained_at is None
     assert margin(memory, 0.99) < 0.1  # the climb alone would learn MAX_MARGIN
-    later = replay([10.0] * 10 + fill)  # after a calm start: learned as it always was
-    assert later.settled and margin(later, 0.99) == MAX_MARGIN
+    later = BurstMemory()
+    for i, need in enumerate([10.0] * 10 + fill):  # after a calm start: learned as ever
+        later = remember(later, need, NOW + i * PERIOD, HORIZON)
+    assert later.settled_at is not None and margin(later, 0.99) == MAX_MARGIN
+
+
+def test_the_end_of_the_fill_is_no_rise_either() -> None:
+    """A fill that ends inside the horizon that settles the memory: rises count only from the
+    settling on, so the fill's tail (70 -> 100) is not learned."""
+    memory = BurstMemory()
+    for i, need in enumerate([10.0, 40.0, 70.0] + [100.0] * 40):
+        memory = remember(memory, need, NOW + i * PERIOD, HORIZON, strained=True)
+    assert memory.settled_at is not None and margin(memory, 1.0) == 0.0
+    assert memory.strained_at == NOW + 42 * PERIOD  # strain counts from the settling on
 
 
 def test_headroom_off_when_the_horizon_is_zero() -> None:
@@ -188,7 +202,8 @@ def test_a_queue_flooding_in_is_no_rise_in_the_arriving_need() -> None:
     climbing. So the burst memory (its rises and its trend) holds only the arriving need, and a
     flood of waiting sequences never reads as a surge to extrapolate a horizon ahead."""
     spec = make_service()
-    strained = replace(BurstMemory(), strained_at=NOW)  # the trend would apply to a real climb
+    # settled and strained: the trend would apply to a real climb
+    strained = BurstMemory(strained_at=NOW, settled_at=NOW - 10 * HORIZON)
     state, d = replace(PolicyState(), decode_burst=strained), 5
     for i in range(12):  # arrivals and running flat; the queue doubles every period
         t = NOW + PERIOD * i

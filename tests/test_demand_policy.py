@@ -131,10 +131,24 @@ def test_the_guard_waits_while_the_queue_drains() -> None:
     breach = dict(ttft_p99_s=6.0, ttft_wait_p99_s=4.0)
     falling = replace(before, observed_at=NOW, prefill_queue_s=2.0, **breach)
     waited, after = decide(spec, falling, counts(10, 3), state, NOW)
-    assert waited.reason is not Reason.LATENCY_GUARD and waited.prefill == 10
+    assert waited.reason is Reason.HOLD_COOLDOWN and waited.prefill == 10
+    assert "its queue is draining: no step and no scale-in during a breach" in waited.message
+    blind = replace(falling, observed_at=NOW + 15, prefill_queue_s=None)  # a fall is one snapshot's
+    missing, _ = decide(spec, blind, counts(10, 3), after, NOW + 15)
+    assert missing.reason is Reason.LATENCY_GUARD and missing.prefill == 12
     flat = replace(falling, observed_at=NOW + 15)
     stepped, _ = decide(spec, flat, counts(10, 3), after, NOW + 15)
     assert stepped.reason is Reason.LATENCY_GUARD and stepped.prefill == 12
+
+
+def test_a_draining_decode_queue_does_not_hold_the_tbt_guard() -> None:
+    """Waiting sequences that drain into batches make steps slower, not faster: TBT steps out."""
+    spec = make_service()
+    before = signals(observed_at=NOW - 15, decode_queue=40.0)
+    _, state = decide(spec, before, counts(3, 4), PolicyState(), NOW - 15)
+    slow = replace(before, observed_at=NOW, decode_queue=0.0, tbt_p99_s=0.08, decode_step_s=0.07)
+    decision, _ = decide(spec, slow, counts(3, 4), state, NOW)
+    assert decision.reason is Reason.LATENCY_GUARD and decision.decode == 5
 
 
 def test_tbt_from_transfer_is_a_floor_not_a_reason_to_add_decode() -> None:

@@ -38,10 +38,22 @@ def test_long_context_stays_within_the_context_the_slos_are_set_for() -> None:
 
 def test_decode_heavy_writes_eight_times_longer_within_the_context() -> None:
     azure, heavy = shapes._azure(), shapes.decode_heavy()
-    np.testing.assert_array_equal(heavy.input_tokens, azure.input_tokens)
+    np.testing.assert_array_equal(
+        heavy.input_tokens, np.minimum(azure.input_tokens, shapes.CONTEXT_CAP - 1)
+    )
     total = np.asarray(heavy.input_tokens) + np.asarray(heavy.output_tokens)
     assert int(total.max()) <= shapes.CONTEXT_CAP and int(np.min(heavy.output_tokens)) >= 1
     assert 1_400 < np.mean(heavy.output_tokens) < 2_000
+
+
+def test_diurnal_long_context_is_the_12_hour_day_with_ten_times_the_prompts() -> None:
+    day, long = shapes.diurnal_12h(), shapes.diurnal_long_context()
+    np.testing.assert_array_equal(long.arrival_s, day.arrival_s)
+    np.testing.assert_array_equal(long.output_tokens, day.output_tokens)
+    np.testing.assert_array_equal(
+        long.input_tokens, np.minimum(np.asarray(day.input_tokens) * 10, shapes.CONTEXT_CAP)
+    )
+    assert long.duration_s == day.duration_s and abs(day.duration_s - 12 * 3600) < 1
 
 
 def test_every_shape_is_named_with_its_builder() -> None:

@@ -1,7 +1,9 @@
 """The backlog rule: a role whose queue keeps growing is short of capacity, whatever the
 throughput signal says (a saturated role caps its own processed throughput, so throughput alone
 hides demand exactly when it matters). After `backlog_periods` periods of growth in a row, that
-role is never held or scaled in; it steps out until the queue stops growing."""
+role is never held or scaled in; it steps out until the queue stops growing. A prefill queue
+that fell from a material level since the last snapshot is draining: the TTFT guard waits on it
+(policy/fixable_latency.py)."""
 
 from __future__ import annotations
 
@@ -34,34 +36,43 @@ def material(spec: ServiceSpec, role: Role, value: float) -> bool:
 
 
 def track(spec: ServiceSpec, state: PolicyState, signals: Signals) -> PolicyState:
-    """Update each role's last queue, growth streak and whether it fell from this snapshot
-    (missing data resets nothing: the streak waits for the next real value)."""
+    """Update each role's last queue, growth streak and (prefill) whether it fell from this
+    snapshot. Missing data resets no streak (it waits for the next real value), but a fall
+    is only ever the last snapshot's."""
     out = state
     for role in Role:
         value = queue_of(signals, role)
         if value is None:
+            if role is Role.PREFILL:
+                out = replace(out, prefill_queue_fell=False)
             continue
         last = getattr(state, f"{role.value}_queue_last")
         streak = getattr(state, f"{role.value}_growth_streak")
         grew = (
             last is not None and value > last * (1 + GROWTH_SHARE) and material(spec, role, value)
         )
-        fell = last is not None and value < last * (1 - GROWTH_SHARE)
         out = replace(
             out,
             **{
                 f"{role.value}_queue_last": value,
                 f"{role.value}_growth_streak": streak + 1 if grew else 0,
-                f"{role.value}_queue_fell": fell,
             },
         )
+        if role is Role.PREFILL:
+            fell = (
+                last is not None
+                and material(spec, role, last)
+                and value < last * (1 - GROWTH_SHARE)
+            )
+            out = replace(out, prefill_queue_fell=fell)
     return out
 
 
-def draining(state: PolicyState, role: Role) -> bool:
-    """The role's queue fell by more than GROWTH_SHARE at the last snapshot: the capacity in
-    place already outruns arrivals."""
-    return getattr(state, f"{role.value}_queue_fell")
+def prefill_draining(state: PolicyState) -> bool:
+    """The prefill queue fell from a material level by more than GROWTH_SHARE at the last
+    snapshot: the capacity in place already outruns arrivals. (Decode has no such rule:
+    waiting sequences that drain into batches make steps slower, not faster.)"""
+    return state.prefill_queue_fell
 
 
 def growing(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:

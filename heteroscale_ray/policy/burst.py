@@ -41,25 +41,32 @@ def remember(
     horizon_s: float,
     strained: bool = False,
 ) -> BurstMemory:
-    """Add this period's need; once (most of) a horizon is covered, record the rise over it.
-    Until a covered horizon shows no climb, only the needs are kept (the memory is unsettled)."""
-    if strained and horizon_s > 0 and memory.settled:
-        memory = replace(memory, strained_at=now)
-    if need is None or not math.isfinite(need) or need < 0 or horizon_s <= 0:
+    """Add this period's need; once (most of) a horizon since the memory settled is covered,
+    record the rise over it. Until a covered horizon shows no climb, only the needs are kept."""
+    if horizon_s <= 0:
+        return memory
+    if need is None or not math.isfinite(need) or need < 0:
+        if strained and memory.settled_at is not None:
+            return replace(memory, strained_at=now)
         return memory
     needs = tuple((t, n) for t, n in memory.needs if now - t <= horizon_s) + ((now, need),)
-    if not memory.settled and (now - needs[0][0] < COVERED * horizon_s or _climb(needs) > 0):
-        return replace(memory, needs=needs)  # still the climb the policy started into
+    settled_at = memory.settled_at
+    if settled_at is None:
+        if now - needs[0][0] < COVERED * horizon_s or _climb(needs) > 0:
+            return replace(memory, needs=needs)  # still the climb the policy started into
+        settled_at = now
     rises, rises_at = memory.rises, memory.rises_at
-    oldest_t, base = needs[0]
+    since = [(t, n) for t, n in needs if t >= settled_at]  # no rise from the fill's tail
+    oldest_t, base = since[0]
     if now - oldest_t >= COVERED * horizon_s:
-        top = max(n for _, n in needs)
+        top = max(n for _, n in since)
         keep_after = now - HISTORY_HORIZONS * horizon_s
         kept = [(r, t) for r, t in zip(rises, rises_at, strict=True) if t >= keep_after]
         kept.append((max(top - base, 0.0) / max(base, 1.0), now))
         rises = tuple(r for r, _ in kept)
         rises_at = tuple(t for _, t in kept)
-    return BurstMemory(needs, rises, rises_at, memory.strained_at, settled=True)
+    strained_at = now if strained else memory.strained_at
+    return BurstMemory(needs, rises, rises_at, strained_at, settled_at)
 
 
 def margin(memory: BurstMemory, quantile: float, gated: bool = False) -> float:

@@ -3,8 +3,9 @@
 TTFT counts against prefill only through its queueing wait (a long prompt's own compute is a
 floor more instances do not shorten); TBT counts against decode only when the slowest
 instance's step is a large part of it (the rest is KV transfer or admission). A guard step that
-did not cut the fixable latency earns no other. The same test marks a role as strained for the
-learned burst headroom (policy/burst.py).
+did not cut the fixable latency earns no other, and prefill takes none while its queue drains.
+The same floor test marks a role as strained for the learned burst headroom (policy/burst.py)
+and decides whether soft scale-in restores a removal (control/soft_scale_in.py).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def latency_guard(
     not shortened by more instances: that is a latency floor, reason latency_floor). TBT counts
     against decode when batches are large enough that more instances shrink them. A step that
     did not cut the fixable latency by MIN_GAIN earns no other (reason latency_no_gain) until
-    latency drops below the lowest tier. A role whose queue is draining waits: the capacity in
+    latency drops below the lowest tier. Prefill waits while its queue drains: the capacity in
     place already outruns arrivals.
     """
     guard = spec.policy.latency_guard
@@ -65,14 +66,24 @@ def latency_guard(
             continue
         fixable = observed if fixable is None else fixable
         wait_s = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
-        if wait_s > 0 or backlog.draining(state, role):
-            # While the queue drains, the p99 still counts requests that queued before the
-            # capacity in place landed: a step now would answer the past.
+        if wait_s > 0:
             if plan.target < plan.current:
                 why = f"{plan.why}; {breach}, no scale-in during a breach"
                 plans[role] = replace(
                     plan, target=plan.current, reason=Reason.HOLD_COOLDOWN, why=why
                 )
+            continue
+        if role is Role.PREFILL and backlog.prefill_draining(state):
+            # The p99 still counts requests that queued before the capacity in place landed:
+            # a step now would answer the past.
+            why = f"{plan.why}; {breach} but its queue is draining: no step"
+            if plan.target < plan.current:
+                why += " and no scale-in during a breach"
+                plans[role] = replace(
+                    plan, target=plan.current, reason=Reason.HOLD_COOLDOWN, why=why
+                )
+            else:
+                plans[role] = replace(plan, why=why)
             continue
         before = state.guard_fixable_s if state.guard_role == role.value else None
         load = plan.need / plan.current if plan.need is not None and plan.current else None

@@ -136,13 +136,14 @@ class Decision:
 @dataclass(frozen=True)
 class BurstMemory:
     """One role's recent needs (time, instances) and the rises over a start-up horizon measured
-    from them (policy/burst.py)."""
+    from them (policy/burst.py), learned only from `settled_at` on: before it, the need was
+    still in the climb the policy started into (the fleet filling)."""
 
     needs: tuple[tuple[float, float], ...] = ()
     rises: tuple[float, ...] = ()
     rises_at: tuple[float, ...] = ()
     strained_at: float | None = None  # last time the role's fixable latency neared the SLO
-    settled: bool = False  # past the climb the policy started into (see policy/burst.py)
+    settled_at: float | None = None  # when a covered horizon first showed no climb
 
     @staticmethod
     def from_dict(data: dict[str, Any] | None) -> BurstMemory:
@@ -152,7 +153,7 @@ class BurstMemory:
             rises=tuple(float(r) for r in data.get("rises", ())),
             rises_at=tuple(float(t) for t in data.get("rises_at", ())),
             strained_at=None if data.get("strained_at") is None else float(data["strained_at"]),
-            settled=bool(data.get("settled", False)),
+            settled_at=None if data.get("settled_at") is None else float(data["settled_at"]),
         )
 
 
@@ -171,14 +172,13 @@ class PolicyState:
     active_ratio: PdRatio | None = None  # dynamic P/D ratio in force (None: configured)
     ratio_estimate: float | None = None  # smoothed prefill/decode need (dynamic ratio)
     ratio_estimate_at: float | None = None  # epoch s of the last measurement folded in
-    # Backlog rule: the last queue per role, how many periods in a row it grew, and whether it
-    # fell at the last snapshot (the latency guard waits while a queue drains).
+    # Backlog rule: the last queue per role and how many periods in a row it grew; whether the
+    # prefill queue fell at the last snapshot (the TTFT guard waits while it drains).
     prefill_queue_last: float | None = None
     decode_queue_last: float | None = None
     prefill_growth_streak: int = 0
     decode_growth_streak: int = 0
     prefill_queue_fell: bool = False
-    decode_queue_fell: bool = False
     # Marginal-gain check: the fixable latency (s) when the guard last stepped, and its role.
     guard_fixable_s: float | None = None
     guard_role: str | None = None
