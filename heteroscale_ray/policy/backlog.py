@@ -43,8 +43,6 @@ def track(spec: ServiceSpec, state: PolicyState, signals: Signals) -> PolicyStat
     for role in Role:
         value = queue_of(signals, role)
         if value is None:
-            if role is Role.PREFILL:
-                out = replace(out, prefill_queue_fell=False)
             continue
         last = getattr(state, f"{role.value}_queue_last")
         streak = getattr(state, f"{role.value}_growth_streak")
@@ -58,14 +56,14 @@ def track(spec: ServiceSpec, state: PolicyState, signals: Signals) -> PolicyStat
                 f"{role.value}_growth_streak": streak + 1 if grew else 0,
             },
         )
-        if role is Role.PREFILL:
-            fell = (
-                last is not None
-                and material(spec, role, last)
-                and value < last * (1 - GROWTH_SHARE)
-            )
-            out = replace(out, prefill_queue_fell=fell)
-    return out
+    value, last = queue_of(signals, Role.PREFILL), state.prefill_queue_last
+    fell = (
+        value is not None
+        and last is not None
+        and material(spec, Role.PREFILL, last)
+        and value < last * (1 - GROWTH_SHARE)
+    )
+    return replace(out, prefill_queue_fell=fell)
 
 
 def prefill_draining(state: PolicyState) -> bool:
