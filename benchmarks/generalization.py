@@ -264,10 +264,11 @@ def run_trace(
     spec = services.by_name()[SERVICE]
     t0 = time.perf_counter()
     raw = load_trace(TRACES_DIR / fname)
+    load_s = time.perf_counter() - t0  # the loader's speed, measured here and not in the tests
     k, scaled, est, g0 = rate_factor(services, spec, raw, diurnal=diurnal)
     print(
-        f"\n== {label} ({fname}): {len(raw)} requests over {raw.duration_s / 3600:.2f} h; "
-        f"static sizing {g0} GPUs unscaled -> rate scale factor x{k} (superpose, seed {SEED}, "
+        f"\n== {label} ({fname}): {len(raw)} requests over {raw.duration_s / 3600:.2f} h "
+        f"(loaded in {load_s:.2f} s); static sizing {g0} GPUs unscaled -> rate scale factor x{k} (superpose, seed {SEED}, "
         f"shifts {shift_text(diurnal)}): {len(scaled)} requests, static sizing {est} GPUs "
         f"[{time.perf_counter() - t0:.0f} s]",
         flush=True,
@@ -342,6 +343,7 @@ def run_trace(
         "diurnal": diurnal,
         "rate_scale": k,
         "rate_method": f"superpose, seed {SEED}, shifts {shift_text(diurnal)}",
+        "load_s": load_s,
         "static_gpus_unscaled": g0,
         "static_gpus_sizing": est,
         "static_gpus_replay": by["static"]["peak_gpus"] if "static" in by else None,
