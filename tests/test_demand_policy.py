@@ -4,6 +4,7 @@ capacity can change, and capacity learned from what replicas report (issue 10)."
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -180,11 +181,15 @@ def test_an_override_pins_capacity() -> None:
 
 
 queues = st.lists(st.floats(0.0, 50.0, allow_nan=False), min_size=4, max_size=12)
+# a queue level, kept for a few periods (a standing backlog) or not
+levels = st.lists(
+    st.tuples(st.floats(0.0, 50.0, allow_nan=False), st.integers(1, 4)), min_size=2, max_size=6
+).map(lambda runs: [q for q, n in runs for _ in range(n)])
 
 
 @settings(max_examples=150, deadline=None)
 @given(
-    queues,
+    st.one_of(queues, levels),
     st.sampled_from(["demand", "decode_tps"]),
     st.integers(1, 20),
     st.floats(0.0, 200_000.0, allow_nan=False),
@@ -192,8 +197,8 @@ queues = st.lists(st.floats(0.0, 50.0, allow_nan=False), min_size=4, max_size=12
 def test_a_growing_backlog_never_holds_or_shrinks_its_role(
     prefill_queue: list[float], signal: str, start: int, offered: float
 ) -> None:
-    """Invariant: once the prefill queue grew K periods in a row, every decision grows prefill
-    (or it is at its max)."""
+    """Invariant: once the prefill queue grew (or stood over the TTFT SLO) K periods in a row,
+    every decision grows prefill (or it is at its max)."""
     extra = {"target_per_instance": 1500.0} if signal == "decode_tps" else {}
     spec = make_service(signal=signal, **extra)
     k = spec.policy.demand.backlog_periods
@@ -205,12 +210,86 @@ def test_a_growing_backlog_never_holds_or_shrinks_its_role(
         sig = signals(observed_at=t, prefill_queue_s=q, prefill_offered_tps=offered)
         decision, state = decide(spec, sig, counts(p, d), state, t)
         material = q > 0.2 * spec.slo.ttft_s
-        grew = grew + 1 if last is not None and q > last * 1.1 and material else 0
+        standing = q > spec.slo.ttft_s and last is not None and q >= last * 0.9
+        rose = last is not None and (q > last * 1.1 or standing) and material
+        grew = grew + 1 if rose else 0
         last = q
         if grew >= k:
             assert decision.prefill > p or p == spec.prefill.max_instances, (i, decision)
             assert decision.reason is not Reason.SCALE_IN
         p, d = decision.prefill, decision.decode
+
+
+def _paper_rule_on_a_saturated_prefill(queue_s: float, periods: int) -> list:
+    """The paper's decode-TPS rule (5 prefill, decode TPS low) while 100k cache-miss tokens/s
+    arrive at a prefill pool that computes 10k: its queue stands at `queue_s`."""
+    spec = make_service(signal="decode_tps", target_per_instance=1500.0)
+    state, p, d = PolicyState(), 5, 2
+    out = []
+    for i in range(periods):
+        t = NOW + 15 * i
+        sig = signals(
+            observed_at=t,
+            decode_tps=300.0,  # what the starved decode pool sees: no demand
+            prefill_offered_tps=100_000.0,
+            prefill_tps=10_000.0,
+            prefill_busy=1.0,
+            prefill_queue_s=queue_s,
+        )
+        decision, state = decide(spec, sig, counts(p, d), state, t)
+        out.append(decision)
+        p, d = decision.prefill, decision.decode
+    return out
+
+
+def test_a_backlog_standing_over_the_slo_scales_prefill_to_its_measured_need() -> None:
+    """A prefill queue that alone breaks the TTFT SLO and does not fall counts as growing: the
+    paper's rule, which sees no decode demand, scales prefill to what arrivals need at the rate
+    the pool was measured to run (100k / 10k x 5 = 50, plus a step to drain), not down."""
+    k = make_service().policy.demand.backlog_periods
+    decisions = _paper_rule_on_a_saturated_prefill(queue_s=60.0, periods=k + 3)
+    had = decisions[k - 1].prefill  # the paper's rule may shrink it until the streak is K long
+    need = 100_000.0 / 10_000.0 * had
+    assert decisions[k].reason is Reason.BACKLOG_GROWTH, decisions[k].message
+    assert decisions[k].prefill >= round(1.1 * need), decisions[k].message
+    assert f"arrivals need {need:.1f} at its measured rate" in decisions[k].message
+    assert all(b.prefill >= a.prefill for a, b in pairwise(decisions[k:]))
+    assert all(x.reason is not Reason.SCALE_IN for x in decisions)
+
+
+def test_the_papers_rule_does_not_shrink_prefill_below_its_measured_need() -> None:
+    """Decode TPS says one decode instance will do; arriving prompts keep prefill instances
+    busy at 64% of 10: scale-in stops at 8 (6.4 busy / 0.8) with its own reason."""
+    spec = make_service(signal="decode_tps", target_per_instance=1500.0)
+    sig = signals(
+        decode_tps=300.0,
+        prefill_offered_tps=64_000.0,
+        prefill_tps=64_000.0,
+        prefill_busy=0.64,
+        prefill_queue_s=0.5,
+    )
+    decision, _ = decide(spec, sig, counts(10, 10), PolicyState(), NOW)
+    assert (decision.prefill, decision.reason) == (8, Reason.HOLD_PREFILL_DEMAND), decision
+    assert "arriving prompts need 6.4 prefill at its measured rate" in decision.message
+    idle = replace(sig, prefill_offered_tps=6_400.0, prefill_tps=6_400.0, prefill_busy=0.08)
+    decision, _ = decide(spec, idle, counts(10, 10), PolicyState(), NOW)
+    assert decision.prefill < 8 and decision.reason is Reason.SCALE_IN, decision
+
+
+def test_a_level_queue_within_the_slo_is_not_a_backlog() -> None:
+    """Under the TTFT SLO a level queue is the pool working, not falling behind."""
+    decisions = _paper_rule_on_a_saturated_prefill(queue_s=3.0, periods=5)
+    assert all(x.reason is not Reason.BACKLOG_GROWTH for x in decisions)
+
+
+def test_measured_need_reads_the_pools_own_rate() -> None:
+    from heteroscale_ray.policy.backlog import measured_need
+
+    sig = signals(prefill_offered_tps=30_000.0, prefill_tps=8_000.0, prefill_busy=0.8)
+    assert measured_need(sig, Role.PREFILL, 4) == 30_000.0 / (8_000.0 / (0.8 * 4))  # 12
+    assert measured_need(sig, Role.DECODE, 4) is None
+    assert measured_need(replace(sig, prefill_busy=None), Role.PREFILL, 4) is None
+    assert measured_need(sig, Role.PREFILL, 0) is None
 
 
 def test_demand_defaults_are_the_capacity_models_operating_point() -> None:

@@ -2,6 +2,8 @@
 throughput signal says (a saturated role caps its own processed throughput, so throughput alone
 hides demand exactly when it matters). After `backlog_periods` periods of growth in a row, that
 role is never held or scaled in; it steps out until the queue stops growing. A prefill queue
+that alone breaks the TTFT SLO counts as growing until it falls: a backlog standing that high is
+as short of capacity as a growing one, whatever its last snapshot added. A prefill queue
 that fell from a material level since the last snapshot is draining: the TTFT guard waits on it
 (policy/fixable_latency.py)."""
 
@@ -46,9 +48,8 @@ def track(spec: ServiceSpec, state: PolicyState, signals: Signals) -> PolicyStat
             continue
         last = getattr(state, f"{role.value}_queue_last")
         streak = getattr(state, f"{role.value}_growth_streak")
-        grew = (
-            last is not None and value > last * (1 + GROWTH_SHARE) and material(spec, role, value)
-        )
+        grew = last is not None and material(spec, role, value)
+        grew = grew and (value > last * (1 + GROWTH_SHARE) or standing(spec, role, value, last))
         out = replace(
             out,
             **{
@@ -66,6 +67,13 @@ def track(spec: ServiceSpec, state: PolicyState, signals: Signals) -> PolicyStat
     return replace(out, prefill_queue_fell=fell)
 
 
+def standing(spec: ServiceSpec, role: Role, value: float, last: float) -> bool:
+    """A prefill queue over the whole TTFT SLO that did not fall: every request it holds is
+    already late, so it counts as growing. (Decode's queue is counted in sequences, which has
+    no such SLO level; it counts by growth alone.)"""
+    return role is Role.PREFILL and value > spec.slo.ttft_s and value >= last * (1 - GROWTH_SHARE)
+
+
 def prefill_draining(state: PolicyState) -> bool:
     """The prefill queue fell from a material level by more than GROWTH_SHARE at the last
     snapshot: the capacity in place already outruns arrivals. (Decode has no such rule:
@@ -79,7 +87,26 @@ def growing(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:
     return streak >= spec.policy.demand.backlog_periods
 
 
-def backlog_target(current: int, starting: int = 0) -> int:
+def measured_need(signals: Signals, role: Role, ready: int) -> float | None:
+    """Prefill instances the arriving cache-miss tokens need at the rate the ready instances
+    were measured to compute them per busy second; None unmeasured (and for decode).
+
+    This is the throughput signal's blind spot made visible: a saturated prefill pool
+    processes only what it can, while the ingress counts what arrives.
+    """
+    offered, done, busy = signals.prefill_offered_tps, signals.prefill_tps, signals.prefill_busy
+    if role is not Role.PREFILL or ready <= 0:
+        return None
+    if not all(x is not None and math.isfinite(x) and x > 0 for x in (offered, done, busy)):
+        return None
+    return offered * min(busy, 1.0) * ready / done  # type: ignore[operator]
+
+
+def backlog_target(current: int, starting: int = 0, need: float | None = None) -> int:
     """Where a growing role goes this period: one step out (at least one instance); only one
-    more instance while earlier ones are still starting (the queue grows until they land)."""
-    return current + 1 if starting else guard_target(current, STEP)
+    more instance while earlier ones are still starting (the queue grows until they land).
+    With a measured `need`, at least that plus a step's share, to drain the queue."""
+    step = current + 1 if starting else guard_target(current, STEP)
+    if need is None:
+        return step
+    return max(step, math.ceil(need * (1 + STEP) - 1e-9))

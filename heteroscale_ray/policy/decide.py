@@ -20,6 +20,7 @@ from heteroscale_ray.config import (
     ServiceSpec,
     parse_pd_ratio,
 )
+from heteroscale_ray.perf.capacity import PREFILL_UTIL_TARGET
 from heteroscale_ray.policy import backlog
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.demand import decide_demand
@@ -111,7 +112,9 @@ def decide(
     if spec.policy.mode != "periodic" and reading.value is None:
         target = never_shrink(spec, target, counts)
     reason = final_reason(proposal, fitted, target, counts)
-    target, reason, backlog_note = backlog_override(spec, state, target, reason, counts, proposal)
+    target, reason, backlog_note = backlog_override(
+        spec, state, signals, target, reason, counts, proposal
+    )
     drives = ratio.changed and proposal.ratio == ratio.ratio  # not when a time-table row's won
     if reason is Reason.RATIO_REPAIR and drives:
         reason = Reason.RATIO_DRIFT
@@ -160,13 +163,15 @@ def propose(
 def backlog_override(
     spec: ServiceSpec,
     state: PolicyState,
+    signals: Signals,
     target: tuple[int, int],
     reason: Reason,
     counts: RoleCounts,
     proposal: Proposal,
 ) -> tuple[tuple[int, int], Reason, str]:
     """The backlog rule on the paper's coordinated rule: a role whose queue keeps growing steps
-    out (its partner follows by the ratio) instead of holding or shrinking."""
+    out (its partner follows by the ratio) instead of holding or shrinking; prefill at least to
+    what the arriving tokens need at its measured rate, which decode TPS cannot show."""
     if spec.policy.mode == "periodic" or (counts.prefill == 0 and counts.decode == 0):
         return target, reason, ""
     p, d = target
@@ -175,7 +180,9 @@ def backlog_override(
         if not backlog.growing(spec, state, role) or want > have:
             continue
         starting = counts.starting_of(role)
-        fitted = fit_to_limits(spec, role, backlog.backlog_target(have, starting), proposal.ratio)
+        need = backlog.measured_need(signals, role, have - starting)
+        step = backlog.backlog_target(have, starting, need)
+        fitted = fit_to_limits(spec, role, step, proposal.ratio)
         if fitted.prefill < p or fitted.decode < d:  # never undo the other role's growth
             fitted = replace(fitted, prefill=max(fitted.prefill, p), decode=max(fitted.decode, d))
         if (fitted.prefill, fitted.decode) == (p, d):
@@ -183,9 +190,44 @@ def backlog_override(
         p, d = fitted.prefill, fitted.decode
         streak = getattr(state, f"{role.value}_growth_streak")
         reason = Reason.BACKLOG_GROWTH
-        note = f"; {role.value} queue grew {streak} periods in a row: {p} prefill / {d} decode"
+        measured = "" if need is None else f" (arrivals need {need:.1f} at its measured rate)"
+        note = (
+            f"; {role.value} queue grew or stood over the SLO {streak} periods in a row"
+            f"{measured}: {p} prefill / {d} decode"
+        )
         return (p, d), reason, note
-    return target, reason, ""
+    return prefill_demand_floor(spec, signals, target, reason, counts, proposal)
+
+
+def prefill_demand_floor(
+    spec: ServiceSpec,
+    signals: Signals,
+    target: tuple[int, int],
+    reason: Reason,
+    counts: RoleCounts,
+    proposal: Proposal,
+) -> tuple[tuple[int, int], Reason, str]:
+    """Scale-in stops where prefill would run over its utilisation target on the arriving
+    tokens at the rate it was measured to compute them. Decode TPS cannot see prefill demand
+    (prefill-heavy traffic makes few decode tokens), so without this the paper's rule shrinks
+    prefill into a backlog, the backlog rule grows it back, and the two saw-tooth."""
+    have = counts.prefill
+    if target[0] >= have:
+        return target, reason, ""
+    need = backlog.measured_need(signals, Role.PREFILL, have - counts.prefill_starting)
+    if need is None:
+        return target, reason, ""
+    busy_need = math.ceil(need / PREFILL_UTIL_TARGET - 1e-9)
+    floor = min(have, busy_need)
+    if floor <= target[0]:
+        return target, reason, ""
+    fitted = fit_to_limits(spec, Role.PREFILL, floor, proposal.ratio)
+    p, d = fitted.prefill, max(fitted.decode, target[1])
+    note = (
+        f"; but arriving prompts need {need:.1f} prefill at its measured rate "
+        f"({busy_need} at {PREFILL_UTIL_TARGET:.0%} busy): {p} prefill / {d} decode"
+    )
+    return (p, d), Reason.HOLD_PREFILL_DEMAND, note
 
 
 def initial_proposal(

@@ -107,6 +107,8 @@ class Reason(str, Enum):
     BACKLOG_GROWTH = "backlog_growth"  # a role's queue grew K periods in a row: it never holds
     LATENCY_FLOOR = "latency_floor"  # latency over the SLO, but not from queueing: no step
     LATENCY_NO_GAIN = "latency_no_gain"  # the last guard step did not lower latency: no more
+    # The paper's rule would shrink prefill below what arrivals need at its measured rate.
+    HOLD_PREFILL_DEMAND = "hold_prefill_demand"
 
 
 @dataclass(frozen=True)
