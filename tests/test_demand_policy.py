@@ -174,6 +174,16 @@ def test_learned_capacity_corrects_the_roofline_prior() -> None:
     assert learned.source == "learned"
 
 
+def test_the_prior_prices_the_prompts_spread() -> None:
+    """Same mean prompt, a long tail: each prompt's attention costs more on average, so the
+    prior carries fewer tokens per instance before anything was learned."""
+    spec = make_service()
+    even = capacity(spec, signals(prompt_mean=8000.0), PolicyState())
+    spread = capacity(spec, signals(prompt_mean=8000.0, prompt_sd=8000.0), PolicyState())
+    assert spread.prefill_tps < 0.95 * even.prefill_tps
+    assert spread.decode_batch == even.decode_batch  # decode's KV is linear in length
+
+
 def test_an_override_pins_capacity() -> None:
     spec = make_service(demand={"prefill_tokens_per_s": 5000.0, "decode_batch": 10})
     cap = capacity(spec, signals(), PolicyState())

@@ -141,6 +141,7 @@ def test_offered_prefill_load_is_arrivals_times_the_miss_share(
 DEMAND_FIELDS = (
     "request_rate",
     "prompt_mean",
+    "prompt_sd",
     "output_mean",
     "prefill_queue_s",
     "decode_running",
@@ -175,10 +176,11 @@ def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> 
         report("decode", running_mean=0.0, queue_length=1),  # idle: no step, nothing finished
     ]
     counts = {"chat": RoleCounts(prefill_ready=3, decode_ready=3)}
-    arrivals = {"chat": IngressLoad(prompt_tokens_per_s=3000.0, requests_per_s=6.0)}
+    arrivals = {"chat": IngressLoad(3000.0, 6.0, prompt_tokens_sq_per_s=6 * (500.0**2 + 200.0**2))}
     sig = build_observations(["chat"], stats, counts, arrivals)["chat"].signals
     assert sig.observed_at is not None
     assert sig.request_rate == 6.0 and sig.prompt_mean == 500.0
+    assert sig.prompt_sd == pytest.approx(200.0)
     assert sig.prefill_offered_tps == pytest.approx(3000.0)
     assert sig.output_mean == pytest.approx((3 * 100.0 + 20.0) / 4)  # per finished request
     assert sig.prefill_queue_s == pytest.approx(1.0)  # per instance that priced its queue

@@ -9,6 +9,7 @@ import logging
 import math
 import time
 
+import numpy as np
 import pytest
 
 from heteroscale_ray.clock import VirtualClock, WallClock
@@ -330,6 +331,7 @@ def test_ingress_counts_requests_and_their_prompt_tokens() -> None:
     assert load.requests_per_s == pytest.approx(2.0)
     assert load.prompt_tokens_per_s == pytest.approx(500.0)
     assert load.prompt_mean == pytest.approx(250.0)
+    assert load.prompt_sd == pytest.approx(np.std([100, 300, 200, 400]))
     text = render_arrivals(meter.loads())
     assert 'heteroscale_request_arrivals_per_second{service="chat"} 2.0' in text
     assert 'heteroscale_arrival_prompt_tokens_mean{service="chat"} 250.0' in text
@@ -343,12 +345,13 @@ def test_hub_sums_ingress_loads_and_drops_malformed_ones(
 ) -> None:
     clock = VirtualClock()
     hub = MetricsHub(clock)
-    hub.report_arrivals("ingress-a", {"chat": IngressLoad(1000.0, 4.0)})
-    hub.report_arrivals("ingress-b", {"chat": IngressLoad(2000.0, 2.0), "docs": 50.0})
+    hub.report_arrivals("ingress-a", {"chat": IngressLoad(1000.0, 4.0, 640_000.0)})
+    hub.report_arrivals("ingress-b", {"chat": IngressLoad(2000.0, 2.0, 1_400_000.0), "docs": 50.0})
     with caplog.at_level(logging.WARNING, logger="heteroscale_ray.serving.metrics_hub"):
         hub.report_arrivals("ingress-c", {"chat": IngressLoad(math.nan, 1.0), "x": "many"})  # type: ignore[dict-item]
     loads = hub.ingress_loads()
-    assert loads["chat"] == IngressLoad(3000.0, 6.0) and loads["chat"].prompt_mean == 500.0
+    assert loads["chat"] == IngressLoad(3000.0, 6.0, 2_040_000.0)
+    assert loads["chat"].prompt_mean == 500.0 and loads["chat"].prompt_sd == pytest.approx(300.0)
     assert loads["docs"] == IngressLoad(50.0, None)  # tokens alone: requests unknown
     assert hub.arrival_rates() == {"chat": 3000.0, "docs": 50.0}
     assert len(caplog.records) == 2 and "prompt_tokens_per_s=nan" in caplog.records[0].getMessage()

@@ -270,6 +270,7 @@ def format_observation(o: dict[str, Any]) -> str:
     parts = [
         ("rate", num("request_rate", ".2f", " req/s")),
         ("prompt", num("prompt_mean", ",.0f", " tok")),
+        ("sd", num("prompt_sd", ",.0f", " tok")),
         ("prefill queue", num("prefill_queue_s", ".2f", " s")),
         ("decode running", num("decode_running", ".1f")),
         ("queued", num("decode_queue", ".0f")),

@@ -35,6 +35,7 @@ SIGNALS = (
     "kv_use",
     "request_rate",
     "prompt_mean",
+    "prompt_sd",
     "output_mean",
     "prefill_queue_s",
     "decode_running",

@@ -142,6 +142,7 @@ def build_observations(
             kv_use=_mean([float(s.kv_use) for s in dec]),
             request_rate=None if load is None else load.requests_per_s,
             prompt_mean=None if load is None else load.prompt_mean,
+            prompt_sd=None if load is None else load.prompt_sd,
             output_mean=output_mean(dec),
             prefill_queue_s=_mean([float(q) for s in pre if (q := s.prefill_queue_s) is not None]),
             decode_running=float(sum(s.running_mean for s in dec)) if dec else None,

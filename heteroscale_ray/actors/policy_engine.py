@@ -297,7 +297,7 @@ class PolicyEngine:
                 except Exception as e:  # a report must never break the status
                     out[spec.name] = {"error": f"{type(e).__name__}: {e}"}
                     continue
-                prompt, output = lengths(signals)
+                lens = lengths(signals)
                 out[spec.name] = {
                     "prefill_tps": cap.prefill_tps,
                     "decode_batch": cap.decode_batch,
@@ -305,8 +305,9 @@ class PolicyEngine:
                     "prefill_scale": cap.prefill_scale,
                     "decode_scale": cap.decode_scale,
                     "source": cap.source,
-                    "prompt_mean": prompt,
-                    "output_mean": output,
+                    "prompt_mean": lens.prompt,
+                    "prompt_sd": lens.prompt_sd,
+                    "output_mean": lens.output,
                     "learned_at": state.capacity_learned_at,
                     "text": cap.describe(),
                 }
@@ -348,6 +349,7 @@ def _obs_dict(obs: Observation) -> dict[str, Any]:
         "kv_use": s.kv_use,
         "request_rate": s.request_rate,
         "prompt_mean": s.prompt_mean,
+        "prompt_sd": s.prompt_sd,
         "output_mean": s.output_mean,
         "prefill_queue_s": s.prefill_queue_s,
         "decode_running": s.decode_running,

@@ -88,17 +88,23 @@ def prefill_capacity(
     mean_input: float,
     busy_share: float = PREFILL_UTIL_TARGET,
     mean_cached: float = 0.0,
+    sd_input: float = 0.0,
 ) -> float:
     """Cache-miss prefill tokens/s one instance sustains at ``busy_share`` of its time.
 
-    For prompts of ``mean_input`` tokens of which ``mean_cached`` hit the prefix cache (they
-    cost no FLOPs and do not count). Evaluated at the mean length: attention grows with the
-    square of the length, so a spread of lengths lowers the real rate slightly.
+    For prompts of ``mean_input`` tokens (standard deviation ``sd_input``) of which
+    ``mean_cached`` hit the prefix cache (they cost no FLOPs and do not count). Attention's
+    FLOPs grow with the square of the length, so spread lengths cost more than the mean one:
+    the mean prompt takes ``flops_per_pair * sd**2 / 2`` more FLOPs than a prompt of the mean
+    length, exactly, while prompts are compute bound (all but the shortest are).
     """
     if mean_input <= 0:
         raise ValueError(f"mean_input must be > 0 (got {mean_input})")
     if not 0.0 < busy_share <= 1.0:
         raise ValueError(f"busy_share must be in (0, 1] (got {busy_share})")
+    if sd_input < 0:
+        raise ValueError(f"sd_input must be >= 0 (got {sd_input})")
     cached = min(max(mean_cached, 0.0), max(mean_input - 1.0, 0.0))
     seconds = float(prefill_work_s(kind, np.array([mean_input]), cached)[0])
+    seconds += kind.flops_per_pair * sd_input**2 / 2 / kind.prefill_flops_s
     return busy_share * (mean_input - cached) / seconds

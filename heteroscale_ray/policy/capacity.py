@@ -1,7 +1,8 @@
 """What one instance carries, per (model, GPU type, role): the roofline prior, corrected by
 what replicas report. Pure: the caller passes signals, state and time.
 
-The prior is the project's one capacity model (`perf.capacity`) at the load's mean lengths. The
+The prior is the project's one capacity model (`perf.capacity`) at the load's mean lengths and
+its prompts' spread (attention makes a long-tailed mix slower than its mean prompt). The
 correction is one number per role, measured over prior, averaged in log space:
 - prefill: cache-miss tokens per busy second of a prefill instance, over the prior's;
 - decode: the prior's step time at the observed batch, over the measured step time.
@@ -64,7 +65,10 @@ def kinds(spec: ServiceSpec, catalog: GpuCatalog) -> tuple[InstanceKind, Instanc
 
 
 def _prior(
-    spec: ServiceSpec, catalog: GpuCatalog, prompt: float, output: float, tbt_budget_s: float
+    spec: ServiceSpec,
+    catalog: GpuCatalog,
+    lens: Lengths,
+    tbt_budget_s: float,
 ) -> tuple[float, float, float]:
     p, d = spec.prefill, spec.decode
     return _prior_of(
@@ -73,8 +77,7 @@ def _prior(
         p.gpus_per_instance,
         catalog[d.gpu_types[0]],
         d.gpus_per_instance,
-        prompt,
-        output,
+        lens,
         tbt_budget_s,
     )
 
@@ -86,12 +89,12 @@ def _prior_of(
     p_n: int,
     d_gpu: GpuType,
     d_n: int,
-    prompt: float,
-    output: float,
+    lens: Lengths,
     tbt_budget_s: float,
 ) -> tuple[float, float, float]:
     pk, dk = _kind(model, p_gpu, p_n), _kind(model, d_gpu, d_n)
-    prefill = prefill_capacity(pk, prompt, busy_share=1.0)
+    prefill = prefill_capacity(pk, lens.prompt, busy_share=1.0, sd_input=lens.prompt_sd)
+    prompt, output = lens.prompt, lens.output
     dec = decode_capacity(dk, tbt_budget_s, prompt + output / 2, prompt + output, margin=1.0)
     return prefill, float(dec.batch), dec.tokens_per_s
 
@@ -104,13 +107,25 @@ def _rounded(x: float) -> float:
     return round(x, digits)
 
 
-def lengths(signals: Signals) -> tuple[float, float]:
-    """Mean prompt and output length of the current load (defaults before any is seen)."""
+@dataclass(frozen=True)
+class Lengths:
+    """The current load's lengths the prior is evaluated at, rounded (see `_rounded`)."""
+
+    prompt: float  # mean prompt tokens
+    output: float  # mean output tokens
+    prompt_sd: float = 0.0  # standard deviation of prompt tokens (0: unknown or all alike)
+
+
+def lengths(signals: Signals) -> Lengths:
+    """Mean prompt and output length of the current load (defaults before any is seen), and
+    the prompts' spread when the ingress reports it."""
     prompt = signals.prompt_mean
     output = signals.output_mean
+    sd = signals.prompt_sd
     prompt = prompt if _positive(prompt) else DEFAULT_PROMPT
     output = output if _positive(output) else DEFAULT_OUTPUT
-    return _rounded(prompt), _rounded(max(output, 1.0))  # type: ignore[arg-type]
+    sd = _rounded(sd) if _positive(sd) else 0.0  # type: ignore[arg-type]
+    return Lengths(_rounded(prompt), _rounded(max(output, 1.0)), sd)  # type: ignore[arg-type]
 
 
 def capacity(
@@ -118,14 +133,14 @@ def capacity(
 ) -> Capacity:
     """Capacity at this snapshot's lengths: prior x learned scale, or the configured override."""
     demand = spec.policy.demand
-    prompt, output = lengths(signals)
+    lens = lengths(signals)
     p_scale = state.prefill_capacity_scale or 1.0
     d_scale = state.decode_capacity_scale or 1.0
     budget = spec.slo.tbt_s * demand.decode_tbt_margin
-    prefill, _, _ = _prior(spec, catalog, prompt, output, budget)
+    prefill, _, _ = _prior(spec, catalog, lens, budget)
     # A decode instance d_scale x faster than the prior fits the batch the prior allows at a
     # d_scale x looser budget.
-    _, batch, tps = _prior(spec, catalog, prompt, output, _rounded(budget * d_scale))
+    _, batch, tps = _prior(spec, catalog, lens, _rounded(budget * d_scale))
     cap = Capacity(
         prefill * p_scale,
         batch,
@@ -158,20 +173,20 @@ def learn(
     demand = spec.policy.demand
     if not demand.learn:
         return state
-    prompt, output = lengths(signals)
+    lens = lengths(signals)
     pk, dk = kinds(spec, catalog)
     p_scale, d_scale = state.prefill_capacity_scale, state.decode_capacity_scale
     learned = False
     busy, tps = signals.prefill_busy, signals.prefill_tps
     if ready_prefill > 0 and _positive(tps) and _positive(busy) and busy >= MIN_BUSY:  # type: ignore[operator]
         measured = tps / (busy * ready_prefill)  # type: ignore[operator]
-        prior = prefill_capacity(pk, prompt, busy_share=1.0)
+        prior = prefill_capacity(pk, lens.prompt, busy_share=1.0, sd_input=lens.prompt_sd)
         p_scale = _fold(p_scale, state.capacity_learned_at, measured / prior, now, demand)
         learned = True
     step, running = signals.decode_step_s, signals.decode_running
     if ready_decode > 0 and _positive(step) and _positive(running):
         batch = max(1.0, running / ready_decode)  # type: ignore[operator]
-        ctx = prompt + output / 2
+        ctx = lens.prompt + lens.output / 2
         prior = float(dk.step_seconds(batch, batch * ctx))
         d_scale = _fold(d_scale, state.capacity_learned_at, prior / step, now, demand)  # type: ignore[operator]
         learned = True

@@ -31,6 +31,7 @@ class Signals:
     # Demand where work arrives (signal 'demand', and the backlog rule of every mode):
     request_rate: float | None = None  # requests/s arriving at the ingress
     prompt_mean: float | None = None  # mean prompt tokens of arriving requests
+    prompt_sd: float | None = None  # their standard deviation (the prefill prior's spread)
     output_mean: float | None = None  # mean output tokens of finished requests
     prefill_queue_s: float | None = None  # queued prefill work per prefill instance, seconds
     decode_running: float | None = None  # sequences in decode, all instances (mean)

@@ -67,6 +67,10 @@ class _Window:
         self._prune(now)
         return float(sum(v for _, v in self._items))
 
+    def sum_of_squares(self, now: float) -> float:
+        self._prune(now)
+        return float(sum(v * v for _, v in self._items))
+
     def count(self, now: float) -> int:
         self._prune(now)
         return len(self._items)
@@ -108,11 +112,12 @@ class ArrivalMeter:
         return {name: w.sum(now) / self._span(now) for name, w in self._by_service.items()}
 
     def loads(self) -> dict[str, IngressLoad]:
-        """Prompt tokens/s and requests/s per service over min(window, uptime)."""
+        """Prompt tokens/s, requests/s and squared prompt tokens/s per service over
+        min(window, uptime)."""
         now = self.clock.monotonic()
         span = self._span(now)
         return {
-            name: IngressLoad(w.sum(now) / span, w.count(now) / span)
+            name: IngressLoad(w.sum(now) / span, w.count(now) / span, w.sum_of_squares(now) / span)
             for name, w in self._by_service.items()
         }
 

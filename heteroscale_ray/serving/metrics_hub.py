@@ -105,6 +105,7 @@ class MetricsHub:
         now = self.clock.monotonic()
         tokens: dict[str, float] = {}
         requests: dict[str, float | None] = {}
+        squares: dict[str, float | None] = {}
         for t, loads in list(self._arrivals.values()):
             if now - t > STATS_TTL_S:
                 continue
@@ -113,7 +114,9 @@ class MetricsHub:
                 have = requests.get(name, 0.0)
                 more = load.requests_per_s
                 requests[name] = None if have is None or more is None else have + more
-        return {name: IngressLoad(tokens[name], requests[name]) for name in tokens}
+                sq, more_sq = squares.get(name, 0.0), load.prompt_tokens_sq_per_s
+                squares[name] = None if sq is None or more_sq is None else sq + more_sq
+        return {name: IngressLoad(tokens[name], requests[name], squares[name]) for name in tokens}
 
     def arrival_rates(self) -> dict[str, float]:
         """Prompt tokens/s per service, summed over ingress replicas with a fresh report."""

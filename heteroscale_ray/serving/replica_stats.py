@@ -86,6 +86,9 @@ class IngressLoad:
 
     prompt_tokens_per_s: float  # all prompt tokens, cache hits included
     requests_per_s: float | None = None  # None: the reporter does not count requests
+    # Squared prompt tokens per second (the sum over requests of tokens**2, per second):
+    # additive over ingress replicas like the two above, it gives the prompts' spread.
+    prompt_tokens_sq_per_s: float | None = None
 
     @property
     def prompt_mean(self) -> float | None:
@@ -93,6 +96,14 @@ class IngressLoad:
         if self.requests_per_s is None or self.requests_per_s <= 0:
             return None
         return self.prompt_tokens_per_s / self.requests_per_s
+
+    @property
+    def prompt_sd(self) -> float | None:
+        """Standard deviation of arriving prompt tokens; None when not reported."""
+        mean = self.prompt_mean
+        if mean is None or self.prompt_tokens_sq_per_s is None:
+            return None
+        return math.sqrt(max(self.prompt_tokens_sq_per_s / self.requests_per_s - mean**2, 0.0))  # type: ignore[operator]
 
 
 # The numbers the control plane adds up or averages: each must be a finite number.
@@ -160,9 +171,9 @@ def ingress_problem(load: object) -> str | None:
     """Why `load` cannot be used as an ingress report, or None if it can."""
     if not isinstance(load, IngressLoad):
         return f"not an IngressLoad but a {type(load).__name__}"
-    for name in ("prompt_tokens_per_s", "requests_per_s"):
+    for name in ("prompt_tokens_per_s", "requests_per_s", "prompt_tokens_sq_per_s"):
         value = getattr(load, name)
-        if value is None and name == "requests_per_s":
+        if value is None and name != "prompt_tokens_per_s":
             continue
         if not _finite(value) or value < 0:
             return f"{name}={value!r} is not a finite number >= 0"

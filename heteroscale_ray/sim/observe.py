@@ -168,6 +168,7 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             kv_use=pools[DECODE]["kv"],
             request_rate=n_arrived / span if have_data and span > 0 else None,
             prompt_mean=float(np.mean(w.input_tokens[arrived])) if n_arrived else None,
+            prompt_sd=float(np.std(w.input_tokens[arrived])) if n_arrived else None,
             output_mean=float(np.mean(w.output_tokens[finished])) if len(finished) else None,
             prefill_queue_s=queue_s if have_data else None,
             decode_running=running if have_data else None,
