@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import pairwise
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -177,11 +178,34 @@ def test_learned_capacity_corrects_the_roofline_prior() -> None:
 def test_the_prior_prices_the_prompts_spread() -> None:
     """Same mean prompt, a long tail: each prompt's attention costs more on average, so the
     prior carries fewer tokens per instance before anything was learned."""
+    from heteroscale_ray.policy.capacity import track_spread
+
     spec = make_service()
-    even = capacity(spec, signals(prompt_mean=8000.0), PolicyState())
-    spread = capacity(spec, signals(prompt_mean=8000.0, prompt_sd=8000.0), PolicyState())
+    sig = signals(prompt_mean=8000.0, prompt_sd=8000.0)
+    even = capacity(spec, sig, PolicyState())  # no spread averaged yet: the mean prompt
+    state = track_spread(spec, sig, PolicyState(), NOW)
+    assert state.prompt_spread == 1.0
+    spread = capacity(spec, sig, state)
     assert spread.prefill_tps < 0.95 * even.prefill_tps
     assert spread.decode_batch == even.decode_batch  # decode's KV is linear in length
+
+
+def test_one_windows_long_prompts_move_the_spread_by_their_weight() -> None:
+    """The spread is averaged over learn_smoothing_s: one window whose few long prompts give a
+    5x spread moves it by one period's weight, not to 5x."""
+    from heteroscale_ray.policy.capacity import track_spread
+
+    spec = make_service()
+    state = PolicyState()
+    for i in range(40):  # ten minutes of a spread of 1
+        sig = signals(observed_at=NOW + 15 * i, prompt_mean=1000.0, prompt_sd=1000.0)
+        state = track_spread(spec, sig, state, NOW + 15 * i)
+    assert state.prompt_spread == pytest.approx(1.0)
+    t = NOW + 15 * 40
+    state = track_spread(spec, signals(observed_at=t, prompt_sd=5000.0), state, t)
+    assert 1.0 < state.prompt_spread < 1.1  # type: ignore[operator]
+    back = PolicyState.from_json(state.to_json())
+    assert back.prompt_spread == state.prompt_spread
 
 
 def test_an_override_pins_capacity() -> None:

@@ -297,7 +297,7 @@ class PolicyEngine:
                 except Exception as e:  # a report must never break the status
                     out[spec.name] = {"error": f"{type(e).__name__}: {e}"}
                     continue
-                lens = lengths(signals)
+                lens = lengths(signals, state)
                 out[spec.name] = {
                     "prefill_tps": cap.prefill_tps,
                     "decode_batch": cap.decode_batch,

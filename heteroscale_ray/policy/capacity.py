@@ -2,8 +2,8 @@
 what replicas report. Pure: the caller passes signals, state and time.
 
 The prior is the project's one capacity model (`perf.capacity`) at the load's mean lengths and
-its prompts' spread (attention makes a long-tailed mix slower than its mean prompt). The
-correction is one number per role, measured over prior, averaged in log space:
+its prompts' spread (attention makes a long-tailed mix slower than its mean prompt), averaged
+over `demand.learn_smoothing_s` as the correction is. The correction is one number per role, measured over prior, averaged in log space:
 - prefill: cache-miss tokens per busy second of a prefill instance, over the prior's;
 - decode: the prior's step time at the observed batch, over the measured step time.
 So a GPU slower than its spec sheet, an engine with more overhead, or a prefix-cache mix the
@@ -29,6 +29,7 @@ DEFAULT_OUTPUT = 256.0
 SCALE_BOUNDS = (0.2, 5.0)  # a measurement further off than this is a broken report, not a GPU
 MIN_BUSY = 0.2  # below this busy share, tokens per busy second is too noisy to learn from
 PERIOD_GUESS_S = 15.0  # the weight of the first sample: one control period's
+MIN_SPREAD = 0.01  # the spread's floor: its average is taken in log space
 
 
 @dataclass(frozen=True)
@@ -116,16 +117,31 @@ class Lengths:
     prompt_sd: float = 0.0  # standard deviation of prompt tokens (0: unknown or all alike)
 
 
-def lengths(signals: Signals) -> Lengths:
+def lengths(signals: Signals, state: PolicyState | None = None) -> Lengths:
     """Mean prompt and output length of the current load (defaults before any is seen), and
-    the prompts' spread when the ingress reports it."""
+    the prompts' averaged spread (`track_spread`) once the ingress has reported one."""
     prompt = signals.prompt_mean
     output = signals.output_mean
-    sd = signals.prompt_sd
     prompt = prompt if _positive(prompt) else DEFAULT_PROMPT
     output = output if _positive(output) else DEFAULT_OUTPUT
-    sd = _rounded(sd) if _positive(sd) else 0.0  # type: ignore[arg-type]
+    spread = None if state is None else state.prompt_spread
+    sd = _rounded(spread * prompt) if _positive(spread) else 0.0  # type: ignore[operator]
     return Lengths(_rounded(prompt), _rounded(max(output, 1.0)), sd)  # type: ignore[arg-type]
+
+
+def track_spread(
+    spec: ServiceSpec, signals: Signals, state: PolicyState, now: float
+) -> PolicyState:
+    """Fold this snapshot's prompt spread (standard deviation over mean) into the state's
+    average. One window of a long-tailed trace can hold a few prompts that dominate its
+    spread; the prior follows the mix, not each window's draw."""
+    mean, sd = signals.prompt_mean, signals.prompt_sd
+    if not _positive(mean) or sd is None or not math.isfinite(sd) or sd < 0:
+        return state
+    value = max(sd / mean, MIN_SPREAD)  # type: ignore[operator]
+    tau = spec.policy.demand.learn_smoothing_s
+    spread = smooth(state.prompt_spread, state.prompt_spread_at, value, now, tau)
+    return replace(state, prompt_spread=spread, prompt_spread_at=now)
 
 
 def capacity(
@@ -133,7 +149,7 @@ def capacity(
 ) -> Capacity:
     """Capacity at this snapshot's lengths: prior x learned scale, or the configured override."""
     demand = spec.policy.demand
-    lens = lengths(signals)
+    lens = lengths(signals, state)
     p_scale = state.prefill_capacity_scale or 1.0
     d_scale = state.decode_capacity_scale or 1.0
     budget = spec.slo.tbt_s * demand.decode_tbt_margin
@@ -173,7 +189,7 @@ def learn(
     demand = spec.policy.demand
     if not demand.learn:
         return state
-    lens = lengths(signals)
+    lens = lengths(signals, state)
     pk, dk = kinds(spec, catalog)
     p_scale, d_scale = state.prefill_capacity_scale, state.decode_capacity_scale
     learned = False

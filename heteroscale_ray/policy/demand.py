@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
 from heteroscale_ray.policy import backlog, burst, proof
-from heteroscale_ray.policy.capacity import Capacity, capacity, learn
+from heteroscale_ray.policy.capacity import Capacity, capacity, learn, track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
 from heteroscale_ray.policy.fixable_latency import latency_guard, strained
@@ -76,6 +76,7 @@ def decide_demand(
     problem = snapshot_problem(signals, now, spec.policy.stale_after_s)
     if problem is None:
         state = backlog.track(spec, state, signals)
+        state = track_spread(spec, signals, state, now)
         state = learn(spec, signals, state, counts.prefill_ready, counts.decode_ready, now, catalog)
     cap = capacity(spec, signals, state, catalog)
     needs = {

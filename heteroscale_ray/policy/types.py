@@ -190,6 +190,10 @@ class PolicyState:
     prefill_capacity_scale: float | None = None
     decode_capacity_scale: float | None = None
     capacity_learned_at: float | None = None
+    # The arriving prompts' spread (standard deviation over mean), averaged like the learned
+    # capacity: one window's few long prompts must not swing the prior.
+    prompt_spread: float | None = None
+    prompt_spread_at: float | None = None
     # Scale-in stabilisation (demand mode): each role's needs (time, instances) that are the
     # highest from their time on within the window; the first is the window's maximum.
     prefill_peaks: tuple[tuple[float, float], ...] = ()
