@@ -303,11 +303,37 @@ def test_the_papers_rule_does_not_shrink_prefill_below_its_measured_need() -> No
         prefill_queue_s=0.5,
     )
     decision, _ = decide(spec, sig, counts(10, 10), PolicyState(), NOW)
-    assert (decision.prefill, decision.reason) == (8, Reason.HOLD_PREFILL_DEMAND), decision
+    assert (decision.prefill, decision.reason) == (8, Reason.PREFILL_DEMAND), decision
     assert "arriving prompts need 6.4 prefill at its measured rate" in decision.message
     idle = replace(sig, prefill_offered_tps=6_400.0, prefill_tps=6_400.0, prefill_busy=0.08)
     decision, _ = decide(spec, idle, counts(10, 10), PolicyState(), NOW)
     assert decision.prefill < 8 and decision.reason is Reason.SCALE_IN, decision
+
+
+def test_the_papers_rule_scales_prefill_out_to_its_measured_need() -> None:
+    """Prefill busy all the time on 12k of 15k arriving tokens/s, no queue yet: the paper's
+    rule, seeing little decode TPS, would hold; prefill goes to 15 / 12 x 10 / 0.8 = 16 at
+    once, but not while instances start (the need is measured on ready ones) nor inside the
+    scale-out cooldown."""
+    spec = make_service(signal="decode_tps", target_per_instance=1500.0, scale_out_cooldown_s=60)
+    sig = signals(
+        decode_tps=15_000.0,  # 10 decode instances' worth: the paper's rule holds
+        prefill_offered_tps=15_000.0,
+        prefill_tps=12_000.0,
+        prefill_busy=1.0,
+        prefill_queue_s=0.5,
+    )
+    decision, _ = decide(spec, sig, counts(10, 10), PolicyState(), NOW)
+    assert (decision.prefill, decision.reason) == (16, Reason.PREFILL_DEMAND), decision
+    assert "arriving prompts need 12.5 prefill at its measured rate (16 at 80% busy)" in (
+        decision.message
+    )
+    starting = RoleCounts(prefill_ready=10, prefill_starting=2, decode_ready=12)
+    decision, _ = decide(spec, sig, starting, PolicyState(), NOW)
+    assert decision.prefill == 12 and decision.reason is not Reason.PREFILL_DEMAND, decision
+    cooling = replace(PolicyState(), last_scale_out_at=NOW - 30)
+    decision, _ = decide(spec, sig, counts(10, 10), cooling, NOW)
+    assert decision.prefill == 10, decision
 
 
 def test_a_level_queue_within_the_slo_is_not_a_backlog() -> None:

@@ -113,7 +113,7 @@ def decide(
         target = never_shrink(spec, target, counts)
     reason = final_reason(proposal, fitted, target, counts)
     target, reason, backlog_note = backlog_override(
-        spec, state, signals, target, reason, counts, proposal
+        spec, state, signals, target, reason, counts, proposal, now
     )
     drives = ratio.changed and proposal.ratio == ratio.ratio  # not when a time-table row's won
     if reason is Reason.RATIO_REPAIR and drives:
@@ -168,6 +168,7 @@ def backlog_override(
     reason: Reason,
     counts: RoleCounts,
     proposal: Proposal,
+    now: float,
 ) -> tuple[tuple[int, int], Reason, str]:
     """The backlog rule on the paper's coordinated rule: a role whose queue keeps growing steps
     out (its partner follows by the ratio) instead of holding or shrinking; prefill at least to
@@ -196,38 +197,45 @@ def backlog_override(
             f"{measured}: {p} prefill / {d} decode"
         )
         return (p, d), reason, note
-    return prefill_demand_floor(spec, signals, target, reason, counts, proposal)
+    return prefill_demand(spec, state, signals, target, reason, counts, proposal, now)
 
 
-def prefill_demand_floor(
+def prefill_demand(
     spec: ServiceSpec,
+    state: PolicyState,
     signals: Signals,
     target: tuple[int, int],
     reason: Reason,
     counts: RoleCounts,
     proposal: Proposal,
+    now: float,
 ) -> tuple[tuple[int, int], Reason, str]:
-    """Scale-in stops where prefill would run over its utilisation target on the arriving
-    tokens at the rate it was measured to compute them. Decode TPS cannot see prefill demand
-    (prefill-heavy traffic makes few decode tokens), so without this the paper's rule shrinks
-    prefill into a backlog, the backlog rule grows it back, and the two saw-tooth."""
-    have = counts.prefill
-    if target[0] >= have:
-        return target, reason, ""
-    need = backlog.measured_need(signals, Role.PREFILL, have - counts.prefill_starting)
+    """Prefill at least at what the arriving tokens need, at the rate it was measured to
+    compute them, over its utilisation target. Decode TPS cannot see prefill demand
+    (prefill-heavy traffic makes few decode tokens): without this the paper's rule shrank
+    prefill into a backlog, the backlog rule grew it back, and the two saw-toothed. It scales
+    out only with every prefill instance up (the need is measured on ready ones) and outside
+    the scale-out cooldown; it never scales in below the need."""
+    have, starting = counts.prefill, counts.prefill_starting
+    need = backlog.measured_need(signals, Role.PREFILL, have - starting)
     if need is None:
         return target, reason, ""
     busy_need = math.ceil(need / PREFILL_UTIL_TARGET - 1e-9)
-    floor = min(have, busy_need)
-    if floor <= target[0]:
+    if target[0] >= busy_need:
         return target, reason, ""
+    if target[0] < have:
+        floor = min(have, busy_need)  # a scale-in stops at the need
+    elif starting or cooldown_left(now, state.last_scale_out_at, spec.policy.scale_out_cooldown_s):
+        return target, reason, ""
+    else:
+        floor = busy_need
     fitted = fit_to_limits(spec, Role.PREFILL, floor, proposal.ratio)
     p, d = fitted.prefill, max(fitted.decode, target[1])
     note = (
-        f"; but arriving prompts need {need:.1f} prefill at its measured rate "
+        f"; arriving prompts need {need:.1f} prefill at its measured rate "
         f"({busy_need} at {PREFILL_UTIL_TARGET:.0%} busy): {p} prefill / {d} decode"
     )
-    return (p, d), Reason.HOLD_PREFILL_DEMAND, note
+    return (p, d), Reason.PREFILL_DEMAND, note
 
 
 def initial_proposal(

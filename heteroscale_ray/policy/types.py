@@ -108,8 +108,9 @@ class Reason(str, Enum):
     BACKLOG_GROWTH = "backlog_growth"  # a role's queue grew K periods in a row: it never holds
     LATENCY_FLOOR = "latency_floor"  # latency over the SLO, but not from queueing: no step
     LATENCY_NO_GAIN = "latency_no_gain"  # the last guard step did not lower latency: no more
-    # The paper's rule would shrink prefill below what arrivals need at its measured rate.
-    HOLD_PREFILL_DEMAND = "hold_prefill_demand"
+    # The paper's rule, blind to prefill demand, sized prefill below what arriving prompts
+    # need at its measured rate: prefill goes to that need instead (never in below it).
+    PREFILL_DEMAND = "prefill_demand"
 
 
 @dataclass(frozen=True)
