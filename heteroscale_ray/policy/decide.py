@@ -213,22 +213,30 @@ def prefill_demand(
     """Prefill at least at what the arriving tokens need, at the rate it was measured to
     compute them, over its utilisation target. Decode TPS cannot see prefill demand
     (prefill-heavy traffic makes few decode tokens): without this the paper's rule shrank
-    prefill into a backlog, the backlog rule grew it back, and the two saw-toothed. It scales
-    out only with every prefill instance up (the need is measured on ready ones) and outside
-    the scale-out cooldown; it never scales in below the need."""
+    prefill into a backlog, the backlog rule grew it back, and the two saw-toothed. Within
+    the rule's dead-band around the need it holds; it scales out only with every prefill
+    instance up (the need is measured on ready ones) and outside the scale-out cooldown."""
     have, starting = counts.prefill, counts.prefill_starting
     need = backlog.measured_need(signals, Role.PREFILL, have - starting)
     if need is None:
         return target, reason, ""
-    busy_need = math.ceil(need / PREFILL_UTIL_TARGET - 1e-9)
+    policy = spec.policy
+    keep = need / PREFILL_UTIL_TARGET
+    busy_need = math.ceil(keep - 1e-9)
     if target[0] >= busy_need:
         return target, reason, ""
-    if target[0] < have:
-        floor = min(have, busy_need)  # a scale-in stops at the need
-    elif starting or cooldown_left(now, state.last_scale_out_at, spec.policy.scale_out_cooldown_s):
-        return target, reason, ""
+    shrinking = target[0] < have
+    if keep > have * (1 + policy.scale_out_tolerance):  # short, past the dead-band
+        waiting = starting or cooldown_left(
+            now, state.last_scale_out_at, policy.scale_out_cooldown_s
+        )
+        floor = have if waiting else busy_need
+    elif shrinking:  # a scale-in stops at the need, and not at all within the dead-band
+        floor = have if have * (1 - policy.scale_in_tolerance) <= keep else busy_need
     else:
-        floor = busy_need
+        return target, reason, ""
+    if floor <= target[0]:
+        return target, reason, ""
     fitted = fit_to_limits(spec, Role.PREFILL, floor, proposal.ratio)
     p, d = fitted.prefill, max(fitted.decode, target[1])
     note = (
