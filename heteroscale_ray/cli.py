@@ -113,6 +113,23 @@ def run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _say(f"{name}: interrupted (Ctrl-C)")
         return EXIT_INTERRUPTED
+    except SystemError as exc:
+        # Ctrl-C inside a C callback (numba loading a compiled kernel) arrives wrapped.
+        if not _caused_by_interrupt(exc):
+            raise
+        _say(f"{name}: interrupted (Ctrl-C)")
+        return EXIT_INTERRUPTED
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _detach_stdout() -> None:

@@ -276,6 +276,18 @@ def test_run_command_turns_broken_pipe_and_ctrl_c_into_exit_codes(
     with pytest.raises(ValueError):  # real bugs keep their traceback
         run_command(other)
 
+    def wrapped(args: argparse.Namespace) -> int:  # Ctrl-C inside a C callback (numba)
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("returned a result with an exception set") from exc
+
+    in_numba = argparse.Namespace(command="replay", func=wrapped)
+    assert run_command(in_numba) == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "heteroscale replay: interrupted (Ctrl-C)\n"
+    with pytest.raises(SystemError):
+        run_command(argparse.Namespace(command="replay", func=raises(SystemError)))
+
 
 def test_demo_trace_defaults_to_the_packaged_sample_without_shared(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
