@@ -3,7 +3,8 @@ what replicas report. Pure: the caller passes signals, state and time.
 
 The prior is the project's one capacity model (`perf.capacity`) at the load's mean lengths and
 its prompts' spread (attention makes a long-tailed mix slower than its mean prompt), averaged
-over `demand.learn_smoothing_s` as the correction is. The correction is one number per role, measured over prior, averaged in log space:
+over `demand.learn_smoothing_s` as the correction is. The correction is one number per role,
+measured over prior, averaged in log space:
 - prefill: cache-miss tokens per busy second of a prefill instance, over the prior's;
 - decode: the prior's step time at the observed batch, over the measured step time.
 So a GPU slower than its spec sheet, an engine with more overhead, or a prefix-cache mix the
@@ -66,10 +67,7 @@ def kinds(spec: ServiceSpec, catalog: GpuCatalog) -> tuple[InstanceKind, Instanc
 
 
 def _prior(
-    spec: ServiceSpec,
-    catalog: GpuCatalog,
-    lens: Lengths,
-    tbt_budget_s: float,
+    spec: ServiceSpec, catalog: GpuCatalog, lens: Lengths, tbt_budget_s: float
 ) -> tuple[float, float, float]:
     p, d = spec.prefill, spec.decode
     return _prior_of(
