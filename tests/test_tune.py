@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from heteroscale_ray.config import PdRatio, ServiceSpec, load_services
 from heteroscale_ray.sim.commands import register
@@ -59,20 +60,21 @@ def test_tune_returns_best_split_ratio_and_target() -> None:
     assert res.target_per_instance == pytest.approx(best[0].tokens_per_s / best[0].decode)
     assert res.target_per_instance > 0 and res.prefill_target_per_instance > 0
     assert res.sample_s == pytest.approx(300.0) and 0 < res.sample_requests < 400
-    # the fragment applies to the service and validates
+    # the fragment, pasted into the service's entry, validates and carries the sample's lengths
     spec = services.by_name()["general"]
-    data = spec.model_dump(mode="json")
-    data["pd_ratio"] = str(res.ratio)
-    data["policy"] = {
-        **data["policy"],
-        "signal": "decode_tps",
-        "target_per_instance": round(res.target_per_instance),
-    }
-    tuned = ServiceSpec.model_validate(data)
-    assert tuned.ratio == res.ratio
     frag = res.yaml_fragment()
     assert f'pd_ratio: "{res.ratio}"' in frag and "signal: decode_tps" in frag
     assert f"target_per_instance: {round(res.target_per_instance)}" in frag
+    pasted = yaml.safe_load(frag)
+    data = spec.model_dump(mode="json")
+    data["pd_ratio"] = pasted["pd_ratio"]
+    data["policy"] = {**data["policy"], **pasted["policy"]}
+    tuned = ServiceSpec.model_validate(data)
+    assert tuned.ratio == res.ratio
+    assert tuned.policy.tuned_at is not None
+    assert tuned.policy.tuned_at.prompt_tokens == round(res.input_mean)
+    assert tuned.policy.tuned_at.output_tokens == round(res.output_mean)
+    assert tuned.policy.tuned_at.prompt_sd == round(res.input_sd) > 0
 
 
 def test_tune_threshold_absolute_or_relative_to_ceiling() -> None:

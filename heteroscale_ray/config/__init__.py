@@ -17,6 +17,7 @@ from heteroscale_ray.config.policy import (
     LatencyTier,
     PeriodicEntry,
     PolicySpec,
+    TunedAt,
 )
 from heteroscale_ray.config.ratio import PdRatio, parse_pd_ratio
 from heteroscale_ray.config.services import (
@@ -62,6 +63,7 @@ __all__ = [
     "ServicesConfig",
     "Slo",
     "TopologySpec",
+    "TunedAt",
     "load_services",
     "load_topology",
     "parse_model",

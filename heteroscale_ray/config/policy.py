@@ -263,6 +263,24 @@ class DemandSpec(BaseModel):
     )
 
 
+class TunedAt(BaseModel):
+    """The load a throughput target was measured on (`heteroscale tune` prints it). With it, the
+    targets follow today's lengths by the capacity model (`policy/transport.py`): a decode
+    target tuned on 15k-token prompts is too low for 10k-token ones, and nothing else would
+    notice."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_tokens: float = Field(gt=0, description="Mean prompt tokens of the tuning load.")
+    output_tokens: float = Field(gt=0, description="Mean output tokens of the tuning load.")
+    prompt_sd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Standard deviation of its prompt tokens; without it, the prompts' spread "
+        "is left out of both sides of the comparison.",
+    )
+
+
 class PolicySpec(BaseModel):
     """How a service scales. Times are seconds; fractions are of the current instance count."""
 
@@ -285,6 +303,12 @@ class PolicySpec(BaseModel):
         gt=0,
         description="Tokens/s one instance of the signal's role should carry at the target load "
         "(found by `heteroscale tune`); required for decode_tps/prefill_tps.",
+    )
+    tuned_at: TunedAt | None = Field(
+        default=None,
+        description="The mean lengths target_per_instance (and the dynamic ratio's paired "
+        "target) were tuned at; when set, both follow today's lengths by the capacity model. "
+        "Unset: the targets hold as configured (the paper's rule).",
     )
     demand: DemandSpec = Field(default_factory=DemandSpec)
     scale_out_tolerance: float = Field(
@@ -324,6 +348,11 @@ class PolicySpec(BaseModel):
             raise ValueError(
                 f"signal '{self.signal}' needs target_per_instance (tokens/s one instance carries "
                 "at target load): set it (`heteroscale tune` finds it), or use signal 'demand'"
+            )
+        if self.signal == "demand" and self.tuned_at is not None:
+            raise ValueError(
+                "signal 'demand' learns what an instance carries at today's lengths, so it has "
+                "no tuned target to carry over: remove tuned_at"
             )
         if self.signal == "demand" and self.dynamic_ratio.enabled:
             raise ValueError(

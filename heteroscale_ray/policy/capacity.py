@@ -66,7 +66,7 @@ def kinds(spec: ServiceSpec, catalog: GpuCatalog) -> tuple[InstanceKind, Instanc
     )
 
 
-def _prior(
+def prior(
     spec: ServiceSpec, catalog: GpuCatalog, lens: Lengths, tbt_budget_s: float
 ) -> tuple[float, float, float]:
     p, d = spec.prefill, spec.decode
@@ -98,7 +98,7 @@ def _prior_of(
     return prefill, float(dec.batch), dec.tokens_per_s
 
 
-def _rounded(x: float) -> float:
+def rounded(x: float) -> float:
     """Two significant digits: the prior changes little with length, and caching stays useful."""
     if x <= 0:
         return x
@@ -108,7 +108,7 @@ def _rounded(x: float) -> float:
 
 @dataclass(frozen=True)
 class Lengths:
-    """The current load's lengths the prior is evaluated at, rounded (see `_rounded`)."""
+    """The current load's lengths the prior is evaluated at, rounded (see `rounded`)."""
 
     prompt: float  # mean prompt tokens
     output: float  # mean output tokens
@@ -123,8 +123,8 @@ def lengths(signals: Signals, state: PolicyState | None = None) -> Lengths:
     prompt = prompt if _positive(prompt) else DEFAULT_PROMPT
     output = output if _positive(output) else DEFAULT_OUTPUT
     spread = None if state is None else state.prompt_spread
-    sd = _rounded(spread * prompt) if _positive(spread) else 0.0  # type: ignore[operator]
-    return Lengths(_rounded(prompt), _rounded(max(output, 1.0)), sd)  # type: ignore[arg-type]
+    sd = rounded(spread * prompt) if _positive(spread) else 0.0  # type: ignore[operator]
+    return Lengths(rounded(prompt), rounded(max(output, 1.0)), sd)  # type: ignore[arg-type]
 
 
 def track_spread(
@@ -151,10 +151,10 @@ def capacity(
     p_scale = state.prefill_capacity_scale or 1.0
     d_scale = state.decode_capacity_scale or 1.0
     budget = spec.slo.tbt_s * demand.decode_tbt_margin
-    prefill, _, _ = _prior(spec, catalog, lens, budget)
+    prefill, _, _ = prior(spec, catalog, lens, budget)
     # A decode instance d_scale x faster than the prior fits the batch the prior allows at a
     # d_scale x looser budget.
-    _, batch, tps = _prior(spec, catalog, lens, _rounded(budget * d_scale))
+    _, batch, tps = prior(spec, catalog, lens, rounded(budget * d_scale))
     cap = Capacity(
         prefill * p_scale,
         batch,

@@ -21,6 +21,7 @@ from heteroscale_ray.config import (
     parse_pd_ratio,
 )
 from heteroscale_ray.policy import backlog
+from heteroscale_ray.policy.capacity import track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.coordinated_demand import backlog_override
 from heteroscale_ray.policy.demand import decide_demand
@@ -45,6 +46,7 @@ from heteroscale_ray.policy.proportional import (
     required_instances,
 )
 from heteroscale_ray.policy.split import Ratio, follower_count, ratio_text, split
+from heteroscale_ray.policy.transport import carried, track_transport
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
 # Reasons whose stage wanted the counts to move; if limits leave them unchanged, that is HOLD_AT_BOUND.
@@ -92,16 +94,23 @@ def decide(
 ) -> tuple[Decision, PolicyState]:
     """One policy tick for one service. Same inputs, same outputs.
 
-    ``catalog`` (the services file's GPU types) gives `signal: demand` its roofline prior.
+    ``catalog`` (the services file's GPU types) gives `signal: demand` its roofline prior, and
+    carries a target tuned at `policy.tuned_at` to today's lengths (`policy/transport.py`).
     """
     if not math.isfinite(now):
         raise ValueError(f"now must be a finite epoch time in seconds, got {now!r}")
     if spec.policy.signal == "demand" and spec.policy.mode != "periodic":
         return decide_demand(spec, signals, counts, state, now, catalog)
-    if spec.policy.mode != "periodic" and not snapshot_problem(
+    fresh = spec.policy.mode != "periodic" and not snapshot_problem(
         signals, now, spec.policy.stale_after_s
-    ):
+    )
+    if fresh:
         state = backlog.track(spec, state, signals)
+        if spec.policy.tuned_at is not None:
+            state = track_spread(spec, signals, state, now)
+    move, state = track_transport(spec, signals, state, now, fresh, catalog)
+    tuned_target = spec.policy.target_per_instance
+    spec = carried(spec, move)
     reading = read_signal(spec, signals, now)
     ratio = step_ratio(spec, signals, state, now)
     if ratio.changed and cooldown_left(now, state.last_scaled_at, spec.policy.scale_out_cooldown_s):
@@ -119,6 +128,8 @@ def decide(
     if reason is Reason.RATIO_REPAIR and drives:
         reason = Reason.RATIO_DRIFT
     message = sentence(proposal, fitted, target, counts, reason) + backlog_note
+    if move is not None:
+        message += f"; {move.describe(tuned_target, spec.policy.target_per_instance)}"  # type: ignore[arg-type]
     decision = Decision(
         service=spec.name,
         prefill=target[0],

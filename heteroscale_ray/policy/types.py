@@ -195,6 +195,11 @@ class PolicyState:
     # capacity: one window's few long prompts must not swing the prior.
     prompt_spread: float | None = None
     prompt_spread_at: float | None = None
+    # A tuned target carried to today's lengths (policy/transport.py): capacity today over at
+    # the tuned load per role, averaged the same way, so one window's mix does not swing it.
+    carried_prefill: float | None = None
+    carried_decode: float | None = None
+    carried_at: float | None = None
     # Scale-in stabilisation (demand mode): each role's needs (time, instances) that are the
     # highest from their time on within the window; the first is the window's maximum.
     prefill_peaks: tuple[tuple[float, float], ...] = ()

@@ -13,6 +13,8 @@
    over its decode instances becomes the decode-TPS `target_per_instance` (the load one decode
    instance carries at the SLO); the cache-miss prompt tokens/s over its prefill instances is
    reported as the matching prefill target.
+5. The sample's mean lengths become `tuned_at`, so the targets follow a load whose lengths
+   differ from the sample's (policy/transport.py).
 
 The sweep ignores prefix-cache hits and arrival burstiness beyond Poisson, as the paper's
 stress test does; replay the trace under the tuned config to check it.
@@ -79,6 +81,7 @@ class TuneResult:
     sample_requests: int = 0
     input_mean: float = 0.0
     output_mean: float = 0.0
+    input_sd: float = 0.0
 
     def yaml_fragment(self) -> str:
         """The lines to paste into the service's entry in services.yaml."""
@@ -87,6 +90,8 @@ class TuneResult:
             "policy:\n"
             "  signal: decode_tps\n"
             f"  target_per_instance: {round(self.target_per_instance)}\n"
+            f"  tuned_at: {{prompt_tokens: {round(self.input_mean)}, "
+            f"output_tokens: {round(self.output_mean)}, prompt_sd: {round(self.input_sd)}}}\n"
         )
 
     def table(self) -> str:
@@ -121,6 +126,7 @@ class TuneResult:
             "sample_requests": self.sample_requests,
             "input_mean": self.input_mean,
             "output_mean": self.output_mean,
+            "input_sd": self.input_sd,
             "rows": [r.as_dict() for r in self.rows],
         }
 
@@ -227,4 +233,5 @@ def tune(
         sample_requests=len(sample),
         input_mean=float(inp.mean()),
         output_mean=float(out.mean()),
+        input_sd=float(inp.std()),
     )
