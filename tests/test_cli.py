@@ -307,3 +307,15 @@ def test_demo_rejects_a_trace_it_cannot_use_before_starting(trace: str, message:
     with pytest.raises(SystemExit) as e:
         main(["demo", "--trace", trace])
     assert message in str(e.value.code)
+
+
+def test_status_text_shows_a_target_carried_to_todays_lengths() -> None:
+    from heteroscale_ray.actors.control_plane import format_status
+
+    st = _demand_status()
+    row = {**st["services"][0], "signal": "decode_tps", "target_per_instance": 750.0}
+    st["services"] = [{**row, "carried_target_per_instance": 1062.4}]
+    st["capacity"] = {}
+    assert "decode_tps (750 -> 1,062)" in format_status(st)
+    st["services"] = [{**row, "carried_target_per_instance": None}]  # no tuned_at: as configured
+    assert "decode_tps (750)" in format_status(st)

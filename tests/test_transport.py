@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from heteroscale_ray.config import ServiceSpec
 from heteroscale_ray.policy import PolicyState, Reason, RoleCounts, Signals, decide
-from heteroscale_ray.policy.transport import carried, track_transport
+from heteroscale_ray.policy.transport import carried, carried_target, track_transport
 
 NOW = 1_000_000.0
 MOONCAKE = {"prompt_tokens": 15_000, "output_tokens": 150}
@@ -114,3 +114,10 @@ def test_tuned_at_is_for_targets_and_must_be_positive() -> None:
         )
     with pytest.raises(ValidationError, match="prompt_tokens"):
         longctx(tuned_at={"prompt_tokens": 0, "output_tokens": 150})
+
+
+def test_the_status_shows_the_target_the_last_decision_carried() -> None:
+    spec = longctx(tuned_at=MOONCAKE)
+    _, state = decide(spec, signals(8_000.0), RoleCounts(70, 10), PolicyState(), NOW)
+    assert carried_target(spec, state) == pytest.approx(750 * state.carried_decode)
+    assert carried_target(longctx(), state) is None and carried_target(spec, None) is None

@@ -306,8 +306,11 @@ def format_status(st: dict[str, Any]) -> str:
         else:
             val = o.get(s["signal"])
             obs = "n/a" if val is None else f"{val:.0f} tok/s"
-            target = s.get("target_per_instance")
-            signal = f"{s['signal']} ({'-' if target is None else f'{target:g}'})"
+            target, now = s.get("target_per_instance"), s.get("carried_target_per_instance")
+            shown = "-" if target is None else f"{target:g}"
+            if target is not None and now is not None and round(now) != round(target):
+                shown += f" -> {now:,.0f}"  # carried to today's lengths (policy.tuned_at)
+            signal = f"{s['signal']} ({shown})"
         lines.append(f"{s['name']:<14}{ratio:>9}{s['priority']:>6}  {signal:<27}{obs}")
         cap = st.get("capacity", {}).get(s["name"])
         if cap:

@@ -35,6 +35,7 @@ from heteroscale_ray.config import ServicesConfig, ServiceSpec
 from heteroscale_ray.control import Desired, HeteroScaleAutoscaler, Observation
 from heteroscale_ray.policy import PolicyState, RoleCounts
 from heteroscale_ray.policy.capacity import capacity, lengths
+from heteroscale_ray.policy.transport import carried_target
 from heteroscale_ray.policy.types import Signals
 
 logger = logging.getLogger(__name__)
@@ -267,6 +268,9 @@ class PolicyEngine:
                         "priority": s.priority,
                         "signal": s.policy.signal,
                         "target_per_instance": s.policy.target_per_instance,
+                        "carried_target_per_instance": carried_target(
+                            s, self.autoscaler.states.get(s.name)
+                        ),
                     }
                     for s in self.config.services
                 ],

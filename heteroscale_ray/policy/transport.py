@@ -101,6 +101,15 @@ def carried(spec: ServiceSpec, move: Transport | None) -> ServiceSpec:
     return spec.model_copy(update={"policy": policy.model_copy(update=update)})
 
 
+def carried_target(spec: ServiceSpec, state: PolicyState | None) -> float | None:
+    """The signal's target as the last decision carried it (None: held as configured)."""
+    policy = spec.policy
+    if policy.tuned_at is None or state is None or policy.target_per_instance is None:
+        return None
+    factor = state.carried_decode if policy.signal == "decode_tps" else state.carried_prefill
+    return None if factor is None else policy.target_per_instance * factor
+
+
 def _tuned_lengths(tuned_at: TunedAt) -> Lengths:
     return Lengths(
         rounded(tuned_at.prompt_tokens),
