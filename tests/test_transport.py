@@ -121,3 +121,27 @@ def test_the_status_shows_the_target_the_last_decision_carried() -> None:
     _, state = decide(spec, signals(8_000.0), RoleCounts(70, 10), PolicyState(), NOW)
     assert carried_target(spec, state) == pytest.approx(750 * state.carried_decode)
     assert carried_target(longctx(), state) is None and carried_target(spec, None) is None
+
+
+def test_the_fixed_ratio_is_carried_to_decode_heavy_traffic() -> None:
+    """7:1 tuned on 15k-token prompts with 150-token answers, on 1.2k-token prompts with
+    1.7k-token answers: prefill per decode token falls ~150x, and the carried ratio goes to
+    the grid's lowest (1:8) with reason ratio_drift, instead of asking for 7 prefill per decode."""
+    spec = longctx(tuned_at=MOONCAKE)
+    sig = signals(1_200.0, 1_700.0, decode_tps=75_000.0)  # 100 decode instances at 750
+    decision, state = decide(spec, sig, RoleCounts(70, 10), PolicyState(), NOW)
+    assert state.active_ratio == (1, 8)
+    assert decision.pd_ratio == (1, 8) and decision.prefill <= 10 < decision.decode
+    assert "the configured ratio carried to today's lengths is" in decision.message
+    # held at 7:1 the same load asks for 7 prefill per decode instance
+    plain, _ = decide(longctx(), sig, RoleCounts(70, 10), PolicyState(), NOW)
+    assert plain.pd_ratio == (7, 1) and plain.prefill >= 7 * plain.decode - 7
+
+
+def test_at_the_tuned_lengths_the_ratio_stays_put() -> None:
+    spec = longctx(tuned_at=MOONCAKE)
+    state, counts = PolicyState(), RoleCounts(70, 10)
+    for i, prompt in enumerate((15_000.0, 13_000.0, 17_000.0, 15_000.0)):
+        decision, state = decide(spec, signals(prompt), counts, state, NOW + 15 * i)
+        assert decision.pd_ratio == (7, 1), decision.message
+        assert decision.reason is not Reason.RATIO_DRIFT

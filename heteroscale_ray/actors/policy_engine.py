@@ -334,8 +334,10 @@ class PolicyEngine:
 
 
 def _active_ratio(spec: ServiceSpec, state: PolicyState | None) -> str:
-    """The P/D ratio the policy works at now: the configured one unless a dynamic one moved."""
-    if state is None or state.active_ratio is None or not spec.policy.dynamic_ratio.enabled:
+    """The P/D ratio the policy works at now: the configured one unless a dynamic one moved
+    (or `tuned_at` carried it to today's lengths)."""
+    moves = spec.policy.dynamic_ratio.enabled or spec.policy.tuned_at is not None
+    if state is None or state.active_ratio is None or not moves:
         return spec.pd_ratio
     return str(state.active_ratio)
 

@@ -112,7 +112,7 @@ def decide(
     tuned_target = spec.policy.target_per_instance
     spec = carried(spec, move)
     reading = read_signal(spec, signals, now)
-    ratio = step_ratio(spec, signals, state, now)
+    ratio = step_ratio(spec, signals, state, now, None if move is None else move.ratio(spec.ratio))
     if ratio.changed and cooldown_left(now, state.last_scaled_at, spec.policy.scale_out_cooldown_s):
         ratio = ratio.held()  # a rebalance is a scaling action too: not straight after another
     proposal = propose(spec, signals, reading, counts, state, now, ratio.ratio)

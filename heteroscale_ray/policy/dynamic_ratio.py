@@ -103,16 +103,26 @@ def nearest_ratio(value: float, max_term: int, low: Ratio, high: Ratio) -> Ratio
     return min(inside, key=lambda r: abs(math.log(r[0] / r[1]) - target))
 
 
-def step_ratio(spec: ServiceSpec, signals: Signals, state: PolicyState, now: float) -> RatioStep:
-    """This tick's P/D ratio for ``spec``: its configured one unless the dynamic ratio is on."""
+def step_ratio(
+    spec: ServiceSpec,
+    signals: Signals,
+    state: PolicyState,
+    now: float,
+    carried: float | None = None,
+) -> RatioStep:
+    """This tick's P/D ratio for ``spec``: its configured one unless the dynamic ratio is on,
+    or, with ``carried`` (the configured ratio carried to today's lengths, already averaged:
+    policy/transport.py), that one snapped to the grid as the dynamic ratio snaps its own."""
     dyn = spec.policy.dynamic_ratio
-    if not dyn.enabled:
+    if not dyn.enabled and carried is None:
         return RatioStep(spec.ratio, None, None)
     low, high = dyn.bounds()
-    low_ratio, high_ratio = dyn.bound_ratios()
     active = state.active_ratio
     if active is None or not low <= active[0] / active[1] <= high:
         active = spec.ratio  # first tick, or bounds changed by a config update
+    if not dyn.enabled:
+        why = "the configured ratio carried to today's lengths is"
+        return _snap(spec, active, carried, now, why)  # type: ignore[arg-type]
     if dyn.smoothing_s > 0 and (state.ratio_estimate is None or state.ratio_estimate_at is None):
         # The configured ratio (from an offline sweep) is the prior the average starts from,
         # so one early snapshot (e.g. prefill done, decode still catching up) cannot move it.
@@ -128,6 +138,16 @@ def step_ratio(spec: ServiceSpec, signals: Signals, state: PolicyState, now: flo
     since = [t for t in (state.ratio_estimate_at, state.last_decision_at) if t is not None]
     gap = min(now - max(since), spec.policy.stale_after_s) if since else 0.0
     estimate = smooth(state.ratio_estimate, now - gap, measured, now, dyn.smoothing_s)
+    why = f"the load's P/D need (smoothed over {dyn.smoothing_s:g} s) moved to"
+    return _snap(spec, active, estimate, now, why)
+
+
+def _snap(spec: ServiceSpec, active: Ratio, estimate: float, now: float, why: str) -> RatioStep:
+    """The grid ratio nearest ``estimate`` within the bounds, if it is closer than ``active``
+    by more than the change tolerance; else ``active``."""
+    dyn = spec.policy.dynamic_ratio
+    low, high = dyn.bounds()
+    low_ratio, high_ratio = dyn.bound_ratios()
     keep = RatioStep(active, estimate, now)
     bounded = min(max(estimate, low), high)
     new = nearest_ratio(bounded, dyn.max_term, low_ratio, high_ratio)
@@ -138,8 +158,8 @@ def step_ratio(spec: ServiceSpec, signals: Signals, state: PolicyState, now: flo
     if new == active or after + math.log1p(dyn.change_tolerance) >= drift:
         return keep
     note = (
-        f"the load's P/D need moved to {estimate:.2f} (smoothed over {dyn.smoothing_s:g} s), "
-        f"more than {dyn.change_tolerance:.0%} from {ratio_text(active)}: ratio now {ratio_text(new)}"
+        f"{why} {estimate:.2f}, more than {dyn.change_tolerance:.0%} from "
+        f"{ratio_text(active)}: ratio now {ratio_text(new)}"
     )
     return RatioStep(new, estimate, now, changed=True, note=note, was=active)
 

@@ -10,6 +10,13 @@ scaled by the roofline model's capacity at today's lengths over its capacity at 
 ones: the operating point the operator chose (how close to the SLO, how much headroom) is
 kept, and only what the hardware does with today's requests changes.
 
+A fixed P/D ratio is carried the same way: the prefill instances a decode instance needs
+grow with the prompt tokens per decode token and with what a decode instance carries, and
+shrink with what a prefill instance carries. A 7:1 ratio tuned on 15k-token prompts with
+150-token answers becomes 1:8 for 1k-token prompts with 1.7k-token answers, where held at 7:1
+it asked for 650 prefill instances while 20 were busy, and at prefill's max capped decode
+below its need.
+
 The learned correction (`policy/capacity.py`) scales both sides alike and cancels, so the
 prior alone carries the ratio. The ratio is averaged over `demand.learn_smoothing_s`, as the
 learned correction is: a window's few long prompts move it by one period's weight. Pure: no
@@ -21,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, ServiceSpec, TunedAt
+from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, ServiceSpec, TunedAt
 from heteroscale_ray.policy.capacity import SCALE_BOUNDS, Lengths, lengths, prior, rounded
 from heteroscale_ray.policy.dynamic_ratio import smooth
 from heteroscale_ray.policy.types import PolicyState, Signals
@@ -34,8 +41,14 @@ class Transport:
 
     prefill: float
     decode: float
+    work: float  # prompt tokens per decode token, today over tuned
     today: Lengths | None
     tuned: Lengths
+
+    def ratio(self, tuned_ratio: PdRatio) -> float:
+        """The tuned prefill:decode, carried: prefill instances per decode instance today."""
+        p, d = tuned_ratio
+        return p / d * self.work * self.decode / self.prefill
 
     def describe(self, target: float, carried: float) -> str:
         today = (
@@ -72,17 +85,20 @@ def track_transport(
         budget = spec.slo.tbt_s * spec.policy.demand.decode_tbt_margin
         p_now, _, d_now = prior(spec, catalog, today, budget)
         p_then, _, d_then = prior(spec, catalog, tuned, budget)
+        work = _per_decode_token(today) / _per_decode_token(tuned)
         tau = spec.policy.demand.learn_smoothing_s
         at = state.carried_at
         state = replace(
             state,
             carried_prefill=smooth(state.carried_prefill, at, _bounded(p_now / p_then), now, tau),
             carried_decode=smooth(state.carried_decode, at, _bounded(d_now / d_then), now, tau),
+            carried_work=smooth(state.carried_work, at, min(max(work, 1e-3), 1e3), now, tau),
             carried_at=now,
         )
-    if state.carried_prefill is None or state.carried_decode is None:
+    factors = (state.carried_prefill, state.carried_decode, state.carried_work)
+    if any(f is None for f in factors):
         return None, state
-    return Transport(state.carried_prefill, state.carried_decode, today, tuned), state
+    return Transport(*factors, today, tuned), state  # type: ignore[arg-type]
 
 
 def carried(spec: ServiceSpec, move: Transport | None) -> ServiceSpec:
@@ -108,6 +124,11 @@ def carried_target(spec: ServiceSpec, state: PolicyState | None) -> float | None
         return None
     factor = state.carried_decode if policy.signal == "decode_tps" else state.carried_prefill
     return None if factor is None else policy.target_per_instance * factor
+
+
+def _per_decode_token(lens: Lengths) -> float:
+    """Prompt tokens per token decode makes (prefill makes each request's first)."""
+    return lens.prompt / max(lens.output - 1.0, 1.0)
 
 
 def _tuned_lengths(tuned_at: TunedAt) -> Lengths:

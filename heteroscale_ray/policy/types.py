@@ -199,6 +199,7 @@ class PolicyState:
     # the tuned load per role, averaged the same way, so one window's mix does not swing it.
     carried_prefill: float | None = None
     carried_decode: float | None = None
+    carried_work: float | None = None  # prompt tokens per decode token, today over tuned
     carried_at: float | None = None
     # Scale-in stabilisation (demand mode): each role's needs (time, instances) that are the
     # highest from their time on within the window; the first is the window's maximum.
