@@ -26,6 +26,7 @@ from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.coordinated_demand import backlog_override
 from heteroscale_ray.policy.demand import decide_demand
 from heteroscale_ray.policy.dynamic_ratio import RatioStep, step_ratio
+from heteroscale_ray.policy.fixable_latency import MIN_GAIN, settle, unhelped, watched_latencies
 from heteroscale_ray.policy.freshness import (
     SIGNAL_LABELS,
     Reading,
@@ -34,7 +35,7 @@ from heteroscale_ray.policy.freshness import (
     snapshot_problem,
     value_problem,
 )
-from heteroscale_ray.policy.latency_guard import guard_target, latency_pressure, reached_tier
+from heteroscale_ray.policy.latency_guard import guard_target, reached_tier
 from heteroscale_ray.policy.limits import Fitted, clamp, fit_to_limits, gpus
 from heteroscale_ray.policy.periodic import active_entry, clock_text
 from heteroscale_ray.policy.proportional import (
@@ -57,6 +58,8 @@ CHANGE_INTENTS = {
     Reason.KV_PRESSURE,
     Reason.PERIODIC,
 }
+# A breach the latency guard left alone: capacity cannot fix it. Holding, it is a hold.
+NO_STEP = {Reason.LATENCY_FLOOR, Reason.LATENCY_NO_GAIN}
 HOLDS = {
     Reason.HOLD_DEADBAND,
     Reason.HOLD_COOLDOWN,
@@ -74,6 +77,9 @@ class Proposal:
     ratio: Ratio
     reason: Reason
     why: str
+    # A latency-guard step: (role whose latency it answers, that latency's fixable part, the
+    # signal per anchor instance), so the next breach can tell whether the step helped.
+    guard_mark: tuple[Role, float, float | None] | None = None
 
     def count_as(self, role: Role) -> int:
         """This proposal's size in instances of ``role``, to compare proposals anchored differently."""
@@ -106,6 +112,7 @@ def decide(
     )
     if fresh:
         state = backlog.track(spec, state, signals)
+        state = settle(spec, signals, state)
         if spec.policy.tuned_at is not None:
             state = track_spread(spec, signals, state, now)
     move, state = track_transport(spec, signals, state, now, fresh, catalog)
@@ -241,30 +248,81 @@ def latency_guard_proposal(
     now: float,
     proposal: Proposal,
 ) -> Proposal:
-    """A fresh latency breach steps out by the reached tier, overriding holds and scale-ins."""
+    """A fresh latency breach steps out by the reached tier, overriding holds and scale-ins,
+    unless capacity cannot fix it: a latency that is not queueing (a long prompt's own
+    compute, the KV transfer) is a floor (reason latency_floor), and a breach the last guard
+    step left flat (within a tenth, while the role's load per instance fell) earns no other
+    (latency_no_gain); one that rose was too small. Either way demand alone sizes the
+    service, so a latency floor never ratchets the fleet up."""
     guard = spec.policy.latency_guard
     if not guard.enabled or snapshot_problem(signals, now, spec.policy.stale_after_s):
         return proposal
-    pressure = latency_pressure(spec, signals)
-    tier = reached_tier(pressure.ratio, guard.tiers) if pressure else None
-    if pressure is None or tier is None:
+    breaches = []
+    for role, name, observed, slo, fixable, floor in watched_latencies(spec, signals):
+        if value_problem(observed) is None:
+            tier = reached_tier(observed / slo, guard.tiers)  # type: ignore[operator]
+            if tier is not None:
+                breaches.append((observed / slo, role, name, observed, slo, fixable, floor, tier))  # type: ignore[operator]
+    if not breaches:
         return proposal
-    breach = (
-        f"{pressure.metric} p99 {pressure.observed_s * 1000:,.0f} ms is {pressure.ratio:.2f}x "
-        f"the {pressure.slo_s * 1000:,.0f} ms SLO (tier at {tier.at:g}x: +{tier.step:.0%})"
-    )
-    wait = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
-    return guard_step(
-        proposal,
-        proposal.anchor,
-        counts,
-        tier.step,
-        wait,
-        Reason.LATENCY_GUARD,
-        breach,
-        "the guard cooldown",
-        "during a breach",
-    )
+    held = []
+    for ratio, role, name, observed, slo, fixable, floor, tier in sorted(
+        breaches, key=lambda b: -b[0]
+    ):
+        breach = (
+            f"{name} p99 {observed * 1000:,.0f} ms is {ratio:.2f}x the {slo * 1000:,.0f} ms SLO"
+        )
+        if floor:
+            held.append(
+                (
+                    Reason.LATENCY_FLOOR,
+                    f"{breach} but not from queueing, which instances cannot fix",
+                )
+            )
+            continue
+        fixable = observed if fixable is None else fixable
+        before = unhelped(state, role, fixable, role_load(signals, counts, role))
+        if before is not None and fixable <= (1 + MIN_GAIN) * before:  # flat, not rising
+            held.append(
+                (
+                    Reason.LATENCY_NO_GAIN,
+                    f"{breach} but the last guard step left it at {fixable * 1000:,.0f} ms "
+                    f"(was {before * 1000:,.0f} ms): no further step",
+                )
+            )
+            continue
+        wait = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
+        stepped = guard_step(
+            proposal,
+            proposal.anchor,
+            counts,
+            tier.step,
+            wait,
+            Reason.LATENCY_GUARD,
+            f"{breach} (tier at {tier.at:g}x: +{tier.step:.0%})",
+            "the guard cooldown",
+            "during a breach",
+        )
+        if stepped.reason is Reason.LATENCY_GUARD:
+            stepped = replace(stepped, guard_mark=(role, fixable, role_load(signals, counts, role)))
+        return stepped
+    if proposal.count_as(proposal.anchor) > counts.of(proposal.anchor):
+        return proposal  # already scaling out on its signal
+    reason, why = held[0]
+    return replace(proposal, reason=reason, why=f"{proposal.why}; {why}")
+
+
+def role_load(signals: Signals, counts: RoleCounts, role: Role) -> float | None:
+    """What one instance of `role` carries now: prompt tokens arriving per prefill instance,
+    decode tokens per decode instance (None unmeasured)."""
+    have = counts.of(role)
+    if role is Role.PREFILL:
+        load = next((x for x in (signals.prefill_offered_tps, signals.prefill_tps) if x), None)
+    else:
+        load = signals.decode_tps
+    if have <= 0 or value_problem(load) is not None:
+        return None
+    return load / have  # type: ignore[operator]
 
 
 def guard_step(
@@ -362,7 +420,10 @@ def final_reason(
         return Reason.INITIAL
     if fitted.clamp is not None and target == (fitted.prefill, fitted.decode):
         return fitted.clamp
-    return Reason.RATIO_REPAIR if proposal.reason in HOLDS else proposal.reason
+    holding = proposal.reason in HOLDS or (
+        proposal.reason in NO_STEP and proposal.count == counts.of(proposal.anchor)
+    )
+    return Reason.RATIO_REPAIR if holding else proposal.reason
 
 
 def sentence(
@@ -423,6 +484,11 @@ def advance_state(
     shrank = target[0] < counts.prefill or target[1] < counts.decode
     guarded = grew and proposal.reason is Reason.LATENCY_GUARD
     kv_guarded = grew and proposal.reason is Reason.KV_PRESSURE
+    mark = proposal.guard_mark if guarded else None
+    if mark is not None:
+        state = replace(
+            state, guard_role=mark[0].value, guard_fixable_s=mark[1], guard_load=mark[2]
+        )
     return replace(
         state.after_decision(
             now, reason, grew=grew, shrank=shrank, guarded=guarded, kv_guarded=kv_guarded

@@ -85,12 +85,9 @@ def latency_guard(
             else:
                 plans[role] = replace(plan, why=why)
             continue
-        before = state.guard_fixable_s if state.guard_role == role.value else None
         load = plan.need / plan.current if plan.need is not None and plan.current else None
-        # A step that load growth ate (need per instance no lower than when it was taken) says
-        # nothing about whether capacity helps; only a step that did lower the load does.
-        relieved = load is None or state.guard_load is None or load < 0.95 * state.guard_load
-        if before is not None and relieved and fixable > (1 - MIN_GAIN) * before:
+        before = unhelped(state, role, fixable, load)
+        if before is not None:
             why = (
                 f"{plan.why}; {breach} but the last guard step left it at "
                 f"{fixable * 1000:,.0f} ms (was {before * 1000:,.0f} ms): no further step"
@@ -105,6 +102,31 @@ def latency_guard(
             plans[role] = replace(plan, target=step, reason=Reason.LATENCY_GUARD, why=why)
             state = replace(state, guard_role=role.value, guard_fixable_s=fixable, guard_load=load)
     return plans, state
+
+
+def unhelped(state: PolicyState, role: Role, fixable: float, load: float | None) -> float | None:
+    """The fixable latency the last guard step on `role` was taken at, if that step did not
+    cut it by MIN_GAIN; else None. A step that load growth ate (load per instance no lower
+    than when it was taken) says nothing about whether capacity helps; only one that did
+    lower the load does."""
+    before = state.guard_fixable_s if state.guard_role == role.value else None
+    relieved = load is None or state.guard_load is None or load < 0.95 * state.guard_load
+    if before is not None and relieved and fixable > (1 - MIN_GAIN) * before:
+        return before
+    return None
+
+
+def settle(spec: ServiceSpec, s: Signals, state: PolicyState) -> PolicyState:
+    """Forget the last guard step once its role's latency is below the lowest tier again: the
+    next breach is a new one, and its first step is always taken."""
+    if state.guard_role is None:
+        return state
+    for role, _, observed, slo, _, _ in watched_latencies(spec, s):
+        if role.value != state.guard_role or not _usable(observed):
+            continue
+        if reached_tier(observed / slo, spec.policy.latency_guard.tiers) is None:  # type: ignore[operator]
+            return replace(state, guard_role=None, guard_fixable_s=None, guard_load=None)
+    return state
 
 
 def watched_latencies(
