@@ -7,9 +7,10 @@ by a ramp) arriving from minute 15, peaking from minute 30 to 45 and gone by min
 alone needs about 2:3 prefill:decode; at the peak the mix needs roughly 1:1.
 
 Policies (all HeteroScale, same targets, TTFT latency guard on):
-  fixed-chat   pd_ratio 2:3, the ratio an offline sweep on chat finds
+  fixed-chat   pd_ratio 2:3, the ratio an offline sweep on chat finds (the paper's rule)
   fixed-peak   pd_ratio 3:2, provisioned for the peak mix all day
-  dynamic      pd_ratio 2:3 to start, policy.dynamic_ratio on
+  carried      pd_ratio 2:3 and targets carried from chat's lengths (policy.tuned_at)
+  dynamic      pd_ratio 2:3 to start, policy.dynamic_ratio on (targets carried too)
   oracle       per-interval sizing from the future load (reference)
 
 Writes results/exp6_dynamic_ratio/{summary.json, timeline.png, ratio.png} and prints the table.
@@ -78,17 +79,20 @@ def variants(base: ServicesConfig) -> dict[str, ServicesConfig]:
     data = base.model_dump(mode="json")
     spec = next(s for s in data["services"] if s["name"] == SERVICE)
 
-    def with_policy(ratio: str, dynamic: bool) -> ServicesConfig:
+    def with_policy(ratio: str, dynamic: bool, carried: bool = True) -> ServicesConfig:
         one = json.loads(json.dumps(spec))
         one["pd_ratio"] = ratio
         one["policy"]["dynamic_ratio"]["enabled"] = dynamic
+        if not carried:
+            one["policy"]["tuned_at"] = None
         return ServicesConfig.model_validate({"gpus": data["gpus"], "services": [one]})
 
     return {
-        "fixed-chat": with_policy("2:3", False),
-        "fixed-peak": with_policy("3:2", False),
+        "fixed-chat": with_policy("2:3", False, carried=False),
+        "fixed-peak": with_policy("3:2", False, carried=False),
+        "carried": with_policy("2:3", False),
         "dynamic": with_policy("2:3", True),
-        "oracle": with_policy("2:3", False),
+        "oracle": with_policy("2:3", False, carried=False),
     }
 
 
@@ -166,8 +170,9 @@ def main() -> int:
         f"{chat_fixed['slo_attainment']:.1%}, fixed-peak {peak['slo_attainment']:.1%}, "
         f"oracle {by['oracle']['slo_attainment']:.1%})"
     )
-    moves = ", ".join(f"{r} at {t / 60:.0f} min" for t, r in changes["dynamic"])
-    print(f"  dynamic ratio      {moves}")
+    for label in ("dynamic", "carried"):
+        moves = ", ".join(f"{r} at {t / 60:.0f} min" for t, r in changes[label])
+        print(f"  {label + ' ratio':<18} {moves}")
     report = {
         "service": SERVICE,
         "requests": len(mixed),
@@ -180,6 +185,7 @@ def main() -> int:
         "summaries": rows,
         "compare": compare,
         "ratio_changes": changes["dynamic"],
+        "carried_ratio_changes": changes["carried"],
     }
     (OUT / "summary.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
     timeline_png(
