@@ -1,16 +1,19 @@
 """The policy tick: (spec, signals, counts, state, now) -> (decision, state). Pure: time is an argument.
 
-Stages, each a small function: read the signal -> the P/D ratio (configured, or dynamic) ->
-proportional target with dead-band, cooldowns and damping -> latency guard -> KV-pressure
-guard -> periodic table (periodic/hybrid) -> P/D split, bounds, budget -> never shrink on
-missing data -> reason and sentence -> new state. A stage proposes a count for one *anchor* role and a P/D ratio; the other
-role follows, so both move in one decision.
+Stages, each a small function: targets and ratio carried to today's lengths (`tuned_at`,
+policy/transport.py) -> read the signal -> the P/D ratio (configured, carried or dynamic) ->
+proportional target with dead-band, cooldowns and damping -> latency and KV-pressure guards
+(policy/coordinated_guards.py) -> periodic table (periodic/hybrid) -> P/D split, bounds,
+budget -> never shrink on missing data -> backlog and prefill demand
+(policy/coordinated_demand.py) -> reason and sentence -> new state. A stage proposes a count
+for one *anchor* role and a P/D ratio; the other role follows, so both move in one decision.
+`signal: demand` has its own tick (policy/demand.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from heteroscale_ray.config import (
     DEFAULT_CATALOG,
@@ -24,29 +27,28 @@ from heteroscale_ray.policy import backlog
 from heteroscale_ray.policy.capacity import track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.coordinated_demand import backlog_override
+from heteroscale_ray.policy.coordinated_guards import kv_guard_proposal, latency_guard_proposal
 from heteroscale_ray.policy.demand import decide_demand
 from heteroscale_ray.policy.dynamic_ratio import RatioStep, step_ratio
-from heteroscale_ray.policy.fixable_latency import MIN_GAIN, settle, unhelped, watched_latencies
+from heteroscale_ray.policy.fixable_latency import settle
 from heteroscale_ray.policy.freshness import (
     SIGNAL_LABELS,
     Reading,
     read_signal,
     signal_role,
     snapshot_problem,
-    value_problem,
 )
-from heteroscale_ray.policy.latency_guard import guard_target, reached_tier
 from heteroscale_ray.policy.limits import Fitted, clamp, fit_to_limits, gpus
 from heteroscale_ray.policy.periodic import active_entry, clock_text
 from heteroscale_ray.policy.proportional import (
-    EPS,
     Direction,
     ceil_eps,
     damped_target,
     dead_band,
     required_instances,
 )
-from heteroscale_ray.policy.split import Ratio, follower_count, ratio_text, split
+from heteroscale_ray.policy.proposal import Proposal
+from heteroscale_ray.policy.split import Ratio, ratio_text, split
 from heteroscale_ray.policy.transport import carried, track_transport
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
@@ -66,28 +68,6 @@ HOLDS = {
     Reason.HOLD_MISSING_SIGNAL,
     Reason.HOLD_OUTSIDE_SCHEDULE,
 }
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """What one stage wants: ``count`` instances of the ``anchor`` role at ``ratio``, and why."""
-
-    anchor: Role
-    count: int
-    ratio: Ratio
-    reason: Reason
-    why: str
-    # A latency-guard step: (role whose latency it answers, that latency's fixable part, the
-    # signal per anchor instance), so the next breach can tell whether the step helped.
-    guard_mark: tuple[Role, float, float | None] | None = None
-
-    def count_as(self, role: Role) -> int:
-        """This proposal's size in instances of ``role``, to compare proposals anchored differently."""
-        return (
-            self.count
-            if role is self.anchor
-            else follower_count(self.anchor, self.count, self.ratio)
-        )
 
 
 def decide(
@@ -238,147 +218,6 @@ def proportional_proposal(
     if target != desired:
         why += f", damped to {target} ({damping:.0%} of the gap)"
     return Proposal(role, target, ratio, Reason.SCALE_OUT if out else Reason.SCALE_IN, why)
-
-
-def latency_guard_proposal(
-    spec: ServiceSpec,
-    signals: Signals,
-    counts: RoleCounts,
-    state: PolicyState,
-    now: float,
-    proposal: Proposal,
-) -> Proposal:
-    """A fresh latency breach steps out by the reached tier, overriding holds and scale-ins,
-    unless capacity cannot fix it: a latency that is not queueing (a long prompt's own
-    compute, the KV transfer) is a floor (reason latency_floor), and a breach the last guard
-    step left flat (within a tenth, while the role's load per instance fell) earns no other
-    (latency_no_gain); one that rose was too small. Either way demand alone sizes the
-    service, so a latency floor never ratchets the fleet up."""
-    guard = spec.policy.latency_guard
-    if not guard.enabled or snapshot_problem(signals, now, spec.policy.stale_after_s):
-        return proposal
-    breaches = []
-    for role, name, observed, slo, fixable, floor in watched_latencies(spec, signals):
-        if value_problem(observed) is None:
-            tier = reached_tier(observed / slo, guard.tiers)  # type: ignore[operator]
-            if tier is not None:
-                breaches.append((observed / slo, role, name, observed, slo, fixable, floor, tier))  # type: ignore[operator]
-    if not breaches:
-        return proposal
-    held = []
-    for ratio, role, name, observed, slo, fixable, floor, tier in sorted(
-        breaches, key=lambda b: -b[0]
-    ):
-        breach = (
-            f"{name} p99 {observed * 1000:,.0f} ms is {ratio:.2f}x the {slo * 1000:,.0f} ms SLO"
-        )
-        if floor:
-            held.append(
-                (
-                    Reason.LATENCY_FLOOR,
-                    f"{breach} but not from queueing, which instances cannot fix",
-                )
-            )
-            continue
-        fixable = observed if fixable is None else fixable
-        before = unhelped(state, role, fixable, role_load(signals, counts, role))
-        if before is not None and fixable <= (1 + MIN_GAIN) * before:  # flat, not rising
-            held.append(
-                (
-                    Reason.LATENCY_NO_GAIN,
-                    f"{breach} but the last guard step left it at {fixable * 1000:,.0f} ms "
-                    f"(was {before * 1000:,.0f} ms): no further step",
-                )
-            )
-            continue
-        wait = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
-        stepped = guard_step(
-            proposal,
-            proposal.anchor,
-            counts,
-            tier.step,
-            wait,
-            Reason.LATENCY_GUARD,
-            f"{breach} (tier at {tier.at:g}x: +{tier.step:.0%})",
-            "the guard cooldown",
-            "during a breach",
-        )
-        if stepped.reason is Reason.LATENCY_GUARD:
-            stepped = replace(stepped, guard_mark=(role, fixable, role_load(signals, counts, role)))
-        return stepped
-    if proposal.count_as(proposal.anchor) > counts.of(proposal.anchor):
-        return proposal  # already scaling out on its signal
-    reason, why = held[0]
-    return replace(proposal, reason=reason, why=f"{proposal.why}; {why}")
-
-
-def role_load(signals: Signals, counts: RoleCounts, role: Role) -> float | None:
-    """What one instance of `role` carries now: prompt tokens arriving per prefill instance,
-    decode tokens per decode instance (None unmeasured)."""
-    have = counts.of(role)
-    if role is Role.PREFILL:
-        load = next((x for x in (signals.prefill_offered_tps, signals.prefill_tps) if x), None)
-    else:
-        load = signals.decode_tps
-    if have <= 0 or value_problem(load) is not None:
-        return None
-    return load / have  # type: ignore[operator]
-
-
-def guard_step(
-    proposal: Proposal,
-    anchor: Role,
-    counts: RoleCounts,
-    step: float,
-    wait: float,
-    reason: Reason,
-    why: str,
-    cooldown_name: str,
-    while_: str,
-) -> Proposal:
-    """The guards' common tail: inside their cooldown they only block a scale-in; otherwise they
-    step ``anchor`` out by ``step``, unless the proposal already asks for more."""
-    current = counts.of(anchor)
-    wanted = proposal.count_as(anchor)
-    if wait > 0:
-        if wanted >= current:
-            return proposal
-        hold = f"{why} and {cooldown_name} has {wait:,.1f} s left, but no scale-in {while_}"
-        return Proposal(anchor, current, proposal.ratio, Reason.HOLD_COOLDOWN, hold)
-    target = guard_target(current, step)
-    if wanted >= target:
-        return proposal
-    return Proposal(anchor, target, proposal.ratio, reason, why)
-
-
-def kv_guard_proposal(
-    spec: ServiceSpec,
-    signals: Signals,
-    counts: RoleCounts,
-    state: PolicyState,
-    now: float,
-    proposal: Proposal,
-) -> Proposal:
-    """Decode KV memory nearly full: step decode out, and never scale in while it is."""
-    guard = spec.policy.kv_guard
-    if not guard.enabled or snapshot_problem(signals, now, spec.policy.stale_after_s):
-        return proposal
-    use = signals.kv_use
-    if value_problem(use) is not None or use < guard.high - EPS:  # type: ignore[operator]
-        return proposal
-    pressure = f"decode KV use {use:.0%} >= {guard.high:.0%} (+{guard.step:.0%})"
-    wait = cooldown_left(now, state.last_kv_guard_at, guard.cooldown_s)
-    return guard_step(
-        proposal,
-        Role.DECODE,
-        counts,
-        guard.step,
-        wait,
-        Reason.KV_PRESSURE,
-        pressure,
-        "the KV-guard cooldown",
-        "while memory is short",
-    )
 
 
 def periodic_proposal(spec: ServiceSpec, now: float, ratio: Ratio) -> Proposal | None:
