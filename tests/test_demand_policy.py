@@ -3,6 +3,7 @@ capacity can change, and capacity learned from what replicas report (issue 10)."
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from itertools import pairwise
 
@@ -173,6 +174,25 @@ def test_learned_capacity_corrects_the_roofline_prior() -> None:
     learned = capacity(spec, sig, state)
     assert 0.45 < learned.prefill_tps / prior.prefill_tps < 0.6
     assert learned.source == "learned"
+
+
+def test_the_first_sample_after_an_idle_spell_weighs_like_one_periods() -> None:
+    """Twenty idle minutes taught nothing (prefill under its minimum busy share); the first
+    busy window after them, an outlier at twice the prior, moves the learned capacity by one
+    period's weight. It replaced the 300 s average outright, and prefill came back sized for
+    twice what an instance does."""
+    spec = make_service()
+    prior = capacity(spec, signals(), PolicyState())
+    state = replace(
+        PolicyState(),
+        prefill_capacity_scale=1.0,
+        decode_capacity_scale=1.0,
+        capacity_learned_at=NOW - 1200,
+        last_decision_at=NOW - 15,
+    )
+    outlier = signals(prefill_tps=2.0 * prior.prefill_tps * 0.8 * 4, prefill_busy=0.8)
+    _, state = decide(spec, outlier, counts(4, 4), state, NOW)
+    assert state.prefill_capacity_scale == pytest.approx(2 ** (1 - math.exp(-15 / 300)), rel=1e-6)
 
 
 def test_the_prior_prices_the_prompts_spread() -> None:

@@ -22,7 +22,7 @@ from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, GpuType, Service
 from heteroscale_ray.perf.capacity import decode_capacity, prefill_capacity
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.profiles import get_profile
-from heteroscale_ray.policy.dynamic_ratio import smooth
+from heteroscale_ray.policy.dynamic_ratio import sampled_at, smooth
 from heteroscale_ray.policy.types import PolicyState, Signals
 
 DEFAULT_PROMPT = 1024.0  # tokens; the prior's length before any request was seen
@@ -138,7 +138,8 @@ def track_spread(
         return state
     value = max(sd / mean, MIN_SPREAD)  # type: ignore[operator]
     tau = spec.policy.demand.learn_smoothing_s
-    spread = smooth(state.prompt_spread, state.prompt_spread_at, value, now, tau)
+    at = sampled_at(state.prompt_spread_at, state.last_decision_at, now, spec.policy.stale_after_s)
+    spread = smooth(state.prompt_spread, at, value, now, tau)
     return replace(state, prompt_spread=spread, prompt_spread_at=now)
 
 
@@ -190,19 +191,22 @@ def learn(
     lens = lengths(signals, state)
     pk, dk = kinds(spec, catalog)
     p_scale, d_scale = state.prefill_capacity_scale, state.decode_capacity_scale
+    learned_at = sampled_at(
+        state.capacity_learned_at, state.last_decision_at, now, spec.policy.stale_after_s
+    )
     learned = False
     busy, tps = signals.prefill_busy, signals.prefill_tps
     if ready_prefill > 0 and _positive(tps) and _positive(busy) and busy >= MIN_BUSY:  # type: ignore[operator]
         measured = tps / (busy * ready_prefill)  # type: ignore[operator]
         prior = prefill_capacity(pk, lens.prompt, busy_share=1.0, sd_input=lens.prompt_sd)
-        p_scale = _fold(p_scale, state.capacity_learned_at, measured / prior, now, demand)
+        p_scale = _fold(p_scale, learned_at, measured / prior, now, demand)
         learned = True
     step, running = signals.decode_step_s, signals.decode_running
     if ready_decode > 0 and _positive(step) and _positive(running):
         batch = max(1.0, running / ready_decode)  # type: ignore[operator]
         ctx = lens.prompt + lens.output / 2
         prior = float(dk.step_seconds(batch, batch * ctx))
-        d_scale = _fold(d_scale, state.capacity_learned_at, prior / step, now, demand)  # type: ignore[operator]
+        d_scale = _fold(d_scale, learned_at, prior / step, now, demand)  # type: ignore[operator]
         learned = True
     if not learned:
         return state

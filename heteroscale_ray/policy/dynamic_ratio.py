@@ -69,6 +69,19 @@ def measured_ratio(spec: ServiceSpec, signals: Signals) -> float | None:
     return need if math.isfinite(need) else None
 
 
+def sampled_at(
+    previous_at: float | None, decided_at: float | None, now: float, cap_s: float
+) -> float | None:
+    """When the previous sample counts as taken, for `smooth`. A sample after a gap (no data
+    overnight, an idle spell, an outage, a restart) weighs like one period's, never like a
+    fresh start: the time since the last sample or decision, capped at `cap_s`. Without it
+    the first sample after 20 idle minutes replaced a 300 s average outright."""
+    if previous_at is None:
+        return None
+    since = max(t for t in (previous_at, decided_at) if t is not None)
+    return now - min(max(now - since, 0.0), cap_s)
+
+
 def smooth(
     previous: float | None, previous_at: float | None, value: float, now: float, tau: float
 ) -> float:
@@ -133,11 +146,8 @@ def step_ratio(
     measured = measured_ratio(spec, signals)
     if measured is None:
         return keep
-    # A sample after a gap (no data overnight, an outage, a restart) weighs like one period's,
-    # never like a fresh start: time since the last tick, capped at the staleness limit.
-    since = [t for t in (state.ratio_estimate_at, state.last_decision_at) if t is not None]
-    gap = min(now - max(since), spec.policy.stale_after_s) if since else 0.0
-    estimate = smooth(state.ratio_estimate, now - gap, measured, now, dyn.smoothing_s)
+    at = sampled_at(state.ratio_estimate_at, state.last_decision_at, now, spec.policy.stale_after_s)
+    estimate = smooth(state.ratio_estimate, at, measured, now, dyn.smoothing_s)
     why = f"the load's P/D need (smoothed over {dyn.smoothing_s:g} s) moved to"
     return _snap(spec, active, estimate, now, why)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, ServiceSpec, TunedAt
 from heteroscale_ray.policy.capacity import SCALE_BOUNDS, Lengths, lengths, prior, rounded
-from heteroscale_ray.policy.dynamic_ratio import smooth
+from heteroscale_ray.policy.dynamic_ratio import sampled_at, smooth
 from heteroscale_ray.policy.types import PolicyState, Signals
 
 
@@ -87,7 +87,7 @@ def track_transport(
         p_then, _, d_then = prior(spec, catalog, tuned, budget)
         work = _per_decode_token(today) / _per_decode_token(tuned)
         tau = spec.policy.demand.learn_smoothing_s
-        at = state.carried_at
+        at = sampled_at(state.carried_at, state.last_decision_at, now, spec.policy.stale_after_s)
         state = replace(
             state,
             carried_prefill=smooth(state.carried_prefill, at, _bounded(p_now / p_then), now, tau),
