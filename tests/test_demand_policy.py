@@ -498,3 +498,18 @@ def test_a_drained_backlog_is_not_held_by_the_scale_in_window() -> None:
     calm = signals(observed_at=t, decode_running=300.0, decode_queue=0.0, output_mean=70.0)
     after, _ = decide(spec, calm, counts(high.prefill, high.decode), state, t)
     assert after.decode < high.decode
+
+
+def test_a_step_in_the_load_does_not_wait_out_the_scale_out_cooldown() -> None:
+    """Prefill grew 15 s ago (cooldown 60 s). Arrivals 1.5x what 4 instances carry wait for
+    that step to land; arrivals 10x (traffic back after an idle spell) do not: the last step
+    was never sized for them."""
+    spec = make_service(scale_out_cooldown_s=60)
+    state = replace(PolicyState(), prefill_grew_at=NOW - 15, started_at=NOW - 600)
+    per = capacity(spec, signals(), state).prefill_tps * 0.8
+    some = signals(prefill_offered_tps=4 * per * 1.5, prefill_tps=4 * per)
+    decision, _ = decide(spec, some, counts(4, 4), state, NOW)
+    assert decision.prefill == 4 and "scale-out cooldown" in decision.message
+    step = signals(prefill_offered_tps=4 * per * 10, prefill_tps=4 * per)
+    decision, _ = decide(spec, step, counts(4, 4), state, NOW)
+    assert decision.prefill >= 40 and "over 2x the count: no cooldown" in decision.message

@@ -31,6 +31,7 @@ from heteroscale_ray.policy.role_plan import RolePlan
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
+STEP_CHANGE = 2.0  # a need over this x a role's count is a step in the load, not noise
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
 # backlog step drains a queue, which is gone once drained: the window keeps only its arriving need.)
@@ -345,6 +346,12 @@ def role_plan(
         since = state.last_scaled_at
         since = started if since is None else max(since, started)
     wait = cooldown_left(now, since, cooldown)
+    if out and wait > 0 and sized > STEP_CHANGE * current:
+        # The cooldown lets the last step land before judging it; a need over twice every
+        # instance asked for (starting ones too) is a step in the load that step never sized
+        # for: traffic back after an idle spell, or a cold start.
+        why += f", over {STEP_CHANGE:g}x the count: no cooldown"
+        wait = 0.0
     if wait > 0:
         why += f", scale-{direction.value} cooldown {wait:,.0f} s left"
         return RolePlan(role, current, current, Reason.HOLD_COOLDOWN, why, need)
