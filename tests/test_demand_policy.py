@@ -513,3 +513,27 @@ def test_a_step_in_the_load_does_not_wait_out_the_scale_out_cooldown() -> None:
     step = signals(prefill_offered_tps=4 * per * 10, prefill_tps=4 * per)
     decision, _ = decide(spec, step, counts(4, 4), state, NOW)
     assert decision.prefill >= 40 and "over 2x the count: no cooldown" in decision.message
+
+
+def test_an_ask_the_fleet_could_not_place_is_asked_again_not_dropped() -> None:
+    """Decode asked for more than the fleet could place (it placed three quarters). In the
+    scale-out cooldown the policy asks again (not for the placed count, then the ask again a
+    period later: a direction change each period), and asking again is no new growth, so the
+    cooldown runs out and the other role may scale in."""
+    spec = make_service(scale_out_cooldown_s=60)
+    sig = signals(
+        decode_running=30 * 180.0,
+        request_rate=1.0,
+        prefill_offered_tps=10_000.0,
+        decode_step_s=None,  # nothing learned: the need stays put
+    )
+    state = replace(PolicyState(), started_at=NOW - 600)
+    first, state = decide(spec, sig, counts(4, 10), state, NOW)
+    ask = first.decode
+    assert ask > 15
+    placed = counts(first.prefill, ask * 3 // 4)  # the fleet had room for three quarters
+    later = NOW + 15
+    again, after = decide(spec, replace(sig, observed_at=later), placed, state, later)
+    assert again.decode == ask, again.message
+    assert "not placed yet" in again.message
+    assert after.decode_grew_at == NOW and after.last_scale_out_at == NOW  # no new growth

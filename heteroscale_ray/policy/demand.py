@@ -354,7 +354,14 @@ def role_plan(
         wait = 0.0
     if wait > 0:
         why += f", scale-{direction.value} cooldown {wait:,.0f} s left"
-        return RolePlan(role, current, current, Reason.HOLD_COOLDOWN, why, need)
+        target = current
+        asked = getattr(state, f"{role.value}_asked")
+        if out and asked is not None and asked > current:
+            # Counts include starting instances: an ask above them was not placed (a full
+            # fleet). Ask again rather than drop to the placed count and back every period.
+            target = min(asked, desired)
+            why += f", still asking for {target} ({target - current} not placed yet)"
+        return RolePlan(role, current, target, Reason.HOLD_COOLDOWN, why, need)
     damping = policy.scale_out_damping if out else policy.scale_in_damping
     target = damped_target(current, desired, damping)
     return RolePlan(role, current, target, Reason.SCALE_OUT if out else Reason.SCALE_IN, why, need)
@@ -428,7 +435,9 @@ def advance(
     reason: Reason,
     now: float,
 ) -> PolicyState:
-    grew = any(p.target > counts.of(r) for r, p in plans.items())
+    # Asking again for what could not be placed is no new growth: its cooldown has run.
+    grows = {r: p.target > max(counts.of(r), asked(state, r)) for r, p in plans.items()}
+    grew = any(grows.values())
     shrank = any(p.target < counts.of(r) for r, p in plans.items())
     guarded = any(
         p.reason is Reason.LATENCY_GUARD and p.target > counts.of(r) for r, p in plans.items()
@@ -438,14 +447,21 @@ def advance(
         now, reason, grew=grew, shrank=shrank, guarded=guarded, kv_guarded=kv
     )
     grew_at = {
-        f"{r.value}_grew_at": now
-        if p.target > counts.of(r)
-        else getattr(state, f"{r.value}_grew_at")
-        for r, p in plans.items()
+        f"{r.value}_grew_at": now if grows[r] else getattr(state, f"{r.value}_grew_at")
+        for r in plans
     }
+    asks = {f"{r.value}_asked": p.target for r, p in plans.items()}
     return replace(
-        after, started_at=now if state.started_at is None else state.started_at, **grew_at
+        after,
+        started_at=now if state.started_at is None else state.started_at,
+        **grew_at,
+        **asks,
     )
+
+
+def asked(state: PolicyState, role: Role) -> int:
+    """The count the role's last decision asked for (0 before any)."""
+    return getattr(state, f"{role.value}_asked") or 0
 
 
 def _usable(x: float | None) -> bool:

@@ -209,6 +209,10 @@ class PolicyState:
     # growth: the other role's step does not change what this one's arriving demand asks for.
     prefill_grew_at: float | None = None
     decode_grew_at: float | None = None
+    # Demand mode: the count each role's last decision asked for. Part of an ask the fleet
+    # could not place stays asked while the need holds, and asking again is no new growth.
+    prefill_asked: int | None = None
+    decode_asked: int | None = None
     # Learned burst headroom (demand mode): each role's needs and rises over a start-up horizon.
     prefill_burst: BurstMemory = BurstMemory()
     decode_burst: BurstMemory = BurstMemory()
