@@ -31,8 +31,8 @@ from heteroscale_ray.policy.role_plan import RolePlan
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
-STEP_CHANGE = 2.0  # a need over this x a role's count is a step in the load, not noise
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
+STEP_CHANGE = 2.0  # a need over this x a role's count is a step in the load, not noise
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
 # backlog step drains a queue, which is gone once drained: the window keeps only its arriving need.)
 EVIDENCE = {Reason.LATENCY_GUARD, Reason.KV_PRESSURE}
@@ -355,11 +355,10 @@ def role_plan(
     if wait > 0:
         why += f", scale-{direction.value} cooldown {wait:,.0f} s left"
         target = current
-        asked = getattr(state, f"{role.value}_asked")
-        if out and asked is not None and asked > current:
+        if out and asked(state, role) > current:
             # Counts include starting instances: an ask above them was not placed (a full
             # fleet). Ask again rather than drop to the placed count and back every period.
-            target = min(asked, desired)
+            target = min(asked(state, role), desired)
             why += f", still asking for {target} ({target - current} not placed yet)"
         return RolePlan(role, current, target, Reason.HOLD_COOLDOWN, why, need)
     damping = policy.scale_out_damping if out else policy.scale_in_damping

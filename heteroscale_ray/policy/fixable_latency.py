@@ -56,7 +56,7 @@ def latency_guard(
         tier = reached_tier(observed / slo, guard.tiers)  # type: ignore[operator]
         if tier is None:
             if state.guard_role == role.value:
-                state = replace(state, guard_role=None, guard_fixable_s=None, guard_load=None)
+                state = forget_guard(state)
             continue
         breach = f"{name} p99 {observed * 1000:,.0f} ms is {observed / slo:.2f}x the SLO"  # type: ignore[operator]
         if floor:
@@ -125,8 +125,13 @@ def settle(spec: ServiceSpec, s: Signals, state: PolicyState) -> PolicyState:
         if role.value != state.guard_role or not _usable(observed):
             continue
         if reached_tier(observed / slo, spec.policy.latency_guard.tiers) is None:  # type: ignore[operator]
-            return replace(state, guard_role=None, guard_fixable_s=None, guard_load=None)
+            return forget_guard(state)
     return state
+
+
+def forget_guard(state: PolicyState) -> PolicyState:
+    """No guard step to judge the next breach against: its first step is always taken."""
+    return replace(state, guard_role=None, guard_fixable_s=None, guard_load=None)
 
 
 def watched_latencies(
