@@ -267,6 +267,28 @@ def test_cooldowns(tps: float, state: PolicyState, reason: Reason) -> None:
         assert new_state.last_scale_in_at == state.last_scale_in_at
 
 
+def test_an_ask_the_fleet_could_not_place_is_asked_again_in_the_cooldown() -> None:
+    """Counts include starting instances, so an ask above them was not placed. Holding at the
+    placed count in the cooldown and asking again after it made the desired count alternate,
+    and each re-ask restarted the cooldown; now the hold keeps the ask, which is no new growth."""
+    spec = make_service()
+    first, state = run(spec, signals(20_000), counts(4, 12))
+    assert (first.prefill, first.decode) == (7, 20) and first.reason is Reason.SCALE_OUT
+    placed = counts(6, 16)  # the fleet had room for part of it
+    later = NOW + 15
+    again, after = run(spec, signals(20_000, age=-15), placed, state, later)
+    assert (again.prefill, again.decode) == (7, 20), again.message
+    assert again.reason is Reason.HOLD_COOLDOWN
+    assert "4 not placed yet" in again.message
+    assert after.last_scale_out_at == NOW  # asking again is no new growth
+    # Once the cooldown has run from the first ask, a larger need scales out at once.
+    grown, _ = run(spec, signals(30_000, age=-31), placed, after, NOW + 31)
+    assert grown.reason is Reason.SCALE_OUT and grown.decode == 30
+    # A need that fell below the unplaced ask asks only for what it needs.
+    less, _ = run(spec, signals(18_000, age=-15), placed, state, later)
+    assert less.decode == 18 and less.reason is Reason.HOLD_COOLDOWN
+
+
 @pytest.mark.parametrize(
     ("now", "since", "cooldown", "left"),
     [

@@ -28,7 +28,7 @@ from heteroscale_ray.policy.capacity import track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.coordinated_demand import backlog_override
 from heteroscale_ray.policy.coordinated_guards import kv_guard_proposal, latency_guard_proposal
-from heteroscale_ray.policy.demand import decide_demand
+from heteroscale_ray.policy.demand import asked, decide_demand
 from heteroscale_ray.policy.dynamic_ratio import RatioStep, step_ratio
 from heteroscale_ray.policy.fixable_latency import settle
 from heteroscale_ray.policy.freshness import (
@@ -212,7 +212,13 @@ def proportional_proposal(
     wait = cooldown_left(now, state.last_scaled_at, cooldown_s)
     if wait > 0:
         why += f" but the scale-{direction.value} cooldown has {wait:,.1f} s left"
-        return Proposal(role, current, ratio, Reason.HOLD_COOLDOWN, why)
+        count = current
+        if out and asked(state, role) > current:
+            # Counts include starting instances: an ask above them was not placed (a full
+            # fleet). Ask again rather than drop to the placed count and back every period.
+            count = min(asked(state, role), desired)
+            why += f", still asking for {count} ({count - current} not placed yet)"
+        return Proposal(role, count, ratio, Reason.HOLD_COOLDOWN, why)
     damping = policy.scale_out_damping if out else policy.scale_in_damping
     target = damped_target(current, desired, damping)
     if target != desired:
@@ -259,6 +265,8 @@ def final_reason(
         return Reason.INITIAL
     if fitted.clamp is not None and target == (fitted.prefill, fitted.decode):
         return fitted.clamp
+    if proposal.reason is Reason.HOLD_COOLDOWN and proposal.count != counts.of(proposal.anchor):
+        return Reason.HOLD_COOLDOWN  # asking again for what was not placed
     holding = proposal.reason in HOLDS or (
         proposal.reason in NO_STEP and proposal.count == counts.of(proposal.anchor)
     )
@@ -317,9 +325,12 @@ def advance_state(
     now: float,
     ratio: RatioStep,
 ) -> PolicyState:
-    """Any decision that grows a role is a scale-out event, any that shrinks one a scale-in event.
-    The dynamic ratio's active value and estimate are remembered for the next tick."""
-    grew = target[0] > counts.prefill or target[1] > counts.decode
+    """Any decision that grows a role is a scale-out event, any that shrinks one a scale-in event;
+    asking again for what could not be placed is neither (its cooldown has run). The dynamic
+    ratio's active value and estimate, and the counts asked for, are remembered for the next tick."""
+    grew = target[0] > max(counts.prefill, asked(state, Role.PREFILL)) or target[1] > max(
+        counts.decode, asked(state, Role.DECODE)
+    )
     shrank = target[0] < counts.prefill or target[1] < counts.decode
     guarded = grew and proposal.reason is Reason.LATENCY_GUARD
     kv_guarded = grew and proposal.reason is Reason.KV_PRESSURE
@@ -335,6 +346,8 @@ def advance_state(
         active_ratio=ratio.ratio if ratio.estimate is not None else None,
         ratio_estimate=ratio.estimate,
         ratio_estimate_at=ratio.estimate_at,
+        prefill_asked=target[0],
+        decode_asked=target[1],
     )
 
 
