@@ -28,7 +28,7 @@ from heteroscale_ray.policy.capacity import track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.coordinated_demand import backlog_override
 from heteroscale_ray.policy.coordinated_guards import kv_guard_proposal, latency_guard_proposal
-from heteroscale_ray.policy.demand import asked, decide_demand
+from heteroscale_ray.policy.demand import decide_demand
 from heteroscale_ray.policy.dynamic_ratio import RatioStep, step_ratio
 from heteroscale_ray.policy.fixable_latency import settle
 from heteroscale_ray.policy.freshness import (
@@ -213,10 +213,10 @@ def proportional_proposal(
     if wait > 0:
         why += f" but the scale-{direction.value} cooldown has {wait:,.1f} s left"
         count = current
-        if out and asked(state, role) > current:
+        if out and state.asked(role) > current:
             # Counts include starting instances: an ask above them was not placed (a full
             # fleet). Ask again rather than drop to the placed count and back every period.
-            count = min(asked(state, role), desired)
+            count = min(state.asked(role), desired)
             why += f", still asking for {count} ({count - current} not placed yet)"
         return Proposal(role, count, ratio, Reason.HOLD_COOLDOWN, why)
     damping = policy.scale_out_damping if out else policy.scale_in_damping
@@ -328,8 +328,9 @@ def advance_state(
     """Any decision that grows a role is a scale-out event, any that shrinks one a scale-in event;
     asking again for what could not be placed is neither (its cooldown has run). The dynamic
     ratio's active value and estimate, and the counts asked for, are remembered for the next tick."""
-    grew = target[0] > max(counts.prefill, asked(state, Role.PREFILL)) or target[1] > max(
-        counts.decode, asked(state, Role.DECODE)
+    grew = any(
+        want > max(counts.of(role), state.asked(role))
+        for role, want in ((Role.PREFILL, target[0]), (Role.DECODE, target[1]))
     )
     shrank = target[0] < counts.prefill or target[1] < counts.decode
     guarded = grew and proposal.reason is Reason.LATENCY_GUARD

@@ -355,10 +355,10 @@ def role_plan(
     if wait > 0:
         why += f", scale-{direction.value} cooldown {wait:,.0f} s left"
         target = current
-        if out and asked(state, role) > current:
+        if out and state.asked(role) > current:
             # Counts include starting instances: an ask above them was not placed (a full
             # fleet). Ask again rather than drop to the placed count and back every period.
-            target = min(asked(state, role), desired)
+            target = min(state.asked(role), desired)
             why += f", still asking for {target} ({target - current} not placed yet)"
         return RolePlan(role, current, target, Reason.HOLD_COOLDOWN, why, need)
     damping = policy.scale_out_damping if out else policy.scale_in_damping
@@ -435,7 +435,7 @@ def advance(
     now: float,
 ) -> PolicyState:
     # Asking again for what could not be placed is no new growth: its cooldown has run.
-    grows = {r: p.target > max(counts.of(r), asked(state, r)) for r, p in plans.items()}
+    grows = {r: p.target > max(counts.of(r), state.asked(r)) for r, p in plans.items()}
     grew = any(grows.values())
     shrank = any(p.target < counts.of(r) for r, p in plans.items())
     guarded = any(
@@ -456,11 +456,6 @@ def advance(
         **grew_at,
         **asks,
     )
-
-
-def asked(state: PolicyState, role: Role) -> int:
-    """The count the role's last decision asked for (0 before any)."""
-    return getattr(state, f"{role.value}_asked") or 0
 
 
 def _usable(x: float | None) -> bool:

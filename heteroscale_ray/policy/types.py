@@ -209,7 +209,7 @@ class PolicyState:
     # growth: the other role's step does not change what this one's arriving demand asks for.
     prefill_grew_at: float | None = None
     decode_grew_at: float | None = None
-    # Demand mode: the count each role's last decision asked for. Part of an ask the fleet
+    # The count each role's last decision asked for (both rules). Part of an ask the fleet
     # could not place stays asked while the need holds, and asking again is no new growth.
     prefill_asked: int | None = None
     decode_asked: int | None = None
@@ -241,6 +241,10 @@ class PolicyState:
             last_decision_at=now,
             last_decision_reason=reason,
         )
+
+    def asked(self, role: Role) -> int:
+        """The count the role's last decision asked for (0 before any)."""
+        return (self.prefill_asked if role is Role.PREFILL else self.decode_asked) or 0
 
     @property
     def last_scaled_at(self) -> float | None:
