@@ -50,17 +50,6 @@ def test_defaults_are_filled() -> None:
     assert [t.at for t in svc.policy.latency_guard.tiers] == [0.95, 1.2]
 
 
-def test_demand_scale_in_damping_defaults_to_its_window() -> None:
-    """The stabilisation window bounds a demand scale-in, so it closes the whole gap; the
-    paper's rule, without a window, keeps half-steps; a value set is kept."""
-    from heteroscale_ray.config.policy import PolicySpec
-
-    assert PolicySpec(signal="demand").scale_in_damping == 1.0
-    assert PolicySpec(signal="demand", demand={"peak_window_s": 0}).scale_in_damping == 0.5
-    assert PolicySpec(target_per_instance=100).scale_in_damping == 0.5
-    assert PolicySpec(signal="demand", scale_in_damping=0.3).scale_in_damping == 0.3
-
-
 @pytest.mark.parametrize(
     ("patch", "expected"),
     [

@@ -5,13 +5,11 @@ description says what it does."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from heteroscale_ray.config.ratio import PdRatio, parse_pd_ratio
-
-DEFAULT_PEAK_WINDOW_S = 900.0  # DemandSpec.peak_window_s
 
 
 class LatencyTier(BaseModel):
@@ -222,7 +220,7 @@ class DemandSpec(BaseModel):
         "scaled in (reason backlog_growth).",
     )
     peak_window_s: float = Field(
-        default=DEFAULT_PEAK_WINDOW_S,
+        default=900.0,
         ge=0,
         description="Scale-in stabilisation: a role scales in only to its highest need (with "
         "its learned burst margin) within this many seconds, as HPA's downscale window does. "
@@ -329,12 +327,7 @@ class PolicySpec(BaseModel):
         default=1.0, gt=0, le=1, description="Share of the gap closed per scale-out (1 = all)."
     )
     scale_in_damping: float = Field(
-        default=0.5,
-        gt=0,
-        le=1,
-        description="Share of the gap closed per scale-in (>= 1 instance). Unset: 0.5, or 1 "
-        "for signal 'demand' with a stabilisation window (demand.peak_window_s > 0): the window "
-        "is the brake there, as HPA's default scale-down closes the gap once its window allows.",
+        default=0.5, gt=0, le=1, description="Share of the gap closed per scale-in (>= 1 instance)."
     )
     stale_after_s: float = Field(
         default=60.0, gt=0, description="Signals older than this count as missing (never scale in)."
@@ -348,27 +341,6 @@ class PolicySpec(BaseModel):
     periodic: list[PeriodicEntry] = Field(
         default_factory=list, description="Time table for 'periodic' and 'hybrid' modes."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _window_brakes_demand(cls, data: Any) -> Any:
-        """Damping a scale-in the stabilisation window already bounds brakes twice: a role
-        held at a burst's peak for the window then took another ten minutes down."""
-        if not isinstance(data, dict) or "scale_in_damping" in data:
-            return data
-        demand = data.get("demand") or {}
-        window = (
-            demand.get("peak_window_s", DEFAULT_PEAK_WINDOW_S)
-            if isinstance(demand, dict)
-            else getattr(demand, "peak_window_s", DEFAULT_PEAK_WINDOW_S)
-        )
-        try:
-            windowed = float(window) > 0
-        except (TypeError, ValueError):
-            return data  # the field's own validation names the error
-        if data.get("signal") == "demand" and windowed:
-            return {**data, "scale_in_damping": 1.0}
-        return data
 
     @model_validator(mode="after")
     def _periodic_needs_table(self) -> PolicySpec:
