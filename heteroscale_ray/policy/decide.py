@@ -212,11 +212,8 @@ def proportional_proposal(
     wait = cooldown_left(now, state.last_scaled_at, cooldown_s)
     if wait > 0:
         why += f" but the scale-{direction.value} cooldown has {wait:,.1f} s left"
-        count = current
-        if out and state.asked(role) > current:
-            # Counts include starting instances: an ask above them was not placed (a full
-            # fleet). Ask again rather than drop to the placed count and back every period.
-            count = min(state.asked(role), desired)
+        count = state.held_ask(role, current, desired) if out else current
+        if count > current:
             why += f", still asking for {count} ({count - current} not placed yet)"
         return Proposal(role, count, ratio, Reason.HOLD_COOLDOWN, why)
     damping = policy.scale_out_damping if out else policy.scale_in_damping
@@ -328,9 +325,8 @@ def advance_state(
     """Any decision that grows a role is a scale-out event, any that shrinks one a scale-in event;
     asking again for what could not be placed is neither (its cooldown has run). The dynamic
     ratio's active value and estimate, and the counts asked for, are remembered for the next tick."""
-    grew = any(
-        want > max(counts.of(role), state.asked(role))
-        for role, want in ((Role.PREFILL, target[0]), (Role.DECODE, target[1]))
+    grew = state.grows(Role.PREFILL, target[0], counts.prefill) or state.grows(
+        Role.DECODE, target[1], counts.decode
     )
     shrank = target[0] < counts.prefill or target[1] < counts.decode
     guarded = grew and proposal.reason is Reason.LATENCY_GUARD

@@ -354,11 +354,8 @@ def role_plan(
         wait = 0.0
     if wait > 0:
         why += f", scale-{direction.value} cooldown {wait:,.0f} s left"
-        target = current
-        if out and state.asked(role) > current:
-            # Counts include starting instances: an ask above them was not placed (a full
-            # fleet). Ask again rather than drop to the placed count and back every period.
-            target = min(state.asked(role), desired)
+        target = state.held_ask(role, current, desired) if out else current
+        if target > current:
             why += f", still asking for {target} ({target - current} not placed yet)"
         return RolePlan(role, current, target, Reason.HOLD_COOLDOWN, why, need)
     damping = policy.scale_out_damping if out else policy.scale_in_damping
@@ -435,7 +432,7 @@ def advance(
     now: float,
 ) -> PolicyState:
     # Asking again for what could not be placed is no new growth: its cooldown has run.
-    grows = {r: p.target > max(counts.of(r), state.asked(r)) for r, p in plans.items()}
+    grows = {r: state.grows(r, p.target, counts.of(r)) for r, p in plans.items()}
     grew = any(grows.values())
     shrank = any(p.target < counts.of(r) for r, p in plans.items())
     guarded = any(

@@ -246,6 +246,17 @@ class PolicyState:
         """The count the role's last decision asked for (0 before any)."""
         return (self.prefill_asked if role is Role.PREFILL else self.decode_asked) or 0
 
+    def held_ask(self, role: Role, current: int, desired: int) -> int:
+        """What a scale-out its cooldown holds still asks for. Counts include starting
+        instances, so an ask above them was not placed (a full fleet): ask again, up to what
+        the need still wants, rather than drop to the placed count and back every period."""
+        asked = self.asked(role)
+        return min(asked, desired) if asked > current else current
+
+    def grows(self, role: Role, target: int, have: int) -> bool:
+        """Whether ``target`` is new growth; asking again for what was not placed is not."""
+        return target > max(have, self.asked(role))
+
     @property
     def last_scaled_at(self) -> float | None:
         """The latest scaling event in either direction; both cooldowns count from it."""
