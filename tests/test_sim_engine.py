@@ -229,7 +229,8 @@ def test_vectorised_prefill_time_is_the_scalar_one_bit_for_bit() -> None:
 def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
     """One busy tick over three DGs of unequal shape: every request goes where a plain scan of
     all DGs (least prefill wait / TTFT SLO + decode load, first minimum) and the per-DG least
-    loaded instances send it."""
+    loaded instances send it, up to the first one that would queue longer than the hold; it
+    and the later ones stay at the ingress."""
     rng = np.random.default_rng(3)
     n = 400
     arrivals = np.sort(rng.uniform(0.0, 1.0, n))
@@ -259,6 +260,8 @@ def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
             seqs[r] = 0.0
             load[r] = kv[r]
     dgs = sorted(set(T.dg[: T.n].tolist()))
+    hold = max(slo, 2.0 * sim.dt)
+    routed = n
     for j in range(n):
         a = float(arrivals[j])
         best, g = float("inf"), dgs[0]
@@ -270,6 +273,9 @@ def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
             if score < best:
                 best, g = score, cand
         f, r = min((f, r) for r, f in free.items() if T.dg[r] == g)
+        if f - a > hold:
+            routed = j
+            break
         v, d = min((v, r) for r, v in load.items() if T.dg[r] == g)
         kind = sim.kinds[int(T.kind[r])]
         fin = (f if f > a else a) + kind.prefill_one(int(inputs[j]), 0)[0]
@@ -279,6 +285,9 @@ def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
         seqs[d] += 1.0 / sim._batch_full(0, int(T.kind[d]))
         load[d] = max(kv[d], seqs[d])
         assert (sim.p_inst[j], sim.d_inst[j], sim.t_first[j]) == (r, d, fin), j
+    assert 0 < routed < n  # the tick is busy enough to hold some
+    assert sim._backlog.tolist() == list(range(routed, n))
+    assert (sim.p_inst[routed:] == -1).all()
 
 
 def test_prefill_ongoing_counts_recent_requests_without_a_first_token() -> None:

@@ -86,6 +86,7 @@ def route_cached(
     tail,
     size,
     ttft_slo,
+    hold,  # routing stops at a request its prefill instance would queue for longer than this
     p_sel,  # out int64[m]: prefill position
     d_sel,  # out int64[m]: decode position
     fins,  # out float64[m]: first-token time
@@ -94,7 +95,8 @@ def route_cached(
     cached,  # out int64[m]: cached prompt tokens
 ):
     """`cached_routing.assign_cached`'s loop, the cache-aware DG choice and the prefix cache
-    included; every value by the same operations in the same order."""
+    included; every value by the same operations in the same order. Returns how many requests
+    were routed (the first ones; the rest are held)."""
     n_groups = len(pstart) - 1
     parg = np.empty(n_groups, dtype=np.int64)
     pmin = np.empty(n_groups)
@@ -129,6 +131,8 @@ def route_cached(
             hits[0] = lru_hits(pos, slot[0], block_ids, lo, hi)
         r = parg[gi]
         free = pkey[r]
+        if free - (t0 if t0 > a else a) > hold:
+            return j
         c = 0
         if hi > lo:
             lru_use(pos, fifo, head, tail, size, slot[gi], block_ids, lo, hi, hits[gi], cap[gi])
@@ -152,6 +156,7 @@ def route_cached(
         works[j] = svc_time
         flops[j] = fl
         cached[j] = c
+    return len(ids)
 
 
 @compiled

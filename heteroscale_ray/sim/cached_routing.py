@@ -69,9 +69,11 @@ def assign_cached(
     t0: float,
     pools: Pools,
     inc_by_pos: list[list[float]],
+    hold: float,
 ) -> tuple[np.ndarray, ...]:
     """`routing._assign` with the prefix cache (Mooncake `hash_ids`); also returns each request's
-    prefill seconds, FLOPs and cached tokens.
+    prefill seconds, FLOPs and cached tokens. As there, only the first requests up to one held
+    at the ingress (`hold`) are routed, and the arrays hold those.
 
     The DG choice is cache-aware (as Mooncake's conductor): the prefill seconds a DG's
     cached prefix would save count against its queue. Compiled (`cache_kernels.route_cached`)
@@ -80,7 +82,7 @@ def assign_cached(
     cshape = _cache_shape(sim, pools.shape)
     ttft_slo = sim.services[s].slo.ttft_s
     if kernels.ENABLED:
-        return _assign_cached_compiled(sim, ids, t0, pools, inc_by_pos, cshape, ttft_slo)
+        return _assign_cached_compiled(sim, ids, t0, pools, inc_by_pos, cshape, ttft_slo, hold)
     w, cache = sim.w, sim.prefix_cache
     hashes = w.hash_ids
     assert hashes is not None
@@ -118,6 +120,9 @@ def assign_cached(
             hits[0] = cache.hits(groups[0], blocks)
         heap = ph[gi]
         free, r = heap[0]
+        if free - max(a, t0) > hold:
+            m = j
+            break
         cached = 0
         if blocks:  # the pool has not changed since `hits`
             cache.use(groups[gi], blocks, hits[gi], caps[gi])
@@ -134,12 +139,12 @@ def assign_cached(
         p_sel[j], d_sel[j], fins[j] = r, d, fin
         works[j], flops_l[j], cached_l[j] = svc_time, flops, cached
     return (
-        np.array(p_sel, dtype=np.int64),
-        np.array(d_sel, dtype=np.int64),
-        np.array(fins, dtype=float),
-        np.array(works, dtype=float),
-        np.array(flops_l, dtype=float),
-        np.array(cached_l, dtype=np.int64),
+        np.array(p_sel[:m], dtype=np.int64),
+        np.array(d_sel[:m], dtype=np.int64),
+        np.array(fins[:m], dtype=float),
+        np.array(works[:m], dtype=float),
+        np.array(flops_l[:m], dtype=float),
+        np.array(cached_l[:m], dtype=np.int64),
     )
 
 
@@ -151,6 +156,7 @@ def _assign_cached_compiled(
     inc_by_pos: list[list[float]],
     cshape: _CacheShape,
     ttft_slo: float,
+    hold: float,
 ) -> tuple[np.ndarray, ...]:
     """`assign_cached` by `cache_kernels.route_cached`: the pools' heaps as arrays in, and back."""
     blocks = sim.w.blocks
@@ -175,7 +181,7 @@ def _assign_cached_compiled(
         np.empty(m),
         np.empty(m, dtype=np.int64),
     )
-    cache_kernels.route_cached(
+    n_routed = cache_kernels.route_cached(
         ids,
         sim.w.arrival,
         sim.w.input_tokens,
@@ -201,6 +207,7 @@ def _assign_cached_compiled(
         lru.tail,
         lru.size,
         ttft_slo,
+        hold,
         *out,
     )
     # the heaps as the Python loop leaves them (`Pools.free_at` reads them next)
@@ -212,4 +219,4 @@ def _assign_cached_compiled(
         heap[:] = [(load[d], d) for d in pos]
         heapq.heapify(heap)
     pools.kv[:], pools.seqs[:] = dkv.tolist(), dseqs.tolist()
-    return out
+    return tuple(a[:n_routed] for a in out)

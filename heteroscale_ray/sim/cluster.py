@@ -91,6 +91,9 @@ class SimConfig:
     tick_s: float = 1.0
     startup_s: float = 90.0  # model load of a new instance (60-120 s is typical for 8-70B)
     drain_timeout_s: float = 900.0  # after the last arrival, keep running this long at most
+    # hold arrivals at the ingress while the prefill queue they would join is longer than the
+    # TTFT SLO (`routing.hold_s`); off: every request is queued at an instance on arrival
+    ingress_hold: bool = True
 
 
 class ClusterSim:
@@ -159,6 +162,7 @@ class ClusterSim:
         self.reserve = np.zeros(n)
         self._next_arrival = 0
         self._backlog = np.empty(0, dtype=np.int64)
+        self._ttft_slo = np.array([s.slo.ttft_s for s in self.services])
         self._pending = np.empty(0, dtype=np.int64)
         self._active = np.empty(0, dtype=np.int64)
         # routed requests that may still wait for their first token (see `first_pending`)
@@ -314,13 +318,25 @@ class ClusterSim:
                 self.ts_arrivals[self.tick] += np.bincount(
                     self.w.service[new], minlength=len(self.services)
                 )
-        todo = np.concatenate([self._backlog, new]) if len(self._backlog) else new
+        todo = self._ingress_order(new, t0) if len(self._backlog) else new
         self._backlog = route(self, todo, t0) if len(todo) else todo
         admit_fifo(self, t0, t1)
         advance_decode(self, t0, t1)
         record_tick(self, t1)
         self.now = t1
         self.tick += 1
+
+    def _ingress_order(self, new: np.ndarray, t0: float) -> np.ndarray:
+        """The requests waiting at the ingress, then the new ones, in the order they are
+        offered to routing: those still able to make their TTFT SLO first (arrival order),
+        then those that waited past it. Under overload, serving the late ones first would make
+        every later one late too; they are still served, as soon as there is room."""
+        held = self._backlog
+        slo = self._ttft_slo[self.w.service[held]] if len(self.services) > 1 else self._ttft_slo[0]
+        late = t0 - self.w.arrival[held] > slo
+        if not late.any():
+            return np.concatenate([held, new])
+        return np.concatenate([held[~late], new, held[late]])
 
     def first_pending(self, t1: float) -> np.ndarray:
         """Routed requests whose first token comes after `t1` (any order).

@@ -83,6 +83,7 @@ def route_tick(
     batch_row,  # float64[D]: that batch
     per_seq,  # float64[D]: 1 / batch
     ttft_slo,
+    hold,  # routing stops at a request its prefill instance would queue for longer than this
     dt,
     free_at,  # per instance: updated
     cum_work,
@@ -103,8 +104,9 @@ def route_tick(
     go_ids,  # out int64[m]: the requests that go on to decode (first n_go entries)
 ):
     """`routing.Pools`, `routing._assign` and `routing._commit` in one pass, for requests
-    without prefix hashes; returns how many requests go on to decode. See those for the
-    rules; every value is computed by the same operations in the same order."""
+    without prefix hashes; returns how many requests were routed (the first ones; the rest
+    are held) and how many of those go on to decode. See those for the rules; every value is
+    computed by the same operations in the same order."""
     n_groups = len(pstart) - 1
     n_pre, n_dec = len(pre), len(dec)
     pkey = np.empty(n_pre)
@@ -127,6 +129,7 @@ def route_tick(
     last_tick = len(ts_prefill_tokens) - 1
     gi = 0
     n_go = 0
+    n_routed = len(arr)
     for j in range(len(arr)):
         a = arr[j]
         if n_groups > 1:
@@ -140,6 +143,9 @@ def route_tick(
         r = group_argmin(pkey, ppos, pstart[gi], pstart[gi + 1])
         free = pkey[r]
         a0 = a if a > t0 else t0
+        if free - a0 > hold:
+            n_routed = j
+            break
         kr = pk[r]
         fin = (free if free > a else a0) + svc[kr, j]
         pkey[r] = fin
@@ -179,7 +185,7 @@ def route_tick(
             n_go += 1
     for p in range(n_pre):
         free_at[pre[p]] = pkey[p]
-    return n_go
+    return n_routed, n_go
 
 
 @compiled

@@ -51,13 +51,26 @@ def queues(
 ) -> tuple[float | None, float, float, float | None, float | None]:
     """Now, for service ``s``: queued prefill work per ready prefill instance (s), sequences
     running and waiting in decode, and the mean and slowest decode step time of busy decode
-    instances."""
+    instances.
+
+    Queued prefill work counts the requests waiting at the ingress too (held, or with no DG
+    to go to), priced uncached on the most common ready prefill kind: a queue that moved to
+    the ingress is still demand.
+    """
     T, now = sim.inst, sim.now
     n = T.n
     mine = (T.svc[:n] == s) & (T.state[:n] == READY)
     pre = np.flatnonzero(mine & (T.role[:n] == PREFILL))
     dec = np.flatnonzero(mine & (T.role[:n] == DECODE))
-    queue_s = float(np.mean(np.maximum(T.free_at[pre] - now, 0.0))) if len(pre) else None
+    queue_s = None
+    if len(pre):
+        queue_s = float(np.mean(np.maximum(T.free_at[pre] - now, 0.0)))
+        held = sim._backlog
+        if len(held) and len(sim.services) > 1:
+            held = held[sim.w.service[held] == s]
+        if len(held):
+            kind = sim.kinds[int(np.bincount(T.kind[pre]).argmax())]
+            queue_s += prefill_work_s(kind, sim.w.input_tokens[held], 0).sum() / len(pre)
     running = float(T.n_active[dec].sum())
     # Waiting for a decode slot: the KV has arrived but the batch or the KV space is full.
     # Requests whose KV is still being copied are in flight, not queued (they rise with the

@@ -11,6 +11,7 @@ that does not depend on the choice is priced in bulk beforehand (`RequestColumns
 from __future__ import annotations
 
 import heapq
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,22 +28,36 @@ if TYPE_CHECKING:
 
 
 def route(sim: ClusterSim, todo: np.ndarray, t0: float) -> np.ndarray:
-    """Assign prefill and decode instances; returns the requests that found no DG."""
+    """Assign prefill and decode instances; returns the requests left at the ingress (arrival
+    order within a service): those that found no DG, and those held (`hold_s`)."""
     by_svc = shapes(sim)
     if len(sim.services) == 1:
         if 0 not in by_svc:
             return todo
-        _route_service(sim, 0, todo, t0, by_svc[0])
-        return np.empty(0, dtype=np.int64)
+        return _route_service(sim, 0, todo, t0, by_svc[0])
     left: list[np.ndarray] = []
     svc_of = sim.w.service[todo]
     for s in distinct(svc_of, len(sim.services)):
         ids = todo[svc_of == s]
         if s in by_svc:
-            _route_service(sim, s, ids, t0, by_svc[s])
-        else:
+            ids = _route_service(sim, s, ids, t0, by_svc[s])
+        if len(ids):
             left.append(ids)
     return np.concatenate(left) if left else np.empty(0, dtype=np.int64)
+
+
+def hold_s(sim: ClusterSim, s: int) -> float:
+    """How much queued prefill work a request may find ahead of it and still be routed.
+
+    Past it the request waits at the ingress, as a Serve handle holds requests beyond a
+    replica's `max_ongoing_requests`: a request that would wait longer than the TTFT SLO misses
+    it wherever it waits, but held at the ingress it can still go to an instance that starts
+    later. Routed at arrival, it stays pinned to a long queue while new instances idle. At least
+    two ticks, so an instance never runs dry between two routing passes while work is held.
+    """
+    if not sim.cfg.ingress_hold:
+        return math.inf
+    return max(sim.services[s].slo.ttft_s, 2.0 * sim.dt)
 
 
 class _Batch:
@@ -96,6 +111,20 @@ class _Batch:
                     else kind.prefill_many(self.inp)
                 )
 
+    def first(self, k: int) -> _Batch:
+        """The first `k` requests (the routed ones when the rest are held)."""
+        if k == len(self.ids):
+            return self
+        head = object.__new__(_Batch)
+        head.ids = self.ids[:k]
+        at = self.at
+        head.at = slice(at.start, at.start + k) if isinstance(at, slice) else at[:k]
+        head.arrival, head.inp, head.out = self.arrival[:k], self.inp[:k], self.out[:k]
+        head.res = [r[:k] for r in self.res]
+        head.inc = [i[:k] for i in self.inc]
+        head.work = {kind: tuple(a[:k] for a in w) for kind, w in self.work.items()}
+        return head
+
 
 def price_kv(
     inp: np.ndarray, out: np.ndarray, cap: float, full: float
@@ -105,29 +134,35 @@ def price_kv(
     return res, res / full
 
 
-def _route_service(sim: ClusterSim, s: int, ids: np.ndarray, t0: float, shape: PoolShape) -> None:
-    """Route the requests `ids` of service `s` (arrival order) over its ready DGs.
+def _route_service(
+    sim: ClusterSim, s: int, ids: np.ndarray, t0: float, shape: PoolShape
+) -> np.ndarray:
+    """Route the requests `ids` of service `s` (arrival order) over its ready DGs; returns
+    those held at the ingress (a suffix of `ids`).
 
     A request goes to the DG with the least combined pressure (prefill wait over the TTFT SLO
     + decode load), then to that DG's prefill instance whose queue empties first and its
     least-loaded decode instance. Ties go to the lower DG index, then to the lower row.
+    Routing stops at the first request whose chosen prefill instance has more than
+    `hold_s` of work queued ahead of it: it and the later ones wait, in order, for the next tick.
     """
     T = sim.inst
     batch = _Batch(sim, s, ids, shape)
     ttft_slo = sim.services[s].slo.ttft_s
+    hold = hold_s(sim, s)
     cached_l: np.ndarray | None = None  # no hits: `sim.cached` stays 0
     if sim.w.hash_ids is not None:
         pools = Pools(sim, shape, t0)
         inc_by_pos = [batch.inc[c].tolist() for c in shape.dcls]
         p_pos, d_pos, fin_l, work_l, flops_l, cached_l = assign_cached(
-            sim, s, ids, t0, pools, inc_by_pos
+            sim, s, ids, t0, pools, inc_by_pos, hold
         )
+        batch = batch.first(len(p_pos))
         (res_l,) = _per_request(d_pos, shape.dcls, {c: (r,) for c, r in enumerate(batch.res)})
         pos, free = pools.free_at()
         T.free_at[shape.pre[pos]] = free
     elif kernels.ENABLED:
-        _route_compiled(sim, s, shape, batch, t0, ttft_slo)
-        return
+        return _route_compiled(sim, s, shape, batch, t0, ttft_slo, hold)
     else:
         pools = Pools(sim, shape, t0)
         inc_c = [inc.tolist() for inc in batch.inc]
@@ -139,12 +174,16 @@ def _route_service(sim: ClusterSim, s: int, ids: np.ndarray, t0: float, shape: P
             [svc_k[k] for k in shape.pkind],
             [inc_c[c] for c in shape.dcls],
             ttft_slo,
+            hold,
         )
+        batch = batch.first(len(p_pos))
         work_l, flops_l = _per_request(p_pos, shape.pkind, batch.work)
         (res_l,) = _per_request(d_pos, shape.dcls, {c: (r,) for c, r in enumerate(batch.res)})
         pos, free = pools.free_at()
         T.free_at[shape.pre[pos]] = free
-    _commit(sim, s, shape, batch, p_pos, d_pos, fin_l, work_l, flops_l, res_l, cached_l)
+    if len(p_pos):
+        _commit(sim, s, shape, batch, p_pos, d_pos, fin_l, work_l, flops_l, res_l, cached_l)
+    return ids[len(p_pos) :]
 
 
 def _rows(arrays: list[np.ndarray]) -> np.ndarray:
@@ -153,14 +192,21 @@ def _rows(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def _route_compiled(
-    sim: ClusterSim, s: int, shape: PoolShape, batch: _Batch, t0: float, ttft_slo: float
-) -> None:
-    """`_assign` and `_commit` by `kernels.route_tick`; the same numbers."""
+    sim: ClusterSim,
+    s: int,
+    shape: PoolShape,
+    batch: _Batch,
+    t0: float,
+    ttft_slo: float,
+    hold: float,
+) -> np.ndarray:
+    """`_assign` and `_commit` by `kernels.route_tick`; the same numbers. Returns the held
+    requests."""
     T = sim.inst
     m = len(batch.ids)
     go_ids = np.empty(m, dtype=np.int64)
     level_counts = np.zeros(len(SharedLevel), dtype=np.int64)
-    n_go = kernels.route_tick(
+    n_routed, n_go = kernels.route_tick(
         batch.ids,
         batch.arrival,
         batch.inp,
@@ -184,6 +230,7 @@ def _route_compiled(
         shape.batch_row,
         shape.per_seq_arr,
         ttft_slo,
+        hold,
         sim.dt,
         T.free_at,
         T.cum_work,
@@ -204,8 +251,10 @@ def _route_compiled(
         go_ids,
     )
     sim.ts_routed_kvlevel[sim.tick] += level_counts
-    sim._pending = np.concatenate([sim._pending, go_ids[:n_go]])
-    sim._first_new.append(batch.ids)
+    if n_routed:
+        sim._pending = np.concatenate([sim._pending, go_ids[:n_go]])
+        sim._first_new.append(batch.ids[:n_routed])
+    return batch.ids[n_routed:]
 
 
 def _kv_seconds(sim: ClusterSim, shape: PoolShape, batch: _Batch) -> np.ndarray:
@@ -310,14 +359,16 @@ def _assign(
     svc_by_pos: list[list[float]],
     inc_by_pos: list[list[float]],
     ttft_slo: float,
+    hold: float = math.inf,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The routing loop without a prefix cache: (prefill position, decode position, first-token
-    time) per request.
+    time) per routed request, the first ones up to a request held at the ingress.
 
     `a0[j]` is request j's arrival clamped to the tick start, `svc_by_pos[p][j]` its prefill
     seconds on prefill position p, `inc_by_pos[d][j]` the KV load it adds on decode position d.
     The DG of least score = max(prefill wait, 0) / TTFT SLO + decode load, the lowest index
-    among equal scores.
+    among equal scores. A request whose chosen prefill instance is busy for more than `hold`
+    after its `a0` is held, and so are the ones after it.
     """
     ph, dh = pools.ph, pools.dh
     kv, seqs, per_seq = pools.kv, pools.seqs, pools.shape.per_seq
@@ -331,6 +382,9 @@ def _assign(
         pheap, dheap = ph[0], dh[0]
         for j in range(m):
             free, r = pheap[0]
+            if free - a0[j] > hold:
+                m = j
+                break
             a = arr[j]
             fin = (free if free > a else a0[j]) + svc_by_pos[r][j]
             replace(pheap, (fin, r))
@@ -357,6 +411,9 @@ def _assign(
                     gi = i
             heap = ph[gi]
             free, r = heap[0]
+            if free - a0[j] > hold:
+                m = j
+                break
             fin = (free if free > a else a0[j]) + svc_by_pos[r][j]
             replace(heap, (fin, r))
             pmin[gi] = heap[0][0]
@@ -370,9 +427,9 @@ def _assign(
             d_sel[j] = d
             fins[j] = fin
     return (
-        np.array(p_sel, dtype=np.int64),
-        np.array(d_sel, dtype=np.int64),
-        np.array(fins, dtype=float),
+        np.array(p_sel[:m], dtype=np.int64),
+        np.array(d_sel[:m], dtype=np.int64),
+        np.array(fins[:m], dtype=float),
     )
 
 
