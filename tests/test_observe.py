@@ -189,6 +189,26 @@ def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> 
     assert sig.decode_step_s == pytest.approx(0.03)  # over the replicas that stepped
 
 
+def test_prompts_held_at_the_handle_count_as_queued_prefill() -> None:
+    """Every replica at max_ongoing_requests: Serve holds the rest at the handle, where no
+    replica's queue shows them. The ingress reports their tokens; they are spread over the
+    replicas at the replicas' measured rate."""
+    stats = [
+        report("prefill", prefill_queue_s=2.0, prefill_tokens_per_busy_s=4000.0),
+        report("prefill", prefill_queue_s=4.0, prefill_tokens_per_busy_s=6000.0),
+        report("decode"),
+    ]
+    counts = {"chat": RoleCounts(prefill_ready=2, decode_ready=1)}
+
+    def queue(held: float | None) -> float | None:
+        arrivals = {"chat": IngressLoad(3000.0, 6.0, held_prompt_tokens=held)}
+        return build_observations(["chat"], stats, counts, arrivals)["chat"].signals.prefill_queue_s
+
+    assert queue(None) == queue(0.0) == pytest.approx(3.0)
+    # 50,000 tokens at 10,000 tokens/s over two replicas: 5 s of work, 2.5 s each
+    assert queue(50_000.0) == pytest.approx(3.0 + 50_000.0 / 10_000.0)
+
+
 def test_demand_fields_are_none_when_nobody_reports_them() -> None:
     counts = {"chat": RoleCounts(prefill_ready=1, decode_ready=1)}
     nothing = build_observations(["chat"], [], counts)["chat"].signals

@@ -486,6 +486,68 @@ def _wait_served(app: str, at_least: int) -> int:
     return n
 
 
+def test_prefills_the_handle_holds_are_reported_as_queued_work(stack: Stack, client) -> None:  # type: ignore[no-untyped-def]
+    """A prefill replica that takes one call at a time (max_ongoing_requests 1) and four
+    requests at once: Serve holds three at the handle, where the replica's queue cannot see
+    them. The ingress reports their prompt tokens until a replica takes them, and the
+    observation counts them as queued prefill work."""
+    from heteroscale_ray.actors.observe import build_observations
+    from heteroscale_ray.policy.types import RoleCounts
+    from heteroscale_ray.serving.deployments import (
+        DgServingSpec,
+        RoleServing,
+        delete_dg,
+        deploy_dg,
+        ingress_loads,
+        replica_stats,
+    )
+
+    name = "held"
+    app = deploy_dg(
+        DgServingSpec(
+            service=name,
+            dg_id="h0",
+            prefill=RoleServing(gpu_type="L20", max_ongoing_requests=1),
+            decode=RoleServing(gpu_type="H20"),
+            domain="s1-a1",
+            engine=ENGINE,
+            emulation=EmulationConfig(enabled=True, time_scale=20.0),  # ~1 s per prefill
+        )
+    )
+    try:
+        time.sleep(1.0)  # routers refresh their table every 0.5 s
+
+        def one(_: int) -> None:
+            client.completions.create(model=name, prompt="h" * 400, max_tokens=2)
+
+        held_seen: list[float] = []
+        observed: list[float] = []
+        with ThreadPoolExecutor(4) as pool:
+            done = pool.map(one, range(4))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not held_seen:
+                load = ingress_loads().get(name)
+                if load is not None and load.held_prompt_tokens:
+                    held_seen.append(load.held_prompt_tokens)
+                    pre, dec = replica_stats(app, "prefill"), replica_stats(app, "decode")
+                    counts = {name: RoleCounts(prefill_ready=len(pre), decode_ready=len(dec))}
+                    sig = build_observations([name], pre + dec, counts, {name: load})[name].signals
+                    own = max((s.prefill_queue_s or 0.0) for s in pre) if pre else 0.0
+                    if sig.prefill_queue_s is not None:
+                        observed.append(sig.prefill_queue_s - own)
+                time.sleep(0.1)
+            list(done)
+        assert held_seen and held_seen[0] >= 400  # at least one whole prompt held
+        if observed:  # the replica had priced its rate by then
+            assert observed[0] > 0
+        deadline = time.monotonic() + 10  # all taken: the next reports say so
+        while (left := ingress_loads()[name].held_prompt_tokens) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert left == 0.0
+    finally:
+        delete_dg(app)
+
+
 def test_draining_and_ratio_gate_steer_requests(stack: Stack, client) -> None:  # type: ignore[no-untyped-def]
     from heteroscale_ray.serving.deployments import (
         DgServingSpec,

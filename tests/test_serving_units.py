@@ -340,17 +340,35 @@ def test_ingress_counts_requests_and_their_prompt_tokens() -> None:
     assert quiet.requests_per_s == 0.0 and quiet.prompt_mean is None
 
 
+def test_ingress_reports_prefills_the_handle_still_holds() -> None:
+    meter = ArrivalMeter(window_s=10.0, clock=VirtualClock())
+    meter.add("chat", 300)
+    meter.add("chat", 500)
+    meter.hold("chat", 300)
+    meter.hold("chat", 500)
+    assert meter.loads()["chat"].held_prompt_tokens == 800.0
+    meter.release("chat", 300)  # a replica took it
+    assert meter.loads()["chat"].held_prompt_tokens == 500.0
+    text = render_arrivals(meter.loads())
+    assert 'heteroscale_prefill_held_prompt_tokens{service="chat"} 500.0' in text
+    meter.release("chat", 500)
+    meter.release("chat", 500)  # a release never drives the count negative
+    assert meter.loads()["chat"].held_prompt_tokens == 0.0
+
+
 def test_hub_sums_ingress_loads_and_drops_malformed_ones(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = VirtualClock()
     hub = MetricsHub(clock)
-    hub.report_arrivals("ingress-a", {"chat": IngressLoad(1000.0, 4.0, 640_000.0)})
-    hub.report_arrivals("ingress-b", {"chat": IngressLoad(2000.0, 2.0, 1_400_000.0), "docs": 50.0})
+    hub.report_arrivals("ingress-a", {"chat": IngressLoad(1000.0, 4.0, 640_000.0, 300.0)})
+    hub.report_arrivals(
+        "ingress-b", {"chat": IngressLoad(2000.0, 2.0, 1_400_000.0, 200.0), "docs": 50.0}
+    )
     with caplog.at_level(logging.WARNING, logger="heteroscale_ray.serving.metrics_hub"):
         hub.report_arrivals("ingress-c", {"chat": IngressLoad(math.nan, 1.0), "x": "many"})  # type: ignore[dict-item]
     loads = hub.ingress_loads()
-    assert loads["chat"] == IngressLoad(3000.0, 6.0, 2_040_000.0)
+    assert loads["chat"] == IngressLoad(3000.0, 6.0, 2_040_000.0, 500.0)
     assert loads["chat"].prompt_mean == 500.0 and loads["chat"].prompt_sd == pytest.approx(300.0)
     assert loads["docs"] == IngressLoad(50.0, None)  # tokens alone: requests unknown
     assert hub.arrival_rates() == {"chat": 3000.0, "docs": 50.0}

@@ -12,8 +12,8 @@ Demand and the TTFT split (issue 10): the ingress's `IngressLoad` gives request_
 prompt_mean; decode replicas give output_mean (weighted by finished requests), decode_running
 and decode_queue (sums), decode_step_s and decode_step_max_s (mean and slowest of the replicas
 that stepped); prefill replicas
-give prefill_queue_s (mean queued work per reporting instance) and the TTFT wait/service p99
-(worst replica). Each is None when no replica (or no ingress) reports it.
+give prefill_queue_s (mean queued work per reporting instance, plus the prompts the ingress
+holds at the handle spread over them) and the TTFT wait/service p99 (worst replica). Each is None when no replica (or no ingress) reports it.
 """
 
 from __future__ import annotations
@@ -96,6 +96,22 @@ def ingress_load(name: str, arrival: IngressLoad | float | None) -> IngressLoad 
     return arrival
 
 
+def prefill_queue_s(prefill_reports: list[ReplicaStats], load: IngressLoad | None) -> float | None:
+    """Queued prefill work per prefill replica, seconds: what each replica has queued, plus
+    the prompts the ingress's handle holds because every replica is full, priced at the
+    replicas' measured prompt tokens per busy second and spread over them. A queue that moved
+    from the replicas to the handle is still demand."""
+    queued = _mean([float(q) for s in prefill_reports if (q := s.prefill_queue_s) is not None])
+    held = None if load is None else load.held_prompt_tokens
+    if not held:
+        return queued
+    rates = [float(r) for s in prefill_reports if (r := s.prefill_tokens_per_busy_s)]
+    if not rates:
+        return queued
+    # each replica's share of the held tokens at its replicas' mean rate: held / sum(rates)
+    return (queued or 0.0) + held / sum(rates)
+
+
 def output_mean(decode_reports: list[ReplicaStats]) -> float | None:
     """Mean output tokens of the requests finished in the window, over all decode replicas."""
     done = [(s.finished_requests, s.output_tokens_mean) for s in decode_reports]
@@ -144,7 +160,7 @@ def build_observations(
             prompt_mean=None if load is None else load.prompt_mean,
             prompt_sd=None if load is None else load.prompt_sd,
             output_mean=output_mean(dec),
-            prefill_queue_s=_mean([float(q) for s in pre if (q := s.prefill_queue_s) is not None]),
+            prefill_queue_s=prefill_queue_s(pre, load),
             decode_running=float(sum(s.running_mean for s in dec)) if dec else None,
             decode_queue=float(sum(s.queue_length for s in dec)) if dec else None,
             ttft_wait_p99_s=_worst(s.ttft_wait_p99 for s in pre),

@@ -24,6 +24,7 @@ from heteroscale_ray.config.services import DEFAULT_MIGRATION_LIMIT
 from heteroscale_ray.serving.api_requests import ApiError, internal_error
 from heteroscale_ray.serving.api_types import ChatCompletionRequest, CompletionRequest, now_s
 from heteroscale_ray.serving.decode import DecodeChunk, DecodeRequest
+from heteroscale_ray.serving.metrics import ArrivalMeter
 from heteroscale_ray.serving.migration import (
     Budget,
     MigrationReason,
@@ -152,6 +153,7 @@ class ChoiceStreams:
     prefill_timeout_s: float
     token_timeout_s: float
     _requests: RequestMetrics
+    _arrivals: ArrivalMeter
     _handle: Callable[[str, str], Any]
     _services: dict[str, ServiceRoute]
     _inflight_by_app: dict[str, int]
@@ -219,9 +221,16 @@ class ChoiceStreams:
             c.arrival_wall_s(ctx),
             resume_at=len(c.progress.tokens),
         )
+        # Until the handle hands the call to a replica (`_to_object_ref` returns), Serve holds
+        # it: every replica is at max_ongoing_requests. Reported as held prefill work.
+        held = len(req.prompt_tokens)
+        self._arrivals.hold(ctx.model, held)
         resp = prefill.prefill.remote(req)
         try:
-            ref = await asyncio.wait_for(resp._to_object_ref(), self.prefill_timeout_s)
+            try:
+                ref = await asyncio.wait_for(resp._to_object_ref(), self.prefill_timeout_s)
+            finally:
+                self._arrivals.release(ctx.model, held)
             await asyncio.wait_for(ref._ready(), self.prefill_timeout_s)
         except _TIMEOUTS:
             resp.cancel()

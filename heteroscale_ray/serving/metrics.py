@@ -97,6 +97,15 @@ class ArrivalMeter:
         self.clock = clock or WallClock()
         self.started = self.clock.monotonic()
         self._by_service: dict[str, _Window] = {}
+        self._held: dict[str, int] = {}
+
+    def hold(self, service: str, tokens: int) -> None:
+        """A prefill of `tokens` prompt tokens went to the handle; no replica has it yet."""
+        self._held[service] = self._held.get(service, 0) + tokens
+
+    def release(self, service: str, tokens: int) -> None:
+        """That prefill reached a replica (or failed): its tokens are no longer held."""
+        self._held[service] = max(self._held.get(service, 0) - tokens, 0)
 
     def add(self, service: str, tokens: int) -> None:
         """One request of `service` with `tokens` prompt tokens has arrived."""
@@ -113,11 +122,16 @@ class ArrivalMeter:
 
     def loads(self) -> dict[str, IngressLoad]:
         """Prompt tokens/s, requests/s and squared prompt tokens/s per service over
-        min(window, uptime)."""
+        min(window, uptime), and the prompt tokens held at the handle now."""
         now = self.clock.monotonic()
         span = self._span(now)
         return {
-            name: IngressLoad(w.sum(now) / span, w.count(now) / span, w.sum_of_squares(now) / span)
+            name: IngressLoad(
+                w.sum(now) / span,
+                w.count(now) / span,
+                w.sum_of_squares(now) / span,
+                float(self._held.get(name, 0)),
+            )
             for name, w in self._by_service.items()
         }
 

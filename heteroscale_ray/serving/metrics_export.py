@@ -53,10 +53,18 @@ def render_arrivals(loads: Mapping[str, IngressLoad | float]) -> str:
         ["service"],
         registry=registry,
     )
+    held = Gauge(
+        "heteroscale_prefill_held_prompt_tokens",
+        "Prompt tokens the ingress handed to the prefill handle that no replica has taken yet",
+        ["service"],
+        registry=registry,
+    )
     for name, load in sorted(loads.items()):
         if not isinstance(load, IngressLoad):
             load = IngressLoad(float(load))
         tokens.labels(name).set(load.prompt_tokens_per_s)
+        if load.held_prompt_tokens is not None:
+            held.labels(name).set(load.held_prompt_tokens)
         if load.requests_per_s is not None:
             requests.labels(name).set(load.requests_per_s)
         if load.prompt_mean is not None:

@@ -106,6 +106,7 @@ class MetricsHub:
         tokens: dict[str, float] = {}
         requests: dict[str, float | None] = {}
         squares: dict[str, float | None] = {}
+        held: dict[str, float | None] = {}
         for t, loads in list(self._arrivals.values()):
             if now - t > STATS_TTL_S:
                 continue
@@ -116,7 +117,12 @@ class MetricsHub:
                 requests[name] = None if have is None or more is None else have + more
                 sq, more_sq = squares.get(name, 0.0), load.prompt_tokens_sq_per_s
                 squares[name] = None if sq is None or more_sq is None else sq + more_sq
-        return {name: IngressLoad(tokens[name], requests[name], squares[name]) for name in tokens}
+                h, more_h = held.get(name, 0.0), load.held_prompt_tokens
+                held[name] = None if h is None or more_h is None else h + more_h
+        return {
+            name: IngressLoad(tokens[name], requests[name], squares[name], held[name])
+            for name in tokens
+        }
 
     def arrival_rates(self) -> dict[str, float]:
         """Prompt tokens/s per service, summed over ingress replicas with a fresh report."""

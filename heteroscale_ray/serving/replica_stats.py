@@ -89,6 +89,9 @@ class IngressLoad:
     # Squared prompt tokens per second (the sum over requests of tokens**2, per second):
     # additive over ingress replicas like the two above, it gives the prompts' spread.
     prompt_tokens_sq_per_s: float | None = None
+    # Prompt tokens handed to the prefill handle that no replica has taken yet: Serve holds a
+    # call while every replica is at `max_ongoing_requests`, where no replica's queue shows it.
+    held_prompt_tokens: float | None = None
 
     @property
     def prompt_mean(self) -> float | None:
@@ -171,7 +174,12 @@ def ingress_problem(load: object) -> str | None:
     """Why `load` cannot be used as an ingress report, or None if it can."""
     if not isinstance(load, IngressLoad):
         return f"not an IngressLoad but a {type(load).__name__}"
-    for name in ("prompt_tokens_per_s", "requests_per_s", "prompt_tokens_sq_per_s"):
+    for name in (
+        "prompt_tokens_per_s",
+        "requests_per_s",
+        "prompt_tokens_sq_per_s",
+        "held_prompt_tokens",
+    ):
         value = getattr(load, name)
         if value is None and name != "prompt_tokens_per_s":
             continue
