@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from heteroscale_ray.config import ServicesConfig, parse_model
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from heteroscale_ray.config import DEFAULT_CATALOG, ServicesConfig, parse_model
+from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
 from heteroscale_ray.sim.fleet import fleet_topology
 from heteroscale_ray.topology import ClusterGraph
 
@@ -23,3 +29,28 @@ SERVICES = parse_model(
     },
 )
 GRAPH = ClusterGraph.from_topology(fleet_topology(64, ["L20", "H20"], hosts_per_leaf=2))
+
+L20_HOSTS = [h.name for h in GRAPH.hosts if h.gpu_type == "L20"]
+H20_HOSTS = [h.name for h in GRAPH.hosts if h.gpu_type == "H20"]
+
+
+def small_sim(
+    arrivals: Sequence[float] | np.ndarray,
+    inputs: Sequence[int] | np.ndarray,
+    outputs: Sequence[int] | np.ndarray,
+    *,
+    hash_ids: tuple[tuple[int, ...], ...] | None = None,
+    **config: Any,
+) -> ClusterSim:
+    """A simulator of the one service `svc` on GRAPH over these requests (no instances yet);
+    `config`: `SimConfig` fields."""
+    w = Workload(
+        arrival=np.asarray(arrivals, dtype=float),
+        input_tokens=np.asarray(inputs, dtype=np.int64),
+        output_tokens=np.asarray(outputs, dtype=np.int64),
+        service=np.zeros(len(arrivals), dtype=np.int64),
+        hash_ids=hash_ids,
+    )
+    return ClusterSim(
+        SERVICES.services, GRAPH, w, catalog=DEFAULT_CATALOG, config=SimConfig(**config)
+    )

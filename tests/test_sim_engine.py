@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sim_builders import GRAPH, SERVICES
+from sim_builders import GRAPH, SERVICES, small_sim
 
 from heteroscale_ray.config import DEFAULT_CATALOG, AffinityLevel, Role
 from heteroscale_ray.perf.network import SharedLevel
@@ -17,22 +17,11 @@ from heteroscale_ray.sim.cluster import (
     SOFT,
     STARTING,
     ClusterSim,
-    SimConfig,
-    Workload,
 )
 
 
 def make_sim(arrivals: list[float], inputs: list[int], outputs: list[int]) -> ClusterSim:
-    w = Workload(
-        arrival=np.array(arrivals, dtype=float),
-        input_tokens=np.array(inputs, dtype=np.int64),
-        output_tokens=np.array(outputs, dtype=np.int64),
-        service=np.zeros(len(arrivals), dtype=np.int64),
-        hash_ids=None,
-    )
-    return ClusterSim(
-        SERVICES.services, GRAPH, w, catalog=DEFAULT_CATALOG, config=SimConfig(drain_timeout_s=300)
-    )
+    return small_sim(arrivals, inputs, outputs, drain_timeout_s=300)
 
 
 def l20_host() -> str:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sim_builders import GRAPH, SERVICES
+from sim_builders import H20_HOSTS, L20_HOSTS, small_sim
 
-from heteroscale_ray.config import DEFAULT_CATALOG, Role
-from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
+from heteroscale_ray.config import Role
+from heteroscale_ray.sim.cluster import ClusterSim
 from heteroscale_ray.sim.observe import queues
 from heteroscale_ray.sim.routing import hold_s
 
-L20 = [h.name for h in GRAPH.hosts if h.gpu_type == "L20"]
-H20 = [h.name for h in GRAPH.hosts if h.gpu_type == "H20"]
 BURST = 300  # 2,000-token prompts at t in [0, 1): minutes of prefill for one L20
 
 
@@ -22,22 +20,9 @@ def burst_sim(*, extra: list[float] = (), hold: bool = True) -> ClusterSim:
     """One prefill and one decode instance, a burst at t=0, and `extra` single arrivals."""
     arrivals = np.concatenate([np.linspace(0.0, 0.99, BURST), np.array(extra, dtype=float)])
     n = len(arrivals)
-    w = Workload(
-        arrival=arrivals,
-        input_tokens=np.full(n, 2000, dtype=np.int64),
-        output_tokens=np.full(n, 8, dtype=np.int64),
-        service=np.zeros(n, dtype=np.int64),
-        hash_ids=None,
-    )
-    sim = ClusterSim(
-        SERVICES.services,
-        GRAPH,
-        w,
-        catalog=DEFAULT_CATALOG,
-        config=SimConfig(drain_timeout_s=3600, ingress_hold=hold),
-    )
-    sim.add_instance("p0", "svc", Role.PREFILL, "dg0", L20[0], "L20", 1, 0.0)
-    sim.add_instance("d0", "svc", Role.DECODE, "dg0", H20[0], "H20", 1, 0.0)
+    sim = small_sim(arrivals, [2000] * n, [8] * n, drain_timeout_s=3600, ingress_hold=hold)
+    sim.add_instance("p0", "svc", Role.PREFILL, "dg0", L20_HOSTS[0], "L20", 1, 0.0)
+    sim.add_instance("d0", "svc", Role.DECODE, "dg0", H20_HOSTS[0], "H20", 1, 0.0)
     return sim
 
 
@@ -63,7 +48,7 @@ def test_an_instance_that_starts_later_takes_held_work() -> None:
     """Routed on arrival, the whole burst would be pinned to p0; held, p1 shares it."""
     for hold in (True, False):
         sim = burst_sim(hold=hold)
-        sim.add_instance("p1", "svc", Role.PREFILL, "dg0", L20[1], "L20", 1, 10.0)
+        sim.add_instance("p1", "svc", Role.PREFILL, "dg0", L20_HOSTS[1], "L20", 1, 10.0)
         while not sim.done:
             sim.step()
         on_p1 = int(np.count_nonzero(sim.p_inst == 2))

@@ -15,11 +15,11 @@ import pytest
 
 pytest.importorskip("numba")
 
-from sim_builders import GRAPH, SERVICES  # noqa: E402
+from sim_builders import H20_HOSTS, L20_HOSTS, small_sim  # noqa: E402
 
-from heteroscale_ray.config import DEFAULT_CATALOG, Role, load_services  # noqa: E402
+from heteroscale_ray.config import Role, load_services  # noqa: E402
 from heteroscale_ray.sim import kernels  # noqa: E402
-from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload  # noqa: E402
+from heteroscale_ray.sim.cluster import ClusterSim  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.traces import load_trace, scale_rate  # noqa: E402
@@ -100,22 +100,8 @@ def test_full_decode_instances_admit_the_same(monkeypatch: pytest.MonkeyPatch) -
     free0 = rng.uniform(0.0, 0.5, 8)  # prefill queues left from earlier ticks
 
     def run() -> dict:
-        w = Workload(
-            arrival=arrivals,
-            input_tokens=inputs.astype(np.int64),
-            output_tokens=outputs.astype(np.int64),
-            service=np.zeros(n, dtype=np.int64),
-            hash_ids=None,
-        )
-        sim = ClusterSim(
-            SERVICES.services,
-            GRAPH,
-            w,
-            catalog=DEFAULT_CATALOG,
-            config=SimConfig(drain_timeout_s=600),
-        )
-        l20 = [h.name for h in GRAPH.hosts if h.gpu_type == "L20"]
-        h20 = [h.name for h in GRAPH.hosts if h.gpu_type == "H20"]
+        sim = small_sim(arrivals, inputs, outputs, drain_timeout_s=600)
+        l20, h20 = L20_HOSTS, H20_HOSTS
         for g, (n_p, n_d) in {"dgA": (2, 1), "dgB": (1, 2), "dgC": (1, 1)}.items():
             for i in range(n_p):
                 sim.add_instance(f"{g}p{i}", "svc", Role.PREFILL, g, l20[i], "L20", 1, 0.0)
@@ -154,25 +140,10 @@ def test_requests_held_at_the_ingress_are_the_same(
         )
 
     def run() -> dict:
-        w = Workload(
-            arrival=arrivals,
-            input_tokens=inputs.astype(np.int64),
-            output_tokens=outputs.astype(np.int64),
-            service=np.zeros(n, dtype=np.int64),
-            hash_ids=hashes,
-        )
-        sim = ClusterSim(
-            SERVICES.services,
-            GRAPH,
-            w,
-            catalog=DEFAULT_CATALOG,
-            config=SimConfig(drain_timeout_s=900),
-        )
-        l20 = [h.name for h in GRAPH.hosts if h.gpu_type == "L20"]
-        h20 = [h.name for h in GRAPH.hosts if h.gpu_type == "H20"]
+        sim = small_sim(arrivals, inputs, outputs, hash_ids=hashes, drain_timeout_s=900)
         for g, i in (("dgA", 0), ("dgB", 1)):
-            sim.add_instance(f"{g}p", "svc", Role.PREFILL, g, l20[i], "L20", 1, 0.0)
-            sim.add_instance(f"{g}d", "svc", Role.DECODE, g, h20[i], "H20", 1, 0.0)
+            sim.add_instance(f"{g}p", "svc", Role.PREFILL, g, L20_HOSTS[i], "L20", 1, 0.0)
+            sim.add_instance(f"{g}d", "svc", Role.DECODE, g, H20_HOSTS[i], "H20", 1, 0.0)
         most_held = 0
         while not sim.done:
             sim.step()
