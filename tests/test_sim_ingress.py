@@ -84,3 +84,22 @@ def test_held_work_reads_as_queued_prefill() -> None:
         signal[hold] = queues(sim, 0)[0]
     assert signal[True] == pytest.approx(signal[False], rel=1e-9)
     assert signal[True] > 20 * hold_s(burst_sim(), 0)
+
+
+def test_every_request_without_a_first_token_counts_as_ongoing_prefill() -> None:
+    """Serve-default reads the prefill pool's ongoing requests: held ones count however long
+    they have waited (the longest-waiting are served last, so they are the ones a window of
+    recent arrivals would drop)."""
+    n = 600  # 8,000-token prompts: over ten minutes of prefill for one L20
+    sim = small_sim(np.linspace(0.0, 0.99, n), [8000] * n, [4] * n, drain_timeout_s=3600)
+    sim.add_instance("p0", "svc", Role.PREFILL, "dg0", L20_HOSTS[0], "L20", 1, 0.0)
+    sim.add_instance("d0", "svc", Role.DECODE, "dg0", H20_HOSTS[0], "H20", 1, 0.0)
+    oldest = 0.0
+    while not sim.done:
+        sim.step()
+        t1 = sim.now
+        no_first = (sim.w.arrival < t1) & ~(sim.t_first <= t1)
+        assert sim.ts_ongoing[sim.tick - 1, 0, 0] == np.count_nonzero(no_first)
+        if no_first.any():
+            oldest = max(oldest, t1 - float(sim.w.arrival[no_first].min()))
+    assert oldest > 600.0

@@ -102,22 +102,22 @@ def _sums(sim: ClusterSim, lay: Layout, t1: float) -> np.ndarray:
 
 
 def _ongoing(sim: ClusterSim, t1: float) -> None:
-    """Requests in each pool: prefill = arrived in the last 600 s with no first token yet
-    (routed with the first token after t1, or not routed: the backlog); decode = in the pool."""
+    """Requests in each pool: prefill = those with no first token yet (routed with the first
+    token after t1, or waiting at the ingress: the backlog); decode = in the pool.
+
+    Every request waiting at the ingress counts, however long it has waited: a Serve handle
+    counts the calls it holds among its ongoing requests, and those that waited longest are
+    served last (`ClusterSim._ingress_order`), so a window of recent arrivals would hide them.
+    """
     t = sim.tick
     w = sim.w
     n_svc = len(sim.services)
     waiting = sim.first_pending(t1)
-    lo = int(w.arrival.searchsorted(t1 - 600.0))
     backlog = sim._backlog
     if n_svc == 1:
-        sim.ts_ongoing[t, 0, PREFILL] = np.count_nonzero(waiting >= lo) + np.count_nonzero(
-            backlog >= lo
-        )
+        sim.ts_ongoing[t, 0, PREFILL] = len(waiting) + len(backlog)
         sim.ts_ongoing[t, 0, DECODE] = len(sim._pending) + len(sim._active)
     else:
-        waiting = waiting[waiting >= lo]
-        backlog = backlog[backlog >= lo]
         sim.ts_ongoing[t, :, PREFILL] = np.bincount(
             w.service[waiting], minlength=n_svc
         ) + np.bincount(w.service[backlog], minlength=n_svc)
