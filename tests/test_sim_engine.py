@@ -218,8 +218,8 @@ def test_vectorised_prefill_time_is_the_scalar_one_bit_for_bit() -> None:
 def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
     """One busy tick over three DGs of unequal shape: every request goes where a plain scan of
     all DGs (least prefill wait / TTFT SLO + decode load, first minimum) and the per-DG least
-    loaded instances send it, up to the first one that would queue longer than the hold; it
-    and the later ones stay at the ingress."""
+    loaded instances send it, passing over DGs where it would queue longer than the hold, up to
+    the first one every DG would hold; it and the later ones stay at the ingress."""
     rng = np.random.default_rng(3)
     n = 400
     arrivals = np.sort(rng.uniform(0.0, 1.0, n))
@@ -253,18 +253,20 @@ def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
     routed = n
     for j in range(n):
         a = float(arrivals[j])
-        best, g = float("inf"), dgs[0]
+        best, g = float("inf"), None
         for cand in dgs:
             p = min((f, r) for r, f in free.items() if T.dg[r] == cand)
             d = min((v, r) for r, v in load.items() if T.dg[r] == cand)
             wait = p[0] - a
+            if wait > hold:  # this DG would hold it
+                continue
             score = (wait if wait > 0 else 0.0) / slo + d[0]
             if score < best:
                 best, g = score, cand
-        f, r = min((f, r) for r, f in free.items() if T.dg[r] == g)
-        if f - a > hold:
+        if g is None:  # every DG would hold it
             routed = j
             break
+        f, r = min((f, r) for r, f in free.items() if T.dg[r] == g)
         v, d = min((v, r) for r, v in load.items() if T.dg[r] == g)
         kind = sim.kinds[int(T.kind[r])]
         fin = (f if f > a else a) + kind.prefill_one(int(inputs[j]), 0)[0]

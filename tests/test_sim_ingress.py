@@ -103,3 +103,20 @@ def test_every_request_without_a_first_token_counts_as_ongoing_prefill() -> None
         if no_first.any():
             oldest = max(oldest, t1 - float(sim.w.arrival[no_first].min()))
     assert oldest > 600.0
+
+
+def test_a_dg_that_would_hold_the_request_is_passed_over() -> None:
+    """dgA's decode is idle but its prefill is busy for 100 s; dgB's prefill is idle behind a
+    loaded decode. By score alone the request would pick dgA and wait at the ingress while
+    dgB's prefill idles; it goes to dgB."""
+    sim = small_sim([0.5], [1000], [8])
+    for g, i in (("dgA", 0), ("dgB", 1)):
+        sim.add_instance(f"{g}p", "svc", Role.PREFILL, g, L20_HOSTS[i], "L20", 1, 0.0)
+        sim.add_instance(f"{g}d", "svc", Role.DECODE, g, H20_HOSTS[i], "H20", 1, 0.0)
+    T = sim.inst
+    a_pre, b_pre, b_dec = sim.row_of["dgAp"], sim.row_of["dgBp"], sim.row_of["dgBd"]
+    T.free_at[a_pre] = 100.0
+    T.kv_promised[b_dec] = 1e3 * T.kv_cap[b_dec]  # a score far above dgA's 99.5
+    sim.step()
+    assert not len(sim._backlog)
+    assert sim.p_inst[0] == b_pre

@@ -111,10 +111,14 @@ def route_cached(
         a = arrival[rid]
         tokens = input_tokens[rid]
         lo, hi = block_start[rid], block_start[rid + 1]
+        a0 = t0 if t0 > a else a
         gi = 0
         if n_groups > 1:
             best = np.inf
+            gi = -1
             for i in range(n_groups):
+                if pmin[i] - a0 > hold:
+                    continue
                 wait = pmin[i] - a
                 score = (wait if wait > 0 else 0.0) / ttft_slo + dmin[i]
                 if hi > lo:  # cache-aware: the prefill time a hit in this DG saves
@@ -127,11 +131,13 @@ def route_cached(
                 if score < best:
                     best = score
                     gi = i
+            if gi < 0:
+                return j
         elif hi > lo:
             hits[0] = lru_hits(pos, slot[0], block_ids, lo, hi)
         r = parg[gi]
         free = pkey[r]
-        if free - (t0 if t0 > a else a) > hold:
+        if free - a0 > hold:
             return j
         c = 0
         if hi > lo:

@@ -99,12 +99,16 @@ def assign_cached(
     hits = [0] * n_groups  # leading cached blocks of the prompt, per DG
     for j, rid in enumerate(ids.tolist()):
         a = arr[j]
+        a0 = max(a, t0)
         gi = 0
         tokens = inp[j]
         blocks = hashes[rid]
         if n_groups > 1:
             best = float("inf")
+            gi = -1
             for i in range(n_groups):
+                if ph[i][0][0] - a0 > hold:  # this DG would hold it: it may go elsewhere
+                    continue
                 wait = ph[i][0][0] - a
                 score = (wait if wait > 0 else 0.0) / ttft_slo + dh[i][0][0]
                 if blocks:  # cache-aware: the prefill time a hit in this DG saves
@@ -116,11 +120,14 @@ def assign_cached(
                         score -= saved / ttft_slo
                 if score < best:
                     best, gi = score, i
+            if gi < 0:
+                m = j
+                break
         elif blocks:
             hits[0] = cache.hits(groups[0], blocks)
         heap = ph[gi]
         free, r = heap[0]
-        if free - max(a, t0) > hold:
+        if free - a0 > hold:
             m = j
             break
         cached = 0

@@ -132,17 +132,23 @@ def route_tick(
     n_routed = len(arr)
     for j in range(len(arr)):
         a = arr[j]
+        a0 = a if a > t0 else t0
         if n_groups > 1:
             best = np.inf
+            gi = -1
             for i in range(n_groups):
                 p = pmin[i]
+                if p - a0 > hold:
+                    continue
                 score = (p - a) / ttft_slo + dmin[i] if p > a else dmin[i]
                 if score < best:
                     best = score
                     gi = i
+            if gi < 0:
+                n_routed = j
+                break
         r = group_argmin(pkey, ppos, pstart[gi], pstart[gi + 1])
         free = pkey[r]
-        a0 = a if a > t0 else t0
         if free - a0 > hold:
             n_routed = j
             break

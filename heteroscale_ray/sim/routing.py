@@ -143,8 +143,9 @@ def _route_service(
     A request goes to the DG with the least combined pressure (prefill wait over the TTFT SLO
     + decode load), then to that DG's prefill instance whose queue empties first and its
     least-loaded decode instance. Ties go to the lower DG index, then to the lower row.
-    Routing stops at the first request whose chosen prefill instance has more than
-    `hold_s` of work queued ahead of it: it and the later ones wait, in order, for the next tick.
+    A DG whose first free prefill instance has more than `hold_s` of work queued is passed
+    over; routing stops at the first request every DG would hold: it and the later ones wait,
+    in order, for the next tick.
     """
     T = sim.inst
     batch = _Batch(sim, s, ids, shape)
@@ -367,8 +368,9 @@ def _assign(
     `a0[j]` is request j's arrival clamped to the tick start, `svc_by_pos[p][j]` its prefill
     seconds on prefill position p, `inc_by_pos[d][j]` the KV load it adds on decode position d.
     The DG of least score = max(prefill wait, 0) / TTFT SLO + decode load, the lowest index
-    among equal scores. A request whose chosen prefill instance is busy for more than `hold`
-    after its `a0` is held, and so are the ones after it.
+    among equal scores, of the DGs whose first free prefill instance is busy for at most
+    `hold` after the request's `a0`. With no such DG the request is held, and so are the ones
+    after it.
     """
     ph, dh = pools.ph, pools.dh
     kv, seqs, per_seq = pools.kv, pools.seqs, pools.shape.per_seq
@@ -399,21 +401,24 @@ def _assign(
         pmin = [h[0][0] for h in ph]
         dmin = [h[0][0] for h in dh]
         order = range(n_groups)
-        gi = 0
         for j in range(m):
             a = arr[j]
+            start = a0[j]
             best = float("inf")
+            gi = -1
             for i in order:
                 p = pmin[i]
+                if p - start > hold:  # this DG would hold the request: it may go elsewhere
+                    continue
                 score = (p - a) / ttft_slo + dmin[i] if p > a else dmin[i]
                 if score < best:
                     best = score
                     gi = i
-            heap = ph[gi]
-            free, r = heap[0]
-            if free - a0[j] > hold:
+            if gi < 0:
                 m = j
                 break
+            heap = ph[gi]
+            free, r = heap[0]
             fin = (free if free > a else a0[j]) + svc_by_pos[r][j]
             replace(heap, (fin, r))
             pmin[gi] = heap[0][0]
