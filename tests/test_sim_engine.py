@@ -18,6 +18,7 @@ from heteroscale_ray.sim.cluster import (
     STARTING,
     ClusterSim,
 )
+from heteroscale_ray.sim.routing import hold_s
 
 
 def make_sim(arrivals: list[float], inputs: list[int], outputs: list[int]) -> ClusterSim:
@@ -249,7 +250,7 @@ def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
             seqs[r] = 0.0
             load[r] = kv[r]
     dgs = sorted(set(T.dg[: T.n].tolist()))
-    hold = max(slo, 2.0 * sim.dt)
+    hold = hold_s(sim, 0)
     routed = n
     for j in range(n):
         a = float(arrivals[j])

@@ -91,8 +91,8 @@ class SimConfig:
     tick_s: float = 1.0
     startup_s: float = 90.0  # model load of a new instance (60-120 s is typical for 8-70B)
     drain_timeout_s: float = 900.0  # after the last arrival, keep running this long at most
-    # hold arrivals at the ingress while the prefill queue they would join is longer than the
-    # TTFT SLO (`routing.hold_s`); off: every request is queued at an instance on arrival
+    # hold arrivals at the ingress while every DG's prefill queue is longer than two ticks
+    # (`routing.hold_s`); off: every request is queued at an instance on arrival
     ingress_hold: bool = True
 
 

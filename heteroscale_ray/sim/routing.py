@@ -47,17 +47,19 @@ def route(sim: ClusterSim, todo: np.ndarray, t0: float) -> np.ndarray:
 
 
 def hold_s(sim: ClusterSim, s: int) -> float:
-    """How much queued prefill work a request may find ahead of it and still be routed.
+    """How much queued prefill work a request may find ahead of it and still be routed: two
+    ticks, so an instance never runs dry between two routing passes while work is held.
 
     Past it the request waits at the ingress, as a Serve handle holds requests beyond a
-    replica's `max_ongoing_requests`: a request that would wait longer than the TTFT SLO misses
-    it wherever it waits, but held at the ingress it can still go to an instance that starts
-    later. Routed at arrival, it stays pinned to a long queue while new instances idle. At least
-    two ticks, so an instance never runs dry between two routing passes while work is held.
+    replica's `max_ongoing_requests`. Routed on arrival, a request stays pinned to a long
+    queue while instances that start later idle; held, it goes to whichever frees up first,
+    in the ingress's order (`ClusterSim._ingress_order`: those still able to make the TTFT SLO
+    first). A longer bound lets the late ones fill the queues the fresh ones then wait behind:
+    at one TTFT SLO, every request admitted while a backlog drained waited about the SLO.
     """
     if not sim.cfg.ingress_hold:
         return math.inf
-    return max(sim.services[s].slo.ttft_s, 2.0 * sim.dt)
+    return 2.0 * sim.dt
 
 
 class _Batch:
