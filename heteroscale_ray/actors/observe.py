@@ -13,7 +13,8 @@ prompt_mean; decode replicas give output_mean (weighted by finished requests), d
 and decode_queue (sums), decode_step_s and decode_step_max_s (mean and slowest of the replicas
 that stepped); prefill replicas
 give prefill_queue_s (mean queued work per reporting instance, plus the prompts the ingress
-holds at the handle spread over them) and the TTFT wait/service p99 (worst replica). Each is None when no replica (or no ingress) reports it.
+holds at the handle spread over them) and the TTFT wait/service p99 (worst replica). Each is
+None when no replica (or no ingress) reports it.
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def route_cached(
             lru_use(pos, fifo, head, tail, size, slot[gi], block_ids, lo, hi, hits[gi], cap[gi])
             c = min(hits[gi] * BLOCK_TOKENS, tokens - 1)
         svc_time, fl = prefill_one(kp[r], tokens, c)
-        start = free if free > a else (t0 if t0 > a else a)
+        start = free if free > a else a0
         fin = start + svc_time
         pkey[r] = fin
         parg[gi] = group_argmin(pkey, ppos, pstart[gi], pstart[gi + 1])

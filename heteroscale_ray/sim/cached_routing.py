@@ -135,7 +135,7 @@ def assign_cached(
             cache.use(groups[gi], blocks, hits[gi], caps[gi])
             cached = cached_tokens(hits[gi], tokens)
         svc_time, flops = kind_at[r].prefill_one(tokens, cached)
-        start = free if free > a else max(a, t0)
+        start = free if free > a else a0
         fin = start + svc_time
         heapq.heapreplace(heap, (fin, r))
         heap = dh[gi]

@@ -405,12 +405,12 @@ def _assign(
         order = range(n_groups)
         for j in range(m):
             a = arr[j]
-            start = a0[j]
+            aj = a0[j]
             best = float("inf")
             gi = -1
             for i in order:
                 p = pmin[i]
-                if p - start > hold:  # this DG would hold the request: it may go elsewhere
+                if p - aj > hold:  # this DG would hold the request: it may go elsewhere
                     continue
                 score = (p - a) / ttft_slo + dmin[i] if p > a else dmin[i]
                 if score < best:
@@ -421,7 +421,7 @@ def _assign(
                 break
             heap = ph[gi]
             free, r = heap[0]
-            fin = (free if free > a else a0[j]) + svc_by_pos[r][j]
+            fin = (free if free > a else aj) + svc_by_pos[r][j]
             replace(heap, (fin, r))
             pmin[gi] = heap[0][0]
             heap = dh[gi]
