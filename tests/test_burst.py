@@ -47,6 +47,22 @@ def test_steady_need_learns_no_headroom() -> None:
     assert memory.rises and margin(memory, 0.9) == 0.0
 
 
+def test_noise_around_a_held_level_learns_no_headroom() -> None:
+    """A need that swings 10 <-> 12 from tick to tick never leaves the level the stabilisation
+    window holds the role at (the highest need of the horizon before): no rise, no headroom.
+    Measured from each horizon's first need alone, the swing itself was learned as a 20% rise."""
+    needs = [12.0 if i % 2 else 10.0 for i in range(120)]
+    held = BurstMemory(settled_at=NOW)
+    for i, need in enumerate(needs):
+        held = remember(held, need, NOW + i * PERIOD, HORIZON, window_s=HORIZON)
+    assert held.rises and max(held.rises[-100:]) == 0.0  # once a horizon before is known
+    assert margin(held, 0.9) == 0.0 and margin(replay(needs), 0.9) == pytest.approx(0.2)
+    # a rise above the held level is still learned, whatever came before it
+    for i, need in enumerate([15.0] * 4, start=len(needs)):
+        held = remember(held, need, NOW + i * PERIOD, HORIZON, window_s=HORIZON)
+    assert margin(held, 1.0) == pytest.approx(0.25)
+
+
 def test_a_burst_that_recurs_is_learned_as_its_rise_over_the_horizon() -> None:
     # every 10 minutes the need jumps from 10 to 16 for two minutes
     needs = [16.0 if i % 40 in (20, 21, 22, 23, 24, 25, 26, 27) else 10.0 for i in range(240)]
@@ -218,4 +234,7 @@ def test_a_queue_flooding_in_is_no_rise_in_the_arriving_need() -> None:
     needs = [n for _, n in state.decode_burst.needs]
     assert max(needs) < 1.2 * min(needs), needs  # the batch estimate moves a little; not 200x
     assert state.decode_burst.strained_at is not None
-    assert "rising" not in decision.message.split("decode:")[1]
+    # at most the drift of the learned batch, never the flood: under a tenth of the need
+    from heteroscale_ray.policy.burst import trend
+
+    assert trend(state.decode_burst, t, HORIZON) * HORIZON < 0.1 * min(needs)

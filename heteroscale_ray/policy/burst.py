@@ -4,7 +4,10 @@ A reactive policy sees a burst only once it has arrived, and the instances it th
 serve only after the start-up delay. So each role is sized for its need now plus the rise this
 service's traffic has shown over such a horizon: from its own recent history, the `quantile` of
 
-    (highest need within the horizon - need at its start) / max(need at its start, 1 instance)
+    (highest need within the horizon - held) / max(held, 1 instance)
+
+where `held` is the highest need of the horizon before it, which the scale-in stabilisation
+window still holds the role at (the need at the horizon's start when that window is off).
 
 Smooth traffic learns a margin near 0 and pays nothing; bursty traffic learns how bursty it
 is. The margin applies once the role has been short (its fixable latency reached the latency
@@ -40,25 +43,36 @@ def remember(
     now: float,
     horizon_s: float,
     strained: bool = False,
+    window_s: float = 0.0,
 ) -> BurstMemory:
     """Add this period's need; once (most of) a horizon since the memory settled is covered,
-    record the rise over it. Until a covered horizon shows no climb, only the needs are kept."""
+    record the rise over it. Until a covered horizon shows no climb, only the needs are kept.
+
+    A rise is measured from the highest need within `window_s` before the horizon (a level
+    the scale-in stabilisation window still holds the role at), or from the need at the
+    horizon's start when `window_s` is 0: a need back to a level the fleet was held at is no
+    rise it is short for. (From the start alone, the need's tick-to-tick noise was learned as
+    headroom, on top of the stabilisation window's maximum of that same noise.)"""
     if horizon_s <= 0:
         return memory
     if need is None or not math.isfinite(need) or need < 0:
         if strained and memory.settled_at is not None:
             return replace(memory, strained_at=now)
         return memory
-    needs = tuple((t, n) for t, n in memory.needs if now - t <= horizon_s) + ((now, need),)
+    kept_s = horizon_s + max(window_s, 0.0)
+    needs = tuple((t, n) for t, n in memory.needs if now - t <= kept_s) + ((now, need),)
+    recent = [(t, n) for t, n in needs if now - t <= horizon_s]
     settled_at = memory.settled_at
     if settled_at is None:
-        if now - needs[0][0] < COVERED * horizon_s or _climb(needs) > 0:
+        if now - recent[0][0] < COVERED * horizon_s or _climb(recent) > 0:
             return replace(memory, needs=needs)  # still the climb the policy started into
         settled_at = now
     rises, rises_at = memory.rises, memory.rises_at
-    since = [(t, n) for t, n in needs if t >= settled_at]  # no rise from the fill's tail
+    since = [(t, n) for t, n in recent if t >= settled_at]  # no rise from the fill's tail
     oldest_t, base = since[0]
     if now - oldest_t >= COVERED * horizon_s:
+        held = [n for t, n in needs if settled_at <= t < oldest_t]
+        base = max([base, *held])
         top = max(n for _, n in since)
         keep_after = now - HISTORY_HORIZONS * horizon_s
         kept = [(r, t) for r, t in zip(rises, rises_at, strict=True) if t >= keep_after]

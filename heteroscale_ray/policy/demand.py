@@ -212,9 +212,18 @@ def remember_needs(
     short: set[Role],
 ) -> PolicyState:
     horizon = spec.policy.demand.burst_horizon_s
+    # At a horizon's start the stabilisation window (when it is at least that long) holds the
+    # role at no less than the highest need of the horizon before: a rise above that level,
+    # before instances asked for then can land, is what the fleet can be short by.
+    held = min(spec.policy.demand.peak_window_s, horizon)
     for role in Role:
         memory = burst.remember(
-            burst.memory_of(state, role), needs[role], now, horizon, role in short
+            burst.memory_of(state, role),
+            needs[role],
+            now,
+            horizon,
+            role in short,
+            held,
         )
         state = burst.with_memory(state, role, memory)
     return state
