@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from heteroscale_ray.config import ServicesConfig, ServiceSpec, load_services  # noqa: E402
+from heteroscale_ray.config import PolicySpec, ServicesConfig, ServiceSpec, load_services  # noqa: E402
 from heteroscale_ray.sim.commands import _clean, _progress  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ORACLE_NOTE, ReplayOptions, run_replay  # noqa: E402
@@ -92,6 +92,8 @@ def paper_fixed_spec(spec: ServiceSpec, tuned: TuneResult) -> ServiceSpec:
     policy["signal"] = "decode_tps"
     policy["target_per_instance"] = round(tuned.target_per_instance, 1)
     policy["latency_guard"] = {**dict(policy.get("latency_guard") or {}), "metric": "both"}
+    # The paper's dead-band: different thresholds out and in (`general` narrows the one in).
+    policy["scale_in_tolerance"] = PolicySpec.model_fields["scale_in_tolerance"].default
     data["policy"] = policy
     return ServiceSpec.model_validate(data)
 
