@@ -93,6 +93,19 @@ def test_headroom_is_bounded_and_never_negative(needs: list[float]) -> None:
     assert 0.0 <= share <= MAX_MARGIN
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=1e4), min_size=1, max_size=120))
+def test_rises_above_the_held_level_never_exceed_rises_from_the_start(needs: list[float]) -> None:
+    """The held level is at least the horizon's first need: the same history never learns more
+    headroom counted from it, and every rise stays a share in [0, inf)."""
+    held = BurstMemory(settled_at=NOW)
+    for i, need in enumerate(needs):
+        held = remember(held, need, NOW + i * PERIOD, HORIZON, window_s=HORIZON)
+    plain = replay(needs)
+    assert len(held.rises) == len(plain.rises)
+    assert all(0.0 <= h <= p for h, p in zip(held.rises, plain.rises, strict=True))
+
+
 def test_bursty_history_sizes_the_role_above_its_current_need() -> None:
     spec = make_service()
     sig = signals(decode_running=600.0)
