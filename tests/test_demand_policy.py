@@ -437,6 +437,25 @@ def test_a_decode_queue_is_sized_by_its_drain_not_as_concurrency() -> None:
     assert 5 < decision.decode < as_concurrency / 3
 
 
+def test_decode_takes_the_requests_a_draining_prefill_queue_releases() -> None:
+    """Prefill sized to drain a 60 s queue within drain_s hands decode those requests on top
+    of arrivals: decode is asked for them in the same decision, as instances of both roles
+    take one start-up to land (a 3x spike otherwise queued 60-84k sequences for decode)."""
+    spec = make_service()
+    calm, _ = decide(spec, signals(), counts(4, 3), PolicyState(), NOW)
+    queued = signals(prefill_queue_s=60.0)
+    decision, state = decide(spec, queued, counts(4, 3), PolicyState(), NOW)
+    cap = capacity(spec, queued, PolicyState())
+    released = 60.0 * 4 * cap.prefill_tps / 1000.0 / spec.policy.demand.drain_s
+    more = released * (200.0 - 1.0) / cap.decode_tps
+    assert more > 3  # material: several instances' worth
+    assert decision.required_decode == pytest.approx(calm.required_decode + more, rel=0.02)
+    assert decision.decode >= calm.decode + math.floor(more)
+    assert "for the prefill queue's release" in decision.message
+    # a queue is drained once: the scale-in window keeps the arriving need only
+    assert max(n for _, n in state.decode_peaks) == pytest.approx(calm.required_decode)
+
+
 def _grow_decode_queue(spec: ServiceSpec, queues: list[float], d: int = 5) -> tuple:
     """Feed periods with a growing decode queue; return the last decision and state."""
     state, p = PolicyState(), 4

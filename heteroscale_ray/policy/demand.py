@@ -5,7 +5,8 @@ Demand is measured where work arrives, so a saturated role cannot hide it:
   configured busy share, plus the queued work drained within `drain_s`;
 - decode: the larger of the tokens/s arrivals will ask for (request rate x mean output, which
   sees demand while prefill still holds it back) over one instance's tokens/s, and the
-  sequences running or waiting over one instance's batch.
+  sequences running or waiting over one instance's batch; plus the requests prefill's queue
+  releases while it drains within `drain_s` (both roles' instances take one start-up to land).
 Both roles move in one decision (the paper's coordinated action); the P/D ratio is whatever the
 two needs make it, snapped to a small ratio only for the shape of new Deployment Groups. Then
 the backlog rule, the latency guard on the latency capacity can fix, the KV guard, bounds and
@@ -83,7 +84,12 @@ def decide_demand(
     needs = {
         Role.PREFILL: prefill_need(spec, signals, counts, cap, problem),
         Role.DECODE: decode_need(
-            spec, signals, cap, problem, backlog.growing(spec, state, Role.DECODE)
+            spec,
+            signals,
+            cap,
+            problem,
+            backlog.growing(spec, state, Role.DECODE),
+            released_rps(spec, signals, counts, cap),
         ),
     }
     steady = {role: need.steady for role, need in needs.items()}
@@ -157,12 +163,24 @@ def prefill_need(
     return Need(need, why, steady)
 
 
+def released_rps(spec: ServiceSpec, s: Signals, counts: RoleCounts, cap: Capacity) -> float:
+    """Requests/s the prefill queue releases to decode on top of arrivals while it drains
+    within `drain_s`: prefill is sized to drain it that fast, so decode must take it as fast,
+    and instances take the same start-up to land for both roles."""
+    queue = backlog.queue_of(s, Role.PREFILL)
+    if not queue or not counts.prefill_ready or not _usable(s.prompt_mean):
+        return 0.0
+    tokens = queue * counts.prefill_ready * cap.prefill_tps
+    return tokens / s.prompt_mean / spec.policy.demand.drain_s  # type: ignore[operator]
+
+
 def decode_need(
     spec: ServiceSpec,
     s: Signals,
     cap: Capacity,
     problem: str | None,
     queue_growing: bool = False,
+    released: float = 0.0,
 ) -> Need:
     """Fractional decode instances: arriving output tokens/s, or the sequences running plus
     the waiting ones' work drained within `drain_s` (a burst's queue empties in seconds once
@@ -175,9 +193,12 @@ def decode_need(
     if problem is not None:
         return Need(None, f"signals {problem}")
     by_rate = by_seqs = running = None
+    draining = 0.0
     if _usable(s.request_rate) and _usable(s.output_mean):
-        offered = s.request_rate * max(s.output_mean - 1.0, 0.0)  # type: ignore[operator]
+        per_request = max(s.output_mean - 1.0, 0.0)  # type: ignore[operator]
+        offered = s.request_rate * per_request  # type: ignore[operator]
         by_rate = offered / cap.decode_tps
+        draining = released * per_request / cap.decode_tps
     elif _usable(s.decode_tps):
         offered = s.decode_tps
         by_rate = offered / cap.decode_tps  # type: ignore[operator]
@@ -194,14 +215,17 @@ def decode_need(
             by_seqs += queued / cap.decode_batch
     if by_rate is None and by_seqs is None:
         return Need(None, "decode demand is missing")
-    need = max(x for x in (by_rate, by_seqs) if x is not None)
+    need = max(x for x in (by_rate, by_seqs) if x is not None) + draining
     steady = max(x for x in (by_rate, running) if x is not None)
     parts = []
     if by_rate is not None:
         parts.append(f"{offered:,.0f} tok/s / {cap.decode_tps:,.0f}")
     if by_seqs is not None:
         parts.append(f"{seqs:,.0f} seqs / {cap.decode_batch:,.0f}")
-    return Need(need, " vs ".join(parts), steady)
+    why = " vs ".join(parts)
+    if draining:
+        why += f" + {draining:,.1f} for the prefill queue's release"
+    return Need(need, why, steady)
 
 
 def remember_needs(
