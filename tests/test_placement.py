@@ -373,6 +373,34 @@ def test_single_role_growth_goes_where_it_restores_the_ratio() -> None:
     ]
 
 
+def test_a_dg_left_with_the_old_ratio_gives_instances_to_one_short_of_the_new() -> None:
+    """The ratio moved from 2:1 to 5:8: the old DG still has 4 prefill for 2 decode (its
+    decode carries twice its share), the new one 1 for 6. With the totals where they should
+    be, one prefill moves per cycle from the old DG to the new; the totals stay."""
+    spec = make_service(pd_ratio="5:8")
+    old = make_dg("svc-dg0", "s1-a", one_gpu_each("s1-a-h0", "ppppdd"))
+    new = make_dg("svc-dg1", "s1-b", one_gpu_each("s1-b-h0", "pdddddd"))
+    plan, after = run(TWO_S1, [spec], [old, new], [ScaleRequest("svc", 5, 8)])
+    assert [(a.dg_id, a.role) for a in actions_of(plan, RemoveInstances)] == [("svc-dg0", P)]
+    assert [(a.dg_id, a.role) for a in actions_of(plan, AddInstances)] == [("svc-dg1", P)]
+    assert counts(after, "svc") == (5, 8)
+    shapes = {dg.dg_id: (dg.count(P), dg.count(D)) for dg in after}
+    assert shapes == {"svc-dg0": (3, 2), "svc-dg1": (2, 6)}
+    plan2, after2 = run(TWO_S1, [spec], list(after), [ScaleRequest("svc", 5, 8)])
+    assert {dg.dg_id: (dg.count(P), dg.count(D)) for dg in after2} == {
+        "svc-dg0": (2, 2),
+        "svc-dg1": (3, 6),
+    }
+
+
+def test_dgs_within_an_instance_of_the_ratio_stay_as_they_are() -> None:
+    spec = make_service(pd_ratio="1:2")
+    a = make_dg("svc-dg0", "s1-a", one_gpu_each("s1-a-h0", "ppddd"))
+    b = make_dg("svc-dg1", "s1-b", one_gpu_each("s1-b-h0", "pddd"))
+    plan, _ = run(TWO_S1, [spec], [a, b], [ScaleRequest("svc", 3, 6)])
+    assert not list(plan.all_actions())
+
+
 def test_draining_dg_is_never_grown() -> None:
     draining = make_dg("svc-dg0", "s1-a", one_gpu_each("s1-a-h0", "pd"), draining=True)
     plan, after = run(TWO_S1, [make_service()], [draining], [ScaleRequest("svc", 2, 2)])

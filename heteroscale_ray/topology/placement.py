@@ -12,9 +12,13 @@ One cycle (the paper's federated pre-scheduling layer):
 4. scale-out in P/D units: grow an existing DG of the service when its domain still has GPUs
    of the DG's types and the DG is below ``dg_max_instances``; otherwise open a DG in the
    best compatible domain at the service's affinity level. Every reservation is subtracted
-   from free capacity at once, so later requests in the cycle cannot take it.
+   from free capacity at once, so later requests in the cycle cannot take it;
+5. rebalance: where DGs opened at an old P/D ratio hold a whole instance more of the scarcer
+   role than the ratio gives them, and others a whole instance less, move one at a time (at
+   most a tenth of the role per cycle): routing spreads requests by prefill, so a DG's decode
+   carries its prefill's share of the load.
 
-Where a new DG goes is decided in :mod:`.domain_choice`; the cycle's working state (steps 2-4)
+Where a new DG goes is decided in :mod:`.domain_choice`; the cycle's working state (steps 2-5)
 is :mod:`.placement_cycle`, one DG under edit is :mod:`.working_dg`.
 
 Everything here is deterministic: the same inputs give the same plan, ids included.

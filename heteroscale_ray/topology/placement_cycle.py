@@ -33,6 +33,8 @@ from heteroscale_ray.topology.plan import (
 )
 from heteroscale_ray.topology.working_dg import ROLES, WorkingDG
 
+MOVE_SHARE = 0.1  # at most this share of a role's instances move between DGs per cycle
+
 
 @dataclass(frozen=True, slots=True)
 class ScaleRequest:
@@ -96,6 +98,7 @@ class PlacementCycle:
             grow = [grow[r] + moved[r] for r in (0, 1)]
         if grow[0] or grow[1]:
             self._scale_out(spec, dgs, grow)
+        self._rebalance(spec, dgs)
 
     def reject_unknown(self, req: ScaleRequest) -> None:
         for r, count in enumerate((req.prefill, req.decode)):
@@ -162,6 +165,51 @@ class PlacementCycle:
             if w.size == 0 and (w.removed[0] or w.removed[1]):
                 w.deleted = True
         return moved[0], moved[1]
+
+    # -- rebalance -----------------------------------------------------------------------
+
+    def _rebalance(self, spec: ServiceSpec, dgs: list[WorkingDG]) -> None:
+        """Move instances of the scarcer role from the DGs that hold too many of it, for the
+        service's P/D ratio, to those that hold too few (soft-removed there, added here).
+
+        A request runs its prefill and decode in one DG, and routing spreads requests by
+        prefill: a DG's decode carries its prefill's share of the load. DGs opened when the
+        ratio was 1:1 keep that shape after the ratio moves to 1:8, so their decode carries
+        eight times the load of a new DG's while the new DGs' decode idles. Growth and
+        shrinkage pick DGs to narrow this, but a ratio move with the totals near their target
+        leaves it. A move happens only where it narrows the gap by a whole instance at both
+        ends, and at most `MOVE_SHARE` of the role's instances move per cycle (a moved
+        instance starts up again)."""
+        live = [w for w in dgs if not (w.draining or w.deleted) and w.counts[0] and w.counts[1]]
+        total = (sum(w.counts[0] for w in live), sum(w.counts[1] for w in live))
+        if len(live) < 2 or not (total[0] and total[1]):
+            return
+        r = 0 if total[0] <= total[1] else 1  # the scarcer role: a move shifts the gap least
+        per = total[r] / total[1 - r]  # instances of r per instance of the other role
+
+        def excess(w: WorkingDG) -> float:
+            return w.counts[r] - per * w.counts[1 - r]
+
+        chooser = DomainChooser(self.capacity, spec, self.aware)
+        chunk = (1, 0) if r == 0 else (0, 1)
+        full: set[str] = set()
+        for _ in range(max(1, int(MOVE_SHARE * total[r]))):
+            givers = [w for w in live if w.can_give(r) and excess(w) >= 1]
+            takers = [
+                w
+                for w in live
+                if w.dg_id not in full and w.grow_domain is not None and excess(w) <= -1
+            ]
+            if not givers or not takers:
+                return
+            src = max(givers, key=lambda w: (excess(w), w.dg_id))
+            dst = min(takers, key=lambda w: (excess(w), w.dg_id))
+            if chooser.units_fitting(dst.grow_domain, dst.types, chunk) < 1 or not (
+                self._allocate(dst, dst.grow_domain, chooser, chunk)
+            ):
+                full.add(dst.dg_id)
+                continue
+            src.pop_victims(self.graph, r, 1)
 
     # -- scale-out -----------------------------------------------------------------------
 
