@@ -170,7 +170,7 @@ class PlacementCycle:
 
     def _rebalance(self, spec: ServiceSpec, dgs: list[WorkingDG]) -> None:
         """Move instances of the scarcer role from the DGs that hold too many of it, for the
-        service's P/D ratio, to those that hold too few (soft-removed there, added here).
+        service's P/D ratio (the one new DGs are shaped by), to those that hold too few (soft-removed there, added here).
 
         A request runs its prefill and decode in one DG, and routing spreads requests by
         prefill: a DG's decode carries its prefill's share of the load. DGs opened when the
@@ -181,11 +181,12 @@ class PlacementCycle:
         ends, and at most `MOVE_SHARE` of the role's instances move per cycle (a moved
         instance starts up again)."""
         live = [w for w in dgs if not (w.draining or w.deleted) and w.counts[0] and w.counts[1]]
-        total = (sum(w.counts[0] for w in live), sum(w.counts[1] for w in live))
-        if len(live) < 2 or not (total[0] and total[1]):
+        if len(live) < 2:
             return
-        r = 0 if total[0] <= total[1] else 1  # the scarcer role: a move shifts the gap least
-        per = total[r] / total[1 - r]  # instances of r per instance of the other role
+        unit = ratio_unit(spec)  # the ratio growth and shrinkage keep too, so none undoes another
+        r = 0 if unit[0] <= unit[1] else 1  # the scarcer role: a move shifts the gap least
+        per = unit[r] / unit[1 - r]  # instances of r per instance of the other role
+        total = sum(w.counts[r] for w in live)
 
         def excess(w: WorkingDG) -> float:
             return w.counts[r] - per * w.counts[1 - r]
@@ -193,7 +194,7 @@ class PlacementCycle:
         chooser = DomainChooser(self.capacity, spec, self.aware)
         chunk = (1, 0) if r == 0 else (0, 1)
         full: set[str] = set()
-        for _ in range(max(1, int(MOVE_SHARE * total[r]))):
+        for _ in range(max(1, int(MOVE_SHARE * total))):
             givers = [w for w in live if w.can_give(r) and excess(w) >= 1]
             takers = [
                 w
