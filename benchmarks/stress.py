@@ -23,10 +23,7 @@ Run: .venv/bin/python benchmarks/stress.py [--cases ...] [--policies ...] [--out
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,10 +38,8 @@ import generalization as G  # noqa: E402
 import shapes as S  # noqa: E402
 import trace_scaling  # noqa: E402
 
-from heteroscale_ray.config import ServicesConfig, ServiceSpec, load_services  # noqa: E402
-from heteroscale_ray.sim.commands import _clean  # noqa: E402
+from heteroscale_ray.config import ServicesConfig, ServiceSpec  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
-from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.traces import Trace  # noqa: E402
 
 POLICIES = ("heteroscale", "static", "oracle")
@@ -148,82 +143,17 @@ def run_case(label: str, services: ServicesConfig, policies: tuple[str, ...]) ->
     trace = build(services, spec)
     counts = trace_scaling.static_counts(services, spec, trace)
     topo = fleet_for([spec], trace_scaling.fleet_gpus(spec, counts))
-    hours = trace.duration_s / 3600.0
     print(
-        f"\n== {label} ({what}): {len(trace):,} requests over {hours:.1f} h, static "
-        f"{counts[0]} prefill + {counts[1]} decode, fleet {topo.total_gpus()}",
+        f"\n== {label} ({what}): {len(trace):,} requests over {trace.duration_s / 3600:.1f} h, "
+        f"static {counts[0]} prefill + {counts[1]} decode, fleet {topo.total_gpus()}",
         flush=True,
     )
-    rows = []
-    for pol in policies:
-        t0 = time.perf_counter()
-        res = run_replay(services, topo, {G.SERVICE: trace}, ReplayOptions(policy=pol))
-        rows.append(G._row(pol, res, time.perf_counter() - t0, hours))
-        del res
-    by = {r["policy"]: r for r in rows}
-    for r in rows:
-        r["goals"] = G.goals(r, by, diurnal, two_days_full=False)
-        r["goals"].pop("speed", None)  # speed is generalization.py's, on the shared traces
-        vs_oracle = r["goals"].pop("gpu_hours_vs_oracle", None)  # reported, not checked
-        r["vs_oracle"] = None if vs_oracle is None else vs_oracle["ratio"]
-        r["goals"]["all_ok"] = all(g["ok"] for g in r["goals"].values() if isinstance(g, dict))
-    print(G._fmt_table(rows))
+    rows = S.replay_rows(services, topo, trace, policies, diurnal)
     return {"what": what, "diurnal": diurnal, "requests": len(trace), "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--cases", help=f"comma-separated subset of {','.join(CASES)}")
-    ap.add_argument("--policies", help=f"comma-separated subset of {','.join(POLICIES)}")
-    ap.add_argument("--out", default=str(ROOT / "results" / "stress"), help="folder")
-    args = ap.parse_args(argv)
-    labels, policies = G.pick(args.cases, CASES), G.pick(args.policies, POLICIES)
-    bad = G.unknown(labels, CASES) or G.unknown(policies, POLICIES)
-    if bad:
-        print(f"unknown case or policy {bad!r}", file=sys.stderr)
-        return 2
-    services = load_services(ROOT / "examples" / "sim_services.yaml")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    cases = {label: run_case(label, services, policies) for label in labels}
-    met = [
-        r["goals"]["all_ok"]
-        for c in cases.values()
-        for r in c["rows"]
-        if r["policy"] == "heteroscale"
-    ]
-    report = {
-        "benchmark": "stress",
-        "service": G.SERVICE,
-        "cases": cases,
-        "heteroscale_meets_goals": bool(met) and all(met),
-        "wall_s": time.perf_counter() - t0,
-    }
-    (out / "summary.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
-    print(f"\nwrote {out / 'summary.json'}")
-    last = {
-        "benchmark": "stress",
-        "heteroscale_meets_goals": report["heteroscale_meets_goals"],
-        "cases": {
-            label: {
-                r["policy"]: {
-                    "gpu_hours": r["gpu_hours"],
-                    "slo_attainment": r["slo_attainment"],
-                    "slo_ceiling": r["slo_ceiling"],
-                    "completed": r["completed"],
-                    "requests": r["requests"],
-                    "goals_ok": r["goals"]["all_ok"],
-                }
-                for r in c["rows"]
-            }
-            for label, c in cases.items()
-        },
-    }
-    print(json.dumps(_clean(last)))
-    return 0
+    return S.run_cli("stress", "cases", CASES, run_case, POLICIES, __doc__, argv)
 
 
 if __name__ == "__main__":
