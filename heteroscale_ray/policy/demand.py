@@ -223,7 +223,7 @@ def decode_need(
     if by_seqs is not None:
         parts.append(f"{seqs:,.0f} seqs / {cap.decode_batch:,.0f}")
     why = " vs ".join(parts)
-    if draining:
+    if draining >= 0.05:  # as printed: a tenth of an instance
         why += f" + {draining:,.1f} for the prefill queue's release"
     return Need(need, why, steady)
 
