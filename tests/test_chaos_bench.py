@@ -4,29 +4,12 @@ counter; and (benchmarks/chaos_report.py) the summary with its goals and table."
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
+from bench_modules import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str) -> ModuleType:
-    """Load benchmarks/<name>.py under its own name, as benchmarks/chaos.py imports it (the
-    benchmarks folder is no package); registered first so chaos_report finds chaos_core."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-chaos = _load("chaos_core")
-report = _load("chaos_report")
+# under their own names, as benchmarks/chaos.py imports them: chaos_report finds chaos_core
+chaos = load_benchmark("chaos_core")
+report = load_benchmark("chaos_report")
 
 
 # ---------------------------------------------------------------- schedule and arrivals

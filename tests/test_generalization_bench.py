@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from bench_modules import ROOT, load_benchmark
 
 from heteroscale_ray.config import PdRatio, load_services
 from heteroscale_ray.sim.tune import TuneResult
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "generalization_bench", ROOT / "benchmarks" / "generalization.py"
-)
-assert _spec is not None and _spec.loader is not None
-gen = importlib.util.module_from_spec(_spec)
-sys.modules["generalization_bench"] = gen
-_spec.loader.exec_module(gen)
+gen = load_benchmark("generalization", "generalization_bench")
 
 
 def _cycles(key: str, xs: list[int]) -> list[dict[str, object]]:

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
+from bench_modules import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-_spec = importlib.util.spec_from_file_location("shapes_bench", ROOT / "benchmarks" / "shapes.py")
-assert _spec is not None and _spec.loader is not None
-shapes = importlib.util.module_from_spec(_spec)
-sys.modules["shapes_bench"] = shapes
-_spec.loader.exec_module(shapes)
+shapes = load_benchmark("shapes", "shapes_bench")
 
 
 def test_prefill_heavy_doubles_prompts_and_cuts_outputs_by_eight() -> None:

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
+from bench_modules import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-_spec = importlib.util.spec_from_file_location("stress_bench", ROOT / "benchmarks" / "stress.py")
-assert _spec is not None and _spec.loader is not None
-stress = importlib.util.module_from_spec(_spec)
-sys.modules["stress_bench"] = stress
-_spec.loader.exec_module(stress)
+stress = load_benchmark("stress", "stress_bench")
 
 
 def _azure():
