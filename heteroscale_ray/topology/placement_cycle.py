@@ -169,8 +169,9 @@ class PlacementCycle:
     # -- rebalance -----------------------------------------------------------------------
 
     def _rebalance(self, spec: ServiceSpec, dgs: list[WorkingDG]) -> None:
-        """Move instances of the scarcer role from the DGs that hold too many of it, for the
-        service's P/D ratio (the one new DGs are shaped by), to those that hold too few (soft-removed there, added here).
+        """Move instances of the scarcer role from the DGs that hold too many of it for the
+        service's P/D ratio (the one growth and shrinkage keep, so none undoes another) to
+        those that hold too few: soft-removed there, added here.
 
         A request runs its prefill and decode in one DG, and routing spreads requests by
         prefill: a DG's decode carries its prefill's share of the load. DGs opened when the
@@ -183,18 +184,17 @@ class PlacementCycle:
         live = [w for w in dgs if not (w.draining or w.deleted) and w.counts[0] and w.counts[1]]
         if len(live) < 2:
             return
-        unit = ratio_unit(spec)  # the ratio growth and shrinkage keep too, so none undoes another
-        r = 0 if unit[0] <= unit[1] else 1  # the scarcer role: a move shifts the gap least
-        per = unit[r] / unit[1 - r]  # instances of r per instance of the other role
-        total = sum(w.counts[r] for w in live)
+        p, d = ratio_unit(spec)
+        r = 0 if p <= d else 1  # the scarcer role: a move shifts the gap least
 
         def excess(w: WorkingDG) -> float:
-            return w.counts[r] - per * w.counts[1 - r]
+            """Instances of role r over the ratio's share of the DG's other role."""
+            return w.imbalance(p, d) / d if r == 0 else -w.imbalance(p, d) / p
 
         chooser = DomainChooser(self.capacity, spec, self.aware)
         chunk = (1, 0) if r == 0 else (0, 1)
         full: set[str] = set()
-        for _ in range(max(1, int(MOVE_SHARE * total))):
+        for _ in range(max(1, int(MOVE_SHARE * sum(w.counts[r] for w in live)))):
             givers = [w for w in live if w.can_give(r) and excess(w) >= 1]
             takers = [
                 w
@@ -205,9 +205,7 @@ class PlacementCycle:
                 return
             src = max(givers, key=lambda w: (excess(w), w.dg_id))
             dst = min(takers, key=lambda w: (excess(w), w.dg_id))
-            if chooser.units_fitting(dst.grow_domain, dst.types, chunk) < 1 or not (
-                self._allocate(dst, dst.grow_domain, chooser, chunk)
-            ):
+            if not self._allocate(dst, dst.grow_domain, chooser, chunk):
                 full.add(dst.dg_id)
                 continue
             src.pop_victims(self.graph, r, 1)
