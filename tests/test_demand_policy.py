@@ -161,6 +161,22 @@ def test_tbt_from_transfer_is_a_floor_not_a_reason_to_add_decode() -> None:
     assert decision.decode <= 3 and decision.reason is not Reason.LATENCY_GUARD
 
 
+def test_tbt_stretched_by_a_growing_slot_queue_steps_decode_out() -> None:
+    """Sequences piling up for a decode slot (KV full) stretch TBT while each step stays fast:
+    more instances add slots, so the guard steps while the queue grows, not once it stops
+    (then the p99 counts sequences that waited before)."""
+    spec = make_service()
+    calm = signals(observed_at=NOW - 15, decode_queue=10.0)
+    _, state = decide(spec, calm, counts(3, 4), PolicyState(), NOW - 15)
+    stretched = dict(tbt_p99_s=0.5, decode_step_s=0.015)  # the step is 3% of the p99
+    grown = replace(calm, observed_at=NOW, decode_queue=30.0, **stretched)
+    decision, _ = decide(spec, grown, counts(3, 4), state, NOW)
+    assert decision.reason is Reason.LATENCY_GUARD and decision.decode > 4
+    flat = replace(calm, observed_at=NOW, decode_queue=10.0, **stretched)
+    decision, _ = decide(spec, flat, counts(3, 4), state, NOW)
+    assert decision.reason is not Reason.LATENCY_GUARD and decision.decode <= 4
+
+
 def test_learned_capacity_corrects_the_roofline_prior() -> None:
     """Replicas process half the tokens per busy second the prior expects: capacity halves."""
     spec = make_service()

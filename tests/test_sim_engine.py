@@ -316,3 +316,23 @@ def test_decode_queue_counts_only_requests_whose_kv_has_arrived() -> None:
     sim.t_kv[waiter] = sim.now - 0.5  # arrived, no slot
     _, running, waiting, _, _ = queues(sim, 0)
     assert (running, waiting) == (1.0, 1.0)
+
+
+def test_queued_prefill_is_the_work_not_started_as_a_replica_reports_it() -> None:
+    """The prompt on the GPU is service, not queue: the prefill queue signal counts only the
+    prompts waiting behind it, as a Serve prefill replica's `queued_prompt_tokens` does (a
+    steady long-prompt load would otherwise read as a backlog to drain)."""
+    from heteroscale_ray.sim.observe import queues
+
+    sim = small_sim([0.0] * 3, [8000] * 3, [4] * 3, drain_timeout_s=300, ingress_hold=False)
+    add_pair(sim)  # all three queue on p0, none held at the ingress
+    one = float(sim.kinds[int(sim.inst.kind[0])].prefill_one(8000, 0)[0])
+    assert one > 2 * sim.dt  # the first prompt is still on the GPU after a tick
+    sim.step()
+    started = sim.t_first[:3] - one <= sim.now
+    assert started.sum() == 1
+    assert queues(sim, 0)[0] == pytest.approx(2 * one)
+    while sim.t_first[0] > sim.now:  # until the second prompt starts
+        sim.step()
+    assert len(sim._backlog) == 0 and sim.t_first[2] - one > sim.now
+    assert queues(sim, 0)[0] == pytest.approx(one)

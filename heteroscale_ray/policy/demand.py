@@ -159,7 +159,8 @@ def prefill_need(
     queue = backlog.queue_of(s, Role.PREFILL)
     if queue and counts.prefill_ready:
         need += queue * counts.prefill_ready / spec.policy.demand.drain_s
-        why += f" + {queue:,.1f} s queued"
+        if queue >= 0.05:  # as printed
+            why += f" + {queue:,.1f} s queued"
     return Need(need, why, steady)
 
 

@@ -59,6 +59,12 @@ def latency_guard(
                 state = forget_guard(state)
             continue
         breach = f"{name} p99 {observed * 1000:,.0f} ms is {observed / slo:.2f}x the SLO"  # type: ignore[operator]
+        if floor and role is Role.DECODE and state.decode_growth_streak:
+            # Sequences piling up for a slot (KV or batch full) stretch TBT too, and more
+            # instances add slots: fixable while the queue grows, before the backlog rule's
+            # streak is long enough to act. (Not once it stops: the p99 then counts requests
+            # that waited before, as a draining prefill queue's TTFT does.)
+            floor = False
         if floor:
             if plan.target <= plan.current and plan.reason is not Reason.BACKLOG_GROWTH:
                 why = f"{plan.why}; {breach} but not from queueing, which instances cannot fix"
@@ -153,9 +159,9 @@ def watched_latencies(
         watched.append((Role.PREFILL, "TTFT", s.ttft_p99_s, spec.slo.ttft_s, wait, floor))
     if metric in ("tbt", "both"):
         # More decode instances shorten TBT only by shrinking batches, i.e. the step time; the
-        # KV transfer and waiting for a slot (the backlog rule's business) they do not touch.
-        # TBT p99 follows the most loaded instance, so its step is the one compared; a step
-        # that is a small part of the p99 gap leaves the rest to the transfer.
+        # KV transfer they do not touch, and waiting for a slot is the backlog rule's (but see
+        # `latency_guard`). TBT p99 follows the most loaded instance, so its step is the one
+        # compared; a step that is a small part of the p99 gap leaves the rest to the transfer.
         step = next((x for x in (s.decode_step_max_s, s.decode_step_s) if _usable(x)), None)
         floor = (
             step is not None and _usable(s.tbt_p99_s) and step < TBT_FLOOR_SHARE * s.tbt_p99_s  # type: ignore[operator]

@@ -46,6 +46,19 @@ def prefill_seconds(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
     return out
 
 
+def waiting_prefill_s(sim: ClusterSim, s: int, pre: np.ndarray, now: float) -> float:
+    """Prefill seconds routed to instances `pre` of service `s` and not started by `now`."""
+    ids = sim.routed_before_first_token()
+    ids = ids[sim.t_first[ids] > now]
+    if len(sim.services) > 1:
+        ids = ids[sim.w.service[ids] == s]
+    ids = ids[np.isin(sim.p_inst[ids], pre)]
+    if not len(ids):
+        return 0.0
+    work = prefill_seconds(sim, ids)
+    return float(np.sum(work[sim.t_first[ids] - work > now]))
+
+
 def queues(
     sim: ClusterSim, s: int
 ) -> tuple[float | None, float, float, float | None, float | None]:
@@ -53,9 +66,11 @@ def queues(
     running and waiting in decode, and the mean and slowest decode step time of busy decode
     instances.
 
-    Queued prefill work counts the requests waiting at the ingress too (held, or with no DG
-    to go to), priced uncached on the most common ready prefill kind: a queue that moved to
-    the ingress is still demand.
+    Queued prefill work is the work not started yet, as a replica reports it (the prompt
+    on the GPU is service, not queue: a queue drained by more instances is only the waiting
+    part). It counts the requests waiting at the ingress too (held, or with no DG to go to),
+    priced uncached on the most common ready prefill kind: a queue that moved to the ingress
+    is still demand.
     """
     T, now = sim.inst, sim.now
     n = T.n
@@ -64,7 +79,7 @@ def queues(
     dec = np.flatnonzero(mine & (T.role[:n] == DECODE))
     queue_s = None
     if len(pre):
-        queue_s = float(np.mean(np.maximum(T.free_at[pre] - now, 0.0)))
+        queue_s = waiting_prefill_s(sim, s, pre, now) / len(pre)
         held = sim._backlog
         if len(held) and len(sim.services) > 1:
             held = held[sim.w.service[held] == s]
