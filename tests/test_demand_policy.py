@@ -431,6 +431,33 @@ def test_the_scale_in_window_is_the_highest_need_within_it() -> None:
     assert back.decode_peaks == state.decode_peaks
 
 
+def test_the_window_holds_a_peaks_margin_three_horizons_and_the_bare_peak_after() -> None:
+    """A surge's need of 40 with a doubled margin is held at 80 while a rise from it could
+    still be on its way, then at 40 for the rest of the window; a calm need of 10 x 1.2 after
+    it is held at 12 once the surge leaves the window."""
+    from heteroscale_ray.policy.demand import MARGIN_HOLD_HORIZONS, raise_peak, recent_peak
+
+    spec = make_service()
+    window = spec.policy.demand.peak_window_s
+    hold = MARGIN_HOLD_HORIZONS * spec.policy.demand.burst_horizon_s
+    state = raise_peak(spec, PolicyState(), Role.DECODE, 80.0, NOW, bare=40.0)
+    state = raise_peak(spec, state, Role.DECODE, 12.0, NOW + 60, bare=10.0)
+    assert recent_peak(spec, state, Role.DECODE, NOW + hold) == 80.0
+    assert recent_peak(spec, state, Role.DECODE, NOW + hold + 1) == 40.0
+    assert recent_peak(spec, state, Role.DECODE, NOW + window + 1) == 10.0
+    assert recent_peak(spec, state, Role.DECODE, NOW + 60) == 80.0
+    # a later need below in both components is kept; one at or above both replaces it
+    assert len(state.decode_peaks) == 2
+    state = raise_peak(spec, state, Role.DECODE, 85.0, NOW + 120, bare=45.0)
+    assert [p[1:] for p in state.decode_peaks] == [(85.0, 45.0)]
+
+
+def test_a_saved_window_of_needs_without_margins_still_loads() -> None:
+    """A state saved before the window kept both needs loads with one need for both."""
+    old = PolicyState().to_json().replace('"decode_peaks": []', '"decode_peaks": [[1.0, 7.0]]')
+    assert PolicyState.from_json(old).decode_peaks == ((1.0, 7.0, 7.0),)
+
+
 def test_tbt_from_the_most_loaded_instance_is_fixable_though_the_mean_step_is_short() -> None:
     """TBT p99 follows the slowest instance: a mean step far under the SLO does not make the
     breach a floor when one instance's step is most of the p99 gap."""
@@ -469,7 +496,7 @@ def test_decode_takes_the_requests_a_draining_prefill_queue_releases() -> None:
     assert decision.decode >= calm.decode + math.floor(more)
     assert "for the prefill queue's release" in decision.message
     # a queue is drained once: the scale-in window keeps the arriving need only
-    assert max(n for _, n in state.decode_peaks) == pytest.approx(calm.required_decode)
+    assert max(n for _, n, _ in state.decode_peaks) == pytest.approx(calm.required_decode)
 
 
 def _grow_decode_queue(spec: ServiceSpec, queues: list[float], d: int = 5) -> tuple:

@@ -222,9 +222,10 @@ class DemandSpec(BaseModel):
     peak_window_s: float = Field(
         default=900.0,
         ge=0,
-        description="Scale-in stabilisation: a role scales in only to its highest need (with "
-        "its learned burst margin) within this many seconds, as HPA's downscale window does. "
-        "900 s keeps a role to at most four direction changes an hour. 0 = off.",
+        description="Scale-in stabilisation: a role scales in only to its highest need within "
+        "this many seconds, as HPA's downscale window does (with its learned burst margin for "
+        "three burst horizons after it). 900 s keeps a role to at most four direction changes "
+        "an hour. 0 = off.",
     )
     burst_horizon_s: float = Field(
         default=120.0,

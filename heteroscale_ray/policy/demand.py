@@ -34,6 +34,13 @@ from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCoun
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
 STEP_CHANGE = 2.0  # a need over this x a role's count is a step in the load, not noise
+# The scale-in window holds a peak with its burst margin this many burst horizons, bare after.
+# The margin insures a rise within one horizon above the level held; one that starts as a peak
+# ends takes up to a horizon to rise, is seen as a climb within the next (policy/burst.py), and
+# what that asks for lands a start-up later. Past that, the margin on the peak insures nothing
+# the margin on the current need does not: held the whole 900-s window, it kept a surge's
+# doubled peak a quarter of an hour after the surge (ServeGen day: 1.66x the oracle's GPU-h).
+MARGIN_HOLD_HORIZONS = 3
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
 # backlog step drains a queue, which is gone once drained: the window keeps only its arriving need.)
 EVIDENCE = {Reason.LATENCY_GUARD, Reason.KV_PRESSURE}
@@ -101,7 +108,7 @@ def decide_demand(
         role: None if n is None else n * margin_factor(spec, state, role, now)
         for role, n in steady.items()
     }
-    state = track_peaks(spec, state, margined, now)
+    state = track_peaks(spec, state, margined, now, steady)
     sized = {
         role: with_headroom(spec, state, role, need.value, need.why, now, need.steady)
         for role, need in needs.items()
@@ -302,25 +309,39 @@ def margin_factor(spec: ServiceSpec, state: PolicyState, role: Role, now: float 
 
 
 def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
-    """A role's highest need within the last `peak_window_s` (HPA's downscale window)."""
+    """A role's highest need within the last `peak_window_s` (HPA's downscale window), with
+    its burst margin while it is within MARGIN_HOLD_HORIZONS burst horizons."""
     window = spec.policy.demand.peak_window_s
-    inside = [n for t, n in getattr(state, f"{role.value}_peaks") if now - t <= window]
+    margin_hold = MARGIN_HOLD_HORIZONS * spec.policy.demand.burst_horizon_s
+    inside = [
+        margined if now - t <= margin_hold else bare
+        for t, margined, bare in getattr(state, f"{role.value}_peaks")
+        if now - t <= window
+    ]
     return max(inside) if window > 0 and inside else None
 
 
 def raise_peak(
-    spec: ServiceSpec, state: PolicyState, role: Role, need: float | None, now: float
+    spec: ServiceSpec,
+    state: PolicyState,
+    role: Role,
+    need: float | None,
+    now: float,
+    bare: float | None = None,
 ) -> PolicyState:
-    """Add ``need`` to the role's window. Kept as a falling staircase: a need no later need
-    exceeds until it leaves the window; that is all the window's maximum needs."""
+    """Add ``need`` (with its burst margin; ``bare`` without it, the same when not given) to
+    the role's window. Only needs no later one matches in both are kept: they are all the
+    window's maximum can come from."""
     window = spec.policy.demand.peak_window_s
     if need is None or not math.isfinite(need) or window <= 0:
         return state
-    kept = [(t, n) for t, n in getattr(state, f"{role.value}_peaks") if now - t <= window]
-    while kept and kept[-1][1] <= need:
-        kept.pop()
-    kept.append((now, need))
-    return replace(state, **{f"{role.value}_peaks": tuple(kept)})
+    bare = need if bare is None else min(bare, need)
+    kept = tuple(
+        (t, m, b)
+        for t, m, b in getattr(state, f"{role.value}_peaks")
+        if now - t <= window and not (m <= need and b <= bare)
+    )
+    return replace(state, **{f"{role.value}_peaks": (*kept, (now, need, bare))})
 
 
 def track_peaks(
@@ -328,9 +349,10 @@ def track_peaks(
     state: PolicyState,
     needs: dict[Role, float | None],
     now: float,
+    bare: dict[Role, float | None],
 ) -> PolicyState:
     for role in Role:
-        state = raise_peak(spec, state, role, needs[role], now)
+        state = raise_peak(spec, state, role, needs[role], now, bare[role])
     return state
 
 

@@ -201,10 +201,10 @@ class PolicyState:
     carried_decode: float | None = None
     carried_work: float | None = None  # prompt tokens per decode token, today over tuned
     carried_at: float | None = None
-    # Scale-in stabilisation (demand mode): each role's needs (time, instances) that are the
-    # highest from their time on within the window; the first is the window's maximum.
-    prefill_peaks: tuple[tuple[float, float], ...] = ()
-    decode_peaks: tuple[tuple[float, float], ...] = ()
+    # Scale-in stabilisation (demand mode): each role's needs within the window as (time,
+    # instances with the burst margin, without it), those no later need matches in both.
+    prefill_peaks: tuple[tuple[float, float, float], ...] = ()
+    decode_peaks: tuple[tuple[float, float, float], ...] = ()
     # Demand mode: when each role last grew. A role's scale-out cooldown counts from its own
     # growth: the other role's step does not change what this one's arriving demand asks for.
     prefill_grew_at: float | None = None
@@ -280,8 +280,8 @@ class PolicyState:
             state,
             last_decision_reason=None if reason is None else Reason(reason),
             active_ratio=None if ratio is None else PdRatio(int(ratio[0]), int(ratio[1])),
-            prefill_peaks=tuple((float(t), float(n)) for t, n in data.get("prefill_peaks", ())),
-            decode_peaks=tuple((float(t), float(n)) for t, n in data.get("decode_peaks", ())),
+            prefill_peaks=_peaks(data.get("prefill_peaks", ())),
+            decode_peaks=_peaks(data.get("decode_peaks", ())),
             prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
             decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
             prefill_proof=_pair(data.get("prefill_proof")),
@@ -291,3 +291,9 @@ class PolicyState:
 
 def _pair(value: Any) -> tuple[float, float] | None:
     return None if value is None else (float(value[0]), float(value[1]))
+
+
+def _peaks(value: Any) -> tuple[tuple[float, float, float], ...]:
+    """Window entries as (time, margined, bare); an older state's (time, need) pairs held
+    one need for both."""
+    return tuple((float(e[0]), float(e[1]), float(e[2] if len(e) > 2 else e[1])) for e in value)
