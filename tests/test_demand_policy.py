@@ -431,7 +431,7 @@ def test_the_scale_in_window_is_the_highest_need_within_it() -> None:
     assert back.decode_peaks == state.decode_peaks
 
 
-def test_the_window_holds_a_peaks_margin_three_horizons_and_the_bare_peak_after() -> None:
+def test_the_window_holds_a_peaks_margin_a_few_horizons_and_the_bare_peak_after() -> None:
     """A surge's need of 40 with a doubled margin is held at 80 while a rise from it could
     still be on its way, then at 40 for the rest of the window; a calm need of 10 x 1.2 after
     it is held at 12 once the surge leaves the window."""

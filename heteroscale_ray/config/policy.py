@@ -224,7 +224,7 @@ class DemandSpec(BaseModel):
         ge=0,
         description="Scale-in stabilisation: a role scales in only to its highest need within "
         "this many seconds, as HPA's downscale window does (with its learned burst margin for "
-        "three burst horizons after it). 900 s keeps a role to at most four direction changes "
+        "five burst horizons after it). 900 s keeps a role to at most four direction changes "
         "an hour. 0 = off.",
     )
     burst_horizon_s: float = Field(
