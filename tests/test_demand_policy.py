@@ -416,7 +416,7 @@ def test_scale_in_stops_at_the_recent_peak_need() -> None:
 def test_the_scale_in_window_is_the_highest_need_within_it() -> None:
     """HPA's downscale window: the highest need of the last peak_window_s, whatever came after
     it; once it leaves the window, the next highest takes over."""
-    from heteroscale_ray.policy.demand import raise_peak, recent_peak
+    from heteroscale_ray.policy.peak_window import raise_peak, recent_peak
 
     spec = make_service()
     window = spec.policy.demand.peak_window_s
@@ -435,7 +435,7 @@ def test_the_window_holds_a_peaks_margin_a_few_horizons_and_the_bare_peak_after(
     """A surge's need of 40 with a doubled margin is held at 80 while a rise from it could
     still be on its way, then at 40 for the rest of the window; a calm need of 10 x 1.2 after
     it is held at 12 once the surge leaves the window."""
-    from heteroscale_ray.policy.demand import MARGIN_HOLD_HORIZONS, raise_peak, recent_peak
+    from heteroscale_ray.policy.peak_window import MARGIN_HOLD_HORIZONS, raise_peak, recent_peak
 
     spec = make_service()
     window = spec.policy.demand.peak_window_s

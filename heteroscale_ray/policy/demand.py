@@ -27,6 +27,7 @@ from heteroscale_ray.policy.fixable_latency import latency_guard, strained
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
 from heteroscale_ray.policy.latency_guard import guard_target
 from heteroscale_ray.policy.limits import clamp, gpus
+from heteroscale_ray.policy.peak_window import raise_peak, recent_peak, track_peaks
 from heteroscale_ray.policy.proportional import Direction, ceil_eps, damped_target, dead_band
 from heteroscale_ray.policy.role_plan import RolePlan
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
@@ -34,14 +35,6 @@ from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCoun
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
 STEP_CHANGE = 2.0  # a need over this x a role's count is a step in the load, not noise
-# The scale-in window holds a peak with its burst margin this many burst horizons, bare after.
-# The margin insures a rise within one horizon above the level held; one that starts as a peak
-# ends takes up to a horizon to rise, is seen as a climb within the next (policy/burst.py), and
-# what that asks for lands a start-up later: three horizons. Diurnal surges also come in
-# clusters minutes apart, and at three the next one of a cluster found the fleet leaner
-# (diurnal-12h 99.47% -> 99.22%); five kept every shared trace within 0.1 point. Held the whole
-# 900-s window, the margin kept a surge's doubled peak a quarter of an hour after the surge.
-MARGIN_HOLD_HORIZONS = 5
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
 # backlog step drains a queue, which is gone once drained: the window keeps only its arriving need.)
 EVIDENCE = {Reason.LATENCY_GUARD, Reason.KV_PRESSURE}
@@ -307,54 +300,6 @@ def margin_factor(spec: ServiceSpec, state: PolicyState, role: Role, now: float 
     if role is Role.PREFILL:
         factor = max(1.0, factor * demand.prefill_utilization)
     return factor
-
-
-def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
-    """A role's highest need within the last `peak_window_s` (HPA's downscale window), with
-    its burst margin while it is within MARGIN_HOLD_HORIZONS burst horizons."""
-    window = spec.policy.demand.peak_window_s
-    margin_hold = MARGIN_HOLD_HORIZONS * spec.policy.demand.burst_horizon_s
-    inside = [
-        margined if now - t <= margin_hold else bare
-        for t, margined, bare in getattr(state, f"{role.value}_peaks")
-        if now - t <= window
-    ]
-    return max(inside) if window > 0 and inside else None
-
-
-def raise_peak(
-    spec: ServiceSpec,
-    state: PolicyState,
-    role: Role,
-    need: float | None,
-    now: float,
-    bare: float | None = None,
-) -> PolicyState:
-    """Add ``need`` (with its burst margin; ``bare`` without it, the same when not given) to
-    the role's window. Only needs no later one matches in both are kept: they are all the
-    window's maximum can come from."""
-    window = spec.policy.demand.peak_window_s
-    if need is None or not math.isfinite(need) or window <= 0:
-        return state
-    bare = need if bare is None else min(bare, need)
-    kept = tuple(
-        (t, m, b)
-        for t, m, b in getattr(state, f"{role.value}_peaks")
-        if now - t <= window and not (m <= need and b <= bare)
-    )
-    return replace(state, **{f"{role.value}_peaks": (*kept, (now, need, bare))})
-
-
-def track_peaks(
-    spec: ServiceSpec,
-    state: PolicyState,
-    needs: dict[Role, float | None],
-    now: float,
-    bare: dict[Role, float | None],
-) -> PolicyState:
-    for role in Role:
-        state = raise_peak(spec, state, role, needs[role], now, bare[role])
-    return state
 
 
 def initial_plan(spec: ServiceSpec, role: Role, need: float | None, why: str) -> RolePlan:
