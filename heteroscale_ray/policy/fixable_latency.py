@@ -1,8 +1,9 @@
 """The latency guard of `signal: demand`, on the latency capacity can change.
 
 TTFT counts against prefill only through its queueing wait (a long prompt's own compute is a
-floor more instances do not shorten); TBT counts against decode only when the slowest
-instance's step is a large part of it (the rest is KV transfer or admission). A guard step that
+floor more instances do not shorten); TBT counts against decode when the slowest instance's
+step is a large part of it (the rest is KV transfer or admission), or while sequences pile up
+waiting for a decode slot (more instances add slots). A guard step that
 did not cut the fixable latency earns no other, and prefill takes none while its queue drains.
 The same floor test marks a role as strained for the learned burst headroom (policy/burst.py)
 and decides whether soft scale-in restores a removal (control/soft_scale_in.py).
@@ -39,7 +40,8 @@ def latency_guard(
 
     TTFT counts against prefill, but only its queueing part (a long prompt's own compute is
     not shortened by more instances: that is a latency floor, reason latency_floor). TBT counts
-    against decode when batches are large enough that more instances shrink them. A step that
+    against decode when batches are large enough that more instances shrink them, or while the
+    queue of sequences waiting for a slot grows. A step that
     did not cut the fixable latency by MIN_GAIN earns no other (reason latency_no_gain) until
     latency drops below the lowest tier. Prefill waits while its queue drains: the capacity in
     place already outruns arrivals.
