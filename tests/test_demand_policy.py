@@ -177,6 +177,18 @@ def test_tbt_stretched_by_a_growing_slot_queue_steps_decode_out() -> None:
     assert decision.reason is not Reason.LATENCY_GUARD and decision.decode <= 4
 
 
+def test_a_tbt_floor_is_no_time_to_scale_decode_in() -> None:
+    """A TBT breach from the KV transfer is a floor (no step out), but fewer decode instances
+    would batch more per step and push the transfer-bound requests over: decode holds."""
+    spec = make_service(scale_in_cooldown_s=0)
+    calm, _ = decide(spec, signals(), counts(2, 8), PolicyState(), NOW)
+    assert calm.decode < 8 and calm.prefill == 2  # demand alone scales decode in
+    floor = signals(tbt_p99_s=0.1, decode_step_s=0.015)
+    held, _ = decide(spec, floor, counts(2, 8), PolicyState(), NOW)
+    assert held.decode == 8 and held.reason is Reason.LATENCY_FLOOR
+    assert "nor a time to scale in" in held.message
+
+
 def test_learned_capacity_corrects_the_roofline_prior() -> None:
     """Replicas process half the tokens per busy second the prior expects: capacity halves."""
     spec = make_service()

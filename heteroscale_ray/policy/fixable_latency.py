@@ -70,7 +70,14 @@ def latency_guard(
         if floor:
             if plan.target <= plan.current and plan.reason is not Reason.BACKLOG_GROWTH:
                 why = f"{plan.why}; {breach} but not from queueing, which instances cannot fix"
-                plans[role] = replace(plan, reason=Reason.LATENCY_FLOOR, why=why)
+                target = plan.target
+                if role is Role.DECODE and target < plan.current:
+                    # Fewer instances batch more per step, and a request whose KV transfer
+                    # already fills most of its TBT budget is the first a slower step pushes
+                    # over: a breach capacity cannot fix is still no time to scale decode in.
+                    target = plan.current
+                    why += ", nor a time to scale in"
+                plans[role] = replace(plan, target=target, reason=Reason.LATENCY_FLOOR, why=why)
             continue
         fixable = observed if fixable is None else fixable
         wait_s = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
