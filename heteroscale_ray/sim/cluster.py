@@ -338,18 +338,11 @@ class ClusterSim:
             return np.concatenate([held, new])
         return np.concatenate([held[~late], new, held[late]])
 
-    def routed_before_first_token(self) -> np.ndarray:
-        """Routed requests that may still wait for their first token, without pruning the
-        list (`first_pending` prunes it once per tick); some may have it already."""
-        if not self._first_new:
-            return self._first_wait
-        return np.concatenate([self._first_wait, *self._first_new])
-
     def first_pending(self, t1: float) -> np.ndarray:
         """Routed requests whose first token comes after `t1` (any order).
 
-        Called with a non-decreasing `t1` (once per tick): a request whose first token is at or
-        before one call's `t1` is dropped for good.
+        Called with a non-decreasing `t1` (each tick, and by the observation between ticks): a
+        request whose first token is at or before one call's `t1` is dropped for good.
         """
         cand = self._first_wait
         if self._first_new:

@@ -48,8 +48,7 @@ def prefill_seconds(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
 
 def waiting_prefill_s(sim: ClusterSim, s: int, pre: np.ndarray, now: float) -> float:
     """Prefill seconds routed to instances `pre` of service `s` and not started by `now`."""
-    ids = sim.routed_before_first_token()
-    ids = ids[sim.t_first[ids] > now]
+    ids = sim.first_pending(now)
     if len(sim.services) > 1:
         ids = ids[sim.w.service[ids] == s]
     ids = ids[np.isin(sim.p_inst[ids], pre)]
