@@ -3,6 +3,7 @@ history has shown within a start-up horizon; steady load learns none."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -40,6 +41,22 @@ def test_headroom_multiplies_the_arriving_need_never_a_queue() -> None:
     need, why = with_headroom(spec, state, Role.DECODE, 30.0, "w", steady=10.0)
     assert need == pytest.approx(10.0 * 1.2 + 20.0) and "x 1.20 burst headroom" in why
     assert with_headroom(spec, state, Role.DECODE, 30.0, "w")[0] == pytest.approx(36.0)
+
+
+def test_configured_cap_bounds_the_headroom_the_policy_adds() -> None:
+    """demand.max_burst_margin caps what a bursty history (a 50% rise) adds: 0 adds none."""
+    from heteroscale_ray.policy.demand import with_headroom
+
+    state = replace(
+        PolicyState(),
+        decode_burst=replace(
+            replay([10.0] * 6 + [15.0] * 3, start=NOW - 10 * PERIOD), strained_at=NOW
+        ),
+    )
+    for cap, want in ((1.0, 15.0), (0.2, 12.0), (0.0, 10.0)):
+        spec = make_service(demand={"max_burst_margin": cap})
+        need, _ = with_headroom(spec, state, Role.DECODE, 10.0, "w", NOW - 10 * PERIOD)
+        assert need == pytest.approx(want)
 
 
 def test_steady_need_learns_no_headroom() -> None:
@@ -91,6 +108,18 @@ def test_missing_or_broken_needs_change_nothing() -> None:
 def test_headroom_is_bounded_and_never_negative(needs: list[float]) -> None:
     share = margin(replay(needs), 0.9)
     assert 0.0 <= share <= MAX_MARGIN
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0, max_value=1e4), min_size=1, max_size=120),
+    st.floats(min_value=0, max_value=3),
+)
+def test_headroom_never_exceeds_the_configured_cap(needs: list[float], cap: float) -> None:
+    memory = replay(needs)
+    share = margin(memory, 0.9, cap=cap)
+    assert 0.0 <= share <= cap
+    assert share == min(margin(memory, 0.9, cap=math.inf), cap)
 
 
 @settings(max_examples=200, deadline=None)

@@ -241,6 +241,13 @@ class DemandSpec(BaseModel):
         description="Which quantile of the remembered rises the headroom covers: the share of "
         "start-up horizons the fleet should ride out, as the SLO's 99% of requests.",
     )
+    max_burst_margin: float = Field(
+        default=1.0,  # = policy.burst.MAX_MARGIN
+        ge=0,
+        description="Cap on the learned burst headroom, as a share of the need (1.0: at most "
+        "double it). Lower trades SLO attainment at surge onsets for GPU-hours "
+        "(benchmarks/headroom_frontier.py measures the trade); 0 = no headroom, the trend only.",
+    )
     learn: bool = Field(
         default=True,
         description="Correct the roofline prior with what replicas report (busy time, step time).",

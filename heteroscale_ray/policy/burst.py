@@ -32,7 +32,7 @@ from heteroscale_ray.config import Role
 from heteroscale_ray.policy.types import BurstMemory, PolicyState
 
 HISTORY_HORIZONS = 30  # rises remembered: 30 horizons (an hour at a 120-s horizon)
-MAX_MARGIN = 1.0  # never more than double the need: a rise larger than that is an outage
+MAX_MARGIN = 1.0  # default cap: never double the need; a rise larger than that is an outage
 CLIMB_T = 2.0  # a slope counts as a climb when it is this many standard errors above 0
 COVERED = 0.75  # a rise is measured once the remembered needs span this share of a horizon
 
@@ -83,14 +83,16 @@ def remember(
     return BurstMemory(needs, rises, rises_at, strained_at, settled_at)
 
 
-def margin(memory: BurstMemory, quantile: float, gated: bool = False) -> float:
-    """The learned headroom share: the `quantile` of the remembered rises (0 before any). With
-    `gated`, 0 until the role has strained."""
+def margin(
+    memory: BurstMemory, quantile: float, gated: bool = False, cap: float = MAX_MARGIN
+) -> float:
+    """The learned headroom share: the `quantile` of the remembered rises (0 before any), at
+    most `cap`. With `gated`, 0 until the role has strained."""
     if not memory.rises or (gated and memory.strained_at is None):
         return 0.0
     ordered = sorted(memory.rises)
     k = min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))
-    return min(ordered[k], MAX_MARGIN)
+    return min(ordered[k], cap)
 
 
 def trend(memory: BurstMemory, now: float, horizon_s: float) -> float:

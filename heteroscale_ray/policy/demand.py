@@ -296,7 +296,9 @@ def margin_factor(spec: ServiceSpec, state: PolicyState, role: Role, now: float 
     if demand.burst_horizon_s <= 0:
         return 1.0
     memory = burst.memory_of(state, role)
-    factor = 1 + burst.margin(memory, demand.burst_quantile, gated=now is not None)
+    factor = 1 + burst.margin(
+        memory, demand.burst_quantile, gated=now is not None, cap=demand.max_burst_margin
+    )
     if role is Role.PREFILL:
         factor = max(1.0, factor * demand.prefill_utilization)
     return factor
