@@ -59,6 +59,47 @@ def test_configured_cap_bounds_the_headroom_the_policy_adds() -> None:
         assert need == pytest.approx(want)
 
 
+def test_a_surge_insures_the_calm_after_it_not_its_own_top() -> None:
+    """A 3x spike's rise is capped at 100%: while its top is in the scale-in window it adds
+    nothing at that top, half-way up it adds the rest of the way, and back at the old level
+    (or once older than the window) it insures in full."""
+    memory = replay([10.0] * 12 + [30.0] * 12, start=NOW)
+    spike_t = memory.rises_at[-1]
+    assert max(memory.rises) >= MAX_MARGIN and memory.tops[-1] == 30.0
+    since = NOW  # the spike is in the window
+    assert margin(memory, 0.99, level=30.0, since=since) == pytest.approx(0.0, abs=0.05)
+    assert margin(memory, 0.99, level=20.0, since=since) == pytest.approx(0.5, abs=0.05)
+    assert margin(memory, 0.99, level=10.0, since=since) == MAX_MARGIN
+    assert margin(memory, 0.99, level=30.0, since=spike_t + 1.0) == MAX_MARGIN
+    assert margin(memory, 0.99) == MAX_MARGIN  # no level: as before
+
+
+def test_rises_smaller_than_the_cap_insure_in_proportion_at_any_level() -> None:
+    memory = replay([10.0] * 6 + [12.0] * 3, start=NOW)
+    share = margin(memory, 0.99)
+    assert 0.1 < share < MAX_MARGIN
+    assert margin(memory, 0.99, level=50.0, since=NOW) == share
+
+
+def test_a_memory_saved_without_tops_insures_as_before() -> None:
+    memory = replay([10.0] * 12 + [30.0] * 12, start=NOW)
+    old = BurstMemory.from_dict(
+        {
+            "needs": memory.needs,
+            "rises": memory.rises,
+            "rises_at": memory.rises_at,
+            "strained_at": None,
+            "settled_at": memory.settled_at,
+        }
+    )
+    assert old.tops == ()
+    assert margin(old, 0.99, level=30.0, since=NOW) == MAX_MARGIN
+    later = old
+    for i in range(12):
+        later = remember(later, 30.0, NOW + (30 + i) * PERIOD, HORIZON)
+    assert len(later.tops) == len(later.rises) > len(old.rises)
+
+
 def test_steady_need_learns_no_headroom() -> None:
     memory = replay([10.0] * 60)
     assert memory.rises and margin(memory, 0.9) == 0.0

@@ -67,7 +67,7 @@ def remember(
         if now - recent[0][0] < COVERED * horizon_s or _climb(recent) > 0:
             return replace(memory, needs=needs)  # still the climb the policy started into
         settled_at = now
-    rises, rises_at = memory.rises, memory.rises_at
+    rises, rises_at, tops = memory.rises, memory.rises_at, memory.tops
     since = [(t, n) for t, n in recent if t >= settled_at]  # no rise from the fill's tail
     oldest_t, base = since[0]
     if now - oldest_t >= COVERED * horizon_s:
@@ -75,22 +75,44 @@ def remember(
         base = max([base, *held])
         top = max(n for _, n in since)
         keep_after = now - HISTORY_HORIZONS * horizon_s
-        kept = [(r, t) for r, t in zip(rises, rises_at, strict=True) if t >= keep_after]
-        kept.append((max(top - base, 0.0) / max(base, 1.0), now))
-        rises = tuple(r for r, _ in kept)
-        rises_at = tuple(t for _, t in kept)
+        if len(tops) != len(rises):  # saved before tops were kept: no level known
+            tops = (math.inf,) * len(rises)
+        kept = [x for x in zip(rises, rises_at, tops, strict=True) if x[1] >= keep_after]
+        kept.append((max(top - base, 0.0) / max(base, 1.0), now, top))
+        rises = tuple(r for r, _, _ in kept)
+        rises_at = tuple(t for _, t, _ in kept)
+        tops = tuple(n for _, _, n in kept)
     strained_at = now if strained else memory.strained_at
-    return BurstMemory(needs, rises, rises_at, strained_at, settled_at)
+    return BurstMemory(needs, rises, rises_at, tops, strained_at, settled_at)
 
 
 def margin(
-    memory: BurstMemory, quantile: float, gated: bool = False, cap: float = MAX_MARGIN
+    memory: BurstMemory,
+    quantile: float,
+    gated: bool = False,
+    cap: float = MAX_MARGIN,
+    level: float | None = None,
+    since: float | None = None,
 ) -> float:
     """The learned headroom share: the `quantile` of the remembered rises (0 before any), at
-    most `cap`. With `gated`, 0 until the role has strained."""
+    most `cap`. With `gated`, 0 until the role has strained.
+
+    A rise at least `cap` (one no headroom covers: a surge) recorded at or after `since`
+    (while the level it reached is still in the scale-in window) insures the need at `level`
+    only up to the top it reached: the window already holds that level, and the surge that
+    brought the need there says nothing of another above it (a 3x spike had doubled its own
+    peak for ten minutes after it). Back below its top, and once older, it insures as ever:
+    the calm after a surge is when the next one finds the fleet lean. Smaller rises always
+    insure in proportion: a diurnal ramp lifts the level past their tops within minutes."""
     if not memory.rises or (gated and memory.strained_at is None):
         return 0.0
-    ordered = sorted(memory.rises)
+    rises = memory.rises
+    if level is not None and level > 0 and since is not None and len(memory.tops) == len(rises):
+        rises = tuple(
+            min(r, max(top / level - 1.0, 0.0)) if t >= since and r >= cap else r
+            for r, t, top in zip(rises, memory.rises_at, memory.tops, strict=True)
+        )
+    ordered = sorted(rises)
     k = min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))
     return min(ordered[k], cap)
 

@@ -99,7 +99,7 @@ def decide_demand(
     # The stabilisation window holds the measured peak; headroom is for the rise to come. Both
     # guard against the same burst, so the role is sized for the larger, never their product.
     margined = {
-        role: None if n is None else n * margin_factor(spec, state, role, now)
+        role: None if n is None else n * margin_factor(spec, state, role, now, n)
         for role, n in steady.items()
     }
     state = track_peaks(spec, state, margined, now, steady)
@@ -278,7 +278,7 @@ def with_headroom(
     base = need if steady is None else min(steady, need)
     queued = need - base
     memory = burst.memory_of(state, role)
-    factor = margin_factor(spec, state, role, now)
+    factor = margin_factor(spec, state, role, now, base)
     rise = 0.0 if now is None else burst.trend(memory, now, demand.burst_horizon_s)
     ahead = base + rise * demand.burst_horizon_s
     if role is Role.PREFILL:  # as for the learned rise: the idle share absorbs part of it
@@ -290,14 +290,27 @@ def with_headroom(
     return base * factor + queued, f"({why}) x {factor:.2f} burst headroom"
 
 
-def margin_factor(spec: ServiceSpec, state: PolicyState, role: Role, now: float | None) -> float:
-    """1 + the learned burst margin, less the share prefill's idle time already absorbs."""
+def margin_factor(
+    spec: ServiceSpec,
+    state: PolicyState,
+    role: Role,
+    now: float | None,
+    level: float | None = None,
+) -> float:
+    """1 + the learned burst margin at need `level`, less the share prefill's idle time
+    already absorbs. A rise larger than the cap, while the level it reached is in the
+    scale-in window, insures the calm after it, not that level (burst.margin's `since`)."""
     demand = spec.policy.demand
     if demand.burst_horizon_s <= 0:
         return 1.0
     memory = burst.memory_of(state, role)
     factor = 1 + burst.margin(
-        memory, demand.burst_quantile, gated=now is not None, cap=demand.max_burst_margin
+        memory,
+        demand.burst_quantile,
+        gated=now is not None,
+        cap=demand.max_burst_margin,
+        level=level,
+        since=None if now is None else now - demand.peak_window_s,
     )
     if role is Role.PREFILL:
         factor = max(1.0, factor * demand.prefill_utilization)

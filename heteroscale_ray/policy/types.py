@@ -146,6 +146,7 @@ class BurstMemory:
     needs: tuple[tuple[float, float], ...] = ()
     rises: tuple[float, ...] = ()
     rises_at: tuple[float, ...] = ()
+    tops: tuple[float, ...] = ()  # the need each rise reached (instances)
     strained_at: float | None = None  # last time the role's fixable latency neared the SLO
     settled_at: float | None = None  # when a covered horizon first showed no climb
 
@@ -156,6 +157,7 @@ class BurstMemory:
             needs=tuple((float(t), float(n)) for t, n in data.get("needs", ())),
             rises=tuple(float(r) for r in data.get("rises", ())),
             rises_at=tuple(float(t) for t in data.get("rises_at", ())),
+            tops=tuple(float(n) for n in data.get("tops", ())),
             strained_at=None if data.get("strained_at") is None else float(data["strained_at"]),
             settled_at=None if data.get("settled_at") is None else float(data["settled_at"]),
         )
