@@ -75,8 +75,6 @@ def remember(
         base = max([base, *held])
         top = max(n for _, n in since)
         keep_after = now - HISTORY_HORIZONS * horizon_s
-        if len(tops) != len(rises):  # saved before tops were kept: no level known
-            tops = (math.inf,) * len(rises)
         kept = [x for x in zip(rises, rises_at, tops, strict=True) if x[1] >= keep_after]
         kept.append((max(top - base, 0.0) / max(base, 1.0), now, top))
         rises = tuple(r for r, _, _ in kept)
@@ -107,7 +105,7 @@ def margin(
     if not memory.rises or (gated and memory.strained_at is None):
         return 0.0
     rises = memory.rises
-    if level is not None and level > 0 and since is not None and len(memory.tops) == len(rises):
+    if level is not None and level > 0 and since is not None:
         rises = tuple(
             min(r, max(top / level - 1.0, 0.0)) if t >= since and r >= cap else r
             for r, t, top in zip(rises, memory.rises_at, memory.tops, strict=True)

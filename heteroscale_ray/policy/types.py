@@ -6,6 +6,7 @@ Other layers (actors, simulator, CLI) code against these names, so they stay sta
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any
@@ -153,11 +154,15 @@ class BurstMemory:
     @staticmethod
     def from_dict(data: dict[str, Any] | None) -> BurstMemory:
         data = data or {}
+        rises = tuple(float(r) for r in data.get("rises", ()))
+        tops = tuple(float(n) for n in data.get("tops", ()))
+        if len(tops) != len(rises):  # saved before tops were kept: each insures as it did
+            tops = (math.inf,) * len(rises)
         return BurstMemory(
             needs=tuple((float(t), float(n)) for t, n in data.get("needs", ())),
-            rises=tuple(float(r) for r in data.get("rises", ())),
+            rises=rises,
             rises_at=tuple(float(t) for t in data.get("rises_at", ())),
-            tops=tuple(float(n) for n in data.get("tops", ())),
+            tops=tops,
             strained_at=None if data.get("strained_at") is None else float(data["strained_at"]),
             settled_at=None if data.get("settled_at") is None else float(data["settled_at"]),
         )
