@@ -511,6 +511,35 @@ def test_decode_takes_the_requests_a_draining_prefill_queue_releases() -> None:
     assert max(n for _, n, _ in state.decode_peaks) == pytest.approx(calm.required_decode)
 
 
+def test_decode_is_sized_by_the_sequences_its_kv_memory_holds_today() -> None:
+    """The prior's batch is priced at the lengths of finished requests; when the running
+    sequences are longer (a surge of long outputs still decoding), KV memory fills at fewer
+    of them, and decode is sized by what the replicas' memory holds, not by the prior."""
+    spec = make_service()
+    prior_batch = capacity(spec, signals(), PolicyState()).decode_batch
+    per_instance = prior_batch / 2  # sequences twice the size the finished ones suggest
+    full = signals(decode_running=per_instance * 4, kv_use=1.0, request_rate=1.0)
+    light = replace(full, kv_use=0.1)  # the same sequences in a tenth of the memory
+    d_full, _ = decide(spec, full, counts(4, 4), PolicyState(), NOW)
+    d_light, _ = decide(spec, light, counts(4, 4), PolicyState(), NOW)
+    assert d_full.required_decode == pytest.approx(4.0, rel=0.05)  # full: as many as run now
+    assert d_light.required_decode == pytest.approx(2.0, rel=0.05)  # the prior's batch holds
+    assert f"seqs / {per_instance:,.0f}" in d_full.message
+
+
+@pytest.mark.parametrize("running, kv_use", [(0.0, 0.5), (50.0, 0.0), (50.0, None)])
+def test_no_sequences_or_no_kv_report_leaves_the_priors_batch(
+    running: float, kv_use: float | None
+) -> None:
+    """KV memory in use is a mean over a window and sequences running a snapshot: one can be
+    zero while the other is not, and nothing is divided by it."""
+    spec = make_service()
+    sig = signals(decode_running=running, kv_use=kv_use)
+    decision, _ = decide(spec, sig, counts(4, 4), PolicyState(), NOW)
+    batch = capacity(spec, sig, PolicyState()).decode_batch
+    assert f"seqs / {batch:,.0f}" in decision.message
+
+
 def _grow_decode_queue(spec: ServiceSpec, queues: list[float], d: int = 5) -> tuple:
     """Feed periods with a growing decode queue; return the last decision and state."""
     state, p = PolicyState(), 4

@@ -91,6 +91,7 @@ def decide_demand(
             problem,
             backlog.growing(spec, state, Role.DECODE),
             released_rps(spec, signals, counts, cap),
+            counts.decode_ready,
         ),
     }
     steady = {role: need.steady for role, need in needs.items()}
@@ -183,6 +184,7 @@ def decode_need(
     problem: str | None,
     queue_growing: bool = False,
     released: float = 0.0,
+    ready: int = 0,
 ) -> Need:
     """Fractional decode instances: arriving output tokens/s, or the sequences running plus
     the waiting ones' work drained within `drain_s` (a burst's queue empties in seconds once
@@ -191,6 +193,8 @@ def decode_need(
     The mean output comes from finished requests, so it lags a shift to longer outputs: those
     are still running or waiting. Once the queue has kept growing (`queue_growing`), the drain
     estimate is proven short and the waiting sequences count as concurrency, as running ones do.
+    For the same lag, an instance's batch is never taken above what its KV memory holds at the
+    running sequences' sizes (`kv_batch`).
     """
     if problem is not None:
         return Need(None, f"signals {problem}")
@@ -204,17 +208,20 @@ def decode_need(
     elif _usable(s.decode_tps):
         offered = s.decode_tps
         by_rate = offered / cap.decode_tps  # type: ignore[operator]
+    batch = cap.decode_batch
     if _usable(s.decode_running):
+        held = kv_batch(s, ready)
+        batch = batch if held is None else min(batch, held)
         queued = backlog.queue_of(s, Role.DECODE) or 0.0
         seqs = s.decode_running + queued  # type: ignore[operator]
-        running = by_seqs = s.decode_running / cap.decode_batch  # type: ignore[operator]
+        running = by_seqs = s.decode_running / batch  # type: ignore[operator]
         if queued and queue_growing:
-            by_seqs += queued / cap.decode_batch
+            by_seqs += queued / batch
         elif queued and _usable(s.output_mean):
-            drain = spec.policy.demand.drain_s * cap.decode_tps
+            drain = spec.policy.demand.drain_s * cap.decode_tps * batch / cap.decode_batch
             by_seqs += queued * s.output_mean / drain  # type: ignore[operator]
         elif queued:
-            by_seqs += queued / cap.decode_batch
+            by_seqs += queued / batch
     if by_rate is None and by_seqs is None:
         return Need(None, "decode demand is missing")
     need = max(x for x in (by_rate, by_seqs) if x is not None) + draining
@@ -223,11 +230,22 @@ def decode_need(
     if by_rate is not None:
         parts.append(f"{offered:,.0f} tok/s / {cap.decode_tps:,.0f}")
     if by_seqs is not None:
-        parts.append(f"{seqs:,.0f} seqs / {cap.decode_batch:,.0f}")
+        parts.append(f"{seqs:,.0f} seqs / {batch:,.0f}")
     why = " vs ".join(parts)
     if draining >= 0.05:  # as printed: a tenth of an instance
         why += f" + {draining:,.1f} for the prefill queue's release"
     return Need(need, why, steady)
+
+
+def kv_batch(s: Signals, ready: int) -> float | None:
+    """Sequences one decode instance's KV memory holds at the running sequences' sizes: those
+    running per instance over the share of memory they fill. The prior's batch is priced at
+    the mean lengths of finished requests, which lag a surge of longer outputs or prompts by
+    their whole decode time; memory in use does not. None when nothing is held or reported."""
+    use, running = s.kv_use, s.decode_running
+    if not ready or not _usable(running) or not _usable(use) or min(running, use) <= 0:  # type: ignore[type-var]
+        return None
+    return running / (ready * min(use, 1.0))  # type: ignore[operator]
 
 
 def remember_needs(
