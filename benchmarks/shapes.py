@@ -22,12 +22,13 @@ checked per shape (attainment >= min(99%, ceiling - 1 point); GPU-hours never ab
 the oracle is reported, not checked (see the oracle note in generalization.py).
 
 Writes results/shapes/summary.json; the last stdout line is one JSON object.
-Run: .venv/bin/python benchmarks/shapes.py [--shapes ...] [--out DIR]
+Run: .venv/bin/python benchmarks/shapes.py [--shapes ...] [--static-gpus N] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -123,11 +124,18 @@ SHAPES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
 }
 
 
-def run_shape(label: str, services: Any, policies: tuple[str, ...]) -> dict[str, Any]:
+def run_shape(
+    label: str,
+    services: Any,
+    policies: tuple[str, ...],
+    static_gpus: int = trace_scaling.STATIC_GPUS,
+) -> dict[str, Any]:
     build, diurnal, what = SHAPES[label]
     spec = services.by_name()[G.SERVICE]
     raw = build()
-    k, trace, est, _ = trace_scaling.rate_factor(services, spec, raw, diurnal=diurnal)
+    k, trace, est, _ = trace_scaling.rate_factor(
+        services, spec, raw, target=static_gpus, diurnal=diurnal
+    )
     counts = trace_scaling.static_counts(services, spec, trace)
     topo = fleet_for([spec], trace_scaling.fleet_gpus(spec, counts))
     hours = trace.duration_s / 3600.0
@@ -172,16 +180,32 @@ def run_cli(
     policies: tuple[str, ...],
     doc: str | None,
     argv: list[str] | None,
+    scalable: bool = False,
 ) -> int:
     """The command line of benchmark `name`, of named cases (chosen with --`arg`) on
-    `general`: replay each, write results/<name>/summary.json, print one JSON object last."""
+    `general`: replay each, write results/<name>/summary.json, print one JSON object last.
+    `scalable`: `run_one` takes `static_gpus`, the fleet static sizing is scaled to."""
     ap = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(f"--{arg}", help=f"comma-separated subset of {','.join(cases)}")
     ap.add_argument("--policies", help=f"comma-separated subset of {','.join(policies)}")
     ap.add_argument("--out", default=str(ROOT / "results" / name), help="folder")
+    if scalable:
+        ap.add_argument(
+            "--static-gpus",
+            type=int,
+            default=trace_scaling.STATIC_GPUS,
+            help="rate-scale each case until static sizing holds at least this many GPUs "
+            f"(default {trace_scaling.STATIC_GPUS}; a small fleet shows what one instance "
+            "more or less does to a role of a few)",
+        )
     args = ap.parse_args(argv)
+    if scalable and args.static_gpus < 1:
+        print("--static-gpus must be at least 1", file=sys.stderr)
+        return 2
+    if scalable:
+        run_one = functools.partial(run_one, static_gpus=args.static_gpus)
     labels, chosen = G.pick(getattr(args, arg), cases), G.pick(args.policies, policies)
     bad = G.unknown(labels, cases) or G.unknown(chosen, policies)
     if bad:
@@ -205,6 +229,8 @@ def run_cli(
         "heteroscale_meets_goals": bool(met) and all(met),
         "wall_s": time.perf_counter() - t0,
     }
+    if scalable:
+        report["static_gpus"] = args.static_gpus
     (out / "summary.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
     print(f"\nwrote {out / 'summary.json'}")
     last = {
@@ -230,7 +256,7 @@ def run_cli(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("shapes", "shapes", SHAPES, run_shape, POLICIES, __doc__, argv)
+    return run_cli("shapes", "shapes", SHAPES, run_shape, POLICIES, __doc__, argv, scalable=True)
 
 
 if __name__ == "__main__":

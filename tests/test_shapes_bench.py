@@ -59,3 +59,11 @@ def test_every_shape_is_named_with_its_builder() -> None:
     assert all(
         diurnal for _, diurnal, _ in (shapes.SHAPES[k] for k in shapes.SHAPES if "diurnal" in k)
     )
+
+
+def test_a_static_fleet_below_one_gpu_is_refused_before_any_replay(capsys) -> None:
+    assert (
+        shapes.main(["--shapes", "decode-heavy", "--static-gpus", "0", "--out", "/nonexistent"])
+        == 2
+    )
+    assert "--static-gpus must be at least 1" in capsys.readouterr().err
