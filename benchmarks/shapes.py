@@ -201,10 +201,10 @@ def run_cli(
             "more or less does to a role of a few)",
         )
     args = ap.parse_args(argv)
-    if scalable and args.static_gpus < 1:
-        print("--static-gpus must be at least 1", file=sys.stderr)
-        return 2
     if scalable:
+        if args.static_gpus < 1:
+            print("--static-gpus must be at least 1", file=sys.stderr)
+            return 2
         run_one = functools.partial(run_one, static_gpus=args.static_gpus)
     labels, chosen = G.pick(getattr(args, arg), cases), G.pick(args.policies, policies)
     bad = G.unknown(labels, cases) or G.unknown(chosen, policies)

@@ -242,7 +242,7 @@ class DemandSpec(BaseModel):
         "start-up horizons the fleet should ride out, as the SLO's 99% of requests.",
     )
     max_burst_margin: float = Field(
-        default=1.0,  # = policy.burst.MAX_MARGIN
+        default=1.0,
         ge=0,
         description="Cap on the learned burst headroom, as a share of the need (1.0: at most "
         "double it). Lower trades SLO attainment at surge onsets for GPU-hours "

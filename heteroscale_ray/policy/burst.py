@@ -28,11 +28,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 
-from heteroscale_ray.config import Role
+from heteroscale_ray.config import DemandSpec, Role
 from heteroscale_ray.policy.types import BurstMemory, PolicyState
 
 HISTORY_HORIZONS = 30  # rises remembered: 30 horizons (an hour at a 120-s horizon)
-MAX_MARGIN = 1.0  # default cap: never double the need; a rise larger than that is an outage
+# Default cap (demand.max_burst_margin): never double the need; a larger rise is an outage.
+MAX_MARGIN = DemandSpec().max_burst_margin
 CLIMB_T = 2.0  # a slope counts as a climb when it is this many standard errors above 0
 COVERED = 0.75  # a rise is measured once the remembered needs span this share of a horizon
 
