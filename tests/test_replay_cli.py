@@ -190,3 +190,39 @@ def test_replay_general_keeps_the_json_contract(
     for key in ("gpu_hours", "slo_attainment", "slo_ceiling", "completed", "requests"):
         assert isinstance(summary[key], (int, float)), key
     assert 0 < summary["completed"] <= summary["requests"]
+
+
+def test_replay_bad_row_names_the_fix_then_skips_and_counts_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,100,20\n"
+        "2023-11-16 18:15:47.6805900,0,20\n"
+        "2023-11-16 18:15:48.6805900,300,5\n"
+    )
+    argv = [
+        "replay",
+        "--trace",
+        str(trace),
+        "--services",
+        str(ROOT / "examples" / "sim_services.yaml"),
+        "--service",
+        "general",
+        "--policy",
+        "static",
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "line 3: ContextTokens must be >= 1 (got 0)" in err
+    assert "--skip-malformed" in err
+
+    assert main([*argv, "--skip-malformed"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 malformed row(s)" in captured.err
+    assert "line 3" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["requests"] == 2

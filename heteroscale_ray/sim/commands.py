@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 REPLAY_POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
+SKIP_HINT = " (--skip-malformed skips such rows and counts them)"
 
 
 # heteroscale_ray.traces.samples.samples_help(), spelled out so `--help` need not import numpy
@@ -85,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="draw (input, output) lengths from this trace instead of the means (keeps tails): "
         + TRACE_HELP,
     )
+    q.add_argument("--skip-malformed", action="store_true", help="skip bad trace rows (counted)")
     q.add_argument("--instances", type=int, default=10, help="total instances (default 10)")
     q.add_argument("--threshold", type=float, default=0.9, help="SLO attainment to keep")
     q.add_argument("--duration", type=float, default=240.0, help="seconds per stress run")
@@ -156,14 +158,31 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def _load_trace(arg: str, skip_malformed: bool = False) -> Any:
+    """The trace `--trace` names, or None after printing why not. A bad row's error says how
+    to skip such rows; skipped rows are counted on stderr, so a report can say what it left out."""
+    from heteroscale_ray.traces import TraceError
+    from heteroscale_ray.traces.samples import load_trace_arg
+
+    try:
+        trace = load_trace_arg(arg, skip_malformed=skip_malformed)
+    except (TraceError, OSError) as err:
+        hint = isinstance(err, TraceError) and err.line is not None and not skip_malformed
+        print(f"{err}{SKIP_HINT if hint else ''}", file=sys.stderr)
+        return None
+    if trace.skipped:
+        reasons = "; ".join(trace.skip_reasons)
+        print(f"skipped {trace.skipped} malformed row(s) of {arg} ({reasons})", file=sys.stderr)
+    return trace
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from heteroscale_ray.config import ConfigError, load_services, load_topology
     from heteroscale_ray.sim.fleet import fleet_for
     from heteroscale_ray.sim.plots import timeline_png
     from heteroscale_ray.sim.replay import ReplayOptions, run_replay
     from heteroscale_ray.sim.report import table, timeline
-    from heteroscale_ray.traces import TraceError, scale_rate
-    from heteroscale_ray.traces.samples import load_trace_arg
+    from heteroscale_ray.traces import scale_rate
 
     try:
         services = load_services(args.services)
@@ -177,10 +196,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"--service {name!r} is not in {args.services}: use one of {names}", file=sys.stderr)
         return 2
     spec = services.by_name()[name]
-    try:
-        trace = load_trace_arg(args.trace, skip_malformed=args.skip_malformed)
-    except (TraceError, OSError) as err:
-        print(err, file=sys.stderr)
+    trace = _load_trace(args.trace, args.skip_malformed)
+    if trace is None:
         return 2
     if args.duration:
         trace = trace.slice(0, args.duration)
@@ -264,13 +281,8 @@ def _cmd_pd_sweep(args: argparse.Namespace) -> int:
     name = spec.name
     lengths = None
     if args.trace:
-        from heteroscale_ray.traces import TraceError
-        from heteroscale_ray.traces.samples import load_trace_arg
-
-        try:
-            tr = load_trace_arg(args.trace)
-        except (TraceError, OSError) as err:
-            print(err, file=sys.stderr)
+        tr = _load_trace(args.trace, args.skip_malformed)
+        if tr is None:
             return 2
         lengths = (tr.input_tokens, tr.output_tokens)
         args.input_tokens = float(tr.input_tokens.mean())
@@ -323,18 +335,14 @@ def _cmd_pd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from heteroscale_ray.sim.tune import tune
-    from heteroscale_ray.traces import TraceError
-    from heteroscale_ray.traces.samples import load_trace_arg
 
     picked = _service_of(args)
     if picked is None:
         return 2
     services, spec = picked
     name = spec.name
-    try:
-        trace = load_trace_arg(args.trace, skip_malformed=args.skip_malformed)
-    except (TraceError, OSError) as err:
-        print(err, file=sys.stderr)
+    trace = _load_trace(args.trace, args.skip_malformed)
+    if trace is None:
         return 2
     try:
         res = tune(
