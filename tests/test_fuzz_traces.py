@@ -37,15 +37,19 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ---- Azure CSV ----
 stamps = st.builds(
-    lambda t, frac, sep: t.strftime(f"%Y-%m-%d{sep}%H:%M:%S") + (f".{frac}" if frac else ""),
+    lambda t, frac, sep, zone: (
+        t.strftime(f"%Y-%m-%d{sep}%H:%M:%S") + (f".{frac}" if frac else "") + zone
+    ),
     st.datetimes(dt.datetime(YEARS[0], 1, 1), dt.datetime(YEARS[1], 12, 31, 23, 59, 59)),
     st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=9)),
     st.sampled_from([" ", "T"]),
+    st.sampled_from(["", "", "Z", "+00:00", "-05:30", "+0100", "+23:59"]),
 )
 bad_stamps = st.one_of(
     st.sampled_from(["2023-02-30 00:00:00", "2023-13-01 00:00:00", "2023-01-01 24:00:00",
                      "2023-01-01 00:60:00", "2023-01-01", "0000-01-01 00:00:00", "",
-                     "2023-01-01 00:00:00.1234567890", "2023-01-01 00:00:00+01:00"]),
+                     "2023-01-01 00:00:00.1234567890", "2023-01-01 00:00:00+24:00",
+                     "2023-01-01 00:00:00+01:60", "2023-01-01 00:00:00+1", "2023-01-01 00:00:00 Z"]),
     st.integers(1000, YEARS[0] - 1).map(lambda y: f"{y}-06-01 00:00:00"),
     st.integers(YEARS[1] + 1, 9999).map(lambda y: f"{y}-06-01 00:00:00"),
     st.text("abcxyz :-./", min_size=1, max_size=12),

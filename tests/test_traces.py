@@ -164,6 +164,7 @@ GOOD_CSV_ROW = "2023-11-16 18:15:46.6805900,374,44\n"
         ),
         ("2023-11-16 18:15:47.0,-5,3", "ContextTokens must be >= 1 (got -5)"),
         ("2023-11-16 18:15:47.0,5,-1", "GeneratedTokens must be >= 0 (got -1)"),
+        ("2023-11-16 18:15:47.0+25:00,5,1", "zone '+25:00' is not a valid UTC offset"),
     ],
 )
 def test_azure_bad_row_names_file_and_line(tmp_path: Path, bad_row: str, reason: str) -> None:
@@ -580,3 +581,23 @@ def test_samples_are_small_attributed_and_packaged() -> None:
     for path in files:  # every file in data/ ships in the wheel
         rel = path.relative_to(package).as_posix()
         assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
+
+
+def test_azure_2024_zoned_timestamps_are_read_in_utc(tmp_path: Path) -> None:
+    """The 2024 week-long Azure traces write '+00:00' zones, some rows without a fraction;
+    stamps in other zones land on the same UTC clock (the clean and the per-row paths alike)."""
+    rows = [
+        "2024-05-12 00:00:00.0092340+00:00,100,20",
+        "2024-05-12 02:00:01+02:00,50,20",
+        "2024-05-11 19:00:01.5-05:00,300,7",
+        "2024-05-12 00:00:03Z,30,0",
+        "2024-05-12 00:00:04.0092340,30,1",  # zone-less: read as it is
+    ]
+    want = [0.0, 0.990766, 1.490766, 2.990766, 4.0]
+    clean = load_azure_csv(write(tmp_path, "week.csv", HEADER + "\n".join(rows) + "\n"))
+    assert clean.arrival_s.tolist() == pytest.approx(want)
+    # one bad row sends the file through the per-row path, which must agree
+    bad = write(tmp_path, "bad.csv", HEADER + "\n".join([*rows, "x,1,1"]) + "\n")
+    slow = load_azure_csv(bad, skip_malformed=True)
+    assert slow.skipped == 1
+    assert slow.arrival_s.tolist() == pytest.approx(want)

@@ -31,8 +31,14 @@ MAX_TOKENS = 2**31 - 1  # token counts above this are malformed (and would overf
 MAX_HASH_ID = 2**63 - 1
 YEARS = (1678, 2261)  # whole years numpy's datetime64[ns] holds
 
-# '2023-11-16 18:15:46.6805900': up to 9 fractional digits (Azure writes 7), no zone.
-_TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?")
+# '2023-11-16 18:15:46.6805900': up to 9 fractional digits (Azure writes 7), then an optional
+# zone: the 2024 week-long Azure traces write '2024-05-12 00:00:01.5+00:00', some rows
+# without the fraction. A zoned stamp is taken in UTC; a zone-less one as it is.
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(Z|[+-]\d{2}:?\d{2})?"
+)
+TIMESTAMP_EXAMPLE = "'2023-11-16 18:15:46.6805900' (optionally with a zone: +00:00)"
 
 
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()  # same origin as numpy's datetime64
@@ -103,7 +109,7 @@ def _timestamp_ns(text: str) -> int:
     """Nanoseconds since 1970-01-01 of a zone-less timestamp (integer: no float rounding)."""
     m = _TIMESTAMP.fullmatch(text.strip())
     if m is None:
-        raise _RowError(f"TIMESTAMP {_short(text)} is not like '2023-11-16 18:15:46.6805900'")
+        raise _RowError(f"TIMESTAMP {_short(text)} is not like {TIMESTAMP_EXAMPLE}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     if not YEARS[0] <= year <= YEARS[1]:
         raise _RowError(f"TIMESTAMP {text!r}: the year must be in {YEARS[0]}..{YEARS[1]}")
@@ -115,7 +121,20 @@ def _timestamp_ns(text: str) -> int:
         raise _RowError(f"TIMESTAMP {text!r} is not a valid time of day")
     frac = m.group(7) or ""
     nanos = int(frac.ljust(9, "0")) if frac else 0
-    return ((days * 24 + hour) * 60 + minute) * 60 * 10**9 + second * 10**9 + nanos
+    local = ((days * 24 + hour) * 60 + minute) * 60 * 10**9 + second * 10**9 + nanos
+    return local - _zone_ns(m.group(8))
+
+
+def _zone_ns(zone: str | None) -> int:
+    """Nanoseconds a zone suffix ('Z', '+05:30', '-0800') is ahead of UTC; 0 without one."""
+    if not zone or zone == "Z":
+        return 0
+    digits = zone[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:])
+    if hours > 23 or minutes > 59:
+        raise _RowError(f"TIMESTAMP zone {zone!r} is not a valid UTC offset")
+    sign = 1 if zone[0] == "+" else -1
+    return sign * (hours * 60 + minutes) * 60 * 10**9
 
 
 def _azure_fast(
@@ -127,14 +146,21 @@ def _azure_fast(
     then finds and words the problem. Both paths accept exactly the same rows.
     """
     i_ts, i_in, i_out = cols
-    stamps, inputs, outputs = [], [], []
+    stamps, inputs, outputs, zones = [], [], [], []
     match = _TIMESTAMP.fullmatch
     for _, row in rows:
         if isinstance(row, str) or len(row) != width:
             return None
         ts = row[i_ts].strip()
-        if match(ts) is None or not YEARS[0] <= int(ts[:4]) <= YEARS[1]:
+        m = match(ts)
+        if m is None or not YEARS[0] <= int(ts[:4]) <= YEARS[1]:
             return None
+        if m.group(8):  # numpy parses zone-less stamps only: the offset is taken off after
+            try:
+                zones.append((len(stamps), _zone_ns(m.group(8))))
+            except _RowError:
+                return None
+            ts = ts[: m.start(8)]
         try:
             inp, out = int(row[i_in]), int(row[i_out])
         except ValueError:
@@ -148,6 +174,8 @@ def _azure_fast(
         ns = np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
     except ValueError:
         return None
+    for i, offset in zones:
+        ns[i] -= offset
     return ns, inputs, outputs
 
 
