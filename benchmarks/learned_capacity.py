@@ -39,11 +39,11 @@ from heteroscale_ray.policy.types import Signals  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.traces import load_trace, scale_rate  # noqa: E402
+from heteroscale_ray.traces.transforms import SHAPE_SHIFT_S  # noqa: E402
 
 TRACES_DIR = ROOT.parent / "shared" / "data" / "traces"
 SERVICE = "general"
 SEED = 0
-MAX_SHIFT_S = 600.0
 FLEET_GPUS = 1024
 PRIOR_PROMPTS = np.geomspace(128, 32768, 25)
 CAPACITY = re.compile(
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = services.services[0]
     catalog = services.catalog
     raw = load_trace(TRACES_DIR / args.trace)
-    trace = scale_rate(raw, args.rate_scale, seed=SEED, max_shift_s=MAX_SHIFT_S)
+    trace = scale_rate(raw, args.rate_scale, seed=SEED, max_shift_s=SHAPE_SHIFT_S)
     trace = trace.slice(0, min(args.minutes * 60, trace.duration_s))
     opts = ReplayOptions(policy="heteroscale")
     topo = fleet_for([spec], FLEET_GPUS)

@@ -27,12 +27,14 @@ from heteroscale_ray.perf.profiles import get_profile  # noqa: E402
 from heteroscale_ray.sim.fleet import s1_pattern  # noqa: E402
 from heteroscale_ray.sim.sizing import needs_per_interval, round_counts  # noqa: E402
 from heteroscale_ray.traces import Trace, scale_rate  # noqa: E402
+from heteroscale_ray.traces.transforms import SHAPE_SHIFT_S  # noqa: E402
 
 STATIC_GPUS = 400  # scale each trace until the static fleet is at least this
 FLEET_FACTOR = 2.5  # fleet = this x the static GPUs
-MAX_SHIFT_S = 600.0  # diurnal traces: copies shift by at most this (keeps the day's shape)
+MAX_SHIFT_S = SHAPE_SHIFT_S  # diurnal traces: copies shift by at most this (keeps the day's shape)
 # Short stationary traces (Azure, Mooncake) shift over their whole span: nearly aligned copies
-# of an hour would multiply its minute-scale bursts by K, a load no real service sees.
+# of an hour would multiply its minute-scale bursts by K, a load no real service sees (as
+# `heteroscale replay --rate-scale` does by default: traces.transforms.shape_keeping_shift).
 
 
 def shift_cap(diurnal: bool) -> float | None:

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from heteroscale_ray.sim.commands import register
@@ -226,3 +227,53 @@ def test_replay_bad_row_names_the_fix_then_skips_and_counts_it(
     assert "skipped 1 malformed row(s)" in captured.err
     assert "line 3" in captured.err
     assert json.loads(captured.out.strip().splitlines()[-1])["requests"] == 2
+
+
+def test_rate_scaling_keeps_a_long_traces_day() -> None:
+    """Copies of a trace spanning hours shift by minutes, not its whole span: x10 of a day
+    keeps its hourly swing; a one-hour sample still shifts over all of it."""
+    from heteroscale_ray.traces import Trace, scale_rate, shape_keeping_shift
+
+    rng = np.random.default_rng(0)
+    hours = np.arange(24)
+    rate = 1 + (hours >= 8) * (hours < 20) * 2.0  # 3x the load from 08:00 to 20:00
+    arrivals = np.concatenate(
+        [
+            h * 3600 + np.sort(rng.random(int(r * 200)) * 3600)
+            for h, r in zip(hours, rate, strict=True)
+        ]
+    )
+    day = Trace.from_columns(arrivals, np.full(len(arrivals), 100), np.full(len(arrivals), 10))
+    assert shape_keeping_shift(day.duration_s) == 600.0
+    assert shape_keeping_shift(3600.0) is None
+
+    def swing(t: Trace) -> float:
+        per_hour = np.histogram(t.arrival_s, bins=np.arange(0, 86_401, 3600))[0]
+        return per_hour.max() / per_hour.min()
+
+    kept = scale_rate(day, 10, seed=0, max_shift_s=shape_keeping_shift(day.duration_s))
+    smeared = scale_rate(day, 10, seed=0)
+    assert swing(kept) > 2.5  # the day's 3x swing, less the edges of its two steps
+    assert swing(smeared) < 2.0
+
+
+def test_replay_rejects_a_negative_shift(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(
+        [
+            "replay",
+            "--trace",
+            "azure-conv",
+            "--services",
+            str(ROOT / "examples" / "sim_services.yaml"),
+            "--rate-scale",
+            "2",
+            "--rate-shift-max",
+            "-1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 2
+    assert "--rate-shift-max must be >= 0" in capsys.readouterr().err

@@ -53,6 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="superpose",
         help="superpose shifted copies (keeps the span) or compress time",
     )
+    p.add_argument(
+        "--rate-shift-max",
+        type=float,
+        metavar="S",
+        help="superpose: shift copies by at most S seconds (default: 600 for a trace over 3 h, "
+        "so its day/night shape survives; its whole span for a shorter one)",
+    )
     p.add_argument("--duration", type=float, help="replay only the first S seconds of the trace")
     p.add_argument("--seed", type=int, default=0, help="seed for rate scaling (default 0)")
     p.add_argument("--startup-s", type=float, default=90.0, help="instance start-up delay")
@@ -182,7 +189,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from heteroscale_ray.sim.plots import timeline_png
     from heteroscale_ray.sim.replay import ReplayOptions, run_replay
     from heteroscale_ray.sim.report import table, timeline
-    from heteroscale_ray.traces import scale_rate
+    from heteroscale_ray.traces import scale_rate, shape_keeping_shift
 
     try:
         services = load_services(args.services)
@@ -202,7 +209,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.duration:
         trace = trace.slice(0, args.duration)
     if args.rate_scale != 1.0:
-        trace = scale_rate(trace, args.rate_scale, method=args.rate_method, seed=args.seed)
+        shift = args.rate_shift_max
+        if shift is None:
+            shift = shape_keeping_shift(trace.duration_s)
+        elif shift < 0:
+            print(f"--rate-shift-max must be >= 0 (got {shift:g})", file=sys.stderr)
+            return 2
+        trace = scale_rate(
+            trace, args.rate_scale, method=args.rate_method, seed=args.seed, max_shift_s=shift
+        )
     if topology is None:
         topology = fleet_for([spec], args.gpus)
     policies = REPLAY_POLICIES if args.policy == "all" else tuple(args.policy.split(","))

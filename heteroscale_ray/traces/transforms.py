@@ -16,6 +16,19 @@ import numpy as np
 from heteroscale_ray.traces.synthetic import make_rng
 from heteroscale_ray.traces.trace import Trace
 
+# Superposed copies of a trace spanning hours shift by at most SHAPE_SHIFT_S: shifts over its
+# whole span would wrap its busy hours onto its quiet ones (x10 flattened the ServeGen day's
+# 1.8x hourly swing to 1.3x). A trace of at most LONG_TRACE_S is read as a stationary sample and
+# shifts over its whole span: nearly aligned copies would multiply its minute-scale bursts by k.
+SHAPE_SHIFT_S = 600.0
+LONG_TRACE_S = 3 * 3600.0
+
+
+def shape_keeping_shift(span_s: float) -> float | None:
+    """The ``max_shift_s`` that keeps a trace's time-of-day shape: SHAPE_SHIFT_S for a trace
+    longer than LONG_TRACE_S, None (its whole span) for a shorter one."""
+    return SHAPE_SHIFT_S if span_s > LONG_TRACE_S else None
+
 
 def time_compress(trace: Trace, factor: float) -> Trace:
     """Divide every arrival time and the duration by ``factor`` (> 1 speeds the trace up)."""
