@@ -25,6 +25,7 @@ from heteroscale_ray.traces import (
     diurnal_rate,
     diurnal_trace,
     load_azure_csv,
+    load_burstgpt_csv,
     load_mooncake_jsonl,
     load_trace,
     overlay,
@@ -601,3 +602,55 @@ def test_azure_2024_zoned_timestamps_are_read_in_utc(tmp_path: Path) -> None:
     slow = load_azure_csv(bad, skip_malformed=True)
     assert slow.skipped == 1
     assert slow.arrival_s.tolist() == pytest.approx(want)
+
+
+BURST_HEADER = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+
+
+def test_burstgpt_csv_is_read_by_its_header(tmp_path: Path) -> None:
+    """BurstGPT's seconds and token columns; Model and Log Type are not filtered on; rows of
+    one logged second arrive together; BurstGPT_3's extra session columns are ignored."""
+    rows = [
+        "5,ChatGPT,472,18,490,Conversation log",
+        "5,GPT-4,1087,230,1317,Conversation log",
+        "45.5,ChatGPT,417,0,417,API log",  # a failed request: no output
+        "118,GPT-4,300,276,576,Conversation log",
+    ]
+    trace = load_trace(write(tmp_path, "burst.csv", BURST_HEADER + "\n".join(rows) + "\n"))
+    assert trace.arrival_s.tolist() == [0.0, 0.0, 40.5, 113.0]
+    assert trace.input_tokens.tolist() == [472, 1087, 417, 300]
+    assert trace.output_tokens.tolist() == [18, 230, 0, 276]
+    v3 = "Timestamp,Session ID,Elapsed time,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+    sessions = write(tmp_path, "burst3.csv", v3 + "7,ab-12,0.5,ChatGPT,10,5,15,Conversation log\n")
+    assert load_burstgpt_csv(sessions).input_tokens.tolist() == [10]
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "reason"),
+    [
+        ("x,ChatGPT,10,5,15,Conversation log", "Timestamp 'x' is not a non-negative number"),
+        ("-1,ChatGPT,10,5,15,Conversation log", "Timestamp '-1' is not a non-negative number"),
+        ("nan,ChatGPT,10,5,15,Conversation log", "Timestamp 'nan' is not a non-negative number"),
+        ("9,ChatGPT,0,5,5,Conversation log", "Request tokens must be >= 1 (got 0)"),
+        ("9,ChatGPT,10,-5,5,Conversation log", "Response tokens must be >= 0 (got -5)"),
+        ("9,ChatGPT,10", "expected 6 columns"),
+    ],
+)
+def test_burstgpt_bad_row_names_file_and_line(tmp_path: Path, bad_row: str, reason: str) -> None:
+    good = "5,ChatGPT,472,18,490,Conversation log\n"
+    path = write(tmp_path, "burst.csv", BURST_HEADER + good + bad_row + "\n" + good)
+    with pytest.raises(TraceError) as err:
+        load_trace(path)
+    assert str(err.value).startswith(f"{path} line 3: ")
+    assert reason in str(err.value)
+    skipped = load_trace(path, skip_malformed=True)
+    assert (len(skipped), skipped.skipped) == (2, 1)
+
+
+def test_csv_header_of_neither_format_names_what_azure_lacks(tmp_path: Path) -> None:
+    path = write(tmp_path, "other.csv", "time,prompt,output\n1,2,3\n")
+    with pytest.raises(TraceError, match="line 1: header lacks TIMESTAMP, ContextTokens"):
+        load_trace(path)
+    half = write(tmp_path, "half.csv", "Timestamp,Request tokens\n1,2\n")
+    with pytest.raises(TraceError, match="line 1: header lacks Response tokens"):
+        load_trace(half)

@@ -3,7 +3,13 @@
 Pure: no Ray, no clock; randomness only from seeds or Generators the caller passes in.
 """
 
-from heteroscale_ray.traces.loaders import load_azure_csv, load_mooncake_jsonl, load_trace
+from heteroscale_ray.traces.loaders import (
+    load_azure_csv,
+    load_burstgpt_csv,
+    load_csv,
+    load_mooncake_jsonl,
+    load_trace,
+)
 from heteroscale_ray.traces.request import Request
 from heteroscale_ray.traces.synthetic import (
     AZURE_CONV_INPUT,
@@ -35,6 +41,8 @@ __all__ = [
     "diurnal_rate",
     "diurnal_trace",
     "load_azure_csv",
+    "load_burstgpt_csv",
+    "load_csv",
     "load_mooncake_jsonl",
     "load_trace",
     "make_rng",

@@ -1,4 +1,4 @@
-"""Readers for the public traces: Azure LLM inference CSV and Mooncake JSONL.
+"""Readers for the public traces: Azure LLM inference CSV, BurstGPT CSV and Mooncake JSONL.
 
 A bad row stops the load with the file, line and problem named, unless the caller asks to skip
 such rows; skipped rows are counted on the trace so a report can say how many were dropped.
@@ -26,6 +26,7 @@ from heteroscale_ray.traces.trace import Trace, TraceError
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
 KEPT_REASONS = 5  # skip reasons kept on the trace; the count covers all of them
 MAX_TOKENS = 2**31 - 1  # token counts above this are malformed (and would overflow columns)
 MAX_HASH_ID = 2**63 - 1
@@ -216,8 +217,37 @@ def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     header is always an error.
     """
     path = Path(path)
+    names, rest = _csv_header(path, _read(path))
+    return _azure(path, names, rest, _Skips(path, skip_malformed))
+
+
+def load_burstgpt_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
+    """BurstGPT (github.com/HPMLL/BurstGPT): ``Timestamp,Model,Request tokens,Response
+    tokens,Total tokens,Log Type``, Timestamp in seconds.
+
+    Every row is one request of the replayed service, whatever its Model (filter the file
+    first to replay one model). BurstGPT writes whole seconds, so requests logged in the
+    same second arrive together. Arrivals count from the earliest row; extra columns are
+    ignored.
+    """
+    path = Path(path)
+    names, rest = _csv_header(path, _read(path))
+    return _burstgpt(path, names, rest, _Skips(path, skip_malformed))
+
+
+def load_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
+    """A CSV trace in whichever format its header names: BurstGPT when it has BurstGPT's
+    columns and none of Azure's, else Azure (whose error then names what is missing)."""
+    path = Path(path)
+    names, rest = _csv_header(path, _read(path))
     skips = _Skips(path, skip_malformed)
-    raw = _read(path)
+    if not set(AZURE_COLUMNS) & set(names) and set(BURSTGPT_COLUMNS) & set(names):
+        return _burstgpt(path, names, rest, skips)
+    return _azure(path, names, rest, skips)
+
+
+def _csv_header(path: Path, raw: bytes) -> tuple[list[str], bytes]:
+    """The header's column names (stripped) and the bytes after it."""
     first, _, rest = raw.partition(b"\n")
     bad_header: list[tuple[int, str]] = []
     header_text = next(_utf8_lines(first, bad_header))
@@ -231,20 +261,22 @@ def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
         raise TraceError(
             str(path), None, "file is empty; expected a header " + ",".join(AZURE_COLUMNS)
         )
-    names = [h.strip() for h in header]
-    missing = [c for c in AZURE_COLUMNS if c not in names]
+    return [h.strip() for h in header], rest
+
+
+def _columns(path: Path, names: list[str], wanted: tuple[str, ...]) -> tuple[int, ...]:
+    """Where each wanted column is; a missing one is always an error."""
+    missing = [c for c in wanted if c not in names]
     if missing:
         raise TraceError(
-            str(path),
-            1,
-            f"header lacks {', '.join(missing)}; expected {','.join(AZURE_COLUMNS)}",
+            str(path), 1, f"header lacks {', '.join(missing)}; expected {','.join(wanted)}"
         )
-    rows = _csv_rows(rest)
-    cols = (
-        names.index(AZURE_COLUMNS[0]),
-        names.index(AZURE_COLUMNS[1]),
-        names.index(AZURE_COLUMNS[2]),
-    )
+    return tuple(names.index(c) for c in wanted)
+
+
+def _azure(path: Path, names: list[str], rest: bytes, skips: _Skips) -> Trace:
+    i_ts, i_in, i_out = _columns(path, names, AZURE_COLUMNS)
+    rows, cols = _csv_rows(rest), (i_ts, i_in, i_out)
     parsed = _azure_fast(rows, cols, len(names)) or _azure_slow(rows, cols, names, skips)
     stamps, inputs, outputs = parsed
     return Trace.from_columns(
@@ -255,6 +287,49 @@ def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
         skipped=skips.count,
         skip_reasons=skips.reasons,
     )
+
+
+def _burstgpt(path: Path, names: list[str], rest: bytes, skips: _Skips) -> Trace:
+    i_ts, i_in, i_out = _columns(path, names, BURSTGPT_COLUMNS)
+    stamps: list[float] = []
+    inputs: list[int] = []
+    outputs: list[int] = []
+    for line, row in _csv_rows(rest):
+        try:
+            if isinstance(row, str):
+                raise _RowError(row)
+            if len(row) != len(names):
+                raise _RowError(
+                    f"expected {len(names)} columns ({','.join(names)}), got {len(row)}"
+                )
+            ts = _seconds(row[i_ts].strip())
+            inp = _count(row[i_in].strip(), "Request tokens", 1)
+            out = _count(row[i_out].strip(), "Response tokens", 0)
+        except _RowError as e:
+            skips.bad(line, str(e))
+            continue
+        stamps.append(ts)
+        inputs.append(inp)
+        outputs.append(out)
+    first = min(stamps, default=0.0)
+    return Trace.from_columns(
+        [s - first for s in stamps],
+        inputs,
+        outputs,
+        source=path.name,
+        skipped=skips.count,
+        skip_reasons=skips.reasons,
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise _RowError(f"Timestamp {_short(text)} is not a non-negative number of seconds")
+    return value
 
 
 def _seconds_from_first(stamps: np.ndarray) -> np.ndarray:
@@ -375,13 +450,16 @@ def load_mooncake_jsonl(path: str | Path, *, skip_malformed: bool = False) -> Tr
 
 
 def load_trace(path: str | Path, *, skip_malformed: bool = False) -> Trace:
-    """Load by suffix: ``.csv`` (Azure) or ``.jsonl``/``.json`` (Mooncake)."""
+    """Load by suffix: ``.csv`` (Azure or BurstGPT, by its header) or ``.jsonl``/``.json``
+    (Mooncake)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return load_azure_csv(path, skip_malformed=skip_malformed)
+        return load_csv(path, skip_malformed=skip_malformed)
     if suffix in (".jsonl", ".json"):
         return load_mooncake_jsonl(path, skip_malformed=skip_malformed)
     raise TraceError(
-        str(path), None, f"unknown trace format {suffix!r}; use .csv (Azure) or .jsonl (Mooncake)"
+        str(path),
+        None,
+        f"unknown trace format {suffix!r}; use .csv (Azure, BurstGPT) or .jsonl (Mooncake)",
     )
