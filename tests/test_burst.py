@@ -289,6 +289,31 @@ def test_a_rising_need_is_sized_for_where_it_will_be_once_new_instances_are_up()
     assert with_headroom(spec, state, Role.DECODE, 10.0, "w", NOW) == (10.0, "w")
 
 
+def test_a_climb_back_to_a_level_of_the_last_window_is_not_extrapolated() -> None:
+    """Traffic that comes and goes (a client sending for two minutes out of four) climbs to the
+    same level at every onset. The window holds that level with its margin; extrapolating each
+    climb a horizon past it asked for more, and scaling back to the window after every onset
+    changed decode's direction 10 times an hour. A climb past every level of the last window
+    is still extrapolated."""
+    from heteroscale_ray.policy.demand import with_headroom
+
+    spec = make_service()
+    rising = replace(
+        replay([10.0 + 2.0 * i for i in range(9)], start=NOW - 9 * PERIOD),
+        strained_at=NOW - PERIOD,
+    )
+    extrapolated = 12.0 + 2.0 / PERIOD * HORIZON
+    for level, want in ((30.0, None), (12.0, None), (11.0, extrapolated)):
+        state = replace(
+            PolicyState(), decode_burst=rising, decode_peaks=((NOW - 300.0, level, level),)
+        )
+        need, why = with_headroom(spec, state, Role.DECODE, 12.0, "w", NOW)
+        if want is None:
+            assert "rising" not in why and need < extrapolated
+        else:
+            assert need == pytest.approx(want) and "rising" in why
+
+
 def test_no_trend_before_most_of_a_horizon_is_covered() -> None:
     from heteroscale_ray.policy.burst import trend
 

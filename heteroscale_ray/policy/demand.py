@@ -27,7 +27,7 @@ from heteroscale_ray.policy.fixable_latency import latency_guard, strained
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
 from heteroscale_ray.policy.latency_guard import guard_target
 from heteroscale_ray.policy.limits import clamp, gpus
-from heteroscale_ray.policy.peak_window import raise_peak, recent_peak, track_peaks
+from heteroscale_ray.policy.peak_window import known_level, raise_peak, recent_peak, track_peaks
 from heteroscale_ray.policy.proportional import Direction, ceil_eps, damped_target, dead_band
 from heteroscale_ray.policy.role_plan import RolePlan
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
@@ -288,7 +288,10 @@ def with_headroom(
     it is added as it is, never multiplied. Prefill is already sized to be busy only
     `prefill_utilization` of the time: a rise up to that idle share is absorbed, so only the
     rest is added (steady traffic pays nothing twice). Decode's TBT margin is not spare in the
-    same way: the most loaded instance uses it first.
+    same way: the most loaded instance uses it first. A climb is extrapolated a horizon ahead
+    only past every level of the last `peak_window_s`: a climb back to one is a return the
+    window and margin hold for (traffic on two minutes in four was asked past its level at
+    each onset and scaled back after, 10 decode direction changes an hour).
     """
     demand = spec.policy.demand
     if need is None or demand.burst_horizon_s <= 0:
@@ -298,6 +301,9 @@ def with_headroom(
     memory = burst.memory_of(state, role)
     factor = margin_factor(spec, state, role, now, base)
     rise = 0.0 if now is None else burst.trend(memory, now, demand.burst_horizon_s)
+    known = None if now is None else known_level(spec, state, role, now)
+    if known is not None and base <= known:
+        rise = 0.0
     ahead = base + rise * demand.burst_horizon_s
     if role is Role.PREFILL:  # as for the learned rise: the idle share absorbs part of it
         ahead = max(base, ahead * demand.prefill_utilization)

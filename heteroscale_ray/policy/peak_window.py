@@ -34,6 +34,14 @@ def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -
     return max(inside) if window > 0 and inside else None
 
 
+def known_level(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
+    """The role's highest bare need recorded before `now` within the window: a level its
+    traffic has reached in the last `peak_window_s`, which the window still holds it for."""
+    window = spec.policy.demand.peak_window_s
+    inside = [bare for t, _, bare in getattr(state, f"{role.value}_peaks") if 0 < now - t <= window]
+    return max(inside) if window > 0 and inside else None
+
+
 def raise_peak(
     spec: ServiceSpec,
     state: PolicyState,
