@@ -10,7 +10,9 @@ it (static fleet >= 400 GPUs), then changed in one plain way (no number fitted t
 - to-code, to-reasoning, to-long-context: halfway through, the mix changes for good: prompts
   x4 and outputs / 8; outputs x8; prompts x10 (each within 32k tokens in all);
 - diurnal-decode-heavy: the ServeGen m-large day compressed 2x in time, outputs x8 (within
-  32k): a day of reasoning-length answers.
+  32k): a day of reasoning-length answers;
+- on-off-2m: the prefill-heavy shape (benchmarks/shapes.py) sent two minutes in every four,
+  at twice the rate: a client that comes and goes, the same level at every onset.
 
 Each case is replayed under heteroscale, static and oracle on a fleet holding 2.5x the static
 sizing. The table shows issue 10's goals per case (attainment >= min(99%, ceiling - 1
@@ -79,6 +81,16 @@ def spike(t: Trace, start_s: float, end_s: float, times: int) -> Trace:
     return _trace(t, a[order], p[order], o[order])
 
 
+def on_off(t: Trace, on_s: float) -> Trace:
+    """`t` with each `2 * on_s` period's requests sent within its first `on_s`, in order at
+    twice the rate: the same load, on half the time."""
+    arrival, prompts, outputs = _columns(t)
+    start = np.floor(arrival / (2 * on_s)) * 2 * on_s
+    squeezed = start + (arrival - start) / 2
+    order = np.argsort(squeezed, kind="stable")
+    return _trace(t, squeezed[order], prompts[order], outputs[order])
+
+
 def mix_change(t: Trace, at_s: float, prompt_x: float, output_x: float) -> Trace:
     """From `at_s` on, prompts x `prompt_x` and outputs x `output_x` (at least one token),
     prompt + output within `shapes.CONTEXT_CAP`."""
@@ -100,11 +112,17 @@ def _diurnal_decode_heavy(services: ServicesConfig, spec: ServiceSpec) -> Trace:
     return trace_scaling.rate_factor(services, spec, day, diurnal=True)[1]
 
 
+def _prefill_heavy_on_off(services: ServicesConfig, spec: ServiceSpec) -> Trace:
+    scaled = trace_scaling.rate_factor(services, spec, S.prefill_heavy(), diurnal=False)[1]
+    return on_off(scaled, ON_OFF_S)
+
+
 def _on_azure(change: Callable[[Trace], Trace]) -> Callable[[ServicesConfig, ServiceSpec], Trace]:
     return lambda services, spec: change(_azure_scaled(services, spec))
 
 
 HALF_S = 1800.0  # the Azure trace's hour, halved
+ON_OFF_S = 120.0  # on-off-2m: sending this long, then silent as long
 # label -> (builder(services, spec) -> rate-scaled trace, diurnal, what it stands for)
 CASES: dict[str, tuple[Callable[[ServicesConfig, ServiceSpec], Trace], bool, str]] = {
     "gap-20m": (_on_azure(lambda t: gap(t, 1200.0, 2400.0)), False, "no requests 20-40 min"),
@@ -133,6 +151,11 @@ CASES: dict[str, tuple[Callable[[ServicesConfig, ServiceSpec], Trace], bool, str
         _diurnal_decode_heavy,
         True,
         "ServeGen m-large day compressed 2x, outputs x8",
+    ),
+    "on-off-2m": (
+        _prefill_heavy_on_off,
+        False,
+        "prefill-heavy, sent 2 min in every 4 at twice the rate",
     ),
 }
 

@@ -303,11 +303,9 @@ def test_a_climb_back_to_a_level_of_the_last_window_is_not_extrapolated() -> Non
         strained_at=NOW - PERIOD,
     )
     extrapolated = 12.0 + 2.0 / PERIOD * HORIZON
-    for level, want in ((30.0, None), (12.0, None), (11.0, extrapolated)):
-        state = replace(
-            PolicyState(), decode_burst=rising, decode_peaks=((NOW - 300.0, level, level),)
-        )
-        need, why = with_headroom(spec, state, Role.DECODE, 12.0, "w", NOW)
+    for level, want in ((30.0, None), (12.0, None), (11.9, extrapolated)):
+        state = replace(PolicyState(), decode_burst=rising)
+        need, why = with_headroom(spec, state, Role.DECODE, 12.0, "w", NOW, known=level)
         if want is None:
             assert "rising" not in why and need < extrapolated
         else:

@@ -53,6 +53,18 @@ def test_a_mix_change_touches_only_the_requests_after_it_within_the_context() ->
     assert int((inp + out).max()) <= stress.S.CONTEXT_CAP and int(out.min()) >= 1
 
 
+def test_on_off_sends_each_periods_requests_in_its_first_half_in_order() -> None:
+    t = _azure()
+    o = stress.on_off(t, 60.0)
+    new = np.asarray(o.arrival_s)
+    assert len(o) == len(t) and o.duration_s == t.duration_s
+    assert np.all(new % 120.0 < 60.0)  # silent in the second minute of every two
+    np.testing.assert_array_equal(np.asarray(o.input_tokens), np.asarray(t.input_tokens))
+    # every period keeps its own requests: per-period counts are unchanged
+    old_bins = np.bincount((np.asarray(t.arrival_s) // 120.0).astype(int))
+    np.testing.assert_array_equal(np.bincount((new // 120.0).astype(int)), old_bins)
+
+
 def test_every_case_is_named_with_its_builder() -> None:
     assert set(stress.CASES) == {
         "gap-20m",
@@ -62,5 +74,6 @@ def test_every_case_is_named_with_its_builder() -> None:
         "to-reasoning",
         "to-long-context",
         "diurnal-decode-heavy",
+        "on-off-2m",
     }
     assert [k for k, (_, diurnal, _) in stress.CASES.items() if diurnal] == ["diurnal-decode-heavy"]

@@ -103,9 +103,10 @@ def decide_demand(
         role: None if n is None else n * margin_factor(spec, state, role, now, n)
         for role, n in steady.items()
     }
+    known = {role: known_level(spec, state, role, now) for role in Role}
     state = track_peaks(spec, state, margined, now, steady)
     sized = {
-        role: with_headroom(spec, state, role, need.value, need.why, now, need.steady)
+        role: with_headroom(spec, state, role, need.value, need.why, now, need.steady, known[role])
         for role, need in needs.items()
     }
     for role in Role:
@@ -281,6 +282,7 @@ def with_headroom(
     why: str,
     now: float | None = None,
     steady: float | None = None,
+    known: float | None = None,
 ) -> tuple[float | None, str]:
     """The need plus the rise this role's arriving need has shown within a start-up horizon.
 
@@ -289,9 +291,10 @@ def with_headroom(
     `prefill_utilization` of the time: a rise up to that idle share is absorbed, so only the
     rest is added (steady traffic pays nothing twice). Decode's TBT margin is not spare in the
     same way: the most loaded instance uses it first. A climb is extrapolated a horizon ahead
-    only past every level of the last `peak_window_s`: a climb back to one is a return the
-    window and margin hold for (traffic on two minutes in four was asked past its level at
-    each onset and scaled back after, 10 decode direction changes an hour).
+    only past `known`, the highest level of the last `peak_window_s` before this need: a
+    climb back to it is a return the window and margin hold for (traffic on two minutes in
+    four was asked past its level at each onset and scaled back after, 10 decode direction
+    changes an hour).
     """
     demand = spec.policy.demand
     if need is None or demand.burst_horizon_s <= 0:
@@ -301,7 +304,6 @@ def with_headroom(
     memory = burst.memory_of(state, role)
     factor = margin_factor(spec, state, role, now, base)
     rise = 0.0 if now is None else burst.trend(memory, now, demand.burst_horizon_s)
-    known = None if now is None else known_level(spec, state, role, now)
     if known is not None and base <= known:
         rise = 0.0
     ahead = base + rise * demand.burst_horizon_s

@@ -35,10 +35,11 @@ def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -
 
 
 def known_level(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
-    """The role's highest bare need recorded before `now` within the window: a level its
-    traffic has reached in the last `peak_window_s`, which the window still holds it for."""
+    """The role's highest bare need within the window: a level its traffic reached in the
+    last `peak_window_s`, which the window still holds it for. Read it before this period's
+    need is added (raise_peak drops the older needs a new one matches)."""
     window = spec.policy.demand.peak_window_s
-    inside = [bare for t, _, bare in getattr(state, f"{role.value}_peaks") if 0 < now - t <= window]
+    inside = [bare for t, _, bare in getattr(state, f"{role.value}_peaks") if now - t <= window]
     return max(inside) if window > 0 and inside else None
 
 
