@@ -640,3 +640,22 @@ def test_an_ask_the_fleet_could_not_place_is_asked_again_not_dropped() -> None:
     assert again.decode == ask, again.message
     assert "not placed yet" in again.message
     assert after.decode_grew_at == NOW and after.last_scale_out_at == NOW  # no new growth
+
+
+def test_an_ask_the_fleet_could_not_place_is_the_dead_bands_reference() -> None:
+    """Kubernetes keeps Pending pods in the replica count; the policy keeps an ask it could not
+    place while the need stays within the dead-band of the ask. Judged against the placed
+    count instead, a need wavering around the tolerance's edge dropped the ask to the count
+    and asked again a period later: a direction change each time, no instance moved."""
+    spec = make_service(demand={"peak_window_s": 0})  # no window: the need alone decides
+    base = signals(request_rate=1.0, decode_step_s=None)  # sized by running sequences
+    state = replace(PolicyState(), started_at=NOW - 600)
+    first, state = decide(spec, replace(base, decode_running=30 * 180.0), counts(4, 10), state, NOW)
+    ask = first.decode
+    placed = counts(first.prefill, round(ask * 0.85))  # room for 85% of it
+    for share, want in ((0.9, ask), (0.75, placed.decode)):  # within the ask's band / below
+        t = NOW + 15
+        sig = replace(base, decode_running=30 * 180.0 * share, observed_at=t)
+        again, _ = decide(spec, sig, placed, state, t)
+        assert again.decode == want, again.message
+        assert ("still asking" in again.message) == (want == ask)

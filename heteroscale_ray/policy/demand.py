@@ -376,9 +376,19 @@ def role_plan(
     direction = dead_band(sized, current, policy.scale_out_tolerance, policy.scale_in_tolerance)
     desired = ceil_eps(sized)
     if direction is Direction.HOLD or (direction is Direction.IN and desired >= current):
-        return RolePlan(
-            role, current, current, Reason.HOLD_DEADBAND, f"{why} in the dead-band", need
-        )
+        why = f"{why} in the dead-band"
+        # An ask the fleet could not place stands while the need is in ITS dead-band (as
+        # Kubernetes keeps Pending pods): judged on the placed count, a need at the band's
+        # edge dropped it and asked again, a direction change each period.
+        asked = state.asked(role)
+        if (
+            asked > current
+            and dead_band(sized, asked, policy.scale_out_tolerance, policy.scale_in_tolerance)
+            is Direction.HOLD
+        ):
+            why += f", still asking for {asked} ({asked - current} not placed yet)"
+            return RolePlan(role, current, asked, Reason.HOLD_DEADBAND, why, need)
+        return RolePlan(role, current, current, Reason.HOLD_DEADBAND, why, need)
     out = direction is Direction.OUT
     cooldown = policy.scale_out_cooldown_s if out else policy.scale_in_cooldown_s
     if out:  # from this role's own last growth, or any scale-in
