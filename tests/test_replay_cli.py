@@ -66,22 +66,20 @@ def test_replay_json_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "GPU-h" in "\n".join(out)
 
 
-def test_replay_unknown_policy_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(
-        [
-            "replay",
-            "--trace",
-            "azure-conv",
-            "--services",
-            str(ROOT / "examples" / "sim_services.yaml"),
-            "--policy",
-            "nope",
-            "--duration",
-            "10",
-        ]
-    )
-    assert rc == 2
-    assert "unknown policy" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--policy", "nope"], "unknown policy"),
+        (["--rate-scale", "2", "--rate-shift-max", "-1"], "--rate-shift-max must be >= 0"),
+    ],
+)
+def test_replay_bad_argument_exits_2(
+    args: list[str], error: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    services = str(ROOT / "examples" / "sim_services.yaml")
+    head = ["replay", "--trace", "azure-conv", "--services", services, "--duration", "10"]
+    assert main([*head, *args, "--out", str(tmp_path)]) == 2
+    assert error in capsys.readouterr().err
 
 
 def test_pd_sweep_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -255,25 +253,3 @@ def test_rate_scaling_keeps_a_long_traces_day() -> None:
     smeared = scale_rate(day, 10, seed=0)
     assert swing(kept) > 2.5  # the day's 3x swing, less the edges of its two steps
     assert swing(smeared) < 2.0
-
-
-def test_replay_rejects_a_negative_shift(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    rc = main(
-        [
-            "replay",
-            "--trace",
-            "azure-conv",
-            "--services",
-            str(ROOT / "examples" / "sim_services.yaml"),
-            "--rate-scale",
-            "2",
-            "--rate-shift-max",
-            "-1",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert rc == 2
-    assert "--rate-shift-max must be >= 0" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +186,22 @@ def _azure_slow(
     names: list[str],
     skips: _Skips,
 ) -> tuple[Any, ...]:
+    stamps, inputs, outputs = _parse_rows(rows, cols, names, skips, _timestamp_ns, AZURE_COLUMNS)
+    return np.array(stamps, dtype=np.int64), inputs, outputs
+
+
+def _parse_rows(
+    rows: list[tuple[int, list[str] | str]],
+    cols: tuple[int, int, int],
+    names: list[str],
+    skips: _Skips,
+    stamp: Callable[[str], Any],
+    columns: tuple[str, str, str],
+) -> tuple[list[Any], list[int], list[int]]:
+    """Each good CSV row's (`stamp` of its time, prompt, output tokens); a bad one is handed
+    to `skips` (which raises unless skipping). `columns` name the three in errors."""
     i_ts, i_in, i_out = cols
-    stamps: list[int] = []
+    stamps: list[Any] = []
     inputs: list[int] = []
     outputs: list[int] = []
     for line, row in rows:
@@ -198,16 +212,16 @@ def _azure_slow(
                 raise _RowError(
                     f"expected {len(names)} columns ({','.join(names)}), got {len(row)}"
                 )
-            ts = _timestamp_ns(row[i_ts])
-            inp = _count(row[i_in].strip(), "ContextTokens", 1)
-            out = _count(row[i_out].strip(), "GeneratedTokens", 0)
+            ts = stamp(row[i_ts])
+            inp = _count(row[i_in].strip(), columns[1], 1)
+            out = _count(row[i_out].strip(), columns[2], 0)
         except _RowError as e:
             skips.bad(line, str(e))
             continue
         stamps.append(ts)
         inputs.append(inp)
         outputs.append(out)
-    return np.array(stamps, dtype=np.int64), inputs, outputs
+    return stamps, inputs, outputs
 
 
 def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
@@ -291,26 +305,8 @@ def _azure(path: Path, names: list[str], rest: bytes, skips: _Skips) -> Trace:
 
 def _burstgpt(path: Path, names: list[str], rest: bytes, skips: _Skips) -> Trace:
     i_ts, i_in, i_out = _columns(path, names, BURSTGPT_COLUMNS)
-    stamps: list[float] = []
-    inputs: list[int] = []
-    outputs: list[int] = []
-    for line, row in _csv_rows(rest):
-        try:
-            if isinstance(row, str):
-                raise _RowError(row)
-            if len(row) != len(names):
-                raise _RowError(
-                    f"expected {len(names)} columns ({','.join(names)}), got {len(row)}"
-                )
-            ts = _seconds(row[i_ts].strip())
-            inp = _count(row[i_in].strip(), "Request tokens", 1)
-            out = _count(row[i_out].strip(), "Response tokens", 0)
-        except _RowError as e:
-            skips.bad(line, str(e))
-            continue
-        stamps.append(ts)
-        inputs.append(inp)
-        outputs.append(out)
+    rows, cols = _csv_rows(rest), (i_ts, i_in, i_out)
+    stamps, inputs, outputs = _parse_rows(rows, cols, names, skips, _seconds, BURSTGPT_COLUMNS)
     first = min(stamps, default=0.0)
     return Trace.from_columns(
         [s - first for s in stamps],
@@ -323,6 +319,7 @@ def _burstgpt(path: Path, names: list[str], rest: bytes, skips: _Skips) -> Trace
 
 
 def _seconds(text: str) -> float:
+    text = text.strip()
     try:
         value = float(text)
     except ValueError:
