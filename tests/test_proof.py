@@ -9,8 +9,8 @@ import pytest
 
 from heteroscale_ray.config import Role
 from heteroscale_ray.policy import PolicyState, Reason, decide
-from heteroscale_ray.policy.demand import role_plan
 from heteroscale_ray.policy.proof import MAX_PROOF, lapse, proof_of, prove, proven_need
+from heteroscale_ray.policy.role_plan import role_plan
 from tests.test_demand_policy import NOW, counts, make_service, signals
 
 # TBT over the SLO with the slowest decode step most of it: capacity can fix it.
