@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "replay",
         help="replay a request trace through the simulated cluster under an autoscaling policy",
-        description="Replay a trace (a packaged sample, an Azure CSV or a Mooncake JSONL) against "
+        description="Replay a trace (a packaged sample, an Azure or BurstGPT CSV, a Mooncake JSONL) against "
         "a simulated GPU cluster; prints a summary table and writes a PNG timeline. With --json "
         "the last stdout line is one JSON object.",
     )
