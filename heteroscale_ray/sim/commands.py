@@ -29,9 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "replay",
         help="replay a request trace through the simulated cluster under an autoscaling policy",
-        description="Replay a trace (a packaged sample, an Azure or BurstGPT CSV, a Mooncake JSONL) against "
-        "a simulated GPU cluster; prints a summary table and writes a PNG timeline. With --json "
-        "the last stdout line is one JSON object.",
+        description="Replay a trace (a packaged sample, an Azure or BurstGPT CSV, a Mooncake "
+        "JSONL) against a simulated GPU cluster; prints a summary table and writes a PNG "
+        "timeline. With --json the last stdout line is one JSON object.",
     )
     p.add_argument("--trace", required=True, help=TRACE_HELP)
     p.add_argument("--services", required=True, help="services.yaml")
