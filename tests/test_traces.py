@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,21 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
+def assert_bad_line_named(
+    path: Path, line: int, reason: str, load: Callable[..., Trace] = load_trace
+) -> None:
+    """The strict load names the file, the line and the reason; the lenient one skips that
+    line alone (the file holds two good lines around it) and keeps its reason."""
+    with pytest.raises(TraceError) as err:
+        load(path)
+    assert str(err.value).startswith(f"{path} line {line}: ")
+    assert reason in str(err.value)
+    assert err.value.line == line
+    skipped = load(path, skip_malformed=True)
+    assert (len(skipped), skipped.skipped) == (2, 1)
+    assert skipped.skip_reasons[0].startswith(f"line {line}: ")
+
+
 GOOD_CSV_ROW = "2023-11-16 18:15:46.6805900,374,44\n"
 
 
@@ -170,14 +186,7 @@ GOOD_CSV_ROW = "2023-11-16 18:15:46.6805900,374,44\n"
 )
 def test_azure_bad_row_names_file_and_line(tmp_path: Path, bad_row: str, reason: str) -> None:
     path = write(tmp_path, "trace.csv", HEADER + GOOD_CSV_ROW + bad_row + "\n" + GOOD_CSV_ROW)
-    with pytest.raises(TraceError) as err:
-        load_azure_csv(path)
-    assert str(err.value).startswith(f"{path} line 3: ")
-    assert reason in str(err.value)
-    assert err.value.line == 3
-    skipped = load_azure_csv(path, skip_malformed=True)
-    assert (len(skipped), skipped.skipped) == (2, 1)
-    assert skipped.skip_reasons[0].startswith("line 3: ")
+    assert_bad_line_named(path, 3, reason, load_azure_csv)
 
 
 @pytest.mark.parametrize(
@@ -261,12 +270,7 @@ GOOD_JSON = '{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids
 )
 def test_mooncake_bad_line_names_file_and_line(tmp_path: Path, bad_line: str, reason: str) -> None:
     path = write(tmp_path, "trace.jsonl", GOOD_JSON + bad_line + "\n" + GOOD_JSON)
-    with pytest.raises(TraceError) as err:
-        load_mooncake_jsonl(path)
-    assert str(err.value).startswith(f"{path} line 2: ")
-    assert reason in str(err.value)
-    skipped = load_mooncake_jsonl(path, skip_malformed=True)
-    assert (len(skipped), skipped.skipped) == (2, 1)
+    assert_bad_line_named(path, 2, reason, load_mooncake_jsonl)
 
 
 def test_skipping_counts_all_but_keeps_few_reasons(tmp_path: Path) -> None:
@@ -639,12 +643,7 @@ def test_burstgpt_csv_is_read_by_its_header(tmp_path: Path) -> None:
 def test_burstgpt_bad_row_names_file_and_line(tmp_path: Path, bad_row: str, reason: str) -> None:
     good = "5,ChatGPT,472,18,490,Conversation log\n"
     path = write(tmp_path, "burst.csv", BURST_HEADER + good + bad_row + "\n" + good)
-    with pytest.raises(TraceError) as err:
-        load_trace(path)
-    assert str(err.value).startswith(f"{path} line 3: ")
-    assert reason in str(err.value)
-    skipped = load_trace(path, skip_malformed=True)
-    assert (len(skipped), skipped.skipped) == (2, 1)
+    assert_bad_line_named(path, 3, reason)
 
 
 def test_csv_header_of_neither_format_names_what_azure_lacks(tmp_path: Path) -> None:

@@ -24,23 +24,28 @@ MARGIN_HOLD_HORIZONS = 5
 def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
     """A role's highest need within the last `peak_window_s` (HPA's downscale window), with
     its burst margin while it is within MARGIN_HOLD_HORIZONS burst horizons."""
-    window = spec.policy.demand.peak_window_s
     margin_hold = MARGIN_HOLD_HORIZONS * spec.policy.demand.burst_horizon_s
     inside = [
         margined if now - t <= margin_hold else bare
-        for t, margined, bare in getattr(state, f"{role.value}_peaks")
-        if now - t <= window
+        for t, margined, bare in _in_window(spec, state, role, now)
     ]
-    return max(inside) if window > 0 and inside else None
+    return max(inside, default=None)
 
 
 def known_level(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
     """The role's highest bare need within the window: a level its traffic reached in the
     last `peak_window_s`, which the window still holds it for. Read it before this period's
     need is added (raise_peak drops the older needs a new one matches)."""
+    return max((bare for _, _, bare in _in_window(spec, state, role, now)), default=None)
+
+
+def _in_window(
+    spec: ServiceSpec, state: PolicyState, role: Role, now: float
+) -> list[tuple[float, float, float]]:
+    """The role's (time, margined, bare) needs within `peak_window_s`; none when it is 0."""
     window = spec.policy.demand.peak_window_s
-    inside = [bare for t, _, bare in getattr(state, f"{role.value}_peaks") if now - t <= window]
-    return max(inside) if window > 0 and inside else None
+    peaks = getattr(state, f"{role.value}_peaks")
+    return [p for p in peaks if now - p[0] <= window] if window > 0 else []
 
 
 def raise_peak(
