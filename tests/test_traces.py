@@ -29,6 +29,7 @@ from heteroscale_ray.traces import (
     load_burstgpt_csv,
     load_mooncake_jsonl,
     load_trace,
+    loaders,
     overlay,
     scale_rate,
     slice_trace,
@@ -218,7 +219,7 @@ def test_azure_sorts_and_rebases_to_the_earliest_row(tmp_path: Path) -> None:
 
 
 def test_row_by_row_path_agrees_with_the_fast_path(tmp_path: Path, azure: Trace) -> None:
-    # one bad row sends the whole file through the per-row parser
+    # one bad row sends its batch (here the whole file) through the per-row parser
     path = write(
         tmp_path, "azure_bad.csv", AZURE.read_text().rstrip("\n") + "\n2023-11-16 19:20:00.0,x,1\n"
     )
@@ -226,6 +227,37 @@ def test_row_by_row_path_agrees_with_the_fast_path(tmp_path: Path, azure: Trace)
     assert (len(slow), slow.skipped) == (len(azure), 1)
     assert np.array_equal(slow.arrival_s, azure.arrival_s)
     assert np.array_equal(slow.output_tokens, azure.output_tokens)
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "bad", "load"),
+    [
+        (HEADER, "2023-11-16 18:00:{:02d}.5,{},3\n", "2023-11-16 18:00:xx,5,1\n", load_azure_csv),
+        (
+            "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n",
+            "{}.5,ChatGPT,{},3,4,Conversation log\n",
+            "-1,ChatGPT,5,1,6,Conversation log\n",
+            load_burstgpt_csv,
+        ),
+    ],
+)
+def test_rows_are_parsed_in_batches_with_file_line_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, header: str, row: str, bad: str, load: Any
+) -> None:
+    """A long file is read a batch of rows at a time (a week of Azure traffic does not fit in
+    memory as Python rows): a bad row in a later batch is named by its line in the file, and
+    skipping it keeps every other batch's rows in file order."""
+    rows = [row.format(i, 10 + i) for i in range(8)]
+    text = header + "".join(rows[:5]) + bad + "".join(rows[5:])
+    path = write(tmp_path, "t.csv", text)
+    whole = load(path, skip_malformed=True)
+    monkeypatch.setattr(loaders, "BATCH_ROWS", 3)
+    with pytest.raises(TraceError, match=f"{path} line 7: "):
+        load(path)
+    batched = load(path, skip_malformed=True)
+    assert (len(batched), batched.skipped) == (8, 1)
+    assert batched.input_tokens.tolist() == list(range(10, 18)) == whole.input_tokens.tolist()
+    assert batched.arrival_s.tolist() == whole.arrival_s.tolist() == [float(i) for i in range(8)]
 
 
 def test_extra_csv_columns_are_ignored(tmp_path: Path) -> None:

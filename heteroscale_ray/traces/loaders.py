@@ -11,14 +11,16 @@ whitespace are not rows. Nothing but TraceError leaves a loader.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from heteroscale_ray.traces.trace import Trace, TraceError
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
 BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
+BATCH_ROWS = 1 << 16  # rows parsed at a time: their Python objects are freed before the next
 KEPT_REASONS = 5  # skip reasons kept on the trace; the count covers all of them
 MAX_TOKENS = 2**31 - 1  # token counts above this are malformed (and would overflow columns)
 MAX_HASH_ID = 2**63 - 1
@@ -43,6 +46,7 @@ TIMESTAMP_EXAMPLE = "'2023-11-16 18:15:46.6805900' (optionally with a zone: +00:
 
 
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()  # same origin as numpy's datetime64
+_T = TypeVar("_T")
 
 
 class _RowError(Exception):
@@ -84,26 +88,33 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _utf8_lines(raw: bytes, bad: list[tuple[int, str]], first_line: int = 1) -> Iterator[str]:
-    """`raw` split after each newline and decoded as it is read; a line that is not UTF-8 is
+def _utf8_lines(
+    lines: Iterable[bytes], bad: list[tuple[int, str]], first_line: int = 1
+) -> Iterator[str]:
+    """Each line (split after b"\\n") decoded as it is read; a line that is not UTF-8 is
     appended to `bad` and read as an empty line (so later line numbers stay right)."""
-    chunks = raw.split(b"\n")
-    for i, chunk in enumerate(chunks):
-        end = "\n" if i < len(chunks) - 1 else ""
-        line = first_line + i
+    for line, chunk in enumerate(lines, start=first_line):
         try:
             text = chunk.decode("utf-8-sig" if line == 1 else "utf-8")
         except UnicodeDecodeError as e:
             bad.append((line, f"not UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1})"))
-            text = ""
-        yield text + end
+            text = "\n" if chunk.endswith(b"\n") else ""
+        yield text
 
 
-def _read(path: Path) -> bytes:
+def _lines(path: Path) -> Iterator[bytes]:
+    """The file's lines, each with its b"\\n", read as they are needed: a week of Azure
+    traffic is tens of millions of rows, and only the parsed columns are kept."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            yield from f
     except OSError as e:
         raise TraceError(str(path), None, f"cannot read file: {e.strerror}") from None
+
+
+def _batches(items: Iterator[_T], size: int) -> Iterator[list[_T]]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
 
 
 def _timestamp_ns(text: str) -> int:
@@ -177,7 +188,7 @@ def _azure_fast(
         return None
     for i, offset in zones:
         ns[i] -= offset
-    return ns, inputs, outputs
+    return ns, np.array(inputs, dtype=np.int64), np.array(outputs, dtype=np.int64)
 
 
 def _azure_slow(
@@ -186,8 +197,7 @@ def _azure_slow(
     names: list[str],
     skips: _Skips,
 ) -> tuple[Any, ...]:
-    stamps, inputs, outputs = _parse_rows(rows, cols, names, skips, _timestamp_ns, AZURE_COLUMNS)
-    return np.array(stamps, dtype=np.int64), inputs, outputs
+    return _columnar(_parse_rows(rows, cols, names, skips, _timestamp_ns, AZURE_COLUMNS))
 
 
 def _parse_rows(
@@ -231,8 +241,9 @@ def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     header is always an error.
     """
     path = Path(path)
-    names, rest = _csv_header(path, _read(path))
-    return _azure(path, names, rest, _Skips(path, skip_malformed))
+    with contextlib.closing(_lines(path)) as lines:
+        names = _csv_header(path, lines)
+        return _azure(path, names, lines, _Skips(path, skip_malformed))
 
 
 def load_burstgpt_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
@@ -245,26 +256,27 @@ def load_burstgpt_csv(path: str | Path, *, skip_malformed: bool = False) -> Trac
     ignored.
     """
     path = Path(path)
-    names, rest = _csv_header(path, _read(path))
-    return _burstgpt(path, names, rest, _Skips(path, skip_malformed))
+    with contextlib.closing(_lines(path)) as lines:
+        names = _csv_header(path, lines)
+        return _burstgpt(path, names, lines, _Skips(path, skip_malformed))
 
 
 def load_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     """A CSV trace in whichever format its header names: BurstGPT when it has BurstGPT's
     columns and none of Azure's, else Azure (whose error then names what is missing)."""
     path = Path(path)
-    names, rest = _csv_header(path, _read(path))
-    skips = _Skips(path, skip_malformed)
-    if not set(AZURE_COLUMNS) & set(names) and set(BURSTGPT_COLUMNS) & set(names):
-        return _burstgpt(path, names, rest, skips)
-    return _azure(path, names, rest, skips)
+    with contextlib.closing(_lines(path)) as lines:
+        names = _csv_header(path, lines)
+        skips = _Skips(path, skip_malformed)
+        if not set(AZURE_COLUMNS) & set(names) and set(BURSTGPT_COLUMNS) & set(names):
+            return _burstgpt(path, names, lines, skips)
+        return _azure(path, names, lines, skips)
 
 
-def _csv_header(path: Path, raw: bytes) -> tuple[list[str], bytes]:
-    """The header's column names (stripped) and the bytes after it."""
-    first, _, rest = raw.partition(b"\n")
+def _csv_header(path: Path, lines: Iterator[bytes]) -> list[str]:
+    """The header's column names (stripped), read off `lines`."""
     bad_header: list[tuple[int, str]] = []
-    header_text = next(_utf8_lines(first, bad_header))
+    header_text = next(_utf8_lines([next(lines, b"")], bad_header))
     for line, reason in bad_header:  # a bad header is never skipped
         raise TraceError(str(path), line, f"header is {reason}")
     try:
@@ -275,7 +287,7 @@ def _csv_header(path: Path, raw: bytes) -> tuple[list[str], bytes]:
         raise TraceError(
             str(path), None, "file is empty; expected a header " + ",".join(AZURE_COLUMNS)
         )
-    return [h.strip() for h in header], rest
+    return [h.strip() for h in header]
 
 
 def _columns(path: Path, names: list[str], wanted: tuple[str, ...]) -> tuple[int, ...]:
@@ -288,11 +300,13 @@ def _columns(path: Path, names: list[str], wanted: tuple[str, ...]) -> tuple[int
     return tuple(names.index(c) for c in wanted)
 
 
-def _azure(path: Path, names: list[str], rest: bytes, skips: _Skips) -> Trace:
-    i_ts, i_in, i_out = _columns(path, names, AZURE_COLUMNS)
-    rows, cols = _csv_rows(rest), (i_ts, i_in, i_out)
-    parsed = _azure_fast(rows, cols, len(names)) or _azure_slow(rows, cols, names, skips)
-    stamps, inputs, outputs = parsed
+def _azure(path: Path, names: list[str], lines: Iterator[bytes], skips: _Skips) -> Trace:
+    cols = _columns(path, names, AZURE_COLUMNS)
+    parts = [
+        _azure_fast(rows, cols, len(names)) or _azure_slow(rows, cols, names, skips)
+        for rows in _batches(_csv_rows(lines), BATCH_ROWS)
+    ]
+    stamps, inputs, outputs = (_joined(parts, i, np.int64) for i in range(3))
     return Trace.from_columns(
         _seconds_from_first(stamps),
         inputs,
@@ -303,13 +317,16 @@ def _azure(path: Path, names: list[str], rest: bytes, skips: _Skips) -> Trace:
     )
 
 
-def _burstgpt(path: Path, names: list[str], rest: bytes, skips: _Skips) -> Trace:
-    i_ts, i_in, i_out = _columns(path, names, BURSTGPT_COLUMNS)
-    rows, cols = _csv_rows(rest), (i_ts, i_in, i_out)
-    stamps, inputs, outputs = _parse_rows(rows, cols, names, skips, _seconds, BURSTGPT_COLUMNS)
-    first = min(stamps, default=0.0)
+def _burstgpt(path: Path, names: list[str], lines: Iterator[bytes], skips: _Skips) -> Trace:
+    cols = _columns(path, names, BURSTGPT_COLUMNS)
+    parts = [
+        _columnar(_parse_rows(rows, cols, names, skips, _seconds, BURSTGPT_COLUMNS))
+        for rows in _batches(_csv_rows(lines), BATCH_ROWS)
+    ]
+    stamps = _joined(parts, 0, np.float64)
+    inputs, outputs = _joined(parts, 1, np.int64), _joined(parts, 2, np.int64)
     return Trace.from_columns(
-        [s - first for s in stamps],
+        stamps - stamps.min() if len(stamps) else stamps,
         inputs,
         outputs,
         source=path.name,
@@ -342,30 +359,43 @@ def _seconds_from_first(stamps: np.ndarray) -> np.ndarray:
     return (secs - fs).astype(np.float64) + (nanos - fn) / 1e9
 
 
-def _csv_rows(rest: bytes) -> list[tuple[int, list[str] | str]]:
+def _csv_rows(lines: Iterator[bytes]) -> Iterator[tuple[int, list[str] | str]]:
     """The non-blank CSV rows after the header, in file order with their line numbers; a line
     that is not UTF-8 or a row the csv module refuses (e.g. a field over its size limit) comes
     as the reason it is bad instead of a row."""
     bad: list[tuple[int, str]] = []
-    reader = csv.reader(_utf8_lines(rest, bad, first_line=2) if rest else iter(()))
-    rows: list[tuple[int, list[str] | str]] = []
+    reader = csv.reader(_utf8_lines(lines, bad, first_line=2))
     while True:
         before = reader.line_num
         try:
             row: list[str] | None = next(reader)
         except StopIteration:
-            rows.extend(bad)
-            return rows
+            yield from bad
+            return
         except csv.Error as e:
             bad.append((reader.line_num + 1, f"not valid CSV ({e})"))
             row = None
             if reader.line_num == before:  # no progress: nothing more can be read
-                rows.extend(bad)
-                return rows
-        rows.extend(bad)
+                yield from bad
+                return
+        yield from bad
         bad.clear()
         if row is not None and any(cell.strip() for cell in row):
-            rows.append((reader.line_num + 1, row))
+            yield reader.line_num + 1, row
+
+
+def _columnar(parsed: tuple[list[Any], list[int], list[int]]) -> tuple[np.ndarray, ...]:
+    """One batch's parsed lists as arrays: a batch's Python objects are freed before the next."""
+    stamps, inputs, outputs = parsed
+    return np.array(stamps), np.array(inputs, dtype=np.int64), np.array(outputs, dtype=np.int64)
+
+
+def _joined(parts: list[tuple[np.ndarray, ...]], i: int, dtype: type) -> np.ndarray:
+    return (
+        np.concatenate([p[i] for p in parts]).astype(dtype, copy=False)
+        if parts
+        else np.zeros(0, dtype)
+    )
 
 
 def _json_count(obj: dict[str, Any], key: str, minimum: int) -> int:
@@ -419,21 +449,22 @@ def load_mooncake_jsonl(path: str | Path, *, skip_malformed: bool = False) -> Tr
     hashes: list[tuple[int, ...]] = []
     # Lines end at "\n" only: JSON strings may hold U+2028 and friends, which splitlines cuts.
     bad: list[tuple[int, str]] = []
-    for line, raw in enumerate(_utf8_lines(_read(path), bad), start=1):
-        if bad:
-            skips.bad(*bad.pop())
-            continue
-        if not raw.strip():
-            continue
-        try:
-            ts, inp, out, h = _mooncake_row(raw)
-        except _RowError as e:
-            skips.bad(line, str(e))
-            continue
-        stamps.append(ts)
-        inputs.append(inp)
-        outputs.append(out)
-        hashes.append(h)
+    with contextlib.closing(_lines(path)) as lines:
+        for line, raw in enumerate(_utf8_lines(lines, bad), start=1):
+            if bad:
+                skips.bad(*bad.pop())
+                continue
+            if not raw.strip():
+                continue
+            try:
+                ts, inp, out, h = _mooncake_row(raw)
+            except _RowError as e:
+                skips.bad(line, str(e))
+                continue
+            stamps.append(ts)
+            inputs.append(inp)
+            outputs.append(out)
+            hashes.append(h)
     first = min(stamps, default=0.0)
     return Trace.from_columns(
         [(s - first) / 1000.0 for s in stamps],
