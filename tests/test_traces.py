@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import gzip
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -320,6 +321,35 @@ def test_load_trace_rejects_unknown_suffix_and_missing_file(tmp_path: Path) -> N
         load_trace(tmp_path / "t.parquet")
     with pytest.raises(TraceError, match="cannot read file"):
         load_trace(tmp_path / "absent.csv")
+
+
+def test_gzipped_traces_load_as_the_plain_ones(tmp_path: Path, azure: Trace) -> None:
+    """Azure publishes some traces as .csv.gz: read as a stream, never unpacked to disk."""
+    packed = tmp_path / "azure.csv.gz"
+    packed.write_bytes(gzip.compress(AZURE.read_bytes()))
+    trace = load_trace(packed)
+    assert np.array_equal(trace.arrival_s, azure.arrival_s)
+    assert np.array_equal(trace.input_tokens, azure.input_tokens)
+    assert trace.source == "azure.csv.gz"
+    jsonl = tmp_path / "t.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(GOOD_JSON.encode()))
+    assert len(load_trace(jsonl)) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"TIMESTAMP,ContextTokens,GeneratedTokens\n", "Not a gzipped file"),
+        (gzip.compress(b"TIMESTAMP,ContextTokens,GeneratedTokens\n" * 50)[:-12], "ended before"),
+        (gzip.compress(b"x" * 1000)[:10] + b"\xff" * 40, "invalid block type"),
+    ],
+    ids=["not-gzip", "cut-short", "corrupt"],
+)
+def test_a_broken_gzip_is_a_trace_error(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "t.csv.gz"
+    path.write_bytes(content)
+    with pytest.raises(TraceError, match=f"{path}: cannot read file: .*{reason}"):
+        load_trace(path, skip_malformed=True)
 
 
 def small_trace() -> Trace:

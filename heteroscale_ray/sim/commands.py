@@ -21,7 +21,7 @@ SKIP_HINT = " (--skip-malformed skips such rows and counts them)"
 SAMPLE_NAMES = "azure-conv, mooncake, servegen-mlarge"
 TRACE_HELP = (
     f"a packaged sample ({SAMPLE_NAMES}; see heteroscale_ray/traces/data/SOURCES.md) "
-    "or a trace file (.csv Azure or BurstGPT, .jsonl Mooncake)"
+    "or a trace file (.csv Azure or BurstGPT, .jsonl Mooncake; either may be .gz)"
 )
 
 

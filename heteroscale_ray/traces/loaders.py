@@ -1,4 +1,5 @@
-"""Readers for the public traces: Azure LLM inference CSV, BurstGPT CSV and Mooncake JSONL.
+"""Readers for the public traces: Azure LLM inference CSV, BurstGPT CSV and Mooncake JSONL,
+each plain or gzipped.
 
 A bad row stops the load with the file, line and problem named, unless the caller asks to skip
 such rows; skipped rows are counted on the trace so a report can say how many were dropped.
@@ -14,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import gzip
 import itertools
 import json
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,13 +106,20 @@ def _utf8_lines(
 
 
 def _lines(path: Path) -> Iterator[bytes]:
-    """The file's lines, each with its b"\\n", read as they are needed: a week of Azure
-    traffic is tens of millions of rows, and only the parsed columns are kept."""
+    """The file's lines, each with its b"\\n", read as they are needed (from a gzip stream
+    when the name ends in .gz): a week of Azure traffic is tens of millions of rows, and only
+    the parsed columns are kept."""
     try:
-        with path.open("rb") as f:
+        with gzip.open(path, "rb") if _gzipped(path) else path.open("rb") as f:
             yield from f
-    except OSError as e:
-        raise TraceError(str(path), None, f"cannot read file: {e.strerror}") from None
+    except (OSError, EOFError, zlib.error) as e:  # gzip: cut short, corrupt
+        raise TraceError(
+            str(path), None, f"cannot read file: {getattr(e, 'strerror', None) or e}"
+        ) from None
+
+
+def _gzipped(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
 
 
 def _batches(items: Iterator[_T], size: int) -> Iterator[list[_T]]:
@@ -479,9 +489,9 @@ def load_mooncake_jsonl(path: str | Path, *, skip_malformed: bool = False) -> Tr
 
 def load_trace(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     """Load by suffix: ``.csv`` (Azure or BurstGPT, by its header) or ``.jsonl``/``.json``
-    (Mooncake)."""
+    (Mooncake), each also gzipped (``.csv.gz``, as Azure publishes some)."""
     path = Path(path)
-    suffix = path.suffix.lower()
+    suffix = (path.with_suffix("") if _gzipped(path) else path).suffix.lower()
     if suffix == ".csv":
         return load_csv(path, skip_malformed=skip_malformed)
     if suffix in (".jsonl", ".json"):
@@ -489,5 +499,6 @@ def load_trace(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     raise TraceError(
         str(path),
         None,
-        f"unknown trace format {suffix!r}; use .csv (Azure, BurstGPT) or .jsonl (Mooncake)",
+        f"unknown trace format {suffix!r}; use .csv (Azure, BurstGPT) or .jsonl (Mooncake),"
+        " optionally gzipped (.csv.gz)",
     )
