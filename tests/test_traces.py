@@ -30,8 +30,8 @@ from heteroscale_ray.traces import (
     load_burstgpt_csv,
     load_mooncake_jsonl,
     load_trace,
-    loaders,
     overlay,
+    reading,
     scale_rate,
     slice_trace,
     thin,
@@ -252,7 +252,7 @@ def test_rows_are_parsed_in_batches_with_file_line_numbers(
     text = header + "".join(rows[:5]) + bad + "".join(rows[5:])
     path = write(tmp_path, "t.csv", text)
     whole = load(path, skip_malformed=True)
-    monkeypatch.setattr(loaders, "BATCH_ROWS", 3)
+    monkeypatch.setattr(reading, "BATCH_ROWS", 3)
     with pytest.raises(TraceError, match=f"{path} line 7: "):
         load(path)
     batched = load(path, skip_malformed=True)

@@ -15,26 +15,33 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import gzip
-import itertools
 import json
 import math
 import re
-import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
+from heteroscale_ray.traces.reading import (
+    MAX_TOKENS,
+    RowError,
+    Skips,
+    columnar,
+    count_field,
+    csv_batches,
+    is_gzipped,
+    joined,
+    short,
+    stream_lines,
+    utf8_lines,
+)
 from heteroscale_ray.traces.trace import Trace, TraceError
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
 BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
-BATCH_ROWS = 1 << 16  # rows parsed at a time: their Python objects are freed before the next
-KEPT_REASONS = 5  # skip reasons kept on the trace; the count covers all of them
-MAX_TOKENS = 2**31 - 1  # token counts above this are malformed (and would overflow columns)
 MAX_HASH_ID = 2**63 - 1
 YEARS = (1678, 2261)  # whole years numpy's datetime64[ns] holds
 
@@ -49,98 +56,22 @@ TIMESTAMP_EXAMPLE = "'2023-11-16 18:15:46.6805900' (optionally with a zone: +00:
 
 
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()  # same origin as numpy's datetime64
-_T = TypeVar("_T")
-
-
-class _RowError(Exception):
-    """Internal: what is wrong with one row; the loader adds file and line."""
-
-
-class _Skips:
-    """Either raise on the first bad row or count bad rows, keeping the first reasons."""
-
-    def __init__(self, path: Path, skip: bool) -> None:
-        self.path = str(path)
-        self.skip = skip
-        self.count = 0
-        self.reasons: list[str] = []
-
-    def bad(self, line: int, reason: str) -> None:
-        if not self.skip:
-            raise TraceError(self.path, line, reason)
-        self.count += 1
-        if len(self.reasons) < KEPT_REASONS:
-            self.reasons.append(f"line {line}: {reason}")
-
-
-def _count(text: str, column: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise _RowError(f"{column} {_short(text)} is not an integer") from None
-    if value < minimum:
-        raise _RowError(f"{column} must be >= {minimum} (got {_short(value)})")
-    if value > MAX_TOKENS:
-        raise _RowError(f"{column} must be <= {MAX_TOKENS} (got {_short(value)})")
-    return value
-
-
-def _short(value: object) -> str:
-    """A value quoted in an error, cut to 60 characters (a field may be 128 KiB)."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _utf8_lines(
-    lines: Iterable[bytes], bad: list[tuple[int, str]], first_line: int = 1
-) -> Iterator[str]:
-    """Each line (split after b"\\n") decoded as it is read; a line that is not UTF-8 is
-    appended to `bad` and read as an empty line (so later line numbers stay right)."""
-    for line, chunk in enumerate(lines, start=first_line):
-        try:
-            text = chunk.decode("utf-8-sig" if line == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            bad.append((line, f"not UTF-8 (byte 0x{chunk[e.start]:02x} at column {e.start + 1})"))
-            text = "\n" if chunk.endswith(b"\n") else ""
-        yield text
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    """The file's lines, each with its b"\\n", read as they are needed (from a gzip stream
-    when the name ends in .gz): a week of Azure traffic is tens of millions of rows, and only
-    the parsed columns are kept."""
-    try:
-        with gzip.open(path, "rb") if _gzipped(path) else path.open("rb") as f:
-            yield from f
-    except (OSError, EOFError, zlib.error) as e:  # gzip: cut short, corrupt
-        raise TraceError(
-            str(path), None, f"cannot read file: {getattr(e, 'strerror', None) or e}"
-        ) from None
-
-
-def _gzipped(path: Path) -> bool:
-    return path.suffix.lower() == ".gz"
-
-
-def _batches(items: Iterator[_T], size: int) -> Iterator[list[_T]]:
-    while batch := list(itertools.islice(items, size)):
-        yield batch
 
 
 def _timestamp_ns(text: str) -> int:
     """Nanoseconds since 1970-01-01 of a zone-less timestamp (integer: no float rounding)."""
     m = _TIMESTAMP.fullmatch(text.strip())
     if m is None:
-        raise _RowError(f"TIMESTAMP {_short(text)} is not like {TIMESTAMP_EXAMPLE}")
+        raise RowError(f"TIMESTAMP {short(text)} is not like {TIMESTAMP_EXAMPLE}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     if not YEARS[0] <= year <= YEARS[1]:
-        raise _RowError(f"TIMESTAMP {text!r}: the year must be in {YEARS[0]}..{YEARS[1]}")
+        raise RowError(f"TIMESTAMP {text!r}: the year must be in {YEARS[0]}..{YEARS[1]}")
     try:
         days = dt.date(year, month, day).toordinal() - _EPOCH_DAY
     except ValueError as e:
-        raise _RowError(f"TIMESTAMP {text!r} is not a valid date ({e})") from None
+        raise RowError(f"TIMESTAMP {text!r} is not a valid date ({e})") from None
     if hour > 23 or minute > 59 or second > 59:
-        raise _RowError(f"TIMESTAMP {text!r} is not a valid time of day")
+        raise RowError(f"TIMESTAMP {text!r} is not a valid time of day")
     frac = m.group(7) or ""
     nanos = int(frac.ljust(9, "0")) if frac else 0
     local = ((days * 24 + hour) * 60 + minute) * 60 * 10**9 + second * 10**9 + nanos
@@ -154,7 +85,7 @@ def _zone_ns(zone: str | None) -> int:
     digits = zone[1:].replace(":", "")
     hours, minutes = int(digits[:2]), int(digits[2:])
     if hours > 23 or minutes > 59:
-        raise _RowError(f"TIMESTAMP zone {zone!r} is not a valid UTC offset")
+        raise RowError(f"TIMESTAMP zone {zone!r} is not a valid UTC offset")
     sign = 1 if zone[0] == "+" else -1
     return sign * (hours * 60 + minutes) * 60 * 10**9
 
@@ -180,7 +111,7 @@ def _azure_fast(
         if m.group(8):  # numpy parses zone-less stamps only: the offset is taken off after
             try:
                 zones.append((len(stamps), _zone_ns(m.group(8))))
-            except _RowError:
+            except RowError:
                 return None
             ts = ts[: m.start(8)]
         try:
@@ -205,16 +136,16 @@ def _azure_slow(
     rows: list[tuple[int, list[str] | str]],
     cols: tuple[int, int, int],
     names: list[str],
-    skips: _Skips,
+    skips: Skips,
 ) -> tuple[Any, ...]:
-    return _columnar(_parse_rows(rows, cols, names, skips, _timestamp_ns, AZURE_COLUMNS))
+    return columnar(_parse_rows(rows, cols, names, skips, _timestamp_ns, AZURE_COLUMNS))
 
 
 def _parse_rows(
     rows: list[tuple[int, list[str] | str]],
     cols: tuple[int, int, int],
     names: list[str],
-    skips: _Skips,
+    skips: Skips,
     stamp: Callable[[str], Any],
     columns: tuple[str, str, str],
 ) -> tuple[list[Any], list[int], list[int]]:
@@ -227,15 +158,13 @@ def _parse_rows(
     for line, row in rows:
         try:
             if isinstance(row, str):
-                raise _RowError(row)
+                raise RowError(row)
             if len(row) != len(names):
-                raise _RowError(
-                    f"expected {len(names)} columns ({','.join(names)}), got {len(row)}"
-                )
+                raise RowError(f"expected {len(names)} columns ({','.join(names)}), got {len(row)}")
             ts = stamp(row[i_ts])
-            inp = _count(row[i_in].strip(), columns[1], 1)
-            out = _count(row[i_out].strip(), columns[2], 0)
-        except _RowError as e:
+            inp = count_field(row[i_in].strip(), columns[1], 1)
+            out = count_field(row[i_out].strip(), columns[2], 0)
+        except RowError as e:
             skips.bad(line, str(e))
             continue
         stamps.append(ts)
@@ -251,9 +180,9 @@ def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     header is always an error.
     """
     path = Path(path)
-    with contextlib.closing(_lines(path)) as lines:
+    with contextlib.closing(stream_lines(path)) as lines:
         names = _csv_header(path, lines)
-        return _azure(path, names, lines, _Skips(path, skip_malformed))
+        return _azure(path, names, lines, Skips(path, skip_malformed))
 
 
 def load_burstgpt_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
@@ -266,18 +195,18 @@ def load_burstgpt_csv(path: str | Path, *, skip_malformed: bool = False) -> Trac
     ignored.
     """
     path = Path(path)
-    with contextlib.closing(_lines(path)) as lines:
+    with contextlib.closing(stream_lines(path)) as lines:
         names = _csv_header(path, lines)
-        return _burstgpt(path, names, lines, _Skips(path, skip_malformed))
+        return _burstgpt(path, names, lines, Skips(path, skip_malformed))
 
 
 def load_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     """A CSV trace in whichever format its header names: BurstGPT when it has BurstGPT's
     columns and none of Azure's, else Azure (whose error then names what is missing)."""
     path = Path(path)
-    with contextlib.closing(_lines(path)) as lines:
+    with contextlib.closing(stream_lines(path)) as lines:
         names = _csv_header(path, lines)
-        skips = _Skips(path, skip_malformed)
+        skips = Skips(path, skip_malformed)
         if not set(AZURE_COLUMNS) & set(names) and set(BURSTGPT_COLUMNS) & set(names):
             return _burstgpt(path, names, lines, skips)
         return _azure(path, names, lines, skips)
@@ -286,7 +215,7 @@ def load_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
 def _csv_header(path: Path, lines: Iterator[bytes]) -> list[str]:
     """The header's column names (stripped), read off `lines`."""
     bad_header: list[tuple[int, str]] = []
-    header_text = next(_utf8_lines([next(lines, b"")], bad_header))
+    header_text = next(utf8_lines([next(lines, b"")], bad_header))
     for line, reason in bad_header:  # a bad header is never skipped
         raise TraceError(str(path), line, f"header is {reason}")
     try:
@@ -310,13 +239,13 @@ def _columns(path: Path, names: list[str], wanted: tuple[str, ...]) -> tuple[int
     return tuple(names.index(c) for c in wanted)
 
 
-def _azure(path: Path, names: list[str], lines: Iterator[bytes], skips: _Skips) -> Trace:
+def _azure(path: Path, names: list[str], lines: Iterator[bytes], skips: Skips) -> Trace:
     cols = _columns(path, names, AZURE_COLUMNS)
     parts = [
         _azure_fast(rows, cols, len(names)) or _azure_slow(rows, cols, names, skips)
-        for rows in _batches(_csv_rows(lines), BATCH_ROWS)
+        for rows in csv_batches(lines)
     ]
-    stamps, inputs, outputs = (_joined(parts, i, np.int64) for i in range(3))
+    stamps, inputs, outputs = (joined(parts, i, np.int64) for i in range(3))
     return Trace.from_columns(
         _seconds_from_first(stamps),
         inputs,
@@ -327,14 +256,14 @@ def _azure(path: Path, names: list[str], lines: Iterator[bytes], skips: _Skips) 
     )
 
 
-def _burstgpt(path: Path, names: list[str], lines: Iterator[bytes], skips: _Skips) -> Trace:
+def _burstgpt(path: Path, names: list[str], lines: Iterator[bytes], skips: Skips) -> Trace:
     cols = _columns(path, names, BURSTGPT_COLUMNS)
     parts = [
-        _columnar(_parse_rows(rows, cols, names, skips, _seconds, BURSTGPT_COLUMNS))
-        for rows in _batches(_csv_rows(lines), BATCH_ROWS)
+        columnar(_parse_rows(rows, cols, names, skips, _seconds, BURSTGPT_COLUMNS))
+        for rows in csv_batches(lines)
     ]
-    stamps = _joined(parts, 0, np.float64)
-    inputs, outputs = _joined(parts, 1, np.int64), _joined(parts, 2, np.int64)
+    stamps = joined(parts, 0, np.float64)
+    inputs, outputs = joined(parts, 1, np.int64), joined(parts, 2, np.int64)
     return Trace.from_columns(
         stamps - stamps.min() if len(stamps) else stamps,
         inputs,
@@ -352,7 +281,7 @@ def _seconds(text: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise _RowError(f"Timestamp {_short(text)} is not a non-negative number of seconds")
+        raise RowError(f"Timestamp {short(text)} is not a non-negative number of seconds")
     return value
 
 
@@ -369,55 +298,16 @@ def _seconds_from_first(stamps: np.ndarray) -> np.ndarray:
     return (secs - fs).astype(np.float64) + (nanos - fn) / 1e9
 
 
-def _csv_rows(lines: Iterator[bytes]) -> Iterator[tuple[int, list[str] | str]]:
-    """The non-blank CSV rows after the header, in file order with their line numbers; a line
-    that is not UTF-8 or a row the csv module refuses (e.g. a field over its size limit) comes
-    as the reason it is bad instead of a row."""
-    bad: list[tuple[int, str]] = []
-    reader = csv.reader(_utf8_lines(lines, bad, first_line=2))
-    while True:
-        before = reader.line_num
-        try:
-            row: list[str] | None = next(reader)
-        except StopIteration:
-            yield from bad
-            return
-        except csv.Error as e:
-            bad.append((reader.line_num + 1, f"not valid CSV ({e})"))
-            row = None
-            if reader.line_num == before:  # no progress: nothing more can be read
-                yield from bad
-                return
-        yield from bad
-        bad.clear()
-        if row is not None and any(cell.strip() for cell in row):
-            yield reader.line_num + 1, row
-
-
-def _columnar(parsed: tuple[list[Any], list[int], list[int]]) -> tuple[np.ndarray, ...]:
-    """One batch's parsed lists as arrays: a batch's Python objects are freed before the next."""
-    stamps, inputs, outputs = parsed
-    return np.array(stamps), np.array(inputs, dtype=np.int64), np.array(outputs, dtype=np.int64)
-
-
-def _joined(parts: list[tuple[np.ndarray, ...]], i: int, dtype: type) -> np.ndarray:
-    return (
-        np.concatenate([p[i] for p in parts]).astype(dtype, copy=False)
-        if parts
-        else np.zeros(0, dtype)
-    )
-
-
 def _json_count(obj: dict[str, Any], key: str, minimum: int) -> int:
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _RowError(f"{key} {_short(value)} is not an integer")
+        raise RowError(f"{key} {short(value)} is not an integer")
     if isinstance(value, float) and not value.is_integer():
-        raise _RowError(f"{key} {value!r} is not an integer")
+        raise RowError(f"{key} {value!r} is not an integer")
     if value < minimum:
-        raise _RowError(f"{key} must be >= {minimum} (got {_short(value)})")
+        raise RowError(f"{key} must be >= {minimum} (got {short(value)})")
     if value > MAX_TOKENS:
-        raise _RowError(f"{key} must be <= {MAX_TOKENS} (got {_short(value)})")
+        raise RowError(f"{key} must be <= {MAX_TOKENS} (got {short(value)})")
     return int(value)
 
 
@@ -425,26 +315,26 @@ def _mooncake_row(text: str) -> tuple[float, int, int, tuple[int, ...]]:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise _RowError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+        raise RowError(f"not valid JSON ({e.msg} at column {e.colno})") from None
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
-        raise _RowError(f"not valid JSON ({e})") from None
+        raise RowError(f"not valid JSON ({e})") from None
     except RecursionError:
-        raise _RowError("not valid JSON (nests too deeply to parse)") from None
+        raise RowError("not valid JSON (nests too deeply to parse)") from None
     if not isinstance(obj, dict):
-        raise _RowError(f"expected a JSON object, got {type(obj).__name__}")
+        raise RowError(f"expected a JSON object, got {type(obj).__name__}")
     missing = [k for k in MOONCAKE_KEYS if k not in obj]
     if missing:
-        raise _RowError(f"missing key {', '.join(missing)}")
+        raise RowError(f"missing key {', '.join(missing)}")
     ts = obj["timestamp"]
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) or ts < 0:
-        raise _RowError(f"timestamp {_short(ts)} is not a non-negative number of milliseconds")
+        raise RowError(f"timestamp {short(ts)} is not a non-negative number of milliseconds")
     inp = _json_count(obj, "input_length", 1)
     out = _json_count(obj, "output_length", 0)
     raw = obj.get("hash_ids", [])
     if not isinstance(raw, list) or any(
         isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= MAX_HASH_ID for h in raw
     ):
-        raise _RowError("hash_ids must be a list of integers in [0, 2**63)")
+        raise RowError("hash_ids must be a list of integers in [0, 2**63)")
     return float(ts), inp, out, tuple(raw)
 
 
@@ -452,15 +342,15 @@ def load_mooncake_jsonl(path: str | Path, *, skip_malformed: bool = False) -> Tr
     """Mooncake trace: one JSON object a line with ``timestamp`` (ms), ``input_length``,
     ``output_length`` and ``hash_ids``. Arrivals count from the earliest row."""
     path = Path(path)
-    skips = _Skips(path, skip_malformed)
+    skips = Skips(path, skip_malformed)
     stamps: list[float] = []
     inputs: list[int] = []
     outputs: list[int] = []
     hashes: list[tuple[int, ...]] = []
     # Lines end at "\n" only: JSON strings may hold U+2028 and friends, which splitlines cuts.
     bad: list[tuple[int, str]] = []
-    with contextlib.closing(_lines(path)) as lines:
-        for line, raw in enumerate(_utf8_lines(lines, bad), start=1):
+    with contextlib.closing(stream_lines(path)) as lines:
+        for line, raw in enumerate(utf8_lines(lines, bad), start=1):
             if bad:
                 skips.bad(*bad.pop())
                 continue
@@ -468,7 +358,7 @@ def load_mooncake_jsonl(path: str | Path, *, skip_malformed: bool = False) -> Tr
                 continue
             try:
                 ts, inp, out, h = _mooncake_row(raw)
-            except _RowError as e:
+            except RowError as e:
                 skips.bad(line, str(e))
                 continue
             stamps.append(ts)
@@ -491,7 +381,7 @@ def load_trace(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     """Load by suffix: ``.csv`` (Azure or BurstGPT, by its header) or ``.jsonl``/``.json``
     (Mooncake), each also gzipped (``.csv.gz``, as Azure publishes some)."""
     path = Path(path)
-    suffix = (path.with_suffix("") if _gzipped(path) else path).suffix.lower()
+    suffix = (path.with_suffix("") if is_gzipped(path) else path).suffix.lower()
     if suffix == ".csv":
         return load_csv(path, skip_malformed=skip_malformed)
     if suffix in (".jsonl", ".json"):
