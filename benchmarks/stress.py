@@ -12,7 +12,9 @@ it (static fleet >= 400 GPUs), then changed in one plain way (no number fitted t
 - diurnal-decode-heavy: the ServeGen m-large day compressed 2x in time, outputs x8 (within
   32k): a day of reasoning-length answers;
 - on-off-2m: the prefill-heavy shape (benchmarks/shapes.py) sent two minutes in every four,
-  at twice the rate: a client that comes and goes, the same level at every onset.
+  at twice the rate: a client that comes and goes, the same level at every onset;
+- mooncake-slow-4x: the shared Mooncake trace played at a quarter of its speed, its 17
+  minutes of long prompts (15k tokens on average, up to 191k) and their clusters over 68.
 
 Each case is replayed under heteroscale, static and oracle on a fleet holding 2.5x the static
 sizing. The table shows issue 10's goals per case (attainment >= min(99%, ceiling - 1
@@ -42,7 +44,7 @@ import trace_scaling  # noqa: E402
 
 from heteroscale_ray.config import ServicesConfig, ServiceSpec  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
-from heteroscale_ray.traces import Trace  # noqa: E402
+from heteroscale_ray.traces import Trace, load_trace, time_compress  # noqa: E402
 
 POLICIES = ("heteroscale", "static", "oracle")
 SPIKE_COPY_GAP_S = 0.37  # the spike's extra copies of a request, this far apart
@@ -117,6 +119,11 @@ def _prefill_heavy_on_off(services: ServicesConfig, spec: ServiceSpec) -> Trace:
     return on_off(scaled, ON_OFF_S)
 
 
+def _mooncake_slowed(services: ServicesConfig, spec: ServiceSpec) -> Trace:
+    raw = load_trace(G.TRACES_DIR / G.TRACES["mooncake"][0])
+    return trace_scaling.rate_factor(services, spec, time_compress(raw, 0.25), diurnal=False)[1]
+
+
 def _on_azure(change: Callable[[Trace], Trace]) -> Callable[[ServicesConfig, ServiceSpec], Trace]:
     return lambda services, spec: change(_azure_scaled(services, spec))
 
@@ -157,6 +164,7 @@ CASES: dict[str, tuple[Callable[[ServicesConfig, ServiceSpec], Trace], bool, str
         False,
         "prefill-heavy, sent 2 min in every 4 at twice the rate",
     ),
+    "mooncake-slow-4x": (_mooncake_slowed, False, "Mooncake at a quarter of its speed"),
 }
 
 

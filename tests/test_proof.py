@@ -1,5 +1,6 @@
-"""Capacity the latency guard proved (policy/proof.py): held while the load it was measured at
-holds, so the scale-in window's expiry does not undo a guard step and start the cycle again."""
+"""Capacity the latency guard proved (policy/proof.py): a step needed twice at one load is held
+while that load holds, so the scale-in window's expiry does not undo it and start the cycle
+again; a single step is held by the window only."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pytest
 
 from heteroscale_ray.config import Role
 from heteroscale_ray.policy import PolicyState, Reason, decide
-from heteroscale_ray.policy.proof import MAX_PROOF, lapse, proof_of, prove, proven_need
+from heteroscale_ray.policy.proof import (
+    MAX_PROOF,
+    lapse,
+    proof_of,
+    prove,
+    proven_need,
+    record_step,
+)
 from heteroscale_ray.policy.role_plan import role_plan
 from tests.test_demand_policy import NOW, counts, make_service, signals
 
@@ -17,29 +25,52 @@ from tests.test_demand_policy import NOW, counts, make_service, signals
 BREACH = dict(tbt_p99_s=0.06, decode_step_s=0.03, decode_step_max_s=0.05)
 
 
-def test_a_guard_step_is_remembered_as_need_and_instances() -> None:
+def test_a_first_guard_step_is_remembered_but_proves_nothing() -> None:
     spec = make_service()
     first, state = decide(spec, signals(**BREACH), counts(4, 4), PolicyState(), NOW)
     assert first.reason is Reason.LATENCY_GUARD and first.decode > 4
-    need, instances = proof_of(state, Role.DECODE)
+    need, instances = state.decode_first_step
     assert instances == first.decode and 0 < need < instances
-    assert proof_of(state, Role.PREFILL) is None
+    assert proof_of(state, Role.DECODE) is None and proof_of(state, Role.PREFILL) is None
 
 
-def test_the_proof_outlives_the_scale_in_window_while_the_load_holds() -> None:
-    """Same load, latency fine, long after the window: the role stays where the guard put it
-    (without the proof it scales in, breaches, and the guard steps again: a flip a window)."""
+def test_a_step_needed_again_at_its_load_is_proved_and_outlives_the_window() -> None:
+    """The window let the first step go, the breach came back at the same load and the guard
+    stepped again: from then on the role stays where the guard put it while the load holds
+    (without the proof it scales in, breaches, and the guard steps again: a flip a window).
+    A single step (a passing cluster of long prompts) is let go with the window."""
     spec = make_service()
-    first, state = decide(spec, signals(**BREACH), counts(4, 4), PolicyState(), NOW)
-    later = NOW + 3 * spec.policy.demand.peak_window_s
-    calm = signals(observed_at=later)
-    held, _ = decide(spec, calm, counts(4, first.decode), state, later)
-    assert held.decode == first.decode
-    assert "as the latency guard proved" in held.message
-    forgot, _ = decide(
-        spec, calm, counts(4, first.decode), replace(state, decode_proof=None), later
+    window = spec.policy.demand.peak_window_s
+    first, once = decide(spec, signals(**BREACH), counts(4, 4), PolicyState(), NOW)
+    again_at = NOW + 2 * window
+    second, twice = decide(
+        spec, signals(observed_at=again_at, **BREACH), counts(4, 4), once, again_at
     )
-    assert forgot.decode < first.decode  # what the proof prevents
+    assert second.reason is Reason.LATENCY_GUARD
+    assert proof_of(twice, Role.DECODE)[1] == second.decode and twice.decode_first_step is None
+    later = again_at + 3 * window
+    calm = signals(observed_at=later)
+    held, _ = decide(spec, calm, counts(4, second.decode), twice, later)
+    assert held.decode == second.decode
+    assert "as the latency guard proved" in held.message
+    single, _ = decide(spec, calm, counts(4, first.decode), once, later)
+    assert single.decode < first.decode  # one step held by the window only
+    forgot, _ = decide(
+        spec, calm, counts(4, second.decode), replace(twice, decode_proof=None), later
+    )
+    assert forgot.decode < second.decode  # what the proof prevents
+
+
+def test_a_later_step_replaces_the_proof_and_a_lapsed_first_step_starts_over() -> None:
+    spec = make_service()
+    proved = record_step(record_step(PolicyState(), Role.DECODE, 10.0, 12), Role.DECODE, 10.0, 13)
+    assert proof_of(proved, Role.DECODE) == (10.0, 13.0)
+    assert proof_of(record_step(proved, Role.DECODE, 11.0, 15), Role.DECODE) == (11.0, 15.0)
+    first = record_step(PolicyState(), Role.DECODE, 10.0, 12)
+    tolerance = spec.policy.scale_in_tolerance
+    lapsed = lapse(spec, first, Role.DECODE, 10.0 * (1 - tolerance) - 0.01)
+    assert lapsed.decode_first_step is None
+    assert proof_of(record_step(lapsed, Role.DECODE, 10.0, 13), Role.DECODE) is None
 
 
 def test_the_proof_lapses_once_the_load_falls_by_the_scale_in_tolerance() -> None:
@@ -91,9 +122,11 @@ def test_the_proof_scales_with_the_need_and_is_capped() -> None:
 @pytest.mark.parametrize("need", [None, float("nan"), 0.0, -1.0, 14.0])
 def test_no_proof_from_a_missing_need_or_a_step_that_added_nothing(need: float | None) -> None:
     assert prove(PolicyState(), Role.DECODE, need, 13) == PolicyState()
+    assert record_step(PolicyState(), Role.DECODE, need, 13) == PolicyState()
 
 
-def test_the_proof_survives_a_json_round_trip() -> None:
-    state = prove(PolicyState(), Role.DECODE, 10.0, 13)
+def test_the_proof_and_a_first_step_survive_a_json_round_trip() -> None:
+    state = record_step(prove(PolicyState(), Role.DECODE, 10.0, 13), Role.PREFILL, 5.0, 7)
     back = PolicyState.from_json(state.to_json())
     assert back == state and back.decode_proof == (10.0, 13.0)
+    assert back.prefill_first_step == (5.0, 7.0)

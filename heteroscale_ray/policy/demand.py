@@ -127,7 +127,7 @@ def decide_demand(
     for role, plan in plans.items():  # latency or queues proved the need higher than measured
         if plan.reason in EVIDENCE and plan.target > plan.current:
             guard_state = raise_peak(spec, guard_state, role, float(plan.target), now)
-            guard_state = proof.prove(guard_state, role, plan.need, plan.target)
+            guard_state = proof.record_step(guard_state, role, plan.need, plan.target)
     reason = next(r for r in PRIORITY if any(p.reason is r for p in plans.values()))
     p, d = plans[Role.PREFILL].target, plans[Role.DECODE].target
     ratio = nearest_ratio(max(p, 1) / max(d, 1), PLACEMENT_MAX_TERM, *PLACEMENT_BOUNDS)

@@ -1,16 +1,21 @@
 """Capacity the latency guard proved, held while the load it was measured at holds.
 
 A guard step (or a KV-pressure step) that took a role to C instances while its sized need was
-N shows that the role carries N with C instances, not with the N the capacity estimate said:
-KV transfer, routing imbalance and long contexts cost what the step-time model does not see.
-Without a memory of it, the scale-in window lets go of the step after `peak_window_s`, the
-latency breaches again at the same load, and the guard steps again: a direction change each
-window on a load that never moved. So the role is sized for at least its need x C / N while
-its need is within the scale-out tolerance of N; above that the proof is a floor, not a
-multiplier: the larger of the need and what it asked at the tolerance's edge. A step proved in a
-surge's transient (a queue draining at 35 instances) had multiplied the surge's peak need by
-1.5 on the m-large day; dropping the proof instead made more load ask for fewer instances.
-The proof lapses once the need falls below N by the scale-in tolerance (a different load,
+N, and was needed again at that load, shows that the role carries N with C instances, not with
+the N the capacity estimate said: KV transfer, routing imbalance and long contexts cost what
+the step-time model does not see. Without a memory of it, the scale-in window lets go of the
+step after `peak_window_s`, the latency breaches again at the same load, and the guard steps
+again: a direction change each window on a load that never moved. So the role is sized for at
+least its need x C / N while its need is within the scale-out tolerance of N; above that the
+proof is a floor, not a multiplier: the larger of the need and what it asked at the
+tolerance's edge. A step proved in a surge's transient (a queue draining at 35 instances) had
+multiplied the surge's peak need by 1.5 on the m-large day; dropping the proof instead made
+more load ask for fewer instances.
+A first step proves nothing yet: the window holds it, and only a second step while the load
+still holds (the window let it go and the breach came back, or one step was not enough)
+proves it. A breach that was a passing cluster of long prompts stepped Mooncake's prefill out
+once, and as a proof held the step for the hour at the same load: 1.12x the static fleet.
+Either lapses once the need falls below its N by the scale-in tolerance (a different load,
 measured afresh).
 Pure: the caller passes the state.
 """
@@ -31,21 +36,37 @@ def proof_of(state: PolicyState, role: Role) -> tuple[float, float] | None:
     return getattr(state, f"{role.value}_proof")
 
 
+def record_step(state: PolicyState, role: Role, need: float | None, instances: int) -> PolicyState:
+    """A guard step took the role to `instances` at a sized need of `need`: the first is
+    remembered, a second (before the first lapsed) proves it, and a proof is replaced by the
+    latest step."""
+    if not _added_capacity(need, instances):
+        return state
+    if proof_of(state, role) is None and getattr(state, f"{role.value}_first_step") is None:
+        return replace(state, **{f"{role.value}_first_step": (float(need), float(instances))})
+    return replace(prove(state, role, need, instances), **{f"{role.value}_first_step": None})
+
+
 def prove(state: PolicyState, role: Role, need: float | None, instances: int) -> PolicyState:
-    """Remember that `instances` were needed for a sized need of `need` (the latest wins)."""
-    if need is None or not math.isfinite(need) or need <= 0 or instances <= need:
+    """Remember that `instances` were needed for a sized need of `need`."""
+    if not _added_capacity(need, instances):
         return state
     return replace(state, **{f"{role.value}_proof": (float(need), float(instances))})
 
 
+def _added_capacity(need: float | None, instances: int) -> bool:
+    return need is not None and math.isfinite(need) and 0 < need < instances
+
+
 def lapse(spec: ServiceSpec, state: PolicyState, role: Role, need: float | None) -> PolicyState:
-    """Forget the proof once the need has fallen below its load by the scale-in tolerance
-    (missing data changes nothing)."""
-    proof = proof_of(state, role)
-    if proof is None or need is None or not math.isfinite(need):
+    """Forget the proof and a first step once the need has fallen below their load by the
+    scale-in tolerance (missing data changes nothing)."""
+    if need is None or not math.isfinite(need):
         return state
-    if need < proof[0] * (1 - spec.policy.scale_in_tolerance):
-        return replace(state, **{f"{role.value}_proof": None})
+    for name in (f"{role.value}_proof", f"{role.value}_first_step"):
+        held = getattr(state, name)
+        if held is not None and need < held[0] * (1 - spec.policy.scale_in_tolerance):
+            state = replace(state, **{name: None})
     return state
 
 

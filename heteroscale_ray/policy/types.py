@@ -223,9 +223,12 @@ class PolicyState:
     # Learned burst headroom (demand mode): each role's needs and rises over a start-up horizon.
     prefill_burst: BurstMemory = BurstMemory()
     decode_burst: BurstMemory = BurstMemory()
-    # Capacity the latency guard proved (policy/proof.py): (sized need, instances) per role.
+    # Capacity the latency guard proved (policy/proof.py): (sized need, instances) per role,
+    # and a first guard step not yet repeated at its load (which proves nothing on its own).
     prefill_proof: tuple[float, float] | None = None
     decode_proof: tuple[float, float] | None = None
+    prefill_first_step: tuple[float, float] | None = None
+    decode_first_step: tuple[float, float] | None = None
 
     def after_decision(
         self,
@@ -293,6 +296,8 @@ class PolicyState:
             decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
             prefill_proof=_pair(data.get("prefill_proof")),
             decode_proof=_pair(data.get("decode_proof")),
+            prefill_first_step=_pair(data.get("prefill_first_step")),
+            decode_first_step=_pair(data.get("decode_first_step")),
         )
 
 
