@@ -1,4 +1,4 @@
-"""benchmarks/stress.py: each case is the plain change of the Azure trace it says."""
+"""benchmarks/stress.py: each case is the plain change of the shared trace it says."""
 
 from __future__ import annotations
 
@@ -75,5 +75,6 @@ def test_every_case_is_named_with_its_builder() -> None:
         "to-long-context",
         "diurnal-decode-heavy",
         "on-off-2m",
+        "mooncake-slow-4x",
     }
     assert [k for k, (_, diurnal, _) in stress.CASES.items() if diurnal] == ["diurnal-decode-heavy"]

@@ -76,9 +76,8 @@ def utf8_lines(
 
 
 def stream_lines(path: Path) -> Iterator[bytes]:
-    """The file's lines, each with its b"\\n", read as they are needed (from a gzip stream
-    when the name ends in .gz): a week of Azure traffic is tens of millions of rows, and only
-    the parsed columns are kept."""
+    """The file's lines, each with its b"\\n", read as they are needed (through gzip when
+    the name ends in .gz)."""
     try:
         with gzip.open(path, "rb") if is_gzipped(path) else path.open("rb") as f:
             yield from f
