@@ -31,6 +31,7 @@ from heteroscale_ray.traces.reading import (
     columnar,
     count_field,
     csv_batches,
+    good_rows,
     is_gzipped,
     joined,
     short,
@@ -152,25 +153,20 @@ def _parse_rows(
     """Each good CSV row's (`stamp` of its time, prompt, output tokens); a bad one is handed
     to `skips` (which raises unless skipping). `columns` name the three in errors."""
     i_ts, i_in, i_out = cols
-    stamps: list[Any] = []
-    inputs: list[int] = []
-    outputs: list[int] = []
-    for line, row in rows:
-        try:
-            if isinstance(row, str):
-                raise RowError(row)
-            if len(row) != len(names):
-                raise RowError(f"expected {len(names)} columns ({','.join(names)}), got {len(row)}")
-            ts = stamp(row[i_ts])
-            inp = count_field(row[i_in].strip(), columns[1], 1)
-            out = count_field(row[i_out].strip(), columns[2], 0)
-        except RowError as e:
-            skips.bad(line, str(e))
-            continue
-        stamps.append(ts)
-        inputs.append(inp)
-        outputs.append(out)
-    return stamps, inputs, outputs
+
+    def parse(row: list[str] | str) -> tuple[Any, int, int]:
+        if isinstance(row, str):
+            raise RowError(row)
+        if len(row) != len(names):
+            raise RowError(f"expected {len(names)} columns ({','.join(names)}), got {len(row)}")
+        return (
+            stamp(row[i_ts]),
+            count_field(row[i_in].strip(), columns[1], 1),
+            count_field(row[i_out].strip(), columns[2], 0),
+        )
+
+    parsed = list(good_rows(rows, parse, skips))
+    return [p[0] for p in parsed], [p[1] for p in parsed], [p[2] for p in parsed]
 
 
 def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
@@ -338,39 +334,31 @@ def _mooncake_row(text: str) -> tuple[float, int, int, tuple[int, ...]]:
     return float(ts), inp, out, tuple(raw)
 
 
+def _jsonl_lines(lines: Iterator[bytes], skips: Skips) -> Iterator[tuple[int, str]]:
+    """The non-blank lines with their numbers; one that is not UTF-8 goes to `skips`. Lines
+    end at "\\n" only: JSON strings may hold U+2028 and friends, which splitlines cuts."""
+    bad: list[tuple[int, str]] = []
+    for line, raw in enumerate(utf8_lines(lines, bad), start=1):
+        if bad:
+            skips.bad(*bad.pop())
+        elif raw.strip():
+            yield line, raw
+
+
 def load_mooncake_jsonl(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     """Mooncake trace: one JSON object a line with ``timestamp`` (ms), ``input_length``,
     ``output_length`` and ``hash_ids``. Arrivals count from the earliest row."""
     path = Path(path)
     skips = Skips(path, skip_malformed)
-    stamps: list[float] = []
-    inputs: list[int] = []
-    outputs: list[int] = []
-    hashes: list[tuple[int, ...]] = []
-    # Lines end at "\n" only: JSON strings may hold U+2028 and friends, which splitlines cuts.
-    bad: list[tuple[int, str]] = []
     with contextlib.closing(stream_lines(path)) as lines:
-        for line, raw in enumerate(utf8_lines(lines, bad), start=1):
-            if bad:
-                skips.bad(*bad.pop())
-                continue
-            if not raw.strip():
-                continue
-            try:
-                ts, inp, out, h = _mooncake_row(raw)
-            except RowError as e:
-                skips.bad(line, str(e))
-                continue
-            stamps.append(ts)
-            inputs.append(inp)
-            outputs.append(out)
-            hashes.append(h)
+        rows = list(good_rows(_jsonl_lines(lines, skips), _mooncake_row, skips))
+    stamps = [r[0] for r in rows]
     first = min(stamps, default=0.0)
     return Trace.from_columns(
         [(s - first) / 1000.0 for s in stamps],
-        inputs,
-        outputs,
-        hash_ids=hashes,
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        hash_ids=[r[3] for r in rows],
         source=path.name,
         skipped=skips.count,
         skip_reasons=skips.reasons,

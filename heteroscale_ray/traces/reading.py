@@ -9,9 +9,9 @@ import csv
 import gzip
 import itertools
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from heteroscale_ray.traces.trace import TraceError
 BATCH_ROWS = 1 << 16  # rows parsed at a time: their Python objects are freed before the next
 KEPT_REASONS = 5  # skip reasons kept on the trace; the count covers all of them
 MAX_TOKENS = 2**31 - 1  # token counts above this are malformed (and would overflow columns)
+
+_Row = TypeVar("_Row")
+_Parsed = TypeVar("_Parsed")
 
 
 class RowError(Exception):
@@ -41,6 +44,18 @@ class Skips:
         self.count += 1
         if len(self.reasons) < KEPT_REASONS:
             self.reasons.append(f"line {line}: {reason}")
+
+
+def good_rows(
+    rows: Iterable[tuple[int, _Row]], parse: Callable[[_Row], _Parsed], skips: Skips
+) -> Iterator[_Parsed]:
+    """Each (line, row) parsed; a row `parse` refuses (RowError) goes to `skips`, which
+    raises unless skipping."""
+    for line, row in rows:
+        try:
+            yield parse(row)
+        except RowError as e:
+            skips.bad(line, str(e))
 
 
 def count_field(text: str, column: str, minimum: int) -> int:
