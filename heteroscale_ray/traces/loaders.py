@@ -57,6 +57,8 @@ TIMESTAMP_EXAMPLE = "'2023-11-16 18:15:46.6805900' (optionally with a zone: +00:
 
 
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()  # same origin as numpy's datetime64
+# A CSV format's reader: (path, header names, the lines after the header, skips) -> trace.
+_CsvReader = Callable[[Path, list[str], Iterator[bytes], Skips], Trace]
 
 
 def _timestamp_ns(text: str) -> int:
@@ -175,10 +177,7 @@ def load_azure_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     Arrivals count from the earliest row. Extra columns are ignored; a missing column in the
     header is always an error.
     """
-    path = Path(path)
-    with contextlib.closing(stream_lines(path)) as lines:
-        names = _csv_header(path, lines)
-        return _azure(path, names, lines, Skips(path, skip_malformed))
+    return _read_csv(path, skip_malformed, lambda _: _azure)
 
 
 def load_burstgpt_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
@@ -190,22 +189,29 @@ def load_burstgpt_csv(path: str | Path, *, skip_malformed: bool = False) -> Trac
     same second arrive together. Arrivals count from the earliest row; extra columns are
     ignored.
     """
-    path = Path(path)
-    with contextlib.closing(stream_lines(path)) as lines:
-        names = _csv_header(path, lines)
-        return _burstgpt(path, names, lines, Skips(path, skip_malformed))
+    return _read_csv(path, skip_malformed, lambda _: _burstgpt)
 
 
 def load_csv(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     """A CSV trace in whichever format its header names: BurstGPT when it has BurstGPT's
     columns and none of Azure's, else Azure (whose error then names what is missing)."""
+    return _read_csv(path, skip_malformed, _format_of)
+
+
+def _format_of(names: list[str]) -> _CsvReader:
+    if not set(AZURE_COLUMNS) & set(names) and set(BURSTGPT_COLUMNS) & set(names):
+        return _burstgpt
+    return _azure
+
+
+def _read_csv(
+    path: str | Path, skip_malformed: bool, reader_for: Callable[[list[str]], _CsvReader]
+) -> Trace:
+    """Open `path`, read its header, and let the reader `reader_for` picks read the rest."""
     path = Path(path)
     with contextlib.closing(stream_lines(path)) as lines:
         names = _csv_header(path, lines)
-        skips = Skips(path, skip_malformed)
-        if not set(AZURE_COLUMNS) & set(names) and set(BURSTGPT_COLUMNS) & set(names):
-            return _burstgpt(path, names, lines, skips)
-        return _azure(path, names, lines, skips)
+        return reader_for(names)(path, names, lines, Skips(path, skip_malformed))
 
 
 def _csv_header(path: Path, lines: Iterator[bytes]) -> list[str]:
