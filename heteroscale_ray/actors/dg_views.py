@@ -30,8 +30,10 @@ def dg_targets(
 ) -> dict[str, list[DgTarget]]:
     """Sub-cluster -> the DG targets it reconciles. A DG deleted but still pending drains (its
     replicas run until the window ends, out of routing); a live DG with pending decode
-    removals routes to them with a lower weight."""
+    removals routes to them with a lower weight, except to moved ones, which serve at full
+    weight until their replacements do (`soft_scale_in`'s make-before-break)."""
     run = serving_counts(dgs, pending)
+    moving = serving_counts((), [p for p in pending if p.moving])
     snapshots = {dg.dg_id: dg for dg in dgs}
     whole = {p.dg.dg_id for p in pending if p.whole_dg}
     for p in pending:
@@ -42,7 +44,7 @@ def dg_targets(
         spec = services.get(dg.service)
         pre, dec = run[dg_id]
         live = next((d for d in dgs if d.dg_id == dg_id), None)
-        target_dec = live.count(Role.DECODE) if live else 0
+        target_dec = live.count(Role.DECODE) + moving.get(dg_id, (0, 0))[1] if live else 0
         sc = sub_cluster_of_domain.get(dg.domain, CLUSTER_WIDE)
         if sc == CLUSTER_WIDE:
             sc = known[0] if known else CLUSTER_WIDE

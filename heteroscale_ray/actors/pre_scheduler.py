@@ -277,7 +277,9 @@ class FederatedPreScheduler:
         with self._lock:
             services = self.config.by_name()
             graph, lost, alive = self._refresh_topology()
-            tick = TickInput(now, desired, observations, services, graph, lost)
+            tick = TickInput(
+                now, desired, observations, services, graph, lost, running=self._running()
+            )
             result = self.loop.step(self.state, tick)
             plan_lines = describe_plan(result.plan)
             events = list(result.events)

@@ -6,7 +6,7 @@ A tick takes the decisions made this period and the DG state, and returns what t
     services -> plan (which re-places the lost) -> pending removals
 
 The FederatedPreScheduler actor and the simulator's replay only fill `TickInput` and apply the
-`StepResult` (commit its state, stop/restore what it says, actuate its plan), the shape of the
+`StepResult` (commit its state, stop/restore/hold out what it says, actuate its plan), the shape of the
 Dynamo planner's TickInput -> PlannerEffects. Nothing here knows which substrate it runs on.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from heteroscale_ray.config import GpuCatalog, ServiceSpec
+from heteroscale_ray.control.counts import RunningReplicas
 from heteroscale_ray.control.cycle import control_cycle
 from heteroscale_ray.control.node_loss import (
     LostInstance,
@@ -54,6 +55,9 @@ class TickInput:
     # Hosts whose Ray node died (confirmed by the substrate, not merely slow to answer): their
     # instances are gone and are re-placed this tick. See `topology.view.lost_hosts`.
     lost_hosts: frozenset[str] = frozenset()
+    # Replicas each DG runs (by DG id), which tells when a move's replacements serve; None:
+    # not known, and a move leaves routing at the next tick (`soft_scale_in.made`).
+    running: Mapping[str, RunningReplicas] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class StepResult:
     requests: tuple[ScaleRequest, ...]
     stopped: tuple[PendingRemoval, ...] = ()  # soft removals to stop now
     restored: tuple[PendingRemoval, ...] = ()  # soft removals back in routing
+    held_out: tuple[PendingRemoval, ...] = ()  # moved instances replaced: out of routing now
     retired: tuple[PendingRemoval, ...] = ()  # DGs of services no longer configured, draining
     events: tuple[str, ...] = ()  # one line per loss/settle/retire event, for logs and status
     lost: tuple[LostInstance, ...] = ()  # instances dropped because their host died
@@ -98,6 +103,7 @@ class ControlLoop:
         events: list[str] = list(loss.events)
         stopped: tuple[PendingRemoval, ...] = ()
         restored: tuple[PendingRemoval, ...] = ()
+        held_out: tuple[PendingRemoval, ...] = ()
         if pending:
             settled = settle(
                 dgs,
@@ -108,9 +114,10 @@ class ControlLoop:
                 observations=tick.observations,
                 desired=tick.desired,
                 graph=tick.graph,
+                running=tick.running,
             )
             dgs, pending = settled.dgs, settled.pending
-            stopped, restored = settled.stopped, settled.restored
+            stopped, restored, held_out = settled.stopped, settled.restored, settled.held_out
             events += settled.events
         dgs, retired = retire_unconfigured(dgs, tick.services, tick.now)
         pending += retired
@@ -147,6 +154,7 @@ class ControlLoop:
             requests=cycle.requests,
             stopped=stopped,
             restored=restored,
+            held_out=held_out,
             retired=retired,
             events=tuple(events),
             lost=loss.lost,

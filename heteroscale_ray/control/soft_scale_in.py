@@ -6,21 +6,30 @@ for an observation window: a whole DG is marked draining (the router sends it no
 a partly shrunk DG gets a lower routing weight. When the window ends with the service's p99
 TTFT and TBT within SLO (or over it only by a floor capacity cannot fix), they are stopped. If
 an SLO breaks during the window they are all restored at once; if the policy wants more of a
-role they hold, as many of that role as are short come back (the rest keep waiting). Pure: no
-Ray, time is an argument.
+role they hold, as many of that role as are short come back (the rest keep waiting).
+
+A decode move (placement takes a decode instance from one DG and starts one in another, to
+open a DG or rebalance) is make-before-break: the moved instance keeps serving, at full weight
+and out of the counts, until the DGs its replacement went to run their decode targets; only
+then does it leave routing and wait out the window like any removal. Held out at once, each
+move left decode an instance short for a start-up (`MAKE_BEFORE_BREAK`). Pure: no Ray, time is
+an argument.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.control.counts import RunningReplicas
 from heteroscale_ray.control.types import Desired, Observation
 from heteroscale_ray.policy.fixable_latency import watched_latencies
 from heteroscale_ray.topology import (
+    AddInstances,
     CapacityError,
     ClusterGraph,
+    CreateDG,
     DeleteDG,
     DeploymentGroup,
     FreeCapacity,
@@ -31,6 +40,11 @@ from heteroscale_ray.topology import (
 )
 
 ROLES = (Role.PREFILL, Role.DECODE)
+# Roles whose moves are make-before-break. A moved decode instance held out at once leaves its
+# new DG's prefill feeding one decode instance fewer for a start-up. Prefill is not: routing
+# spreads requests by prefill, and a moved prefill instance kept serving in its old DG drew
+# work to DGs whose decode was already full (the to-reasoning stress case, 95.8% -> 67.1%).
+MAKE_BEFORE_BREAK = frozenset({Role.DECODE})
 
 
 @dataclass(frozen=True)
@@ -41,10 +55,17 @@ class PendingRemoval:
     instances: tuple[Instance, ...]
     since: float
     whole_dg: bool  # the plan deleted the DG: it is drained rather than down-weighted
+    # A move: the DGs its replacements were started in. The instances keep serving until those
+    # run their targets of the role, then leave routing (`settle`); () once they have left.
+    into: tuple[str, ...] = ()
 
     @property
     def service(self) -> str:
         return self.dg.service
+
+    @property
+    def moving(self) -> bool:
+        return bool(self.into)
 
     def count(self, role: Role) -> int:
         return sum(1 for i in self.instances if i.role is role)
@@ -53,7 +74,11 @@ class PendingRemoval:
 def pending_from_plan(
     plan: PlacementPlan, before: Sequence[DeploymentGroup], now: float
 ) -> list[PendingRemoval]:
-    """The removals of one plan, grouped per DG, with the DG snapshot taken before the plan."""
+    """The removals of one plan, grouped per DG, with the DG snapshot taken before the plan.
+
+    Removals of a role from a DG the plan keeps are moves while the plan adds that role to the
+    same service elsewhere (as many as it adds): those become separate, serving
+    `PendingRemoval`s with `into` set. A deleted DG drains whole, as before."""
     by_id = {dg.dg_id: dg for dg in before}
     removed: dict[str, set[str]] = {}
     deleted: set[str] = set()
@@ -62,15 +87,81 @@ def pending_from_plan(
             removed.setdefault(action.dg_id, set()).update(action.instance_ids)
         elif isinstance(action, DeleteDG):
             deleted.add(action.dg_id)
+    added = _added(plan, by_id)
     out = []
     for dg_id in sorted(removed.keys() | deleted):
         dg = by_id.get(dg_id)
         if dg is None:  # created and deleted in one plan: nothing runs
             continue
         gone = tuple(i for i in dg.instances if i.instance_id in removed.get(dg_id, set()))
-        if gone or dg_id in deleted:
-            out.append(PendingRemoval(dg, gone, now, dg_id in deleted))
+        if dg_id in deleted:
+            out.append(PendingRemoval(dg, gone, now, True))
+            continue
+        moved = []
+        for inst in gone:
+            new = added.get((dg.service, inst.role))
+            if new is not None and new.unmatched > 0:
+                new.unmatched -= 1
+                moved.append(inst)
+        left = tuple(i for i in gone if i not in moved)
+        for role in ROLES:
+            mine = tuple(i for i in moved if i.role is role)
+            if mine:
+                into = tuple(added[(dg.service, role)].dg_ids)
+                out.append(PendingRemoval(dg, mine, now, False, into=into))
+        if left:
+            out.append(PendingRemoval(dg, left, now, False))
     return out
+
+
+@dataclass
+class _Added:
+    """Instances of one role one plan starts for one service: how many no removal has been
+    matched with yet, and the DGs they go to."""
+
+    unmatched: int = 0
+    dg_ids: list[str] = field(default_factory=list)
+
+
+def _added(
+    plan: PlacementPlan, before: Mapping[str, DeploymentGroup]
+) -> dict[tuple[str, Role], _Added]:
+    service_of = {dg_id: dg.service for dg_id, dg in before.items()}
+    out: dict[tuple[str, Role], _Added] = {}
+    for action in plan.all_actions():
+        if isinstance(action, CreateDG):
+            service_of[action.dg.dg_id] = action.dg.service
+        elif (
+            isinstance(action, AddInstances)
+            and action.role in MAKE_BEFORE_BREAK
+            and action.dg_id in service_of
+        ):
+            entry = out.setdefault((service_of[action.dg_id], action.role), _Added())
+            entry.unmatched += len(action.instances)
+            if action.dg_id not in entry.dg_ids:
+                entry.dg_ids.append(action.dg_id)
+    return out
+
+
+def made(
+    p: PendingRemoval,
+    dgs: Sequence[DeploymentGroup],
+    running: Mapping[str, RunningReplicas] | None,
+) -> bool:
+    """A move's replacements serve: every DG they went to (still in the state) runs its target
+    of the moved role. Unknown (`running` None) counts as made: the move then breaks at once,
+    as every removal did before moves were told apart."""
+    if running is None:
+        return True
+    by_id = {dg.dg_id: dg for dg in dgs}
+    for role in ROLES:
+        if not p.count(role):
+            continue
+        for dg_id in p.into:
+            dg = by_id.get(dg_id)
+            if dg is not None and running.get(dg_id, RunningReplicas()).of(role) < dg.count(role):
+                return False
+    return True
 
 
 def slo_held(spec: ServiceSpec, obs: Observation | None) -> bool:
@@ -114,6 +205,7 @@ class Settled:
     events: tuple[str, ...]
     stopped: tuple[PendingRemoval, ...] = ()
     restored: tuple[PendingRemoval, ...] = ()
+    held_out: tuple[PendingRemoval, ...] = ()  # moves whose replacements serve: out of routing
 
 
 def settle(
@@ -126,13 +218,16 @@ def settle(
     observations: Mapping[str, Observation],
     desired: Mapping[str, Desired],
     graph: ClusterGraph,
+    running: Mapping[str, RunningReplicas] | None = None,
 ) -> Settled:
-    """Finalise removals whose window passed with SLOs held; restore what is needed now."""
+    """Finalise removals whose window passed with SLOs held; restore what is needed now; take
+    moves out of routing once their replacements serve (`running`: replicas per DG)."""
     state = tuple(dgs)
     keep: list[PendingRemoval] = []
     events: list[str] = []
     stopped: list[PendingRemoval] = []
     restored: list[PendingRemoval] = []
+    held_out: list[PendingRemoval] = []
     for p in pending:
         spec = services.get(p.service)
         held = spec is None or slo_held(spec, observations.get(p.service))
@@ -140,7 +235,8 @@ def settle(
         # serve nothing if restored, so it only waits out its window.
         if spec is None or p.dg.draining:
             back, rest = None, p
-        elif not held:  # all of it, if it can serve (see `_servable`)
+        elif not held and not p.moving:  # all of it, if it can serve (see `_servable`); a
+            # move still serves, and back in the counts it would only be scaled in again
             back, rest = (p, None) if _servable(p, state) else (None, p)
         else:
             back, rest = _wanted_part(p, state, desired.get(p.service))
@@ -162,7 +258,13 @@ def settle(
             events.append(f"{p.dg.dg_id}: {_describe(back)} restored to routing ({why}){left}")
         if rest is None:
             continue
-        if now - rest.since >= window_s:
+        if rest.moving:
+            if made(rest, state, running):
+                rest = replace(rest, into=(), since=now)
+                held_out.append(rest)
+                events.append(f"{rest.dg.dg_id}: moved {_describe(rest)} replaced; out of routing")
+            keep.append(rest)
+        elif now - rest.since >= window_s:
             stopped.append(rest)
             events.append(
                 f"{rest.dg.dg_id}: {_describe(rest)} stopped after {window_s:g}s"
@@ -170,7 +272,9 @@ def settle(
             )
         else:
             keep.append(rest)
-    return Settled(state, tuple(keep), tuple(events), tuple(stopped), tuple(restored))
+    return Settled(
+        state, tuple(keep), tuple(events), tuple(stopped), tuple(restored), tuple(held_out)
+    )
 
 
 def _wanted_part(

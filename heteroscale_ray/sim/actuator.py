@@ -26,10 +26,18 @@ class SimActuator:
         self.started = 0
         self.stopped = 0
 
-    def apply(self, plan: PlacementPlan, *, warm: bool = False, soft: bool = False) -> None:
+    def apply(
+        self,
+        plan: PlacementPlan,
+        *,
+        warm: bool = False,
+        soft: bool = False,
+        moving: frozenset[str] = frozenset(),
+    ) -> None:
         """`warm=True` makes instances ready at once (the provisioning before a replay starts);
         `soft=True` holds removed instances out of routing instead of stopping them (soft
-        scale-in: the replay's control loop stops or restores them later)."""
+        scale-in: the replay's control loop stops or restores them later), except `moving`
+        ones (moved to another DG), which serve until the loop holds them out."""
         ready_at = self.sim.now + (0.0 if warm else self.startup_s)
         for action in plan.all_actions():
             if isinstance(action, CreateDG):
@@ -51,7 +59,9 @@ class SimActuator:
                     self.started += 1
             elif isinstance(action, RemoveInstances):
                 for iid in action.instance_ids:
-                    if soft:
+                    if soft and iid in moving:
+                        self.sim.keep_serving(iid)
+                    elif soft:
                         self.sim.hold_out(iid)
                     else:
                         self.stop(iid)

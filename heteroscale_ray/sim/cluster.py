@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from heteroscale_ray.config import GpuCatalog, Role, ServiceSpec
+from heteroscale_ray.control.counts import RunningReplicas
 from heteroscale_ray.perf.capacity import decode_capacity
 from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants
 from heteroscale_ray.perf.instance_kind import InstanceKind
@@ -259,10 +260,22 @@ class ClusterSim:
         row = self.row_of[instance_id]
         if self.inst.state[row] in (READY, STARTING):
             self.inst.state[row] = SOFT
+        self.inst.leaving[row] = False
+
+    def keep_serving(self, instance_id: str) -> None:
+        """A moved instance: it takes requests until `hold_out`, but no target counts it (as
+        Serve keeps a replica pending removal running, and counts only up to the target). One
+        still loading has nothing to serve and is held out at once."""
+        row = self.row_of[instance_id]
+        if self.inst.state[row] == READY:
+            self.inst.leaving[row] = True
+        else:
+            self.hold_out(instance_id)
 
     def put_back(self, instance_id: str) -> None:
-        """Undo `hold_out`: the instance takes requests again (once loaded)."""
+        """Undo `hold_out` or `keep_serving`: the instance takes requests again (once loaded)."""
         row = self.row_of[instance_id]
+        self.inst.leaving[row] = False
         if self.inst.state[row] == SOFT:
             loaded = self.inst.t_ready[row] <= self.now
             self.inst.state[row] = READY if loaded else STARTING
@@ -281,7 +294,7 @@ class ClusterSim:
     def counts(self, service: str) -> tuple[int, int, int, int]:
         """(prefill ready, prefill starting, decode ready, decode starting) of a service."""
         T = self.inst
-        m = T.svc[: T.n] == self.svc_index[service]
+        m = (T.svc[: T.n] == self.svc_index[service]) & ~T.leaving[: T.n]
         st, ro = T.state[: T.n][m], T.role[: T.n][m]
         return (
             int(np.sum((st == READY) & (ro == PREFILL))),
@@ -289,6 +302,19 @@ class ClusterSim:
             int(np.sum((st == READY) & (ro == DECODE))),
             int(np.sum((st == STARTING) & (ro == DECODE))),
         )
+
+    def running_by_dg(self) -> dict[str, RunningReplicas]:
+        """DG id -> instances serving (ready, moved ones included), as Serve reports replicas
+        running per DG."""
+        T = self.inst
+        ready = np.flatnonzero(T.state[: T.n] == READY)
+        counts = np.zeros((len(self.dg_names), 2), dtype=np.int64)
+        np.add.at(counts, (T.dg[ready], T.role[ready]), 1)
+        return {
+            name: RunningReplicas(int(counts[k, PREFILL]), int(counts[k, DECODE]))
+            for k, name in enumerate(self.dg_names)
+            if counts[k].any()
+        }
 
     # -- one tick ----------------------------------------------------------------------
 

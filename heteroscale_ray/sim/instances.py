@@ -41,6 +41,9 @@ class InstanceTable:
         "kv_promised": float,  # decode: KV of routed, not yet finished requests (for balancing)
         "n_active": np.int64,
         "n_pending": np.int64,
+        # READY but moved to another DG: serves until its replacement does, counted in no
+        # target (the control loop's make-before-break; `ClusterSim.keep_serving`)
+        "leaving": np.bool_,
     }
 
     def __init__(self, capacity: int = 256) -> None:

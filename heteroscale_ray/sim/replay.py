@@ -330,15 +330,22 @@ def run_replay(
         if sim.now + 1e-9 >= next_control and sim.now < duration + opts.control_period_s:
             obs = observe(sim, opts.window_s)
             desired = autoscaler.desire(sim.now, obs)
-            step = loop.step(state, TickInput(sim.now, desired, obs, by_name, graph))
+            tick = TickInput(sim.now, desired, obs, by_name, graph, running=sim.running_by_dg())
+            step = loop.step(state, tick)
             for p in step.stopped:
                 for inst in p.instances:
                     actuator.stop(inst.instance_id)
             for p in step.restored:
                 for inst in p.instances:
                     sim.put_back(inst.instance_id)
+            for p in step.held_out:
+                for inst in p.instances:
+                    sim.hold_out(inst.instance_id)
             if not step.plan.is_empty:
-                actuator.apply(step.plan, soft=loop.soft)
+                moving = frozenset(
+                    i.instance_id for p in step.state.pending if p.moving for i in p.instances
+                )
+                actuator.apply(step.plan, soft=loop.soft, moving=moving)
                 scaling_actions += len(step.requests)
             unplaced += sum(u.count for u in step.plan.unplaced)
             state = step.state
