@@ -20,7 +20,7 @@ ServeGen m-mid days 4-5 -- its hour without data is a real monitoring gap and is
    prefill / decode counts), wall time and speed; issue 10's goals checked per trace.
 
 Writes results/generalization/<trace>.png and summary.json; the last stdout line is one JSON
-object. Run: .venv/bin/python benchmarks/generalization.py [--quick] [--traces ...]
+object. Run: .venv/bin/python benchmarks/generalization.py [--quick] [--traces ...] [--static-gpus N]
 [--policies ...] [--out DIR]
 """
 
@@ -261,14 +261,19 @@ def _row(pol: str, res: Any, wall: float, hours: float) -> dict[str, Any]:
 
 
 def run_trace(
-    label: str, services: ServicesConfig, policies: tuple[str, ...], quick: bool, out: Path
+    label: str,
+    services: ServicesConfig,
+    policies: tuple[str, ...],
+    quick: bool,
+    out: Path,
+    static_gpus: int = STATIC_GPUS,
 ) -> dict[str, Any]:
     fname, diurnal, cut = TRACES[label]
     spec = services.by_name()[SERVICE]
     t0 = time.perf_counter()
     raw = load_trace(TRACES_DIR / fname)
     load_s = time.perf_counter() - t0  # the loader's speed, measured here and not in the tests
-    k, scaled, est, g0 = rate_factor(services, spec, raw, diurnal=diurnal)
+    k, scaled, est, g0 = rate_factor(services, spec, raw, target=static_gpus, diurnal=diurnal)
     print(
         f"\n== {label} ({fname}): {len(raw)} requests over {raw.duration_s / 3600:.2f} h "
         f"(loaded in {load_s:.2f} s); static sizing {g0} GPUs unscaled -> rate scale factor x{k} (superpose, seed {SEED}, "
@@ -305,11 +310,11 @@ def run_trace(
     order = sorted(policies, key=lambda p: p != "static")  # static first: it checks K
     for pol in order:
         res, wall = _replay(pol, services, spec, tuned, topo, trace)
-        if pol == "static" and not cut_applied and res.summary["peak_gpus"] < STATIC_GPUS:
+        if pol == "static" and not cut_applied and res.summary["peak_gpus"] < static_gpus:
             # the static replay discounts prefix-cache hits (Mooncake), the sizing did not
-            k = math.ceil(k * STATIC_GPUS / max(1.0, res.summary["peak_gpus"]))
+            k = math.ceil(k * static_gpus / max(1.0, res.summary["peak_gpus"]))
             print(
-                f"\rstatic replay holds {res.summary['peak_gpus']:.0f} GPUs (< {STATIC_GPUS}) "
+                f"\rstatic replay holds {res.summary['peak_gpus']:.0f} GPUs (< {static_gpus}) "
                 f"after its cache discount: rate scale factor x{k} instead",
                 file=sys.stderr,
             )
@@ -384,8 +389,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--traces", help=f"comma-separated subset of {','.join(TRACES)}")
     ap.add_argument("--policies", help=f"comma-separated subset of {','.join(POLICIES)}")
+    ap.add_argument(
+        "--static-gpus",
+        type=int,
+        default=STATIC_GPUS,
+        help=f"rate-scale each trace until static sizing holds this many GPUs (default "
+        f"{STATIC_GPUS}; 1000 is the fleet of issue 10's first replays)",
+    )
     ap.add_argument("--out", default=str(ROOT / "results" / "generalization"), help="folder")
     args = ap.parse_args(argv)
+    if args.static_gpus < 1:
+        print("--static-gpus must be at least 1", file=sys.stderr)
+        return 2
     labels, policies = pick(args.traces, TRACES), pick(args.policies, POLICIES)
     bad = unknown(labels, TRACES) or unknown(policies, POLICIES)
     if bad:
@@ -402,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "generalization",
         "service": SERVICE,
         "quick": args.quick,
+        "static_gpus": args.static_gpus,
         "policies": list(policies),
         "oracle_note": ORACLE_NOTE,
         "paper_fixed": "HeteroScale autoscaler on `general` with signal decode_tps, pd_ratio and "
@@ -410,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         "traces": {},
     }
     for label in labels:
-        report["traces"][label] = run_trace(label, services, policies, args.quick, out)
+        report["traces"][label] = run_trace(
+            label, services, policies, args.quick, out, args.static_gpus
+        )
     report["wall_s"] = time.perf_counter() - t0
     met = [
         t["goals_heteroscale"]["all_ok"]
