@@ -76,8 +76,12 @@ def test_decode_need_refuses_an_impossible_slo() -> None:
         (30, 43, "5:7"),  # was 1:1: 13 decode instances left to squeeze in one at a time
         (34, 44, "3:4"),
         (14, 7, "2:1"),
-        (151, 10, "8:1"),  # the grid's bound, as HeteroScale's placement (was 15:1)
-        (1, 40, "1:8"),
+        (151, 10, "15:1"),  # past the grid's 8:1, n:1 (DGs at 8:1 starved their decode)
+        (237, 21, "11:1"),
+        (9, 1, "9:1"),
+        (300, 10, "16:1"),  # n at most 16
+        (1, 40, "1:8"),  # the grid's bound: a unit of 1:40 fits no domain's decode
+        (8, 1, "8:1"),
         (0, 0, "1:1"),
     ],
 )

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 from heteroscale_ray.config import PdRatio, Role, ServiceSpec
 from heteroscale_ray.control.types import Desired, Observation, PoolObservation
-from heteroscale_ray.policy.demand import PLACEMENT_BOUNDS, PLACEMENT_MAX_TERM
-from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
+from heteroscale_ray.policy.demand import placement_ratio
 from heteroscale_ray.policy.types import Reason
 
 _EPS = 1e-9
@@ -234,8 +233,7 @@ def ratio_of(prefill: int, decode: int) -> PdRatio:
     unplaced, or landed in a DG with one prefill instance that fed them almost nothing while
     the other DGs' decode ran at 3x the sized batch.
     """
-    p, d = max(prefill, 1), max(decode, 1)
-    return PdRatio(*nearest_ratio(p / d, PLACEMENT_MAX_TERM, *PLACEMENT_BOUNDS))
+    return placement_ratio(prefill, decode)
 
 
 def _fmt(x: float | None) -> str:

@@ -34,6 +34,11 @@ from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCoun
 
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
+# Past 8:1, DGs grow in units of n:1, n <= 16 (a unit of 17 instances; the grid's largest is 9).
+# Not past 1:8: a unit of 1:n needs n decode instances in one domain, and at 1:20 the example
+# fleet's big-pods (16 H20 decode instances each) placed none; at 1:8 the rest of decode goes
+# one instance at a time into the DGs.
+PLACEMENT_MAX_PREFILL = 16
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
 # backlog step drains a queue, which is gone once drained: the window keeps only its arriving need.)
 EVIDENCE = {Reason.LATENCY_GUARD, Reason.KV_PRESSURE}
@@ -130,7 +135,7 @@ def decide_demand(
             guard_state = proof.record_step(guard_state, role, plan.need, plan.target)
     reason = next(r for r in PRIORITY if any(p.reason is r for p in plans.values()))
     p, d = plans[Role.PREFILL].target, plans[Role.DECODE].target
-    ratio = nearest_ratio(max(p, 1) / max(d, 1), PLACEMENT_MAX_TERM, *PLACEMENT_BOUNDS)
+    ratio = placement_ratio(p, d)
     message = "; ".join(f"{pl.role.value}: {pl.why} -> {pl.target}" for pl in plans.values())
     decision = Decision(
         service=spec.name,
@@ -144,6 +149,20 @@ def decide_demand(
         pd_ratio=PdRatio(*ratio),
     )
     return decision, advance(guard_state, counts, plans, reason, now)
+
+
+def placement_ratio(prefill: float, decode: float) -> PdRatio:
+    """The shape new DGs take for counts `prefill`:`decode`: the nearest ratio with both terms
+    <= `PLACEMENT_MAX_TERM` within 1:8..8:1, or n:1 past 8:1, n <= `PLACEMENT_MAX_PREFILL`.
+
+    Placement grows DGs in whole units of the ratio, and routing spreads requests by prefill,
+    so a DG's decode carries its prefill's share. Clamped to 8:1, Mooncake's 237 prefill and 21
+    decode filled three DGs at 48:6 and left 93 prefill with 3 decode for the last two, whose
+    decode then held 2,300 waiting sequences each (TBT p99 105 s) while the others' ran 30."""
+    p, d = max(prefill, 1.0), max(decode, 1.0)
+    if p / d > PLACEMENT_BOUNDS[1].value:
+        return PdRatio(min(round(p / d), PLACEMENT_MAX_PREFILL), 1)
+    return PdRatio(*nearest_ratio(p / d, PLACEMENT_MAX_TERM, *PLACEMENT_BOUNDS))
 
 
 def prefill_need(
