@@ -124,3 +124,22 @@ def test_static_meets_the_slo_ceiling_on_long_contexts() -> None:
     assert s["prefix_cache_hit"] > 0.03  # was 0.005 with a one-instance cache
     assert s["slo_attainment"] >= s["slo_ceiling"] - 0.04
     assert s["slo_ceiling"] < 1.0  # KV transfer of long prompts alone misses the TBT SLO
+
+
+def test_every_policy_starts_sized_on_cache_misses_as_the_oracle_does() -> None:
+    # Warm starts are sized from the trace's first minutes; on a trace with prefix hashes the
+    # oracle's are sized on cache misses, so every policy's must be (heteroscale's started
+    # with 106 prefill instances on Mooncake x15, where the oracle's started with 85).
+    services = load_services(ROOT / "examples" / "sim_services.yaml")
+    spec = services.by_name()["general"]
+    trace = scale_rate(load_trace(SAMPLES["mooncake"].path).slice(0, 180), 8, seed=0)
+    topo = fleet_for([spec], 512)
+
+    def start(policy: str, **kw: object) -> float:
+        res = run_replay(services, topo, {"general": trace}, ReplayOptions(policy), **kw)
+        return float(res.sim.ts_gpus[0, 0].sum())
+
+    oracle, heteroscale = start("oracle"), start("heteroscale")
+    uncached = start("heteroscale", calibrate_cache=False)
+    assert heteroscale < uncached
+    assert heteroscale == pytest.approx(oracle, rel=0.1)
