@@ -102,7 +102,7 @@ def service_needs(
     inp, out = np.asarray(trace.input_tokens), np.asarray(trace.output_tokens)
     duration = max(float(trace.duration_s), period_s)
     if until_s is not None:
-        cut = (math.ceil(until_s / period_s) + 2) * period_s
+        cut = _read_until(until_s, period_s)
         if cut < duration:
             k = int(np.searchsorted(arrival, cut))
             arrival, inp, out, duration = arrival[:k], inp[:k], out[:k], cut
@@ -121,6 +121,11 @@ def service_needs(
         tbt_margin=opts.sizing_tbt_margin,
         prefill_util=opts.sizing_prefill_util,
     )
+
+
+def _read_until(until_s: float, period_s: float) -> float:
+    """Arrivals up to this time decide `service_needs`' intervals up to `until_s`."""
+    return (math.ceil(until_s / period_s) + 2) * period_s
 
 
 def lookahead_counts(
@@ -187,26 +192,6 @@ def make_autoscaler(
 
         return ScheduledAutoscaler(schedule, name="oracle", pd_ratios=ratios)
     raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-
-
-def _start_calibration(
-    services: ServicesConfig,
-    graph: ClusterGraph,
-    traces: Mapping[str, Any],
-    opts: ReplayOptions,
-    const: PerfConstants,
-    profiles: Mapping[str, ModelProfile] | None,
-    specs: list[ServiceSpec],
-) -> dict[str, np.ndarray]:
-    """Prefix-cache hits of the requests the warm start is sized on (those `service_needs`
-    reads up to the look-ahead), from a static replay of just those, so a policy without its
-    own calibration starts where the oracle does: sized on cache misses. Uncached, the warm
-    start held 106 prefill instances on Mooncake x15 where the oracle's held 85."""
-    ahead = opts.startup_s + 2 * opts.control_period_s
-    period = opts.control_period_s
-    cut = (math.ceil(ahead / period) + 2) * period
-    head = {name: t.slice(0, cut) for name, t in traces.items()}
-    return _cache_calibration(services, graph, head, opts, const, profiles, specs, None)
 
 
 def _cache_calibration(
@@ -314,7 +299,11 @@ def run_replay(
     ahead = opts.startup_s + 2 * opts.control_period_s
     start_hits = cached
     if start_hits is None and calibrate_cache and workload.hash_ids is not None:
-        start_hits = _start_calibration(services, graph, traces, opts, const, profiles, specs)
+        # Sized on cache misses, as the oracle's start: the hits of the requests the start is
+        # sized on, from a static replay of just those (uncached, heteroscale started Mooncake
+        # x15 with 106 prefill instances, the oracle with 85).
+        head = {n: t.slice(0, _read_until(ahead, opts.control_period_s)) for n, t in traces.items()}
+        start_hits = _cache_calibration(services, graph, head, opts, const, profiles, specs, None)
     first: list[ScaleRequest] = []
     for spec in specs:
         if initial is not None:
