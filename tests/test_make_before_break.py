@@ -160,3 +160,18 @@ def test_the_simulator_serves_a_moved_instance_but_counts_it_in_no_target() -> N
     sim.hold_out("chat-dg0-d3")
     assert sim.running_by_dg()["chat-dg0"] == RunningReplicas(1, 3)
     assert sim.counts("chat") == (1, 1, 3, 1)
+
+
+def test_status_and_metrics_show_a_move_in_flight() -> None:
+    from heteroscale_ray.actors.dg_views import status_snapshot
+    from heteroscale_ray.actors.metrics import ControlPlaneMetrics
+
+    _, dgs, plan = _moved()
+    snapshot = status_snapshot(plan.apply(dgs), pending_from_plan(plan, dgs, now=10.0), {})
+    assert [r["into"] for r in snapshot["pending_removals"]] == [["chat-dg1"], []]
+    metrics = ControlPlaneMetrics(None)
+    metrics.record({}, {}, snapshot, {}, 0.01)
+    text = metrics.text()
+    moving = 'dg="chat-dg0",role="decode",service="chat",state="moving"} 1.0'
+    assert moving in text
+    assert 'dg="chat-dg0",role="prefill",service="chat",state="soft_removed"} 1.0' in text

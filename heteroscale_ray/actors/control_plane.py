@@ -335,7 +335,10 @@ def format_status(st: dict[str, Any]) -> str:
                 + (f" weight {d['weight']:.2f}" if d.get("weight", 1.0) < 1.0 else "")
             )
         for p in fps.get("pending_removals", []):
-            kind = "whole DG, draining" if p["whole_dg"] else "down-weighted"
+            if p.get("into"):
+                kind = f"moved to {', '.join(p['into'])}: serving until replaced"
+            else:
+                kind = "whole DG, draining" if p["whole_dg"] else "down-weighted"
             lines.append(f"  soft scale-in: {p['dg_id']} {p['prefill']}P+{p['decode']}D ({kind})")
         for u in fps.get("last_cycle", {}).get("unplaced", []):
             lines.append(f"  unplaced: {u['count']} {u['role']} of {u['service']} ({u['reason']})")

@@ -154,6 +154,7 @@ def status_snapshot(
             "dg_id": p.dg.dg_id,
             "service": p.service,
             "whole_dg": p.whole_dg,
+            "into": list(p.into),
             "prefill": p.count(Role.PREFILL),
             "decode": p.count(Role.DECODE),
             "since": p.since,

@@ -61,7 +61,8 @@ class ControlPlaneMetrics:
         )
         self.actual = Gauge(
             p + "actual_instances",
-            "Instances per DG by state",
+            "Instances per DG by state: ready, starting; soft_removed and moving (pending removal,"
+            " still running; moving: until its replacement serves)",
             ["service", "role", "dg", "state"],
             registry=self.registry,
         )
@@ -143,6 +144,12 @@ class ControlPlaneMetrics:
                 self.actual.labels(dg["service"], role, dg["dg_id"], "starting").set(
                     dg[role] - ready
                 )
+        for p in snapshot.get("pending_removals", []):  # still running, in no target
+            state = "moving" if p.get("into") else "soft_removed"
+            for role in ("prefill", "decode"):
+                if p[role]:
+                    gauge = self.actual.labels(p["service"], role, p["dg_id"], state)
+                    gauge.inc(p[role])
         for u in cycle.get("unplaced", []):
             self.failures.labels(u["service"], u["role"], u["reason"]).inc(u["count"])
         self.cycle.observe(seconds)
