@@ -41,7 +41,7 @@ from heteroscale_ray.topology import (
 
 ROLES = (Role.PREFILL, Role.DECODE)
 # Roles whose moves are make-before-break. A moved decode instance held out at once leaves its
-# new DG's prefill feeding one decode instance fewer for a start-up. Prefill is not: routing
+# old DG's prefill feeding one decode instance fewer for a start-up. Prefill is not: routing
 # spreads requests by prefill, and a moved prefill instance kept serving in its old DG drew
 # work to DGs whose decode was already full (the to-reasoning stress case, 95.8% -> 67.1%).
 MAKE_BEFORE_BREAK = frozenset({Role.DECODE})
@@ -76,9 +76,9 @@ def pending_from_plan(
 ) -> list[PendingRemoval]:
     """The removals of one plan, grouped per DG, with the DG snapshot taken before the plan.
 
-    Removals of a role from a DG the plan keeps are moves while the plan adds that role to the
-    same service elsewhere (as many as it adds): those become separate, serving
-    `PendingRemoval`s with `into` set. A deleted DG drains whole, as before."""
+    Removals of a `MAKE_BEFORE_BREAK` role from a DG the plan keeps are moves while the plan
+    adds that role to the same service elsewhere (as many as it adds): those become separate,
+    serving `PendingRemoval`s with `into` set. A deleted DG drains whole, as before."""
     by_id = {dg.dg_id: dg for dg in before}
     removed: dict[str, set[str]] = {}
     deleted: set[str] = set()

@@ -298,7 +298,7 @@ def run_replay(
     # cold start the others skip.
     ahead = opts.startup_s + 2 * opts.control_period_s
     start_hits = cached
-    if start_hits is None and calibrate_cache and workload.hash_ids is not None:
+    if start_hits is None and initial is None and calibrate_cache and workload.hash_ids is not None:
         # Sized on cache misses, as the oracle's start: the hits of the requests the start is
         # sized on, from a static replay of just those (uncached, heteroscale started Mooncake
         # x15 with 106 prefill instances, the oracle with 85).
