@@ -657,3 +657,13 @@ def test_a_role_whose_domain_is_full_opens_a_dg_elsewhere_with_a_moved_partner()
         "svc-dg0": (1, 2),
         "svc-dg1": (1, 2),
     }
+
+
+def test_a_unit_past_the_grid_too_big_for_every_domain_goes_in_halves() -> None:
+    # S1 domains of 8 GPUs (1 GPU per instance): a 12:1 unit (13 instances) fits none and was
+    # placed nowhere; halved to 6:1 it makes a DG in each domain, each at about the ratio.
+    layout = {"s2": {"s1-a": ["H20:8"], "s1-b": ["H20:8"]}}
+    spec = make_service(pd_ratio="12:1", prefill={"gpu_types": ["H20"], "max_instances": 64})
+    plan, after = run(layout, [spec], [], [ScaleRequest("svc", 12, 2)])
+    assert not plan.unplaced
+    assert sorted((dg.count(P), dg.count(D)) for dg in after) == [(6, 1), (6, 1)]

@@ -80,7 +80,8 @@ def test_decode_need_refuses_an_impossible_slo() -> None:
         (237, 21, "11:1"),
         (9, 1, "9:1"),
         (300, 10, "16:1"),  # n at most 16
-        (1, 40, "1:8"),  # the grid's bound: a unit of 1:40 fits no domain's decode
+        (1, 40, "1:16"),  # n at most 16 on either side
+        (3, 60, "1:16"),
         (8, 1, "8:1"),
         (0, 0, "1:1"),
     ],

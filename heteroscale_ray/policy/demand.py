@@ -34,11 +34,9 @@ from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCoun
 
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
 PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
-# Past 8:1, DGs grow in units of n:1, n <= 16 (a unit of 17 instances; the grid's largest is 9).
-# Not past 1:8: a unit of 1:n needs n decode instances in one domain, and at 1:20 the example
-# fleet's big-pods (16 H20 decode instances each) placed none; at 1:8 the rest of decode goes
-# one instance at a time into the DGs.
-PLACEMENT_MAX_PREFILL = 16
+# Past 8:1 (1:8), DGs grow in units of n:1 (1:n), n <= 16: a unit of 17 instances, where the
+# grid's largest holds 9. A unit no domain has room for is placed in halves (placement_cycle).
+PLACEMENT_MAX_N = 16
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
 # backlog step drains a queue, which is gone once drained: the window keeps only its arriving need.)
 EVIDENCE = {Reason.LATENCY_GUARD, Reason.KV_PRESSURE}
@@ -153,7 +151,7 @@ def decide_demand(
 
 def placement_ratio(prefill: float, decode: float) -> PdRatio:
     """The shape new DGs take for counts `prefill`:`decode`: the nearest ratio with both terms
-    <= `PLACEMENT_MAX_TERM` within 1:8..8:1, or n:1 past 8:1, n <= `PLACEMENT_MAX_PREFILL`.
+    <= `PLACEMENT_MAX_TERM` within 1:8..8:1, else n:1 or 1:n, n <= `PLACEMENT_MAX_N`.
 
     Placement grows DGs in whole units of the ratio, and routing spreads requests by prefill,
     so a DG's decode carries its prefill's share. Clamped to 8:1, Mooncake's 237 prefill and 21
@@ -161,7 +159,9 @@ def placement_ratio(prefill: float, decode: float) -> PdRatio:
     decode then held 2,300 waiting sequences each (TBT p99 105 s) while the others' ran 30."""
     p, d = max(prefill, 1.0), max(decode, 1.0)
     if p / d > PLACEMENT_BOUNDS[1].value:
-        return PdRatio(min(round(p / d), PLACEMENT_MAX_PREFILL), 1)
+        return PdRatio(min(round(p / d), PLACEMENT_MAX_N), 1)
+    if d / p > 1 / PLACEMENT_BOUNDS[0].value:
+        return PdRatio(1, min(round(d / p), PLACEMENT_MAX_N))
     return PdRatio(*nearest_ratio(p / d, PLACEMENT_MAX_TERM, *PLACEMENT_BOUNDS))
 
 

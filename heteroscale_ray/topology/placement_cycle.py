@@ -33,6 +33,7 @@ from heteroscale_ray.topology.plan import (
 )
 from heteroscale_ray.topology.working_dg import ROLES, WorkingDG
 
+GRID_TERM = 8  # the largest term of a ratio on the placement grid (policy/demand.py)
 MOVE_SHARE = 0.1  # at most this share of a role's instances move between DGs per cycle
 
 
@@ -218,9 +219,13 @@ class PlacementCycle:
         while grow[0] and grow[1]:
             chunk = (min(up, grow[0]), min(ud, grow[1]))
             units_left = max(-(-grow[0] // up), -(-grow[1] // ud))
-            if not self._place_chunk(spec, dgs, chooser, chunk, units_left):
-                self._report_short(spec, dgs, chooser, chunk, grow)
-                return
+            # A unit past the ratio grid that no domain has room for goes in halves (12:1 as
+            # 6:1, 6:1): each DG keeps near the ratio, where the whole unit placed nothing.
+            while not self._place_chunk(spec, dgs, chooser, chunk, units_left):
+                if chunk == (half := _halved(chunk)):
+                    self._report_short(spec, dgs, chooser, chunk, grow)
+                    return
+                chunk = half
             grow[0] -= chunk[0]
             grow[1] -= chunk[1]
         for r in (0, 1):
@@ -463,6 +468,15 @@ class PlacementCycle:
             actions={sub: tuple(per_sub[sub]) for sub in sorted(per_sub)},
             unplaced=tuple(self.unplaced),
         )
+
+
+def _halved(chunk: tuple[int, int]) -> tuple[int, int]:
+    """Half of a unit with a term past `GRID_TERM` (the n:1 shapes past the ratio grid, as the
+    demand policy places beyond 8:1); a grid unit stays whole, so a service that asks in whole
+    units keeps its exact ratio in every DG and in what is left unplaced."""
+    if max(chunk) <= GRID_TERM:
+        return chunk
+    return (max(1, chunk[0] // 2), max(1, chunk[1] // 2))
 
 
 def _by_sub_cluster(
