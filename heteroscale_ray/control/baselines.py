@@ -223,10 +223,11 @@ class ScheduledAutoscaler:
 
 
 def ratio_of(prefill: int, decode: int) -> PdRatio:
-    """The DG shape for counts `prefill`:`decode`: the nearest ratio with both terms <= 8.
+    """The DG shape for counts `prefill`:`decode`: the nearest ratio with both terms <= 8, or
+    n:1 / 1:n past 8:1 / 1:8 (`policy.demand.placement_ratio`).
 
-    The same grid HeteroScale's demand policy places at (3:5, 5:7, ..., within 1:8..8:1), so
-    static, oracle and HeteroScale build DGs alike. Placement grows DGs in whole units of this
+    The same shapes HeteroScale's demand policy places at (3:5, 5:7, ..., 11:1), so static,
+    oracle and HeteroScale build DGs alike. Placement grows DGs in whole units of this
     ratio and puts the remainder one instance at a time into existing DGs, so the ratio must
     be close to the counts: a ratio with a 1 on the smaller side (43 decode per 30 prefill
     read as 1:1) left 13 decode instances to squeeze into full domains, and at scale they were
