@@ -12,7 +12,12 @@ from heteroscale_ray.actors.checkpoint import pending_from_json, pending_to_json
 from heteroscale_ray.actors.dg_views import dg_targets
 from heteroscale_ray.config import Role
 from heteroscale_ray.control import ControlLoop, Desired, LoopState, RunningReplicas, TickInput
-from heteroscale_ray.control.soft_scale_in import pending_from_plan, settle
+from heteroscale_ray.control.soft_scale_in import (
+    MOVE_WAIT_S,
+    PendingRemoval,
+    pending_from_plan,
+    settle,
+)
 from heteroscale_ray.policy import Reason
 from heteroscale_ray.sim.actuator import SimActuator
 from heteroscale_ray.sim.cluster import ClusterSim
@@ -72,7 +77,8 @@ def test_a_moved_decode_instance_is_marked_to_serve_until_replaced() -> None:
     _, dgs, plan = _moved()
     pending = pending_from_plan(plan, dgs, now=10.0)
     moving = [p for p in pending if p.moving]
-    assert [(p.count(Role.DECODE), p.into) for p in moving] == [(1, ("chat-dg1",))]
+    # into: the DG the replacement went to, with the decode it holds after the plan
+    assert [(p.count(Role.DECODE), p.into) for p in moving] == [(1, (("chat-dg1", 1),))]
     # A moved prefill instance breaks at once: routing spreads requests by prefill.
     assert [p.count(Role.PREFILL) for p in pending if not p.moving] == [1]
 
@@ -101,6 +107,43 @@ def test_the_move_leaves_routing_once_its_replacement_runs_then_waits_its_window
     assert done.pending == done.held_out and "replaced; out of routing" in done.events[0]
     later = _settle(graph, after, done.pending, now=121.0, running=up)
     assert later.pending == () and later.stopped == done.held_out
+
+
+def test_a_replacement_dg_s_own_pending_replicas_are_not_its_replacement() -> None:
+    # Serve counts replicas up, pending removals included: chat-dg1 running one decode that
+    # is itself pending removal has not brought up the replacement.
+    graph, dgs, plan = _moved()
+    after = plan.apply(dgs)
+    pending = pending_from_plan(plan, dgs, now=10.0)
+    dg1 = next(dg for dg in after if dg.dg_id == "chat-dg1")
+    own = PendingRemoval(dg1, (Instance("chat-dg1-d9", Role.DECODE, "a1-h20", (3,)),), 10.0, False)
+    running = {"chat-dg0": RunningReplicas(2, 4), "chat-dg1": RunningReplicas(1, 1)}
+    early = _settle(graph, after, [*pending, own], now=20.0, running=running)
+    assert early.held_out == ()
+    up = {**running, "chat-dg1": RunningReplicas(1, 2)}
+    assert _settle(graph, after, [*pending, own], now=21.0, running=up).held_out != ()
+
+
+def test_a_move_waits_for_the_replacement_it_was_matched_with_and_not_for_ever() -> None:
+    graph, dgs, plan = _moved()
+    after = plan.apply(dgs)
+    moving = [p for p in pending_from_plan(plan, dgs, now=10.0) if p.moving]
+    # chat-dg1 grew to 3 decode since: the move waits for the one it held after the move.
+    grown = [
+        dg.with_instances(
+            dg.instances
+            + tuple(Instance(f"chat-dg1-d{k}", Role.DECODE, "a1-h20", (k,)) for k in (1, 2))
+        )
+        if dg.dg_id == "chat-dg1"
+        else dg
+        for dg in after
+    ]
+    up = {"chat-dg0": RunningReplicas(1, 4), "chat-dg1": RunningReplicas(1, 1)}
+    assert _settle(graph, grown, moving, now=30.0, running=up).held_out != ()
+    # A replacement that never comes up holds the moved instance MOVE_WAIT_S at most.
+    down = {**up, "chat-dg1": RunningReplicas(1, 0)}
+    assert _settle(graph, after, moving, now=10.0 + MOVE_WAIT_S - 1, running=down).held_out == ()
+    assert _settle(graph, after, moving, now=10.0 + MOVE_WAIT_S, running=down).held_out != ()
 
 
 def test_without_replica_counts_a_move_breaks_at_the_next_tick() -> None:
@@ -156,10 +199,13 @@ def test_the_simulator_serves_a_moved_instance_but_counts_it_in_no_target() -> N
     actuator.apply(plan, soft=True, moving=frozenset({"chat-dg0-d3"}))
     # The moved decode serves and is counted in no target; the moved prefill is held out.
     assert sim.counts("chat") == (1, 1, 3, 1)
-    assert sim.running_by_dg()["chat-dg0"] == RunningReplicas(1, 4)
+    # Running counts replicas up, as Serve does: the target plus pending removals.
+    assert sim.running_by_dg()["chat-dg0"] == RunningReplicas(2, 4)
     sim.hold_out("chat-dg0-d3")
-    assert sim.running_by_dg()["chat-dg0"] == RunningReplicas(1, 3)
+    assert sim.running_by_dg()["chat-dg0"] == RunningReplicas(2, 4)
     assert sim.counts("chat") == (1, 1, 3, 1)
+    sim.drain_instance("chat-dg0-d3")
+    assert sim.running_by_dg()["chat-dg0"] == RunningReplicas(2, 3)
 
 
 def test_status_and_metrics_show_a_move_in_flight() -> None:

@@ -144,3 +144,20 @@ def test_every_policy_starts_sized_on_cache_misses_as_the_oracle_does() -> None:
     uncached = start("heteroscale", calibrate_cache=False)
     assert heteroscale < uncached
     assert heteroscale == pytest.approx(oracle, rel=0.1)
+
+
+def test_a_warm_start_on_a_trace_ending_at_its_look_ahead_cut() -> None:
+    # The start's look-ahead reads arrivals before 150 s; a trace whose last arrival is at
+    # exactly 150 s had one more request in the needs than in the calibration (a crash).
+    from heteroscale_ray.traces import Trace
+
+    services = load_services(ROOT / "examples" / "sim_services.yaml")
+    spec = services.by_name()["general"]
+    n = 301
+    trace = Trace.from_columns(
+        np.linspace(0.0, 150.0, n), [2000] * n, [50] * n, [[k % 7, k] for k in range(n)]
+    )
+    res = run_replay(
+        services, fleet_for([spec], 256), {"general": trace}, ReplayOptions("heteroscale")
+    )
+    assert res.summary["completed"] == n

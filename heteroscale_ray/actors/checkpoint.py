@@ -106,7 +106,7 @@ def pending_to_json(p: PendingRemoval) -> dict[str, object]:
         "instances": [i.instance_id for i in p.instances],
         "since": p.since,
         "whole_dg": p.whole_dg,
-        "into": list(p.into),
+        "into": [[dg_id, n] for dg_id, n in p.into],
     }
 
 
@@ -118,5 +118,5 @@ def pending_from_json(data: Mapping[str, object]) -> PendingRemoval:
         instances=tuple(i for i in dg.instances if i.instance_id in ids),
         since=float(data["since"]),  # type: ignore[arg-type]
         whole_dg=bool(data["whole_dg"]),
-        into=tuple(str(x) for x in data.get("into", ())),  # type: ignore[attr-defined]
+        into=tuple((str(d), int(n)) for d, n in data.get("into", ())),  # type: ignore[attr-defined]
     )

@@ -154,7 +154,7 @@ def status_snapshot(
             "dg_id": p.dg.dg_id,
             "service": p.service,
             "whole_dg": p.whole_dg,
-            "into": list(p.into),
+            "into": [dg_id for dg_id, _ in p.into],
             "prefill": p.count(Role.PREFILL),
             "decode": p.count(Role.DECODE),
             "since": p.since,

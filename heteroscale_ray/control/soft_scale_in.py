@@ -45,6 +45,9 @@ ROLES = (Role.PREFILL, Role.DECODE)
 # spreads requests by prefill, and a moved prefill instance kept serving in its old DG drew
 # work to DGs whose decode was already full (the to-reasoning stress case, 95.8% -> 67.1%).
 MAKE_BEFORE_BREAK = frozenset({Role.DECODE})
+# A move whose replacement has not come up in this long breaks anyway (a replica that never
+# starts must not hold the moved one and its GPUs for ever): minutes past any model's load.
+MOVE_WAIT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,10 @@ class PendingRemoval:
     instances: tuple[Instance, ...]
     since: float
     whole_dg: bool  # the plan deleted the DG: it is drained rather than down-weighted
-    # A move: the DGs its replacements were started in. The instances keep serving until those
-    # run their targets of the role, then leave routing (`settle`); () once they have left.
-    into: tuple[str, ...] = ()
+    # A move: (DG id, its decode target after the move's plan) for each DG the replacements
+    # were started in. The instances keep serving until those run that many of their own (at
+    # most their current target), then leave routing (`settle`); () once they have left.
+    into: tuple[tuple[str, int], ...] = ()
 
     @property
     def service(self) -> str:
@@ -88,6 +92,7 @@ def pending_from_plan(
         elif isinstance(action, DeleteDG):
             deleted.add(action.dg_id)
     added = _added(plan, by_id)
+    after = {dg.dg_id: dg for dg in plan.apply(before)} if added else {}
     out = []
     for dg_id in sorted(removed.keys() | deleted):
         dg = by_id.get(dg_id)
@@ -107,7 +112,8 @@ def pending_from_plan(
         for role in ROLES:
             mine = tuple(i for i in moved if i.role is role)
             if mine:
-                into = tuple(added[(dg.service, role)].dg_ids)
+                ids = added[(dg.service, role)].dg_ids
+                into = tuple((i, after[i].count(role)) for i in ids if i in after)
                 out.append(PendingRemoval(dg, mine, now, False, into=into))
         if left:
             out.append(PendingRemoval(dg, left, now, False))
@@ -145,21 +151,29 @@ def _added(
 
 def made(
     p: PendingRemoval,
+    now: float,
     dgs: Sequence[DeploymentGroup],
+    pending: Iterable[PendingRemoval],
     running: Mapping[str, RunningReplicas] | None,
 ) -> bool:
-    """A move's replacements serve: every DG they went to (still in the state) runs its target
-    of the moved role. Unknown (`running` None) counts as made: the move then breaks at once,
-    as every removal did before moves were told apart."""
-    if running is None:
+    """A move's replacements serve: every DG they went to (still in the state) runs, besides
+    its own pending removals, the decode instances it was to hold after the move (or its
+    target now, if lower). Unknown (`running` None) counts as made, as does a move older than
+    `MOVE_WAIT_S`. `running` counts replicas up, as Serve does: target plus pending removals."""
+    if running is None or now - p.since >= MOVE_WAIT_S:
         return True
     by_id = {dg.dg_id: dg for dg in dgs}
+    leaving = serving_counts((), pending)
     for role in ROLES:
         if not p.count(role):
             continue
-        for dg_id in p.into:
+        k = ROLES.index(role)
+        for dg_id, target in p.into:
             dg = by_id.get(dg_id)
-            if dg is not None and running.get(dg_id, RunningReplicas()).of(role) < dg.count(role):
+            if dg is None:
+                continue
+            up = running.get(dg_id, RunningReplicas()).of(role) - leaving.get(dg_id, (0, 0))[k]
+            if up < min(target, dg.count(role)):
                 return False
     return True
 
@@ -223,6 +237,7 @@ def settle(
     """Finalise removals whose window passed with SLOs held; restore what is needed now; take
     moves out of routing once their replacements serve (`running`: replicas per DG)."""
     state = tuple(dgs)
+    pending = tuple(pending)
     keep: list[PendingRemoval] = []
     events: list[str] = []
     stopped: list[PendingRemoval] = []
@@ -259,7 +274,7 @@ def settle(
         if rest is None:
             continue
         if rest.moving:
-            if made(rest, state, running):
+            if made(rest, now, state, pending, running):
                 rest = replace(rest, into=(), since=now)
                 held_out.append(rest)
                 events.append(f"{rest.dg.dg_id}: moved {_describe(rest)} replaced; out of routing")

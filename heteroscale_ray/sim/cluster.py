@@ -304,10 +304,12 @@ class ClusterSim:
         )
 
     def running_by_dg(self) -> dict[str, RunningReplicas]:
-        """DG id -> instances serving (ready, moved ones included), as Serve reports replicas
-        running per DG."""
+        """DG id -> instances up (loaded, in routing or held out of it), as Serve reports the
+        replicas it runs per DG: the target plus pending removals."""
         T = self.inst
-        ready = np.flatnonzero(T.state[: T.n] == READY)
+        st = T.state[: T.n]
+        soft_up = (st == SOFT) & (T.t_ready[: T.n] <= self.now)
+        ready = np.flatnonzero((st == READY) | soft_up)
         counts = np.zeros((len(self.dg_names), 2), dtype=np.int64)
         np.add.at(counts, (T.dg[ready], T.role[ready]), 1)
         return {

@@ -103,7 +103,7 @@ def service_needs(
     duration = max(float(trace.duration_s), period_s)
     if until_s is not None:
         cut = _read_until(until_s, period_s)
-        if cut < duration:
+        if cut <= duration:  # as Trace.slice(0, cut): arrivals before the cut
             k = int(np.searchsorted(arrival, cut))
             arrival, inp, out, duration = arrival[:k], inp[:k], out[:k], cut
             cached = None if cached is None else cached[:k]
