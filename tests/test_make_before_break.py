@@ -221,3 +221,29 @@ def test_status_and_metrics_show_a_move_in_flight() -> None:
     moving = 'dg="chat-dg0",role="decode",service="chat",state="moving"} 1.0'
     assert moving in text
     assert 'dg="chat-dg0",role="prefill",service="chat",state="soft_removed"} 1.0' in text
+
+
+def test_a_move_that_cannot_be_restored_keeps_serving() -> None:
+    # Wanted back but its GPUs taken (here: by another DG on the same GPU): it is not stopped
+    # before its replacement serves, as a plain removal would be.
+    graph, dgs, plan = _moved()
+    after = plan.apply(dgs)
+    moving = [p for p in pending_from_plan(plan, dgs, now=10.0) if p.moving]
+    (gone,) = moving[0].instances
+    squatter = replace(
+        after[0], dg_id="other-dg0", service="other", instances=(replace(gone, instance_id="x"),)
+    )
+    more = {"chat": Desired("chat", 2, 5, Reason.SCALE_OUT)}
+    out = settle(
+        (*after, squatter),
+        moving,
+        now=11.0,
+        window_s=20.0,
+        services=SERVICES.by_name(),
+        observations=_obs(0.05),
+        desired=more,
+        graph=graph,
+        running={"chat-dg1": RunningReplicas(1, 0)},
+    )
+    assert out.stopped == () and out.restored == () and out.pending == tuple(moving)
+    assert "could not be restored" in out.events[0]

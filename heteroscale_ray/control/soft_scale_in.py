@@ -259,18 +259,25 @@ def settle(
             candidate = restore(state, back)
             try:
                 FreeCapacity(graph, candidate)
+                fits = True
             except (CapacityError, ValueError):
+                fits = False
+            if not fits and not p.moving:
                 events.append(
                     f"{p.dg.dg_id}: {_describe(p)} could not be restored (GPUs taken); "
                     "stopping them"
                 )
                 stopped.append(p)
                 continue
-            state = candidate
-            restored.append(back)
-            why = "SLO breached" if not held else f"policy wants more {_roles_of(back)}"
-            left = "" if rest is None else f"; {_describe(rest)} still pending"
-            events.append(f"{p.dg.dg_id}: {_describe(back)} restored to routing ({why}){left}")
+            if not fits:  # a move serves until replaced, as if never asked back
+                events.append(f"{p.dg.dg_id}: moved {_describe(p)} could not be restored")
+                back, rest = None, p
+            else:
+                state = candidate
+                restored.append(back)
+                why = "SLO breached" if not held else f"policy wants more {_roles_of(back)}"
+                left = "" if rest is None else f"; {_describe(rest)} still pending"
+                events.append(f"{p.dg.dg_id}: {_describe(back)} restored to routing ({why}){left}")
         if rest is None:
             continue
         if rest.moving:
