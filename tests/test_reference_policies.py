@@ -1,7 +1,7 @@
 """The reference policies (static peak provisioning, the oracle) reach the SLO ceiling at scale.
 
 Regression: on `general` at 53x the Azure conversation rate, static and oracle sized 31
-prefill + 45 decode instances, but placed their DGs at `ratio_of`'s old 1-on-the-smaller-side
+prefill + 45 decode instances, but placed their DGs at the placement ratio's old 1-on-the-smaller-side
 shape (1:1). Placement grows DGs in whole units of that shape, so two DGs filled their S2's
 H20 at ~15:16 and the remaining decode instances went one by one into a third DG with a single
 prefill instance: that DG's decode idled (batch ~8) while the other DGs' decode ran batches of
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from heteroscale_ray.config import Role, load_services
-from heteroscale_ray.control.baselines import ratio_of
+from heteroscale_ray.policy.demand import placement_ratio
 from heteroscale_ray.sim.cluster import DECODE, PREFILL
 from heteroscale_ray.sim.fleet import fleet_for
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay
@@ -35,11 +35,11 @@ GENERAL = SERVICES.by_name()["general"]
 @pytest.mark.parametrize(
     "counts", [(31, 45), (34, 44), (22, 37), (30, 43), (45, 30), (237, 21), (186, 17)]
 )
-def test_dgs_at_ratio_of_carry_the_counts_evenly(counts: tuple[int, int]) -> None:
+def test_dgs_at_the_placement_ratio_carry_the_counts_evenly(counts: tuple[int, int]) -> None:
     # Each DG's decode per prefill stays near the service's: a request is served by the
     # prefill and decode of one DG, so a DG short of prefill leaves its decode idle.
     p, d = counts
-    spec = GENERAL.model_copy(update={"pd_ratio": str(ratio_of(p, d))})
+    spec = GENERAL.model_copy(update={"pd_ratio": str(placement_ratio(p, d))})
     graph = ClusterGraph.from_topology(fleet_for([GENERAL], 2048), SERVICES.catalog)
     plan = plan_cycle(graph, {spec.name: spec}, (), [ScaleRequest(spec.name, p, d)])
     assert not plan.unplaced

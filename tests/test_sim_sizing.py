@@ -9,10 +9,10 @@ import pytest
 from sim_builders import GRAPH, SERVICES
 
 from heteroscale_ray.config import DEFAULT_CATALOG, Role, load_services
-from heteroscale_ray.control.baselines import ratio_of
 from heteroscale_ray.perf.capacity import decode_capacity
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.profiles import get_profile
+from heteroscale_ray.policy.demand import placement_ratio
 from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
 from heteroscale_ray.sim.fleet import fleet_for
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay
@@ -86,8 +86,8 @@ def test_decode_need_refuses_an_impossible_slo() -> None:
         (0, 0, "1:1"),
     ],
 )
-def test_ratio_of(p: int, d: int, want: str) -> None:
-    assert str(ratio_of(p, d)) == want
+def test_placement_ratio(p: int, d: int, want: str) -> None:
+    assert str(placement_ratio(p, d)) == want
 
 
 def test_pooled_prefix_cache_spans_the_dgs_prefill_instances() -> None:

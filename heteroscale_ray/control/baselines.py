@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from heteroscale_ray.config import PdRatio, Role, ServiceSpec
 from heteroscale_ray.control.types import Desired, Observation, PoolObservation
-from heteroscale_ray.policy.demand import placement_ratio
 from heteroscale_ray.policy.types import Reason
 
 _EPS = 1e-9
@@ -220,21 +219,6 @@ class ScheduledAutoscaler:
                 self.pd_ratios.get(name),
             )
         return out
-
-
-def ratio_of(prefill: int, decode: int) -> PdRatio:
-    """The DG shape for counts `prefill`:`decode`: the nearest ratio with both terms <= 8, or
-    n:1 / 1:n past 8:1 / 1:8 (`policy.demand.placement_ratio`).
-
-    The same shapes HeteroScale's demand policy places at (3:5, 5:7, ..., 11:1), so static,
-    oracle and HeteroScale build DGs alike. Placement grows DGs in whole units of this
-    ratio and puts the remainder one instance at a time into existing DGs, so the ratio must
-    be close to the counts: a ratio with a 1 on the smaller side (43 decode per 30 prefill
-    read as 1:1) left 13 decode instances to squeeze into full domains, and at scale they were
-    unplaced, or landed in a DG with one prefill instance that fed them almost nothing while
-    the other DGs' decode ran at 3x the sized batch.
-    """
-    return placement_ratio(prefill, decode)
 
 
 def _fmt(x: float | None) -> str:

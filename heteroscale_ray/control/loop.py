@@ -136,7 +136,7 @@ class ControlLoop:
             reserved=reserved_of(pending),
         )
         if self.soft:
-            pending += tuple(pending_from_plan(cycle.plan, dgs, tick.now))
+            pending += tuple(pending_from_plan(cycle.plan, dgs, tick.now, cycle.dgs))
         final, removed = remove_emptied(cycle.dgs, loss.emptied)
         final, late, late_events = dissolve_unservable(
             final, {x.dg_id for x in loss.lost}, tick.now

@@ -76,9 +76,13 @@ class PendingRemoval:
 
 
 def pending_from_plan(
-    plan: PlacementPlan, before: Sequence[DeploymentGroup], now: float
+    plan: PlacementPlan,
+    before: Sequence[DeploymentGroup],
+    now: float,
+    after: Sequence[DeploymentGroup] | None = None,
 ) -> list[PendingRemoval]:
-    """The removals of one plan, grouped per DG, with the DG snapshot taken before the plan.
+    """The removals of one plan, grouped per DG, with the DG snapshot taken before the plan
+    (`after`: the DGs once it is applied, when the caller has them).
 
     Removals of a `MAKE_BEFORE_BREAK` role from a DG the plan keeps are moves while the plan
     adds that role to the same service elsewhere (as many as it adds): those become separate,
@@ -92,7 +96,9 @@ def pending_from_plan(
         elif isinstance(action, DeleteDG):
             deleted.add(action.dg_id)
     added = _added(plan, by_id)
-    after = {dg.dg_id: dg for dg in plan.apply(before)} if added else {}
+    if added and after is None:
+        after = plan.apply(before)
+    after_by_id = {dg.dg_id: dg for dg in after or ()}
     out = []
     for dg_id in sorted(removed.keys() | deleted):
         dg = by_id.get(dg_id)
@@ -113,7 +119,7 @@ def pending_from_plan(
             mine = tuple(i for i in moved if i.role is role)
             if mine:
                 ids = added[(dg.service, role)].dg_ids
-                into = tuple((i, after[i].count(role)) for i in ids if i in after)
+                into = tuple((i, after_by_id[i].count(role)) for i in ids if i in after_by_id)
                 out.append(PendingRemoval(dg, mine, now, False, into=into))
         if left:
             out.append(PendingRemoval(dg, left, now, False))

@@ -150,13 +150,17 @@ def decide_demand(
 
 
 def placement_ratio(prefill: float, decode: float) -> PdRatio:
-    """The shape new DGs take for counts `prefill`:`decode`: the nearest ratio with both terms
-    <= `PLACEMENT_MAX_TERM` within 1:8..8:1, else n:1 or 1:n, n <= `PLACEMENT_MAX_N`.
+    """The shape new DGs take for counts `prefill`:`decode`, for this policy and for static and
+    oracle alike: the nearest ratio with both terms <= `PLACEMENT_MAX_TERM` within 1:8..8:1,
+    else n:1 or 1:n, n <= `PLACEMENT_MAX_N`.
 
-    Placement grows DGs in whole units of the ratio, and routing spreads requests by prefill,
-    so a DG's decode carries its prefill's share. Clamped to 8:1, Mooncake's 237 prefill and 21
-    decode filled three DGs at 48:6 and left 93 prefill with 3 decode for the last two, whose
-    decode then held 2,300 waiting sequences each (TBT p99 105 s) while the others' ran 30."""
+    Placement grows DGs in whole units of the ratio and puts the remainder one instance at a
+    time into existing DGs, and routing spreads requests by prefill, so a DG's decode carries
+    its prefill's share and the ratio must be close to the counts. A 1 on the smaller side (43
+    decode per 30 prefill read as 1:1) left 13 decode instances in a DG with one prefill that
+    fed them almost nothing while the other DGs' decode ran at 3x the sized batch; clamped to
+    8:1, Mooncake's 237 prefill and 21 decode filled three DGs at 48:6 and left 93 prefill with
+    3 decode for the last two, whose decode then held 2,300 waiting sequences each."""
     p, d = max(prefill, 1.0), max(decode, 1.0)
     if p / d > PLACEMENT_BOUNDS[1].value:
         return PdRatio(min(round(p / d), PLACEMENT_MAX_N), 1)

@@ -28,9 +28,9 @@ from heteroscale_ray.control import (
     StaticAutoscaler,
     TickInput,
 )
-from heteroscale_ray.control.baselines import ratio_of
 from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants
 from heteroscale_ray.perf.profiles import ModelProfile
+from heteroscale_ray.policy.demand import placement_ratio
 from heteroscale_ray.sim.actuator import SimActuator
 from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
 from heteroscale_ray.sim.observe import observe
@@ -167,7 +167,7 @@ def make_autoscaler(
                 sim, spec, traces[spec.name], opts.static_bin_s, opts, hits.get(spec.name)
             )
             counts[spec.name] = round_counts(spec, float(n.prefill.max()), float(n.decode.max()))
-        return StaticAutoscaler(counts, {k: ratio_of(*c) for k, c in counts.items()})
+        return StaticAutoscaler(counts, {k: placement_ratio(*c) for k, c in counts.items()})
     if policy == "oracle":
         # See ORACLE_NOTE: the fewest instances per interval by sizing.py's capacity model,
         # which a replay then checks; a schedule, not a proven optimum.
@@ -182,7 +182,9 @@ def make_autoscaler(
             for spec in services
         }
         ratios = {
-            name: ratio_of(*round_counts(spec, float(n.prefill.max()), float(n.decode.max())))
+            name: placement_ratio(
+                *round_counts(spec, float(n.prefill.max()), float(n.decode.max()))
+            )
             for name, (n, spec) in table.items()
         }
 
@@ -320,7 +322,7 @@ def run_replay(
         if isinstance(autoscaler, HeteroScaleAutoscaler):
             # The first DGs take the shape of the counts they hold, whatever the configured
             # ratio: at 2:3, a warm start of 83 prefill / 11 decode placed only 48 prefill.
-            own.setdefault(spec.name, ratio_of(p, d))
+            own.setdefault(spec.name, placement_ratio(p, d))
     placed = {n: s.placed_at(own[n]) if n in own else s for n, s in by_name.items()}
     plan0 = plan_cycle(graph, placed, (), first, catalog, topology_aware=opts.topology_aware)
     actuator.apply(plan0, warm=True)
