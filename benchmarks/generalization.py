@@ -52,9 +52,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from trace_scaling import (  # noqa: E402
     SEED,
     STATIC_GPUS,
+    add_static_gpus,
     fleet_gpus,
     gpus_of,
     rate_factor,
+    refuse_static_gpus,
     scale,
     shift_text,
     static_counts,
@@ -389,17 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--traces", help=f"comma-separated subset of {','.join(TRACES)}")
     ap.add_argument("--policies", help=f"comma-separated subset of {','.join(POLICIES)}")
-    ap.add_argument(
-        "--static-gpus",
-        type=int,
-        default=STATIC_GPUS,
-        help=f"rate-scale each trace until static sizing holds this many GPUs (default "
-        f"{STATIC_GPUS}; 1000 is the fleet of issue 10's first replays)",
-    )
+    add_static_gpus(ap, "1000 is the fleet of issue 10's first replays")
     ap.add_argument("--out", default=str(ROOT / "results" / "generalization"), help="folder")
     args = ap.parse_args(argv)
-    if args.static_gpus < 1:
-        print("--static-gpus must be at least 1", file=sys.stderr)
+    if refuse_static_gpus(args.static_gpus):
         return 2
     labels, policies = pick(args.traces, TRACES), pick(args.policies, POLICIES)
     bad = unknown(labels, TRACES) or unknown(policies, POLICIES)

@@ -192,18 +192,12 @@ def run_cli(
     ap.add_argument("--policies", help=f"comma-separated subset of {','.join(policies)}")
     ap.add_argument("--out", default=str(ROOT / "results" / name), help="folder")
     if scalable:
-        ap.add_argument(
-            "--static-gpus",
-            type=int,
-            default=trace_scaling.STATIC_GPUS,
-            help="rate-scale each case until static sizing holds at least this many GPUs "
-            f"(default {trace_scaling.STATIC_GPUS}; a small fleet shows what one instance "
-            "more or less does to a role of a few)",
+        trace_scaling.add_static_gpus(
+            ap, "a small fleet shows what one instance more or less does to a role of a few"
         )
     args = ap.parse_args(argv)
     if scalable:
-        if args.static_gpus < 1:
-            print("--static-gpus must be at least 1", file=sys.stderr)
+        if trace_scaling.refuse_static_gpus(args.static_gpus):
             return 2
         run_one = functools.partial(run_one, static_gpus=args.static_gpus)
     labels, chosen = G.pick(getattr(args, arg), cases), G.pick(args.policies, policies)

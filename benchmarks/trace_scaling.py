@@ -156,3 +156,22 @@ def rate_factor(
         scaled = scale(trace, k, diurnal)
         est = static_gpus(services, spec, scaled)
     return k, scaled, est, g0
+
+
+def add_static_gpus(ap: Any, why: str) -> None:
+    """`--static-gpus N`: rate-scale each case until static sizing holds at least N GPUs."""
+    ap.add_argument(
+        "--static-gpus",
+        type=int,
+        default=STATIC_GPUS,
+        help=f"rate-scale each case until static sizing holds at least this many GPUs "
+        f"(default {STATIC_GPUS}; {why})",
+    )
+
+
+def refuse_static_gpus(n: int) -> bool:
+    """True, with the reason on stderr, when `--static-gpus` is below one GPU."""
+    if n < 1:
+        print("--static-gpus must be at least 1", file=sys.stderr)
+        return True
+    return False
