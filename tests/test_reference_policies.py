@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from heteroscale_ray.config import Role, load_services
-from heteroscale_ray.policy.demand import placement_ratio
+from heteroscale_ray.policy.dg_shape import placement_ratio
 from heteroscale_ray.sim.cluster import DECODE, PREFILL
 from heteroscale_ray.sim.fleet import fleet_for
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay

@@ -12,7 +12,7 @@ from heteroscale_ray.config import DEFAULT_CATALOG, Role, load_services
 from heteroscale_ray.perf.capacity import decode_capacity
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.profiles import get_profile
-from heteroscale_ray.policy.demand import placement_ratio
+from heteroscale_ray.policy.dg_shape import placement_ratio
 from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
 from heteroscale_ray.sim.fleet import fleet_for
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay

@@ -22,7 +22,7 @@ from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, S
 from heteroscale_ray.policy import backlog, burst, proof
 from heteroscale_ray.policy.capacity import Capacity, capacity, learn, track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
-from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
+from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_counts, placement_ratio
 from heteroscale_ray.policy.fixable_latency import latency_guard, strained
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
 from heteroscale_ray.policy.latency_guard import guard_target
@@ -32,11 +32,6 @@ from heteroscale_ray.policy.proportional import ceil_eps
 from heteroscale_ray.policy.role_plan import RolePlan, initial_plan, role_plan
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
-PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
-PLACEMENT_BOUNDS = (PdRatio(1, 8), PdRatio(8, 1))
-# Past 8:1 (1:8), DGs grow in units of n:1 (1:n), n <= 16: a unit of 17 instances, where the
-# grid's largest holds 9. A unit no domain has room for is placed in halves (placement_cycle).
-PLACEMENT_MAX_N = 16
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
 # backlog step drains a queue, which is gone once drained: the window keeps only its arriving need.)
 EVIDENCE = {Reason.LATENCY_GUARD, Reason.KV_PRESSURE}
@@ -48,6 +43,7 @@ PRIORITY = (
     Reason.KV_PRESSURE,
     Reason.SCALE_OUT,
     Reason.SCALE_IN,
+    Reason.RATIO_REPAIR,
     Reason.CLAMPED_BUDGET,
     Reason.CLAMPED_MIN_MAX,
     Reason.LATENCY_NO_GAIN,
@@ -126,7 +122,7 @@ def decide_demand(
             plans[role] = backlog_rule(spec, state, plans[role], counts)
         plans, guard_state = latency_guard(spec, signals, counts, state, now, plans)
         plans[Role.DECODE] = kv_guard(spec, signals, state, now, plans[Role.DECODE])
-    plans = bounded(spec, plans)
+    plans = fit_dgs(spec, bounded(spec, plans))
     for role, plan in plans.items():  # latency or queues proved the need higher than measured
         if plan.reason in EVIDENCE and plan.target > plan.current:
             guard_state = raise_peak(spec, guard_state, role, float(plan.target), now)
@@ -147,26 +143,6 @@ def decide_demand(
         pd_ratio=PdRatio(*ratio),
     )
     return decision, advance(guard_state, counts, plans, reason, now)
-
-
-def placement_ratio(prefill: float, decode: float) -> PdRatio:
-    """The shape new DGs take for counts `prefill`:`decode`, for this policy and for static and
-    oracle alike: the nearest ratio with both terms <= `PLACEMENT_MAX_TERM` within 1:8..8:1,
-    else n:1 or 1:n, n <= `PLACEMENT_MAX_N`.
-
-    Placement grows DGs in whole units of the ratio and puts the remainder one instance at a
-    time into existing DGs, and routing spreads requests by prefill, so a DG's decode carries
-    its prefill's share and the ratio must be close to the counts. A 1 on the smaller side (43
-    decode per 30 prefill read as 1:1) left 13 decode instances in a DG with one prefill that
-    fed them almost nothing while the other DGs' decode ran at 3x the sized batch; clamped to
-    8:1, Mooncake's 237 prefill and 21 decode filled three DGs at 48:6 and left 93 prefill with
-    3 decode for the last two, whose decode then held 2,300 waiting sequences each."""
-    p, d = max(prefill, 1.0), max(decode, 1.0)
-    if p / d > PLACEMENT_BOUNDS[1].value:
-        return PdRatio(min(round(p / d), PLACEMENT_MAX_N), 1)
-    if d / p > 1 / PLACEMENT_BOUNDS[0].value:
-        return PdRatio(1, min(round(d / p), PLACEMENT_MAX_N))
-    return PdRatio(*nearest_ratio(p / d, PLACEMENT_MAX_TERM, *PLACEMENT_BOUNDS))
 
 
 def prefill_need(
@@ -398,6 +374,27 @@ def kv_guard(
     if step <= plan.target:
         return plan
     return replace(plan, target=step, reason=Reason.KV_PRESSURE, why=f"{plan.why}; {pressure}")
+
+
+def fit_dgs(spec: ServiceSpec, plans: dict[Role, RolePlan]) -> dict[Role, RolePlan]:
+    """The smaller role raised (or held) to one instance per `PLACEMENT_MAX_N` of the larger,
+    within its max: every DG holds both roles, so counts past that ratio would leave
+    instances unplaced (what was asked and not placed is asked again, and never lands)."""
+    p, d = placeable_counts(plans[Role.PREFILL].target, plans[Role.DECODE].target)
+    wanted = {Role.PREFILL: p, Role.DECODE: d}
+    out = dict(plans)
+    for role, other in ((Role.PREFILL, Role.DECODE), (Role.DECODE, Role.PREFILL)):
+        plan = plans[role]
+        want = min(wanted[role], spec.role(role).max_instances)
+        if want <= plan.target:
+            continue
+        why = (
+            f"{plan.why}; but {plans[other].target} {other.value} need {want} DGs "
+            f"(at most {PLACEMENT_MAX_N} per {role.value} instance)"
+        )
+        reason = Reason.RATIO_REPAIR if want > plan.current else Reason.HOLD_AT_BOUND
+        out[role] = replace(plan, target=want, reason=reason, why=why)
+    return out
 
 
 def bounded(spec: ServiceSpec, plans: dict[Role, RolePlan]) -> dict[Role, RolePlan]:

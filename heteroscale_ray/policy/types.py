@@ -99,7 +99,8 @@ class Reason(str, Enum):
     HOLD_DEADBAND = "hold_deadband"  # signal within the scale-out/scale-in tolerances
     HOLD_COOLDOWN = "hold_cooldown"  # a change is wanted but too soon after the last one
     HOLD_MISSING_SIGNAL = "hold_missing_signal"  # signal missing, NaN or stale: never scale in
-    HOLD_AT_BOUND = "hold_at_bound"  # a change is wanted but min/max/budget leave nothing to do
+    # a change is wanted but min/max/budget (or the other role's DGs) leave nothing to do
+    HOLD_AT_BOUND = "hold_at_bound"
     HOLD_OUTSIDE_SCHEDULE = "hold_outside_schedule"  # periodic mode, no time-table row active
     # The baseline autoscalers' rules (control/baselines.py), so every decision has one type.
     HPA = "hpa"  # Kubernetes HPA on GPU utilisation

@@ -30,7 +30,7 @@ from heteroscale_ray.control import (
 )
 from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants
 from heteroscale_ray.perf.profiles import ModelProfile
-from heteroscale_ray.policy.demand import placement_ratio
+from heteroscale_ray.policy.dg_shape import placement_ratio
 from heteroscale_ray.sim.actuator import SimActuator
 from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
 from heteroscale_ray.sim.observe import observe

@@ -39,6 +39,7 @@ from heteroscale_ray.config import ServiceSpec
 from heteroscale_ray.perf.capacity import PREFILL_UTIL_TARGET, prefill_work_s
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.network import SharedLevel
+from heteroscale_ray.policy.dg_shape import placeable_counts
 
 SIZING_TBT_MARGIN = 0.85  # decode steps may take 85% of the TBT SLO; the rest absorbs the KV
 # transfer and admission waits, which the measured TBT (first to last token) includes
@@ -180,7 +181,9 @@ def needs_per_interval(
 
 
 def round_counts(spec: ServiceSpec, prefill: float, decode: float) -> tuple[int, int]:
-    """Ceil and clamp to the service's bounds."""
+    """Ceil and clamp to the service's bounds, the smaller role raised to what whole DGs need
+    (`placeable_counts`)."""
     p = max(spec.prefill.min_instances, min(spec.prefill.max_instances, math.ceil(prefill - 1e-9)))
     d = max(spec.decode.min_instances, min(spec.decode.max_instances, math.ceil(decode - 1e-9)))
-    return p, d
+    p, d = placeable_counts(p, d)
+    return min(p, spec.prefill.max_instances), min(d, spec.decode.max_instances)

@@ -1,0 +1,86 @@
+"""Counts whole Deployment Groups can hold: every DG holds both roles, at most
+`PLACEMENT_MAX_N` of one per instance of the other, so the smaller role is raised to open the
+DGs the larger needs (reasoning traffic: ~30 decode instances per prefill)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from test_demand_policy import NOW, counts, make_service, signals
+
+from heteroscale_ray.config import Role, load_services
+from heteroscale_ray.policy import PolicyState, Reason, decide
+from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_counts, placement_ratio
+from heteroscale_ray.sim.fleet import fleet_for
+from heteroscale_ray.sim.replay import ReplayOptions, run_replay
+from heteroscale_ray.topology import ClusterGraph, ScaleRequest, plan_cycle
+from heteroscale_ray.traces.trace import Trace
+
+SERVICES = load_services(Path(__file__).parents[1] / "examples" / "sim_services.yaml")
+GENERAL = SERVICES.by_name()["general"]
+
+
+@given(st.integers(0, 2000), st.integers(0, 2000))
+def test_placeable_counts_are_the_fewest_that_fill_whole_dgs(p: int, d: int) -> None:
+    fp, fd = placeable_counts(p, d)
+    assert fp >= p and fd >= d
+    if p and d:
+        assert fp >= math.ceil(fd / PLACEMENT_MAX_N) and fd >= math.ceil(fp / PLACEMENT_MAX_N)
+        assert fp == max(p, math.ceil(d / PLACEMENT_MAX_N))
+        assert fd == max(d, math.ceil(fp / PLACEMENT_MAX_N))
+    else:
+        assert (fp, fd) == (p, d)  # a role at zero opens no DG
+    assert placeable_counts(fp, fd) == (fp, fd)
+
+
+def _placed(p: int, d: int) -> tuple[int, int]:
+    spec = GENERAL.model_copy(update={"pd_ratio": str(placement_ratio(p, d))})
+    graph = ClusterGraph.from_topology(fleet_for([GENERAL], 1024), SERVICES.catalog)
+    dgs = plan_cycle(graph, {spec.name: spec}, (), [ScaleRequest(spec.name, p, d)]).apply(())
+    return sum(g.count(Role.PREFILL) for g in dgs), sum(g.count(Role.DECODE) for g in dgs)
+
+
+def test_decode_past_sixteen_per_prefill_is_placed_only_with_its_dgs() -> None:
+    # The CLI's default 1,024-GPU fleet: 2 prefill hold 32 decode however many H20s are free.
+    assert _placed(2, 58) == (2, 32)
+    assert _placed(*placeable_counts(2, 58)) == (4, 58)
+
+
+def test_the_policy_opens_the_dgs_its_decode_needs() -> None:
+    spec = make_service()
+    # ~60k output tok/s and 3,000 running sequences: ~35 decode; prompts need ~1 prefill.
+    sig = signals(request_rate=15.0, output_mean=4000.0, decode_running=3000.0)
+    decision, _ = decide(spec, sig, counts(1, 16), PolicyState(), NOW)
+    assert decision.decode > 2 * PLACEMENT_MAX_N
+    assert decision.prefill == math.ceil(decision.decode / PLACEMENT_MAX_N)
+    assert decision.reason is Reason.SCALE_OUT
+    assert f"DGs (at most {PLACEMENT_MAX_N} per prefill instance)" in decision.message
+    # held there while decode needs it, though prefill's own need would scale in
+    held, _ = decide(spec, sig, counts(decision.prefill, decision.decode), PolicyState(), NOW)
+    assert held.prefill == decision.prefill
+
+
+def test_the_floor_follows_decode_as_bounded() -> None:
+    spec = make_service()
+    spec = spec.model_copy(update={"decode": spec.decode.model_copy(update={"max_instances": 40})})
+    sig = signals(request_rate=40.0, output_mean=4000.0, decode_running=8000.0)
+    decision, _ = decide(spec, sig, counts(1, 16), PolicyState(), NOW)
+    assert decision.decode == 40
+    assert decision.prefill == math.ceil(40 / PLACEMENT_MAX_N)  # not raised for 140 decode
+
+
+def test_reasoning_traffic_gets_the_decode_it_asks_for() -> None:
+    """Outputs of 4,000 tokens at 25 req/s need ~30 decode instances per prefill; asked at
+    that ratio, decode stopped at 16 per prefill instance: 48 of ~58, 32% attainment."""
+    rng = np.random.default_rng(3)
+    n = 25 * 900
+    trace = Trace.from_columns(
+        np.sort(rng.uniform(0, 900, n)), rng.integers(400, 1200, n), np.full(n, 4000)
+    )
+    res = run_replay(SERVICES, fleet_for([GENERAL], 1024), {"general": trace}, ReplayOptions())
+    assert res.summary["unplaced_instances"] == 0
+    assert res.summary["slo_attainment"] >= 0.99
