@@ -12,6 +12,8 @@ traces we have, each a plain transformation of a shared file (no number fitted t
 - diurnal-prefill-heavy: the ServeGen m-mid day 4 (its first 24 h), outputs / 8 (~10 out);
 - decode-heavy: Azure conversation, outputs x8 with prompt + output <= 32k (~1.7k out, as a
   reasoning model writes): a fleet takes minutes to fill with such requests;
+- reasoning: Azure conversation, outputs x20 with prompt + output <= 32k (~4k out, as a
+  reasoning model's long answers): ~18 decode instances per prefill, past the widest DG shape;
 - diurnal-long-context: diurnal-12h with prompts x10 (<= 32k; ~7.6k in): decode is bound by
   KV memory, and the day's output-length surges fill it within minutes.
 
@@ -96,6 +98,14 @@ def decode_heavy() -> Trace:
     )
 
 
+def reasoning() -> Trace:
+    return _lengths(
+        _azure(),
+        lambda p: np.minimum(p, CONTEXT_CAP - 1),
+        lambda o, p: np.minimum(o * 20, CONTEXT_CAP - p),
+    )
+
+
 def diurnal_12h() -> Trace:
     return time_compress(load_trace(G.TRACES_DIR / "servegen_mlarge_day1.csv"), 2.0)
 
@@ -116,6 +126,7 @@ SHAPES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
     "diurnal-12h": (diurnal_12h, True, "ServeGen m-large day, compressed 2x"),
     "diurnal-prefill-heavy": (diurnal_prefill_heavy, True, "ServeGen m-mid day 4, outputs / 8"),
     "decode-heavy": (decode_heavy, False, "Azure conv, outputs x8 (<= 32k in all)"),
+    "reasoning": (reasoning, False, "Azure conv, outputs x20 (<= 32k in all)"),
     "diurnal-long-context": (
         diurnal_long_context,
         True,

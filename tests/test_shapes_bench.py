@@ -37,6 +37,14 @@ def test_decode_heavy_writes_eight_times_longer_within_the_context() -> None:
     assert 1_400 < np.mean(heavy.output_tokens) < 2_000
 
 
+def test_reasoning_writes_twenty_times_longer_within_the_context() -> None:
+    azure, long = shapes._azure(), shapes.reasoning()
+    np.testing.assert_array_equal(long.arrival_s, azure.arrival_s)
+    want = np.minimum(np.asarray(azure.output_tokens) * 20, shapes.CONTEXT_CAP - long.input_tokens)
+    np.testing.assert_array_equal(long.output_tokens, np.maximum(want, 1))
+    assert 3_000 < np.mean(long.output_tokens) < 4_500
+
+
 def test_diurnal_long_context_is_the_12_hour_day_with_ten_times_the_prompts() -> None:
     day, long = shapes.diurnal_12h(), shapes.diurnal_long_context()
     np.testing.assert_array_equal(long.arrival_s, day.arrival_s)
@@ -54,6 +62,7 @@ def test_every_shape_is_named_with_its_builder() -> None:
         "diurnal-12h",
         "diurnal-prefill-heavy",
         "decode-heavy",
+        "reasoning",
         "diurnal-long-context",
     }
     assert all(
