@@ -21,11 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from heteroscale_ray.config import ServicesConfig, ServiceSpec  # noqa: E402
-from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS  # noqa: E402
-from heteroscale_ray.perf.instance_kind import InstanceKind  # noqa: E402
-from heteroscale_ray.perf.profiles import get_profile  # noqa: E402
+from heteroscale_ray.sim import sizing  # noqa: E402
 from heteroscale_ray.sim.fleet import s1_pattern  # noqa: E402
-from heteroscale_ray.sim.sizing import needs_per_interval, round_counts  # noqa: E402
+from heteroscale_ray.sim.sizing import needs_per_interval, round_counts, sizing_kinds  # noqa: E402
 from heteroscale_ray.traces import Trace, scale_rate  # noqa: E402
 from heteroscale_ray.traces.transforms import SHAPE_SHIFT_S  # noqa: E402
 
@@ -49,25 +47,8 @@ SEED = 0
 BIN_S = 15.0  # static sizing bins (ReplayOptions.static_bin_s)
 
 
-def _kinds(services: ServicesConfig, spec: ServiceSpec) -> tuple[InstanceKind, InstanceKind]:
-    """The kinds static sizing uses (sim/summary.role_kinds): each role's first GPU type."""
-    prof = get_profile(spec.model)
-    cat = services.catalog
-    return (
-        InstanceKind.build(
-            prof,
-            cat[spec.prefill.gpu_types[0]],
-            spec.prefill.gpus_per_instance,
-            DEFAULT_CONSTANTS,
-        ),
-        InstanceKind.build(
-            prof, cat[spec.decode.gpu_types[0]], spec.decode.gpus_per_instance, DEFAULT_CONSTANTS
-        ),
-    )
-
-
 def _needs(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> tuple[Any, Any]:
-    pk, dk = _kinds(services, spec)
+    pk, dk = sizing_kinds(spec, services.catalog)
     n = needs_per_interval(
         spec,
         pk,
@@ -88,8 +69,7 @@ def gpus_of(spec: ServiceSpec, p: int, d: int) -> int:
 def static_counts(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> tuple[int, int]:
     """Prefill and decode instances of the static policy (peak of 15-s bins, no prefix-cache
     discount)."""
-    p, d = _needs(services, spec, trace)
-    return round_counts(spec, float(p.max()), float(d.max()))
+    return sizing.static_counts(spec, services.catalog, trace, BIN_S)
 
 
 def static_gpus(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> int:

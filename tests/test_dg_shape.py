@@ -4,10 +4,14 @@ DGs the larger needs (reasoning traffic: ~30 decode instances per prefill)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_demand_policy import NOW, counts, make_service, signals
@@ -15,12 +19,14 @@ from test_demand_policy import NOW, counts, make_service, signals
 from heteroscale_ray.config import Role, load_services
 from heteroscale_ray.policy import PolicyState, Reason, decide
 from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_counts, placement_ratio
+from heteroscale_ray.sim.commands import register
 from heteroscale_ray.sim.fleet import fleet_for
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay
 from heteroscale_ray.topology import ClusterGraph, ScaleRequest, plan_cycle
 from heteroscale_ray.traces.trace import Trace
 
-SERVICES = load_services(Path(__file__).parents[1] / "examples" / "sim_services.yaml")
+SERVICES_YAML = Path(__file__).parents[1] / "examples" / "sim_services.yaml"
+SERVICES = load_services(SERVICES_YAML)
 GENERAL = SERVICES.by_name()["general"]
 
 
@@ -84,3 +90,54 @@ def test_reasoning_traffic_gets_the_decode_it_asks_for() -> None:
     res = run_replay(SERVICES, fleet_for([GENERAL], 1024), {"general": trace}, ReplayOptions())
     assert res.summary["unplaced_instances"] == 0
     assert res.summary["slo_attainment"] >= 0.99
+
+
+def _split(topology) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for *_, host in topology.hosts():
+        out[host.gpu_type] = out.get(host.gpu_type, 0) + host.gpus
+    return out
+
+
+@pytest.mark.parametrize(
+    ("counts", "want"),
+    [
+        (None, {"H800": 768, "H20": 256}),  # the paper's prefill-heavy default
+        ((40, 10), {"H800": 768, "H20": 256}),
+        ((20, 20), {"H800": 512, "H20": 512}),
+        ((5, 70), {"H800": 256, "H20": 768}),  # reasoning: decode-heavy
+        ((0, 100), {"H800": 256, "H20": 768}),  # never a type missing
+    ],
+)
+def test_a_fleet_sized_for_a_trace_splits_its_gpus_as_the_counts_do(
+    counts: tuple[int, int] | None, want: dict[str, int]
+) -> None:
+    assert _split(fleet_for([GENERAL], 1024, counts)) == want
+
+
+def test_the_replay_cli_lays_the_fleet_out_for_the_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(4)
+    n = 30 * 300
+    t = np.sort(rng.uniform(0, 300, n))
+    rows = [
+        f"{datetime.fromtimestamp(1.7e9 + x, UTC):%Y-%m-%d %H:%M:%S.%f}0,{i},{o}"
+        for x, i, o in zip(t, rng.integers(400, 1200, n), np.full(n, 4000), strict=True)
+    ]
+    path = tmp_path / "reasoning.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
+    args = ["replay", "--trace", str(path), "--services", str(SERVICES_YAML)]
+    args += ["--service", "general", "--policy", "static", "--out", str(tmp_path), "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    # at the paper's 3:1 (768 H800, 256 H20) 64 decode instances fit, and static asks ~80
+    assert json.loads(captured.out.strip().splitlines()[-1])["unplaced_instances"] == 0
+    assert "1024 GPUs (256 H800, 768 H20" in captured.err
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="heteroscale")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.func(args))

@@ -39,7 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--topology", help="topology.yaml")
     g.add_argument(
-        "--gpus", type=int, default=1024, help="build a fleet of about N GPUs (default 1024)"
+        "--gpus",
+        type=int,
+        default=1024,
+        help="build a fleet of about N GPUs (default 1024), its GPU types split as a static fleet "
+        "for the trace needs them (3:1, 2:2 or 1:3 per big-pod)",
     )
     p.add_argument(
         "--policy",
@@ -189,6 +193,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from heteroscale_ray.sim.plots import timeline_png
     from heteroscale_ray.sim.replay import ReplayOptions, run_replay
     from heteroscale_ray.sim.report import table, timeline
+    from heteroscale_ray.sim.sizing import static_counts
     from heteroscale_ray.traces import scale_rate, shape_keeping_shift
 
     try:
@@ -218,8 +223,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         trace = scale_rate(
             trace, args.rate_scale, method=args.rate_method, seed=args.seed, max_shift_s=shift
         )
+    layout = ""
     if topology is None:
-        topology = fleet_for([spec], args.gpus)
+        counts = static_counts(spec, services.catalog, trace)
+        topology = fleet_for([spec], args.gpus, counts)
+        by_type: dict[str, int] = {}
+        for *_, host in topology.hosts():
+            by_type[host.gpu_type] = by_type.get(host.gpu_type, 0) + host.gpus
+        split = ", ".join(f"{n} {t}" for t, n in by_type.items())
+        layout = f" ({split}, split as a static fleet for the trace needs {counts[0]}:{counts[1]})"
     policies = REPLAY_POLICIES if args.policy == "all" else tuple(args.policy.split(","))
     bad = [p for p in policies if p not in REPLAY_POLICIES]
     if bad:
@@ -229,7 +241,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return 2
     print(
         f"replay {trace.source}: {len(trace)} requests over {trace.duration_s:.0f} s, "
-        f"service {name}, {topology.total_gpus()} GPUs",
+        f"service {name}, {topology.total_gpus()} GPUs{layout}",
         file=sys.stderr,
     )
     summaries, lines = [], {}

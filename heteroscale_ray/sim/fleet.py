@@ -19,13 +19,27 @@ from heteroscale_ray.config import (
     TopologySpec,
 )
 
+MINI_PODS = 4  # mini-pods per big-pod when one service's counts set the split
 
-def s1_pattern(services: Sequence[ServiceSpec]) -> list[str]:
+
+def s1_pattern(services: Sequence[ServiceSpec], counts: tuple[int, int] | None = None) -> list[str]:
     """GPU type of each mini-pod in a big-pod: 3 of the prefill type per 1 of the decode type.
 
     P/D-disaggregated services spend most GPUs on prefill at the paper's typical ratios, hence
-    3:1. Homogeneous services (one type for both roles) get that type everywhere.
+    3:1. With one service's `counts` (prefill, decode instances, e.g. a static fleet for its
+    trace), its big-pods take the split nearest those counts' GPUs instead (3:1, 2:2 or 1:3):
+    at 3:1 a 1,024-GPU fleet holds 64 H20x4 decode instances, fewer than reasoning traffic
+    (outputs of thousands of tokens) asks for while 768 H800s idle. Homogeneous services
+    (one type for both roles) get that type everywhere.
     """
+    if counts is not None and len(services) == 1:
+        spec = services[0]
+        p, d = spec.prefill.gpu_types[0], spec.decode.gpu_types[0]
+        pg = counts[0] * spec.prefill.gpus_per_instance
+        dg = counts[1] * spec.decode.gpus_per_instance
+        if p != d and pg + dg > 0:
+            n_d = min(MINI_PODS - 1, max(1, round(MINI_PODS * dg / (pg + dg))))
+            return [p] * (MINI_PODS - n_d) + [d] * n_d
     pattern: list[str] = []
     for spec in services:
         p, d = spec.prefill.gpu_types[0], spec.decode.gpu_types[0]
@@ -63,5 +77,9 @@ def fleet_topology(
     return TopologySpec(big_pods=big_pods)
 
 
-def fleet_for(services: Sequence[ServiceSpec], gpus: int) -> TopologySpec:
-    return fleet_topology(gpus, s1_pattern(services))
+def fleet_for(
+    services: Sequence[ServiceSpec], gpus: int, counts: tuple[int, int] | None = None
+) -> TopologySpec:
+    """About `gpus` GPUs laid out for `services` (split by one service's `counts`, if given:
+    `s1_pattern`)."""
+    return fleet_topology(gpus, s1_pattern(services, counts))

@@ -35,11 +35,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from heteroscale_ray.config import ServiceSpec
+from heteroscale_ray.config import GpuCatalog, ServiceSpec
 from heteroscale_ray.perf.capacity import PREFILL_UTIL_TARGET, prefill_work_s
+from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.network import SharedLevel
+from heteroscale_ray.perf.profiles import get_profile
 from heteroscale_ray.policy.dg_shape import placeable_counts
+from heteroscale_ray.traces import Trace
 
 SIZING_TBT_MARGIN = 0.85  # decode steps may take 85% of the TBT SLO; the rest absorbs the KV
 # transfer and admission waits, which the measured TBT (first to last token) includes
@@ -187,3 +190,42 @@ def round_counts(spec: ServiceSpec, prefill: float, decode: float) -> tuple[int,
     d = max(spec.decode.min_instances, min(spec.decode.max_instances, math.ceil(decode - 1e-9)))
     p, d = placeable_counts(p, d)
     return min(p, spec.prefill.max_instances), min(d, spec.decode.max_instances)
+
+
+def sizing_kinds(spec: ServiceSpec, catalog: GpuCatalog) -> tuple[InstanceKind, InstanceKind]:
+    """The kinds static sizing prices each role on (as sim/summary.role_kinds does for a
+    running simulator): each role's first GPU type at the default performance constants."""
+    prof = get_profile(spec.model)
+    return (
+        InstanceKind.build(
+            prof,
+            catalog[spec.prefill.gpu_types[0]],
+            spec.prefill.gpus_per_instance,
+            DEFAULT_CONSTANTS,
+        ),
+        InstanceKind.build(
+            prof,
+            catalog[spec.decode.gpu_types[0]],
+            spec.decode.gpus_per_instance,
+            DEFAULT_CONSTANTS,
+        ),
+    )
+
+
+def static_counts(
+    spec: ServiceSpec, catalog: GpuCatalog, trace: Trace, bin_s: float = 15.0
+) -> tuple[int, int]:
+    """Prefill and decode instances of a static fleet sized on the peak of `bin_s` bins (no
+    prefix-cache discount): the static policy's counts without running a simulator."""
+    pk, dk = sizing_kinds(spec, catalog)
+    n = needs_per_interval(
+        spec,
+        pk,
+        dk,
+        np.asarray(trace.arrival_s),
+        np.asarray(trace.input_tokens),
+        np.asarray(trace.output_tokens),
+        max(float(trace.duration_s), bin_s),
+        bin_s,
+    )
+    return round_counts(spec, float(n.prefill.max()), float(n.decode.max()))
