@@ -67,7 +67,13 @@ def _admit(raw: bytes, chat: bool) -> tuple[Any, int]:
     """Router._serve's request entry, without Serve: the request and its max_tokens."""
     req = parse_chat(raw) if chat else parse_completion(raw)
     if req.model != SERVICE.name:
-        raise ApiError(404, f"The model '{req.model}' does not exist", "invalid_request_error")
+        raise ApiError(
+            404,
+            f"The model '{req.model}' does not exist",
+            "invalid_request_error",
+            "model_not_found",
+            "model",
+        )  # as Router._serve names it
     if isinstance(req, ChatCompletionRequest):
         prompt = chat_prompt(req)
         tokens = TOKENIZER.encode(prompt, add_bos=True)
