@@ -59,6 +59,10 @@ def _body(**fields: object) -> bytes:
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"stream": True, "stream_options": {"made_up": True}}, "stream_options.made_up"),
         ({"made_up": 1}, "made_up"),
+        # keys spelled like the type names pydantic adds to union paths (found by fuzzing:
+        # named 'None')
+        ({"list[str]": []}, "list[str]"),
+        ({"str": "x"}, "str"),
     ],
 )
 def test_completions_rejects_what_it_does_not_honour_naming_the_parameter(

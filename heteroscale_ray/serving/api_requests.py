@@ -95,7 +95,9 @@ def _param_of(err: dict[str, Any]) -> str | None:
         return ctx_err.param
     loc = [str(p) for p in err["loc"]]
     # Union members add their type name to the path (e.g. "stop.str"); keep the field's path.
-    loc = [p for p in loc if p not in {"str", "list[str]", "list[TextPart]", "int", "float"}]
+    # Never the first part: that is the client's own key, whatever it is called ("str").
+    members = {"str", "list[str]", "list[TextPart]", "int", "float"}
+    loc = loc[:1] + [p for p in loc[1:] if p not in members]
     return ".".join(loc) or None
 
 
