@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from heteroscale_ray.config import ServicesConfig, ServiceSpec  # noqa: E402
 from heteroscale_ray.sim import sizing  # noqa: E402
 from heteroscale_ray.sim.fleet import s1_pattern  # noqa: E402
-from heteroscale_ray.sim.sizing import needs_per_interval, round_counts, sizing_kinds  # noqa: E402
+from heteroscale_ray.sim.sizing import round_counts  # noqa: E402
 from heteroscale_ray.traces import Trace, scale_rate  # noqa: E402
 from heteroscale_ray.traces.transforms import SHAPE_SHIFT_S  # noqa: E402
 
@@ -48,17 +48,7 @@ BIN_S = 15.0  # static sizing bins (ReplayOptions.static_bin_s)
 
 
 def _needs(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> tuple[Any, Any]:
-    pk, dk = sizing_kinds(spec, services.catalog)
-    n = needs_per_interval(
-        spec,
-        pk,
-        dk,
-        np.asarray(trace.arrival_s),
-        np.asarray(trace.input_tokens),
-        np.asarray(trace.output_tokens),
-        max(float(trace.duration_s), BIN_S),
-        BIN_S,
-    )
+    n = sizing.trace_needs(spec, services.catalog, trace, BIN_S)
     return n.prefill, n.decode
 
 

@@ -212,13 +212,11 @@ def sizing_kinds(spec: ServiceSpec, catalog: GpuCatalog) -> tuple[InstanceKind, 
     )
 
 
-def static_counts(
-    spec: ServiceSpec, catalog: GpuCatalog, trace: Trace, bin_s: float = 15.0
-) -> tuple[int, int]:
-    """Prefill and decode instances of a static fleet sized on the peak of `bin_s` bins (no
-    prefix-cache discount): the static policy's counts without running a simulator."""
+def trace_needs(spec: ServiceSpec, catalog: GpuCatalog, trace: Trace, bin_s: float = 15.0) -> Needs:
+    """`needs_per_interval` of a whole trace in `bin_s` bins, priced on `sizing_kinds` (no
+    prefix-cache discount): what static sizing reads without running a simulator."""
     pk, dk = sizing_kinds(spec, catalog)
-    n = needs_per_interval(
+    return needs_per_interval(
         spec,
         pk,
         dk,
@@ -228,4 +226,12 @@ def static_counts(
         max(float(trace.duration_s), bin_s),
         bin_s,
     )
+
+
+def static_counts(
+    spec: ServiceSpec, catalog: GpuCatalog, trace: Trace, bin_s: float = 15.0
+) -> tuple[int, int]:
+    """Prefill and decode instances of a static fleet sized on the peak of `bin_s` bins (no
+    prefix-cache discount): the static policy's counts without running a simulator."""
+    n = trace_needs(spec, catalog, trace, bin_s)
     return round_counts(spec, float(n.prefill.max()), float(n.decode.max()))
