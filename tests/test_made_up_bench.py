@@ -1,0 +1,56 @@
+"""benchmarks/made_up.py: each made-up case is the plain rule its docstring says, seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bench_modules import load_benchmark
+
+made_up = load_benchmark("made_up", "made_up_bench")
+
+
+def _rate(trace, t0: float, t1: float) -> float:
+    t = np.asarray(trace.arrival_s)
+    return float(np.count_nonzero((t >= t0) & (t < t1)) / (t1 - t0))
+
+
+def test_every_case_is_seeded_and_named() -> None:
+    assert set(made_up.CASES) == {
+        "reasoning",
+        "reasoning-2x",
+        "step-5x",
+        "on-off-30s",
+        "ramp-6h",
+        "bimodal",
+        "classify",
+        "high-rate",
+    }
+    a, b = made_up.reasoning(), made_up.reasoning()
+    np.testing.assert_array_equal(a.arrival_s, b.arrival_s)
+    np.testing.assert_array_equal(a.output_tokens, b.output_tokens)
+
+
+def test_reasoning_writes_thousands_of_tokens_at_its_rate() -> None:
+    t = made_up.reasoning()
+    assert _rate(t, 0, 3600) == pytest.approx(15.0, rel=0.03)
+    assert 3_000 < np.mean(t.output_tokens) < 4_500 and np.max(t.output_tokens) <= 16_000
+
+
+def test_the_step_and_the_on_off_cases_change_rate_where_they_say() -> None:
+    build = made_up.CASES["step-5x"][0]
+    step = build()
+    assert _rate(step, 0, 1200) == pytest.approx(5.0, rel=0.1)
+    assert _rate(step, 1200, 3600) == pytest.approx(25.0, rel=0.05)
+    on_off = made_up.CASES["on-off-30s"][0]()
+    t = np.asarray(on_off.arrival_s)
+    assert np.all((t // 30) % 2 == 0)  # nothing in the off half-minutes
+
+
+def test_a_static_fleet_for_reasoning_splits_the_cli_fleet_toward_decode() -> None:
+    from heteroscale_ray.config import load_services
+    from heteroscale_ray.sim.sizing import static_counts
+
+    services = load_services(made_up.ROOT / "examples" / "sim_services.yaml")
+    spec = services.by_name()["general"]
+    p, d = static_counts(spec, services.catalog, made_up.reasoning())
+    assert d > 8 * p
