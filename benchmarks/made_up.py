@@ -131,15 +131,13 @@ def run_case(label: str, services: Any, policies: tuple[str, ...]) -> dict[str, 
     trace = build()
     counts = static_counts(spec, services.catalog, trace)
     topo = fleet_for([spec], FLEET_GPUS, counts)
-    print(
-        f"\n== {label} ({what}): {len(trace):,} requests over {trace.duration_s / 3600:.1f} h, "
-        f"prompt mean {np.mean(trace.input_tokens):,.0f}, output mean "
-        f"{np.mean(trace.output_tokens):,.0f}; static {counts[0]}:{counts[1]}, "
-        f"fleet {topo.total_gpus()}",
-        flush=True,
+    lengths = (
+        f" (prompt mean {np.mean(trace.input_tokens):,.0f}, "
+        f"output mean {np.mean(trace.output_tokens):,.0f})"
     )
-    rows = shapes.replay_rows(services, topo, trace, policies, diurnal)
-    return {"what": what, "diurnal": diurnal, "requests": len(trace), "rows": rows}
+    return shapes.replay_case(
+        label, what, services, trace, topo, counts, policies, diurnal, lengths
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

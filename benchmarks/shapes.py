@@ -160,6 +160,27 @@ def run_shape(
     return {"what": what, "diurnal": diurnal, "rate_scale": k, "requests": len(trace), "rows": rows}
 
 
+def replay_case(
+    label: str,
+    what: str,
+    services: Any,
+    trace: Trace,
+    topo: Any,
+    counts: tuple[int, int],
+    policies: tuple[str, ...],
+    diurnal: bool,
+    detail: str = "",
+) -> dict[str, Any]:
+    """One named case: its header line, then `replay_rows`; the result `run_cli` collects."""
+    print(
+        f"\n== {label} ({what}): {len(trace):,} requests over {trace.duration_s / 3600:.1f} h"
+        f"{detail}, static {counts[0]} prefill + {counts[1]} decode, fleet {topo.total_gpus()}",
+        flush=True,
+    )
+    rows = replay_rows(services, topo, trace, policies, diurnal)
+    return {"what": what, "diurnal": diurnal, "requests": len(trace), "rows": rows}
+
+
 def replay_rows(
     services: Any, topo: Any, trace: Trace, policies: tuple[str, ...], diurnal: bool
 ) -> list[dict[str, Any]]:

@@ -174,13 +174,7 @@ def run_case(label: str, services: ServicesConfig, policies: tuple[str, ...]) ->
     trace = build(services, spec)
     counts = trace_scaling.static_counts(services, spec, trace)
     topo = fleet_for([spec], trace_scaling.fleet_gpus(spec, counts))
-    print(
-        f"\n== {label} ({what}): {len(trace):,} requests over {trace.duration_s / 3600:.1f} h, "
-        f"static {counts[0]} prefill + {counts[1]} decode, fleet {topo.total_gpus()}",
-        flush=True,
-    )
-    rows = S.replay_rows(services, topo, trace, policies, diurnal)
-    return {"what": what, "diurnal": diurnal, "requests": len(trace), "rows": rows}
+    return S.replay_case(label, what, services, trace, topo, counts, policies, diurnal)
 
 
 def main(argv: list[str] | None = None) -> int:
