@@ -115,19 +115,24 @@ def test_a_fleet_sized_for_a_trace_splits_its_gpus_as_the_counts_do(
     assert _split(fleet_for([GENERAL], 1024, counts)) == want
 
 
-def test_the_replay_cli_lays_the_fleet_out_for_the_trace(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _reasoning_csv(tmp_path: Path) -> str:
+    """Five minutes at 30 req/s of 4,000-token outputs, as an Azure CSV."""
     rng = np.random.default_rng(4)
     n = 30 * 300
     t = np.sort(rng.uniform(0, 300, n))
     rows = [
-        f"{datetime.fromtimestamp(1.7e9 + x, UTC):%Y-%m-%d %H:%M:%S.%f}0,{i},{o}"
-        for x, i, o in zip(t, rng.integers(400, 1200, n), np.full(n, 4000), strict=True)
+        f"{datetime.fromtimestamp(1.7e9 + x, UTC):%Y-%m-%d %H:%M:%S.%f}0,{i},4000"
+        for x, i in zip(t, rng.integers(400, 1200, n), strict=True)
     ]
     path = tmp_path / "reasoning.csv"
     path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
-    args = ["replay", "--trace", str(path), "--services", str(SERVICES_YAML)]
+    return str(path)
+
+
+def test_the_replay_cli_lays_the_fleet_out_for_the_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["replay", "--trace", _reasoning_csv(tmp_path), "--services", str(SERVICES_YAML)]
     args += ["--service", "general", "--policy", "static", "--out", str(tmp_path), "--json"]
     assert main(args) == 0
     captured = capsys.readouterr()
@@ -141,3 +146,16 @@ def main(argv: list[str]) -> int:
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return int(args.func(args))
+
+
+def test_the_replay_cli_says_when_asks_went_unplaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = _reasoning_csv(tmp_path)
+    args = ["replay", "--trace", trace, "--services", str(SERVICES_YAML), "--gpus", "128"]
+    args += ["--service", "general", "--policy", "static", "--out", str(tmp_path), "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    unplaced = json.loads(captured.out.strip().splitlines()[-1])["unplaced_instances"]
+    assert unplaced > 0
+    assert f"[static] {unplaced:,} instance-periods were asked for and not placed" in captured.err

@@ -261,6 +261,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             f"= {s['speedup']:.0f}x real time",
             file=sys.stderr,
         )
+        if s.get("unplaced_instances"):
+            print(
+                f"[{pol}] {s['unplaced_instances']:,} instance-periods were asked for and not "
+                "placed: the fleet (or a DG's domain) had no room; results are for a capped "
+                "fleet (pass a larger --gpus or your own --topology)",
+                file=sys.stderr,
+            )
         summaries.append(s)
         lines[pol] = timeline(res.sim, trace.duration_s)
     out = Path(args.out)
