@@ -92,13 +92,6 @@ def test_reasoning_traffic_gets_the_decode_it_asks_for() -> None:
     assert res.summary["slo_attainment"] >= 0.99
 
 
-def _split(topology) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for *_, host in topology.hosts():
-        out[host.gpu_type] = out.get(host.gpu_type, 0) + host.gpus
-    return out
-
-
 @pytest.mark.parametrize(
     ("counts", "want"),
     [
@@ -112,7 +105,7 @@ def _split(topology) -> dict[str, int]:
 def test_a_fleet_sized_for_a_trace_splits_its_gpus_as_the_counts_do(
     counts: tuple[int, int] | None, want: dict[str, int]
 ) -> None:
-    assert _split(fleet_for([GENERAL], 1024, counts)) == want
+    assert fleet_for([GENERAL], 1024, counts).gpus_by_type() == want
 
 
 def _reasoning_csv(tmp_path: Path) -> str:

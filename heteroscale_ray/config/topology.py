@@ -107,6 +107,13 @@ class TopologySpec(BaseModel):
     def gpu_types(self) -> set[str]:
         return {h.gpu_type for *_, h in self.hosts()}
 
+    def gpus_by_type(self) -> dict[str, int]:
+        """GPUs per GPU type, in the order the types first appear."""
+        out: dict[str, int] = {}
+        for *_, h in self.hosts():
+            out[h.gpu_type] = out.get(h.gpu_type, 0) + h.gpus
+        return out
+
     def sub_cluster_of(self) -> dict[str, str]:
         """Big-pod name -> sub-cluster name."""
         if self.sub_clusters is None:

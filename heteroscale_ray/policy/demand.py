@@ -22,7 +22,7 @@ from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, S
 from heteroscale_ray.policy import backlog, burst, proof
 from heteroscale_ray.policy.capacity import Capacity, capacity, learn, track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
-from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_counts, placement_ratio
+from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_within, placement_ratio
 from heteroscale_ray.policy.fixable_latency import latency_guard, strained
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
 from heteroscale_ray.policy.latency_guard import guard_target
@@ -380,12 +380,11 @@ def fit_dgs(spec: ServiceSpec, plans: dict[Role, RolePlan]) -> dict[Role, RolePl
     """The smaller role raised (or held) to one instance per `PLACEMENT_MAX_N` of the larger,
     within its max: every DG holds both roles, so counts past that ratio would leave
     instances unplaced (what was asked and not placed is asked again, and never lands)."""
-    p, d = placeable_counts(plans[Role.PREFILL].target, plans[Role.DECODE].target)
+    p, d = placeable_within(spec, plans[Role.PREFILL].target, plans[Role.DECODE].target)
     wanted = {Role.PREFILL: p, Role.DECODE: d}
     out = dict(plans)
     for role, other in ((Role.PREFILL, Role.DECODE), (Role.DECODE, Role.PREFILL)):
-        plan = plans[role]
-        want = min(wanted[role], spec.role(role).max_instances)
+        plan, want = plans[role], wanted[role]
         if want <= plan.target:
             continue
         why = (

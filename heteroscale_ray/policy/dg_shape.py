@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from heteroscale_ray.config import PdRatio
+from heteroscale_ray.config import PdRatio, ServiceSpec
 from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
 
 PLACEMENT_MAX_TERM = 8  # DG shapes like 3:5, never 13:21
@@ -51,3 +51,9 @@ def placeable_counts(prefill: int, decode: int) -> tuple[int, int]:
         p = max(p, math.ceil(d / PLACEMENT_MAX_N))
         d = max(d, math.ceil(p / PLACEMENT_MAX_N))
     return p, d
+
+
+def placeable_within(spec: ServiceSpec, prefill: int, decode: int) -> tuple[int, int]:
+    """`placeable_counts`, each role then held within the service's max."""
+    p, d = placeable_counts(prefill, decode)
+    return min(p, spec.prefill.max_instances), min(d, spec.decode.max_instances)

@@ -227,10 +227,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if topology is None:
         counts = static_counts(spec, services.catalog, trace)
         topology = fleet_for([spec], args.gpus, counts)
-        by_type: dict[str, int] = {}
-        for *_, host in topology.hosts():
-            by_type[host.gpu_type] = by_type.get(host.gpu_type, 0) + host.gpus
-        split = ", ".join(f"{n} {t}" for t, n in by_type.items())
+        split = ", ".join(f"{n} {t}" for t, n in topology.gpus_by_type().items())
         layout = f" ({split}, split as a static fleet for the trace needs {counts[0]}:{counts[1]})"
     policies = REPLAY_POLICIES if args.policy == "all" else tuple(args.policy.split(","))
     bad = [p for p in policies if p not in REPLAY_POLICIES]

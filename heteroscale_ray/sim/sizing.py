@@ -41,7 +41,7 @@ from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.network import SharedLevel
 from heteroscale_ray.perf.profiles import get_profile
-from heteroscale_ray.policy.dg_shape import placeable_counts
+from heteroscale_ray.policy.dg_shape import placeable_within
 from heteroscale_ray.traces import Trace
 
 SIZING_TBT_MARGIN = 0.85  # decode steps may take 85% of the TBT SLO; the rest absorbs the KV
@@ -188,8 +188,7 @@ def round_counts(spec: ServiceSpec, prefill: float, decode: float) -> tuple[int,
     (`placeable_counts`)."""
     p = max(spec.prefill.min_instances, min(spec.prefill.max_instances, math.ceil(prefill - 1e-9)))
     d = max(spec.decode.min_instances, min(spec.decode.max_instances, math.ceil(decode - 1e-9)))
-    p, d = placeable_counts(p, d)
-    return min(p, spec.prefill.max_instances), min(d, spec.decode.max_instances)
+    return placeable_within(spec, p, d)
 
 
 def sizing_kinds(spec: ServiceSpec, catalog: GpuCatalog) -> tuple[InstanceKind, InstanceKind]:
