@@ -527,6 +527,24 @@ def test_decode_is_sized_by_the_sequences_its_kv_memory_holds_today() -> None:
     assert f"seqs / {per_instance:,.0f}" in d_full.message
 
 
+def test_the_window_remembers_decode_concurrency_at_the_slos_pace() -> None:
+    """Sequences on an overloaded decode pool step slowly, so more of them are running at once
+    than the same arrivals hold at the pace the batch is priced at (Little's law). The role is
+    sized for all of them now, but the scale-in window and the burst memory keep the need at
+    that pace: after a surge the window had held the overload's count for a quarter of an hour."""
+    spec = make_service(demand={"learn": False})  # the prior's pace, not one learned from it
+    cap = capacity(spec, signals(), PolicyState())
+    pace = cap.decode_batch / cap.decode_tps  # the step one priced batch takes
+    running = 8 * cap.decode_batch
+    at_pace = signals(request_rate=1.0, decode_running=running, decode_step_s=pace)
+    slow = replace(at_pace, decode_step_s=2 * pace)
+    d_pace, s_pace = decide(spec, at_pace, counts(4, 4), PolicyState(), NOW)
+    d_slow, s_slow = decide(spec, slow, counts(4, 4), PolicyState(), NOW)
+    assert d_slow.required_decode == pytest.approx(d_pace.required_decode) == pytest.approx(8.0)
+    assert max(n for _, n, _ in s_pace.decode_peaks) == pytest.approx(8.0)
+    assert max(n for _, n, _ in s_slow.decode_peaks) == pytest.approx(4.0)
+
+
 @pytest.mark.parametrize("running, kv_use", [(0.0, 0.5), (50.0, 0.0), (50.0, None)])
 def test_no_sequences_or_no_kv_report_leaves_the_priors_batch(
     running: float, kv_use: float | None

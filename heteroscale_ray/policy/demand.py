@@ -194,6 +194,10 @@ def decode_need(
     estimate is proven short and the waiting sequences count as concurrency, as running ones do.
     For the same lag, an instance's batch is never taken above what its KV memory holds at the
     running sequences' sizes (`kv_batch`).
+
+    The steady need (what the scale-in window and burst memory keep) counts the running
+    sequences at the pace a priced batch steps (Little's law): on an overloaded pool they step
+    slower, so more of the same arrivals are running at once than the SLO's pace would hold.
     """
     if problem is not None:
         return Need(None, f"signals {problem}")
@@ -214,6 +218,9 @@ def decode_need(
         queued = backlog.queue_of(s, Role.DECODE) or 0.0
         seqs = s.decode_running + queued  # type: ignore[operator]
         running = by_seqs = s.decode_running / batch  # type: ignore[operator]
+        if _usable(s.decode_step_s) and s.decode_step_s > 0:  # type: ignore[operator]
+            pace = cap.decode_batch / cap.decode_tps / s.decode_step_s  # type: ignore[operator]
+            running *= min(1.0, pace)
         if queued and queue_growing:
             by_seqs += queued / batch
         elif queued and _usable(s.output_mean):
