@@ -231,8 +231,9 @@ class DemandSpec(BaseModel):
         default=120.0,
         ge=0,
         description="Burst headroom: each role is sized for its need plus the rise its need has "
-        "shown within this horizon (learned quantile, policy/burst.py). Set it to the instance "
-        "start-up time plus one control period. 0 = off.",
+        "shown within this horizon (learned quantile, policy/burst.py): the instance start-up "
+        "time plus one control period. The policy times its own instances' start-ups and uses "
+        "that once timed (policy/startup.py); this is the prior until then. 0 = off.",
     )
     burst_quantile: float = Field(
         default=0.99,

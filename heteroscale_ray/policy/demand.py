@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
-from heteroscale_ray.policy import backlog, burst, proof
+from heteroscale_ray.policy import backlog, burst, proof, startup
 from heteroscale_ray.policy.capacity import Capacity, capacity, learn, track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_within, placement_ratio
@@ -75,6 +75,7 @@ def decide_demand(
     catalog: GpuCatalog = DEFAULT_CATALOG,
 ) -> tuple[Decision, PolicyState]:
     problem = snapshot_problem(signals, now, spec.policy.stale_after_s)
+    state = startup.observe(state, counts, now)
     if problem is None:
         state = backlog.track(spec, state, signals)
         state = track_spread(spec, signals, state, now)
@@ -136,7 +137,7 @@ def decide_demand(
         prefill=p,
         decode=d,
         reason=reason,
-        message=f"{message} [{cap.describe()}]",
+        message=f"{message} [{cap.describe()}{startup.describe(state)}]",
         signal_value=sized[Role.DECODE][0],
         required_prefill=sized[Role.PREFILL][0],
         required_decode=sized[Role.DECODE][0],
@@ -261,7 +262,7 @@ def remember_needs(
     now: float,
     short: set[Role],
 ) -> PolicyState:
-    horizon = spec.policy.demand.burst_horizon_s
+    horizon = startup.horizon_s(spec, state)
     # At a horizon's start the stabilisation window (when it is at least that long) holds the
     # role at no less than the highest need of the horizon before: a rise above that level,
     # before instances asked for then can land, is what the fleet can be short by.
@@ -302,16 +303,17 @@ def with_headroom(
     changes an hour).
     """
     demand = spec.policy.demand
-    if need is None or demand.burst_horizon_s <= 0:
+    horizon = startup.horizon_s(spec, state)
+    if need is None or horizon <= 0:
         return need, why
     base = need if steady is None else min(steady, need)
     queued = need - base
     memory = burst.memory_of(state, role)
     factor = margin_factor(spec, state, role, now, base)
-    rise = 0.0 if now is None else burst.trend(memory, now, demand.burst_horizon_s)
+    rise = 0.0 if now is None else burst.trend(memory, now, horizon)
     if known is not None and base <= known:
         rise = 0.0
-    ahead = base + rise * demand.burst_horizon_s
+    ahead = base + rise * horizon
     if role is Role.PREFILL:  # as for the learned rise: the idle share absorbs part of it
         ahead = max(base, ahead * demand.prefill_utilization)
     if ahead > base * factor:
@@ -332,7 +334,7 @@ def margin_factor(
     already absorbs. A rise larger than the cap, while the level it reached is in the
     scale-in window, insures the calm after it, not that level (burst.margin's `since`)."""
     demand = spec.policy.demand
-    if demand.burst_horizon_s <= 0:
+    if startup.horizon_s(spec, state) <= 0:
         return 1.0
     memory = burst.memory_of(state, role)
     factor = 1 + burst.margin(
@@ -446,6 +448,13 @@ def advance(
     kv = plans[Role.DECODE].reason is Reason.KV_PRESSURE
     after = state.after_decision(
         now, reason, grew=grew, shrank=shrank, guarded=guarded, kv_guarded=kv
+    )
+    after = startup.after_decision(
+        after,
+        counts,
+        now,
+        grew={r for r, g in grows.items() if g},
+        shrank={r for r, p in plans.items() if p.target < counts.of(r)},
     )
     grew_at = {
         f"{r.value}_grew_at": now if grows[r] else getattr(state, f"{r.value}_grew_at")

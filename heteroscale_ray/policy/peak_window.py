@@ -9,6 +9,7 @@ import math
 from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.policy.startup import horizon_s
 from heteroscale_ray.policy.types import PolicyState
 
 # The scale-in window holds a peak with its burst margin this many burst horizons, bare after.
@@ -24,7 +25,7 @@ MARGIN_HOLD_HORIZONS = 5
 def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
     """A role's highest need within the last `peak_window_s` (HPA's downscale window), with
     its burst margin while it is within MARGIN_HOLD_HORIZONS burst horizons."""
-    margin_hold = MARGIN_HOLD_HORIZONS * spec.policy.demand.burst_horizon_s
+    margin_hold = MARGIN_HOLD_HORIZONS * horizon_s(spec, state)
     inside = [
         margined if now - t <= margin_hold else bare
         for t, margined, bare in _in_window(spec, state, role, now)

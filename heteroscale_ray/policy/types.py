@@ -230,6 +230,14 @@ class PolicyState:
     decode_proof: tuple[float, float] | None = None
     prefill_first_step: tuple[float, float] | None = None
     decode_first_step: tuple[float, float] | None = None
+    # Instance start-up, timed (policy/startup.py): each role's ask being timed (when, and the
+    # role's count before it until it is seen placed), the last timings and their horizon.
+    prefill_launch_at: float | None = None
+    prefill_launch_from: int | None = None
+    decode_launch_at: float | None = None
+    decode_launch_from: int | None = None
+    startups: tuple[float, ...] = ()
+    startup_horizon_s: float | None = None
 
     def after_decision(
         self,
@@ -299,6 +307,7 @@ class PolicyState:
             decode_proof=_pair(data.get("decode_proof")),
             prefill_first_step=_pair(data.get("prefill_first_step")),
             decode_first_step=_pair(data.get("decode_first_step")),
+            startups=tuple(float(t) for t in data.get("startups", ())),
         )
 
 

@@ -1,0 +1,94 @@
+"""Instance start-up, timed: how long the instances this policy asks for take to serve.
+
+The burst horizon (policy/burst.py) is the time from asking for instances to their serving:
+start-up plus one control period. Configured (`demand.burst_horizon_s`), it is a guess about
+the deployment, and a wrong guess costs either way: on the ServeGen day with 300-s start-ups,
+the 120-s horizon meant for 90 s held 96.97% of requests within SLO, a 315-s one 98.83%. So
+the policy times its own asks: from the last decision that grew a role, once that role's
+instances were seen starting, to the first snapshot with none of its instances starting; a
+scale-in while they start voids the timing (cancelled start-ups end early), and an ask nothing
+was placed for, or one the soft scale-in window's held instances met at once, is never timed.
+The median of the last few timings plus the control period replaces the configured horizon,
+which stays the prior until one is timed.
+Pure: time comes in as `now`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+
+from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.policy.types import PolicyState, RoleCounts
+
+KEPT = 5  # timings the median is taken over: one slow node does not move the horizon
+
+
+def horizon_s(spec: ServiceSpec, state: PolicyState) -> float:
+    """The burst horizon in force: the timed start-up plus one control period once one is
+    timed, else the configured one (0 keeps burst headroom off)."""
+    configured = spec.policy.demand.burst_horizon_s
+    if configured <= 0 or state.startup_horizon_s is None:
+        return configured
+    return state.startup_horizon_s
+
+
+def describe(state: PolicyState) -> str:
+    """For a decision's message: the start-up the burst horizon is timed on, once timed."""
+    if not state.startups:
+        return ""
+    return f", instances start in {statistics.median(state.startups):,.0f} s (timed)"
+
+
+def observe(state: PolicyState, counts: RoleCounts, now: float) -> PolicyState:
+    """Fold this snapshot's counts into each role's timing of its last ask (before deciding)."""
+    for role in Role:
+        at, before = getattr(state, f"{role.value}_launch_at"), _before(state, role)
+        if at is None:
+            continue
+        if before is not None:  # not yet seen placed: has the role grown past it?
+            if counts.of(role) <= before:
+                continue
+            # Grown with nothing starting: instances held by the soft scale-in window came
+            # back at once; that ask has no start-up to time.
+            landed = counts.starting_of(role) == 0
+            state = replace(
+                state,
+                **{f"{role.value}_launch_from": None},
+                **({f"{role.value}_launch_at": None} if landed else {}),
+            )
+            continue
+        if counts.starting_of(role) > 0:
+            continue
+        timings = (*state.startups, now - at)[-KEPT:]
+        last = state.last_decision_at
+        period = 0.0 if last is None else max(now - last, 0.0)
+        state = replace(
+            state,
+            startups=timings,
+            startup_horizon_s=statistics.median(timings) + period,
+            **{f"{role.value}_launch_at": None},
+        )
+    return state
+
+
+def after_decision(
+    state: PolicyState, counts: RoleCounts, now: float, grew: set[Role], shrank: set[Role]
+) -> PolicyState:
+    """A role that grew starts timing (its newest ask: the earlier ones land before it) once
+    it is seen grown past `counts`; one that shrank while starting voids its timing."""
+    for role in Role:
+        if role in shrank and counts.starting_of(role) > 0:
+            at, before = None, None
+        elif role in grew:
+            at, before = now, counts.of(role)
+        else:
+            continue
+        state = replace(
+            state, **{f"{role.value}_launch_at": at, f"{role.value}_launch_from": before}
+        )
+    return state
+
+
+def _before(state: PolicyState, role: Role) -> int | None:
+    return getattr(state, f"{role.value}_launch_from")
