@@ -107,6 +107,10 @@ states = st.builds(
     last_guard_at=stamp,
     last_decision_at=stamp,
     last_decision_reason=st.none() | st.sampled_from(Reason),
+    prefill_launch_at=stamp,
+    prefill_launch_from=st.none() | st.integers(0, 50),
+    startups=st.lists(st.floats(1.0, 600.0), max_size=5).map(tuple),
+    startup_horizon_s=st.none() | st.floats(1.0, 900.0),
 )
 
 

@@ -70,6 +70,13 @@ def test_a_later_unplaced_ask_does_not_time_an_earlier_ones_start_up() -> None:
     assert state.startups == ()
 
 
+def test_a_clock_that_went_back_times_nothing() -> None:
+    state = _after(PolicyState(), _counts(2, 2), T0, grew=True)
+    state = startup.observe(state, _counts(4, 4, 2, 2), T0 + PERIOD)
+    state = startup.observe(state, _counts(4, 4), T0 - 60.0)
+    assert state.startups == () and state.prefill_launch_at is None
+
+
 def test_a_scale_in_voids_the_timing_in_progress_of_its_role_only() -> None:
     """Start-ups cancelled by a scale-in end early: they time nothing. The other role's
     instances are still starting as they were."""

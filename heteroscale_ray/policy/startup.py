@@ -60,6 +60,9 @@ def observe(state: PolicyState, counts: RoleCounts, now: float) -> PolicyState:
             continue
         if counts.starting_of(role) > 0:
             continue
+        if now <= at:  # a clock that went back times nothing
+            state = replace(state, **{f"{role.value}_launch_at": None})
+            continue
         timings = (*state.startups, now - at)[-KEPT:]
         last = state.last_decision_at
         period = 0.0 if last is None else max(now - last, 0.0)
