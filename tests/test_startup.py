@@ -70,6 +70,16 @@ def test_a_later_unplaced_ask_does_not_time_an_earlier_ones_start_up() -> None:
     assert state.startups == ()
 
 
+def test_instances_the_soft_window_hands_back_time_nothing() -> None:
+    """Instances held out of routing by the soft scale-in window come back at once: the role
+    grows with nothing starting, which is no start-up of one period."""
+    state = _after(PolicyState(), _counts(2, 2), T0, grew=True)
+    state = startup.observe(state, _counts(4, 4), T0 + PERIOD)
+    assert state.prefill_launch_at is None and state.decode_launch_at is None
+    state = startup.observe(state, _counts(4, 4), T0 + 2 * PERIOD)
+    assert state.startups == ()
+
+
 def test_a_clock_that_went_back_times_nothing() -> None:
     state = _after(PolicyState(), _counts(2, 2), T0, grew=True)
     state = startup.observe(state, _counts(4, 4, 2, 2), T0 + PERIOD)
