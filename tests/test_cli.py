@@ -111,7 +111,9 @@ def _demand_status() -> dict[str, object]:
                 "prompt_mean": 400.0,
                 "output_mean": 32.0,
                 "learned_at": 1.0,
-                "text": cap.describe(),
+                "startup_s": 7.0,
+                "burst_horizon_s": 22.0,
+                "text": cap.describe() + ", instances start in 7 s (timed)",
             }
         },
         "observations": {
@@ -141,6 +143,7 @@ def test_status_text_shows_learned_capacity_and_demand_signals() -> None:
     line = next(ln for ln in text.splitlines() if ln.strip().startswith("capacity:"))
     assert "tok/s/instance (x0.25)" in line and "(x0.50)" in line and "learned" in line
     assert "at prompt 400 / output 32 tokens" in line
+    assert "instances start in 7 s (timed)" in line
     observed = next(ln for ln in text.splitlines() if ln.strip().startswith("observed:"))
     for part in ("rate 2.50 req/s", "prefill queue 0.80 s", "wait 900 ms", "decode step 45.0 ms"):
         assert part in observed, observed
@@ -157,6 +160,7 @@ def test_capacity_gauges_in_the_metrics_text() -> None:
     assert 'heteroscale_cp_capacity{kind="batch",role="decode",service="chat"}' in text
     assert 'heteroscale_cp_capacity_scale{role="prefill",service="chat"} 0.25' in text
     assert 'heteroscale_cp_capacity_learned{service="chat"} 1.0' in text
+    assert 'heteroscale_cp_burst_horizon_seconds{service="chat"} 22.0' in text
 
 
 # --- closed pipes and Ctrl-C, as subprocesses (what a shell sees) ----------------------------

@@ -105,6 +105,13 @@ class ControlPlaneMetrics:
             ["service"],
             registry=self.registry,
         )
+        self.burst_horizon = Gauge(
+            p + "burst_horizon_seconds",
+            "Start-up horizon of the burst headroom: timed instance start-up plus one period, "
+            "or the configured prior until one is timed",
+            ["service"],
+            registry=self.registry,
+        )
         self.cycle = Histogram(
             p + "cycle_seconds",
             "Duration of one control cycle",
@@ -165,6 +172,8 @@ class ControlPlaneMetrics:
             self.capacity_scale.labels(name, "prefill").set(cap["prefill_scale"])
             self.capacity_scale.labels(name, "decode").set(cap["decode_scale"])
             self.capacity_learned.labels(name).set(1.0 if cap["source"] == "learned" else 0.0)
+            if cap.get("burst_horizon_s") is not None:
+                self.burst_horizon.labels(name).set(cap["burst_horizon_s"])
 
     def text(self) -> str:
         from prometheus_client import generate_latest

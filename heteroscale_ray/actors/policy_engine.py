@@ -33,7 +33,7 @@ from heteroscale_ray.actors.metrics import ControlPlaneMetrics
 from heteroscale_ray.actors.observe import build_observations
 from heteroscale_ray.config import ServicesConfig, ServiceSpec
 from heteroscale_ray.control import Desired, HeteroScaleAutoscaler, Observation
-from heteroscale_ray.policy import PolicyState, RoleCounts
+from heteroscale_ray.policy import PolicyState, RoleCounts, startup
 from heteroscale_ray.policy.capacity import capacity, lengths
 from heteroscale_ray.policy.transport import carried_target
 from heteroscale_ray.policy.types import Signals
@@ -313,7 +313,9 @@ class PolicyEngine:
                     "prompt_sd": lens.prompt_sd,
                     "output_mean": lens.output,
                     "learned_at": state.capacity_learned_at,
-                    "text": cap.describe(),
+                    "startup_s": startup.timed_startup(state),
+                    "burst_horizon_s": startup.horizon_s(spec, state),
+                    "text": cap.describe() + startup.describe(state),
                 }
         return out
 

@@ -33,11 +33,15 @@ def horizon_s(spec: ServiceSpec, state: PolicyState) -> float:
     return state.startup_horizon_s
 
 
+def timed_startup(state: PolicyState) -> float | None:
+    """The start-up the burst horizon is timed on (s); None before one is timed."""
+    return statistics.median(state.startups) if state.startups else None
+
+
 def describe(state: PolicyState) -> str:
     """For a decision's message: the start-up the burst horizon is timed on, once timed."""
-    if not state.startups:
-        return ""
-    return f", instances start in {statistics.median(state.startups):,.0f} s (timed)"
+    timed = timed_startup(state)
+    return "" if timed is None else f", instances start in {timed:,.0f} s (timed)"
 
 
 def observe(state: PolicyState, counts: RoleCounts, now: float) -> PolicyState:
