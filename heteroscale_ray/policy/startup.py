@@ -47,7 +47,8 @@ def describe(state: PolicyState) -> str:
 def observe(state: PolicyState, counts: RoleCounts, now: float) -> PolicyState:
     """Fold this snapshot's counts into each role's timing of its last ask (before deciding)."""
     for role in Role:
-        at, before = getattr(state, f"{role.value}_launch_at"), _before(state, role)
+        at = getattr(state, f"{role.value}_launch_at")
+        before = getattr(state, f"{role.value}_launch_from")
         if at is None:
             continue
         if before is not None:  # not yet seen placed: has the role grown past it?
@@ -95,7 +96,3 @@ def after_decision(
             state, **{f"{role.value}_launch_at": at, f"{role.value}_launch_from": before}
         )
     return state
-
-
-def _before(state: PolicyState, role: Role) -> int | None:
-    return getattr(state, f"{role.value}_launch_from")
