@@ -534,7 +534,7 @@ def test_the_window_remembers_decode_concurrency_at_the_slos_pace() -> None:
     that pace: after a surge the window had held the overload's count for a quarter of an hour."""
     spec = make_service(demand={"learn": False})  # the prior's pace, not one learned from it
     cap = capacity(spec, signals(), PolicyState())
-    pace = cap.decode_batch / cap.decode_tps  # the step one priced batch takes
+    pace = cap.decode_step_s  # the step one priced batch takes
     running = 8 * cap.decode_batch
     at_pace = signals(request_rate=1.0, decode_running=running, decode_step_s=pace)
     slow = replace(at_pace, decode_step_s=2 * pace)

@@ -44,6 +44,11 @@ class Capacity:
     decode_scale: float = 1.0
     source: str = "prior"  # "prior", "learned" or "override"
 
+    @property
+    def decode_step_s(self) -> float:
+        """The step one decode instance takes at its priced batch (the TBT budget's share)."""
+        return self.decode_batch / self.decode_tps
+
     def describe(self) -> str:
         return (
             f"prefill {self.prefill_tps:,.0f} tok/s/instance (x{self.prefill_scale:.2f}), "

@@ -220,8 +220,7 @@ def decode_need(
         seqs = s.decode_running + queued  # type: ignore[operator]
         running = by_seqs = s.decode_running / batch  # type: ignore[operator]
         if _usable(s.decode_step_s) and s.decode_step_s > 0:  # type: ignore[operator]
-            pace = cap.decode_batch / cap.decode_tps / s.decode_step_s  # type: ignore[operator]
-            running *= min(1.0, pace)
+            running *= min(1.0, cap.decode_step_s / s.decode_step_s)  # type: ignore[operator]
         if queued and queue_growing:
             by_seqs += queued / batch
         elif queued and _usable(s.output_mean):
