@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heteroscale_ray.config import Role, ServiceSpec
-from heteroscale_ray.policy import PolicyState, Reason, RoleCounts, Signals, decide
+from heteroscale_ray.policy import PolicyState, Reason, RoleCounts, Signals, burst, decide
 from heteroscale_ray.policy.capacity import capacity
 
 NOW = 1_000_000.0
@@ -543,6 +543,31 @@ def test_the_window_remembers_decode_concurrency_at_the_slos_pace() -> None:
     assert d_slow.required_decode == pytest.approx(d_pace.required_decode) == pytest.approx(8.0)
     assert max(n for _, n, _ in s_pace.decode_peaks) == pytest.approx(8.0)
     assert max(n for _, n, _ in s_slow.decode_peaks) == pytest.approx(4.0)
+
+
+def test_sequences_a_draining_prefill_queue_releases_are_asked_for_not_remembered() -> None:
+    """Prefill's queue drains into decode as one lump. Decode is asked for every sequence
+    running now, but the scale-in window and the burst memory keep the need from before the
+    release: a 5x step's release had held decode at 4x its need for a quarter of an hour."""
+    spec = make_service(demand={"learn": False})
+    batch = capacity(spec, signals(), PolicyState()).decode_batch
+    calm = signals(request_rate=1.0, decode_running=2 * batch)
+    _, state = decide(spec, calm, counts(4, 4), PolicyState(), NOW)
+    assert burst.last_need(state.decode_burst) == pytest.approx(2.0)
+    queued = replace(calm, observed_at=NOW + 15, prefill_queue_s=20.0)
+    decision, state = decide(spec, queued, counts(4, 4), state, NOW + 15)
+    lump = replace(calm, observed_at=NOW + 30, decode_running=9 * batch)  # the queue drained
+    decision, state = decide(spec, lump, counts(4, 4), state, NOW + 30)
+    assert decision.required_decode == pytest.approx(9.0)
+    assert "7.0 of those are prefill's released queue: not remembered" in decision.message
+    assert max(n for _, n, _ in state.decode_peaks) == pytest.approx(2.0)
+    assert burst.last_need(state.decode_burst) == pytest.approx(2.0)
+    # Without a prefill queue before it, the same sequences are decode's own need.
+    fresh = replace(lump, observed_at=NOW + 15)
+    _, alone = decide(
+        spec, fresh, counts(4, 4), decide(spec, calm, counts(4, 4), PolicyState(), NOW)[1], NOW + 15
+    )
+    assert max(n for _, n, _ in alone.decode_peaks) == pytest.approx(9.0)
 
 
 @pytest.mark.parametrize("running, kv_use", [(0.0, 0.5), (50.0, 0.0), (50.0, None)])

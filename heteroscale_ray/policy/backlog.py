@@ -81,6 +81,13 @@ def prefill_draining(state: PolicyState) -> bool:
     return state.prefill_queue_fell
 
 
+def prefill_releasing(spec: ServiceSpec, state: PolicyState, signals: Signals) -> bool:
+    """Prefill's queue is material now or was at the last snapshot (read before `track`): what
+    it holds reaches decode as one lump once drained, and runs there for its outputs' length."""
+    queues = (queue_of(signals, Role.PREFILL), state.prefill_queue_last)
+    return any(q is not None and material(spec, Role.PREFILL, q) for q in queues)
+
+
 def growing(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:
     """The role's queue grew `backlog_periods` periods in a row."""
     streak = getattr(state, f"{role.value}_growth_streak")

@@ -149,6 +149,11 @@ def _climb(pts: Sequence[tuple[float, float]]) -> float:
     return slope if slope > CLIMB_T * stderr else 0.0
 
 
+def last_need(memory: BurstMemory) -> float | None:
+    """The need remembered at the last period, None before any."""
+    return memory.needs[-1][1] if memory.needs else None
+
+
 def memory_of(state: PolicyState, role: Role) -> BurstMemory:
     return state.prefill_burst if role is Role.PREFILL else state.decode_burst
 
