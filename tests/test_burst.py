@@ -60,17 +60,19 @@ def test_configured_cap_bounds_the_headroom_the_policy_adds() -> None:
 
 
 def test_a_surge_insures_the_calm_after_it_not_its_own_top() -> None:
-    """A 3x spike's rise is capped at 100%: while its top is in the scale-in window it adds
-    nothing at that top, half-way up it adds the rest of the way, and back at the old level
-    (or once older than the window) it insures in full."""
+    """A 3x spike's rise is capped at 100%: at its top it adds nothing, half-way up it adds
+    the rest of the way, and back at the old level it insures in full; as long as it is
+    remembered (a step that stays at its top is not insured twice over)."""
     memory = replay([10.0] * 12 + [30.0] * 12, start=NOW)
-    spike_t = memory.rises_at[-1]
     assert max(memory.rises) >= MAX_MARGIN and memory.tops[-1] == 30.0
-    since = NOW  # the spike is in the window
-    assert margin(memory, 0.99, level=30.0, since=since) == pytest.approx(0.0, abs=0.05)
-    assert margin(memory, 0.99, level=20.0, since=since) == pytest.approx(0.5, abs=0.05)
-    assert margin(memory, 0.99, level=10.0, since=since) == MAX_MARGIN
-    assert margin(memory, 0.99, level=30.0, since=spike_t + 1.0) == MAX_MARGIN
+    assert margin(memory, 0.99, level=30.0) == pytest.approx(0.0, abs=0.05)
+    assert margin(memory, 0.99, level=20.0) == pytest.approx(0.5, abs=0.05)
+    assert margin(memory, 0.99, level=10.0) == MAX_MARGIN
+    later = memory
+    for i in range(60):  # an hour at the step's top, past any window
+        later = remember(later, 30.0, NOW + (24 + i) * PERIOD, HORIZON)
+    assert max(later.rises) >= MAX_MARGIN
+    assert margin(later, 0.99, level=30.0) == pytest.approx(0.0, abs=0.05)
     assert margin(memory, 0.99) == MAX_MARGIN  # no level: as before
 
 
@@ -78,7 +80,7 @@ def test_rises_smaller_than_the_cap_insure_in_proportion_at_any_level() -> None:
     memory = replay([10.0] * 6 + [12.0] * 3, start=NOW)
     share = margin(memory, 0.99)
     assert 0.1 < share < MAX_MARGIN
-    assert margin(memory, 0.99, level=50.0, since=NOW) == share
+    assert margin(memory, 0.99, level=50.0) == share
 
 
 def test_a_memory_saved_without_tops_insures_as_before() -> None:
@@ -93,7 +95,7 @@ def test_a_memory_saved_without_tops_insures_as_before() -> None:
         }
     )
     assert len(old.tops) == len(old.rises) and all(math.isinf(n) for n in old.tops)
-    assert margin(old, 0.99, level=30.0, since=NOW) == MAX_MARGIN
+    assert margin(old, 0.99, level=30.0) == MAX_MARGIN
     later = old
     for i in range(12):
         later = remember(later, 30.0, NOW + (30 + i) * PERIOD, HORIZON)

@@ -91,25 +91,24 @@ def margin(
     gated: bool = False,
     cap: float = MAX_MARGIN,
     level: float | None = None,
-    since: float | None = None,
 ) -> float:
     """The learned headroom share: the `quantile` of the remembered rises (0 before any), at
     most `cap`. With `gated`, 0 until the role has strained.
 
-    A rise at least `cap` (one no headroom covers: a surge) recorded at or after `since`
-    (while the level it reached is still in the scale-in window) insures the need at `level`
-    only up to the top it reached: the window already holds that level, and the surge that
-    brought the need there says nothing of another above it (a 3x spike had doubled its own
-    peak for ten minutes after it). Back below its top, and once older, it insures as ever:
-    the calm after a surge is when the next one finds the fleet lean. Smaller rises always
-    insure in proportion: a diurnal ramp lifts the level past their tops within minutes."""
+    A rise of at least `cap` (one no headroom covers: a surge) insures the need at `level`
+    only up to the top it reached: below it, the calm after a surge is when the next one
+    finds the fleet lean; at it, the surge that brought the need there says nothing of
+    another above it (a 3x spike had doubled its own peak for ten minutes after it, and a 5x
+    step held twice its new level for the hour its rise was remembered). Smaller rises
+    always insure in proportion: a diurnal ramp lifts the level past their tops within
+    minutes."""
     if not memory.rises or (gated and memory.strained_at is None):
         return 0.0
     rises = memory.rises
-    if level is not None and level > 0 and since is not None:
+    if level is not None and level > 0:
         rises = tuple(
-            min(r, max(top / level - 1.0, 0.0)) if t >= since and r >= cap else r
-            for r, t, top in zip(rises, memory.rises_at, memory.tops, strict=True)
+            min(r, max(top / level - 1.0, 0.0)) if r >= cap else r
+            for r, top in zip(rises, memory.tops, strict=True)
         )
     ordered = sorted(rises)
     k = min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))

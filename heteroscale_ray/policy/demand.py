@@ -344,8 +344,8 @@ def margin_factor(
     level: float | None = None,
 ) -> float:
     """1 + the learned burst margin at need `level`, less the share prefill's idle time
-    already absorbs. A rise larger than the cap, while the level it reached is in the
-    scale-in window, insures the calm after it, not that level (burst.margin's `since`)."""
+    already absorbs. A rise larger than the cap insures the calm after it, not the level it
+    reached (burst.margin)."""
     demand = spec.policy.demand
     if startup.horizon_s(spec, state) <= 0:
         return 1.0
@@ -356,7 +356,6 @@ def margin_factor(
         gated=now is not None,
         cap=demand.max_burst_margin,
         level=level,
-        since=None if now is None else now - demand.peak_window_s,
     )
     if role is Role.PREFILL:
         factor = max(1.0, factor * demand.prefill_utilization)
