@@ -109,9 +109,13 @@ def _azure_scaled(services: ServicesConfig, spec: ServiceSpec) -> Trace:
     return trace_scaling.rate_factor(services, spec, S._azure(), diurnal=False)[1]
 
 
+def decode_heavy_day() -> Trace:
+    """diurnal-decode-heavy before rate scaling: diurnal-12h with every output x8."""
+    return mix_change(S.diurnal_12h(), 0.0, 1.0, 8.0)
+
+
 def _diurnal_decode_heavy(services: ServicesConfig, spec: ServiceSpec) -> Trace:
-    day = mix_change(S.diurnal_12h(), 0.0, 1.0, 8.0)
-    return trace_scaling.rate_factor(services, spec, day, diurnal=True)[1]
+    return trace_scaling.rate_factor(services, spec, decode_heavy_day(), diurnal=True)[1]
 
 
 def _prefill_heavy_on_off(services: ServicesConfig, spec: ServiceSpec) -> Trace:

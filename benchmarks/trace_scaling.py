@@ -101,8 +101,8 @@ def _first_guess(
     return 100_000
 
 
-def scale(trace: Trace, k: int, diurnal: bool) -> Trace:
-    return scale_rate(trace, k, seed=SEED, max_shift_s=shift_cap(diurnal)) if k != 1 else trace
+def scale(trace: Trace, k: int, diurnal: bool, seed: int = SEED) -> Trace:
+    return scale_rate(trace, k, seed=seed, max_shift_s=shift_cap(diurnal)) if k != 1 else trace
 
 
 def rate_factor(
@@ -111,19 +111,20 @@ def rate_factor(
     trace: Trace,
     target: int = STATIC_GPUS,
     diurnal: bool = True,
+    seed: int = SEED,
 ) -> tuple[int, Trace, int, int]:
     """Smallest K found with static sizing >= target: (K, scaled trace, its static GPUs,
-    the unscaled static GPUs)."""
+    the unscaled static GPUs). `seed` draws the superposed copies' shifts."""
     g0 = static_gpus(services, spec, trace)
     k = max(math.ceil(target / max(g0, 1)), _first_guess(services, spec, trace, target, diurnal))
     # step down while the guess overshoots, then up until the target is met
-    scaled = scale(trace, k, diurnal)
+    scaled = scale(trace, k, diurnal, seed)
     est = static_gpus(services, spec, scaled)
     for _ in range(8):
         if est >= target:
             break
         k = max(k + 1, math.ceil(k * target / max(est, 1)))
-        scaled = scale(trace, k, diurnal)
+        scaled = scale(trace, k, diurnal, seed)
         est = static_gpus(services, spec, scaled)
     return k, scaled, est, g0
 

@@ -1,0 +1,45 @@
+"""benchmarks/seed_spread.py: each seed is a different draw of the same case, scaled as the
+other benchmarks scale it, and the summary reports every seed and their spread."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from bench_modules import load_benchmark
+
+spread = load_benchmark("seed_spread", "seed_spread_bench")
+
+
+def test_seed_zero_is_the_trace_the_other_benchmarks_replay_and_others_differ() -> None:
+    services = spread.load_services(spread.ROOT / "examples" / "sim_services.yaml")
+    spec = services.by_name()[spread.G.SERVICE]
+    raw = spread.CASES["diurnal-12h"]().slice(0, 1800.0)
+    scale = spread.trace_scaling
+    _, default, _, _ = scale.rate_factor(services, spec, raw, diurnal=True)
+    k0, zero, _, _ = scale.rate_factor(services, spec, raw, diurnal=True, seed=0)
+    k1, one, _, _ = scale.rate_factor(services, spec, raw, diurnal=True, seed=1)
+    np.testing.assert_array_equal(np.asarray(zero.arrival_s), np.asarray(default.arrival_s))
+    assert k0 == k1 > 1
+    assert not np.array_equal(np.asarray(zero.arrival_s)[:1000], np.asarray(one.arrival_s)[:1000])
+
+
+def test_the_summary_holds_each_seed_and_their_spread(tmp_path: Path, capsys) -> None:
+    argv = ["--seeds", "2", "--cases", "diurnal-12h", "--hours", "0.5", "--out", str(tmp_path)]
+    assert spread.main(argv) == 0
+    report = json.loads((tmp_path / "summary.json").read_text())
+    case = report["cases"]["diurnal-12h"]
+    assert [r["seed"] for r in case["rows"]] == [0, 1]
+    gpu = case["gpu_hours"]
+    values = [r["gpu_hours"] for r in case["rows"]]
+    assert gpu["min"] == min(values) and gpu["max"] == max(values) > 0
+    assert gpu["mean"] == sum(values) / 2
+    assert all(0 < r["slo_attainment"] <= 1 for r in case["rows"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["cases"]["diurnal-12h"]["gpu_hours"]["mean"] == gpu["mean"]
+
+
+def test_an_unknown_case_is_refused(tmp_path: Path) -> None:
+    assert spread.main(["--cases", "nope", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "summary.json").exists()
