@@ -552,22 +552,22 @@ def test_sequences_a_draining_prefill_queue_releases_are_asked_for_not_remembere
     spec = make_service(demand={"learn": False})
     batch = capacity(spec, signals(), PolicyState()).decode_batch
     calm = signals(request_rate=1.0, decode_running=2 * batch)
-    _, state = decide(spec, calm, counts(4, 4), PolicyState(), NOW)
-    assert burst.last_need(state.decode_burst) == pytest.approx(2.0)
+    _, first = decide(spec, calm, counts(4, 4), PolicyState(), NOW)
+    assert burst.last_need(first.decode_burst) == pytest.approx(2.0)
+    lump = replace(calm, observed_at=NOW + 30, decode_running=9 * batch)
+
     queued = replace(calm, observed_at=NOW + 15, prefill_queue_s=20.0)
-    decision, state = decide(spec, queued, counts(4, 4), state, NOW + 15)
-    lump = replace(calm, observed_at=NOW + 30, decode_running=9 * batch)  # the queue drained
-    decision, state = decide(spec, lump, counts(4, 4), state, NOW + 30)
+    _, state = decide(spec, queued, counts(4, 4), first, NOW + 15)
+    decision, state = decide(spec, lump, counts(4, 4), state, NOW + 30)  # the queue drained
     assert decision.required_decode == pytest.approx(9.0)
-    assert "7.0 of those are prefill's released queue: not remembered" in decision.message
+    assert "(of which 7.0 is prefill's released queue: not remembered)" in decision.message
     assert max(n for _, n, _ in state.decode_peaks) == pytest.approx(2.0)
     assert burst.last_need(state.decode_burst) == pytest.approx(2.0)
-    # Without a prefill queue before it, the same sequences are decode's own need.
-    fresh = replace(lump, observed_at=NOW + 15)
-    _, alone = decide(
-        spec, fresh, counts(4, 4), decide(spec, calm, counts(4, 4), PolicyState(), NOW)[1], NOW + 15
-    )
-    assert max(n for _, n, _ in alone.decode_peaks) == pytest.approx(9.0)
+
+    # With no prefill queue before them, the same sequences are decode's own need.
+    _, state = decide(spec, replace(calm, observed_at=NOW + 15), counts(4, 4), first, NOW + 15)
+    _, state = decide(spec, lump, counts(4, 4), state, NOW + 30)
+    assert max(n for _, n, _ in state.decode_peaks) == pytest.approx(9.0)
 
 
 @pytest.mark.parametrize("running, kv_use", [(0.0, 0.5), (50.0, 0.0), (50.0, None)])

@@ -76,9 +76,9 @@ def decide_demand(
 ) -> tuple[Decision, PolicyState]:
     problem = snapshot_problem(signals, now, spec.policy.stale_after_s)
     state = startup.observe(state, counts, now)
-    released_at = None  # read before this snapshot updates the queue's record
+    before_release = None  # read before this snapshot updates the queue's record
     if backlog.prefill_releasing(spec, state, signals):
-        released_at = burst.last_need(state.decode_burst)
+        before_release = burst.last_need(state.decode_burst)
     if problem is None:
         state = backlog.track(spec, state, signals)
         state = track_spread(spec, signals, state, now)
@@ -94,7 +94,7 @@ def decide_demand(
             backlog.growing(spec, state, Role.DECODE),
             released_rps(spec, signals, counts, cap),
             counts.decode_ready,
-            released_at,
+            before_release,
         ),
     }
     steady = {role: need.steady for role, need in needs.items()}
@@ -189,7 +189,7 @@ def decode_need(
     queue_growing: bool = False,
     released: float = 0.0,
     ready: int = 0,
-    released_at: float | None = None,
+    before_release: float | None = None,
 ) -> Need:
     """Fractional decode instances: arriving output tokens/s, or the sequences running plus
     the waiting ones' work drained within `drain_s` (a burst's queue empties in seconds once
@@ -205,7 +205,7 @@ def decode_need(
     sequences at the pace a priced batch steps (Little's law): on an overloaded pool they step
     slower, so more of the same arrivals are running at once than the SLO's pace would hold.
     While prefill's queue drains into decode, the running sequences count in it at most at the
-    need remembered before (`released_at`): the release is a backlog that runs once. Counted,
+    need remembered before (`before_release`): the release is a backlog that runs once. Counted,
     a 5x step's release held decode at 4x its need for the window's quarter hour, and, learned
     as a surge, insured the hour after it at twice the need.
     """
@@ -240,7 +240,7 @@ def decode_need(
     if by_rate is None and by_seqs is None:
         return Need(None, "decode demand is missing")
     need = max(x for x in (by_rate, by_seqs) if x is not None) + draining
-    lump = 0.0 if running is None or released_at is None else running - released_at
+    lump = 0.0 if running is None or before_release is None else running - before_release
     if lump > 0:
         running -= lump
     steady = max(x for x in (by_rate, running) if x is not None)
@@ -253,7 +253,7 @@ def decode_need(
     if draining >= 0.05:  # as printed: a tenth of an instance
         why += f" + {draining:,.1f} for the prefill queue's release"
     if lump >= 0.05 and steady < need:
-        why += f" ({lump:,.1f} of those are prefill's released queue: not remembered)"
+        why += f" (of which {lump:,.1f} is prefill's released queue: not remembered)"
     return Need(need, why, steady)
 
 
