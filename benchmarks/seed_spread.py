@@ -11,7 +11,8 @@ Cases, each built as its own benchmark builds it with only the seed changed: the
 day (generalization.py), the diurnal shapes (shapes.py) and diurnal-decode-heavy (stress.py).
 Writes results/seed_spread/summary.json; the last stdout line is one JSON object.
 Run: .venv/bin/python benchmarks/seed_spread.py [--seeds 4] [--cases ...] [--policy P]
-[--hours H]
+[--hours H] [--services YAML] (a services file with its own `general`: a config change,
+compared seed by seed against the shipped one)
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--policy", default="heteroscale", help="one of generalization.py's")
     ap.add_argument("--hours", type=float, help="replay each case's first H hours only")
+    ap.add_argument(
+        "--services",
+        default=str(ROOT / "examples" / "sim_services.yaml"),
+        help="services YAML whose `general` is replayed",
+    )
     ap.add_argument("--out", default=str(ROOT / "results" / "seed_spread"), help="folder")
     args = ap.parse_args(argv)
     labels = G.pick(args.cases, DEFAULT_CASES)
@@ -118,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad or args.seeds < 1:
         print(f"unknown case or policy {bad!r}, or --seeds below 1", file=sys.stderr)
         return 2
-    services = load_services(ROOT / "examples" / "sim_services.yaml")
+    services = load_services(args.services)
+    if G.SERVICE not in services.by_name():
+        print(f"{args.services} has no service {G.SERVICE!r} to replay", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     results = {
         label: run_case(label, services, args.seeds, args.policy, args.hours) for label in labels
@@ -127,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "seed_spread",
         "service": G.SERVICE,
         "policy": args.policy,
+        "services": args.services,
         "seeds": args.seeds,
         "hours": args.hours,
         "cases": results,

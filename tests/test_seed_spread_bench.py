@@ -43,3 +43,12 @@ def test_the_summary_holds_each_seed_and_their_spread(tmp_path: Path, capsys) ->
 def test_an_unknown_case_is_refused(tmp_path: Path) -> None:
     assert spread.main(["--cases", "nope", "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_services_file_without_general_is_refused(tmp_path: Path, capsys) -> None:
+    text = (spread.ROOT / "examples" / "sim_services.yaml").read_text()
+    other = tmp_path / "services.yaml"
+    other.write_text(text.replace("- name: general", "- name: not-general"))
+    assert spread.main(["--services", str(other), "--out", str(tmp_path)]) == 2
+    assert "has no service 'general'" in capsys.readouterr().err
+    assert not (tmp_path / "summary.json").exists()
