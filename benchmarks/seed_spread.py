@@ -5,7 +5,7 @@ On the diurnal cases one replay moves by up to 10% on a one-instance difference 
 (docs/generalization_log.md, 2026-12-05), so a change of a few percent measured on seed 0
 alone can be the draw: one was left out on seed 0 and adopted on seeds 1-3. This replays each
 case on seeds 0..N-1 and prints each seed's GPU-hours and attainment with their mean and
-range; run it at two commits and compare the means.
+range; run it at two commits (or on two services files) and compare seed by seed.
 
 Cases, each built as its own benchmark builds it with only the seed changed: the ServeGen
 day (generalization.py), the diurnal shapes (shapes.py) and diurnal-decode-heavy (stress.py).
