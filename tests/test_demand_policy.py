@@ -63,6 +63,11 @@ def counts(p: int, d: int) -> RoleCounts:
     return RoleCounts(prefill_ready=p, decode_ready=d)
 
 
+def running() -> PolicyState:
+    """A policy deciding for an hour already: no fleet of its first decision left to hold."""
+    return PolicyState(started_at=NOW - 3600.0)
+
+
 def test_prefill_demand_is_seen_while_decode_throughput_is_starved() -> None:
     """Prefill is the bottleneck: decode tokens/s stays low, yet prefill scales out on what
     arrives (the failure that starved a prefill-heavy service for an hour)."""
@@ -130,7 +135,7 @@ def test_the_guard_waits_while_the_queue_drains() -> None:
     queue falls, no step (and no scale-in during the breach); once it stops falling, a step."""
     spec = make_service()
     before = signals(observed_at=NOW - 15, prefill_queue_s=3.0)  # latency not yet over
-    _, state = decide(spec, before, counts(10, 3), PolicyState(), NOW - 15)
+    _, state = decide(spec, before, counts(10, 3), running(), NOW - 15)
     breach = dict(ttft_p99_s=6.0, ttft_wait_p99_s=4.0)
     falling = replace(before, observed_at=NOW, prefill_queue_s=2.0, **breach)
     waited, after = decide(spec, falling, counts(10, 3), state, NOW)
@@ -181,10 +186,10 @@ def test_a_tbt_floor_is_no_time_to_scale_decode_in() -> None:
     """A TBT breach from the KV transfer is a floor (no step out), but fewer decode instances
     would batch more per step and push the transfer-bound requests over: decode holds."""
     spec = make_service(scale_in_cooldown_s=0)
-    calm, _ = decide(spec, signals(), counts(2, 8), PolicyState(), NOW)
+    calm, _ = decide(spec, signals(), counts(2, 8), running(), NOW)
     assert calm.decode < 8 and calm.prefill == 2  # demand alone scales decode in
     floor = signals(tbt_p99_s=0.1, decode_step_s=0.015)
-    held, _ = decide(spec, floor, counts(2, 8), PolicyState(), NOW)
+    held, _ = decide(spec, floor, counts(2, 8), running(), NOW)
     assert held.decode == 8 and held.reason is Reason.LATENCY_FLOOR
     assert "nor a time to scale in" in held.message
 
@@ -425,6 +430,26 @@ def test_scale_in_stops_at_the_recent_peak_need() -> None:
     assert after.decode >= 0.8 * high.decode
 
 
+def test_a_policy_holds_the_fleet_it_found_for_one_window() -> None:
+    """HPA stabilises a new autoscaler's initial size: a fleet the policy starts on (here 20
+    decode for a need of ~3) stays until one scale-in window has passed, then goes."""
+    spec = make_service()
+    window = spec.policy.demand.peak_window_s
+    quiet = signals(request_rate=10.0, decode_running=150.0)
+    first, state = decide(spec, quiet, counts(4, 20), PolicyState(), NOW)
+    assert first.decode == 20 and first.reason is Reason.HOLD_DEADBAND
+    assert "recent peak 20.0" in first.message
+    later = NOW + window - 15
+    held, state = decide(spec, replace(quiet, observed_at=later), counts(4, 20), state, later)
+    assert held.decode == 20
+    after = NOW + window + 15
+    gone, _ = decide(spec, replace(quiet, observed_at=after), counts(4, 20), state, after)
+    assert gone.decode < 20 and gone.reason is Reason.SCALE_IN
+    # a policy that starts on an empty fleet has nothing to hold
+    cold, _ = decide(spec, quiet, counts(0, 0), PolicyState(), NOW)
+    assert cold.reason is Reason.INITIAL and cold.decode < 20
+
+
 def test_the_scale_in_window_is_the_highest_need_within_it() -> None:
     """HPA's downscale window: the highest need of the last peak_window_s, whatever came after
     it; once it leaves the window, the next highest takes over."""
@@ -497,9 +522,9 @@ def test_decode_takes_the_requests_a_draining_prefill_queue_releases() -> None:
     of arrivals: decode is asked for them in the same decision, as instances of both roles
     take one start-up to land (a 3x spike otherwise queued 60-84k sequences for decode)."""
     spec = make_service()
-    calm, _ = decide(spec, signals(), counts(4, 3), PolicyState(), NOW)
+    calm, _ = decide(spec, signals(), counts(4, 3), running(), NOW)
     queued = signals(prefill_queue_s=60.0)
-    decision, state = decide(spec, queued, counts(4, 3), PolicyState(), NOW)
+    decision, state = decide(spec, queued, counts(4, 3), running(), NOW)
     cap = capacity(spec, queued, PolicyState())
     released = 60.0 * 4 * cap.prefill_tps / 1000.0 / spec.policy.demand.drain_s
     more = released * (200.0 - 1.0) / cap.decode_tps
@@ -552,7 +577,7 @@ def test_sequences_a_draining_prefill_queue_releases_are_asked_for_not_remembere
     spec = make_service(demand={"learn": False})
     batch = capacity(spec, signals(), PolicyState()).decode_batch
     calm = signals(request_rate=1.0, decode_running=2 * batch)
-    _, first = decide(spec, calm, counts(4, 4), PolicyState(), NOW)
+    _, first = decide(spec, calm, counts(4, 4), running(), NOW)
     assert burst.last_need(first.decode_burst) == pytest.approx(2.0)
     lump = replace(calm, observed_at=NOW + 30, decode_running=9 * batch)
 

@@ -27,7 +27,12 @@ from heteroscale_ray.policy.fixable_latency import latency_guard, strained
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
 from heteroscale_ray.policy.latency_guard import guard_target
 from heteroscale_ray.policy.limits import clamp, gpus
-from heteroscale_ray.policy.peak_window import known_level, raise_peak, track_peaks
+from heteroscale_ray.policy.peak_window import (
+    hold_found_fleet,
+    known_level,
+    raise_peak,
+    track_peaks,
+)
 from heteroscale_ray.policy.proportional import ceil_eps
 from heteroscale_ray.policy.role_plan import RolePlan, initial_plan, role_plan
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
@@ -75,6 +80,7 @@ def decide_demand(
     catalog: GpuCatalog = DEFAULT_CATALOG,
 ) -> tuple[Decision, PolicyState]:
     problem = snapshot_problem(signals, now, spec.policy.stale_after_s)
+    state = hold_found_fleet(spec, state, counts, now)
     state = startup.observe(state, counts, now)
     before_release = None  # read before this snapshot updates the queue's record
     if backlog.prefill_releasing(spec, state, signals):

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy.startup import horizon_s
-from heteroscale_ray.policy.types import PolicyState
+from heteroscale_ray.policy.types import PolicyState, RoleCounts
 
 # The scale-in window holds a peak with its burst margin this many burst horizons, bare after.
 # The margin insures a rise within one horizon above the level held; one that starts as a peak
@@ -70,6 +70,21 @@ def raise_peak(
         if now - t <= window and not (m <= need and b <= bare)
     )
     return replace(state, **{f"{role.value}_peaks": (*kept, (now, need, bare))})
+
+
+def hold_found_fleet(
+    spec: ServiceSpec, state: PolicyState, counts: RoleCounts, now: float
+) -> PolicyState:
+    """At its first decision a policy holds the fleet it found for one window, as HPA
+    stabilises a new autoscaler's initial size: that fleet was sized for load this policy has
+    not seen yet. A fill of minutes-long sequences reads low for minutes after a start; scaled
+    in to it two minutes in, decode-heavy traffic built a backlog and overshot past the size
+    it started at."""
+    if state.started_at is not None or counts.prefill + counts.decode == 0:
+        return state
+    for role in Role:
+        state = raise_peak(spec, state, role, float(counts.of(role)), now)
+    return state
 
 
 def track_peaks(
