@@ -1,6 +1,8 @@
 """The scale-in stabilisation window of `signal: demand` (HPA's downscale window): a role scales
 in only as far as its highest need within `demand.peak_window_s` allows, and that need with its
-burst margin for MARGIN_HOLD_HORIZONS burst horizons after it. Pure: time comes in as `now`.
+burst margin for MARGIN_HOLD_HORIZONS burst horizons after it. The fleet found at the first
+decision enters the window as a need, as HPA stabilises a new autoscaler's initial size. Pure:
+time comes in as `now`.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def hold_found_fleet(
     stabilises a new autoscaler's initial size: that fleet was sized for load this policy has
     not seen yet. A fill of minutes-long sequences reads low for minutes after a start; scaled
     in to it two minutes in, decode-heavy traffic built a backlog and overshot past the size
-    it started at."""
+    it started at. Like any need in the window, the found size is a level the traffic is held
+    for (`known_level`): a climb back to it is not extrapolated as a rise."""
     if state.started_at is not None or counts.prefill + counts.decode == 0:
         return state
     for role in Role:
