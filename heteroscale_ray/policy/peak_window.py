@@ -85,9 +85,8 @@ def hold_found_fleet(
     for (`known_level`): a climb back to it is not extrapolated as a rise."""
     if state.started_at is not None or counts.prefill + counts.decode == 0:
         return state
-    for role in Role:
-        state = raise_peak(spec, state, role, float(counts.of(role)), now)
-    return state
+    found: dict[Role, float | None] = {role: float(counts.of(role)) for role in Role}
+    return track_peaks(spec, state, found, now, found)
 
 
 def track_peaks(
