@@ -20,7 +20,10 @@ def main(argv: Sequence[str]) -> int:
     """The simulator's commands as `heteroscale` registers them (independent of other modules)."""
     parser = argparse.ArgumentParser(prog="heteroscale")
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(list(argv))
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exit_:  # argparse refuses a bad option as the CLI does: exit 2
+        return int(exit_.code or 0)
     return int(args.func(args))
 
 
@@ -70,7 +73,16 @@ def test_replay_json_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     ("args", "error"),
     [
         (["--policy", "nope"], "unknown policy"),
-        (["--rate-scale", "2", "--rate-shift-max", "-1"], "--rate-shift-max must be >= 0"),
+        (["--rate-scale", "2", "--rate-shift-max", "-1"], "--rate-shift-max: must be a finite"),
+        (["--rate-scale", "0"], "--rate-scale: must be a finite number > 0 (got 0)"),
+        (["--rate-scale", "nan"], "--rate-scale: must be a finite number > 0"),
+        (["--rate-scale", "inf"], "--rate-scale: must be a finite number > 0"),
+        (["--duration", "-5"], "--duration: must be a finite number > 0"),
+        (["--control-period-s", "0"], "--control-period-s: must be a finite number > 0"),
+        (["--startup-s", "-1"], "--startup-s: must be a finite number >= 0"),
+        (["--gpus", "0"], "--gpus: must be >= 1"),
+        (["--gpus", "many"], "--gpus: 'many' is not a whole number"),
+        (["--seed", "-1"], "--seed: must be >= 0"),
     ],
 )
 def test_replay_bad_argument_exits_2(
@@ -80,6 +92,48 @@ def test_replay_bad_argument_exits_2(
     head = ["replay", "--trace", "azure-conv", "--services", services, "--duration", "10"]
     assert main([*head, *args, "--out", str(tmp_path)]) == 2
     assert error in capsys.readouterr().err
+
+
+def test_replay_refuses_a_trace_with_no_requests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "empty.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n")
+    services = str(ROOT / "examples" / "sim_services.yaml")
+    assert main(["replay", "--trace", str(trace), "--services", services]) == 2
+    assert "holds no requests to replay" in capsys.readouterr().err
+
+
+def test_replay_refuses_a_span_of_years_and_names_the_way_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stray row from another year would step through a year tick by tick (hours, GBs)."""
+    trace = tmp_path / "stray.csv"
+    trace.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46,1000,100\n"
+        "2024-11-16 18:15:46,1000,100\n"
+    )
+    services = str(ROOT / "examples" / "sim_services.yaml")
+    assert main(["replay", "--trace", str(trace), "--services", services]) == 2
+    err = capsys.readouterr().err
+    assert "spans 366 days" in err and "--duration" in err
+
+
+def test_replay_finishes_a_request_longer_than_the_default_drain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 30k-token answer takes 1,500 s at the 50-ms TBT SLO, past the 900-s drain the
+    replay used to stop at: it was cut off and lost without a word."""
+    trace = tmp_path / "long_answer.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,1000,30000\n")
+    services = str(ROOT / "examples" / "sim_services.yaml")
+    argv = ["replay", "--trace", str(trace), "--services", services, "--service", "general"]
+    assert main([*argv, "--policy", "static", "--out", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["requests"] == summary["completed"] == 1
+    assert "did not finish" not in captured.err
 
 
 def test_pd_sweep_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

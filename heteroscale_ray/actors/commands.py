@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from heteroscale_ray.arg_types import non_negative, positive, positive_int
+
 ADDRESS_HELP = "Ray cluster address (default: auto, the cluster this machine belongs to)"
 
 
@@ -280,11 +282,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the loop and log/export decisions without changing anything",
     )
     p.add_argument(
-        "--period", type=float, default=5.0, help="control period in seconds (default 5)"
+        "--period", type=positive, default=5.0, help="control period in seconds (default 5)"
     )
     p.add_argument(
         "--soft-window",
-        type=float,
+        type=non_negative,
         default=60.0,
         help="seconds removed instances stay out of routing before they stop (default 60)",
     )
@@ -300,7 +302,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("status", help="services, DGs, instances and the last decisions")
     p.add_argument("--address", default="auto", help=ADDRESS_HELP)
-    p.add_argument("--last", type=int, default=10, help="how many recent decisions to show")
+    p.add_argument(
+        "--last", type=positive_int, default=10, help="how many recent decisions to show"
+    )
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
     p.add_argument("--metrics", action="store_true", help="print the Prometheus metrics text")
     p.add_argument(

@@ -91,7 +91,9 @@ class SimConfig:
 
     tick_s: float = 1.0
     startup_s: float = 90.0  # model load of a new instance (60-120 s is typical for 8-70B)
-    drain_timeout_s: float = 900.0  # after the last arrival, keep running this long at most
+    # after the last arrival, keep running this long at most, plus the longest request's
+    # output at its TBT SLO's pace (a 100k-token answer takes 5,000 s at 50 ms a token)
+    drain_timeout_s: float = 900.0
     # hold arrivals at the ingress while every DG's prefill queue is longer than two ticks
     # (`routing.hold_s`); off: every request is queued at an instance on arrival
     ingress_hold: bool = True
@@ -148,7 +150,8 @@ class ClusterSim:
         self._kind_cost = np.zeros(0)
         n = len(workload)
         self.horizon = float(workload.arrival[-1]) + self.dt if n else self.dt
-        self.n_ticks_max = int(np.ceil((self.horizon + config.drain_timeout_s) / self.dt)) + 2
+        self.drain_s = config.drain_timeout_s + self._longest_output_s()
+        self.n_ticks_max = int(np.ceil((self.horizon + self.drain_s) / self.dt)) + 2
         # per-request results
         self.p_inst = np.full(n, -1, dtype=np.int64)
         self.d_inst = np.full(n, -1, dtype=np.int64)
@@ -191,6 +194,14 @@ class ClusterSim:
         self.ts_ongoing = np.zeros(shape)  # requests in the pool (queued + running)
         self.ts_arrivals = np.zeros((self.n_ticks_max, s))
         self.ts_routed_kvlevel = np.zeros((self.n_ticks_max, len(SharedLevel)))
+
+    def _longest_output_s(self) -> float:
+        """The longest output at its service's TBT SLO: the drain must outlast it, or a
+        request the fleet serves within its SLO is cut off and lost."""
+        if not len(self.w):
+            return 0.0
+        tbt = np.array([s.slo.tbt_s for s in self.services])[self.w.service]
+        return float(np.max(self.w.output_tokens * tbt))
 
     # -- instances ---------------------------------------------------------------------
 

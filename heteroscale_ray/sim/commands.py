@@ -12,8 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from heteroscale_ray.arg_types import fraction, non_negative, positive, positive_int, seed
+
 REPLAY_POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
 SKIP_HINT = " (--skip-malformed skips such rows and counts them)"
+# a replay steps every second of the span: a month is ~2.6M ticks per policy. A longer span
+# is almost always a stray timestamp (a row from another year), so it is refused, not run.
+MAX_SPAN_S = 31 * 86400.0
 
 
 # heteroscale_ray.traces.samples.samples_help(), spelled out so `--help` need not import numpy
@@ -40,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--topology", help="topology.yaml")
     g.add_argument(
         "--gpus",
-        type=int,
+        type=positive_int,
         default=1024,
         help="build a fleet of about N GPUs (default 1024), its GPU types split as a static fleet "
         "for the trace needs them (3:1, 2:2 or 1:3 per big-pod)",
@@ -50,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="heteroscale",
         help=f"one of {', '.join(REPLAY_POLICIES)}, a comma-separated list, or 'all'",
     )
-    p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the request rate by K")
+    p.add_argument(
+        "--rate-scale", type=positive, default=1.0, help="multiply the request rate by K"
+    )
     p.add_argument(
         "--rate-method",
         choices=("superpose", "compress"),
@@ -59,18 +66,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--rate-shift-max",
-        type=float,
+        type=non_negative,
         metavar="S",
         help="superpose: shift copies by at most S seconds (default: 600 for a trace over 3 h, "
         "so its day/night shape survives; its whole span for a shorter one)",
     )
-    p.add_argument("--duration", type=float, help="replay only the first S seconds of the trace")
-    p.add_argument("--seed", type=int, default=0, help="seed for rate scaling (default 0)")
-    p.add_argument("--startup-s", type=float, default=90.0, help="instance start-up delay")
-    p.add_argument("--control-period-s", type=float, default=15.0, help="autoscaler period")
+    p.add_argument("--duration", type=positive, help="replay only the first S seconds of the trace")
+    p.add_argument("--seed", type=seed, default=0, help="seed for rate scaling (default 0)")
+    p.add_argument("--startup-s", type=non_negative, default=90.0, help="instance start-up delay")
+    p.add_argument("--control-period-s", type=positive, default=15.0, help="autoscaler period")
     p.add_argument(
         "--soft-window",
-        type=float,
+        type=non_negative,
         default=60.0,
         help="HeteroScale's soft scale-in window in seconds, as `heteroscale start` (0 = off)",
     )
@@ -90,18 +97,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--services", required=True, help="services.yaml")
     q.add_argument("--service", help="service to sweep (default: the first one)")
-    q.add_argument("--input-tokens", type=float, help="mean prompt length")
-    q.add_argument("--output-tokens", type=float, help="mean output length")
+    q.add_argument("--input-tokens", type=positive, help="mean prompt length")
+    q.add_argument("--output-tokens", type=positive, help="mean output length")
     q.add_argument(
         "--trace",
         help="draw (input, output) lengths from this trace instead of the means (keeps tails): "
         + TRACE_HELP,
     )
     q.add_argument("--skip-malformed", action="store_true", help="skip bad trace rows (counted)")
-    q.add_argument("--instances", type=int, default=10, help="total instances (default 10)")
-    q.add_argument("--threshold", type=float, default=0.9, help="SLO attainment to keep")
-    q.add_argument("--duration", type=float, default=240.0, help="seconds per stress run")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--instances", type=positive_int, default=10, help="total instances (default 10)"
+    )
+    q.add_argument("--threshold", type=fraction, default=0.9, help="SLO attainment to keep")
+    q.add_argument("--duration", type=positive, default=240.0, help="seconds per stress run")
+    q.add_argument("--seed", type=seed, default=0)
     q.add_argument("--out", default="results/pd-sweep", help="folder for PNG and JSON outputs")
     q.add_argument("--json", action="store_true", help="print one JSON result as the last line")
     q.set_defaults(func=_cmd_pd_sweep)
@@ -120,20 +129,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--services", required=True, help="services.yaml")
     t.add_argument("--service", help="service to tune (default: the first one)")
     t.add_argument(
-        "--sample-s", type=float, default=1800.0, help="use the trace's first S seconds (1800)"
+        "--sample-s", type=positive, default=1800.0, help="use the trace's first S seconds (1800)"
     )
-    t.add_argument("--instances", type=int, default=16, help="total instances swept (16)")
-    t.add_argument("--threshold", type=float, default=0.9, help="SLO attainment to keep (0.9)")
-    t.add_argument("--duration", type=float, default=180.0, help="seconds per stress run (180)")
-    t.add_argument("--iterations", type=int, default=6, help="bisection steps per split (6)")
-    t.add_argument("--max-term", type=int, default=8, help="largest term of the ratio (8)")
+    t.add_argument("--instances", type=positive_int, default=16, help="total instances swept (16)")
+    t.add_argument("--threshold", type=fraction, default=0.9, help="SLO attainment to keep (0.9)")
+    t.add_argument("--duration", type=positive, default=180.0, help="seconds per stress run (180)")
+    t.add_argument(
+        "--iterations", type=positive_int, default=6, help="bisection steps per split (6)"
+    )
+    t.add_argument("--max-term", type=positive_int, default=8, help="largest term of the ratio (8)")
     t.add_argument(
         "--absolute",
         action="store_true",
         help="--threshold on raw SLO attainment (default: on attainment over the idle-fleet "
         "ceiling, so requests no capacity can fix do not count against a split)",
     )
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=seed, default=0)
     t.add_argument("--skip-malformed", action="store_true", help="skip bad trace rows (counted)")
     t.add_argument("--json", action="store_true", help="print one JSON result as the last line")
     t.set_defaults(func=_cmd_tune)
@@ -213,16 +224,24 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return 2
     if args.duration:
         trace = trace.slice(0, args.duration)
+    if trace.duration_s > MAX_SPAN_S:
+        print(
+            f"{trace.source} spans {trace.duration_s / 86400:,.0f} days (first arrival to last), "
+            f"more than the {MAX_SPAN_S / 86400:.0f} a replay steps through: a stray timestamp? "
+            "Replay a part of it with --duration S",
+            file=sys.stderr,
+        )
+        return 2
     if args.rate_scale != 1.0:
         shift = args.rate_shift_max
         if shift is None:
             shift = shape_keeping_shift(trace.duration_s)
-        elif shift < 0:
-            print(f"--rate-shift-max must be >= 0 (got {shift:g})", file=sys.stderr)
-            return 2
         trace = scale_rate(
             trace, args.rate_scale, method=args.rate_method, seed=args.seed, max_shift_s=shift
         )
+    if not len(trace):
+        print(f"{trace.source} holds no requests to replay", file=sys.stderr)
+        return 2
     layout = ""
     if topology is None:
         counts = static_counts(spec, services.catalog, trace)
@@ -263,6 +282,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 f"[{pol}] {s['unplaced_instances']:,} instance-periods were asked for and not "
                 "placed: the fleet (or a DG's domain) had no room; results are for a capped "
                 "fleet (pass a larger --gpus or your own --topology)",
+                file=sys.stderr,
+            )
+        if s["completed"] < s["requests"]:
+            print(
+                f"[{pol}] {s['requests'] - s['completed']:,} of {s['requests']:,} requests did "
+                f"not finish within {res.sim.drain_s:,.0f} s of the last arrival (the replay's "
+                "drain limit): they count as missed SLOs",
                 file=sys.stderr,
             )
         summaries.append(s)
