@@ -132,6 +132,7 @@ bad_lines = st.one_of(
          b'{"timestamp": 1, "input_length": 1, "output_length": 1, "hash_ids": [-1]}',
          b'{"timestamp": 1, "input_length": 1, "output_length": 1, "hash_ids": [18446744073709551616]}',
          b'{"timestamp": 1, "input_length": 1, "output_length": 1, "hash_ids": 3}',
+         b'{"timestamp": 1, "input_length": 1, "output_length": 1, "hash_ids": [1, 2]}',
          b'{"timestamp": 1, "input_length": ' + b"9" * 5000 + b', "output_length": 1}']
     ),
     st.integers(100, 20_000).map(lambda d: b"[" * d + b"]" * d),
@@ -147,6 +148,8 @@ def mooncake_file(draw: st.DrawFn) -> tuple[bytes, list[int], list[dict[str, Any
         kind = draw(st.sampled_from(["good", "good", "blank", "bad"]))
         if kind == "good":
             obj = draw(good_objects)
+            if "hash_ids" in obj:  # one id per 512-token block of the prompt, at most
+                obj["hash_ids"] = obj["hash_ids"][: -(-obj["input_length"] // 512)]
             lines.append(json.dumps(obj).encode())  # ensure_ascii: U+2028 stays escaped
             if draw(st.booleans()):  # ... or raw, which splitlines() would cut in two
                 lines[-1] = json.dumps({**obj, "x": "a\u2028b"}, ensure_ascii=False).encode()

@@ -17,9 +17,9 @@ from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
 from heteroscale_ray.sim.fleet import fleet_for
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay
 from heteroscale_ray.sim.sizing import KV_FILL, SIZING_TBT_MARGIN, decode_need
-from heteroscale_ray.sim.workload import BLOCK_TOKENS
 from heteroscale_ray.traces import load_trace, scale_rate
 from heteroscale_ray.traces.samples import SAMPLES
+from heteroscale_ray.traces.trace import BLOCK_TOKENS
 
 ROOT = Path(__file__).resolve().parents[1]
 H20X4_70B = InstanceKind.build(get_profile("dense-70b"), DEFAULT_CATALOG["H20"], 4)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from heteroscale_ray.sim.kernels import compiled, group_argmin, group_min
-from heteroscale_ray.sim.workload import BLOCK_TOKENS
+from heteroscale_ray.traces.trace import BLOCK_TOKENS
 
 
 @compiled

@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 from heteroscale_ray.sim import cache_kernels
-from heteroscale_ray.sim.workload import BLOCK_TOKENS
+from heteroscale_ray.traces.trace import BLOCK_TOKENS
 
 # KV tokens a prefill instance keeps for the prompt it is computing; the rest of its KV memory
 # is spare and joins its DG's pooled prefix cache. One 64k-token prompt (Mooncake's p99 is 66k).

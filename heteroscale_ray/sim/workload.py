@@ -8,8 +8,6 @@ from itertools import chain
 
 import numpy as np
 
-BLOCK_TOKENS = 512  # Mooncake hash_ids cover 512-token prompt blocks
-
 
 @dataclass(frozen=True)
 class PromptBlocks:

@@ -38,7 +38,7 @@ from heteroscale_ray.traces.reading import (
     stream_lines,
     utf8_lines,
 )
-from heteroscale_ray.traces.trace import Trace, TraceError
+from heteroscale_ray.traces.trace import BLOCK_TOKENS, Trace, TraceError
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
@@ -337,6 +337,13 @@ def _mooncake_row(text: str) -> tuple[float, int, int, tuple[int, ...]]:
         isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= MAX_HASH_ID for h in raw
     ):
         raise RowError("hash_ids must be a list of integers in [0, 2**63)")
+    blocks = -(-inp // BLOCK_TOKENS)
+    if len(raw) > blocks:
+        # extra ids would fill the prefix cache with blocks no prompt holds
+        raise RowError(
+            f"hash_ids lists {len(raw)} blocks, but an input_length of {inp} tokens has "
+            f"{blocks} of {BLOCK_TOKENS} tokens (a trace hashed in smaller blocks?)"
+        )
     return float(ts), inp, out, tuple(raw)
 
 

@@ -14,6 +14,8 @@ import numpy as np
 
 from heteroscale_ray.traces.request import Request
 
+BLOCK_TOKENS = 512  # each of a prompt's hash_ids covers this many tokens (Mooncake's block)
+
 
 class TraceError(ValueError):
     """A trace file that cannot be read; the message names the file, the line and the problem."""
