@@ -326,6 +326,26 @@ def test_scale_in_of_one_role_takes_from_the_dg_that_keeps_one() -> None:
     }
 
 
+def test_a_scale_in_never_takes_the_only_prefill_of_a_dg_that_keeps_decode() -> None:
+    """The 1P+3D DG sorts first (smaller), but a 1:2 unit from it takes its only prefill and
+    leaves 2 decode that must be placed again, taking prefill from the other DG to open new
+    ones: a 4P+50D fleet asked for 3P+47D lost three of its four ready prefill this way.
+    The unit comes from the DG that keeps both roles."""
+    spec = make_service(pd_ratio="1:2")
+    big = make_dg("svc-dg0", "s1-low-0", one_gpu_each("s1-low-0-h0", "ppdddd"))
+    small = make_dg("svc-dg1", "s1-low-1", one_gpu_each("s1-low-1-h0", "pddd"))
+    plan, after = run(THREE_SHAPES, [spec], [big, small], [ScaleRequest("svc", 2, 6)])
+    assert not actions_of(plan, DeleteDG) and not actions_of(plan, AddInstances)
+    assert {(a.dg_id, a.role) for a in actions_of(plan, RemoveInstances)} == {
+        ("svc-dg0", P),
+        ("svc-dg0", D),
+    }
+    assert {dg.dg_id: (dg.count(P), dg.count(D)) for dg in after} == {
+        "svc-dg0": (1, 3),
+        "svc-dg1": (1, 3),
+    }
+
+
 def test_scale_in_removes_instances_on_scarce_hosts_first() -> None:
     spec = make_service(affinity="S2")
     dg = make_dg(

@@ -130,13 +130,16 @@ class PlacementCycle:
         whole = {w.dg_id for w in dgs if w.counts[0] and w.counts[1]}
         order = sorted(dgs, key=lambda w: (not w.draining, -w.cost[0], -w.cost[1], w.size, w.dg_id))
         position = {w.dg_id: k for k, w in enumerate(order)}
-        # Whole P/D units, emptying victims one after another so whole DGs go away.
+        # Whole P/D units, emptying victims one after another so whole DGs go away; but never
+        # a unit that leaves a DG one role (its last prefill, say, with decode still in it):
+        # those would be placed again, opening DGs with prefill taken from the rest.
         for w in order:
             if not (shrink[0] and shrink[1]):
                 break
             while shrink[0] and shrink[1]:
                 take = (min(p, shrink[0], w.counts[0]), min(d, shrink[1], w.counts[1]))
-                if take == (0, 0):
+                left = (w.counts[0] - take[0], w.counts[1] - take[1])
+                if take == (0, 0) or (w.dg_id in whole and (left[0] == 0) != (left[1] == 0)):
                     break
                 for r in (0, 1):
                     if take[r]:
