@@ -11,6 +11,17 @@ to any trace). Each case is one plain rule:
 - classify: 50 req/s, 0.5-4k prompts, one output token;
 - high-rate: 300 req/s of ~100-token prompts and ~20-token outputs, 20 min.
 
+And five 12-h days, each a rate `day(lo, hi)` = lo + (hi - lo) sin^2(pi t / 12 h) (lo at the
+ends, hi at 6 h), lengths lognormal with the stated mean (capped at 32k in, 16k out):
+
+- day-chat: day(3, 30) req/s, prompts ~1k, outputs ~250, with six bursts of 10-20 min at
+  1.5-2.5x the rate (instant steps at seeded times);
+- day-code: twice that rate (own bursts), prompts ~2.5k, outputs ~30 (prefill-heavy);
+- day-long-context: day(1, 8), prompts ~12k, outputs ~300;
+- day-reasoning: day(0.5, 6), prompts ~1k, outputs ~4k;
+- day-mix-shift: day-chat's lengths at day(3, 30) with no bursts, outputs x6 in two 1-h
+  windows and prompts x5 in a third (seeded, disjoint).
+
 The fleet is the CLI's: about 1,024 GPUs split between the GPU types as a static fleet for the
 trace needs them (sim/fleet.py). Replayed on service `general` under heteroscale, static and
 oracle, with issue 10's goals per case (as benchmarks/shapes.py checks them).
@@ -100,6 +111,74 @@ def high_rate() -> Trace:
     return _trace(t, rng.integers(50, 150, len(t)), rng.integers(5, 40, len(t)), 1200.0)
 
 
+DAY_S = 12 * 3600.0
+PROMPT_CAP, OUTPUT_CAP = 32_000, 16_000
+
+
+def _day(lo: float, hi: float) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda t: lo + (hi - lo) * np.sin(np.pi * np.asarray(t) / DAY_S) ** 2
+
+
+def _lognormal(rng: np.random.Generator, mean: float, sigma: float, n: int, cap: int):
+    """Lognormal lengths whose mean is `mean` (before the cap), at least one token."""
+    x = rng.lognormal(np.log(mean) - sigma**2 / 2, sigma, n)
+    return np.clip(np.rint(x), 1, cap).astype(np.int64)
+
+
+def _with_bursts(rng: np.random.Generator, base: Callable[[np.ndarray], np.ndarray], n: int = 6):
+    """`base` times 1.5-2.5 in n disjoint windows of 10-20 min (redrawn until disjoint)."""
+    while True:
+        wins = sorted(
+            (start, start + rng.uniform(600, 1200), rng.uniform(1.5, 2.5))
+            for start in rng.uniform(0, DAY_S - 1200, n)
+        )
+        if all(wins[i][1] <= wins[i + 1][0] for i in range(n - 1)):
+            break
+
+    def rate(t: np.ndarray) -> np.ndarray:
+        r = base(t)
+        for a, b, m in wins:
+            r = np.where((t >= a) & (t < b), r * m, r)
+        return r
+
+    return rate
+
+
+def day_case(
+    seed: int,
+    lo: float,
+    hi: float,
+    prompt_mean: float,
+    output_mean: float,
+    bursts: bool,
+) -> Trace:
+    rng = np.random.default_rng(seed)
+    rate = _with_bursts(rng, _day(lo, hi)) if bursts else _day(lo, hi)
+    t = _arrivals(rng, rate, DAY_S)
+    prompts = _lognormal(rng, prompt_mean, 0.8 if prompt_mean < 2000 else 0.6, len(t), PROMPT_CAP)
+    outputs = _lognormal(rng, output_mean, 0.7, len(t), OUTPUT_CAP)
+    return _trace(t, prompts, outputs, DAY_S)
+
+
+def day_mix_shift(seed: int = 105) -> Trace:
+    rng = np.random.default_rng(seed)
+    t = _arrivals(rng, _day(3, 30), DAY_S)
+    prompts = _lognormal(rng, 1000, 0.8, len(t), PROMPT_CAP)
+    outputs = _lognormal(rng, 250, 0.7, len(t), OUTPUT_CAP)
+    while True:  # three 1-h windows on a 5-min grid, at least 30 min apart
+        starts = np.sort(rng.choice(np.arange(6, 133) * 300.0, 3, replace=False))
+        if np.all(np.diff(starts) >= 5400):
+            break
+    prompt_window = rng.integers(3)
+    for k, s in enumerate(starts):
+        inside = (t >= s) & (t < s + 3600)
+        if k == prompt_window:
+            prompts[inside] = np.minimum(PROMPT_CAP, prompts[inside] * 5)
+        else:
+            outputs[inside] = np.minimum(OUTPUT_CAP, outputs[inside] * 6)
+    return _trace(t, prompts, outputs, DAY_S)
+
+
 # label -> (builder, diurnal, what it stands for)
 CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
     "reasoning": (reasoning, False, "15 req/s, outputs ~3.8k"),
@@ -122,6 +201,31 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
     "bimodal": (bimodal, False, "8 req/s, 20% ~20k-token documents"),
     "classify": (classify, False, "50 req/s, one output token"),
     "high-rate": (high_rate, False, "300 req/s, ~100 in / ~20 out"),
+    "day-chat": (
+        lambda: day_case(101, 3, 30, 1000, 250, bursts=True),
+        True,
+        "12 h, 3 -> 30 -> 3 req/s, six 1.5-2.5x bursts, chat",
+    ),
+    "day-code": (
+        lambda: day_case(102, 6, 60, 2500, 30, bursts=True),
+        True,
+        "12 h, 6 -> 60 -> 6 req/s, six bursts, prompts ~2.5k, outputs ~30",
+    ),
+    "day-long-context": (
+        lambda: day_case(103, 1, 8, 12_000, 300, bursts=False),
+        True,
+        "12 h, 1 -> 8 -> 1 req/s, prompts ~12k",
+    ),
+    "day-reasoning": (
+        lambda: day_case(104, 0.5, 6, 1000, 4000, bursts=False),
+        True,
+        "12 h, 0.5 -> 6 -> 0.5 req/s, outputs ~4k",
+    ),
+    "day-mix-shift": (
+        day_mix_shift,
+        True,
+        "12 h chat, outputs x6 for two hours, prompts x5 for one",
+    ),
 }
 
 

@@ -24,6 +24,11 @@ def test_every_case_is_seeded_and_named() -> None:
         "bimodal",
         "classify",
         "high-rate",
+        "day-chat",
+        "day-code",
+        "day-long-context",
+        "day-reasoning",
+        "day-mix-shift",
     }
     a, b = made_up.reasoning(), made_up.reasoning()
     np.testing.assert_array_equal(a.arrival_s, b.arrival_s)
@@ -54,3 +59,22 @@ def test_a_static_fleet_for_reasoning_splits_the_cli_fleet_toward_decode() -> No
     spec = services.by_name()["general"]
     p, d = static_counts(spec, services.catalog, made_up.reasoning())
     assert d > 8 * p
+
+
+def test_a_day_rises_to_its_top_at_noon_and_bursts_where_drawn() -> None:
+    day = made_up.day_case(7, 1, 8, 12_000, 300, bursts=False)
+    assert _rate(day, 0, 1800) < 1.5 and _rate(day, 5 * 3600, 7 * 3600) > 7.0
+    assert 10_000 < np.mean(day.input_tokens) < 13_000 and np.max(day.input_tokens) <= 32_000
+    chat = made_up.day_case(7, 3, 30, 1000, 250, bursts=True)
+    calm = made_up.day_case(7, 3, 30, 1000, 250, bursts=False)
+    assert len(chat) > 1.05 * len(calm)  # six 10-20 min windows at 1.5-2.5x
+
+
+def test_the_mix_shift_day_lengthens_outputs_for_two_hours_and_prompts_for_one() -> None:
+    day = made_up.day_mix_shift()
+    t = np.asarray(day.arrival_s)
+    hour = (t // 3600).astype(int)
+    out = np.array([np.mean(day.output_tokens[hour == h]) for h in range(12)])
+    inp = np.array([np.mean(day.input_tokens[hour == h]) for h in range(12)])
+    calm_out, calm_in = np.median(out), np.median(inp)
+    assert np.count_nonzero(out > 3 * calm_out) >= 1 and np.count_nonzero(inp > 3 * calm_in) >= 1
