@@ -130,9 +130,8 @@ class PlacementCycle:
         whole = {w.dg_id for w in dgs if w.counts[0] and w.counts[1]}
         order = sorted(dgs, key=lambda w: (not w.draining, -w.cost[0], -w.cost[1], w.size, w.dg_id))
         position = {w.dg_id: k for k, w in enumerate(order)}
-        # Whole P/D units, emptying victims one after another so whole DGs go away; but never
-        # a unit that leaves a DG one role (its last prefill, say, with decode still in it):
-        # those would be placed again, opening DGs with prefill taken from the rest.
+        # Whole P/D units, emptying victims one after another so whole DGs go away; never one
+        # that leaves a DG one role (re-placing that role opens DGs with the rest's partners).
         for w in order:
             if not (shrink[0] and shrink[1]):
                 break
