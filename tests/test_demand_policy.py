@@ -727,3 +727,13 @@ def test_an_ask_the_fleet_could_not_place_is_the_dead_bands_reference() -> None:
         again, _ = decide(spec, sig, placed, state, t)
         assert again.decode == want, again.message
         assert ("still asking" in again.message) == (want == ask)
+
+
+def test_a_role_held_at_its_max_says_so() -> None:
+    """Mooncake x100 asked 499 prefill at the 400-instance max: the sentence ended `-> 400`
+    with no word of the bound."""
+    spec = make_service()
+    sig = signals(prefill_offered_tps=6_000_000.0, prefill_tps=4_000_000.0)
+    decision, _ = decide(spec, sig, counts(400, 40), running(), NOW)
+    assert decision.prefill == 400
+    assert "(prefill max 400)" in decision.message

@@ -431,12 +431,11 @@ def bounded(spec: ServiceSpec, plans: dict[Role, RolePlan]) -> dict[Role, RolePl
         target = clamp(plan.target, rs.min_instances, rs.max_instances)
         if target == plan.target:
             out[role] = plan
-        elif target == plan.current:
-            out[role] = replace(plan, target=target, reason=Reason.HOLD_AT_BOUND)
-        else:
-            limit = "max" if target < plan.target else "min"
-            why = f"{plan.why} ({role.value} {limit} {target})"
-            out[role] = replace(plan, target=target, reason=Reason.CLAMPED_MIN_MAX, why=why)
+            continue
+        limit = "max" if target < plan.target else "min"
+        why = f"{plan.why} ({role.value} {limit} {target})"
+        reason = Reason.HOLD_AT_BOUND if target == plan.current else Reason.CLAMPED_MIN_MAX
+        out[role] = replace(plan, target=target, reason=reason, why=why)
     budget = spec.policy.gpu_budget
     p, d = out[Role.PREFILL].target, out[Role.DECODE].target
     if budget is not None and gpus(spec, p, d) > budget:
