@@ -50,7 +50,8 @@ ORACLE_NOTE = (
     "simulator's own performance model (decode: peak per-tick need from the TBT-step, KV-memory "
     "and sequence bounds; prefill: work at 80% busy, on cache misses measured by calibration "
     "replays), looking ahead by the start-up delay plus two control periods, never above the "
-    "static fleet, DGs placed at its own P/D ratio; not a proven lower bound"
+    "static fleet, at its last interval's size after the trace until the queue drains, DGs "
+    "placed at its own P/D ratio; not a proven lower bound"
 )
 
 
