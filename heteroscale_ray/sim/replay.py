@@ -313,7 +313,7 @@ def run_replay(
         config=SimConfig(tick_s=opts.tick_s, startup_s=opts.startup_s),
     )
     actuator = SimActuator(sim, opts.startup_s)
-    cached = cache_hits
+    cached = static_hits = cache_hits
     if (
         autoscaler is None
         and calibrate_cache
@@ -322,14 +322,13 @@ def run_replay(
     ):
         # pass 1: static without discount; the oracle then re-measures at its own (smaller)
         # sizes, since a smaller prefill pool also means a smaller pooled cache
-        cached = _cache_calibration(services, graph, traces, opts, const, profiles, specs, None)
-        static_hits = cached
+        cached = static_hits = _cache_calibration(
+            services, graph, traces, opts, const, profiles, specs, None
+        )
         if opts.policy == "oracle":
             cached = _cache_calibration(
                 services, graph, traces, opts, const, profiles, specs, cached
             )
-    else:
-        static_hits = cached
     if autoscaler is None:
         autoscaler = make_autoscaler(opts.policy, specs, sim, traces, opts, cached, static_hits)
     # Static and oracle place their DGs at their own P/D ratio (see StaticAutoscaler).
