@@ -172,8 +172,8 @@ def make_autoscaler(
     """Build the named autoscaler; oracle and static read the future load from the traces.
 
     `cached` (service -> prefix-cache hits per request, trace order) discounts their prefill.
-    `static_hits`: the hits the static fleet is sized on (default `cached`); the oracle never
-    holds more than that fleet in any interval.
+    `static_hits`: the hits the static fleet was sized on (prefix-hashed traces); the oracle
+    never holds more than that fleet in any interval.
     """
     hits = dict(cached or {})
 
@@ -212,12 +212,14 @@ def make_autoscaler(
             for name, (n, spec) in table.items()
         }
 
-        # Static's fleet serves every interval by the same capacity model, so the oracle never
-        # needs more. With prefix caching it could ask more: it is sized on the hits its own
-        # smaller pool measured, and a pool too small for the shared documents measures few
-        # (2.2x static's GPU-hours on 40 shared 30k-token documents), where the fleet those
-        # few hits size holds the documents and hits them again.
-        ceiling = {spec.name: static_fleet(spec, dict(static_hits or hits)) for spec in services}
+        # Static's fleet serves every interval by the same capacity model (without hashes its
+        # peak is the oracle's own), so the oracle never needs more. With prefix caching it
+        # could ask more: it is sized on the hits its own smaller pool measured, and a pool
+        # too small for the shared documents measures few (2.2x static's GPU-hours on 40
+        # shared 30k-token documents), where the fleet those few hits size holds them.
+        ceiling = (
+            {spec.name: static_fleet(spec, static_hits) for spec in services} if static_hits else {}
+        )
 
         def schedule(name: str, now: float) -> tuple[int, int]:
             needs, spec = table[name]
@@ -226,8 +228,8 @@ def make_autoscaler(
             # requests unfinished on Mooncake x100).
             end = (len(needs.prefill) - 1) * needs.period_s
             p, d = lookahead_counts(spec, needs, min(now, end), lookahead)
-            top = ceiling[name]
-            return min(p, top[0]), min(d, top[1])
+            top = ceiling.get(name)
+            return (p, d) if top is None else (min(p, top[0]), min(d, top[1]))
 
         return ScheduledAutoscaler(schedule, name="oracle", pd_ratios=ratios)
     raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")

@@ -133,8 +133,6 @@ class PlacementCycle:
         # Whole P/D units, emptying victims one after another so whole DGs go away; never one
         # that leaves a DG one role (re-placing that role opens DGs with the rest's partners).
         for w in order:
-            if not (shrink[0] and shrink[1]):
-                break
             while shrink[0] and shrink[1]:
                 take = (min(p, shrink[0], w.counts[0]), min(d, shrink[1], w.counts[1]))
                 left = (w.counts[0] - take[0], w.counts[1] - take[1])
