@@ -48,8 +48,12 @@ def test_replay_json_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
             "--json",
         ]
     )
-    out = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
     assert rc == 0
+    # the fleet's split is sized before the prefix cache: static then runs fewer prefill
+    assert "split as a static fleet for the trace needs" in captured.err
+    assert "before prefix-cache hits" in captured.err
     summary = json.loads(out[-1])
     for key in (
         "policy",
@@ -134,6 +138,7 @@ def test_replay_finishes_a_request_longer_than_the_default_drain(
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["requests"] == summary["completed"] == 1
     assert "did not finish" not in captured.err
+    assert "before prefix-cache hits" not in captured.err  # no hashes: no cache to discount
 
 
 def test_pd_sweep_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

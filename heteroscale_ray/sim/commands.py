@@ -247,7 +247,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         counts = static_counts(spec, services.catalog, trace)
         topology = fleet_for([spec], args.gpus, counts)
         split = ", ".join(f"{n} {t}" for t, n in topology.gpus_by_type().items())
-        layout = f" ({split}, split as a static fleet for the trace needs {counts[0]}:{counts[1]})"
+        uncached = ", before prefix-cache hits" if trace.has_hashes else ""
+        layout = (
+            f" ({split}, split as a static fleet for the trace needs "
+            f"{counts[0]}:{counts[1]}{uncached})"
+        )
     policies = REPLAY_POLICIES if args.policy == "all" else tuple(args.policy.split(","))
     bad = [p for p in policies if p not in REPLAY_POLICIES]
     if bad:
