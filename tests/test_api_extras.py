@@ -302,8 +302,10 @@ def _config(*services: tuple[str, int | None]) -> ServicesConfig:
 ENGINE = ModelConfig(n_layers=2, d_model=64, n_heads=4, max_context=512)
 
 
-def _route(name: str, limit: int, engine: ModelConfig = ENGINE) -> ServiceRoute:
-    return ServiceRoute(name, engine, "dense-8b", {}, limit)
+def _route(
+    name: str, limit: int, engine: ModelConfig = ENGINE, ttft_slo_s: float | None = 1.0
+) -> ServiceRoute:
+    return ServiceRoute(name, engine, "dense-8b", {}, limit, ttft_slo_s)
 
 
 @pytest.mark.parametrize(
@@ -313,12 +315,23 @@ def _route(name: str, limit: int, engine: ModelConfig = ENGINE) -> ServiceRoute:
         (
             [("chat", 5)],
             {"chat": _route("chat", 3)},
-            [IngressRegistration("chat", ENGINE, "dense-8b", 5)],
+            [IngressRegistration("chat", ENGINE, "dense-8b", 5, 1.0)],
         ),
         (
             [("chat", 0)],
             {"chat": _route("chat", 3)},
-            [IngressRegistration("chat", ENGINE, "dense-8b", 0)],
+            [IngressRegistration("chat", ENGINE, "dense-8b", 0, 1.0)],
+        ),
+        # A changed TTFT SLO (or none registered by an older ingress): the config's.
+        (
+            [("chat", 3)],
+            {"chat": _route("chat", 3, ttft_slo_s=2.0)},
+            [IngressRegistration("chat", ENGINE, "dense-8b", 3, 1.0)],
+        ),
+        (
+            [("chat", 3)],
+            {"chat": _route("chat", 3, ttft_slo_s=None)},
+            [IngressRegistration("chat", ENGINE, "dense-8b", 3, 1.0)],
         ),
         # Unchanged (the default is 3): nothing to push.
         ([("chat", None)], {"chat": _route("chat", 3)}, []),
@@ -327,16 +340,18 @@ def _route(name: str, limit: int, engine: ModelConfig = ENGINE) -> ServiceRoute:
         (
             [("chat", 3), ("docs", 2)],
             {"chat": _route("chat", 3)},
-            [IngressRegistration("docs", ENGINE, "dense-8b", 2)],
+            [IngressRegistration("docs", ENGINE, "dense-8b", 2, 1.0)],
         ),
         # Nothing registered yet: the default engine (what `heteroscale start` serves).
-        ([("chat", 4)], {}, [IngressRegistration("chat", ModelConfig(), "dense-8b", 4)]),
+        ([("chat", 4)], {}, [IngressRegistration("chat", ModelConfig(), "dense-8b", 4, 1.0)]),
         # A service left out of the update is not touched here (the pre-scheduler unroutes it).
         ([("chat", 3)], {"chat": _route("chat", 3), "old": _route("old", 1)}, []),
     ],
     ids=[
         "changed",
         "to-zero",
+        "ttft-changed",
+        "ttft-unknown",
         "default-same",
         "all-same",
         "new-service",

@@ -1,5 +1,6 @@
 """The simulated ingress: requests that would queue past the hold wait there, not pinned to an
-instance; new instances take them; those already late go after the fresh ones; and the work
+instance; new instances take them; those that can no longer make the TTFT SLO go after the
+fresh ones; and the work
 held there still reads as queued prefill."""
 
 from __future__ import annotations
@@ -69,6 +70,23 @@ def test_late_requests_go_after_fresh_ones() -> None:
     wait = sim.t_first[fresh] - 30.0
     assert wait <= hold_s(sim, 0) + sim.dt + prefill_one_s(sim)
     assert np.count_nonzero(sim.t_first[:BURST] > sim.t_first[fresh]) > BURST // 2
+    assert np.isfinite(sim.t_done).all()
+
+
+def test_a_request_past_half_its_slo_goes_after_fresh_ones() -> None:
+    """The late test counts the time still ahead of a request: at t=1.6 the burst's requests
+    have waited 0.6-1.6 s of a 1-s SLO, so with its queue and prefill still to come none can
+    make it, and the fresh request goes first (waited-past-the-SLO alone would put the ~120
+    that waited 0.6-1.0 s ahead of it)."""
+    arrivals = np.concatenate([np.linspace(0.0, 0.99, BURST), [1.6]])
+    n = len(arrivals)
+    sim = small_sim(arrivals, [2000] * n, [8] * n, drain_timeout_s=3600, tick_s=0.1)
+    sim.add_instance("p0", "svc", Role.PREFILL, "dg0", L20_HOSTS[0], "L20", 1, 0.0)
+    sim.add_instance("d0", "svc", Role.DECODE, "dg0", H20_HOSTS[0], "H20", 1, 0.0)
+    while not sim.done:
+        sim.step()
+    wait = sim.t_first[BURST] - 1.6
+    assert wait <= hold_s(sim, 0) + 2 * sim.dt + prefill_one_s(sim)
     assert np.isfinite(sim.t_done).all()
 
 

@@ -102,7 +102,9 @@ def start_control_plane(
     if INGRESS_APP not in serve.status().applications:
         deploy_ingress()
     for spec in config.services:
-        register_service(spec.name, settings.options.engine, spec.model, spec.migration_limit)
+        register_service(
+            spec.name, settings.options.engine, spec.model, spec.migration_limit, spec.slo.ttft_s
+        )
     save_services(config)  # an explicit start wins over an older checkpoint
     fps = (
         ray.remote(FederatedPreScheduler)
@@ -141,16 +143,18 @@ class IngressRegistration:
     engine: ModelConfig
     model_profile: str
     migration_limit: int
+    ttft_slo_s: float | None = None
 
 
 def ingress_registrations(
     config: ServicesConfig, registered: Mapping[str, ServiceRoute]
 ) -> list[IngressRegistration]:
     """What an update registers with the ingress so the router moves each request at most its
-    service's `migration_limit` times, as after `start`.
+    service's `migration_limit` times and orders held prefill work by its TTFT SLO, as after
+    `start`.
 
-    A registered service whose limit changed keeps the engine and model profile it has (its
-    DGs registered them) and takes the new limit; an unchanged one is left alone. A service
+    A registered service whose limit or TTFT SLO changed keeps the engine and model profile it
+    has (its DGs registered them) and takes the new ones; an unchanged one is left alone. A service
     new in this config is registered as `start` registers it, with the engine the control plane
     serves every service with (that of the registered ones; the default when there are none),
     so the limit is in place before its first DG deploys (a DG keeps a registered limit)."""
@@ -159,14 +163,17 @@ def ingress_registrations(
     out = []
     for spec in config.services:
         route = registered.get(spec.name)
+        ttft = spec.slo.ttft_s
         if route is None:
             out.append(
-                IngressRegistration(spec.name, default_engine, spec.model, spec.migration_limit)
+                IngressRegistration(
+                    spec.name, default_engine, spec.model, spec.migration_limit, ttft
+                )
             )
-        elif route.migration_limit != spec.migration_limit:
+        elif route.migration_limit != spec.migration_limit or route.ttft_slo_s != ttft:
             out.append(
                 IngressRegistration(
-                    spec.name, route.engine, route.model_profile, spec.migration_limit
+                    spec.name, route.engine, route.model_profile, spec.migration_limit, ttft
                 )
             )
     return out
@@ -182,14 +189,14 @@ def push_ingress_registrations(config: ServicesConfig) -> list[IngressRegistrati
     _, services = ray.get(get_routing_table().snapshot.remote(), timeout=30)
     regs = ingress_registrations(config, services)
     for r in regs:
-        register_service(r.name, r.engine, r.model_profile, r.migration_limit)
+        register_service(r.name, r.engine, r.model_profile, r.migration_limit, r.ttft_slo_s)
     return regs
 
 
 def update_services(services_yaml: str) -> tuple[bool, str]:
     """Validate a new services.yaml here, at the edge, and hand the model to the policy engine;
     a bad file is rejected with the loader's message and the running config stays. Once the
-    engine took it, changed `migration_limit`s go to the ingress (as `start` registers them)."""
+    engine took it, changed `migration_limit`s and TTFT SLOs go to the ingress (as `start` registers them)."""
     import ray
 
     try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heteroscale_ray.config.services import DEFAULT_MIGRATION_LIMIT
+from heteroscale_ray.serving.admission import PrefillGate
 from heteroscale_ray.serving.api_requests import ApiError, internal_error
 from heteroscale_ray.serving.api_types import ChatCompletionRequest, CompletionRequest, now_s
 from heteroscale_ray.serving.decode import DecodeChunk, DecodeRequest
@@ -47,6 +48,12 @@ _TIMEOUTS = (asyncio.TimeoutError, TimeoutError)
 
 PREFILL_DEPLOYMENT = "PrefillServer"
 DECODE_DEPLOYMENT = "DecodeServer"
+
+
+def _prefill_timed_out() -> ApiError:
+    return ApiError(
+        503, "prefill timed out (overloaded); retry later", "server_overloaded", "timeout"
+    )
 
 
 def sampling_params(
@@ -159,6 +166,7 @@ class ChoiceStreams:
     _inflight_by_app: dict[str, int]
     _migrations: dict[str, dict[str, int]]  # service -> reason -> count (for `status`)
     _move: Callable[[_Slot, DgRoute], None]
+    _gate: PrefillGate
 
     async def _start_all(self, slots: list[_Slot], ctx: _Request) -> list[_Choice]:
         """Start the n choices concurrently (prefill, then decode in the same DG)."""
@@ -213,7 +221,8 @@ class ChoiceStreams:
 
     async def _prefill(self, c: _Choice, ctx: _Request) -> Any:
         """Prefill the prompt plus what the choice already delivered; returns the KV's ref."""
-        prefill = self._handle(c.slot.dg.app_name, PREFILL_DEPLOYMENT)
+        dg = c.slot.dg
+        prefill = self._handle(dg.app_name, PREFILL_DEPLOYMENT)
         req = PrefillRequest(
             c.engine_rid,
             c.progress.prefill_tokens(ctx.tokens),
@@ -221,22 +230,49 @@ class ChoiceStreams:
             c.arrival_wall_s(ctx),
             resume_at=len(c.progress.tokens),
         )
-        # Until the handle hands the call to a replica (`_to_object_ref` returns), Serve holds
-        # it: every replica is at max_ongoing_requests. Reported as held prefill work.
+        # Until a replica takes the call it is held: at the ingress's gate (admission.py, in
+        # its order), then by Serve's handle while every replica is at max_ongoing_requests.
+        # Reported as held prefill work; held at most prefill_timeout_s in all.
         held = len(req.prompt_tokens)
         self._arrivals.hold(ctx.model, held)
+        deadline = time.monotonic() + self.prefill_timeout_s
+        svc = self._services.get(dg.service)
+        fresh = svc.dgs.get(dg.dg_id, dg) if svc is not None else dg
+        try:
+            await asyncio.wait_for(
+                self._gate.acquire(
+                    dg.app_name,
+                    fresh.prefill_replicas,
+                    req.arrival_wall_s,
+                    None if svc is None else svc.ttft_slo_s,
+                ),
+                self.prefill_timeout_s,
+            )
+        except BaseException as e:
+            self._arrivals.release(ctx.model, held)
+            if isinstance(e, _TIMEOUTS):
+                raise _prefill_timed_out() from None
+            raise
+        try:
+            return await self._call_prefill(prefill, req, ctx.model, held, deadline)
+        finally:
+            self._gate.release(dg.app_name)
+
+    async def _call_prefill(
+        self, prefill: Any, req: PrefillRequest, model: str, held: int, deadline: float
+    ) -> Any:
+        """The admitted call: held by Serve until `deadline` at most, then its prefill."""
         resp = prefill.prefill.remote(req)
         try:
             try:
-                ref = await asyncio.wait_for(resp._to_object_ref(), self.prefill_timeout_s)
+                left = max(deadline - time.monotonic(), 0.01)
+                ref = await asyncio.wait_for(resp._to_object_ref(), left)
             finally:
-                self._arrivals.release(ctx.model, held)
+                self._arrivals.release(model, held)
             await asyncio.wait_for(ref._ready(), self.prefill_timeout_s)
         except _TIMEOUTS:
             resp.cancel()
-            raise ApiError(
-                503, "prefill timed out (overloaded); retry later", "server_overloaded", "timeout"
-            ) from None
+            raise _prefill_timed_out() from None
         except BaseException:  # failed, or the client went away: do not leave it running
             with contextlib.suppress(Exception):
                 resp.cancel()

@@ -135,13 +135,16 @@ def register_service(
     engine: ModelConfig,
     model_profile: str = "dense-8b",
     migration_limit: int | None = None,
+    ttft_slo_s: float | None = None,
 ) -> None:
     """Make a service known to the ingress (it lists it in /v1/models and checks its limits);
-    `migration_limit` None keeps the one already registered (else the default)."""
+    `migration_limit` and `ttft_slo_s` None keep the ones already registered (else the
+    default migration limit, and no SLO: held prefill work then leaves first come, first
+    served)."""
     import ray
 
     table = get_routing_table()
-    ray.get(table.register_service.remote(name, engine, model_profile, migration_limit))
+    ray.get(table.register_service.remote(name, engine, model_profile, migration_limit, ttft_slo_s))
 
 
 def deploy_dg(spec: DgServingSpec, *, wait: bool = True) -> str:

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from ray import serve
 
 from heteroscale_ray import __version__
+from heteroscale_ray.serving.admission import PrefillGate
 from heteroscale_ray.serving.api_requests import (
     ApiError,
     chat_prompt,
@@ -133,6 +134,8 @@ class Router(ChoiceStreams):
         self._inflight_by_app: dict[str, int] = defaultdict(int)
         self._handles: dict[tuple[str, str], Any] = {}
         self._arrivals = ArrivalMeter()
+        # a request held this long goes first again, before the prefill timeout ends it
+        self._gate = PrefillGate(patience_s=prefill_timeout_s / 2)
         self._requests = RequestMetrics(mirror_to_ray=True)
         self._migrations: dict[str, dict[str, int]] = {}  # service -> reason -> count, ever
         self._ingress_id = f"ingress-{uuid.uuid4().hex[:12]}"

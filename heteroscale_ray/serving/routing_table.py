@@ -65,6 +65,8 @@ class ServiceRoute:
     dgs: dict[str, DgRoute] = field(default_factory=dict)
     # Moves one request may make after replica failures (ServiceSpec.migration_limit).
     migration_limit: int = DEFAULT_MIGRATION_LIMIT
+    # The service's TTFT SLO: the ingress's order for held prefill work (admission.py).
+    ttft_slo_s: float | None = None
 
 
 def choose_dg(dgs: Mapping[str, DgRoute], inflight: Mapping[str, int]) -> DgRoute | None:
@@ -99,6 +101,7 @@ def routes_to_json(version: int, services: Mapping[str, ServiceRoute]) -> dict[s
                 "engine": asdict(svc.engine),
                 "model_profile": svc.model_profile,
                 "migration_limit": svc.migration_limit,
+                "ttft_slo_s": svc.ttft_slo_s,
                 "dgs": [asdict(dg) for dg in svc.dgs.values()],
             }
             for svc in services.values()
@@ -117,6 +120,7 @@ def routes_from_json(data: Mapping[str, Any]) -> tuple[int, dict[str, ServiceRou
             model_profile=s["model_profile"],
             dgs=dgs,
             migration_limit=int(s["migration_limit"]),
+            ttft_slo_s=None if s.get("ttft_slo_s") is None else float(s["ttft_slo_s"]),
         )
     return int(data["version"]), services
 
@@ -191,16 +195,19 @@ class RoutingTable:
         engine: ModelConfig,
         model_profile: str,
         migration_limit: int | None = None,
+        ttft_slo_s: float | None = None,
     ) -> None:
-        """Add or update a service; its DGs stay, and so does its migration limit when
-        `migration_limit` is None (a DG re-deploy does not know the service's config)."""
+        """Add or update a service; its DGs stay, and so do its migration limit and TTFT SLO
+        when given as None (a DG re-deploy does not know the service's config)."""
         with self._lock:
             old = self._services.get(name)
             dgs = old.dgs if old else {}
             if migration_limit is None:
                 migration_limit = old.migration_limit if old else DEFAULT_MIGRATION_LIMIT
+            if ttft_slo_s is None and old is not None:
+                ttft_slo_s = old.ttft_slo_s
             self._services[name] = ServiceRoute(
-                name, engine, model_profile, dict(dgs), migration_limit
+                name, engine, model_profile, dict(dgs), migration_limit, ttft_slo_s
             )
             self._changed()
 

@@ -51,6 +51,7 @@ from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.network import SharedLevel
 from heteroscale_ray.perf.profiles import ModelProfile, get_profile
+from heteroscale_ray.serving.admission import on_time
 from heteroscale_ray.sim.decode_phase import admit_fifo, advance_decode
 from heteroscale_ray.sim.instances import (
     DECODE,
@@ -367,12 +368,13 @@ class ClusterSim:
 
     def _ingress_order(self, new: np.ndarray, t0: float) -> np.ndarray:
         """The requests waiting at the ingress, then the new ones, in the order they are
-        offered to routing: those still able to make their TTFT SLO first (arrival order),
-        then those that waited past it. Under overload, serving the late ones first would make
-        every later one late too; they are still served, as soon as there is room."""
+        offered to routing, the real ingress's (`serving/admission.py`): those still able to
+        make their TTFT SLO first (arrival order), then the others. Under overload, serving
+        the late ones first would make every later one late too; they are still served, as
+        soon as there is room."""
         held = self._backlog
         slo = self._ttft_slo[self.w.service[held]] if len(self.services) > 1 else self._ttft_slo[0]
-        late = t0 - self.w.arrival[held] > slo
+        late = ~on_time(t0 - self.w.arrival[held], slo)
         if not late.any():
             return np.concatenate([held, new])
         return np.concatenate([held[~late], new, held[late]])
