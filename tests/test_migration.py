@@ -486,6 +486,7 @@ class _Streams:
         self.texts: dict[int, str] = {}
         self.reasons: dict[int, str | None] = {}
         self.chunks = dict.fromkeys(prompts, 0)
+        self.first_at: dict[int, float] = {}  # monotonic time of each stream's first chunk
         self.errors: dict[int, BaseException] = {}
         self.threads = [threading.Thread(target=self._run, args=(i,)) for i in prompts]
 
@@ -502,6 +503,7 @@ class _Streams:
             )
             text, reason = [], None
             for chunk in stream:
+                self.first_at.setdefault(i, time.monotonic())
                 text.append(chunk.choices[0].text)
                 reason = chunk.choices[0].finish_reason or reason
                 self.chunks[i] += 1
@@ -583,6 +585,35 @@ def test_killed_prefill_replica_retries_queued_prefills_elsewhere(stack: Stack, 
     )
     assert moved >= 1, after
     wait_for_replicas(stack.app, "prefill", 2, timeout_s=60)
+
+
+@pytest.mark.slow
+def test_held_prefill_calls_leave_in_slo_order(stack: Stack, client) -> None:  # type: ignore[no-untyped-def]
+    """The ingress lets two prefill calls per replica out and holds the rest; one arriving
+    once the held ones have waited past half the TTFT SLO goes before them (first come, first
+    served would put it behind every one)."""
+    from heteroscale_ray.serving.deployments import register_service, wait_for_replicas
+
+    wait_for_replicas(stack.app, "prefill", 2, timeout_s=60)
+    register_service(SERVICE, ENGINE, "dense-8b", ttft_slo_s=1.0)
+    time.sleep(1.0)  # the ingress refreshes its routing table every 0.5 s
+    try:
+        # ~0.4 s of emulated prefill each on two replicas: about 6 s of work
+        burst = {200 + i: f"{i:03d} " + "long prompt to prefill " * 17 for i in range(30)}
+        streams = _Streams(client, burst, max_tokens=4)
+        streams.start()
+        time.sleep(2.5)
+        fresh = _Streams(client, {300: "fresh " + "long prompt to prefill " * 17}, max_tokens=4)
+        fresh.start()
+        fresh.join()
+        streams.join()
+    finally:
+        register_service(SERVICE, ENGINE, "dense-8b", ttft_slo_s=1e6)  # arrival order again
+        time.sleep(1.0)
+    assert not streams.errors and not fresh.errors, (streams.errors, fresh.errors)
+    overtaken = [i for i in burst if streams.first_at[i] > fresh.first_at[300]]
+    print(f"\nthe fresh request's first token came before {len(overtaken)} of the 30 held")
+    assert len(overtaken) >= 5
 
 
 @pytest.mark.slow
