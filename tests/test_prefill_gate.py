@@ -26,6 +26,22 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _full_gate(now: float = 0.0, patience_s: float = float("inf")) -> PrefillGate:
+    """A gate whose one-replica DG has its two calls out: the next call waits."""
+    gate = PrefillGate(patience_s=patience_s, clock=Clock(now))
+    for _ in range(2):
+        await gate.acquire(APP, 1, now, 5.0)
+    return gate
+
+
+async def _release_each(gate: PrefillGate, tasks: list[asyncio.Task[None]]) -> None:
+    """Free one slot per queued task, letting the gate grant the next each time."""
+    await _settle()
+    for _ in tasks:
+        gate.release(APP)
+        await _settle()
+
+
 def _queue(
     gate: PrefillGate,
     order: list[str],
@@ -65,10 +81,7 @@ def test_two_calls_a_replica_leave_at_once_then_one_per_release() -> None:
 
 def test_fresh_requests_go_before_those_past_half_the_slo() -> None:
     async def run() -> None:
-        clock = Clock(10.0)
-        gate = PrefillGate(clock=clock)
-        await gate.acquire(APP, 1, 0.0, 5.0)
-        await gate.acquire(APP, 1, 0.0, 5.0)
+        gate = await _full_gate(10.0)
         order: list[str] = []
         tasks = [
             _queue(gate, order, "old", 1.0, 5.0),  # waited 9 s: late
@@ -76,10 +89,7 @@ def test_fresh_requests_go_before_those_past_half_the_slo() -> None:
             _queue(gate, order, "fresh", 9.0, 5.0),  # waited 1 s of 5: on time
             _queue(gate, order, "fresher", 9.5, 5.0),
         ]
-        await _settle()
-        for _ in tasks:
-            gate.release(APP)
-            await _settle()
+        await _release_each(gate, tasks)
         assert order == ["fresh", "fresher", "older", "old"]
         await asyncio.gather(*tasks)
 
@@ -88,15 +98,10 @@ def test_fresh_requests_go_before_those_past_half_the_slo() -> None:
 
 def test_without_an_slo_first_come_first_served() -> None:
     async def run() -> None:
-        gate = PrefillGate(clock=Clock(10.0))
-        await gate.acquire(APP, 1, 0.0, None)
-        await gate.acquire(APP, 1, 0.0, None)
+        gate = await _full_gate(10.0)
         order: list[str] = []
         tasks = [_queue(gate, order, str(a), a, None) for a in (3.0, 1.0, 9.0)]
-        await _settle()
-        for _ in tasks:
-            gate.release(APP)
-            await _settle()
+        await _release_each(gate, tasks)
         assert order == ["1.0", "3.0", "9.0"]
 
     asyncio.run(run())
@@ -106,20 +111,14 @@ def test_a_request_near_the_timeout_goes_first() -> None:
     """Late requests wait behind fresh ones, but never into the prefill timeout."""
 
     async def run() -> None:
-        clock = Clock(40.0)
-        gate = PrefillGate(patience_s=30.0, clock=clock)
-        await gate.acquire(APP, 1, 40.0, 5.0)
-        await gate.acquire(APP, 1, 40.0, 5.0)
+        gate = await _full_gate(40.0, patience_s=30.0)
         order: list[str] = []
         tasks = [
             _queue(gate, order, "fresh", 39.0, 5.0),
             _queue(gate, order, "late", 20.0, 5.0),  # waited 20 s: behind fresh
             _queue(gate, order, "near-timeout", 5.0, 5.0),  # waited 35 s of patience 30
         ]
-        await _settle()
-        for _ in tasks:
-            gate.release(APP)
-            await _settle()
+        await _release_each(gate, tasks)
         assert order == ["near-timeout", "fresh", "late"]
 
     asyncio.run(run())
@@ -127,9 +126,7 @@ def test_a_request_near_the_timeout_goes_first() -> None:
 
 def test_a_cancelled_waiter_leaks_no_slot() -> None:
     async def run() -> None:
-        gate = PrefillGate(clock=Clock())
-        await gate.acquire(APP, 1, 0.0, 5.0)
-        await gate.acquire(APP, 1, 0.0, 5.0)
+        gate = await _full_gate()
         order: list[str] = []
         gone = _queue(gate, order, "gone", 0.0, 5.0)
         await _settle()
@@ -154,9 +151,7 @@ def test_a_cancelled_waiter_leaks_no_slot() -> None:
 
 def test_a_grown_dg_lets_held_calls_out() -> None:
     async def run() -> None:
-        gate = PrefillGate(clock=Clock())
-        await gate.acquire(APP, 1, 0.0, 5.0)
-        await gate.acquire(APP, 1, 0.0, 5.0)
+        gate = await _full_gate()
         order: list[str] = []
         held = _queue(gate, order, "held", 0.0, 5.0)
         await _settle()
