@@ -145,6 +145,7 @@ def test_a_cancelled_waiter_leaks_no_slot() -> None:
         gate.release(APP)
         gate.release(APP)
         assert gate.outstanding(APP) == 0
+        assert not gate._out and not gate._waiting and not gate._limit  # an idle DG is forgotten
 
     asyncio.run(run())
 

@@ -59,10 +59,10 @@ class PrefillGate:
         self._waiting: dict[str, list[_Waiter]] = defaultdict(list)
 
     def outstanding(self, app: str) -> int:
-        return self._out[app]
+        return self._out.get(app, 0)
 
     def waiting(self, app: str) -> int:
-        return len(self._waiting[app])
+        return len(self._waiting.get(app, ()))
 
     async def acquire(
         self, app: str, replicas: int, arrival: float, ttft_slo_s: float | None
@@ -96,6 +96,9 @@ class PrefillGate:
         """A call that `acquire` let out is done, or failed."""
         self._out[app] = max(0, self._out[app] - 1)
         self._grant(app)
+        if not self._out[app] and not self._waiting[app]:  # idle: a deleted DG leaves no trace
+            del self._out[app], self._waiting[app]
+            self._limit.pop(app, None)
 
     def _grant(self, app: str) -> None:
         waiting = self._waiting[app]
