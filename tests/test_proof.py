@@ -19,7 +19,7 @@ from heteroscale_ray.policy.proof import (
     record_step,
 )
 from heteroscale_ray.policy.role_plan import role_plan
-from tests.test_demand_policy import NOW, counts, make_service, signals
+from tests.test_demand_policy import NOW, counts, make_service, running, signals
 
 # TBT over the SLO with the slowest decode step most of it: capacity can fix it.
 BREACH = dict(tbt_p99_s=0.06, decode_step_s=0.03, decode_step_max_s=0.05)
@@ -130,3 +130,24 @@ def test_the_proof_and_a_first_step_survive_a_json_round_trip() -> None:
     back = PolicyState.from_json(state.to_json())
     assert back == state and back.decode_proof == (10.0, 13.0)
     assert back.prefill_first_step == (5.0, 7.0)
+    stepped = replace(state, decode_steps=((NOW, 13.0, 10.0),))
+    assert PolicyState.from_json(stepped.to_json()) == stepped
+    older = stepped.to_json().replace('"decode_steps": [[', '"retired": [[')
+    assert PolicyState.from_json(older).decode_steps == ()  # a checkpoint from before them
+
+
+def test_the_window_holds_a_first_step_while_its_load_holds_and_lets_it_go_below() -> None:
+    """A first step stands in the scale-in window like a need, but only at the load it was
+    taken at: on traffic's return after a 20-minute gap one step (decode 125 -> 150 at a need
+    of 101) was held the whole window while the need fell to 52."""
+    spec = make_service()
+    first, once = decide(spec, signals(**BREACH), counts(4, 4), running(), NOW)
+    assert first.reason is Reason.LATENCY_GUARD and first.decode > 4
+    soon = NOW + spec.policy.demand.peak_window_s / 4
+    same = signals(observed_at=soon)
+    held, _ = decide(spec, same, counts(4, first.decode), once, soon)
+    assert held.decode == first.decode, held.message
+    half = signals(observed_at=soon, request_rate=5.0, decode_tps=1_000.0, decode_running=90.0)
+    lower, state = decide(spec, half, counts(4, first.decode), once, soon)
+    assert lower.decode < first.decode, lower.message
+    assert state.decode_steps == () and state.decode_first_step is None

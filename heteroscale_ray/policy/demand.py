@@ -30,7 +30,8 @@ from heteroscale_ray.policy.limits import clamp, gpus
 from heteroscale_ray.policy.peak_window import (
     hold_found_fleet,
     known_level,
-    raise_peak,
+    lapse_steps,
+    raise_step,
     track_peaks,
 )
 from heteroscale_ray.policy.proportional import ceil_eps
@@ -120,6 +121,7 @@ def decide_demand(
     }
     for role in Role:
         state = proof.lapse(spec, state, role, sized[role][0])
+        state = lapse_steps(spec, state, role, sized[role][0])
     initial = counts.prefill == 0 and counts.decode == 0
     plans = {
         role: initial_plan(spec, role, *sized[role])
@@ -136,7 +138,7 @@ def decide_demand(
     plans = fit_dgs(spec, bounded(spec, plans))
     for role, plan in plans.items():  # latency or queues proved the need higher than measured
         if plan.reason in EVIDENCE and plan.target > plan.current:
-            guard_state = raise_peak(spec, guard_state, role, float(plan.target), now)
+            guard_state = raise_step(spec, guard_state, role, plan.target, plan.need, now)
             guard_state = proof.record_step(guard_state, role, plan.need, plan.target)
     reason = next(r for r in PRIORITY if any(p.reason is r for p in plans.values()))
     p, d = plans[Role.PREFILL].target, plans[Role.DECODE].target

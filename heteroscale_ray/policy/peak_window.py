@@ -1,8 +1,11 @@
 """The scale-in stabilisation window of `signal: demand` (HPA's downscale window): a role scales
 in only as far as its highest need within `demand.peak_window_s` allows, and that need with its
 burst margin for MARGIN_HOLD_HORIZONS burst horizons after it. The fleet found at the first
-decision enters the window as a need, as HPA stabilises a new autoscaler's initial size. Pure:
-time comes in as `now`.
+decision enters the window as a need, as HPA stabilises a new autoscaler's initial size. A
+latency guard's step enters it too, held like a need while the load it was taken at holds: at a
+lower load it is a different fleet, measured afresh (as the guard's proof, policy/proof.py).
+Held regardless, one step on traffic's return after a 20-minute gap (decode 125 -> 150 at a need
+of 101) kept 150 for the window while the need fell to 52. Pure: time comes in as `now`.
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ def known_level(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -
 def _in_window(
     spec: ServiceSpec, state: PolicyState, role: Role, now: float
 ) -> list[tuple[float, float, float]]:
-    """The role's (time, margined, bare) needs within `peak_window_s`; none when it is 0."""
+    """The role's (time, margined, bare) needs within `peak_window_s`, its guard steps as
+    needs; none when it is 0."""
     window = spec.policy.demand.peak_window_s
     peaks = getattr(state, f"{role.value}_peaks")
-    return [p for p in peaks if now - p[0] <= window] if window > 0 else []
+    steps = [(t, n, n) for t, n, _ in getattr(state, f"{role.value}_steps")]
+    return [p for p in (*peaks, *steps) if now - p[0] <= window] if window > 0 else []
 
 
 def raise_peak(
@@ -72,6 +77,38 @@ def raise_peak(
         if now - t <= window and not (m <= need and b <= bare)
     )
     return replace(state, **{f"{role.value}_peaks": (*kept, (now, need, bare))})
+
+
+def raise_step(
+    spec: ServiceSpec,
+    state: PolicyState,
+    role: Role,
+    instances: int,
+    load: float | None,
+    now: float,
+) -> PolicyState:
+    """Add a guard step to `instances`, taken at a sized need of `load`, to the role's window.
+    Without a load it is held as a need (it cannot lapse)."""
+    if spec.policy.demand.peak_window_s <= 0:
+        return state
+    if load is None or not math.isfinite(load):
+        return raise_peak(spec, state, role, float(instances), now)
+    window = spec.policy.demand.peak_window_s
+    steps = getattr(state, f"{role.value}_steps")
+    kept = tuple(s for s in steps if now - s[0] <= window and s[1] > instances)
+    return replace(state, **{f"{role.value}_steps": (*kept, (now, float(instances), load))})
+
+
+def lapse_steps(
+    spec: ServiceSpec, state: PolicyState, role: Role, need: float | None
+) -> PolicyState:
+    """Let go of the guard steps taken at a load the need has fallen below by the scale-in
+    tolerance (missing data changes nothing)."""
+    steps = getattr(state, f"{role.value}_steps")
+    if need is None or not math.isfinite(need) or not steps:
+        return state
+    kept = tuple(s for s in steps if need >= s[2] * (1 - spec.policy.scale_in_tolerance))
+    return replace(state, **{f"{role.value}_steps": kept}) if len(kept) < len(steps) else state
 
 
 def hold_found_fleet(

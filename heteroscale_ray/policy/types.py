@@ -213,6 +213,10 @@ class PolicyState:
     # instances with the burst margin, without it), those no later need matches in both.
     prefill_peaks: tuple[tuple[float, float, float], ...] = ()
     decode_peaks: tuple[tuple[float, float, float], ...] = ()
+    # Guard steps the window holds as (time, instances, the sized need they were taken at):
+    # held like a need while that load holds (policy/peak_window.py).
+    prefill_steps: tuple[tuple[float, float, float], ...] = ()
+    decode_steps: tuple[tuple[float, float, float], ...] = ()
     # Demand mode: when each role last grew. A role's scale-out cooldown counts from its own
     # growth: the other role's step does not change what this one's arriving demand asks for.
     prefill_grew_at: float | None = None
@@ -301,6 +305,8 @@ class PolicyState:
             active_ratio=None if ratio is None else PdRatio(int(ratio[0]), int(ratio[1])),
             prefill_peaks=_peaks(data.get("prefill_peaks", ())),
             decode_peaks=_peaks(data.get("decode_peaks", ())),
+            prefill_steps=_peaks(data.get("prefill_steps", ())),
+            decode_steps=_peaks(data.get("decode_steps", ())),
             prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
             decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
             prefill_proof=_pair(data.get("prefill_proof")),
