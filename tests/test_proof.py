@@ -10,6 +10,7 @@ import pytest
 
 from heteroscale_ray.config import Role
 from heteroscale_ray.policy import PolicyState, Reason, decide
+from heteroscale_ray.policy.peak_window import lapse_steps, raise_step
 from heteroscale_ray.policy.proof import (
     MAX_PROOF,
     lapse,
@@ -151,3 +152,12 @@ def test_the_window_holds_a_first_step_while_its_load_holds_and_lets_it_go_below
     lower, state = decide(spec, half, counts(4, first.decode), once, soon)
     assert lower.decode < first.decode, lower.message
     assert state.decode_steps == () and state.decode_first_step is None
+
+
+def test_a_step_past_the_window_leaves_the_state() -> None:
+    spec = make_service()
+    state = raise_step(spec, PolicyState(), Role.DECODE, 13, 10.0, NOW)
+    assert state.decode_steps == ((NOW, 13.0, 10.0),)
+    assert lapse_steps(spec, state, Role.DECODE, None, NOW + 60) == state  # missing data
+    later = NOW + spec.policy.demand.peak_window_s + 1
+    assert lapse_steps(spec, state, Role.DECODE, 12.0, later).decode_steps == ()

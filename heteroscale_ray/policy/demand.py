@@ -121,7 +121,7 @@ def decide_demand(
     }
     for role in Role:
         state = proof.lapse(spec, state, role, sized[role][0])
-        state = lapse_steps(spec, state, role, sized[role][0])
+        state = lapse_steps(spec, state, role, sized[role][0], now)
     initial = counts.prefill == 0 and counts.decode == 0
     plans = {
         role: initial_plan(spec, role, *sized[role])

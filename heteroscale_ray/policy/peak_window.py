@@ -100,14 +100,19 @@ def raise_step(
 
 
 def lapse_steps(
-    spec: ServiceSpec, state: PolicyState, role: Role, need: float | None
+    spec: ServiceSpec, state: PolicyState, role: Role, need: float | None, now: float
 ) -> PolicyState:
-    """Let go of the guard steps taken at a load the need has fallen below by the scale-in
-    tolerance (missing data changes nothing)."""
+    """Let go of the guard steps past the window, and of those taken at a load the need has
+    fallen below by the scale-in tolerance (missing data lets none of those go)."""
     steps = getattr(state, f"{role.value}_steps")
-    if need is None or not math.isfinite(need) or not steps:
-        return state
-    kept = tuple(s for s in steps if need >= s[2] * (1 - spec.policy.scale_in_tolerance))
+    window = spec.policy.demand.peak_window_s
+    known = need is not None and math.isfinite(need)
+    floor = 1 - spec.policy.scale_in_tolerance
+    kept = tuple(
+        s
+        for s in steps
+        if now - s[0] <= window and (not known or need >= s[2] * floor)  # type: ignore[operator]
+    )
     return replace(state, **{f"{role.value}_steps": kept}) if len(kept) < len(steps) else state
 
 
