@@ -346,3 +346,26 @@ def test_a_queue_flooding_in_is_no_rise_in_the_arriving_need() -> None:
     from heteroscale_ray.policy.burst import trend
 
     assert trend(state.decode_burst, t, HORIZON) * HORIZON < 0.1 * min(needs)
+
+
+def test_a_climb_the_trend_foresaw_is_no_rise_its_onset_is() -> None:
+    """Over a horizon, a rise is what the climb seen before it, carried on, did not foresee
+    (the trend sizes for that part): a steady climb teaches its onset only. Learned in full,
+    each horizon of the ServeGen day's ten-minute output surge taught a rise just under the
+    cap, which insures in proportion: decode held 1.9x its need up the climb and at its top."""
+    memory = BurstMemory(settled_at=NOW)
+    levels = [10.0] * 16 + [10.0 + 2.0 * i for i in range(1, 41)]  # flat, then +2 a period
+    for i, need in enumerate(levels):
+        memory = remember(memory, need, NOW + i * PERIOD, HORIZON, window_s=HORIZON)
+    onset = [
+        r for r, t in zip(memory.rises, memory.rises_at, strict=True) if t <= NOW + 24 * PERIOD
+    ]
+    later = [
+        r for r, t in zip(memory.rises, memory.rises_at, strict=True) if t >= NOW + 40 * PERIOD
+    ]
+    assert max(onset) > 0.5  # the climb's start is a rise from the flat level
+    assert max(later) == pytest.approx(0.0, abs=1e-9)  # its steady rest was foreseen
+    flat = BurstMemory(settled_at=NOW)
+    for i, need in enumerate([10.0] * 16 + [16.0] * 12):  # a step: nothing climbed before it
+        flat = remember(flat, need, NOW + i * PERIOD, HORIZON, window_s=HORIZON)
+    assert max(flat.rises) == pytest.approx(0.6)

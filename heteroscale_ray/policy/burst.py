@@ -7,7 +7,11 @@ service's traffic has shown over such a horizon: from its own recent history, th
     (highest need within the horizon - held) / max(held, 1 instance)
 
 where `held` is the highest need of the horizon before it, which the scale-in stabilisation
-window still holds the role at (the need at the horizon's start when that window is off).
+window still holds the role at (the need at the horizon's start when that window is off), and
+`highest` is counted above what the climb seen before the horizon, carried on, foresaw: the
+trend (below) sizes for that part, and the margin is for what it did not see. Learned in full,
+each horizon of a ten-minute surge taught a rise just under the cap, which insures in
+proportion: the ServeGen day's decode held 1.9x its need up the climb and at its top.
 
 Smooth traffic learns a margin near 0 and pays nothing; bursty traffic learns how bursty it
 is. The margin applies once the role has been short (its fixable latency reached the latency
@@ -75,9 +79,12 @@ def remember(
         held = [n for t, n in needs if settled_at <= t < oldest_t]
         base = max([base, *held])
         top = max(n for _, n in since)
+        # What the climb seen before this horizon, carried on, foresaw: the trend sizes for it.
+        foreseen = _climb([(t, n) for t, n in needs if settled_at <= t <= oldest_t])
+        foreseen *= now - oldest_t
         keep_after = now - HISTORY_HORIZONS * horizon_s
         kept = [x for x in zip(rises, rises_at, tops, strict=True) if x[1] >= keep_after]
-        kept.append((max(top - base, 0.0) / max(base, 1.0), now, top))
+        kept.append((max(top - base - foreseen, 0.0) / max(base, 1.0), now, top))
         rises = tuple(r for r, _, _ in kept)
         rises_at = tuple(t for _, t, _ in kept)
         tops = tuple(n for _, _, n in kept)
