@@ -196,7 +196,8 @@ def push_ingress_registrations(config: ServicesConfig) -> list[IngressRegistrati
 def update_services(services_yaml: str) -> tuple[bool, str]:
     """Validate a new services.yaml here, at the edge, and hand the model to the policy engine;
     a bad file is rejected with the loader's message and the running config stays. Once the
-    engine took it, changed `migration_limit`s and TTFT SLOs go to the ingress (as `start` registers them)."""
+    engine took it, changed `migration_limit`s and TTFT SLOs go to the ingress (as `start`
+    registers them)."""
     import ray
 
     try:

@@ -14,6 +14,7 @@ import math
 from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.policy.proof import load_holds
 from heteroscale_ray.policy.startup import horizon_s
 from heteroscale_ray.policy.types import PolicyState, RoleCounts
 
@@ -93,26 +94,20 @@ def raise_step(
         return state
     if load is None or not math.isfinite(load):
         return raise_peak(spec, state, role, float(instances), now)
-    window = spec.policy.demand.peak_window_s
-    steps = getattr(state, f"{role.value}_steps")
-    kept = tuple(s for s in steps if now - s[0] <= window and s[1] > instances)
+    kept = tuple(s for s in getattr(state, f"{role.value}_steps") if s[1] > instances)
     return replace(state, **{f"{role.value}_steps": (*kept, (now, float(instances), load))})
 
 
 def lapse_steps(
     spec: ServiceSpec, state: PolicyState, role: Role, need: float | None, now: float
 ) -> PolicyState:
-    """Let go of the guard steps past the window, and of those taken at a load the need has
-    fallen below by the scale-in tolerance (missing data lets none of those go)."""
+    """Let go of the guard steps past the window, and of those whose load no longer holds
+    (`proof.load_holds`; missing data lets none of those go)."""
     steps = getattr(state, f"{role.value}_steps")
     window = spec.policy.demand.peak_window_s
-    known = need is not None and math.isfinite(need)
-    floor = 1 - spec.policy.scale_in_tolerance
-    kept = tuple(
-        s
-        for s in steps
-        if now - s[0] <= window and (not known or need >= s[2] * floor)  # type: ignore[operator]
-    )
+    kept = tuple(s for s in steps if now - s[0] <= window)
+    if need is not None and math.isfinite(need):
+        kept = tuple(s for s in kept if load_holds(spec, need, s[2]))
     return replace(state, **{f"{role.value}_steps": kept}) if len(kept) < len(steps) else state
 
 

@@ -58,14 +58,20 @@ def _added_capacity(need: float | None, instances: int) -> bool:
     return need is not None and math.isfinite(need) and 0 < need < instances
 
 
+def load_holds(spec: ServiceSpec, need: float, load: float) -> bool:
+    """Whether a step taken at a sized need of `load` still stands at `need`: the need has not
+    fallen below it by the scale-in tolerance (a different load, measured afresh)."""
+    return need >= load * (1 - spec.policy.scale_in_tolerance)
+
+
 def lapse(spec: ServiceSpec, state: PolicyState, role: Role, need: float | None) -> PolicyState:
-    """Forget the proof and a first step once the need has fallen below their load by the
-    scale-in tolerance (missing data changes nothing)."""
+    """Forget the proof and a first step once their load no longer holds (missing data changes
+    nothing)."""
     if need is None or not math.isfinite(need):
         return state
     for name in (f"{role.value}_proof", f"{role.value}_first_step"):
         held = getattr(state, name)
-        if held is not None and need < held[0] * (1 - spec.policy.scale_in_tolerance):
+        if held is not None and not load_holds(spec, need, held[0]):
             state = replace(state, **{name: None})
     return state
 
