@@ -1,6 +1,6 @@
 """`signal: demand`: each role sized on its own arrival-side demand over what one instance carries.
 
-Demand is measured where work arrives, so a saturated role cannot hide it:
+Demand is measured where work arrives, so a saturated role cannot hide it (`role_need.py`):
 - prefill: cache-miss prompt tokens/s arriving, over one instance's learned tokens/s at the
   configured busy share, plus the queued work drained within `drain_s`;
 - decode: the larger of the tokens/s arrivals will ask for (request rate x mean output, which
@@ -16,11 +16,11 @@ budget, and never-shrink-on-missing-data, as for the paper's rule.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
 from heteroscale_ray.policy import backlog, burst, proof, startup
-from heteroscale_ray.policy.capacity import Capacity, capacity, learn, track_spread
+from heteroscale_ray.policy.capacity import capacity, learn, track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_within, placement_ratio
 from heteroscale_ray.policy.fixable_latency import latency_guard, strained
@@ -35,6 +35,7 @@ from heteroscale_ray.policy.peak_window import (
     track_peaks,
 )
 from heteroscale_ray.policy.proportional import ceil_eps
+from heteroscale_ray.policy.role_need import decode_need, prefill_need, released_rps
 from heteroscale_ray.policy.role_plan import RolePlan, initial_plan, role_plan
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
@@ -59,17 +60,6 @@ PRIORITY = (
     Reason.HOLD_MISSING_SIGNAL,
     Reason.HOLD_DEADBAND,
 )
-
-
-@dataclass(frozen=True)
-class Need:
-    """Fractional instances one role asks for, and why. `steady` leaves out the queued backlog:
-    a queue is drained once, so the scale-in window and the burst memory remember only the
-    arriving demand, not a backlog that is gone once capacity lands."""
-
-    value: float | None
-    why: str
-    steady: float | None = None
 
 
 def decide_demand(
@@ -156,124 +146,6 @@ def decide_demand(
         pd_ratio=PdRatio(*ratio),
     )
     return decision, advance(guard_state, counts, plans, reason, now)
-
-
-def prefill_need(
-    spec: ServiceSpec, s: Signals, counts: RoleCounts, cap: Capacity, problem: str | None
-) -> Need:
-    """Fractional prefill instances the arriving prompts and the queue ask for."""
-    if problem is not None:
-        return Need(None, f"signals {problem}")
-    offered = s.prefill_offered_tps if _usable(s.prefill_offered_tps) else s.prefill_tps
-    if not _usable(offered):
-        return Need(None, "offered prompt tokens/s is missing")
-    per = cap.prefill_tps * spec.policy.demand.prefill_utilization
-    steady = offered / per  # type: ignore[operator]
-    need, why = steady, f"{offered:,.0f} prompt tok/s / {per:,.0f} per instance"
-    queue = backlog.queue_of(s, Role.PREFILL)
-    if queue and counts.prefill_ready:
-        need += queue * counts.prefill_ready / spec.policy.demand.drain_s
-        if queue >= 0.05:  # as printed
-            why += f" + {queue:,.1f} s queued"
-    return Need(need, why, steady)
-
-
-def released_rps(spec: ServiceSpec, s: Signals, counts: RoleCounts, cap: Capacity) -> float:
-    """Requests/s the prefill queue releases to decode on top of arrivals while it drains
-    within `drain_s`: prefill is sized to drain it that fast, so decode must take it as fast,
-    and instances take the same start-up to land for both roles."""
-    queue = backlog.queue_of(s, Role.PREFILL)
-    if not queue or not counts.prefill_ready or not _usable(s.prompt_mean):
-        return 0.0
-    tokens = queue * counts.prefill_ready * cap.prefill_tps
-    return tokens / s.prompt_mean / spec.policy.demand.drain_s  # type: ignore[operator]
-
-
-def decode_need(
-    spec: ServiceSpec,
-    s: Signals,
-    cap: Capacity,
-    problem: str | None,
-    queue_growing: bool = False,
-    released: float = 0.0,
-    ready: int = 0,
-    before_release: float | None = None,
-) -> Need:
-    """Fractional decode instances: arriving output tokens/s, or the sequences running plus
-    the waiting ones' work drained within `drain_s` (a burst's queue empties in seconds once
-    capacity lands; sized as concurrency it would ask for a fleet per queued sequence).
-
-    The mean output comes from finished requests, so it lags a shift to longer outputs: those
-    are still running or waiting. Once the queue has kept growing (`queue_growing`), the drain
-    estimate is proven short and the waiting sequences count as concurrency, as running ones do.
-    For the same lag, an instance's batch is never taken above what its KV memory holds at the
-    running sequences' sizes (`kv_batch`).
-
-    The steady need (what the scale-in window and burst memory keep) counts the running
-    sequences at the pace a priced batch steps (Little's law): on an overloaded pool they step
-    slower, so more of the same arrivals are running at once than the SLO's pace would hold.
-    While prefill's queue drains into decode, the running sequences count in it at most at the
-    need remembered before (`before_release`): the release is a backlog that runs once. Counted,
-    a 5x step's release held decode at 4x its need for the window's quarter hour, and, learned
-    as a surge, insured the hour after it at twice the need.
-    """
-    if problem is not None:
-        return Need(None, f"signals {problem}")
-    by_rate = by_seqs = running = None
-    draining = 0.0
-    if _usable(s.request_rate) and _usable(s.output_mean):
-        per_request = max(s.output_mean - 1.0, 0.0)  # type: ignore[operator]
-        offered = s.request_rate * per_request  # type: ignore[operator]
-        by_rate = offered / cap.decode_tps
-        draining = released * per_request / cap.decode_tps
-    elif _usable(s.decode_tps):
-        offered = s.decode_tps
-        by_rate = offered / cap.decode_tps  # type: ignore[operator]
-    batch = cap.decode_batch
-    if _usable(s.decode_running):
-        held = kv_batch(s, ready)
-        batch = batch if held is None else min(batch, held)
-        queued = backlog.queue_of(s, Role.DECODE) or 0.0
-        seqs = s.decode_running + queued  # type: ignore[operator]
-        running = by_seqs = s.decode_running / batch  # type: ignore[operator]
-        if _usable(s.decode_step_s) and s.decode_step_s > 0:  # type: ignore[operator]
-            running *= min(1.0, cap.decode_step_s / s.decode_step_s)  # type: ignore[operator]
-        if queued and queue_growing:
-            by_seqs += queued / batch
-        elif queued and _usable(s.output_mean):
-            drain = spec.policy.demand.drain_s * cap.decode_tps * batch / cap.decode_batch
-            by_seqs += queued * s.output_mean / drain  # type: ignore[operator]
-        elif queued:
-            by_seqs += queued / batch
-    if by_rate is None and by_seqs is None:
-        return Need(None, "decode demand is missing")
-    need = max(x for x in (by_rate, by_seqs) if x is not None) + draining
-    lump = 0.0 if running is None or before_release is None else running - before_release
-    if lump > 0:
-        running -= lump
-    steady = max(x for x in (by_rate, running) if x is not None)
-    parts = []
-    if by_rate is not None:
-        parts.append(f"{offered:,.0f} tok/s / {cap.decode_tps:,.0f}")
-    if by_seqs is not None:
-        parts.append(f"{seqs:,.0f} seqs / {batch:,.0f}")
-    why = " vs ".join(parts)
-    if draining >= 0.05:  # as printed: a tenth of an instance
-        why += f" + {draining:,.1f} for the prefill queue's release"
-    if lump >= 0.05 and steady < need:
-        why += f" (of which {lump:,.1f} is prefill's released queue: not remembered)"
-    return Need(need, why, steady)
-
-
-def kv_batch(s: Signals, ready: int) -> float | None:
-    """Sequences one decode instance's KV memory holds at the running sequences' sizes: those
-    running per instance over the share of memory they fill. The prior's batch is priced at
-    the mean lengths of finished requests, which lag a surge of longer outputs or prompts by
-    their whole decode time; memory in use does not. None when nothing is held or reported."""
-    use, running = s.kv_use, s.decode_running
-    if not ready or not _usable(running) or not _usable(use) or min(running, use) <= 0:  # type: ignore[type-var]
-        return None
-    return running / (ready * min(use, 1.0))  # type: ignore[operator]
 
 
 def remember_needs(
@@ -486,7 +358,3 @@ def advance(
         **grew_at,
         **asks,
     )
-
-
-def _usable(x: float | None) -> bool:
-    return value_problem(x) is None
