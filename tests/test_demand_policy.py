@@ -12,7 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heteroscale_ray.config import Role, ServiceSpec
-from heteroscale_ray.policy import PolicyState, Reason, RoleCounts, Signals, burst, decide
+from heteroscale_ray.policy import (
+    Decision,
+    PolicyState,
+    Reason,
+    RoleCounts,
+    Signals,
+    burst,
+    decide,
+)
 from heteroscale_ray.policy.capacity import capacity
 
 NOW = 1_000_000.0
@@ -570,29 +578,73 @@ def test_the_window_remembers_decode_concurrency_at_the_slos_pace() -> None:
     assert max(n for _, n, _ in s_slow.decode_peaks) == pytest.approx(4.0)
 
 
-def test_sequences_a_draining_prefill_queue_releases_are_asked_for_not_remembered() -> None:
-    """Prefill's queue drains into decode as one lump. Decode is asked for every sequence
-    running now, but the scale-in window and the burst memory keep the need from before the
-    release: a 5x step's release had held decode at 4x its need for a quarter of an hour."""
+def _release(
+    output_mean: float, request_rate: float = 1.0
+) -> tuple[Decision, PolicyState, PolicyState, Signals, float]:
+    """Two decode instances' worth of sequences, then prefill's 20-s queue drains into decode
+    and nine are running: the decision after the release, its state, the state before the
+    queue, the lump's signals and the priced batch."""
     spec = make_service(demand={"learn": False})
-    batch = capacity(spec, signals(), PolicyState()).decode_batch
-    calm = signals(request_rate=1.0, decode_running=2 * batch)
+    batch = capacity(spec, signals(output_mean=output_mean), PolicyState()).decode_batch
+    calm = signals(request_rate=request_rate, decode_running=2 * batch, output_mean=output_mean)
     _, first = decide(spec, calm, counts(4, 4), running(), NOW)
     assert burst.last_need(first.decode_burst) == pytest.approx(2.0)
     lump = replace(calm, observed_at=NOW + 30, decode_running=9 * batch)
-
     queued = replace(calm, observed_at=NOW + 15, prefill_queue_s=20.0)
     _, state = decide(spec, queued, counts(4, 4), first, NOW + 15)
     decision, state = decide(spec, lump, counts(4, 4), state, NOW + 30)  # the queue drained
-    assert decision.required_decode == pytest.approx(9.0)
-    assert "(of which 7.0 is prefill's released queue: not remembered)" in decision.message
+    return decision, state, first, lump, batch
+
+
+def test_sequences_a_draining_prefill_queue_releases_are_asked_for_by_their_drain() -> None:
+    """A falling prefill queue drains into decode as one lump, work that runs once: decode is
+    asked for it as its tokens drained within drain_s, as a decode queue is, not as
+    concurrency (a 5x step's ~1,000 released sequences finished in seconds and had asked for
+    20 instances where 5 serve), and the scale-in window and the burst memory keep the need
+    from before the release (counted, a 5x step's release had held decode at 4x its need for
+    a quarter hour). While the queue grows, prefill releases at its own pace, no lump: the
+    day's 15:10 surge raised prompts and outputs at once, and its sequences read as released
+    left decode two instances short at the onset."""
+    spec = make_service(demand={"learn": False})
+    decision, state, first, lump, batch = _release(output_mean=200.0)
+    cap = capacity(spec, lump, PolicyState())
+    drained = 7 * batch * 200.0 / (spec.policy.demand.drain_s * cap.decode_tps)
+    assert drained < 1  # seconds of work: less than an instance over drain_s
+    assert decision.required_decode == pytest.approx(2.0 + drained)
+    assert f"({7 * batch:,.0f} of them prefill's released queue: {drained:,.1f})" in (
+        decision.message
+    )
     assert max(n for _, n, _ in state.decode_peaks) == pytest.approx(2.0)
     assert burst.last_need(state.decode_burst) == pytest.approx(2.0)
 
+    # While prefill's queue still grows, it releases only its own pace: they are decode's load.
+    _, state = decide(
+        spec,
+        replace(lump, observed_at=NOW + 15, decode_running=2 * batch, prefill_queue_s=20.0),
+        counts(4, 4),
+        first,
+        NOW + 15,
+    )
+    decision, _ = decide(spec, replace(lump, prefill_queue_s=30.0), counts(4, 4), state, NOW + 30)
+    assert decision.required_decode >= 9.0  # all of them, and the queue's release to come
+    assert "of them prefill's released queue" not in decision.message
+
     # With no prefill queue before them, the same sequences are decode's own need.
-    _, state = decide(spec, replace(calm, observed_at=NOW + 15), counts(4, 4), first, NOW + 15)
-    _, state = decide(spec, lump, counts(4, 4), state, NOW + 30)
+    calm = replace(lump, observed_at=NOW + 15, decode_running=2 * batch)
+    _, state = decide(spec, calm, counts(4, 4), first, NOW + 15)
+    decision, state = decide(spec, lump, counts(4, 4), state, NOW + 30)
+    assert decision.required_decode == pytest.approx(9.0)
     assert max(n for _, n, _ in state.decode_peaks) == pytest.approx(9.0)
+
+
+def test_a_release_that_runs_longer_than_its_drain_is_asked_for_as_concurrency() -> None:
+    """Outputs long enough that the released sequences outlast drain_s on the instances they
+    would need: more instances than they fill would not drain them sooner, so they count as
+    the concurrency they are, and are still not remembered."""
+    decision, state, _, _, _ = _release(output_mean=5_000.0, request_rate=0.05)
+    assert decision.required_decode == pytest.approx(9.0)
+    assert "(of which 7.0 is prefill's released queue: not remembered)" in decision.message
+    assert max(n for _, n, _ in state.decode_peaks) == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize("running, kv_use", [(0.0, 0.5), (50.0, 0.0), (50.0, None)])

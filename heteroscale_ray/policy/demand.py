@@ -35,7 +35,12 @@ from heteroscale_ray.policy.peak_window import (
     track_peaks,
 )
 from heteroscale_ray.policy.proportional import ceil_eps
-from heteroscale_ray.policy.role_need import decode_need, prefill_need, released_rps
+from heteroscale_ray.policy.role_need import (
+    PrefillRelease,
+    decode_need,
+    prefill_need,
+    released_rps,
+)
 from heteroscale_ray.policy.role_plan import RolePlan, initial_plan, role_plan
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
@@ -89,9 +94,12 @@ def decide_demand(
             cap,
             problem,
             backlog.growing(spec, state, Role.DECODE),
-            released_rps(spec, signals, counts, cap),
             counts.decode_ready,
-            before_release,
+            PrefillRelease(
+                released_rps(spec, signals, counts, cap),
+                before_release,
+                backlog.prefill_draining(state),
+            ),
         ),
     }
     steady = {role: need.steady for role, need in needs.items()}

@@ -58,15 +58,26 @@ def released_rps(spec: ServiceSpec, s: Signals, counts: RoleCounts, cap: Capacit
     return tokens / s.prompt_mean / spec.policy.demand.drain_s  # type: ignore[operator]
 
 
+@dataclass(frozen=True)
+class PrefillRelease:
+    """What prefill's queue hands decode at this snapshot. `rps`: requests/s on top of arrivals
+    while it drains within `drain_s`; `before`: decode's steady need remembered before the
+    queue (None while no material queue reaches decode); `falling`: the queue fell at this
+    snapshot, so what reached decode is a lump released at once, not prefill's own pace."""
+
+    rps: float = 0.0
+    before: float | None = None
+    falling: bool = False
+
+
 def decode_need(
     spec: ServiceSpec,
     s: Signals,
     cap: Capacity,
     problem: str | None,
     queue_growing: bool = False,
-    released: float = 0.0,
     ready: int = 0,
-    before_release: float | None = None,
+    release: PrefillRelease = PrefillRelease(),
 ) -> Need:
     """Fractional decode instances: arriving output tokens/s, or the sequences running plus
     the waiting ones' work drained within `drain_s` (a burst's queue empties in seconds once
@@ -82,19 +93,24 @@ def decode_need(
     sequences at the pace a priced batch steps (Little's law): on an overloaded pool they step
     slower, so more of the same arrivals are running at once than the SLO's pace would hold.
     While prefill's queue drains into decode, the running sequences count in it at most at the
-    need remembered before (`before_release`): the release is a backlog that runs once. Counted,
+    need remembered before (`release.before`): the release is a backlog that runs once. Counted,
     a 5x step's release held decode at 4x its need for the window's quarter hour, and, learned
-    as a surge, insured the hour after it at twice the need.
+    as a surge, insured the hour after it at twice the need. Once prefill's queue falls, nor is
+    the release asked for as concurrency: like a decode queue it is its work drained within
+    `drain_s`. The step's ~1,000 released sequences finished in seconds on the instances there;
+    as concurrency they asked for 20 instances where 5 serve, which landed after them.
     """
     if problem is not None:
         return Need(None, f"signals {problem}")
     by_rate = by_seqs = running = None
     draining = 0.0
+    lump_note = ""
+    before_release = release.before
     if _usable(s.request_rate) and _usable(s.output_mean):
         per_request = max(s.output_mean - 1.0, 0.0)  # type: ignore[operator]
         offered = s.request_rate * per_request  # type: ignore[operator]
         by_rate = offered / cap.decode_tps
-        draining = released * per_request / cap.decode_tps
+        draining = release.rps * per_request / cap.decode_tps
     elif _usable(s.decode_tps):
         offered = s.decode_tps
         by_rate = offered / cap.decode_tps  # type: ignore[operator]
@@ -102,15 +118,30 @@ def decode_need(
     if _usable(s.decode_running):
         held = kv_batch(s, ready)
         batch = batch if held is None else min(batch, held)
+        drain = spec.policy.demand.drain_s * cap.decode_tps * batch / cap.decode_batch
         queued = backlog.queue_of(s, Role.DECODE) or 0.0
         seqs = s.decode_running + queued  # type: ignore[operator]
         running = by_seqs = s.decode_running / batch  # type: ignore[operator]
         if _usable(s.decode_step_s) and s.decode_step_s > 0:  # type: ignore[operator]
             running *= min(1.0, cap.decode_step_s / s.decode_step_s)  # type: ignore[operator]
+        if (
+            release.falling
+            and before_release is not None
+            and by_seqs > before_release
+            and _usable(s.output_mean)
+        ):
+            # While prefill's queue falls, sequences past the level before it are that queue,
+            # released at once: work that runs once, asked for as its tokens drained within
+            # `drain_s` (never more than the concurrency they are), as a decode queue is. While
+            # it grows, prefill releases only its own pace: more sequences are decode's load.
+            lump_seqs = (by_seqs - before_release) * batch
+            by_drain = lump_seqs * s.output_mean / drain  # type: ignore[operator]
+            if by_drain < by_seqs - before_release:
+                by_seqs = before_release + by_drain
+                lump_note = f" ({lump_seqs:,.0f} of them prefill's released queue: {by_drain:,.1f})"
         if queued and queue_growing:
             by_seqs += queued / batch
         elif queued and _usable(s.output_mean):
-            drain = spec.policy.demand.drain_s * cap.decode_tps * batch / cap.decode_batch
             by_seqs += queued * s.output_mean / drain  # type: ignore[operator]
         elif queued:
             by_seqs += queued / batch
@@ -125,11 +156,11 @@ def decode_need(
     if by_rate is not None:
         parts.append(f"{offered:,.0f} tok/s / {cap.decode_tps:,.0f}")
     if by_seqs is not None:
-        parts.append(f"{seqs:,.0f} seqs / {batch:,.0f}")
+        parts.append(f"{seqs:,.0f} seqs / {batch:,.0f}{lump_note}")
     why = " vs ".join(parts)
     if draining >= 0.05:  # as printed: a tenth of an instance
         why += f" + {draining:,.1f} for the prefill queue's release"
-    if lump >= 0.05 and steady < need:
+    if lump >= 0.05 and steady < need and not lump_note:
         why += f" (of which {lump:,.1f} is prefill's released queue: not remembered)"
     return Need(need, why, steady)
 
