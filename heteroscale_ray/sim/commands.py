@@ -288,9 +288,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 "fleet (pass a larger --gpus or your own --topology)",
                 file=sys.stderr,
             )
-        if s["completed"] < s["requests"]:
+        if s.get("rejected"):
+            room = res.rooms[name]
             print(
-                f"[{pol}] {s['requests'] - s['completed']:,} of {s['requests']:,} requests did "
+                f"[{pol}] {s['rejected']:,} of {s['requests']:,} requests fit no instance of "
+                f"{name} (prompt > {room.prefill:,} tokens of prefill KV, or prompt + output > "
+                f"{room.decode:,} of decode KV): rejected at the ingress as the real one does "
+                "(HTTP 400), they count as missed SLOs",
+                file=sys.stderr,
+            )
+        if s["completed"] + s.get("rejected", 0) < s["requests"]:
+            print(
+                f"[{pol}] {s['requests'] - s['completed'] - s.get('rejected', 0):,} of "
+                f"{s['requests']:,} requests did "
                 f"not finish within {res.sim.drain_s:,.0f} s of the last arrival (the replay's "
                 "drain limit): they count as missed SLOs",
                 file=sys.stderr,

@@ -34,6 +34,7 @@ from heteroscale_ray.policy.dg_shape import placement_ratio
 from heteroscale_ray.sim.actuator import SimActuator
 from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
 from heteroscale_ray.sim.observe import observe
+from heteroscale_ray.sim.oversized import KvRoom, admit
 from heteroscale_ray.sim.sizing import (
     PREFILL_UTIL_TARGET,
     SIZING_TBT_MARGIN,
@@ -83,6 +84,7 @@ class ReplayResult:
     summary: dict[str, Any]
     sim: ClusterSim
     cycles: list[dict[str, Any]] = field(default_factory=list)
+    rooms: dict[str, KvRoom] = field(default_factory=dict)  # what the ingress admitted by
 
 
 def service_needs(
@@ -303,6 +305,15 @@ def run_replay(
         raise ValueError(
             f"no service matches the traces {sorted(traces)}: name a service of the services file"
         )
+    # The requests no instance can hold get the real ingress's 400: nothing sizes or routes
+    # them, and they count as missed SLOs (sim/oversized.py).
+    admitted = admit(specs, traces, catalog, const, profiles)
+    if admitted.total_rejected:
+        traces = {**traces, **admitted.traces}
+        if cache_hits is not None:
+            cache_hits = {
+                n: h[admitted.keep[n]] if n in admitted.keep else h for n, h in cache_hits.items()
+            }
     by_name = {s.name: s for s in specs}
     workload = Workload.from_traces(traces, [s.name for s in specs])
     sim = ClusterSim(
@@ -381,7 +392,7 @@ def run_replay(
     plan0 = plan_cycle(graph, placed, (), first, catalog, topology_aware=opts.topology_aware)
     actuator.apply(plan0, warm=True)
 
-    result = ReplayResult(summary={}, sim=sim)
+    result = ReplayResult(summary={}, sim=sim, rooms=admitted.rooms)
     unplaced = sum(u.count for u in plan0.unplaced)
     scaling_actions = 0
     # Soft scale-in is HeteroScale's (the control plane's --soft-window); baselines stop at once.
@@ -440,6 +451,6 @@ def run_replay(
             progress(sim.now, duration)
     wall = time.perf_counter() - wall0
     result.summary = summarize(
-        sim, specs, duration, opts, wall, scaling_actions, unplaced, actuator
+        sim, specs, duration, opts, wall, scaling_actions, unplaced, actuator, admitted.rejected
     )
     return result

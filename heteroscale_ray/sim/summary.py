@@ -4,6 +4,7 @@ against the idle-fleet ceiling) and what it did (scaling actions, KV transfer, c
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,10 +75,16 @@ def summarize(
     scaling_actions: int,
     unplaced: int,
     actuator: SimActuator,
+    rejected: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The report's numbers; resource metrics cover [0, trace duration), latency every request."""
+    """The report's numbers; resource metrics cover [0, trace duration), latency every request.
+
+    `rejected`: requests per service the ingress turned away (sim/oversized.py). They are
+    requests that missed their SLO, in the attainment and in its ceiling alike."""
     w = sim.w
+    turned_away = sum((rejected or {}).values())
     n = len(w)
+    asked = n + turned_away
     T = max(1, int(math.ceil(duration / sim.dt)))
     hours = sim.dt / 3600.0
     gpus = sim.ts_gpus[:T]
@@ -101,7 +108,7 @@ def summarize(
             ]
             kv_bytes[m] = w.input_tokens[m] * kind.kv_bytes_per_token
     kv_time = np.where(routed, sim.kv_time, 0.0)
-    ceiling = slo_ceiling(sim, specs)
+    ceiling = slo_ceiling(sim, specs) * n / asked if n else float("nan")
     levels = sim.kv_level[routed]
     per_level = np.bincount(levels, minlength=len(SharedLevel))
     level_share = {
@@ -125,8 +132,9 @@ def summarize(
     return {
         "policy": opts.policy,
         "topology_aware": opts.topology_aware,
-        "requests": int(n),
+        "requests": int(asked),
         "completed": int(finished.sum()),
+        "rejected": int(turned_away),
         "duration_s": duration,
         "gpu_hours": held * hours,
         "prefill_gpu_hours": float(gpus[:, :, PREFILL].sum()) * hours,
@@ -145,7 +153,7 @@ def summarize(
         "ttft_p99_s": ttft_p99,
         "tbt_p50_s": tbt_p50,
         "tbt_p99_s": tbt_p99,
-        "slo_attainment": float(ok.mean()) if n else float("nan"),
+        "slo_attainment": float(ok.sum()) / asked if n else float("nan"),
         "slo_ceiling": ceiling,
         "scaling_actions": int(scaling_actions),
         "instances_started": actuator.started,

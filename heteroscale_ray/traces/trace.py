@@ -172,6 +172,24 @@ class Trace:
             source=f"{self.source}[{start_s:g}:{end_s:g}]",
         )
 
+    def select(self, keep: np.ndarray) -> Trace:
+        """The requests where `keep` (one bool per request, in trace order) is true, over the
+        same span."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(self),):
+            raise ValueError(f"keep has shape {keep.shape}, the trace {len(self)} requests")
+        return Trace.from_columns(
+            self.arrival_s[keep],
+            self.input_tokens[keep],
+            self.output_tokens[keep],
+            [h for h, k in zip(self.hash_ids, keep, strict=True) if k] if self.has_hashes else None,
+            self.request_ids[keep],
+            duration_s=self.duration_s,
+            source=self.source,
+            skipped=self.skipped,
+            skip_reasons=self.skip_reasons,
+        )
+
     def describe(self) -> dict[str, float]:
         """The numbers a report cites: count, span, rate, token means, medians and p99s."""
         out: dict[str, float] = {
