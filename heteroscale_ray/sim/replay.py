@@ -84,7 +84,7 @@ class ReplayResult:
     summary: dict[str, Any]
     sim: ClusterSim
     cycles: list[dict[str, Any]] = field(default_factory=list)
-    rooms: dict[str, KvRoom] = field(default_factory=dict)  # what the ingress admitted by
+    rooms: dict[str, KvRoom] = field(default_factory=dict)  # the KV the ingress admitted by
 
 
 def service_needs(
