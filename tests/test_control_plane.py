@@ -162,6 +162,15 @@ def test_ramp_scales_prefill_and_decode_together_on_the_right_nodes(plane: Plane
         lambda: (d := plane.dgs()) and _totals(d) == (2, 4) and _running(d) == (2, 4) and d,
         150,
     )
+    # The ingress's gate lets prefill calls out by the replicas running, which the sub-cluster
+    # scheduler reports to the routing table as Serve starts them.
+    from heteroscale_ray.serving.routing_table import get_routing_table
+
+    def gated_by() -> list[int | None]:
+        _, services = ray.get(get_routing_table().snapshot.remote())
+        return [d.prefill_running for s in services.values() for d in s.dgs.values()]
+
+    wait_for("the gate counts both running prefill replicas", lambda: gated_by() == [2], 30)
     # Prefill and decode moved in one decision each time, at the configured 1:2 ratio
     # (prefill rounded up), and ended exactly on it.
     outs = [e for e in plane.status()["decisions"] if e["reason"] == "scale_out"]

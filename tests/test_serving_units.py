@@ -30,6 +30,8 @@ from heteroscale_ray.serving.routing_table import (
     ServiceRoute,
     ServingDirectory,
     choose_dg,
+    routes_from_json,
+    routes_to_json,
 )
 
 IDENTITY = {
@@ -85,6 +87,25 @@ def test_routing_table_updates() -> None:
     assert version > v0 and services["s"].dgs["a"].draining
     with pytest.raises(KeyError):
         t.upsert_dg(make_dg("x", service="unknown"))
+
+
+def test_the_prefill_gate_counts_running_replicas_once_they_are_known() -> None:
+    """While a DG grows, the ingress lets calls out by the prefill replicas Serve runs, not by
+    the target: calls beyond them would wait at Serve's handle in arrival order. Until the
+    control plane has seen the replicas (and in a checkpoint from before it reported them)
+    the target stands in."""
+    t = RoutingTable()
+    t.register_service("s", ModelConfig(n_layers=1, d_model=32, n_heads=2), "dense-8b")
+    t.upsert_dg(make_dg("a", prefill_replicas=4))
+    assert t.snapshot()[1]["s"].dgs["a"].prefill_serving == 4
+    t.update_dg("s", "a", prefill_running=1)
+    version, services = t.snapshot()
+    assert services["s"].dgs["a"].prefill_serving == 1
+    doc = routes_to_json(version, services)
+    assert routes_from_json(doc)[1]["s"].dgs["a"].prefill_serving == 1
+    for dg in doc["services"][0]["dgs"]:
+        del dg["prefill_running"]  # a checkpoint written before the field
+    assert routes_from_json(doc)[1]["s"].dgs["a"].prefill_serving == 4
 
 
 def test_metrics_hub_filters_and_expires_replica_reports() -> None:

@@ -101,6 +101,7 @@ class RouteState(NamedTuple):
     draining: bool
     weight: float
     gate_open: bool
+    prefill_running: int | None = None  # None: not pushed to the routing table yet
 
 
 def live_replicas() -> dict[str, dict[str, ReplicaCounts]]:

@@ -213,7 +213,11 @@ class SubClusterScheduler:
             dep.set_weight(app, t.weight)
         if old is None or old.gate_open != gate:
             dep.set_ratio_gate(app, gate)
-        self._routes[app] = RouteState(t.draining, t.weight, gate)
+        if old is None or old.prefill_running != ready_p:
+            # While replicas start, the ingress's gate lets calls out by those running: the
+            # rest wait in its SLO order, not at Serve's handle in arrival order.
+            dep.set_prefill_running(app, ready_p)
+        self._routes[app] = RouteState(t.draining, t.weight, gate, ready_p)
 
     def status(self) -> dict[str, Any]:
         return {

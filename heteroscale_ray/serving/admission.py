@@ -67,9 +67,9 @@ class PrefillGate:
     async def acquire(
         self, app: str, replicas: int, arrival: float, ttft_slo_s: float | None
     ) -> None:
-        """Wait until a call to `app`'s prefill may leave; `replicas` is its prefill replica
-        count now, `arrival` when the request arrived (the gate's clock), `ttft_slo_s` None when
-        the service has none (then first come, first served)."""
+        """Wait until a call to `app`'s prefill may leave; `replicas` is its prefill replicas
+        taking calls now (running, not starting), `arrival` when the request arrived (the gate's
+        clock), `ttft_slo_s` None when the service has none (then first come, first served)."""
         self._limit[app] = max(1, replicas) * self.calls_per_replica
         if not self._waiting[app] and self._out[app] < self._limit[app]:
             self._out[app] += 1

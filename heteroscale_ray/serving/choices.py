@@ -242,7 +242,7 @@ class ChoiceStreams:
             await asyncio.wait_for(
                 self._gate.acquire(
                     dg.app_name,
-                    fresh.prefill_replicas,
+                    fresh.prefill_serving,
                     req.arrival_wall_s,
                     None if svc is None else svc.ttft_slo_s,
                 ),

@@ -6,7 +6,8 @@
 - `scale_role(app, role, n)`: set a role's replica count through the Serve controller's
   `update_deployment_replicas` (the external-scaler path): running replicas keep running,
   unlike a second `serve.run` which would roll out a new version.
-- `set_draining` / `set_ratio_gate` / `set_weight`: routing intent, read by the ingress.
+- `set_draining` / `set_ratio_gate` / `set_weight` / `set_prefill_running`: routing intent, read
+  by the ingress.
 - `delete_dg`: stop routing to a DG, then delete its application (replicas drain first).
 - `replica_ids`, `replica_details`, `replica_stats`: what runs where, and its metrics.
 - `prompt_arrival_rates`, `ingress_loads`: what arrives at the ingress per service.
@@ -244,6 +245,11 @@ def set_draining(app_name: str, draining: bool = True) -> None:
 def set_ratio_gate(app_name: str, open_: bool) -> None:
     """Start-up skew gate: while closed, the router sends this DG work only if no other can."""
     _update_route(app_name, ratio_gate_open=open_)
+
+
+def set_prefill_running(app_name: str, running: int) -> None:
+    """Prefill replicas Serve runs now: the ingress's gate lets calls out by these."""
+    _update_route(app_name, prefill_running=running)
 
 
 def set_weight(app_name: str, weight: float) -> None:

@@ -48,6 +48,14 @@ class DgRoute:
     weight: float = 1.0  # relative capacity of one decode replica (e.g. by GPU type)
     draining: bool = False  # soft scale-in: no new requests
     ratio_gate_open: bool = True  # start-up skew gate: held back while closed
+    # Prefill replicas Serve runs (None until the control plane has seen them: the target
+    # count stands in). The ingress's gate lets calls out by these, not by ones still starting.
+    prefill_running: int | None = None
+
+    @property
+    def prefill_serving(self) -> int:
+        """Prefill replicas that take calls now: running ones once known, else the target."""
+        return self.prefill_replicas if self.prefill_running is None else self.prefill_running
 
     @property
     def capacity(self) -> float:
