@@ -101,6 +101,9 @@ def test_the_prefill_gate_counts_running_replicas_once_they_are_known() -> None:
     t.update_dg("s", "a", prefill_running=1)
     version, services = t.snapshot()
     assert services["s"].dgs["a"].prefill_serving == 1
+    # a scale-in to 2 leaves 4 running until Serve stops two: the gate counts the 2 that stay
+    stopping = dataclasses.replace(services["s"].dgs["a"], prefill_replicas=2, prefill_running=4)
+    assert stopping.prefill_serving == 2
     doc = routes_to_json(version, services)
     assert routes_from_json(doc)[1]["s"].dgs["a"].prefill_serving == 1
     for dg in doc["services"][0]["dgs"]:

@@ -49,13 +49,17 @@ class DgRoute:
     draining: bool = False  # soft scale-in: no new requests
     ratio_gate_open: bool = True  # start-up skew gate: held back while closed
     # Prefill replicas Serve runs (None until the control plane has seen them: the target
-    # count stands in). The ingress's gate lets calls out by these, not by ones still starting.
+    # count stands in). The ingress's gate lets calls out by these, not by ones still starting
+    # nor by ones a scale-in is stopping.
     prefill_running: int | None = None
 
     @property
     def prefill_serving(self) -> int:
-        """Prefill replicas that take calls now: running ones once known, else the target."""
-        return self.prefill_replicas if self.prefill_running is None else self.prefill_running
+        """Prefill replicas that take calls now and will keep taking them: those running and
+        wanted (the target until the running ones are known)."""
+        if self.prefill_running is None:
+            return self.prefill_replicas
+        return min(self.prefill_running, self.prefill_replicas)
 
     @property
     def capacity(self) -> float:
