@@ -288,7 +288,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 "fleet (pass a larger --gpus or your own --topology)",
                 file=sys.stderr,
             )
-        if s.get("rejected"):
+        if s["rejected"]:
             room = res.rooms[name]
             print(
                 f"[{pol}] {s['rejected']:,} of {s['requests']:,} requests fit no instance of "
@@ -297,10 +297,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 "(HTTP 400), they count as missed SLOs",
                 file=sys.stderr,
             )
-        if s["completed"] + s.get("rejected", 0) < s["requests"]:
+        unfinished = s["requests"] - s["completed"] - s["rejected"]
+        if unfinished > 0:
             print(
-                f"[{pol}] {s['requests'] - s['completed'] - s.get('rejected', 0):,} of "
-                f"{s['requests']:,} requests did "
+                f"[{pol}] {unfinished:,} of {s['requests']:,} requests did "
                 f"not finish within {res.sim.drain_s:,.0f} s of the last arrival (the replay's "
                 "drain limit): they count as missed SLOs",
                 file=sys.stderr,

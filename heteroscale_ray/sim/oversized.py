@@ -65,13 +65,12 @@ class Admitted:
     """The traces as the ingress admits them, and what it rejected per service."""
 
     traces: dict[str, Trace]
-    rejected: dict[str, int]
     rooms: dict[str, KvRoom]
     keep: dict[str, np.ndarray]  # per service, in its trace's order: admitted
 
     @property
-    def total_rejected(self) -> int:
-        return sum(self.rejected.values())
+    def rejected(self) -> dict[str, int]:
+        return {name: int(len(k) - k.sum()) for name, k in self.keep.items()}
 
 
 def admit(
@@ -86,20 +85,18 @@ def admit(
     Raises ValueError naming the service when none of its requests fit, since there is then
     nothing to replay."""
     out: dict[str, Trace] = {}
-    rejected: dict[str, int] = {}
     rooms: dict[str, KvRoom] = {}
     keep: dict[str, np.ndarray] = {}
     for spec in specs:
         trace = traces[spec.name]
         room = KvRoom.of(spec, catalog, const, profiles)
         fits = ~room.oversized(trace)
-        n_out = int(len(fits) - fits.sum())
         if len(fits) and not fits.any():
             raise ValueError(
                 f"no request of service {spec.name!r} fits one of its instances (prompt <= "
                 f"{room.prefill:,} tokens of prefill KV, prompt + output <= {room.decode:,} of "
                 "decode KV): choose GPU types with more memory or more GPUs per instance"
             )
-        out[spec.name] = trace.select(fits) if n_out else trace
-        rejected[spec.name], rooms[spec.name], keep[spec.name] = n_out, room, fits
-    return Admitted(out, rejected, rooms, keep)
+        out[spec.name] = trace if fits.all() else trace.select(fits)
+        rooms[spec.name], keep[spec.name] = room, fits
+    return Admitted(out, rooms, keep)

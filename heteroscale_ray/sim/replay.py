@@ -308,12 +308,11 @@ def run_replay(
     # The requests no instance can hold get the real ingress's 400: nothing sizes or routes
     # them, and they count as missed SLOs (sim/oversized.py).
     admitted = admit(specs, traces, catalog, const, profiles)
-    if admitted.total_rejected:
-        traces = {**traces, **admitted.traces}
-        if cache_hits is not None:
-            cache_hits = {
-                n: h[admitted.keep[n]] if n in admitted.keep else h for n, h in cache_hits.items()
-            }
+    traces = {**traces, **admitted.traces}
+    if cache_hits is not None:
+        cache_hits = {
+            n: h[admitted.keep[n]] if n in admitted.keep else h for n, h in cache_hits.items()
+        }
     by_name = {s.name: s for s in specs}
     workload = Workload.from_traces(traces, [s.name for s in specs])
     sim = ClusterSim(
