@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import gzip
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from heteroscale_ray.traces import (
     diurnal_trace,
     load_azure_csv,
     load_burstgpt_csv,
-    load_mooncake_jsonl,
+    load_jsonl,
     load_trace,
     overlay,
     reading,
@@ -307,17 +308,80 @@ GOOD_JSON = '{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids
 )
 def test_mooncake_bad_line_names_file_and_line(tmp_path: Path, bad_line: str, reason: str) -> None:
     path = write(tmp_path, "trace.jsonl", GOOD_JSON + bad_line + "\n" + GOOD_JSON)
-    assert_bad_line_named(path, 2, reason, load_mooncake_jsonl)
+    assert_bad_line_named(path, 2, reason, load_jsonl)
 
 
 def test_skipping_counts_all_but_keeps_few_reasons(tmp_path: Path) -> None:
     path = write(
         tmp_path, "t.jsonl", GOOD_JSON + "oops\n" * 8 + GOOD_JSON.replace(": 0,", ": 1500,")
     )
-    trace = load_mooncake_jsonl(path, skip_malformed=True)
+    trace = load_jsonl(path, skip_malformed=True)
     assert (len(trace), trace.skipped, len(trace.skip_reasons)) == (2, 8, 5)
     assert trace.skip_reasons[0].startswith("line 2: not valid JSON")
     assert trace.arrival_s.tolist() == [0.0, 1.5]  # milliseconds to seconds
+
+
+def bailian_row(ts: float, inp: int, ids: list[int], out: int = 8, chat: int = 1) -> str:
+    """A row as Alibaba's Qwen-Bailian usage traces write it (seconds, 16-token blocks)."""
+    row = {
+        "chat_id": chat,
+        "parent_chat_id": -1,
+        "timestamp": ts,
+        "input_length": inp,
+        "output_length": out,
+        "type": "text",
+        "turn": 1,
+        "hash_ids": ids,
+    }
+    return json.dumps(row) + "\n"
+
+
+def test_qwen_bailian_rows_are_seconds_and_16_token_blocks(tmp_path: Path) -> None:
+    # Read as Mooncake (milliseconds), this hour would arrive within 3.6 s, and its 40 ids
+    # for a 640-token prompt would be malformed (two 512-token blocks at most).
+    a = list(range(40))  # 640 tokens: 32 + 8 small blocks -> 2 blocks of 512
+    b = list(range(32)) + list(range(100, 131))  # shares a's first 512 tokens, then differs
+    c = list(range(31)) + [999]  # differs inside the first block
+    d = list(range(500, 532)) + list(range(32, 40))  # a's second run after another first one
+    text = "".join(
+        bailian_row(ts, inp, ids)
+        for ts, inp, ids in ((61.114, 640, a), (62.5, 1000, b), (3661.0, 512, c), (70, 640, d))
+    )
+    trace = load_jsonl(write(tmp_path, "qwen_traceA_blksz_16.jsonl", text))
+    assert trace.arrival_s.tolist() == pytest.approx([0.0, 1.386, 8.886, 3599.886])
+    ha, hb, hd, hc = trace.hash_ids  # in arrival order
+    assert [len(h) for h in (ha, hb, hc, hd)] == [2, 2, 1, 2]  # ceil(tokens / 512)
+    assert ha[0] == hb[0] and ha[1] != hb[1]  # one shared 512-token prefix block
+    assert hc[0] != ha[0]  # 31 of 32 small blocks shared is no shared block
+    assert hd[1] != ha[1]  # a block is its prefix: same small ids after another start differ
+    assert load_trace(tmp_path / "qwen_traceA_blksz_16.jsonl").hash_ids == trace.hash_ids
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        (
+            bailian_row(5, 33, [1, 2, 3, 4]),
+            "hash_ids lists 4 blocks, but an input_length of 33 tokens has 3 of 16 tokens",
+        ),
+        (bailian_row(-1.5, 33, []), "timestamp -1.5 is not a non-negative number of seconds"),
+        (
+            '{"timestamp": 5, "input_length": 600, "output_length": 5}\n',
+            "a Mooncake row in a Qwen-Bailian trace",
+        ),
+    ],
+)
+def test_qwen_bailian_bad_line_names_file_and_line(
+    tmp_path: Path, bad_line: str, reason: str
+) -> None:
+    good = bailian_row(1.0, 600, list(range(38)))
+    path = write(tmp_path, "trace.jsonl", good + bad_line + good)
+    assert_bad_line_named(path, 2, reason, load_jsonl)
+
+
+def test_a_trace_keeps_the_format_of_its_first_row(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.jsonl", GOOD_JSON + bailian_row(1.0, 600, []) + GOOD_JSON)
+    assert_bad_line_named(path, 2, "a Qwen-Bailian row in a Mooncake trace", load_jsonl)
 
 
 def test_load_trace_rejects_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
@@ -561,6 +625,22 @@ def test_overlay_merges_in_arrival_order_and_keeps_prefixes_apart() -> None:
     b_ids = {h for hs in both.hash_ids for h in hs} - a_ids
     assert len(b_ids) == len({h for hs in b.hash_ids for h in hs})  # b's all moved past a's
     assert len(overlay([])) == 0
+
+
+def test_hashed_ids_scale_and_overlay_without_overflow() -> None:
+    # 63-bit ids (a Qwen-Bailian trace's, regrouped): copies were offset past the largest id,
+    # past int64 at the second copy, and the replay crashed numbering them.
+    big = 2**63 - 10
+    trace = Trace.from_columns(
+        [0.0, 1.0, 2.0], [600, 600, 600], [5, 5, 5], [(big, big - 1), (big,), (7,)], duration_s=3.0
+    )
+    for scaled in (scale_rate(trace, 3, seed=0), overlay([trace, trace])):
+        ids = [h for hs in scaled.hash_ids for h in hs]
+        assert all(0 <= h < 2**63 for h in ids)
+        copies = len(scaled) // len(trace)
+        assert len(set(ids)) == 3 * copies  # each copy keeps its own three distinct blocks
+        firsts = {hs[0] for hs in scaled.hash_ids if len(hs)}
+        assert len(firsts) == 2 * copies  # within a copy, two prompts still share a block
 
 
 # --- packaged samples ---------------------------------------------------------------------

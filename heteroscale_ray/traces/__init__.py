@@ -3,11 +3,11 @@
 Pure: no Ray, no clock; randomness only from seeds or Generators the caller passes in.
 """
 
+from heteroscale_ray.traces.jsonl import load_jsonl
 from heteroscale_ray.traces.loaders import (
     load_azure_csv,
     load_burstgpt_csv,
     load_csv,
-    load_mooncake_jsonl,
     load_trace,
 )
 from heteroscale_ray.traces.request import Request
@@ -43,7 +43,7 @@ __all__ = [
     "load_azure_csv",
     "load_burstgpt_csv",
     "load_csv",
-    "load_mooncake_jsonl",
+    "load_jsonl",
     "load_trace",
     "make_rng",
     "overlay",

@@ -1,5 +1,5 @@
-"""Readers for the public traces: Azure LLM inference CSV, BurstGPT CSV and Mooncake JSONL,
-each plain or gzipped.
+"""Readers for the public traces: Azure LLM inference CSV and BurstGPT CSV here, Mooncake and
+Qwen-Bailian JSONL in `jsonl.py`; each plain or gzipped.
 
 A bad row stops the load with the file, line and problem named, unless the caller asks to skip
 such rows; skipped rows are counted on the trace so a report can say how many were dropped.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from heteroscale_ray.traces.jsonl import load_jsonl
 from heteroscale_ray.traces.reading import (
     MAX_TOKENS,
     RowError,
@@ -38,12 +38,10 @@ from heteroscale_ray.traces.reading import (
     stream_lines,
     utf8_lines,
 )
-from heteroscale_ray.traces.trace import BLOCK_TOKENS, Trace, TraceError
+from heteroscale_ray.traces.trace import Trace, TraceError
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
-MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
 BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
-MAX_HASH_ID = 2**63 - 1
 YEARS = (1678, 2261)  # whole years numpy's datetime64[ns] holds
 
 # '2023-11-16 18:15:46.6805900': up to 9 fractional digits (Azure writes 7), then an optional
@@ -300,96 +298,19 @@ def _seconds_from_first(stamps: np.ndarray) -> np.ndarray:
     return (secs - fs).astype(np.float64) + (nanos - fn) / 1e9
 
 
-def _json_count(obj: dict[str, Any], key: str, minimum: int) -> int:
-    value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RowError(f"{key} {short(value)} is not an integer")
-    if isinstance(value, float) and not value.is_integer():
-        raise RowError(f"{key} {value!r} is not an integer")
-    if value < minimum:
-        raise RowError(f"{key} must be >= {minimum} (got {short(value)})")
-    if value > MAX_TOKENS:
-        raise RowError(f"{key} must be <= {MAX_TOKENS} (got {short(value)})")
-    return int(value)
-
-
-def _mooncake_row(text: str) -> tuple[float, int, int, tuple[int, ...]]:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RowError(f"not valid JSON ({e.msg} at column {e.colno})") from None
-    except ValueError as e:  # e.g. an integer of more than 4,300 digits
-        raise RowError(f"not valid JSON ({e})") from None
-    except RecursionError:
-        raise RowError("not valid JSON (nests too deeply to parse)") from None
-    if not isinstance(obj, dict):
-        raise RowError(f"expected a JSON object, got {type(obj).__name__}")
-    missing = [k for k in MOONCAKE_KEYS if k not in obj]
-    if missing:
-        raise RowError(f"missing key {', '.join(missing)}")
-    ts = obj["timestamp"]
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) or ts < 0:
-        raise RowError(f"timestamp {short(ts)} is not a non-negative number of milliseconds")
-    inp = _json_count(obj, "input_length", 1)
-    out = _json_count(obj, "output_length", 0)
-    raw = obj.get("hash_ids", [])
-    if not isinstance(raw, list) or any(
-        isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= MAX_HASH_ID for h in raw
-    ):
-        raise RowError("hash_ids must be a list of integers in [0, 2**63)")
-    blocks = -(-inp // BLOCK_TOKENS)
-    if len(raw) > blocks:
-        # extra ids would fill the prefix cache with blocks no prompt holds
-        raise RowError(
-            f"hash_ids lists {len(raw)} blocks, but an input_length of {inp} tokens has "
-            f"{blocks} of {BLOCK_TOKENS} tokens (a trace hashed in smaller blocks?)"
-        )
-    return float(ts), inp, out, tuple(raw)
-
-
-def _jsonl_lines(lines: Iterator[bytes], skips: Skips) -> Iterator[tuple[int, str]]:
-    """The non-blank lines with their numbers; one that is not UTF-8 goes to `skips`. Lines
-    end at "\\n" only: JSON strings may hold U+2028 and friends, which splitlines cuts."""
-    bad: list[tuple[int, str]] = []
-    for line, raw in enumerate(utf8_lines(lines, bad), start=1):
-        if bad:
-            skips.bad(*bad.pop())
-        elif raw.strip():
-            yield line, raw
-
-
-def load_mooncake_jsonl(path: str | Path, *, skip_malformed: bool = False) -> Trace:
-    """Mooncake trace: one JSON object a line with ``timestamp`` (ms), ``input_length``,
-    ``output_length`` and ``hash_ids``. Arrivals count from the earliest row."""
-    path = Path(path)
-    skips = Skips(path, skip_malformed)
-    with contextlib.closing(stream_lines(path)) as lines:
-        rows = list(good_rows(_jsonl_lines(lines, skips), _mooncake_row, skips))
-    stamps = [r[0] for r in rows]
-    first = min(stamps, default=0.0)
-    return Trace.from_columns(
-        [(s - first) / 1000.0 for s in stamps],
-        [r[1] for r in rows],
-        [r[2] for r in rows],
-        hash_ids=[r[3] for r in rows],
-        source=path.name,
-        skipped=skips.count,
-        skip_reasons=skips.reasons,
-    )
-
-
 def load_trace(path: str | Path, *, skip_malformed: bool = False) -> Trace:
     """Load by suffix: ``.csv`` (Azure or BurstGPT, by its header) or ``.jsonl``/``.json``
-    (Mooncake), each also gzipped (``.csv.gz``, as Azure publishes some)."""
+    (Mooncake or Qwen-Bailian, by its first row), each also gzipped (``.csv.gz``, as Azure
+    publishes some)."""
     path = Path(path)
     suffix = (path.with_suffix("") if is_gzipped(path) else path).suffix.lower()
     if suffix == ".csv":
         return load_csv(path, skip_malformed=skip_malformed)
     if suffix in (".jsonl", ".json"):
-        return load_mooncake_jsonl(path, skip_malformed=skip_malformed)
+        return load_jsonl(path, skip_malformed=skip_malformed)
     raise TraceError(
         str(path),
         None,
-        f"unknown trace format {suffix!r}; use .csv (Azure, BurstGPT) or .jsonl (Mooncake),"
-        " optionally gzipped (.csv.gz)",
+        f"unknown trace format {suffix!r}; use .csv (Azure, BurstGPT) or .jsonl (Mooncake,"
+        " Qwen-Bailian), optionally gzipped (.csv.gz)",
     )

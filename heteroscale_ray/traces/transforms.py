@@ -56,6 +56,18 @@ def _offset_hashes(hashes: Sequence[tuple[int, ...]], offset: int) -> list[tuple
     return [tuple(h + offset for h in hs) for hs in hashes]
 
 
+def _dense_hashes(hashes: Sequence[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], int]:
+    """The ids renumbered 0..n-1 (equal stays equal), and n. Copies are then offset by n, not
+    past the largest id: a trace hashed into 63-bit ids (Qwen-Bailian's, regrouped) would
+    overflow int64 at its second copy."""
+    lens = [len(h) for h in hashes]
+    flat = np.fromiter((i for h in hashes for i in h), dtype=np.int64, count=sum(lens))
+    uniq, dense = np.unique(flat, return_inverse=True)
+    bounds = np.cumsum([0, *lens]).tolist()
+    ids = dense.tolist()
+    return [tuple(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], len(uniq)
+
+
 def _superpose(
     trace: Trace,
     k: float,
@@ -67,7 +79,10 @@ def _superpose(
     whole, frac = int(math.floor(k)), k - math.floor(k)
     shift_cap = span if max_shift_s is None else min(max_shift_s, span)
     keep_hashes = trace.has_hashes
-    id_stride = 1 + max((max(h) for h in trace.hash_ids if h), default=-1) if keep_hashes else 0
+    source_hashes: Sequence[tuple[int, ...]] = trace.hash_ids
+    id_stride = 0
+    if keep_hashes and distinct_prefixes:
+        source_hashes, id_stride = _dense_hashes(trace.hash_ids)
     parts: list[tuple[np.ndarray, np.ndarray]] = []  # (row indices, arrival times) per copy
     copies = whole + (1 if frac > 0 else 0)
     for copy in range(copies):
@@ -84,7 +99,7 @@ def _superpose(
     hashes: list[tuple[int, ...]] = []
     for copy, (rows, _) in enumerate(parts if keep_hashes else ()):
         offset = copy * id_stride if distinct_prefixes else 0
-        hashes.extend(_offset_hashes([trace.hash_ids[i] for i in rows.tolist()], offset))
+        hashes.extend(_offset_hashes([source_hashes[i] for i in rows.tolist()], offset))
     order = np.argsort(arrivals, kind="stable")
     return Trace.from_columns(
         arrivals[order],
@@ -181,8 +196,9 @@ def overlay(traces: Sequence[Trace]) -> Trace:
     hashes: list[tuple[int, ...]] = []
     offset = 0
     for t in traces:
-        hashes.extend(_offset_hashes(list(t.hash_ids), offset))
-        offset += 1 + max((max(h) for h in t.hash_ids if h), default=-1)
+        dense, n_ids = _dense_hashes(t.hash_ids)
+        hashes.extend(_offset_hashes(dense, offset))
+        offset += n_ids
     arrivals = np.concatenate([t.arrival_s for t in traces])
     order = np.argsort(arrivals, kind="stable")
     return Trace.from_columns(
