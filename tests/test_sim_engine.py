@@ -246,7 +246,7 @@ def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
     kv, seqs, load = {}, {}, {}
     for r in range(T.n):
         if T.role[r] == 1:
-            kv[r] = prom0[r] / (sim._kv_full(0, int(T.kind[r])) * T.kv_cap[r])
+            kv[r] = prom0[r] / (sim.kv_full(0, int(T.kind[r])) * T.kv_cap[r])
             seqs[r] = 0.0
             load[r] = kv[r]
     dgs = sorted(set(T.dg[: T.n].tolist()))
@@ -273,8 +273,8 @@ def test_routing_over_several_dgs_matches_the_plain_scan() -> None:
         fin = (f if f > a else a) + kind.prefill_one(int(inputs[j]), 0)[0]
         free[r] = fin
         res = min(float(inputs[j] + outputs[j]), float(T.kv_cap[d]))
-        kv[d] += res / (sim._kv_full(0, int(T.kind[d])) * T.kv_cap[d])
-        seqs[d] += 1.0 / sim._batch_full(0, int(T.kind[d]))
+        kv[d] += res / (sim.kv_full(0, int(T.kind[d])) * T.kv_cap[d])
+        seqs[d] += 1.0 / sim.batch_full(0, int(T.kind[d]))
         load[d] = max(kv[d], seqs[d])
         assert (sim.p_inst[j], sim.d_inst[j], sim.t_first[j]) == (r, d, fin), j
     assert 0 < routed < n  # the tick is busy enough to hold some

@@ -24,7 +24,7 @@ import numpy as np
 from heteroscale_ray.perf.instance_kind import InstanceKind
 
 PREFILL_UTIL_TARGET = 0.8  # queueing headroom: an M/D/1 queue at 80% waits ~2 service times
-DECODE_TBT_MARGIN = 0.7  # routing balance (sim ClusterSim._kv_full) and `decode_capacity`
+DECODE_TBT_MARGIN = 0.7  # routing balance (sim ClusterSim.kv_full) and `decode_capacity`
 
 
 @dataclass(frozen=True)

@@ -411,11 +411,11 @@ class ClusterSim:
         if not np.any((st == STARTING) | (st == DRAINING)):
             self._calm = st.tobytes()
 
-    def _kv_full(self, s: int, kind: int) -> float:
+    def kv_full(self, s: int, kind: int) -> float:
         """Share of a decode instance's KV capacity a batch at the TBT SLO holds (cached)."""
         return self._decode_full(s, kind)[0]
 
-    def _batch_full(self, s: int, kind: int) -> float:
+    def batch_full(self, s: int, kind: int) -> float:
         """Sequences a decode instance runs at the TBT SLO (cached)."""
         return self._decode_full(s, kind)[1]
 
@@ -434,7 +434,7 @@ class ClusterSim:
             self._decode_full_cache[key] = (share, float(max(cap.batch, 1)))
         return self._decode_full_cache[key]
 
-    def _shared_level(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def shared_level(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Lowest switch level hosts `a[i]` and `b[i]` share (from a [host, host] table on
         fleets of up to 1024 hosts, built on first use)."""
         n_hosts = len(self.host_sw)

@@ -60,10 +60,10 @@ class PoolShape:
             if c is None:
                 c = cls_of[key] = len(self.classes)
                 self.classes.append(key)
-                self.full.append(sim._kv_full(s, k) * cap)
+                self.full.append(sim.kv_full(s, k) * cap)
             self.dcls.append(c)
             full_row.append(self.full[c])
-            batch_row.append(sim._batch_full(s, k))
+            batch_row.append(sim.batch_full(s, k))
             if g in slot:  # a DG without a ready prefill instance takes no requests
                 self.dpos[slot[g]].append(d)
         self.full_row = np.array(full_row, dtype=float)
@@ -85,7 +85,7 @@ class PoolShape:
         """[prefill position, decode position] -> the switch level their hosts share."""
         if self._level is None:
             P, D = len(self.pre), len(self.dec)
-            self._level = sim._shared_level(
+            self._level = sim.shared_level(
                 np.repeat(self.phost, D), np.tile(self.dhost, P)
             ).reshape(P, D)
         return self._level

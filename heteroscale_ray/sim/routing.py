@@ -337,7 +337,7 @@ def _commit(
     sim.d_inst[at_d] = d_go
     np.add.at(T.kv_promised, d_go, res_d)
     T.n_pending[: T.n] += np.bincount(d_go, minlength=T.n)
-    level = sim._shared_level(shape.phost[pp_go], shape.dhost[dp_go])
+    level = sim.shared_level(shape.phost[pp_go], shape.dhost[dp_go])
     inp_d = inp_d.astype(float)
     if len(shape.pkinds) == 1:
         kv_t = kinds[shape.pkinds[0]].kv_transfer_seconds(inp_d, level)
