@@ -22,13 +22,12 @@ sys.path.insert(0, str(ROOT))
 
 from heteroscale_ray.config import ServicesConfig, ServiceSpec  # noqa: E402
 from heteroscale_ray.sim import sizing  # noqa: E402
-from heteroscale_ray.sim.fleet import s1_pattern  # noqa: E402
+from heteroscale_ray.sim.fleet import FLEET_FACTOR, gpus_to_hold  # noqa: E402
 from heteroscale_ray.sim.sizing import round_counts  # noqa: E402
 from heteroscale_ray.traces import Trace, scale_rate  # noqa: E402
 from heteroscale_ray.traces.transforms import SHAPE_SHIFT_S  # noqa: E402
 
 STATIC_GPUS = 400  # scale each trace until the static fleet is at least this
-FLEET_FACTOR = 2.5  # fleet = this x the static GPUs
 MAX_SHIFT_S = SHAPE_SHIFT_S  # diurnal traces: copies shift by at most this (keeps the day's shape)
 # Short stationary traces (Azure, Mooncake) shift over their whole span: nearly aligned copies
 # of an hour would multiply its minute-scale bursts by K, a load no real service sees (as
@@ -69,19 +68,8 @@ def static_gpus(services: ServicesConfig, spec: ServiceSpec, trace: Trace) -> in
 
 def fleet_gpus(spec: ServiceSpec, counts: tuple[int, int], factor: float = FLEET_FACTOR) -> int:
     """Fleet size for fleet_for([spec], n) holding `factor` x the static need of each GPU type
-    (fleet_for lays mini-pods out 3 prefill-type : 1 decode-type, so a decode-heavy service
-    needs a larger fleet than its GPU total suggests); whole big-pods."""
-    pattern = s1_pattern([spec])
-    need: dict[str, float] = {}
-    for role, n in (("prefill", counts[0]), ("decode", counts[1])):
-        r = spec.prefill if role == "prefill" else spec.decode
-        need[r.gpu_types[0]] = need.get(r.gpu_types[0], 0.0) + n * r.gpus_per_instance
-    total = max(
-        sum(need.values()),
-        *(v * len(pattern) / max(1, pattern.count(t)) for t, v in need.items()),
-    )
-    per_s2 = 64 * len(pattern)  # fleet_topology's default mini-pod is 64 GPUs
-    return int(math.ceil(factor * total / per_s2) * per_s2)
+    (`sim.fleet.gpus_to_hold`)."""
+    return gpus_to_hold(spec, counts, factor)
 
 
 def _first_guess(

@@ -312,3 +312,31 @@ def test_rate_scaling_keeps_a_long_traces_day() -> None:
     smeared = scale_rate(day, 10, seed=0)
     assert swing(kept) > 2.5  # the day's 3x swing, less the edges of its two steps
     assert swing(smeared) < 2.0
+
+
+def _fleet_line(argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> str:
+    base = [
+        "replay",
+        "--trace",
+        "azure-conv",
+        "--services",
+        str(ROOT / "examples" / "sim_services.yaml"),
+    ]
+    rc = main([*base, "--service", "general", "--duration", "20", "--rate-scale", "1200",
+               "--policy", "static", "--out", str(tmp_path), "--json", *argv])  # fmt: skip
+    assert rc == 0
+    return capsys.readouterr().err
+
+
+def test_the_default_fleet_holds_a_heavy_traces_static_fleet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 20 s of Azure conversation at x1200 needs about 1,536 GPUs of static fleet: a 1,024-GPU
+    # default ran such traffic overloaded (queues without end, 30-50x slower to replay); the
+    # fleet now grows to hold it, and a --gpus too small for it says so.
+    err = _fleet_line([], capsys, tmp_path)
+    gpus = int(err.split(" GPUs (")[0].rsplit(" ", 1)[-1].replace(",", ""))
+    assert gpus > 1024 and "overloaded" not in err
+    err = _fleet_line(["--gpus", "1024"], capsys, tmp_path)
+    assert "1024 GPUs (" in err
+    assert "more than --gpus 1,024: results are for an overloaded fleet" in err

@@ -19,6 +19,7 @@ SKIP_HINT = " (--skip-malformed skips such rows and counts them)"
 # a replay steps every second of the span: a month is ~2.6M ticks per policy. A longer span
 # is almost always a stray timestamp (a row from another year), so it is refused, not run.
 MAX_SPAN_S = 31 * 86400.0
+DEFAULT_FLEET_GPUS = 1024  # `replay --gpus` unless the trace's static fleet needs more
 
 
 # heteroscale_ray.traces.samples.samples_help(), spelled out so `--help` need not import numpy
@@ -46,9 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--gpus",
         type=positive_int,
-        default=1024,
-        help="build a fleet of about N GPUs (default 1024), its GPU types split as a static fleet "
-        "for the trace needs them (3:1, 2:2 or 1:3 per big-pod)",
+        help=f"build a fleet of about N GPUs (default {DEFAULT_FLEET_GPUS}, or, if that is more, "
+        "room for the trace's static fleet and an autoscaler's overshoot: sim.fleet.FLEET_FACTOR "
+        "times it), its GPU types split as a static fleet for the trace needs them (3:1, 2:2 or "
+        "1:3 per big-pod)",
     )
     p.add_argument(
         "--policy",
@@ -200,7 +202,7 @@ def _load_trace(arg: str, skip_malformed: bool = False) -> Any:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from heteroscale_ray.config import ConfigError, load_services, load_topology
-    from heteroscale_ray.sim.fleet import fleet_for
+    from heteroscale_ray.sim.fleet import FLEET_FACTOR, fleet_for, gpus_to_hold
     from heteroscale_ray.sim.plots import timeline_png
     from heteroscale_ray.sim.replay import ReplayOptions, run_replay
     from heteroscale_ray.sim.report import table, timeline
@@ -245,7 +247,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     layout = ""
     if topology is None:
         counts = static_counts(spec, services.catalog, trace)
-        topology = fleet_for([spec], args.gpus, counts)
+        gpus = args.gpus
+        if gpus is None:
+            room = gpus_to_hold(spec, counts, FLEET_FACTOR, split_by_counts=True)
+            gpus = max(DEFAULT_FLEET_GPUS, room)
+        elif gpus_to_hold(spec, counts, split_by_counts=True) > gpus:
+            print(
+                f"the trace's static fleet ({counts[0]} prefill, {counts[1]} decode instances) "
+                f"needs about {gpus_to_hold(spec, counts, split_by_counts=True):,} GPUs, more "
+                f"than --gpus {gpus:,}: results are for an overloaded fleet (without --gpus the fleet "
+                "holds it)",
+                file=sys.stderr,
+            )
+        topology = fleet_for([spec], gpus, counts)
         split = ", ".join(f"{n} {t}" for t, n in topology.gpus_by_type().items())
         uncached = ", before prefix-cache hits" if trace.has_hashes else ""
         layout = (

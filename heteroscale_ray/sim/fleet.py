@@ -20,6 +20,10 @@ from heteroscale_ray.config import (
 )
 
 MINI_PODS = 4  # mini-pods per big-pod when one service's counts set the split
+MINI_POD_GPUS = 64  # fleet_topology's default mini-pod: 8 hosts x 8 GPUs
+# A replay's own fleet holds this x the static fleet: room for the policies that ask for more
+# (a fleet capped at the static size hides an autoscaler's overshoot, and its queues).
+FLEET_FACTOR = 2.5
 
 
 def s1_pattern(services: Sequence[ServiceSpec], counts: tuple[int, int] | None = None) -> list[str]:
@@ -46,6 +50,28 @@ def s1_pattern(services: Sequence[ServiceSpec], counts: tuple[int, int] | None =
         for t in [p, p, p, d] if p != d else [p]:
             pattern.append(t)
     return pattern or ["H20"]
+
+
+def gpus_to_hold(
+    spec: ServiceSpec,
+    counts: tuple[int, int],
+    factor: float = 1.0,
+    split_by_counts: bool = False,
+) -> int:
+    """GPUs of a `fleet_for([spec], n)` (with `counts` when `split_by_counts`) that holds
+    `factor` x the instances `counts` of each GPU type; whole big-pods. The layout fixes each
+    type's share of a big-pod, so a service heavy in one type needs a larger fleet than its GPU
+    total suggests."""
+    pattern = s1_pattern([spec], counts if split_by_counts else None)
+    need: dict[str, float] = {}
+    for role, n in zip((spec.prefill, spec.decode), counts, strict=True):
+        need[role.gpu_types[0]] = need.get(role.gpu_types[0], 0.0) + n * role.gpus_per_instance
+    total = max(
+        sum(need.values()),
+        *(v * len(pattern) / max(1, pattern.count(t)) for t, v in need.items()),
+    )
+    per_s2 = MINI_POD_GPUS * len(pattern)
+    return int(math.ceil(factor * total / per_s2) * per_s2)
 
 
 def fleet_topology(
