@@ -247,16 +247,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     layout = ""
     if topology is None:
         counts = static_counts(spec, services.catalog, trace)
-        gpus = args.gpus
+        gpus, held = args.gpus, gpus_to_hold(spec, counts, split_by_counts=True)
         if gpus is None:
             room = gpus_to_hold(spec, counts, FLEET_FACTOR, split_by_counts=True)
             gpus = max(DEFAULT_FLEET_GPUS, room)
-        elif gpus_to_hold(spec, counts, split_by_counts=True) > gpus:
+        elif held > gpus:
             print(
                 f"the trace's static fleet ({counts[0]} prefill, {counts[1]} decode instances) "
-                f"needs about {gpus_to_hold(spec, counts, split_by_counts=True):,} GPUs, more "
-                f"than --gpus {gpus:,}: results are for an overloaded fleet (without --gpus the fleet "
-                "holds it)",
+                f"needs about {held:,} GPUs, more than --gpus {gpus:,}: results are for an "
+                "overloaded fleet (without --gpus the fleet holds it)",
                 file=sys.stderr,
             )
         topology = fleet_for([spec], gpus, counts)
