@@ -9,7 +9,12 @@ to any trace). Each case is one plain rule:
 - ramp-6h: chat lengths, 2 -> 20 -> 2 req/s over 6 h (a half sine);
 - bimodal: 8 req/s, 80% chat, 20% ~20k-token documents;
 - classify: 50 req/s, 0.5-4k prompts, one output token;
-- high-rate: 300 req/s of ~100-token prompts and ~20-token outputs, 20 min.
+- high-rate: 300 req/s of ~100-token prompts and ~20-token outputs, 20 min;
+- conversation: 5 sessions/s for 1 h (from 15 min before it, so that it opens with sessions
+  under way), each ~4 turns a minute apart whose prompt is the
+  session so far (a shared system prompt, earlier messages and answers) plus a new message,
+  hashed in 512-token blocks as Mooncake's traces are (prompts ~11k tokens, most of each a
+  cacheable prefix).
 
 And five 12-h days, each a rate `day(lo, hi)` = lo + (hi - lo) sin^2(pi t / 12 h) (lo at the
 ends, hi at 6 h), lengths lognormal with the stated mean (capped at 32k in, 16k out):
@@ -22,8 +27,8 @@ ends, hi at 6 h), lengths lognormal with the stated mean (capped at 32k in, 16k 
 - day-mix-shift: day-chat's lengths at day(3, 30) with no bursts, outputs x6 in two 1-h
   windows and prompts x5 in a third (seeded, disjoint).
 
-The fleet is the CLI's: about 1,024 GPUs split between the GPU types as a static fleet for the
-trace needs them (sim/fleet.py). Replayed on service `general` under heteroscale, static and
+The fleet is the CLI's: about 1,024 GPUs (or 2.5x the static fleet, if that is more) split
+between the GPU types as a static fleet for the trace needs them (sim/fleet.py). Replayed on service `general` under heteroscale, static and
 oracle, with issue 10's goals per case (as benchmarks/shapes.py checks them).
 
 Writes results/made_up/summary.json; the last stdout line is one JSON object.
@@ -46,11 +51,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import generalization as G  # noqa: E402
 import shapes  # noqa: E402
 
-from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
+from heteroscale_ray.sim.fleet import FLEET_FACTOR, fleet_for, gpus_to_hold  # noqa: E402
 from heteroscale_ray.sim.sizing import static_counts  # noqa: E402
 from heteroscale_ray.traces import Trace  # noqa: E402
 
-FLEET_GPUS = 1024  # the replay CLI's default --gpus
+FLEET_GPUS = 1024  # the replay CLI's default --gpus (`sim.commands.DEFAULT_FLEET_GPUS`)
 SEED = 7
 
 
@@ -179,6 +184,49 @@ def day_mix_shift(seed: int = 105) -> Trace:
     return _trace(t, prompts, outputs, DAY_S)
 
 
+WARM_S = 900.0  # conversation: sessions under way when the hour starts
+
+
+def conversation(sessions_per_s: float = 5.0, seed: int = 106) -> Trace:
+    """Multi-turn sessions whose context grows: each turn's prompt is the session so far (one
+    of six shared system prompts, earlier messages and answers) plus a new message, hashed in
+    512-token blocks as Mooncake's traces are, so a turn's earlier whole blocks are cache hits
+    where the prefix cache still holds them."""
+    rng = np.random.default_rng(seed)
+    next_id = 0
+
+    def fresh(n: int) -> list[int]:
+        nonlocal next_id
+        next_id += n
+        return list(range(next_id - n, next_id))
+
+    systems = [int(n) for n in rng.integers(1000, 4000, 6)]
+    system_ids = [fresh(-(-n // 512)) for n in systems]
+    rows: list[tuple[float, int, int, tuple[int, ...]]] = []
+    # Sessions start from 15 min before the hour, as in a trace cut from a running service:
+    # started at 0, the first minutes hold only first turns (a 4x ramp no real hour begins with).
+    for start in _arrivals(rng, _constant(sessions_per_s), 3600.0 + WARM_S) - WARM_S:
+        k = int(rng.integers(len(systems)))
+        context, shared, at = systems[k], system_ids[k][: systems[k] // 512], float(start)
+        for turn in range(int(rng.geometric(0.25))):  # 4 turns on average
+            prompt = context + int(rng.lognormal(np.log(3000 if turn == 0 else 800), 0.9))
+            ids = shared + fresh(-(-prompt // 512) - len(shared))
+            output = max(1, int(rng.lognormal(np.log(250), 0.8)))
+            if 0.0 <= at < 3600.0 and prompt <= PROMPT_CAP:
+                rows.append((at, prompt, output, tuple(ids)))
+            context, shared = prompt + output, ids[: prompt // 512]  # whole blocks stay shared
+            at += 5.0 + rng.exponential(60.0)  # the user reads, then writes
+    rows.sort(key=lambda r: r[0])
+    return Trace.from_columns(
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
+        duration_s=3600.0,
+        source="made-up",
+    )
+
+
 # label -> (builder, diurnal, what it stands for)
 CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
     "reasoning": (reasoning, False, "15 req/s, outputs ~3.8k"),
@@ -201,6 +249,11 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
     "bimodal": (bimodal, False, "8 req/s, 20% ~20k-token documents"),
     "classify": (classify, False, "50 req/s, one output token"),
     "high-rate": (high_rate, False, "300 req/s, ~100 in / ~20 out"),
+    "conversation": (
+        conversation,
+        False,
+        "5 sessions/s of ~4 turns, context growing to ~11k tokens, prefixes cached",
+    ),
     "day-chat": (
         lambda: day_case(101, 3, 30, 1000, 250, bursts=True),
         True,
@@ -234,7 +287,8 @@ def run_case(label: str, services: Any, policies: tuple[str, ...]) -> dict[str, 
     spec = services.by_name()[G.SERVICE]
     trace = build()
     counts = static_counts(spec, services.catalog, trace)
-    topo = fleet_for([spec], FLEET_GPUS, counts)
+    room = gpus_to_hold(spec, counts, FLEET_FACTOR, split_by_counts=True)
+    topo = fleet_for([spec], max(FLEET_GPUS, room), counts)
     lengths = (
         f" (prompt mean {np.mean(trace.input_tokens):,.0f}, "
         f"output mean {np.mean(trace.output_tokens):,.0f})"

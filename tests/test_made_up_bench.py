@@ -24,6 +24,7 @@ def test_every_case_is_seeded_and_named() -> None:
         "bimodal",
         "classify",
         "high-rate",
+        "conversation",
         "day-chat",
         "day-code",
         "day-long-context",
@@ -78,3 +79,15 @@ def test_the_mix_shift_day_lengthens_outputs_for_two_hours_and_prompts_for_one()
     inp = np.array([np.mean(day.input_tokens[hour == h]) for h in range(12)])
     calm_out, calm_in = np.median(out), np.median(inp)
     assert np.count_nonzero(out > 3 * calm_out) >= 1 and np.count_nonzero(inp > 3 * calm_in) >= 1
+
+
+def test_a_conversations_turns_repeat_its_context_as_cacheable_blocks() -> None:
+    conv = made_up.conversation()
+    assert _rate(conv, 0, 600) == pytest.approx(_rate(conv, 3000, 3600), rel=0.1)  # under way
+    assert 9_000 < np.mean(conv.input_tokens) < 12_500 and np.max(conv.input_tokens) <= 32_000
+    blocks = [h for hs in conv.hash_ids for h in hs]
+    assert all(
+        len(h) == -(-n // 512) for h, n in zip(conv.hash_ids, conv.input_tokens, strict=True)
+    )
+    # later turns repeat whole blocks of the session so far, and six system prompts are shared
+    assert len(set(blocks)) < 0.5 * len(blocks)
