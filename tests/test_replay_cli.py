@@ -339,4 +339,4 @@ def test_the_default_fleet_holds_a_heavy_traces_static_fleet(
     assert gpus > 1024 and "overloaded" not in err
     err = _fleet_line(["--gpus", "1024"], capsys, tmp_path)
     assert "1024 GPUs (" in err
-    assert "more than --gpus 1,024: results are for an overloaded fleet" in err
+    assert "the one built for --gpus 1,024 has 1,024: results are for an overloaded fleet" in err

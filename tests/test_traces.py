@@ -379,6 +379,27 @@ def test_qwen_bailian_bad_line_names_file_and_line(
     assert_bad_line_named(path, 2, reason, load_jsonl)
 
 
+def test_a_skipped_first_row_does_not_decide_the_format(tmp_path: Path) -> None:
+    rows = [bailian_row(t, 600, []).replace(', "hash_ids": []', "") for t in (2.0, 5.5)]
+    path = write(tmp_path, "t.jsonl", "oops\n" + "".join(rows))
+    trace = load_jsonl(path, skip_malformed=True)
+    assert (len(trace), trace.skipped, trace.has_hashes) == (2, 1, False)
+    assert trace.arrival_s.tolist() == [0.0, 3.5]  # Qwen-Bailian's seconds, no ids needed
+
+
+def test_a_timestamp_past_floats_range_is_a_bad_row(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "t.jsonl",
+        GOOD_JSON
+        + '{"timestamp": 1'
+        + "0" * 400
+        + ', "input_length": 6, "output_length": 5}\n'
+        + GOOD_JSON,
+    )
+    assert_bad_line_named(path, 2, "is not a non-negative number of milliseconds", load_jsonl)
+
+
 def test_a_trace_keeps_the_format_of_its_first_row(tmp_path: Path) -> None:
     path = write(tmp_path, "t.jsonl", GOOD_JSON + bailian_row(1.0, 600, []) + GOOD_JSON)
     assert_bad_line_named(path, 2, "a Qwen-Bailian row in a Mooncake trace", load_jsonl)

@@ -247,18 +247,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     layout = ""
     if topology is None:
         counts = static_counts(spec, services.catalog, trace)
-        gpus, held = args.gpus, gpus_to_hold(spec, counts, split_by_counts=True)
+        gpus = args.gpus
         if gpus is None:
             room = gpus_to_hold(spec, counts, FLEET_FACTOR, split_by_counts=True)
             gpus = max(DEFAULT_FLEET_GPUS, room)
-        elif held > gpus:
+        topology = fleet_for([spec], gpus, counts)
+        held = gpus_to_hold(spec, counts, split_by_counts=True)
+        if held > topology.total_gpus():
             print(
                 f"the trace's static fleet ({counts[0]} prefill, {counts[1]} decode instances) "
-                f"needs about {held:,} GPUs, more than --gpus {gpus:,}: results are for an "
-                "overloaded fleet (without --gpus the fleet holds it)",
+                f"takes a fleet of {held:,} GPUs in this layout; the one built for --gpus "
+                f"{gpus:,} has {topology.total_gpus():,}: results are for an overloaded fleet "
+                "(without --gpus the fleet holds it)",
                 file=sys.stderr,
             )
-        topology = fleet_for([spec], gpus, counts)
         split = ", ".join(f"{n} {t}" for t, n in topology.gpus_by_type().items())
         uncached = ", before prefix-cache hits" if trace.has_hashes else ""
         layout = (

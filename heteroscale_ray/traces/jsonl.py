@@ -4,8 +4,8 @@ Both hold one request a line with `timestamp`, `input_length`, `output_length` a
 `hash_ids` (ids of the prompt's blocks: equal ids, a shared cacheable prefix), but they differ
 where a wrong guess is silent: Mooncake's timestamps are milliseconds and its blocks 512
 tokens; Qwen-Bailian's (rows that also carry `chat_id` and `parent_chat_id`) are seconds and
-16-token blocks. Read as Mooncake, a two-hour Bailian trace would arrive within 7 s. A file is
-one format, told by its first row; a row of the other is malformed.
+16-token blocks. Read as Mooncake, a two-hour Bailian trace would arrive within 7.2 s. A file
+is one format, told by its first row that parses; a row of the other is malformed.
 
 The simulator's prefix cache counts 512-token blocks (`trace.BLOCK_TOKENS`), so Bailian's
 16-token ids are regrouped at load: each run of 32 becomes one id, chained to the ids before it
@@ -86,6 +86,13 @@ def _json_object(text: str) -> dict[str, Any]:
     return obj
 
 
+def _finite(x: int | float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer past float's range (JSON sets no limit)
+        return False
+
+
 def regroup(ids: list[int], block_tokens: int) -> tuple[int, ...]:
     """Ids of `block_tokens`-token blocks as ids of BLOCK_TOKENS-token blocks, each chained to
     all ids before it (equal output ids: equal prompts up to the end of that block)."""
@@ -115,16 +122,11 @@ class _Rows:
         fmt = format_of(obj)
         if self.format is not None and fmt is not self.format:
             raise RowError(
-                f"a {fmt.name} row in a {self.format.name} trace (the first row decides: "
-                f"{' and '.join(BAILIAN_KEYS)} on a row mean Qwen-Bailian)"
+                f"a {fmt.name} row in a {self.format.name} trace (the first row that parsed "
+                f"decides: {' and '.join(BAILIAN_KEYS)} on a row mean Qwen-Bailian)"
             )
         ts = obj["timestamp"]
-        if (
-            isinstance(ts, bool)
-            or not isinstance(ts, int | float)
-            or not math.isfinite(ts)
-            or ts < 0
-        ):
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not _finite(ts) or ts < 0:
             raise RowError(
                 f"timestamp {short(ts)} is not a non-negative number of {fmt.timestamp_unit}"
             )

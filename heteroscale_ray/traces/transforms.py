@@ -125,8 +125,9 @@ def scale_rate(
     superpose: the original plus floor(k) - 1 copies, each circularly shifted by a random offset
     (up to ``max_shift_s``, default the whole span; a small cap keeps a diurnal shape), plus a
     random round(frac(k) * n) rows of one more shifted copy; k < 1 thins. Needs ``seed``.
-    Request ids are renumbered 0..n-1 in arrival order. With ``distinct_prefixes`` each copy's
-    hash ids are offset so copies do not hit each other's prefix cache (no inflated hit rate).
+    Request ids are renumbered 0..n-1 in arrival order. With ``distinct_prefixes`` hash ids are
+    renumbered densely (equal stays equal) and each copy takes a range of its own, so copies do
+    not hit each other's prefix cache (no inflated hit rate).
     compress: ``time_compress(trace, k)``; deterministic.
     """
     if k <= 0:
@@ -188,8 +189,8 @@ def thin(
 def overlay(traces: Sequence[Trace]) -> Trace:
     """Play traces at the same time (e.g. two request mixes of one service).
 
-    Request ids are renumbered 0..n-1 in arrival order; hash ids of each later trace are
-    offset past the earlier ones, so two traces never share a cached prefix by accident.
+    Request ids are renumbered 0..n-1 in arrival order; each trace's hash ids are renumbered
+    densely into a range of their own, so two traces never share a cached prefix by accident.
     """
     if not traces:
         return Trace.from_columns([], [], [])
