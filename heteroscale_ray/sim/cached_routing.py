@@ -68,12 +68,13 @@ def assign_cached(
     ids: np.ndarray,
     t0: float,
     pools: Pools,
-    inc_by_pos: list[list[float]],
+    inc: list[np.ndarray],
     hold: float,
 ) -> tuple[np.ndarray, ...]:
     """`routing._assign` with the prefix cache (Mooncake `hash_ids`); also returns each request's
     prefill seconds, FLOPs and cached tokens. As there, only the first requests up to one held
-    at the ingress (`hold`) are routed, and the arrays hold those.
+    at the ingress (`hold`) are routed, and the arrays hold those. `inc[c][j]`: the KV load
+    request j adds on a decode instance of class c.
 
     The DG choice is cache-aware (as Mooncake's conductor): the prefill seconds a DG's
     cached prefix would save count against its queue. Compiled (`cache_kernels.route_cached`)
@@ -82,7 +83,8 @@ def assign_cached(
     cshape = _cache_shape(sim, pools.shape)
     ttft_slo = sim.services[s].slo.ttft_s
     if kernels.ENABLED:
-        return _assign_cached_compiled(sim, ids, t0, pools, inc_by_pos, cshape, ttft_slo, hold)
+        return _assign_cached_compiled(sim, ids, t0, pools, inc, cshape, ttft_slo, hold)
+    inc_by_pos = [inc[c].tolist() for c in pools.shape.dcls]
     w, cache = sim.w, sim.prefix_cache
     hashes = w.hash_ids
     assert hashes is not None
@@ -160,7 +162,7 @@ def _assign_cached_compiled(
     ids: np.ndarray,
     t0: float,
     pools: Pools,
-    inc_by_pos: list[list[float]],
+    inc: list[np.ndarray],
     cshape: _CacheShape,
     ttft_slo: float,
     hold: float,
@@ -200,7 +202,11 @@ def _assign_cached_compiled(
         dkv,
         dseqs,
         dload,
-        np.array(inc_by_pos, dtype=float).reshape(len(shape.dec), m),
+        # per decode position, by its class; built in numpy: through Python lists this cost
+        # seconds a tick once a backlog held thousands of requests at the ingress
+        (np.stack(inc).astype(float, copy=False)[shape.dcls_arr] if inc else np.empty(0)).reshape(
+            len(shape.dec), m
+        ),
         shape.per_seq_arr,
         shape.pstart,
         shape.ppos_flat,

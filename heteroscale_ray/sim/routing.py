@@ -156,9 +156,8 @@ def _route_service(
     cached_l: np.ndarray | None = None  # no hits: `sim.cached` stays 0
     if sim.w.hash_ids is not None:
         pools = Pools(sim, shape, t0)
-        inc_by_pos = [batch.inc[c].tolist() for c in shape.dcls]
         p_pos, d_pos, fin_l, work_l, flops_l, cached_l = assign_cached(
-            sim, s, ids, t0, pools, inc_by_pos, hold
+            sim, s, ids, t0, pools, batch.inc, hold
         )
         batch = batch.first(len(p_pos))
         (res_l,) = _per_request(d_pos, shape.dcls, {c: (r,) for c, r in enumerate(batch.res)})
