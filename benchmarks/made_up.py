@@ -52,7 +52,7 @@ import generalization as G  # noqa: E402
 import shapes  # noqa: E402
 
 from heteroscale_ray.sim.commands import DEFAULT_FLEET_GPUS  # noqa: E402
-from heteroscale_ray.sim.fleet import FLEET_FACTOR, fleet_for, gpus_to_hold  # noqa: E402
+from heteroscale_ray.sim.fleet import replay_fleet_for  # noqa: E402
 from heteroscale_ray.sim.sizing import static_counts  # noqa: E402
 from heteroscale_ray.traces import Trace  # noqa: E402
 
@@ -287,8 +287,7 @@ def run_case(label: str, services: Any, policies: tuple[str, ...]) -> dict[str, 
     spec = services.by_name()[G.SERVICE]
     trace = build()
     counts = static_counts(spec, services.catalog, trace)
-    room = gpus_to_hold(spec, counts, FLEET_FACTOR, split_by_counts=True)
-    topo = fleet_for([spec], max(DEFAULT_FLEET_GPUS, room), counts)
+    topo = replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
     lengths = (
         f" (prompt mean {np.mean(trace.input_tokens):,.0f}, "
         f"output mean {np.mean(trace.output_tokens):,.0f})"

@@ -204,9 +204,7 @@ def _assign_cached_compiled(
         dload,
         # per decode position, by its class; built in numpy: through Python lists this cost
         # seconds a tick once a backlog held thousands of requests at the ingress
-        (np.stack(inc).astype(float, copy=False)[shape.dcls_arr] if inc else np.empty(0)).reshape(
-            len(shape.dec), m
-        ),
+        np.array(inc, dtype=float)[shape.dcls_arr].reshape(len(shape.dec), m),
         shape.per_seq_arr,
         shape.pstart,
         shape.ppos_flat,

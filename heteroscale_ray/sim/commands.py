@@ -202,7 +202,7 @@ def _load_trace(arg: str, skip_malformed: bool = False) -> Any:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from heteroscale_ray.config import ConfigError, load_services, load_topology
-    from heteroscale_ray.sim.fleet import FLEET_FACTOR, fleet_for, gpus_to_hold
+    from heteroscale_ray.sim.fleet import fleet_for, gpus_to_hold, replay_fleet_for
     from heteroscale_ray.sim.plots import timeline_png
     from heteroscale_ray.sim.replay import ReplayOptions, run_replay
     from heteroscale_ray.sim.report import table, timeline
@@ -247,20 +247,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     layout = ""
     if topology is None:
         counts = static_counts(spec, services.catalog, trace)
-        gpus = args.gpus
-        if gpus is None:
-            room = gpus_to_hold(spec, counts, FLEET_FACTOR, split_by_counts=True)
-            gpus = max(DEFAULT_FLEET_GPUS, room)
-        topology = fleet_for([spec], gpus, counts)
-        held = gpus_to_hold(spec, counts, split_by_counts=True)
-        if held > topology.total_gpus():
-            print(
-                f"the trace's static fleet ({counts[0]} prefill, {counts[1]} decode instances) "
-                f"takes a fleet of {held:,} GPUs in this layout; the one built for --gpus "
-                f"{gpus:,} has {topology.total_gpus():,}: results are for an overloaded fleet "
-                "(without --gpus the fleet holds it)",
-                file=sys.stderr,
-            )
+        if args.gpus is None:
+            topology = replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
+        else:
+            topology = fleet_for([spec], args.gpus, counts)
+            held = gpus_to_hold(spec, counts, split_by_counts=True)
+            if held > topology.total_gpus():
+                print(
+                    f"the trace's static fleet ({counts[0]} prefill, {counts[1]} decode "
+                    f"instances) takes a fleet of {held:,} GPUs in this layout; the one built "
+                    f"for --gpus {args.gpus:,} has {topology.total_gpus():,}: results are for "
+                    "an overloaded fleet (without --gpus the fleet holds it)",
+                    file=sys.stderr,
+                )
         split = ", ".join(f"{n} {t}" for t, n in topology.gpus_by_type().items())
         uncached = ", before prefix-cache hits" if trace.has_hashes else ""
         layout = (

@@ -74,6 +74,13 @@ def gpus_to_hold(
     return int(math.ceil(factor * total / per_s2) * per_s2)
 
 
+def replay_fleet_for(spec: ServiceSpec, counts: tuple[int, int], least: int) -> TopologySpec:
+    """The fleet `heteroscale replay` builds without `--gpus`: at least `least` GPUs, or room for
+    FLEET_FACTOR x the static fleet `counts` if that is more, split as `counts` need."""
+    room = gpus_to_hold(spec, counts, FLEET_FACTOR, split_by_counts=True)
+    return fleet_for([spec], max(least, room), counts)
+
+
 def fleet_topology(
     gpus: int,
     s1_types: Sequence[str],
