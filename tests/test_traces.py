@@ -299,6 +299,13 @@ GOOD_JSON = '{"timestamp": 0, "input_length": 600, "output_length": 5, "hash_ids
             '{"timestamp": 5, "input_length": 6, "output_length": 5, "hash_ids": [1, "x"]}',
             "hash_ids must be",
         ),
+        *(
+            (
+                f'{{"timestamp": 5, "input_length": 1500, "output_length": 5, "hash_ids": {ids}}}',
+                "hash_ids must be a list of integers in [0, 2**63)",
+            )
+            for ids in ("[1, true]", "[-1, 2]", "[1, 9223372036854775808]", "[1.0]", "{}")
+        ),
         (  # 1,025 tokens are three 512-token blocks; a fourth id names a block no prompt holds
             '{"timestamp": 5, "input_length": 1025, "output_length": 5, "hash_ids": [1, 2, 3, 4]}',
             "hash_ids lists 4 blocks, but an input_length of 1025 tokens has 3 of 512 tokens",

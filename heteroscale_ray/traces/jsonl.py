@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import math
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,11 +100,12 @@ def regroup(ids: list[int], block_tokens: int) -> tuple[int, ...]:
     per = BLOCK_TOKENS // block_tokens
     if per == 1:
         return tuple(ids)
+    data = struct.pack(f"<{len(ids)}Q", *ids)  # each id's 8 little-endian bytes, in order
+    step = per * 8
     out: list[int] = []
     prefix = hashlib.blake2b(digest_size=8)
-    for lo in range(0, len(ids), per):
-        for h in ids[lo : lo + per]:
-            prefix.update(h.to_bytes(8, "little"))
+    for lo in range(0, len(data), step):
+        prefix.update(data[lo : lo + step])
         out.append(int.from_bytes(prefix.copy().digest(), "little") & MAX_HASH_ID)
     return tuple(out)
 
@@ -133,8 +135,10 @@ class _Rows:
         inp = _json_count(obj, "input_length", 1)
         out = _json_count(obj, "output_length", 0)
         raw = obj.get("hash_ids", [])
-        if not isinstance(raw, list) or any(
-            isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= MAX_HASH_ID for h in raw
+        # `type(h) is int` keeps out bools, which JSON's true and false would be
+        if not isinstance(raw, list) or (
+            raw
+            and not (all(type(h) is int for h in raw) and min(raw) >= 0 and max(raw) <= MAX_HASH_ID)
         ):
             raise RowError("hash_ids must be a list of integers in [0, 2**63)")
         blocks = -(-inp // fmt.block_tokens)
