@@ -150,6 +150,26 @@ def test_offered_prefill_load_keeps_rising_when_prefill_saturates(
         assert sig.prefill_tps == pytest.approx(sig.prefill_offered_tps, rel=0.15)
 
 
+def test_window_latencies_count_requests_however_long_they_waited() -> None:
+    """A backlog past a quarter hour: the requests whose first token lands in the window
+    waited longest, and the window's TTFT p99 must say so (it once looked back 900 s only)."""
+    from heteroscale_ray.sim.observe import observe
+
+    n = 4000  # 2,000-token prompts at t < 1 s: more than half an hour of prefill for one L20
+    sim = small_sim(np.linspace(0.0, 0.99, n), [2000] * n, [4] * n, drain_timeout_s=3600)
+    add_pair(sim)
+    p99 = []
+    while sim.now < 1500.0:
+        sim.step()
+        if round(sim.now / sim.dt) % round(15.0 / sim.dt) == 0:  # every 15 s, as a replay
+            got = observe(sim, 30.0)["svc"].signals.ttft_p99_s
+            first = (sim.t_first >= sim.now - 30.0) & (sim.t_first < sim.now)
+            true = np.percentile((sim.t_first - sim.w.arrival)[first], 99)
+            p99.append((got, true))
+    assert max(true for _, true in p99) > 1200.0
+    assert all(got == pytest.approx(true) for got, true in p99)
+
+
 def test_hold_out_keeps_the_instance_and_put_back_routes_to_it_again() -> None:
     sim = make_sim([0.5, 1.5, 2.5], [100, 100, 100], [4, 4, 4])
     add_pair(sim)

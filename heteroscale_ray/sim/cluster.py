@@ -39,6 +39,7 @@ two minutes, Mooncake's 17 minutes with its prefix cache in about a second); per
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -173,6 +174,8 @@ class ClusterSim:
         # routed requests that may still wait for their first token (see `first_pending`)
         self._first_wait = np.empty(0, dtype=np.int64)
         self._first_new: list[np.ndarray] = []
+        # every request before the floor had finished by the time beside it (`open_from`)
+        self._floors: deque[tuple[float, int]] = deque([(0.0, 0)])
         self.removed: list[str] = []  # instance ids removed since the actuator last looked
         # per-tick series [tick, service, role]
         s = len(self.services)
@@ -392,6 +395,19 @@ class ClusterSim:
         cand = cand[self.t_first[cand] > t1]
         self._first_wait = cand
         return cand
+
+    def open_from(self, since: float) -> int:
+        """The first request, by arrival, that may have its first token or finish at or after
+        `since`: every one before it had finished earlier. Called once a control period with
+        a non-decreasing `since`, so a window's signals see a request however long it waited
+        or decoded, and scan only the requests open around the window."""
+        floor = self._floors[-1][1]
+        done = self.t_done[floor : self._next_arrival] < self.now  # NaN (open) compares False
+        floor += len(done) if done.all() else int(done.argmin())
+        self._floors.append((self.now, floor))
+        while len(self._floors) > 1 and self._floors[1][0] <= since:
+            self._floors.popleft()
+        return self._floors[0][1]
 
     def _lifecycle(self, t0: float) -> None:
         T = self.inst

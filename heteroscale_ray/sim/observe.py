@@ -127,7 +127,7 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
     t0 = max(0, t1 - int(round(window_s / sim.dt)))
     span = (t1 - t0) * sim.dt
     w = sim.w
-    lo = int(w.arrival.searchsorted(now - window_s - 900.0))
+    lo = sim.open_from(now - window_s)
     hi = int(w.arrival.searchsorted(now))
     one = len(sim.services) == 1  # then every recent request is the service's: no filter
     recent = None if one else np.arange(lo, hi)
