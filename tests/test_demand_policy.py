@@ -789,3 +789,34 @@ def test_a_role_held_at_its_max_says_so() -> None:
     decision, _ = decide(spec, sig, counts(400, 40), running(), NOW)
     assert decision.prefill == 400
     assert "(prefill max 400)" in decision.message
+
+
+def test_dgs_too_few_for_decode_cut_decode_to_the_budget_not_prefill_past_it() -> None:
+    """17 decode for one prefill needs a second DG (16 per prefill instance at most); with a
+    72-GPU budget (18 instances of 4 GPUs) the raise to 2 prefill asked for 76 GPUs."""
+    spec = make_service(gpu_budget=72)
+    sig = signals(
+        prefill_offered_tps=200.0, prefill_tps=200.0, request_rate=40.0,
+        output_mean=2000.0, decode_running=40 * 40.0,
+    )  # fmt: skip
+    decision, _ = decide(spec, sig, counts(1, 10), running(), NOW)
+    assert (decision.prefill, decision.decode) == (1, 16)
+    assert decision.reason is Reason.CLAMPED_BUDGET
+    assert "would break the GPU budget (72)" in decision.message
+
+
+def test_a_zero_mean_prompt_reads_as_unknown_not_as_a_division() -> None:
+    """A queue's release to decode is its tokens over the mean prompt; a mean of 0 (a report
+    with no prompts in it) raised ZeroDivisionError out of `decide`."""
+    spec = make_service()
+    zero, _ = decide(
+        spec, signals(prompt_mean=0.0, prefill_queue_s=2.0), counts(4, 4), running(), NOW
+    )
+    unknown, _ = decide(
+        spec, signals(prompt_mean=None, prefill_queue_s=2.0), counts(4, 4), running(), NOW
+    )
+    assert (zero.prefill, zero.decode, zero.reason) == (
+        unknown.prefill,
+        unknown.decode,
+        unknown.reason,
+    )

@@ -11,6 +11,7 @@ import pytest
 from heteroscale_ray.config import LatencyTier, Role, ServiceSpec
 from heteroscale_ray.policy import Decision, PolicyState, Reason, RoleCounts, Signals, decide
 from heteroscale_ray.policy.cooldown import cooldown_left
+from heteroscale_ray.policy.coordinated_guards import role_load
 from heteroscale_ray.policy.freshness import read_signal
 from heteroscale_ray.policy.latency_guard import guard_target, reached_tier
 from heteroscale_ray.policy.limits import fit_to_limits, ratio_range
@@ -578,6 +579,23 @@ def test_missing_signal_only_repairs_upward(
     decision, _ = run(make_service(), signals(NAN), counts(*have))
     assert (decision.prefill, decision.decode) == want
     assert decision.reason is reason
+
+
+def test_missing_signal_does_not_hold_a_fleet_over_its_budget() -> None:
+    """A budget lowered under the running fleet (a config update): a fresh signal shrinks to
+    it, and so must a missing one, which otherwise holds what runs."""
+    spec = make_service(**policy(gpu_budget=32))
+    for reading in (40_000.0, NAN):
+        decision, _ = run(spec, signals(reading), counts(10, 30))
+        assert (decision.prefill, decision.decode) == (8, 24)
+        assert decision.reason is Reason.CLAMPED_BUDGET
+
+
+def test_a_nan_offered_prefill_rate_falls_back_to_the_processed_one() -> None:
+    have = RoleCounts(prefill_ready=4, decode_ready=4)
+    for offered in (None, NAN, 0.0):
+        sig = Signals(prefill_offered_tps=offered, prefill_tps=8000.0)
+        assert role_load(sig, have, Role.PREFILL) == 2000.0
 
 
 def test_missing_signal_still_scales_out_on_latency_breach() -> None:

@@ -1,11 +1,12 @@
 """The control tick both substrates share (pure: no Ray, no clock, no I/O).
 
 An `Autoscaler` turns observations into desired counts; `ControlLoop.step` turns desired counts
-into a new DG state and a placement plan (settle soft removals -> retire -> plan -> pending);
+into a new DG state and a placement plan (drop instances lost with their node -> settle soft
+removals -> retire -> plan -> pending: `control/loop.py`);
 the substrate's actuator carries the plan out.
 """
 
-from heteroscale_ray.control.actuator import Actuator, AdvisoryActuator
+from heteroscale_ray.control.actuator import Actuator
 from heteroscale_ray.control.autoscaler import Autoscaler, HeteroScaleAutoscaler
 from heteroscale_ray.control.baselines import (
     HpaUtilAutoscaler,
@@ -20,7 +21,6 @@ from heteroscale_ray.control.types import Desired, Observation, PoolObservation
 
 __all__ = [
     "Actuator",
-    "AdvisoryActuator",
     "Autoscaler",
     "ControlLoop",
     "CycleResult",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from heteroscale_ray.config import PdRatio, Role
+from heteroscale_ray.config import PdRatio
 from heteroscale_ray.policy.types import Reason, RoleCounts, Signals
 
 
@@ -41,9 +41,6 @@ class Observation:
             decode_starting=self.decode.starting,
         )
 
-    def pool(self, role: Role) -> PoolObservation:
-        return self.prefill if role is Role.PREFILL else self.decode
-
 
 @dataclass(frozen=True)
 class Desired:
@@ -55,6 +52,3 @@ class Desired:
     reason: Reason
     message: str = ""
     pd_ratio: PdRatio | None = None  # the ratio new DGs are formed at; None: the configured one
-
-    def changed(self, counts: RoleCounts) -> bool:
-        return (self.prefill, self.decode) != (counts.prefill, counts.decode)

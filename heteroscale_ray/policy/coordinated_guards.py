@@ -97,7 +97,8 @@ def role_load(signals: Signals, counts: RoleCounts, role: Role) -> float | None:
     decode tokens per decode instance (None unmeasured)."""
     have = counts.of(role)
     if role is Role.PREFILL:
-        load = next((x for x in (signals.prefill_offered_tps, signals.prefill_tps) if x), None)
+        measured = (signals.prefill_offered_tps, signals.prefill_tps)
+        load = next((x for x in measured if value_problem(x) is None and x), None)
     else:
         load = signals.decode_tps
     if have <= 0 or value_problem(load) is not None:

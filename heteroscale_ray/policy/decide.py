@@ -245,7 +245,9 @@ def never_shrink(spec: ServiceSpec, target: tuple[int, int], counts: RoleCounts)
     )
     grown = (max(target[0], current[0]), max(target[1], current[1]))
     budget = spec.policy.gpu_budget
-    return current if budget is not None and gpus(spec, *grown) > budget else grown
+    if budget is None or gpus(spec, *grown) <= budget:
+        return grown
+    return current if gpus(spec, *current) <= budget else target  # `target` fits the budget
 
 
 def final_reason(

@@ -134,7 +134,7 @@ def decide_demand(
         plans, guard_state = latency_guard(spec, signals, counts, state, now, plans)
         plans[Role.DECODE] = kv_guard(spec, signals, state, now, plans[Role.DECODE])
     plans = fit_dgs(spec, bounded(spec, plans))
-    for role, plan in plans.items():  # latency or queues proved the need higher than measured
+    for role, plan in plans.items():  # latency or KV pressure proved the need higher than measured
         if plan.reason in EVIDENCE and plan.target > plan.current:
             guard_state = raise_step(spec, guard_state, role, plan.target, plan.need, now)
             guard_state = proof.record_step(guard_state, role, plan.need, plan.target)
@@ -288,13 +288,23 @@ def kv_guard(
 def fit_dgs(spec: ServiceSpec, plans: dict[Role, RolePlan]) -> dict[Role, RolePlan]:
     """The smaller role raised (or held) to one instance per `PLACEMENT_MAX_N` of the larger,
     within its max: every DG holds both roles, so counts past that ratio would leave
-    instances unplaced (what was asked and not placed is asked again, and never lands)."""
+    instances unplaced (what was asked and not placed is asked again, and never lands). Where
+    that raise would break the GPU budget, the larger role is cut to what DGs can hold."""
     p, d = placeable_within(spec, plans[Role.PREFILL].target, plans[Role.DECODE].target)
     wanted = {Role.PREFILL: p, Role.DECODE: d}
+    budget = spec.policy.gpu_budget
     out = dict(plans)
     for role, other in ((Role.PREFILL, Role.DECODE), (Role.DECODE, Role.PREFILL)):
         plan, want = plans[role], wanted[role]
         if want <= plan.target:
+            continue
+        if budget is not None and gpus(spec, p, d) > budget:
+            larger, most = plans[other], PLACEMENT_MAX_N * plan.target
+            why = (
+                f"{larger.why}; at most {PLACEMENT_MAX_N} per {role.value} instance in a DG, "
+                f"and more {role.value} would break the GPU budget ({budget})"
+            )
+            out[other] = replace(larger, target=most, reason=Reason.CLAMPED_BUDGET, why=why)
             continue
         why = (
             f"{plan.why}; but {plans[other].target} {other.value} need {want} DGs "

@@ -52,7 +52,7 @@ def released_rps(spec: ServiceSpec, s: Signals, counts: RoleCounts, cap: Capacit
     within `drain_s`: prefill is sized to drain it that fast, so decode must take it as fast,
     and instances take the same start-up to land for both roles."""
     queue = backlog.queue_of(s, Role.PREFILL)
-    if not queue or not counts.prefill_ready or not _usable(s.prompt_mean):
+    if not queue or not counts.prefill_ready or not _usable(s.prompt_mean) or not s.prompt_mean:
         return 0.0
     tokens = queue * counts.prefill_ready * cap.prefill_tps
     return tokens / s.prompt_mean / spec.policy.demand.drain_s  # type: ignore[operator]

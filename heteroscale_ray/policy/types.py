@@ -37,9 +37,9 @@ class Signals:
     prefill_queue_s: float | None = None  # queued prefill work per prefill instance, seconds
     decode_running: float | None = None  # sequences in decode, all instances (mean)
     decode_queue: float | None = None  # sequences waiting for a decode slot (KV or batch)
-    # TTFT split into the part more prefill instances shorten (queueing) and the part they
-    # cannot (the prompt's own compute), and decode's pure step time, for the latency guard
-    # and for learning per-instance capacity.
+    # TTFT split into the part more prefill instances shorten (queueing: the latency guard's)
+    # and the part they cannot (the prompt's own compute: reports and status), and decode's
+    # pure step time (the TBT guard's, and learning per-instance capacity).
     ttft_wait_p99_s: float | None = None
     ttft_service_p99_s: float | None = None
     decode_step_s: float | None = None  # mean decode step time (TBT without transfer/queueing)
