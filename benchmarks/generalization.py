@@ -6,8 +6,9 @@ ServeGen m-mid days 4-5 -- its hour without data is a real monitoring gap and is
 1. Rate scale (benchmarks/trace_scaling.py): superpose time-shifted copies with the smallest
    integer factor K for which the static policy's sizing reaches >= 400 GPUs. K is found on the
    whole trace, so --quick replays the same load, only a shorter stretch of it; where the
-   static replay (with its cache discount) lands below 400 on a whole trace, K is raised once
-   more.
+   static replay (with its cache discount) lands below 400 on a whole trace with prefix
+   hashes, K is raised once more (the static replay runs for that whichever policies are
+   asked for, so each trace has one K).
 2. Tune: `heteroscale tune` (sim/tune.py, the paper's Algorithm 1) on the trace's first 30 min
    gives pd_ratio and the decode-TPS target_per_instance for the 'paper-fixed' row.
 3. Replay service `general` of examples/sim_services.yaml on a fleet (sim/fleet.fleet_for)
@@ -309,21 +310,27 @@ def run_trace(
     bin_s = max(60.0, trace.duration_s / 600.0)
     rows: list[dict[str, Any]] = []
     lines: dict[str, dict[str, np.ndarray]] = {}
-    order = sorted(policies, key=lambda p: p != "static")  # static first: it checks K
-    for pol in order:
-        res, wall = _replay(pol, services, spec, tuned, topo, trace)
-        if pol == "static" and not cut_applied and res.summary["peak_gpus"] < static_gpus:
-            # the static replay discounts prefix-cache hits (Mooncake), the sizing did not
-            k = math.ceil(k * static_gpus / max(1.0, res.summary["peak_gpus"]))
+    # The static replay discounts prefix-cache hits (Mooncake), the sizing does not: on a trace
+    # with prefix hashes it checks K, whichever policies are asked for (one K per trace).
+    checked: tuple[Any, float] | None = None
+    if not cut_applied and ("static" in policies or trace.has_hashes):
+        checked = _replay("static", services, spec, tuned, topo, trace)
+        if checked[0].summary["peak_gpus"] < static_gpus:
+            k = math.ceil(k * static_gpus / max(1.0, checked[0].summary["peak_gpus"]))
             print(
-                f"\rstatic replay holds {res.summary['peak_gpus']:.0f} GPUs (< {static_gpus}) "
-                f"after its cache discount: rate scale factor x{k} instead",
+                f"\rstatic replay holds {checked[0].summary['peak_gpus']:.0f} GPUs "
+                f"(< {static_gpus}) after its cache discount: rate scale factor x{k} instead",
                 file=sys.stderr,
             )
             trace = scale(raw, k, diurnal)
             counts = static_counts(services, spec, trace)
             est = gpus_of(spec, *counts)
             topo = fleet_for([spec], fleet_gpus(spec, counts))
+            checked = None
+    for pol in policies:
+        if pol == "static" and checked is not None:
+            res, wall = checked
+        else:
             res, wall = _replay(pol, services, spec, tuned, topo, trace)
         row = _row(pol, res, wall, hours)
         print(
