@@ -340,3 +340,60 @@ def test_the_default_fleet_holds_a_heavy_traces_static_fleet(
     err = _fleet_line(["--gpus", "1024"], capsys, tmp_path)
     assert "1024 GPUs (" in err
     assert "the one built for --gpus 1,024 has 1,024: results are for an overloaded fleet" in err
+
+
+def test_a_request_no_instance_holds_does_not_size_the_fleet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ingress rejects a 20M-token prompt; sized with it, one servable request got a
+    5,376-GPU fleet (and a 2e9-token row ran the machine out of memory sizing decode)."""
+    head = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,1000,200\n"
+    services = str(ROOT / "examples" / "sim_services.yaml")
+    argv = ["replay", "--services", services, "--service", "general", "--policy", "static"]
+    fleets = []
+    for name, extra in (("one", ""), ("mixed", "2023-11-16 18:15:47,20000000,200\n")):
+        trace = tmp_path / f"{name}.csv"
+        trace.write_text(head + extra)
+        assert main([*argv, "--trace", str(trace), "--out", str(tmp_path)]) == 0
+        fleets.append(capsys.readouterr().err.split(" GPUs (")[0].rsplit(" ", 1)[-1])
+    assert fleets[0] == fleets[1] == "1024"
+    (tmp_path / "huge.csv").write_text(
+        head.splitlines()[0] + "\n2023-11-16 18:15:46,2000000000,1\n"
+    )
+    assert main([*argv, "--trace", str(tmp_path / "huge.csv"), "--out", str(tmp_path)]) == 2
+    assert "no request of service 'general' fits" in capsys.readouterr().err
+
+
+def test_an_slo_no_instance_count_meets_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (ROOT / "examples" / "sim_services.yaml").read_text()
+    services = tmp_path / "tight.yaml"
+    services.write_text(text.replace("tbt_s: 0.05", "tbt_s: 0.001"))
+    assert "tbt_s: 0.001" in services.read_text()
+    argv = ["replay", "--trace", "azure-conv", "--services", str(services), "--service", "general"]
+    assert main([*argv, "--duration", "30", "--out", str(tmp_path)]) == 2
+    assert "cannot step within 85% of the 1 ms TBT SLO" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["pd-sweep", "--input-tokens", "1000", "--output-tokens", "200", "--duration", "30"],
+         "a stress run of 30 s is all warm-up"),
+        (["tune", "--trace", "azure-conv", "--duration", "40"], "a stress run of 40 s is all warm-up"),
+        (["pd-sweep", "--trace", "EMPTY"], "holds no requests to draw lengths from"),
+    ],
+)  # fmt: skip
+def test_sweeps_that_could_measure_nothing_say_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], error: str
+) -> None:
+    """A run within its warm-up measured no request: pd-sweep printed 0.00 req/s for every
+    split and a best ratio; an empty trace raised from the Poisson draw."""
+    empty = tmp_path / "empty.csv"
+    empty.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n")
+    argv = [str(empty) if a == "EMPTY" else a for a in args]
+    services = str(ROOT / "examples" / "sim_services.yaml")
+    out = ["--out", str(tmp_path)] if argv[0] == "pd-sweep" else []  # tune writes no files
+    assert main([*argv, "--services", services, *out]) == 2
+    assert error in capsys.readouterr().err

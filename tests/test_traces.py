@@ -827,3 +827,12 @@ def test_csv_header_of_neither_format_names_what_azure_lacks(tmp_path: Path) -> 
     half = write(tmp_path, "half.csv", "Timestamp,Request tokens\n1,2\n")
     with pytest.raises(TraceError, match="line 1: header lacks Response tokens"):
         load_trace(half)
+
+
+def test_a_trace_refuses_nan_times_and_a_slice_keeps_the_loads_skip_count() -> None:
+    """NaN passes both `< 0` and `diff < 0`, so [1.0, nan] made a trace of NaN duration."""
+    with pytest.raises(ValueError, match="must be finite"):
+        Trace.from_columns([1.0, math.nan], [10, 10], [1, 1])
+    skipped = Trace.from_columns([0.0, 1.0, 2.0], [10] * 3, [1] * 3, skipped=3, skip_reasons=["x"])
+    part = skipped.slice(0.0, 1.5)
+    assert (len(part), part.skipped, part.skip_reasons) == (2, 3, ("x",))

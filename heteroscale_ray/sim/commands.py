@@ -27,7 +27,7 @@ DEFAULT_FLEET_GPUS = 1024  # `replay --gpus` unless the trace's static fleet nee
 SAMPLE_NAMES = "azure-conv, mooncake, servegen-mlarge"
 TRACE_HELP = (
     f"a packaged sample ({SAMPLE_NAMES}; see heteroscale_ray/traces/data/SOURCES.md) "
-    "or a trace file (.csv Azure or BurstGPT, .jsonl Mooncake; either may be .gz)"
+    "or a trace file (.csv Azure or BurstGPT, .jsonl Mooncake or Qwen-Bailian; each may be .gz)"
 )
 
 
@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "replay",
         help="replay a request trace through the simulated cluster under an autoscaling policy",
-        description="Replay a trace (a packaged sample, an Azure or BurstGPT CSV, a Mooncake "
-        "JSONL) against a simulated GPU cluster; prints a summary table and writes a PNG "
+        description="Replay a trace (a packaged sample, an Azure or BurstGPT CSV, a Mooncake or "
+        "Qwen-Bailian JSONL) against a simulated GPU cluster; prints a summary table and writes a PNG "
         "timeline. With --json the last stdout line is one JSON object.",
     )
     p.add_argument("--trace", required=True, help=TRACE_HELP)
@@ -111,7 +111,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--instances", type=positive_int, default=10, help="total instances (default 10)"
     )
     q.add_argument("--threshold", type=fraction, default=0.9, help="SLO attainment to keep")
-    q.add_argument("--duration", type=positive, default=240.0, help="seconds per stress run")
+    q.add_argument(
+        "--duration",
+        type=positive,
+        default=240.0,
+        help="seconds per stress run, the first 60 of them warm-up (240)",
+    )
     q.add_argument("--seed", type=seed, default=0)
     q.add_argument("--out", default="results/pd-sweep", help="folder for PNG and JSON outputs")
     q.add_argument("--json", action="store_true", help="print one JSON result as the last line")
@@ -135,7 +140,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--instances", type=positive_int, default=16, help="total instances swept (16)")
     t.add_argument("--threshold", type=fraction, default=0.9, help="SLO attainment to keep (0.9)")
-    t.add_argument("--duration", type=positive, default=180.0, help="seconds per stress run (180)")
+    t.add_argument(
+        "--duration",
+        type=positive,
+        default=180.0,
+        help="seconds per stress run, the first 45 of them warm-up (180)",
+    )
     t.add_argument(
         "--iterations", type=positive_int, default=6, help="bisection steps per split (6)"
     )
@@ -202,7 +212,9 @@ def _load_trace(arg: str, skip_malformed: bool = False) -> Any:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from heteroscale_ray.config import ConfigError, load_services, load_topology
+    from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS
     from heteroscale_ray.sim.fleet import fleet_for, gpus_to_hold, replay_fleet_for
+    from heteroscale_ray.sim.oversized import admit
     from heteroscale_ray.sim.plots import timeline_png
     from heteroscale_ray.sim.replay import ReplayOptions, run_replay
     from heteroscale_ray.sim.report import table, timeline
@@ -246,7 +258,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return 2
     layout = ""
     if topology is None:
-        counts = static_counts(spec, services.catalog, trace)
+        # sized on what the ingress admits: a request no instance holds is rejected, not served
+        try:
+            admitted = admit([spec], {name: trace}, services.catalog, DEFAULT_CONSTANTS)
+            counts = static_counts(spec, services.catalog, admitted.traces[name])
+        except ValueError as e:  # nothing fits, or no instance count meets the SLO
+            print(f"cannot replay {trace.source}: {e}", file=sys.stderr)
+            return 2
         if args.gpus is None:
             topology = replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
         else:
@@ -288,7 +306,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             topology_aware=not args.topology_blind,
             soft_window_s=args.soft_window,
         )
-        res = run_replay(services, topology, {name: trace}, opts, progress=_progress(pol))
+        try:
+            res = run_replay(services, topology, {name: trace}, opts, progress=_progress(pol))
+        except (
+            ValueError
+        ) as e:  # nothing fits the given topology's GPUs, or the SLO is out of reach
+            print(f"{lead}[{pol}] cannot replay {trace.source}: {e}", file=sys.stderr)
+            return 2
         s = res.summary
         print(
             f"{lead}[{pol}] done: {s['sim_time_s']:.0f} s simulated in {s['wall_s']:.1f} s wall "
@@ -369,23 +393,30 @@ def _cmd_pd_sweep(args: argparse.Namespace) -> int:
         tr = _load_trace(args.trace, args.skip_malformed)
         if tr is None:
             return 2
+        if not len(tr):
+            print(f"{tr.source} holds no requests to draw lengths from", file=sys.stderr)
+            return 2
         lengths = (tr.input_tokens, tr.output_tokens)
         args.input_tokens = float(tr.input_tokens.mean())
         args.output_tokens = float(tr.output_tokens.mean())
     elif args.input_tokens is None or args.output_tokens is None:
         print("pd-sweep needs --input-tokens and --output-tokens, or --trace", file=sys.stderr)
         return 2
-    points = sweep(
-        services,
-        spec,
-        total_instances=args.instances,
-        input_mean=args.input_tokens,
-        output_mean=args.output_tokens,
-        threshold=args.threshold,
-        duration_s=args.duration,
-        seed=args.seed,
-        lengths=lengths,
-    )
+    try:
+        points = sweep(
+            services,
+            spec,
+            total_instances=args.instances,
+            input_mean=args.input_tokens,
+            output_mean=args.output_tokens,
+            threshold=args.threshold,
+            duration_s=args.duration,
+            seed=args.seed,
+            lengths=lengths,
+        )
+    except ValueError as err:  # a run too short to measure, or an SLO out of reach
+        print(err, file=sys.stderr)
+        return 2
     best = max(points, key=lambda p: p.goodput_rps)
     print(f"{'P:D':>6}  {'goodput req/s':>13}  {'attainment':>10}  {'tokens/s':>9}")
     for pt in points:

@@ -8,8 +8,6 @@ serving instances of the pool.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from heteroscale_ray.control.types import Observation, PoolObservation
@@ -226,7 +224,3 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             ),
         )
     return out
-
-
-def finite(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else x

@@ -135,6 +135,11 @@ def sweep(
     `relative`: `threshold` applies to attainment over the idle-fleet ceiling (see
     `attainment_at`), for lengths where some requests miss an SLO at any size.
     """
+    if duration_s <= warmup_s:  # nothing would be measured: every split would read 0
+        raise ValueError(
+            f"a stress run of {duration_s:g} s is all warm-up (the first {warmup_s:g} s are "
+            f"not measured): run longer than {warmup_s:g} s"
+        )
     pairs = (
         list(splits) if splits else [(p, total_instances - p) for p in range(1, total_instances)]
     )

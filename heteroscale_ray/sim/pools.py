@@ -71,7 +71,7 @@ class PoolShape:
         self.per_seq: list[float] = (1.0 / self.batch_row).tolist()
         self.phost = T.host[pre_rows]
         self.dhost = T.host[dec_rows]
-        # the same as flat arrays, for `kernels.route_assign`
+        # the same as flat arrays, for `kernels.route_tick` and `cache_kernels.route_cached`
         self.pk_row = np.array([self.pkinds.index(k) for k in self.pkind], dtype=np.int64)
         self.dcls_arr = np.array(self.dcls, dtype=np.int64)
         self.per_seq_arr = np.array(self.per_seq, dtype=float)

@@ -1,8 +1,7 @@
 """Capacity arithmetic from the performance model: how many instances carry a load within SLO.
 
 Used by the oracle (fewest instances per interval given the future load), by static peak
-provisioning, by the initial provisioning before a replay, and by `pd-sweep` to suggest a
-policy target. Everything is the simulator's own vectorised roofline (`perf.instance_kind`)
+provisioning and by the initial provisioning before a replay. Everything is the simulator's own vectorised roofline (`perf.instance_kind`)
 evaluated on the requests themselves, so the counts are what *this* simulator needs, not a
 generic rule. Single per-instance operating points (`decode_capacity`, `prefill_capacity`) are
 in `perf.capacity`.

@@ -60,7 +60,8 @@ _CsvReader = Callable[[Path, list[str], Iterator[bytes], Skips], Trace]
 
 
 def _timestamp_ns(text: str) -> int:
-    """Nanoseconds since 1970-01-01 of a zone-less timestamp (integer: no float rounding)."""
+    """Nanoseconds since 1970-01-01 UTC (integer: no float rounding); a zone-less stamp is
+    taken as UTC, a zoned one shifted by its offset."""
     m = _TIMESTAMP.fullmatch(text.strip())
     if m is None:
         raise RowError(f"TIMESTAMP {short(text)} is not like {TIMESTAMP_EXAMPLE}")

@@ -54,10 +54,6 @@ SAMPLES: dict[str, Sample] = {
 }
 
 
-def sample_names() -> tuple[str, ...]:
-    return tuple(SAMPLES)
-
-
 def samples_help() -> str:
     """The sample names for a ``--trace`` help text."""
     return ", ".join(SAMPLES)

@@ -6,6 +6,7 @@ token sums) and transforms. Arrival times count from the trace start (0) and are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -65,6 +66,8 @@ class Trace:
         }
         if lengths != {n}:
             raise ValueError("trace columns must all have the same length")
+        if not (math.isfinite(self.duration_s) and np.isfinite(self.arrival_s).all()):
+            raise ValueError("arrival_s and duration_s must be finite numbers of seconds")
         if n:
             if self.arrival_s[0] < 0 or np.any(np.diff(self.arrival_s) < 0):
                 raise ValueError(
@@ -170,6 +173,8 @@ class Trace:
             self.request_ids[lo:hi],
             duration_s=span,
             source=f"{self.source}[{start_s:g}:{end_s:g}]",
+            skipped=self.skipped,  # the load's count, as `select` keeps it
+            skip_reasons=self.skip_reasons,
         )
 
     def select(self, keep: np.ndarray) -> Trace:
