@@ -67,7 +67,12 @@ def obs(
         (4, 4, 0.9, 6, "ceil(4 * 0.9 / 0.6) = 6"),
         (4, 4, 0.3, 2, "ceil(4 * 0.3 / 0.6) = 2"),
         (4, 4, 1.0, 7, "ceil(6.67) = 7"),
-        (6, 4, 0.9, 6, "starting pods count as idle: 4 * 0.9 / 0.6 = 6"),
+        (6, 4, 0.9, 6, "up with 2 starting: at 0% they bring the ratio to 1.0, in the band"),
+        (8, 4, 1.5, 10, "up with 4 starting: 4 * 1.5 / 8 / 0.6 = 1.25 -> ceil(1.25 * 8) = 10"),
+        (10, 2, 0.6, 10, "ready pods at target: starting pods are not cancelled"),
+        (10, 2, 0.72, 10, "up on ready pods, down with starting at 0%: kept"),
+        (10, 2, 0.3, 1, "down: ceil(0.5 * 2 ready) = 1, as HPA (the window holds it)"),
+        (4, 4, float("inf"), 4, "infinite: hold"),
         (4, 4, None, 4, "no data: hold"),
         (4, 0, 0.9, 4, "no ready pods: hold"),
         (4, 4, float("nan"), 4, "NaN: hold"),
@@ -156,3 +161,9 @@ def test_heteroscale_wraps_decide_and_keeps_state() -> None:
     d = auto.desire(100.0, obs(signals=sig))["svc"]
     assert d.decode == 8 and d.prefill == 8  # 8000 / 1000 per instance, ratio 1:1
     assert auto.states["svc"].last_decision_at == 100.0
+
+
+@pytest.mark.parametrize("ongoing", [None, float("nan"), float("inf")])
+def test_serve_default_holds_without_a_finite_reading(ongoing: float | None) -> None:
+    serve = ServeDefaultAutoscaler(make_services().services)
+    assert serve.recommendation(PoolObservation(ready=3, ongoing_requests=ongoing)) is None

@@ -34,18 +34,24 @@ def _clamp(spec: ServiceSpec, role: Role, n: int) -> int:
 def hpa_recommendation(
     current: int, ready: int, util: float | None, target: float, tolerance: float
 ) -> int:
-    """One HPA recommendation for one pool (before stabilisation and bounds).
-
-    Usage ratio = mean utilisation of ready pods / target; instances still starting count as
-    0% busy, as HPA does for unready pods on a scale-up. Inside the tolerance band, or without
-    data, it keeps the current count (missing data never flips a decision).
+    """One HPA recommendation for one pool (before stabilisation and bounds), as
+    replica_calculator.go computes it: usage ratio = mean utilisation of ready pods / target;
+    inside the tolerance band it keeps the current count, else asks ratio x ready pods. On a
+    scale-up with pods still starting, those count as 0% busy and the ratio is taken again;
+    if that one is inside the band or points down, the count is kept (starting pods are not
+    cancelled for looking idle). Without data it keeps the current count.
     """
-    if util is None or math.isnan(util) or ready == 0:
+    if util is None or not math.isfinite(util) or ready == 0:
         return current
-    ratio = util * ready / max(current, 1) / target
-    if abs(ratio - 1.0) <= tolerance:
+    ratio = util / target
+    if not (current > ready and ratio > 1.0):
+        if abs(ratio - 1.0) <= tolerance:
+            return current
+        return max(0, math.ceil(ratio * ready - _EPS))
+    with_starting = util * ready / current / target
+    if abs(with_starting - 1.0) <= tolerance or with_starting < 1.0:
         return current
-    return max(0, math.ceil(util * ready / target - _EPS))
+    return math.ceil(with_starting * current - _EPS)
 
 
 class HpaUtilAutoscaler:
@@ -121,7 +127,7 @@ class ServeDefaultAutoscaler:
         self._pending: dict[tuple[str, Role], _Pending] = {}
 
     def recommendation(self, pool: PoolObservation) -> int | None:
-        if pool.ongoing_requests is None or math.isnan(pool.ongoing_requests):
+        if pool.ongoing_requests is None or not math.isfinite(pool.ongoing_requests):
             return None
         return math.ceil(pool.ongoing_requests / self.target - _EPS)
 
