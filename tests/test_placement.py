@@ -687,3 +687,15 @@ def test_a_unit_past_the_grid_too_big_for_every_domain_goes_in_halves() -> None:
     plan, after = run(layout, [spec], [], [ScaleRequest("svc", 12, 2)])
     assert not plan.unplaced
     assert sorted((dg.count(P), dg.count(D)) for dg in after) == [(6, 1), (6, 1)]
+
+
+def test_rebalancing_never_grows_a_dg_past_its_max() -> None:
+    """A 1:3 service at its totals: dg0 (1P+7D) holds too few prefill for its decode and dg1
+    (4P+2D) too many, so a prefill instance moves; dg0 already holds `dg_max_instances`, and
+    the move took it to 9."""
+    g = make_graph({"S": {"m0": ["H20", "H20"], "m1": ["H20", "H20"]}})
+    svc = make_service(pd_ratio="1:3", dg_max_instances=8)
+    a = make_dg("svc-dg0", "m0", one_gpu_each("m0-h0", "pddddddd"))
+    b = make_dg("svc-dg1", "m1", one_gpu_each("m1-h0", "ppppdd"))
+    plan = plan_cycle(g, services(svc), [a, b], [ScaleRequest("svc", 5, 9)])
+    assert {dg.dg_id: dg.size for dg in plan.apply([a, b])} == {"svc-dg0": 8, "svc-dg1": 6}

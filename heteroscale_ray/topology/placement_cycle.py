@@ -177,11 +177,10 @@ class PlacementCycle:
         A request runs its prefill and decode in one DG, and routing spreads requests by
         prefill: a DG's decode carries its prefill's share of the load. DGs opened when the
         ratio was 1:1 keep that shape after the ratio moves to 1:8, so their decode carries
-        eight times the load of a new DG's while the new DGs' decode idles. Growth and
-        shrinkage pick DGs to narrow this, but a ratio move with the totals near their target
-        leaves it. A move happens only where it narrows the gap by a whole instance at both
-        ends, and at most `MOVE_SHARE` of the role's instances move per cycle (a moved
-        instance starts up again)."""
+        eight times the load of a new DG's while the new DGs' decode idles. Growth and shrinkage
+        pick DGs to narrow this, but a ratio move with the totals near their target leaves it.
+        A move goes only where it narrows the gap by a whole instance at both ends, into a DG
+        below `dg_max_instances`; at most `MOVE_SHARE` of the role's instances move a cycle."""
         live = [w for w in dgs if not (w.draining or w.deleted) and w.counts[0] and w.counts[1]]
         if len(live) < 2:
             return
@@ -196,6 +195,7 @@ class PlacementCycle:
         chunk = (1, 0) if r == 0 else (0, 1)
         full: set[str] = set()
         for _ in range(max(1, int(MOVE_SHARE * sum(w.counts[r] for w in live)))):
+            full |= {w.dg_id for w in live if w.size >= (spec.dg_max_instances or NO_LIMIT)}
             givers = [w for w in live if w.can_give(r) and excess(w) >= 1]
             takers = [
                 w
