@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -412,3 +414,75 @@ def test_emulated_device_paces_and_reports_overruns() -> None:
     assert timing.overrun and dev.overruns == 1
     off = EmulatedDevice("H20", "dense-8b", config=EmulationConfig(enabled=False))
     assert off.decode_step_s(4, 1000) == 0.0
+
+
+def _stream_outcomes(case: str) -> tuple[int, list[str]]:
+    """How often a ReleasingStream's `close` ran, and what its body yielded, when the client
+    stays (`full`), was gone before the first read (`gone`), or the request task is cancelled
+    while the response headers wait (`cancelled`), as Serve does when a client leaves."""
+    from heteroscale_ray.serving.api_responses import ReleasingStream
+
+    closed: list[int] = []
+    sent: list[str] = []
+
+    async def body() -> AsyncIterator[str]:
+        for x in ("a", "b"):
+            sent.append(x)
+            yield x
+
+    async def run() -> None:
+        resp = ReleasingStream(body(), lambda: closed.append(1))
+
+        async def receive() -> dict[str, str]:
+            if case == "gone":
+                return {"type": "http.disconnect"}
+            await asyncio.sleep(100)
+            return {}
+
+        async def send(message: dict[str, object]) -> None:
+            await asyncio.sleep(10 if case == "cancelled" else 0)
+
+        task = asyncio.ensure_future(resp({"type": "http"}, receive, send))
+        if case == "cancelled":
+            await asyncio.sleep(0.05)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    return len(closed), sent
+
+
+@pytest.mark.parametrize(("case", "sent"), [("full", ["a", "b"]), ("gone", []), ("cancelled", [])])
+def test_a_stream_frees_its_request_however_it_ends(case: str, sent: list[str]) -> None:
+    """The body's own `finally` never runs when the body never started: before ReleasingStream
+    the router's slots leaked there, and enough leaks answered every request with 429."""
+    assert _stream_outcomes(case) == (1, sent)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("dg_id", None), ("gpu_type", 7), ("replica_id", None), ("steps", "x"),
+     ("kv_handoff_count", "n/a"), ("ttft_p99", -5.0), ("tbt_p99", -1.0)],
+)  # fmt: skip
+def test_a_report_the_exports_cannot_render_is_refused(field: str, value: object) -> None:
+    """Each passed the check, then failed GET /metrics for every replica (or read as a
+    negative latency)."""
+    base = dict(replica_id="r", app_name="a", service="s", dg_id="d", role="decode", gpu_type="H20")
+    report = ReplicaStats(**{**base, field: value})  # type: ignore[arg-type]
+    assert stats_problem(report) is not None
+    render_prometheus([ReplicaStats(**base)])  # type: ignore[arg-type]
+
+
+def test_the_hub_forgets_gone_ingresses_and_keeps_arrivals_past_a_bad_migration_count() -> None:
+    clock = VirtualClock()
+    hub = MetricsHub(clock)
+    for i in range(50):  # ingress restarts come back under new ids
+        hub.report_arrivals(f"ingress-{i}", {"chat": IngressLoad(1.0, 1.0)})
+    hub.report_stats("bad-replica", "garbage")  # type: ignore[arg-type]
+    clock.advance(STATS_TTL_S + 1)
+    assert hub.ingress_loads() == {} and hub.replica_stats() == []
+    assert (len(hub._arrivals), len(hub._rejected)) == (0, 0)
+    hub.report_arrivals("ing", {"chat": IngressLoad(5.0)}, {"chat": {"x": math.nan, "y": 2}})
+    assert hub.ingress_loads()["chat"].prompt_tokens_per_s == 5.0
+    assert hub._migrations["ing"] == {"chat": {"y": 2}}

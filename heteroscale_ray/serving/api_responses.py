@@ -13,7 +13,11 @@ vLLM sends it.
 """
 
 import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from heteroscale_ray.serving.api_types import Usage, chat_logprobs, completion_logprobs
 from heteroscale_ray.serving.choices import _Choice, _Request
@@ -141,3 +145,23 @@ def chunk_event(c: _Choice, chunk: DecodeChunk, ctx: _Request) -> str | None:
             "finish_reason": chunk.finish_reason if chunk.finished else None,
         }
     return sse_event(ctx, [choice], choice_usage(c, ctx) if ctx.req.continuous_usage else None)
+
+
+class ReleasingStream(StreamingResponse):
+    """A server-sent-event stream that calls `close` however the response ends: sent in full,
+    the client gone mid-stream, or gone before the first read. The body generator's own
+    `finally` runs only once it has started, and a client that disconnects before starlette
+    first reads it (or Serve cancelling the request while the headers wait) never starts it:
+    the request's in-flight slots then stayed held for good, and enough such requests turned
+    every later one away with 429. `close` must be idempotent (the generator's `finally` may
+    run it too)."""
+
+    def __init__(self, body: AsyncIterator[str], close: Callable[[], None]) -> None:
+        super().__init__(body, media_type="text/event-stream")
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._close()

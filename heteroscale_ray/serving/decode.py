@@ -233,7 +233,8 @@ class DecodeServer(ReplicaBase):
                 if track is None:
                     continue
                 if track.last_emit is None:
-                    self.metrics.ttft(now_wall - track.arrival_wall_s)
+                    # two hosts' wall clocks: a skew must not read as a negative latency
+                    self.metrics.ttft(max(0.0, now_wall - track.arrival_wall_s))
                 elif o.token is not None:
                     self.metrics.tbt(now - track.last_emit)
                 track.last_emit = now

@@ -15,7 +15,9 @@ with the routes; it has no Ray code of its own. Time comes from an injected `Clo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
+from numbers import Real
 
 from heteroscale_ray.clock import Clock, WallClock
 from heteroscale_ray.serving.replica_stats import (
@@ -37,7 +39,8 @@ class MetricsHub:
         self.clock = clock or WallClock()
         self._stats: dict[str, tuple[float, ReplicaStats]] = {}
         self._arrivals: dict[str, tuple[float, dict[str, IngressLoad]]] = {}
-        self._rejected: dict[str, str] = {}  # replica id -> why its last report was dropped
+        # replica id -> when and why its last report was dropped (kept while it keeps reporting)
+        self._rejected: dict[str, tuple[float, str]] = {}
         # ingress id -> service -> reason -> migrations since that ingress started. Totals
         # never expire: a gone ingress's migrations still happened.
         self._migrations: dict[str, dict[str, dict[str, int]]] = {}
@@ -47,9 +50,9 @@ class MetricsHub:
         problem = stats_problem(stats)
         if problem is not None:
             self._stats.pop(replica_id, None)
-            if self._rejected.get(replica_id) != problem:
+            if self._rejected.get(replica_id, (0.0, None))[1] != problem:
                 logger.warning("dropping stats report of replica %s: %s", replica_id, problem)
-            self._rejected[replica_id] = problem
+            self._rejected[replica_id] = (self.clock.monotonic(), problem)
             return
         self._rejected.pop(replica_id, None)
         self._stats[replica_id] = (self.clock.monotonic(), stats)
@@ -66,6 +69,8 @@ class MetricsHub:
         # Threaded actor: a concurrent call may prune or add reports, so copy and pop safely.
         for rid in [r for r, (t, _) in list(self._stats.items()) if now - t > STATS_TTL_S]:
             self._stats.pop(rid, None)
+        for rid in [r for r, (t, _) in list(self._rejected.items()) if now - t > STATS_TTL_S]:
+            self._rejected.pop(rid, None)  # that replica is gone
         return [
             s
             for _, s in list(self._stats.values())
@@ -82,10 +87,7 @@ class MetricsHub:
         float is prompt tokens/s alone. A malformed entry is dropped with a log line.
         `migrations`: that ingress's request migrations so far, per service and reason."""
         if migrations is not None:
-            self._migrations[ingress_id] = {
-                svc: {str(r): int(n) for r, n in dict(by_reason).items() if int(n) >= 0}
-                for svc, by_reason in dict(migrations).items()
-            }
+            self._migrations[ingress_id] = _migration_counts(ingress_id, migrations)
         kept: dict[str, IngressLoad] = {}
         for name, load in dict(loads).items():
             if isinstance(load, (int, float)) and not isinstance(load, bool):
@@ -107,8 +109,9 @@ class MetricsHub:
         requests: dict[str, float | None] = {}
         squares: dict[str, float | None] = {}
         held: dict[str, float | None] = {}
-        for t, loads in list(self._arrivals.values()):
-            if now - t > STATS_TTL_S:
+        for ingress_id, (t, loads) in list(self._arrivals.items()):
+            if now - t > STATS_TTL_S:  # that ingress is gone (or restarted under a new id)
+                self._arrivals.pop(ingress_id, None)
                 continue
             for name, load in loads.items():
                 tokens[name] = tokens.get(name, 0.0) + load.prompt_tokens_per_s
@@ -137,3 +140,23 @@ class MetricsHub:
                 for reason, n in by_reason.items():
                     into[reason] = into.get(reason, 0) + n
         return total
+
+
+def _migration_counts(
+    ingress_id: str, migrations: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, int]]:
+    """An ingress's migration totals, each count checked on its own: a bad one (NaN, None,
+    negative, not a whole number) is dropped with a log line, not the whole report."""
+    out: dict[str, dict[str, int]] = {}
+    for svc, by_reason in dict(migrations).items():
+        counts: dict[str, int] = {}
+        for reason, n in dict(by_reason).items():
+            whole = isinstance(n, Real) and math.isfinite(n) and float(n).is_integer()
+            if whole and not isinstance(n, bool) and n >= 0:
+                counts[str(reason)] = int(n)
+            else:
+                logger.warning(
+                    "dropping migration count %s/%s=%r from ingress %s", svc, reason, n, ingress_id
+                )
+        out[str(svc)] = counts
+    return out

@@ -123,7 +123,16 @@ _REQUIRED_NUMBERS = (
     "queued_prompt_tokens",
     "running_mean",
     "finished_requests",
+    # exported as counters on /metrics, where one non-number failed the whole page
+    "steps",
+    "requests_total",
+    "emulation_overruns",
+    "kv_handoff_count",
+    "kv_handoff_bytes_total",
+    "kv_handoff_seconds_total",
 )
+# Strings the exports label series with.
+_LABELS = ("replica_id", "app_name", "service", "dg_id", "gpu_type")
 # None until a window holds a sample (or the value is unknown), else a finite number.
 _OPTIONAL_NUMBERS = (
     "ttft_p99",
@@ -140,7 +149,7 @@ _NON_NEGATIVE = (
     "queued_prompt_tokens",
     "running_mean",
     "finished_requests",
-    *_OPTIONAL_NUMBERS[2:],
+    *_OPTIONAL_NUMBERS,
 )
 
 
@@ -152,8 +161,9 @@ def stats_problem(report: object) -> str | None:
     """Why `report` cannot be used by the control plane's sums, or None if it can."""
     if not isinstance(report, ReplicaStats):
         return f"not a ReplicaStats but a {type(report).__name__}"
-    if not isinstance(report.service, str) or not isinstance(report.app_name, str):
-        return "service or app_name is not a string"
+    for name in _LABELS:
+        if not isinstance(getattr(report, name), str):
+            return f"{name}={getattr(report, name)!r} is not a string"
     if report.role not in ROLES:
         return f"unknown role {report.role!r}"
     for name in _REQUIRED_NUMBERS:

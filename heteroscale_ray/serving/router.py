@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 
 from heteroscale_ray import __version__
@@ -47,6 +47,7 @@ from heteroscale_ray.serving.api_requests import (
     read_body,
 )
 from heteroscale_ray.serving.api_responses import (
+    ReleasingStream,
     chunk_event,
     completion_body,
     role_events,
@@ -323,8 +324,8 @@ class Router(ChoiceStreams):
             self._requests.prompt(req.model, prompt_tokens)
             if req.stream:
                 handed_off = True
-                return StreamingResponse(
-                    self._sse(slots, choices, ctx), media_type="text/event-stream"
+                return ReleasingStream(
+                    self._sse(slots, choices, ctx), lambda: self._close(slots, choices)
                 )
             return await self._collect(choices, ctx)
         except ApiError as e:
@@ -391,8 +392,13 @@ class Router(ChoiceStreams):
             err = error_body(str(e), type_=e.type_, code=e.code)
             yield f"data: {json.dumps(err)}\n\n"
         finally:
-            for c in choices:
-                if not c.finished:  # client went away or error: free the decode slot
-                    c.cancel()
-            for slot in slots:
-                self._release(slot)
+            self._close(slots, choices)
+
+    def _close(self, slots: list[_Slot], choices: list[_Choice]) -> None:
+        """A request's end, however it came (idempotent): the decode streams still running are
+        cancelled (the client went away, or an error) and its in-flight slots released."""
+        for c in choices:
+            if not c.finished:
+                c.cancel()
+        for slot in slots:
+            self._release(slot)
