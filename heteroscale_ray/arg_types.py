@@ -54,3 +54,11 @@ def positive_int(text: str) -> int:
 def seed(text: str) -> int:
     """argparse type: a random seed, a whole number >= 0 (numpy's generators take no other)."""
     return _whole(text, 0)
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 0-65535 (0: off, where the option says so)."""
+    value = _whole(text, 0)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in 0..65535 (got {text})")
+    return value

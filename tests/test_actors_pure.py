@@ -13,7 +13,14 @@ from heteroscale_ray.actors.checkpoint import (
     pending_from_json,
     pending_to_json,
 )
-from heteroscale_ray.config import Role, ServicesConfig, TopologySpec, parse_yaml_text
+from heteroscale_ray.actors.dg_views import dg_targets
+from heteroscale_ray.config import (
+    AffinityLevel,
+    Role,
+    ServicesConfig,
+    TopologySpec,
+    parse_yaml_text,
+)
 from heteroscale_ray.control import Desired, HeteroScaleAutoscaler, control_cycle
 from heteroscale_ray.control.retire import retire_unconfigured, unroutable
 from heteroscale_ray.control.soft_scale_in import (
@@ -355,6 +362,7 @@ def test_domain_owners_survive_a_domain_going_dark() -> None:
         "pod-b": "sc-b",
         "s1-b": "sc-b",
         "s1-c": "sc-b",
+        "root": "sc-a",
     }
     # Every host of pod-b misses its report: the filtered view loses pod-b and its sub-cluster,
     # but owners come from the full view and so do not change.
@@ -363,6 +371,20 @@ def test_domain_owners_survive_a_domain_going_dark() -> None:
     assert domain_owners(full, owners) == owners
     # Even when the view itself loses them (Ray nodes not alive), the previous owner is kept.
     assert domain_owners(dark, owners) == owners
+
+
+def test_cluster_wide_dgs_keep_their_scheduler_when_a_big_pod_sorting_first_joins() -> None:
+    """Root DGs (affinity `none`) went to the first scheduler name each cycle: a new big-pod
+    `a` took them from `b`, whose scheduler deleted the app, and `a` deployed it again."""
+    from topology_builders import make_dg, make_service, make_topology, one_gpu_each
+
+    before = make_topology({"b": {"mb": ["H20"]}, "c": {"mc": ["H20"]}})
+    after = make_topology({"a": {"ma": ["H20"]}, "b": {"mb": ["H20"]}, "c": {"mc": ["H20"]}})
+    owners = domain_owners(after, domain_owners(before, {}))
+    svc = make_service(affinity="none")
+    dg = make_dg("svc-dg0", "root", one_gpu_each("mb-h0", "pd"), level=AffinityLevel.NONE)
+    targets = dg_targets({"svc": svc}, [dg], [], owners, ["a", "b", "c"])
+    assert {sc: [t.dg_id for t in ts] for sc, ts in targets.items()} == {"b": ["svc-dg0"]}
 
 
 def test_dgs_of_a_removed_service_drain_and_leave_routing() -> None:

@@ -323,3 +323,21 @@ def test_status_text_shows_a_target_carried_to_todays_lengths() -> None:
     assert "decode_tps (750 -> 1,062)" in format_status(st)
     st["services"] = [{**row, "carried_target_per_instance": None}]  # no tuned_at: as configured
     assert "decode_tps (750)" in format_status(st)
+
+
+@pytest.mark.parametrize("option", ["--metrics-port", "--http-port"])
+def test_a_port_past_65535_is_refused_where_it_is_typed(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--metrics-port 70000` had printed "started" while the policy engine died on it."""
+    with pytest.raises(SystemExit) as e:
+        main(["start", "--services", "examples/services.yaml", option, "70000"])
+    assert e.value.code == 2
+    assert "must be a TCP port in 0..65535 (got 70000)" in capsys.readouterr().err
+
+
+def test_a_plan_line_belongs_to_its_service_not_one_whose_name_it_starts() -> None:
+    from heteroscale_ray.actors.policy_engine import _about
+
+    lines = ["add 1 prefill to svc2-dg0", "delete svc-dg10 (soft)", "unplaced 2 decode of svc2: x"]
+    assert [line for line in lines if _about(line, "svc")] == ["delete svc-dg10 (soft)"]

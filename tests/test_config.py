@@ -143,6 +143,15 @@ def test_topology_from_ray_nodes() -> None:
         topology_from_ray_nodes([broken])
     with pytest.raises(ValueError, match="no Ray node carries GPUs"):
         topology_from_ray_nodes([head])
+    # a running control plane leaves a bad node out and plans on the rest (one mislabelled
+    # node had failed every cycle, so nothing scaled until it was fixed)
+    first, twin = node("n1", "H20", "s1-x"), node("n4", "H20", "s1-y")
+    for n in (first, twin):
+        n["Labels"]["heteroscale.io/host"] = "h1"
+    skipped: list[str] = []
+    topo = topology_from_ray_nodes([first, broken, twin], skipped)
+    assert [h.node_id for *_, h in topo.hosts()] == ["n1"]
+    assert len(skipped) == 2 and "heteroscale.io/s1" in skipped[0] and "'h1'" in skipped[1]
 
 
 def test_synthetic_topology_is_seeded_and_sized() -> None:

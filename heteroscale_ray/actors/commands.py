@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from heteroscale_ray.arg_types import non_negative, positive, positive_int
+from heteroscale_ray.arg_types import non_negative, port, positive, positive_int
 
 ADDRESS_HELP = "Ray cluster address (default: auto, the cluster this machine belongs to)"
 
@@ -292,12 +292,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=port,
         default=9500,
         help="Prometheus port of the control plane's metrics (default 9500; 0 = off)",
     )
     p.add_argument("--http-host", default="0.0.0.0", help="Serve HTTP host (default 0.0.0.0)")
-    p.add_argument("--http-port", type=int, default=8000, help="Serve HTTP port (default 8000)")
+    p.add_argument("--http-port", type=port, default=8000, help="Serve HTTP port (default 8000)")
     p.set_defaults(func=_cmd_start)
 
     p = sub.add_parser("status", help="services, DGs, instances and the last decisions")

@@ -15,6 +15,7 @@ Test hook: `set_test_signals(service, {...})` overrides measured signal fields f
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -78,7 +79,7 @@ class PolicyEngine:
         self._overrides: dict[str, dict[str, float]] = {}
         try:
             self.metrics = ControlPlaneMetrics(metrics_port)
-        except OSError as e:  # port taken (e.g. after a restart on the same node)
+        except (OSError, OverflowError) as e:  # port taken (a restart on the same node), or bad
             logger.warning("metrics port %s unavailable (%s); text metrics only", metrics_port, e)
             self.metrics = ControlPlaneMetrics(None)
         self._stop = threading.Event()
@@ -185,7 +186,7 @@ class PolicyEngine:
             snapshot = cycle.pop("snapshot")
             self.cycles += 1
             for e in entries:
-                e["plan"] = [line for line in cycle.get("plan", []) if e["service"] in line]
+                e["plan"] = [line for line in cycle.get("plan", []) if _about(line, e["service"])]
                 e["outcome"] = "applied" if cycle.get("applied") else "advisory"
             self.last_observations = {n: _obs_dict(o) for n, o in obs.items()}
             self._last_signals = {n: o.signals for n, o in obs.items()}
@@ -372,3 +373,11 @@ def _obs_dict(obs: Observation) -> dict[str, Any]:
         "decode_ready": obs.decode.ready,
         "decode_starting": obs.decode.starting,
     }
+
+
+def _about(line: str, service: str) -> bool:
+    """Whether a `describe_plan` line is about `service`: it names one of its DGs
+    (`<service>-dg<n>`) or its unplaced asks (`of <service>:`), not a service whose name
+    merely starts the same (`svc` and `svc2-dg0`)."""
+    name = re.escape(service)
+    return re.search(rf"(?:^| ){name}-dg\d+\b| of {name}: ", line) is not None

@@ -109,6 +109,7 @@ class FederatedPreScheduler:
         self._reports: dict[str, list[dict[str, Any]]] = {}  # last host reports per sub-cluster
         self._status: dict[str, DgServeState] = {}
         self._hosts: list[dict[str, Any]] = []
+        self._bad_nodes: set[str] = set()  # why nodes were left out of the view (logged once)
         self._last: dict[str, Any] = {}
 
     @property
@@ -182,7 +183,18 @@ class FederatedPreScheduler:
         nodes = ray.nodes()
         alive_nodes = [n for n in nodes if n.get("Alive")]
         alive_ids = {n["NodeID"] for n in alive_nodes}
-        spec = self.static_topology or topology_from_ray_nodes(alive_nodes)
+        skipped: list[str] = []
+        spec = self.static_topology or topology_from_ray_nodes(alive_nodes, skipped)
+        unknown = {h.name for *_, h in spec.hosts() if h.gpu_type not in self.config.catalog}
+        skipped += [
+            f"host {h.name} has GPU type {h.gpu_type!r}, which the catalog does not know: fix "
+            "its heteroscale.io/gpu-type label or add the type to the catalog"
+            for *_, h in spec.hosts()
+            if h.name in unknown
+        ]
+        for why in sorted(set(skipped) - self._bad_nodes):  # the cycle plans on the others
+            logger.warning("left out of the topology: %s", why)
+        self._bad_nodes = set(skipped)
         node_of = {}
         for n in alive_nodes:
             host = (n.get("Labels") or {}).get("heteroscale.io/host")
@@ -236,7 +248,13 @@ class FederatedPreScheduler:
         lost = lost_hosts(hosts_in_use(self.dgs, self.pending), alive, self._seen_nodes)
         self._hosts = reports
         healthy = {r["host"] for r in reports if r.get("healthy") and r["host"] in alive}
-        gone = {h.name for *_, h in spec.hosts()} - healthy
+        every = {h.name for *_, h in spec.hosts()}
+        gone = (every - healthy) | unknown
+        if gone == every:
+            raise RuntimeError(
+                f"no healthy GPU host to plan on ({len(every)} in the topology): see "
+                "`heteroscale status` for each host's health"
+            )
         if gone:
             spec = without_hosts(spec, gone)
         if spec != self._spec or self._graph is None:
@@ -292,6 +310,13 @@ class FederatedPreScheduler:
                 )
                 self.state = result.state
                 self._seen_nodes.update(alive)  # the lost ones keep their last node id
+                # A host gone from Ray and holding nothing has been reported dead (this cycle's
+                # `down`): forget it, or every replaced node stays in status and checkpoints.
+                in_use = hosts_in_use(self.dgs, self.pending)
+                for host in [h for h in self._seen_nodes if h not in alive and h not in in_use]:
+                    del self._seen_nodes[host]
+                    self._sub_cluster_of_host.pop(host, None)
+                    changed = True
                 if changed:
                     self._checkpoint()  # before actuating: a crash re-applies, never forgets
                 # The plan is committed from here on, so actuation errors must not surface as a
@@ -381,13 +406,20 @@ class FederatedPreScheduler:
         )
 
     def delete_all(self) -> list[str]:
-        """Delete every DG on Serve and forget them (``heteroscale stop --purge``)."""
+        """Delete every DG on Serve and forget them (``heteroscale stop --purge``). Every
+        sub-cluster the checkpoint names is asked, not only those this incarnation has called
+        yet: just after a restart it had none, and the DGs stayed on Serve with no owner."""
         import ray
 
         with self._lock:
             gone = []
-            for sc in list(self._schedulers):
-                gone += ray.get(self._schedulers[sc].delete_all.remote(), timeout=60)
+            known = (
+                set(self._schedulers)
+                | set(self._sub_cluster_of_host.values())
+                | set(self._sub_cluster_of_domain.values())
+            )
+            for sc in sorted(known):
+                gone += ray.get(self._scheduler(sc).delete_all.remote(), timeout=60)
             self.state = LoopState()
             self._checkpoint()
             return gone

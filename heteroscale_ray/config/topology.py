@@ -129,13 +129,18 @@ def _names_below(s1: MiniPodSpec) -> list[tuple[str, str]]:
     return out
 
 
-def topology_from_ray_nodes(nodes: Iterable[Mapping[str, Any]]) -> TopologySpec:
+def topology_from_ray_nodes(
+    nodes: Iterable[Mapping[str, Any]], skipped: list[str] | None = None
+) -> TopologySpec:
     """Build the switch tree from ``ray.nodes()`` entries carrying ``heteroscale.io/*`` labels.
 
     Nodes without GPUs or without a GPU-type label (the head node, CPU workers) are skipped;
-    a GPU node missing a switch label is an error naming the node and the label to set.
+    a GPU node missing a switch label, or naming a host another node already named, is an
+    error naming the node and the fix. Given `skipped`, such a node is left out and its error
+    appended there instead: a running control plane plans on the other nodes.
     """
     tree: dict[str, dict[str, dict[str, list[HostSpec]]]] = {}
+    names: set[str] = set()
     for node in nodes:
         if not node.get("Alive", True):
             continue
@@ -145,13 +150,26 @@ def topology_from_ray_nodes(nodes: Iterable[Mapping[str, Any]]) -> TopologySpec:
             continue
         node_id = str(node.get("NodeID", ""))
         missing = [lbl for lbl in SWITCH_LABELS if not labels.get(lbl)]
+        name = str(labels.get("heteroscale.io/host") or node_id)
+        problem = None
         if missing:
-            raise ValueError(
+            problem = (
                 f"Ray node {node_id[:12]} has {LABEL_GPU_TYPE}={labels[LABEL_GPU_TYPE]} but no "
                 f"{', '.join(missing)}: start it with `ray start --labels` setting those switch labels"
             )
+        elif name in names:
+            problem = (
+                f"Ray node {node_id[:12]} names host {name!r}, as another node does: give each "
+                "node its own heteroscale.io/host label"
+            )
+        if problem is not None:
+            if skipped is None:
+                raise ValueError(problem)
+            skipped.append(problem)
+            continue
+        names.add(name)
         host = HostSpec(
-            name=str(labels.get("heteroscale.io/host") or node_id),
+            name=name,
             gpu_type=labels[LABEL_GPU_TYPE],
             gpus=gpus,
             node_id=node_id,

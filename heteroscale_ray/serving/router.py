@@ -347,7 +347,7 @@ class Router(ChoiceStreams):
 
     def _move(self, slot: _Slot, dg: DgRoute) -> None:
         if slot.held:
-            self._inflight_by_app[slot.dg.app_name] -= 1
+            self._leave(slot.dg)
             self._inflight_by_app[dg.app_name] += 1
         slot.dg = dg
 
@@ -355,7 +355,15 @@ class Router(ChoiceStreams):
         if slot.held:
             slot.held = False
             self._inflight -= 1
-            self._inflight_by_app[slot.dg.app_name] -= 1
+            self._leave(slot.dg)
+
+    def _leave(self, dg: DgRoute) -> None:
+        """One choice fewer on `dg`; an app with none is forgotten (DG apps come and go)."""
+        left = self._inflight_by_app[dg.app_name] - 1
+        if left > 0:
+            self._inflight_by_app[dg.app_name] = left
+        else:
+            self._inflight_by_app.pop(dg.app_name, None)
 
     async def _collect(self, choices: list[_Choice], ctx: _Request) -> JSONResponse:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from heteroscale_ray.config import TopologySpec
+from heteroscale_ray.topology.graph import ROOT
 
 
 def without_hosts(spec: TopologySpec, gone: set[str]) -> TopologySpec:
@@ -38,12 +39,14 @@ def without_hosts(spec: TopologySpec, gone: set[str]) -> TopologySpec:
 
 
 def domain_owners(spec: TopologySpec, previous: Mapping[str, str]) -> dict[str, str]:
-    """Domain name (S1 and S2) -> the sub-cluster that owns its DGs.
+    """Domain name (S1, S2 and the cluster-wide root) -> the sub-cluster that owns its DGs.
 
     Built from the topology *before* unhealthy hosts are removed and merged over the previous
     mapping, so a domain that briefly vanishes (all its hosts miss a report, or its Ray nodes
     are not alive for a moment) keeps its owner: a DG never moves to another sub-cluster
-    scheduler, which would delete and redeploy it, because of a transient outage.
+    scheduler, which would delete and redeploy it, because of a transient outage. The root's
+    DGs (affinity `none`) go to the first sub-cluster once and stay: taken as the first name
+    each cycle, they moved whenever a big-pod whose name sorts earlier joined.
     """
     out = dict(previous)
     sub_of = spec.sub_cluster_of()
@@ -52,6 +55,8 @@ def domain_owners(spec: TopologySpec, previous: Mapping[str, str]) -> dict[str, 
         out[s2.name] = sc
         for s1 in s2.mini_pods:
             out[s1.name] = sc
+    if ROOT not in out and sub_of:
+        out[ROOT] = min(sub_of.values())
     return out
 
 
