@@ -1,4 +1,4 @@
-"""CLI commands of the control plane: start, status, update, stop (and demo, in demo.py).
+"""CLI commands of the control plane: start, status, update, stop (the demo's: demo/commands.py).
 
 Handlers import Ray lazily so `heteroscale --help` stays fast.
 """

@@ -43,7 +43,7 @@ def _nvml_metrics() -> tuple[list[dict[str, float]] | None, str]:
 
 
 class GpuNode:
-    """Actor body; create with `gpu_node_options` so it lands on its own node."""
+    """Actor body; create with `gpu_node_handle` so it lands on its own node."""
 
     def __init__(self, host: str) -> None:
         import ray

@@ -13,6 +13,7 @@ Names (all prefixed ``heteroscale_cp_``):
                                               kind=tokens_per_s and kind=batch, sequences)
     capacity_scale{service,role}              learned correction of the roofline prior (1 = prior)
     capacity_learned{service}                 1 once replica reports corrected the prior, else 0
+    burst_horizon_seconds{service}            start-up the burst headroom covers (timed)
 Served on a port with `start_http_server` when one is given, and always as text through
 `PolicyEngine.metrics_text()` (what `heteroscale status --metrics` prints).
 """

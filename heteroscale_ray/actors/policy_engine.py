@@ -6,10 +6,6 @@ target counts, checkpoints the policy states, and hands the decisions to the pre
 which plans and actuates them (or, in advisory mode, only plans them). Every decision is kept
 with its reason enum and sentence, exported as metrics, and logged (INFO when it changes
 something or its reason changes; repeated identical holds go to DEBUG).
-
-Test hook: `set_test_signals(service, {...})` overrides measured signal fields for a service
-(``observed_at`` becomes the tick's time) so tests can drive decisions without real load;
-`set_test_signals(service, None)` removes the override.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import replace
 from typing import Any
 
 from heteroscale_ray.actors.checkpoint import (
@@ -76,7 +71,6 @@ class PolicyEngine:
         self.last_cycle: dict[str, Any] = {}
         self.last_observations: dict[str, dict[str, Any]] = {}
         self._last_signals: dict[str, Signals] = {}  # for the capacity report (status, metrics)
-        self._overrides: dict[str, dict[str, float]] = {}
         try:
             self.metrics = ControlPlaneMetrics(metrics_port)
         except (OSError, OverflowError) as e:  # port taken (a restart on the same node), or bad
@@ -105,14 +99,6 @@ class PolicyEngine:
         names = ", ".join(s.name for s in config.services)
         logger.info("services updated: %s", names)
         return True, f"accepted {len(config.services)} service(s): {names}"
-
-    def set_test_signals(self, service: str, fields: dict[str, float] | None) -> None:
-        """Test hook: override measured signal fields of one service (None removes it)."""
-        with self._lock:
-            if fields is None:
-                self._overrides.pop(service, None)
-            else:
-                self._overrides[service] = dict(fields)
 
     # ---- the loop ----
     def _pre_scheduler(self) -> Any:
@@ -153,10 +139,6 @@ class PolicyEngine:
         with self._lock:
             names = [s.name for s in self.config.services]
             obs = build_observations(names, stats, counts, arrivals)
-            for name, fields in self._overrides.items():
-                if name in obs:
-                    sig = replace(obs[name].signals, observed_at=now, **fields)
-                    obs[name] = replace(obs[name], signals=sig)
             before = dict(self.autoscaler.states)
             desired = self.autoscaler.desire(now, obs)
             # Logged before the pre-scheduler can commit the plan, so that nobody reading the

@@ -34,8 +34,8 @@ class RequestMetrics:
     requests finished by finish reason, error responses by HTTP status, request migrations by
     reason. Histograms: time to first token, inter-token latency (between a choice's
     consecutive chunks), end-to-end latency, and prompt / generation length. `render()` gives
-    this ingress replica's text; with `mirror_to_ray` the same events also go to Ray's metrics
-    agent (`ray_` prefix), which sums over all ingress replicas.
+    this ingress replica's text; with `mirror_to_ray` the same events but the two length
+    histograms also go to Ray's metrics agent (`ray_` prefix), which sums over ingress replicas.
     """
 
     def __init__(self, mirror_to_ray: bool = False) -> None:

@@ -33,7 +33,7 @@ from heteroscale_ray.topology.plan import (
 )
 from heteroscale_ray.topology.working_dg import ROLES, WorkingDG
 
-GRID_TERM = 8  # the largest term of a ratio on the placement grid (policy/demand.py)
+GRID_TERM = 8  # the largest term of a ratio on the placement grid (policy/dg_shape.py's)
 MOVE_SHARE = 0.1  # at most this share of a role's instances move between DGs per cycle
 
 
