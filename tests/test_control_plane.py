@@ -327,6 +327,7 @@ def test_routing_table_restart_is_repaired_by_the_next_cycles(plane: Plane) -> N
     schedulers would put any running DG it lacks back (no redeploy): every DG is routed again,
     nothing is redeployed, and traffic flows under load afterwards."""
     import ray
+    from ray._private import state
 
     from heteroscale_ray.serving.deployments import routed_apps
     from heteroscale_ray.serving.routing_table import get_routing_table
@@ -334,7 +335,16 @@ def test_routing_table_restart_is_repaired_by_the_next_cycles(plane: Plane) -> N
     _settled(plane)
     apps = _serve_dg_apps()
     replicas = _all_replica_ids(apps)
-    ray.kill(get_routing_table(create=False), no_restart=False)
+    table = get_routing_table(create=False)
+    info = lambda: state.actors(table._actor_id.hex())  # noqa: E731
+    restarts = info()["NumRestarts"]
+    ray.kill(table, no_restart=False)
+    # the restarted table must be the one answering below, not the old one before the kill
+    wait_for(
+        "the routing table restarted",
+        lambda: info()["NumRestarts"] > restarts and info()["State"] == "ALIVE",
+        60,
+    )
     wait_for("every DG back in routing", lambda: routed_apps() == set(apps), 60)
     time.sleep(2)  # routers re-read the table every 0.5 s
     mark = len(plane.load.records)

@@ -121,15 +121,27 @@ def _with_logprobs(params: SamplingParams) -> SamplingParams:
     )
 
 
+STOP_FROM_TEXT = ("<two characters of the unstopped text>",)
 CASES = [
     # (seed, temperature, top_p, stop, max_tokens): seeded sampling over the whole byte
-    # vocabulary makes split UTF-8 characters and held-back stop prefixes common.
+    # vocabulary makes split UTF-8 characters common. A stop string picked by hand ("e",
+    # "ab") never occurred in these outputs, so STOP_FROM_TEXT takes two characters from
+    # the middle of the unstopped run: the stop fires there, and its first character is
+    # held back until the second decides.
     (1, 1.0, 1.0, (), 90),
     (2, 0.7, 0.9, (), 90),
     (3, 0.0, 1.0, (), 60),
-    (4, 1.2, 1.0, ("e", "\x00\x01"), 120),
-    (5, 1.0, 0.95, ("ab",), 120),
+    (4, 1.2, 1.0, STOP_FROM_TEXT, 120),
+    (5, 1.0, 0.95, STOP_FROM_TEXT, 120),
 ]
+
+
+def _stop_from(text: str) -> tuple[str, ...]:
+    """Two characters of `text`, from its middle on, that occur nowhere before."""
+    for k in range(len(text) // 2, len(text) - 1):
+        if text.find(text[k : k + 2]) == k:
+            return (text[k : k + 2],)
+    raise AssertionError(f"no fresh pair of characters in {text!r}")
 
 
 @pytest.mark.parametrize(("seed", "temperature", "top_p", "stop", "max_tokens"), CASES)
@@ -138,6 +150,10 @@ def test_a_stream_resumed_after_any_chunk_equals_the_unbroken_run(
 ) -> None:
     model = Engine(ENGINE)
     prompt = TOKENIZER.encode(f"request {seed}: migrate me", add_bos=True)
+    if stop == STOP_FROM_TEXT:
+        free = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
+                              ignore_eos=True, top_p=top_p)  # fmt: skip
+        stop = _stop_from(model.generate(prompt, free).text)
     params = _with_logprobs(
         SamplingParams(
             max_tokens=max_tokens,
@@ -152,6 +168,7 @@ def test_a_stream_resumed_after_any_chunk_equals_the_unbroken_run(
     ref_text = "".join(c.text for c in ref)
     ref_logprobs = [lp for c in ref for lp in c.logprobs]
     assert ref[-1].finished
+    assert ref[-1].finish_reason == ("stop" if stop else "length")
     assert ref_text == model.generate(prompt, params).text  # the colocated engine agrees
     n = len(ref)
     for cuts in ([1], [2], [n // 2], [n - 1], [1, 2, 3], [3, n // 3, n // 2, n - 2]):

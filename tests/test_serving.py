@@ -520,6 +520,11 @@ def test_prefills_the_handle_holds_are_reported_as_queued_work(stack: Stack, cli
         def one(_: int) -> None:
             client.completions.create(model=name, prompt="h" * 400, max_tokens=2)
 
+        one(0)  # the replica prices its prefill rate on a first prompt; held work is read by it
+        deadline = time.monotonic() + 15
+        while not any(s.prefill_tokens_per_busy_s for s in replica_stats(app, "prefill")):
+            assert time.monotonic() < deadline, "the prefill replica never reported its rate"
+            time.sleep(0.3)
         held_seen: list[float] = []
         observed: list[float] = []
         with ThreadPoolExecutor(4) as pool:
@@ -538,8 +543,7 @@ def test_prefills_the_handle_holds_are_reported_as_queued_work(stack: Stack, cli
                 time.sleep(0.1)
             list(done)
         assert held_seen and held_seen[0] >= 400  # at least one whole prompt held
-        if observed:  # the replica had priced its rate by then
-            assert observed[0] > 0
+        assert observed and observed[0] > 0  # counted as queued prefill seconds
         deadline = time.monotonic() + 10  # all taken: the next reports say so
         while (left := ingress_loads()[name].held_prompt_tokens) and time.monotonic() < deadline:
             time.sleep(0.3)

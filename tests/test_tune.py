@@ -78,13 +78,19 @@ def test_tune_returns_best_split_ratio_and_target() -> None:
 
 
 def test_tune_threshold_absolute_or_relative_to_ceiling() -> None:
+    """Mooncake's long prompts miss an SLO on an idle fleet too (ceiling ~90%): judged against
+    that ceiling a split keeps up a higher rate than against 100%, never a lower one."""
+    from heteroscale_ray.traces.samples import load_trace_arg
+
     services = load_services(SERVICES)
-    rel = tune(services, "general", _trace(), sample_s=300.0, **FAST)
-    ab = tune(services, "general", _trace(), sample_s=300.0, relative=False, **FAST)
+    sample = load_trace_arg("mooncake")
+    rel = tune(services, "general", sample, sample_s=300.0, **FAST)
+    ab = tune(services, "general", sample, sample_s=300.0, relative=False, **FAST)
     assert rel.relative and not ab.relative
     assert rel.as_dict()["relative_to_ceiling"] is True
-    # relative attainment is never below the absolute one at the same rate
-    assert all(r.goodput_rps > 0 for r in rel.rows + ab.rows)
+    pairs = list(zip(rel.rows, ab.rows, strict=True))
+    assert all(r.label == a.label and r.goodput_rps >= a.goodput_rps for r, a in pairs)
+    assert any(r.goodput_rps > a.goodput_rps for r, a in pairs)
 
 
 def test_tune_is_deterministic() -> None:
