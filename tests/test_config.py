@@ -168,3 +168,30 @@ def test_write_schemas(tmp_path: Path) -> None:
     assert {p.name for p in paths} == {"services.schema.json", "topology.schema.json"}
     assert "ServiceSpec" in schema["$defs"]
     assert schema["$defs"]["ServiceSpec"]["additionalProperties"] is False
+
+
+def test_the_model_names_a_config_accepts_are_the_performance_models_profiles() -> None:
+    from heteroscale_ray.config.services import MODEL_PROFILES
+    from heteroscale_ray.perf.profiles import builtin_profiles
+
+    assert sorted(MODEL_PROFILES) == sorted(builtin_profiles())
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (("model: dense-8b", "model: llama-9000"), "unknown model profile 'llama-9000'"),
+        (("ttft_s: 1.0", "ttft_s: .inf"), "finite number"),
+        (("target_per_instance: 2000", "target_per_instance: 1e400"), "finite number"),
+    ],
+)
+def test_a_config_that_would_fail_every_replay_is_refused_where_it_is_read(
+    change: tuple[str, str], error: str
+) -> None:
+    """Each validated, then `replay` failed with a traceback (a KeyError for the model, an
+    OverflowError for an infinite SLO)."""
+    text = "    model: dense-8b\n" + GOOD_SERVICE.split("services:\n  - name: chat\n")[1]
+    text = "services:\n  - name: chat\n" + text.replace(*change)
+    assert change[1] in text
+    with pytest.raises(ConfigError, match=error):
+        parse_yaml_text(text, ServicesConfig, "test")

@@ -397,3 +397,24 @@ def test_sweeps_that_could_measure_nothing_say_why(
     out = ["--out", str(tmp_path)] if argv[0] == "pd-sweep" else []  # tune writes no files
     assert main([*argv, "--services", services, *out]) == 2
     assert error in capsys.readouterr().err
+
+
+def test_the_replay_fleet_hosts_an_s1_service_whose_roles_differ_in_gpu_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """S1 is the default affinity: a DG must fit in one mini-pod. The replay's fleet gave each
+    mini-pod one GPU type, so prefill on L20 and decode on H20 placed nothing (0% attainment,
+    and a hint to pass a larger --gpus)."""
+    services = tmp_path / "s1.yaml"
+    services.write_text(
+        "services:\n  - name: s1chat\n    model: dense-8b\n"
+        "    slo: {ttft_s: 2.0, tbt_s: 0.05}\n    pd_ratio: '1:2'\n"
+        "    prefill: {gpu_types: [L20], min_instances: 1, max_instances: 200}\n"
+        "    decode: {gpu_types: [H20], min_instances: 1, max_instances: 200}\n"
+        "    policy: {signal: demand}\n"
+    )
+    argv = ["replay", "--trace", "azure-conv", "--services", str(services), "--duration", "300"]
+    assert main([*argv, "--policy", "static", "--out", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["slo_attainment"] > 0.99 and "not placed" not in captured.err

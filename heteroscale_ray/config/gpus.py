@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class GpuType(BaseModel):
     """One GPU model as seen by the scheduler and the performance model."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="Catalog key used in topology and service specs, e.g. 'H20'.")
     tflops: float = Field(gt=0, description="Dense BF16 peak, TFLOP/s (no sparsity).")
@@ -126,7 +126,7 @@ BUILTIN_GPUS: tuple[GpuType, ...] = (
 class GpuCatalog(BaseModel):
     """GPU types by name; starts from the built-ins, YAML entries add or replace."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     gpus: dict[str, GpuType] = Field(default_factory=lambda: {g.name: g for g in BUILTIN_GPUS})
 

@@ -13,7 +13,7 @@ from heteroscale_ray.config.ratio import PdRatio, parse_pd_ratio
 
 
 class LatencyTier(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     at: float = Field(
         gt=0, description="Fires when observed p99 latency >= at * SLO (e.g. 1.0 = at the SLO)."
@@ -26,7 +26,7 @@ class LatencyTier(BaseModel):
 class LatencyGuard(BaseModel):
     """Negative feedback on latency: the safety net under proportional control."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     enabled: bool = Field(default=True, description="Turn the latency guard on or off.")
     metric: Literal["tbt", "ttft", "both"] = Field(
@@ -56,7 +56,7 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 class PeriodicEntry(BaseModel):
     """One row of a time table: fixed targets between ``start`` and ``end`` (UTC, end exclusive)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     start: str = Field(description="'HH:MM' UTC, inclusive.")
     end: str = Field(description="'HH:MM' UTC, exclusive; may wrap past midnight.")
@@ -97,7 +97,7 @@ class KvGuard(BaseModel):
     the ratio), and no scale-in happens while it stays there.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     enabled: bool = Field(default=False, description="Turn the KV-pressure guard on or off.")
     high: float = Field(
@@ -124,7 +124,7 @@ class DynamicRatio(BaseModel):
     more than ``change_tolerance`` from it. The configured ``pd_ratio`` is where it starts.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     enabled: bool = Field(default=False, description="Let the P/D ratio follow the workload.")
     paired_target_per_instance: float | None = Field(
@@ -192,7 +192,7 @@ class DemandSpec(BaseModel):
     carries, learned from replica reports with the roofline model as the prior. Every default
     is a property of queueing and of the SLO, not of a trace."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     prefill_utilization: float = Field(
         default=0.8,  # = perf.capacity.PREFILL_UTIL_TARGET
@@ -278,7 +278,7 @@ class TunedAt(BaseModel):
     target tuned on 15k-token prompts is too low for 10k-token ones, and nothing else would
     notice."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     prompt_tokens: float = Field(gt=0, description="Mean prompt tokens of the tuning load.")
     output_tokens: float = Field(gt=0, description="Mean output tokens of the tuning load.")
@@ -293,7 +293,7 @@ class TunedAt(BaseModel):
 class PolicySpec(BaseModel):
     """How a service scales. Times are seconds; fractions are of the current instance count."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     mode: Literal["metrics", "periodic", "hybrid"] = Field(
         default="metrics",

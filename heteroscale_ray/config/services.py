@@ -13,6 +13,9 @@ from heteroscale_ray.config.policy import PolicySpec
 from heteroscale_ray.config.ratio import PdRatio, parse_pd_ratio
 
 DEFAULT_MIGRATION_LIMIT = 3  # a request's moves after replica failures (ServiceSpec field)
+# The performance model's built-in profiles (perf/profiles.py; a test keeps the two in step):
+# a service naming another validated, then every replay of it failed with a KeyError.
+MODEL_PROFILES = ("dense-8b", "dense-70b", "moe-a3b", "tiny-cpu")
 
 
 class Role(str, Enum):
@@ -29,14 +32,14 @@ class AffinityLevel(str, Enum):
 
 
 class Slo(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     ttft_s: float = Field(gt=0, description="Time-to-first-token SLO (p99), seconds.")
     tbt_s: float = Field(gt=0, description="Time-between-tokens SLO (p99), seconds.")
 
 
 class RoleSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     gpu_types: list[str] = Field(
         min_length=1,
@@ -59,7 +62,7 @@ class RoleSpec(BaseModel):
 class ServiceSpec(BaseModel):
     """One LLM service served with prefill/decode disaggregation."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(
         pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$", description="Lowercase DNS-style name."
@@ -68,7 +71,8 @@ class ServiceSpec(BaseModel):
         default=0, description="Higher is more important; served first when capacity is short."
     )
     model: str = Field(
-        default="dense-8b", description="Model profile name for the performance model."
+        default="dense-8b",
+        description=f"Model profile for the performance model: {', '.join(MODEL_PROFILES)}.",
     )
     slo: Slo
     pd_ratio: str = Field(description="Prefill:decode instance ratio, e.g. '1:3'.")
@@ -94,6 +98,13 @@ class ServiceSpec(BaseModel):
         ),
     )
     policy: PolicySpec
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in MODEL_PROFILES:
+            raise ValueError(f"unknown model profile {v!r}: use one of {', '.join(MODEL_PROFILES)}")
+        return v
 
     @field_validator("pd_ratio")
     @classmethod
@@ -130,7 +141,7 @@ class ServiceSpec(BaseModel):
 class ServicesConfig(BaseModel):
     """Top level of services.yaml: the services, plus optional GPU catalog additions."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     gpus: list[GpuType] = Field(
         default_factory=list, description="GPU types to add to or replace in the built-in catalog."

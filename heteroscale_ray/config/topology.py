@@ -22,7 +22,7 @@ SWITCH_LABELS = (LABEL_S0, LABEL_S1, LABEL_S2)
 class HostSpec(BaseModel):
     """A GPU host; ``node_id`` links it to its Ray node when there is one."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="Unique host name.")
     gpu_type: str = Field(description="GPU catalog name, e.g. 'H20'.")
@@ -31,21 +31,21 @@ class HostSpec(BaseModel):
 
 
 class LeafSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="Unique S0 (leaf switch) name.")
     hosts: list[HostSpec] = Field(min_length=1, description="Hosts under this leaf switch.")
 
 
 class MiniPodSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="Unique S1 (mini-pod) name.")
     leaves: list[LeafSpec] = Field(min_length=1, description="S0 switches under this mini-pod.")
 
 
 class BigPodSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="Unique S2 (big-pod) name.")
     mini_pods: list[MiniPodSpec] = Field(
@@ -56,7 +56,7 @@ class BigPodSpec(BaseModel):
 class TopologySpec(BaseModel):
     """The switch tree. Sub-clusters default to one per big-pod (S2 domain)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     big_pods: list[BigPodSpec] = Field(min_length=1, description="S2 big-pods.")
     sub_clusters: dict[str, list[str]] | None = Field(

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 from heteroscale_ray.config import (
+    AffinityLevel,
     BigPodSpec,
     HostSpec,
     LeafSpec,
@@ -88,20 +89,29 @@ def fleet_topology(
     gpus_per_host: int = 8,
     hosts_per_leaf: int = 4,
     leaves_per_mini_pod: int = 2,
+    mixed_mini_pods: bool = False,
 ) -> TopologySpec:
-    """About `gpus` GPUs: big-pods of len(s1_types) mini-pods, mini-pod i of type s1_types[i]."""
+    """About `gpus` GPUs: big-pods of len(s1_types) mini-pods, mini-pod i of type s1_types[i].
+    `mixed_mini_pods`: every mini-pod holds the types instead, leaf k of type s1_types[k] (the
+    same GPUs per mini-pod and per type), for services whose DGs must fit in one S1."""
     per_s1 = gpus_per_host * hosts_per_leaf * leaves_per_mini_pod
     per_s2 = per_s1 * len(s1_types)
     n_s2 = max(1, math.ceil(gpus / per_s2))
+    if mixed_mini_pods:
+        per_leaf = max(1, hosts_per_leaf * leaves_per_mini_pod // len(s1_types))
+        shape = [list(s1_types) for _ in s1_types]  # mini-pod j: leaf k of type s1_types[k]
+    else:
+        per_leaf = hosts_per_leaf
+        shape = [[gpu] * leaves_per_mini_pod for gpu in s1_types]
     big_pods = []
     h = 0
     for i in range(n_s2):
         minis = []
-        for j, gpu in enumerate(s1_types):
+        for j, leaf_types in enumerate(shape):
             leaves = []
-            for k in range(leaves_per_mini_pod):
+            for k, gpu in enumerate(leaf_types):
                 hosts = []
-                for _ in range(hosts_per_leaf):
+                for _ in range(per_leaf):
                     hosts.append(HostSpec(name=f"h{h}", gpu_type=gpu, gpus=gpus_per_host))
                     h += 1
                 leaves.append(LeafSpec(name=f"s0-{i}-{j}-{k}", hosts=hosts))
@@ -114,5 +124,10 @@ def fleet_for(
     services: Sequence[ServiceSpec], gpus: int, counts: tuple[int, int] | None = None
 ) -> TopologySpec:
     """About `gpus` GPUs laid out for `services` (split by one service's `counts`, if given:
-    `s1_pattern`)."""
-    return fleet_topology(gpus, s1_pattern(services, counts))
+    `s1_pattern`). A service whose DGs must fit in one S1 and whose roles run on different
+    GPU types gets mini-pods that hold both (one type per mini-pod placed none of its DGs)."""
+    mixed = any(
+        s.affinity is AffinityLevel.S1 and s.prefill.gpu_types[0] != s.decode.gpu_types[0]
+        for s in services
+    )
+    return fleet_topology(gpus, s1_pattern(services, counts), mixed_mini_pods=mixed)
