@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from heteroscale_ray.arg_types import non_negative, positive
+
 # The full hour beside a source checkout (per-minute burstiness, as the README's run used);
 # else the packaged 15-minute sample, so a plain clone or a pip install still gets real
 # burstiness.
@@ -29,18 +31,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.no_trace:
         trace = None
     elif args.trace:
-        from heteroscale_ray.traces import TraceError
+        from heteroscale_ray.traces import TraceError, load_azure_csv
         from heteroscale_ray.traces.samples import resolve_trace
 
+        hint = (
+            f"--trace {args.trace}: the demo takes the burstiness of an Azure-format CSV "
+            "(azure-conv, servegen-mlarge or a .csv / .csv.gz file)"
+        )
         try:
             trace = resolve_trace(args.trace)
+            if not trace.name.lower().endswith((".csv", ".csv.gz")):
+                raise SystemExit(hint)
+            load_azure_csv(trace)  # read here, so a wrong file is a message, not a traceback
         except TraceError as err:
-            raise SystemExit(str(err)) from None
-        if trace.suffix.lower() != ".csv":
-            raise SystemExit(
-                f"--trace {args.trace}: the demo takes the burstiness of an Azure-format CSV "
-                "(azure-conv, servegen-mlarge or a .csv file)"
-            )
+            raise SystemExit(f"{hint}: {err}") from None
     else:
         trace = default_trace()
     summary = run_demo(
@@ -66,13 +70,15 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
         "everything it started, also on Ctrl-C. No GPU needed.",
     )
     p.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
-    p.add_argument("--duration", type=float, default=150.0, help="seconds of load (default 150)")
-    p.add_argument("--low", type=float, default=0.5, help="requests/s at the trough (default 0.5)")
-    p.add_argument("--peak", type=float, default=3.0, help="requests/s at the peak (default 3)")
-    p.add_argument("--period", type=float, default=2.0, help="control period, s (default 2)")
+    p.add_argument("--duration", type=positive, default=150.0, help="seconds of load (default 150)")
+    p.add_argument(
+        "--low", type=non_negative, default=0.5, help="requests/s at the trough (default 0.5)"
+    )
+    p.add_argument("--peak", type=positive, default=3.0, help="requests/s at the peak (default 3)")
+    p.add_argument("--period", type=positive, default=2.0, help="control period, s (default 2)")
     p.add_argument(
         "--soft-window",
-        type=float,
+        type=non_negative,
         default=15.0,
         help="soft scale-in observation window, s (default 15)",
     )

@@ -79,7 +79,10 @@ class LoadGenerator:
                 if r <= 0:
                     await asyncio.sleep(0.2)
                     continue
-                await asyncio.sleep(min(rng.expovariate(r), 1.0))
+                wait = rng.expovariate(r)
+                await asyncio.sleep(min(wait, 1.0))  # wakes at least once a second to re-read r
+                if wait > 1.0:  # no arrival yet: waiting is memoryless, so a fresh draw is exact
+                    continue
                 if self._stop.is_set() or rng.random() > min(1.0, self.rate(self.elapsed()) / r):
                     continue
                 k += 1
