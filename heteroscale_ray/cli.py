@@ -23,21 +23,26 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from heteroscale_ray.config import ConfigError, load_services, load_topology
+    from heteroscale_ray.perf.feasibility import service_problems
 
     try:
         services = load_services(args.services)
-        print(
-            f"{args.services}: OK, {len(services.services)} service(s): "
-            + ", ".join(s.name for s in services.services)
-        )
-        if args.topology:
-            topo = load_topology(args.topology)
-            print(
-                f"{args.topology}: OK, {topo.total_gpus()} GPUs of types {sorted(topo.gpu_types())}"
-            )
+        topo = load_topology(args.topology) if args.topology else None
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
+    # well-formed, but can it be served? (the same roofline the simulator and replicas use)
+    problems = service_problems(services, topo)
+    for problem in problems:
+        print(f"{args.services}: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(
+        f"{args.services}: OK, {len(services.services)} service(s): "
+        + ", ".join(s.name for s in services.services)
+    )
+    if topo is not None:
+        print(f"{args.topology}: OK, {topo.total_gpus()} GPUs of types {sorted(topo.gpu_types())}")
     return 0
 
 

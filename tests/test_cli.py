@@ -341,3 +341,41 @@ def test_a_plan_line_belongs_to_its_service_not_one_whose_name_it_starts() -> No
 
     lines = ["add 1 prefill to svc2-dg0", "delete svc-dg10 (soft)", "unplaced 2 decode of svc2: x"]
     assert [line for line in lines if _about(line, "svc")] == ["delete svc-dg10 (soft)"]
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"prefill": "{gpu_types: [L20]}", "model": "dense-70b"},
+         "prefill: dense-70b does not fit on 1 GPU(s) of L20"),
+        ({"tbt_s": "0.001"}, "decode: no GPU type of H20 steps even one sequence within the 1 ms"),
+        ({"ttft_s": "0.001"}, "at or above the 1 ms TTFT SLO"),
+        ({"topology": "L20=2", "prefill": "{gpu_types: [L20], gpus_per_instance: 4}"},
+         "prefill: no host of L20 holds 4 GPU(s) for one instance"),
+        ({"topology": "H2O=4"}, "GPU type(s) ['H2O'] the catalog lacks"),
+    ],
+)  # fmt: skip
+def test_validate_refuses_a_service_no_fleet_can_serve(
+    change: dict[str, str], error: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each was OK to `validate`, then a replay scored 0% or blamed the fleet's size."""
+    c = {"model": "dense-8b", "ttft_s": "1.0", "tbt_s": "0.05",
+         "prefill": "{gpu_types: [L20]}", **change}  # fmt: skip
+    services = tmp_path / "s.yaml"
+    services.write_text(
+        f"services:\n  - name: x\n    model: {c['model']}\n"
+        f"    slo: {{ttft_s: {c['ttft_s']}, tbt_s: {c['tbt_s']}}}\n    pd_ratio: '1:1'\n"
+        f"    prefill: {c['prefill']}\n    decode: {{gpu_types: [H20]}}\n"
+        "    policy: {signal: demand}\n"
+    )
+    argv = ["validate", str(services)]
+    if "topology" in c:
+        gpu, n = c["topology"].split("=")
+        hosts = f"[{{name: a, gpu_type: {gpu}, gpus: {n}}}, {{name: b, gpu_type: H20, gpus: 8}}]"
+        (tmp_path / "t.yaml").write_text(
+            "big_pods: [{name: p, mini_pods: [{name: m, leaves: [{name: l, hosts: "
+            f"{hosts}}}]}}]}}]\n"
+        )
+        argv += ["--topology", str(tmp_path / "t.yaml")]
+    assert main(argv) == 2
+    assert error in capsys.readouterr().err
