@@ -59,7 +59,9 @@ class PeriodicEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     start: str = Field(description="'HH:MM' UTC, inclusive.")
-    end: str = Field(description="'HH:MM' UTC, exclusive; may wrap past midnight.")
+    end: str = Field(
+        description="'HH:MM' UTC, exclusive; may wrap past midnight; equal to start: all day."
+    )
     decode_instances: int = Field(ge=0, description="Decode instances in this window.")
     pd_ratio: str | None = Field(
         default=None, description="P/D ratio in this window, e.g. '1:2'; default: the service's."
@@ -202,7 +204,7 @@ class DemandSpec(BaseModel):
         "(queueing wait grows without bound as this nears 1).",
     )
     decode_tbt_margin: float = Field(
-        default=0.7,  # = perf.capacity.DECODE_TBT_MARGIN: the simulator's sizing uses it too
+        default=0.7,  # = perf.capacity.DECODE_TBT_MARGIN, the simulator's routing balance's too
         gt=0,
         le=1,
         description="Decode batches are sized so that one step takes at most this share of the "

@@ -45,7 +45,6 @@ class LoadGenerator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.started_at = 0.0
-        self.inflight = 0
 
     def start(self) -> LoadGenerator:
         self.started_at = time.monotonic()
@@ -101,7 +100,6 @@ class LoadGenerator:
             "ignore_eos": True,
         }
         t0 = self.elapsed()
-        self.inflight += 1
         try:
             async with session.post(f"{self.url}/v1/completions", json=body) as resp:  # type: ignore[attr-defined]
                 data = await resp.json(content_type=None)
@@ -122,5 +120,3 @@ class LoadGenerator:
             self.records.append(
                 RequestRecord(t0, self.elapsed() - t0, 0, 0, f"{type(e).__name__}: {e}")
             )
-        finally:
-            self.inflight -= 1

@@ -66,19 +66,6 @@ class PerfConstants(BaseModel):
         description="Cap on sequences in one decode batch; vLLM's long-standing default "
         "max_num_seqs=256.",
     )
-    prefill_batch_tokens: int = Field(
-        default=8192,
-        gt=0,
-        description="Token budget of one prefill batch when no TTFT target limits it. Our "
-        "choice, within the 2k-16k range engines use for chunked prefill.",
-    )
-    prefill_ttft_budget_fraction: float = Field(
-        default=0.5,
-        gt=0,
-        le=1,
-        description="Share of the TTFT SLO one prefill batch may take: a request can wait for "
-        "the batch in flight and then run in the next, so a batch gets half. Our reasoning.",
-    )
     host_link_efficiency: float = Field(
         default=0.8,
         gt=0,

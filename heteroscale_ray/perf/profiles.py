@@ -2,7 +2,8 @@
 
 Built-ins cover a small dense model, a large dense model that needs tensor parallelism, an MoE
 model whose decode reads few experts at small batch, and the CPU numpy engine of the serving side.
-YAML entries (``profiles: [...]``) add to or replace the built-ins.
+A services file names one of these (`config.services.MODEL_PROFILES`); `load_profiles` reads
+YAML entries (``profiles: [...]``) that add to or replace them for the perf model's own use.
 """
 
 from __future__ import annotations
@@ -87,10 +88,6 @@ class ModelProfile(BaseModel):
     @property
     def weight_bytes(self) -> float:
         return self.params_b * GB * self.bytes_per_param
-
-    @property
-    def is_moe(self) -> bool:
-        return self.n_experts is not None
 
 
 # Public configs (Hugging Face config.json / model cards), numbers copied by hand:
