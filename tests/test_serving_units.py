@@ -486,3 +486,13 @@ def test_the_hub_forgets_gone_ingresses_and_keeps_arrivals_past_a_bad_migration_
     hub.report_arrivals("ing", {"chat": IngressLoad(5.0)}, {"chat": {"x": math.nan, "y": 2}})
     assert hub.ingress_loads()["chat"].prompt_tokens_per_s == 5.0
     assert hub._migrations["ing"] == {"chat": {"y": 2}}
+
+
+def test_the_arrival_meter_forgets_services_no_longer_routed() -> None:
+    clock = VirtualClock()
+    meter = ArrivalMeter(clock=clock)
+    meter.add("chat", 100)
+    meter.add("gone", 50)
+    meter.hold("gone", 50)
+    meter.keep(["chat"])
+    assert set(meter.loads()) == {"chat"}

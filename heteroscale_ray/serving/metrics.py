@@ -15,6 +15,7 @@ the ingress's per-request counters and histograms. Their public names are re-exp
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,15 @@ class ArrivalMeter:
     def release(self, service: str, tokens: int) -> None:
         """That prefill reached a replica (or failed): its tokens are no longer held."""
         self._held[service] = max(self._held.get(service, 0) - tokens, 0)
+
+    def keep(self, services: Iterable[str]) -> None:
+        """Forget the services not in `services` (removed from the config): their zero loads
+        are no report, and a meter that only grows holds every service ever routed."""
+        live = set(services)
+        for gone in [s for s in self._by_service if s not in live]:
+            del self._by_service[gone]
+        for gone in [s for s in self._held if s not in live]:
+            del self._held[gone]
 
     def add(self, service: str, tokens: int) -> None:
         """One request of `service` with `tokens` prompt tokens has arrived."""

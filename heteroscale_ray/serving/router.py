@@ -156,6 +156,7 @@ class Router(ChoiceStreams):
                 self._table = get_routing_table()
             raise
         self._services = services
+        self._arrivals.keep(services)
         live = {d.app_name for s in services.values() for d in s.dgs.values()}
         for key in [k for k in self._handles if k[0] not in live]:
             del self._handles[key]
