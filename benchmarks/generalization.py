@@ -114,8 +114,12 @@ def direction_changes(cycles: list[dict[str, Any]], key: str) -> int:
 def goals(
     row: dict[str, Any], by: dict[str, dict[str, Any]], diurnal: bool, two_days_full: bool
 ) -> dict[str, Any]:
-    """Issue 10's goals for one policy's row on one trace; None where a reference is missing."""
-    ceiling = row.get("slo_ceiling")
+    """Issue 10's goals for one policy's row on one trace. A goal whose reference (static,
+    oracle) was not replayed is unchecked (`ok` None), and `all_ok` is then None, not True.
+    The attainment goal's ceiling is one number per trace, the static replay's where there is
+    one: each replay prices its own idle fleet with its own cache hits and KV links, which
+    moved the ceiling by up to 0.9 point between policies on Mooncake."""
+    ceiling = by.get("static", row).get("slo_ceiling")
     want = min(ATTAIN_CAP, ceiling - ATTAIN_SLACK) if ceiling is not None else ATTAIN_CAP
     out: dict[str, Any] = {
         "attainment": {
@@ -125,14 +129,21 @@ def goals(
         }
     }
     gh = row["gpu_hours"]
+    unchecked = {"ok": None, "ratio": None}
     if "oracle" in by:
         lim = VS_ORACLE * by["oracle"]["gpu_hours"]
         out["gpu_hours_vs_oracle"] = {"ok": gh <= lim, "ratio": gh / by["oracle"]["gpu_hours"]}
+    else:
+        out["gpu_hours_vs_oracle"] = unchecked
     if "static" in by:
         st = by["static"]["gpu_hours"]
         out["gpu_hours_vs_static"] = {"ok": gh <= st, "ratio": gh / st}
         if diurnal:
             out["gpu_hours_diurnal"] = {"ok": gh <= VS_STATIC_DIURNAL * st, "ratio": gh / st}
+    else:
+        out["gpu_hours_vs_static"] = unchecked
+        if diurnal:
+            out["gpu_hours_diurnal"] = unchecked
     worst = max(row["direction_changes_per_h"].values(), default=0.0)
     # 48 changes in a 12-h replay are 4.0 an hour, not 4.000000006 (the span's float hours)
     out["direction_changes"] = {"ok": worst <= MAX_FLIPS_PER_H + 1e-6, "worst_per_h": worst}
@@ -142,8 +153,14 @@ def goals(
             "ok": row["wall_total_s"] <= MAX_WALL_TWO_DAYS_S,
             "wall_s": row["wall_total_s"],
         }
-    out["all_ok"] = all(v["ok"] for v in out.values() if isinstance(v, dict))
+    out["all_ok"] = verdict(out)
     return out
+
+
+def verdict(goals: dict[str, Any]) -> bool | None:
+    """False if a checked goal is missed, None if none is but one is unchecked, else True."""
+    oks = [v["ok"] for v in goals.values() if isinstance(v, dict)]
+    return False if False in oks else (None if None in oks else True)
 
 
 # ---------------------------------------------------------------- output
@@ -162,8 +179,11 @@ def _fmt_table(rows: list[dict[str, Any]]) -> str:
         orc = by.get("oracle", {}).get("gpu_hours")
         fl = r["direction_changes_per_h"]
         g = r.get("goals", {})
-        failed = [k for k, v in g.items() if isinstance(v, dict) and not v["ok"]]
-        mark = "ok" if g.get("all_ok") else ("miss: " + ",".join(failed) if g else "")
+        failed = [k for k, v in g.items() if isinstance(v, dict) and v["ok"] is False]
+        open_ = [k for k, v in g.items() if isinstance(v, dict) and v["ok"] is None]
+        mark = "ok" if g.get("all_ok") else ("miss: " + ",".join(failed) if failed else "")
+        if open_ and g:
+            mark += ("; " if failed else "") + "unchecked: " + ",".join(open_)
         out.append(
             f"{r['policy']:<14}{r['gpu_hours']:9.1f}"
             f"{(r['gpu_hours'] / st if st else float('nan')):8.2f}"
@@ -259,7 +279,8 @@ def _row(pol: str, res: Any, wall: float, hours: float) -> dict[str, Any]:
         "wall_s": s["wall_s"],  # the replay loop only
         "wall_total_s": wall,  # with the calibration replays of static and oracle
         "speedup": s["speedup"],
-        "speed": s["sim_time_s"] / wall if wall > 0 else float("inf"),
+        # trace time per wall second (the simulated clock runs on while queues drain)
+        "speed": s["duration_s"] / wall if wall > 0 else float("inf"),
     }
 
 
@@ -437,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in report["traces"].values()
         if t["goals_heteroscale"] is not None
     ]
-    report["heteroscale_meets_all_goals"] = bool(met) and all(met)
+    report["heteroscale_meets_all_goals"] = bool(met) and all(m is True for m in met)
     (out / "summary.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
     print(f"\nwrote {out / 'summary.json'}")
     last = {
@@ -458,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                         "slo_ceiling": r["slo_ceiling"],
                         "completed": r["completed"],
                         "requests": r["requests"],
-                        "wall_s": r["wall_total_s"],
+                        "wall_total_s": r["wall_total_s"],
                         "goals_ok": r["goals"]["all_ok"],
                     }
                     for r in t["rows"]

@@ -199,7 +199,7 @@ def replay_rows(
         r["goals"].pop("speed", None)
         vs_oracle = r["goals"].pop("gpu_hours_vs_oracle", None)
         r["vs_oracle"] = None if vs_oracle is None else vs_oracle["ratio"]
-        r["goals"]["all_ok"] = all(g["ok"] for g in r["goals"].values() if isinstance(g, dict))
+        r["goals"]["all_ok"] = G.verdict(r["goals"])
     print(G._fmt_table(rows))
     return rows
 

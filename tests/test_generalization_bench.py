@@ -45,9 +45,26 @@ def test_goals() -> None:
     assert not bad["attainment"]["ok"] and not bad["gpu_hours_vs_oracle"]["ok"]
     assert not bad["gpu_hours_diurnal"]["ok"] and not bad["direction_changes"]["ok"]
     assert bad["gpu_hours_vs_static"]["ok"] and "two_day_wall" not in bad
-    # the attainment goal follows the ceiling: min(0.99, ceiling - 0.01)
+    # the attainment goal follows the trace's ceiling, the static replay's: min(0.99, it - 0.01)
     low = {**_row("heteroscale", 54.0, 0.895), "slo_ceiling": 0.9}
-    assert gen.goals(low, by, diurnal=False, two_days_full=False)["attainment"]["ok"]
+    assert not gen.goals(low, by, diurnal=False, two_days_full=False)["attainment"]["ok"]
+    by_low = {**by, "static": {**by["static"], "slo_ceiling": 0.9}}
+    assert gen.goals(low, by_low, diurnal=False, two_days_full=False)["attainment"]["ok"]
+
+
+def test_a_goal_without_its_reference_is_unchecked_not_met() -> None:
+    """Without static and oracle rows the GPU-hour goals had been left out, and a row at any
+    GPU-hours was reported as meeting every goal."""
+    row = _row("heteroscale", 9_999.0)
+    alone = gen.goals(row, {"heteroscale": row}, diurnal=True, two_days_full=False)
+    assert alone["gpu_hours_vs_static"]["ok"] is None and alone["all_ok"] is None
+    rows = [{**row, "goals": alone, "wall_s": 1.0, "completed": 1, "requests": 1}]
+    table = gen._fmt_table([{**r, **_table_fields()} for r in rows])
+    assert "unchecked: gpu_hours_vs_oracle,gpu_hours_vs_static,gpu_hours_diurnal" in table
+
+
+def _table_fields() -> dict:
+    return {"ttft_p99_s": 1.0, "tbt_p99_s": 0.01, "scaling_actions": 0}
 
 
 def test_fleet_holds_each_gpu_type() -> None:
