@@ -240,9 +240,6 @@ class DecodeServer(ReplicaBase):
                 track.last_emit = now
                 track.queue.put_nowait(o)
 
-    async def ping(self) -> str:
-        return self.replica_id
-
     async def __del__(self) -> None:
         self._loop.cancel()
         with contextlib.suppress(BaseException):

@@ -138,8 +138,5 @@ class PrefillServer(ReplicaBase):
             ),
         )
 
-    async def ping(self) -> str:
-        return self.replica_id
-
     async def __del__(self) -> None:
         await self._stop_reporter()

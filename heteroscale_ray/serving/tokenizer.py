@@ -20,7 +20,6 @@ PAD_ID = 258
 VOCAB_SIZE = 259
 SPECIAL_TOKENS = {"<bos>": BOS_ID, "<eos>": EOS_ID, "<pad>": PAD_ID}
 _SPECIAL_NAMES = {v: k for k, v in SPECIAL_TOKENS.items()}
-CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 
 def apply_chat_template(messages: Iterable[tuple[str, str]]) -> str:

@@ -97,10 +97,6 @@ class PrefillEngine:
     def num_cached_blocks(self) -> int:
         return len(self._cache)
 
-    def clear_prefix_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-
     def _block_keys(self, tokens: list[int]) -> list[bytes]:
         bs = self.config.kv_block_size
         keys, prev = [], b""
