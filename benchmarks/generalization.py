@@ -355,7 +355,7 @@ def run_trace(
             res, wall = _replay(pol, services, spec, tuned, topo, trace)
         row = _row(pol, res, wall, hours)
         print(
-            f"\r[{pol}] {row['sim_time_s']:.0f} s simulated in {wall:.1f} s "
+            f"\r[{pol}] {trace.duration_s:.0f} s of trace replayed in {wall:.1f} s "
             f"= {row['speed']:.0f}x real time{' ' * 20}",
             file=sys.stderr,
             flush=True,

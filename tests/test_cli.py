@@ -339,7 +339,8 @@ def test_a_port_past_65535_is_refused_where_it_is_typed(
 def test_a_plan_line_belongs_to_its_service_not_one_whose_name_it_starts() -> None:
     from heteroscale_ray.actors.policy_engine import _about
 
-    lines = ["add 1 prefill to svc2-dg0", "delete svc-dg10 (soft)", "unplaced 2 decode of svc2: x"]
+    lines = ["add 1 prefill to svc2-dg0", "delete svc-dg10 (soft)", "unplaced 2 decode of svc2: x",
+             "add 1 decode to svc-dg1-dg0", "unplaced 1 decode of svc-dg1: x"]  # fmt: skip
     assert [line for line in lines if _about(line, "svc")] == ["delete svc-dg10 (soft)"]
 
 

@@ -152,6 +152,8 @@ def test_topology_from_ray_nodes() -> None:
     topo = topology_from_ray_nodes([first, broken, twin], skipped)
     assert [h.node_id for *_, h in topo.hosts()] == ["n1"]
     assert len(skipped) == 2 and "heteroscale.io/s1" in skipped[0] and "'h1'" in skipped[1]
+    with pytest.raises(ValueError, match="heteroscale.io/s1"):  # all left out: say why
+        topology_from_ray_nodes([broken], [])
 
 
 def test_synthetic_topology_is_seeded_and_sized() -> None:

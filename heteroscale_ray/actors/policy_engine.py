@@ -362,4 +362,4 @@ def _about(line: str, service: str) -> bool:
     (`<service>-dg<n>`) or its unplaced asks (`of <service>:`), not a service whose name
     merely starts the same (`svc` and `svc2-dg0`)."""
     name = re.escape(service)
-    return re.search(rf"(?:^| ){name}-dg\d+\b| of {name}: ", line) is not None
+    return re.search(rf"(?:^| ){name}-dg\d+(?=[\s)]|$)| of {name}: ", line) is not None

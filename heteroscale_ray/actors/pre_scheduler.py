@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 KEY = "pre-scheduler"
 FAN_OUT_TIMEOUT_S = 60.0
 SYNC_TIMEOUT_S = 15.0  # all sub-cluster host syncs of one cycle (each waits <= 5 s on nodes)
+HOST_FORGET_S = 3600.0  # a dead host holding nothing stays in status this long
 
 
 class FederatedPreScheduler:
@@ -110,6 +111,7 @@ class FederatedPreScheduler:
         self._status: dict[str, DgServeState] = {}
         self._hosts: list[dict[str, Any]] = []
         self._bad_nodes: set[str] = set()  # why nodes were left out of the view (logged once)
+        self._gone_since: dict[str, float] = {}  # host -> tick it was first seen gone and idle
         self._last: dict[str, Any] = {}
 
     @property
@@ -310,13 +312,16 @@ class FederatedPreScheduler:
                 )
                 self.state = result.state
                 self._seen_nodes.update(alive)  # the lost ones keep their last node id
-                # A host gone from Ray and holding nothing has been reported dead (this cycle's
-                # `down`): forget it, or every replaced node stays in status and checkpoints.
+                # A host gone from Ray and holding nothing is reported dead for HOST_FORGET_S,
+                # then forgotten, or every replaced node stays in status and checkpoints.
                 in_use = hosts_in_use(self.dgs, self.pending)
-                for host in [h for h in self._seen_nodes if h not in alive and h not in in_use]:
-                    del self._seen_nodes[host]
-                    self._sub_cluster_of_host.pop(host, None)
-                    changed = True
+                for host in list(self._seen_nodes):
+                    if host in alive or host in in_use:
+                        self._gone_since.pop(host, None)
+                    elif now - self._gone_since.setdefault(host, now) > HOST_FORGET_S:
+                        del self._seen_nodes[host], self._gone_since[host]
+                        self._sub_cluster_of_host.pop(host, None)
+                        changed = True
                 if changed:
                     self._checkpoint()  # before actuating: a crash re-applies, never forgets
                 # The plan is committed from here on, so actuation errors must not surface as a

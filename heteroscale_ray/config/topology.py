@@ -178,6 +178,8 @@ def topology_from_ray_nodes(
             labels[LABEL_S0], []
         ).append(host)
     if not tree:
+        if skipped:  # every GPU node was left out: say why, not that none is labelled
+            raise ValueError("; ".join(skipped))
         raise ValueError(
             f"no Ray node carries GPUs and the {LABEL_GPU_TYPE} label: label the GPU nodes "
             "(see cluster.yaml) or pass --topology"

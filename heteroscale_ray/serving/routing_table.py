@@ -306,8 +306,8 @@ def get_routing_table(create: bool = True) -> Any:
 
 
 def kill_routing_table() -> None:
-    """Remove the detached actor and its checkpoint (tests and the chaos benchmark), so the next
-    table starts empty; a no-op when absent."""
+    """Remove the detached actor and its checkpoint (tests and benchmarks/serve_e2e.py), so the
+    next table starts empty; a no-op when absent."""
     import ray
 
     with contextlib.suppress(ValueError):

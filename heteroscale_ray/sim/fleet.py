@@ -93,16 +93,16 @@ def fleet_topology(
 ) -> TopologySpec:
     """About `gpus` GPUs: big-pods of len(s1_types) mini-pods, mini-pod i of type s1_types[i].
     `mixed_mini_pods`: every mini-pod holds the types instead, leaf k of type s1_types[k] (the
-    same GPUs per mini-pod and per type), for services whose DGs must fit in one S1."""
-    per_s1 = gpus_per_host * hosts_per_leaf * leaves_per_mini_pod
-    per_s2 = per_s1 * len(s1_types)
-    n_s2 = max(1, math.ceil(gpus / per_s2))
+    same share per type; as many GPUs per mini-pod when len(s1_types) divides its hosts), for
+    services whose DGs must fit in one S1."""
     if mixed_mini_pods:
         per_leaf = max(1, hosts_per_leaf * leaves_per_mini_pod // len(s1_types))
         shape = [list(s1_types) for _ in s1_types]  # mini-pod j: leaf k of type s1_types[k]
     else:
         per_leaf = hosts_per_leaf
         shape = [[gpu] * leaves_per_mini_pod for gpu in s1_types]
+    per_s2 = gpus_per_host * per_leaf * sum(len(leaves) for leaves in shape)
+    n_s2 = max(1, math.ceil(gpus / per_s2))
     big_pods = []
     h = 0
     for i in range(n_s2):
