@@ -25,6 +25,9 @@ from heteroscale_ray.perf.instance_kind import InstanceKind
 
 PREFILL_UTIL_TARGET = 0.8  # queueing headroom: an M/D/1 queue at 80% waits ~2 service times
 DECODE_TBT_MARGIN = 0.7  # routing balance (sim ClusterSim.kv_full) and `decode_capacity`
+SIZING_TBT_MARGIN = 0.85  # static/oracle sizing (sim/sizing.py) and `validate`: decode steps may
+# take 85% of the TBT SLO; the rest absorbs the KV transfer and admission waits, which the
+# measured TBT (first to last token) includes
 
 
 @dataclass(frozen=True)

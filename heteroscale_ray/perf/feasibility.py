@@ -10,7 +10,7 @@ as the simulator and the emulated replicas, so what passes here is servable ther
 from __future__ import annotations
 
 from heteroscale_ray.config import Role, ServicesConfig, ServiceSpec, TopologySpec
-from heteroscale_ray.perf.capacity import decode_capacity
+from heteroscale_ray.perf.capacity import SIZING_TBT_MARGIN, decode_capacity
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.memory import ModelDoesNotFitError
 from heteroscale_ray.perf.profiles import get_profile
@@ -53,12 +53,13 @@ def _role_problems(services: ServicesConfig, spec: ServiceSpec, role: Role) -> l
                 "TTFT SLO: raise slo.ttft_s"
             ]
     else:
-        # the whole SLO as the budget: only what no instance count can serve is refused here
-        if not any(decode_capacity(k, spec.slo.tbt_s, 1.0, 2.0, 1.0).feasible for _, k in kinds):
+        # the budget `replay` sizes with, so what passes here is not refused there
+        budget = SIZING_TBT_MARGIN
+        if not any(decode_capacity(k, spec.slo.tbt_s, 1.0, 2.0, budget).feasible for _, k in kinds):
             return [
                 f"{where}: no GPU type of {', '.join(g for g, _ in kinds)} steps even one "
-                f"sequence within the {spec.slo.tbt_s * 1000:g} ms TBT SLO: raise slo.tbt_s or "
-                "gpus_per_instance, or use a faster card"
+                f"sequence within {budget:.0%} of the {spec.slo.tbt_s * 1000:g} ms TBT SLO: raise "
+                "slo.tbt_s or gpus_per_instance, or use a faster card"
             ]
     return []
 

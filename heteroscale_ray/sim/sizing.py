@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from heteroscale_ray.config import GpuCatalog, ServiceSpec
-from heteroscale_ray.perf.capacity import PREFILL_UTIL_TARGET, prefill_work_s
+from heteroscale_ray.perf.capacity import PREFILL_UTIL_TARGET, SIZING_TBT_MARGIN, prefill_work_s
 from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.network import SharedLevel
@@ -43,8 +43,6 @@ from heteroscale_ray.perf.profiles import get_profile
 from heteroscale_ray.policy.dg_shape import placeable_within
 from heteroscale_ray.traces import Trace
 
-SIZING_TBT_MARGIN = 0.85  # decode steps may take 85% of the TBT SLO; the rest absorbs the KV
-# transfer and admission waits, which the measured TBT (first to last token) includes
 KV_FILL = 0.9  # share of KV capacity FIFO admission fills on average (head-of-line blocking)
 FIXED_POINT_ROUNDS = 3
 
