@@ -36,7 +36,7 @@ import stress as ST  # noqa: E402
 import trace_scaling  # noqa: E402
 
 from heteroscale_ray.config import ServicesConfig, load_services  # noqa: E402
-from heteroscale_ray.sim.commands import _clean  # noqa: E402
+from heteroscale_ray.sim.commands import REPLAY_POLICIES, _clean  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.traces import Trace, load_trace  # noqa: E402
@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--seeds", type=int, default=4, help="replay seeds 0..N-1 (default 4)")
     ap.add_argument("--cases", help=f"comma-separated subset of {','.join(CASES)}")
-    ap.add_argument("--policy", default="heteroscale", help="one of generalization.py's")
+    ap.add_argument(
+        "--policy",
+        default="heteroscale",
+        help=f"one of {', '.join(REPLAY_POLICIES)} (paper-fixed needs a per-trace tune: not here)",
+    )
     ap.add_argument("--hours", type=float, help="replay each case's first H hours only")
     ap.add_argument(
         "--services",
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "seed_spread"), help="folder")
     args = ap.parse_args(argv)
     labels = G.pick(args.cases, DEFAULT_CASES)
-    bad = G.unknown(labels, CASES) or G.unknown([args.policy], G.POLICIES)
+    bad = G.unknown(labels, CASES) or G.unknown([args.policy], REPLAY_POLICIES)
     if bad or args.seeds < 1:
         print(f"unknown case or policy {bad!r}, or --seeds below 1", file=sys.stderr)
         return 2

@@ -45,6 +45,11 @@ def test_an_unknown_case_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "summary.json").exists()
 
 
+def test_a_policy_the_replay_cannot_run_alone_is_refused(tmp_path: Path) -> None:
+    """paper-fixed passed the check, then failed in the replay (it needs a per-trace tune)."""
+    assert spread.main(["--policy", "paper-fixed", "--out", str(tmp_path)]) == 2
+
+
 def test_a_services_file_without_general_is_refused(tmp_path: Path, capsys) -> None:
     text = (spread.ROOT / "examples" / "sim_services.yaml").read_text()
     other = tmp_path / "services.yaml"
