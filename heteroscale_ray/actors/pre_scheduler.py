@@ -187,12 +187,12 @@ class FederatedPreScheduler:
         alive_ids = {n["NodeID"] for n in alive_nodes}
         skipped: list[str] = []
         spec = self.static_topology or topology_from_ray_nodes(alive_nodes, skipped)
-        unknown = {h.name for *_, h in spec.hosts() if h.gpu_type not in self.config.catalog}
+        strange = [h for *_, h in spec.hosts() if h.gpu_type not in self.config.catalog]
+        unknown = {h.name for h in strange}
         skipped += [
             f"host {h.name} has GPU type {h.gpu_type!r}, which the catalog does not know: fix "
             "its heteroscale.io/gpu-type label or add the type to the catalog"
-            for *_, h in spec.hosts()
-            if h.name in unknown
+            for h in strange
         ]
         for why in sorted(set(skipped) - self._bad_nodes):  # the cycle plans on the others
             logger.warning("left out of the topology: %s", why)

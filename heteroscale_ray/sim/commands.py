@@ -306,11 +306,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             topology_aware=not args.topology_blind,
             soft_window_s=args.soft_window,
         )
+        # nothing fits the given topology's GPUs, or the SLO is out of reach: said, not raised
         try:
             res = run_replay(services, topology, {name: trace}, opts, progress=_progress(pol))
-        except (
-            ValueError
-        ) as e:  # nothing fits the given topology's GPUs, or the SLO is out of reach
+        except ValueError as e:
             print(f"{lead}[{pol}] cannot replay {trace.source}: {e}", file=sys.stderr)
             return 2
         s = res.summary

@@ -21,7 +21,8 @@ from heteroscale_ray.config import (
 )
 
 MINI_PODS = 4  # mini-pods per big-pod when one service's counts set the split
-MINI_POD_GPUS = 64  # fleet_topology's default mini-pod: 8 hosts x 8 GPUs
+GPUS_PER_HOST, HOSTS_PER_LEAF, LEAVES_PER_MINI_POD = 8, 4, 2  # fleet_topology's defaults
+MINI_POD_GPUS = GPUS_PER_HOST * HOSTS_PER_LEAF * LEAVES_PER_MINI_POD
 # A replay's own fleet holds this x the static fleet: room for the policies that ask for more
 # (a fleet capped at the static size hides an autoscaler's overshoot, and its queues).
 FLEET_FACTOR = 2.5
@@ -86,9 +87,9 @@ def fleet_topology(
     gpus: int,
     s1_types: Sequence[str],
     *,
-    gpus_per_host: int = 8,
-    hosts_per_leaf: int = 4,
-    leaves_per_mini_pod: int = 2,
+    gpus_per_host: int = GPUS_PER_HOST,
+    hosts_per_leaf: int = HOSTS_PER_LEAF,
+    leaves_per_mini_pod: int = LEAVES_PER_MINI_POD,
     mixed_mini_pods: bool = False,
 ) -> TopologySpec:
     """About `gpus` GPUs: big-pods of len(s1_types) mini-pods, mini-pod i of type s1_types[i].

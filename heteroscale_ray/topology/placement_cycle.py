@@ -193,14 +193,12 @@ class PlacementCycle:
 
         chooser = DomainChooser(self.capacity, spec, self.aware)
         chunk = (1, 0) if r == 0 else (0, 1)
-        full: set[str] = set()
+        full: set[str] = set()  # DGs whose domain had no room for a move
+        limit = spec.dg_max_instances or NO_LIMIT
         for _ in range(max(1, int(MOVE_SHARE * sum(w.counts[r] for w in live)))):
-            full |= {w.dg_id for w in live if w.size >= (spec.dg_max_instances or NO_LIMIT)}
             givers = [w for w in live if w.can_give(r) and excess(w) >= 1]
             takers = [
-                w
-                for w in live
-                if w.dg_id not in full and w.grow_domain is not None and excess(w) <= -1
+                w for w in live if w.dg_id not in full and w.can_take(limit) and excess(w) <= -1
             ]
             if not givers or not takers:
                 return

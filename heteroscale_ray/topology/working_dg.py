@@ -108,6 +108,10 @@ class WorkingDG:
         own = sum(1 for i in self.base.instances if i.role is ROLES[r])
         return own - len(self.removed[r]) > 0
 
+    def can_take(self, limit: int) -> bool:
+        """Whether one more instance fits: below the DG size `limit`, in a domain still there."""
+        return self.size < limit and self.grow_domain is not None
+
     def pop_victims(self, graph: ClusterGraph, r: int, n: int) -> None:
         """Remove n instances of role r: those on scarce (or vanished) hosts first, newest first."""
         queue = self._removal_queue[r]
