@@ -344,6 +344,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             )
         summaries.append(s)
         lines[pol] = timeline(res.sim, trace.duration_s)
+        del res  # its per-request arrays go before the next policy's replay allocates its own
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = timeline_png(
