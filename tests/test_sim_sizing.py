@@ -128,6 +128,28 @@ def test_static_meets_the_slo_ceiling_on_long_contexts() -> None:
     assert s["slo_ceiling"] < 1.0  # KV transfer of long prompts alone misses the TBT SLO
 
 
+@pytest.mark.slow
+def test_static_covers_its_own_peak_at_the_prefix_hits_it_measures() -> None:
+    # A pooled prefix cache hits more in a bigger prefill pool. Static was sized once on the
+    # hits of a fleet sized without any (35% on Mooncake x15), measured 27% itself and held
+    # 89 prefill instances where its own hits need 102 by the same capacity model: a fleet
+    # under its own peak, which the goal "never above static" was judged against.
+    from conftest import shared_trace
+
+    from heteroscale_ray.sim.future_needs import static_counts_on
+
+    services = load_services(ROOT / "examples" / "sim_services.yaml")
+    spec = services.by_name()["general"]
+    trace = scale_rate(load_trace(shared_trace("synthetic_trace.jsonl")), 15, seed=0)
+    opts = ReplayOptions("static")
+    res = run_replay(services, fleet_for([spec], 1024), {"general": trace}, opts)
+    sim = res.sim
+    held = sim.ts_gpus[0, 0] / [spec.prefill.gpus_per_instance, spec.decode.gpus_per_instance]
+    need = static_counts_on(sim, spec, trace, opts, sim.cached.astype(float))
+    assert held[0] >= need[0] and held[1] >= need[1]  # 98 and 10 both: it sizes itself
+    assert res.summary["prefix_cache_hit"] < 0.3
+
+
 def test_every_policy_starts_sized_on_cache_misses_as_the_oracle_does() -> None:
     # Warm starts are sized from the trace's first minutes; on a trace with prefix hashes the
     # oracle's are sized on cache misses, so every policy's must be (heteroscale's started

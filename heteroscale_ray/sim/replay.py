@@ -8,7 +8,6 @@ advances tick by tick.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -33,16 +32,21 @@ from heteroscale_ray.perf.profiles import ModelProfile
 from heteroscale_ray.policy.dg_shape import placement_ratio
 from heteroscale_ray.sim.actuator import SimActuator
 from heteroscale_ray.sim.cluster import ClusterSim, SimConfig, Workload
+from heteroscale_ray.sim.future_needs import (
+    lookahead_counts,
+    read_until,
+    service_needs,
+    static_counts_on,
+)
 from heteroscale_ray.sim.observe import observe
 from heteroscale_ray.sim.oversized import KvRoom, admit
 from heteroscale_ray.sim.sizing import (
     PREFILL_UTIL_TARGET,
     SIZING_TBT_MARGIN,
     Needs,
-    needs_per_interval,
     round_counts,
 )
-from heteroscale_ray.sim.summary import role_kinds, summarize
+from heteroscale_ray.sim.summary import summarize
 from heteroscale_ray.topology import ClusterGraph, ScaleRequest, plan_cycle
 
 POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
@@ -87,48 +91,6 @@ class ReplayResult:
     rooms: dict[str, KvRoom] = field(default_factory=dict)  # the KV the ingress admitted by
 
 
-def service_needs(
-    sim: ClusterSim,
-    spec: ServiceSpec,
-    trace: Any,
-    period_s: float,
-    opts: ReplayOptions = ReplayOptions(),
-    cached: np.ndarray | None = None,
-    until_s: float | None = None,
-) -> Needs:
-    """Instances per interval from the future load (sizing.py), on the simulator's own kinds.
-
-    `cached` (per request of `trace`, in trace order): prefix-cache hits to discount.
-    `until_s`: only the intervals up to this time are read, so the arrivals two intervals
-    past it are left out; they cannot change those intervals (a tick's decode need depends
-    only on requests whose KV arrived by then), which stay exactly as on the whole trace.
-    """
-    pk, dk = role_kinds(sim, spec)
-    arrival = np.asarray(trace.arrival_s)
-    inp, out = np.asarray(trace.input_tokens), np.asarray(trace.output_tokens)
-    duration = max(float(trace.duration_s), period_s)
-    if until_s is not None:
-        cut = _read_until(until_s, period_s)
-        if cut <= duration:  # as Trace.slice(0, cut): arrivals before the cut
-            k = int(np.searchsorted(arrival, cut))
-            arrival, inp, out, duration = arrival[:k], inp[:k], out[:k], cut
-            cached = None if cached is None else cached[:k]
-    return needs_per_interval(
-        spec,
-        pk,
-        dk,
-        arrival,
-        inp,
-        out,
-        duration,
-        period_s,
-        cached_tokens=cached,
-        tick_s=sim.dt,
-        tbt_margin=opts.sizing_tbt_margin,
-        prefill_util=opts.sizing_prefill_util,
-    )
-
-
 def decode_fill_s(spec: ServiceSpec, trace: Any, ahead_s: float) -> float:
     """How long the requests of a warm start's look-ahead keep filling decode: most of their
     outputs (the 90th percentile) at the TBT SLO's pace.
@@ -142,24 +104,6 @@ def decode_fill_s(spec: ServiceSpec, trace: Any, ahead_s: float) -> float:
     if not len(outputs):
         return 0.0
     return float(np.quantile(outputs, FILL_QUANTILE)) * spec.slo.tbt_s
-
-
-def _read_until(until_s: float, period_s: float) -> float:
-    """Arrivals up to this time decide `service_needs`' intervals up to `until_s`."""
-    return (math.ceil(until_s / period_s) + 2) * period_s
-
-
-def lookahead_counts(
-    spec: ServiceSpec, needs: Needs, now: float, lookahead_s: float
-) -> tuple[int, int]:
-    """Fewest instances covering every interval from `now` to `now + lookahead_s`.
-
-    The look-ahead spans the start-up delay, so capacity is ready before the load arrives.
-    """
-    a = int(now // needs.period_s)
-    b = int(math.ceil((now + lookahead_s) / needs.period_s)) + 1
-    p, d = needs.prefill[a:b], needs.decode[a:b]
-    return round_counts(spec, float(p.max()) if len(p) else 0.0, float(d.max()) if len(d) else 0.0)
 
 
 def make_autoscaler(
@@ -180,10 +124,7 @@ def make_autoscaler(
     hits = dict(cached or {})
 
     def static_fleet(spec: ServiceSpec, hits_of: Mapping[str, np.ndarray]) -> tuple[int, int]:
-        n = service_needs(
-            sim, spec, traces[spec.name], opts.static_bin_s, opts, hits_of.get(spec.name)
-        )
-        return round_counts(spec, float(n.prefill.max()), float(n.decode.max()))
+        return static_counts_on(sim, spec, traces[spec.name], opts, hits_of.get(spec.name))
 
     if policy == "heteroscale":
         return HeteroScaleAutoscaler(services, sim.catalog)
@@ -272,6 +213,56 @@ def _cache_calibration(
     return out
 
 
+STATIC_ROUNDS = 8  # `_static_hits`' calibration replays at most (Mooncake x15 settles in 5)
+
+
+def _static_hits(
+    services: ServicesConfig,
+    graph: ClusterGraph,
+    traces: Mapping[str, Any],
+    opts: ReplayOptions,
+    const: PerfConstants,
+    profiles: Mapping[str, ModelProfile] | None,
+    sim: ClusterSim,
+) -> dict[str, np.ndarray]:
+    """The prefix-cache hits static is sized on: those sizing the smallest fleet met that
+    covers its own peak at the hits it measures itself.
+
+    A pooled prefix cache hits more in a bigger prefill pool, so the hits one fleet measures
+    size another. Sized once on the hits of a fleet sized without them (35% on Mooncake
+    x15), static held 89 prefill instances that measured 27% and needed 102 by the same
+    capacity model. Each round replays the fleet sized on the last round's hits, until one
+    sizes itself (98 there, in five rounds). If none covers, the fleet sized without hits.
+    """
+    specs = list(sim.services)
+
+    def size(hits: Mapping[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+        return {s.name: static_counts_on(sim, s, traces[s.name], opts, hits[s.name]) for s in specs}
+
+    def gpus(fleet: Mapping[str, tuple[int, int]]) -> int:
+        return sum(
+            p * s.prefill.gpus_per_instance + d * s.decode.gpus_per_instance
+            for s, (p, d) in zip(specs, (fleet[s.name] for s in specs), strict=True)
+        )
+
+    sized_on = {s.name: np.zeros(len(traces[s.name])) for s in specs}  # no discount
+    fleet = size(sized_on)
+    best = (gpus(fleet), sized_on)
+    as_static = replace(opts, policy="static")
+    for _ in range(STATIC_ROUNDS):
+        measured = _cache_calibration(
+            services, graph, traces, as_static, const, profiles, specs, sized_on
+        )
+        need = size(measured)
+        covered = all(fleet[n][0] >= need[n][0] and fleet[n][1] >= need[n][1] for n in fleet)
+        if covered and gpus(fleet) < best[0]:
+            best = (gpus(fleet), sized_on)
+        if need == fleet:
+            break
+        sized_on, fleet = measured, need
+    return best[1]
+
+
 def run_replay(
     services: ServicesConfig,
     topology: TopologySpec | ClusterGraph,
@@ -332,11 +323,10 @@ def run_replay(
         and opts.policy in ("static", "oracle")
         and workload.hash_ids is not None
     ):
-        # pass 1: static without discount; the oracle then re-measures at its own (smaller)
-        # sizes, since a smaller prefill pool also means a smaller pooled cache
-        cached = static_hits = _cache_calibration(
-            services, graph, traces, opts, const, profiles, specs, None
-        )
+        # static: on the hits of the fleet they size (`_static_hits`); the oracle then
+        # re-measures at its own (smaller) sizes, since a smaller prefill pool also means a
+        # smaller pooled cache
+        cached = static_hits = _static_hits(services, graph, traces, opts, const, profiles, sim)
         if opts.policy == "oracle":
             cached = _cache_calibration(
                 services, graph, traces, opts, const, profiles, specs, cached
@@ -358,7 +348,7 @@ def run_replay(
         # sized on, from a static replay of just those (uncached, heteroscale started Mooncake
         # x15 with 106 prefill instances, the oracle with 85).
         head = {
-            n: t.slice(0, _read_until(filled.get(n, ahead), opts.control_period_s))
+            n: t.slice(0, read_until(filled.get(n, ahead), opts.control_period_s))
             for n, t in traces.items()
         }
         start_hits = _cache_calibration(services, graph, head, opts, const, profiles, specs, None)
