@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from heteroscale_ray.config import load_services  # noqa: E402
-from heteroscale_ray.sim.commands import _clean, _progress  # noqa: E402
+from heteroscale_ray.sim.cli_support import clean, progress  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.plots import bars_png, timeline_png  # noqa: E402
 from heteroscale_ray.sim.replay import (  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> int:
         rows, lines = [], {}
         for pol in POLICIES:
             res = run_replay(
-                services, topo, {name: trace}, ReplayOptions(policy=pol), progress=_progress(pol)
+                services, topo, {name: trace}, ReplayOptions(policy=pol), progress=progress(pol)
             )
             s = res.summary
             print(
@@ -143,7 +143,7 @@ def main() -> int:
         "sm_gain_points": 9.2,
         "fewer_gpus_dialogue": 0.413,
     }
-    (OUT / "summary.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+    (OUT / "summary.json").write_text(json.dumps(clean(report), indent=2) + "\n")
     print(f"\nwrote {OUT}/summary.json and PNGs")
     return 0
 

@@ -22,7 +22,7 @@ from heteroscale_ray.perf.capacity import decode_capacity  # noqa: E402
 from heteroscale_ray.perf.instance_kind import InstanceKind  # noqa: E402
 from heteroscale_ray.perf.memory import ModelDoesNotFitError  # noqa: E402
 from heteroscale_ray.perf.profiles import get_profile  # noqa: E402
-from heteroscale_ray.sim.commands import _clean  # noqa: E402
+from heteroscale_ray.sim.cli_support import clean  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.plots import bars_png  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
@@ -118,9 +118,7 @@ def main() -> int:
         "relative cost",
     )
     (OUT / "summary.json").write_text(
-        json.dumps(
-            _clean({"trace": trace.source, "rows": rows, "infeasible": infeasible}), indent=2
-        )
+        json.dumps(clean({"trace": trace.source, "rows": rows, "infeasible": infeasible}), indent=2)
         + "\n"
     )
     print(f"wrote {OUT}/summary.json and cost.png")

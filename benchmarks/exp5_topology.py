@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from heteroscale_ray.config import load_services  # noqa: E402
-from heteroscale_ray.sim.commands import _clean  # noqa: E402
+from heteroscale_ray.sim.cli_support import clean  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_topology  # noqa: E402
 from heteroscale_ray.sim.plots import bars_png  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> int:
         "exp5: share of KV transfers by shared switch level",
     )
     (OUT / "summary.json").write_text(
-        json.dumps(_clean({"kv_bandwidth_lost": lost, "rows": rows}), indent=2) + "\n"
+        json.dumps(clean({"kv_bandwidth_lost": lost, "rows": rows}), indent=2) + "\n"
     )
     print(f"wrote {OUT}/summary.json and levels.png")
     return 0

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from heteroscale_ray.config import ServicesConfig, load_services  # noqa: E402
-from heteroscale_ray.sim.commands import _clean, _progress  # noqa: E402
+from heteroscale_ray.sim.cli_support import clean, progress  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.plots import _plt, timeline_png  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
@@ -137,7 +137,7 @@ def main() -> int:
     rows, lines, ratios, changes = [], {}, {}, {}
     for label, services in variants(base).items():
         opts = ReplayOptions(policy="oracle" if label == "oracle" else "heteroscale")
-        res = run_replay(services, topo, {SERVICE: mixed}, opts, progress=_progress(label))
+        res = run_replay(services, topo, {SERVICE: mixed}, opts, progress=progress(label))
         s = dict(res.summary, policy=label)
         print(
             f"\r[{label}] {s['sim_time_s']:.0f} s simulated in {s['wall_s']:.1f} s",
@@ -187,7 +187,7 @@ def main() -> int:
         "ratio_changes": changes["dynamic"],
         "carried_ratio_changes": changes["carried"],
     }
-    (OUT / "summary.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+    (OUT / "summary.json").write_text(json.dumps(clean(report), indent=2) + "\n")
     timeline_png(
         lines,
         OUT / "timeline.png",

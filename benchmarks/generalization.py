@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from heteroscale_ray.config import PolicySpec, ServicesConfig, ServiceSpec, load_services  # noqa: E402
-from heteroscale_ray.sim.commands import _clean, _progress  # noqa: E402
+from heteroscale_ray.sim.cli_support import clean, progress  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ORACLE_NOTE, ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.sim.report import timeline  # noqa: E402
@@ -252,7 +252,7 @@ def _replay(
         svc = ServicesConfig(gpus=services.gpus, services=[paper_fixed_spec(spec, tuned)])
     opts = ReplayOptions(policy="heteroscale" if pol == "paper-fixed" else pol)
     t1 = time.perf_counter()
-    res = run_replay(svc, topo, {SERVICE: trace}, opts, progress=_progress(pol))
+    res = run_replay(svc, topo, {SERVICE: trace}, opts, progress=progress(pol))
     return res, time.perf_counter() - t1
 
 
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         if t["goals_heteroscale"] is not None
     ]
     report["heteroscale_meets_all_goals"] = bool(met) and all(m is True for m in met)
-    (out / "summary.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(clean(report), indent=2) + "\n")
     print(f"\nwrote {out / 'summary.json'}")
     last = {
         "benchmark": "generalization",
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, t in report["traces"].items()
         },
     }
-    print(json.dumps(_clean(last)))
+    print(json.dumps(clean(last)))
     return 0
 
 

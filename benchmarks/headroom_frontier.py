@@ -31,7 +31,7 @@ import generalization as G  # noqa: E402
 from trace_scaling import fleet_gpus, rate_factor, static_counts  # noqa: E402
 
 from heteroscale_ray.config import ServicesConfig, ServiceSpec, load_services  # noqa: E402
-from heteroscale_ray.sim.commands import _clean  # noqa: E402
+from heteroscale_ray.sim.cli_support import clean  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.traces import load_trace  # noqa: E402
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "traces": results,
         "wall_s": time.perf_counter() - t0,
     }
-    (out / "summary.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(clean(report), indent=2) + "\n")
     headline = {k: v for k, v in report.items() if k != "traces"}
     for label, res in results.items():
         orc = next(r["gpu_hours"] for r in res["rows"] if r["variant"] == "oracle")
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         headline.setdefault("slo_attainment", {})[label] = {
             r["variant"]: round(r["slo_attainment"], 4) for r in res["rows"]
         }
-    print(json.dumps(_clean(headline)))
+    print(json.dumps(clean(headline)))
     return 0
 
 

@@ -36,7 +36,8 @@ import stress as ST  # noqa: E402
 import trace_scaling  # noqa: E402
 
 from heteroscale_ray.config import ServicesConfig, load_services  # noqa: E402
-from heteroscale_ray.sim.commands import REPLAY_POLICIES, _clean  # noqa: E402
+from heteroscale_ray.sim.cli_support import clean  # noqa: E402
+from heteroscale_ray.sim.commands import REPLAY_POLICIES  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.traces import Trace, load_trace  # noqa: E402
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(clean(report), indent=2) + "\n")
     print(f"\nwrote {out / 'summary.json'}")
     last = {
         "benchmark": "seed_spread",
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, r in results.items()
         },
     }
-    print(json.dumps(_clean(last)))
+    print(json.dumps(clean(last)))
     return 0
 
 

@@ -48,7 +48,7 @@ import generalization as G  # noqa: E402
 import trace_scaling  # noqa: E402
 
 from heteroscale_ray.config import load_services  # noqa: E402
-from heteroscale_ray.sim.commands import _clean  # noqa: E402
+from heteroscale_ray.sim.cli_support import clean  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.traces import Trace, load_trace  # noqa: E402
@@ -257,7 +257,7 @@ def run_cli(
     }
     if scalable:
         report["static_gpus"] = args.static_gpus
-    (out / "summary.json").write_text(json.dumps(_clean(report), indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(clean(report), indent=2) + "\n")
     print(f"\nwrote {out / 'summary.json'}")
     last = {
         "benchmark": name,
@@ -277,7 +277,7 @@ def run_cli(
             for label, c in results.items()
         },
     }
-    print(json.dumps(_clean(last)))
+    print(json.dumps(clean(last)))
     return 0
 
 

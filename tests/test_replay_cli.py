@@ -376,6 +376,27 @@ def test_an_slo_no_instance_count_meets_is_an_error_not_a_traceback(
     assert "cannot step within 85% of the 1 ms TBT SLO" in capsys.readouterr().err
 
 
+def test_a_peak_past_max_instances_is_said_not_served_short_in_silence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `general` held each role to 400 instances: Mooncake x100 asks ~600 prefill, and every
+    # policy replayed a capped service (55% attainment, TTFT p99 1,100 s) without a word.
+    text = (ROOT / "examples" / "sim_services.yaml").read_text()
+    services = tmp_path / "capped.yaml"
+    services.write_text(text.replace("max_instances: 2000}", "max_instances: 3}"))
+    assert services.read_text().count("max_instances: 3}") == 2
+    argv = ["replay", "--trace", "azure-conv", "--services", str(services), "--service",
+            "general", "--duration", "20", "--rate-scale", "40", "--policy", "static",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "the trace's peak needs" in err and "where max_instances is 3" in err
+    assert "raise max_instances" in err
+    argv[argv.index(str(services))] = str(ROOT / "examples" / "sim_services.yaml")
+    assert main(argv) == 0
+    assert "max_instances" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
 from heteroscale_ray.arg_types import fraction, non_negative, positive, positive_int, seed
+from heteroscale_ray.sim.cli_support import clean, load_trace_or_say, progress
+from heteroscale_ray.sim.tuning_commands import cmd_pd_sweep, cmd_tune
 
 REPLAY_POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
-SKIP_HINT = " (--skip-malformed skips such rows and counts them)"
 # a replay steps every second of the span: a month is ~2.6M ticks per policy. A longer span
 # is almost always a stray timestamp (a row from another year), so it is refused, not run.
 MAX_SPAN_S = 31 * 86400.0
@@ -120,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=seed, default=0)
     q.add_argument("--out", default="results/pd-sweep", help="folder for PNG and JSON outputs")
     q.add_argument("--json", action="store_true", help="print one JSON result as the last line")
-    q.set_defaults(func=_cmd_pd_sweep)
+    q.set_defaults(func=cmd_pd_sweep)
 
     t = sub.add_parser(
         "tune",
@@ -159,55 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=seed, default=0)
     t.add_argument("--skip-malformed", action="store_true", help="skip bad trace rows (counted)")
     t.add_argument("--json", action="store_true", help="print one JSON result as the last line")
-    t.set_defaults(func=_cmd_tune)
-
-
-def _progress(label: str):  # noqa: ANN202
-    """Progress on stderr: one line redrawn in place on a terminal; into a file or pipe, whole
-    lines at every 10% (no partial line is left behind when the run is interrupted)."""
-    redraw = sys.stderr.isatty()
-    shown = [-1]
-
-    def report(now: float, total: float) -> None:
-        pct = min(100.0, 100.0 * now / total) if total > 0 else 100.0
-        text = f"[{label}] {now:7.0f}/{total:.0f} s simulated ({pct:5.1f}%)"
-        # one write() per line: Ctrl-C cannot land between a line and its newline
-        if redraw:
-            sys.stderr.write(f"\r{text}")
-            sys.stderr.flush()
-        elif int(pct // 10) > shown[0]:
-            shown[0] = int(pct // 10)
-            sys.stderr.write(f"{text}\n")
-
-    return report
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def _load_trace(arg: str, skip_malformed: bool = False) -> Any:
-    """The trace `--trace` names, or None after printing why not. A bad row's error says how
-    to skip such rows; skipped rows are counted on stderr, so a report can say what it left out."""
-    from heteroscale_ray.traces import TraceError
-    from heteroscale_ray.traces.samples import load_trace_arg
-
-    try:
-        trace = load_trace_arg(arg, skip_malformed=skip_malformed)
-    except (TraceError, OSError) as err:
-        hint = isinstance(err, TraceError) and err.line is not None and not skip_malformed
-        print(f"{err}{SKIP_HINT if hint else ''}", file=sys.stderr)
-        return None
-    if trace.skipped:
-        reasons = "; ".join(trace.skip_reasons)
-        print(f"skipped {trace.skipped} malformed row(s) of {arg} ({reasons})", file=sys.stderr)
-    return trace
+    t.set_defaults(func=cmd_tune)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -218,7 +169,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from heteroscale_ray.sim.plots import timeline_png
     from heteroscale_ray.sim.replay import ReplayOptions, run_replay
     from heteroscale_ray.sim.report import table, timeline
-    from heteroscale_ray.sim.sizing import static_counts
+    from heteroscale_ray.sim.sizing import past_max_instances, round_counts, trace_needs
     from heteroscale_ray.traces import scale_rate, shape_keeping_shift
 
     try:
@@ -233,7 +184,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"--service {name!r} is not in {args.services}: use one of {names}", file=sys.stderr)
         return 2
     spec = services.by_name()[name]
-    trace = _load_trace(args.trace, args.skip_malformed)
+    trace = load_trace_or_say(args.trace, args.skip_malformed)
     if trace is None:
         return 2
     if args.duration:
@@ -261,10 +212,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         # sized on what the ingress admits: a request no instance holds is rejected, not served
         try:
             admitted = admit([spec], {name: trace}, services.catalog, DEFAULT_CONSTANTS)
-            counts = static_counts(spec, services.catalog, admitted.traces[name])
+            needs = trace_needs(spec, services.catalog, admitted.traces[name])
         except ValueError as e:  # nothing fits, or no instance count meets the SLO
             print(f"cannot replay {trace.source}: {e}", file=sys.stderr)
             return 2
+        peak = float(needs.prefill.max()), float(needs.decode.max())
+        counts = round_counts(spec, *peak)
+        if capped := past_max_instances(spec, *peak):
+            print(capped, file=sys.stderr)
         if args.gpus is None:
             topology = replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
         else:
@@ -308,7 +263,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
         # nothing fits the given topology's GPUs, or the SLO is out of reach: said, not raised
         try:
-            res = run_replay(services, topology, {name: trace}, opts, progress=_progress(pol))
+            res = run_replay(services, topology, {name: trace}, opts, progress=progress(pol))
         except ValueError as e:
             print(f"{lead}[{pol}] cannot replay {trace.source}: {e}", file=sys.stderr)
             return 2
@@ -350,149 +305,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     png = timeline_png(
         lines, out / "timeline.png", f"{name}: {trace.source}", (spec.slo.ttft_s, spec.slo.tbt_s)
     )
-    (out / "summary.json").write_text(json.dumps(_clean(summaries), indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(clean(summaries), indent=2) + "\n")
     print(table(summaries))
     speeds = ", ".join(f"{s['policy']} {s['speedup']:.0f}x" for s in summaries)
     print(f"speed (simulated time / wall time): {speeds}")
     print(f"wrote {png} and {out / 'summary.json'}")
     if args.json:
         payload = summaries[0] if len(summaries) == 1 else {"policy": "all", "runs": summaries}
-        print(json.dumps(_clean(payload)))
-    return 0
-
-
-def _service_of(args: argparse.Namespace) -> tuple[Any, Any] | None:
-    """The services file and the spec --service names (default: the first), or None after
-    printing why not."""
-    from heteroscale_ray.config import ConfigError, load_services
-
-    try:
-        services = load_services(args.services)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return None
-    names = [s.name for s in services.services]
-    name = args.service or names[0]
-    if name not in names:
-        print(f"--service {name!r} is not in {args.services}: use one of {names}", file=sys.stderr)
-        return None
-    return services, services.by_name()[name]
-
-
-def _cmd_pd_sweep(args: argparse.Namespace) -> int:
-    from heteroscale_ray.sim.pdsweep import sweep
-    from heteroscale_ray.sim.plots import curves_png
-
-    picked = _service_of(args)
-    if picked is None:
-        return 2
-    services, spec = picked
-    name = spec.name
-    lengths = None
-    if args.trace:
-        tr = _load_trace(args.trace, args.skip_malformed)
-        if tr is None:
-            return 2
-        if not len(tr):
-            print(f"{tr.source} holds no requests to draw lengths from", file=sys.stderr)
-            return 2
-        lengths = (tr.input_tokens, tr.output_tokens)
-        args.input_tokens = float(tr.input_tokens.mean())
-        args.output_tokens = float(tr.output_tokens.mean())
-    elif args.input_tokens is None or args.output_tokens is None:
-        print("pd-sweep needs --input-tokens and --output-tokens, or --trace", file=sys.stderr)
-        return 2
-    try:
-        points = sweep(
-            services,
-            spec,
-            total_instances=args.instances,
-            input_mean=args.input_tokens,
-            output_mean=args.output_tokens,
-            threshold=args.threshold,
-            duration_s=args.duration,
-            seed=args.seed,
-            lengths=lengths,
-        )
-    except ValueError as err:  # a run too short to measure, or an SLO out of reach
-        print(err, file=sys.stderr)
-        return 2
-    best = max(points, key=lambda p: p.goodput_rps)
-    print(f"{'P:D':>6}  {'goodput req/s':>13}  {'attainment':>10}  {'tokens/s':>9}")
-    for pt in points:
-        mark = "  <- best" if pt is best else ""
-        print(
-            f"{pt.label:>6}  {pt.goodput_rps:13.2f}  {pt.attainment:10.1%}  {pt.tokens_per_s:9.0f}{mark}"
-        )
-    out = Path(args.out)
-    png = curves_png(
-        {name: (list(range(len(points))), [p.goodput_rps for p in points])},
-        out / f"{name}.png",
-        f"{name}: goodput within SLO vs P:D ({args.instances} instances)",
-        "prefill:decode",
-        "goodput (req/s)",
-        [p.label for p in points],
-    )
-    result = {
-        "service": name,
-        "best_ratio": best.label,
-        "best_goodput_rps": best.goodput_rps,
-        "points": [
-            {"ratio": p.label, "goodput_rps": p.goodput_rps, "attainment": p.attainment}
-            for p in points
-        ],
-    }
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"best ratio {best.label}; wrote {png}")
-    if args.json:
-        print(json.dumps(result))
-    return 0
-
-
-def _cmd_tune(args: argparse.Namespace) -> int:
-    from heteroscale_ray.sim.tune import tune
-
-    picked = _service_of(args)
-    if picked is None:
-        return 2
-    services, spec = picked
-    name = spec.name
-    trace = _load_trace(args.trace, args.skip_malformed)
-    if trace is None:
-        return 2
-    try:
-        res = tune(
-            services,
-            name,
-            trace,
-            sample_s=args.sample_s,
-            instances=args.instances,
-            threshold=args.threshold,
-            duration_s=args.duration,
-            iterations=args.iterations,
-            max_term=args.max_term,
-            seed=args.seed,
-            relative=not args.absolute,
-        )
-    except ValueError as err:
-        print(err, file=sys.stderr)
-        return 2
-    print(
-        f"tune {name} on {trace.source}: first {res.sample_s:.0f} s, {res.sample_requests} "
-        f"requests (prompt mean {res.input_mean:.0f}, output mean {res.output_mean:.0f} tokens); "
-        f"{res.instances} instances, SLO attainment >= {res.threshold:.0%}"
-        f"{' of the idle-fleet ceiling' if res.relative else ''}, ranked by goodput "
-        "(max req/s within SLO x attainment)"
-    )
-    print(res.table())
-    bp, bd = res.best_split
-    print(
-        f"best split {bp}:{bd} -> pd_ratio {res.ratio}; {res.target_per_instance:.0f} generated "
-        f"tok/s per decode instance (prefill: {res.prefill_target_per_instance:.0f} prompt tok/s "
-        "per instance)"
-    )
-    print("\n# paste into the service's entry:")
-    print(res.yaml_fragment(), end="")
-    if args.json:
-        print(json.dumps(_clean(res.as_dict())))
+        print(json.dumps(clean(payload)))
     return 0
