@@ -150,6 +150,35 @@ def test_static_covers_its_own_peak_at_the_prefix_hits_it_measures() -> None:
     assert res.summary["prefix_cache_hit"] < 0.3
 
 
+def test_the_oracle_calibrates_on_the_hits_the_static_fleet_measured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The oracle's calibration replay is sized on the hits static's fleet measured; when that
+    # fleet was the first one (sized without hits) it had been handed those zeros instead.
+    from heteroscale_ray.sim import replay
+
+    calls: list[dict] = []
+    real = replay._cache_calibration
+
+    def spy(*args: object) -> dict:
+        calls.append({"cached": args[-1]})
+        out = real(*args)
+        calls[-1]["out"] = out
+        return out
+
+    monkeypatch.setattr(replay, "_cache_calibration", spy)
+    services = load_services(ROOT / "examples" / "sim_services.yaml")
+    spec = services.by_name()["general"]
+    # three minutes of the sample as they are: the first fleet already sizes itself
+    trace = load_trace(SAMPLES["mooncake"].path).slice(0, 180)
+    run_replay(services, fleet_for([spec], 512), {"general": trace}, ReplayOptions("oracle"))
+    *static_rounds, oracle = calls
+    assert static_rounds and not static_rounds[0]["cached"]["general"].any()  # no discount
+    measured = [c["out"]["general"] for c in static_rounds]
+    assert oracle["cached"]["general"].sum() > 0
+    assert any(np.array_equal(oracle["cached"]["general"], m) for m in measured)
+
+
 def test_every_policy_starts_sized_on_cache_misses_as_the_oracle_does() -> None:
     # Warm starts are sized from the trace's first minutes; on a trace with prefix hashes the
     # oracle's are sized on cache misses, so every policy's must be (heteroscale's started

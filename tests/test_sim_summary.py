@@ -69,3 +69,16 @@ def test_timeline_bins_every_request_by_its_arrival() -> None:
         assert lines["ttft_p99_s"][i] == pytest.approx(
             float(np.percentile(ttft[mine], 99)), rel=1e-12
         )
+
+
+@pytest.mark.parametrize("bin_s", [0.1, 1 / 3, 7.3, 15.0, 60.0])
+def test_timeline_bins_match_the_division_even_where_bin_s_is_inexact(bin_s: float) -> None:
+    # A search for i * bin_s alone put 1.7 s in bin 16 of 0.1-s bins, where 1.7 / 0.1 is 17.
+    rng = np.random.default_rng(int(bin_s * 1000))
+    for _ in range(200):
+        arrival = np.sort(np.round(rng.uniform(0, 50, rng.integers(0, 40)), 1))
+        nb = max(1, int(50 // bin_s))
+        want = np.minimum((arrival / bin_s).astype(np.int64), nb - 1)
+        bounds = report._bin_starts(arrival, bin_s, nb)
+        got = np.repeat(np.arange(nb), np.diff(bounds))
+        assert got.tolist() == want.tolist()

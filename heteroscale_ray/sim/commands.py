@@ -1,4 +1,5 @@
-"""CLI commands of the simulator: `heteroscale replay`, `heteroscale pd-sweep` and `heteroscale tune`.
+"""CLI commands of the simulator: `heteroscale replay` here, `heteroscale pd-sweep` and
+`heteroscale tune` in `tuning_commands`, registered here together.
 
 Handlers import the simulator lazily so `heteroscale --help` stays fast.
 """
@@ -207,19 +208,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not len(trace):
         print(f"{trace.source} holds no requests to replay", file=sys.stderr)
         return 2
+    # sized on what the ingress admits: a request no instance holds is rejected, not served
+    try:
+        admitted = admit([spec], {name: trace}, services.catalog, DEFAULT_CONSTANTS)
+        needs = trace_needs(spec, services.catalog, admitted.traces[name])
+    except ValueError as e:  # nothing fits, or no instance count meets the SLO
+        print(f"cannot replay {trace.source}: {e}", file=sys.stderr)
+        return 2
+    peak = float(needs.prefill.max()), float(needs.decode.max())
+    counts = round_counts(spec, *peak)
+    uncached = ", before prefix-cache hits" if trace.has_hashes else ""
+    if capped := past_max_instances(spec, *peak, uncached):
+        print(capped, file=sys.stderr)
     layout = ""
     if topology is None:
-        # sized on what the ingress admits: a request no instance holds is rejected, not served
-        try:
-            admitted = admit([spec], {name: trace}, services.catalog, DEFAULT_CONSTANTS)
-            needs = trace_needs(spec, services.catalog, admitted.traces[name])
-        except ValueError as e:  # nothing fits, or no instance count meets the SLO
-            print(f"cannot replay {trace.source}: {e}", file=sys.stderr)
-            return 2
-        peak = float(needs.prefill.max()), float(needs.decode.max())
-        counts = round_counts(spec, *peak)
-        if capped := past_max_instances(spec, *peak):
-            print(capped, file=sys.stderr)
         if args.gpus is None:
             topology = replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
         else:
@@ -234,7 +236,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
         split = ", ".join(f"{n} {t}" for t, n in topology.gpus_by_type().items())
-        uncached = ", before prefix-cache hits" if trace.has_hashes else ""
         layout = (
             f" ({split}, split as a static fleet for the trace needs "
             f"{counts[0]}:{counts[1]}{uncached})"

@@ -216,6 +216,14 @@ def _cache_calibration(
 STATIC_ROUNDS = 8  # `_static_hits`' calibration replays at most (Mooncake x15 settles in 5)
 
 
+@dataclass(frozen=True)
+class StaticCalibration:
+    """The static fleet's prefix-cache hits (service -> per request, trace order)."""
+
+    sized_on: dict[str, np.ndarray]  # the hits that size the static fleet
+    measured: dict[str, np.ndarray]  # the hits that fleet measures in its replay
+
+
 def _static_hits(
     services: ServicesConfig,
     graph: ClusterGraph,
@@ -224,15 +232,15 @@ def _static_hits(
     const: PerfConstants,
     profiles: Mapping[str, ModelProfile] | None,
     sim: ClusterSim,
-) -> dict[str, np.ndarray]:
-    """The prefix-cache hits static is sized on: those sizing the smallest fleet met that
-    covers its own peak at the hits it measures itself.
+) -> StaticCalibration:
+    """The smallest static fleet met that covers its own peak at the hits it measures itself.
 
     A pooled prefix cache hits more in a bigger prefill pool, so the hits one fleet measures
     size another. Sized once on the hits of a fleet sized without them (35% on Mooncake
     x15), static held 89 prefill instances that measured 27% and needed 102 by the same
     capacity model. Each round replays the fleet sized on the last round's hits, until one
-    sizes itself (98 there, in five rounds). If none covers, the fleet sized without hits.
+    sizes itself (98 there, in five rounds) or a fleet comes back (what a round measures
+    depends on its fleet alone). If none covers, the fleet sized without hits.
     """
     specs = list(sim.services)
 
@@ -245,22 +253,31 @@ def _static_hits(
             for s, (p, d) in zip(specs, (fleet[s.name] for s in specs), strict=True)
         )
 
+    def key(fleet: Mapping[str, tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+        return tuple(fleet[s.name] for s in specs)
+
     sized_on = {s.name: np.zeros(len(traces[s.name])) for s in specs}  # no discount
     fleet = size(sized_on)
-    best = (gpus(fleet), sized_on)
     as_static = replace(opts, policy="static")
+    fallback: StaticCalibration | None = None
+    best: tuple[int, StaticCalibration] | None = None
+    replayed = set()
     for _ in range(STATIC_ROUNDS):
         measured = _cache_calibration(
             services, graph, traces, as_static, const, profiles, specs, sized_on
         )
+        got = StaticCalibration(sized_on, measured)
+        fallback = fallback or got
+        replayed.add(key(fleet))
         need = size(measured)
         covered = all(fleet[n][0] >= need[n][0] and fleet[n][1] >= need[n][1] for n in fleet)
-        if covered and gpus(fleet) < best[0]:
-            best = (gpus(fleet), sized_on)
-        if need == fleet:
+        if covered and (best is None or gpus(fleet) < best[0]):
+            best = (gpus(fleet), got)
+        if key(need) in replayed:  # sizes itself, or a fleet already replayed comes back
             break
         sized_on, fleet = measured, need
-    return best[1]
+    assert fallback is not None  # STATIC_ROUNDS >= 1
+    return best[1] if best is not None else fallback
 
 
 def run_replay(
@@ -281,9 +298,9 @@ def run_replay(
 
     `autoscaler` replaces the named policy (e.g. a fixed P/D pair for a stress test) and
     `initial` the counts provisioned before t=0. Static and oracle on a trace with prefix
-    hashes first run one calibration replay (static, no cache discount) to learn each
-    request's cache hits (the oracle a second one at its own sizes), then size prefill on
-    cache misses; `calibrate_cache=False` skips that, `cache_hits` gives the hits directly.
+    hashes first run calibration replays to learn each request's cache hits (static's until
+    its fleet sizes itself, `_static_hits`; the oracle one more at its own sizes), then size
+    prefill on cache misses; `calibrate_cache=False` skips that, `cache_hits` gives the hits.
     """
     catalog: GpuCatalog = services.catalog
     graph = (
@@ -326,10 +343,11 @@ def run_replay(
         # static: on the hits of the fleet they size (`_static_hits`); the oracle then
         # re-measures at its own (smaller) sizes, since a smaller prefill pool also means a
         # smaller pooled cache
-        cached = static_hits = _static_hits(services, graph, traces, opts, const, profiles, sim)
+        static = _static_hits(services, graph, traces, opts, const, profiles, sim)
+        cached = static_hits = static.sized_on
         if opts.policy == "oracle":
             cached = _cache_calibration(
-                services, graph, traces, opts, const, profiles, specs, cached
+                services, graph, traces, opts, const, profiles, specs, static.measured
             )
     if autoscaler is None:
         autoscaler = make_autoscaler(opts.policy, specs, sim, traces, opts, cached, static_hits)

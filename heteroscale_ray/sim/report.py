@@ -66,8 +66,7 @@ def timeline(sim: ClusterSim, duration_s: float, bin_s: float = 60.0) -> dict[st
     tbt_p99 = np.full(nb, np.nan)
     # requests are in arrival order, so each bin's are one run of them (the last bin takes
     # the arrivals past it); bin by bin, as a week's replay holds ~100M requests
-    bounds = np.searchsorted(w.arrival, np.arange(nb + 1) * bin_s, side="left")
-    bounds[0], bounds[-1] = 0, len(w)
+    bounds = _bin_starts(w.arrival, bin_s, nb)
     for i in range(nb):
         ids = np.arange(bounds[i], bounds[i + 1])
         t = sim.t_first[ids] - w.arrival[ids]
@@ -93,3 +92,20 @@ def timeline(sim: ClusterSim, duration_s: float, bin_s: float = 60.0) -> dict[st
         "ttft_p99_s": ttft_p99,
         "tbt_p99_s": tbt_p99,
     }
+
+
+def _bin_starts(arrival: np.ndarray, bin_s: float, nb: int) -> np.ndarray:
+    """Where each bin's run of the sorted `arrival` starts (and, last, its length): request j
+    is in bin min(int(arrival[j] / bin_s), nb - 1). A search for i * bin_s alone can land a
+    request off by one where bin_s is not exact in binary (0.1 s, duration / 600)."""
+    n = len(arrival)
+    bounds = np.searchsorted(arrival, np.arange(nb + 1) * bin_s, side="left")
+    bounds[0], bounds[-1] = 0, n
+    for i in range(1, nb):
+        k = int(bounds[i])
+        while k > 0 and int(arrival[k - 1] / bin_s) >= i:
+            k -= 1
+        while k < n and int(arrival[k] / bin_s) < i:
+            k += 1
+        bounds[i] = k
+    return bounds

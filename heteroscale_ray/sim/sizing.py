@@ -188,19 +188,23 @@ def round_counts(spec: ServiceSpec, prefill: float, decode: float) -> tuple[int,
     return placeable_within(spec, p, d)
 
 
-def past_max_instances(spec: ServiceSpec, prefill: float, decode: float) -> str | None:
+def past_max_instances(
+    spec: ServiceSpec, prefill: float, decode: float, qualifier: str = ""
+) -> str | None:
     """What it means for a replay when a need (instances) passes a role's `max_instances`:
-    every policy is held under the bound, so the trace's peak is served short; None if not."""
+    every policy is held under the bound, so the trace's peak is served short; None if not.
+    `qualifier` says how the need was sized (", before prefix-cache hits")."""
     over = [
-        f"{need:,.0f} {role} instances where max_instances is {cap.max_instances:,}"
+        f"{math.ceil(need - 1e-9):,} {role} instances where max_instances is {cap.max_instances:,}"
         for role, need, cap in (("prefill", prefill, spec.prefill), ("decode", decode, spec.decode))
         if math.ceil(need - 1e-9) > cap.max_instances
     ]
     if not over:
         return None
     return (
-        f"the trace's peak needs {' and '.join(over)} (service {spec.name}): every policy is "
-        "held under that bound and serves the peak short; raise max_instances to replay it whole"
+        f"the trace's peak needs {' and '.join(over)} (service {spec.name}{qualifier}): every "
+        "policy is held under that bound and serves the peak short; raise max_instances to "
+        "replay it whole"
     )
 
 

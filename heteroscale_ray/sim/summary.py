@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from heteroscale_ray.sim.replay import ReplayOptions
 
 
-CEILING_BLOCK = 1 << 16  # requests per block of `slo_ceiling`
+CEILING_BLOCK = 1 << 16  # requests per block of `slo_ceiling` and `_RequestTotals`
 
 
 def role_kinds(sim: ClusterSim, spec: ServiceSpec) -> tuple[Any, Any]:
