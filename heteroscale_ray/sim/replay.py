@@ -213,7 +213,7 @@ def _cache_calibration(
     return out
 
 
-STATIC_ROUNDS = 8  # `_static_hits`' calibration replays at most (Mooncake x15 settles in 5)
+STATIC_ROUNDS = 8  # `_static_hits`' calibration replays at most (Mooncake x15 takes 6)
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ def _static_hits(
     size another. Sized once on the hits of a fleet sized without them (35% on Mooncake
     x15), static held 89 prefill instances that measured 27% and needed 102 by the same
     capacity model. Each round replays the fleet sized on the last round's hits, until one
-    sizes itself (98 there, in five rounds) or a fleet comes back (what a round measures
+    sizes itself (98 there, after 89, 102, 97 and 99) or a fleet comes back (what a round measures
     depends on its fleet alone). If none covers, the fleet sized without hits.
     """
     specs = list(sim.services)
@@ -249,8 +249,9 @@ def _static_hits(
 
     def gpus(fleet: Mapping[str, tuple[int, int]]) -> int:
         return sum(
-            p * s.prefill.gpus_per_instance + d * s.decode.gpus_per_instance
-            for s, (p, d) in zip(specs, (fleet[s.name] for s in specs), strict=True)
+            fleet[s.name][0] * s.prefill.gpus_per_instance
+            + fleet[s.name][1] * s.decode.gpus_per_instance
+            for s in specs
         )
 
     def key(fleet: Mapping[str, tuple[int, int]]) -> tuple[tuple[int, int], ...]:
