@@ -11,7 +11,9 @@ window still holds the role at (the need at the horizon's start when that window
 `highest` is counted above what the climb seen before the horizon, carried on, foresaw: the
 trend (below) sizes for that part, and the margin is for what it did not see. Learned in full,
 each horizon of a ten-minute surge taught a rise just under the cap, which insures in
-proportion: the ServeGen day's decode held 1.9x its need up the climb and at its top.
+proportion: the ServeGen day's decode held 1.9x its need up the climb and at its top. Each
+rise also keeps its `span`: the climb over the whole remembered span (horizon and held window)
+from its first need, which tells the steps of one surge from rises of their own (`margin`).
 
 Smooth traffic learns a margin near 0 and pays nothing; bursty traffic learns how bursty it
 is. The margin applies once the role has been short (its fixable latency reached the latency
@@ -72,7 +74,7 @@ def remember(
         if now - recent[0][0] < COVERED * horizon_s or _climb(recent) > 0:
             return replace(memory, needs=needs)  # still the climb the policy started into
         settled_at = now
-    rises, rises_at, tops = memory.rises, memory.rises_at, memory.tops
+    rises, rises_at, tops, spans = memory.rises, memory.rises_at, memory.tops, memory.spans
     since = [(t, n) for t, n in recent if t >= settled_at]  # no rise from the fill's tail
     oldest_t, base = since[0]
     if now - oldest_t >= COVERED * horizon_s:
@@ -82,14 +84,20 @@ def remember(
         # What the climb seen before this horizon, carried on, foresaw: the trend sizes for it.
         foreseen = _climb([(t, n) for t, n in needs if settled_at <= t <= oldest_t])
         foreseen *= now - oldest_t
+        rise = max(top - base - foreseen, 0.0) / max(base, 1.0)
+        first = next(n for t, n in needs if t >= settled_at)
+        span = max(rise, (top - first) / max(first, 1.0))
         keep_after = now - HISTORY_HORIZONS * horizon_s
-        kept = [x for x in zip(rises, rises_at, tops, strict=True) if x[1] >= keep_after]
-        kept.append((max(top - base - foreseen, 0.0) / max(base, 1.0), now, top))
-        rises = tuple(r for r, _, _ in kept)
-        rises_at = tuple(t for _, t, _ in kept)
-        tops = tuple(n for _, _, n in kept)
+        kept = [
+            # a rise measured within this span is a step of the same climb
+            (r, t, n, max(sp, span) if now - t < kept_s else sp)
+            for r, t, n, sp in zip(rises, rises_at, tops, spans, strict=True)
+            if t >= keep_after
+        ]
+        kept.append((rise, now, top, span))
+        rises, rises_at, tops, spans = (tuple(x) for x in zip(*kept, strict=True))
     strained_at = now if strained else memory.strained_at
-    return BurstMemory(needs, rises, rises_at, tops, strained_at, settled_at)
+    return BurstMemory(needs, rises, rises_at, tops, strained_at, settled_at, spans)
 
 
 def margin(
@@ -106,7 +114,11 @@ def margin(
     only up to the top it reached: below it, the calm after a surge is when the next one
     finds the fleet lean; at it, the surge that brought the need there says nothing of
     another above it (a 3x spike had doubled its own peak for ten minutes after it, and a 5x
-    step held twice its new level for the hour its rise was remembered). Smaller rises
+    step held twice its new level for the hour its rise was remembered). So does a rise
+    measured within the remembered span of a climb of at least `cap` (its `span`): a surge
+    the need shows over minutes (outputs 8x longer reach the finished requests' mean as they
+    finish) is measured in horizon-long steps each under the cap, and insured step by step in
+    proportion, it had held the new level at 1.5-1.8x for the hour after. Smaller rises
     always insure in proportion: a diurnal ramp lifts the level past their tops within
     minutes."""
     if not memory.rises or (gated and memory.strained_at is None):
@@ -114,8 +126,8 @@ def margin(
     rises = memory.rises
     if level is not None and level > 0:
         rises = tuple(
-            min(r, max(top / level - 1.0, 0.0)) if r >= cap else r
-            for r, top in zip(rises, memory.tops, strict=True)
+            min(r, max(top / level - 1.0, 0.0)) if span >= cap else r
+            for r, top, span in zip(rises, memory.tops, memory.spans, strict=True)
         )
     ordered = sorted(rises)
     k = min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))

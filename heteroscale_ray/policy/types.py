@@ -151,6 +151,9 @@ class BurstMemory:
     tops: tuple[float, ...] = ()  # the need each rise reached (instances)
     strained_at: float | None = None  # last time the role's fixable latency neared the SLO
     settled_at: float | None = None  # when a covered horizon first showed no climb
+    # Each rise's climb over the whole remembered span (start-up horizon and held window) from
+    # its first need: a climb measured in steps of one horizon is still one surge.
+    spans: tuple[float, ...] = ()
 
     @staticmethod
     def from_dict(data: dict[str, Any] | None) -> BurstMemory:
@@ -159,11 +162,15 @@ class BurstMemory:
         tops = tuple(float(n) for n in data.get("tops", ()))
         if len(tops) != len(rises):  # saved before tops were kept: each insures as it did
             tops = (math.inf,) * len(rises)
+        spans = tuple(float(r) for r in data.get("spans", ()))
+        if len(spans) != len(rises):  # saved before spans were kept: each its own rise
+            spans = rises
         return BurstMemory(
             needs=tuple((float(t), float(n)) for t, n in data.get("needs", ())),
             rises=rises,
             rises_at=tuple(float(t) for t in data.get("rises_at", ())),
             tops=tops,
+            spans=spans,
             strained_at=None if data.get("strained_at") is None else float(data["strained_at"]),
             settled_at=None if data.get("settled_at") is None else float(data["settled_at"]),
         )
