@@ -90,6 +90,8 @@ def test_a_climb_measured_in_steps_smaller_than_the_cap_is_still_one_surge() -> 
     assert max(memory.spans) >= MAX_MARGIN
     assert margin(memory, 0.99, level=40.0) == pytest.approx(0.0, abs=0.05)
     assert margin(memory, 0.99, level=20.0) > 0.1  # the calm below its top stays insured
+    saved = replace(PolicyState(), decode_burst=memory).to_json()  # survives an actor restart
+    assert PolicyState.from_json(saved).decode_burst == memory
 
 
 def test_rises_smaller_than_the_cap_insure_in_proportion_at_any_level() -> None:
