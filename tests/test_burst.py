@@ -79,17 +79,20 @@ def test_a_surge_insures_the_calm_after_it_not_its_own_top() -> None:
 def test_a_climb_measured_in_steps_smaller_than_the_cap_is_still_one_surge() -> None:
     """Outputs growing 8x show as a need that climbs over minutes (finished requests' mean
     output lags the step): each horizon's rise is under the cap, the climb is 4x. Learned
-    rise by rise, each insured in proportion at any level, and the new level was held at
-    1.5-1.8x static's for the hour after (the stress case to-reasoning). As one surge, it
-    insures only up to its top, from its first step on."""
+    rise by rise, each insured in proportion at any level, and the new level was insured at
+    1.5-1.8x for the hour after (the stress case to-reasoning). As one surge, it insures
+    only up to its top, from its first step on."""
     climb = [10.0 * 2 ** (i / 12) for i in range(25)]  # 10 -> 40 in 6 minutes
     memory = BurstMemory(settled_at=NOW)
     for i, need in enumerate([10.0] * 12 + climb + [40.0] * 24):
         memory = remember(memory, need, NOW + i * PERIOD, HORIZON, window_s=HORIZON)
-    assert 0.2 < max(memory.rises) < MAX_MARGIN  # no single horizon rises past the cap
+    step = max(memory.rises)
+    assert 0.2 < step < MAX_MARGIN  # no single horizon rises past the cap
     assert max(memory.spans) >= MAX_MARGIN
-    assert margin(memory, 0.99, level=40.0) == pytest.approx(0.0, abs=0.05)
-    assert margin(memory, 0.99, level=20.0) > 0.1  # the calm below its top stays insured
+    assert margin(memory, 0.99, level=40.0) == 0.0
+    # below the climb's top every step insures as the climb does, up to that top
+    assert margin(memory, 0.99, level=30.0) == pytest.approx(40.0 / 30.0 - 1.0)
+    assert margin(memory, 0.99, level=20.0) == pytest.approx(step)
     saved = replace(PolicyState(), decode_burst=memory).to_json()  # survives an actor restart
     assert PolicyState.from_json(saved).decode_burst == memory
 
@@ -114,6 +117,8 @@ def test_a_memory_saved_without_tops_insures_as_before() -> None:
     )
     assert len(old.tops) == len(old.rises) and all(math.isinf(n) for n in old.tops)
     assert old.spans == old.rises  # saved before spans: each rise its own climb
+    short = BurstMemory.from_dict({"rises": [0.5, 0.2], "spans": [0.1, 3.0], "tops": [9, 9]})
+    assert short.spans == (0.5, 3.0)  # a climb is never smaller than its own step
     assert margin(old, 0.99, level=30.0) == MAX_MARGIN
     later = old
     for i in range(12):

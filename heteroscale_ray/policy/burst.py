@@ -12,8 +12,10 @@ window still holds the role at (the need at the horizon's start when that window
 trend (below) sizes for that part, and the margin is for what it did not see. Learned in full,
 each horizon of a ten-minute surge taught a rise just under the cap, which insures in
 proportion: the ServeGen day's decode held 1.9x its need up the climb and at its top. Each
-rise also keeps its `span`: the climb over the whole remembered span (horizon and held window)
-from its first need, which tells the steps of one surge from rises of their own (`margin`).
+rise also keeps its `span`: the largest climb, over a remembered span (horizon and held window)
+from that span's first need, of any span it was recorded in; a climb that reaches the cap is
+one surge, whichever horizon-long steps it was measured in (`margin`). (With the window off the
+span is one horizon, and tells nothing the rise does not.)
 
 Smooth traffic learns a margin near 0 and pays nothing; bursty traffic learns how bursty it
 is. The margin applies once the role has been short (its fixable latency reached the latency
@@ -85,12 +87,13 @@ def remember(
         foreseen = _climb([(t, n) for t, n in needs if settled_at <= t <= oldest_t])
         foreseen *= now - oldest_t
         rise = max(top - base - foreseen, 0.0) / max(base, 1.0)
-        first = next(n for t, n in needs if t >= settled_at)
+        first_t, first = next((t, n) for t, n in needs if t >= settled_at)
         span = max(rise, (top - first) / max(first, 1.0))
         keep_after = now - HISTORY_HORIZONS * horizon_s
         kept = [
-            # a rise measured within this span is a step of the same climb
-            (r, t, n, max(sp, span) if now - t < kept_s else sp)
+            # A rise recorded since this span's first need is a step of the same climb: it
+            # insures as the climb does, up to the climb's top.
+            (r, t, max(n, top), max(sp, span)) if t >= first_t else (r, t, n, sp)
             for r, t, n, sp in zip(rises, rises_at, tops, spans, strict=True)
             if t >= keep_after
         ]
@@ -115,19 +118,21 @@ def margin(
     finds the fleet lean; at it, the surge that brought the need there says nothing of
     another above it (a 3x spike had doubled its own peak for ten minutes after it, and a 5x
     step held twice its new level for the hour its rise was remembered). So does a rise
-    measured within the remembered span of a climb of at least `cap` (its `span`): a surge
-    the need shows over minutes (outputs 8x longer reach the finished requests' mean as they
-    finish) is measured in horizon-long steps each under the cap, and insured step by step in
-    proportion, it had held the new level at 1.5-1.8x for the hour after. Smaller rises
+    recorded within the remembered span of a climb of at least `cap` (its `span`), up to
+    that climb's top: a surge the need shows over minutes (outputs 8x longer reach the
+    finished requests' mean as they finish) is measured in horizon-long steps, the first
+    under the cap, and insured step by step in proportion, it had held the new level at
+    1.5-1.8x for the hour after. Smaller rises
     always insure in proportion: a diurnal ramp lifts the level past their tops within
     minutes."""
     if not memory.rises or (gated and memory.strained_at is None):
         return 0.0
     rises = memory.rises
+    spans = memory.spans if len(memory.spans) == len(rises) else rises
     if level is not None and level > 0:
         rises = tuple(
             min(r, max(top / level - 1.0, 0.0)) if span >= cap else r
-            for r, top, span in zip(rises, memory.tops, memory.spans, strict=True)
+            for r, top, span in zip(rises, memory.tops, spans, strict=True)
         )
     ordered = sorted(rises)
     k = min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))

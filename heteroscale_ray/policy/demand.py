@@ -232,8 +232,8 @@ def margin_factor(
     level: float | None = None,
 ) -> float:
     """1 + the learned burst margin at need `level`, less the share prefill's idle time
-    already absorbs. A rise larger than the cap insures the calm after it, not the level it
-    reached (burst.margin)."""
+    already absorbs. A rise larger than the cap, or recorded within a climb that reached it,
+    insures the calm after it, not the level it reached (burst.margin)."""
     demand = spec.policy.demand
     if startup.horizon_s(spec, state) <= 0:
         return 1.0

@@ -151,8 +151,9 @@ class BurstMemory:
     tops: tuple[float, ...] = ()  # the need each rise reached (instances)
     strained_at: float | None = None  # last time the role's fixable latency neared the SLO
     settled_at: float | None = None  # when a covered horizon first showed no climb
-    # Each rise's climb over the whole remembered span (start-up horizon and held window) from
-    # its first need: a climb measured in steps of one horizon is still one surge.
+    # Each rise's climb: the largest, over a remembered span (start-up horizon and held window)
+    # from its first need, of the spans it was recorded in; a climb measured in steps of one
+    # horizon is still one surge (policy/burst.py).
     spans: tuple[float, ...] = ()
 
     @staticmethod
@@ -165,6 +166,7 @@ class BurstMemory:
         spans = tuple(float(r) for r in data.get("spans", ()))
         if len(spans) != len(rises):  # saved before spans were kept: each its own rise
             spans = rises
+        spans = tuple(max(sp, r) for sp, r in zip(spans, rises, strict=True))  # a climb >= its step
         return BurstMemory(
             needs=tuple((float(t), float(n)) for t, n in data.get("needs", ())),
             rises=rises,
