@@ -122,9 +122,8 @@ def margin(
     that climb's top: a surge the need shows over minutes (outputs 8x longer reach the
     finished requests' mean as they finish) is measured in horizon-long steps, the first
     under the cap, and insured step by step in proportion, it had held the new level at
-    1.5-1.8x for the hour after. Smaller rises
-    always insure in proportion: a diurnal ramp lifts the level past their tops within
-    minutes."""
+    1.5-1.8x for the hour after. Smaller rises always insure in proportion: a diurnal ramp
+    lifts the level past their tops within minutes."""
     if not memory.rises or (gated and memory.strained_at is None):
         return 0.0
     rises = memory.rises

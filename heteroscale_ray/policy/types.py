@@ -152,8 +152,8 @@ class BurstMemory:
     strained_at: float | None = None  # last time the role's fixable latency neared the SLO
     settled_at: float | None = None  # when a covered horizon first showed no climb
     # Each rise's climb: the largest, over a remembered span (start-up horizon and held window)
-    # from its first need, of the spans it was recorded in; a climb measured in steps of one
-    # horizon is still one surge (policy/burst.py).
+    # from that span's first need, of the spans it was recorded in; a climb measured in steps
+    # of one horizon is still one surge (policy/burst.py).
     spans: tuple[float, ...] = ()
 
     @staticmethod
