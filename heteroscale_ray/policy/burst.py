@@ -9,23 +9,22 @@ service's traffic has shown over such a horizon: from its own recent history, th
 where `held` is the highest need of the horizon before it, which the scale-in stabilisation
 window still holds the role at (the need at the horizon's start when that window is off), and
 `highest` is counted above what the climb seen before the horizon, carried on, foresaw: the
-trend (below) sizes for that part, and the margin is for what it did not see. Learned in full,
-each horizon of a ten-minute surge taught a rise just under the cap, which insures in
-proportion: the ServeGen day's decode held 1.9x its need up the climb and at its top. Each
+trend (below) sizes for that part, and the margin is for what it did not see (learned in
+full, each horizon-long step of one surge would teach a rise just under the cap). Each
 rise also keeps its `span`: the largest climb, over a remembered span (horizon and held window)
 from that span's first need, of any span it was recorded in; a climb that reaches the cap is
 one surge, whichever horizon-long steps it was measured in (`margin`). (With the window off the
 span is one horizon, and tells nothing the rise does not.)
 
 Smooth traffic learns a margin near 0 and pays nothing; bursty traffic learns how bursty it
-is. The margin applies once the role has been short (its fixable latency reached the latency
-guard's lowest tier): rises the sizing's own slack absorbs cost nothing, and a service whose
+is. The margin applies once the role has been short (its latency reached the latency guard's
+lowest tier, from a cause capacity can fix): rises the sizing's own slack absorbs cost nothing, and a service whose
 fleet never strains needs no insurance against them; one that has strained keeps it, since its
 calm hours are when the next surge finds the fleet lean.
 Neither rises nor strain are learned while the need is still in the climb the policy started
 into (its least-squares slope tells it from noise): that is the fleet filling, after a launch or
-at a replay's empty start. Long requests take minutes to fill a fleet, and a fill learned as a
-burst, with the strain a cold start brings, held twice the need for an hour.
+at a replay's empty start. Long requests take minutes to fill a fleet: a fill is no burst, and
+the strain a cold start brings is not the service's.
 No trace-specific number: the horizon is a property of the deployment (instance start-up
 plus one control period), the quantile one of the SLO target. Pure: time comes in as `now`.
 """
@@ -40,7 +39,7 @@ from heteroscale_ray.config import DemandSpec, Role
 from heteroscale_ray.policy.types import BurstMemory, PolicyState
 
 HISTORY_HORIZONS = 30  # rises remembered: 30 horizons (an hour at a 120-s horizon)
-# Default cap (demand.max_burst_margin): never double the need; a larger rise is an outage.
+# Default cap (demand.max_burst_margin): at most double the need; a larger rise is an outage.
 MAX_MARGIN = DemandSpec().max_burst_margin
 CLIMB_T = 2.0  # a slope counts as a climb when it is this many standard errors above 0
 COVERED = 0.75  # a rise is measured once the remembered needs span this share of a horizon
@@ -60,8 +59,8 @@ def remember(
     A rise is measured from the highest need within `window_s` before the horizon (a level
     the scale-in stabilisation window still holds the role at), or from the need at the
     horizon's start when `window_s` is 0: a need back to a level the fleet was held at is no
-    rise it is short for. (From the start alone, the need's tick-to-tick noise was learned as
-    headroom, on top of the stabilisation window's maximum of that same noise.)"""
+    rise it is short for, and measured from the start alone the need's tick-to-tick noise
+    would be insured twice (the window already holds its maximum)."""
     if horizon_s <= 0:
         return memory
     if need is None or not math.isfinite(need) or need < 0:
@@ -116,14 +115,11 @@ def margin(
     A rise of at least `cap` (one no headroom covers: a surge) insures the need at `level`
     only up to the top it reached: below it, the calm after a surge is when the next one
     finds the fleet lean; at it, the surge that brought the need there says nothing of
-    another above it (a 3x spike had doubled its own peak for ten minutes after it, and a 5x
-    step held twice its new level for the hour its rise was remembered). So does a rise
-    recorded within the remembered span of a climb of at least `cap` (its `span`), up to
-    that climb's top: a surge the need shows over minutes (outputs 8x longer reach the
-    finished requests' mean as they finish) is measured in horizon-long steps, the first
-    under the cap, and insured step by step in proportion, it had held the new level at
-    1.5-1.8x for the hour after. Smaller rises always insure in proportion: a diurnal ramp
-    lifts the level past their tops within minutes."""
+    another above it. So does a rise recorded within the remembered span of a climb of at
+    least `cap` (its `span`), up to that climb's top: a surge the need shows over minutes
+    (longer outputs reach the finished requests' mean as they finish) is measured in
+    horizon-long steps, the first under the cap, and is still one surge. Smaller rises always
+    insure in proportion: a diurnal ramp lifts the level past their tops within minutes."""
     if not memory.rises or (gated and memory.strained_at is None):
         return 0.0
     rises = memory.rises

@@ -1,9 +1,9 @@
 """What one instance carries, per (model, GPU type, role): the roofline prior, corrected by
 what replicas report. Pure: the caller passes signals, state and time.
 
-The prior is the project's one capacity model (`perf.capacity`) at the load's mean lengths and
-its prompts' spread (attention makes a long-tailed mix slower than its mean prompt), averaged
-over `demand.learn_smoothing_s` as the correction is. The correction is one number per role,
+The prior is the project's one capacity model (`perf.capacity`) at this snapshot's mean lengths
+and the prompts' spread (attention makes a long-tailed mix slower than its mean prompt), the
+spread averaged over `demand.learn_smoothing_s` as the correction is. The correction is one number per role,
 measured over prior, averaged in log space:
 - prefill: cache-miss tokens per busy second of a prefill instance, over the prior's;
 - decode: the prior's step time at the observed batch, over the measured step time.
@@ -39,14 +39,15 @@ class Capacity:
 
     prefill_tps: float  # cache-miss prompt tokens/s of one prefill instance, busy all the time
     decode_batch: float  # sequences one decode instance runs within the TBT budget and KV
-    decode_tps: float  # tokens/s one decode instance makes at that batch
+    decode_tps: float  # tokens/s at that batch, at the prior's step time (see `capacity`)
     prefill_scale: float = 1.0  # learned correction applied to the prior (1.0: prior as is)
     decode_scale: float = 1.0
     source: str = "prior"  # "prior", "learned" or "override"
 
     @property
     def decode_step_s(self) -> float:
-        """The step one decode instance takes at its priced batch (the TBT budget's share)."""
+        """The prior's step at the priced batch: the TBT budget's share, times the learned
+        decode scale."""
         return self.decode_batch / self.decode_tps
 
     def describe(self) -> str:
@@ -159,7 +160,10 @@ def capacity(
     budget = spec.slo.tbt_s * demand.decode_tbt_margin
     prefill, _, _ = prior(spec, catalog, lens, budget)
     # A decode instance d_scale x faster than the prior fits the batch the prior allows at a
-    # d_scale x looser budget.
+    # d_scale x looser budget. Its tokens/s stay the prior's at that batch: the scale also
+    # absorbs the running contexts' length bias and falls as batches shrink, and applied to
+    # tokens/s too it fed back (more instances, smaller batches, a lower scale, more
+    # instances): +4-9% decode GPU-hours at the same attainment (docs/generalization_log.md).
     _, batch, tps = prior(spec, catalog, lens, rounded(budget * d_scale))
     cap = Capacity(
         prefill * p_scale,
@@ -203,15 +207,15 @@ def learn(
     busy, tps = signals.prefill_busy, signals.prefill_tps
     if ready_prefill > 0 and _positive(tps) and _positive(busy) and busy >= MIN_BUSY:  # type: ignore[operator]
         measured = tps / (busy * ready_prefill)  # type: ignore[operator]
-        prior = prefill_capacity(pk, lens.prompt, busy_share=1.0, sd_input=lens.prompt_sd)
-        p_scale = _fold(p_scale, learned_at, measured / prior, now, demand)
+        expected = prefill_capacity(pk, lens.prompt, busy_share=1.0, sd_input=lens.prompt_sd)
+        p_scale = _fold(p_scale, learned_at, measured / expected, now, demand)
         learned = True
     step, running = signals.decode_step_s, signals.decode_running
     if ready_decode > 0 and _positive(step) and _positive(running):
         batch = max(1.0, running / ready_decode)  # type: ignore[operator]
         ctx = lens.prompt + lens.output / 2
-        prior = float(dk.step_seconds(batch, batch * ctx))
-        d_scale = _fold(d_scale, learned_at, prior / step, now, demand)  # type: ignore[operator]
+        expected = float(dk.step_seconds(batch, batch * ctx))
+        d_scale = _fold(d_scale, learned_at, expected / step, now, demand)  # type: ignore[operator]
         learned = True
     if not learned:
         return state

@@ -5,12 +5,14 @@ Demand is measured where work arrives, so a saturated role cannot hide it (`role
   configured busy share, plus the queued work drained within `drain_s`;
 - decode: the larger of the tokens/s arrivals will ask for (request rate x mean output, which
   sees demand while prefill still holds it back) over one instance's tokens/s, and the
-  sequences running or waiting over one instance's batch; plus the requests prefill's queue
-  releases while it drains within `drain_s` (both roles' instances take one start-up to land).
+  sequences running over one instance's batch plus the waiting ones' work drained within
+  `drain_s`; plus the requests prefill's queue releases while it drains within `drain_s`
+  (both roles' instances take one start-up to land).
 Both roles move in one decision (the paper's coordinated action); the P/D ratio is whatever the
-two needs make it, snapped to a small ratio only for the shape of new Deployment Groups. Then
-the backlog rule, the latency guard on the latency capacity can fix, the KV guard, bounds and
-budget, and never-shrink-on-missing-data, as for the paper's rule.
+two needs make it, except that every Deployment Group holds both roles, so the smaller role is
+raised to what the larger one's DGs need (`fit_dgs`). Then the backlog rule, the latency guard
+on the latency capacity can fix, the KV guard, bounds and budget, and
+never-shrink-on-missing-data, as for the paper's rule.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def decide_demand(
         state = lapse_steps(spec, state, role, sized[role][0], now)
     initial = counts.prefill == 0 and counts.decode == 0
     plans = {
-        role: initial_plan(spec, role, *sized[role])
+        role: initial_plan(role, *sized[role])
         if initial
         else role_plan(spec, role, counts.of(role), *sized[role], state, now)
         for role in Role
@@ -134,7 +136,7 @@ def decide_demand(
         plans, guard_state = latency_guard(spec, signals, counts, state, now, plans)
         plans[Role.DECODE] = kv_guard(spec, signals, state, now, plans[Role.DECODE])
     plans = fit_dgs(spec, bounded(spec, plans))
-    for role, plan in plans.items():  # latency or KV pressure proved the need higher than measured
+    for role, plan in plans.items():  # a latency or KV step: the window keeps it (proof.py)
         if plan.reason in EVIDENCE and plan.target > plan.current:
             guard_state = raise_step(spec, guard_state, role, plan.target, plan.need, now)
             guard_state = proof.record_step(guard_state, role, plan.need, plan.target)
@@ -161,7 +163,7 @@ def remember_needs(
     state: PolicyState,
     needs: dict[Role, float | None],
     now: float,
-    short: set[Role],
+    strained_roles: set[Role],
 ) -> PolicyState:
     horizon = startup.horizon_s(spec, state)
     # At a horizon's start the stabilisation window (when it is at least that long) holds the
@@ -174,7 +176,7 @@ def remember_needs(
             needs[role],
             now,
             horizon,
-            role in short,
+            role in strained_roles,
             held,
         )
         state = burst.with_memory(state, role, memory)
@@ -199,9 +201,8 @@ def with_headroom(
     rest is added (steady traffic pays nothing twice). Decode's TBT margin is not spare in the
     same way: the most loaded instance uses it first. A climb is extrapolated a horizon ahead
     only past `known`, the highest level of the last `peak_window_s` before this need: a
-    climb back to it is a return the window and margin hold for (traffic on two minutes in
-    four was asked past its level at each onset and scaled back after, 10 decode direction
-    changes an hour).
+    climb back to it is a return the window and margin hold for, and extrapolating it would
+    scale out past that level and back at every onset of traffic that comes and goes.
     """
     demand = spec.policy.demand
     horizon = startup.horizon_s(spec, state)
@@ -232,7 +233,7 @@ def margin_factor(
     level: float | None = None,
 ) -> float:
     """1 + the learned burst margin at need `level`, less the share prefill's idle time
-    already absorbs. A rise larger than the cap, or recorded within a climb that reached it,
+    already absorbs. A rise as large as the cap, or recorded within a climb that reached it,
     insures the calm after it, not the level it reached (burst.margin)."""
     demand = spec.policy.demand
     if startup.horizon_s(spec, state) <= 0:

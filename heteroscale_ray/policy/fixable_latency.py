@@ -26,6 +26,7 @@ TBT_FLOOR_SHARE = (
     0.5  # the slowest decode step under this share of TBT p99: batches are not the cause
 )
 MIN_GAIN = 0.1  # a guard step must cut the fixable latency by this share to earn another
+RELIEVED = 0.95  # load per instance under this share of the step's: the step lowered it
 
 
 def latency_guard(
@@ -36,15 +37,17 @@ def latency_guard(
     now: float,
     plans: dict[Role, RolePlan],
 ) -> tuple[dict[Role, RolePlan], PolicyState]:
-    """Step out the role whose *queueing* latency breaks the SLO; stop when a step did not help.
+    """Step out the role whose latency breaks the SLO from a cause capacity can fix; stop when a
+    step did not help.
 
-    TTFT counts against prefill, but only its queueing part (a long prompt's own compute is
-    not shortened by more instances: that is a latency floor, reason latency_floor). TBT counts
-    against decode when batches are large enough that more instances shrink them, or while the
-    queue of sequences waiting for a slot grows. A step that
-    did not cut the fixable latency by MIN_GAIN earns no other (reason latency_no_gain) until
-    latency drops below the lowest tier. Prefill waits while its queue drains: the capacity in
-    place already outruns arrivals.
+    The tier is read from the observed p99. TTFT counts against prefill, but only while its
+    queueing part is material (a long prompt's own compute is not shortened by more
+    instances: that is a latency floor, reason latency_floor). TBT counts against decode
+    when batches are large enough that more instances shrink them, or while the queue of
+    sequences waiting for a slot grows. A step that did not cut the fixable latency by
+    MIN_GAIN earns no other (reason latency_no_gain) until latency drops below the lowest
+    tier. Prefill waits while its queue drains: the capacity in place already outruns
+    arrivals.
     """
     guard = spec.policy.latency_guard
     if not guard.enabled or snapshot_problem(s, now, spec.policy.stale_after_s):
@@ -121,11 +124,11 @@ def latency_guard(
 
 def unhelped(state: PolicyState, role: Role, fixable: float, load: float | None) -> float | None:
     """The fixable latency the last guard step on `role` was taken at, if that step did not
-    cut it by MIN_GAIN; else None. A step that load growth ate (load per instance no lower
-    than when it was taken) says nothing about whether capacity helps; only one that did
-    lower the load does."""
+    cut it by MIN_GAIN; else None. A step that load growth ate (load per instance not below
+    RELIEVED x what it was when the step was taken) says nothing about whether capacity
+    helps; only one that did lower the load does."""
     before = state.guard_fixable_s if state.guard_role == role.value else None
-    relieved = load is None or state.guard_load is None or load < 0.95 * state.guard_load
+    relieved = load is None or state.guard_load is None or load < RELIEVED * state.guard_load
     if before is not None and relieved and fixable > (1 - MIN_GAIN) * before:
         return before
     return None
@@ -180,7 +183,8 @@ def watched_latencies(
 
 
 def strained(spec: ServiceSpec, s: Signals) -> set[Role]:
-    """Roles whose fixable latency reached the guard's lowest tier: capacity was short."""
+    """Roles whose latency reached the guard's lowest tier from a cause capacity can fix (not
+    a floor): capacity was short."""
     tiers = spec.policy.latency_guard.tiers
     out = set()
     for role, _, observed, slo, _, floor in watched_latencies(spec, s):

@@ -2,10 +2,10 @@
 in only as far as its highest need within `demand.peak_window_s` allows, and that need with its
 burst margin for MARGIN_HOLD_HORIZONS burst horizons after it. The fleet found at the first
 decision enters the window as a need, as HPA stabilises a new autoscaler's initial size. A
-latency guard's step enters it too, held like a need while the load it was taken at holds: at a
-lower load it is a different fleet, measured afresh (as the guard's proof, policy/proof.py).
-Held regardless, one step on traffic's return after a 20-minute gap (decode 125 -> 150 at a need
-of 101) kept 150 for the window while the need fell to 52. Pure: time comes in as `now`.
+latency guard's or KV guard's step enters it too, held like a need while the load it was taken
+at holds: at a lower load it is a different fleet, measured afresh (as the guard's proof,
+policy/proof.py); held regardless, a step outlives the load that needed it. Pure: time comes
+in as `now`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from heteroscale_ray.policy.types import PolicyState, RoleCounts
 # The margin insures a rise within one horizon above the level held; one that starts as a peak
 # ends takes up to a horizon to rise, is seen as a climb within the next (policy/burst.py), and
 # what that asks for lands a start-up later: three horizons. Diurnal surges also come in
-# clusters minutes apart, and at three the next one of a cluster found the fleet leaner
-# (diurnal-12h 99.47% -> 99.22%); five kept every shared trace within 0.1 point. Held the whole
-# 900-s window, the margin kept a surge's doubled peak a quarter of an hour after the surge.
+# clusters minutes apart, which need a few horizons more (the log has the measurements); held
+# the whole window, the margin would keep a surge's doubled peak long after the surge.
 MARGIN_HOLD_HORIZONS = 5
 
 
@@ -40,9 +39,10 @@ def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -
 
 
 def known_level(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
-    """The role's highest bare need within the window: a level its traffic reached in the
-    last `peak_window_s`, which the window still holds it for. Read it before this period's
-    need is added (raise_peak drops the older needs a new one matches)."""
+    """The role's highest bare entry within the window: a level its traffic reached in the
+    last `peak_window_s` (or the found fleet, or a guard step at this load), which the window
+    still holds it for. Read it before this period's need is added (raise_peak drops the older
+    needs a new one matches)."""
     return max((bare for _, _, bare in _in_window(spec, state, role, now)), default=None)
 
 
@@ -116,9 +116,8 @@ def hold_found_fleet(
 ) -> PolicyState:
     """At its first decision a policy holds the fleet it found for one window, as HPA
     stabilises a new autoscaler's initial size: that fleet was sized for load this policy has
-    not seen yet. A fill of minutes-long sequences reads low for minutes after a start; scaled
-    in to it two minutes in, decode-heavy traffic built a backlog and overshot past the size
-    it started at. Like any need in the window, the found size is a level the traffic is held
+    not seen yet: a fill of minutes-long sequences reads low for minutes after a start. Like
+    any need in the window, the found size is a level the traffic is held
     for (`known_level`): a climb back to it is not extrapolated as a rise."""
     if state.started_at is not None or counts.prefill + counts.decode == 0:
         return state

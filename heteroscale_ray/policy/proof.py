@@ -8,13 +8,11 @@ step after `peak_window_s`, the latency breaches again at the same load, and the
 again: a direction change each window on a load that never moved. So the role is sized for at
 least its need x C / N while its need is within the scale-out tolerance of N; above that the
 proof is a floor, not a multiplier: the larger of the need and what it asked at the
-tolerance's edge. A step proved in a surge's transient (a queue draining at 35 instances) had
-multiplied the surge's peak need by 1.5 on the m-large day; dropping the proof instead made
-more load ask for fewer instances.
+tolerance's edge (a proof taken in a surge's transient would multiply the surge's peak, and
+dropped, more load would ask for fewer instances).
 A first step proves nothing yet: the window holds it, and only a second step while the load
 still holds (the window let it go and the breach came back, or one step was not enough)
-proves it. A breach that was a passing cluster of long prompts stepped Mooncake's prefill out
-once, and as a proof held the step for the hour at the same load: 1.12x the static fleet.
+proves it; one step may answer a passing breach, such as a cluster of long prompts.
 Either lapses once the need falls below its N by the scale-in tolerance (a different load,
 measured afresh).
 Pure: the caller passes the state.
@@ -28,7 +26,7 @@ from dataclasses import replace
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy.types import PolicyState
 
-MAX_PROOF = 2.0  # as the burst headroom: never more than double the estimate
+MAX_PROOF = 2.0  # never more than double the estimate (as the burst headroom's default cap)
 
 
 def proof_of(state: PolicyState, role: Role) -> tuple[float, float] | None:

@@ -62,8 +62,9 @@ def released_rps(spec: ServiceSpec, s: Signals, counts: RoleCounts, cap: Capacit
 class PrefillRelease:
     """What prefill's queue hands decode at this snapshot. `rps`: requests/s on top of arrivals
     while it drains within `drain_s`; `before`: decode's steady need remembered before the
-    queue (None while no material queue reaches decode); `falling`: the queue fell at this
-    snapshot, so what reached decode is a lump released at once, not prefill's own pace."""
+    queue (None while no material queue reaches decode, and while the burst memory, which
+    keeps that need, is off); `falling`: the queue fell at this snapshot, so what reached
+    decode is a lump released at once, not prefill's own pace."""
 
     rps: float = 0.0
     before: float | None = None
@@ -92,13 +93,12 @@ def decode_need(
     The steady need (what the scale-in window and burst memory keep) counts the running
     sequences at the pace a priced batch steps (Little's law): on an overloaded pool they step
     slower, so more of the same arrivals are running at once than the SLO's pace would hold.
-    While prefill's queue drains into decode, the running sequences count in it at most at the
-    need remembered before (`release.before`): the release is a backlog that runs once. Counted,
-    a 5x step's release held decode at 4x its need for the window's quarter hour, and, learned
-    as a surge, insured the hour after it at twice the need. Once prefill's queue falls, nor is
-    the release asked for as concurrency: like a decode queue it is its work drained within
-    `drain_s`. The step's ~1,000 released sequences finished in seconds on the instances there;
-    as concurrency they asked for 20 instances where 5 serve, which landed after them.
+    While prefill holds a material queue, the running sequences count in it at most at the need
+    remembered before the queue (`release.before`): what it releases is a backlog that runs
+    once, and remembered it would hold the window and teach the burst memory a surge. Once
+    prefill's queue falls, nor is the release asked for as concurrency: like a decode queue it
+    is its work drained within `drain_s`, since released sequences finish in seconds on the
+    instances there, before new ones could land.
     """
     if problem is not None:
         return Need(None, f"signals {problem}")

@@ -28,7 +28,7 @@ class RolePlan:
     need: float | None = None
 
 
-def initial_plan(spec: ServiceSpec, role: Role, need: float | None, why: str) -> RolePlan:
+def initial_plan(role: Role, need: float | None, why: str) -> RolePlan:
     start = ceil_eps(need) if need is not None else 0
     return RolePlan(role, 0, start, Reason.INITIAL, f"no instances yet; {why}", need)
 
@@ -49,7 +49,7 @@ def role_plan(
         return RolePlan(role, current, current, Reason.HOLD_MISSING_SIGNAL, why)
     peak = recent_peak(spec, state, role, now)
     why = f"{why} = {need:,.1f} (now {current})"
-    sized = need  # what the role is sized for; `need` stays the measured demand
+    sized = need  # what the role is sized for; `need` stays the need with its headroom
     if peak is not None and peak > need and need < current:
         # Scale in only as far as the recent peak allows (stabilisation window).
         why += f", recent peak {peak:,.1f}"
@@ -86,7 +86,7 @@ def role_plan(
     wait = cooldown_left(now, since, cooldown)
     if out and wait > 0 and sized > STEP_CHANGE * current:
         # The cooldown lets the last step land before judging it; a need over twice every
-        # instance asked for (starting ones too) is a step in the load that step never sized
+        # instance placed (starting ones too) is a step in the load that step never sized
         # for: traffic back after an idle spell, or a cold start.
         why += f", over {STEP_CHANGE:g}x the count: no cooldown"
         wait = 0.0

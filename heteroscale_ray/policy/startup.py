@@ -2,8 +2,7 @@
 
 The burst horizon (policy/burst.py) is the time from asking for instances to their serving:
 start-up plus one control period. Configured (`demand.burst_horizon_s`), it is a guess about
-the deployment, and a wrong guess costs either way: on the ServeGen day with 300-s start-ups,
-the 120-s horizon meant for 90 s held 96.97% of requests within SLO, a 315-s one 98.83%. So
+the deployment, and a wrong guess costs attainment (too short) or GPU-hours (too long). So
 the policy times its own asks: from the last decision that grew a role, once that role's
 instances were seen starting, to the first snapshot with none of its instances starting; a
 scale-in while they start voids the timing (cancelled start-ups end early), and an ask nothing
