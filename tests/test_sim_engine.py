@@ -356,3 +356,36 @@ def test_queued_prefill_is_the_work_not_started_as_a_replica_reports_it() -> Non
         sim.step()
     assert len(sim._backlog) == 0 and sim.t_first[2] - one > sim.now
     assert queues(sim, 0)[0] == pytest.approx(one)
+
+
+def _one_domain():
+    """The test service with its DGs allowed anywhere in one S2 domain (placeable here)."""
+    spec = SERVICES.services[0].model_copy(update={"affinity": AffinityLevel.S2})
+    return SERVICES.model_copy(update={"services": [spec]})
+
+
+def test_a_quiet_stretch_at_the_trace_end_is_held_like_any_other() -> None:
+    """A trace whose span runs past its last arrival (a quiet end): the static fleet holds its
+    GPUs to the span's end, and the averages are over time that was simulated."""
+    from heteroscale_ray.sim.replay import ReplayOptions, run_replay
+    from heteroscale_ray.traces.trace import Trace
+
+    trace = Trace.from_columns([1.0, 2.0, 3.0], [200] * 3, [20] * 3, duration_s=900.0)
+    run = run_replay(_one_domain(), GRAPH, {"svc": trace}, ReplayOptions(policy="static"))
+    s = run.summary
+    assert s["completed"] == 3 and s["sim_time_s"] >= 900.0
+    assert s["avg_gpus"] == pytest.approx(s["peak_gpus"])
+    assert s["gpu_hours"] == pytest.approx(s["peak_gpus"] * s["sim_time_s"] / 3600, rel=0.01)
+
+
+def test_a_backlog_left_at_the_trace_end_is_served_on_gpus_that_count() -> None:
+    """Requests still decoding when the trace's span ends keep their GPUs until they finish:
+    the replay's GPU-hours run to the last one, so a policy that falls behind pays for it."""
+    from heteroscale_ray.sim.replay import ReplayOptions, run_replay
+    from heteroscale_ray.traces.trace import Trace
+
+    trace = Trace.from_columns([0.0, 1.0], [200, 200], [20, 4000])  # ~minutes of decode
+    run = run_replay(_one_domain(), GRAPH, {"svc": trace}, ReplayOptions(policy="static"))
+    s = run.summary
+    assert s["completed"] == 2 and s["sim_time_s"] > 30 * s["duration_s"]
+    assert s["gpu_hours"] == pytest.approx(s["peak_gpus"] * s["sim_time_s"] / 3600, rel=0.01)

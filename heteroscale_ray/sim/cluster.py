@@ -114,7 +114,10 @@ class ClusterSim:
         profiles: Mapping[str, ModelProfile] | None = None,
         const: PerfConstants = DEFAULT_CONSTANTS,
         config: SimConfig = SimConfig(),
+        span_s: float = 0.0,
     ) -> None:
+        """`span_s`: the span the traffic covers (a trace's `duration_s`): the cluster runs at
+        least that long, so a quiet stretch after the last arrival is held like any other."""
         self.services = list(services)
         self.svc_index = {s.name: i for i, s in enumerate(self.services)}
         self.graph = graph
@@ -151,7 +154,8 @@ class ClusterSim:
         self._kind_peak_den = np.zeros(0)
         self._kind_cost = np.zeros(0)
         n = len(workload)
-        self.horizon = float(workload.arrival[-1]) + self.dt if n else self.dt
+        last = float(workload.arrival[-1]) + self.dt if n else self.dt
+        self.horizon = max(last, float(span_s))
         self.drain_s = config.drain_timeout_s + self._longest_output_s()
         self.n_ticks_max = int(np.ceil((self.horizon + self.drain_s) / self.dt)) + 2
         # per-request results

@@ -332,6 +332,7 @@ def run_replay(
         profiles=profiles,
         const=const,
         config=SimConfig(tick_s=opts.tick_s, startup_s=opts.startup_s),
+        span_s=max(t.duration_s for t in traces.values()),
     )
     actuator = SimActuator(sim, opts.startup_s)
     cached = static_hits = cache_hits
@@ -415,7 +416,9 @@ def run_replay(
     wall0 = time.perf_counter()
     duration = max(float(max(t.duration_s for t in traces.values())), opts.tick_s)
     while not sim.done:
-        if sim.now + 1e-9 >= next_control and sim.now < duration + opts.control_period_s:
+        # Control runs until the last request finished: a backlog left at the end is served
+        # (and paid for) under the policy, as it would be in service.
+        if sim.now + 1e-9 >= next_control:
             obs = observe(sim, opts.window_s)
             desired = autoscaler.desire(sim.now, obs)
             tick = TickInput(sim.now, desired, obs, by_name, graph, running=sim.running_by_dg())

@@ -137,7 +137,10 @@ def summarize(
     actuator: SimActuator,
     rejected: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The report's numbers; resource metrics cover [0, trace duration), latency every request.
+    """The report's numbers. Resource metrics cover the whole replay, from 0 until the trace's
+    span has passed and its last request finished: a backlog left at the trace's end is served
+    on GPUs too, so a policy that falls behind pays for catching up. Latency covers every
+    request.
 
     `rejected`: requests per service the ingress turned away (sim/oversized.py). They are
     requests that missed their SLO, in the attainment and in its ceiling alike."""
@@ -145,7 +148,7 @@ def summarize(
     turned_away = sum((rejected or {}).values())
     n = len(w)
     asked = n + turned_away
-    T = max(1, int(math.ceil(duration / sim.dt)))
+    T = min(len(sim.ts_gpus), max(1, int(math.ceil(max(duration, sim.now) / sim.dt))))
     hours = sim.dt / 3600.0
     gpus = sim.ts_gpus[:T]
     held = float(gpus.sum())
