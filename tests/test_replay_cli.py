@@ -87,6 +87,7 @@ def test_replay_json_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
         (["--gpus", "0"], "--gpus: must be >= 1"),
         (["--gpus", "many"], "--gpus: 'many' is not a whole number"),
         (["--seed", "-1"], "--seed: must be >= 0"),
+        (["--rate-scale", "1e12"], "a replay holds in memory: lower --rate-scale"),
     ],
 )
 def test_replay_bad_argument_exits_2(
@@ -96,6 +97,18 @@ def test_replay_bad_argument_exits_2(
     head = ["replay", "--trace", "azure-conv", "--services", services, "--duration", "10"]
     assert main([*head, *args, "--out", str(tmp_path)]) == 2
     assert error in capsys.readouterr().err
+
+
+def test_a_policy_list_is_read_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Spaces after the commas are a list's, and a policy named twice runs once."""
+    services = str(ROOT / "examples" / "sim_services.yaml")
+    head = ["replay", "--trace", "azure-conv", "--services", services, "--duration", "10"]
+    policies = "static, oracle,static"
+    assert main([*head, "--policy", policies, "--out", str(tmp_path), "--json"]) == 0
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["policy"] for r in rows] == ["static", "oracle"]
 
 
 def test_replay_refuses_a_trace_with_no_requests(
@@ -284,6 +297,23 @@ def test_replay_bad_row_names_the_fix_then_skips_and_counts_it(
     assert "skipped 1 malformed row(s)" in captured.err
     assert "line 3" in captured.err
     assert json.loads(captured.out.strip().splitlines()[-1])["requests"] == 2
+
+
+def test_a_bad_header_is_not_offered_the_skip_and_a_gzipped_csv_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--skip-malformed skips rows, never a header; a gzipped file named .csv says so."""
+    import gzip
+
+    services = str(ROOT / "examples" / "sim_services.yaml")
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("time,prompt,output\n1,100,20\n")
+    packed = tmp_path / "packed.csv"
+    packed.write_bytes(gzip.compress(b"TIMESTAMP,ContextTokens,GeneratedTokens\n"))
+    for path, error in ((wrong, "header lacks TIMESTAMP"), (packed, "looks gzipped")):
+        assert main(["replay", "--trace", str(path), "--services", services]) == 2
+        err = capsys.readouterr().err
+        assert error in err and "--skip-malformed" not in err
 
 
 def test_rate_scaling_keeps_a_long_traces_day() -> None:

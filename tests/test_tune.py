@@ -109,6 +109,9 @@ def test_tune_rejects_unknown_service_and_empty_sample() -> None:
     )
     with pytest.raises(ValueError, match="no requests"):
         tune(services, "general", late, sample_s=60.0, **FAST)
+    silent = Trace.from_columns(np.arange(50.0), np.full(50, 2000), np.zeros(50, dtype=int))
+    with pytest.raises(ValueError, match="generate no tokens"):
+        tune(services, "general", silent, **FAST)
 
 
 def test_tune_cli_prints_table_and_yaml(capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,7 +49,7 @@ def load_trace_or_say(arg: str, skip_malformed: bool = False) -> Any:
     try:
         trace = load_trace_arg(arg, skip_malformed=skip_malformed)
     except (TraceError, OSError) as err:
-        hint = isinstance(err, TraceError) and err.line is not None and not skip_malformed
+        hint = isinstance(err, TraceError) and err.row and not skip_malformed
         print(f"{err}{SKIP_HINT if hint else ''}", file=sys.stderr)
         return None
     if trace.skipped:

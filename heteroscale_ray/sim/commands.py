@@ -19,6 +19,9 @@ REPLAY_POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle
 # a replay steps every second of the span: a month is ~2.6M ticks per policy. A longer span
 # is almost always a stray timestamp (a row from another year), so it is refused, not run.
 MAX_SPAN_S = 31 * 86400.0
+# A replay holds every request's columns in memory, about 170 bytes each (a week of the ServeGen
+# day at x16, 32M requests, peaked at 5.5 GB): past this many, lower the rate or the span.
+MAX_REPLAY_REQUESTS = 100_000_000
 DEFAULT_FLEET_GPUS = 1024  # `replay --gpus` unless the trace's static fleet needs more
 
 
@@ -198,6 +201,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if len(trace) * args.rate_scale > MAX_REPLAY_REQUESTS:
+        print(
+            f"--rate-scale {args.rate_scale:g} makes {len(trace) * args.rate_scale:,.0f} "
+            f"requests of {trace.source}'s {len(trace):,}, more than the "
+            f"{MAX_REPLAY_REQUESTS:,} a replay holds in memory: lower --rate-scale, or replay a "
+            "part with --duration S",
+            file=sys.stderr,
+        )
+        return 2
     if args.rate_scale != 1.0:
         shift = args.rate_shift_max
         if shift is None:
@@ -240,7 +252,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             f" ({split}, split as a static fleet for the trace needs "
             f"{counts[0]}:{counts[1]}{uncached})"
         )
-    policies = REPLAY_POLICIES if args.policy == "all" else tuple(args.policy.split(","))
+    asked = [p.strip() for p in args.policy.split(",")]
+    policies = REPLAY_POLICIES if asked == ["all"] else tuple(dict.fromkeys(asked))
     bad = [p for p in policies if p not in REPLAY_POLICIES]
     if bad:
         print(

@@ -180,6 +180,12 @@ def tune(
         )
     inp = np.asarray(sample.input_tokens)
     out = np.asarray(sample.output_tokens)
+    if not out.any():
+        raise ValueError(
+            f"the requests in the first {sample.duration_s:g} s of {trace.source or 'the trace'} "
+            "generate no tokens: the paper's decode-TPS target has nothing to measure (use "
+            "`signal: demand`, which sizes prefill on prompt tokens)"
+        )
     points: list[SweepPoint] = sweep(
         services,
         spec,

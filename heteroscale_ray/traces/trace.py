@@ -19,12 +19,15 @@ BLOCK_TOKENS = 512  # each of a prompt's hash_ids covers this many tokens (Moonc
 
 
 class TraceError(ValueError):
-    """A trace file that cannot be read; the message names the file, the line and the problem."""
+    """A trace file that cannot be read; the message names the file, the line and the problem.
+    `row`: the problem is one row's, which skipping malformed rows would drop (not the header's
+    or the file's)."""
 
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
+    def __init__(self, path: str, line: int | None, reason: str, row: bool = True) -> None:
         self.path = path
         self.line = line
         self.reason = reason
+        self.row = row and line is not None
         where = f"{path} line {line}" if line is not None else path
         super().__init__(f"{where}: {reason}")
 
