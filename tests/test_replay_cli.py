@@ -52,7 +52,7 @@ def test_replay_json_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = captured.out.strip().splitlines()
     assert rc == 0
     # the fleet's split is sized before the prefix cache: static then runs fewer prefill
-    assert "split as a static fleet for the trace needs" in captured.err
+    assert "split as a static fleet for the trace needs: " in captured.err
     assert "before prefix-cache hits" in captured.err
     summary = json.loads(out[-1])
     for key in (

@@ -238,6 +238,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             topology = replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
         else:
             topology = fleet_for([spec], args.gpus, counts)
+            if topology.total_gpus() != args.gpus:
+                print(
+                    f"--gpus {args.gpus:,}: the fleet is laid out in whole big-pods "
+                    f"(S2 domains), so it holds {topology.total_gpus():,}",
+                    file=sys.stderr,
+                )
             held = gpus_to_hold(spec, counts, split_by_counts=True)
             if held > topology.total_gpus():
                 print(
@@ -249,8 +255,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 )
         split = ", ".join(f"{n} {t}" for t, n in topology.gpus_by_type().items())
         layout = (
-            f" ({split}, split as a static fleet for the trace needs "
-            f"{counts[0]}:{counts[1]}{uncached})"
+            f" ({split}, split as a static fleet for the trace needs: "
+            f"{counts[0]} prefill, {counts[1]} decode instances{uncached})"
         )
     asked = [p.strip() for p in args.policy.split(",")]
     policies = REPLAY_POLICIES if asked == ["all"] else tuple(dict.fromkeys(asked))
