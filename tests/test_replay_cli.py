@@ -316,6 +316,23 @@ def test_a_bad_header_is_not_offered_the_skip_and_a_gzipped_csv_is_named(
         assert error in err and "--skip-malformed" not in err
 
 
+def test_requests_without_output_are_counted_aloud(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BurstGPT logs a failed request with 0 response tokens: the replay says how many."""
+    trace = tmp_path / "burst.csv"
+    trace.write_text(
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+        "0,ChatGPT,100,20,120,Conversation log\n"
+        "1,ChatGPT,200,0,200,Conversation log\n"
+        "2,ChatGPT,300,30,330,Conversation log\n"
+    )
+    services = str(ROOT / "examples" / "sim_services.yaml")
+    argv = ["replay", "--trace", str(trace), "--services", services, "--policy", "static"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--json"]) == 0
+    assert "1 of 3 requests have no output tokens" in capsys.readouterr().err
+
+
 def test_rate_scaling_keeps_a_long_traces_day() -> None:
     """Copies of a trace spanning hours shift by minutes, not its whole span: x10 of a day
     keeps its hourly swing; a one-hour sample still shifts over all of it."""

@@ -220,6 +220,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not len(trace):
         print(f"{trace.source} holds no requests to replay", file=sys.stderr)
         return 2
+    if silent := int((trace.output_tokens == 0).sum()):
+        print(
+            f"{silent:,} of {len(trace):,} requests have no output tokens (BurstGPT logs a "
+            "failed request so): they are replayed as prompts alone",
+            file=sys.stderr,
+        )
     # sized on what the ingress admits: a request no instance holds is rejected, not served
     try:
         admitted = admit([spec], {name: trace}, services.catalog, DEFAULT_CONSTANTS)
