@@ -151,6 +151,8 @@ def test_replay_finishes_a_request_longer_than_the_default_drain(
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["requests"] == summary["completed"] == 1
     assert "did not finish" not in captured.err
+    assert summary["drain_s"] > 300 and summary["gpu_hours_after"] > summary["gpu_hours"]
+    assert "its last request finished" in captured.err  # the drain is said, not hidden
     assert "before prefix-cache hits" not in captured.err  # no hashes: no cache to discount
 
 

@@ -375,17 +375,18 @@ def test_a_quiet_stretch_at_the_trace_end_is_held_like_any_other() -> None:
     s = run.summary
     assert s["completed"] == 3 and s["sim_time_s"] >= 900.0
     assert s["avg_gpus"] == pytest.approx(s["peak_gpus"])
-    assert s["gpu_hours"] == pytest.approx(s["peak_gpus"] * s["sim_time_s"] / 3600, rel=0.01)
+    assert s["gpu_hours"] == pytest.approx(s["peak_gpus"] * 900.0 / 3600, rel=0.01)
 
 
-def test_a_backlog_left_at_the_trace_end_is_served_on_gpus_that_count() -> None:
-    """Requests still decoding when the trace's span ends keep their GPUs until they finish:
-    the replay's GPU-hours run to the last one, so a policy that falls behind pays for it."""
+def test_a_backlog_left_at_the_trace_end_shows_as_drain_time_and_gpus() -> None:
+    """GPU-hours cover the trace's span; requests still decoding after it keep their GPUs,
+    and the replay says how long (`drain_s`) and how many GPU-hours that took."""
     from heteroscale_ray.sim.replay import ReplayOptions, run_replay
     from heteroscale_ray.traces.trace import Trace
 
     trace = Trace.from_columns([0.0, 1.0], [200, 200], [20, 4000])  # ~minutes of decode
     run = run_replay(_one_domain(), GRAPH, {"svc": trace}, ReplayOptions(policy="static"))
     s = run.summary
-    assert s["completed"] == 2 and s["sim_time_s"] > 30 * s["duration_s"]
-    assert s["gpu_hours"] == pytest.approx(s["peak_gpus"] * s["sim_time_s"] / 3600, rel=0.01)
+    assert s["completed"] == 2 and s["drain_s"] > 30 * s["duration_s"]
+    assert s["gpu_hours"] == pytest.approx(s["peak_gpus"] * s["duration_s"] / 3600, rel=0.01)
+    assert s["gpu_hours_after"] == pytest.approx(s["peak_gpus"] * s["drain_s"] / 3600, rel=0.05)

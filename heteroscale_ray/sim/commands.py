@@ -22,6 +22,9 @@ MAX_SPAN_S = 31 * 86400.0
 # A replay holds every request's columns in memory, about 170 bytes each (a week of the ServeGen
 # day at x16, 32M requests, peaked at 5.5 GB): past this many, lower the rate or the span.
 MAX_REPLAY_REQUESTS = 100_000_000
+# a drain past this share of the span (and a minute) is reported: a policy left a backlog, or
+# the outputs are long
+DRAIN_NOTE, DRAIN_NOTE_MIN_S = 0.05, 60.0
 DEFAULT_FLEET_GPUS = 1024  # `replay --gpus` unless the trace's static fleet needs more
 
 
@@ -321,6 +324,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 f"[{pol}] {unfinished:,} of {s['requests']:,} requests did "
                 f"not finish within {res.sim.drain_s:,.0f} s of the last arrival (the replay's "
                 "drain limit): they count as missed SLOs",
+                file=sys.stderr,
+            )
+        if s["drain_s"] > max(DRAIN_NOTE * s["duration_s"], DRAIN_NOTE_MIN_S):
+            print(
+                f"[{pol}] its last request finished {s['drain_s']:,.0f} s after the trace's "
+                f"span, on {s['gpu_hours_after']:,.1f} GPU-hours held meanwhile (not in GPU-h, "
+                "which covers the span)",
                 file=sys.stderr,
             )
         summaries.append(s)

@@ -416,9 +416,7 @@ def run_replay(
     wall0 = time.perf_counter()
     duration = max(float(max(t.duration_s for t in traces.values())), opts.tick_s)
     while not sim.done:
-        # Control runs until the last request finished: a backlog left at the end is served
-        # (and paid for) under the policy, as it would be in service.
-        if sim.now + 1e-9 >= next_control:
+        if sim.now + 1e-9 >= next_control and sim.now < duration + opts.control_period_s:
             obs = observe(sim, opts.window_s)
             desired = autoscaler.desire(sim.now, obs)
             tick = TickInput(sim.now, desired, obs, by_name, graph, running=sim.running_by_dg())

@@ -137,10 +137,12 @@ def summarize(
     actuator: SimActuator,
     rejected: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The report's numbers. Resource metrics cover the whole replay, from 0 until the trace's
-    span has passed and its last request finished: a backlog left at the trace's end is served
-    on GPUs too, so a policy that falls behind pays for catching up. Latency covers every
-    request.
+    """The report's numbers. Resource metrics cover the trace's span, [0, duration): a replay
+    is a window onto a service that runs on, and the fleet held after traffic stops abruptly
+    (for the longest outputs, up to the drain limit) is the replay's, not the policy's. What a
+    policy left undone at the span's end shows as `drain_s` (its last request finished that
+    long after) and `gpu_hours_after` (what it held meanwhile), and in every late request's
+    latency. Cost per token counts the tokens made within the span.
 
     `rejected`: requests per service the ingress turned away (sim/oversized.py). They are
     requests that missed their SLO, in the attainment and in its ceiling alike."""
@@ -148,7 +150,7 @@ def summarize(
     turned_away = sum((rejected or {}).values())
     n = len(w)
     asked = n + turned_away
-    T = min(len(sim.ts_gpus), max(1, int(math.ceil(max(duration, sim.now) / sim.dt))))
+    T = max(1, int(math.ceil(duration / sim.dt)))
     hours = sim.dt / 3600.0
     gpus = sim.ts_gpus[:T]
     held = float(gpus.sum())
@@ -176,6 +178,8 @@ def summarize(
     (kv_p50,) = pct(_joined(req.kv_ms), (50,))
 
     cost = float(sim.ts_cost[:T].sum()) * hours
+    made = float(sim.ts_tokens[:T, :, DECODE].sum())  # tokens generated within the span
+    ran = min(sim.tick, len(sim.ts_gpus))
     return {
         "policy": opts.policy,
         "topology_aware": opts.topology_aware,
@@ -189,7 +193,7 @@ def summarize(
         "avg_gpus": held / T,
         "peak_gpus": float(gpus.sum(axis=(1, 2)).max()),
         "cost": cost,
-        "cost_per_mtok": cost / req.generated * 1e6 if req.generated > 0 else float("nan"),
+        "cost_per_mtok": cost / made * 1e6 if made > 0 else float("nan"),
         "avg_gpu_util": float(sim.ts_gpu_busy[:T].sum()) / held if held > 0 else 0.0,
         "avg_sm_activity": float(sim.ts_gpu_sm[:T].sum()) / held if held > 0 else 0.0,
         "prefill_gpu_util": role_mean(sim.ts_gpu_busy, PREFILL),
@@ -211,6 +215,8 @@ def summarize(
         "kv_level_share": level_share,
         "prefix_cache_hit": float(sim.cached.sum() / max(1, w.input_tokens.sum())),
         "sim_time_s": float(sim.now),
+        "drain_s": max(0.0, float(sim.now) - duration),
+        "gpu_hours_after": float(sim.ts_gpus[T:ran].sum()) * hours,
         "wall_s": wall_s,
         "speedup": float(sim.now) / wall_s if wall_s > 0 else float("inf"),
         "options": {
