@@ -13,7 +13,7 @@ from heteroscale_ray.policy import Decision, PolicyState, Reason, RoleCounts, Si
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.coordinated_guards import role_load
 from heteroscale_ray.policy.freshness import read_signal
-from heteroscale_ray.policy.latency_guard import guard_target, reached_tier
+from heteroscale_ray.policy.guard_steps import guard_target, reached_tier
 from heteroscale_ray.policy.limits import fit_to_limits, ratio_range
 from heteroscale_ray.policy.periodic import active_entry, covers
 from heteroscale_ray.policy.proportional import Direction, ceil_eps, damped_target, dead_band

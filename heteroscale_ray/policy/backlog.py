@@ -13,7 +13,7 @@ import math
 from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
-from heteroscale_ray.policy.latency_guard import guard_target
+from heteroscale_ray.policy.guard_steps import guard_target
 from heteroscale_ray.policy.types import PolicyState, Signals
 
 # A queue must grow by more than this share (and be material, below) to count: bursty arrivals

@@ -14,7 +14,7 @@ from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.fixable_latency import MIN_GAIN, unhelped, watched_latencies
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
-from heteroscale_ray.policy.latency_guard import guard_target, reached_tier
+from heteroscale_ray.policy.guard_steps import guard_target, reached_tier
 from heteroscale_ray.policy.proportional import EPS
 from heteroscale_ray.policy.proposal import Proposal
 from heteroscale_ray.policy.types import PolicyState, Reason, RoleCounts, Signals

@@ -27,7 +27,7 @@ from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_within, placement_ratio
 from heteroscale_ray.policy.fixable_latency import latency_guard, strained
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
-from heteroscale_ray.policy.latency_guard import guard_target
+from heteroscale_ray.policy.guard_steps import guard_target
 from heteroscale_ray.policy.limits import clamp, gpus
 from heteroscale_ray.policy.peak_window import (
     hold_found_fleet,

@@ -17,7 +17,7 @@ from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy import backlog
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
-from heteroscale_ray.policy.latency_guard import guard_target, reached_tier
+from heteroscale_ray.policy.guard_steps import guard_target, reached_tier
 from heteroscale_ray.policy.role_plan import RolePlan
 from heteroscale_ray.policy.types import PolicyState, Reason, RoleCounts, Signals
 
