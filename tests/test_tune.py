@@ -114,6 +114,15 @@ def test_tune_rejects_unknown_service_and_empty_sample() -> None:
         tune(services, "general", silent, **FAST)
 
 
+def test_tune_says_when_its_sample_is_small(capsys: pytest.CaptureFixture[str]) -> None:
+    """Five seconds of the Azure trace are a few dozen requests: the result is printed, and
+    stderr says how little its lengths stand for."""
+    argv = ["tune", "--trace", "azure-conv", "--services", str(SERVICES), "--service", "general"]
+    fast = ["--instances", "3", "--duration", "60", "--iterations", "2"]
+    assert main([*argv, "--sample-s", "5", *fast]) == 0
+    assert "requests in the sample: its lengths stand for" in capsys.readouterr().err
+
+
 def test_tune_cli_prints_table_and_yaml(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(
         [

@@ -276,7 +276,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
         return 2
     print(
-        f"replay {trace.source}: {len(trace)} requests over {trace.duration_s:.0f} s, "
+        f"replay {trace.source}: {len(trace):,} request{'' if len(trace) == 1 else 's'} "
+        f"over {trace.duration_s:.0f} s, "
         f"service {name}, {topology.total_gpus()} GPUs{layout}",
         file=sys.stderr,
     )

@@ -14,6 +14,8 @@ from typing import Any
 
 from heteroscale_ray.sim.cli_support import clean, load_trace_or_say
 
+FEW_REQUESTS = 100  # a sample under this many tells little of the lengths' spread
+
 
 def service_of(args: argparse.Namespace) -> tuple[Any, Any] | None:
     """The services file and the spec --service names (default: the first), or None after
@@ -145,6 +147,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"tok/s per decode instance (prefill: {res.prefill_target_per_instance:.0f} prompt tok/s "
         "per instance)"
     )
+    if res.sample_requests < FEW_REQUESTS:
+        print(
+            f"only {res.sample_requests} requests in the sample: its lengths stand for the "
+            "trace's only roughly (raise --sample-s)",
+            file=sys.stderr,
+        )
     print("\n# paste into the service's entry:")
     print(res.yaml_fragment(), end="")
     if args.json:
