@@ -142,7 +142,8 @@ def summarize(
     (for the longest outputs, up to the drain limit) is the replay's, not the policy's. What a
     policy left undone at the span's end shows as `drain_s` (its last request finished that
     long after) and `gpu_hours_after` (what it held meanwhile), and in every late request's
-    latency. Cost per token counts the tokens made within the span.
+    latency. Cost per token is the span's cost over every token generated, a drain's too (so
+    with a material drain it reads low).
 
     `rejected`: requests per service the ingress turned away (sim/oversized.py). They are
     requests that missed their SLO, in the attainment and in its ceiling alike."""
@@ -178,7 +179,6 @@ def summarize(
     (kv_p50,) = pct(_joined(req.kv_ms), (50,))
 
     cost = float(sim.ts_cost[:T].sum()) * hours
-    made = float(sim.ts_tokens[:T, :, DECODE].sum())  # tokens generated within the span
     ran = min(sim.tick, len(sim.ts_gpus))
     return {
         "policy": opts.policy,
@@ -193,7 +193,7 @@ def summarize(
         "avg_gpus": held / T,
         "peak_gpus": float(gpus.sum(axis=(1, 2)).max()),
         "cost": cost,
-        "cost_per_mtok": cost / made * 1e6 if made > 0 else float("nan"),
+        "cost_per_mtok": cost / req.generated * 1e6 if req.generated > 0 else float("nan"),
         "avg_gpu_util": float(sim.ts_gpu_busy[:T].sum()) / held if held > 0 else 0.0,
         "avg_sm_activity": float(sim.ts_gpu_sm[:T].sum()) / held if held > 0 else 0.0,
         "prefill_gpu_util": role_mean(sim.ts_gpu_busy, PREFILL),
