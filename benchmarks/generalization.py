@@ -41,12 +41,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from heteroscale_ray.config import PolicySpec, ServicesConfig, ServiceSpec, load_services  # noqa: E402
+from heteroscale_ray.config import ServicesConfig, ServiceSpec, load_services  # noqa: E402
 from heteroscale_ray.sim.cli_support import clean, progress  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ORACLE_NOTE, ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.sim.report import timeline  # noqa: E402
-from heteroscale_ray.sim.tune import TuneResult, tune  # noqa: E402
+from heteroscale_ray.sim.tune import TuneResult, paper_rule, tune  # noqa: E402
 from heteroscale_ray.traces import Trace, load_trace  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -85,20 +85,6 @@ MAX_WALL_TWO_DAYS_S = 180.0
 
 
 # ---------------------------------------------------------------- policies and metrics
-
-
-def paper_fixed_spec(spec: ServiceSpec, tuned: TuneResult) -> ServiceSpec:
-    """`spec` under the paper's rule: decode-TPS signal at the tuned ratio and target."""
-    data = spec.model_dump(mode="json")
-    data["pd_ratio"] = str(tuned.ratio)
-    policy = dict(data["policy"])
-    policy["signal"] = "decode_tps"
-    policy["target_per_instance"] = round(tuned.target_per_instance, 1)
-    policy["latency_guard"] = {**dict(policy.get("latency_guard") or {}), "metric": "both"}
-    # The paper's dead-band: different thresholds out and in (`general` narrows the one in).
-    policy["scale_in_tolerance"] = PolicySpec.model_fields["scale_in_tolerance"].default
-    data["policy"] = policy
-    return ServiceSpec.model_validate(data)
 
 
 def direction_changes(cycles: list[dict[str, Any]], key: str) -> int:
@@ -249,7 +235,7 @@ def _replay(
     svc = services
     if pol == "paper-fixed":
         assert tuned is not None
-        svc = ServicesConfig(gpus=services.gpus, services=[paper_fixed_spec(spec, tuned)])
+        svc = ServicesConfig(gpus=services.gpus, services=[paper_rule(spec, tuned)])
     opts = ReplayOptions(policy="heteroscale" if pol == "paper-fixed" else pol)
     t1 = time.perf_counter()
     res = run_replay(svc, topo, {SERVICE: trace}, opts, progress=progress(pol))

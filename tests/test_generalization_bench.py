@@ -82,6 +82,9 @@ def test_fleet_holds_each_gpu_type() -> None:
 
 
 def test_paper_fixed_spec() -> None:
+    """The benchmark's paper-fixed row and `replay --policy paper-fixed` share this rule."""
+    from heteroscale_ray.sim.tune import paper_rule
+
     spec = load_services(ROOT / "examples" / "sim_services.yaml").by_name()["general"]
     tuned = TuneResult(
         service="general",
@@ -90,7 +93,7 @@ def test_paper_fixed_spec() -> None:
         prefill_target_per_instance=9000.0,
         best_split=(6, 10),
     )
-    fixed = gen.paper_fixed_spec(spec, tuned)
+    fixed = paper_rule(spec, tuned)
     assert fixed.ratio == PdRatio(3, 5)
     assert fixed.policy.signal == "decode_tps"
     assert fixed.policy.target_per_instance == pytest.approx(1234.4)

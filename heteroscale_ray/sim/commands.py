@@ -9,13 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from heteroscale_ray.arg_types import fraction, non_negative, positive, positive_int, seed
 from heteroscale_ray.sim.cli_support import clean, load_trace_or_say, progress
 from heteroscale_ray.sim.tuning_commands import cmd_pd_sweep, cmd_tune
 
 REPLAY_POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
+# the paper's rule, tuned on the trace first (`tune`, Algorithm 1): asked for by name, as its
+# sweep takes longer than a replay
+PAPER_FIXED = "paper-fixed"
 # a replay steps every second of the span: a month is ~2.6M ticks per policy. A longer span
 # is almost always a stray timestamp (a row from another year), so it is refused, not run.
 MAX_SPAN_S = 31 * 86400.0
@@ -61,7 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--policy",
         default="heteroscale",
-        help=f"one of {', '.join(REPLAY_POLICIES)}, a comma-separated list, or 'all'",
+        help=f"one of {', '.join(REPLAY_POLICIES)}, a comma-separated list, or 'all'; also "
+        f"{PAPER_FIXED}: the service under the paper's decode-TPS rule at the P/D ratio and "
+        "target `tune` finds on the trace's first 30 min",
     )
     p.add_argument(
         "--rate-scale", type=positive, default=1.0, help="multiply the request rate by K"
@@ -269,12 +276,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
     asked = [p.strip() for p in args.policy.split(",")]
     policies = REPLAY_POLICIES if asked == ["all"] else tuple(dict.fromkeys(asked))
-    bad = [p for p in policies if p not in REPLAY_POLICIES]
+    bad = [p for p in policies if p not in (*REPLAY_POLICIES, PAPER_FIXED)]
     if bad:
         print(
-            f"unknown policy {bad[0]!r}: use one of {', '.join(REPLAY_POLICIES)}", file=sys.stderr
+            f"unknown policy {bad[0]!r}: use one of {', '.join(REPLAY_POLICIES)}, {PAPER_FIXED}",
+            file=sys.stderr,
         )
         return 2
+    paper = None
+    if PAPER_FIXED in policies:
+        paper = paper_services(services, spec, trace, args.seed)
+        if paper is None:
+            return 2
     print(
         f"replay {trace.source}: {len(trace):,} request{'' if len(trace) == 1 else 's'} "
         f"over {trace.duration_s:.0f} s, "
@@ -291,13 +304,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             topology_aware=not args.topology_blind,
             soft_window_s=args.soft_window,
         )
+        replayed = services
+        if pol == PAPER_FIXED:  # the same autoscaler, under the tuned rule
+            replayed, opts = paper, replace(opts, policy="heteroscale")
         # nothing fits the given topology's GPUs, or the SLO is out of reach: said, not raised
         try:
-            res = run_replay(services, topology, {name: trace}, opts, progress=progress(pol))
+            res = run_replay(replayed, topology, {name: trace}, opts, progress=progress(pol))
         except ValueError as e:
             print(f"{lead}[{pol}] cannot replay {trace.source}: {e}", file=sys.stderr)
             return 2
         s = res.summary
+        s["policy"] = pol
         print(
             f"{lead}[{pol}] done: {s['sim_time_s']:.0f} s simulated in {s['wall_s']:.1f} s wall "
             f"= {s['speedup']:.0f}x real time",
@@ -351,3 +368,24 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         payload = summaries[0] if len(summaries) == 1 else {"policy": "all", "runs": summaries}
         print(json.dumps(clean(payload)))
     return 0
+
+
+def paper_services(services: Any, spec: Any, trace: Any, seed: int) -> Any:
+    """`services` with `spec` under the paper's rule as `tune` finds it on `trace`'s first 30
+    minutes (said on stderr), or None after saying why it cannot be tuned."""
+    from heteroscale_ray.sim.tune import paper_rule, tune
+
+    try:
+        tuned = tune(services, spec.name, trace, seed=seed)
+    except ValueError as e:
+        print(f"[{PAPER_FIXED}] cannot tune on {trace.source}: {e}", file=sys.stderr)
+        return None
+    print(
+        f"[{PAPER_FIXED}] tuned on the first {tuned.sample_s:.0f} s: pd_ratio {tuned.ratio}, "
+        f"target_per_instance {tuned.target_per_instance:,.0f} decode tok/s",
+        file=sys.stderr,
+    )
+    fixed = paper_rule(spec, tuned)
+    return services.model_copy(
+        update={"services": [fixed if s.name == spec.name else s for s in services.services]}
+    )

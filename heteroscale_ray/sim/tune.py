@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from heteroscale_ray.config import PdRatio, ServicesConfig
+from heteroscale_ray.config import PdRatio, PolicySpec, ServicesConfig, ServiceSpec
 from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
 from heteroscale_ray.sim.pdsweep import SweepPoint, sweep
 from heteroscale_ray.traces import Trace
@@ -241,3 +241,18 @@ def tune(
         output_mean=float(out.mean()),
         input_sd=float(inp.std()),
     )
+
+
+def paper_rule(spec: ServiceSpec, tuned: TuneResult) -> ServiceSpec:
+    """`spec` under the paper's rule as `tuned` found it: decode-TPS signal at the tuned ratio
+    and per-instance target, the latency guard on TTFT and TBT, and the paper's dead-band (its
+    own threshold in, where `signal: demand` services narrow it)."""
+    data = spec.model_dump(mode="json")
+    data["pd_ratio"] = str(tuned.ratio)
+    policy = dict(data["policy"])
+    policy["signal"] = "decode_tps"
+    policy["target_per_instance"] = round(tuned.target_per_instance, 1)
+    policy["latency_guard"] = {**dict(policy.get("latency_guard") or {}), "metric": "both"}
+    policy["scale_in_tolerance"] = PolicySpec.model_fields["scale_in_tolerance"].default
+    data["policy"] = policy
+    return ServiceSpec.model_validate(data)
