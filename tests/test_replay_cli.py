@@ -13,6 +13,7 @@ import pytest
 from heteroscale_ray.sim.commands import register
 
 ROOT = Path(__file__).resolve().parents[1]
+SIM_SERVICES = str(ROOT / "examples" / "sim_services.yaml")
 # --trace takes the packaged samples by name (heteroscale_ray/traces/data), so no ../shared
 
 
@@ -34,7 +35,7 @@ def test_replay_json_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
             "--trace",
             "mooncake",
             "--services",
-            str(ROOT / "examples" / "sim_services.yaml"),
+            SIM_SERVICES,
             "--service",
             "longctx",
             "--gpus",
@@ -93,7 +94,7 @@ def test_replay_json_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_replay_bad_argument_exits_2(
     args: list[str], error: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    services = str(ROOT / "examples" / "sim_services.yaml")
+    services = SIM_SERVICES
     head = ["replay", "--trace", "azure-conv", "--services", services, "--duration", "10"]
     assert main([*head, *args, "--out", str(tmp_path)]) == 2
     assert error in capsys.readouterr().err
@@ -103,7 +104,7 @@ def test_a_policy_list_is_read_as_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Spaces after the commas are a list's, and a policy named twice runs once."""
-    services = str(ROOT / "examples" / "sim_services.yaml")
+    services = SIM_SERVICES
     head = ["replay", "--trace", "azure-conv", "--services", services, "--duration", "10"]
     policies = "static, oracle,static"
     assert main([*head, "--policy", policies, "--out", str(tmp_path), "--json"]) == 0
@@ -116,7 +117,7 @@ def test_the_papers_rule_is_a_replay_policy(
 ) -> None:
     """`--policy paper-fixed` tunes the paper's rule on the trace (Algorithm 1) and replays the
     service under it, as the generalization benchmark's row does, in one command."""
-    services = str(ROOT / "examples" / "sim_services.yaml")
+    services = SIM_SERVICES
     head = ["replay", "--trace", "azure-conv", "--services", services, "--service", "general"]
     argv = [*head, "--duration", "120", "--policy", "paper-fixed,static"]
     assert main([*argv, "--out", str(tmp_path), "--json"]) == 0
@@ -132,7 +133,7 @@ def test_replay_refuses_a_trace_with_no_requests(
 ) -> None:
     trace = tmp_path / "empty.csv"
     trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n")
-    services = str(ROOT / "examples" / "sim_services.yaml")
+    services = SIM_SERVICES
     assert main(["replay", "--trace", str(trace), "--services", services]) == 2
     assert "holds no requests to replay" in capsys.readouterr().err
 
@@ -147,7 +148,7 @@ def test_replay_refuses_a_span_of_years_and_names_the_way_out(
         "2023-11-16 18:15:46,1000,100\n"
         "2024-11-16 18:15:46,1000,100\n"
     )
-    services = str(ROOT / "examples" / "sim_services.yaml")
+    services = SIM_SERVICES
     assert main(["replay", "--trace", str(trace), "--services", services]) == 2
     err = capsys.readouterr().err
     assert "spans 366 days" in err and "--duration" in err
@@ -160,7 +161,7 @@ def test_replay_finishes_a_request_longer_than_the_default_drain(
     replay used to stop at: it was cut off and lost without a word."""
     trace = tmp_path / "long_answer.csv"
     trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,1000,30000\n")
-    services = str(ROOT / "examples" / "sim_services.yaml")
+    services = SIM_SERVICES
     argv = ["replay", "--trace", str(trace), "--services", services, "--service", "general"]
     assert main([*argv, "--policy", "static", "--out", str(tmp_path), "--json"]) == 0
     captured = capsys.readouterr()
@@ -177,7 +178,7 @@ def test_pd_sweep_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         [
             "pd-sweep",
             "--services",
-            str(ROOT / "examples" / "sim_services.yaml"),
+            SIM_SERVICES,
             "--service",
             "service-a",
             "--input-tokens",
@@ -205,9 +206,7 @@ def test_pd_sweep_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_pd_sweep_cli_needs_lengths(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(
-        ["pd-sweep", "--services", str(ROOT / "examples" / "sim_services.yaml"), "--instances", "2"]
-    )
+    rc = main(["pd-sweep", "--services", SIM_SERVICES, "--instances", "2"])
     assert rc == 2
     assert "--trace" in capsys.readouterr().err
 
@@ -219,7 +218,7 @@ def test_replay_with_topology_file(tmp_path: Path, capsys: pytest.CaptureFixture
             "--trace",
             "azure-conv",
             "--services",
-            str(ROOT / "examples" / "sim_services.yaml"),
+            SIM_SERVICES,
             "--service",
             "dialogue",
             "--topology",
@@ -256,7 +255,7 @@ def test_replay_general_keeps_the_json_contract(
             "--trace",
             "mooncake",
             "--services",
-            str(ROOT / "examples" / "sim_services.yaml"),
+            SIM_SERVICES,
             "--service",
             "general",
             "--policy",
@@ -296,7 +295,7 @@ def test_replay_bad_row_names_the_fix_then_skips_and_counts_it(
         "--trace",
         str(trace),
         "--services",
-        str(ROOT / "examples" / "sim_services.yaml"),
+        SIM_SERVICES,
         "--service",
         "general",
         "--policy",
@@ -323,7 +322,7 @@ def test_a_bad_header_is_not_offered_the_skip_and_a_gzipped_csv_is_named(
     """--skip-malformed skips rows, never a header; a gzipped file named .csv says so."""
     import gzip
 
-    services = str(ROOT / "examples" / "sim_services.yaml")
+    services = SIM_SERVICES
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("time,prompt,output\n1,100,20\n")
     packed = tmp_path / "packed.csv"
@@ -345,7 +344,7 @@ def test_requests_without_output_are_counted_aloud(
         "1,ChatGPT,200,0,200,Conversation log\n"
         "2,ChatGPT,300,30,330,Conversation log\n"
     )
-    services = str(ROOT / "examples" / "sim_services.yaml")
+    services = SIM_SERVICES
     argv = ["replay", "--trace", str(trace), "--services", services, "--policy", "static"]
     assert main([*argv, "--out", str(tmp_path / "out"), "--json"]) == 0
     assert "1 of 3 requests have no output tokens" in capsys.readouterr().err
@@ -385,7 +384,7 @@ def _fleet_line(argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path: P
         "--trace",
         "azure-conv",
         "--services",
-        str(ROOT / "examples" / "sim_services.yaml"),
+        SIM_SERVICES,
     ]
     rc = main([*base, "--service", "general", "--duration", "20", "--rate-scale", "1200",
                "--policy", "static", "--out", str(tmp_path), "--json", *argv])  # fmt: skip
@@ -413,7 +412,7 @@ def test_a_request_no_instance_holds_does_not_size_the_fleet(
     """The ingress rejects a 20M-token prompt; sized with it, one servable request got a
     5,376-GPU fleet (and a 2e9-token row ran the machine out of memory sizing decode)."""
     head = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,1000,200\n"
-    services = str(ROOT / "examples" / "sim_services.yaml")
+    services = SIM_SERVICES
     argv = ["replay", "--services", services, "--service", "general", "--policy", "static"]
     fleets = []
     for name, extra in (("one", ""), ("mixed", "2023-11-16 18:15:47,20000000,200\n")):
@@ -457,7 +456,7 @@ def test_a_peak_past_max_instances_is_said_not_served_short_in_silence(
     err = capsys.readouterr().err
     assert "the trace's peak needs" in err and "where max_instances is 3" in err
     assert "raise max_instances" in err
-    argv[argv.index(str(services))] = str(ROOT / "examples" / "sim_services.yaml")
+    argv[argv.index(str(services))] = SIM_SERVICES
     assert main(argv) == 0
     assert "max_instances" not in capsys.readouterr().err
 
@@ -479,7 +478,7 @@ def test_sweeps_that_could_measure_nothing_say_why(
     empty = tmp_path / "empty.csv"
     empty.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n")
     argv = [str(empty) if a == "EMPTY" else a for a in args]
-    services = str(ROOT / "examples" / "sim_services.yaml")
+    services = SIM_SERVICES
     out = ["--out", str(tmp_path)] if argv[0] == "pd-sweep" else []  # tune writes no files
     assert main([*argv, "--services", services, *out]) == 2
     assert error in capsys.readouterr().err

@@ -11,11 +11,15 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from heteroscale_ray.arg_types import fraction, non_negative, positive, positive_int, seed
 from heteroscale_ray.sim.cli_support import clean, load_trace_or_say, progress
 from heteroscale_ray.sim.tuning_commands import cmd_pd_sweep, cmd_tune
+
+if TYPE_CHECKING:  # imported when used: `--help` needs no numpy
+    from heteroscale_ray.config import ServicesConfig, ServiceSpec
+    from heteroscale_ray.traces import Trace
 
 REPLAY_POLICIES = ("heteroscale", "hpa-util", "serve-default", "static", "oracle")
 # the paper's rule, tuned on the trace first (`tune`, Algorithm 1): asked for by name, as its
@@ -370,7 +374,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def paper_services(services: Any, spec: Any, trace: Any, seed: int) -> Any:
+def paper_services(
+    services: ServicesConfig, spec: ServiceSpec, trace: Trace, seed: int
+) -> ServicesConfig | None:
     """`services` with `spec` under the paper's rule as `tune` finds it on `trace`'s first 30
     minutes (said on stderr), or None after saying why it cannot be tuned."""
     from heteroscale_ray.sim.tune import paper_rule, tune

@@ -324,6 +324,7 @@ def run_replay(
         }
     by_name = {s.name: s for s in specs}
     workload = Workload.from_traces(traces, [s.name for s in specs])
+    duration = max(float(max(t.duration_s for t in traces.values())), opts.tick_s)
     sim = ClusterSim(
         specs,
         graph,
@@ -332,7 +333,7 @@ def run_replay(
         profiles=profiles,
         const=const,
         config=SimConfig(tick_s=opts.tick_s, startup_s=opts.startup_s),
-        span_s=max(t.duration_s for t in traces.values()),
+        span_s=duration,
     )
     actuator = SimActuator(sim, opts.startup_s)
     cached = static_hits = cache_hits
@@ -414,7 +415,6 @@ def run_replay(
     state = LoopState(plan0.apply(()))
     next_control = opts.control_period_s
     wall0 = time.perf_counter()
-    duration = max(float(max(t.duration_s for t in traces.values())), opts.tick_s)
     while not sim.done:
         if sim.now + 1e-9 >= next_control and sim.now < duration + opts.control_period_s:
             obs = observe(sim, opts.window_s)
