@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.config import DEFAULT_CATALOG, Role, ServiceSpec
 from heteroscale_ray.policy import (
     Decision,
     PolicyState,
@@ -21,7 +21,7 @@ from heteroscale_ray.policy import (
     burst,
     decide,
 )
-from heteroscale_ray.policy.capacity import capacity
+from heteroscale_ray.policy.capacity import capacity, kinds
 
 NOW = 1_000_000.0
 
@@ -215,6 +215,35 @@ def test_learned_capacity_corrects_the_roofline_prior() -> None:
     learned = capacity(spec, sig, state)
     assert 0.45 < learned.prefill_tps / prior.prefill_tps < 0.6
     assert learned.source == "learned"
+
+
+def test_decode_learns_at_the_batch_its_steps_ran_at() -> None:
+    """Half the decode instances idle and the running sequences long: the step the replicas
+    report is the prior's at their own batch and context, so the GPU is as the prior says
+    (scale 1.0). Priced at running / ready and the arrivals' lengths it read as a slower GPU
+    (x0.92 here, where the 70B model's weights dominate the step), and decode was sized for
+    it."""
+
+    spec = make_service()
+    _, dk = kinds(spec, DEFAULT_CATALOG)
+    batch, ctx = 24.0, 3000.0  # four busy instances of eight; the arrivals' mean is 1,100
+    step = float(dk.step_seconds(batch, batch * ctx))
+    measured = signals(
+        decode_running=4 * batch,
+        decode_step_s=step,
+        decode_step_batch=batch,
+        decode_step_context=ctx,
+    )
+    fallback = replace(measured, decode_step_batch=None, decode_step_context=None)
+    learned = {}
+    for name, sig in (("measured", measured), ("fallback", fallback)):
+        state = PolicyState()
+        for k in range(40):
+            t = NOW + 15 * k
+            _, state = decide(spec, replace(sig, observed_at=t), counts(4, 8), state, t)
+        learned[name] = state.decode_capacity_scale
+    assert learned["measured"] == pytest.approx(1.0, abs=0.01)
+    assert learned["fallback"] < 0.95
 
 
 def test_the_first_sample_after_an_idle_spell_weighs_like_one_periods() -> None:

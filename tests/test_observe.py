@@ -149,6 +149,8 @@ DEMAND_FIELDS = (
     "ttft_wait_p99_s",
     "ttft_service_p99_s",
     "decode_step_s",
+    "decode_step_batch",
+    "decode_step_context",
 )
 
 
@@ -162,6 +164,8 @@ def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> 
             running_mean=6.0,
             queue_length=2,
             step_mean_s=0.04,
+            step_batch_mean=8.0,
+            step_context_mean=1000.0,
             finished_requests=3,
             output_tokens_mean=100.0,
         ),
@@ -170,6 +174,8 @@ def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> 
             running_mean=2.5,
             queue_length=0,
             step_mean_s=0.02,
+            step_batch_mean=4.0,
+            step_context_mean=4000.0,
             finished_requests=1,
             output_tokens_mean=20.0,
         ),
@@ -187,6 +193,10 @@ def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> 
     assert sig.decode_running == pytest.approx(8.5) and sig.decode_queue == 3.0
     assert sig.ttft_wait_p99_s == 1.5 and sig.ttft_service_p99_s == 0.6  # worst replica
     assert sig.decode_step_s == pytest.approx(0.03)  # over the replicas that stepped
+    # ... and what those steps ran at: 6 sequences a step, of (8 x 1,000 + 4 x 4,000) / 12
+    # KV tokens each (the idle replica's time counts in running, not here)
+    assert sig.decode_step_batch == pytest.approx(6.0)
+    assert sig.decode_step_context == pytest.approx(2000.0)
 
 
 def test_prompts_held_at_the_handle_count_as_queued_prefill() -> None:

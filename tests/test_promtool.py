@@ -31,6 +31,8 @@ def sample_text() -> str:
         ttft_p99=0.3,
         tbt_p99=0.05,
         step_mean_s=0.02,
+        step_batch_mean=12.0,
+        step_context_mean=1500.0,
         output_tokens_mean=10.0,
         kv_handoff_count=3,
         kv_handoff_bytes_total=1000,

@@ -201,7 +201,7 @@ def test_metrics_window_rates_percentiles_and_prometheus() -> None:
     m = ReplicaMetrics(IDENTITY, peak_flops=1e12, window_s=10.0, clock=clock)
     clock.advance(10.0)  # a full window of uptime
     for _ in range(10):
-        m.decode_step(tokens=8, busy_s=0.5, flops=1e11)
+        m.decode_step(tokens=8, busy_s=0.5, flops=1e11, context_tokens=8000)
         m.tbt(0.02)
     m.ttft(0.3)
     s = m.snapshot(running=8, queue_length=1, kv_use=0.25)
@@ -222,7 +222,7 @@ def test_metrics_rates_span_the_uptime_of_a_fresh_replica() -> None:
     clock = VirtualClock()
     m = ReplicaMetrics(IDENTITY, peak_flops=1e12, window_s=10.0, clock=clock)
     clock.advance(2.0)  # up for 2 s of a 10 s window: divide by 2, not by 10
-    m.decode_step(tokens=20, busy_s=1.0, flops=0.0)
+    m.decode_step(tokens=20, busy_s=1.0, flops=0.0, context_tokens=20_000)
     s = m.snapshot()
     assert s.decode_tps == pytest.approx(10.0) and s.busy_fraction == pytest.approx(0.5)
 
@@ -286,17 +286,21 @@ def test_decode_reports_batch_step_time_and_output_lengths() -> None:
     idle = m.snapshot()
     assert idle.running_mean == 0.0 and idle.step_mean_s is None
     assert idle.finished_requests == 0 and idle.output_tokens_mean is None
-    for _ in range(50):  # 5 s of 8-sequence steps at 0.1 s, the other 5 s idle
-        m.decode_step(tokens=8, busy_s=0.1, flops=0.0)
+    for i in range(50):  # 5 s of 8- and 4-sequence steps at 0.1 s, the other 5 s idle
+        m.decode_step(tokens=8 if i % 2 else 4, busy_s=0.1, flops=0.0, context_tokens=12_000)
     for n in (10, 20, 60):
         m.request_finished(n)
     s = m.snapshot(running=8, queue_length=2)
-    assert s.running_mean == pytest.approx(4.0)
+    assert s.running_mean == pytest.approx(3.0)  # idle time counts as an empty batch
     assert s.step_mean_s == pytest.approx(0.1)
+    # ... but the step was taken at 6 sequences of 2,000 KV tokens each
+    assert s.step_batch_mean == pytest.approx(6.0)
+    assert s.step_context_mean == pytest.approx(2000.0)
     assert (s.finished_requests, s.output_tokens_mean) == (3, pytest.approx(30.0))
     clock.advance(10.1)
     gone = m.snapshot()
     assert gone.running_mean == 0.0 and gone.step_mean_s is None and gone.finished_requests == 0
+    assert gone.step_batch_mean is None and gone.step_context_mean is None
 
 
 def test_new_per_replica_values_are_exported_to_prometheus() -> None:

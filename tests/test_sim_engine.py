@@ -331,10 +331,10 @@ def test_decode_queue_counts_only_requests_whose_kv_has_arrived() -> None:
     assert sim.inst.n_active[1] == 1 and len(sim._pending) == 1
     waiter = sim._pending[0]
     sim.t_kv[waiter] = sim.now + 5.0  # its KV still on the wire
-    _, running, waiting, _, _ = queues(sim, 0)
+    _, running, waiting = queues(sim, 0)
     assert (running, waiting) == (1.0, 0.0)
     sim.t_kv[waiter] = sim.now - 0.5  # arrived, no slot
-    _, running, waiting, _, _ = queues(sim, 0)
+    _, running, waiting = queues(sim, 0)
     assert (running, waiting) == (1.0, 1.0)
 
 

@@ -45,6 +45,8 @@ SIGNALS = (
     "ttft_service_p99_s",
     "decode_step_s",
     "decode_step_max_s",
+    "decode_step_batch",
+    "decode_step_context",
 )
 
 

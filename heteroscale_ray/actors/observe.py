@@ -11,7 +11,8 @@ number) is dropped with a log line and counts as missing.
 Demand and the TTFT split (issue 10): the ingress's `IngressLoad` gives request_rate and
 prompt_mean; decode replicas give output_mean (weighted by finished requests), decode_running
 and decode_queue (sums), decode_step_s and decode_step_max_s (mean and slowest of the replicas
-that stepped); prefill replicas
+that stepped) and what the steps were taken at (decode_step_batch, the replicas' mean batch
+per step, and decode_step_context, their KV tokens per sequence); prefill replicas
 give prefill_queue_s (mean queued work per reporting instance, plus the prompts the ingress
 holds at the handle spread over them) and the TTFT wait/service p99 (worst replica). Each is
 None when no replica (or no ingress) reports it.
@@ -122,6 +123,22 @@ def output_mean(decode_reports: list[ReplicaStats]) -> float | None:
     return sum(k * float(m) for k, m in done if m is not None and k > 0) / n
 
 
+def step_batch(dec: list[ReplicaStats]) -> tuple[float | None, float | None]:
+    """Sequences per step and KV tokens per sequence over the decode replicas that stepped:
+    the batch and context their mean step time was taken at."""
+    at = [
+        (float(s.step_batch_mean), float(s.step_context_mean))
+        for s in dec
+        if s.step_mean_s is not None
+        and s.step_batch_mean is not None
+        and s.step_context_mean is not None
+    ]
+    if not at:
+        return None, None
+    total = sum(b for b, _ in at)
+    return total / len(at), sum(b * c for b, c in at) / total if total > 0 else None
+
+
 def build_observations(
     services: Iterable[str],
     stats: Iterable[ReplicaStats],
@@ -145,6 +162,7 @@ def build_observations(
         decode = _pool(dec, c.decode_ready, c.decode_starting, "decode")
         complete = bool(dec) and len(dec) >= c.decode_ready and len(pre) >= c.prefill_ready
         steps = [float(t) for s in dec if (t := s.step_mean_s) is not None]
+        batch, context = step_batch(dec)
         signals = Signals(
             observed_at=min(float(s.timestamp) for s in dec) if complete else None,
             decode_tps=decode.tps,
@@ -168,6 +186,8 @@ def build_observations(
             ttft_service_p99_s=_worst(s.ttft_service_p99 for s in pre),
             decode_step_s=_mean(steps),
             decode_step_max_s=max(steps, default=None),
+            decode_step_batch=batch,
+            decode_step_context=context,
         )
         out[name] = Observation(service=name, signals=signals, prefill=prefill, decode=decode)
     return out

@@ -349,6 +349,8 @@ def _obs_dict(obs: Observation) -> dict[str, Any]:
         "ttft_service_p99_s": s.ttft_service_p99_s,
         "decode_step_s": s.decode_step_s,
         "decode_step_max_s": s.decode_step_max_s,
+        "decode_step_batch": s.decode_step_batch,
+        "decode_step_context": s.decode_step_context,
         "observed_at": s.observed_at,
         "prefill_ready": obs.prefill.ready,
         "prefill_starting": obs.prefill.starting,

@@ -6,7 +6,8 @@ and the prompts' spread (attention makes a long-tailed mix slower than its mean 
 spread averaged over `demand.learn_smoothing_s` as the correction is. The correction is one number per role,
 measured over prior, averaged in log space:
 - prefill: cache-miss tokens per busy second of a prefill instance, over the prior's;
-- decode: the prior's step time at the observed batch, over the measured step time.
+- decode: the prior's step time at the batch and context the replicas stepped at, over the
+  measured step time.
 So a GPU slower than its spec sheet, an engine with more overhead, or a prefix-cache mix the
 prior does not know shows up as a scale below 1 and the fleet is sized for it. Operators can
 pin either value with `policy.demand.prefill_tokens_per_s` / `decode_batch`.
@@ -39,15 +40,14 @@ class Capacity:
 
     prefill_tps: float  # cache-miss prompt tokens/s of one prefill instance, busy all the time
     decode_batch: float  # sequences one decode instance runs within the TBT budget and KV
-    decode_tps: float  # tokens/s at that batch, at the prior's step time (see `capacity`)
+    decode_tps: float  # tokens/s at that batch, at the learned step time
     prefill_scale: float = 1.0  # learned correction applied to the prior (1.0: prior as is)
     decode_scale: float = 1.0
     source: str = "prior"  # "prior", "learned" or "override"
 
     @property
     def decode_step_s(self) -> float:
-        """The prior's step at the priced batch: the TBT budget's share, times the learned
-        decode scale."""
+        """The step at the priced batch: the TBT budget's share."""
         return self.decode_batch / self.decode_tps
 
     def describe(self) -> str:
@@ -160,15 +160,12 @@ def capacity(
     budget = spec.slo.tbt_s * demand.decode_tbt_margin
     prefill, _, _ = prior(spec, catalog, lens, budget)
     # A decode instance d_scale x faster than the prior fits the batch the prior allows at a
-    # d_scale x looser budget. Its tokens/s stay the prior's at that batch: the scale also
-    # absorbs the running contexts' length bias and falls as batches shrink, and applied to
-    # tokens/s too it fed back (more instances, smaller batches, a lower scale, more
-    # instances): +4-9% decode GPU-hours at the same attainment (docs/generalization_log.md).
+    # d_scale x looser budget, and steps it d_scale x faster than the prior would.
     _, batch, tps = prior(spec, catalog, lens, rounded(budget * d_scale))
     cap = Capacity(
         prefill * p_scale,
         batch,
-        tps,
+        tps * d_scale,
         p_scale,
         d_scale,
         "learned" if state.capacity_learned_at is not None else "prior",
@@ -210,10 +207,9 @@ def learn(
         expected = prefill_capacity(pk, lens.prompt, busy_share=1.0, sd_input=lens.prompt_sd)
         p_scale = _fold(p_scale, learned_at, measured / expected, now, demand)
         learned = True
-    step, running = signals.decode_step_s, signals.decode_running
-    if ready_decode > 0 and _positive(step) and _positive(running):
-        batch = max(1.0, running / ready_decode)  # type: ignore[operator]
-        ctx = lens.prompt + lens.output / 2
+    step, at = signals.decode_step_s, step_taken_at(signals, lens, ready_decode)
+    if _positive(step) and at is not None:
+        batch, ctx = at
         expected = float(dk.step_seconds(batch, batch * ctx))
         d_scale = _fold(d_scale, learned_at, expected / step, now, demand)  # type: ignore[operator]
         learned = True
@@ -225,6 +221,20 @@ def learn(
         decode_capacity_scale=d_scale,
         capacity_learned_at=now,
     )
+
+
+def step_taken_at(signals: Signals, lens: Lengths, ready_decode: int) -> tuple[float, float] | None:
+    """(sequences per step, KV tokens per sequence) decode's mean step was measured at, as
+    the replicas report it. A source that reports only the step falls back on the running
+    sequences per ready instance and the arrivals' lengths, which read a slower GPU where
+    some instances sit idle or long sequences dominate the batch."""
+    batch, ctx = signals.decode_step_batch, signals.decode_step_context
+    if _positive(batch) and _positive(ctx):
+        return max(1.0, batch), ctx  # type: ignore[return-value, type-var]
+    running = signals.decode_running
+    if ready_decode > 0 and _positive(running):
+        return max(1.0, running / ready_decode), lens.prompt + lens.output / 2  # type: ignore[operator]
+    return None
 
 
 def _fold(

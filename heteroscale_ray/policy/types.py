@@ -45,6 +45,12 @@ class Signals:
     decode_step_s: float | None = None  # mean decode step time (TBT without transfer/queueing)
     # The slowest decode instance's step: TBT p99 follows the most loaded instance, not the mean.
     decode_step_max_s: float | None = None
+    # What decode_step_s was measured at: sequences per step and KV tokens per sequence, as
+    # means over the steps taken. Learning compares the prior's step at these, not at the
+    # running sequences per ready instance (idle instances take no step) and the arrivals'
+    # lengths (long sequences outlive short ones, so the running ones are longer).
+    decode_step_batch: float | None = None
+    decode_step_context: float | None = None
 
     @staticmethod
     def empty() -> Signals:

@@ -220,7 +220,7 @@ class DecodeServer(ReplicaBase):
                 continue
             if batch:
                 self.metrics.decode_step(
-                    batch, timing.wall_s, self.device.decode_flops(batch, context)
+                    batch, timing.wall_s, self.device.decode_flops(batch, context), context
                 )
             for rid, err in errors.items():
                 if (track := self._tracks.get(rid)) is not None:

@@ -172,6 +172,8 @@ class ReplicaMetrics:
         self._ttft_wait = _Window(window_s, maxlen=5000, clock=c)
         self._ttft_service = _Window(window_s, maxlen=5000, clock=c)
         self._step_s = _Window(window_s, clock=c)
+        self._step_batch = _Window(window_s, clock=c)  # sequences per step
+        self._step_context = _Window(window_s, clock=c)  # KV tokens of the batch per step
         self._batch_time = _Window(window_s, clock=c)  # batch x step seconds
         self._outputs = _Window(window_s, maxlen=5000, clock=c)
         # Last measured prompt tokens per busy second, kept past the window so a replica that
@@ -218,13 +220,16 @@ class ReplicaMetrics:
         """Prompt tokens (hits included) per busy second: measured, else the seeded prior."""
         return self._tokens_per_busy_s
 
-    def decode_step(self, tokens: int, busy_s: float, flops: float) -> None:
-        """One batched step of `tokens` sequences that took `busy_s` (compute + emulated GPU)."""
+    def decode_step(self, tokens: int, busy_s: float, flops: float, context_tokens: int) -> None:
+        """One batched step of `tokens` sequences holding `context_tokens` of KV in all, that
+        took `busy_s` (compute + emulated GPU)."""
         now = self.clock.monotonic()
         self._decode_tokens.add(tokens, now)
         self._busy.add(busy_s, now)
         self._flops.add(flops, now)
         self._step_s.add(busy_s, now)
+        self._step_batch.add(tokens, now)
+        self._step_context.add(context_tokens, now)
         self._batch_time.add(tokens * busy_s, now)
         self.steps += 1
 
@@ -296,6 +301,12 @@ class ReplicaMetrics:
             ttft_service_p99=service[2],
             running_mean=self._batch_time.sum(now) / span,
             step_mean_s=self._step_s.mean(now),
+            step_batch_mean=self._step_batch.mean(now),
+            step_context_mean=(
+                self._step_context.sum(now) / batched
+                if (batched := self._step_batch.sum(now))
+                else None
+            ),
             finished_requests=self._outputs.count(now),
             output_tokens_mean=self._outputs.mean(now),
             **gauges,

@@ -163,6 +163,14 @@ REPLICA_METRICS: tuple[ReplicaMetric, ...] = (
         "Mean batched decode step time over the window (TBT without queueing)",
     ),
     ReplicaMetric(
+        "decode_step_batch_mean", "step_batch_mean", "gauge", _D,
+        "Sequences per decode step, mean over the window's steps (the batch the step time is at)",
+    ),
+    ReplicaMetric(
+        "decode_step_context_tokens_mean", "step_context_mean", "gauge", _D,
+        "KV tokens per sequence at the window's decode steps",
+    ),
+    ReplicaMetric(
         "finished_requests_in_window", "finished_requests", "gauge", _D,
         "Requests that finished decoding within the window",
     ),

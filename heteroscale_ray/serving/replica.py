@@ -118,6 +118,8 @@ class ReplicaBase:
             "ttft_service_p99": s.ttft_service_p99,
             "running_mean": s.running_mean,
             "step_mean_s": s.step_mean_s,
+            "step_batch_mean": s.step_batch_mean,
+            "step_context_mean": s.step_context_mean,
         }
         out.update({k: float(v) for k, v in optional.items() if v is not None})
         return out

@@ -76,6 +76,8 @@ class ReplicaStats:
     # Decode: the batch over time, its pure step time, and what finished requests produced.
     running_mean: float = 0.0  # sequences in the batch, time-mean over the window (idle = 0)
     step_mean_s: float | None = None  # mean batched step time (compute + emulated GPU time)
+    step_batch_mean: float | None = None  # sequences per step, mean over those steps
+    step_context_mean: float | None = None  # KV tokens per sequence at those steps
     finished_requests: int = 0  # requests that finished within the window
     output_tokens_mean: float | None = None  # their mean output tokens
 
@@ -142,6 +144,8 @@ _OPTIONAL_NUMBERS = (
     "ttft_wait_p99",
     "ttft_service_p99",
     "step_mean_s",
+    "step_batch_mean",
+    "step_context_mean",
     "output_tokens_mean",
 )
 # The demand and latency-split numbers the control plane adds up: a negative one is a bug.

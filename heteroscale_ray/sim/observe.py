@@ -8,6 +8,8 @@ serving instances of the pool.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from heteroscale_ray.control.types import Observation, PoolObservation
@@ -56,12 +58,9 @@ def waiting_prefill_s(sim: ClusterSim, s: int, pre: np.ndarray, now: float) -> f
     return float(np.sum(work[sim.t_first[ids] - work > now]))
 
 
-def queues(
-    sim: ClusterSim, s: int
-) -> tuple[float | None, float, float, float | None, float | None]:
-    """Now, for service ``s``: queued prefill work per ready prefill instance (s), sequences
-    running and waiting in decode, and the mean and slowest decode step time of busy decode
-    instances.
+def queues(sim: ClusterSim, s: int) -> tuple[float | None, float, float]:
+    """Now, for service ``s``: queued prefill work per ready prefill instance (s), and
+    sequences running and waiting in decode.
 
     Queued prefill work is the work not started yet, as a replica reports it (the prompt
     on the GPU is service, not queue: a queue drained by more instances is only the waiting
@@ -94,28 +93,51 @@ def queues(
         is_dec = np.zeros(n, dtype=bool)
         is_dec[dec] = True
         waiting = float(np.count_nonzero(is_dec[sim.d_inst[arrived]]))
-    step = slowest = None
+    return queue_s, running, waiting
+
+
+@dataclass(frozen=True)
+class DecodeSteps:
+    """The step time of service ``s``'s busy decode instances now, and what it was taken at
+    (the means a replica reports over its steps)."""
+
+    mean_s: float
+    slowest_s: float
+    batch: float  # sequences per busy instance
+    context: float  # KV tokens per running sequence
+
+
+def decode_steps(sim: ClusterSim, s: int) -> DecodeSteps | None:
+    """None while no ready decode instance of ``s`` runs a sequence."""
+    T = sim.inst
+    n = T.n
+    dec = np.flatnonzero((T.svc[:n] == s) & (T.state[:n] == READY) & (T.role[:n] == DECODE))
     A = sim._active
-    if len(A) and len(dec):
-        d = sim.d_inst[A]
-        B = np.bincount(d, minlength=n).astype(float)[dec]
-        C = np.bincount(d, weights=sim.w.input_tokens[A] + sim.gen[A], minlength=n)[dec]
-        busy = B > 0
-        if busy.any():
-            rows, b_busy, c_busy = dec[busy], B[busy], C[busy]
-            kind_of = T.kind[rows]
-            taus = np.empty(len(rows))
-            for k in distinct(kind_of, len(sim.kinds)):
-                kind, m = sim.kinds[k], kind_of == k
-                if kind.w_experts == 0.0:  # dense: elementwise, as one instance at a time
-                    taus[m] = kind.step_seconds(b_busy[m], c_busy[m])
-                else:
-                    taus[m] = [
-                        float(kind.step_seconds(b, c))
-                        for b, c in zip(b_busy[m], c_busy[m], strict=True)
-                    ]
-            step, slowest = float(np.mean(taus)), float(np.max(taus))
-    return queue_s, running, waiting, step, slowest
+    if not len(A) or not len(dec):
+        return None
+    d = sim.d_inst[A]
+    B = np.bincount(d, minlength=n).astype(float)[dec]
+    C = np.bincount(d, weights=sim.w.input_tokens[A] + sim.gen[A], minlength=n)[dec]
+    busy = B > 0
+    if not busy.any():
+        return None
+    rows, b_busy, c_busy = dec[busy], B[busy], C[busy]
+    kind_of = T.kind[rows]
+    taus = np.empty(len(rows))
+    for k in distinct(kind_of, len(sim.kinds)):
+        kind, m = sim.kinds[k], kind_of == k
+        if kind.w_experts == 0.0:  # dense: elementwise, as one instance at a time
+            taus[m] = kind.step_seconds(b_busy[m], c_busy[m])
+        else:
+            taus[m] = [
+                float(kind.step_seconds(b, c)) for b, c in zip(b_busy[m], c_busy[m], strict=True)
+            ]
+    return DecodeSteps(
+        mean_s=float(np.mean(taus)),
+        slowest_s=float(np.max(taus)),
+        batch=float(np.mean(b_busy)),
+        context=float(np.sum(c_busy) / np.sum(b_busy)),
+    )
 
 
 def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
@@ -167,7 +189,8 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             if len(first_in)
             else (None, None, None)
         )
-        queue_s, running, waiting, step, slowest = queues(sim, s)
+        queue_s, running, waiting = queues(sim, s)
+        steps = decode_steps(sim, s)
         pools = {}
         for role in (PREFILL, DECODE):
             serving = float(np.sum(sim.ts_ready[sl, s, role] + sim.ts_draining[sl, s, role]))
@@ -200,8 +223,10 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             decode_queue=waiting if have_data else None,
             ttft_wait_p99_s=wait_p99,
             ttft_service_p99_s=service_p99,
-            decode_step_s=step,
-            decode_step_max_s=slowest,
+            decode_step_s=None if steps is None else steps.mean_s,
+            decode_step_max_s=None if steps is None else steps.slowest_s,
+            decode_step_batch=None if steps is None else steps.batch,
+            decode_step_context=None if steps is None else steps.context,
         )
         out[spec.name] = Observation(
             service=spec.name,
