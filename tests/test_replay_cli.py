@@ -154,6 +154,26 @@ def test_replay_refuses_a_span_of_years_and_names_the_way_out(
     assert "spans 366 days" in err and "--duration" in err
 
 
+def test_a_mooncake_file_in_seconds_is_named_and_a_period_past_the_trace_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1,000 s of Mooncake rows at 4 requests a second, written in seconds, read as 1 s of
+    arrivals (Mooncake's are milliseconds): 1,000x compressed, so the rate is said with the
+    unit. A control period as long as the trace decides once, which is said too."""
+    trace = tmp_path / "seconds.jsonl"
+    rows = (
+        json.dumps({"timestamp": i // 4, "input_length": 500, "output_length": 20})
+        for i in range(4000)
+    )
+    trace.write_text("\n".join(rows) + "\n")
+    argv = ["replay", "--trace", str(trace), "--services", SIM_SERVICES, "--service", "general"]
+    argv += ["--policy", "static", "--control-period-s", "3600", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "4,000 requests arrive within 1.0 s" in err and "Mooncake: milliseconds" in err
+    assert "each policy decides once, at the start" in err
+
+
 def test_replay_finishes_a_request_longer_than_the_default_drain(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,6 +8,14 @@ import sys
 from typing import Any
 
 SKIP_HINT = " (--skip-malformed skips such rows and counts them)"
+# A file read at this many requests a second or more, over a short span, is more likely in a
+# finer time unit than its format's (a Mooncake file written in seconds reads 1,000x faster).
+IMPLAUSIBLE_RATE = 2_000.0
+IMPLAUSIBLE_SPAN_S = 600.0
+UNIT_HINT = (
+    "if its timestamps are in a coarser unit than the format's (Mooncake: milliseconds; "
+    "BurstGPT and Qwen-Bailian: seconds), the replay is compressed by as much"
+)
 
 
 def progress(label: str):  # noqa: ANN202
@@ -55,4 +63,16 @@ def load_trace_or_say(arg: str, skip_malformed: bool = False) -> Any:
     if trace.skipped:
         reasons = "; ".join(trace.skip_reasons)
         print(f"skipped {trace.skipped} malformed row(s) of {arg} ({reasons})", file=sys.stderr)
+    if note := rate_note(len(trace), trace.duration_s):
+        print(f"{trace.source}: {note}", file=sys.stderr)
     return trace
+
+
+def rate_note(requests: int, span_s: float) -> str | None:
+    """A note when `requests` over `span_s` arrive implausibly fast for a real trace."""
+    if requests < 1000 or span_s >= IMPLAUSIBLE_SPAN_S:
+        return None
+    rate = requests / max(span_s, 1e-3)
+    if rate < IMPLAUSIBLE_RATE:
+        return None
+    return f"{requests:,} requests arrive within {span_s:,.1f} s ({rate:,.0f} req/s): {UNIT_HINT}"

@@ -210,8 +210,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if trace.duration_s > MAX_SPAN_S:
         print(
             f"{trace.source} spans {trace.duration_s / 86400:,.0f} days (first arrival to last), "
-            f"more than the {MAX_SPAN_S / 86400:.0f} a replay steps through: a stray timestamp? "
-            "Replay a part of it with --duration S",
+            f"more than the {MAX_SPAN_S / 86400:.0f} a replay steps through: a stray timestamp, "
+            "or milliseconds where the format reads seconds? Replay a part of it with --duration S",
             file=sys.stderr,
         )
         return 2
@@ -238,6 +238,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(
             f"{silent:,} of {len(trace):,} requests have no output tokens (BurstGPT logs a "
             "failed request so): they are replayed as prompts alone",
+            file=sys.stderr,
+        )
+    if args.control_period_s >= trace.duration_s:
+        print(
+            f"--control-period-s {args.control_period_s:g} is no shorter than the trace "
+            f"({trace.duration_s:,.0f} s): each policy decides once, at the start",
             file=sys.stderr,
         )
     # sized on what the ingress admits: a request no instance holds is rejected, not served

@@ -22,6 +22,9 @@ from heteroscale_ray.traces.trace import Trace
 # shifts over its whole span: nearly aligned copies would multiply its minute-scale bursts by k.
 SHAPE_SHIFT_S = 600.0
 LONG_TRACE_S = 3 * 3600.0
+# A superposed trace past this many requests cannot be held (each holds ~170 bytes in a
+# replay): refused before the first copy is made, not after an hour of copying.
+MAX_SUPERPOSED_REQUESTS = 1_000_000_000
 
 
 def shape_keeping_shift(span_s: float) -> float | None:
@@ -140,6 +143,11 @@ def scale_rate(
         raise ValueError("superpose draws random shifts: pass seed= (an int or a numpy Generator)")
     if max_shift_s is not None and max_shift_s < 0:
         raise ValueError(f"max_shift_s must be >= 0 (got {max_shift_s})")
+    if len(trace) * k > MAX_SUPERPOSED_REQUESTS:
+        raise ValueError(
+            f"k={k:g} would make {len(trace) * k:,.0f} requests of {len(trace):,}, more than "
+            f"{MAX_SUPERPOSED_REQUESTS:,}: use a smaller k or a slice of the trace"
+        )
     return _superpose(trace, k, make_rng(seed), max_shift_s, distinct_prefixes)
 
 
