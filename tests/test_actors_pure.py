@@ -236,8 +236,8 @@ def test_slo_held_watches_what_the_latency_guard_watches(
     [
         ({"ttft_p99_s": 9.9, "ttft_wait_p99_s": 0.1}, True),  # long prompts' own compute
         ({"ttft_p99_s": 9.9, "ttft_wait_p99_s": 8.0, "prefill_queue_s": 5.0}, False),
-        ({"tbt_p99_s": 0.2, "decode_step_max_s": 0.02}, True),  # KV transfer, not batches
-        ({"tbt_p99_s": 0.2, "decode_step_max_s": 0.15}, False),
+        ({"tbt_p99_s": 0.2, "decode_step_s": 0.02}, True),  # KV transfer, not batches
+        ({"tbt_p99_s": 0.2, "decode_step_s": 0.15}, False),
     ],
 )
 def test_a_latency_floor_does_not_restore_a_removal(signals: dict, held: bool) -> None:

@@ -917,12 +917,12 @@ def test_state_json_round_trip_and_tolerates_unknown_keys() -> None:
 def test_the_papers_guard_leaves_a_tbt_floor_alone() -> None:
     """TBT p99 at 1.5x the SLO while the slowest decode step is 10 ms: the rest is the KV
     transfer, which more decode instances do not shorten. No step, and no ratchet."""
-    sig = signals(12_000, tbt_p99_s=0.06, decode_step_max_s=0.01)
+    sig = signals(12_000, tbt_p99_s=0.06, decode_step_s=0.01)
     decision, _ = run(make_service(), sig, counts(4, 12))
     assert (decision.prefill, decision.decode) == (4, 12)
     assert decision.reason is Reason.LATENCY_FLOOR
     assert "but not from queueing, which instances cannot fix" in decision.message
-    batches = signals(12_000, tbt_p99_s=0.06, decode_step_max_s=0.05)  # the step is the cause
+    batches = signals(12_000, tbt_p99_s=0.06, decode_step_s=0.05)  # the step is the cause
     decision, _ = run(make_service(), batches, counts(4, 12))
     assert decision.reason is Reason.LATENCY_GUARD and decision.decode > 12
 
@@ -931,19 +931,17 @@ def test_the_papers_guard_stops_when_its_step_did_not_help() -> None:
     """A TBT guard step (12 -> 14 decode) that left TBT p99 where it was earns no other while
     the load per instance fell; once TBT is back under the lowest tier, the next breach is new."""
     spec = make_service()
-    breach = signals(12_000, tbt_p99_s=0.05, decode_step_max_s=0.04)
+    breach = signals(12_000, tbt_p99_s=0.05, decode_step_s=0.04)
     first, state = run(spec, breach, counts(4, 12))
     assert first.reason is Reason.LATENCY_GUARD and first.decode == 14
     later = NOW + 60
-    again = Signals(observed_at=later, decode_tps=12_000, tbt_p99_s=0.049, decode_step_max_s=0.04)
+    again = Signals(observed_at=later, decode_tps=12_000, tbt_p99_s=0.049, decode_step_s=0.04)
     second, state = decide(spec, again, counts(5, 14), state, later)
     assert second.reason is Reason.LATENCY_NO_GAIN and second.decode == 14, second.message
     assert "the last guard step left it at 49 ms (was 50 ms): no further step" in second.message
     calm = Signals(observed_at=later + 60, decode_tps=12_000, tbt_p99_s=0.02)
     _, state = decide(spec, calm, counts(5, 14), state, later + 60)
     assert state.guard_role is None
-    new = Signals(
-        observed_at=later + 120, decode_tps=12_000, tbt_p99_s=0.05, decode_step_max_s=0.04
-    )
+    new = Signals(observed_at=later + 120, decode_tps=12_000, tbt_p99_s=0.05, decode_step_s=0.04)
     third, _ = decide(spec, new, counts(5, 14), state, later + 120)
     assert third.reason is Reason.LATENCY_GUARD and third.decode > 14

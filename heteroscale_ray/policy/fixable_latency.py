@@ -1,9 +1,10 @@
 """The latency guard of `signal: demand`, on the latency capacity can change.
 
 TTFT counts against prefill only through its queueing wait (a long prompt's own compute is a
-floor more instances do not shorten); TBT counts against decode when the slowest instance's
-step is a large part of it (the rest is KV transfer or admission), or while sequences pile up
-waiting for a decode slot (more instances add slots). A guard step that
+floor more instances do not shorten); TBT counts against decode when a busy instance's mean
+step is a large part of it (the rest is KV transfer, admission, or sequences pinned to a few
+instances that were slow before new ones landed), or while sequences pile up waiting for a
+decode slot (more instances add slots). A guard step that
 did not cut the fixable latency earns no other, and prefill takes none while its queue drains.
 The same floor test marks a role as strained for the learned burst headroom (policy/burst.py)
 and decides whether soft scale-in restores a removal (control/soft_scale_in.py).
@@ -23,7 +24,7 @@ from heteroscale_ray.policy.types import PolicyState, Reason, RoleCounts, Signal
 
 FLOOR_SHARE = 0.2  # queueing under this share of the TTFT SLO: more prefill cannot help
 TBT_FLOOR_SHARE = (
-    0.5  # the slowest decode step under this share of TBT p99: batches are not the cause
+    0.5  # the mean busy decode step under this share of TBT p99: batches are not the cause
 )
 MIN_GAIN = 0.1  # a guard step must cut the fixable latency by this share to earn another
 RELIEVED = 0.95  # load per instance under this share of the step's: the step lowered it
@@ -172,9 +173,11 @@ def watched_latencies(
     if metric in ("tbt", "both"):
         # More decode instances shorten TBT only by shrinking batches, i.e. the step time; the
         # KV transfer they do not touch, and waiting for a slot is the backlog rule's (but see
-        # `latency_guard`). TBT p99 follows the most loaded instance, so its step is the one
-        # compared; a step that is a small part of the p99 gap leaves the rest to the transfer.
-        step = next((x for x in (s.decode_step_max_s, s.decode_step_s) if _usable(x)), None)
+        # `latency_guard`). The mean busy instance's step is compared, not the slowest's:
+        # sequences never move, so a few instances slow with sequences admitted before new
+        # ones landed stay slow whatever is added (a step of 88 ms against a mean of 19 held
+        # to-reasoning's decode 20% over static), while new sequences go to the light ones.
+        step = s.decode_step_s if _usable(s.decode_step_s) else None
         floor = (
             step is not None and _usable(s.tbt_p99_s) and step < TBT_FLOOR_SHARE * s.tbt_p99_s  # type: ignore[operator]
         )
