@@ -302,6 +302,8 @@ def test_an_override_pins_capacity() -> None:
     spec = make_service(demand={"prefill_tokens_per_s": 5000.0, "decode_batch": 10})
     cap = capacity(spec, signals(), PolicyState())
     assert cap.prefill_tps == 5000.0 and cap.decode_batch == 10 and cap.source == "override"
+    one = capacity(make_service(demand={"decode_batch": 10}), signals(), PolicyState())
+    assert one.decode_batch == 10 and one.source == "decode override, prefill prior"
 
 
 queues = st.lists(st.floats(0.0, 50.0, allow_nan=False), min_size=4, max_size=12)

@@ -43,7 +43,7 @@ class Capacity:
     decode_tps: float  # tokens/s at that batch, at the learned step time
     prefill_scale: float = 1.0  # learned correction applied to the prior (1.0: prior as is)
     decode_scale: float = 1.0
-    source: str = "prior"  # "prior", "learned" or "override"
+    source: str = "prior"  # "prior", "learned", "override", or one role's override and the other's
 
     @property
     def decode_step_s(self) -> float:
@@ -171,13 +171,18 @@ def capacity(
         "learned" if state.capacity_learned_at is not None else "prior",
     )
     if demand.prefill_tokens_per_s is not None:
-        cap = replace(cap, prefill_tps=demand.prefill_tokens_per_s, source="override")
+        cap = replace(cap, prefill_tps=demand.prefill_tokens_per_s)
     if demand.decode_batch is not None:
         per_seq = cap.decode_tps / cap.decode_batch
         cap = replace(
             cap, decode_batch=demand.decode_batch, decode_tps=per_seq * demand.decode_batch
         )
+    pinned = (demand.prefill_tokens_per_s is not None, demand.decode_batch is not None)
+    if all(pinned):
         cap = replace(cap, source="override")
+    elif any(pinned):
+        own, other = ("prefill", "decode") if pinned[0] else ("decode", "prefill")
+        cap = replace(cap, source=f"{own} override, {other} {cap.source}")
     return cap
 
 
