@@ -222,7 +222,7 @@ def test_bursty_history_sizes_the_role_above_its_current_need() -> None:
 def test_a_fixable_breach_marks_the_role_strained() -> None:
     spec = make_service()
     settled = replace(PolicyState(), decode_burst=BurstMemory(settled_at=NOW - 1000))
-    short = signals(tbt_p99_s=0.06, decode_step_s=0.03, decode_step_max_s=0.05)
+    short = signals(tbt_p99_s=0.06, decode_step_s=0.04, decode_step_max_s=0.05)
     _, state = decide(spec, short, counts(4, 4), settled, NOW)
     assert state.decode_burst.strained_at == NOW
     floor = signals(tbt_p99_s=0.06, decode_step_s=0.01, decode_step_max_s=0.012)

@@ -199,6 +199,20 @@ def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> 
     assert sig.decode_step_context == pytest.approx(2000.0)
 
 
+def test_what_the_steps_ran_at_comes_from_every_replica_that_stepped_or_none() -> None:
+    """A replica that steps but does not say at what batch (an older version mid-rollout)
+    would leave the mean step and what it is compared at from different replicas."""
+    counts = {"chat": RoleCounts(prefill_ready=1, decode_ready=2)}
+    new = report("decode", step_mean_s=0.04, step_batch_mean=8.0, step_context_mean=1000.0)
+    old = report("decode", replica_id="old", step_mean_s=0.02)
+    both = build_observations(["chat"], [report("prefill"), new, old], counts)["chat"].signals
+    assert both.decode_step_s == pytest.approx(0.03)
+    assert both.decode_step_batch is None and both.decode_step_context is None
+    idle = report("decode", replica_id="idle")  # no step: nothing to compare
+    alone = build_observations(["chat"], [report("prefill"), new, idle], counts)["chat"].signals
+    assert (alone.decode_step_batch, alone.decode_step_context) == (8.0, 1000.0)
+
+
 def test_prompts_held_at_the_handle_count_as_queued_prefill() -> None:
     """Every replica at max_ongoing_requests: Serve holds the rest at the handle, where no
     replica's queue shows them. The ingress reports their tokens; they are spread over the

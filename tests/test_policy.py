@@ -915,7 +915,7 @@ def test_state_json_round_trip_and_tolerates_unknown_keys() -> None:
 
 
 def test_the_papers_guard_leaves_a_tbt_floor_alone() -> None:
-    """TBT p99 at 1.5x the SLO while the slowest decode step is 10 ms: the rest is the KV
+    """TBT p99 at 1.5x the SLO while the busy decode instances' mean step is 10 ms: the rest is the KV
     transfer, which more decode instances do not shorten. No step, and no ratchet."""
     sig = signals(12_000, tbt_p99_s=0.06, decode_step_s=0.01)
     decision, _ = run(make_service(), sig, counts(4, 12))

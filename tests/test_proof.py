@@ -23,7 +23,7 @@ from heteroscale_ray.policy.role_plan import role_plan
 from tests.test_demand_policy import NOW, counts, make_service, running, signals
 
 # TBT over the SLO with the mean busy decode step most of it: capacity can fix it.
-BREACH = dict(tbt_p99_s=0.06, decode_step_s=0.03, decode_step_max_s=0.05)
+BREACH = dict(tbt_p99_s=0.06, decode_step_s=0.04, decode_step_max_s=0.05)
 
 
 def test_a_first_guard_step_is_remembered_but_proves_nothing() -> None:

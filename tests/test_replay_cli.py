@@ -159,7 +159,8 @@ def test_a_mooncake_file_in_seconds_is_named_and_a_period_past_the_trace_is_said
 ) -> None:
     """1,000 s of Mooncake rows at 4 requests a second, written in seconds, read as 1 s of
     arrivals (Mooncake's are milliseconds): 1,000x compressed, so the rate is said with the
-    unit. A control period as long as the trace decides once, which is said too."""
+    unit. A control period as long as the trace decides nothing before its last arrival, which
+    is said too."""
     trace = tmp_path / "seconds.jsonl"
     rows = (
         json.dumps({"timestamp": i // 4, "input_length": 500, "output_length": 20})
@@ -170,8 +171,8 @@ def test_a_mooncake_file_in_seconds_is_named_and_a_period_past_the_trace_is_said
     argv += ["--policy", "static", "--control-period-s", "3600", "--out", str(tmp_path)]
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert "4,000 requests arrive within 1.0 s" in err and "Mooncake: milliseconds" in err
-    assert "each policy decides once, at the start" in err
+    assert "4,000 requests arrive within 1.0 s" in err and "Mooncake's are milliseconds" in err
+    assert "no policy decides before its last arrival" in err
 
 
 def test_replay_finishes_a_request_longer_than_the_default_drain(

@@ -523,7 +523,8 @@ def test_compress_halves_the_span(azure: Trace) -> None:
     ("kwargs", "message"),
     [
         ({"k": 2}, "pass seed="),
-        ({"k": 0, "seed": 1}, "k must be > 0"),
+        ({"k": 0, "seed": 1}, "k must be a finite number > 0"),
+        ({"k": float("nan"), "seed": 1}, "k must be a finite number > 0"),
         ({"k": 2, "seed": 1, "method": "stretch"}, "unknown method 'stretch'"),
         ({"k": 1e12, "seed": 1}, "more than 1,000,000,000: use a smaller k"),
     ],

@@ -174,7 +174,8 @@ class ControlPlaneMetrics:
             self.capacity.labels(name, "decode", "batch").set(cap["decode_batch"])
             self.capacity_scale.labels(name, "prefill").set(cap["prefill_scale"])
             self.capacity_scale.labels(name, "decode").set(cap["decode_scale"])
-            self.capacity_learned.labels(name).set(1.0 if cap["source"] == "learned" else 0.0)
+            learned = cap.get("learned_at") is not None
+            self.capacity_learned.labels(name).set(1.0 if learned else 0.0)
             if cap.get("burst_horizon_s") is not None:
                 self.burst_horizon.labels(name).set(cap["burst_horizon_s"])
 

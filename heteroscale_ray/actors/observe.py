@@ -123,18 +123,17 @@ def output_mean(decode_reports: list[ReplicaStats]) -> float | None:
     return sum(k * float(m) for k, m in done if m is not None and k > 0) / n
 
 
-def step_batch(dec: list[ReplicaStats]) -> tuple[float | None, float | None]:
+def decode_steps_at(dec: list[ReplicaStats]) -> tuple[float | None, float | None]:
     """Sequences per step and KV tokens per sequence over the decode replicas that stepped:
-    the batch and context their mean step time was taken at."""
-    at = [
-        (float(s.step_batch_mean), float(s.step_context_mean))
-        for s in dec
-        if s.step_mean_s is not None
-        and s.step_batch_mean is not None
-        and s.step_context_mean is not None
-    ]
-    if not at:
+    the batch and context their mean step time was taken at. None unless every replica that
+    stepped says (one that does not, e.g. an older version mid-rollout, would leave the step
+    and what it is compared at from different replicas)."""
+    stepped = [s for s in dec if s.step_mean_s is not None]
+    if not stepped or any(
+        s.step_batch_mean is None or s.step_context_mean is None for s in stepped
+    ):
         return None, None
+    at = [(float(s.step_batch_mean), float(s.step_context_mean)) for s in stepped]  # type: ignore[arg-type]
     total = sum(b for b, _ in at)
     return total / len(at), sum(b * c for b, c in at) / total if total > 0 else None
 
@@ -162,7 +161,7 @@ def build_observations(
         decode = _pool(dec, c.decode_ready, c.decode_starting, "decode")
         complete = bool(dec) and len(dec) >= c.decode_ready and len(pre) >= c.prefill_ready
         steps = [float(t) for s in dec if (t := s.step_mean_s) is not None]
-        batch, context = step_batch(dec)
+        batch, context = decode_steps_at(dec)
         signals = Signals(
             observed_at=min(float(s.timestamp) for s in dec) if complete else None,
             decode_tps=decode.tps,

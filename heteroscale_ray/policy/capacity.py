@@ -43,11 +43,14 @@ class Capacity:
     decode_tps: float  # tokens/s at that batch, at the learned step time
     prefill_scale: float = 1.0  # learned correction applied to the prior (1.0: prior as is)
     decode_scale: float = 1.0
-    source: str = "prior"  # "prior", "learned", "override", or one role's override and the other's
+    # "prior", "learned", "override", or one role's override and the other's source (an
+    # overridden decode batch still steps at the learned pace)
+    source: str = "prior"
 
     @property
     def decode_step_s(self) -> float:
-        """The step at the priced batch: the TBT budget's share."""
+        """The learned step at the priced batch: the TBT budget's share where the budget, not KV
+        memory, bounds the batch."""
         return self.decode_batch / self.decode_tps
 
     def describe(self) -> str:

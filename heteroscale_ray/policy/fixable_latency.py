@@ -1,8 +1,8 @@
 """The latency guard of `signal: demand`, on the latency capacity can change.
 
 TTFT counts against prefill only through its queueing wait (a long prompt's own compute is a
-floor more instances do not shorten); TBT counts against decode when a busy instance's mean
-step is a large part of it (the rest is KV transfer, admission, or sequences pinned to a few
+floor more instances do not shorten); TBT counts against decode when the mean step of the busy
+instances is a large part of it (the rest is KV transfer, admission, or sequences pinned to a few
 instances that were slow before new ones landed), or while sequences pile up waiting for a
 decode slot (more instances add slots). A guard step that
 did not cut the fixable latency earns no other, and prefill takes none while its queue drains.
@@ -173,10 +173,9 @@ def watched_latencies(
     if metric in ("tbt", "both"):
         # More decode instances shorten TBT only by shrinking batches, i.e. the step time; the
         # KV transfer they do not touch, and waiting for a slot is the backlog rule's (but see
-        # `latency_guard`). The mean busy instance's step is compared, not the slowest's:
+        # `latency_guard`). The busy instances' mean step is compared, not the slowest's:
         # sequences never move, so a few instances slow with sequences admitted before new
-        # ones landed stay slow whatever is added (a step of 88 ms against a mean of 19 held
-        # to-reasoning's decode 20% over static), while new sequences go to the light ones.
+        # ones landed stay slow whatever is added, while new sequences go to the light ones.
         step = s.decode_step_s if _usable(s.decode_step_s) else None
         floor = (
             step is not None and _usable(s.tbt_p99_s) and step < TBT_FLOOR_SHARE * s.tbt_p99_s  # type: ignore[operator]

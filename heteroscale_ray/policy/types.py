@@ -43,8 +43,8 @@ class Signals:
     ttft_wait_p99_s: float | None = None
     ttft_service_p99_s: float | None = None
     decode_step_s: float | None = None  # mean decode step time (TBT without transfer/queueing)
-    # The slowest decode instance's step: reported (status, metrics) beside the mean, so a TBT
-    # p99 from a few loaded instances shows; the guard judges the mean (fixable_latency.py).
+    # The slowest decode instance's step: exported beside the mean (the control plane's signal
+    # gauges), so a TBT p99 from a few loaded instances shows; the guard judges the mean.
     decode_step_max_s: float | None = None
     # What decode_step_s was measured at: sequences per step and KV tokens per sequence, as
     # means over the steps taken. Learning compares the prior's step at these, not at the

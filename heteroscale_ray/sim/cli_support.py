@@ -8,13 +8,15 @@ import sys
 from typing import Any
 
 SKIP_HINT = " (--skip-malformed skips such rows and counts them)"
-# A file read at this many requests a second or more, over a short span, is more likely in a
-# finer time unit than its format's (a Mooncake file written in seconds reads 1,000x faster).
+# A file of at least IMPLAUSIBLE_MIN_REQUESTS read at this many requests a second or more, over
+# a short span, more likely holds timestamps in a coarser unit than its format reads (a Mooncake
+# file written in seconds reads 1,000x faster).
+IMPLAUSIBLE_MIN_REQUESTS = 1000
 IMPLAUSIBLE_RATE = 2_000.0
 IMPLAUSIBLE_SPAN_S = 600.0
 UNIT_HINT = (
-    "if its timestamps are in a coarser unit than the format's (Mooncake: milliseconds; "
-    "BurstGPT and Qwen-Bailian: seconds), the replay is compressed by as much"
+    "if its timestamps are in a coarser unit than the format reads (Mooncake's are "
+    "milliseconds: a file written in seconds replays 1,000x compressed), the load is not real"
 )
 
 
@@ -70,7 +72,7 @@ def load_trace_or_say(arg: str, skip_malformed: bool = False) -> Any:
 
 def rate_note(requests: int, span_s: float) -> str | None:
     """A note when `requests` over `span_s` arrive implausibly fast for a real trace."""
-    if requests < 1000 or span_s >= IMPLAUSIBLE_SPAN_S:
+    if requests < IMPLAUSIBLE_MIN_REQUESTS or span_s >= IMPLAUSIBLE_SPAN_S:
         return None
     rate = requests / max(span_s, 1e-3)
     if rate < IMPLAUSIBLE_RATE:

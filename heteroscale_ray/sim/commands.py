@@ -243,7 +243,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.control_period_s >= trace.duration_s:
         print(
             f"--control-period-s {args.control_period_s:g} is no shorter than the trace "
-            f"({trace.duration_s:,.0f} s): each policy decides once, at the start",
+            f"({trace.duration_s:,.0f} s): no policy decides before its last arrival, so each "
+            "replays on the fleet it starts with",
             file=sys.stderr,
         )
     # sized on what the ingress admits: a request no instance holds is rejected, not served

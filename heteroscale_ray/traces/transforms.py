@@ -133,8 +133,8 @@ def scale_rate(
     not hit each other's prefix cache (no inflated hit rate).
     compress: ``time_compress(trace, k)``; deterministic.
     """
-    if k <= 0:
-        raise ValueError(f"k must be > 0 (got {k})")
+    if not (math.isfinite(k) and k > 0):
+        raise ValueError(f"k must be a finite number > 0 (got {k})")
     if method == "compress":
         return time_compress(trace, k)
     if method != "superpose":
@@ -143,7 +143,7 @@ def scale_rate(
         raise ValueError("superpose draws random shifts: pass seed= (an int or a numpy Generator)")
     if max_shift_s is not None and max_shift_s < 0:
         raise ValueError(f"max_shift_s must be >= 0 (got {max_shift_s})")
-    if len(trace) * k > MAX_SUPERPOSED_REQUESTS:
+    if max(len(trace), 1) * k > MAX_SUPERPOSED_REQUESTS:
         raise ValueError(
             f"k={k:g} would make {len(trace) * k:,.0f} requests of {len(trace):,}, more than "
             f"{MAX_SUPERPOSED_REQUESTS:,}: use a smaller k or a slice of the trace"
