@@ -115,18 +115,19 @@ def decide_demand(
     }
     known = {role: known_level(spec, state, role, now) for role in Role}
     state = track_peaks(spec, state, margined, now, steady)
-    sized = {
+    # each role's need insured against the rise to come (burst headroom or the climb's trend)
+    insured = {
         role: with_headroom(spec, state, role, need.value, need.why, now, need.steady, known[role])
         for role, need in needs.items()
     }
     for role in Role:
-        state = proof.lapse(spec, state, role, sized[role][0])
-        state = lapse_steps(spec, state, role, sized[role][0], now)
+        state = proof.lapse(spec, state, role, insured[role][0])
+        state = lapse_steps(spec, state, role, insured[role][0], now)
     initial = counts.prefill == 0 and counts.decode == 0
     plans = {
-        role: initial_plan(role, *sized[role])
+        role: initial_plan(role, *insured[role])
         if initial
-        else role_plan(spec, role, counts.of(role), *sized[role], state, now)
+        else role_plan(spec, role, counts.of(role), *insured[role], state, now)
         for role in Role
     }
     guard_state = state
@@ -150,9 +151,9 @@ def decide_demand(
         decode=d,
         reason=reason,
         message=f"{message} [{cap.describe()}{startup.describe(state)}]",
-        signal_value=sized[Role.DECODE][0],
-        required_prefill=sized[Role.PREFILL][0],
-        required_decode=sized[Role.DECODE][0],
+        signal_value=insured[Role.DECODE][0],
+        required_prefill=insured[Role.PREFILL][0],
+        required_decode=insured[Role.DECODE][0],
         pd_ratio=PdRatio(*ratio),
     )
     return decision, advance(guard_state, counts, plans, reason, now)
