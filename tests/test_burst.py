@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from heteroscale_ray.config import Role
 from heteroscale_ray.policy import PolicyState, decide
 from heteroscale_ray.policy.burst import MAX_MARGIN, margin, remember
-from heteroscale_ray.policy.types import BurstMemory
+from heteroscale_ray.policy.types import BurstMemory, Reason
 from tests.test_demand_policy import NOW, counts, make_service, signals
 
 HORIZON = 120.0
@@ -217,6 +217,18 @@ def test_bursty_history_sizes_the_role_above_its_current_need() -> None:
     long_ago = replace(memory, strained_at=NOW - 31 * HORIZON)  # once strained, kept
     old, _ = decide(spec, sig, counts(4, 4), replace(PolicyState(), decode_burst=long_ago), NOW)
     assert old.decode == bursty.decode
+
+
+def test_a_backlog_pinned_to_a_few_instances_marks_strain_but_takes_no_guard_step() -> None:
+    """The slowest instance's step is most of the TBT p99, the busy mean a small part: more
+    instances cannot shrink those batches now (no guard step), but they filled because
+    capacity ran short when their sequences arrived: decode has strained."""
+    spec = make_service()
+    settled = replace(PolicyState(), decode_burst=BurstMemory(settled_at=NOW - 1000))
+    pinned = signals(tbt_p99_s=0.07, decode_step_s=0.02, decode_step_max_s=0.055)
+    decision, state = decide(spec, pinned, counts(4, 10), settled, NOW)
+    assert decision.reason is not Reason.LATENCY_GUARD and decision.decode <= 10
+    assert state.decode_burst.strained_at == NOW
 
 
 def test_a_fixable_breach_marks_the_role_strained() -> None:

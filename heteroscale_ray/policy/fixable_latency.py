@@ -154,11 +154,13 @@ def forget_guard(state: PolicyState) -> PolicyState:
 
 
 def watched_latencies(
-    spec: ServiceSpec, s: Signals, metric: str | None = None
+    spec: ServiceSpec, s: Signals, metric: str | None = None, slowest: bool = False
 ) -> list[tuple[Role, str, float | None, float, float | None, bool]]:
     """(role, name, observed p99, SLO, the part capacity can fix, is it a floor) per latency
     the guard watches (or `metric`: "ttft", "tbt" or "both"): TTFT for prefill (fixable: its
-    queueing wait), TBT for decode."""
+    queueing wait), TBT for decode. Decode is judged on its busy instances' mean step (would
+    more instances now shrink batches?), or with `slowest` on the slowest instance's step (did
+    capacity run short anywhere?)."""
     metric = spec.policy.latency_guard.metric if metric is None else metric
     watched: list[tuple[Role, str, float | None, float, float | None, bool]] = []
     if metric in ("ttft", "both"):
@@ -176,7 +178,8 @@ def watched_latencies(
         # `latency_guard`). The busy instances' mean step is compared, not the slowest's:
         # sequences never move, so a few instances slow with sequences admitted before new
         # ones landed stay slow whatever is added, while new sequences go to the light ones.
-        step = s.decode_step_s if _usable(s.decode_step_s) else None
+        steps = (s.decode_step_max_s, s.decode_step_s) if slowest else (s.decode_step_s,)
+        step = next((x for x in steps if _usable(x)), None)
         floor = (
             step is not None and _usable(s.tbt_p99_s) and step < TBT_FLOOR_SHARE * s.tbt_p99_s  # type: ignore[operator]
         )
@@ -186,10 +189,12 @@ def watched_latencies(
 
 def strained(spec: ServiceSpec, s: Signals) -> set[Role]:
     """Roles whose latency reached the guard's lowest tier from a cause capacity can fix (not
-    a floor): capacity was short."""
+    a floor): capacity was short. Decode is judged on its slowest instance: a backlog pinned
+    to a few instances is one more instances cannot shrink now, but it queued there because
+    capacity ran short when it arrived, which is what the burst headroom insures against."""
     tiers = spec.policy.latency_guard.tiers
     out = set()
-    for role, _, observed, slo, _, floor in watched_latencies(spec, s):
+    for role, _, observed, slo, _, floor in watched_latencies(spec, s, slowest=True):
         if not floor and _usable(observed) and reached_tier(observed / slo, tiers) is not None:  # type: ignore[operator]
             out.add(role)
     return out
