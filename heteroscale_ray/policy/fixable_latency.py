@@ -6,8 +6,9 @@ instances is a large part of it (the rest is KV transfer, admission, or sequence
 instances that were slow before new ones landed), or while sequences pile up waiting for a
 decode slot (more instances add slots). A guard step that
 did not cut the fixable latency earns no other, and prefill takes none while its queue drains.
-The same floor test marks a role as strained for the learned burst headroom (policy/burst.py)
-and decides whether soft scale-in restores a removal (control/soft_scale_in.py).
+The same floor test marks a role as strained for the learned burst headroom (policy/burst.py;
+decode on its slowest instance's step there) and decides whether soft scale-in restores a
+removal (control/soft_scale_in.py).
 """
 
 from __future__ import annotations
