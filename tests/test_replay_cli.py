@@ -100,6 +100,17 @@ def test_replay_bad_argument_exits_2(
     assert error in capsys.readouterr().err
 
 
+def test_a_compressed_rate_is_not_refused_for_a_count_it_does_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--rate-method compress divides time, not multiplies requests: the request cap that
+    stops a superposed replay running out of memory does not apply."""
+    argv = ["replay", "--trace", "azure-conv", "--services", SIM_SERVICES, "--duration", "60"]
+    argv += ["--rate-scale", "2e6", "--rate-method", "compress", "--policy", "static"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert "a replay holds in memory" not in capsys.readouterr().err
+
+
 def test_a_policy_list_is_read_as_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -215,7 +215,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if len(trace) * args.rate_scale > MAX_REPLAY_REQUESTS:
+    superposed = args.rate_method == "superpose"  # compress keeps the count
+    if superposed and len(trace) * args.rate_scale > MAX_REPLAY_REQUESTS:
         print(
             f"--rate-scale {args.rate_scale:g} makes {len(trace) * args.rate_scale:,.0f} "
             f"requests of {trace.source}'s {len(trace):,}, more than the "
