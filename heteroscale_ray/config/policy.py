@@ -226,8 +226,15 @@ class DemandSpec(BaseModel):
         ge=0,
         description="Scale-in stabilisation: a role scales in only to its highest need within "
         "this many seconds, as HPA's downscale window does (with its learned burst margin for "
-        "five burst horizons after it). 900 s keeps a role to at most four direction changes "
-        "an hour. 0 = off.",
+        "five burst horizons after it); with learn_window, only while its traffic has come "
+        "back from falls that deep. 900 s keeps traffic that comes and goes to at most four "
+        "direction changes an hour. 0 = off.",
+    )
+    learn_window: bool = Field(
+        default=True,
+        description="Hold a peak in the scale-in window only as long as falls this deep have "
+        "lasted before the need came back (policy/falls.py), at least three start-up horizons "
+        "and at most peak_window_s. false = hold every peak the whole window.",
     )
     burst_horizon_s: float = Field(
         default=120.0,

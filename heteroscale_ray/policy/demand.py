@@ -21,7 +21,7 @@ import math
 from dataclasses import replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
-from heteroscale_ray.policy import backlog, burst, proof, startup
+from heteroscale_ray.policy import backlog, burst, falls, proof, startup
 from heteroscale_ray.policy.capacity import capacity, learn, track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_within, placement_ratio
@@ -114,6 +114,7 @@ def decide_demand(
         for role, n in steady.items()
     }
     known = {role: known_level(spec, state, role, now) for role in Role}
+    state = falls.observe(spec, state, steady, now)  # before this period's needs enter
     state = track_peaks(spec, state, margined, now, steady)
     # each role's need insured against the rise to come (burst headroom or the climb's trend)
     insured = {

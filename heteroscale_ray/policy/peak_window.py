@@ -1,11 +1,12 @@
 """The scale-in stabilisation window of `signal: demand` (HPA's downscale window): a role scales
 in only as far as its highest need within `demand.peak_window_s` allows, and that need with its
-burst margin for MARGIN_HOLD_HORIZONS burst horizons after it. The fleet found at the first
-decision enters the window as a need, as HPA stabilises a new autoscaler's initial size. A
-latency guard's or KV guard's step enters it too, held like a need while the load it was taken
-at holds: at a lower load it is a different fleet, measured afresh (as the guard's proof,
-policy/proof.py); held regardless, a step outlives the load that needed it. Pure: time comes
-in as `now`.
+burst margin for MARGIN_HOLD_HORIZONS burst horizons after it. A need is held the whole window
+only while this role's traffic has come back from falls that deep, else a few start-up horizons
+(policy/falls.py). The fleet found at the first decision enters the window as a need, held the
+whole window as HPA stabilises a new autoscaler's initial size. A latency guard's or KV guard's
+step enters it too, held like a need while the load it was taken at holds: at a lower load it
+is a different fleet, measured afresh (as the guard's proof, policy/proof.py); held regardless,
+a step outlives the load that needed it. Pure: time comes in as `now`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.policy import falls
+from heteroscale_ray.policy.burst import last_need, memory_of
 from heteroscale_ray.policy.proof import load_holds
 from heteroscale_ray.policy.startup import horizon_s
 from heteroscale_ray.policy.types import PolicyState, RoleCounts
@@ -31,11 +34,43 @@ def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -
     """A role's highest need within the last `peak_window_s` (HPA's downscale window), with
     its burst margin while it is within MARGIN_HOLD_HORIZONS burst horizons."""
     margin_hold = MARGIN_HOLD_HORIZONS * horizon_s(spec, state)
+    need = last_need(memory_of(state, role))
     inside = [
         margined if now - t <= margin_hold else bare
         for t, margined, bare in _in_window(spec, state, role, now)
+        if _held(spec, state, role, now, t, need, bare)
     ]
     return max(inside, default=None)
+
+
+def let_go(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
+    """The highest need within `peak_window_s` the window no longer holds: none of this
+    role's falls that deep came back (policy/falls.py). None when it holds them all."""
+    need = last_need(memory_of(state, role))
+    gone = [
+        bare
+        for t, _, bare in _in_window(spec, state, role, now)
+        if not _held(spec, state, role, now, t, need, bare)
+    ]
+    return max(gone, default=None)
+
+
+def _held(
+    spec: ServiceSpec,
+    state: PolicyState,
+    role: Role,
+    now: float,
+    at: float,
+    need: float | None,
+    bare: float,
+) -> bool:
+    """Whether a need the window has is still held: the first decision's (the fleet found, a
+    load not yet seen) for the whole window, as HPA's initial size; the rest as long as falls
+    this deep have lasted (policy/falls.py)."""
+    if state.started_at is not None and at <= state.started_at:
+        return True
+    depth = None if need is None or bare <= 0 else need / bare
+    return falls.holds(spec, state, role, now - at, depth)
 
 
 def known_level(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:

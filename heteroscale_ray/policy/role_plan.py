@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy import proof
 from heteroscale_ray.policy.cooldown import cooldown_left
-from heteroscale_ray.policy.peak_window import recent_peak
+from heteroscale_ray.policy.peak_window import let_go, recent_peak
 from heteroscale_ray.policy.proportional import Direction, ceil_eps, damped_target, dead_band
 from heteroscale_ray.policy.types import PolicyState, Reason
 
@@ -54,6 +54,9 @@ def role_plan(
         # Scale in only as far as the recent peak allows (stabilisation window).
         why += f", recent peak {peak:,.1f}"
         sized = peak
+    gone = let_go(spec, state, role, now) if need < current else None
+    if gone is not None and gone > sized:
+        why += f", peak {gone:,.1f} let go: no fall this deep came back"
     proven = proof.proven_need(state, role, need, policy.scale_out_tolerance)
     if proven is not None and proven[0] > sized:
         sized = proven[0]

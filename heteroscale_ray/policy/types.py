@@ -233,6 +233,13 @@ class PolicyState:
     # held like a need while that load holds (policy/peak_window.py).
     prefill_steps: tuple[tuple[float, float, float], ...] = ()
     decode_steps: tuple[tuple[float, float, float], ...] = ()
+    # Returns each role's need made (policy/falls.py) as (time, how long the fall lasted, the
+    # highest need within it over the level it came back to): how long the window holds.
+    prefill_returns: tuple[tuple[float, float, float], ...] = ()
+    decode_returns: tuple[tuple[float, float, float], ...] = ()
+    # and each role's needs within the window no later one is under, as (time, need)
+    prefill_lows: tuple[tuple[float, float], ...] = ()
+    decode_lows: tuple[tuple[float, float], ...] = ()
     # Demand mode: when each role last grew. A role's scale-out cooldown counts from its own
     # growth: the other role's step does not change what this one's arriving demand asks for.
     prefill_grew_at: float | None = None
@@ -323,6 +330,10 @@ class PolicyState:
             decode_peaks=_peaks(data.get("decode_peaks", ())),
             prefill_steps=_peaks(data.get("prefill_steps", ())),
             decode_steps=_peaks(data.get("decode_steps", ())),
+            prefill_returns=_peaks(data.get("prefill_returns", ())),
+            decode_returns=_peaks(data.get("decode_returns", ())),
+            prefill_lows=tuple(_pair(low) for low in data.get("prefill_lows", ())),
+            decode_lows=tuple(_pair(low) for low in data.get("decode_lows", ())),
             prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
             decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
             prefill_proof=_pair(data.get("prefill_proof")),
