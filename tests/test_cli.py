@@ -113,6 +113,7 @@ def _demand_status() -> dict[str, object]:
                 "learned_at": 1.0,
                 "startup_s": 7.0,
                 "burst_horizon_s": 22.0,
+                "window_holds_down_to": {"prefill": 0.05, "decode": 1.0},
                 "text": cap.describe() + ", instances start in 7 s (timed)",
             }
         },
@@ -144,6 +145,7 @@ def test_status_text_shows_learned_capacity_and_demand_signals() -> None:
     assert "tok/s/instance (x0.25)" in line and "(x0.50)" in line and "learned" in line
     assert "at prompt 400 / output 32 tokens" in line
     assert "instances start in 7 s (timed)" in line
+    assert "scale-in window holds falls to 5% / 100% of a peak (prefill / decode)" in line
     observed = next(ln for ln in text.splitlines() if ln.strip().startswith("observed:"))
     for part in ("rate 2.50 req/s", "prefill queue 0.80 s", "wait 900 ms", "decode step 45.0 ms"):
         assert part in observed, observed
@@ -161,6 +163,7 @@ def test_capacity_gauges_in_the_metrics_text() -> None:
     assert 'heteroscale_cp_capacity_scale{role="prefill",service="chat"} 0.25' in text
     assert 'heteroscale_cp_capacity_learned{service="chat"} 1.0' in text
     assert 'heteroscale_cp_burst_horizon_seconds{service="chat"} 22.0' in text
+    assert 'heteroscale_cp_window_holds_down_to{role="prefill",service="chat"} 0.05' in text
 
 
 # --- closed pipes and Ctrl-C, as subprocesses (what a shell sees) ----------------------------

@@ -64,8 +64,11 @@ def test_a_peak_is_held_while_traffic_has_come_back_from_falls_this_deep() -> No
     shallow = replace(bare, decode_returns=((NOW, 600.0, 0.85),))
     assert falls.holds(spec, shallow, Role.DECODE, 800.0, 0.9)
     assert not falls.holds(spec, shallow, Role.DECODE, floor + 1, 0.2)  # noise is no surge's end
+    assert falls.holds_down_to(spec, deep, Role.DECODE) == 0.1
+    assert falls.holds_down_to(spec, bare, Role.DECODE) == 1.0  # no return: only the floor
     # unlearned (configured off) or with no need to compare, the whole window holds
     fixed = make_service(demand={"learn_window": False})
+    assert falls.holds_down_to(fixed, bare, Role.DECODE) == 0.0
     assert falls.holds(fixed, bare, Role.DECODE, 800.0, 0.1)
     assert falls.holds(spec, bare, Role.DECODE, 800.0, None)
 

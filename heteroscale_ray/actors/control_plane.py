@@ -262,10 +262,15 @@ def format_capacity(cap: dict[str, Any]) -> str:
     """One line: what one instance carries now (`PolicyEngine.capacities()` entry)."""
     if "error" in cap:
         return f"n/a ({cap['error']})"
-    return (
+    line = (
         f"{cap['text']} at prompt {cap['prompt_mean']:,.0f} / output {cap['output_mean']:,.0f} "
         "tokens"
     )
+    holds = cap.get("window_holds_down_to")
+    if holds:
+        shares = " / ".join(f"{holds.get(r, 1.0):.0%}" for r in ("prefill", "decode"))
+        line += f"; scale-in window holds falls to {shares} of a peak (prefill / decode)"
+    return line
 
 
 def format_observation(o: dict[str, Any]) -> str:

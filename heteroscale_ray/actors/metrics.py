@@ -14,6 +14,9 @@ Names (all prefixed ``heteroscale_cp_``):
     capacity_scale{service,role}              learned correction of the roofline prior (1 = prior)
     capacity_learned{service}                 1 once replica reports corrected the prior, else 0
     burst_horizon_seconds{service}            start-up the burst headroom covers (timed)
+    window_holds_down_to{service,role}        share of a peak the need may fall to and still be
+                                              held the whole scale-in window (learned from the
+                                              falls traffic came back from; 1 = none yet)
 Served on a port with `start_http_server` when one is given, and always as text through
 `PolicyEngine.metrics_text()` (what `heteroscale status --metrics` prints).
 """
@@ -115,6 +118,14 @@ class ControlPlaneMetrics:
             ["service"],
             registry=self.registry,
         )
+        self.window_holds = Gauge(
+            p + "window_holds_down_to",
+            "Share of a peak a role's need may fall to and still be held the whole scale-in "
+            "window: the deepest fall its traffic came back from (1 with none remembered, 0 "
+            "when the window is not learned)",
+            ["service", "role"],
+            registry=self.registry,
+        )
         self.cycle = Histogram(
             p + "cycle_seconds",
             "Duration of one control cycle",
@@ -178,6 +189,8 @@ class ControlPlaneMetrics:
             self.capacity_learned.labels(name).set(1.0 if learned else 0.0)
             if cap.get("burst_horizon_s") is not None:
                 self.burst_horizon.labels(name).set(cap["burst_horizon_s"])
+            for role, share in (cap.get("window_holds_down_to") or {}).items():
+                self.window_holds.labels(name, role).set(share)
 
     def text(self) -> str:
         from prometheus_client import generate_latest

@@ -27,9 +27,9 @@ from heteroscale_ray.actors.checkpoint import (
 )
 from heteroscale_ray.actors.metrics import ControlPlaneMetrics
 from heteroscale_ray.actors.observe import build_observations
-from heteroscale_ray.config import ServicesConfig, ServiceSpec
+from heteroscale_ray.config import Role, ServicesConfig, ServiceSpec
 from heteroscale_ray.control import Desired, HeteroScaleAutoscaler, Observation
-from heteroscale_ray.policy import PolicyState, RoleCounts, startup
+from heteroscale_ray.policy import PolicyState, RoleCounts, falls, startup
 from heteroscale_ray.policy.capacity import capacity, lengths
 from heteroscale_ray.policy.transport import carried_target
 from heteroscale_ray.policy.types import Signals
@@ -298,6 +298,9 @@ class PolicyEngine:
                     "learned_at": state.capacity_learned_at,
                     "startup_s": startup.timed_startup(state),
                     "burst_horizon_s": startup.horizon_s(spec, state),
+                    "window_holds_down_to": {
+                        role.value: falls.holds_down_to(spec, state, role) for role in Role
+                    },
                     "text": cap.describe() + startup.describe(state),
                 }
         return out

@@ -81,3 +81,12 @@ def holds(
     if age <= FLOOR_HORIZONS * horizon_s(spec, state):
         return True
     return any(deep <= depth for _, _, deep in getattr(state, f"{role.value}_returns"))
+
+
+def holds_down_to(spec: ServiceSpec, state: PolicyState, role: Role) -> float:
+    """The share of a peak the need may fall to and still be held the whole window: the
+    deepest fall a remembered return came back from (1.0 with none: held only the floor; 0.0
+    when the window is not learned, so any fall is held)."""
+    if not spec.policy.demand.learn_window:
+        return 0.0
+    return min((deep for _, _, deep in getattr(state, f"{role.value}_returns")), default=1.0)
