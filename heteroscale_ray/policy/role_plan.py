@@ -55,7 +55,7 @@ def role_plan(
         why += f", recent peak {peak:,.1f}"
         sized = peak
     gone = let_go(spec, state, role, now) if need < current else None
-    if gone is not None and gone > sized:
+    if gone is not None and ceil_eps(gone) > ceil_eps(sized):  # the window would hold more
         why += f", peak {gone:,.1f} let go: no fall this deep came back"
     proven = proof.proven_need(state, role, need, policy.scale_out_tolerance)
     if proven is not None and proven[0] > sized:
