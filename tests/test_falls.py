@@ -1,5 +1,5 @@
-"""The scale-in window, learned (policy/falls.py): a peak is held as long as falls this deep
-have lasted before the need came back, at least a few start-up horizons."""
+"""The scale-in window, learned (policy/falls.py): a peak is held the whole window only while
+the role's traffic has come back from falls that deep, else a few start-up horizons."""
 
 from __future__ import annotations
 
@@ -9,30 +9,55 @@ from test_demand_policy import NOW, counts, make_service, running, signals
 
 from heteroscale_ray.config import Role
 from heteroscale_ray.policy import PolicyState, decide, falls
-from heteroscale_ray.policy.peak_window import raise_peak
+from heteroscale_ray.policy.burst import HISTORY_HORIZONS
+from heteroscale_ray.policy.peak_window import (
+    hold_found_fleet,
+    known_level,
+    let_go,
+    raise_peak,
+    raise_step,
+    recent_peak,
+)
 from heteroscale_ray.policy.startup import horizon_s
 
+SPEC = make_service()
+FLOOR = falls.FLOOR_HORIZONS * horizon_s(SPEC, PolicyState())
 
-def _needs(state: PolicyState, needs: list[float], start: float = NOW, every: float = 15.0):
+
+def _needs(state: PolicyState, needs: list[float], start: float = NOW, spec=SPEC):
     """Each need observed (returns recorded) and then entered into the window, one period
-    apart; the state after, and the time of the last need."""
-    spec = make_service()
+    apart, as decide_demand does; the state after, and the time of the last need."""
     t = start
     for i, need in enumerate(needs):
-        t = start + i * every
+        t = start + i * 15.0
         state = falls.observe(spec, state, {Role.PREFILL: None, Role.DECODE: need}, t)
         state = raise_peak(spec, state, Role.DECODE, need, t)
     return state, t
 
 
-def test_a_need_back_after_a_deep_fall_records_how_long_the_fall_lasted() -> None:
+def test_a_need_back_after_a_deep_fall_records_how_deep_it_went() -> None:
     state, t = _needs(PolicyState(), [10.0] + [1.0] * 8 + [10.0])
-    assert state.decode_returns == ((t, 135.0, 0.1),)
+    assert state.decode_returns == ((t, 0.1),)
     assert state.prefill_returns == ()
-    # saved and loaded with the rest of the state
+    assert state.decode_lows == ((t - 15, 1.0), (t, 10.0))  # each the lowest from there on
     back = PolicyState.from_json(state.to_json())
     assert back.decode_returns == state.decode_returns and back.decode_lows == state.decode_lows
-    assert state.decode_lows == ((t - 15, 1.0), (t, 10.0))  # each the lowest from there on
+
+
+def test_the_depth_is_the_lowest_need_since_the_level_was_left() -> None:
+    """A V-shaped fall is as deep as its bottom; the needs after a return are no new returns,
+    and a fall before the level was last reached does not count in the next one."""
+    state, t = _needs(PolicyState(), [10.0, 5.0, 1.0, 5.0, 10.0])
+    assert state.decode_returns == ((t, 0.1),)
+    state, t = _needs(state, [10.0, 10.0, 10.0], start=t + 15)
+    assert state.decode_returns == ((t - 45, 0.1),)
+    state, t = _needs(state, [7.0, 10.0], start=t + 15)  # a shallower fall, after the deep one
+    assert [deep for _, deep in state.decode_returns] == [0.1, 0.7]
+
+
+def test_a_later_return_as_deep_replaces_the_earlier() -> None:
+    state, _ = _needs(PolicyState(), [10.0, 2.0, 10.0, 1.0, 10.0])
+    assert [deep for _, deep in state.decode_returns] == [0.1]
 
 
 def test_noise_inside_the_dead_band_and_a_climb_are_no_returns() -> None:
@@ -42,35 +67,66 @@ def test_noise_inside_the_dead_band_and_a_climb_are_no_returns() -> None:
     assert state.decode_returns == ()
 
 
-def test_returns_are_forgotten_after_the_burst_memorys_history() -> None:
-    from heteroscale_ray.policy.burst import HISTORY_HORIZONS
+def test_a_fill_back_up_to_the_fleet_found_is_no_return() -> None:
+    """The fleet found at the first decision is held the whole window, but a need filling up
+    to it after a start is the fill, not traffic coming back."""
+    state = hold_found_fleet(SPEC, PolicyState(), counts(4, 14), NOW)
+    state = replace(state, started_at=NOW)
+    state, _ = _needs(state, [1.0, 3.0, 6.0, 10.0, 13.0], start=NOW + 15)
+    assert state.decode_returns == ()
+    assert recent_peak(SPEC, state, Role.DECODE, NOW + 800) == 14.0
 
-    spec = make_service()
+
+def test_returns_are_forgotten_after_the_burst_memorys_history() -> None:
     state, t = _needs(PolicyState(), [10.0] + [1.0] * 8 + [10.0])
-    later = t + HISTORY_HORIZONS * horizon_s(spec, state) + 1
-    state = falls.observe(spec, state, {Role.PREFILL: None, Role.DECODE: 10.0}, later)
+    later = t + HISTORY_HORIZONS * horizon_s(SPEC, state) + 1
+    state = falls.observe(SPEC, state, {Role.PREFILL: None, Role.DECODE: 10.0}, later)
     assert state.decode_returns == ()
 
 
 def test_a_peak_is_held_while_traffic_has_come_back_from_falls_this_deep() -> None:
-    spec = make_service()
-    floor = falls.FLOOR_HORIZONS * horizon_s(spec, PolicyState())
     bare = PolicyState()
-    assert falls.holds(spec, bare, Role.DECODE, floor, 0.1)  # the floor holds any fall
-    assert not falls.holds(spec, bare, Role.DECODE, floor + 1, 0.1)  # nothing came back
-    deep = replace(bare, decode_returns=((NOW, 135.0, 0.1),))
-    assert falls.holds(spec, deep, Role.DECODE, 800.0, 0.2)  # traffic came back from as deep
-    assert not falls.holds(spec, deep, Role.DECODE, floor + 1, 0.05)  # deeper than any came back
-    shallow = replace(bare, decode_returns=((NOW, 600.0, 0.85),))
-    assert falls.holds(spec, shallow, Role.DECODE, 800.0, 0.9)
-    assert not falls.holds(spec, shallow, Role.DECODE, floor + 1, 0.2)  # noise is no surge's end
-    assert falls.holds_down_to(spec, deep, Role.DECODE) == 0.1
-    assert falls.holds_down_to(spec, bare, Role.DECODE) == 1.0  # no return: only the floor
-    # unlearned (configured off) or with no need to compare, the whole window holds
-    fixed = make_service(demand={"learn_window": False})
-    assert falls.holds_down_to(fixed, bare, Role.DECODE) == 0.0
-    assert falls.holds(fixed, bare, Role.DECODE, 800.0, 0.1)
-    assert falls.holds(spec, bare, Role.DECODE, 800.0, None)
+    assert falls.holds(SPEC, bare, Role.DECODE, FLOOR, 0.1)  # the floor holds any fall
+    assert not falls.holds(SPEC, bare, Role.DECODE, FLOOR + 1, 0.1)  # nothing came back
+    deep = replace(bare, decode_returns=((NOW, 0.1),))
+    assert falls.holds(SPEC, deep, Role.DECODE, 800.0, 0.2)  # traffic came back from as deep
+    assert not falls.holds(SPEC, deep, Role.DECODE, FLOOR + 1, 0.05)  # deeper than any came back
+    shallow = replace(bare, decode_returns=((NOW, 0.85),))
+    assert falls.holds(SPEC, shallow, Role.DECODE, 800.0, 0.9)
+    assert not falls.holds(SPEC, shallow, Role.DECODE, FLOOR + 1, 0.2)  # noise is no surge's end
+    assert falls.holds_down_to(SPEC, deep, Role.DECODE) == 0.1
+    assert falls.holds_down_to(SPEC, bare, Role.DECODE) == 1.0  # no return: only the floor
+    # unlearned (configured off, or no start-up horizon) or with no need to compare: held
+    for fixed in (
+        make_service(demand={"learn_window": False}),
+        make_service(demand={"burst_horizon_s": 0}),
+    ):
+        assert falls.holds(fixed, bare, Role.DECODE, 800.0, 0.1)
+        assert falls.holds_down_to(fixed, bare, Role.DECODE) == 0.0
+    assert falls.holds(SPEC, bare, Role.DECODE, 800.0, None)
+
+
+def test_the_window_lets_a_need_go_but_holds_a_guard_step_while_its_load_holds() -> None:
+    """A guard step is held like a need while the load it was taken at holds (proof.py); the
+    learned window does not shorten it, only a load gone does (lapse_steps)."""
+    state, t = _needs(PolicyState(), [14.0, 10.0])
+    state = raise_step(SPEC, state, Role.DECODE, 16, 10.0, t)
+    later = t + FLOOR + 60
+    state = falls.observe(SPEC, state, {Role.PREFILL: None, Role.DECODE: 10.0}, later)
+    assert recent_peak(SPEC, state, Role.DECODE, later) == 16.0
+    assert let_go(SPEC, state, Role.DECODE, later) == 14.0
+
+
+def test_a_level_let_go_is_no_level_a_climb_returns_to() -> None:
+    """The climb-back test (known_level) reads the levels the window still holds: a surge's
+    peak let go is a level the role is no longer held at, and a climb back to it is a climb."""
+    state, t = _needs(PolicyState(), [40.0] + [5.0] * 3)
+    assert known_level(SPEC, state, Role.DECODE, t + 15) == 40.0  # within the floor
+    state, t = _needs(state, [5.0] * int(FLOOR // 15 + 4), start=t + 15)
+    later = t + 15
+    state = falls.observe(SPEC, state, {Role.PREFILL: None, Role.DECODE: 5.0}, later)
+    assert known_level(SPEC, state, Role.DECODE, later) == 5.0
+    assert falls.holds(SPEC, state, Role.DECODE, 800.0, 0.95)  # within the band: no fall
 
 
 def _decode(spec, state, at: float, rate: float, have: int):
@@ -79,28 +135,26 @@ def _decode(spec, state, at: float, rate: float, have: int):
 
 
 def test_a_surge_that_ends_is_let_go_after_the_floor_not_the_window() -> None:
-    spec = make_service()
-    floor = falls.FLOOR_HORIZONS * horizon_s(spec, PolicyState())
     state, t, have = running(), NOW, 3
     for _ in range(8):  # a surge five times the calm level for two minutes
-        d, state = _decode(spec, state, t, 50.0, have)
+        d, state = _decode(SPEC, state, t, 50.0, have)
         have, t = d.decode, t + 15
     surge = have
     held_until = None
-    while t < NOW + 120 + spec.policy.demand.peak_window_s:
-        d, state = _decode(spec, state, t, 10.0, have)
+    while t < NOW + 120 + SPEC.policy.demand.peak_window_s:
+        d, state = _decode(SPEC, state, t, 10.0, have)
         if d.decode < surge * 0.5 and held_until is None:
             held_until = t
             assert "let go: no fall this deep came back" in d.message
         have, t = d.decode, t + 15
-    assert held_until is not None and held_until - (NOW + 105) <= floor + 30
+    assert held_until is not None and held_until - (NOW + 105) <= FLOOR + 30
     # with the window fixed the same surge is held the whole window
     fixed = make_service(demand={"learn_window": False})
     state, t, have = running(), NOW, 3
     for _ in range(8):
         d, state = _decode(fixed, state, t, 50.0, have)
         have, t = d.decode, t + 15
-    while t < NOW + 105 + floor + 60:
+    while t < NOW + 105 + FLOOR + 60:
         d, state = _decode(fixed, state, t, 10.0, have)
         have, t = d.decode, t + 15
     assert have >= surge * 0.5
@@ -110,16 +164,15 @@ def test_traffic_that_comes_and_goes_is_held_through_its_lulls_once_one_came_bac
     """On for two minutes, off for eight: the first lull outlasts the floor and is scaled in
     (and out a start-up late on the return); the return teaches the window, and later lulls
     are held through the whole window."""
-    spec = make_service()
     state, t, have = running(), NOW, 3
     changes = []
     for cycle in range(4):
         for phase_rate, periods in ((50.0, 8), (1.0, 32)):
             for _ in range(periods):
-                d, state = _decode(spec, state, t, phase_rate, have)
+                d, state = _decode(SPEC, state, t, phase_rate, have)
                 if d.decode != have:
                     changes.append((cycle, d.decode > have))
                 have, t = d.decode, t + 15
-    assert state.decode_returns and max(r[1] for r in state.decode_returns) >= 480
+    assert state.decode_returns and falls.holds_down_to(SPEC, state, Role.DECODE) < 0.05
     assert any(cycle == 0 and not out for cycle, out in changes)  # the first lull: scaled in
     assert not any(cycle >= 2 and not out for cycle, out in changes)  # later lulls held

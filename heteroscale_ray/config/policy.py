@@ -232,9 +232,9 @@ class DemandSpec(BaseModel):
     )
     learn_window: bool = Field(
         default=True,
-        description="Hold a peak in the scale-in window only as long as falls this deep have "
-        "lasted before the need came back (policy/falls.py), at least three start-up horizons "
-        "and at most peak_window_s. false = hold every peak the whole window.",
+        description="Hold a peak the whole scale-in window only while the role's traffic has "
+        "come back from falls that deep (policy/falls.py), else three start-up horizons; "
+        "needs burst_horizon_s > 0. false = hold every peak the whole window.",
     )
     burst_horizon_s: float = Field(
         default=120.0,

@@ -113,8 +113,8 @@ def decide_demand(
         role: None if n is None else n * margin_factor(spec, state, role, now, n)
         for role, n in steady.items()
     }
-    known = {role: known_level(spec, state, role, now) for role in Role}
     state = falls.observe(spec, state, steady, now)  # before this period's needs enter
+    known = {role: known_level(spec, state, role, now) for role in Role}
     state = track_peaks(spec, state, margined, now, steady)
     # each role's need insured against the rise to come (burst headroom or the climb's trend)
     insured = {
@@ -202,9 +202,10 @@ def with_headroom(
     `prefill_utilization` of the time: a rise up to that idle share is absorbed, so only the
     rest is added (steady traffic pays nothing twice). Decode's TBT margin is not spare in the
     same way: the most loaded instance uses it first. A climb is extrapolated a horizon ahead
-    only past `known`, the highest level of the last `peak_window_s` before this need: a
-    climb back to it is a return the window and margin hold for, and extrapolating it would
-    scale out past that level and back at every onset of traffic that comes and goes.
+    only past `known`, the highest level the scale-in window still holds the role at before
+    this need: a climb back to it is a return the window and margin hold for, and
+    extrapolating it would scale out past that level and back at every onset of traffic that
+    comes and goes.
     """
     demand = spec.policy.demand
     horizon = startup.horizon_s(spec, state)

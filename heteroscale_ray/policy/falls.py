@@ -10,8 +10,8 @@ it comes back from a fall that deep:
 
 - a *return* is a need back within the scale-out tolerance of a level the role fell from by
   more than the scale-in tolerance (a fall a shorter window would have scaled in for). It
-  records when, how long the fall lasted, and how deep it went (the lowest need within it
-  over the need back), and is remembered as long as the burst memory's rises;
+  records when, and how deep the fall went (the lowest need within it over the need back),
+  and is remembered as long as the burst memory's rises;
 - a peak is held the whole window while a remembered return came back from a fall at least
   as deep as the need is now below it (a need's noise says nothing of a surge's end), and
   otherwise for FLOOR_HORIZONS start-up horizons: a rise that starts as a peak ends takes a
@@ -36,11 +36,19 @@ from heteroscale_ray.policy.types import PolicyState
 FLOOR_HORIZONS = 3  # a peak is held at least this many start-up horizons (see above)
 
 
+def learning(spec: ServiceSpec, state: PolicyState) -> bool:
+    """Whether the window is learned: configured so, with a window, and with a start-up
+    horizon to measure the floor and the memory in (0 turns burst headroom off, and with it
+    this: every peak is held the whole window)."""
+    demand = spec.policy.demand
+    return demand.learn_window and demand.peak_window_s > 0 and horizon_s(spec, state) > 0
+
+
 def observe(
     spec: ServiceSpec, state: PolicyState, needs: dict[Role, float | None], now: float
 ) -> PolicyState:
     """Record the returns this period's needs make; read the window before they are added."""
-    if not spec.policy.demand.learn_window or spec.policy.demand.peak_window_s <= 0:
+    if not learning(spec, state):
         return state
     for role in Role:
         state = _observe(spec, state, role, needs[role], now)
@@ -59,16 +67,27 @@ def _observe(
         level = need / (1 + policy.scale_out_tolerance)
         # The window keeps every need no later one matches, so the last need at `level` is in
         # it; `lows` keeps every need no later one is under, so the first after it is the
-        # lowest since.
+        # lowest since. The first decision's entries (the fleet found) are no level traffic
+        # fell from: a fill back up to it is no return.
+        started = -math.inf if state.started_at is None else state.started_at
         peaks = getattr(state, f"{role.value}_peaks")
         left = max(
-            (t for t, _, bare in peaks if bare >= level and now - t <= window_s), default=None
+            (t for t, _, bare in peaks if bare >= level and started < t and now - t <= window_s),
+            default=None,
         )
         lowest = None if left is None else next((n for t, n in lows if t > left), None)
         if lowest is not None and lowest < need * (1 - policy.scale_in_tolerance):
-            returns += ((now, now - left, lowest / need),)  # type: ignore[operator]
+            deep = lowest / need
+            # a later return at least as deep says all an earlier one did, for longer
+            returns = (*(r for r in returns if r[1] < deep), (now, deep))
         lows = (*(low for low in lows if low[1] < need), (now, need))
     return replace(state, **{f"{role.value}_returns": returns, f"{role.value}_lows": lows})
+
+
+def current_need(state: PolicyState, role: Role, now: float) -> float | None:
+    """This period's need as `observe` recorded it (None when it recorded none now)."""
+    lows = getattr(state, f"{role.value}_lows")
+    return lows[-1][1] if lows and lows[-1][0] == now else None
 
 
 def holds(
@@ -76,17 +95,19 @@ def holds(
 ) -> bool:
     """Whether the window still holds a peak `age` seconds old while the need is `depth` of it
     (None: not known, held). `peak_window_s` bounds the age (peak_window.py)."""
-    if not spec.policy.demand.learn_window or depth is None:
+    if not learning(spec, state) or depth is None:
         return True
     if age <= FLOOR_HORIZONS * horizon_s(spec, state):
         return True
-    return any(deep <= depth for _, _, deep in getattr(state, f"{role.value}_returns"))
+    if depth >= 1 - spec.policy.scale_in_tolerance:  # no fall a scale-in would act on
+        return True
+    return any(deep <= depth for _, deep in getattr(state, f"{role.value}_returns"))
 
 
 def holds_down_to(spec: ServiceSpec, state: PolicyState, role: Role) -> float:
     """The share of a peak the need may fall to and still be held the whole window: the
-    deepest fall a remembered return came back from (1.0 with none: held only the floor; 0.0
-    when the window is not learned, so any fall is held)."""
-    if not spec.policy.demand.learn_window:
+    deepest fall a remembered return came back from (1.0 with none: no fall is held past the
+    floor; 0.0 when the window is not learned, so any fall is held)."""
+    if not learning(spec, state):
         return 0.0
-    return min((deep for _, _, deep in getattr(state, f"{role.value}_returns")), default=1.0)
+    return min((deep for _, deep in getattr(state, f"{role.value}_returns")), default=1.0)

@@ -16,7 +16,6 @@ from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy import falls
-from heteroscale_ray.policy.burst import last_need, memory_of
 from heteroscale_ray.policy.proof import load_holds
 from heteroscale_ray.policy.startup import horizon_s
 from heteroscale_ray.policy.types import PolicyState, RoleCounts
@@ -34,11 +33,10 @@ def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -
     """A role's highest need within the last `peak_window_s` (HPA's downscale window), with
     its burst margin while it is within MARGIN_HOLD_HORIZONS burst horizons."""
     margin_hold = MARGIN_HOLD_HORIZONS * horizon_s(spec, state)
-    need = last_need(memory_of(state, role))
     inside = [
         margined if now - t <= margin_hold else bare
-        for t, margined, bare in _in_window(spec, state, role, now)
-        if _held(spec, state, role, now, t, need, bare)
+        for t, margined, bare, held in _in_window(spec, state, role, now)
+        if held
     ]
     return max(inside, default=None)
 
@@ -46,50 +44,44 @@ def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -
 def let_go(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
     """The highest need within `peak_window_s` the window no longer holds: none of this
     role's falls that deep came back (policy/falls.py). None when it holds them all."""
-    need = last_need(memory_of(state, role))
-    gone = [
-        bare
-        for t, _, bare in _in_window(spec, state, role, now)
-        if not _held(spec, state, role, now, t, need, bare)
-    ]
+    gone = [bare for _, _, bare, held in _in_window(spec, state, role, now) if not held]
     return max(gone, default=None)
 
 
-def _held(
-    spec: ServiceSpec,
-    state: PolicyState,
-    role: Role,
-    now: float,
-    at: float,
-    need: float | None,
-    bare: float,
-) -> bool:
-    """Whether a need the window has is still held: the first decision's (the fleet found, a
-    load not yet seen) for the whole window, as HPA's initial size; the rest as long as falls
-    this deep have lasted (policy/falls.py)."""
-    if state.started_at is not None and at <= state.started_at:
-        return True
-    depth = None if need is None or bare <= 0 else need / bare
-    return falls.holds(spec, state, role, now - at, depth)
-
-
 def known_level(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
-    """The role's highest bare entry within the window: a level its traffic reached in the
+    """The role's highest bare entry the window holds: a level its traffic reached in the
     last `peak_window_s` (or the found fleet, or a guard step at this load), which the window
     still holds it for. Read it before this period's need is added (raise_peak drops the older
-    needs a new one matches)."""
-    return max((bare for _, _, bare in _in_window(spec, state, role, now)), default=None)
+    needs a new one matches). A level the learned window has let go is not one: the role is
+    no longer held for it, and a climb back to it is a climb."""
+    return max(
+        (bare for _, _, bare, held in _in_window(spec, state, role, now) if held), default=None
+    )
 
 
 def _in_window(
     spec: ServiceSpec, state: PolicyState, role: Role, now: float
-) -> list[tuple[float, float, float]]:
-    """The role's (time, margined, bare) needs within `peak_window_s`, its guard steps as
-    needs; none when it is 0."""
+) -> list[tuple[float, float, float, bool]]:
+    """The role's (time, margined, bare, held) needs within `peak_window_s`, its guard steps
+    as needs; none when it is 0. Held: a guard step (it lapses when its load goes,
+    `lapse_steps`) and the first decision's entries (the fleet found, a load not yet seen, as
+    HPA holds a new autoscaler's initial size) for the whole window; a need as long as this
+    role's traffic has come back from falls that deep (policy/falls.py)."""
     window = spec.policy.demand.peak_window_s
-    peaks = getattr(state, f"{role.value}_peaks")
-    steps = [(t, n, n) for t, n, _ in getattr(state, f"{role.value}_steps")]
-    return [p for p in (*peaks, *steps) if now - p[0] <= window] if window > 0 else []
+    if window <= 0:
+        return []
+    need = falls.current_need(state, role, now)
+    started = -math.inf if state.started_at is None else state.started_at
+    out = [
+        (t, n, n, True) for t, n, _ in getattr(state, f"{role.value}_steps") if now - t <= window
+    ]
+    for t, margined, bare in getattr(state, f"{role.value}_peaks"):
+        if now - t > window:
+            continue
+        depth = None if need is None or bare <= 0 else need / bare
+        held = t <= started or falls.holds(spec, state, role, now - t, depth)
+        out.append((t, margined, bare, held))
+    return out
 
 
 def raise_peak(

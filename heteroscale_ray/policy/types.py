@@ -233,10 +233,10 @@ class PolicyState:
     # held like a need while that load holds (policy/peak_window.py).
     prefill_steps: tuple[tuple[float, float, float], ...] = ()
     decode_steps: tuple[tuple[float, float, float], ...] = ()
-    # Returns each role's need made (policy/falls.py) as (time, how long the fall lasted, the
-    # highest need within it over the level it came back to): how long the window holds.
-    prefill_returns: tuple[tuple[float, float, float], ...] = ()
-    decode_returns: tuple[tuple[float, float, float], ...] = ()
+    # Returns each role's need made (policy/falls.py) as (time, the lowest need of the fall
+    # over the need back), those no later one is as deep as: which falls the window holds.
+    prefill_returns: tuple[tuple[float, float], ...] = ()
+    decode_returns: tuple[tuple[float, float], ...] = ()
     # and each role's needs within the window no later one is under, as (time, need)
     prefill_lows: tuple[tuple[float, float], ...] = ()
     decode_lows: tuple[tuple[float, float], ...] = ()
@@ -330,10 +330,10 @@ class PolicyState:
             decode_peaks=_peaks(data.get("decode_peaks", ())),
             prefill_steps=_peaks(data.get("prefill_steps", ())),
             decode_steps=_peaks(data.get("decode_steps", ())),
-            prefill_returns=_peaks(data.get("prefill_returns", ())),
-            decode_returns=_peaks(data.get("decode_returns", ())),
-            prefill_lows=tuple(_pair(low) for low in data.get("prefill_lows", ())),
-            decode_lows=tuple(_pair(low) for low in data.get("decode_lows", ())),
+            prefill_returns=_pairs(data.get("prefill_returns", ())),
+            decode_returns=_pairs(data.get("decode_returns", ())),
+            prefill_lows=_pairs(data.get("prefill_lows", ())),
+            decode_lows=_pairs(data.get("decode_lows", ())),
             prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
             decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
             prefill_proof=_pair(data.get("prefill_proof")),
@@ -346,6 +346,10 @@ class PolicyState:
 
 def _pair(value: Any) -> tuple[float, float] | None:
     return None if value is None else (float(value[0]), float(value[1]))
+
+
+def _pairs(value: Any) -> tuple[tuple[float, float], ...]:
+    return tuple((float(e[0]), float(e[1])) for e in value)
 
 
 def _peaks(value: Any) -> tuple[tuple[float, float, float], ...]:
