@@ -44,6 +44,7 @@ from heteroscale_ray.policy.role_need import (
     released_rps,
 )
 from heteroscale_ray.policy.role_plan import RolePlan, initial_plan, role_plan
+from heteroscale_ray.policy.sampled_level import sampled_level
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
@@ -109,13 +110,23 @@ def decide_demand(
         state = remember_needs(spec, state, steady, now, strained(spec, signals))
     # The stabilisation window holds the measured peak; headroom is for the rise to come. Both
     # guard against the same burst, so the role is sized for the larger, never their product.
+    # The window and the falls memory remember levels, not one period's sampling noise.
+    horizon = startup.horizon_s(spec, state)
+    levels = {
+        role: sampled_level(
+            spec, burst.memory_of(state, role), need.steady, now, horizon, signals.request_rate
+        )
+        if need.sampled
+        else need.steady
+        for role, need in needs.items()
+    }
     margined = {
         role: None if n is None else n * margin_factor(spec, state, role, now, n)
-        for role, n in steady.items()
+        for role, n in levels.items()
     }
-    state = falls.observe(spec, state, steady, now)  # before this period's needs enter
+    state = falls.observe(spec, state, levels, now)  # before this period's needs enter
     known = {role: known_level(spec, state, role, now) for role in Role}
-    state = track_peaks(spec, state, margined, now, steady)
+    state = track_peaks(spec, state, margined, now, levels)
     # each role's need insured against the rise to come (burst headroom or the climb's trend)
     insured = {
         role: with_headroom(spec, state, role, need.value, need.why, now, need.steady, known[role])

@@ -20,11 +20,14 @@ from heteroscale_ray.policy.types import RoleCounts, Signals
 class Need:
     """Fractional instances one role asks for, and why. `steady` leaves out the queued backlog:
     a queue is drained once, so the scale-in window and the burst memory remember only the
-    arriving demand, not a backlog that is gone once capacity lands."""
+    arriving demand, not a backlog that is gone once capacity lands. `sampled`: `steady` is
+    read from this period's arrivals (a rate, a mean length), a sample as noisy as they are
+    few (policy/sampled_level.py); a count of running sequences is not."""
 
     value: float | None
     why: str
     steady: float | None = None
+    sampled: bool = False
 
 
 def prefill_need(
@@ -44,7 +47,7 @@ def prefill_need(
         need += queue * counts.prefill_ready / spec.policy.demand.drain_s
         if queue >= 0.05:  # as printed
             why += f" + {queue:,.1f} s queued"
-    return Need(need, why, steady)
+    return Need(need, why, steady, sampled=True)
 
 
 def released_rps(spec: ServiceSpec, s: Signals, counts: RoleCounts, cap: Capacity) -> float:
@@ -152,6 +155,7 @@ def decode_need(
     if lump > 0:
         running -= lump
     steady = max(x for x in (by_rate, running) if x is not None)
+    sampled = by_rate is not None and (running is None or by_rate >= running)
     parts = []
     if by_rate is not None:
         parts.append(f"{offered:,.0f} tok/s / {cap.decode_tps:,.0f}")
@@ -162,7 +166,7 @@ def decode_need(
         why += f" + {draining:,.1f} for the prefill queue's release"
     if lump >= 0.05 and steady < need and not lump_note:
         why += f" (of which {lump:,.1f} is prefill's released queue: not remembered)"
-    return Need(need, why, steady)
+    return Need(need, why, steady, sampled)
 
 
 def kv_batch(s: Signals, ready: int) -> float | None:
