@@ -38,13 +38,14 @@ from heteroscale_ray.policy.peak_window import (
 )
 from heteroscale_ray.policy.proportional import ceil_eps
 from heteroscale_ray.policy.role_need import (
+    Need,
     PrefillRelease,
     decode_need,
     prefill_need,
     released_rps,
 )
 from heteroscale_ray.policy.role_plan import RolePlan, initial_plan, role_plan
-from heteroscale_ray.policy.sampled_level import sampled_level
+from heteroscale_ray.policy.sampled_level import Sampled, sampled_level
 from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
 
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
@@ -108,18 +109,23 @@ def decide_demand(
     steady = {role: need.steady for role, need in needs.items()}
     if problem is None:
         state = remember_needs(spec, state, steady, now, strained(spec, signals))
+    # The window and the falls memory remember levels, not one period's sampling noise, and
+    # the decision sizes for what the sample proves (policy/sampled_level.py).
+    levels = dict(steady)
+    for role, need in list(needs.items()):
+        sample = sampled_level(
+            spec,
+            burst.memory_of(state, role),
+            need.steady if need.sampled else None,
+            now,
+            startup.horizon_s(spec, state),
+            signals.request_rate,
+        )
+        if sample is not None:
+            levels[role] = sample.level
+            needs[role] = within_noise(need, sample)
     # The stabilisation window holds the measured peak; headroom is for the rise to come. Both
     # guard against the same burst, so the role is sized for the larger, never their product.
-    # The window and the falls memory remember levels, not one period's sampling noise.
-    horizon = startup.horizon_s(spec, state)
-    levels = {
-        role: sampled_level(
-            spec, burst.memory_of(state, role), need.steady, now, horizon, signals.request_rate
-        )
-        if need.sampled
-        else need.steady
-        for role, need in needs.items()
-    }
     margined = {
         role: None if n is None else n * margin_factor(spec, state, role, now, n)
         for role, n in levels.items()
@@ -169,6 +175,17 @@ def decide_demand(
         pd_ratio=PdRatio(*ratio),
     )
     return decision, advance(guard_state, counts, plans, reason, now)
+
+
+def within_noise(need: Need, sample: Sampled) -> Need:
+    """The need with its steady part cut to what the sample proves (the queued part as is)."""
+    if need.value is None or need.steady is None or sample.proven >= need.steady:
+        return need
+    cut = need.steady - sample.proven
+    why = (
+        f"{need.why}; {sample.arrivals:,.0f} arrivals a period: {cut:,.1f} of it may be their noise"
+    )
+    return replace(need, value=need.value - cut, steady=sample.proven, why=why)
 
 
 def remember_needs(

@@ -17,13 +17,20 @@ and the falls memory take the mean of its last needs that hold at least
 at most half the tolerance, and a fall the window acts on is two standard errors past it.
 At most one start-up horizon is averaged: a level that lasts a horizon is one capacity can
 be started for. A period with that many arrivals of its own is taken as it is (65 requests
-a second on the ServeGen day: every need raw, as before). The decision itself still sizes
-for this period's need: a rise is never waited on. Pure: time comes in as `now`.
+a second on the ServeGen day: every need raw, as before).
+
+The decision sizes for this period's need, less what its noise may have added: a sample
+above the level counts as far as it is two standard errors over it. Sized on the raw sample
+while the window held only the level, a thin flat load scaled out on each high sample and in
+again (day-reasoning's decode 7.6 direction changes an hour); a real rise of a few standard
+errors still scales out at once, less its noise, and a queue or the latency guard's breach
+acts as before. Pure: time comes in as `now`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from heteroscale_ray.config import ServiceSpec
 from heteroscale_ray.policy.types import BurstMemory
@@ -35,6 +42,17 @@ def min_arrivals(spec: ServiceSpec) -> float:
     return (2.0 / spec.policy.scale_in_tolerance) ** 2
 
 
+@dataclass(frozen=True)
+class Sampled:
+    """A need read from `arrivals` arrivals: `level`, its mean over at least `min_arrivals`
+    of them (at most a horizon); `proven`, what this period's sample alone says the load is
+    at least (itself less two standard errors, never under the level, never over itself)."""
+
+    level: float
+    proven: float
+    arrivals: float
+
+
 def sampled_level(
     spec: ServiceSpec,
     memory: BurstMemory,
@@ -42,19 +60,22 @@ def sampled_level(
     now: float,
     horizon_s: float,
     request_rate: float | None,
-) -> float | None:
-    """The mean of the role's last needs (the burst memory's, this period's last) over at
-    least `min_arrivals` arrivals at `request_rate`, within `horizon_s`; `need` itself when
-    its period holds that many, when the rate is not known, or when the memory did not take
-    this period's need (it keeps none while burst headroom is off)."""
+) -> Sampled | None:
+    """`need` as a sample of this period's arrivals at `request_rate`, over the role's last
+    needs (the burst memory's, this period's last) within `horizon_s`. None when `need` is,
+    when the rate is not known, or when the memory did not take this period's need (it keeps
+    none while burst headroom is off): the need is then taken as it is."""
     needs = memory.needs
     if need is None or len(needs) < 2 or needs[-1][0] != now or horizon_s <= 0:
-        return need
+        return None
     if request_rate is None or not math.isfinite(request_rate) or request_rate <= 0:
-        return need
+        return None
     period = needs[-1][0] - needs[-2][0]
     if period <= 0:
-        return need
-    periods = math.ceil(min_arrivals(spec) / (request_rate * period))
+        return None
+    arrivals = request_rate * period
+    periods = math.ceil(min_arrivals(spec) / arrivals)
     recent = [n for t, n in needs[-periods:] if now - t < horizon_s]
-    return sum(recent) / len(recent)
+    level = sum(recent) / len(recent)
+    proven = min(need, max(level, need * (1.0 - 2.0 / math.sqrt(arrivals))))
+    return Sampled(level, proven, arrivals)
