@@ -6,7 +6,9 @@ only while this role's traffic has come back from falls that deep, else a few st
 whole window as HPA stabilises a new autoscaler's initial size. A latency guard's or KV guard's
 step enters it too, held like a need while the load it was taken at holds: at a lower load it
 is a different fleet, measured afresh (as the guard's proof, policy/proof.py); held regardless,
-a step outlives the load that needed it. Pure: time comes in as `now`.
+a step outlives the load that needed it. The needs it holds are levels: a need read from few
+arrivals is averaged until its noise is within the tolerances (policy/sampled_level.py), so
+the window holds no sampling noise's top. Pure: time comes in as `now`.
 """
 
 from __future__ import annotations
