@@ -118,3 +118,18 @@ def test_needs_read_from_arrivals_are_samples_and_running_sequences_are_not() ->
     assert decode_need(SPEC, by_rate, cap, None).sampled
     need = decode_need(SPEC, by_seqs, cap, None)
     assert not need.sampled and need.steady == pytest.approx(20.0)
+
+
+def test_the_decision_says_what_a_samples_noise_left_out() -> None:
+    """Thin arrivals: a high sample is sized for what it proves, and the sentence says how
+    much was left out; a cut under a tenth of an instance is not printed."""
+    from heteroscale_ray.policy.demand import within_noise
+    from heteroscale_ray.policy.role_need import Need
+    from heteroscale_ray.policy.sampled_level import Sampled
+
+    need = Need(14.0, "x", steady=12.0, sampled=True)
+    cut = within_noise(need, Sampled(level=10.0, proven=10.5, arrivals=90.0))
+    assert (cut.value, cut.steady) == (12.5, 10.5)
+    assert cut.why == "x; 90 arrivals a period: 1.5 of it may be their noise"
+    assert within_noise(need, Sampled(10.0, 11.98, 90.0)).why == "x"
+    assert within_noise(need, Sampled(10.0, 12.0, 90.0)) is need

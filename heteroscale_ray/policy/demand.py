@@ -182,9 +182,9 @@ def within_noise(need: Need, sample: Sampled) -> Need:
     if need.value is None or need.steady is None or sample.proven >= need.steady:
         return need
     cut = need.steady - sample.proven
-    why = (
-        f"{need.why}; {sample.arrivals:,.0f} arrivals a period: {cut:,.1f} of it may be their noise"
-    )
+    why = need.why
+    if cut >= 0.05:  # as printed: a tenth of an instance
+        why += f"; {sample.arrivals:,.0f} arrivals a period: {cut:,.1f} of it may be their noise"
     return replace(need, value=need.value - cut, steady=sample.proven, why=why)
 
 
