@@ -118,6 +118,8 @@ def test_needs_read_from_arrivals_are_samples_and_running_sequences_are_not() ->
     assert decode_need(SPEC, by_rate, cap, None).sampled
     need = decode_need(SPEC, by_seqs, cap, None)
     assert not need.sampled and need.steady == pytest.approx(20.0)
+    made = signals(request_rate=None, decode_tps=50 * cap.decode_tps, decode_running=10.0)
+    assert not decode_need(SPEC, made, cap, None).sampled  # tokens the running sequences made
 
 
 def test_the_decision_says_what_a_samples_noise_left_out() -> None:

@@ -155,7 +155,9 @@ def decode_need(
     if lump > 0:
         running -= lump
     steady = max(x for x in (by_rate, running) if x is not None)
-    sampled = by_rate is not None and (running is None or by_rate >= running)
+    # Read from arrivals (not from the tokens the running sequences make) and the larger part.
+    arrived = _usable(s.request_rate) and _usable(s.output_mean)
+    sampled = arrived and by_rate is not None and (running is None or by_rate >= running)
     parts = []
     if by_rate is not None:
         parts.append(f"{offered:,.0f} tok/s / {cap.decode_tps:,.0f}")
