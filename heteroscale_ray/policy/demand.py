@@ -112,15 +112,11 @@ def decide_demand(
     # The window and the falls memory remember levels, not one period's sampling noise, and
     # the decision sizes for what the sample proves (policy/sampled_level.py).
     levels = dict(steady)
+    horizon = startup.horizon_s(spec, state)
     for role, need in list(needs.items()):
-        sample = sampled_level(
-            spec,
-            burst.memory_of(state, role),
-            need.steady if need.sampled else None,
-            now,
-            startup.horizon_s(spec, state),
-            signals.request_rate,
-        )
+        memory = burst.memory_of(state, role)
+        steady_sample = need.steady if need.sampled else None
+        sample = sampled_level(spec, memory, steady_sample, now, horizon, signals.request_rate)
         if sample is not None:
             levels[role] = sample.level
             needs[role] = within_noise(need, sample)

@@ -175,7 +175,7 @@ class BurstMemory:
             spans = rises
         spans = tuple(max(sp, r) for sp, r in zip(spans, rises, strict=True))  # a climb >= its step
         return BurstMemory(
-            needs=tuple((float(t), float(n)) for t, n in data.get("needs", ())),
+            needs=_pairs(data.get("needs", ())),
             rises=rises,
             rises_at=tuple(float(t) for t in data.get("rises_at", ())),
             tops=tops,
