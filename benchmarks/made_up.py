@@ -6,6 +6,9 @@ to any trace). Each case is one plain rule:
 - reasoning-2x: the same at 30 req/s (decode ~70 instances: past what a fleet split 3:1 holds);
 - step-5x: chat lengths, 5 req/s for 20 min, then 25 req/s;
 - on-off-30s: chat lengths, 30 req/s for 30 s, none for 30 s, for 1 h;
+- flash-20m: chat lengths, 4 req/s with a 2-min flash crowd at 40 req/s every 20 min, 6 h
+  (a batch job or a push notification on a timer: each spike ends before a start-up lands);
+- flash-irregular: the same spikes 10-40 min apart (drawn), 4 h;
 - ramp-6h: chat lengths, 2 -> 20 -> 2 req/s over 6 h (a half sine);
 - bimodal: 8 req/s, 80% chat, 20% ~20k-token documents;
 - classify: 50 req/s, 0.5-4k prompts, one output token;
@@ -93,6 +96,30 @@ def chat(rate: Callable[[np.ndarray], np.ndarray], span: float) -> Trace:
     rng = np.random.default_rng(SEED)
     t = _arrivals(rng, rate, span)
     return _trace(t, *_chat(rng, len(t)), span)
+
+
+FLASH_S, FLASH_X = 120.0, 10.0  # a flash crowd: 2 minutes at 10x the calm rate
+
+
+def flash(starts: np.ndarray, span: float, calm: float = 4.0, seed: int = SEED) -> Trace:
+    """Chat at `calm` req/s, and FLASH_X that for FLASH_S from each of `starts`."""
+    rng = np.random.default_rng(seed)
+
+    def rate(t: np.ndarray) -> np.ndarray:
+        t = np.asarray(t)
+        inside = np.zeros(np.shape(t), dtype=bool)
+        for s in starts:
+            inside |= (t >= s) & (t < s + FLASH_S)
+        return np.where(inside, calm * FLASH_X, calm)
+
+    t = _arrivals(rng, rate, span)
+    return _trace(t, *_chat(rng, len(t)), span)
+
+
+def flash_irregular(span: float = 4 * 3600.0, seed: int = 108) -> Trace:
+    rng = np.random.default_rng(seed)
+    starts = np.cumsum(rng.uniform(600.0, 2400.0, int(span // 600)))
+    return flash(starts[starts < span], span, seed=seed)
 
 
 def bimodal() -> Trace:
@@ -240,6 +267,16 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
         lambda: chat(lambda t: np.where((t // 30.0) % 2 == 0, 30.0, 0.0), 3600.0),
         False,
         "chat, 30 req/s on 30 s in 60",
+    ),
+    "flash-20m": (
+        lambda: flash(np.arange(0.0, 6 * 3600.0, 1200.0), 6 * 3600.0),
+        False,
+        "chat, 4 req/s, a 2-min 10x flash crowd every 20 min, 6 h",
+    ),
+    "flash-irregular": (
+        flash_irregular,
+        False,
+        "chat, 4 req/s, 2-min 10x flash crowds 10-40 min apart, 4 h",
     ),
     "ramp-6h": (
         lambda: chat(lambda t: 2.0 + 18.0 * np.sin(np.pi * t / 21_600.0) ** 2, 21_600.0),

@@ -20,6 +20,8 @@ def test_every_case_is_seeded_and_named() -> None:
         "reasoning-2x",
         "step-5x",
         "on-off-30s",
+        "flash-20m",
+        "flash-irregular",
         "ramp-6h",
         "bimodal",
         "classify",
@@ -50,6 +52,19 @@ def test_the_step_and_the_on_off_cases_change_rate_where_they_say() -> None:
     on_off = made_up.CASES["on-off-30s"][0]()
     t = np.asarray(on_off.arrival_s)
     assert np.all((t // 30) % 2 == 0)  # nothing in the off half-minutes
+
+
+def test_flash_crowds_are_ten_times_the_calm_rate_for_two_minutes() -> None:
+    timed = made_up.CASES["flash-20m"][0]()
+    assert timed.duration_s == 6 * 3600.0
+    assert _rate(timed, 1200, 1320) == pytest.approx(40.0, rel=0.1)
+    assert _rate(timed, 1320, 2400) == pytest.approx(4.0, rel=0.1)
+    drawn = made_up.flash_irregular()
+    t = np.asarray(drawn.arrival_s)
+    per_minute = np.bincount((t // 60).astype(int))
+    spikes = np.flatnonzero(per_minute > 1_000)  # 40 req/s: ~2,400 a minute; calm ~240
+    gaps = np.diff(spikes[np.r_[True, np.diff(spikes) > 2]])
+    assert len(gaps) >= 5 and gaps.min() >= 10 and gaps.max() <= 41
 
 
 def test_a_static_fleet_for_reasoning_splits_the_cli_fleet_toward_decode() -> None:

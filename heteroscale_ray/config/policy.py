@@ -233,8 +233,10 @@ class DemandSpec(BaseModel):
     learn_window: bool = Field(
         default=True,
         description="Hold a peak the whole scale-in window only while the role's traffic has "
-        "come back from falls that deep (policy/falls.py), else three start-up horizons; "
-        "needs burst_horizon_s > 0. false = hold every peak the whole window.",
+        "come back from falls that deep (policy/falls.py), else three start-up horizons; past "
+        "the window, while it came back after as long a lull to as high a need (an hour's "
+        "returns are remembered); needs burst_horizon_s > 0. false = hold every peak the whole "
+        "window.",
     )
     burst_horizon_s: float = Field(
         default=120.0,

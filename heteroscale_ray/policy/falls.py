@@ -10,12 +10,21 @@ it comes back from a fall that deep:
 
 - a *return* is a need back within the scale-out tolerance of a level the role fell from by
   more than the scale-in tolerance (a fall a shorter window would have scaled in for). It
-  records when, and how deep the fall went (the lowest need within it over the need back),
-  and is remembered as long as the burst memory's rises;
-- a peak is held the whole window while a remembered return came back from a fall at least
-  as deep as the need is now below it (a need's noise says nothing of a surge's end), and
-  otherwise for FLOOR_HORIZONS start-up horizons: a rise that starts as a peak ends takes a
-  horizon to rise, one to be seen as a climb and one for what it asks for to land.
+  records when, how deep the fall went (the lowest need within it over the need back), how
+  long the need stayed below the level (the lull) and the need it came back to, and is
+  remembered as long as the burst memory's rises;
+- a peak is held the whole window while a remembered return within the window came back
+  from a fall at least as deep as the need is now below it (a need's noise says nothing of a
+  surge's end), and otherwise for FLOOR_HORIZONS start-up horizons: a rise that starts as a
+  peak ends takes a horizon to rise, one to be seen as a climb and one for what it asks for
+  to land;
+- past the window, a need is held while a return that deep came back after a lull as long
+  (plus the floor), to a need as high, from a fall past what the burst margin covers (a
+  surge's return: a smaller one the margin rides out once scaled in): flash crowds every 20
+  minutes (a 2-minute 10x spike) each found the fleet scaled in and lost their requests, 30%
+  of all, since a window shorter than the lull never saw them come back. A return says
+  traffic comes back to the level it reached, not above it: a day's surge 22 minutes after a
+  smaller one holds the smaller one's level, not its own peak.
 
 Held for less than the whole window, traffic that comes and goes is held at the highest of
 its last peak or two, and their noise scaled it in and out (on-off-2m's decode, 8.2 direction
@@ -44,6 +53,18 @@ def learning(spec: ServiceSpec, state: PolicyState) -> bool:
     return demand.learn_window and demand.peak_window_s > 0 and horizon_s(spec, state) > 0
 
 
+def memory_s(spec: ServiceSpec, state: PolicyState) -> float:
+    """How long a return is remembered: as long as the burst memory's rises."""
+    return HISTORY_HORIZONS * horizon_s(spec, state)
+
+
+def kept_s(spec: ServiceSpec, state: PolicyState) -> float:
+    """How far back the window's needs and lows are kept: `peak_window_s`, and while the
+    window is learned, as long as a return is remembered (a lull can outlast the window)."""
+    window = spec.policy.demand.peak_window_s
+    return max(window, memory_s(spec, state)) if learning(spec, state) else window
+
+
 def observe(
     spec: ServiceSpec, state: PolicyState, needs: dict[Role, float | None], now: float
 ) -> PolicyState:
@@ -59,10 +80,10 @@ def _observe(
     spec: ServiceSpec, state: PolicyState, role: Role, need: float | None, now: float
 ) -> PolicyState:
     policy = spec.policy
-    window_s = policy.demand.peak_window_s
-    memory_s = HISTORY_HORIZONS * horizon_s(spec, state)
-    returns = tuple(r for r in getattr(state, f"{role.value}_returns") if now - r[0] <= memory_s)
-    lows = tuple(low for low in getattr(state, f"{role.value}_lows") if now - low[0] <= window_s)
+    kept = kept_s(spec, state)
+    remembered = memory_s(spec, state)
+    returns = tuple(r for r in getattr(state, f"{role.value}_returns") if now - r[0] <= remembered)
+    lows = tuple(low for low in getattr(state, f"{role.value}_lows") if now - low[0] <= kept)
     if need is not None and math.isfinite(need) and need >= 0:
         level = need / (1 + policy.scale_out_tolerance)
         # The window keeps every need no later one matches, so the last need at `level` is in
@@ -72,14 +93,15 @@ def _observe(
         started = -math.inf if state.started_at is None else state.started_at
         peaks = getattr(state, f"{role.value}_peaks")
         left = max(
-            (t for t, _, bare in peaks if bare >= level and started < t and now - t <= window_s),
+            (t for t, _, bare in peaks if bare >= level and started < t and now - t <= kept),
             default=None,
         )
         lowest = None if left is None else next((n for t, n in lows if t > left), None)
         if lowest is not None and lowest < need * (1 - policy.scale_in_tolerance):
-            deep = lowest / need
-            # a later return at least as deep says all an earlier one did, for longer
-            returns = (*(r for r in returns if r[1] < deep), (now, deep))
+            back = (now, lowest / need, now - left, need)  # type: ignore[operator]
+            # a later return as deep, after as long a lull, to as high a need, says all an
+            # earlier one did, for longer
+            returns = (*(r for r in returns if not _covers(back, r)), back)
         lows = (*(low for low in lows if low[1] < need), (now, need))
     return replace(state, **{f"{role.value}_returns": returns, f"{role.value}_lows": lows})
 
@@ -90,18 +112,43 @@ def current_need(state: PolicyState, role: Role, now: float) -> float | None:
     return lows[-1][1] if lows and lows[-1][0] == now else None
 
 
+def _covers(new: tuple[float, ...], old: tuple[float, ...]) -> bool:
+    """Whether return `new` holds all `old` does: as deep, after as long, to as high."""
+    return new[1] <= old[1] and new[2] >= old[2] and new[3] >= old[3]
+
+
 def holds(
-    spec: ServiceSpec, state: PolicyState, role: Role, age: float, depth: float | None
+    spec: ServiceSpec,
+    state: PolicyState,
+    role: Role,
+    age: float,
+    depth: float | None,
+    bare: float = 0.0,
 ) -> bool:
-    """Whether the window still holds a peak `age` seconds old while the need is `depth` of it
-    (None: not known, held). `peak_window_s` bounds the age (peak_window.py)."""
+    """Whether the window still holds a need `bare` seen `age` seconds ago while the need is
+    `depth` of it (None: not known, held within `peak_window_s`). Within `peak_window_s`, as
+    any return that deep taught; past it, while a return that deep came back after as long a
+    lull, to that need (a return says traffic comes back to the level it reached), from a
+    fall deeper than the burst margin covers: a return the margin covers costs a start-up at
+    most the margin's share short, one past it a start-up with the fleet a fraction short."""
+    policy = spec.policy
+    window = policy.demand.peak_window_s
+    within = age <= window
     if not learning(spec, state) or depth is None:
+        return within
+    floor = FLOOR_HORIZONS * horizon_s(spec, state)
+    if within and (age <= floor or depth >= 1 - policy.scale_in_tolerance):
         return True
-    if age <= FLOOR_HORIZONS * horizon_s(spec, state):
-        return True
-    if depth >= 1 - spec.policy.scale_in_tolerance:  # no fall a scale-in would act on
-        return True
-    return any(deep <= depth for _, deep in getattr(state, f"{role.value}_returns"))
+    surge = 1 / (1 + policy.demand.max_burst_margin)  # a return no burst margin covers
+    for _, deep, away, top in getattr(state, f"{role.value}_returns"):
+        if deep > depth:
+            continue
+        if within and away <= window:
+            return True
+        high = bare <= top * (1 + policy.scale_out_tolerance)
+        if deep <= surge and age <= away + floor and high:
+            return True
+    return False
 
 
 def holds_down_to(spec: ServiceSpec, state: PolicyState, role: Role) -> float:
@@ -110,4 +157,4 @@ def holds_down_to(spec: ServiceSpec, state: PolicyState, role: Role) -> float:
     floor; 0.0 when the window is not learned, so any fall is held)."""
     if not learning(spec, state):
         return 0.0
-    return min((deep for _, deep in getattr(state, f"{role.value}_returns")), default=1.0)
+    return min((r[1] for r in getattr(state, f"{role.value}_returns")), default=1.0)

@@ -1,8 +1,8 @@
 """The scale-in stabilisation window of `signal: demand` (HPA's downscale window): a role scales
 in only as far as its highest need within `demand.peak_window_s` allows, and that need with its
 burst margin for MARGIN_HOLD_HORIZONS burst horizons after it. A need is held the whole window
-only while this role's traffic has come back from falls that deep, else a few start-up horizons
-(policy/falls.py). The fleet found at the first decision enters the window as a need, held the
+only while this role's traffic has come back from falls that deep, else a few start-up horizons,
+and past the window while it came back after as long a lull to as high a need (policy/falls.py). The fleet found at the first decision enters the window as a need, held the
 whole window as HPA stabilises a new autoscaler's initial size. A latency guard's or KV guard's
 step enters it too, held like a need while the load it was taken at holds: at a lower load it
 is a different fleet, measured afresh (as the guard's proof, policy/proof.py); held regardless,
@@ -64,25 +64,28 @@ def known_level(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -
 def _in_window(
     spec: ServiceSpec, state: PolicyState, role: Role, now: float
 ) -> list[tuple[float, float, float, bool]]:
-    """The role's (time, margined, bare, held) needs within `peak_window_s`, its guard steps
-    as needs; none when it is 0. Held: a guard step (it lapses when its load goes,
+    """The role's (time, margined, bare, held) needs within `peak_window_s`, and those past it
+    a return still holds (`falls.kept_s`), its guard steps as needs; none when it is 0. Held: a guard step (it lapses when its load goes,
     `lapse_steps`) and the first decision's entries (the fleet found, a load not yet seen, as
     HPA holds a new autoscaler's initial size) for the whole window; a need as long as this
     role's traffic has come back from falls that deep (policy/falls.py)."""
     window = spec.policy.demand.peak_window_s
     if window <= 0:
         return []
+    kept = falls.kept_s(spec, state)
     need = falls.current_need(state, role, now)
     started = -math.inf if state.started_at is None else state.started_at
     out = [
         (t, n, n, True) for t, n, _ in getattr(state, f"{role.value}_steps") if now - t <= window
     ]
     for t, margined, bare in getattr(state, f"{role.value}_peaks"):
-        if now - t > window:
+        if now - t > kept:
             continue
         depth = None if need is None or bare <= 0 else need / bare
-        held = t <= started or falls.holds(spec, state, role, now - t, depth)
-        out.append((t, margined, bare, held))
+        found = t <= started and now - t <= window
+        held = found or falls.holds(spec, state, role, now - t, depth, bare)
+        if held or now - t <= window:
+            out.append((t, margined, bare, held))
     return out
 
 
@@ -97,14 +100,14 @@ def raise_peak(
     """Add ``need`` (with its burst margin; ``bare`` without it, the same when not given) to
     the role's window. Only needs no later one matches in both are kept: they are all the
     window's maximum can come from."""
-    window = spec.policy.demand.peak_window_s
-    if need is None or not math.isfinite(need) or window <= 0:
+    if need is None or not math.isfinite(need) or spec.policy.demand.peak_window_s <= 0:
         return state
     bare = need if bare is None else min(bare, need)
+    span = falls.kept_s(spec, state)
     kept = tuple(
         (t, m, b)
         for t, m, b in getattr(state, f"{role.value}_peaks")
-        if now - t <= window and not (m <= need and b <= bare)
+        if now - t <= span and not (m <= need and b <= bare)
     )
     return replace(state, **{f"{role.value}_peaks": (*kept, (now, need, bare))})
 

@@ -234,9 +234,10 @@ class PolicyState:
     prefill_steps: tuple[tuple[float, float, float], ...] = ()
     decode_steps: tuple[tuple[float, float, float], ...] = ()
     # Returns each role's need made (policy/falls.py) as (time, the lowest need of the fall
-    # over the need back), those no later one is as deep as: which falls the window holds.
-    prefill_returns: tuple[tuple[float, float], ...] = ()
-    decode_returns: tuple[tuple[float, float], ...] = ()
+    # over the need back, the lull, the need back), those no later one covers: which falls
+    # the window holds, and for how long.
+    prefill_returns: tuple[tuple[float, float, float, float], ...] = ()
+    decode_returns: tuple[tuple[float, float, float, float], ...] = ()
     # and each role's needs within the window no later one is under, as (time, need)
     prefill_lows: tuple[tuple[float, float], ...] = ()
     decode_lows: tuple[tuple[float, float], ...] = ()
@@ -330,8 +331,8 @@ class PolicyState:
             decode_peaks=_peaks(data.get("decode_peaks", ())),
             prefill_steps=_peaks(data.get("prefill_steps", ())),
             decode_steps=_peaks(data.get("decode_steps", ())),
-            prefill_returns=_pairs(data.get("prefill_returns", ())),
-            decode_returns=_pairs(data.get("decode_returns", ())),
+            prefill_returns=_returns(data.get("prefill_returns", ())),
+            decode_returns=_returns(data.get("decode_returns", ())),
             prefill_lows=_pairs(data.get("prefill_lows", ())),
             decode_lows=_pairs(data.get("decode_lows", ())),
             prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
@@ -350,6 +351,15 @@ def _pair(value: Any) -> tuple[float, float] | None:
 
 def _pairs(value: Any) -> tuple[tuple[float, float], ...]:
     return tuple((float(e[0]), float(e[1])) for e in value)
+
+
+def _returns(value: Any) -> tuple[tuple[float, float, float, float], ...]:
+    """Returns as (time, depth, lull, need back); an older state's (time, depth) held none
+    past the window."""
+    rows = [[float(x) for x in e] for e in value]
+    return tuple(
+        (r[0], r[1], r[2] if len(r) > 2 else 0.0, r[3] if len(r) > 3 else 0.0) for r in rows
+    )
 
 
 def _peaks(value: Any) -> tuple[tuple[float, float, float], ...]:
