@@ -38,7 +38,7 @@ def _needs(state: PolicyState, needs: list[float], start: float = NOW, spec=SPEC
 
 def test_a_need_back_after_a_deep_fall_records_how_deep_it_went() -> None:
     state, t = _needs(PolicyState(), [10.0] + [1.0] * 8 + [10.0])
-    assert state.decode_returns == ((t, 0.1, 135.0, 10.0),)  # 0.1 deep, 135 s away, back to 10
+    assert state.decode_returns == ((t, 0.1, 135.0, 10.0, 0.0),)  # 0.1 deep, 135 s away, to 10
     assert state.prefill_returns == ()
     assert state.decode_lows == ((t - 15, 1.0), (t, 10.0))  # each the lowest from there on
     back = PolicyState.from_json(state.to_json())
@@ -49,9 +49,9 @@ def test_the_depth_is_the_lowest_need_since_the_level_was_left() -> None:
     """A V-shaped fall is as deep as its bottom; the needs after a return are no new returns,
     and a fall before the level was last reached does not count in the next one."""
     state, t = _needs(PolicyState(), [10.0, 5.0, 1.0, 5.0, 10.0])
-    assert state.decode_returns == ((t, 0.1, 60.0, 10.0),)
+    assert state.decode_returns == ((t, 0.1, 60.0, 10.0, 0.0),)
     state, t = _needs(state, [10.0, 10.0, 10.0], start=t + 15)
-    assert state.decode_returns == ((t - 45, 0.1, 60.0, 10.0),)
+    assert state.decode_returns == ((t - 45, 0.1, 60.0, 10.0, 0.0),)  # still up
     state, t = _needs(state, [7.0, 10.0], start=t + 15)  # a shallower fall, after the deep one
     assert [r[1] for r in state.decode_returns] == [0.1, 0.7]
 
@@ -92,10 +92,10 @@ def test_a_peak_is_held_while_traffic_has_come_back_from_falls_this_deep() -> No
     bare = PolicyState()
     assert falls.holds(SPEC, bare, Role.DECODE, FLOOR, 0.1)  # the floor holds any fall
     assert not falls.holds(SPEC, bare, Role.DECODE, FLOOR + 1, 0.1)  # nothing came back
-    deep = replace(bare, decode_returns=((NOW, 0.1, 60.0, 10.0),))
+    deep = replace(bare, decode_returns=((NOW, 0.1, 60.0, 10.0, 0.0),))
     assert falls.holds(SPEC, deep, Role.DECODE, 800.0, 0.2)  # traffic came back from as deep
     assert not falls.holds(SPEC, deep, Role.DECODE, FLOOR + 1, 0.05)  # deeper than any came back
-    shallow = replace(bare, decode_returns=((NOW, 0.85, 60.0, 10.0),))
+    shallow = replace(bare, decode_returns=((NOW, 0.85, 60.0, 10.0, 0.0),))
     assert falls.holds(SPEC, shallow, Role.DECODE, 800.0, 0.9)
     assert not falls.holds(SPEC, shallow, Role.DECODE, FLOOR + 1, 0.2)  # noise is no surge's end
     assert falls.holds_down_to(SPEC, deep, Role.DECODE) == 0.1
@@ -182,13 +182,13 @@ def test_traffic_that_comes_and_goes_is_held_through_its_lulls_once_one_came_bac
     assert not any(cycle >= 2 and not out for cycle, out in changes)  # later lulls held
 
 
-def test_past_the_window_a_need_is_held_as_long_as_traffic_stayed_away_to_the_need_it_reached():
+def test_past_the_window_a_need_is_held_as_long_as_a_short_surge_stayed_away() -> None:
     """A lull longer than the window: within it nothing says the traffic comes back; a return
-    after 18 minutes holds a need past the window for that lull plus the floor, up to the need
-    it came back to (a scale-out tolerance above it), never higher."""
+    after 18 minutes that was gone again within the floor holds a need past the window for the
+    lull plus the floor, up to the need it came back to (a scale-out tolerance above it)."""
     window = SPEC.policy.demand.peak_window_s
     away = 1080.0
-    back = replace(PolicyState(), decode_returns=((NOW, 0.1, away, 10.0),))
+    back = replace(PolicyState(), decode_returns=((NOW, 0.1, away, 10.0, 120.0),))
     assert not falls.holds(SPEC, PolicyState(), Role.DECODE, window + 60, 0.1, 10.0)
     assert falls.holds(SPEC, back, Role.DECODE, window + 60, 0.1, 10.0)
     assert falls.holds(SPEC, back, Role.DECODE, away + FLOOR, 0.1, 10.5)
@@ -196,32 +196,41 @@ def test_past_the_window_a_need_is_held_as_long_as_traffic_stayed_away_to_the_ne
     assert not falls.holds(SPEC, back, Role.DECODE, window + 60, 0.1, 12.0)  # not above it
     assert not falls.holds(SPEC, back, Role.DECODE, window + 60, 0.05, 10.0)  # nor deeper
     assert not falls.holds(SPEC, back, Role.DECODE, window + 60, None, 10.0)  # need unknown
-    # a fall the burst margin covers (to over half the level, at the default cap of 1.0) is
-    # ridden out by the margin once scaled in: held by no lull longer than the window
-    covered = replace(PolicyState(), decode_returns=((NOW, 0.6, away, 10.0),))
-    assert not falls.holds(SPEC, covered, Role.DECODE, window + 60, 0.7, 10.0)
-    assert not falls.holds(SPEC, covered, Role.DECODE, 800.0, 0.7, 10.0)
-    # within the window a return after a lull longer than it holds only to its need, too
+    # within the window such a return holds only to its need, too
     assert falls.holds(SPEC, back, Role.DECODE, 800.0, 0.1, 10.0)
     assert not falls.holds(SPEC, back, Role.DECODE, 800.0, 0.1, 30.0)
-    # an older state's (time, depth) returns load as held within the window only
-    old = PolicyState.from_json(json.dumps({"decode_returns": [[NOW, 0.1]]}))
-    assert old.decode_returns == ((NOW, 0.1, 0.0, 0.0),)
-    assert falls.holds(SPEC, old, Role.DECODE, 800.0, 0.1, 10.0)
-    assert not falls.holds(SPEC, old, Role.DECODE, window + 60, 0.1, 10.0)
+    # a surge that stayed past the floor (its onset's instances serve it), one still up, and a
+    # fall the burst margin covers (to over half the level at the default cap of 1.0) are
+    # held by no lull longer than the window
+    for stay, deep in ((FLOOR + 15, 0.1), (0.0, 0.1), (120.0, 0.6)):
+        other = replace(PolicyState(), decode_returns=((NOW, deep, away, 10.0, stay),))
+        assert not falls.holds(SPEC, other, Role.DECODE, window + 60, 0.7, 10.0)
+        assert not falls.holds(SPEC, other, Role.DECODE, 800.0, 0.7, 10.0)
+    # an older state's returns load as held within the window only
+    for row in ([NOW, 0.1], [NOW, 0.1, away, 10.0]):
+        old = PolicyState.from_json(json.dumps({"decode_returns": [row]}))
+        assert old.decode_returns == ((NOW, 0.1, *row[2:], *(0.0,) * (5 - len(row))),)
+        assert falls.holds(SPEC, old, Role.DECODE, 800.0, 0.1, 10.0) is (len(row) == 2)
+        assert not falls.holds(SPEC, old, Role.DECODE, window + 60, 0.1, 10.0)
 
 
-def test_a_return_after_a_lull_longer_than_the_window_is_seen_and_its_level_held() -> None:
-    """Needs and lows are kept as long as returns are remembered, so traffic back after 18
-    minutes away is a return; the window then holds its level through the next lull."""
+def test_a_short_surge_back_after_a_lull_longer_than_the_window_is_held_through_the_next() -> None:
+    """Needs and lows are kept as long as returns are remembered, so a 2-minute surge back
+    after 18 minutes away is a return; once it falls it has stayed 2 minutes, and the window
+    holds its level through the next lull. One that stays is not held past the window."""
     period = 15.0
     spike, lull = [10.0] * 8, [1.0] * int(1080 // period)
     state, t = _needs(PolicyState(), spike + lull + spike)
-    assert [(r[1], r[3]) for r in state.decode_returns] == [(0.1, 10.0)]
+    assert [(r[1], r[3], r[4]) for r in state.decode_returns] == [(0.1, 10.0, 0.0)]
     assert state.decode_returns[0][2] == 1080.0 + period
     state, t = _needs(state, lull[:-1], start=t + period)  # the next lull, all but its end
+    assert state.decode_returns[0][4] == len(spike) * period
     assert t - (NOW + (len(spike) * 2 + len(lull) - 1) * period) > SPEC.policy.demand.peak_window_s
     assert recent_peak(SPEC, state, Role.DECODE, t) == 10.0
+    # a surge that stays 10 minutes is served by its onset's instances: not held past the window
+    long = [10.0] * 40
+    state, t = _needs(PolicyState(), long + lull + long + lull[:-1])
+    assert recent_peak(SPEC, state, Role.DECODE, t) == 1.0
     # a fixed window keeps no need past it
     fixed = make_service(demand={"learn_window": False})
     state, t = _needs(PolicyState(), spike + lull + spike + lull[:-1], spec=fixed)

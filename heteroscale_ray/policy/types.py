@@ -234,10 +234,10 @@ class PolicyState:
     prefill_steps: tuple[tuple[float, float, float], ...] = ()
     decode_steps: tuple[tuple[float, float, float], ...] = ()
     # Returns each role's need made (policy/falls.py) as (time, the lowest need of the fall
-    # over the need back, the lull, the need back), those no later one covers: which falls
-    # the window holds, and for how long.
-    prefill_returns: tuple[tuple[float, float, float, float], ...] = ()
-    decode_returns: tuple[tuple[float, float, float, float], ...] = ()
+    # over the need back, the lull, the need back, how long it stayed: 0 until it falls
+    # again), those no later one covers: which falls the window holds, and for how long.
+    prefill_returns: tuple[tuple[float, float, float, float, float], ...] = ()
+    decode_returns: tuple[tuple[float, float, float, float, float], ...] = ()
     # and each role's needs within the window no later one is under, as (time, need)
     prefill_lows: tuple[tuple[float, float], ...] = ()
     decode_lows: tuple[tuple[float, float], ...] = ()
@@ -353,13 +353,11 @@ def _pairs(value: Any) -> tuple[tuple[float, float], ...]:
     return tuple((float(e[0]), float(e[1])) for e in value)
 
 
-def _returns(value: Any) -> tuple[tuple[float, float, float, float], ...]:
-    """Returns as (time, depth, lull, need back); an older state's (time, depth) held none
-    past the window."""
+def _returns(value: Any) -> tuple[tuple[float, float, float, float, float], ...]:
+    """Returns as (time, depth, lull, need back, stay); an older state's lack the last ones,
+    which hold nothing past the window."""
     rows = [[float(x) for x in e] for e in value]
-    return tuple(
-        (r[0], r[1], r[2] if len(r) > 2 else 0.0, r[3] if len(r) > 3 else 0.0) for r in rows
-    )
+    return tuple((*r[:2], *(r[2:] + [0.0, 0.0, 0.0])[:3]) for r in rows)  # type: ignore[misc]
 
 
 def _peaks(value: Any) -> tuple[tuple[float, float, float], ...]:
