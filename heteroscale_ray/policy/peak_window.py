@@ -1,14 +1,15 @@
 """The scale-in stabilisation window of `signal: demand` (HPA's downscale window): a role scales
 in only as far as its highest need within `demand.peak_window_s` allows, and that need with its
 burst margin for MARGIN_HOLD_HORIZONS burst horizons after it. A need is held the whole window
-only while this role's traffic has come back from falls that deep, else a few start-up horizons,
-and past the window while it came back after as long a lull to as high a need (policy/falls.py). The fleet found at the first decision enters the window as a need, held the
+only while this role's traffic has come back from falls that deep, else a few start-up
+horizons, and past the window while it came back after as long a lull to as high a need
+(policy/falls.py). The fleet found at the first decision enters the window as a need, held the
 whole window as HPA stabilises a new autoscaler's initial size. A latency guard's or KV guard's
 step enters it too, held like a need while the load it was taken at holds: at a lower load it
 is a different fleet, measured afresh (as the guard's proof, policy/proof.py); held regardless,
 a step outlives the load that needed it. The needs it holds are levels: a need read from few
-arrivals is averaged until its noise is within the tolerances (policy/sampled_level.py), so
-the window holds no sampling noise's top. Pure: time comes in as `now`.
+arrivals is averaged until its noise is within the tolerances (policy/sampled_level.py), so the
+window holds no sampling noise's top. Pure: time comes in as `now`.
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ def _in_window(
     spec: ServiceSpec, state: PolicyState, role: Role, now: float
 ) -> list[tuple[float, float, float, bool]]:
     """The role's (time, margined, bare, held) needs within `peak_window_s`, and those past it
-    a return still holds (`falls.kept_s`), its guard steps as needs; none when it is 0. Held: a guard step (it lapses when its load goes,
-    `lapse_steps`) and the first decision's entries (the fleet found, a load not yet seen, as
-    HPA holds a new autoscaler's initial size) for the whole window; a need as long as this
-    role's traffic has come back from falls that deep (policy/falls.py)."""
+    a return still holds (`falls.kept_s`), its guard steps as needs; none when it is 0.
+    Held: a guard step (it lapses when its load goes, `lapse_steps`) and the first
+    decision's entries (the fleet found, a load not yet seen, as HPA holds a new
+    autoscaler's initial size) for the whole window; a need as long as this role's traffic
+    has come back from falls that deep (policy/falls.py)."""
     window = spec.policy.demand.peak_window_s
     if window <= 0:
         return []
