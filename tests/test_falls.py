@@ -20,6 +20,7 @@ from heteroscale_ray.policy.peak_window import (
     recent_peak,
 )
 from heteroscale_ray.policy.startup import horizon_s
+from heteroscale_ray.policy.types import Return
 
 SPEC = make_service()
 FLOOR = falls.FLOOR_HORIZONS * horizon_s(SPEC, PolicyState())
@@ -92,10 +93,10 @@ def test_a_peak_is_held_while_traffic_has_come_back_from_falls_this_deep() -> No
     bare = PolicyState()
     assert falls.holds(SPEC, bare, Role.DECODE, FLOOR, 0.1)  # the floor holds any fall
     assert not falls.holds(SPEC, bare, Role.DECODE, FLOOR + 1, 0.1)  # nothing came back
-    deep = replace(bare, decode_returns=((NOW, 0.1, 60.0, 10.0, 0.0),))
+    deep = replace(bare, decode_returns=(Return(NOW, 0.1, 60.0, 10.0),))
     assert falls.holds(SPEC, deep, Role.DECODE, 800.0, 0.2)  # traffic came back from as deep
     assert not falls.holds(SPEC, deep, Role.DECODE, FLOOR + 1, 0.05)  # deeper than any came back
-    shallow = replace(bare, decode_returns=((NOW, 0.85, 60.0, 10.0, 0.0),))
+    shallow = replace(bare, decode_returns=(Return(NOW, 0.85, 60.0, 10.0),))
     assert falls.holds(SPEC, shallow, Role.DECODE, 800.0, 0.9)
     assert not falls.holds(SPEC, shallow, Role.DECODE, FLOOR + 1, 0.2)  # noise is no surge's end
     assert falls.holds_down_to(SPEC, deep, Role.DECODE) == 0.1
@@ -188,7 +189,7 @@ def test_past_the_window_a_need_is_held_as_long_as_a_short_surge_stayed_away() -
     lull plus the floor, up to the need it came back to (a scale-out tolerance above it)."""
     window = SPEC.policy.demand.peak_window_s
     away = 1080.0
-    back = replace(PolicyState(), decode_returns=((NOW, 0.1, away, 10.0, 120.0),))
+    back = replace(PolicyState(), decode_returns=(Return(NOW, 0.1, away, 10.0, 120.0),))
     assert not falls.holds(SPEC, PolicyState(), Role.DECODE, window + 60, 0.1, 10.0)
     assert falls.holds(SPEC, back, Role.DECODE, window + 60, 0.1, 10.0)
     assert falls.holds(SPEC, back, Role.DECODE, away + FLOOR, 0.1, 10.5)
@@ -203,7 +204,7 @@ def test_past_the_window_a_need_is_held_as_long_as_a_short_surge_stayed_away() -
     # fall the burst margin covers (to over half the level at the default cap of 1.0) are
     # held by no lull longer than the window
     for stay, deep in ((FLOOR + 15, 0.1), (0.0, 0.1), (120.0, 0.6)):
-        other = replace(PolicyState(), decode_returns=((NOW, deep, away, 10.0, stay),))
+        other = replace(PolicyState(), decode_returns=(Return(NOW, deep, away, 10.0, stay),))
         assert not falls.holds(SPEC, other, Role.DECODE, window + 60, 0.7, 10.0)
         assert not falls.holds(SPEC, other, Role.DECODE, 800.0, 0.7, 10.0)
     # an older state's returns load as held within the window only

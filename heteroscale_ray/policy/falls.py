@@ -43,7 +43,7 @@ from dataclasses import replace
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy.burst import HISTORY_HORIZONS
 from heteroscale_ray.policy.startup import horizon_s
-from heteroscale_ray.policy.types import PolicyState
+from heteroscale_ray.policy.types import PolicyState, Return
 
 FLOOR_HORIZONS = 3  # a peak is held at least this many start-up horizons (see above)
 
@@ -85,12 +85,14 @@ def _observe(
     policy = spec.policy
     kept = kept_s(spec, state)
     remembered = memory_s(spec, state)
-    returns = tuple(r for r in getattr(state, f"{role.value}_returns") if now - r[0] <= remembered)
+    returns = tuple(r for r in getattr(state, f"{role.value}_returns") if now - r.at <= remembered)
     lows = tuple(low for low in getattr(state, f"{role.value}_lows") if now - low[0] <= kept)
     if need is not None and math.isfinite(need) and need >= 0:
         # a return that fell again stayed this long (0 while it has not)
         gone = 1 - policy.scale_in_tolerance
-        returns = tuple(r if r[4] or need >= r[3] * gone else (*r[:4], now - r[0]) for r in returns)
+        returns = tuple(
+            r if r.stay or need >= r.back * gone else r._replace(stay=now - r.at) for r in returns
+        )
         level = need / (1 + policy.scale_out_tolerance)
         # The window keeps every need no later one matches, so the last need at `level` is in
         # it; `lows` keeps every need no later one is under, so the first after it is the
@@ -104,7 +106,7 @@ def _observe(
         )
         lowest = None if left is None else next((n for t, n in lows if t > left), None)
         if lowest is not None and lowest < need * (1 - policy.scale_in_tolerance):
-            back = (now, lowest / need, now - left, need, 0.0)  # type: ignore[operator]
+            back = Return(now, lowest / need, now - left, need)  # type: ignore[operator]
             # a later return as deep, after as long a lull, to as high a need, says all an
             # earlier one did, for longer
             returns = (*(r for r in returns if not _covers(back, r)), back)
@@ -118,9 +120,9 @@ def current_need(state: PolicyState, role: Role, now: float) -> float | None:
     return lows[-1][1] if lows and lows[-1][0] == now else None
 
 
-def _covers(new: tuple[float, ...], old: tuple[float, ...]) -> bool:
+def _covers(new: Return, old: Return) -> bool:
     """Whether return `new` holds all `old` does: as deep, after as long, to as high."""
-    return new[1] <= old[1] and new[2] >= old[2] and new[3] >= old[3]
+    return new.depth <= old.depth and new.lull >= old.lull and new.back >= old.back
 
 
 def holds(
@@ -145,13 +147,13 @@ def holds(
     if within and (age <= floor or depth >= 1 - policy.scale_in_tolerance):
         return True
     surge = 1 / (1 + policy.demand.max_burst_margin)  # a return no burst margin covers
-    for _, deep, away, top, stay in getattr(state, f"{role.value}_returns"):
-        if deep > depth:
+    for r in getattr(state, f"{role.value}_returns"):
+        if r.depth > depth:
             continue
-        if within and away <= window:
+        if within and r.lull <= window:
             return True
-        high = bare <= top * (1 + policy.scale_out_tolerance)
-        if deep <= surge and 0 < stay <= floor and age <= away + floor and high:
+        high = bare <= r.back * (1 + policy.scale_out_tolerance)
+        if r.depth <= surge and 0 < r.stay <= floor and age <= r.lull + floor and high:
             return True
     return False
 
@@ -162,4 +164,4 @@ def holds_down_to(spec: ServiceSpec, state: PolicyState, role: Role) -> float:
     floor; 0.0 when the window is not learned, so any fall is held)."""
     if not learning(spec, state):
         return 0.0
-    return min((r[1] for r in getattr(state, f"{role.value}_returns")), default=1.0)
+    return min((r.depth for r in getattr(state, f"{role.value}_returns")), default=1.0)

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from heteroscale_ray.config import PdRatio, Role
 
@@ -185,6 +185,18 @@ class BurstMemory:
         )
 
 
+class Return(NamedTuple):
+    """A role's need back from a fall (policy/falls.py): when; how deep the fall went (its
+    lowest need over the need back); how long the need stayed away (the lull); the need it
+    came back to; and how long it stayed there (0 until it falls again)."""
+
+    at: float
+    depth: float
+    lull: float = 0.0
+    back: float = 0.0
+    stay: float = 0.0
+
+
 @dataclass(frozen=True)
 class PolicyState:
     """What the policy remembers between calls; saved as JSON so it survives an actor restart."""
@@ -233,11 +245,10 @@ class PolicyState:
     # held like a need while that load holds (policy/peak_window.py).
     prefill_steps: tuple[tuple[float, float, float], ...] = ()
     decode_steps: tuple[tuple[float, float, float], ...] = ()
-    # Returns each role's need made (policy/falls.py) as (time, the lowest need of the fall
-    # over the need back, the lull, the need back, how long it stayed: 0 until it falls
-    # again), those no later one covers: which falls the window holds, and for how long.
-    prefill_returns: tuple[tuple[float, float, float, float, float], ...] = ()
-    decode_returns: tuple[tuple[float, float, float, float, float], ...] = ()
+    # Returns each role's need made (policy/falls.py), those no later one covers: which falls
+    # the window holds, and for how long.
+    prefill_returns: tuple[Return, ...] = ()
+    decode_returns: tuple[Return, ...] = ()
     # and each role's needs within the window no later one is under, as (time, need)
     prefill_lows: tuple[tuple[float, float], ...] = ()
     decode_lows: tuple[tuple[float, float], ...] = ()
@@ -353,11 +364,10 @@ def _pairs(value: Any) -> tuple[tuple[float, float], ...]:
     return tuple((float(e[0]), float(e[1])) for e in value)
 
 
-def _returns(value: Any) -> tuple[tuple[float, float, float, float, float], ...]:
-    """Returns as (time, depth, lull, need back, stay); an older state's lack the last ones,
-    which hold nothing past the window."""
-    rows = [[float(x) for x in e] for e in value]
-    return tuple((*r[:2], *(r[2:] + [0.0, 0.0, 0.0])[:3]) for r in rows)  # type: ignore[misc]
+def _returns(value: Any) -> tuple[Return, ...]:
+    """An older state's returns lack the lull, the need back and the stay: held within the
+    window only, as they were."""
+    return tuple(Return(*(float(x) for x in e)) for e in value)
 
 
 def _peaks(value: Any) -> tuple[tuple[float, float, float], ...]:
