@@ -9,6 +9,8 @@ to any trace). Each case is one plain rule:
 - flash-20m: chat lengths, 4 req/s with a 2-min flash crowd at 40 req/s every 20 min, 6 h
   (a batch job or a push notification on a timer: each spike ends before a start-up lands);
 - flash-irregular: the same spikes 10-40 min apart (drawn), 4 h;
+- flash-hourly: the same spike every hour, up to a minute either side of it (drawn: a cron
+  job's start), 8 h;
 - ramp-6h: chat lengths, 2 -> 20 -> 2 req/s over 6 h (a half sine);
 - bimodal: 8 req/s, 80% chat, 20% ~20k-token documents;
 - classify: 50 req/s, 0.5-4k prompts, one output token;
@@ -120,6 +122,13 @@ def flash_irregular(span: float = 4 * 3600.0, seed: int = 108) -> Trace:
     rng = np.random.default_rng(seed)
     starts = np.cumsum(rng.uniform(600.0, 2400.0, int(span // 600)))
     return flash(starts[starts < span], span, seed=seed)
+
+
+def flash_hourly(span: float = 8 * 3600.0, seed: int = 109) -> Trace:
+    rng = np.random.default_rng(seed)
+    hours = np.arange(0.0, span, 3600.0)
+    starts = np.maximum(hours + rng.uniform(-60.0, 60.0, len(hours)), 0.0)
+    return flash(starts, span, seed=seed)
 
 
 def bimodal() -> Trace:
@@ -277,6 +286,11 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
         flash_irregular,
         False,
         "chat, 4 req/s, 2-min 10x flash crowds 10-40 min apart, 4 h",
+    ),
+    "flash-hourly": (
+        flash_hourly,
+        False,
+        "chat, 4 req/s, a 2-min 10x flash crowd every hour (+-1 min), 8 h",
     ),
     "ramp-6h": (
         lambda: chat(lambda t: 2.0 + 18.0 * np.sin(np.pi * t / 21_600.0) ** 2, 21_600.0),

@@ -22,6 +22,7 @@ def test_every_case_is_seeded_and_named() -> None:
         "on-off-30s",
         "flash-20m",
         "flash-irregular",
+        "flash-hourly",
         "ramp-6h",
         "bimodal",
         "classify",
@@ -65,6 +66,11 @@ def test_flash_crowds_are_ten_times_the_calm_rate_for_two_minutes() -> None:
     spikes = np.flatnonzero(per_minute > 1_000)  # 40 req/s: ~2,400 a minute; calm ~240
     gaps = np.diff(spikes[np.r_[True, np.diff(spikes) > 2]])
     assert len(gaps) >= 5 and gaps.min() >= 10 and gaps.max() <= 41
+    hourly = np.asarray(made_up.flash_hourly().arrival_s)
+    per_minute = np.bincount((hourly // 60).astype(int))
+    spikes = np.flatnonzero(per_minute > 1_000)
+    onsets = spikes[np.r_[True, np.diff(spikes) > 2]]
+    assert len(onsets) == 8 and np.all(np.abs(onsets - 60 * np.arange(8)) <= 1)
 
 
 def test_a_static_fleet_for_reasoning_splits_the_cli_fleet_toward_decode() -> None:

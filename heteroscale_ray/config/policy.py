@@ -238,6 +238,13 @@ class DemandSpec(BaseModel):
         "returns are remembered); needs burst_horizon_s > 0. false = hold every peak the whole "
         "window.",
     )
+    predict_recurring: bool = Field(
+        default=True,
+        description="Size a role for a surge before it comes once its last three surges came "
+        "at intervals that agree within two start-up horizons (policy/recurrence.py; reason "
+        "surge_due): a batch job's crowd on a timer is over before what its onset asks for "
+        "lands. Needs burst_horizon_s > 0 and max_burst_margin > 0. false = react only.",
+    )
     burst_horizon_s: float = Field(
         default=120.0,
         ge=0,

@@ -21,7 +21,7 @@ import math
 from dataclasses import replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
-from heteroscale_ray.policy import backlog, burst, falls, proof, startup
+from heteroscale_ray.policy import backlog, burst, falls, proof, recurrence, startup
 from heteroscale_ray.policy.capacity import capacity, learn, track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_within, placement_ratio
@@ -57,6 +57,7 @@ PRIORITY = (
     Reason.BACKLOG_GROWTH,
     Reason.LATENCY_GUARD,
     Reason.KV_PRESSURE,
+    Reason.SURGE_DUE,
     Reason.SCALE_OUT,
     Reason.SCALE_IN,
     Reason.RATIO_REPAIR,
@@ -127,6 +128,7 @@ def decide_demand(
         for role, n in levels.items()
     }
     state = falls.observe(spec, state, levels, now)  # before this period's needs enter
+    state = recurrence.observe(spec, state, levels, now)
     known = {role: known_level(spec, state, role, now) for role in Role}
     state = track_peaks(spec, state, margined, now, levels)
     # each role's need insured against the rise to come (burst headroom or the climb's trend)
@@ -137,6 +139,9 @@ def decide_demand(
     for role in Role:
         state = proof.lapse(spec, state, role, insured[role][0])
         state = lapse_steps(spec, state, role, insured[role][0], now)
+    # a surge on a timer that is due: sized for before it comes (policy/recurrence.py)
+    due = {role: recurrence.ahead(spec, state, role, now, *insured[role]) for role in Role}
+    insured = {role: (need, why) for role, (need, why, _) in due.items()}
     initial = counts.prefill == 0 and counts.decode == 0
     plans = {
         role: initial_plan(role, *insured[role])
@@ -144,6 +149,9 @@ def decide_demand(
         else role_plan(spec, role, counts.of(role), *insured[role], state, now)
         for role in Role
     }
+    for role, (_, _, raised) in due.items():
+        if raised and plans[role].reason is Reason.SCALE_OUT:
+            plans[role] = replace(plans[role], reason=Reason.SURGE_DUE)
     guard_state = state
     if not initial:
         for role in Role:

@@ -41,6 +41,7 @@ import math
 from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.policy import recurrence
 from heteroscale_ray.policy.burst import HISTORY_HORIZONS
 from heteroscale_ray.policy.startup import horizon_s
 from heteroscale_ray.policy.types import PolicyState, Return
@@ -147,13 +148,14 @@ def holds(
     if within and (age <= floor or depth >= 1 - policy.scale_in_tolerance):
         return True
     surge = 1 / (1 + policy.demand.max_burst_margin)  # a return no burst margin covers
+    due = recurrence.apart(spec, state, role)  # the next is sized for before it comes instead
     for r in getattr(state, f"{role.value}_returns"):
         if r.depth > depth:
             continue
         if within and r.lull <= window:
             return True
         high = bare <= r.back * (1 + policy.scale_out_tolerance)
-        if r.depth <= surge and 0 < r.stay <= floor and age <= r.lull + floor and high:
+        if not due and r.depth <= surge and 0 < r.stay <= floor and age <= r.lull + floor and high:
             return True
     return False
 

@@ -120,6 +120,8 @@ class Reason(str, Enum):
     # The paper's rule, blind to prefill demand, sized prefill below what arriving prompts
     # need at its measured rate: prefill goes to that need instead (never in below it).
     PREFILL_DEMAND = "prefill_demand"
+    # A surge recurring on a timer is due: the role is sized for it before it comes.
+    SURGE_DUE = "surge_due"
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,16 @@ class Return(NamedTuple):
     stay: float = 0.0
 
 
+class Onset(NamedTuple):
+    """A role's surge (policy/recurrence.py): when it started; the need it rose past (its
+    line); the highest need it reached; and when it fell back under the line (0 until then)."""
+
+    at: float
+    line: float
+    top: float
+    end: float = 0.0
+
+
 @dataclass(frozen=True)
 class PolicyState:
     """What the policy remembers between calls; saved as JSON so it survives an actor restart."""
@@ -252,6 +264,9 @@ class PolicyState:
     # and each role's needs within the window no later one is under, as (time, need)
     prefill_lows: tuple[tuple[float, float], ...] = ()
     decode_lows: tuple[tuple[float, float], ...] = ()
+    # Each role's last surges (policy/recurrence.py): when the next is due, if they recur.
+    prefill_onsets: tuple[Onset, ...] = ()
+    decode_onsets: tuple[Onset, ...] = ()
     # Demand mode: when each role last grew. A role's scale-out cooldown counts from its own
     # growth: the other role's step does not change what this one's arriving demand asks for.
     prefill_grew_at: float | None = None
@@ -346,6 +361,8 @@ class PolicyState:
             decode_returns=_returns(data.get("decode_returns", ())),
             prefill_lows=_pairs(data.get("prefill_lows", ())),
             decode_lows=_pairs(data.get("decode_lows", ())),
+            prefill_onsets=tuple(Onset(*map(float, e)) for e in data.get("prefill_onsets", ())),
+            decode_onsets=tuple(Onset(*map(float, e)) for e in data.get("decode_onsets", ())),
             prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
             decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
             prefill_proof=_pair(data.get("prefill_proof")),

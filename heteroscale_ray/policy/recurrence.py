@@ -1,0 +1,151 @@
+"""Surges on a timer: seen to recur at a steady interval, the next is sized for before it comes.
+
+A reactive policy serves a surge one start-up after it arrives. A batch job every hour or a push
+every 40 minutes sends a 2-minute crowd that is over before what its onset asks for lands. The
+learned window can hold a crowd's level through the lull that follows (policy/falls.py), at
+most of a static fleet's GPU-hours: 2-minute 10x crowds every hour (made-up flash-hourly) were
+held at 0.87x static, where the oracle, knowing when they come, holds 0.21x. Traffic on a timer
+says when it comes back:
+
+- an *onset* is a role's need (its level, no backlog) rising past what the burst margin covers
+  over the lowest need of the start-up horizon before (to over 1 + `max_burst_margin` times it,
+  and at least one instance over); it records when, that line, and the highest need the surge
+  reaches until the need falls back under the line;
+- when the last two intervals between three onsets agree within two start-up horizons, the
+  next is due their mean after the last. If it is at least twice the scale-in window
+  (`peak_window_s`) away, then from two start-up horizons before it (one for what
+  it asks for to land, one since an onset is timed when it is seen) until one after, each
+  widened by the intervals' disagreement, the role is sized for the last surge's top, and a
+  scale-out for it says so (reason `surge_due`). One that does not come is not asked for
+  again until two intervals agree again;
+- such surges are not held through their lulls (policy/falls.py): the role scales in after
+  each and out before the next, two direction changes a period, within the four an hour the
+  window is sized for. Closer ones are held through their lulls as the window learned.
+
+Random surges rarely space themselves within two horizons twice running, and one that does
+costs two horizons at its top. No trace-specific number: the horizon is the deployment's
+start-up, the line the burst margin's. Pure: time comes in as `now`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import NamedTuple
+
+from heteroscale_ray.config import Role, ServiceSpec
+from heteroscale_ray.policy.burst import memory_of
+from heteroscale_ray.policy.startup import horizon_s
+from heteroscale_ray.policy.types import Onset, PolicyState
+
+KEPT = 3  # onsets kept per role: two intervals
+AGREE_HORIZONS = 2.0  # two intervals agree within this many start-up horizons
+
+
+class Due(NamedTuple):
+    """The next surge a role's onsets predict: when, sized for what, and the interval."""
+
+    at: float
+    top: float
+    every: float
+    spread: float
+
+
+def on(spec: ServiceSpec, state: PolicyState) -> bool:
+    """Whether surges are predicted: configured so, with a burst margin to draw the line and a
+    start-up horizon to time the lead."""
+    demand = spec.policy.demand
+    return demand.predict_recurring and demand.max_burst_margin > 0 and horizon_s(spec, state) > 0
+
+
+def observe(
+    spec: ServiceSpec, state: PolicyState, needs: dict[Role, float | None], now: float
+) -> PolicyState:
+    """Record the onsets this period's needs (levels, no backlog) start, and the surges' tops."""
+    if not on(spec, state):
+        return state
+    for role in Role:
+        state = _observe(spec, state, role, needs[role], now)
+    return state
+
+
+def _observe(
+    spec: ServiceSpec, state: PolicyState, role: Role, need: float | None, now: float
+) -> PolicyState:
+    if need is None or not math.isfinite(need) or need < 0:
+        return state
+    onsets = _onsets(state, role)
+    last = onsets[-1] if onsets else None
+    if last is not None and last.end == 0:  # a surge under way: its top, or its end
+        if need >= last.line:
+            last = last._replace(top=max(last.top, need))
+        else:
+            last = last._replace(end=now)
+        return _with(state, role, (*onsets[:-1], last))
+    memory = memory_of(state, role)
+    if memory.settled_at is None:  # the fleet still filling: its climb is no surge
+        return state
+    horizon = horizon_s(spec, state)
+    before = [n for t, n in memory.needs if t < now and now - t <= horizon]
+    if not before:
+        return state
+    base = max(min(before), 1.0)
+    line = base * (1 + spec.policy.demand.max_burst_margin)
+    if need < max(line, base + 1.0):
+        return state
+    return _with(state, role, (*onsets, Onset(now, line, need))[-KEPT:])
+
+
+def due(spec: ServiceSpec, state: PolicyState, role: Role) -> Due | None:
+    """The next surge the role's last three onsets predict (two intervals that agree), or None."""
+    if not on(spec, state):
+        return None
+    onsets = _onsets(state, role)
+    if len(onsets) < KEPT:
+        return None
+    first, second = (b.at - a.at for a, b in zip(onsets, onsets[1:], strict=False))
+    spread = abs(second - first)
+    if spread > AGREE_HORIZONS * horizon_s(spec, state):
+        return None
+    every = (first + second) / 2
+    return Due(onsets[-1].at + every, onsets[-1].top, every, spread)
+
+
+def apart(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:
+    """Whether the role's next surge is predicted far enough away to scale in before it: out
+    before each surge and in after is two direction changes a period, and the scale-in window
+    (`peak_window_s`) is sized to keep traffic that comes and goes to four an hour. Closer
+    surges are held through their lulls as the window learned (policy/falls.py)."""
+    return _apart(spec, due(spec, state, role))
+
+
+def _apart(spec: ServiceSpec, coming: Due | None) -> bool:
+    return coming is not None and coming.every >= 2 * spec.policy.demand.peak_window_s
+
+
+def ahead(
+    spec: ServiceSpec, state: PolicyState, role: Role, now: float, need: float | None, why: str
+) -> tuple[float | None, str, bool]:
+    """The role's need raised to a due surge's top while it is due, with why; and whether it
+    was raised. Only for surges `apart` (the window holds closer ones); due from two start-up
+    horizons before (one for what it asks for to land, one since an onset is timed when it is
+    seen) to one after, each widened by the intervals' spread."""
+    coming = due(spec, state, role)
+    if need is None or coming is None or not _apart(spec, coming) or coming.top <= need:
+        return need, why, False
+    horizon = horizon_s(spec, state)
+    if not coming.at - 2 * horizon - coming.spread <= now <= coming.at + horizon + coming.spread:
+        return need, why, False
+    why += (
+        f"; a surge every {coming.every / 60:,.0f} min is due in {coming.at - now:,.0f} s:"
+        f" sized for its last top {coming.top:,.1f}"
+    )
+    return coming.top, why, True
+
+
+def _onsets(state: PolicyState, role: Role) -> tuple[Onset, ...]:
+    return getattr(state, f"{role.value}_onsets")
+
+
+def _with(state: PolicyState, role: Role, onsets: tuple[Onset, ...]) -> PolicyState:
+    return replace(state, **{f"{role.value}_onsets": onsets})
