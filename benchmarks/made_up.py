@@ -21,7 +21,7 @@ to any trace). Each case is one plain rule:
   hashed in 512-token blocks as Mooncake's traces are (prompts ~11k tokens, most of each a
   cacheable prefix).
 
-And five 12-h days, each a rate `day(lo, hi)` = lo + (hi - lo) sin^2(pi t / 12 h) (lo at the
+And six 12-h days, each a rate `day(lo, hi)` = lo + (hi - lo) sin^2(pi t / 12 h) (lo at the
 ends, hi at 6 h), lengths lognormal with the stated mean (capped at 32k in, 16k out):
 
 - day-chat: day(3, 30) req/s, prompts ~1k, outputs ~250, with six bursts of 10-20 min at
@@ -30,7 +30,9 @@ ends, hi at 6 h), lengths lognormal with the stated mean (capped at 32k in, 16k 
 - day-long-context: day(1, 8), prompts ~12k, outputs ~300;
 - day-reasoning: day(0.5, 6), prompts ~1k, outputs ~4k;
 - day-mix-shift: day-chat's lengths at day(3, 30) with no bursts, outputs x6 in two 1-h
-  windows and prompts x5 in a third (seeded, disjoint).
+  windows and prompts x5 in a third (seeded, disjoint);
+- day-cron: day-chat's lengths at day(3, 30) with no bursts, the first 2 minutes of every
+  hour at 5x the rate (a batch job on the hour).
 
 The fleet is the CLI's: about 1,024 GPUs (or 2.5x the static fleet, if that is more) split
 between the GPU types as a static fleet for the trace needs them (sim/fleet.py). Replayed on service `general` under heteroscale, static and
@@ -201,6 +203,16 @@ def day_case(
     return _trace(t, prompts, outputs, DAY_S)
 
 
+def day_cron(seed: int = 106, x: float = 5.0) -> Trace:
+    """day(3, 30) chat whose first FLASH_S of every hour run at `x` times the rate."""
+    rng = np.random.default_rng(seed)
+    day = _day(3, 30)
+    t = _arrivals(rng, lambda v: day(v) * np.where(np.asarray(v) % 3600.0 < FLASH_S, x, 1.0), DAY_S)
+    prompts = _lognormal(rng, 1000, 0.8, len(t), PROMPT_CAP)
+    outputs = _lognormal(rng, 250, 0.7, len(t), OUTPUT_CAP)
+    return _trace(t, prompts, outputs, DAY_S)
+
+
 def day_mix_shift(seed: int = 105) -> Trace:
     rng = np.random.default_rng(seed)
     t = _arrivals(rng, _day(3, 30), DAY_S)
@@ -324,6 +336,11 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
         lambda: day_case(104, 0.5, 6, 1000, 4000, bursts=False),
         True,
         "12 h, 0.5 -> 6 -> 0.5 req/s, outputs ~4k",
+    ),
+    "day-cron": (
+        day_cron,
+        True,
+        "12 h chat, 3 -> 30 -> 3 req/s, the first 2 min of every hour at 5x",
     ),
     "day-mix-shift": (
         day_mix_shift,

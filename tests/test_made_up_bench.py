@@ -33,6 +33,7 @@ def test_every_case_is_seeded_and_named() -> None:
         "day-long-context",
         "day-reasoning",
         "day-mix-shift",
+        "day-cron",
     }
     a, b = made_up.reasoning(), made_up.reasoning()
     np.testing.assert_array_equal(a.arrival_s, b.arrival_s)
@@ -71,6 +72,12 @@ def test_flash_crowds_are_ten_times_the_calm_rate_for_two_minutes() -> None:
     spikes = np.flatnonzero(per_minute > 1_000)
     onsets = spikes[np.r_[True, np.diff(spikes) > 2]]
     assert len(onsets) == 8 and np.all(np.abs(onsets - 60 * np.arange(8)) <= 1)
+
+
+def test_the_cron_day_runs_five_times_its_rate_for_the_first_two_minutes_of_each_hour() -> None:
+    day = made_up.day_cron()
+    assert _rate(day, 6 * 3600, 6 * 3600 + 120) == pytest.approx(150.0, rel=0.05)
+    assert _rate(day, 6 * 3600 + 120, 7 * 3600) == pytest.approx(29.6, rel=0.05)
 
 
 def test_a_static_fleet_for_reasoning_splits_the_cli_fleet_toward_decode() -> None:

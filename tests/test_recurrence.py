@@ -41,8 +41,12 @@ def test_an_onset_is_a_rise_past_the_burst_margin_and_records_its_top_and_end() 
     state, t = _observe(_settled(PolicyState(), []), calm + crowd + calm, NOW)
     (onset,) = state.decode_onsets
     start = NOW + len(calm) * PERIOD
-    assert onset == Onset(start, 2.0, 10.0, start + len(crowd) * PERIOD)  # line: 1 x (1 + 1.0)
+    assert onset == Onset(start, 1.0, 10.0, start + len(crowd) * PERIOD)  # past 1 x (1 + 1.0)
     assert state.prefill_onsets == ()
+    # a tail that crosses the line again within a horizon of falling is the same surge
+    tail = [1.0, 3.0, 1.0] + [1.0] * 10
+    state, t = _observe(_settled(PolicyState(), []), calm + crowd + tail, NOW)
+    assert len(state.decode_onsets) == 1 and state.decode_onsets[0].end == start + 6 * PERIOD
     back = PolicyState.from_json(state.to_json())
     assert back.decode_onsets == state.decode_onsets
 
@@ -61,13 +65,15 @@ def test_a_rise_the_burst_margin_covers_a_climb_and_the_fill_are_no_onsets() -> 
 
 
 def _onsets(*at: float, top: float = 10.0) -> PolicyState:
-    return replace(PolicyState(), decode_onsets=tuple(Onset(a, 2.0, top, a + 120) for a in at))
+    return replace(PolicyState(), decode_onsets=tuple(Onset(a, 1.0, top, a + 120) for a in at))
 
 
 def test_three_onsets_at_intervals_that_agree_say_when_the_next_is_due() -> None:
     state = _onsets(NOW, NOW + 3600, NOW + 7200 + 60)
     coming = recurrence.due(SPEC, state, Role.DECODE)
-    assert coming == (NOW + 7260 + 3630, 10.0, 3630.0, 60.0)
+    assert coming == (NOW + 7260 + 3630, 1.0, 10.0, 3630.0, 60.0)
+    # sized for its top, and as many times today's base as it was of its own (a rising day)
+    assert coming.size(None) == coming.size(0.5) == 10.0 and coming.size(1.5) == 15.0
     assert recurrence.due(SPEC, _onsets(NOW, NOW + 3600), Role.DECODE) is None  # one interval
     far = NOW + 7200 + 2 * HORIZON + 1  # intervals more than two horizons apart: no timer
     assert recurrence.due(SPEC, _onsets(NOW, NOW + 3600, far), Role.DECODE) is None
@@ -88,6 +94,9 @@ def test_a_due_surge_raises_the_need_to_its_top_only_around_when_it_is_due() -> 
         need, why, up = recurrence.ahead(SPEC, state, Role.DECODE, now, 1.0, "need")
         assert up is raised and need == (10.0 if raised else 1.0)
         assert ("a surge every 60 min is due" in why) is raised
+    grown = _settled(state, [(at - 30, 1.2), (at - 15, 1.5)])  # the base: 1.2 now, 1.0 then
+    need, why, _ = recurrence.ahead(SPEC, grown, Role.DECODE, at, 1.0, "need")
+    assert need == 12.0 and why.endswith("last top 10.0 x 1.20 as its base grew since = 12.0")
     assert recurrence.ahead(SPEC, state, Role.DECODE, at, 12.0, "need") == (12.0, "need", False)
     # surges closer than twice the scale-in window are held through their lulls instead
     close = _onsets(NOW, NOW + 1200, NOW + 2400)

@@ -9,8 +9,9 @@ says when it comes back:
 
 - an *onset* is a role's need (its level, no backlog) rising past what the burst margin covers
   over the lowest need of the start-up horizon before (to over 1 + `max_burst_margin` times it,
-  and at least one instance over); it records when, that line, and the highest need the surge
-  reaches until the need falls back under the line;
+  and at least one instance over); it records when, the need it rose from, and the highest
+  need the surge reaches until the need falls back under the line and stays a horizon (a
+  surge's tail crosses the line more than once);
 - when the last two intervals between three onsets agree within two start-up horizons, the
   next is due their mean after the last. If it is at least twice the scale-in window
   (`peak_window_s`) away, then from two start-up horizons before it (one for what
@@ -43,12 +44,21 @@ AGREE_HORIZONS = 2.0  # two intervals agree within this many start-up horizons
 
 
 class Due(NamedTuple):
-    """The next surge a role's onsets predict: when, sized for what, and the interval."""
+    """The next surge a role's onsets predict: when; the last one's base and top; the
+    interval and how far its last two disagreed."""
 
     at: float
+    base: float
     top: float
     every: float
     spread: float
+
+    def size(self, base: float | None) -> float:
+        """What the surge will need from today's `base`: its top, and as many times today's
+        base as it was of its own when that is more (a surge on a rising day)."""
+        if base is None or not math.isfinite(base) or base <= self.base:
+            return self.top
+        return self.top * base / self.base
 
 
 def on(spec: ServiceSpec, state: PolicyState) -> bool:
@@ -76,24 +86,35 @@ def _observe(
         return state
     onsets = _onsets(state, role)
     last = onsets[-1] if onsets else None
-    if last is not None and last.end == 0:  # a surge under way: its top, or its end
-        if need >= last.line:
-            last = last._replace(top=max(last.top, need))
-        else:
+    horizon = horizon_s(spec, state)
+    # a surge under way, or back within a horizon of falling (its tail is noisy): its top, or
+    # its end
+    if last is not None and (last.end == 0 or now - last.end <= horizon):
+        if need >= _line(spec, last.base):
+            last = last._replace(top=max(last.top, need), end=0.0)
+        elif last.end == 0:
             last = last._replace(end=now)
         return _with(state, role, (*onsets[:-1], last))
-    memory = memory_of(state, role)
-    if memory.settled_at is None:  # the fleet still filling: its climb is no surge
+    if memory_of(state, role).settled_at is None:  # the fleet still filling: no surge
         return state
+    base = _base(spec, state, role, now)
+    if base is None:
+        return state
+    if need < max(_line(spec, base), base + 1.0):
+        return state
+    return _with(state, role, (*onsets, Onset(now, base, need))[-KEPT:])
+
+
+def _base(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
+    """The lowest need of the start-up horizon before `now` (at least one instance)."""
     horizon = horizon_s(spec, state)
-    before = [n for t, n in memory.needs if t < now and now - t <= horizon]
-    if not before:
-        return state
-    base = max(min(before), 1.0)
-    line = base * (1 + spec.policy.demand.max_burst_margin)
-    if need < max(line, base + 1.0):
-        return state
-    return _with(state, role, (*onsets, Onset(now, line, need))[-KEPT:])
+    before = [n for t, n in memory_of(state, role).needs if t < now and now - t <= horizon]
+    return max(min(before), 1.0) if before else None
+
+
+def _line(spec: ServiceSpec, base: float) -> float:
+    """The need a surge from `base` rises past: more than the burst margin covers."""
+    return base * (1 + spec.policy.demand.max_burst_margin)
 
 
 def due(spec: ServiceSpec, state: PolicyState, role: Role) -> Due | None:
@@ -108,7 +129,8 @@ def due(spec: ServiceSpec, state: PolicyState, role: Role) -> Due | None:
     if spread > AGREE_HORIZONS * horizon_s(spec, state):
         return None
     every = (first + second) / 2
-    return Due(onsets[-1].at + every, onsets[-1].top, every, spread)
+    last = onsets[-1]
+    return Due(last.at + every, last.base, last.top, every, spread)
 
 
 def apart(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:
@@ -124,23 +146,32 @@ def _apart(spec: ServiceSpec, coming: Due | None) -> bool:
 
 
 def ahead(
-    spec: ServiceSpec, state: PolicyState, role: Role, now: float, need: float | None, why: str
+    spec: ServiceSpec,
+    state: PolicyState,
+    role: Role,
+    now: float,
+    need: float | None,
+    why: str,
 ) -> tuple[float | None, str, bool]:
     """The role's need raised to a due surge's top while it is due, with why; and whether it
     was raised. Only for surges `apart` (the window holds closer ones); due from two start-up
     horizons before (one for what it asks for to land, one since an onset is timed when it is
     seen) to one after, each widened by the intervals' spread."""
     coming = due(spec, state, role)
-    if need is None or coming is None or not _apart(spec, coming) or coming.top <= need:
+    if need is None or coming is None or not _apart(spec, coming):
         return need, why, False
+    size = coming.size(_base(spec, state, role, now))
     horizon = horizon_s(spec, state)
-    if not coming.at - 2 * horizon - coming.spread <= now <= coming.at + horizon + coming.spread:
+    near = coming.at - 2 * horizon - coming.spread <= now <= coming.at + horizon + coming.spread
+    if size <= need or not near:
         return need, why, False
     why += (
         f"; a surge every {coming.every / 60:,.0f} min is due in {coming.at - now:,.0f} s:"
         f" sized for its last top {coming.top:,.1f}"
     )
-    return coming.top, why, True
+    if size > coming.top:
+        why += f" x {size / coming.top:,.2f} as its base grew since = {size:,.1f}"
+    return size, why, True
 
 
 def _onsets(state: PolicyState, role: Role) -> tuple[Onset, ...]:

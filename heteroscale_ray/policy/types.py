@@ -200,11 +200,12 @@ class Return(NamedTuple):
 
 
 class Onset(NamedTuple):
-    """A role's surge (policy/recurrence.py): when it started; the need it rose past (its
-    line); the highest need it reached; and when it fell back under the line (0 until then)."""
+    """A role's surge (policy/recurrence.py): when it started; the need it rose from (the
+    lowest of the horizon before); the highest need it reached; and when it fell back (0 until
+    then)."""
 
     at: float
-    line: float
+    base: float
     top: float
     end: float = 0.0
 
