@@ -28,6 +28,8 @@ it comes back from a fall that deep:
   lulls, cost 1.6% more GPU-hours and bought no attainment); one the margin covers is ridden
   out by the margin once scaled in. A return says traffic comes back to the level it reached,
   not above it: a surge 22 minutes after a smaller one holds the smaller one's level.
+  Surges that recur on a timer at least twice the window apart are not held so: the next is
+  sized for before it comes (policy/recurrence.py), and the role scales in between.
 
 Held for less than the whole window, traffic that comes and goes is held at the highest of
 its last peak or two, and their noise scaled it in and out (on-off-2m's decode, 8.2 direction
@@ -138,7 +140,9 @@ def holds(
     `depth` of it (None: not known, held within `peak_window_s`). Within `peak_window_s`, as
     any return that deep taught; past it, while a return that deep came back after as long a
     lull, to that need (a return says traffic comes back to the level it reached), from a
-    fall deeper than the burst margin covers, and gone again within the floor (see above)."""
+    fall deeper than the burst margin covers, and gone again within the floor (see above);
+    not while the role's next surge is predicted far enough away to be sized for before it
+    comes (policy/recurrence.py: `apart`)."""
     policy = spec.policy
     window = policy.demand.peak_window_s
     within = age <= window
