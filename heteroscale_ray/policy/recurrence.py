@@ -3,7 +3,7 @@
 A reactive policy serves a surge one start-up after it arrives. A batch job every hour or a push
 every 40 minutes sends a 2-minute crowd that is over before what its onset asks for lands. The
 learned window can hold a crowd's level through the lull that follows (policy/falls.py), at
-most of a static fleet's GPU-hours: 2-minute 10x crowds every hour (made-up flash-hourly) were
+nearly a static fleet's GPU-hours: 2-minute 10x crowds every hour (made-up flash-hourly) were
 held at 0.87x static, where the oracle, knowing when they come, holds 0.21x. Traffic on a timer
 says when it comes back:
 
@@ -16,15 +16,17 @@ says when it comes back:
   next is due their mean after the last. If it is at least twice the scale-in window
   (`peak_window_s`) away, then from two start-up horizons before it (one for what
   it asks for to land, one since an onset is timed when it is seen) until one after, each
-  widened by the intervals' disagreement, the role is sized for the last surge's top, and a
-  scale-out for it says so (reason `surge_due`). One that does not come is not asked for
-  again until two intervals agree again;
+  widened by the intervals' disagreement, the role is sized for the last surge's top (times
+  how much its base has grown since: a surge on a rising day), and a scale-out for it says so
+  (reason `surge_due`). One that does not come is not asked for again until two intervals
+  agree again;
 - such surges are not held through their lulls (policy/falls.py): the role scales in after
   each and out before the next, two direction changes a period, within the four an hour the
   window is sized for. Closer ones are held through their lulls as the window learned.
 
 Random surges rarely space themselves within two horizons twice running, and one that does
-costs two horizons at its top. No trace-specific number: the horizon is the deployment's
+costs about three horizons at its top (diurnal-long-context's prompt surges did once: 1.6%
+more GPU-hours that day). No trace-specific number: the horizon is the deployment's
 start-up, the line the burst margin's. Pure: time comes in as `now`.
 """
 
@@ -40,7 +42,7 @@ from heteroscale_ray.policy.startup import horizon_s
 from heteroscale_ray.policy.types import Onset, PolicyState
 
 KEPT = 3  # onsets kept per role: two intervals
-AGREE_HORIZONS = 2.0  # two intervals agree within this many start-up horizons
+AGREE_HORIZONS = 2.0  # two intervals agree within this many start-up horizons: the lead
 
 
 class Due(NamedTuple):
@@ -153,8 +155,8 @@ def ahead(
     need: float | None,
     why: str,
 ) -> tuple[float | None, str, bool]:
-    """The role's need raised to a due surge's top while it is due, with why; and whether it
-    was raised. Only for surges `apart` (the window holds closer ones); due from two start-up
+    """The role's need raised to what a due surge will need (`Due.size`) while it is due, with
+    why; and whether it was raised. Only for surges `apart` (the window holds closer ones); due from two start-up
     horizons before (one for what it asks for to land, one since an onset is timed when it is
     seen) to one after, each widened by the intervals' spread."""
     coming = due(spec, state, role)
