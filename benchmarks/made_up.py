@@ -11,6 +11,9 @@ to any trace). Each case is one plain rule:
 - flash-irregular: the same spikes 10-40 min apart (drawn), 4 h;
 - flash-hourly: the same spike every hour, up to a minute either side of it (drawn: a cron
   job's start), 8 h;
+- fan-out: chat lengths at 5 req/s, and every ~3 min (drawn, exponential) an agent's or a
+  batch job's fan-out of 150 prompts of ~6k tokens sent within 2 s, 2 h (a burst shorter
+  than a control period, which its mean rate hides);
 - ramp-6h: chat lengths, 2 -> 20 -> 2 req/s over 6 h (a half sine);
 - bimodal: 8 req/s, 80% chat, 20% ~20k-token documents;
 - classify: 50 req/s, 0.5-4k prompts, one output token;
@@ -187,6 +190,26 @@ def _with_bursts(rng: np.random.Generator, base: Callable[[np.ndarray], np.ndarr
     return rate
 
 
+FAN_OUT, FAN_OUT_S = 150, 2.0  # prompts per fan-out, sent within this many seconds
+
+
+def fan_out(span: float = 2 * 3600.0, seed: int = 111) -> Trace:
+    rng = np.random.default_rng(seed)
+    calm = _arrivals(rng, _constant(5.0), span)
+    starts = np.cumsum(rng.exponential(180.0, int(span // 60)))
+    starts = starts[starts < span - FAN_OUT_S]
+    fans = np.concatenate([s + rng.uniform(0.0, FAN_OUT_S, FAN_OUT) for s in starts])
+    t = np.concatenate([calm, fans])
+    prompts = np.concatenate(
+        [_chat(rng, len(calm))[0], _lognormal(rng, 6000, 0.3, len(fans), PROMPT_CAP)]
+    )
+    outputs = np.concatenate(
+        [_chat(rng, len(calm))[1], _lognormal(rng, 150, 0.6, len(fans), OUTPUT_CAP)]
+    )
+    order = np.argsort(t, kind="stable")
+    return _trace(t[order], prompts[order], outputs[order], span)
+
+
 def day_case(
     seed: int,
     lo: float,
@@ -303,6 +326,11 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
         flash_hourly,
         False,
         "chat, 4 req/s, a 2-min 10x flash crowd every hour (+-1 min), 8 h",
+    ),
+    "fan-out": (
+        fan_out,
+        False,
+        "chat, 5 req/s, fan-outs of 150 ~6k-token prompts within 2 s every ~3 min, 2 h",
     ),
     "ramp-6h": (
         lambda: chat(lambda t: 2.0 + 18.0 * np.sin(np.pi * t / 21_600.0) ** 2, 21_600.0),

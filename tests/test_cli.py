@@ -129,6 +129,7 @@ def _demand_status() -> dict[str, object]:
                 "ttft_service_p99_s": 0.5,
                 "tbt_p99_s": 0.06,
                 "decode_step_s": 0.045,
+                "prompt_bursts": (900.0, 1200.0, 1600.0, 2400.0),
             }
         },
         "pre_scheduler": {"dgs": [], "pending_removals": []},
@@ -149,6 +150,7 @@ def test_status_text_shows_learned_capacity_and_demand_signals() -> None:
     observed = next(ln for ln in text.splitlines() if ln.strip().startswith("observed:"))
     for part in ("rate 2.50 req/s", "prefill queue 0.80 s", "wait 900 ms", "decode step 45.0 ms"):
         assert part in observed, observed
+    assert "heaviest burst 900/1,200/1,600/2,400 tok within 1/2/4/8 s" in observed
     assert "demand (learned)" in text  # no target_per_instance to print for a demand service
 
 

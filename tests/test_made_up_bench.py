@@ -23,6 +23,7 @@ def test_every_case_is_seeded_and_named() -> None:
         "flash-20m",
         "flash-irregular",
         "flash-hourly",
+        "fan-out",
         "ramp-6h",
         "bimodal",
         "classify",
@@ -78,6 +79,18 @@ def test_the_cron_day_runs_five_times_its_rate_for_the_first_two_minutes_of_each
     day = made_up.day_cron()
     assert _rate(day, 6 * 3600, 6 * 3600 + 120) == pytest.approx(150.0, rel=0.05)
     assert _rate(day, 6 * 3600 + 120, 7 * 3600) == pytest.approx(29.6, rel=0.05)
+
+
+def test_fan_outs_send_150_long_prompts_within_two_seconds_every_few_minutes() -> None:
+    trace = made_up.fan_out()
+    t, prompts = np.asarray(trace.arrival_s), np.asarray(trace.input_tokens)
+    per_second = np.bincount(t.astype(int))
+    fans = np.flatnonzero(per_second > 30)  # a fan-out: ~75 a second; calm: 5
+    starts = fans[np.r_[True, np.diff(fans) > 2]]
+    assert 30 <= len(starts) <= 50 and np.diff(starts).mean() == pytest.approx(180, rel=0.25)
+    long = prompts > 3_000
+    assert np.mean(prompts[long]) == pytest.approx(6_000, rel=0.1)
+    assert _rate(trace, 0, 7200) == pytest.approx(5.0 + 150 / 180, rel=0.15)
 
 
 def test_a_static_fleet_for_reasoning_splits_the_cli_fleet_toward_decode() -> None:

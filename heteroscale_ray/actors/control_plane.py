@@ -26,6 +26,7 @@ from heteroscale_ray.actors.checkpoint import (
 )
 from heteroscale_ray.actors.serving_adapter import ServingOptions
 from heteroscale_ray.config import ConfigError, ServicesConfig, TopologySpec, parse_yaml_text
+from heteroscale_ray.policy.arrival_bursts import BURST_SPANS_S, usable
 from heteroscale_ray.serving.model import ModelConfig
 
 if TYPE_CHECKING:
@@ -292,8 +293,20 @@ def format_observation(o: dict[str, Any]) -> str:
         ("service", num("ttft_service_p99_s", ",.0f", " ms", 1000)),
         ("TBT p99", num("tbt_p99_s", ",.0f", " ms", 1000)),
         ("decode step", num("decode_step_s", ",.1f", " ms", 1000)),
+        ("heaviest burst", _bursts(o.get("prompt_bursts"))),
     ]
     return ", ".join(f"{k} {v}" for k, v in parts if v is not None) or "n/a"
+
+
+def _bursts(bursts: Any) -> str | None:
+    """The most cache-miss prompt tokens that arrived within each burst span (a list once the
+    status went through JSON)."""
+    if isinstance(bursts, list):
+        bursts = tuple(bursts)
+    if not usable(bursts):
+        return None
+    spans = "/".join(f"{s:g}" for s in BURST_SPANS_S)
+    return f"{'/'.join(f'{a:,.0f}' for a in bursts)} tok within {spans} s"
 
 
 def format_status(st: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from heteroscale_ray.control import Observation
+from heteroscale_ray.policy.arrival_bursts import BURST_SPANS_S, usable
 
 SIGNALS = (
     "decode_tps",
@@ -157,6 +158,9 @@ class ControlPlaneMetrics:
                 value = getattr(obs.signals, sig)
                 if value is not None:
                     self.signal.labels(name, sig).set(float(value))
+            if usable(bursts := obs.signals.prompt_bursts):
+                for span, tokens in zip(BURST_SPANS_S, bursts, strict=True):  # type: ignore[arg-type]
+                    self.signal.labels(name, f"prompt_burst_{span:g}s").set(float(tokens))
         self.actual.clear()
         for dg in snapshot.get("dgs", []):
             for role in ("prefill", "decode"):

@@ -72,16 +72,32 @@ def well_formed(stats: Iterable[object]) -> list[ReplicaStats]:
     return out
 
 
-def offered_miss_tps(arrived: float | None, prefill_reports: list[ReplicaStats]) -> float | None:
-    """Prompt tokens/s arriving at the ingress, times the share that missed the prefix cache
-    in what prefill processed (all of it, before anything was processed)."""
-    if arrived is None or not math.isfinite(arrived) or arrived < 0:
-        return None
+def miss_share(prefill_reports: list[ReplicaStats]) -> float | None:
+    """The share of prompt tokens that missed the prefix cache in what prefill processed (all
+    of them, before anything was processed); None when a report's rates are not finite."""
     miss = sum(float(s.prefill_tps) for s in prefill_reports)
     hit = sum(float(s.prefill_hit_tps) for s in prefill_reports)
     if not math.isfinite(miss + hit):
         return None
-    return arrived * (miss / (miss + hit) if miss + hit > 0 else 1.0)
+    return miss / (miss + hit) if miss + hit > 0 else 1.0
+
+
+def offered_miss_tps(arrived: float | None, prefill_reports: list[ReplicaStats]) -> float | None:
+    """Prompt tokens/s arriving at the ingress that will miss the prefix cache."""
+    share = miss_share(prefill_reports)
+    if arrived is None or not math.isfinite(arrived) or arrived < 0 or share is None:
+        return None
+    return arrived * share
+
+
+def missed_bursts(
+    load: IngressLoad | None, prefill_reports: list[ReplicaStats]
+) -> tuple[float, ...] | None:
+    """The ingress's heaviest bursts of prompt tokens, in tokens that will miss the cache."""
+    share = miss_share(prefill_reports)
+    if load is None or load.prompt_bursts is None or share is None:
+        return None
+    return tuple(a * share for a in load.prompt_bursts)
 
 
 def ingress_load(name: str, arrival: IngressLoad | float | None) -> IngressLoad | None:
@@ -169,6 +185,7 @@ def build_observations(
             prefill_offered_tps=offered_miss_tps(
                 None if load is None else load.prompt_tokens_per_s, pre
             ),
+            prompt_bursts=missed_bursts(load, pre),
             ttft_p99_s=_worst(s.ttft_p99 for s in dec + pre),
             tbt_p99_s=_worst(s.tbt_p99 for s in dec),
             prefill_busy=prefill.gpu_util,

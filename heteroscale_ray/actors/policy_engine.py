@@ -336,6 +336,7 @@ def _obs_dict(obs: Observation) -> dict[str, Any]:
         "decode_tps": s.decode_tps,
         "prefill_tps": s.prefill_tps,
         "prefill_offered_tps": s.prefill_offered_tps,
+        "prompt_bursts": s.prompt_bursts,
         "ttft_p99_s": s.ttft_p99_s,
         "tbt_p99_s": s.tbt_p99_s,
         "prefill_busy": s.prefill_busy,

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
 from heteroscale_ray.policy import backlog, burst, falls, proof, recurrence, startup
+from heteroscale_ray.policy.arrival_bursts import burst_need
 from heteroscale_ray.policy.capacity import capacity, learn, track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_within, placement_ratio
@@ -58,6 +59,7 @@ PRIORITY = (
     Reason.LATENCY_GUARD,
     Reason.KV_PRESSURE,
     Reason.SURGE_DUE,
+    Reason.ARRIVAL_BURST,
     Reason.SCALE_OUT,
     Reason.SCALE_IN,
     Reason.RATIO_REPAIR,
@@ -127,15 +129,27 @@ def decide_demand(
         role: None if n is None else n * margin_factor(spec, state, role, now, n)
         for role, n in levels.items()
     }
-    state = falls.observe(spec, state, levels, now)  # before this period's needs enter
+    # A burst shorter than the period, which its mean hides (policy/arrival_bursts.py): the
+    # window holds what it asks for, and its falls and returns as a level's, but no rise,
+    # climb or timer is learned from it.
+    bursty = None if problem is not None else burst_need(spec, signals, cap.prefill_tps)
+    held = dict(levels)
+    if bursty is not None and levels[Role.PREFILL] is not None:
+        held[Role.PREFILL] = max(levels[Role.PREFILL], bursty[0])
+        margined[Role.PREFILL] = max(margined[Role.PREFILL], bursty[0])  # type: ignore[type-var]
+    state = falls.observe(spec, state, held, now)  # before this period's needs enter
     state = recurrence.observe(spec, state, levels, now)
     known = {role: known_level(spec, state, role, now) for role in Role}
-    state = track_peaks(spec, state, margined, now, levels)
+    state = track_peaks(spec, state, margined, now, held)
     # each role's need insured against the rise to come (burst headroom or the climb's trend)
     insured = {
         role: with_headroom(spec, state, role, need.value, need.why, now, need.steady, known[role])
         for role, need in needs.items()
     }
+    need, why = insured[Role.PREFILL]
+    burst_sized = bursty is not None and need is not None and bursty[0] > need
+    if burst_sized:
+        insured[Role.PREFILL] = (bursty[0], f"({why}); but {bursty[1]}")  # type: ignore[index]
     for role in Role:
         state = proof.lapse(spec, state, role, insured[role][0])
         state = lapse_steps(spec, state, role, insured[role][0], now)
@@ -152,6 +166,8 @@ def decide_demand(
     for role, (_, _, raised) in due.items():
         if raised and plans[role].reason is Reason.SCALE_OUT:
             plans[role] = replace(plans[role], reason=Reason.SURGE_DUE)
+    if burst_sized and plans[Role.PREFILL].reason is Reason.SCALE_OUT:
+        plans[Role.PREFILL] = replace(plans[Role.PREFILL], reason=Reason.ARRIVAL_BURST)
     guard_state = state
     if not initial:
         for role in Role:

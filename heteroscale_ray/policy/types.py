@@ -24,6 +24,10 @@ class Signals:
     # Cache-miss prompt tokens/s *arriving* at prefill: unlike prefill_tps it keeps rising when
     # prefill falls behind, so the dynamic P/D ratio can see how far behind it is.
     prefill_offered_tps: float | None = None
+    # The most cache-miss prompt tokens arriving within any span of each of
+    # policy/arrival_bursts.BURST_SPANS_S seconds: a burst shorter than the window, which its
+    # mean rate hides (a tuple, one count per span).
+    prompt_bursts: tuple[float, ...] | None = None
     ttft_p99_s: float | None = None
     tbt_p99_s: float | None = None
     prefill_busy: float | None = None  # 0..1, the GPU-utilisation analogue
@@ -122,6 +126,9 @@ class Reason(str, Enum):
     PREFILL_DEMAND = "prefill_demand"
     # A surge recurring on a timer is due: the role is sized for it before it comes.
     SURGE_DUE = "surge_due"
+    # Prompts arrived in a burst shorter than the period: prefill is sized to start them all
+    # within the TTFT SLO, which their mean rate would not have asked for.
+    ARRIVAL_BURST = "arrival_burst"
 
 
 @dataclass(frozen=True)

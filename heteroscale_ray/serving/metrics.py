@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from heteroscale_ray.clock import Clock, WallClock
+from heteroscale_ray.policy.arrival_bursts import heaviest
 from heteroscale_ray.serving.metrics_export import (
     REPLICA_METRICS,
     RayMetricsExporter,
@@ -80,6 +81,12 @@ class _Window:
         self._prune(now)
         return self.sum(now) / len(self._items) if self._items else None
 
+    def bursts(self, now: float) -> tuple[float, ...]:
+        """The most of the values arriving within each burst span (policy/arrival_bursts.py)."""
+        self._prune(now)
+        times = np.fromiter((t for t, _ in self._items), dtype=np.float64)
+        return heaviest(times, np.fromiter((v for _, v in self._items), dtype=np.float64))
+
     def percentiles(self, now: float, qs: tuple[float, ...]) -> list[float | None]:
         self._prune(now)
         if not self._items:
@@ -132,7 +139,8 @@ class ArrivalMeter:
 
     def loads(self) -> dict[str, IngressLoad]:
         """Prompt tokens/s, requests/s and squared prompt tokens/s per service over
-        min(window, uptime), and the prompt tokens held at the handle now."""
+        min(window, uptime), the prompt tokens held at the handle now, and the window's
+        heaviest bursts of prompt tokens."""
         now = self.clock.monotonic()
         span = self._span(now)
         return {
@@ -141,6 +149,7 @@ class ArrivalMeter:
                 w.count(now) / span,
                 w.sum_of_squares(now) / span,
                 float(self._held.get(name, 0)),
+                w.bursts(now),
             )
             for name, w in self._by_service.items()
         }

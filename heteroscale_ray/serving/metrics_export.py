@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from heteroscale_ray.policy.arrival_bursts import BURST_SPANS_S
 from heteroscale_ray.serving.replica_stats import IngressLoad, ReplicaStats
 
 LABELS = ("service", "dg", "role", "gpu_type", "replica")
@@ -59,10 +60,19 @@ def render_arrivals(loads: Mapping[str, IngressLoad | float]) -> str:
         ["service"],
         registry=registry,
     )
+    bursts = Gauge(
+        "heteroscale_arrival_prompt_burst_tokens",
+        "The most prompt tokens arriving at the ingress within any span_s seconds of its window",
+        ["service", "span_s"],
+        registry=registry,
+    )
     for name, load in sorted(loads.items()):
         if not isinstance(load, IngressLoad):
             load = IngressLoad(float(load))
         tokens.labels(name).set(load.prompt_tokens_per_s)
+        if load.prompt_bursts is not None:
+            for span, most in zip(BURST_SPANS_S, load.prompt_bursts, strict=True):
+                bursts.labels(name, f"{span:g}").set(most)
         if load.held_prompt_tokens is not None:
             held.labels(name).set(load.held_prompt_tokens)
         if load.requests_per_s is not None:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from numbers import Real
 
 from heteroscale_ray.clock import Clock, WallClock
+from heteroscale_ray.policy.arrival_bursts import BURST_SPANS_S
 from heteroscale_ray.serving.replica_stats import (
     IngressLoad,
     ReplicaStats,
@@ -109,6 +110,7 @@ class MetricsHub:
         requests: dict[str, float | None] = {}
         squares: dict[str, float | None] = {}
         held: dict[str, float | None] = {}
+        bursts: dict[str, tuple[float, ...] | None] = {}
         for ingress_id, (t, loads) in list(self._arrivals.items()):
             if now - t > STATS_TTL_S:  # that ingress is gone (or restarted under a new id)
                 self._arrivals.pop(ingress_id, None)
@@ -122,8 +124,14 @@ class MetricsHub:
                 squares[name] = None if sq is None or more_sq is None else sq + more_sq
                 h, more_h = held.get(name, 0.0), load.held_prompt_tokens
                 held[name] = None if h is None or more_h is None else h + more_h
+                b, more_b = bursts.get(name, (0.0,) * len(BURST_SPANS_S)), load.prompt_bursts
+                bursts[name] = (
+                    None
+                    if b is None or more_b is None
+                    else tuple(x + y for x, y in zip(b, more_b, strict=True))
+                )
         return {
-            name: IngressLoad(tokens[name], requests[name], squares[name], held[name])
+            name: IngressLoad(tokens[name], requests[name], squares[name], held[name], bursts[name])
             for name in tokens
         }
 

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from numbers import Real
 
+from heteroscale_ray.policy.arrival_bursts import BURST_SPANS_S, usable
+
 WINDOW_S = 10.0
 ROLES = ("prefill", "decode")
 
@@ -94,6 +96,10 @@ class IngressLoad:
     # Prompt tokens handed to the prefill handle that no replica has taken yet: Serve holds a
     # call while every replica is at `max_ongoing_requests`, where no replica's queue shows it.
     held_prompt_tokens: float | None = None
+    # The most prompt tokens arriving within any span of each of BURST_SPANS_S seconds of the
+    # window (policy/arrival_bursts.py), cache hits included. Summed over ingress replicas it
+    # bounds the whole service's from above (their bursts need not coincide).
+    prompt_bursts: tuple[float, ...] | None = None
 
     @property
     def prompt_mean(self) -> float | None:
@@ -199,4 +205,9 @@ def ingress_problem(load: object) -> str | None:
             continue
         if not _finite(value) or value < 0:
             return f"{name}={value!r} is not a finite number >= 0"
+    if load.prompt_bursts is not None and not usable(load.prompt_bursts):
+        return (
+            f"prompt_bursts={load.prompt_bursts!r} is not a tuple of {len(BURST_SPANS_S)} "
+            "finite numbers >= 0"
+        )
     return None

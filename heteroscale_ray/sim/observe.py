@@ -14,6 +14,7 @@ import numpy as np
 
 from heteroscale_ray.control.types import Observation, PoolObservation
 from heteroscale_ray.perf.capacity import prefill_work_s
+from heteroscale_ray.policy.arrival_bursts import heaviest
 from heteroscale_ray.policy.types import Signals
 from heteroscale_ray.sim import kernels
 from heteroscale_ray.sim.cluster import DECODE, PREFILL, ClusterSim
@@ -180,6 +181,7 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
         prompt = float(np.sum(w.input_tokens[first_in]))
         miss_share = 1.0 - float(np.sum(sim.cached[first_in])) / prompt if prompt > 0 else 1.0
         offered = float(np.sum(w.input_tokens[arrived])) * miss_share / span if span > 0 else 0.0
+        bursts = heaviest(w.arrival[arrived], w.input_tokens[arrived] * miss_share)
         tbt = request_tbt(sim, done_in)
         service = prefill_seconds(sim, first_in)
         wait = np.maximum(ttft - service, 0.0)
@@ -209,6 +211,7 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             decode_tps=pools[DECODE]["tps"],
             prefill_tps=pools[PREFILL]["tps"],
             prefill_offered_tps=offered if have_data else None,
+            prompt_bursts=bursts if have_data else None,
             ttft_p99_s=ttft_p99,
             tbt_p99_s=_p(tbt, 99),
             prefill_busy=pools[PREFILL]["util"],
