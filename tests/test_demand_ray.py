@@ -5,8 +5,8 @@ L20, decode on H20) whose emulated GPUs are TIME_SCALE x slower than the rooflin
 assumes. Long prompts with 2-token outputs arrive over the OpenAI endpoint at a rate one
 prefill replica cannot carry. The demand signals (ingress arrivals, prefill busy time) and the
 learned capacity must make a decision scale prefill out within 3 control periods of the load
-starting; `status` then shows the learned capacity and the new observation fields, and the
-metrics export it. Everything started here is stopped at the end.
+starting; `status` then shows the learned capacity and the new observation fields (the
+ingress's heaviest bursts among them), and the metrics export it. Everything started here is stopped at the end.
 """
 
 from __future__ import annotations
@@ -144,12 +144,17 @@ def test_prefill_heavy_load_scales_prefill_out_within_three_periods(ray_cluster:
         for key in ("request_rate", "prompt_mean", "ttft_wait_p99_s", "prefill_queue_s"):
             assert key in obs, obs
         assert obs["request_rate"] and obs["prompt_mean"] and obs["prompt_mean"] > 200, obs
+        # the ingress's heaviest bursts reach the policy, one count per span, a prompt at least
+        bursts = obs["prompt_bursts"]
+        assert bursts is not None and len(bursts) == 4 and 0 < bursts[0] <= bursts[-1], obs
         text = format_status(st)
         assert "capacity: prefill" in text and "rate " in text, text
+        assert "heaviest burst " in text, text
         metrics = ray.get(policy_engine().metrics_text.remote(), timeout=30)
         gauge = f'heteroscale_cp_capacity{{kind="tokens_per_s",role="prefill",service="{SERVICE}"}}'
         assert gauge in metrics, metrics[-2000:]
         assert "heteroscale_cp_capacity_scale" in metrics
+        assert 'signal="prompt_burst_1s"' in metrics, metrics[-2000:]
         took = out["time"] - started
         print(f"\nprefill scaled out at cycle {len(cycles)}, {took:.1f} s after the load started:")
         for row in trail[:4]:
