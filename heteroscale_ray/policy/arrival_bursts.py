@@ -4,12 +4,14 @@ TTFT SLO, which no period's mean rate shows.
 An agent's fan-out or a batch job's submit of 150 prompts of 6k tokens within 2 s is 60k
 tokens/s over a 15-s period, yet to start the last of them within a 5-s TTFT SLO prefill must
 take them at 900k / (2 + 5) s = 129k tokens/s. By the arrival-curve bound of network calculus,
-prefill at C tokens/s starts every prompt within the SLO S when, for every span u, the tokens
+prefill at C tokens/s starts every prompt within a slack S when, for every span u, the tokens
 A(u) arriving within any u seconds are at most C (u + S): the role needs max_u A(u) / (u + S).
-The ingress (and the simulator) measure A(u) at the spans below; on Poisson arrivals at any rate
-this sits under the period's mean need (0.8-0.9 of it on the shared traces), so it binds on
-bursts alone. The scale-in window holds what it asked for like any need, and lets it go as it
-lets go a peak whose fall never came back, so a burst that does not recur is not paid for long.
+S is the SLO less a mean prompt's compute on one instance, since a prompt is not spread over
+the pool. The ingress (and the simulator) measure A(u) at the spans below. On Poisson arrivals
+this sits under the period's mean need at any rate (or under the one instance a role holds
+anyway), and on the shared traces in more than 99% of periods, so it binds on bursts, not on
+noise. The scale-in window holds what it asked for like any need, and lets it go as it lets go
+a peak whose fall never came back, so a burst that does not recur is not paid for long.
 """
 
 from __future__ import annotations

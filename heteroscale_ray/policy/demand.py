@@ -134,9 +134,10 @@ def decide_demand(
     # climb or timer is learned from it.
     bursty = None if problem is not None else burst_need(spec, signals, cap.prefill_tps)
     held = dict(levels)
-    if bursty is not None and levels[Role.PREFILL] is not None:
-        held[Role.PREFILL] = max(levels[Role.PREFILL], bursty[0])
-        margined[Role.PREFILL] = max(margined[Role.PREFILL], bursty[0])  # type: ignore[type-var]
+    level = levels[Role.PREFILL]
+    if bursty is not None and level is not None:
+        held[Role.PREFILL] = max(level, bursty[0])
+        margined[Role.PREFILL] = max(margined[Role.PREFILL] or 0.0, bursty[0])
     state = falls.observe(spec, state, held, now)  # before this period's needs enter
     state = recurrence.observe(spec, state, levels, now)
     known = {role: known_level(spec, state, role, now) for role in Role}
@@ -147,9 +148,10 @@ def decide_demand(
         for role, need in needs.items()
     }
     need, why = insured[Role.PREFILL]
-    burst_sized = bursty is not None and need is not None and bursty[0] > need
-    if burst_sized:
-        insured[Role.PREFILL] = (bursty[0], f"({why}); but {bursty[1]}")  # type: ignore[index]
+    burst_sized = False
+    if bursty is not None and need is not None and bursty[0] > need:
+        insured[Role.PREFILL] = (bursty[0], f"({why}); but {bursty[1]}")
+        burst_sized = True
     for role in Role:
         state = proof.lapse(spec, state, role, insured[role][0])
         state = lapse_steps(spec, state, role, insured[role][0], now)
