@@ -140,3 +140,21 @@ def test_the_ingress_measures_bursts_and_the_hub_sums_them() -> None:
     counts = {"chat": RoleCounts(prefill_ready=1, decode_ready=1)}
     sig = build_observations(["chat"], stats, counts, {"chat": load})["chat"].signals
     assert sig.prompt_bursts == pytest.approx((2250.0, 2250.0, 2625.0, 2625.0))
+
+
+def test_the_simulator_measures_the_heaviest_bursts_of_its_window() -> None:
+    from heteroscale_ray.sim.observe import observe
+    from tests.test_sim_engine import add_pair, make_sim
+
+    calm = list(np.linspace(0.5, 29.5, 10))  # 1,000 tokens every 3.2 s
+    fan = list(np.linspace(10.0, 10.5, 20))  # 20 x 2,000 tokens within half a second
+    order = np.argsort(calm + fan, kind="stable")
+    arrivals = np.array(calm + fan)[order]
+    tokens = np.array([1000] * 10 + [2000] * 20)[order]
+    sim = make_sim(list(arrivals), list(tokens), [4] * 30)
+    add_pair(sim)
+    while sim.now < 30.0:
+        sim.step()
+    sig = observe(sim, 30.0)["svc"].signals
+    # the fan-out and the calm prompts within 1, 2, 4 and 8 s of it
+    assert sig.prompt_bursts == pytest.approx((41_000, 41_000, 42_000, 43_000))
