@@ -158,3 +158,31 @@ def test_the_simulator_measures_the_heaviest_bursts_of_its_window() -> None:
     sig = observe(sim, 30.0)["svc"].signals
     # the fan-out and the calm prompts within 1, 2, 4 and 8 s of it
     assert sig.prompt_bursts == pytest.approx((41_000, 41_000, 42_000, 43_000))
+
+
+def test_bursts_that_came_twice_within_the_window_are_held_while_they_keep_coming() -> None:
+    """A fan-out seen by two snapshots in a row is one burst; alone, the window lets it go
+    after its floor. Once a second has come within the window, prefill stays sized for the
+    second heaviest until the first leaves the window, and the window lets that go after."""
+    spec = make_service()  # peak_window_s 900
+    state = PolicyState(started_at=NOW - 3600.0)
+    calm = signals(prefill_offered_tps=6_000.0, prompt_bursts=(2_000.0, 3_000.0, 5_000.0, 9_000.0))
+    counts = RoleCounts(prefill_ready=2, decode_ready=4)
+    fans = {300: 900_000.0, 315: 900_000.0, 900: 700_000.0, 915: 600_000.0}
+    by: dict[int, tuple[int, str]] = {}
+    for k in range(0, 2400, 15):
+        sig = replace(calm, observed_at=NOW + k)
+        if k in fans:
+            sig = replace(sig, prompt_bursts=(fans[k],) * 4)
+        d, state = decide(spec, sig, counts, state, NOW + k)
+        counts = RoleCounts(prefill_ready=d.prefill, decode_ready=d.decode)
+        by[k] = (d.prefill, d.message)
+        if k == 315:
+            assert len(state.arrival_bursts) == 1  # one fan-out, seen twice
+            assert PolicyState.from_json(state.to_json()).arrival_bursts == state.arrival_bursts
+    assert by[300][0] >= 12 and by[735][0] == 1  # one burst: let go after the floor
+    assert by[900][0] >= 9
+    held = [by[k] for k in range(930, 1215, 15)]
+    assert all(p >= 10 for p, _ in held), held
+    assert all("2 prompt bursts within the scale-in window" in m for _, m in held)
+    assert by[2385][0] == 1

@@ -11,17 +11,21 @@ the pool. The ingress (and the simulator) measure A(u) at the spans below. On Po
 this sits under the period's mean need at any rate (or under the one instance a role holds
 anyway), and on the shared traces in more than 99% of periods, so it binds on bursts, not on
 noise. The scale-in window holds what it asked for like any need, and lets it go as it lets go
-a peak whose fall never came back, so a burst that does not recur is not paid for long.
+a peak whose fall never came back, so a burst that does not recur is not paid for long. Bursts
+that did recur, twice within the window, are held as long as they keep coming within it: the
+role is sized for the second heaviest (one outlier is not held), where the learned window,
+comparing a calm need's noise with the calm before, let some go between bursts.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from heteroscale_ray.config import ServiceSpec
-from heteroscale_ray.policy.types import Signals
+from heteroscale_ray.policy.types import PolicyState, Signals
 
 # The spans the heaviest bursts are measured over, seconds: from prompts sent at once to a
 # burst about as long as the TTFT SLOs served here; longer ones show in the period's mean.
@@ -81,3 +85,36 @@ def burst_need(spec: ServiceSpec, s: Signals, prefill_tps: float) -> tuple[float
         f"{prefill_tps:,.0f} per instance"
     )
     return rate / prefill_tps, why
+
+
+def remember(
+    spec: ServiceSpec,
+    state: PolicyState,
+    bursty: tuple[float, str] | None,
+    level: float | None,
+    now: float,
+) -> PolicyState:
+    """Record a burst that asked for more than the level, for the scale-in window. Snapshots
+    in a row that each see one are one burst (the window they measure spans more than one
+    period), kept at its heaviest."""
+    window = spec.policy.demand.peak_window_s
+    kept = tuple(b for b in state.arrival_bursts if now - b[0] <= window)
+    if bursty is not None and level is not None and bursty[0] > level:
+        last = kept[-1] if kept else None
+        if last is not None and last[0] == state.last_decision_at:
+            kept = (*kept[:-1], (now, max(last[1], bursty[0])))
+        else:
+            kept = (*kept, (now, bursty[0]))
+    return replace(state, arrival_bursts=kept) if kept != state.arrival_bursts else state
+
+
+def recurring(state: PolicyState) -> tuple[float, str] | None:
+    """What bursts that came at least twice within the window ask for: the second heaviest."""
+    if len(state.arrival_bursts) < 2:
+        return None
+    need = sorted(n for _, n in state.arrival_bursts)[-2]
+    n = len(state.arrival_bursts)
+    return (
+        need,
+        f"{n} prompt bursts within the scale-in window: the second heaviest asks {need:,.1f}",
+    )

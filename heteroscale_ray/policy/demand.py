@@ -21,8 +21,7 @@ import math
 from dataclasses import replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
-from heteroscale_ray.policy import backlog, burst, falls, proof, recurrence, startup
-from heteroscale_ray.policy.arrival_bursts import burst_need
+from heteroscale_ray.policy import arrival_bursts, backlog, burst, falls, proof, recurrence, startup
 from heteroscale_ray.policy.capacity import capacity, learn, track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_within, placement_ratio
@@ -132,7 +131,13 @@ def decide_demand(
     # A burst shorter than the period, which its mean hides (policy/arrival_bursts.py): the
     # window holds what it asks for, and its falls and returns as a level's, but no rise,
     # climb or timer is learned from it.
-    bursty = None if problem is not None else burst_need(spec, signals, cap.prefill_tps)
+    bursty = (
+        None if problem is not None else arrival_bursts.burst_need(spec, signals, cap.prefill_tps)
+    )
+    state = arrival_bursts.remember(spec, state, bursty, levels[Role.PREFILL], now)
+    again = arrival_bursts.recurring(state)
+    if again is not None and (bursty is None or again[0] > bursty[0]):
+        bursty = again
     held = dict(levels)
     level = levels[Role.PREFILL]
     if bursty is not None and level is not None:

@@ -300,6 +300,9 @@ class PolicyState:
     decode_launch_from: int | None = None
     startups: tuple[float, ...] = ()
     startup_horizon_s: float | None = None
+    # Bursts shorter than a period that asked prefill for more than its level, (seen at,
+    # instances) within the scale-in window (policy/arrival_bursts.py).
+    arrival_bursts: tuple[tuple[float, float], ...] = ()
 
     def after_decision(
         self,
@@ -378,6 +381,7 @@ class PolicyState:
             prefill_first_step=_pair(data.get("prefill_first_step")),
             decode_first_step=_pair(data.get("decode_first_step")),
             startups=tuple(float(t) for t in data.get("startups", ())),
+            arrival_bursts=_pairs(data.get("arrival_bursts", ())),
         )
 
 
