@@ -53,9 +53,9 @@ def test_heaviest_is_the_most_any_window_holds(rows: list[tuple[float, int]]) ->
 @pytest.mark.parametrize("rate", [1.0, 10.0, 100.0, 1000.0])
 def test_poisson_arrivals_ask_less_than_their_mean_need(rate: float) -> None:
     """On Poisson arrivals at any rate the burst need sits under the level need (the mean
-    over one instance at the configured busy share), so it binds on bursts alone; at a
-    request a second one long prompt may outweigh the mean, within the one instance a role
-    holds anyway."""
+    over one instance at the configured busy share), so it binds on bursts alone. At a few
+    requests a second one long prompt may outweigh the mean, but one instance, which a role
+    with traffic holds anyway, starts it in time: no need is asked."""
     spec = make_service()
     per = 10_000.0
     rng = np.random.default_rng(0)
@@ -64,7 +64,8 @@ def test_poisson_arrivals_ask_less_than_their_mean_need(rate: float) -> None:
         tokens = np.maximum(20, rng.lognormal(np.log(1000), 0.8, len(t)))
         mean_need = tokens.sum() / 30.0 / (per * spec.policy.demand.prefill_utilization)
         found = burst_need(spec, Signals(prompt_bursts=heaviest(t, tokens)), per)
-        assert found is not None and found[0] < max(mean_need, 1.0)
+        assert found is None or found[0] < mean_need  # None: one instance starts it in time
+        assert found is None or rate > 1.0
 
 
 def test_a_fan_out_needs_what_starts_it_within_the_ttft_slo() -> None:

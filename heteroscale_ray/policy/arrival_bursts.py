@@ -61,7 +61,8 @@ def _finite(x: object) -> bool:
 
 def burst_need(spec: ServiceSpec, s: Signals, prefill_tps: float) -> tuple[float, str] | None:
     """Prefill instances at `prefill_tps` each that start the heaviest burst of the snapshot
-    within the TTFT SLO, and the sentence that says so; None without a usable curve."""
+    within the TTFT SLO, and the sentence that says so; None without a usable curve, or when
+    one instance starts it in time (a prompt or two at a low rate is no burst)."""
     bursts = s.prompt_bursts
     if not usable(bursts) or prefill_tps <= 0:
         return None
@@ -77,7 +78,7 @@ def burst_need(spec: ServiceSpec, s: Signals, prefill_tps: float) -> tuple[float
         (a / (u + slack), a, u)
         for a, u in zip(bursts, BURST_SPANS_S, strict=True)  # type: ignore[arg-type]
     )
-    if rate <= 0:
+    if rate <= prefill_tps:  # one instance, which a role with traffic holds, starts it in time
         return None
     why = (
         f"{tokens:,.0f} prompt tokens arrived within {span:g} s: {rate:,.0f} tok/s starts them "
