@@ -64,6 +64,29 @@ def test_a_rise_the_burst_margin_covers_a_climb_and_the_fill_are_no_onsets() -> 
     assert state.decode_onsets == ()
 
 
+def test_a_drop_the_level_still_averages_is_no_onset() -> None:
+    """At thin traffic the level the policy remembers averages up to a horizon of samples
+    (policy/sampled_level.py), so just after a 20-fold drop it still reads most of the load
+    before, while the base is the raw needs' lowest: a sawtooth's every drop was taken for a
+    surge from it, and the surge "due" half an hour later held 3x the fleet. The raw need must
+    pass the line too; a real rise, where both do, is an onset."""
+
+    def observe(raw: list[float], levels: list[float]) -> PolicyState:
+        state = _settled(PolicyState(), [])
+        for i, (need, level) in enumerate(zip(raw, levels, strict=True)):
+            t = NOW + i * PERIOD
+            memory = state.decode_burst
+            kept = tuple((at, n) for at, n in memory.needs if t - at <= HORIZON)
+            state = replace(state, decode_burst=replace(memory, needs=(*kept, (t, need))))
+            state = recurrence.observe(SPEC, state, {Role.PREFILL: None, Role.DECODE: level}, t)
+        return state
+
+    drop = observe([4.0] * 10 + [0.2] * 3, [4.0] * 10 + [3.0, 2.5, 2.2])
+    assert drop.decode_onsets == ()
+    rise = observe([1.0] * 10 + [5.0, 9.0], [1.0] * 10 + [3.0, 6.0])
+    assert [o.at for o in rise.decode_onsets] == [NOW + 10 * PERIOD]
+
+
 def _onsets(*at: float, top: float = 10.0) -> PolicyState:
     return replace(PolicyState(), decode_onsets=tuple(Onset(a, 1.0, top, a + 120) for a in at))
 

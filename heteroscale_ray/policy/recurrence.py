@@ -7,9 +7,10 @@ nearly a static fleet's GPU-hours: 2-minute 10x crowds every hour (made-up flash
 held at 0.87x static, where the oracle, knowing when they come, holds 0.21x. Traffic on a timer
 says when it comes back:
 
-- an *onset* is a role's need (its level, no backlog) rising past what the burst margin covers
-  over the lowest need of the start-up horizon before (to over 1 + `max_burst_margin` times it,
-  and at least one instance over); it records when, the need it rose from, and the highest
+- an *onset* is a role's need (its level, no backlog, and this period's raw need too: a thin
+  level averages over up to a horizon and lags a drop) rising past what the burst margin
+  covers over the lowest need of the start-up horizon before (to over 1 + `max_burst_margin`
+  times it, and at least one instance over); it records when, the need it rose from, and the highest
   need the surge reaches until the need falls back under the line and stays a horizon (a
   surge's tail crosses the line more than once);
 - when the last two intervals between three onsets agree within two start-up horizons, the
@@ -97,12 +98,16 @@ def _observe(
         elif last.end == 0:
             last = last._replace(end=now)
         return _with(state, role, (*onsets[:-1], last))
-    if memory_of(state, role).settled_at is None:  # the fleet still filling: no surge
+    memory = memory_of(state, role)
+    if memory.settled_at is None:  # the fleet still filling: no surge
         return state
     base = _base(spec, state, role, now)
     if base is None:
         return state
-    if need < max(_line(spec, base), base + 1.0):
+    # The level averages thin samples over up to a horizon, so it lags a drop; the base is
+    # read from the raw needs. Both past the line: a drop is no surge.
+    raw = memory.needs[-1][1] if memory.needs and memory.needs[-1][0] == now else need
+    if min(need, raw) < max(_line(spec, base), base + 1.0):
         return state
     return _with(state, role, (*onsets, Onset(now, base, need))[-KEPT:])
 
