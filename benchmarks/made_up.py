@@ -15,6 +15,8 @@ to any trace). Each case is one plain rule:
   batch job's fan-out of 150 prompts of ~6k tokens sent within 2 s, 2 h (a burst shorter
   than a control period, which its mean rate hides);
 - ramp-6h: chat lengths, 2 -> 20 -> 2 req/s over 6 h (a half sine);
+- sawtooth: chat lengths, 2 -> 40 req/s over 20 min, then 2 req/s for 10 min, every 30 min,
+  3 h (work that builds up until a cut-off: a ramp that ends in a drop);
 - bimodal: 8 req/s, 80% chat, 20% ~20k-token documents;
 - classify: 50 req/s, 0.5-4k prompts, one output token;
 - high-rate: 300 req/s of ~100-token prompts and ~20-token outputs, 20 min;
@@ -336,6 +338,14 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
         lambda: chat(lambda t: 2.0 + 18.0 * np.sin(np.pi * t / 21_600.0) ** 2, 21_600.0),
         True,
         "chat, 2 -> 20 -> 2 req/s over 6 h",
+    ),
+    "sawtooth": (
+        lambda: chat(
+            lambda t: np.where(t % 1800.0 < 1200.0, 2.0 + 38.0 * (t % 1800.0) / 1200.0, 2.0),
+            3 * 3600.0,
+        ),
+        False,
+        "chat, 2 -> 40 req/s over 20 min, then 2 for 10 min, every 30 min, 3 h",
     ),
     "bimodal": (bimodal, False, "8 req/s, 20% ~20k-token documents"),
     "classify": (classify, False, "50 req/s, one output token"),

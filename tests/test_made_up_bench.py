@@ -25,6 +25,7 @@ def test_every_case_is_seeded_and_named() -> None:
         "flash-hourly",
         "fan-out",
         "ramp-6h",
+        "sawtooth",
         "bimodal",
         "classify",
         "high-rate",
@@ -55,6 +56,14 @@ def test_the_step_and_the_on_off_cases_change_rate_where_they_say() -> None:
     on_off = made_up.CASES["on-off-30s"][0]()
     t = np.asarray(on_off.arrival_s)
     assert np.all((t // 30) % 2 == 0)  # nothing in the off half-minutes
+
+
+def test_the_sawtooth_climbs_for_twenty_minutes_and_drops_for_ten() -> None:
+    saw = made_up.CASES["sawtooth"][0]()
+    for start in (0.0, 1800.0, 3600.0):
+        assert _rate(saw, start, start + 120) == pytest.approx(3.9, rel=0.15)
+        assert _rate(saw, start + 1080, start + 1200) == pytest.approx(38.1, rel=0.05)
+        assert _rate(saw, start + 1200, start + 1800) == pytest.approx(2.0, rel=0.15)
 
 
 def test_flash_crowds_are_ten_times_the_calm_rate_for_two_minutes() -> None:
