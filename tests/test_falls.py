@@ -20,7 +20,7 @@ from heteroscale_ray.policy.peak_window import (
     recent_peak,
 )
 from heteroscale_ray.policy.startup import horizon_s
-from heteroscale_ray.policy.types import Return
+from heteroscale_ray.policy.types import Onset, Return
 
 SPEC = make_service()
 FLOOR = falls.FLOOR_HORIZONS * horizon_s(SPEC, PolicyState())
@@ -213,6 +213,28 @@ def test_past_the_window_a_need_is_held_as_long_as_a_short_surge_stayed_away() -
         assert old.decode_returns == ((NOW, 0.1, *row[2:], *(0.0,) * (5 - len(row))),)
         assert falls.holds(SPEC, old, Role.DECODE, 800.0, 0.1, 10.0) is (len(row) == 2)
         assert not falls.holds(SPEC, old, Role.DECODE, window + 60, 0.1, 10.0)
+
+
+def test_crowds_that_came_and_went_twice_are_held_past_the_longest_lull_seen() -> None:
+    """Held only as long as the longest lull seen, crowds drawn 10-40 minutes apart found the
+    fleet scaled in after each lull longer than any before (made-up flash-irregular lost that
+    crowd, and stepped out at its onset and back). Once two of the role's last surges came and
+    went within the floor, a crowd's return holds its level as long as it is remembered."""
+    away = 1080.0
+    back = replace(PolicyState(), decode_returns=(Return(NOW, 0.1, away, 10.0, 120.0),))
+    late = away + FLOOR + 60  # past the window, and past this return's lull
+    assert not falls.holds(SPEC, back, Role.DECODE, late, 0.1, 10.0)
+    crowd = (Onset(NOW - 3000, 1.0, 10.0, NOW - 2880), Onset(NOW - 1200, 1.0, 10.0, NOW - 1080))
+    crowds = replace(back, decode_onsets=crowd)
+    assert falls.holds(SPEC, crowds, Role.DECODE, late, 0.1, 10.0)
+    remembered = falls.memory_s(SPEC, crowds)
+    assert not falls.holds(SPEC, crowds, Role.DECODE, remembered + 1, 0.1, 10.0)
+    assert not falls.holds(SPEC, crowds, Role.DECODE, late, 0.1, 12.0)  # not above its need
+    # one crowd, or surges that stayed past the floor (a new level), are not enough
+    one = replace(back, decode_onsets=crowd[1:])
+    assert not falls.holds(SPEC, one, Role.DECODE, late, 0.1, 10.0)
+    stayed = tuple(o._replace(end=o.at + FLOOR + 60) for o in crowd)
+    assert not falls.holds(SPEC, replace(back, decode_onsets=stayed), Role.DECODE, late, 0.1, 10.0)
 
 
 def test_a_short_surge_back_after_a_lull_longer_than_the_window_is_held_through_the_next() -> None:

@@ -22,7 +22,10 @@ it comes back from a fall that deep:
   (plus the floor), to a need as high, and stayed no longer than the floor, from a fall past
   what the burst margin covers: flash crowds every 20 minutes (a 2-minute 10x spike) each
   found the fleet scaled in and lost their requests, 30% of all, since a window shorter than
-  the lull never saw them come back. Only such returns are worth a lull's hold: a surge that
+  the lull never saw them come back. Once two of the role's last three surges came and went
+  within the floor (crowds, policy/recurrence.py), such a return holds for as long as it is
+  remembered, whatever its lull: crowds drawn 10-40 minutes apart found the fleet scaled in
+  after every lull longer than any before, and stepped out at its onset and back. Only such returns are worth a lull's hold: a surge that
   stays longer is served by the instances its onset asks for, short one start-up as the first
   one was (the ServeGen days' 10-minute prompt surges, half an hour apart, held through their
   lulls, cost 1.6% more GPU-hours and bought no attainment); one the margin covers is ridden
@@ -153,13 +156,16 @@ def holds(
         return True
     surge = 1 / (1 + policy.demand.max_burst_margin)  # a return no burst margin covers
     due = recurrence.apart(spec, state, role)  # the next is sized for before it comes instead
+    # crowds that came and went twice: the longest lull seen does not bound the next
+    crowds = recurrence.short_surges(state, role, floor) >= 2
     for r in getattr(state, f"{role.value}_returns"):
         if r.depth > depth:
             continue
         if within and r.lull <= window:
             return True
         high = bare <= r.back * (1 + policy.scale_out_tolerance)
-        if not due and r.depth <= surge and 0 < r.stay <= floor and age <= r.lull + floor and high:
+        lull = age <= r.lull + floor or (crowds and age <= memory_s(spec, state))
+        if not due and r.depth <= surge and 0 < r.stay <= floor and lull and high:
             return True
     return False
 

@@ -112,6 +112,12 @@ def _observe(
     return _with(state, role, (*onsets, Onset(now, base, need))[-KEPT:])
 
 
+def short_surges(state: PolicyState, role: Role, within_s: float) -> int:
+    """How many of the role's last onsets fell back within `within_s` of starting: crowds that
+    came and went, not a new level (none are recorded while prediction is off)."""
+    return sum(1 for o in _onsets(state, role) if 0 < o.end - o.at <= within_s)
+
+
 def _base(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
     """The lowest need of the start-up horizon before `now` (at least one instance)."""
     horizon = horizon_s(spec, state)
