@@ -18,19 +18,20 @@ it comes back from a fall that deep:
   surge's end), and otherwise for FLOOR_HORIZONS start-up horizons: a rise that starts as a
   peak ends takes a horizon to rise, one to be seen as a climb and one for what it asks for
   to land;
-- past the window, a need is held while a return that deep came back after a lull as long
-  (plus the floor), to a need as high, and stayed no longer than the floor, from a fall past
-  what the burst margin covers: flash crowds every 20 minutes (a 2-minute 10x spike) each
-  found the fleet scaled in and lost their requests, 30% of all, since a window shorter than
-  the lull never saw them come back. Once two of the role's last three surges came and went
-  within the floor (crowds, policy/recurrence.py), such a return holds for as long as it is
-  remembered, whatever its lull: crowds drawn 10-40 minutes apart found the fleet scaled in
-  after every lull longer than any before, and stepped out at its onset and back. Only such returns are worth a lull's hold: a surge that
-  stays longer is served by the instances its onset asks for, short one start-up as the first
-  one was (the ServeGen days' 10-minute prompt surges, half an hour apart, held through their
-  lulls, cost 1.6% more GPU-hours and bought no attainment); one the margin covers is ridden
-  out by the margin once scaled in. A return says traffic comes back to the level it reached,
-  not above it: a surge 22 minutes after a smaller one holds the smaller one's level.
+- past the window, a need is held while a return that deep came back after a lull as long (plus
+  the floor), to a need as high, and stayed no longer than the floor, from a fall past what the
+  burst margin covers: flash crowds every 20 minutes (a 2-minute 10x spike) each found the
+  fleet scaled in and lost their requests, 30% of all, since a window shorter than the lull
+  never saw them come back. Once two of the role's last three surges came and went within the
+  floor (crowds, policy/recurrence.py), such a return holds for as long as it is remembered,
+  whatever its lull: crowds drawn 10-40 minutes apart found the fleet scaled in after every
+  lull longer than any before, and stepped out at its onset and back. Only such returns are
+  worth a lull's hold: a surge that stays longer is served by the instances its onset asks for,
+  short one start-up as the first one was (the ServeGen days' 10-minute prompt surges, half an
+  hour apart, held through their lulls, cost 1.6% more GPU-hours and bought no attainment); one
+  the margin covers is ridden out by the margin once scaled in. A return says traffic comes
+  back to the level it reached, not above it: a surge 22 minutes after a smaller one holds the
+  smaller one's level.
   Surges that recur on a timer at least twice the window apart are not held so: the next is
   sized for before it comes (policy/recurrence.py), and the role scales in between.
 

@@ -8,11 +8,11 @@ held at 0.87x static, where the oracle, knowing when they come, holds 0.21x. Tra
 says when it comes back:
 
 - an *onset* is a role's need (its level, no backlog, and this period's raw need too: a thin
-  level averages over up to a horizon and lags a drop) rising past what the burst margin
-  covers over the lowest need of the start-up horizon before (to over 1 + `max_burst_margin`
-  times it, and at least one instance over); it records when, the need it rose from, and the highest
-  need the surge reaches until the need falls back under the line and stays a horizon (a
-  surge's tail crosses the line more than once);
+  level averages over up to a horizon and lags a drop) rising past what the burst margin covers
+  over the lowest need of the start-up horizon before (to over 1 + `max_burst_margin` times it,
+  and at least one instance over); it records when, the need it rose from, and the highest need
+  the surge reaches until the need falls back under the line and stays a horizon (a surge's
+  tail crosses the line more than once);
 - when the last two intervals between three onsets agree within two start-up horizons, the
   next is due their mean after the last. If it is at least twice the scale-in window
   (`peak_window_s`) away, then from two start-up horizons before it (one for what
