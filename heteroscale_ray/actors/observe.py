@@ -82,19 +82,16 @@ def miss_share(prefill_reports: list[ReplicaStats]) -> float | None:
     return miss / (miss + hit) if miss + hit > 0 else 1.0
 
 
-def offered_miss_tps(arrived: float | None, prefill_reports: list[ReplicaStats]) -> float | None:
-    """Prompt tokens/s arriving at the ingress that will miss the prefix cache."""
-    share = miss_share(prefill_reports)
+def offered_miss_tps(arrived: float | None, share: float | None) -> float | None:
+    """Prompt tokens/s arriving at the ingress that will miss the prefix cache, at the miss
+    `share` prefill measured."""
     if arrived is None or not math.isfinite(arrived) or arrived < 0 or share is None:
         return None
     return arrived * share
 
 
-def missed_bursts(
-    load: IngressLoad | None, prefill_reports: list[ReplicaStats]
-) -> tuple[float, ...] | None:
+def missed_bursts(load: IngressLoad | None, share: float | None) -> tuple[float, ...] | None:
     """The ingress's heaviest bursts of prompt tokens, in tokens that will miss the cache."""
-    share = miss_share(prefill_reports)
     if load is None or load.prompt_bursts is None or share is None:
         return None
     return tuple(a * share for a in load.prompt_bursts)
@@ -178,14 +175,15 @@ def build_observations(
         complete = bool(dec) and len(dec) >= c.decode_ready and len(pre) >= c.prefill_ready
         steps = [float(t) for s in dec if (t := s.step_mean_s) is not None]
         batch, context = decode_steps_at(dec)
+        missed = miss_share(pre)
         signals = Signals(
             observed_at=min(float(s.timestamp) for s in dec) if complete else None,
             decode_tps=decode.tps,
             prefill_tps=prefill.tps,
             prefill_offered_tps=offered_miss_tps(
-                None if load is None else load.prompt_tokens_per_s, pre
+                None if load is None else load.prompt_tokens_per_s, missed
             ),
-            prompt_bursts=missed_bursts(load, pre),
+            prompt_bursts=missed_bursts(load, missed),
             ttft_p99_s=_worst(s.ttft_p99 for s in dec + pre),
             tbt_p99_s=_worst(s.tbt_p99 for s in dec),
             prefill_busy=prefill.gpu_util,
