@@ -87,8 +87,11 @@ def test_a_drop_the_level_still_averages_is_no_onset() -> None:
     assert [o.at for o in rise.decode_onsets] == [NOW + 10 * PERIOD]
 
 
-def _onsets(*at: float, top: float = 10.0) -> PolicyState:
-    return replace(PolicyState(), decode_onsets=tuple(Onset(a, 1.0, top, a + 120) for a in at))
+def _onsets(*at: float, top: float = 10.0, foreseen: bool = False) -> PolicyState:
+    """Onsets of 2-minute surges at `at`, the last one `foreseen` (it came when due)."""
+    onsets = tuple(Onset(a, 1.0, top, a + 120) for a in at)
+    last = onsets[-1]._replace(foreseen=foreseen) if onsets else None
+    return replace(PolicyState(), decode_onsets=(*onsets[:-1], last) if last else ())
 
 
 def test_three_onsets_at_intervals_that_agree_say_when_the_next_is_due() -> None:
@@ -130,24 +133,47 @@ def test_a_due_surge_raises_the_need_to_its_top_only_around_when_it_is_due() -> 
 
 def test_surges_predicted_far_apart_are_not_held_through_their_lulls() -> None:
     """Past the window a short surge's return holds its level through a lull as long
-    (policy/falls.py); once the next is predicted at least twice the window away, it is sized
-    for before it comes instead, and the role scales in between."""
+    (policy/falls.py); once the next is predicted at least twice the window away, and the last
+    came when due, it is sized for before it comes instead, and the role scales in between."""
     window = SPEC.policy.demand.peak_window_s
     back = (Return(NOW, 0.1, 3000.0, 10.0, 120.0),)
     held = replace(PolicyState(), decode_returns=back)
     assert falls.holds(SPEC, held, Role.DECODE, window + 60, 0.1, 10.0)
-    hourly = replace(_onsets(NOW, NOW + 3600, NOW + 7200), decode_returns=back)
+    hourly = replace(_onsets(NOW, NOW + 3600, NOW + 7200, foreseen=True), decode_returns=back)
     assert recurrence.apart(SPEC, hourly, Role.DECODE)
     assert not falls.holds(SPEC, hourly, Role.DECODE, window + 60, 0.1, 10.0)
-    close = replace(_onsets(NOW, NOW + 1200, NOW + 2400), decode_returns=back)
+    # two intervals that agree by chance: until one surge came when due, the lull is held
+    unproved = replace(_onsets(NOW, NOW + 3600, NOW + 7200), decode_returns=back)
+    assert recurrence.due(SPEC, unproved, Role.DECODE) is not None
+    assert not recurrence.apart(SPEC, unproved, Role.DECODE)
+    assert falls.holds(SPEC, unproved, Role.DECODE, window + 60, 0.1, 10.0)
+    close = replace(_onsets(NOW, NOW + 1200, NOW + 2400, foreseen=True), decode_returns=back)
     assert not recurrence.apart(SPEC, close, Role.DECODE)  # 20 min: held through, as before
     assert falls.holds(SPEC, close, Role.DECODE, window + 60, 0.1, 10.0)
+
+
+def test_an_onset_is_foreseen_only_when_it_comes_while_one_is_due() -> None:
+    """Crowds drawn 15-45 minutes apart came 37 and 40 minutes apart: the next was due at
+    38.5 and came at 32. Only one that comes within the lead proves the timer."""
+    calm, crowd = [1.0] * 10, [5.0, 9.0, 10.0, 8.0] + [1.0] * 10
+    for at, foreseen in ((7200 - 2 * HORIZON, True), (7200, True), (7200 - 6 * HORIZON, False)):
+        start = NOW + at - len(calm) * PERIOD  # the crowd's onset at NOW + at
+        state = _settled(_onsets(NOW - 3600, NOW, NOW + 3600), [])  # due at NOW + 7200
+        state, _ = _observe(state, calm + crowd, start)
+        last = state.decode_onsets[-1]
+        assert last.at == NOW + at and last.foreseen is foreseen, (at, last)
+        back = PolicyState.from_json(state.to_json())
+        assert back.decode_onsets == state.decode_onsets
 
 
 def test_an_older_state_without_onsets_loads() -> None:
     old = json.loads(PolicyState().to_json())
     del old["decode_onsets"], old["prefill_onsets"]
     assert PolicyState.from_json(json.dumps(old)).decode_onsets == ()
+    old["decode_onsets"] = [[NOW, 1.0, 10.0, NOW + 120]]  # before an onset knew if foreseen
+    assert PolicyState.from_json(json.dumps(old)).decode_onsets == (
+        Onset(NOW, 1.0, 10.0, NOW + 120),
+    )
 
 
 def test_hourly_crowds_are_sized_for_before_the_fourth_arrives() -> None:

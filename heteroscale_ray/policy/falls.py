@@ -32,8 +32,9 @@ it comes back from a fall that deep:
   the margin covers is ridden out by the margin once scaled in. A return says traffic comes
   back to the level it reached, not above it: a surge 22 minutes after a smaller one holds the
   smaller one's level.
-  Surges that recur on a timer at least twice the window apart are not held so: the next is
-  sized for before it comes (policy/recurrence.py), and the role scales in between.
+  Surges that recur on a timer at least twice the window apart, once one came when due, are
+  not held so: the next is sized for before it comes (policy/recurrence.py), and the role
+  scales in between.
 
 Held for less than the whole window, traffic that comes and goes is held at the highest of
 its last peak or two, and their noise scaled it in and out (on-off-2m's decode, 8.2 direction

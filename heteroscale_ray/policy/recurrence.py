@@ -12,7 +12,7 @@ says when it comes back:
   over the lowest need of the start-up horizon before (to over 1 + `max_burst_margin` times it,
   and at least one instance over); it records when, the need it rose from, and the highest need
   the surge reaches until the need falls back under the line and stays a horizon (a surge's
-  tail crosses the line more than once);
+  tail crosses the line more than once), and whether it came when one was due (below);
 - when the last two intervals between three onsets agree within two start-up horizons, the
   next is due their mean after the last. If it is at least twice the scale-in window
   (`peak_window_s`) away, then from two start-up horizons before it (one for what
@@ -21,9 +21,12 @@ says when it comes back:
   how much its base has grown since: a surge on a rising day), and a scale-out for it says so
   (reason `surge_due`). One that does not come is not asked for again until two intervals
   agree again;
-- such surges are not held through their lulls (policy/falls.py): the role scales in after
-  each and out before the next, two direction changes a period, within the four an hour the
-  window is sized for. Closer ones are held through their lulls as the window learned.
+- once a surge has come when it was due, such surges are not held through their lulls
+  (policy/falls.py): the role scales in after each and out before the next, two direction
+  changes a period, within the four an hour the window is sized for. Until then, and for closer
+  ones, the lulls are held as the window learned. Two intervals agree by chance: crowds drawn
+  15-45 minutes apart came 37 and 40 minutes apart, the next was due at 38.5 minutes and came
+  at 32, and the fleet let go of it found only a third of the instances the crowd needed.
 
 Random surges rarely space themselves within two horizons twice running, and one that does
 costs about three horizons at its top (diurnal-long-context's prompt surges did once: 1.6%
@@ -109,7 +112,9 @@ def _observe(
     raw = memory.needs[-1][1] if memory.needs and memory.needs[-1][0] == now else need
     if min(need, raw) < max(_line(spec, base), base + 1.0):
         return state
-    return _with(state, role, (*onsets, Onset(now, base, need))[-KEPT:])
+    coming = due(spec, state, role)
+    foreseen = coming is not None and _near(spec, state, coming, now)
+    return _with(state, role, (*onsets, Onset(now, base, need, foreseen=foreseen))[-KEPT:])
 
 
 def short_surges(state: PolicyState, role: Role, within_s: float) -> int:
@@ -149,9 +154,11 @@ def due(spec: ServiceSpec, state: PolicyState, role: Role) -> Due | None:
 def apart(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:
     """Whether the role's next surge is predicted far enough away to scale in before it: out
     before each surge and in after is two direction changes a period, and the scale-in window
-    (`peak_window_s`) is sized to keep traffic that comes and goes to four an hour. Closer
-    surges are held through their lulls as the window learned (policy/falls.py)."""
-    return _apart(spec, due(spec, state, role))
+    (`peak_window_s`) is sized to keep traffic that comes and goes to four an hour. Only once
+    the last surge came when due: until a timer has proved itself, and for closer surges, the
+    lulls are held as the window learned (policy/falls.py)."""
+    onsets = _onsets(state, role)
+    return _apart(spec, due(spec, state, role)) and bool(onsets) and onsets[-1].foreseen
 
 
 def _apart(spec: ServiceSpec, coming: Due | None) -> bool:
@@ -174,9 +181,7 @@ def ahead(
     if need is None or coming is None or not _apart(spec, coming):
         return need, why, False
     size = coming.size(_base(spec, state, role, now))
-    horizon = horizon_s(spec, state)
-    near = coming.at - 2 * horizon - coming.spread <= now <= coming.at + horizon + coming.spread
-    if size <= need or not near:
+    if size <= need or not _near(spec, state, coming, now):
         return need, why, False
     why += (
         f"; a surge every {coming.every / 60:,.0f} min is due in {coming.at - now:,.0f} s:"
@@ -185,6 +190,13 @@ def ahead(
     if size > coming.top:
         why += f" x {size / coming.top:,.2f} as its base grew since = {size:,.1f}"
     return size, why, True
+
+
+def _near(spec: ServiceSpec, state: PolicyState, coming: Due, now: float) -> bool:
+    """Whether `now` is within the surge's lead: from two start-up horizons before it to one
+    after, each widened by the intervals' spread."""
+    horizon = horizon_s(spec, state)
+    return coming.at - 2 * horizon - coming.spread <= now <= coming.at + horizon + coming.spread
 
 
 def _onsets(state: PolicyState, role: Role) -> tuple[Onset, ...]:

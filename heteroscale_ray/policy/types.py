@@ -208,13 +208,14 @@ class Return(NamedTuple):
 
 class Onset(NamedTuple):
     """A role's surge (policy/recurrence.py): when it started; the need it rose from (the
-    lowest of the horizon before); the highest need it reached; and when it fell back (0 until
-    then)."""
+    lowest of the horizon before); the highest need it reached; when it fell back (0 until
+    then); and whether it came when the onsets before it said one was due."""
 
     at: float
     base: float
     top: float
     end: float = 0.0
+    foreseen: bool = False
 
 
 @dataclass(frozen=True)
@@ -372,8 +373,8 @@ class PolicyState:
             decode_returns=_returns(data.get("decode_returns", ())),
             prefill_lows=_pairs(data.get("prefill_lows", ())),
             decode_lows=_pairs(data.get("decode_lows", ())),
-            prefill_onsets=tuple(Onset(*map(float, e)) for e in data.get("prefill_onsets", ())),
-            decode_onsets=tuple(Onset(*map(float, e)) for e in data.get("decode_onsets", ())),
+            prefill_onsets=_onsets(data.get("prefill_onsets", ())),
+            decode_onsets=_onsets(data.get("decode_onsets", ())),
             prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
             decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
             prefill_proof=_pair(data.get("prefill_proof")),
@@ -397,6 +398,11 @@ def _returns(value: Any) -> tuple[Return, ...]:
     """An older state's returns lack the lull, the need back and the stay: held within the
     window only, as they were."""
     return tuple(Return(*(float(x) for x in e)) for e in value)
+
+
+def _onsets(value: Any) -> tuple[Onset, ...]:
+    """An older state's onsets lack `foreseen`: none proved a timer."""
+    return tuple(Onset(*(float(x) for x in e[:4]), *(bool(x) for x in e[4:5])) for e in value)
 
 
 def _peaks(value: Any) -> tuple[tuple[float, float, float], ...]:
