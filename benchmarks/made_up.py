@@ -110,16 +110,23 @@ def chat(rate: Callable[[np.ndarray], np.ndarray], span: float) -> Trace:
 FLASH_S, FLASH_X = 120.0, 10.0  # a flash crowd: 2 minutes at 10x the calm rate
 
 
-def flash(starts: np.ndarray, span: float, calm: float = 4.0, seed: int = SEED) -> Trace:
-    """Chat at `calm` req/s, and FLASH_X that for FLASH_S from each of `starts`."""
+def flash(
+    starts: np.ndarray,
+    span: float,
+    calm: float = 4.0,
+    seed: int = SEED,
+    x: float = FLASH_X,
+    seconds: float = FLASH_S,
+) -> Trace:
+    """Chat at `calm` req/s, and `x` times that for `seconds` from each of `starts`."""
     rng = np.random.default_rng(seed)
 
     def rate(t: np.ndarray) -> np.ndarray:
         t = np.asarray(t)
         inside = np.zeros(np.shape(t), dtype=bool)
         for s in starts:
-            inside |= (t >= s) & (t < s + FLASH_S)
-        return np.where(inside, calm * FLASH_X, calm)
+            inside |= (t >= s) & (t < s + seconds)
+        return np.where(inside, calm * x, calm)
 
     t = _arrivals(rng, rate, span)
     return _trace(t, *_chat(rng, len(t)), span)
@@ -129,6 +136,14 @@ def flash_irregular(span: float = 4 * 3600.0, seed: int = 108) -> Trace:
     rng = np.random.default_rng(seed)
     starts = np.cumsum(rng.uniform(600.0, 2400.0, int(span // 600)))
     return flash(starts[starts < span], span, seed=seed)
+
+
+def crowds(span: float = 4 * 3600.0, seed: int = 415) -> Trace:
+    """4-minute crowds at 5x, 15-45 minutes apart: its draw has two intervals that agree by
+    chance (37 and 40 minutes) before a third that does not (32)."""
+    rng = np.random.default_rng(seed)
+    starts = np.cumsum(rng.uniform(900.0, 2700.0, int(span // 900)))
+    return flash(starts[starts < span], span, seed=seed, x=5.0, seconds=240.0)
 
 
 def flash_hourly(span: float = 8 * 3600.0, seed: int = 109) -> Trace:
@@ -323,6 +338,11 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
         flash_irregular,
         False,
         "chat, 4 req/s, 2-min 10x flash crowds 10-40 min apart, 4 h",
+    ),
+    "crowds": (
+        crowds,
+        False,
+        "chat, 4 req/s, 4-min 5x crowds 15-45 min apart, 4 h",
     ),
     "flash-hourly": (
         flash_hourly,

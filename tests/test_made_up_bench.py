@@ -22,6 +22,7 @@ def test_every_case_is_seeded_and_named() -> None:
         "on-off-30s",
         "flash-20m",
         "flash-irregular",
+        "crowds",
         "flash-hourly",
         "fan-out",
         "ramp-6h",
@@ -82,6 +83,18 @@ def test_flash_crowds_are_ten_times_the_calm_rate_for_two_minutes() -> None:
     spikes = np.flatnonzero(per_minute > 1_000)
     onsets = spikes[np.r_[True, np.diff(spikes) > 2]]
     assert len(onsets) == 8 and np.all(np.abs(onsets - 60 * np.arange(8)) <= 1)
+
+
+def test_crowds_run_five_times_the_calm_rate_for_four_minutes_15_to_45_minutes_apart() -> None:
+    t = np.asarray(made_up.crowds().arrival_s)
+    per_minute = np.bincount((t // 60).astype(int))
+    busy = np.flatnonzero(per_minute > 720)  # 20 req/s: ~1,200 a minute; calm ~240
+    onsets = busy[np.r_[True, np.diff(busy) > 2]]
+    gaps = np.diff(onsets)
+    assert len(onsets) >= 5 and gaps.min() >= 15 and gaps.max() <= 46
+    assert gaps[:3].tolist() == [37, 40, 32]  # two that agree, then one that does not
+    first = float(onsets[0] * 60)
+    assert _rate(made_up.crowds(), first + 60, first + 180) == pytest.approx(20.0, rel=0.1)
 
 
 def test_the_cron_day_runs_five_times_its_rate_for_the_first_two_minutes_of_each_hour() -> None:
