@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heteroscale_ray.config import DEFAULT_CATALOG, Role, ServiceSpec
+from heteroscale_ray.perf.capacity import decode_capacity
 from heteroscale_ray.policy import (
     Decision,
     PolicyState,
@@ -21,7 +22,7 @@ from heteroscale_ray.policy import (
     burst,
     decide,
 )
-from heteroscale_ray.policy.capacity import capacity, kinds
+from heteroscale_ray.policy.capacity import capacity, kinds, rounded
 
 NOW = 1_000_000.0
 
@@ -590,6 +591,35 @@ def test_decode_is_sized_by_the_sequences_its_kv_memory_holds_today() -> None:
     assert d_full.required_decode == pytest.approx(4.0, rel=0.05)  # full: as many as run now
     assert d_light.required_decode == pytest.approx(2.0, rel=0.05)  # the prior's batch holds
     assert f"seqs / {per_instance:,.0f}" in d_full.message
+
+
+def test_decode_batch_is_priced_at_the_context_its_running_sequences_hold() -> None:
+    """Finished requests' lengths price a running sequence at prompt + output / 2. A running
+    set holds long outputs longer than short ones, and a surge of longer outputs runs before
+    any of it finishes; each step reads the whole context, so the TBT budget allows fewer
+    sequences. Taken once two snapshots agree: a fan-out's long prompts pass within one."""
+    spec = make_service(demand={"learn": False})
+    base = capacity(spec, signals(), PolicyState())
+    mean = 1000.0 + 200.0 / 2  # what the finished requests' lengths price
+    long = 8 * mean
+    seen = PolicyState(decode_context=long)  # the snapshot before held as much
+    assert capacity(spec, signals(decode_step_context=long), PolicyState()) == base  # once
+    short = replace(seen, decode_context=mean / 2)
+    assert capacity(spec, signals(decode_step_context=mean / 2), short) == base  # never above
+    priced = capacity(spec, signals(decode_step_context=long), seen)
+    kind = kinds(spec, DEFAULT_CATALOG)[1]
+    budget = rounded(spec.slo.tbt_s * spec.policy.demand.decode_tbt_margin)
+    assert priced.decode_batch == decode_capacity(kind, budget, long, 1200.0, margin=1.0).batch
+    assert priced.decode_batch < base.decode_batch
+    # the same running sequences, stepping at that context, ask for more decode
+    sig = signals(request_rate=1.0, decode_running=4 * base.decode_batch, decode_step_context=long)
+    _, state = decide(spec, sig, counts(4, 4), PolicyState(), NOW)
+    assert state.decode_context == long
+    assert PolicyState.from_json(state.to_json()).decode_context == long
+    later = replace(sig, observed_at=NOW + 15)
+    decision, _ = decide(spec, later, counts(4, 4), state, NOW + 15)
+    wanted = 4 * base.decode_batch / priced.decode_batch
+    assert decision.required_decode == pytest.approx(wanted, rel=0.05)
 
 
 def test_the_window_remembers_decode_concurrency_at_the_slos_pace() -> None:

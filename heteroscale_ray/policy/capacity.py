@@ -3,8 +3,16 @@ what replicas report. Pure: the caller passes signals, state and time.
 
 The prior is the project's one capacity model (`perf.capacity`) at this snapshot's mean lengths
 and the prompts' spread (attention makes a long-tailed mix slower than its mean prompt), the
-spread averaged over `demand.learn_smoothing_s` as the correction is. The correction is one number per role,
-measured over prior, averaged in log space:
+spread averaged over `demand.learn_smoothing_s` as the correction is. Decode's batch is priced
+at the KV context the running sequences hold, as the replicas report it, where that is longer
+than the mean lengths say (prompt + output / 2): a running set holds a long output longer than
+a short one, so its outputs average (1 + cv^2) / 2 of the mean, not half of it; and finished
+requests' lengths lag a surge of longer outputs by their whole decode time, while the running
+sequences do not. Each step reads all of it, so the batch the TBT budget allows is the one at
+that context. It is taken once two snapshots in a row hold it (the lower of the two): a
+fan-out's long prompts pass through decode within one, and priced on each pass decode stepped
+out and back (made-up fan-out: 6 direction changes an hour). The correction is one number per
+role, measured over prior, averaged in log space:
 - prefill: cache-miss tokens per busy second of a prefill instance, over the prior's;
 - decode: the prior's step time at the batch and context the replicas stepped at, over the
   measured step time.
@@ -103,7 +111,8 @@ def _prior_of(
     pk, dk = _kind(model, p_gpu, p_n), _kind(model, d_gpu, d_n)
     prefill = prefill_capacity(pk, lens.prompt, busy_share=1.0, sd_input=lens.prompt_sd)
     prompt, output = lens.prompt, lens.output
-    dec = decode_capacity(dk, tbt_budget_s, prompt + output / 2, prompt + output, margin=1.0)
+    context = max(prompt + output / 2, lens.context)
+    dec = decode_capacity(dk, tbt_budget_s, context, prompt + output, margin=1.0)
     return prefill, float(dec.batch), dec.tokens_per_s
 
 
@@ -122,6 +131,7 @@ class Lengths:
     prompt: float  # mean prompt tokens
     output: float  # mean output tokens
     prompt_sd: float = 0.0  # standard deviation of prompt tokens (0: unknown or all alike)
+    context: float = 0.0  # KV tokens a running sequence holds (0: not reported)
 
 
 def lengths(signals: Signals, state: PolicyState | None = None) -> Lengths:
@@ -152,6 +162,12 @@ def track_spread(
     return replace(state, prompt_spread=spread, prompt_spread_at=now)
 
 
+def track_context(signals: Signals, state: PolicyState) -> PolicyState:
+    """Keep this snapshot's running context for the next one's price (None: not reported)."""
+    context = signals.decode_step_context
+    return replace(state, decode_context=context if _positive(context) else None)
+
+
 def capacity(
     spec: ServiceSpec, signals: Signals, state: PolicyState, catalog: GpuCatalog = DEFAULT_CATALOG
 ) -> Capacity:
@@ -164,6 +180,9 @@ def capacity(
     prefill, _, _ = prior(spec, catalog, lens, budget)
     # A decode instance d_scale x faster than the prior fits the batch the prior allows at a
     # d_scale x looser budget, and steps it d_scale x faster than the prior would.
+    running, before = signals.decode_step_context, state.decode_context
+    if _positive(running) and _positive(before):
+        lens = replace(lens, context=rounded(min(running, before)))  # type: ignore[arg-type, type-var]
     _, batch, tps = prior(spec, catalog, lens, rounded(budget * d_scale))
     cap = Capacity(
         prefill * p_scale,

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, Role, ServiceSpec
 from heteroscale_ray.policy import arrival_bursts, backlog, burst, falls, proof, recurrence, startup
-from heteroscale_ray.policy.capacity import capacity, learn, track_spread
+from heteroscale_ray.policy.capacity import capacity, learn, track_context, track_spread
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.dg_shape import PLACEMENT_MAX_N, placeable_within, placement_ratio
 from heteroscale_ray.policy.fixable_latency import latency_guard, strained
@@ -92,6 +92,7 @@ def decide_demand(
         state = track_spread(spec, signals, state, now)
         state = learn(spec, signals, state, counts.prefill_ready, counts.decode_ready, now, catalog)
     cap = capacity(spec, signals, state, catalog)
+    state = track_context(signals, state)
     needs = {
         Role.PREFILL: prefill_need(spec, signals, counts, cap, problem),
         Role.DECODE: decode_need(

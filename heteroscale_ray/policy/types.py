@@ -252,6 +252,7 @@ class PolicyState:
     # capacity: one window's few long prompts must not swing the prior.
     prompt_spread: float | None = None
     prompt_spread_at: float | None = None
+    decode_context: float | None = None  # the last snapshot's running context (see capacity)
     # A tuned target carried to today's lengths (policy/transport.py): capacity today over at
     # the tuned load per role, averaged the same way, so one window's mix does not swing it.
     carried_prefill: float | None = None
