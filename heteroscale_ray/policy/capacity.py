@@ -178,11 +178,11 @@ def capacity(
     d_scale = state.decode_capacity_scale or 1.0
     budget = spec.slo.tbt_s * demand.decode_tbt_margin
     prefill, _, _ = prior(spec, catalog, lens, budget)
+    running, before = signals.decode_step_context, state.decode_context
+    if _positive(running) and _positive(before):  # two snapshots in a row (see above)
+        lens = replace(lens, context=rounded(min(running, before)))  # type: ignore[arg-type, type-var]
     # A decode instance d_scale x faster than the prior fits the batch the prior allows at a
     # d_scale x looser budget, and steps it d_scale x faster than the prior would.
-    running, before = signals.decode_step_context, state.decode_context
-    if _positive(running) and _positive(before):
-        lens = replace(lens, context=rounded(min(running, before)))  # type: ignore[arg-type, type-var]
     _, batch, tps = prior(spec, catalog, lens, rounded(budget * d_scale))
     cap = Capacity(
         prefill * p_scale,

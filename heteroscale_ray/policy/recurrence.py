@@ -26,7 +26,7 @@ says when it comes back:
   changes a period, within the four an hour the window is sized for. Until then, and for closer
   ones, the lulls are held as the window learned. Two intervals agree by chance: crowds drawn
   15-45 minutes apart came 37 and 40 minutes apart, the next was due at 38.5 minutes and came
-  at 32, and the fleet let go of it found only a third of the instances the crowd needed.
+  at 32, and the fleet, let go before it, met it with a third of the instances it needed.
 
 Random surges rarely space themselves within two horizons twice running, and one that does
 costs about three horizons at its top (diurnal-long-context's prompt surges did once: 1.6%
