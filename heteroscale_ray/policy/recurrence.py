@@ -157,8 +157,8 @@ def apart(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:
     (`peak_window_s`) is sized to keep traffic that comes and goes to four an hour. Only once
     the last surge came when due: until a timer has proved itself, and for closer surges, the
     lulls are held as the window learned (policy/falls.py)."""
-    onsets = _onsets(state, role)
-    return _apart(spec, due(spec, state, role)) and bool(onsets) and onsets[-1].foreseen
+    # a prediction needs three onsets, so the last is there to ask
+    return _apart(spec, due(spec, state, role)) and _onsets(state, role)[-1].foreseen
 
 
 def _apart(spec: ServiceSpec, coming: Due | None) -> bool:
