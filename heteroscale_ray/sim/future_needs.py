@@ -14,7 +14,7 @@ from heteroscale_ray.sim.sizing import Needs, needs_per_interval, round_counts
 from heteroscale_ray.sim.summary import role_kinds
 
 if TYPE_CHECKING:
-    from heteroscale_ray.sim.replay import ReplayOptions
+    from heteroscale_ray.sim.options import ReplayOptions
 
 
 def service_needs(

@@ -17,7 +17,7 @@ from heteroscale_ray.sim.cluster import DECODE, PREFILL, ClusterSim
 from heteroscale_ray.sim.observe import request_tbt
 
 if TYPE_CHECKING:
-    from heteroscale_ray.sim.replay import ReplayOptions
+    from heteroscale_ray.sim.options import ReplayOptions
 
 
 CEILING_BLOCK = 1 << 16  # requests per block of `slo_ceiling` and `_RequestTotals`
