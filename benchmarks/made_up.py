@@ -1,6 +1,7 @@
 """Made-up traffic, replayed as a new user would: `heteroscale replay --gpus 1024` on traces of
 shapes the shared files do not have, generated here from a seeded generator (no number fitted
-to any trace). Each case is one plain rule:
+to any trace; `build(label, draw)` draws a case's rule anew, and benchmarks/seed_spread.py
+replays several draws). Each case is one plain rule:
 
 - reasoning: 15 req/s for 1 h, prompts ~1k, outputs lognormal mean ~3.8k (<= 16k);
 - reasoning-2x: the same at 30 req/s (decode ~70 instances: past what a fleet split 3:1 holds);
@@ -71,6 +72,12 @@ from heteroscale_ray.traces import Trace  # noqa: E402
 SEED = 7
 
 
+def _rng(seed: int, draw: int) -> np.random.Generator:
+    """The case's own stream for draw 0 (the tables' numbers), another of the same rule for
+    each other draw (benchmarks/seed_spread.py replays several)."""
+    return np.random.default_rng(seed if draw == 0 else [seed, draw])
+
+
 def _arrivals(rng: np.random.Generator, rate: Callable[[np.ndarray], np.ndarray], span: float):
     """A Poisson process of rate `rate(t)` req/s over [0, span) (thinning)."""
     grid = np.linspace(0.0, span, 1001)
@@ -93,16 +100,16 @@ def _constant(rate: float) -> Callable[[np.ndarray], np.ndarray]:
     return lambda t: np.full(np.shape(t), rate)
 
 
-def reasoning(rate: float = 15.0) -> Trace:
-    rng = np.random.default_rng(SEED)
+def reasoning(rate: float = 15.0, draw: int = 0) -> Trace:
+    rng = _rng(SEED, draw)
     t = _arrivals(rng, _constant(rate), 3600.0)
     prompts = np.maximum(50, rng.lognormal(np.log(800), 0.8, len(t))).astype(int)
     outputs = np.clip(rng.lognormal(np.log(3000), 0.7, len(t)), 10, 16_000).astype(int)
     return _trace(t, prompts, outputs, 3600.0)
 
 
-def chat(rate: Callable[[np.ndarray], np.ndarray], span: float) -> Trace:
-    rng = np.random.default_rng(SEED)
+def chat(rate: Callable[[np.ndarray], np.ndarray], span: float, draw: int = 0) -> Trace:
+    rng = _rng(SEED, draw)
     t = _arrivals(rng, rate, span)
     return _trace(t, *_chat(rng, len(t)), span)
 
@@ -117,9 +124,10 @@ def flash(
     seed: int = SEED,
     x: float = FLASH_X,
     seconds: float = FLASH_S,
+    draw: int = 0,
 ) -> Trace:
     """Chat at `calm` req/s, and `x` times that for `seconds` from each of `starts`."""
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed, draw)
 
     def rate(t: np.ndarray) -> np.ndarray:
         t = np.asarray(t)
@@ -132,29 +140,29 @@ def flash(
     return _trace(t, *_chat(rng, len(t)), span)
 
 
-def flash_irregular(span: float = 4 * 3600.0, seed: int = 108) -> Trace:
-    rng = np.random.default_rng(seed)
+def flash_irregular(span: float = 4 * 3600.0, seed: int = 108, draw: int = 0) -> Trace:
+    rng = _rng(seed, draw)
     starts = np.cumsum(rng.uniform(600.0, 2400.0, int(span // 600)))
-    return flash(starts[starts < span], span, seed=seed)
+    return flash(starts[starts < span], span, seed=seed, draw=draw)
 
 
-def crowds(span: float = 4 * 3600.0, seed: int = 415) -> Trace:
+def crowds(span: float = 4 * 3600.0, seed: int = 415, draw: int = 0) -> Trace:
     """4-minute crowds at 5x, 15-45 minutes apart: its draw has two intervals that agree by
     chance (37 and 40 minutes) before a third that does not (32)."""
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed, draw)
     starts = np.cumsum(rng.uniform(900.0, 2700.0, int(span // 900)))
-    return flash(starts[starts < span], span, seed=seed, x=5.0, seconds=240.0)
+    return flash(starts[starts < span], span, seed=seed, x=5.0, seconds=240.0, draw=draw)
 
 
-def flash_hourly(span: float = 8 * 3600.0, seed: int = 109) -> Trace:
-    rng = np.random.default_rng(seed)
+def flash_hourly(span: float = 8 * 3600.0, seed: int = 109, draw: int = 0) -> Trace:
+    rng = _rng(seed, draw)
     hours = np.arange(0.0, span, 3600.0)
     starts = np.maximum(hours + rng.uniform(-60.0, 60.0, len(hours)), 0.0)
-    return flash(starts, span, seed=seed)
+    return flash(starts, span, seed=seed, draw=draw)
 
 
-def bimodal() -> Trace:
-    rng = np.random.default_rng(SEED)
+def bimodal(draw: int = 0) -> Trace:
+    rng = _rng(SEED, draw)
     t = _arrivals(rng, _constant(8.0), 3600.0)
     prompts, outputs = _chat(rng, len(t))
     docs = rng.uniform(size=len(t)) < 0.2
@@ -162,14 +170,14 @@ def bimodal() -> Trace:
     return _trace(t, prompts, outputs, 3600.0)
 
 
-def classify() -> Trace:
-    rng = np.random.default_rng(SEED)
+def classify(draw: int = 0) -> Trace:
+    rng = _rng(SEED, draw)
     t = _arrivals(rng, _constant(50.0), 1800.0)
     return _trace(t, rng.integers(500, 4000, len(t)), np.ones(len(t), dtype=int), 1800.0)
 
 
-def high_rate() -> Trace:
-    rng = np.random.default_rng(SEED)
+def high_rate(draw: int = 0) -> Trace:
+    rng = _rng(SEED, draw)
     t = _arrivals(rng, _constant(300.0), 1200.0)
     return _trace(t, rng.integers(50, 150, len(t)), rng.integers(5, 40, len(t)), 1200.0)
 
@@ -210,8 +218,8 @@ def _with_bursts(rng: np.random.Generator, base: Callable[[np.ndarray], np.ndarr
 FAN_OUT, FAN_OUT_S = 150, 2.0  # prompts per fan-out, sent within this many seconds
 
 
-def fan_out(span: float = 2 * 3600.0, seed: int = 111) -> Trace:
-    rng = np.random.default_rng(seed)
+def fan_out(span: float = 2 * 3600.0, seed: int = 111, draw: int = 0) -> Trace:
+    rng = _rng(seed, draw)
     calm = _arrivals(rng, _constant(5.0), span)
     starts = np.cumsum(rng.exponential(180.0, int(span // 60)))
     starts = starts[starts < span - FAN_OUT_S]
@@ -234,8 +242,9 @@ def day_case(
     prompt_mean: float,
     output_mean: float,
     bursts: bool,
+    draw: int = 0,
 ) -> Trace:
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed, draw)
     rate = _with_bursts(rng, _day(lo, hi)) if bursts else _day(lo, hi)
     t = _arrivals(rng, rate, DAY_S)
     prompts = _lognormal(rng, prompt_mean, 0.8 if prompt_mean < 2000 else 0.6, len(t), PROMPT_CAP)
@@ -243,9 +252,9 @@ def day_case(
     return _trace(t, prompts, outputs, DAY_S)
 
 
-def day_cron(seed: int = 106, x: float = 5.0) -> Trace:
+def day_cron(seed: int = 106, x: float = 5.0, draw: int = 0) -> Trace:
     """day(3, 30) chat whose first FLASH_S of every hour run at `x` times the rate."""
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed, draw)
     day = _day(3, 30)
     t = _arrivals(rng, lambda v: day(v) * np.where(np.asarray(v) % 3600.0 < FLASH_S, x, 1.0), DAY_S)
     prompts = _lognormal(rng, 1000, 0.8, len(t), PROMPT_CAP)
@@ -253,8 +262,8 @@ def day_cron(seed: int = 106, x: float = 5.0) -> Trace:
     return _trace(t, prompts, outputs, DAY_S)
 
 
-def day_mix_shift(seed: int = 105) -> Trace:
-    rng = np.random.default_rng(seed)
+def day_mix_shift(seed: int = 105, draw: int = 0) -> Trace:
+    rng = _rng(seed, draw)
     t = _arrivals(rng, _day(3, 30), DAY_S)
     prompts = _lognormal(rng, 1000, 0.8, len(t), PROMPT_CAP)
     outputs = _lognormal(rng, 250, 0.7, len(t), OUTPUT_CAP)
@@ -275,12 +284,12 @@ def day_mix_shift(seed: int = 105) -> Trace:
 WARM_S = 900.0  # conversation: sessions under way when the hour starts
 
 
-def conversation(sessions_per_s: float = 5.0, seed: int = 106) -> Trace:
+def conversation(sessions_per_s: float = 5.0, seed: int = 106, draw: int = 0) -> Trace:
     """Multi-turn sessions whose context grows: each turn's prompt is the session so far (one
     of six shared system prompts, earlier messages and answers) plus a new message, hashed in
     512-token blocks as Mooncake's traces are, so a turn's earlier whole blocks are cache hits
     where the prefix cache still holds them."""
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed, draw)
     next_id = 0
 
     def fresh(n: int) -> list[int]:
@@ -315,22 +324,22 @@ def conversation(sessions_per_s: float = 5.0, seed: int = 106) -> Trace:
     )
 
 
-# label -> (builder, diurnal, what it stands for)
-CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
+# label -> (builder, diurnal, what it stands for); builder(draw=k) draws the rule anew (k > 0)
+CASES: dict[str, tuple[Callable[..., Trace], bool, str]] = {
     "reasoning": (reasoning, False, "15 req/s, outputs ~3.8k"),
-    "reasoning-2x": (lambda: reasoning(30.0), False, "30 req/s, outputs ~3.8k"),
+    "reasoning-2x": (lambda draw=0: reasoning(30.0, draw=draw), False, "30 req/s, outputs ~3.8k"),
     "step-5x": (
-        lambda: chat(lambda t: np.where(t < 1200.0, 5.0, 25.0), 3600.0),
+        lambda draw=0: chat(lambda t: np.where(t < 1200.0, 5.0, 25.0), 3600.0, draw),
         False,
         "chat, 5 -> 25 req/s at 20 min",
     ),
     "on-off-30s": (
-        lambda: chat(lambda t: np.where((t // 30.0) % 2 == 0, 30.0, 0.0), 3600.0),
+        lambda draw=0: chat(lambda t: np.where((t // 30.0) % 2 == 0, 30.0, 0.0), 3600.0, draw),
         False,
         "chat, 30 req/s on 30 s in 60",
     ),
     "flash-20m": (
-        lambda: flash(np.arange(0.0, 6 * 3600.0, 1200.0), 6 * 3600.0),
+        lambda draw=0: flash(np.arange(0.0, 6 * 3600.0, 1200.0), 6 * 3600.0, draw=draw),
         False,
         "chat, 4 req/s, a 2-min 10x flash crowd every 20 min, 6 h",
     ),
@@ -355,14 +364,17 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
         "chat, 5 req/s, fan-outs of 150 ~6k-token prompts within 2 s every ~3 min, 2 h",
     ),
     "ramp-6h": (
-        lambda: chat(lambda t: 2.0 + 18.0 * np.sin(np.pi * t / 21_600.0) ** 2, 21_600.0),
+        lambda draw=0: chat(
+            lambda t: 2.0 + 18.0 * np.sin(np.pi * t / 21_600.0) ** 2, 21_600.0, draw
+        ),
         True,
         "chat, 2 -> 20 -> 2 req/s over 6 h",
     ),
     "sawtooth": (
-        lambda: chat(
+        lambda draw=0: chat(
             lambda t: np.where(t % 1800.0 < 1200.0, 2.0 + 38.0 * (t % 1800.0) / 1200.0, 2.0),
             3 * 3600.0,
+            draw,
         ),
         False,
         "chat, 2 -> 40 req/s over 20 min, then 2 for 10 min, every 30 min, 3 h",
@@ -376,22 +388,22 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
         "5 sessions/s of ~4 turns, context growing to ~11k tokens, prefixes cached",
     ),
     "day-chat": (
-        lambda: day_case(101, 3, 30, 1000, 250, bursts=True),
+        lambda draw=0: day_case(101, 3, 30, 1000, 250, bursts=True, draw=draw),
         True,
         "12 h, 3 -> 30 -> 3 req/s, six 1.5-2.5x bursts, chat",
     ),
     "day-code": (
-        lambda: day_case(102, 6, 60, 2500, 30, bursts=True),
+        lambda draw=0: day_case(102, 6, 60, 2500, 30, bursts=True, draw=draw),
         True,
         "12 h, 6 -> 60 -> 6 req/s, six bursts, prompts ~2.5k, outputs ~30",
     ),
     "day-long-context": (
-        lambda: day_case(103, 1, 8, 12_000, 300, bursts=False),
+        lambda draw=0: day_case(103, 1, 8, 12_000, 300, bursts=False, draw=draw),
         True,
         "12 h, 1 -> 8 -> 1 req/s, prompts ~12k",
     ),
     "day-reasoning": (
-        lambda: day_case(104, 0.5, 6, 1000, 4000, bursts=False),
+        lambda draw=0: day_case(104, 0.5, 6, 1000, 4000, bursts=False, draw=draw),
         True,
         "12 h, 0.5 -> 6 -> 0.5 req/s, outputs ~4k",
     ),
@@ -406,6 +418,11 @@ CASES: dict[str, tuple[Callable[[], Trace], bool, str]] = {
         "12 h chat, outputs x6 for two hours, prompts x5 for one",
     ),
 }
+
+
+def build(label: str, draw: int = 0) -> Trace:
+    """Case `label`'s trace: the tables' draw (0), or another of the same rule."""
+    return CASES[label][0](draw=draw)
 
 
 def run_case(label: str, services: Any, policies: tuple[str, ...]) -> dict[str, Any]:

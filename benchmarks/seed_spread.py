@@ -8,7 +8,9 @@ case on seeds 0..N-1 and prints each seed's GPU-hours and attainment with their 
 range; run it at two commits (or on two services files) and compare seed by seed.
 
 Cases, each built as its own benchmark builds it with only the seed changed: the ServeGen
-day (generalization.py), the diurnal shapes (shapes.py) and diurnal-decode-heavy (stress.py).
+day (generalization.py), the diurnal shapes (shapes.py) and diurnal-decode-heavy (stress.py);
+and any made-up case (made_up.py), whose seed is its generator's draw (draw 0 is the one its
+table shows), replayed on the CLI's fleet as made_up.py replays it.
 Writes results/seed_spread/summary.json; the last stdout line is one JSON object.
 Run: .venv/bin/python benchmarks/seed_spread.py [--seeds 4] [--cases ...] [--policy P]
 [--hours H] [--services YAML] (a services file with its own `general`: a config change,
@@ -31,15 +33,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import generalization as G  # noqa: E402
+import made_up as MU  # noqa: E402
 import shapes as S  # noqa: E402
 import stress as ST  # noqa: E402
 import trace_scaling  # noqa: E402
 
 from heteroscale_ray.config import ServicesConfig, load_services  # noqa: E402
 from heteroscale_ray.sim.cli_support import clean  # noqa: E402
-from heteroscale_ray.sim.commands import REPLAY_POLICIES  # noqa: E402
-from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
+from heteroscale_ray.sim.commands import DEFAULT_FLEET_GPUS, REPLAY_POLICIES  # noqa: E402
+from heteroscale_ray.sim.fleet import fleet_for, replay_fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
+from heteroscale_ray.sim.sizing import static_counts  # noqa: E402
 from heteroscale_ray.traces import Trace, load_trace  # noqa: E402
 
 DAY = "servegen-mlarge-day1"
@@ -76,6 +80,28 @@ def replay_seed(
     }
 
 
+def replay_draw(
+    services: ServicesConfig, label: str, draw: int, policy: str, hours: float | None
+) -> dict[str, Any]:
+    """One draw's row of made-up case `label`, on the fleet made_up.py replays it on."""
+    spec = services.by_name()[G.SERVICE]
+    trace = MU.build(label, draw)
+    if hours:
+        trace = trace.slice(0, hours * 3600.0)
+    counts = static_counts(spec, services.catalog, trace)
+    topo = replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
+    t0 = time.perf_counter()
+    res = run_replay(services, topo, {G.SERVICE: trace}, ReplayOptions(policy=policy))
+    return {
+        "seed": draw,
+        "rate_scale": 1,
+        "requests": len(trace),
+        "gpu_hours": res.summary["gpu_hours"],
+        "slo_attainment": res.summary["slo_attainment"],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
 def spread(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
     values = [r[key] for r in rows]
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
@@ -84,12 +110,17 @@ def spread(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
 def run_case(
     label: str, services: ServicesConfig, seeds: int, policy: str, hours: float | None
 ) -> dict[str, Any]:
-    raw = CASES[label]()
+    made_up = label not in CASES
+    raw = None if made_up else CASES[label]()
     rows = []
-    print(f"\n== {label}: {policy}, seeds 0-{seeds - 1}", flush=True)
-    print(f"{'seed':>4} {'scale':>6} {'GPU-h':>10} {'SLO':>8} {'wall s':>7}")
+    kind = "draws" if made_up else "seeds"
+    print(f"\n== {label}: {policy}, {kind} 0-{seeds - 1}", flush=True)
+    print(f"{kind[:-1]:>4} {'scale':>6} {'GPU-h':>10} {'SLO':>8} {'wall s':>7}")
     for seed in range(seeds):
-        row = replay_seed(services, raw, seed, policy, hours)
+        if raw is None:
+            row = replay_draw(services, label, seed, policy, hours)
+        else:
+            row = replay_seed(services, raw, seed, policy, hours)
         rows.append(row)
         print(
             f"{seed:>4} {'x' + str(row['rate_scale']):>6} {row['gpu_hours']:>10,.1f} "
@@ -110,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--seeds", type=int, default=4, help="replay seeds 0..N-1 (default 4)")
-    ap.add_argument("--cases", help=f"comma-separated subset of {','.join(CASES)}")
+    ap.add_argument(
+        "--cases",
+        help=f"comma-separated, of {','.join(CASES)} or any case of made_up.py",
+    )
     ap.add_argument(
         "--policy",
         default="heteroscale",
@@ -125,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "seed_spread"), help="folder")
     args = ap.parse_args(argv)
     labels = G.pick(args.cases, DEFAULT_CASES)
-    bad = G.unknown(labels, CASES) or G.unknown([args.policy], REPLAY_POLICIES)
+    bad = G.unknown(labels, {**CASES, **MU.CASES}) or G.unknown([args.policy], REPLAY_POLICIES)
     if bad or args.seeds < 1:
         print(f"unknown case or policy {bad!r}, or --seeds below 1", file=sys.stderr)
         return 2

@@ -43,6 +43,19 @@ def test_every_case_is_seeded_and_named() -> None:
     np.testing.assert_array_equal(a.output_tokens, b.output_tokens)
 
 
+def test_draw_zero_is_the_tables_trace_and_another_draw_follows_the_same_rule() -> None:
+    """benchmarks/seed_spread.py replays other draws of a rule: draw 0 must stay the trace
+    the tables show, and draw 1 must be the same rule drawn anew."""
+    for label in ("step-5x", "crowds", "day-chat"):
+        table = made_up.CASES[label][0]()
+        np.testing.assert_array_equal(made_up.build(label, 0).arrival_s, table.arrival_s)
+        other = made_up.build(label, 1)
+        assert not np.array_equal(other.arrival_s[:1000], table.arrival_s[:1000]), label
+    step = made_up.build("step-5x", 1)
+    assert _rate(step, 0, 1200) == pytest.approx(5.0, rel=0.1)
+    assert _rate(step, 1200, 3600) == pytest.approx(25.0, rel=0.05)
+
+
 def test_reasoning_writes_thousands_of_tokens_at_its_rate() -> None:
     t = made_up.reasoning()
     assert _rate(t, 0, 3600) == pytest.approx(15.0, rel=0.03)

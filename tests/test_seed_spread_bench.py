@@ -40,6 +40,16 @@ def test_the_summary_holds_each_seed_and_their_spread(tmp_path: Path, capsys) ->
     assert last["cases"]["diurnal-12h"]["gpu_hours"]["mean"] == gpu["mean"]
 
 
+def test_a_made_up_case_replays_other_draws_of_its_rule(tmp_path: Path) -> None:
+    argv = ["--seeds", "2", "--cases", "step-5x", "--hours", "0.5", "--out", str(tmp_path)]
+    assert spread.main(argv) == 0
+    rows = json.loads((tmp_path / "summary.json").read_text())["cases"]["step-5x"]["rows"]
+    assert [r["seed"] for r in rows] == [0, 1]
+    table = spread.MU.CASES["step-5x"][0]().slice(0, 1800.0)
+    assert rows[0]["requests"] == len(table) != rows[1]["requests"]
+    assert all(r["gpu_hours"] > 0 and 0 < r["slo_attainment"] <= 1 for r in rows)
+
+
 def test_an_unknown_case_is_refused(tmp_path: Path) -> None:
     assert spread.main(["--cases", "nope", "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "summary.json").exists()
