@@ -425,12 +425,17 @@ def build(label: str, draw: int = 0) -> Trace:
     return CASES[label][0](draw=draw)
 
 
+def fleet(spec: Any, services: Any, trace: Trace) -> tuple[Any, Any]:
+    """The static counts and the CLI's fleet a made-up trace replays on."""
+    counts = static_counts(spec, services.catalog, trace)
+    return counts, replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
+
+
 def run_case(label: str, services: Any, policies: tuple[str, ...]) -> dict[str, Any]:
     build, diurnal, what = CASES[label]
     spec = services.by_name()[G.SERVICE]
     trace = build()
-    counts = static_counts(spec, services.catalog, trace)
-    topo = replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
+    counts, topo = fleet(spec, services, trace)
     lengths = (
         f" (prompt mean {np.mean(trace.input_tokens):,.0f}, "
         f"output mean {np.mean(trace.output_tokens):,.0f})"

@@ -40,10 +40,9 @@ import trace_scaling  # noqa: E402
 
 from heteroscale_ray.config import ServicesConfig, load_services  # noqa: E402
 from heteroscale_ray.sim.cli_support import clean  # noqa: E402
-from heteroscale_ray.sim.commands import DEFAULT_FLEET_GPUS, REPLAY_POLICIES  # noqa: E402
-from heteroscale_ray.sim.fleet import fleet_for, replay_fleet_for  # noqa: E402
+from heteroscale_ray.sim.commands import REPLAY_POLICIES  # noqa: E402
+from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
-from heteroscale_ray.sim.sizing import static_counts  # noqa: E402
 from heteroscale_ray.traces import Trace, load_trace  # noqa: E402
 
 DAY = "servegen-mlarge-day1"
@@ -68,16 +67,7 @@ def replay_seed(
         trace = trace.slice(0, hours * 3600.0)
     counts = trace_scaling.static_counts(services, spec, trace)
     topo = fleet_for([spec], trace_scaling.fleet_gpus(spec, counts))
-    t0 = time.perf_counter()
-    res = run_replay(services, topo, {G.SERVICE: trace}, ReplayOptions(policy=policy))
-    return {
-        "seed": seed,
-        "rate_scale": k,
-        "requests": len(trace),
-        "gpu_hours": res.summary["gpu_hours"],
-        "slo_attainment": res.summary["slo_attainment"],
-        "wall_s": time.perf_counter() - t0,
-    }
+    return _row(services, trace, topo, seed, k, policy)
 
 
 def replay_draw(
@@ -88,13 +78,18 @@ def replay_draw(
     trace = MU.build(label, draw)
     if hours:
         trace = trace.slice(0, hours * 3600.0)
-    counts = static_counts(spec, services.catalog, trace)
-    topo = replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
+    _, topo = MU.fleet(spec, services, trace)
+    return _row(services, trace, topo, draw, 1, policy)
+
+
+def _row(
+    services: ServicesConfig, trace: Trace, topo: Any, seed: int, scale: int, policy: str
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     res = run_replay(services, topo, {G.SERVICE: trace}, ReplayOptions(policy=policy))
     return {
-        "seed": draw,
-        "rate_scale": 1,
+        "seed": seed,
+        "rate_scale": scale,
         "requests": len(trace),
         "gpu_hours": res.summary["gpu_hours"],
         "slo_attainment": res.summary["slo_attainment"],
