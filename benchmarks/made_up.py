@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import generalization as G  # noqa: E402
 import shapes  # noqa: E402
 
+from heteroscale_ray.config import ServicesConfig, ServiceSpec, TopologySpec  # noqa: E402
 from heteroscale_ray.sim.commands import DEFAULT_FLEET_GPUS  # noqa: E402
 from heteroscale_ray.sim.fleet import replay_fleet_for  # noqa: E402
 from heteroscale_ray.sim.sizing import static_counts  # noqa: E402
@@ -425,16 +426,18 @@ def build(label: str, draw: int = 0) -> Trace:
     return CASES[label][0](draw=draw)
 
 
-def fleet(spec: Any, services: Any, trace: Trace) -> tuple[Any, Any]:
+def fleet(
+    spec: ServiceSpec, services: ServicesConfig, trace: Trace
+) -> tuple[tuple[int, int], TopologySpec]:
     """The static counts and the CLI's fleet a made-up trace replays on."""
     counts = static_counts(spec, services.catalog, trace)
     return counts, replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
 
 
 def run_case(label: str, services: Any, policies: tuple[str, ...]) -> dict[str, Any]:
-    build, diurnal, what = CASES[label]
+    _, diurnal, what = CASES[label]
     spec = services.by_name()[G.SERVICE]
-    trace = build()
+    trace = build(label)
     counts, topo = fleet(spec, services, trace)
     lengths = (
         f" (prompt mean {np.mean(trace.input_tokens):,.0f}, "
