@@ -548,6 +548,31 @@ def test_tbt_from_a_few_slow_instances_is_a_floor_when_the_mean_step_is_short() 
     assert decision.reason is Reason.LATENCY_GUARD and decision.decode > 10
 
 
+def test_tbt_from_batches_that_spike_between_snapshots_is_fixable() -> None:
+    """Requests landing together (a batch job's submits, coarse timestamps) spike decode's
+    batches for a second or two between snapshots: the busy instances' step at the snapshot
+    is short, but the window's tokens were made at long steps, and more instances shrink
+    those batches. Within a start-up horizon of decode's growth, the window's steps were
+    priced on the fleet before its new instances landed: no step for those."""
+    spec = make_service()
+    spiky = signals(
+        tbt_p99_s=0.07, decode_step_s=0.02, decode_step_max_s=0.03, decode_token_step_s=0.05
+    )
+    decision, _ = decide(spec, spiky, counts(4, 10), running(), NOW)
+    assert decision.reason is Reason.LATENCY_GUARD and decision.decode > 10
+    assert "its tokens made at 50-ms steps" in decision.message
+    # the pool grew a minute ago: the long steps may be the old instances' before it landed
+    grown = replace(running(), decode_grew_at=NOW - 60.0, startup_horizon_s=120.0)
+    decision, _ = decide(spec, spiky, counts(4, 10), grown, NOW)
+    assert decision.reason is not Reason.LATENCY_GUARD and decision.decode <= 10
+    # tokens made at short steps too: a floor (KV transfer, admission), as before
+    calm = signals(
+        tbt_p99_s=0.07, decode_step_s=0.02, decode_step_max_s=0.03, decode_token_step_s=0.025
+    )
+    decision, _ = decide(spec, calm, counts(4, 10), running(), NOW)
+    assert decision.decode == 10 and "which instances cannot fix" in decision.message
+
+
 def test_a_decode_queue_is_sized_by_its_drain_not_as_concurrency() -> None:
     """5,000 sequences waiting for a slot after a burst are 5,000 x 70 tokens to drain within
     drain_s, a few instances' worth, not 5,000 / batch instances."""

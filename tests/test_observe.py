@@ -151,6 +151,7 @@ DEMAND_FIELDS = (
     "decode_step_s",
     "decode_step_batch",
     "decode_step_context",
+    "decode_token_step_s",
 )
 
 
@@ -166,6 +167,7 @@ def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> 
             step_mean_s=0.04,
             step_batch_mean=8.0,
             step_context_mean=1000.0,
+            step_token_mean_s=0.05,
             finished_requests=3,
             output_tokens_mean=100.0,
         ),
@@ -176,6 +178,7 @@ def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> 
             step_mean_s=0.02,
             step_batch_mean=4.0,
             step_context_mean=4000.0,
+            step_token_mean_s=0.03,
             finished_requests=1,
             output_tokens_mean=20.0,
         ),
@@ -193,6 +196,7 @@ def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> 
     assert sig.decode_running == pytest.approx(8.5) and sig.decode_queue == 3.0
     assert sig.ttft_wait_p99_s == 1.5 and sig.ttft_service_p99_s == 0.6  # worst replica
     assert sig.decode_step_s == pytest.approx(0.03)  # over the replicas that stepped
+    assert sig.decode_token_step_s == pytest.approx(0.04)  # each replica's tokens alike
     # ... and what those steps ran at: 6 sequences a step, of (8 x 1,000 + 4 x 4,000) / 12
     # KV tokens each (the idle replica's time counts in running, not here)
     assert sig.decode_step_batch == pytest.approx(6.0)

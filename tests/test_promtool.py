@@ -33,6 +33,7 @@ def sample_text() -> str:
         step_mean_s=0.02,
         step_batch_mean=12.0,
         step_context_mean=1500.0,
+        step_token_mean_s=0.025,
         output_tokens_mean=10.0,
         kv_handoff_count=3,
         kv_handoff_bytes_total=1000,

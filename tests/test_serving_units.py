@@ -279,6 +279,19 @@ def test_prefill_reports_its_queue_and_the_ttft_split() -> None:
     assert idle.prefill_queue_s == pytest.approx(0.5)
 
 
+def test_the_token_mean_step_weighs_a_spiking_batch_by_the_tokens_it_made() -> None:
+    """Nine steps of 4 sequences at 10 ms, then a bunch of requests landing together: one
+    step of 60 at 80 ms. The mean step (17 ms) hides the spike that made most tokens."""
+    clock = VirtualClock()
+    m = ReplicaMetrics(IDENTITY, peak_flops=1e12, window_s=10.0, clock=clock)
+    for _ in range(9):
+        m.decode_step(tokens=4, busy_s=0.01, flops=0.0, context_tokens=4_000)
+    m.decode_step(tokens=60, busy_s=0.08, flops=0.0, context_tokens=60_000)
+    s = m.snapshot()
+    assert s.step_mean_s == pytest.approx(0.017)
+    assert s.step_token_mean_s == pytest.approx((36 * 0.01 + 60 * 0.08) / 96)
+
+
 def test_decode_reports_batch_step_time_and_output_lengths() -> None:
     clock = VirtualClock()
     m = ReplicaMetrics(IDENTITY, peak_flops=1e12, window_s=10.0, clock=clock)
@@ -297,6 +310,7 @@ def test_decode_reports_batch_step_time_and_output_lengths() -> None:
     assert s.step_batch_mean == pytest.approx(6.0)
     assert s.step_context_mean == pytest.approx(2000.0)
     assert (s.finished_requests, s.output_tokens_mean) == (3, pytest.approx(30.0))
+    assert s.step_token_mean_s == pytest.approx(0.1)  # every step made its tokens at 0.1 s
     clock.advance(10.1)
     gone = m.snapshot()
     assert gone.running_mean == 0.0 and gone.step_mean_s is None and gone.finished_requests == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sim_builders import GRAPH, SERVICES, small_sim
+from sim_builders import GRAPH, H20_HOSTS, L20_HOSTS, SERVICES, small_sim
 
 from heteroscale_ray.config import DEFAULT_CATALOG, AffinityLevel, Role
 from heteroscale_ray.perf.network import SharedLevel
@@ -148,6 +148,32 @@ def test_offered_prefill_load_keeps_rising_when_prefill_saturates(
         assert sig.prefill_tps < 0.8 * sig.prefill_offered_tps
     else:
         assert sig.prefill_tps == pytest.approx(sig.prefill_offered_tps, rel=0.15)
+
+
+def test_the_token_step_sees_decode_batches_that_spike_between_snapshots() -> None:
+    """200 requests landing together every 5 s make their tokens in one large batch, and a
+    snapshot between bunches finds decode idle. The window's tokens say at what step they
+    were made: about twice the step of the same requests arriving evenly."""
+    from heteroscale_ray.sim.observe import observe
+
+    n = 1200
+    got = {}
+    for name, arrivals in (
+        ("bunched", [5.0 * k + 0.1 for k in range(6) for _ in range(n // 6)]),
+        ("even", np.linspace(0.1, 29.9, n)),
+    ):
+        sim = small_sim(arrivals, [20] * n, [20] * n, drain_timeout_s=300)
+        for k in range(8):  # prefill to spare: decode sees the bunches as they came
+            sim.add_instance(f"p{k}", "svc", Role.PREFILL, "dg0", L20_HOSTS[k % 4], "L20", 1, 0.0)
+        sim.add_instance("d0", "svc", Role.DECODE, "dg0", H20_HOSTS[0], "H20", 1, 0.0)
+        while sim.now < 29.0:
+            sim.step()
+        got[name] = observe(sim, 30.0)["svc"].signals
+    bunched, even = got["bunched"], got["even"]
+    assert bunched.decode_step_s is None  # nothing running at the snapshot
+    assert even.decode_step_s == pytest.approx(even.decode_token_step_s, rel=0.05)
+    assert bunched.decode_token_step_s > 1.7 * even.decode_token_step_s
+    assert bunched.decode_token_step_s == pytest.approx(bunched.tbt_p99_s, rel=0.2)
 
 
 def test_window_latencies_count_requests_however_long_they_waited() -> None:

@@ -51,6 +51,7 @@ SIGNALS = (
     "decode_step_max_s",
     "decode_step_batch",
     "decode_step_context",
+    "decode_token_step_s",
 )
 
 

@@ -12,7 +12,8 @@ Demand and the TTFT split (issue 10): the ingress's `IngressLoad` gives request_
 prompt_mean; decode replicas give output_mean (weighted by finished requests), decode_running
 and decode_queue (sums), decode_step_s and decode_step_max_s (mean and slowest of the replicas
 that stepped) and what the steps were taken at (decode_step_batch, the replicas' mean batch
-per step, and decode_step_context, their KV tokens per sequence); prefill replicas
+per step, and decode_step_context, their KV tokens per sequence), and decode_token_step_s (the
+step the replicas' tokens were made at, mean of the replicas'); prefill replicas
 give prefill_queue_s (mean queued work per reporting instance, plus the prompts the ingress
 holds at the handle spread over them) and the TTFT wait/service p99 (worst replica). Each is
 None when no replica (or no ingress) reports it.
@@ -202,6 +203,9 @@ def build_observations(
             decode_step_max_s=max(steps, default=None),
             decode_step_batch=batch,
             decode_step_context=context,
+            decode_token_step_s=_mean(
+                [float(t) for s in dec if (t := s.step_token_mean_s) is not None]
+            ),
         )
         out[name] = Observation(service=name, signals=signals, prefill=prefill, decode=decode)
     return out

@@ -355,6 +355,7 @@ def _obs_dict(obs: Observation) -> dict[str, Any]:
         "decode_step_max_s": s.decode_step_max_s,
         "decode_step_batch": s.decode_step_batch,
         "decode_step_context": s.decode_step_context,
+        "decode_token_step_s": s.decode_token_step_s,
         "observed_at": s.observed_at,
         "prefill_ready": obs.prefill.ready,
         "prefill_starting": obs.prefill.starting,

@@ -3,8 +3,9 @@
 TTFT counts against prefill only through its queueing wait (a long prompt's own compute is a
 floor more instances do not shorten); TBT counts against decode when the mean step of the busy
 instances is a large part of it (the rest is KV transfer, admission, or sequences pinned to a few
-instances that were slow before new ones landed), or while sequences pile up waiting for a
-decode slot (more instances add slots). A guard step that
+instances that were slow before new ones landed), or the step the window's tokens were made at
+is (requests landing together spike batches between snapshots), or while sequences pile up
+waiting for a decode slot (more instances add slots). A guard step that
 did not cut the fixable latency earns no other, and prefill takes none while its queue drains.
 The same floor test marks a role as strained for the learned burst headroom (policy/burst.py;
 decode on its slowest instance's step there) and decides whether soft scale-in restores a
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
-from heteroscale_ray.policy import backlog
+from heteroscale_ray.policy import backlog, startup
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
 from heteroscale_ray.policy.guard_steps import guard_target, reached_tier
@@ -71,6 +72,11 @@ def latency_guard(
             # instances add slots: fixable while the queue grows, before the backlog rule's
             # streak is long enough to act. (Not once it stops: the p99 then counts requests
             # that waited before, as a draining prefill queue's TTFT does.)
+            floor = False
+        if floor and role is Role.DECODE and spiky_batches(spec, s, state, now):
+            # The busy instances' step now is one instant; the window's tokens were made at
+            # larger steps: batches that spike between snapshots, which more instances shrink.
+            breach += f", its tokens made at {s.decode_token_step_s * 1000:,.0f}-ms steps"  # type: ignore[operator]
             floor = False
         if floor:
             if plan.target <= plan.current and plan.reason is not Reason.BACKLOG_GROWTH:
@@ -134,6 +140,21 @@ def unhelped(state: PolicyState, role: Role, fixable: float, load: float | None)
     if before is not None and relieved and fixable > (1 - MIN_GAIN) * before:
         return before
     return None
+
+
+def spiky_batches(spec: ServiceSpec, s: Signals, state: PolicyState, now: float) -> bool:
+    """Whether the window's decode tokens were made at steps past TBT_FLOOR_SHARE of the TBT
+    p99 on a settled pool: requests landing together spike batches between snapshots, and
+    the snapshot's step misses them. Not within a start-up horizon of the role's growth: the
+    window then holds steps priced on the fleet before the new instances landed (a released
+    queue's wave on the old instances), which adding more no longer shrinks."""
+    token = s.decode_token_step_s
+    if not _usable(token) or not _usable(s.tbt_p99_s):
+        return False
+    if token < TBT_FLOOR_SHARE * s.tbt_p99_s:  # type: ignore[operator]
+        return False
+    grew = state.decode_grew_at
+    return grew is None or now - grew > startup.horizon_s(spec, state)
 
 
 def settle(spec: ServiceSpec, s: Signals, state: PolicyState) -> PolicyState:

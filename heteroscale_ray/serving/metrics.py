@@ -316,6 +316,7 @@ class ReplicaMetrics:
                 if (batched := self._step_batch.sum(now))
                 else None
             ),
+            step_token_mean_s=self._batch_time.sum(now) / batched if batched else None,
             finished_requests=self._outputs.count(now),
             output_tokens_mean=self._outputs.mean(now),
             **gauges,

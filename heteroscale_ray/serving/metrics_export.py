@@ -181,6 +181,10 @@ REPLICA_METRICS: tuple[ReplicaMetric, ...] = (
         "KV tokens per sequence at the window's decode steps",
     ),
     ReplicaMetric(
+        "decode_step_seconds_token_mean", "step_token_mean_s", "gauge", _D,
+        "The decode step each token of the window was made at, mean over those tokens",
+    ),
+    ReplicaMetric(
         "finished_requests_in_window", "finished_requests", "gauge", _D,
         "Requests that finished decoding within the window",
     ),

@@ -120,6 +120,7 @@ class ReplicaBase:
             "step_mean_s": s.step_mean_s,
             "step_batch_mean": s.step_batch_mean,
             "step_context_mean": s.step_context_mean,
+            "step_token_mean_s": s.step_token_mean_s,
         }
         out.update({k: float(v) for k, v in optional.items() if v is not None})
         return out

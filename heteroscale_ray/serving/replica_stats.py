@@ -80,6 +80,9 @@ class ReplicaStats:
     step_mean_s: float | None = None  # mean batched step time (compute + emulated GPU time)
     step_batch_mean: float | None = None  # sequences per step, mean over those steps
     step_context_mean: float | None = None  # KV tokens per sequence at those steps
+    # The step each token was made at, mean over the window's tokens: a batch that spikes
+    # between reports (requests landing together) weighs by the tokens it made
+    step_token_mean_s: float | None = None
     finished_requests: int = 0  # requests that finished within the window
     output_tokens_mean: float | None = None  # their mean output tokens
 
@@ -152,6 +155,7 @@ _OPTIONAL_NUMBERS = (
     "step_mean_s",
     "step_batch_mean",
     "step_context_mean",
+    "step_token_mean_s",
     "output_tokens_mean",
 )
 # The demand and latency-split numbers the control plane adds up: a negative one is a bug.

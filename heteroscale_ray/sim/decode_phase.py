@@ -105,6 +105,7 @@ def advance_decode(sim: ClusterSim, t0: float, t1: float) -> None:
     n = T.n
     sim._dec_busy = np.zeros(n)
     sim._dec_flops = np.zeros(n)
+    sim._dec_steps = np.zeros(n)
     A = sim._active
     if not len(A):
         sim._dec_tokens = np.zeros(n)
@@ -155,6 +156,7 @@ def advance_decode(sim: ClusterSim, t0: float, t1: float) -> None:
         )
     else:
         _progress(sim, A, d, gen, tau, t0, t1)
+    sim._dec_steps = tau
     steps = sim._dec_busy * sim.dt / np.where(tau > 0, tau, 1.0)
     for k, rows in by_kind:
         sim._dec_flops[rows] = steps[rows] * sim.kinds[k].decode_flops(B[rows], C[rows])

@@ -227,6 +227,10 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             ttft_wait_p99_s=wait_p99,
             ttft_service_p99_s=service_p99,
             decode_step_s=None if steps is None else steps.mean_s,
+            decode_token_step_s=_ratio(
+                float(np.sum(sim.ts_token_steps[sl, s])),
+                float(np.sum(sim.ts_tokens[sl, s, DECODE])),
+            ),
             decode_step_max_s=None if steps is None else steps.slowest_s,
             decode_step_batch=None if steps is None else steps.batch,
             decode_step_context=None if steps is None else steps.context,

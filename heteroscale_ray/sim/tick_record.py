@@ -60,7 +60,30 @@ def record_tick(sim: ClusterSim, t1: float) -> None:
     sums = sums.reshape(len(SERIES), -1, 2)
     sim.series[:, t] = sums[:-1]
     sim.ts_tokens[t, :, DECODE] = sums[-1][:, DECODE]
+    _token_steps(sim)
     _ongoing(sim, t1)
+
+
+def _token_steps(sim: ClusterSim) -> None:
+    """Each service's decode tokens of the tick times its busy instances' mean step: over a
+    window, divided by the tokens, the step tokens were made at, each instance weighing alike
+    (a few instances slow with long-pinned sequences do not stand for the pool)."""
+    n = sim.inst.n
+    made = sim._dec_tokens[:n]
+    busy = made > 0
+    if not busy.any():
+        sim.ts_token_steps[sim.tick] = 0.0
+        return
+    tau = sim._dec_steps[:n]
+    if len(sim.services) == 1:
+        sim.ts_token_steps[sim.tick, 0] = float(np.mean(tau[busy])) * float(np.sum(made))
+        return
+    svc = sim.inst.svc[:n]
+    k = len(sim.services)
+    steps = np.bincount(svc[busy], weights=tau[busy], minlength=k)
+    count = np.bincount(svc[busy], minlength=k)
+    tokens = np.bincount(svc, weights=made, minlength=k)
+    sim.ts_token_steps[sim.tick] = np.divide(steps, np.maximum(count, 1)) * tokens
 
 
 def _sums(sim: ClusterSim, lay: Layout, t1: float) -> np.ndarray:
