@@ -13,6 +13,8 @@ it (static fleet >= 400 GPUs), then changed in one plain way (no number fitted t
   32k): a day of reasoning-length answers;
 - on-off-2m: the prefill-heavy shape (benchmarks/shapes.py) sent two minutes in every four,
   at twice the rate: a client that comes and goes, the same level at every onset;
+- bunched-5s: the prefill-heavy shape with every request sent at the start of its 5-s slot: a
+  batch job's submits, or a log whose timestamps are coarse; the same load, in instants;
 - mooncake-slow-4x: the shared Mooncake trace played at a quarter of its speed, its 17
   minutes of long prompts (15k tokens on average, up to 191k) and their clusters over 68.
 
@@ -93,6 +95,13 @@ def on_off(t: Trace, on_s: float) -> Trace:
     return _trace(t, squeezed[order], prompts[order], outputs[order])
 
 
+def bunch(t: Trace, every_s: float) -> Trace:
+    """`t` with each request sent at the start of its `every_s` slot: the same requests in
+    instants (order kept)."""
+    arrival, prompts, outputs = _columns(t)
+    return _trace(t, np.floor(arrival / every_s) * every_s, prompts, outputs)
+
+
 def mix_change(t: Trace, at_s: float, prompt_x: float, output_x: float) -> Trace:
     """From `at_s` on, prompts x `prompt_x` and outputs x `output_x` (at least one token),
     prompt + output within `shapes.CONTEXT_CAP`."""
@@ -123,6 +132,11 @@ def _prefill_heavy_on_off(services: ServicesConfig, spec: ServiceSpec) -> Trace:
     return on_off(scaled, ON_OFF_S)
 
 
+def _prefill_heavy_bunched(services: ServicesConfig, spec: ServiceSpec) -> Trace:
+    scaled = trace_scaling.rate_factor(services, spec, S.prefill_heavy(), diurnal=False)[1]
+    return bunch(scaled, BUNCH_S)
+
+
 def _mooncake_slowed(services: ServicesConfig, spec: ServiceSpec) -> Trace:
     raw = load_trace(G.TRACES_DIR / G.TRACES["mooncake"][0])
     return trace_scaling.rate_factor(services, spec, time_compress(raw, 0.25), diurnal=False)[1]
@@ -134,6 +148,7 @@ def _on_azure(change: Callable[[Trace], Trace]) -> Callable[[ServicesConfig, Ser
 
 HALF_S = 1800.0  # the Azure trace's hour, halved
 ON_OFF_S = 120.0  # on-off-2m: sending this long, then silent as long
+BUNCH_S = 5.0  # bunched-5s: every request sent at the start of its slot this long
 # label -> (builder(services, spec) -> rate-scaled trace, diurnal, what it stands for)
 CASES: dict[str, tuple[Callable[[ServicesConfig, ServiceSpec], Trace], bool, str]] = {
     "gap-20m": (_on_azure(lambda t: gap(t, 1200.0, 2400.0)), False, "no requests 20-40 min"),
@@ -167,6 +182,11 @@ CASES: dict[str, tuple[Callable[[ServicesConfig, ServiceSpec], Trace], bool, str
         _prefill_heavy_on_off,
         False,
         "prefill-heavy, sent 2 min in every 4 at twice the rate",
+    ),
+    "bunched-5s": (
+        _prefill_heavy_bunched,
+        False,
+        "prefill-heavy, each request sent at the start of its 5-s slot",
     ),
     "mooncake-slow-4x": (_mooncake_slowed, False, "Mooncake at a quarter of its speed"),
 }

@@ -65,6 +65,16 @@ def test_on_off_sends_each_periods_requests_in_its_first_half_in_order() -> None
     np.testing.assert_array_equal(np.bincount((new // 120.0).astype(int)), old_bins)
 
 
+def test_bunching_sends_each_request_at_the_start_of_its_slot_in_order() -> None:
+    t = _azure()
+    b = stress.bunch(t, 5.0)
+    old, new = np.asarray(t.arrival_s), np.asarray(b.arrival_s)
+    assert len(b) == len(t) and b.duration_s == t.duration_s
+    assert np.all(new % 5.0 == 0.0) and np.all((old - new >= 0) & (old - new < 5.0))
+    np.testing.assert_array_equal(np.asarray(b.input_tokens), np.asarray(t.input_tokens))
+    np.testing.assert_array_equal(np.asarray(b.output_tokens), np.asarray(t.output_tokens))
+
+
 def test_every_case_is_named_with_its_builder() -> None:
     assert set(stress.CASES) == {
         "gap-20m",
@@ -75,6 +85,7 @@ def test_every_case_is_named_with_its_builder() -> None:
         "to-long-context",
         "diurnal-decode-heavy",
         "on-off-2m",
+        "bunched-5s",
         "mooncake-slow-4x",
     }
     assert [k for k, (_, diurnal, _) in stress.CASES.items() if diurnal] == ["diurnal-decode-heavy"]
