@@ -8,7 +8,7 @@ is (requests landing together spike batches between snapshots), or while sequenc
 waiting for a decode slot (more instances add slots). A guard step that
 did not cut the fixable latency earns no other, and prefill takes none while its queue drains.
 The same floor test marks a role as strained for the learned burst headroom (policy/burst.py;
-decode on its slowest instance's step there) and decides whether soft scale-in restores a
+decode on its slowest instance's step there, not on the tokens' step) and decides whether soft scale-in restores a
 removal (control/soft_scale_in.py).
 """
 

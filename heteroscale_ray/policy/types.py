@@ -50,9 +50,9 @@ class Signals:
     # The slowest decode instance's step: exported beside the mean (the control plane's signal
     # gauges), so a TBT p99 from a few loaded instances shows; the guard judges the mean.
     decode_step_max_s: float | None = None
-    # The mean step a decode token waited over the window: each token made weighs its step.
-    # Snapshots of the busy instances' step miss batches that spike between them (requests
-    # landing together); the tokens made in those spikes do not.
+    # The step decode's tokens were made at over the window (each instance's tokens weigh the
+    # steps they were made at; instances weigh alike). Snapshots of the busy instances' step
+    # miss batches that spike between them (requests landing together); those tokens do not.
     decode_token_step_s: float | None = None
     # What decode_step_s was measured at: sequences per step and KV tokens per sequence, as
     # means over the steps taken. Learning compares the prior's step at these, not at the

@@ -200,8 +200,8 @@ class ClusterSim:
         ) = self.series
         self.ts_tokens = np.zeros(shape)  # prefill: cache-miss tokens done; decode: tokens made
         self.ts_ongoing = np.zeros(shape)  # requests in the pool (queued + running)
-        # decode: the tokens made times the step each was made at (over ts_tokens: the mean
-        # step a token waited, whatever the batch did between snapshots)
+        # decode: the tick's tokens times its busy instances' mean step (over ts_tokens: the
+        # step tokens were made at, whatever the batch did between snapshots)
         self.ts_token_steps = np.zeros((self.n_ticks_max, s))
         self.ts_arrivals = np.zeros((self.n_ticks_max, s))
         self.ts_routed_kvlevel = np.zeros((self.n_ticks_max, len(SharedLevel)))

@@ -2,9 +2,9 @@
 
 Per (service, role): instances by state, GPUs and cost held, busy share (the GPU-utilisation
 analogue: a decode instance with any sequence running counts as busy), SM activity (achieved
-FLOP/s over peak), decode KV use, tokens made and requests in the pool. Split out of
-`sim/cluster.py` to keep that module readable; it reads the simulator's state, writes only its
-`ts_*` arrays and the prefill instances' executed-work mark.
+FLOP/s over peak), decode KV use, tokens made (and for decode, the step they were made at) and
+requests in the pool. Split out of `sim/cluster.py` to keep that module readable; it reads the
+simulator's state, writes only its `ts_*` arrays and the prefill instances' executed-work mark.
 """
 
 from __future__ import annotations
