@@ -7,6 +7,8 @@ replays several draws). Each case is one plain rule:
 - reasoning-2x: the same at 30 req/s (decode ~70 instances: past what a fleet split 3:1 holds);
 - step-5x: chat lengths, 5 req/s for 20 min, then 25 req/s;
 - on-off-30s: chat lengths, 30 req/s for 30 s, none for 30 s, for 1 h;
+- cron-30s: chat lengths at 20 req/s, each request sent at the start of its 30-s slot (a
+  cron's or a batch API's submits: 600 at once), 1 h;
 - flash-20m: chat lengths, 4 req/s with a 2-min flash crowd at 40 req/s every 20 min, 6 h
   (a batch job or a push notification on a timer: each spike ends before a start-up lands);
 - flash-irregular: the same spikes 10-40 min apart (drawn), 4 h;
@@ -113,6 +115,16 @@ def chat(rate: Callable[[np.ndarray], np.ndarray], span: float, draw: int = 0) -
     rng = _rng(SEED, draw)
     t = _arrivals(rng, rate, span)
     return _trace(t, *_chat(rng, len(t)), span)
+
+
+CRON_S = 30.0  # cron-30s: each request sent at the start of its slot this long
+
+
+def chat_in_instants(rate: float, every_s: float, span: float, draw: int = 0) -> Trace:
+    """Chat at `rate` req/s, each request sent at the start of its `every_s` slot."""
+    t = chat(_constant(rate), span, draw)
+    arrival = np.floor(np.asarray(t.arrival_s) / every_s) * every_s
+    return _trace(arrival, np.asarray(t.input_tokens), np.asarray(t.output_tokens), span)
 
 
 FLASH_S, FLASH_X = 120.0, 10.0  # a flash crowd: 2 minutes at 10x the calm rate
@@ -338,6 +350,11 @@ CASES: dict[str, tuple[Callable[..., Trace], bool, str]] = {
         lambda draw=0: chat(lambda t: np.where((t // 30.0) % 2 == 0, 30.0, 0.0), 3600.0, draw),
         False,
         "chat, 30 req/s on 30 s in 60",
+    ),
+    "cron-30s": (
+        lambda draw=0: chat_in_instants(20.0, CRON_S, 3600.0, draw),
+        False,
+        "chat, 20 req/s sent as 600 at once every 30 s",
     ),
     "flash-20m": (
         lambda draw=0: flash(np.arange(0.0, 6 * 3600.0, 1200.0), 6 * 3600.0, draw=draw),

@@ -20,6 +20,7 @@ def test_every_case_is_seeded_and_named() -> None:
         "reasoning-2x",
         "step-5x",
         "on-off-30s",
+        "cron-30s",
         "flash-20m",
         "flash-irregular",
         "crowds",
