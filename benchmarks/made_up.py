@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import generalization as G  # noqa: E402
 import shapes  # noqa: E402
+import stress  # noqa: E402
 
 from heteroscale_ray.config import ServicesConfig, ServiceSpec, TopologySpec  # noqa: E402
 from heteroscale_ray.sim.commands import DEFAULT_FLEET_GPUS  # noqa: E402
@@ -122,9 +123,7 @@ CRON_S = 30.0  # cron-30s: each request sent at the start of its slot this long
 
 def chat_in_instants(rate: float, every_s: float, span: float, draw: int = 0) -> Trace:
     """Chat at `rate` req/s, each request sent at the start of its `every_s` slot."""
-    t = chat(_constant(rate), span, draw)
-    arrival = np.floor(np.asarray(t.arrival_s) / every_s) * every_s
-    return _trace(arrival, np.asarray(t.input_tokens), np.asarray(t.output_tokens), span)
+    return stress.bunch(chat(_constant(rate), span, draw), every_s)
 
 
 FLASH_S, FLASH_X = 120.0, 10.0  # a flash crowd: 2 minutes at 10x the calm rate

@@ -105,10 +105,10 @@ def advance_decode(sim: ClusterSim, t0: float, t1: float) -> None:
     n = T.n
     sim._dec_busy = np.zeros(n)
     sim._dec_flops = np.zeros(n)
-    sim._dec_steps = np.zeros(n)
     A = sim._active
     if not len(A):
         sim._dec_tokens = np.zeros(n)
+        sim._dec_steps = np.zeros(n)
         return
     by_kind = layout(sim).decode_by_kind
     if kernels.ENABLED:
