@@ -18,6 +18,7 @@ from heteroscale_ray.policy.proof import (
     prove,
     proven_need,
     record_step,
+    remember_load,
 )
 from heteroscale_ray.policy.role_plan import role_plan
 from tests.test_demand_policy import NOW, counts, make_service, running, signals
@@ -83,6 +84,36 @@ def test_the_proof_lapses_once_the_load_falls_by_the_scale_in_tolerance() -> Non
     assert lapse(spec, state, Role.DECODE, None) == state  # missing data changes nothing
     gone = lapse(spec, state, Role.DECODE, 10.0 * (1 - tolerance) - 0.01)
     assert proof_of(gone, Role.DECODE) is None
+
+
+def test_one_period_under_the_load_is_no_new_load() -> None:
+    """A need of ~300 arrivals a period reads 10% low now and then by chance: the proof
+    stands while any need within a start-up horizon reached its load, and lapses once the
+    need stayed under it that long (a cron's proof let go on one dip, then stepped again:
+    16 prefill direction changes an hour)."""
+    spec = make_service()
+    horizon = 105.0
+    low = 10.0 * (1 - spec.policy.scale_in_tolerance) - 0.5
+    state = prove(PolicyState(), Role.DECODE, 10.0, 13)
+    state, load = remember_load(state, Role.DECODE, 10.0, NOW, horizon)
+    state, load = remember_load(state, Role.DECODE, low, NOW + 15, horizon)
+    assert load == 10.0
+    assert proof_of(lapse(spec, state, Role.DECODE, load), Role.DECODE) == (10.0, 13.0)
+    state, load = remember_load(state, Role.DECODE, low, NOW + horizon + 1, horizon)
+    assert load == low
+    assert proof_of(lapse(spec, state, Role.DECODE, load), Role.DECODE) is None
+    assert remember_load(state, Role.DECODE, None, NOW + 200, horizon) == (state, None)
+
+
+def test_the_proof_multiplies_the_level_the_window_holds() -> None:
+    """The window holds a role at its recent peak; that level needs what the guard proved,
+    not the dip under it (a proof on one period's need asked 12-15 prefill instances as the
+    need swung 9-11, and each swing past the band was a direction change)."""
+    spec = make_service()
+    window = ((NOW - 30.0, 10.0, 10.0),)
+    state = replace(prove(PolicyState(), Role.DECODE, 10.0, 13), decode_peaks=window)
+    plan = role_plan(spec, Role.DECODE, 13, 9.0, "w", state, NOW)
+    assert "recent peak 10.0" in plan.why and plan.target == 13, plan.why
 
 
 def test_above_its_load_the_proof_is_a_floor_never_a_multiple() -> None:

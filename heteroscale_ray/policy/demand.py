@@ -159,8 +159,9 @@ def decide_demand(
         insured[Role.PREFILL] = (bursty[0], f"({why}); but {bursty[1]}")
         burst_sized = True
     for role in Role:
-        state = proof.lapse(spec, state, role, insured[role][0])
-        state = lapse_steps(spec, state, role, insured[role][0], now)
+        state, load = proof.remember_load(state, role, insured[role][0], now, horizon)
+        state = proof.lapse(spec, state, role, load)
+        state = lapse_steps(spec, state, role, load, now)
     # a surge on a timer that is due: sized for before it comes (policy/recurrence.py)
     due = {role: recurrence.ahead(spec, state, role, now, *insured[role]) for role in Role}
     insured = {role: (need, why) for role, (need, why, _) in due.items()}

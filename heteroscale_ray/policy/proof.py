@@ -14,7 +14,9 @@ A first step proves nothing yet: the window holds it, and only a second step whi
 still holds (the window let it go and the breach came back, or one step was not enough)
 proves it; one step may answer a passing breach, such as a cluster of long prompts.
 Either lapses once the need falls below its N by the scale-in tolerance (a different load,
-measured afresh).
+measured afresh) and stays there for a start-up horizon: one period's sample of a need of 300
+arrivals a period is noisy by about the tolerance, and a step let go on it is stepped again
+once the dip has passed.
 Pure: the caller passes the state.
 """
 
@@ -27,6 +29,19 @@ from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy.types import PolicyState
 
 MAX_PROOF = 2.0  # never more than double the estimate (as the burst headroom's default cap)
+
+
+def remember_load(
+    state: PolicyState, role: Role, need: float | None, now: float, horizon_s: float
+) -> tuple[PolicyState, float | None]:
+    """Add this period's sized need to the role's loads within `horizon_s`, and return the
+    highest of them: the load steps and proofs are judged at (None without this period's:
+    missing data lets nothing lapse)."""
+    if need is None or not math.isfinite(need):
+        return state, None
+    name = f"{role.value}_loads"
+    kept = (*(x for x in getattr(state, name) if now - x[0] <= horizon_s), (now, float(need)))
+    return replace(state, **{name: kept}), max(n for _, n in kept)
 
 
 def proof_of(state: PolicyState, role: Role) -> tuple[float, float] | None:

@@ -298,6 +298,10 @@ class PolicyState:
     decode_proof: tuple[float, float] | None = None
     prefill_first_step: tuple[float, float] | None = None
     decode_first_step: tuple[float, float] | None = None
+    # Each role's sized needs within a start-up horizon, (time, need): the load a guard step
+    # was taken at holds while any of them reaches it (one period's dip is no new load).
+    prefill_loads: tuple[tuple[float, float], ...] = ()
+    decode_loads: tuple[tuple[float, float], ...] = ()
     # Instance start-up, timed (policy/startup.py): each role's ask being timed (when, and the
     # role's count before it until it is seen placed), the last timings and their horizon.
     prefill_launch_at: float | None = None
@@ -386,6 +390,8 @@ class PolicyState:
             decode_proof=_pair(data.get("decode_proof")),
             prefill_first_step=_pair(data.get("prefill_first_step")),
             decode_first_step=_pair(data.get("decode_first_step")),
+            prefill_loads=_pairs(data.get("prefill_loads", ())),
+            decode_loads=_pairs(data.get("decode_loads", ())),
             startups=tuple(float(t) for t in data.get("startups", ())),
             arrival_bursts=_pairs(data.get("arrival_bursts", ())),
         )
