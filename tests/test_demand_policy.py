@@ -107,6 +107,18 @@ def test_a_long_wait_without_a_prefill_queue_is_not_prefill_capacity() -> None:
     assert decision.prefill <= 3 and "not from queueing" in decision.message
 
 
+def test_a_queue_between_snapshots_is_prefill_capacity() -> None:
+    """Prompts that land together queue and drain between snapshots: the snapshot's queue is
+    empty, the window's peak is not. The wait is queueing more prefill shortens."""
+    spec = make_service()
+    sig = signals(ttft_p99_s=6.0, ttft_wait_p99_s=4.0, prefill_queue_s=0.0)
+    floor, _ = decide(spec, sig, counts(3, 3), PolicyState(), NOW)
+    assert floor.prefill <= 3 and "not from queueing" in floor.message
+    peaked = replace(sig, prefill_queue_peak_s=3.0)
+    decision, _ = decide(spec, peaked, counts(3, 3), PolicyState(), NOW)
+    assert decision.prefill > 3 and decision.reason is Reason.LATENCY_GUARD
+
+
 def test_the_guard_waits_for_its_last_step_to_land() -> None:
     spec = make_service()
     sig = signals(ttft_p99_s=6.0, ttft_wait_p99_s=4.0, prefill_queue_s=3.0)

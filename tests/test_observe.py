@@ -144,6 +144,7 @@ DEMAND_FIELDS = (
     "prompt_sd",
     "output_mean",
     "prefill_queue_s",
+    "prefill_queue_peak_s",
     "decode_running",
     "decode_queue",
     "ttft_wait_p99_s",
@@ -157,8 +158,20 @@ DEMAND_FIELDS = (
 
 def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> None:
     stats = [
-        report("prefill", prefill_queue_s=2.0, ttft_wait_p99=1.5, ttft_service_p99=0.4),
-        report("prefill", prefill_queue_s=0.0, ttft_wait_p99=0.1, ttft_service_p99=0.6),
+        report(
+            "prefill",
+            prefill_queue_s=2.0,
+            prefill_queue_peak_s=3.0,
+            ttft_wait_p99=1.5,
+            ttft_service_p99=0.4,
+        ),
+        report(
+            "prefill",
+            prefill_queue_s=0.0,
+            prefill_queue_peak_s=1.0,
+            ttft_wait_p99=0.1,
+            ttft_service_p99=0.6,
+        ),
         report("prefill", replica_id="fresh", prefill_queue_s=None),  # queue not priced yet
         report(
             "decode",
@@ -193,6 +206,7 @@ def test_demand_and_latency_split_are_aggregated_over_replicas_and_ingress() -> 
     assert sig.prefill_offered_tps == pytest.approx(3000.0)
     assert sig.output_mean == pytest.approx((3 * 100.0 + 20.0) / 4)  # per finished request
     assert sig.prefill_queue_s == pytest.approx(1.0)  # per instance that priced its queue
+    assert sig.prefill_queue_peak_s == pytest.approx(2.0)  # the replicas' peaks, mean
     assert sig.decode_running == pytest.approx(8.5) and sig.decode_queue == 3.0
     assert sig.ttft_wait_p99_s == 1.5 and sig.ttft_service_p99_s == 0.6  # worst replica
     assert sig.decode_step_s == pytest.approx(0.03)  # over the replicas that stepped

@@ -46,6 +46,7 @@ def sample_text() -> str:
         ttft_wait_p99=0.1,
         ttft_service_p99=0.2,
         prefill_queue_s=0.0,
+        prefill_queue_peak_s=0.5,
         prefill_tokens_per_busy_s=1000.0,
         requests_total=3,
         **IDENTITY,

@@ -279,6 +279,23 @@ def test_prefill_reports_its_queue_and_the_ttft_split() -> None:
     assert idle.prefill_queue_s == pytest.approx(0.5)
 
 
+def test_prefill_reports_the_queue_prompts_landing_together_built_between_reports() -> None:
+    """Three prompts of 1,000 tokens land together and drain before the report: the report's
+    queue is empty, its window peak is the 3,000 tokens they queued (1.5 s at 2,000 tok/s)."""
+    clock = VirtualClock()
+    m = ReplicaMetrics({**IDENTITY, "role": "prefill"}, peak_flops=1e12, clock=clock)
+    m.seed_prefill_rate(2000.0)
+    assert m.snapshot(queued_prompt_tokens=0).prefill_queue_peak_s == 0.0
+    for queued in (1000, 2000, 3000):
+        m.prompt_queued(queued)
+    clock.advance(2.0)
+    s = m.snapshot(queued_prompt_tokens=0)
+    assert s.prefill_queue_s == 0.0 and s.prefill_queue_peak_s == pytest.approx(1.5)
+    assert m.snapshot(queued_prompt_tokens=8000).prefill_queue_peak_s == pytest.approx(4.0)
+    clock.advance(10.1)  # the bunch leaves the window
+    assert m.snapshot(queued_prompt_tokens=0).prefill_queue_peak_s == 0.0
+
+
 def test_the_token_mean_step_weighs_a_spiking_batch_by_the_tokens_it_made() -> None:
     """Nine steps of 4 sequences at 10 ms, then a bunch of requests landing together: one
     step of 60 at 80 ms. The mean step (17 ms) hides the spike that made most tokens."""

@@ -176,6 +176,35 @@ def test_the_token_step_sees_decode_batches_that_spike_between_snapshots() -> No
     assert bunched.decode_token_step_s == pytest.approx(bunched.tbt_p99_s, rel=0.2)
 
 
+def test_the_prefill_queue_peak_sees_prompts_that_landed_together() -> None:
+    """40 prompts of 1,000 tokens landing together every 10 s queue for seconds on four
+    prefill instances, and are drained before a snapshot between bunches: the snapshot's
+    queue is empty, the window's peak is the work queued at the end of the bunch's tick (a
+    second of it already done). Prompts arriving evenly never queue. Over the last period only,
+    a queue drained before it is left out (the TTFT p99 still counts it: the past)."""
+    from heteroscale_ray.sim.observe import observe
+
+    n = 120
+    got = {}
+    for name, arrivals in (
+        ("bunched", [10.0 * k + 0.1 for k in range(3) for _ in range(n // 3)]),
+        ("even", np.linspace(0.1, 29.9, n)),
+    ):
+        sim = small_sim(arrivals, [1000] * n, [4] * n, drain_timeout_s=300)
+        for k in range(4):
+            sim.add_instance(f"p{k}", "svc", Role.PREFILL, "dg0", L20_HOSTS[k], "L20", 1, 0.0)
+        sim.add_instance("d0", "svc", Role.DECODE, "dg0", H20_HOSTS[0], "H20", 1, 0.0)
+        while sim.now < 29.0:
+            sim.step()
+        got[name] = observe(sim, 30.0)["svc"].signals
+    assert observe(sim, 30.0, 5.0)["svc"].signals.prefill_queue_peak_s == 0.0
+    bunched, even = got["bunched"], got["even"]
+    assert bunched.prefill_queue_s == 0.0  # the snapshot finds the last bunch drained
+    assert bunched.ttft_wait_p99_s > 2.0  # yet prompts waited seconds
+    assert bunched.prefill_queue_peak_s > 0.4 * bunched.ttft_wait_p99_s
+    assert even.prefill_queue_peak_s < 0.1 * bunched.prefill_queue_peak_s
+
+
 def test_window_latencies_count_requests_however_long_they_waited() -> None:
     """A backlog past a quarter hour: the requests whose first token lands in the window
     waited longest, and the window's TTFT p99 must say so (it once looked back 900 s only)."""

@@ -43,6 +43,7 @@ SIGNALS = (
     "prompt_sd",
     "output_mean",
     "prefill_queue_s",
+    "prefill_queue_peak_s",
     "decode_running",
     "decode_queue",
     "ttft_wait_p99_s",

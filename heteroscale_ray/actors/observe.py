@@ -15,8 +15,9 @@ that stepped) and what the steps were taken at (decode_step_batch, the replicas'
 per step, and decode_step_context, their KV tokens per sequence), and decode_token_step_s (the
 step the replicas' tokens were made at, mean of the replicas'); prefill replicas
 give prefill_queue_s (mean queued work per reporting instance, plus the prompts the ingress
-holds at the handle spread over them) and the TTFT wait/service p99 (worst replica). Each is
-None when no replica (or no ingress) reports it.
+holds at the handle spread over them), prefill_queue_peak_s (the mean of the replicas' window
+peaks: prompts that land together reach every replica at once) and the TTFT wait/service p99
+(worst replica). Each is None when no replica (or no ingress) reports it.
 """
 
 from __future__ import annotations
@@ -195,6 +196,9 @@ def build_observations(
             prompt_sd=None if load is None else load.prompt_sd,
             output_mean=output_mean(dec),
             prefill_queue_s=prefill_queue_s(pre, load),
+            prefill_queue_peak_s=_mean(
+                [float(q) for s in pre if (q := s.prefill_queue_peak_s) is not None]
+            ),
             decode_running=float(sum(s.running_mean for s in dec)) if dec else None,
             decode_queue=float(sum(s.queue_length for s in dec)) if dec else None,
             ttft_wait_p99_s=_worst(s.ttft_wait_p99 for s in pre),

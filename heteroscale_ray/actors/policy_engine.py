@@ -347,6 +347,7 @@ def _obs_dict(obs: Observation) -> dict[str, Any]:
         "prompt_sd": s.prompt_sd,
         "output_mean": s.output_mean,
         "prefill_queue_s": s.prefill_queue_s,
+        "prefill_queue_peak_s": s.prefill_queue_peak_s,
         "decode_running": s.decode_running,
         "decode_queue": s.decode_queue,
         "ttft_wait_p99_s": s.ttft_wait_p99_s,

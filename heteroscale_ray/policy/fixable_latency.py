@@ -1,15 +1,16 @@
 """The latency guard of `signal: demand`, on the latency capacity can change.
 
-TTFT counts against prefill only through its queueing wait (a long prompt's own compute is a
-floor more instances do not shorten); TBT counts against decode when the mean step of the busy
-instances is a large part of it (the rest is KV transfer, admission, or sequences pinned to a few
-instances that were slow before new ones landed), or the step the window's tokens were made at
-is (requests landing together spike batches between snapshots), or while sequences pile up
-waiting for a decode slot (more instances add slots). A guard step that
-did not cut the fixable latency earns no other, and prefill takes none while its queue drains.
-The same floor test marks a role as strained for the learned burst headroom (policy/burst.py;
-decode on its slowest instance's step there, not on the tokens' step) and decides whether soft scale-in restores a
-removal (control/soft_scale_in.py).
+TTFT counts against prefill only through its queueing wait, and while prefill work is queued
+now or was at any moment of the last period (a long prompt's own compute is a floor more
+instances do not shorten, and a wait with no queue comes from elsewhere); TBT counts against
+decode when the mean step of the busy instances is a large part of it (the rest is KV transfer,
+admission, or sequences pinned to a few instances that were slow before new ones landed), or
+the step the window's tokens were made at is (requests landing together spike batches between
+snapshots), or while sequences pile up waiting for a decode slot (more instances add slots). A
+guard step that did not cut the fixable latency earns no other, and prefill takes none while
+its queue drains. The same floor test marks a role as strained for the learned burst headroom
+(policy/burst.py; decode on its slowest instance's step there, not on the tokens' step) and
+decides whether soft scale-in restores a removal (control/soft_scale_in.py).
 """
 
 from __future__ import annotations
@@ -187,11 +188,17 @@ def watched_latencies(
     watched: list[tuple[Role, str, float | None, float, float | None, bool]] = []
     if metric in ("ttft", "both"):
         wait = s.ttft_wait_p99_s if value_problem(s.ttft_wait_p99_s) is None else None
-        # Queueing that more prefill shortens shows as queued prefill work; a long wait with
-        # no queue comes from elsewhere (e.g. routing around full decode instances).
+        # Queueing that more prefill shortens shows as queued prefill work, now or at its
+        # peak over the last period (prompts landing together drain between snapshots); a
+        # long wait with neither comes from elsewhere (routing around full decode instances,
+        # or a queue that drained before the period: the p99 still counts its requests).
         queue = backlog.queue_of(s, Role.PREFILL)
+        peak = s.prefill_queue_peak_s if _usable(s.prefill_queue_peak_s) else None
+        queued = any(
+            q is not None and backlog.material(spec, Role.PREFILL, q) for q in (queue, peak)
+        )
         floor = (wait is not None and wait < FLOOR_SHARE * spec.slo.ttft_s) or (
-            queue is not None and not backlog.material(spec, Role.PREFILL, queue)
+            queue is not None and not queued
         )
         watched.append((Role.PREFILL, "TTFT", s.ttft_p99_s, spec.slo.ttft_s, wait, floor))
     if metric in ("tbt", "both"):

@@ -39,6 +39,10 @@ class Signals:
     prompt_sd: float | None = None  # their standard deviation (the prefill prior's spread)
     output_mean: float | None = None  # mean output tokens of finished requests
     prefill_queue_s: float | None = None  # queued prefill work per prefill instance, seconds
+    # The most prefill work queued per instance at once over the last period (routed, not
+    # started; a replica's, over its window): prompts that land together queue and drain
+    # between snapshots. A queue drained before the period is the past the p99 still counts.
+    prefill_queue_peak_s: float | None = None
     decode_running: float | None = None  # sequences in decode, all instances (mean)
     decode_queue: float | None = None  # sequences waiting for a decode slot (KV or batch)
     # TTFT split into the part more prefill instances shorten (queueing: the latency guard's)

@@ -180,6 +180,7 @@ class ReplicaMetrics:
         self._prefill_tokens = _Window(window_s, clock=c)  # hits + misses: what busy_s did
         self._ttft_wait = _Window(window_s, maxlen=5000, clock=c)
         self._ttft_service = _Window(window_s, maxlen=5000, clock=c)
+        self._queued = _Window(window_s, maxlen=5000, clock=c)  # prompt tokens at each enqueue
         self._step_s = _Window(window_s, clock=c)
         self._step_batch = _Window(window_s, clock=c)  # sequences per step
         self._step_context = _Window(window_s, clock=c)  # KV tokens of the batch per step
@@ -218,6 +219,11 @@ class ReplicaMetrics:
         busy = self._busy.sum(now)
         if busy > 0:
             self._tokens_per_busy_s = self._prefill_tokens.sum(now) / busy
+
+    def prompt_queued(self, queued_tokens: int) -> None:
+        """A prompt joined the queue, which now holds `queued_tokens` (its own included): the
+        window's highest is the queue prompts that land together build between reports."""
+        self._queued.add(queued_tokens, self.clock.monotonic())
 
     def seed_prefill_rate(self, tokens_per_busy_s: float) -> None:
         """A prior for the prefill rate (e.g. the emulated GPU's), until one is measured."""
@@ -276,6 +282,8 @@ class ReplicaMetrics:
             queue_s: float | None = 0.0
         else:
             queue_s = queued / rate if rate else None
+        peak = max(self._queued.percentiles(now, (100.0,))[0] or 0.0, float(queued))
+        peak_s = 0.0 if not peak else (peak / rate if rate else None)
         busy = min(1.0, self._busy.sum(now) / span)
         compute = (
             min(1.0, self._flops.sum(now) / (span * self.peak_flops)) if self.peak_flops else 0.0
@@ -302,6 +310,7 @@ class ReplicaMetrics:
             kv_handoff_count=self.handoff_count,
             prefill_tokens_per_busy_s=rate,
             prefill_queue_s=queue_s,
+            prefill_queue_peak_s=peak_s,
             ttft_wait_p50=wait[0],
             ttft_wait_p90=wait[1],
             ttft_wait_p99=wait[2],

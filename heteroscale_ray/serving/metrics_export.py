@@ -148,6 +148,10 @@ REPLICA_METRICS: tuple[ReplicaMetric, ...] = (
         "Queued prefill work: queued prompt tokens over the measured prefill rate",
     ),
     ReplicaMetric(
+        "prefill_queue_seconds_window_peak", "prefill_queue_peak_s", "gauge", _P,
+        "The most prefill work queued at once within the window, priced the same way",
+    ),
+    ReplicaMetric(
         "ttft_wait_p99_seconds", "ttft_wait_p99", "gauge", _P,
         "p99 over the window of ingress arrival -> prefill compute start (the TTFT guard's wait)",
     ),

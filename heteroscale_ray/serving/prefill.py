@@ -93,6 +93,7 @@ class PrefillServer(ReplicaBase):
         n_prompt = len(req.prompt_tokens)
         self._waiting += 1
         self._waiting_tokens += n_prompt
+        self.metrics.prompt_queued(self._waiting_tokens)
         try:
             await self._gpu.acquire()
         finally:

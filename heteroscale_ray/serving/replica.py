@@ -114,6 +114,7 @@ class ReplicaBase:
             "ttft_p99": s.ttft_p99,
             "tbt_p99": s.tbt_p99,
             "prefill_queue_s": s.prefill_queue_s,
+            "prefill_queue_peak_s": s.prefill_queue_peak_s,
             "ttft_wait_p99": s.ttft_wait_p99,
             "ttft_service_p99": s.ttft_service_p99,
             "running_mean": s.running_mean,

@@ -69,6 +69,9 @@ class ReplicaStats:
     queued_prompt_tokens: int = 0  # prompt tokens of the requests waiting for the GPU
     prefill_tokens_per_busy_s: float | None = None  # prompt tokens per busy second (measured)
     prefill_queue_s: float | None = None  # queued work: queued tokens / that rate, seconds
+    # the most queued within the window (priced the same way): prompts that land together
+    # queue and drain between reports
+    prefill_queue_peak_s: float | None = None
     ttft_wait_p50: float | None = None  # ingress arrival -> prefill compute start
     ttft_wait_p90: float | None = None
     ttft_wait_p99: float | None = None
@@ -150,6 +153,7 @@ _OPTIONAL_NUMBERS = (
     "tbt_p99",
     "prefill_tokens_per_busy_s",
     "prefill_queue_s",
+    "prefill_queue_peak_s",
     "ttft_wait_p99",
     "ttft_service_p99",
     "step_mean_s",

@@ -203,6 +203,9 @@ class ClusterSim:
         # decode: the tick's tokens times its busy instances' mean step (over ts_tokens: the
         # step tokens were made at, whatever the batch did between snapshots)
         self.ts_token_steps = np.zeros((self.n_ticks_max, s))
+        # prefill: work routed and not started per ready instance at the tick's end (its
+        # window peak shows requests landing together, which the snapshot between them misses)
+        self.ts_prefill_queue = np.zeros((self.n_ticks_max, s))
         self.ts_arrivals = np.zeros((self.n_ticks_max, s))
         self.ts_routed_kvlevel = np.zeros((self.n_ticks_max, len(SharedLevel)))
 

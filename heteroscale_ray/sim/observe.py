@@ -19,6 +19,7 @@ from heteroscale_ray.policy.types import Signals
 from heteroscale_ray.sim import kernels
 from heteroscale_ray.sim.cluster import DECODE, PREFILL, ClusterSim
 from heteroscale_ray.sim.instances import READY, distinct
+from heteroscale_ray.sim.prefill_queue import prefill_seconds, waiting_prefill_s
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -34,29 +35,6 @@ def request_tbt(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
     out = sim.w.output_tokens[ids]
     gaps = np.maximum(out - 1, 1)
     return np.where(out > 1, (sim.t_done[ids] - sim.t_first[ids]) / gaps, 0.0)
-
-
-def prefill_seconds(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
-    """Each request's own prefill compute on the instance it ran on (no queueing)."""
-    out = np.zeros(len(ids))
-    kinds = sim.inst.kind[sim.p_inst[ids]]
-    inp, cached = sim.w.input_tokens[ids], sim.cached[ids]
-    for k in distinct(kinds, len(sim.kinds)):
-        m = kinds == k
-        out[m] = prefill_work_s(sim.kinds[k], inp[m], cached[m])
-    return out
-
-
-def waiting_prefill_s(sim: ClusterSim, s: int, pre: np.ndarray, now: float) -> float:
-    """Prefill seconds routed to instances `pre` of service `s` and not started by `now`."""
-    ids = sim.first_pending(now)
-    if len(sim.services) > 1:
-        ids = ids[sim.w.service[ids] == s]
-    ids = ids[np.isin(sim.p_inst[ids], pre)]
-    if not len(ids):
-        return 0.0
-    work = prefill_seconds(sim, ids)
-    return float(np.sum(work[sim.t_first[ids] - work > now]))
 
 
 def queues(sim: ClusterSim, s: int) -> tuple[float | None, float, float]:
@@ -141,11 +119,17 @@ def decode_steps(sim: ClusterSim, s: int) -> DecodeSteps | None:
     )
 
 
-def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
-    """One `Observation` per service over the last `window_s` of simulated time."""
+def observe(
+    sim: ClusterSim, window_s: float, period_s: float | None = None
+) -> dict[str, Observation]:
+    """One `Observation` per service over the last `window_s` of simulated time. The prefill
+    queue's peak is over the last `period_s` (since the last observation; default the
+    window): a queue that drained before it is the past the TTFT p99 still counts, as a
+    replica's peak over its shorter window leaves it out."""
     now = sim.now
     t1 = sim.tick
     t0 = max(0, t1 - int(round(window_s / sim.dt)))
+    last_period = slice(max(t0, t1 - int(round((period_s or window_s) / sim.dt))), t1)
     span = (t1 - t0) * sim.dt
     w = sim.w
     lo = sim.open_from(now - window_s)
@@ -226,6 +210,9 @@ def observe(sim: ClusterSim, window_s: float) -> dict[str, Observation]:
             decode_queue=waiting if have_data else None,
             ttft_wait_p99_s=wait_p99,
             ttft_service_p99_s=service_p99,
+            prefill_queue_peak_s=(
+                float(np.max(sim.ts_prefill_queue[last_period, s])) if have_data else None
+            ),
             decode_step_s=None if steps is None else steps.mean_s,
             decode_token_step_s=_ratio(
                 float(np.sum(sim.ts_token_steps[sl, s])),

@@ -393,7 +393,7 @@ def run_replay(
     wall0 = time.perf_counter()
     while not sim.done:
         if sim.now + 1e-9 >= next_control and sim.now < duration + opts.control_period_s:
-            obs = observe(sim, opts.window_s)
+            obs = observe(sim, opts.window_s, opts.control_period_s)
             desired = autoscaler.desire(sim.now, obs)
             tick = TickInput(sim.now, desired, obs, by_name, graph, running=sim.running_by_dg())
             step = loop.step(state, tick)

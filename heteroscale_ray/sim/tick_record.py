@@ -16,6 +16,7 @@ import numpy as np
 from heteroscale_ray.sim import kernels
 from heteroscale_ray.sim.instances import DECODE, DRAINING, PREFILL, READY, SOFT, STARTING
 from heteroscale_ray.sim.layout import SERIES, Layout, layout
+from heteroscale_ray.sim.prefill_queue import record_queue
 
 if TYPE_CHECKING:
     from heteroscale_ray.sim.cluster import ClusterSim
@@ -61,7 +62,9 @@ def record_tick(sim: ClusterSim, t1: float) -> None:
     sim.series[:, t] = sums[:-1]
     sim.ts_tokens[t, :, DECODE] = sums[-1][:, DECODE]
     _token_steps(sim)
-    _ongoing(sim, t1)
+    waiting = sim.first_pending(t1)
+    record_queue(sim, lay, t1, waiting)
+    _ongoing(sim, waiting)
 
 
 def _token_steps(sim: ClusterSim) -> None:
@@ -124,9 +127,10 @@ def _sums(sim: ClusterSim, lay: Layout, t1: float) -> np.ndarray:
     return np.bincount(lay.keys, weights=W.ravel(), minlength=len(SERIES) * lay.size)
 
 
-def _ongoing(sim: ClusterSim, t1: float) -> None:
-    """Requests in each pool: prefill = those with no first token yet (routed with the first
-    token after t1, or waiting at the ingress: the backlog); decode = in the pool.
+def _ongoing(sim: ClusterSim, waiting: np.ndarray) -> None:
+    """Requests in each pool: prefill = those with no first token yet (`waiting`: routed with
+    the first token after the tick's end, and those at the ingress: the backlog); decode = in
+    the pool.
 
     Every request waiting at the ingress counts, however long it has waited: a Serve handle
     counts the calls it holds among its ongoing requests, and those that waited longest are
@@ -135,7 +139,6 @@ def _ongoing(sim: ClusterSim, t1: float) -> None:
     t = sim.tick
     w = sim.w
     n_svc = len(sim.services)
-    waiting = sim.first_pending(t1)
     backlog = sim._backlog
     if n_svc == 1:
         sim.ts_ongoing[t, 0, PREFILL] = len(waiting) + len(backlog)

@@ -1,0 +1,58 @@
+"""Queued prefill work: what a prefill replica reports as its queue (the prompts routed to it
+and not started; the prompt on the GPU is service, not queue), now and tick by tick. Its window
+peak shows requests landing together, which queue between snapshots that find them drained.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from heteroscale_ray.perf.capacity import prefill_work_s
+from heteroscale_ray.sim.instances import READY, distinct
+
+if TYPE_CHECKING:
+    from heteroscale_ray.sim.cluster import ClusterSim
+    from heteroscale_ray.sim.layout import Layout
+
+
+def prefill_seconds(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
+    """Each request's own prefill compute on the instance it ran on (no queueing)."""
+    out = np.zeros(len(ids))
+    kinds = sim.inst.kind[sim.p_inst[ids]]
+    inp, cached = sim.w.input_tokens[ids], sim.cached[ids]
+    for k in distinct(kinds, len(sim.kinds)):
+        m = kinds == k
+        out[m] = prefill_work_s(sim.kinds[k], inp[m], cached[m])
+    return out
+
+
+def waiting_prefill_s(sim: ClusterSim, s: int, pre: np.ndarray, now: float) -> float:
+    """Prefill seconds routed to instances `pre` of service `s` and not started by `now`."""
+    ids = sim.first_pending(now)
+    if len(sim.services) > 1:
+        ids = ids[sim.w.service[ids] == s]
+    ids = ids[np.isin(sim.p_inst[ids], pre)]
+    if not len(ids):
+        return 0.0
+    work = prefill_seconds(sim, ids)
+    return float(np.sum(work[sim.t_first[ids] - work > now]))
+
+
+def record_queue(sim: ClusterSim, lay: Layout, t1: float, waiting: np.ndarray) -> None:
+    """Each service's prefill work routed and not started at `t1`, per ready prefill
+    instance (s): row `sim.tick` of `ts_prefill_queue`. `waiting`: the routed requests with
+    no first token by `t1`. Requests held at the ingress are not in it: a queue there comes
+    from routing around full decode, which more prefill does not shorten."""
+    T = sim.inst
+    rows = lay.rows
+    k = len(sim.services)
+    ready = lay.prefill & (T.state[rows] == READY)
+    count = np.bincount(T.svc[rows], weights=ready, minlength=k)
+    queued = np.zeros(k)
+    if len(waiting):
+        work = prefill_seconds(sim, waiting)
+        later = sim.t_first[waiting] - work > t1
+        queued = np.bincount(sim.w.service[waiting[later]], weights=work[later], minlength=k)
+    sim.ts_prefill_queue[sim.tick] = queued / np.maximum(count, 1.0)
