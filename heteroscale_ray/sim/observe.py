@@ -124,8 +124,8 @@ def observe(
 ) -> dict[str, Observation]:
     """One `Observation` per service over the last `window_s` of simulated time. The prefill
     queue's peak is over the last `period_s` (since the last observation; default the
-    window): a queue that drained before it is the past the TTFT p99 still counts, as a
-    replica's peak over its shorter window leaves it out."""
+    window): a queue that drained before it is the past, which the window's TTFT p99 still
+    counts (a replica's peak, over its 10-s window, leaves it out too)."""
     now = sim.now
     t1 = sim.tick
     t0 = max(0, t1 - int(round(window_s / sim.dt)))

@@ -1,6 +1,7 @@
 """Queued prefill work: what a prefill replica reports as its queue (the prompts routed to it
-and not started; the prompt on the GPU is service, not queue), now and tick by tick. Its window
-peak shows requests landing together, which queue between snapshots that find them drained.
+and not started; the prompt on the GPU is service, not queue), now and tick by tick. Its peak
+over a period shows requests landing together, which queue between snapshots that find them
+drained.
 """
 
 from __future__ import annotations
