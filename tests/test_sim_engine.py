@@ -150,26 +150,36 @@ def test_offered_prefill_load_keeps_rising_when_prefill_saturates(
         assert sig.prefill_tps == pytest.approx(sig.prefill_offered_tps, rel=0.15)
 
 
+def bunched_and_even(
+    every_s: float, n: int, prompt: int, output: int, prefill: int
+) -> tuple[ClusterSim, ClusterSim]:
+    """Two sims run to 29 s: `n` requests sent together every `every_s` s, and the same
+    requests sent evenly, on `prefill` L20 prefill instances and one H20 decode instance."""
+    sims = []
+    bunches = round(30.0 / every_s)
+    for arrivals in (
+        [every_s * k + 0.1 for k in range(bunches) for _ in range(n // bunches)],
+        np.linspace(0.1, 29.9, n),
+    ):
+        sim = small_sim(arrivals, [prompt] * n, [output] * n, drain_timeout_s=300)
+        for k in range(prefill):
+            sim.add_instance(f"p{k}", "svc", Role.PREFILL, "dg0", L20_HOSTS[k % 4], "L20", 1, 0.0)
+        sim.add_instance("d0", "svc", Role.DECODE, "dg0", H20_HOSTS[0], "H20", 1, 0.0)
+        while sim.now < 29.0:
+            sim.step()
+        sims.append(sim)
+    return sims[0], sims[1]
+
+
 def test_the_token_step_sees_decode_batches_that_spike_between_snapshots() -> None:
     """200 requests landing together every 5 s make their tokens in one large batch, and a
     snapshot between bunches finds decode idle. The window's tokens say at what step they
     were made: about twice the step of the same requests arriving evenly."""
     from heteroscale_ray.sim.observe import observe
 
-    n = 1200
-    got = {}
-    for name, arrivals in (
-        ("bunched", [5.0 * k + 0.1 for k in range(6) for _ in range(n // 6)]),
-        ("even", np.linspace(0.1, 29.9, n)),
-    ):
-        sim = small_sim(arrivals, [20] * n, [20] * n, drain_timeout_s=300)
-        for k in range(8):  # prefill to spare: decode sees the bunches as they came
-            sim.add_instance(f"p{k}", "svc", Role.PREFILL, "dg0", L20_HOSTS[k % 4], "L20", 1, 0.0)
-        sim.add_instance("d0", "svc", Role.DECODE, "dg0", H20_HOSTS[0], "H20", 1, 0.0)
-        while sim.now < 29.0:
-            sim.step()
-        got[name] = observe(sim, 30.0)["svc"].signals
-    bunched, even = got["bunched"], got["even"]
+    # prefill to spare: decode sees the bunches as they came
+    sims = bunched_and_even(5.0, 1200, 20, 20, prefill=8)
+    bunched, even = (observe(sim, 30.0)["svc"].signals for sim in sims)
     assert bunched.decode_step_s is None  # nothing running at the snapshot
     assert even.decode_step_s == pytest.approx(even.decode_token_step_s, rel=0.05)
     assert bunched.decode_token_step_s > 1.7 * even.decode_token_step_s
@@ -184,25 +194,13 @@ def test_the_prefill_queue_peak_sees_prompts_that_landed_together() -> None:
     a queue drained before it is left out (the TTFT p99 still counts it: the past)."""
     from heteroscale_ray.sim.observe import observe
 
-    n = 120
-    got = {}
-    for name, arrivals in (
-        ("bunched", [10.0 * k + 0.1 for k in range(3) for _ in range(n // 3)]),
-        ("even", np.linspace(0.1, 29.9, n)),
-    ):
-        sim = small_sim(arrivals, [1000] * n, [4] * n, drain_timeout_s=300)
-        for k in range(4):
-            sim.add_instance(f"p{k}", "svc", Role.PREFILL, "dg0", L20_HOSTS[k], "L20", 1, 0.0)
-        sim.add_instance("d0", "svc", Role.DECODE, "dg0", H20_HOSTS[0], "H20", 1, 0.0)
-        while sim.now < 29.0:
-            sim.step()
-        got[name] = observe(sim, 30.0)["svc"].signals
-    assert observe(sim, 30.0, 5.0)["svc"].signals.prefill_queue_peak_s == 0.0
-    bunched, even = got["bunched"], got["even"]
+    sims = bunched_and_even(10.0, 120, 1000, 4, prefill=4)
+    bunched, even = (observe(sim, 30.0)["svc"].signals for sim in sims)
     assert bunched.prefill_queue_s == 0.0  # the snapshot finds the last bunch drained
     assert bunched.ttft_wait_p99_s > 2.0  # yet prompts waited seconds
     assert bunched.prefill_queue_peak_s > 0.4 * bunched.ttft_wait_p99_s
     assert even.prefill_queue_peak_s < 0.1 * bunched.prefill_queue_peak_s
+    assert observe(sims[0], 30.0, 5.0)["svc"].signals.prefill_queue_peak_s == 0.0
 
 
 def test_window_latencies_count_requests_however_long_they_waited() -> None:
