@@ -21,6 +21,7 @@ from heteroscale_ray.policy.proof import (
     remember_load,
 )
 from heteroscale_ray.policy.role_plan import role_plan
+from heteroscale_ray.policy.startup import horizon_s
 from tests.test_demand_policy import NOW, counts, make_service, running, signals
 
 # TBT over the SLO with the mean busy decode step most of it: capacity can fix it.
@@ -105,6 +106,28 @@ def test_one_period_under_the_load_is_no_new_load() -> None:
     assert remember_load(state, Role.DECODE, None, NOW + 200, horizon) == (state, None)
 
 
+def test_decide_holds_the_proof_through_a_dip_and_lets_it_go_after_a_horizon() -> None:
+    """Through `decide`: the need read at the step's load, then 15% under it for a period,
+    keeps the proof; under it for longer than a start-up horizon lets it go."""
+    spec = make_service()
+    calm = signals()
+    first, state = decide(spec, calm, counts(4, 4), running(), NOW)
+    load = first.required_decode
+    state = prove(state, Role.DECODE, load, 8)
+    low = signals(
+        observed_at=NOW + 15,
+        request_rate=0.7 * calm.request_rate,
+        decode_tps=0.7 * calm.decode_tps,
+        decode_running=0.7 * calm.decode_running,
+    )
+    dipped, after = decide(spec, low, counts(4, 8), state, NOW + 15)
+    assert dipped.required_decode < 0.9 * load  # under the load by more than the tolerance
+    assert proof_of(after, Role.DECODE) == (load, 8.0)
+    later = NOW + 15 + horizon_s(spec, after) + 1
+    gone, last = decide(spec, replace(low, observed_at=later), counts(4, 8), after, later)
+    assert proof_of(last, Role.DECODE) is None, gone.message
+
+
 def test_the_proof_multiplies_the_level_the_window_holds() -> None:
     """The window holds a role at its recent peak; that level needs what the guard proved,
     not the dip under it (a proof on one period's need asked 12-15 prefill instances as the
@@ -112,8 +135,13 @@ def test_the_proof_multiplies_the_level_the_window_holds() -> None:
     spec = make_service()
     window = ((NOW - 30.0, 10.0, 10.0),)
     state = replace(prove(PolicyState(), Role.DECODE, 10.0, 13), decode_peaks=window)
-    plan = role_plan(spec, Role.DECODE, 13, 9.0, "w", state, NOW)
-    assert "recent peak 10.0" in plan.why and plan.target == 13, plan.why
+    plan = role_plan(spec, Role.DECODE, 13, 7.5, "w", state, NOW)
+    assert "recent peak 10.0" in plan.why and plan.target == 13, plan.why  # 10 on the dip
+    # The guard steps the window holds are instance counts, the proof's ratio already in
+    # them: multiplied again, a step to 13 held with 12 placed asked for 17.
+    stepped = replace(state, decode_steps=((NOW - 30.0, 13.0, 10.0),))
+    plan = role_plan(spec, Role.DECODE, 12, 7.5, "w", stepped, NOW)
+    assert plan.target <= 13 and "proved" not in plan.why, plan.why
 
 
 def test_above_its_load_the_proof_is_a_floor_never_a_multiple() -> None:

@@ -32,13 +32,16 @@ from heteroscale_ray.policy.types import PolicyState, RoleCounts
 MARGIN_HOLD_HORIZONS = 5
 
 
-def recent_peak(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -> float | None:
+def recent_peak(
+    spec: ServiceSpec, state: PolicyState, role: Role, now: float, steps: bool = True
+) -> float | None:
     """A role's highest need within the last `peak_window_s` (HPA's downscale window), with
-    its burst margin while it is within MARGIN_HOLD_HORIZONS burst horizons."""
+    its burst margin while it is within MARGIN_HOLD_HORIZONS burst horizons; with `steps`
+    False, of its needs alone (not the guard steps it holds, which are instance counts)."""
     margin_hold = MARGIN_HOLD_HORIZONS * horizon_s(spec, state)
     inside = [
         margined if now - t <= margin_hold else bare
-        for t, margined, bare, held in _in_window(spec, state, role, now)
+        for t, margined, bare, held in _in_window(spec, state, role, now, steps)
         if held
     ]
     return max(inside, default=None)
@@ -63,7 +66,7 @@ def known_level(spec: ServiceSpec, state: PolicyState, role: Role, now: float) -
 
 
 def _in_window(
-    spec: ServiceSpec, state: PolicyState, role: Role, now: float
+    spec: ServiceSpec, state: PolicyState, role: Role, now: float, steps: bool = True
 ) -> list[tuple[float, float, float, bool]]:
     """The role's (time, margined, bare, held) needs within `peak_window_s`, and those past it
     a return still holds (`falls.kept_s`), its guard steps as needs; none when it is 0.
@@ -78,7 +81,9 @@ def _in_window(
     need = falls.current_need(state, role, now)
     started = -math.inf if state.started_at is None else state.started_at
     out = [
-        (t, n, n, True) for t, n, _ in getattr(state, f"{role.value}_steps") if now - t <= window
+        (t, n, n, True)
+        for t, n, _ in (getattr(state, f"{role.value}_steps") if steps else ())
+        if now - t <= window
     ]
     for t, margined, bare in getattr(state, f"{role.value}_peaks"):
         if now - t > kept:

@@ -57,11 +57,14 @@ def role_plan(
     gone = let_go(spec, state, role, now) if need < current else None
     if gone is not None and ceil_eps(gone) > ceil_eps(sized):  # the window would hold more
         why += f", peak {gone:,.1f} let go: no fall this deep came back"
-    # The proof multiplies the level the window holds: that level needs what it proved, and
-    # one period's dip under it is no new load.
-    proven = proof.proven_need(state, role, sized, policy.scale_out_tolerance)
+    # The proof multiplies the need level the window holds (one period's dip under it is no
+    # new load), not the guard steps it holds: the proof's ratio is already in those.
+    level = need
+    if need < current:
+        level = max(need, recent_peak(spec, state, role, now, steps=False) or 0.0)
+    proven = proof.proven_need(state, role, level, policy.scale_out_tolerance)
     if proven is not None and proven[0] > sized:
-        why += f", x {proven[0] / sized:.2f} as the latency guard proved = {proven[0]:,.1f}"
+        why += f", x {proven[0] / level:.2f} as the latency guard proved = {proven[0]:,.1f}"
         sized = proven[0]
     direction = dead_band(sized, current, policy.scale_out_tolerance, policy.scale_in_tolerance)
     desired = ceil_eps(sized)

@@ -93,7 +93,8 @@ class PrefillServer(ReplicaBase):
         n_prompt = len(req.prompt_tokens)
         self._waiting += 1
         self._waiting_tokens += n_prompt
-        self.metrics.prompt_queued(self._waiting_tokens)
+        # queued: what waits for the GPU; a prompt that finds it free is service, not queue
+        self.metrics.prompt_queued(self._waiting_tokens - (0 if self._gpu.locked() else n_prompt))
         try:
             await self._gpu.acquire()
         finally:

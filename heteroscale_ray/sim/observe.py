@@ -22,6 +22,12 @@ from heteroscale_ray.sim.instances import READY, distinct
 from heteroscale_ray.sim.prefill_queue import prefill_seconds, waiting_prefill_s
 
 
+def _peak(values: np.ndarray) -> float | None:
+    """The largest value, NaN (no instance to measure on) left out; None if all are."""
+    seen = values[~np.isnan(values)]
+    return float(np.max(seen)) if len(seen) else None
+
+
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
@@ -125,11 +131,13 @@ def observe(
     """One `Observation` per service over the last `window_s` of simulated time. The prefill
     queue's peak is over the last `period_s` (since the last observation; default the
     window): a queue that drained before it is the past, which the window's TTFT p99 still
-    counts (a replica's peak, over its 10-s window, leaves it out too)."""
+    counts. (A replica's peak is over its 10-s window, two of the real control plane's 5-s
+    periods.)"""
     now = sim.now
     t1 = sim.tick
     t0 = max(0, t1 - int(round(window_s / sim.dt)))
-    last_period = slice(max(t0, t1 - int(round((period_s or window_s) / sim.dt))), t1)
+    ticks = max(1, int(round((period_s or window_s) / sim.dt)))
+    last_period = slice(max(t0, t1 - ticks), t1)
     span = (t1 - t0) * sim.dt
     w = sim.w
     lo = sim.open_from(now - window_s)
@@ -210,9 +218,7 @@ def observe(
             decode_queue=waiting if have_data else None,
             ttft_wait_p99_s=wait_p99,
             ttft_service_p99_s=service_p99,
-            prefill_queue_peak_s=(
-                float(np.max(sim.ts_prefill_queue[last_period, s])) if have_data else None
-            ),
+            prefill_queue_peak_s=_peak(sim.ts_prefill_queue[last_period, s]) if have_data else None,
             decode_step_s=None if steps is None else steps.mean_s,
             decode_token_step_s=_ratio(
                 float(np.sum(sim.ts_token_steps[sl, s])),

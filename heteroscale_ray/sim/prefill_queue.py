@@ -42,18 +42,20 @@ def waiting_prefill_s(sim: ClusterSim, s: int, pre: np.ndarray, now: float) -> f
 
 
 def record_queue(sim: ClusterSim, lay: Layout, t1: float, waiting: np.ndarray) -> None:
-    """Each service's prefill work routed and not started at `t1`, per ready prefill
-    instance (s): row `sim.tick` of `ts_prefill_queue`. `waiting`: the routed requests with
-    no first token by `t1`. Requests held at the ingress are not in it: a queue there comes
-    from routing around full decode, which more prefill does not shorten."""
+    """Each service's prefill work routed to its ready prefill instances and not started at
+    `t1`, per such instance (s; NaN without one): row `sim.tick` of `ts_prefill_queue`.
+    `waiting`: the routed requests with no first token by `t1`. Requests held at the ingress
+    are not in it: a queue there comes from routing around full decode, which more prefill
+    does not shorten."""
     T = sim.inst
     rows = lay.rows
     k = len(sim.services)
     ready = lay.prefill & (T.state[rows] == READY)
     count = np.bincount(T.svc[rows], weights=ready, minlength=k)
     queued = np.zeros(k)
-    if len(waiting):
-        work = prefill_seconds(sim, waiting)
-        later = sim.t_first[waiting] - work > t1
-        queued = np.bincount(sim.w.service[waiting[later]], weights=work[later], minlength=k)
-    sim.ts_prefill_queue[sim.tick] = queued / np.maximum(count, 1.0)
+    ids = waiting[T.state[sim.p_inst[waiting]] == READY] if len(waiting) else waiting
+    if len(ids):
+        work = prefill_seconds(sim, ids)
+        later = sim.t_first[ids] - work > t1
+        queued = np.bincount(sim.w.service[ids[later]], weights=work[later], minlength=k)
+    sim.ts_prefill_queue[sim.tick] = np.where(count > 0, queued / np.maximum(count, 1.0), np.nan)
