@@ -77,6 +77,10 @@ class _Window:
         self._prune(now)
         return len(self._items)
 
+    def largest(self, now: float) -> float | None:
+        self._prune(now)
+        return max((v for _, v in self._items), default=None)
+
     def mean(self, now: float) -> float | None:
         self._prune(now)
         return self.sum(now) / len(self._items) if self._items else None
@@ -282,7 +286,7 @@ class ReplicaMetrics:
             queue_s: float | None = 0.0
         else:
             queue_s = queued / rate if rate else None
-        peak = max(self._queued.percentiles(now, (100.0,))[0] or 0.0, float(queued))
+        peak = max(self._queued.largest(now) or 0.0, float(queued))
         peak_s = 0.0 if not peak else (peak / rate if rate else None)
         busy = min(1.0, self._busy.sum(now) / span)
         compute = (

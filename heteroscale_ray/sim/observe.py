@@ -19,7 +19,7 @@ from heteroscale_ray.policy.types import Signals
 from heteroscale_ray.sim import kernels
 from heteroscale_ray.sim.cluster import DECODE, PREFILL, ClusterSim
 from heteroscale_ray.sim.instances import READY, distinct
-from heteroscale_ray.sim.prefill_queue import prefill_seconds, waiting_prefill_s
+from heteroscale_ray.sim.prefill_queue import prefill_seconds
 
 
 def _peak(values: np.ndarray) -> float | None:
@@ -60,7 +60,9 @@ def queues(sim: ClusterSim, s: int) -> tuple[float | None, float, float]:
     dec = np.flatnonzero(mine & (T.role[:n] == DECODE))
     queue_s = None
     if len(pre):
-        queue_s = waiting_prefill_s(sim, s, pre, now) / len(pre)
+        # routed and not started: the tick that just ended recorded it (sim/prefill_queue.py)
+        recorded = float(sim.ts_prefill_queue[sim.tick - 1, s]) if sim.tick else 0.0
+        queue_s = recorded if np.isfinite(recorded) else 0.0
         held = sim._backlog
         if len(held) and len(sim.services) > 1:
             held = held[sim.w.service[held] == s]

@@ -29,18 +29,6 @@ def prefill_seconds(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def waiting_prefill_s(sim: ClusterSim, s: int, pre: np.ndarray, now: float) -> float:
-    """Prefill seconds routed to instances `pre` of service `s` and not started by `now`."""
-    ids = sim.first_pending(now)
-    if len(sim.services) > 1:
-        ids = ids[sim.w.service[ids] == s]
-    ids = ids[np.isin(sim.p_inst[ids], pre)]
-    if not len(ids):
-        return 0.0
-    work = prefill_seconds(sim, ids)
-    return float(np.sum(work[sim.t_first[ids] - work > now]))
-
-
 def record_queue(sim: ClusterSim, lay: Layout, t1: float, waiting: np.ndarray) -> None:
     """Each service's prefill work routed to its ready prefill instances and not started at
     `t1`, per such instance (s; NaN without one): row `sim.tick` of `ts_prefill_queue`.
