@@ -225,8 +225,9 @@ class ReplicaMetrics:
             self._tokens_per_busy_s = self._prefill_tokens.sum(now) / busy
 
     def prompt_queued(self, queued_tokens: int) -> None:
-        """A prompt joined the queue, which now holds `queued_tokens` (its own included): the
-        window's highest is the queue prompts that land together build between reports."""
+        """A prompt arrived, and `queued_tokens` now wait for the GPU (its own, unless the GPU
+        was free): the window's highest is the queue prompts landing together build between
+        reports."""
         self._queued.add(queued_tokens, self.clock.monotonic())
 
     def seed_prefill_rate(self, tokens_per_busy_s: float) -> None:
@@ -282,12 +283,12 @@ class ReplicaMetrics:
         service = self._ttft_service.percentiles(now, qs)
         queued = gauges.get("queued_prompt_tokens", 0)
         rate = self._tokens_per_busy_s
-        if not queued:
-            queue_s: float | None = 0.0
-        else:
-            queue_s = queued / rate if rate else None
-        peak = max(self._queued.largest(now) or 0.0, float(queued))
-        peak_s = 0.0 if not peak else (peak / rate if rate else None)
+
+        def seconds(tokens: float) -> float | None:  # an empty queue is known without a rate
+            return 0.0 if not tokens else (tokens / rate if rate else None)
+
+        queue_s = seconds(queued)
+        peak_s = seconds(max(self._queued.largest(now) or 0.0, float(queued)))
         busy = min(1.0, self._busy.sum(now) / span)
         compute = (
             min(1.0, self._flops.sum(now) / (span * self.peak_flops)) if self.peak_flops else 0.0
