@@ -437,9 +437,10 @@ CASES: dict[str, tuple[Callable[..., Trace], bool, str]] = {
 }
 
 
-def build(label: str, draw: int = 0) -> Trace:
-    """Case `label`'s trace: the tables' draw (0), or another of the same rule."""
-    return CASES[label][0](draw=draw)
+def build(label: str, draw: int = 0, cases: dict[str, Any] | None = None) -> Trace:
+    """Case `label`'s trace (of `cases`, these by default): the tables' draw (0), or another
+    of the same rule."""
+    return (CASES if cases is None else cases)[label][0](draw=draw)
 
 
 def fleet(
@@ -450,10 +451,14 @@ def fleet(
     return counts, replay_fleet_for(spec, counts, DEFAULT_FLEET_GPUS)
 
 
-def run_case(label: str, services: Any, policies: tuple[str, ...]) -> dict[str, Any]:
-    _, diurnal, what = CASES[label]
+def run_case(
+    label: str, services: Any, policies: tuple[str, ...], cases: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Replay case `label` of `cases` (these by default) as a new user would."""
+    cases = CASES if cases is None else cases
+    _, diurnal, what = cases[label]
     spec = services.by_name()[G.SERVICE]
-    trace = build(label)
+    trace = build(label, cases=cases)
     counts, topo = fleet(spec, services, trace)
     lengths = (
         f" (prompt mean {np.mean(trace.input_tokens):,.0f}, "

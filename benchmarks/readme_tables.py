@@ -1,6 +1,6 @@
 """Print a benchmark's `summary.json` as the README's table rows, one commit's run per table.
 
-shapes.py, stress.py and made_up.py replay each case under heteroscale, static and oracle and
+shapes.py, stress.py, made_up.py and drift.py replay each case under heteroscale, static and oracle and
 write `results/<benchmark>/summary.json`. The README's tables show one run of all of them at
 one commit; this prints their rows in that form, so a table is measured again with two
 commands rather than row by row:
@@ -34,11 +34,11 @@ HEADER = "| case | heteroscale | static | oracle | goals missed |\n|---|---|---|
 
 
 def cases_of(summary: dict[str, Any]) -> dict[str, Any]:
-    """The per-case results: `cases` (stress.py, made_up.py) or `shapes` (shapes.py)."""
+    """The per-case results: `cases` (stress.py, made_up.py, drift.py) or `shapes` (shapes.py)."""
     cases = summary.get("cases", summary.get("shapes"))
     if not isinstance(cases, dict):
         raise SystemExit(
-            "no `cases` or `shapes` in this summary: pass a shapes.py, stress.py or made_up.py summary.json"
+            "no `cases` or `shapes` in this summary: pass a shapes.py, stress.py, made_up.py or drift.py summary.json"
         )
     return cases
 
@@ -86,7 +86,9 @@ def table(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("summary", type=Path, help="a shapes.py, stress.py or made_up.py summary.json")
+    ap.add_argument(
+        "summary", type=Path, help="a shapes.py, stress.py, made_up.py or drift.py summary.json"
+    )
     args = ap.parse_args(argv)
     try:
         summary = json.loads(args.summary.read_text())

@@ -50,5 +50,5 @@ def test_a_summary_without_the_three_policies_is_refused_with_the_fix() -> None:
     case = {"what": "x", "rows": [{"policy": "heteroscale"}]}
     with pytest.raises(SystemExit, match="heteroscale, static and oracle"):
         tables.table({"cases": {"one": case}})
-    with pytest.raises(SystemExit, match="shapes.py, stress.py or made_up.py"):
+    with pytest.raises(SystemExit, match="shapes.py, stress.py, made_up.py or drift.py"):
         tables.table({"traces": {}})

@@ -50,6 +50,14 @@ def test_a_made_up_case_replays_other_draws_of_its_rule(tmp_path: Path) -> None:
     assert all(r["gpu_hours"] > 0 and 0 < r["slo_attainment"] <= 1 for r in rows)
 
 
+def test_a_drift_case_replays_other_draws_of_its_rule(tmp_path: Path) -> None:
+    argv = ["--seeds", "2", "--cases", "outage", "--hours", "0.25", "--out", str(tmp_path)]
+    assert spread.main(argv) == 0
+    rows = json.loads((tmp_path / "summary.json").read_text())["cases"]["outage"]["rows"]
+    table = spread.drift.CASES["outage"][0]().slice(0, 900.0)
+    assert rows[0]["requests"] == len(table) != rows[1]["requests"]
+
+
 def test_an_unknown_case_is_refused(tmp_path: Path) -> None:
     assert spread.main(["--cases", "nope", "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "summary.json").exists()
