@@ -92,7 +92,7 @@ def decide(
     )
     if fresh:
         state = backlog.track(spec, state, signals)
-        state = settle(spec, signals, state)
+        state = settle(spec, signals, state, now)
         if spec.policy.tuned_at is not None:
             state = track_spread(spec, signals, state, now)
     move, state = track_transport(spec, signals, state, now, fresh, catalog)
@@ -336,7 +336,11 @@ def advance_state(
     mark = proposal.guard_mark if guarded else None
     if mark is not None:
         state = replace(
-            state, guard_role=mark[0].value, guard_fixable_s=mark[1], guard_load=mark[2]
+            state,
+            guard_role=mark[0].value,
+            guard_fixable_s=mark[1],
+            guard_load=mark[2],
+            guard_calm_since=None,
         )
     return replace(
         state.after_decision(

@@ -3,14 +3,16 @@
 TTFT counts against prefill only through its queueing wait, and while prefill work is queued
 now or was at any moment of the last period (a long prompt's own compute is a floor more
 instances do not shorten, and a wait with no queue comes from elsewhere); TBT counts against
-decode when the mean step of the busy instances is a large part of it (the rest is KV transfer,
+decode when the part of the busy instances' mean step more instances take away (at most its
+per-sequence part: none at one sequence each) is a large part of it (the rest is KV transfer,
 admission, or sequences pinned to a few instances that were slow before new ones landed), or
 the step the window's tokens were made at is (requests landing together spike batches between
 snapshots), or while sequences pile up waiting for a decode slot (more instances add slots). A
-guard step that did not cut the fixable latency earns no other, and prefill takes none while
-its queue drains. The same floor test marks a role as strained for the learned burst headroom
-(policy/burst.py; decode on its slowest instance's step there, not on the tokens' step) and
-decides whether soft scale-in restores a removal (control/soft_scale_in.py).
+guard step that did not cut the fixable latency earns no other until that latency has stayed
+under every tier for a start-up horizon, and prefill takes none while its queue drains. The
+same floor test marks a role as strained for the learned burst headroom (policy/burst.py;
+decode on its slowest instance's step there, not on the tokens' step) and decides whether soft
+scale-in restores a removal (control/soft_scale_in.py).
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ def latency_guard(
     instances: that is a latency floor, reason latency_floor). TBT counts against decode
     when batches are large enough that more instances shrink them, or while the queue of
     sequences waiting for a slot grows. A step that did not cut the fixable latency by
-    MIN_GAIN earns no other (reason latency_no_gain) until latency drops below the lowest
-    tier. Prefill waits while its queue drains: the capacity in place already outruns
-    arrivals.
+    MIN_GAIN earns no other (reason latency_no_gain) until latency stays below the lowest
+    tier for a start-up horizon (`calm`). Prefill waits while its queue drains: the capacity
+    in place already outruns arrivals.
     """
     guard = spec.policy.latency_guard
     if not guard.enabled or snapshot_problem(s, now, spec.policy.stale_after_s):
@@ -63,9 +65,8 @@ def latency_guard(
         if counts.starting_of(role):  # the last step has not landed yet: judge it once it has
             continue
         tier = reached_tier(observed / slo, guard.tiers)  # type: ignore[operator]
+        state = calm(spec, state, role, now, under=tier is None)
         if tier is None:
-            if state.guard_role == role.value:
-                state = forget_guard(state)
             continue
         breach = f"{name} p99 {observed * 1000:,.0f} ms is {observed / slo:.2f}x the SLO"  # type: ignore[operator]
         if floor and role is Role.DECODE and state.decode_growth_streak:
@@ -127,7 +128,13 @@ def latency_guard(
         if step > plan.target:
             why = f"{plan.why}; {breach} (tier {tier.at:g}x: +{tier.step:.0%})"
             plans[role] = replace(plan, target=step, reason=Reason.LATENCY_GUARD, why=why)
-            state = replace(state, guard_role=role.value, guard_fixable_s=fixable, guard_load=load)
+            state = replace(
+                state,
+                guard_role=role.value,
+                guard_fixable_s=fixable,
+                guard_load=load,
+                guard_calm_since=None,
+            )
     return plans, state
 
 
@@ -158,22 +165,40 @@ def spiky_batches(spec: ServiceSpec, s: Signals, state: PolicyState, now: float)
     return grew is None or now - grew > startup.horizon_s(spec, state)
 
 
-def settle(spec: ServiceSpec, s: Signals, state: PolicyState) -> PolicyState:
-    """Forget the last guard step once its role's latency is below the lowest tier again: the
-    next breach is a new one, and its first step is always taken."""
+def settle(spec: ServiceSpec, s: Signals, state: PolicyState, now: float) -> PolicyState:
+    """`calm` for the paper's guard, which reads its breaches elsewhere."""
     if state.guard_role is None:
         return state
     for role, _, observed, slo, _, _ in watched_latencies(spec, s):
         if role.value != state.guard_role or not _usable(observed):
             continue
-        if reached_tier(observed / slo, spec.policy.latency_guard.tiers) is None:  # type: ignore[operator]
-            return forget_guard(state)
+        under = reached_tier(observed / slo, spec.policy.latency_guard.tiers) is None  # type: ignore[operator]
+        return calm(spec, state, role, now, under)
     return state
+
+
+def calm(spec: ServiceSpec, state: PolicyState, role: Role, now: float, under: bool) -> PolicyState:
+    """Track whether the guarded role's latency is `under` every tier, and forget its last
+    step once it has stayed there a start-up horizon: the next breach is then a new one, and
+    its first step is always taken. One reading under the tiers is no recovery: from a few
+    requests a p99 swings around the SLO. Forgotten at each such dip, a TBT floor (32k-token
+    prompts with short answers, whose KV transfer is most of their TBT) earned a fresh step
+    after each, and decode went from one instance to five in 13 minutes."""
+    if state.guard_role != role.value:
+        return state
+    if not under:
+        return replace(state, guard_calm_since=None)
+    since = now if state.guard_calm_since is None else state.guard_calm_since
+    if now - since >= startup.horizon_s(spec, state):
+        return forget_guard(state)
+    return replace(state, guard_calm_since=since)
 
 
 def forget_guard(state: PolicyState) -> PolicyState:
     """No guard step to judge the next breach against: its first step is always taken."""
-    return replace(state, guard_role=None, guard_fixable_s=None, guard_load=None)
+    return replace(
+        state, guard_role=None, guard_fixable_s=None, guard_load=None, guard_calm_since=None
+    )
 
 
 def watched_latencies(
@@ -207,8 +232,14 @@ def watched_latencies(
         # `latency_guard`). The busy instances' mean step is compared, not the slowest's:
         # sequences never move, so a few instances slow with sequences admitted before new
         # ones landed stay slow whatever is added, while new sequences go to the light ones.
+        # With no sequence running at the snapshot, the window's tokens say what steps were.
         steps = (s.decode_step_max_s, s.decode_step_s) if slowest else (s.decode_step_s,)
-        step = next((x for x in steps if _usable(x)), None)
+        step = next((x for x in (*steps, s.decode_token_step_s) if _usable(x)), None)
+        if _usable(s.decode_step_s) and not slowest and _usable(s.decode_step_batch):
+            # Of a step at batch b, more instances take away at most its per-sequence part,
+            # (1 - 1/b) of it: a step is a weight read plus a cost per sequence, and a busy
+            # instance runs at least one. At one sequence each TBT is a floor.
+            step *= 1.0 - 1.0 / max(s.decode_step_batch, 1.0)  # type: ignore[arg-type]
         floor = (
             step is not None and _usable(s.tbt_p99_s) and step < TBT_FLOOR_SHARE * s.tbt_p99_s  # type: ignore[operator]
         )

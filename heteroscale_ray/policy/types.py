@@ -252,6 +252,7 @@ class PolicyState:
     guard_fixable_s: float | None = None
     guard_role: str | None = None
     guard_load: float | None = None  # that role's need per instance when the guard stepped
+    guard_calm_since: float | None = None  # epoch s that role's latency fell under every tier
     # Learned capacity: measured over roofline prior per role (1.0 = the prior is right).
     prefill_capacity_scale: float | None = None
     decode_capacity_scale: float | None = None
