@@ -60,10 +60,6 @@ def drifting(
     return M._trace(t, prompts, outputs, span)
 
 
-def _flat(value: float) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda t: np.full(np.shape(t), value)
-
-
 def _creep(start: float, end: float, span: float) -> Callable[[np.ndarray], np.ndarray]:
     return lambda t: start + (end - start) * np.asarray(t) / span
 
@@ -96,14 +92,14 @@ def outage(draw: int = 0) -> Trace:
 CASES: dict[str, tuple[Callable[..., Trace], bool, str]] = {
     "context-creep": (
         lambda draw=0: drifting(
-            301, _flat(6.0), 4 * HOUR, _creep(1000, 16_000, 4 * HOUR), _flat(200), draw
+            301, M._constant(6.0), 4 * HOUR, _creep(1000, 16_000, 4 * HOUR), M._constant(200), draw
         ),
         False,
         "6 req/s, prompt mean 1k -> 16k over 4 h",
     ),
     "output-creep": (
         lambda draw=0: drifting(
-            302, _flat(8.0), 4 * HOUR, _flat(1000), _creep(100, 2000, 4 * HOUR), draw
+            302, M._constant(8.0), 4 * HOUR, M._constant(1000), _creep(100, 2000, 4 * HOUR), draw
         ),
         False,
         "8 req/s, output mean 100 -> 2,000 over 4 h",

@@ -30,7 +30,7 @@ from heteroscale_ray.policy.coordinated_demand import backlog_override
 from heteroscale_ray.policy.coordinated_guards import kv_guard_proposal, latency_guard_proposal
 from heteroscale_ray.policy.demand import decide_demand
 from heteroscale_ray.policy.dynamic_ratio import RatioStep, step_ratio
-from heteroscale_ray.policy.fixable_latency import settle
+from heteroscale_ray.policy.fixable_latency import remember_guard, settle
 from heteroscale_ray.policy.freshness import (
     SIGNAL_LABELS,
     Reading,
@@ -335,13 +335,7 @@ def advance_state(
     kv_guarded = grew and proposal.reason is Reason.KV_PRESSURE
     mark = proposal.guard_mark if guarded else None
     if mark is not None:
-        state = replace(
-            state,
-            guard_role=mark[0].value,
-            guard_fixable_s=mark[1],
-            guard_load=mark[2],
-            guard_calm_since=None,
-        )
+        state = remember_guard(state, *mark)
     return replace(
         state.after_decision(
             now, reason, grew=grew, shrank=shrank, guarded=guarded, kv_guarded=kv_guarded

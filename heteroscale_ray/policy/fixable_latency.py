@@ -128,13 +128,7 @@ def latency_guard(
         if step > plan.target:
             why = f"{plan.why}; {breach} (tier {tier.at:g}x: +{tier.step:.0%})"
             plans[role] = replace(plan, target=step, reason=Reason.LATENCY_GUARD, why=why)
-            state = replace(
-                state,
-                guard_role=role.value,
-                guard_fixable_s=fixable,
-                guard_load=load,
-                guard_calm_since=None,
-            )
+            state = remember_guard(state, role, fixable, load)
     return plans, state
 
 
@@ -187,11 +181,25 @@ def calm(spec: ServiceSpec, state: PolicyState, role: Role, now: float, under: b
     if state.guard_role != role.value:
         return state
     if not under:
-        return replace(state, guard_calm_since=None)
+        return state if state.guard_calm_since is None else replace(state, guard_calm_since=None)
     since = now if state.guard_calm_since is None else state.guard_calm_since
     if now - since >= startup.horizon_s(spec, state):
         return forget_guard(state)
     return replace(state, guard_calm_since=since)
+
+
+def remember_guard(
+    state: PolicyState, role: Role, fixable: float, load: float | None
+) -> PolicyState:
+    """A guard step on `role` taken at `fixable` latency and `load` per instance: the next
+    breach is judged against it (`unhelped`)."""
+    return replace(
+        state,
+        guard_role=role.value,
+        guard_fixable_s=fixable,
+        guard_load=load,
+        guard_calm_since=None,
+    )
 
 
 def forget_guard(state: PolicyState) -> PolicyState:
