@@ -19,6 +19,7 @@ from heteroscale_ray.policy.peak_window import (
     raise_step,
     recent_peak,
 )
+from heteroscale_ray.policy.role_plan import role_plan
 from heteroscale_ray.policy.startup import horizon_s
 from heteroscale_ray.policy.types import Onset, Return
 
@@ -258,3 +259,30 @@ def test_a_short_surge_back_after_a_lull_longer_than_the_window_is_held_through_
     fixed = make_service(demand={"learn_window": False})
     state, t = _needs(PolicyState(), spike + lull + spike + lull[:-1], spec=fixed)
     assert recent_peak(fixed, state, Role.DECODE, t) == 1.0
+
+
+def test_the_window_bounds_a_scale_in_and_restores_a_peak_only_for_crowds() -> None:
+    """A peak the window holds again once traffic starts to come back (sawtooth ramps: each
+    rising need is a return from the lull) keeps the role where it is; it restored the peak
+    before, a scale-out the need did not ask for, then a scale-in once the peak aged out.
+    Crowds that came and went are met at their peak: there the window restores it."""
+    state = raise_peak(SPEC, PolicyState(), Role.DECODE, 10.0, NOW)
+    later = NOW + 300
+    assert recent_peak(SPEC, state, Role.DECODE, later) == 10.0
+    plan = role_plan(SPEC, Role.DECODE, 3, 2.0, "need", state, later)
+    assert plan.target == 3 and "recent peak 10.0" in plan.why
+    # an ask the fleet could not place yet is still a count the role has asked for
+    asked = replace(state, decode_asked=5)
+    assert role_plan(SPEC, Role.DECODE, 3, 2.0, "need", asked, later).target == 5
+    # a need above the count scales out as before, and the window still bounds a scale-in
+    assert role_plan(SPEC, Role.DECODE, 3, 6.0, "need", state, later).target == 6
+    assert 10 <= role_plan(SPEC, Role.DECODE, 20, 2.0, "need", state, later).target < 20
+    one = Onset(NOW - 1200, 1.0, 10.0, NOW - 1080)
+    crowds = replace(state, decode_onsets=(Onset(NOW - 3000, 1.0, 10.0, NOW - 2880), one))
+    assert not falls.restores(SPEC, replace(state, decode_onsets=(one,)), Role.DECODE)
+    assert falls.restores(SPEC, crowds, Role.DECODE) and not falls.restores(
+        SPEC, state, Role.DECODE
+    )
+    assert role_plan(SPEC, Role.DECODE, 3, 2.0, "need", crowds, later).target > 3
+    fixed = make_service(demand={"learn_window": False})  # lets no peak go: may restore
+    assert role_plan(fixed, Role.DECODE, 3, 2.0, "need", state, later).target > 3

@@ -139,7 +139,7 @@ def test_the_proof_multiplies_the_level_the_window_holds() -> None:
     assert "recent peak 10.0" in plan.why and plan.target == 13, plan.why  # 10 on the dip
     # The guard steps the window holds are instance counts, the proof's ratio already in
     # them: multiplied again, a step to 13 held with 12 placed asked for 17.
-    stepped = replace(state, decode_steps=((NOW - 30.0, 13.0, 10.0),))
+    stepped = replace(state, decode_steps=((NOW - 30.0, 13.0, 10.0),), decode_asked=13)
     plan = role_plan(spec, Role.DECODE, 12, 7.5, "w", stepped, NOW)
     assert plan.target <= 13 and "proved" not in plan.why, plan.why
 

@@ -36,6 +36,10 @@ it comes back from a fall that deep:
   not held so: the next is sized for before it comes (policy/recurrence.py), and the role
   scales in between.
 
+A peak let go and held again (a return that deep came since) is restored above the role's
+count only for crowds, as above (`restores`); otherwise the window bounds a scale-in, as
+HPA's does, and a ramp back from a lull is sized by its need.
+
 Held for less than the whole window, traffic that comes and goes is held at the highest of
 its last peak or two, and their noise scaled it in and out (on-off-2m's decode, 8.2 direction
 changes an hour where the whole window gives 2.1). No trace-specific number: the floor is the
@@ -153,13 +157,13 @@ def holds(
     within = age <= window
     if not learning(spec, state) or depth is None:
         return within
-    floor = FLOOR_HORIZONS * horizon_s(spec, state)
+    floor = _floor_s(spec, state)
     if within and (age <= floor or depth >= 1 - policy.scale_in_tolerance):
         return True
     surge = 1 / (1 + policy.demand.max_burst_margin)  # a return no burst margin covers
     due = recurrence.apart(spec, state, role)  # the next is sized for before it comes instead
     # crowds that came and went twice: the longest lull seen does not bound the next
-    crowds = recurrence.short_surges(state, role, floor) >= 2
+    crowds = _crowds(spec, state, role)
     for r in getattr(state, f"{role.value}_returns"):
         if r.depth > depth:
             continue
@@ -170,6 +174,25 @@ def holds(
         if not due and r.depth <= surge and 0 < r.stay <= floor and lull and high:
             return True
     return False
+
+
+def restores(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:
+    """Whether the window may ask for more than the role has, to a peak it let go and holds
+    again: only for crowds (two of the last three surges came and went within the floor),
+    whose peak the next one needs at its onset, within a period. A surge that stays longer is
+    served by what its onset asks for; restored at the first rise back (sawtooth ramps: each
+    rising need is a return from the lull), its peak was a scale-out no need asked for and a
+    scale-in once it aged out, two direction changes. An unlearned window lets no peak go."""
+    return not learning(spec, state) or _crowds(spec, state, role)
+
+
+def _floor_s(spec: ServiceSpec, state: PolicyState) -> float:
+    return FLOOR_HORIZONS * horizon_s(spec, state)
+
+
+def _crowds(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:
+    """Whether two of the role's last onsets came and went within the floor."""
+    return recurrence.short_surges(state, role, _floor_s(spec, state)) >= 2
 
 
 def holds_down_to(spec: ServiceSpec, state: PolicyState, role: Role) -> float:

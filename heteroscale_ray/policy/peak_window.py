@@ -3,13 +3,15 @@ in only as far as its highest need within `demand.peak_window_s` allows, and tha
 burst margin for MARGIN_HOLD_HORIZONS burst horizons after it. A need is held the whole window
 only while this role's traffic has come back from falls that deep, else a few start-up
 horizons, and past the window while it came back after as long a lull to as high a need
-(policy/falls.py). The fleet found at the first decision enters the window as a need, held the
-whole window as HPA stabilises a new autoscaler's initial size. A latency guard's or KV guard's
-step enters it too, held like a need while the load it was taken at holds: at a lower load it
-is a different fleet, measured afresh (as the guard's proof, policy/proof.py); held regardless,
-a step outlives the load that needed it. The needs it holds are levels: a need read from few
-arrivals is averaged until its noise is within the tolerances (policy/sampled_level.py), so the
-window holds no sampling noise's top. Pure: time comes in as `now`.
+(policy/falls.py). It bounds a scale-in: a peak it let go and holds again is restored above the
+role's count only for crowds (`falls.restores`). The fleet found at the first decision enters
+the window as a need, held the whole window as HPA stabilises a new autoscaler's initial size.
+A latency guard's or KV guard's step enters it too, held like a need while the load it was
+taken at holds: at a lower load it is a different fleet, measured afresh (as the guard's proof,
+policy/proof.py); held regardless, a step outlives the load that needed it. The needs it holds
+are levels: a need read from few arrivals is averaged until its noise is within the tolerances
+(policy/sampled_level.py), so the window holds no sampling noise's top. Pure: time comes in as
+`now`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from heteroscale_ray.config import Role, ServiceSpec
-from heteroscale_ray.policy import proof
+from heteroscale_ray.policy import falls, proof
 from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.peak_window import let_go, recent_peak
 from heteroscale_ray.policy.proportional import Direction, ceil_eps, damped_target, dead_band
@@ -51,9 +51,13 @@ def role_plan(
     why = f"{why} = {need:,.1f} (now {current})"
     sized = need  # what the role is sized for; `need` stays the need with its headroom
     if peak is not None and peak > need and need < current:
-        # Scale in only as far as the recent peak allows (stabilisation window).
+        # Scale in only as far as the recent peak allows (stabilisation window). Like HPA's,
+        # the window bounds a scale-in; it asks for more than the role has (or asked for,
+        # not placed yet) only where a peak it let go is worth restoring (falls.restores).
         why += f", recent peak {peak:,.1f}"
         sized = peak
+        if not falls.restores(spec, state, role):
+            sized = min(peak, max(current, state.asked(role)))
     gone = let_go(spec, state, role, now) if need < current else None
     if gone is not None and ceil_eps(gone) > ceil_eps(sized):  # the window would hold more
         why += f", peak {gone:,.1f} let go: no fall this deep came back"
