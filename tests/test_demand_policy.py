@@ -359,6 +359,38 @@ def test_a_growing_backlog_never_holds_or_shrinks_its_role(
         p, d = decision.prefill, decision.decode
 
 
+def test_a_growing_prefill_queue_holds_while_the_instances_starting_drain_it_first() -> None:
+    """One prefill instance ready and one starting (asked 45 s ago, start-ups timed at 105 s)
+    while 14k prompt tokens/s arrive at 12k per busy instance: the queue grows until the second
+    lands, and the two then drain it within 80 s, before an instance asked now could land.
+    More would land after the queue is gone and be scaled back: prefill holds at 2, with its
+    own reason. Asked 10 s ago, the same queue outlasts a start-up: the backlog rule steps."""
+    spec = make_service()
+    k = spec.policy.demand.backlog_periods
+    state = replace(
+        running(),
+        startups=(105.0,),
+        startup_horizon_s=120.0,
+        prefill_grew_at=NOW - 45.0,
+        prefill_growth_streak=k,
+        prefill_queue_last=5.0,
+    )
+    sig = signals(
+        prefill_queue_s=6.5, prefill_offered_tps=14_000.0, prefill_tps=12_000.0, prefill_busy=1.0
+    )
+    two = RoleCounts(prefill_ready=1, prefill_starting=1, decode_ready=4)
+    decision, _ = decide(spec, sig, two, state, NOW)
+    assert decision.prefill == 2, decision.message
+    assert decision.reason is Reason.HOLD_STARTING, decision.message
+    # it lands in 60 s, on 6.5 s queued + (14k / 12k - 1) x 60 s, drained at 2 - 14k / 12k
+    assert "but the 1 starting drain it within 80 s, before more could land (105 s)" in (
+        decision.message
+    )
+    late = replace(state, prefill_grew_at=NOW - 10.0)
+    decision, _ = decide(spec, replace(sig, prefill_queue_s=20.0), two, late, NOW)
+    assert decision.prefill == 3 and decision.reason is Reason.BACKLOG_GROWTH, decision.message
+
+
 def _paper_rule_on_a_saturated_prefill(queue_s: float, periods: int) -> list:
     """The paper's decode-TPS rule (5 prefill, decode TPS low) while 100k cache-miss tokens/s
     arrive at a prefill pool whose instances compute 2k each: its queue stands at `queue_s`."""

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy.guard_steps import guard_target
-from heteroscale_ray.policy.types import PolicyState, Signals
+from heteroscale_ray.policy.startup import timed_startup
+from heteroscale_ray.policy.types import PolicyState, RoleCounts, Signals
 
 # A queue must grow by more than this share (and be material, below) to count: bursty arrivals
 # and one long prompt must not start a streak.
@@ -117,3 +118,31 @@ def backlog_target(current: int, starting: int = 0, need: float | None = None) -
     if need is None:
         return step
     return max(step, math.ceil(need * (1 + STEP) - 1e-9))
+
+
+def drained_by_starting(
+    state: PolicyState, signals: Signals, counts: RoleCounts, now: float
+) -> str | None:
+    """Why more prefill would not help a growing queue: the instances already starting drain
+    it before any asked now could land (those would land after it is gone and be scaled back).
+    The queue grows until they land at the arrivals' excess over the ready ones, then drains
+    at the excess of all of them over the arrivals, both at the pool's measured rate. None
+    when that is not shown: nothing starting, no start-up timed, no measured rate, or
+    instances already later than timed."""
+    ready, starting = counts.prefill_ready, counts.prefill_starting
+    startup_s, grew = timed_startup(state), state.prefill_grew_at
+    queue, need = queue_of(signals, Role.PREFILL), measured_need(signals, Role.PREFILL, ready)
+    if not starting or startup_s is None or grew is None or queue is None or need is None:
+        return None
+    lands_in = grew + startup_s - now
+    surplus = ready + starting - need
+    if lands_in < 0 or surplus <= 0:
+        return None
+    queued = queue * ready + max(need - ready, 0.0) * lands_in  # instance-seconds as they land
+    drained_in = lands_in + queued / surplus
+    if drained_in > startup_s:
+        return None
+    return (
+        f"the {starting} starting drain it within {drained_in:,.0f} s, before more could land "
+        f"({startup_s:,.0f} s)"
+    )

@@ -66,6 +66,7 @@ PRIORITY = (
     Reason.CLAMPED_MIN_MAX,
     Reason.LATENCY_NO_GAIN,
     Reason.LATENCY_FLOOR,
+    Reason.HOLD_STARTING,
     Reason.HOLD_AT_BOUND,
     Reason.HOLD_COOLDOWN,
     Reason.HOLD_MISSING_SIGNAL,
@@ -180,7 +181,7 @@ def decide_demand(
     guard_state = state
     if not initial:
         for role in Role:
-            plans[role] = backlog_rule(spec, state, plans[role], counts)
+            plans[role] = backlog_rule(spec, state, signals, plans[role], counts, now)
         plans, guard_state = latency_guard(spec, signals, counts, state, now, plans)
         plans[Role.DECODE] = kv_guard(spec, signals, state, now, plans[Role.DECODE])
     plans = fit_dgs(spec, bounded(spec, plans))
@@ -312,12 +313,23 @@ def margin_factor(
 
 
 def backlog_rule(
-    spec: ServiceSpec, state: PolicyState, plan: RolePlan, counts: RoleCounts
+    spec: ServiceSpec,
+    state: PolicyState,
+    signals: Signals,
+    plan: RolePlan,
+    counts: RoleCounts,
+    now: float,
 ) -> RolePlan:
-    """A role whose queue grew `backlog_periods` periods in a row never holds or shrinks."""
+    """A role whose queue grew `backlog_periods` periods in a row never shrinks, and holds only
+    while the prefill instances starting will drain the queue before more could land."""
     if not backlog.growing(spec, state, plan.role) or plan.target > plan.current:
         return plan
     streak = getattr(state, f"{plan.role.value}_growth_streak")
+    if plan.role is Role.PREFILL:
+        covered = backlog.drained_by_starting(state, signals, counts, now)
+        if covered is not None:
+            why = f"{plan.why}; its queue grew {streak} periods in a row, but {covered}"
+            return replace(plan, target=plan.current, reason=Reason.HOLD_STARTING, why=why)
     why = f"{plan.why}; but its queue grew {streak} periods in a row"
     target = backlog.backlog_target(plan.current, counts.starting_of(plan.role))
     if plan.need is not None:  # a held scale-out (cooldown) goes the whole way, not a step

@@ -121,12 +121,15 @@ class Reason(str, Enum):
     # a change is wanted but min/max/budget (or the other role's DGs) leave nothing to do
     HOLD_AT_BOUND = "hold_at_bound"
     HOLD_OUTSIDE_SCHEDULE = "hold_outside_schedule"  # periodic mode, no time-table row active
+    # A growing prefill queue that the instances already starting drain before any asked now
+    # could land: more would land after it is gone (policy/backlog.py).
+    HOLD_STARTING = "hold_starting"
     # The baseline autoscalers' rules (control/baselines.py), so every decision has one type.
     HPA = "hpa"  # Kubernetes HPA on GPU utilisation
     SERVE = "serve"  # Ray Serve's ongoing-requests rule
     STATIC = "static"  # fixed provisioning
     SCHEDULED = "scheduled"  # counts from a precomputed schedule (the oracle)
-    BACKLOG_GROWTH = "backlog_growth"  # a role's queue grew K periods in a row: it never holds
+    BACKLOG_GROWTH = "backlog_growth"  # a role's queue grew K periods in a row: it steps out
     LATENCY_FLOOR = "latency_floor"  # latency over the SLO, but not from queueing: no step
     LATENCY_NO_GAIN = "latency_no_gain"  # the last guard step did not lower latency: no more
     # The paper's rule, blind to prefill demand, sized prefill below what arriving prompts
