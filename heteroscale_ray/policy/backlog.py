@@ -1,7 +1,8 @@
 """The backlog rule: a role whose queue keeps growing is short of capacity, whatever the
 throughput signal says (a saturated role caps its own processed throughput, so throughput alone
 hides demand exactly when it matters). After `backlog_periods` periods of growth in a row, that
-role is never held or scaled in; it steps out until the queue stops growing. A prefill queue
+role is never scaled in; it steps out until the queue stops growing (on the demand signal it
+holds while the instances starting drain the queue before more could land). A prefill queue
 that alone breaks the TTFT SLO counts as growing until it falls: a backlog standing that high is
 as short of capacity as a growing one, whatever its last snapshot added. A prefill queue
 that fell from a material level since the last snapshot is draining: the TTFT guard waits on it
