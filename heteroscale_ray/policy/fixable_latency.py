@@ -48,7 +48,8 @@ def latency_guard(
 
     The tier is read from the observed p99. TTFT counts against prefill, but only while its
     queueing part is material (a long prompt's own compute is not shortened by more
-    instances: that is a latency floor, reason latency_floor). TBT counts against decode
+    instances: that is a latency floor, reason latency_floor, which neither steps the role
+    out nor holds it in). TBT counts against decode
     when batches are large enough that more instances shrink them, or while the queue of
     sequences waiting for a slot grows. A step that did not cut the fixable latency by
     MIN_GAIN earns no other (reason latency_no_gain) until latency stays below the lowest
@@ -81,16 +82,15 @@ def latency_guard(
             breach += f", its tokens made at {s.decode_token_step_s * 1000:,.0f}-ms steps"  # type: ignore[operator]
             floor = False
         if floor:
+            # Nor does a floor hold the role: demand alone sizes it. Held through a TBT floor,
+            # decode kept a surge's peak for the quarter hour the p99 counted requests that
+            # had run through the overload or waited for a slot on the instances they were
+            # pinned to, which no count shortens.
             if plan.target <= plan.current and plan.reason is not Reason.BACKLOG_GROWTH:
                 why = f"{plan.why}; {breach} but not from queueing, which instances cannot fix"
-                target = plan.target
-                if role is Role.DECODE and target < plan.current:
-                    # Fewer instances batch more per step, and a request whose KV transfer
-                    # already fills most of its TBT budget is the first a slower step pushes
-                    # over: a breach capacity cannot fix is still no time to scale decode in.
-                    target = plan.current
-                    why += ", nor a time to scale in"
-                plans[role] = replace(plan, target=target, reason=Reason.LATENCY_FLOOR, why=why)
+                held = plan.target == plan.current
+                reason = Reason.LATENCY_FLOOR if held else plan.reason
+                plans[role] = replace(plan, reason=reason, why=why)
             continue
         fixable = observed if fixable is None else fixable
         wait_s = cooldown_left(now, state.last_guard_at, guard.cooldown_s)
