@@ -49,12 +49,11 @@ def latency_guard(
     The tier is read from the observed p99. TTFT counts against prefill, but only while its
     queueing part is material (a long prompt's own compute is not shortened by more
     instances: that is a latency floor, reason latency_floor, which neither steps the role
-    out nor holds it in). TBT counts against decode
-    when batches are large enough that more instances shrink them, or while the queue of
-    sequences waiting for a slot grows. A step that did not cut the fixable latency by
-    MIN_GAIN earns no other (reason latency_no_gain) until latency stays below the lowest
-    tier for a start-up horizon (`calm`). Prefill waits while its queue drains: the capacity
-    in place already outruns arrivals.
+    out nor holds it in). TBT counts against decode when batches are large enough that more
+    instances shrink them, or while the queue of sequences waiting for a slot grows. A step
+    that did not cut the fixable latency by MIN_GAIN earns no other (reason latency_no_gain)
+    until latency stays below the lowest tier for a start-up horizon (`calm`). Prefill waits
+    while its queue drains: the capacity in place already outruns arrivals.
     """
     guard = spec.policy.latency_guard
     if not guard.enabled or snapshot_problem(s, now, spec.policy.stale_after_s):
@@ -82,10 +81,10 @@ def latency_guard(
             breach += f", its tokens made at {s.decode_token_step_s * 1000:,.0f}-ms steps"  # type: ignore[operator]
             floor = False
         if floor:
-            # Nor does a floor hold the role: demand alone sizes it. Held through a TBT floor,
-            # decode kept a surge's peak for the quarter hour the p99 counted requests that
-            # had run through the overload or waited for a slot on the instances they were
-            # pinned to, which no count shortens.
+            # A floor holds nothing either: demand alone sizes the role. Held through a TBT
+            # floor, decode kept a surge's peak for the quarter hour the p99 counted requests
+            # that had run through the overload or waited for a slot on the instances they
+            # were pinned to, which no count shortens.
             if plan.target <= plan.current and plan.reason is not Reason.BACKLOG_GROWTH:
                 why = f"{plan.why}; {breach} but not from queueing, which instances cannot fix"
                 held = plan.target == plan.current
