@@ -1,9 +1,9 @@
 """Print a benchmark's `summary.json` as the README's table rows, one commit's run per table.
 
-shapes.py, stress.py, made_up.py and drift.py replay each case under heteroscale, static and oracle and
-write `results/<benchmark>/summary.json`. The README's tables show one run of all of them at
-one commit; this prints their rows in that form, so a table is measured again with two
-commands rather than row by row:
+shapes.py, stress.py, made_up.py, drift.py and random_traffic.py replay each case under
+heteroscale, static and oracle and write `results/<benchmark>/summary.json`. The README's
+tables show one run of all of them at one commit; this prints their rows in that form, so a
+table is measured again with two commands rather than row by row:
 
     .venv/bin/python benchmarks/shapes.py && .venv/bin/python benchmarks/readme_tables.py \\
         results/shapes/summary.json
@@ -34,7 +34,8 @@ HEADER = "| case | heteroscale | static | oracle | goals missed |\n|---|---|---|
 
 
 def cases_of(summary: dict[str, Any]) -> dict[str, Any]:
-    """The per-case results: `cases` (stress.py, made_up.py, drift.py) or `shapes` (shapes.py)."""
+    """The per-case results: `cases` (stress.py, made_up.py, drift.py, random_traffic.py) or
+    `shapes` (shapes.py)."""
     cases = summary.get("cases", summary.get("shapes"))
     if not isinstance(cases, dict):
         raise SystemExit(

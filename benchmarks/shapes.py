@@ -170,28 +170,38 @@ def replay_case(
     policies: tuple[str, ...],
     diurnal: bool,
     detail: str = "",
+    extra: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One named case: its header line, then `replay_rows`; the result `run_cli` collects."""
+    """One named case: its header line, then `replay_rows`; the result `run_cli` collects.
+    `extra(result)`: more fields for a policy's row, read from its replay."""
     print(
         f"\n== {label} ({what}): {len(trace):,} requests over {trace.duration_s / 3600:.1f} h"
         f"{detail}, static {counts[0]} prefill + {counts[1]} decode, fleet {topo.total_gpus()}",
         flush=True,
     )
-    rows = replay_rows(services, topo, trace, policies, diurnal)
+    rows = replay_rows(services, topo, trace, policies, diurnal, extra)
     return {"what": what, "diurnal": diurnal, "requests": len(trace), "rows": rows}
 
 
 def replay_rows(
-    services: Any, topo: Any, trace: Trace, policies: tuple[str, ...], diurnal: bool
+    services: Any,
+    topo: Any,
+    trace: Trace,
+    policies: tuple[str, ...],
+    diurnal: bool,
+    extra: Callable[[Any], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Replay `trace` on `general` under each policy; rows with issue 10's goals (the oracle
-    ratio reported, not checked; speed is generalization.py's), printed as a table."""
+    ratio reported, not checked; speed is generalization.py's), printed as a table.
+    `extra(result)`: more fields for each row, read from its replay before it is dropped."""
     hours = trace.duration_s / 3600.0
     rows = []
     for pol in policies:
         t0 = time.perf_counter()
         res = run_replay(services, topo, {G.SERVICE: trace}, ReplayOptions(policy=pol))
         rows.append(G._row(pol, res, time.perf_counter() - t0, hours))
+        if extra is not None:
+            rows[-1].update(extra(res))
         del res
     by = {r["policy"]: r for r in rows}
     for r in rows:
