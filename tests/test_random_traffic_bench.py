@@ -87,3 +87,24 @@ def test_misses_near_a_change_are_those_that_arrived_within_its_window() -> None
     near = random_traffic.near_changes(arrival, np.array([100.0, 1050.0]), within_s=300.0)
     assert near.tolist() == [False, False, True, True, False, False, True]
     assert not random_traffic.near_changes(arrival, np.array([])).any()
+
+
+def test_a_rows_misses_are_the_requests_its_attainment_leaves_out() -> None:
+    """The extra fields read the same requests the summary's attainment counts: a reactive
+    policy's misses at a 10x step, all of them after it."""
+    made_up = load_benchmark("made_up", "made_up_bench")
+    from heteroscale_ray.config import load_services
+    from heteroscale_ray.sim.replay import ReplayOptions, run_replay
+
+    services = load_services(random_traffic.ROOT / "examples" / "sim_services.yaml")
+    spec = services.by_name()["general"]
+    trace = made_up.chat(lambda t: np.where(np.asarray(t) < 300, 2.0, 20.0), 600.0)
+    _, topo = made_up.fleet(spec, services, trace)
+    res = run_replay(services, topo, {"general": trace}, ReplayOptions(policy="heteroscale"))
+    row = random_traffic.misses_near_changes(np.array([300.0]))(res)
+    s = res.summary
+    assert row["misses"] == round((1.0 - s["slo_attainment"]) * s["requests"])
+    assert 0 < row["misses_near_changes"] <= row["misses"]  # the 10x step is paid for
+    assert row["share_near_changes"] == pytest.approx(
+        np.mean((trace.arrival_s >= 300) & (trace.arrival_s < 600)), abs=1e-9
+    )
