@@ -9,8 +9,8 @@ range; run it at two commits (or on two services files) and compare seed by seed
 
 Cases, each built as its own benchmark builds it with only the seed changed: the ServeGen
 day (generalization.py), the diurnal shapes (shapes.py) and diurnal-decode-heavy (stress.py);
-and any made-up case (made_up.py, drift.py), whose seed is its generator's draw (draw 0 is the
-one its table shows), replayed on the CLI's fleet as made_up.py replays it.
+and any made-up case (made_up.py, drift.py, random_traffic.py), whose seed is its generator's
+draw (draw 0 is the one its table shows), replayed on the CLI's fleet as made_up.py replays it.
 Writes results/seed_spread/summary.json; the last stdout line is one JSON object.
 Run: .venv/bin/python benchmarks/seed_spread.py [--seeds 4] [--cases ...] [--policy P]
 [--hours H] [--services YAML] (a services file with its own `general`: a config change,
@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import drift  # noqa: E402
 import generalization as G  # noqa: E402
 import made_up as MU  # noqa: E402
+import random_traffic  # noqa: E402
 import shapes as S  # noqa: E402
 import stress as ST  # noqa: E402
 import trace_scaling  # noqa: E402
@@ -71,12 +72,16 @@ def replay_seed(
     return _row(services, trace, topo, seed, k, policy)
 
 
+# The made-up rules by case name: each builder draws its rule anew for another draw.
+RULES = {**MU.CASES, **drift.CASES, **random_traffic.CASES}
+
+
 def replay_draw(
     services: ServicesConfig, label: str, draw: int, policy: str, hours: float | None
 ) -> dict[str, Any]:
     """One draw's row of made-up case `label`, on the fleet made_up.py replays it on."""
     spec = services.by_name()[G.SERVICE]
-    trace = MU.build(label, draw, drift.CASES if label in drift.CASES else MU.CASES)
+    trace = MU.build(label, draw, RULES)
     if hours:
         trace = trace.slice(0, hours * 3600.0)
     _, topo = MU.fleet(spec, services, trace)
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=4, help="replay seeds 0..N-1 (default 4)")
     ap.add_argument(
         "--cases",
-        help=f"comma-separated, of {','.join(CASES)} or any case of made_up.py or drift.py",
+        help=f"comma-separated, of {','.join(CASES)} or any case of made_up.py, drift.py or "
+        "random_traffic.py",
     )
     ap.add_argument(
         "--policy",
@@ -155,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "seed_spread"), help="folder")
     args = ap.parse_args(argv)
     labels = G.pick(args.cases, DEFAULT_CASES)
-    bad = G.unknown(labels, {**CASES, **MU.CASES, **drift.CASES}) or G.unknown(
-        [args.policy], REPLAY_POLICIES
-    )
+    bad = G.unknown(labels, {**CASES, **RULES}) or G.unknown([args.policy], REPLAY_POLICIES)
     if bad or args.seeds < 1:
         print(f"unknown case or policy {bad!r}, or --seeds below 1", file=sys.stderr)
         return 2

@@ -58,6 +58,14 @@ def test_a_drift_case_replays_other_draws_of_its_rule(tmp_path: Path) -> None:
     assert rows[0]["requests"] == len(table) != rows[1]["requests"]
 
 
+def test_a_random_traffic_case_replays_other_draws_of_its_rule(tmp_path: Path) -> None:
+    argv = ["--seeds", "2", "--cases", "random-9", "--hours", "0.2", "--out", str(tmp_path)]
+    assert spread.main(argv) == 0
+    rows = json.loads((tmp_path / "summary.json").read_text())["cases"]["random-9"]["rows"]
+    table = spread.random_traffic.CASES["random-9"][0]().slice(0, 720.0)
+    assert rows[0]["requests"] == len(table) != rows[1]["requests"]
+
+
 def test_an_unknown_case_is_refused(tmp_path: Path) -> None:
     assert spread.main(["--cases", "nope", "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "summary.json").exists()
