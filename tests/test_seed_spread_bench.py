@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from bench_modules import load_benchmark
 
 spread = load_benchmark("seed_spread", "seed_spread_bench")
@@ -50,19 +51,17 @@ def test_a_made_up_case_replays_other_draws_of_its_rule(tmp_path: Path) -> None:
     assert all(r["gpu_hours"] > 0 and 0 < r["slo_attainment"] <= 1 for r in rows)
 
 
-def test_a_drift_case_replays_other_draws_of_its_rule(tmp_path: Path) -> None:
-    argv = ["--seeds", "2", "--cases", "outage", "--hours", "0.25", "--out", str(tmp_path)]
+@pytest.mark.parametrize(
+    ("label", "hours", "module"),
+    [("outage", 0.25, "drift"), ("random-9", 0.2, "random_traffic")],
+)
+def test_a_drift_or_random_case_replays_other_draws_of_its_rule(
+    tmp_path: Path, label: str, hours: float, module: str
+) -> None:
+    argv = ["--seeds", "2", "--cases", label, "--hours", str(hours), "--out", str(tmp_path)]
     assert spread.main(argv) == 0
-    rows = json.loads((tmp_path / "summary.json").read_text())["cases"]["outage"]["rows"]
-    table = spread.drift.CASES["outage"][0]().slice(0, 900.0)
-    assert rows[0]["requests"] == len(table) != rows[1]["requests"]
-
-
-def test_a_random_traffic_case_replays_other_draws_of_its_rule(tmp_path: Path) -> None:
-    argv = ["--seeds", "2", "--cases", "random-9", "--hours", "0.2", "--out", str(tmp_path)]
-    assert spread.main(argv) == 0
-    rows = json.loads((tmp_path / "summary.json").read_text())["cases"]["random-9"]["rows"]
-    table = spread.random_traffic.CASES["random-9"][0]().slice(0, 720.0)
+    rows = json.loads((tmp_path / "summary.json").read_text())["cases"][label]["rows"]
+    table = getattr(spread, module).CASES[label][0]().slice(0, hours * 3600.0)
     assert rows[0]["requests"] == len(table) != rows[1]["requests"]
 
 
