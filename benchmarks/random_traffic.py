@@ -124,7 +124,8 @@ def draw_case(case: int, draw: int = 0) -> RandomCase:
     what = (
         f"{n} segments ({ramped} ramped), {rates.min():.0f}-{rates.max():.0f} req/s, prompts "
         f"{prompt_means.min():,.0f}-{prompt_means.max():,.0f}, outputs "
-        f"{output_means.min():,.0f}-{output_means.max():,.0f}, {len(crowds)} crowds"
+        f"{output_means.min():,.0f}-{output_means.max():,.0f}, "
+        + ("no crowds" if not crowds else f"{len(crowds)} crowd" + "s" * (len(crowds) > 1))
         + (f", in {instants:.0f}-s instants" if instants else "")
     )
     return RandomCase(
