@@ -64,8 +64,16 @@ class RandomCase:
     output_means: np.ndarray
     crowds: tuple[tuple[float, float, float], ...]  # (start s, seconds, times the rate)
     instants: float  # s: requests sent at the start of each such slot (0: as they came)
-    changes: np.ndarray  # s: segment starts after the first, crowd starts and ends
     what: str
+
+    @property
+    def changes(self) -> np.ndarray:
+        """Seconds at which the traffic changes: segment starts after the first, and each
+        crowd's start and end."""
+        crowd_edges = [
+            edge for start, seconds, _ in self.crowds for edge in (start, start + seconds)
+        ]
+        return np.sort(np.concatenate([self.starts[1:], crowd_edges]))
 
 
 def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float], n: int) -> np.ndarray:
@@ -117,9 +125,6 @@ def draw_case(case: int, draw: int = 0) -> RandomCase:
     if rng.uniform() < 0.2:
         instants = float(rng.choice([5.0, 10.0, 20.0]))
         trace = stress.bunch(trace, instants)
-    changes = np.sort(
-        np.concatenate([bounds[1:-1], [c[0] for c in crowds], [c[0] + c[1] for c in crowds]])
-    )
     ramped = int(np.count_nonzero(ramps > 0))
     what = (
         f"{n} segments ({ramped} ramped), {rates.min():.0f}-{rates.max():.0f} req/s, prompts "
@@ -137,7 +142,6 @@ def draw_case(case: int, draw: int = 0) -> RandomCase:
         output_means,
         tuple(crowds),
         instants,
-        changes,
         what,
     )
 
