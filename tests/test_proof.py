@@ -19,6 +19,7 @@ from heteroscale_ray.policy.proof import (
     proven_need,
     record_step,
     remember_load,
+    step_load,
 )
 from heteroscale_ray.policy.role_plan import role_plan
 from heteroscale_ray.policy.startup import horizon_s
@@ -32,7 +33,7 @@ def test_a_first_guard_step_is_remembered_but_proves_nothing() -> None:
     spec = make_service()
     first, state = decide(spec, signals(**BREACH), counts(4, 4), PolicyState(), NOW)
     assert first.reason is Reason.LATENCY_GUARD and first.decode > 4
-    need, instances = state.decode_first_step
+    need, instances, _ = state.decode_first_step
     assert instances == first.decode and 0 < need < instances
     assert proof_of(state, Role.DECODE) is None and proof_of(state, Role.PREFILL) is None
 
@@ -85,6 +86,61 @@ def test_the_proof_lapses_once_the_load_falls_by_the_scale_in_tolerance() -> Non
     assert lapse(spec, state, Role.DECODE, None) == state  # missing data changes nothing
     gone = lapse(spec, state, Role.DECODE, 10.0 * (1 - tolerance) - 0.01)
     assert proof_of(gone, Role.DECODE) is None
+
+
+def test_a_step_taken_on_a_high_sample_lapses_from_the_horizons_median() -> None:
+    """A breach is likeliest when a sample reads high (a heavy instant of a bunched load), so
+    the step's own period overstates its load: judged from it, the next horizon of ordinary
+    samples read as a fall, the step was let go and taken again (random-1's prefill, in
+    10-s instants: 5.3 direction changes an hour). The highest need of the horizon before
+    is the load it lapses from; the ratio it proves is still the step's own."""
+    spec = make_service()
+    horizon = 105.0
+    state = PolicyState()
+    for i, need in enumerate((6.0, 6.4, 5.8, 6.1, 7.3)):  # the breach comes with the 7.3
+        state, _ = remember_load(state, Role.PREFILL, need, NOW + 15 * i, horizon)
+    now = NOW + 60
+    load = step_load(state, Role.PREFILL, 7.3, now)
+    assert load == 6.4
+    state = record_step(prove(state, Role.PREFILL, 7.3, 10, load), Role.PREFILL, 7.3, 11, load)
+    assert proof_of(state, Role.PREFILL) == (7.3, 11.0)
+    assert proven_need(state, Role.PREFILL, 7.3, 0.1) == pytest.approx((11.0, 11.0 / 7.3))
+    ordinary = 5.8  # under 7.3 by more than the tolerance, not under the median
+    assert ordinary < 7.3 * (1 - spec.policy.scale_in_tolerance)
+    assert proof_of(lapse(spec, state, Role.PREFILL, ordinary), Role.PREFILL) == (7.3, 11.0)
+    fallen = 6.4 * (1 - spec.policy.scale_in_tolerance) - 0.01
+    assert proof_of(lapse(spec, state, Role.PREFILL, fallen), Role.PREFILL) is None
+    assert step_load(state, Role.PREFILL, 5.0, now) == 5.0  # a step at a dip: its own need
+    assert step_load(PolicyState(), Role.PREFILL, 5.0, now) == 5.0
+    assert step_load(state, Role.PREFILL, None, now) is None
+
+
+def test_decide_takes_a_step_at_the_load_of_the_horizon_before_a_high_sample() -> None:
+    """Through `decide`: calm periods, then a breach on a period whose need reads 15% higher;
+    the first step is remembered at the step's own need for its ratio and at the calm periods'
+    for its lapse, so the next calm horizon keeps it in the window."""
+    spec = make_service()
+    calm = signals()
+    state = running()
+    calm_needs = []
+    for i in range(4):
+        t = NOW + 15 * i
+        d, state = decide(spec, replace(calm, observed_at=t), counts(4, 4), state, t)
+        calm_needs.append(d.required_decode)
+    t = NOW + 60
+    high = signals(
+        observed_at=t,
+        request_rate=1.15 * calm.request_rate,
+        decode_tps=1.15 * calm.decode_tps,
+        decode_running=1.15 * calm.decode_running,
+        **BREACH,
+    )
+    step, state = decide(spec, high, counts(4, 4), state, t)
+    assert step.reason is Reason.LATENCY_GUARD and step.decode > 4
+    need, instances, load = state.decode_first_step
+    assert instances == step.decode and need == step.required_decode
+    assert load == max(calm_needs) and load < need
+    assert state.decode_steps[-1][2] == load  # the window's hold lapses from the same load
 
 
 def test_one_period_under_the_load_is_no_new_load() -> None:
@@ -188,8 +244,10 @@ def test_no_proof_from_a_missing_need_or_a_step_that_added_nothing(need: float |
 def test_the_proof_and_a_first_step_survive_a_json_round_trip() -> None:
     state = record_step(prove(PolicyState(), Role.DECODE, 10.0, 13), Role.PREFILL, 5.0, 7)
     back = PolicyState.from_json(state.to_json())
-    assert back == state and back.decode_proof == (10.0, 13.0)
-    assert back.prefill_first_step == (5.0, 7.0)
+    assert back == state and back.decode_proof == (10.0, 13.0, 10.0)
+    assert back.prefill_first_step == (5.0, 7.0, 5.0)
+    pairs = state.to_json().replace("13.0, 10.0]", "13.0]").replace("7.0, 5.0]", "7.0]")
+    assert PolicyState.from_json(pairs) == state  # an older checkpoint lapsed from the need
     stepped = replace(state, decode_steps=((NOW, 13.0, 10.0),))
     assert PolicyState.from_json(stepped.to_json()) == stepped
     older = stepped.to_json().replace('"decode_steps": [[', '"retired": [[')

@@ -187,8 +187,9 @@ def decide_demand(
     plans = fit_dgs(spec, bounded(spec, plans))
     for role, plan in plans.items():  # a latency or KV step: the window keeps it (proof.py)
         if plan.reason in EVIDENCE and plan.target > plan.current:
-            guard_state = raise_step(spec, guard_state, role, plan.target, plan.need, now)
-            guard_state = proof.record_step(guard_state, role, plan.need, plan.target)
+            load = proof.step_load(guard_state, role, plan.need, now)
+            guard_state = raise_step(spec, guard_state, role, plan.target, load, now)
+            guard_state = proof.record_step(guard_state, role, plan.need, plan.target, load)
     reason = next(r for r in PRIORITY if any(p.reason is r for p in plans.values()))
     p, d = plans[Role.PREFILL].target, plans[Role.DECODE].target
     ratio = placement_ratio(p, d)

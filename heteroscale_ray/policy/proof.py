@@ -13,10 +13,13 @@ dropped, more load would ask for fewer instances).
 A first step proves nothing yet: the window holds it, and only a second step while the load
 still holds (the window let it go and the breach came back, or one step was not enough)
 proves it; one step may answer a passing breach, such as a cluster of long prompts.
-Either lapses once the need falls below its N by the scale-in tolerance (a different load,
-measured afresh) and stays there for a start-up horizon: one period's sample of a need of 300
-arrivals a period is noisy by about the tolerance, and a step let go on it is stepped again
-once the dip has passed.
+Either lapses once the need falls below the load it was taken at by the scale-in tolerance (a
+different load, measured afresh) and stays there for a start-up horizon: one period's sample
+of a need of 300 arrivals a period is noisy by about the tolerance, and a step let go on it is
+stepped again once the dip has passed. That load is the highest need of the horizon before the
+step where that is under the step's own: a breach comes likeliest with a sample that reads
+high (the heaviest instant of a bunched load), and judged from it the next ordinary horizon
+reads as a fall.
 Pure: the caller passes the state.
 """
 
@@ -46,25 +49,47 @@ def remember_load(
 
 def proof_of(state: PolicyState, role: Role) -> tuple[float, float] | None:
     """(sized need, instances) of the role's last proving step, or None."""
-    return getattr(state, f"{role.value}_proof")
+    held = getattr(state, f"{role.value}_proof")
+    return None if held is None else (held[0], held[1])
 
 
-def record_step(state: PolicyState, role: Role, need: float | None, instances: int) -> PolicyState:
-    """A guard step took the role to `instances` at a sized need of `need`: the first is
-    remembered, a second (before the first lapsed) proves it, and a proof is replaced by the
-    latest step."""
+def step_load(state: PolicyState, role: Role, need: float | None, now: float) -> float | None:
+    """The load a step taken now at a sized need of `need` lapses from: the highest need of
+    the horizon before this period where that is lower (the need without one). A lapse
+    compares the highest need of a horizon with it, and a breach is likeliest when a sample
+    reads high (a heavy instant of a bunched load): judged from the step's own period, the
+    next horizon of ordinary samples read as a fall, and the step was let go and taken again.
+    On a climb the period before reads about as high, so a surge's step lapses as it did."""
+    before = [n for t, n in getattr(state, f"{role.value}_loads") if t < now]
+    if need is None or not before:
+        return need
+    return min(need, max(before))
+
+
+def record_step(
+    state: PolicyState, role: Role, need: float | None, instances: int, load: float | None = None
+) -> PolicyState:
+    """A guard step took the role to `instances` at a sized need of `need` (lapsing from
+    `load`, the need by default): the first is remembered, a second (before the first
+    lapsed) proves it, and a proof is replaced by the latest step."""
     if not _added_capacity(need, instances):
         return state
+    load = need if load is None else load
     if proof_of(state, role) is None and getattr(state, f"{role.value}_first_step") is None:
-        return replace(state, **{f"{role.value}_first_step": (float(need), float(instances))})
-    return replace(prove(state, role, need, instances), **{f"{role.value}_first_step": None})
+        first = (float(need), float(instances), float(load))  # type: ignore[arg-type]
+        return replace(state, **{f"{role.value}_first_step": first})
+    return replace(prove(state, role, need, instances, load), **{f"{role.value}_first_step": None})
 
 
-def prove(state: PolicyState, role: Role, need: float | None, instances: int) -> PolicyState:
-    """Remember that `instances` were needed for a sized need of `need`."""
+def prove(
+    state: PolicyState, role: Role, need: float | None, instances: int, load: float | None = None
+) -> PolicyState:
+    """Remember that `instances` were needed for a sized need of `need` (lapsing from `load`)."""
     if not _added_capacity(need, instances):
         return state
-    return replace(state, **{f"{role.value}_proof": (float(need), float(instances))})
+    load = need if load is None else load
+    held = (float(need), float(instances), float(load))  # type: ignore[arg-type]
+    return replace(state, **{f"{role.value}_proof": held})
 
 
 def _added_capacity(need: float | None, instances: int) -> bool:
@@ -84,7 +109,7 @@ def lapse(spec: ServiceSpec, state: PolicyState, role: Role, need: float | None)
         return state
     for name in (f"{role.value}_proof", f"{role.value}_first_step"):
         held = getattr(state, name)
-        if held is not None and not load_holds(spec, need, held[0]):
+        if held is not None and not load_holds(spec, need, held[2]):
             state = replace(state, **{name: None})
     return state
 

@@ -300,12 +300,13 @@ class PolicyState:
     # Learned burst headroom (demand mode): each role's needs and rises over a start-up horizon.
     prefill_burst: BurstMemory = BurstMemory()
     decode_burst: BurstMemory = BurstMemory()
-    # Capacity the latency guard proved (policy/proof.py): (sized need, instances) per role,
-    # and a first guard step not yet repeated at its load (which proves nothing on its own).
-    prefill_proof: tuple[float, float] | None = None
-    decode_proof: tuple[float, float] | None = None
-    prefill_first_step: tuple[float, float] | None = None
-    decode_first_step: tuple[float, float] | None = None
+    # Capacity the latency guard proved (policy/proof.py): (sized need, instances, load it
+    # lapses from) per role, and a first guard step not yet repeated at its load (which
+    # proves nothing on its own).
+    prefill_proof: tuple[float, float, float] | None = None
+    decode_proof: tuple[float, float, float] | None = None
+    prefill_first_step: tuple[float, float, float] | None = None
+    decode_first_step: tuple[float, float, float] | None = None
     # Each role's sized needs within a start-up horizon, (time, need): the load a guard step
     # was taken at holds while any of them reaches it (one period's dip is no new load).
     prefill_loads: tuple[tuple[float, float], ...] = ()
@@ -394,10 +395,10 @@ class PolicyState:
             decode_onsets=_onsets(data.get("decode_onsets", ())),
             prefill_burst=BurstMemory.from_dict(data.get("prefill_burst")),
             decode_burst=BurstMemory.from_dict(data.get("decode_burst")),
-            prefill_proof=_pair(data.get("prefill_proof")),
-            decode_proof=_pair(data.get("decode_proof")),
-            prefill_first_step=_pair(data.get("prefill_first_step")),
-            decode_first_step=_pair(data.get("decode_first_step")),
+            prefill_proof=_step(data.get("prefill_proof")),
+            decode_proof=_step(data.get("decode_proof")),
+            prefill_first_step=_step(data.get("prefill_first_step")),
+            decode_first_step=_step(data.get("decode_first_step")),
             prefill_loads=_pairs(data.get("prefill_loads", ())),
             decode_loads=_pairs(data.get("decode_loads", ())),
             startups=tuple(float(t) for t in data.get("startups", ())),
@@ -405,8 +406,11 @@ class PolicyState:
         )
 
 
-def _pair(value: Any) -> tuple[float, float] | None:
-    return None if value is None else (float(value[0]), float(value[1]))
+def _step(value: Any) -> tuple[float, float, float] | None:
+    """(sized need, instances, load it lapses from); an older state's pair lapsed from the need."""
+    if value is None:
+        return None
+    return (float(value[0]), float(value[1]), float(value[2] if len(value) > 2 else value[0]))
 
 
 def _pairs(value: Any) -> tuple[tuple[float, float], ...]:
