@@ -76,7 +76,7 @@ def record_step(
         return state
     load = need if load is None else load
     if proof_of(state, role) is None and getattr(state, f"{role.value}_first_step") is None:
-        first = (float(need), float(instances), float(load))  # type: ignore[arg-type]
+        first = (float(need), float(instances), float(load))
         return replace(state, **{f"{role.value}_first_step": first})
     return replace(prove(state, role, need, instances, load), **{f"{role.value}_first_step": None})
 
@@ -88,7 +88,7 @@ def prove(
     if not _added_capacity(need, instances):
         return state
     load = need if load is None else load
-    held = (float(need), float(instances), float(load))  # type: ignore[arg-type]
+    held = (float(need), float(instances), float(load))
     return replace(state, **{f"{role.value}_proof": held})
 
 
