@@ -39,7 +39,7 @@ import made_up as M  # noqa: E402
 import shapes  # noqa: E402
 import stress  # noqa: E402
 
-from heteroscale_ray.sim.summary import request_tbt  # noqa: E402
+from heteroscale_ray.sim.summary import request_tbt, within_slo  # noqa: E402
 from heteroscale_ray.traces import Trace  # noqa: E402
 
 SEED = 2026
@@ -164,11 +164,8 @@ def misses_near_changes(changes: np.ndarray) -> Callable[[Any], dict[str, Any]]:
         arrival = sim.w.arrival
         ids = np.arange(len(arrival))
         ttft = sim.t_first - arrival
-        ok = (
-            np.isfinite(sim.t_done)
-            & (ttft <= spec.slo.ttft_s + 1e-12)
-            & (request_tbt(sim, ids) <= spec.slo.tbt_s + 1e-12)
-        )
+        tbt = request_tbt(sim, ids)
+        ok = within_slo(np.isfinite(sim.t_done), ttft, tbt, spec.slo.ttft_s, spec.slo.tbt_s)
         near = near_changes(arrival, changes)
         return {
             "misses": int(np.count_nonzero(~ok)),

@@ -23,6 +23,18 @@ if TYPE_CHECKING:
 CEILING_BLOCK = 1 << 16  # requests per block of `slo_ceiling` and `_RequestTotals`
 
 
+def within_slo(
+    finished: np.ndarray,
+    ttft: np.ndarray,
+    tbt: np.ndarray,
+    slo_ttft: float | np.ndarray,
+    slo_tbt: float | np.ndarray,
+) -> np.ndarray:
+    """Which requests count toward SLO attainment: finished, their first token and their
+    worst token gap within the SLOs (with a hair of float slack)."""
+    return finished & (ttft <= slo_ttft + 1e-12) & (tbt <= slo_tbt + 1e-12)
+
+
 def role_kinds(sim: ClusterSim, spec: ServiceSpec) -> tuple[Any, Any]:
     """The instance kinds of a service's preferred prefill and decode GPU types."""
     p = sim.kinds[sim.kind_for(spec, spec.prefill.gpu_types[0], spec.prefill.gpus_per_instance)]
@@ -103,7 +115,7 @@ class _RequestTotals:
             ttft = sim.t_first[ids] - w.arrival[ids]
             tbt = request_tbt(sim, ids)
             finished = np.isfinite(sim.t_done[ids])
-            ok = finished & (ttft <= slo_ttft[svc] + 1e-12) & (tbt <= slo_tbt[svc] + 1e-12)
+            ok = within_slo(finished, ttft, tbt, slo_ttft[svc], slo_tbt[svc])
             got.finished += int(finished.sum())
             got.ok += int(ok.sum())
             got.generated += float(np.maximum(w.output_tokens[ids][finished], 0).sum())
