@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from heteroscale_ray import __version__
+from heteroscale_ray.arg_types import out_folder
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -56,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("schema", help="write JSON schemas for services.yaml and topology.yaml")
-    p.add_argument("--out", default="schemas", help="output folder (default: schemas/)")
+    p.add_argument(
+        "--out", type=out_folder, default="schemas", help="output folder (default: schemas/)"
+    )
     p.set_defaults(func=_cmd_schema)
 
     p = sub.add_parser(

@@ -55,6 +55,7 @@ def test_defaults_are_filled() -> None:
     [
         ("    bogus: 1\n", ["svc.yaml: services[0].bogus: unknown key", "'policy'"]),
         ('    pd_ratio: "3"\n', ["services[0].pd_ratio", "must look like '1:3'"]),
+        ("    pd_ratio: 3:1\n", ["services[0].pd_ratio", 'base-60 number 181: quote it, "3:1"']),
         ("    slo: {ttft_s: -1, tbt_s: 0.04}\n", ["services[0].slo.ttft_s", "greater than 0"]),
         ("    prefill: {gpu_types: [Z99]}\n", ["unknown GPU 'Z99'", "add it under 'gpus'"]),
         (

@@ -469,7 +469,7 @@ def test_an_slo_no_instance_count_meets_is_an_error_not_a_traceback(
     assert "tbt_s: 0.001" in services.read_text()
     argv = ["replay", "--trace", "azure-conv", "--services", str(services), "--service", "general"]
     assert main([*argv, "--duration", "30", "--out", str(tmp_path)]) == 2
-    assert "cannot step within 85% of the 1 ms TBT SLO" in capsys.readouterr().err
+    assert "steps even one sequence within 85% of the 1 ms TBT SLO" in capsys.readouterr().err
 
 
 def test_a_peak_past_max_instances_is_said_not_served_short_in_silence(
@@ -535,3 +535,50 @@ def test_the_replay_fleet_hosts_an_s1_service_whose_roles_differ_in_gpu_type(
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["slo_attainment"] > 0.99 and "not placed" not in captured.err
+
+
+def test_a_topology_with_no_host_for_a_role_is_refused_before_replaying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`validate` refuses a --topology with no host a role's instance fits on; replay had run
+    it to 0% with no instance ever placed, and exited 0."""
+    topo = tmp_path / "l40s.yaml"
+    text = (ROOT / "examples" / "topology.yaml").read_text()
+    for gpu in ("H800", "H20", "L20", "A100"):
+        text = text.replace(gpu, "L40S")
+    topo.write_text(text)
+    argv = ["replay", "--trace", "azure-conv", "--services", SIM_SERVICES, "--service", "general"]
+    assert main([*argv, "--topology", str(topo), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot replay on" in err and "no host of H800 holds 4 GPU(s)" in err
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_an_out_folder_that_cannot_be_made_is_refused_before_replaying(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file given as --out (or a path under one) failed only after every policy had run,
+    and the results went with it; an empty --out wrote into the working folder."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    argv = ["replay", "--trace", "azure-conv", "--services", SIM_SERVICES, "--service", "general"]
+    for out, said in ((blocker, "cannot make folder"), (blocker / "sub", "cannot make folder")):
+        assert main([*argv, "--out", str(out)]) == 2
+        assert said in capsys.readouterr().err
+    assert main([*argv, "--out", ""]) == 2
+    assert "is empty: name a folder" in capsys.readouterr().err
+    assert main([*argv, "--service", "", "--out", str(tmp_path)]) == 2
+    assert "--service '' is not in" in capsys.readouterr().err
+
+
+def test_a_gzipped_jsonl_named_jsonl_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Read as text its first line is not UTF-8, and the skip that offered left nothing."""
+    import gzip
+
+    packed = tmp_path / "mc.jsonl"
+    packed.write_bytes(gzip.compress(b'{"timestamp": 0, "input_length": 9, "output_length": 2}\n'))
+    assert main(["replay", "--trace", str(packed), "--services", SIM_SERVICES]) == 2
+    err = capsys.readouterr().err
+    assert "looks gzipped: name it mc.jsonl.gz" in err and "--skip-malformed" not in err

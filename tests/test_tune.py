@@ -160,3 +160,31 @@ def test_tune_cli_unknown_service(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["tune", "--trace", "x.csv", "--services", str(SERVICES), "--service", "nope"])
     assert rc == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_tune_leaves_out_requests_no_instance_holds() -> None:
+    """Two 700k-token prompts among the sample, which the ingress would reject (HTTP 400), had
+    taken tuned_at's prompt mean 1,423 -> 24,707; they are left out and counted."""
+    services = load_services(SERVICES)
+    clean = _trace(60, 60.0)
+    huge = np.asarray(clean.input_tokens).copy()
+    huge[[10, 40]] = 700_000
+    dirty = Trace.from_columns(
+        np.asarray(clean.arrival_s), huge, np.asarray(clean.output_tokens), duration_s=60.0
+    )
+    res = tune(services, "general", dirty, **FAST)
+    assert res.rejected == 2 and res.sample_requests == 58
+    assert res.input_mean < 2000 and res.as_dict()["rejected"] == 2
+    assert tune(services, "general", clean, **FAST).rejected == 0
+
+
+def test_tune_and_pd_sweep_need_two_instances_to_split(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--services", str(SERVICES), "--service", "general", "--instances", "1"]
+    for argv in (
+        ["tune", "--trace", "azure-conv", *base],
+        ["pd-sweep", "--input-tokens", "1000", "--output-tokens", "200", *base],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "a P:D split needs one instance of each" in capsys.readouterr().err

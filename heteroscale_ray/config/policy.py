@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from heteroscale_ray.config.ratio import PdRatio, parse_pd_ratio
+from heteroscale_ray.config.ratio import PdRatio, parse_pd_ratio, unquoted_ratio
 
 
 class LatencyTier(BaseModel):
@@ -159,6 +159,11 @@ class DynamicRatio(BaseModel):
         le=4,
         description="Switch only when the smoothed ratio is this far (relative) from the active one.",
     )
+
+    @field_validator("min_ratio", "max_ratio", mode="before")
+    @classmethod
+    def _quoted(cls, v: object) -> object:
+        return unquoted_ratio(v)
 
     @field_validator("min_ratio", "max_ratio")
     @classmethod

@@ -21,6 +21,18 @@ class PdRatio(NamedTuple):
         return self.prefill / self.decode
 
 
+def unquoted_ratio(value: object) -> object:
+    """`value` as given, unless it is a ratio YAML 1.1 read as a base-60 number: unquoted,
+    `pd_ratio: 3:1` loads as 181, and the error said only that 181 is no string."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 60:
+        prefill, decode = divmod(value, 60)
+        raise ValueError(
+            f"YAML read an unquoted {prefill}:{decode} as the base-60 number {value}: "
+            f'quote it, "{prefill}:{decode}"'
+        )
+    return value
+
+
 def parse_pd_ratio(text: str) -> PdRatio:
     """'1:3' -> PdRatio(1, 3). Prefill first, decode second, both positive integers."""
     m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)

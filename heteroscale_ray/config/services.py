@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from heteroscale_ray.config.gpus import GpuCatalog, GpuType
 from heteroscale_ray.config.policy import PolicySpec
-from heteroscale_ray.config.ratio import PdRatio, parse_pd_ratio
+from heteroscale_ray.config.ratio import PdRatio, parse_pd_ratio, unquoted_ratio
 
 DEFAULT_MIGRATION_LIMIT = 3  # a request's moves after replica failures (ServiceSpec field)
 # The performance model's built-in profiles (perf/profiles.py; a test keeps the two in step):
@@ -105,6 +105,11 @@ class ServiceSpec(BaseModel):
         if v not in MODEL_PROFILES:
             raise ValueError(f"unknown model profile {v!r}: use one of {', '.join(MODEL_PROFILES)}")
         return v
+
+    @field_validator("pd_ratio", mode="before")
+    @classmethod
+    def _quoted(cls, v: object) -> object:
+        return unquoted_ratio(v)
 
     @field_validator("pd_ratio")
     @classmethod

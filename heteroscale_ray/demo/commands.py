@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from heteroscale_ray.arg_types import non_negative, positive
+from heteroscale_ray.arg_types import non_negative, out_folder, positive
 
 # The full hour beside a source checkout (per-minute burstiness, as the README's run used);
 # else the packaged 15-minute sample, so a plain clone or a pip install still gets real
@@ -69,7 +69,12 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
         "and falls over HTTP, print a live table and a summary, and plot the run. Stops "
         "everything it started, also on Ctrl-C. No GPU needed.",
     )
-    p.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
+    p.add_argument(
+        "--out",
+        type=out_folder,
+        default="results/demo",
+        help="output folder (default results/demo)",
+    )
     p.add_argument("--duration", type=positive, default=150.0, help="seconds of load (default 150)")
     p.add_argument(
         "--low", type=non_negative, default=0.5, help="requests/s at the trough (default 0.5)"

@@ -16,14 +16,18 @@ from heteroscale_ray.perf.memory import ModelDoesNotFitError
 from heteroscale_ray.perf.profiles import get_profile
 
 
-def service_problems(services: ServicesConfig, topology: TopologySpec | None = None) -> list[str]:
-    """One sentence per problem, naming the service, the role and the fix; [] when servable."""
+def service_problems(
+    services: ServicesConfig, topology: TopologySpec | None = None, only: str | None = None
+) -> list[str]:
+    """One sentence per problem, naming the service, the role and the fix; [] when servable.
+    `only`: of that service alone (and the topology's GPU types)."""
+    specs = [s for s in services.services if only is None or s.name == only]
     out: list[str] = []
-    for spec in services.services:
+    for spec in specs:
         for role in Role:
             out += _role_problems(services, spec, role)
     if topology is not None:
-        out += _topology_problems(services, topology)
+        out += _topology_problems(services, topology, specs)
     return out
 
 
@@ -64,7 +68,9 @@ def _role_problems(services: ServicesConfig, spec: ServiceSpec, role: Role) -> l
     return []
 
 
-def _topology_problems(services: ServicesConfig, topology: TopologySpec) -> list[str]:
+def _topology_problems(
+    services: ServicesConfig, topology: TopologySpec, specs: list[ServiceSpec]
+) -> list[str]:
     out: list[str] = []
     unknown = sorted(t for t in topology.gpu_types() if t not in services.catalog)
     if unknown:
@@ -75,7 +81,7 @@ def _topology_problems(services: ServicesConfig, topology: TopologySpec) -> list
     largest: dict[str, int] = {}
     for *_, host in topology.hosts():
         largest[host.gpu_type] = max(largest.get(host.gpu_type, 0), host.gpus)
-    for spec in services.services:
+    for spec in specs:
         for role in Role:
             rs = spec.role(role)
             if not any(largest.get(t, 0) >= rs.gpus_per_instance for t in rs.gpu_types):

@@ -10,10 +10,17 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from heteroscale_ray.arg_types import fraction, non_negative, positive, positive_int, seed
+from heteroscale_ray.arg_types import (
+    fraction,
+    non_negative,
+    out_folder,
+    positive,
+    positive_int,
+    seed,
+    split_instances,
+)
 from heteroscale_ray.sim.cli_support import clean, load_trace_or_say, progress
 from heteroscale_ray.sim.tuning_commands import cmd_pd_sweep, cmd_tune
 
@@ -104,7 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--topology-blind", action="store_true", help="placement ignores the switch tree"
     )
     p.add_argument("--skip-malformed", action="store_true", help="skip bad trace rows (counted)")
-    p.add_argument("--out", default="results/replay", help="folder for PNG and JSON outputs")
+    p.add_argument(
+        "--out", type=out_folder, default="results/replay", help="folder for PNG and JSON outputs"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last line")
     p.set_defaults(func=_cmd_replay)
 
@@ -125,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--skip-malformed", action="store_true", help="skip bad trace rows (counted)")
     q.add_argument(
-        "--instances", type=positive_int, default=10, help="total instances (default 10)"
+        "--instances", type=split_instances, default=10, help="total instances (default 10)"
     )
     q.add_argument("--threshold", type=fraction, default=0.9, help="SLO attainment to keep")
     q.add_argument(
@@ -135,7 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds per stress run, the first 60 of them warm-up (240)",
     )
     q.add_argument("--seed", type=seed, default=0)
-    q.add_argument("--out", default="results/pd-sweep", help="folder for PNG and JSON outputs")
+    q.add_argument(
+        "--out", type=out_folder, default="results/pd-sweep", help="folder for PNG and JSON outputs"
+    )
     q.add_argument("--json", action="store_true", help="print one JSON result as the last line")
     q.set_defaults(func=cmd_pd_sweep)
 
@@ -155,7 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--sample-s", type=positive, default=1800.0, help="use the trace's first S seconds (1800)"
     )
-    t.add_argument("--instances", type=positive_int, default=16, help="total instances swept (16)")
+    t.add_argument(
+        "--instances", type=split_instances, default=16, help="total instances swept (16)"
+    )
     t.add_argument("--threshold", type=fraction, default=0.9, help="SLO attainment to keep (0.9)")
     t.add_argument(
         "--duration",
@@ -182,6 +195,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from heteroscale_ray.config import ConfigError, load_services, load_topology
     from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS
+    from heteroscale_ray.perf.feasibility import service_problems
     from heteroscale_ray.sim.fleet import fleet_for, gpus_to_hold, replay_fleet_for
     from heteroscale_ray.sim.oversized import admit
     from heteroscale_ray.sim.plots import timeline_png
@@ -197,9 +211,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 2
     names = [s.name for s in services.services]
-    name = args.service or names[0]
+    name = names[0] if args.service is None else args.service
     if name not in names:
         print(f"--service {name!r} is not in {args.services}: use one of {names}", file=sys.stderr)
+        return 2
+    # what `validate` refuses (a model that fits no GPU, a --topology with no host for a role)
+    # replayed to 0% with no instance ever placed, and exited 0
+    problems = service_problems(services, topology, only=name)
+    for problem in problems:
+        where = args.services if topology is None else f"{args.services} on {args.topology}"
+        print(f"cannot replay on {where}: {problem}", file=sys.stderr)
+    if problems:
         return 2
     spec = services.by_name()[name]
     trace = load_trace_or_say(args.trace, args.skip_malformed)
@@ -290,10 +312,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     policies = REPLAY_POLICIES if asked == ["all"] else tuple(dict.fromkeys(asked))
     bad = [p for p in policies if p not in (*REPLAY_POLICIES, PAPER_FIXED)]
     if bad:
-        print(
-            f"unknown policy {bad[0]!r}: use one of {', '.join(REPLAY_POLICIES)}, {PAPER_FIXED}",
-            file=sys.stderr,
+        known = f"{', '.join(REPLAY_POLICIES)}, {PAPER_FIXED}"
+        why = (
+            "'all' replays every policy and takes no others with it"
+            if bad[0] == "all"
+            else f"unknown policy {bad[0]!r}: use all, or one or more of {known}"
         )
+        print(why, file=sys.stderr)
         return 2
     paper = None
     if PAPER_FIXED in policies:
@@ -366,8 +391,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         summaries.append(s)
         lines[pol] = timeline(res.sim, trace.duration_s)
         del res  # its per-request arrays go before the next policy's replay allocates its own
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out  # made when the flag was read (arg_types.out_folder)
     png = timeline_png(
         lines, out / "timeline.png", f"{name}: {trace.source}", (spec.slo.ttft_s, spec.slo.tbt_s)
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from heteroscale_ray.sim.cli_support import clean, load_trace_or_say
@@ -28,7 +27,7 @@ def service_of(args: argparse.Namespace) -> tuple[Any, Any] | None:
         print(err, file=sys.stderr)
         return None
     names = [s.name for s in services.services]
-    name = args.service or names[0]
+    name = names[0] if args.service is None else args.service
     if name not in names:
         print(f"--service {name!r} is not in {args.services}: use one of {names}", file=sys.stderr)
         return None
@@ -36,6 +35,8 @@ def service_of(args: argparse.Namespace) -> tuple[Any, Any] | None:
 
 
 def cmd_pd_sweep(args: argparse.Namespace) -> int:
+    from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS
+    from heteroscale_ray.sim.oversized import admit
     from heteroscale_ray.sim.pdsweep import sweep
     from heteroscale_ray.sim.plots import curves_png
 
@@ -52,6 +53,18 @@ def cmd_pd_sweep(args: argparse.Namespace) -> int:
         if not len(tr):
             print(f"{tr.source} holds no requests to draw lengths from", file=sys.stderr)
             return 2
+        try:  # the lengths the ingress admits, as `tune` and `replay` draw on
+            fits = admit([spec], {name: tr}, services.catalog, DEFAULT_CONSTANTS).traces[name]
+        except ValueError as err:
+            print(f"cannot sweep on {tr.source}: {err}", file=sys.stderr)
+            return 2
+        if len(fits) < len(tr):
+            print(
+                f"{len(tr) - len(fits):,} requests of {tr.source} fit no instance of {name} "
+                "(too long for its KV memory): their lengths are left out",
+                file=sys.stderr,
+            )
+        tr = fits
         lengths = (tr.input_tokens, tr.output_tokens)
         args.input_tokens = float(tr.input_tokens.mean())
         args.output_tokens = float(tr.output_tokens.mean())
@@ -80,7 +93,7 @@ def cmd_pd_sweep(args: argparse.Namespace) -> int:
         print(
             f"{pt.label:>6}  {pt.goodput_rps:13.2f}  {pt.attainment:10.1%}  {pt.tokens_per_s:9.0f}{mark}"
         )
-    out = Path(args.out)
+    out = args.out  # made when the flag was read (arg_types.out_folder)
     png = curves_png(
         {name: (list(range(len(points))), [p.goodput_rps for p in points])},
         out / f"{name}.png",
@@ -147,6 +160,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"tok/s per decode instance (prefill: {res.prefill_target_per_instance:.0f} prompt tok/s "
         "per instance)"
     )
+    if res.rejected:
+        print(
+            f"{res.rejected:,} requests of the sample fit no instance of {name} (too long for its "
+            "KV memory) and were left out, as its ingress rejects them (HTTP 400)",
+            file=sys.stderr,
+        )
     if res.sample_requests < FEW_REQUESTS:
         print(
             f"only {res.sample_requests} requests in the sample: its lengths stand for the "

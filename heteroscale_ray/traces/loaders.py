@@ -43,7 +43,6 @@ from heteroscale_ray.traces.trace import Trace, TraceError
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
 YEARS = (1678, 2261)  # whole years numpy's datetime64[ns] holds
-GZIP_MAGIC = b"\x1f\x8b"
 
 # '2023-11-16 18:15:46.6805900': up to 9 fractional digits (Azure writes 7), then an optional
 # zone: the 2024 week-long Azure traces write '2024-05-12 00:00:01.5+00:00', some rows
@@ -218,8 +217,6 @@ def _csv_header(path: Path, lines: Iterator[bytes]) -> list[str]:
     """The header's column names (stripped), read off `lines`."""
     bad_header: list[tuple[int, str]] = []
     first = next(lines, b"")
-    if first.startswith(GZIP_MAGIC):
-        raise TraceError(str(path), None, "looks gzipped: name it .csv.gz", row=False)
     header_text = next(utf8_lines([first], bad_header))
     for line, reason in bad_header:  # a bad header is never skipped
         raise TraceError(str(path), line, f"header is {reason}", row=False)

@@ -90,11 +90,19 @@ def utf8_lines(
         yield text
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def stream_lines(path: Path) -> Iterator[bytes]:
     """The file's lines, each with its b"\\n", read as they are needed (through gzip when
-    the name ends in .gz)."""
+    the name ends in .gz). Gzip under another name is refused with the name to use: read as
+    text its first line is not UTF-8, and skipping such rows leaves nothing."""
     try:
         with gzip.open(path, "rb") if is_gzipped(path) else path.open("rb") as f:
+            if not is_gzipped(path) and f.peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC):
+                raise TraceError(
+                    str(path), None, f"looks gzipped: name it {path.name}.gz", row=False
+                )
             yield from f
     except (OSError, EOFError, zlib.error) as e:  # gzip: cut short, corrupt
         raise TraceError(
