@@ -947,3 +947,28 @@ def test_the_papers_guard_stops_when_its_step_did_not_help() -> None:
     new = Signals(observed_at=later + 240, decode_tps=12_000, tbt_p99_s=0.05, decode_step_s=0.04)
     third, _ = decide(spec, new, counts(5, 14), state, later + 240)
     assert third.reason is Reason.LATENCY_GUARD and third.decode > 14
+
+
+def test_numbers_too_large_to_compute_with_hold_the_service_and_say_so() -> None:
+    """An output mean of 1e82 tokens overflowed a climb's squares, and decide() raised: the
+    control loop survived, but the tick stopped, every other service's decision with it.
+    Such a snapshot is held as missing data, and the message says why."""
+    from dataclasses import replace
+
+    from tests.test_demand_policy import counts, make_service, running, signals
+
+    spec = make_service()
+    state, have, now = running(), counts(4, 4), 1_000_000.0
+    said = False
+    for k in range(12):
+        huge = k in (3, 4, 5)
+        s = signals(observed_at=now, output_mean=1e300 if huge else 200.0)
+        if huge:
+            s = replace(s, request_rate=1e300, prompt_mean=1e300, decode_running=1e300)
+        d, state = decide(spec, s, have, state, now)
+        if huge:
+            assert d.prefill >= have.prefill and d.decode >= have.decode, d  # never in on it
+        said |= "out of computable range" in d.message
+        have, now = counts(d.prefill, d.decode), now + 15.0
+    assert said
+    assert PolicyState.from_json(state.to_json()) == state

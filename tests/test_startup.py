@@ -87,6 +87,21 @@ def test_a_clock_that_went_back_times_nothing() -> None:
     assert state.startups == () and state.prefill_launch_at is None
 
 
+def test_instances_that_landed_while_the_control_plane_was_away_time_nothing() -> None:
+    """Seen starting at T0 + 15 s, then no snapshot for six hours: they landed somewhere in
+    the gap. Timed, the gap had become a six-hour start-up and the burst horizon."""
+    timed = replace(PolicyState(), startups=(100.0,) * 5, startup_horizon_s=115.0)
+    state = _after(timed, _counts(2, 2), T0, grew=True)
+    state = startup.observe(state, _counts(4, 4, 2, 2), T0 + PERIOD, 60.0)
+    state = replace(state, last_decision_at=T0 + PERIOD)
+    back = startup.observe(state, _counts(4, 4), T0 + 6 * 3600.0, 60.0)
+    assert back.startups == (100.0,) * 5 and back.startup_horizon_s == 115.0
+    assert back.prefill_launch_at is None and back.decode_launch_at is None
+    state = replace(state, last_decision_at=T0 + 75.0)  # snapshots every period: timed
+    on_time = startup.observe(state, _counts(4, 4), T0 + 90.0, 60.0)
+    assert on_time.startups == (*(100.0,) * 3, 90.0, 90.0)  # each role timed
+
+
 def test_a_scale_in_voids_the_timing_in_progress_of_its_role_only() -> None:
     """Start-ups cancelled by a scale-in end early: they time nothing. The other role's
     instances are still starting as they were."""

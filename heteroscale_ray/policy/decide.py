@@ -82,9 +82,32 @@ def decide(
 
     ``catalog`` (the services file's GPU types) gives `signal: demand` its roofline prior, and
     carries a target tuned at `policy.tuned_at` to today's lengths (`policy/transport.py`).
+
+    A snapshot whose finite numbers are too large to compute with (an output mean of 1e82
+    tokens overflowed a slope's squares) is held as missing data, with the error in the
+    message, as HPA holds on a metric it cannot compute: raised, it stopped the whole tick,
+    every other service's decision with it.
     """
     if not math.isfinite(now):
         raise ValueError(f"now must be a finite epoch time in seconds, got {now!r}")
+    try:
+        return _decide(spec, signals, counts, state, now, catalog)
+    except (ArithmeticError, ValueError) as err:
+        held, state = _decide(
+            spec, Signals(observed_at=signals.observed_at), counts, state, now, catalog
+        )
+        why = f"signals out of computable range ({type(err).__name__}: {err}), held as missing"
+        return replace(held, message=f"{why}; {held.message}"), state
+
+
+def _decide(
+    spec: ServiceSpec,
+    signals: Signals,
+    counts: RoleCounts,
+    state: PolicyState,
+    now: float,
+    catalog: GpuCatalog,
+) -> tuple[Decision, PolicyState]:
     if spec.policy.signal == "demand" and spec.policy.mode != "periodic":
         return decide_demand(spec, signals, counts, state, now, catalog)
     fresh = spec.policy.mode != "periodic" and not snapshot_problem(

@@ -84,7 +84,7 @@ def decide_demand(
 ) -> tuple[Decision, PolicyState]:
     problem = snapshot_problem(signals, now, spec.policy.stale_after_s)
     state = hold_found_fleet(spec, state, counts, now)
-    state = startup.observe(state, counts, now)
+    state = startup.observe(state, counts, now, spec.policy.stale_after_s)
     before_release = None  # read before this snapshot updates the queue's record
     if backlog.prefill_releasing(spec, state, signals):
         before_release = burst.last_need(state.decode_burst)

@@ -14,6 +14,7 @@ Pure: time comes in as `now`.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import replace
 
@@ -43,8 +44,13 @@ def describe(state: PolicyState) -> str:
     return "" if timed is None else f", instances start in {timed:,.0f} s (timed)"
 
 
-def observe(state: PolicyState, counts: RoleCounts, now: float) -> PolicyState:
-    """Fold this snapshot's counts into each role's timing of its last ask (before deciding)."""
+def observe(
+    state: PolicyState, counts: RoleCounts, now: float, stale_after_s: float = math.inf
+) -> PolicyState:
+    """Fold this snapshot's counts into each role's timing of its last ask (before deciding).
+    An ask that landed while no snapshot came for over `stale_after_s` (the control plane
+    away) times nothing: it landed somewhere in the gap, and a six-hour outage had timed a
+    six-hour start-up and made it the burst horizon."""
     for role in Role:
         at = getattr(state, f"{role.value}_launch_at")
         before = getattr(state, f"{role.value}_launch_from")
@@ -64,12 +70,12 @@ def observe(state: PolicyState, counts: RoleCounts, now: float) -> PolicyState:
             continue
         if counts.starting_of(role) > 0:
             continue
-        if now <= at:  # a clock that went back times nothing
+        last = state.last_decision_at
+        period = 0.0 if last is None else max(now - last, 0.0)
+        if now <= at or period > stale_after_s:  # a clock that went back, or a gap
             state = replace(state, **{f"{role.value}_launch_at": None})
             continue
         timings = (*state.startups, now - at)[-KEPT:]
-        last = state.last_decision_at
-        period = 0.0 if last is None else max(now - last, 0.0)
         state = replace(
             state,
             startups=timings,
