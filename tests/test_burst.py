@@ -405,3 +405,28 @@ def test_a_climb_the_trend_foresaw_is_no_rise_its_onset_is() -> None:
     for i, need in enumerate([10.0] * 16 + [16.0] * 12):  # a step: nothing climbed before it
         flat = remember(flat, need, NOW + i * PERIOD, HORIZON, window_s=HORIZON)
     assert max(flat.rises) == pytest.approx(0.6)
+
+
+def test_a_decision_retried_at_the_same_time_adds_no_second_need_rise_or_load() -> None:
+    """A tick retried at one frozen `now` had appended the period's need, rise and load each
+    time (2,000 retries: 1,994 needs, a 570 kB checkpoint), and a retried rise counted twice
+    in the margin's quantile."""
+    from tests.test_demand_policy import counts, make_service, running, signals
+
+    spec = make_service()
+    state, now = running(), 1_000_000.0
+    for k in range(40):  # a climb, so rises are recorded
+        s = signals(observed_at=now, request_rate=10.0 + k)
+        _, state = decide(spec, s, counts(4, 4), state, now)
+        now += 15.0
+    s = signals(observed_at=now, request_rate=60.0)
+    _, once = decide(spec, s, counts(4, 4), state, now)
+    again = once
+    for _ in range(5):
+        _, again = decide(spec, s, counts(4, 4), again, now)
+    for role in Role:
+        one, many = (
+            x.decode_burst if role is Role.DECODE else x.prefill_burst for x in (once, again)
+        )
+        assert len(many.needs) == len(one.needs) and many.rises_at == one.rises_at
+    assert again.prefill_loads == once.prefill_loads and again.decode_loads == once.decode_loads

@@ -68,7 +68,9 @@ def remember(
             return replace(memory, strained_at=now)
         return memory
     kept_s = horizon_s + max(window_s, 0.0)
-    needs = tuple((t, n) for t, n in memory.needs if now - t <= kept_s) + ((now, need),)
+    # a decision retried at the same `now` replaces that period's need and rise, not adds more
+    needs = tuple((t, n) for t, n in memory.needs if now - t <= kept_s and t != now)
+    needs += ((now, need),)
     recent = [(t, n) for t, n in needs if now - t <= horizon_s]
     settled_at = memory.settled_at
     if settled_at is None:
@@ -94,7 +96,7 @@ def remember(
             # insures as the climb does, up to the climb's top.
             (r, t, max(n, top), max(sp, span)) if t >= first_t else (r, t, n, sp)
             for r, t, n, sp in zip(rises, rises_at, tops, spans, strict=True)
-            if t >= keep_after
+            if t >= keep_after and t != now
         ]
         kept.append((rise, now, top, span))
         rises, rises_at, tops, spans = (tuple(x) for x in zip(*kept, strict=True))

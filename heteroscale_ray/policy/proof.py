@@ -43,7 +43,8 @@ def remember_load(
     if need is None or not math.isfinite(need):
         return state, None
     name = f"{role.value}_loads"
-    kept = (*(x for x in getattr(state, name) if now - x[0] <= horizon_s), (now, float(need)))
+    earlier = (x for x in getattr(state, name) if now - x[0] <= horizon_s and x[0] != now)
+    kept = (*earlier, (now, float(need)))
     return replace(state, **{name: kept}), max(n for _, n in kept)
 
 

@@ -231,7 +231,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         trace = trace.slice(0, args.duration)
     if trace.duration_s > MAX_SPAN_S:
         print(
-            f"{trace.source} spans {trace.duration_s / 86400:,.0f} days (first arrival to last), "
+            f"{trace.source} spans {trace.duration_s / 86400:,.4g} days (first arrival to last), "
             f"more than the {MAX_SPAN_S / 86400:.0f} a replay steps through: a stray timestamp, "
             "or milliseconds where the format reads seconds? Replay a part of it with --duration S",
             file=sys.stderr,
