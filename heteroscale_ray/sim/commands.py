@@ -22,7 +22,7 @@ from heteroscale_ray.arg_types import (
     split_instances,
 )
 from heteroscale_ray.sim.cli_support import clean, load_trace_or_say, progress
-from heteroscale_ray.sim.tuning_commands import cmd_pd_sweep, cmd_tune
+from heteroscale_ray.sim.tuning_commands import cmd_pd_sweep, cmd_tune, service_of
 
 if TYPE_CHECKING:  # imported when used: `--help` needs no numpy
     from heteroscale_ray.config import ServicesConfig, ServiceSpec
@@ -193,27 +193,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from heteroscale_ray.config import ConfigError, load_services, load_topology
-    from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS
+    from heteroscale_ray.config import ConfigError, load_topology
     from heteroscale_ray.perf.feasibility import service_problems
     from heteroscale_ray.sim.fleet import fleet_for, gpus_to_hold, replay_fleet_for
-    from heteroscale_ray.sim.oversized import admit
+    from heteroscale_ray.sim.oversized import admitted_requests
     from heteroscale_ray.sim.plots import timeline_png
     from heteroscale_ray.sim.replay import ReplayOptions, run_replay
     from heteroscale_ray.sim.report import table, timeline
     from heteroscale_ray.sim.sizing import past_max_instances, round_counts, trace_needs
     from heteroscale_ray.traces import scale_rate, shape_keeping_shift
 
+    picked = service_of(args)
+    if picked is None:
+        return 2
+    services, spec = picked
+    name = spec.name
     try:
-        services = load_services(args.services)
         topology = load_topology(args.topology) if args.topology else None
     except ConfigError as err:
         print(err, file=sys.stderr)
-        return 2
-    names = [s.name for s in services.services]
-    name = names[0] if args.service is None else args.service
-    if name not in names:
-        print(f"--service {name!r} is not in {args.services}: use one of {names}", file=sys.stderr)
         return 2
     # what `validate` refuses (a model that fits no GPU, a --topology with no host for a role)
     # replayed to 0% with no instance ever placed, and exited 0
@@ -223,7 +221,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"cannot replay on {where}: {problem}", file=sys.stderr)
     if problems:
         return 2
-    spec = services.by_name()[name]
     trace = load_trace_or_say(args.trace, args.skip_malformed)
     if trace is None:
         return 2
@@ -272,8 +269,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
     # sized on what the ingress admits: a request no instance holds is rejected, not served
     try:
-        admitted = admit([spec], {name: trace}, services.catalog, DEFAULT_CONSTANTS)
-        needs = trace_needs(spec, services.catalog, admitted.traces[name])
+        admitted = admitted_requests(spec, trace, services.catalog)
+        needs = trace_needs(spec, services.catalog, admitted)
     except ValueError as e:  # nothing fits, or no instance count meets the SLO
         print(f"cannot replay {trace.source}: {e}", file=sys.stderr)
         return 2

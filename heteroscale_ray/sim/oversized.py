@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from heteroscale_ray.config import GpuCatalog, RoleSpec, ServiceSpec
-from heteroscale_ray.perf.constants import PerfConstants
+from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS, PerfConstants
 from heteroscale_ray.perf.memory import ModelDoesNotFitError, kv_capacity_tokens
 from heteroscale_ray.perf.profiles import ModelProfile, get_profile
 from heteroscale_ray.traces import Trace
@@ -100,3 +100,9 @@ def admit(
         out[spec.name] = trace if fits.all() else trace.select(fits)
         rooms[spec.name], keep[spec.name] = room, fits
     return Admitted(out, rooms, keep)
+
+
+def admitted_requests(spec: ServiceSpec, trace: Trace, catalog: GpuCatalog) -> Trace:
+    """One service's trace without the requests no instance of it holds, at the default
+    performance constants: what `tune` and `pd-sweep` draw lengths from, as replay serves."""
+    return admit([spec], {spec.name: trace}, catalog, DEFAULT_CONSTANTS).traces[spec.name]

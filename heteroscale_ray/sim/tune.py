@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 
 from heteroscale_ray.config import PdRatio, PolicySpec, ServicesConfig, ServiceSpec
-from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS
 from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
-from heteroscale_ray.sim.oversized import admit
+from heteroscale_ray.sim.oversized import admitted_requests
 from heteroscale_ray.sim.pdsweep import SweepPoint, sweep
 from heteroscale_ray.traces import Trace
 
@@ -184,9 +183,9 @@ def tune(
         )
     # Tuned on what the ingress admits: two 700k-token prompts among 60 had taken tuned_at's
     # prompt mean 1,423 -> 24,707, and the replay under that fragment held 4x the GPU-hours.
-    admitted = admit([spec], {spec_name: sample}, services.catalog, DEFAULT_CONSTANTS)
-    rejected = len(sample) - len(admitted.traces[spec_name])
-    sample = admitted.traces[spec_name]
+    admitted = admitted_requests(spec, sample, services.catalog)
+    rejected = len(sample) - len(admitted)
+    sample = admitted
     inp = np.asarray(sample.input_tokens)
     out = np.asarray(sample.output_tokens)
     if not out.any():

@@ -35,8 +35,7 @@ def service_of(args: argparse.Namespace) -> tuple[Any, Any] | None:
 
 
 def cmd_pd_sweep(args: argparse.Namespace) -> int:
-    from heteroscale_ray.perf.constants import DEFAULT_CONSTANTS
-    from heteroscale_ray.sim.oversized import admit
+    from heteroscale_ray.sim.oversized import admitted_requests
     from heteroscale_ray.sim.pdsweep import sweep
     from heteroscale_ray.sim.plots import curves_png
 
@@ -54,7 +53,7 @@ def cmd_pd_sweep(args: argparse.Namespace) -> int:
             print(f"{tr.source} holds no requests to draw lengths from", file=sys.stderr)
             return 2
         try:  # the lengths the ingress admits, as `tune` and `replay` draw on
-            fits = admit([spec], {name: tr}, services.catalog, DEFAULT_CONSTANTS).traces[name]
+            fits = admitted_requests(spec, tr, services.catalog)
         except ValueError as err:
             print(f"cannot sweep on {tr.source}: {err}", file=sys.stderr)
             return 2

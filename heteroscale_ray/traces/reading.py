@@ -97,9 +97,10 @@ def stream_lines(path: Path) -> Iterator[bytes]:
     """The file's lines, each with its b"\\n", read as they are needed (through gzip when
     the name ends in .gz). Gzip under another name is refused with the name to use: read as
     text its first line is not UTF-8, and skipping such rows leaves nothing."""
+    packed = is_gzipped(path)
     try:
-        with gzip.open(path, "rb") if is_gzipped(path) else path.open("rb") as f:
-            if not is_gzipped(path) and f.peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC):
+        with gzip.open(path, "rb") if packed else path.open("rb") as f:
+            if not packed and f.peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC):
                 raise TraceError(
                     str(path), None, f"looks gzipped: name it {path.name}.gz", row=False
                 )
