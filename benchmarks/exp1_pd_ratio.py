@@ -8,6 +8,7 @@ Writes results/exp1_pd_ratio/{summary.json, goodput.png}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -32,6 +33,8 @@ def is_bell(values: list[float]) -> bool:
 
 
 def main() -> int:
+    # no options: --help says what it does, and a mistyped option is refused, not ignored
+    argparse.ArgumentParser(description=__doc__).parse_args()
     services = load_services(ROOT / "examples" / "sim_services.yaml")
     OUT.mkdir(parents=True, exist_ok=True)
     report = {}

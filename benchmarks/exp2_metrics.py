@@ -11,6 +11,7 @@ Writes results/exp2_metrics/{summary.json, signals.png}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -40,6 +41,8 @@ SIGNALS = (
 
 
 def main() -> int:
+    # no options: --help says what it does, and a mistyped option is refused, not ignored
+    argparse.ArgumentParser(description=__doc__).parse_args()
     services = load_services(ROOT / "examples" / "sim_services.yaml")
     spec = services.by_name()["dialogue"]
     trace = diurnal_trace(

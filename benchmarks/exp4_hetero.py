@@ -10,6 +10,7 @@ Writes results/exp4_hetero/{summary.json, cost.png}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ VARIANTS = (
 
 
 def main() -> int:
+    # no options: --help says what it does, and a mistyped option is refused, not ignored
+    argparse.ArgumentParser(description=__doc__).parse_args()
     base = load_services(ROOT / "examples" / "sim_services.yaml")
     spec0 = base.by_name()["dialogue"]
     trace = scale_rate(

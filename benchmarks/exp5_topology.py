@@ -11,6 +11,7 @@ Writes results/exp5_topology/{summary.json, levels.png}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -32,6 +33,8 @@ OUT = ROOT / "results" / "exp5_topology"
 
 
 def main() -> int:
+    # no options: --help says what it does, and a mistyped option is refused, not ignored
+    argparse.ArgumentParser(description=__doc__).parse_args()
     services = load_services(ROOT / "examples" / "sim_services.yaml")
     trace = scale_rate(
         load_trace(TRACES / "AzureLLMInferenceTrace_conv.csv").slice(0, 1800), 12, seed=0

@@ -152,6 +152,14 @@ def verdict(goals: dict[str, Any]) -> bool | None:
 # ---------------------------------------------------------------- output
 
 
+def _cell(value: float | None, spec: str, width: int) -> str:
+    """`value` in `spec`, or "-" where there is none (no static run to compare with, no TBT
+    where every output is one token)."""
+    if value is None or not np.isfinite(value):
+        return f"{'-':>{width}}"
+    return f"{value:{width}{spec}}"
+
+
 def _fmt_table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'policy':<14}{'GPU-h':>9}{'xstatic':>8}{'xoracle':>8}{'SLO':>8}{'ceil':>7}"
@@ -172,11 +180,13 @@ def _fmt_table(rows: list[dict[str, Any]]) -> str:
             mark += ("; " if failed else "") + "unchecked: " + ",".join(open_)
         out.append(
             f"{r['policy']:<14}{r['gpu_hours']:9.1f}"
-            f"{(r['gpu_hours'] / st if st else float('nan')):8.2f}"
-            f"{(r['gpu_hours'] / orc if orc else float('nan')):8.2f}"
-            f"{r['slo_attainment']:8.1%}{(r['slo_ceiling'] or float('nan')):7.1%}"
+            f"{_cell(r['gpu_hours'] / st if st else None, '.2f', 8)}"
+            f"{_cell(r['gpu_hours'] / orc if orc else None, '.2f', 8)}"
+            f"{r['slo_attainment']:8.1%}{_cell(r['slo_ceiling'], '.1%', 7)}"
             f"{r['completed'] / max(1, r['requests']):8.1%}"
-            f"{r['ttft_p99_s']:9.2f}{r['tbt_p99_s'] * 1e3:7.0f}m{r['scaling_actions']:6d}"
+            f"{_cell(r['ttft_p99_s'], '.2f', 9)}"
+            f"{_cell(r['tbt_p99_s'] * 1e3, '.0f', 7)}{'m' if np.isfinite(r['tbt_p99_s']) else ' '}"
+            f"{r['scaling_actions']:6d}"
             f"{fl.get('prefill', 0):8.1f}{fl.get('decode', 0):8.1f}"
             f"{r['wall_total_s']:8.1f}{r['speed']:8.0f}  {mark}"
         )
