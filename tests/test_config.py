@@ -50,6 +50,33 @@ def test_defaults_are_filled() -> None:
     assert [t.at for t in svc.policy.latency_guard.tiers] == [0.95, 1.2]
 
 
+def test_signal_demand_fills_what_it_leaves_out_with_the_measured_policy() -> None:
+    """`signal: demand` alone is the policy the benchmarks measure as `general`; what a service
+    does set is kept, and the paper's rule keeps its own defaults."""
+    from heteroscale_ray.config.policy import DEMAND_DEFAULTS
+
+    def policy(text: str):  # type: ignore[no-untyped-def]
+        yaml = GOOD_SERVICE.replace("{target_per_instance: 2000}", text)
+        return parse_yaml_text(yaml, ServicesConfig).services[0].policy
+
+    plain = policy("{signal: demand}")
+    for field, value in DEMAND_DEFAULTS.items():
+        assert getattr(plain, field) == value, field
+    assert plain.latency_guard.metric == "both"
+    assert plain.latency_guard.tiers  # the rest of the guard keeps its defaults
+    general = load_services(ROOT / "examples/sim_services.yaml").by_name()["general"]
+    assert plain == general.policy
+
+    said = policy("{signal: demand, scale_in_tolerance: 0.3, latency_guard: {cooldown_s: 5}}")
+    assert said.scale_in_tolerance == 0.3 and said.scale_out_cooldown_s == 0
+    assert said.latency_guard.cooldown_s == 5 and said.latency_guard.metric == "both"
+    assert policy("{signal: demand, latency_guard: {metric: tbt}}").latency_guard.metric == "tbt"
+
+    paper = policy("{target_per_instance: 2000}")
+    assert (paper.scale_in_tolerance, paper.scale_out_cooldown_s) == (0.2, 30.0)
+    assert paper.scale_in_cooldown_s == 300.0 and paper.latency_guard.metric == "tbt"
+
+
 @pytest.mark.parametrize(
     ("patch", "expected"),
     [

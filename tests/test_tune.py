@@ -13,7 +13,7 @@ import yaml
 
 from heteroscale_ray.config import PdRatio, ServiceSpec, load_services
 from heteroscale_ray.sim.commands import register
-from heteroscale_ray.sim.tune import TuneResult, small_ratio, tune
+from heteroscale_ray.sim.tune import TuneResult, paper_rule, small_ratio, tune
 from heteroscale_ray.traces import Trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,19 @@ def test_tune_returns_best_split_ratio_and_target() -> None:
     assert tuned.policy.tuned_at.prompt_tokens == round(res.input_mean)
     assert tuned.policy.tuned_at.output_tokens == round(res.output_mean)
     assert tuned.policy.tuned_at.prompt_sd == round(res.input_sd) > 0
+
+    # Given the service, the fragment pasted in place of its policy block is the paper's rule
+    # as the benchmarks replay it (`paper_rule`), but the lengths it carries the target to.
+    # `general` says only `signal: demand`, whose defaults the bare paper's rule lacks.
+    full = yaml.safe_load(res.yaml_fragment(spec))
+    assert "latency_guard" in full["policy"] and "scale_out_cooldown_s" in full["policy"]
+    replaced = {**spec.model_dump(mode="json", exclude={"policy"}), **full}
+    pasted_rule = ServiceSpec.model_validate(replaced).policy
+    ruled = paper_rule(spec, res).policy
+    assert pasted_rule.model_copy(update={"tuned_at": None, "target_per_instance": 1.0}) == (
+        ruled.model_copy(update={"target_per_instance": 1.0})
+    )
+    assert abs(pasted_rule.target_per_instance - ruled.target_per_instance) <= 0.5
 
 
 def test_tune_threshold_absolute_or_relative_to_ceiling() -> None:

@@ -5,7 +5,7 @@ description says what it does."""
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,7 +30,8 @@ class LatencyGuard(BaseModel):
 
     enabled: bool = Field(default=True, description="Turn the latency guard on or off.")
     metric: Literal["tbt", "ttft", "both"] = Field(
-        default="tbt", description="Latency to watch; TBT is the cleaner signal (paper)."
+        default="tbt",
+        description="Latency to watch; TBT is the cleaner signal (paper). Under signal demand: both.",
     )
     tiers: list[LatencyTier] = Field(
         default_factory=lambda: [LatencyTier(at=0.95, step=0.10), LatencyTier(at=1.2, step=0.20)],
@@ -313,8 +314,25 @@ class TunedAt(BaseModel):
     )
 
 
+# What `signal: demand` assumes where a service does not say; the defaults below it are the
+# paper's rule's. Demand counts starting instances as asked for, so a need past them is new
+# growth and a scale-out waits for nothing (HPA's scale-up window is 0 too; the guard keeps its
+# own cooldown); a scale-in waits out one start-up; the stabilisation window already holds each
+# role at its highest need, so the band in is as narrow as the band out (a wider one kept what
+# the window proved idle); and each role is guarded on its own latency, prefill on TTFT too.
+# These are `general`'s, which the benchmarks measure (README, "Demand-based scaling").
+DEMAND_DEFAULTS: dict[str, Any] = {
+    "scale_out_cooldown_s": 0.0,
+    "scale_in_cooldown_s": 120.0,
+    "scale_in_tolerance": 0.1,
+}
+DEMAND_GUARD_METRIC = "both"
+
+
 class PolicySpec(BaseModel):
-    """How a service scales. Times are seconds; fractions are of the current instance count."""
+    """How a service scales. Times are seconds; fractions are of the current instance count.
+    Under `signal: demand` a field left out takes `DEMAND_DEFAULTS` (and the latency guard's
+    metric `both`) where one is given there."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -347,13 +365,20 @@ class PolicySpec(BaseModel):
         default=0.10, ge=0, le=1, description="Scale out only when required/current > 1 + this."
     )
     scale_in_tolerance: float = Field(
-        default=0.20, ge=0, le=1, description="Scale in only when required/current < 1 - this."
+        default=0.20,
+        ge=0,
+        le=1,
+        description="Scale in only when required/current < 1 - this (0.1 under signal demand).",
     )
     scale_out_cooldown_s: float = Field(
-        default=30.0, ge=0, description="Minimum seconds after any scaling before a scale-out."
+        default=30.0,
+        ge=0,
+        description="Minimum seconds after any scaling before a scale-out (0 under signal demand).",
     )
     scale_in_cooldown_s: float = Field(
-        default=300.0, ge=0, description="Minimum seconds after any scaling before a scale-in."
+        default=300.0,
+        ge=0,
+        description="Minimum seconds after any scaling before a scale-in (120 under signal demand).",
     )
     scale_out_damping: float = Field(
         default=1.0, gt=0, le=1, description="Share of the gap closed per scale-out (1 = all)."
@@ -373,6 +398,19 @@ class PolicySpec(BaseModel):
     periodic: list[PeriodicEntry] = Field(
         default_factory=list, description="Time table for 'periodic' and 'hybrid' modes."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _demand_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("signal") != "demand":
+            return data
+        data = {**DEMAND_DEFAULTS, **data}
+        guard = data.get("latency_guard")
+        if guard is None:
+            data["latency_guard"] = {"metric": DEMAND_GUARD_METRIC}
+        elif isinstance(guard, dict) and "metric" not in guard:
+            data["latency_guard"] = {**guard, "metric": DEMAND_GUARD_METRIC}
+        return data
 
     @model_validator(mode="after")
     def _periodic_needs_table(self) -> PolicySpec:

@@ -85,9 +85,12 @@ class TuneResult:
     input_sd: float = 0.0
     rejected: int = 0  # sample requests no instance holds: left out, as the ingress rejects them
 
-    def yaml_fragment(self) -> str:
-        """The lines to paste into the service's entry in services.yaml."""
-        return (
+    def yaml_fragment(self, spec: ServiceSpec | None = None) -> str:
+        """The lines to paste into the service's entry in services.yaml, in place of its
+        `policy`. Given the service, also each setting of the paper's rule as the benchmarks
+        replay it on that service (`paper_rule`) that a bare `signal: decode_tps` would not
+        have: a `signal: demand` service's own defaults end with its policy block."""
+        text = (
             f'pd_ratio: "{self.ratio}"\n'
             "policy:\n"
             "  signal: decode_tps\n"
@@ -95,6 +98,14 @@ class TuneResult:
             f"  tuned_at: {{prompt_tokens: {round(self.input_mean)}, "
             f"output_tokens: {round(self.output_mean)}, prompt_sd: {round(self.input_sd)}}}\n"
         )
+        if spec is None:
+            return text
+        ruled = paper_rule(spec, self).policy.model_dump(mode="json")
+        bare = PolicySpec(signal="decode_tps", target_per_instance=1.0).model_dump(mode="json")
+        for key, value in _differing(ruled, bare).items():
+            if key not in ("signal", "target_per_instance", "tuned_at"):
+                text += f"  {key}: {_flow(value)}\n"
+        return text
 
     def table(self) -> str:
         head = (
@@ -249,6 +260,32 @@ def tune(
         output_mean=float(out.mean()),
         input_sd=float(inp.std()),
         rejected=rejected,
+    )
+
+
+def _differing(value: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `value` that differ from `default`'s, nested mappings by their entries."""
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        d = default.get(key)
+        if isinstance(v, dict) and isinstance(d, dict):
+            inner = _differing(v, d)
+            if inner:
+                out[key] = inner
+        elif v != d:
+            out[key] = v
+    return out
+
+
+def _flow(value: Any) -> str:
+    """One YAML flow value: `{metric: both}`, `0.0`."""
+    import yaml
+
+    return (
+        yaml.safe_dump(value, default_flow_style=True, width=10_000)
+        .strip()
+        .removesuffix("...")
+        .strip()
     )
 
 

@@ -171,8 +171,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             "trace's only roughly (raise --sample-s)",
             file=sys.stderr,
         )
-    print("\n# paste into the service's entry:")
-    print(res.yaml_fragment(), end="")
+    print("\n# paste into the service's entry, in place of its policy:")
+    print(res.yaml_fragment(spec), end="")
     if args.json:
         print(json.dumps(clean(res.as_dict())))
     return 0
