@@ -49,7 +49,9 @@ deployment's start-up, the tolerances the dead-band's. Pure: time comes in as `n
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
+from functools import cache
 
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy import recurrence
@@ -152,28 +154,55 @@ def holds(
     fall deeper than the burst margin covers, and gone again within the floor (see above);
     not while the role's next surge is predicted far enough away to be sized for before it
     comes (policy/recurrence.py: `apart`)."""
+    return holder(spec, state, role)(age, depth, bare)
+
+
+def holder(
+    spec: ServiceSpec, state: PolicyState, role: Role
+) -> Callable[[float, float | None, float], bool]:
+    """`holds` for many of one role's needs at one decision: what does not depend on the need
+    is read once (the window judges every need it keeps, several times a decision)."""
     policy = spec.policy
     window = policy.demand.peak_window_s
-    within = age <= window
-    if not learning(spec, state) or depth is None:
-        return within
+    if not learning(spec, state):
+        return lambda age, depth, bare=0.0: age <= window
     floor = _floor_s(spec, state)
-    if within and (age <= floor or depth >= 1 - policy.scale_in_tolerance):
-        return True
+    band_in = 1 - policy.scale_in_tolerance
+    band_out = 1 + policy.scale_out_tolerance
     surge = 1 / (1 + policy.demand.max_burst_margin)  # a return no burst margin covers
-    due = recurrence.apart(spec, state, role)  # the next is sized for before it comes instead
-    # crowds that came and went twice: the longest lull seen does not bound the next
-    crowds = _crowds(spec, state, role)
-    for r in getattr(state, f"{role.value}_returns"):
-        if r.depth > depth:
-            continue
-        if within and r.lull <= window:
+    memory = memory_s(spec, state)
+    returns = getattr(state, f"{role.value}_returns")
+
+    @cache
+    def due() -> bool:  # the next is sized for before it comes instead
+        return recurrence.apart(spec, state, role)
+
+    @cache
+    def crowds() -> (
+        bool
+    ):  # crowds that came and went twice: the longest lull seen does not bound the next
+        return _crowds(spec, state, role)
+
+    def held(age: float, depth: float | None, bare: float = 0.0) -> bool:
+        within = age <= window
+        if depth is None:
+            return within
+        if within and (age <= floor or depth >= band_in):
             return True
-        high = bare <= r.back * (1 + policy.scale_out_tolerance)
-        lull = age <= r.lull + floor or (crowds and age <= memory_s(spec, state))
-        if not due and r.depth <= surge and 0 < r.stay <= floor and lull and high:
-            return True
-    return False
+        for r in returns:
+            if r.depth > depth:
+                continue
+            if within and r.lull <= window:
+                return True
+            high = bare <= r.back * band_out
+            if not (0 < r.stay <= floor and r.depth <= surge and high):
+                continue
+            lull = age <= r.lull + floor or (crowds() and age <= memory)
+            if lull and not due():
+                return True
+        return False
+
+    return held
 
 
 def restores(spec: ServiceSpec, state: PolicyState, role: Role) -> bool:

@@ -82,6 +82,7 @@ def _in_window(
     kept = falls.kept_s(spec, state)
     need = falls.current_need(state, role, now)
     started = -math.inf if state.started_at is None else state.started_at
+    holds = falls.holder(spec, state, role)
     out = [
         (t, n, n, True)
         for t, n, _ in (getattr(state, f"{role.value}_steps") if steps else ())
@@ -92,7 +93,7 @@ def _in_window(
             continue
         depth = None if need is None or bare <= 0 else need / bare
         found = t <= started and now - t <= window
-        held = found or falls.holds(spec, state, role, now - t, depth, bare)
+        held = found or holds(now - t, depth, bare)
         if held or now - t <= window:
             out.append((t, margined, bare, held))
     return out

@@ -89,7 +89,7 @@ class TuneResult:
         """The lines to paste into the service's entry in services.yaml, in place of its
         `policy`. Given the service, also each setting of the paper's rule as the benchmarks
         replay it on that service (`paper_rule`) that a bare `signal: decode_tps` would not
-        have: a `signal: demand` service's own defaults end with its policy block."""
+        have (a `signal: demand` service's defaults, for one, go with the block replaced)."""
         text = (
             f'pd_ratio: "{self.ratio}"\n'
             "policy:\n"
