@@ -173,14 +173,13 @@ def holder(
     memory = memory_s(spec, state)
     returns = getattr(state, f"{role.value}_returns")
 
+    # Read only when a need is past the window's own test, and then once.
     @cache
-    def due() -> bool:  # the next is sized for before it comes instead
+    def due() -> bool:  # the next surge is sized for before it comes instead
         return recurrence.apart(spec, state, role)
 
     @cache
-    def crowds() -> (
-        bool
-    ):  # crowds that came and went twice: the longest lull seen does not bound the next
+    def crowds() -> bool:  # came and went twice: the longest lull seen does not bound the next
         return _crowds(spec, state, role)
 
     def held(age: float, depth: float | None, bare: float = 0.0) -> bool:
