@@ -10,8 +10,8 @@ with prefill tokens/s the larger of the processed and the offered (arriving) cac
 
 averages it in log space (ratios are multiplicative: 1:2 -> 1:1 is as big a step as
 1:1 -> 2:1) with time constant ``smoothing_s``, and moves the active ratio to the nearest
-``p:d`` with both terms <= ``max_term`` only once the average is more than
-``change_tolerance`` away from it. The configured ``pd_ratio`` is where it starts (and the
+``p:d`` with both terms <= ``max_term`` only once that ratio is closer to the average than
+the active one by more than ``change_tolerance`` (`_snap`). The configured ``pd_ratio`` is where it starts (and the
 prior the average starts from), and any missing or stale signal leaves the ratio where it is. Pure: time comes in as ``now``.
 """
 

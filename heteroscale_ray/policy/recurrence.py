@@ -174,9 +174,11 @@ def ahead(
     why: str,
 ) -> tuple[float | None, str, bool]:
     """The role's need raised to what a due surge will need (`Due.size`) while it is due, with
-    why; and whether it was raised. Only for surges `apart` (the window holds closer ones); due from two start-up
-    horizons before (one for what it asks for to land, one since an onset is timed when it is
-    seen) to one after, each widened by the intervals' spread."""
+    why; and whether it was raised. Only for surges at least twice the window apart
+    (`_apart`; the window holds closer ones), whether or not one has yet come when due (that
+    only decides whether their lulls are let go, `apart`); due from two start-up horizons
+    before (one for what it asks for to land, one since an onset is timed when it is seen) to
+    one after, each widened by the intervals' spread."""
     coming = due(spec, state, role)
     if need is None or coming is None or not _apart(spec, coming):
         return need, why, False

@@ -241,11 +241,13 @@ class PolicyState:
     started_at: float | None = None  # epoch s of the first decision (demand mode): a fresh
     # control plane waits a scale-in cooldown before its first scale-in, as HPA's window does
     last_decision_reason: Reason | None = None
-    active_ratio: PdRatio | None = None  # dynamic P/D ratio in force (None: configured)
-    ratio_estimate: float | None = None  # smoothed prefill/decode need (dynamic ratio)
+    # The P/D ratio in force, moved by the dynamic ratio or carried to today's lengths by
+    # `tuned_at` (None: the configured one), and the smoothed prefill/decode need behind it.
+    active_ratio: PdRatio | None = None
+    ratio_estimate: float | None = None
     ratio_estimate_at: float | None = None  # epoch s of the last measurement folded in
     # Backlog rule: the last queue per role and how many periods in a row it grew; whether the
-    # prefill queue fell at the last snapshot (the TTFT guard waits while it drains).
+    # prefill queue fell at the last snapshot (demand's TTFT guard waits while it drains).
     prefill_queue_last: float | None = None
     decode_queue_last: float | None = None
     prefill_growth_streak: int = 0
@@ -254,7 +256,9 @@ class PolicyState:
     # Marginal-gain check: the fixable latency (s) when the guard last stepped, and its role.
     guard_fixable_s: float | None = None
     guard_role: str | None = None
-    guard_load: float | None = None  # that role's need per instance when the guard stepped
+    # that role's load per instance when the guard stepped: its need (demand) or its tokens/s
+    # (the paper's rule)
+    guard_load: float | None = None
     guard_calm_since: float | None = None  # epoch s that role's latency fell under every tier
     # Learned capacity: measured over roofline prior per role (1.0 = the prior is right).
     prefill_capacity_scale: float | None = None
@@ -362,7 +366,8 @@ class PolicyState:
 
     @property
     def last_scaled_at(self) -> float | None:
-        """The latest scaling event in either direction; both cooldowns count from it."""
+        """The latest scaling event in either direction: the paper's rule counts both
+        cooldowns from it, demand its scale-in cooldown (`role_plan`)."""
         stamps = [t for t in (self.last_scale_out_at, self.last_scale_in_at) if t is not None]
         return max(stamps) if stamps else None
 
