@@ -152,12 +152,12 @@ def verdict(goals: dict[str, Any]) -> bool | None:
 # ---------------------------------------------------------------- output
 
 
-def _cell(value: float | None, spec: str, width: int) -> str:
-    """`value` in `spec`, or "-" where there is none (no static run to compare with, no TBT
-    where every output is one token)."""
+def _cell(value: float | None, spec: str, width: int, unit: str = "") -> str:
+    """`value` in `spec` and its unit, or "-" where there is none (no static run to compare
+    with, no TBT where every output is one token)."""
     if value is None or not np.isfinite(value):
-        return f"{'-':>{width}}"
-    return f"{value:{width}{spec}}"
+        return f"{'-':>{width}}" + " " * len(unit)
+    return f"{value:{width}{spec}}{unit}"
 
 
 def _fmt_table(rows: list[dict[str, Any]]) -> str:
@@ -185,7 +185,7 @@ def _fmt_table(rows: list[dict[str, Any]]) -> str:
             f"{r['slo_attainment']:8.1%}{_cell(r['slo_ceiling'], '.1%', 7)}"
             f"{r['completed'] / max(1, r['requests']):8.1%}"
             f"{_cell(r['ttft_p99_s'], '.2f', 9)}"
-            f"{_cell(r['tbt_p99_s'] * 1e3, '.0f', 7)}{'m' if np.isfinite(r['tbt_p99_s']) else ' '}"
+            f"{_cell(r['tbt_p99_s'] * 1e3, '.0f', 7, 'm')}"
             f"{r['scaling_actions']:6d}"
             f"{fl.get('prefill', 0):8.1f}{fl.get('decode', 0):8.1f}"
             f"{r['wall_total_s']:8.1f}{r['speed']:8.0f}  {mark}"

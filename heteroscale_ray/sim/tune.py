@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import yaml
 
 from heteroscale_ray.config import PdRatio, PolicySpec, ServicesConfig, ServiceSpec
 from heteroscale_ray.policy.dynamic_ratio import nearest_ratio
@@ -100,9 +101,9 @@ class TuneResult:
         )
         if spec is None:
             return text
-        ruled = paper_rule(spec, self).policy.model_dump(mode="json")
-        bare = PolicySpec(signal="decode_tps", target_per_instance=1.0).model_dump(mode="json")
-        for key, value in _differing(ruled, bare).items():
+        # the paper's rule has no demand defaults: what differs from the defaults is the rest
+        ruled = paper_rule(spec, self).policy.model_dump(mode="json", exclude_defaults=True)
+        for key, value in ruled.items():
             if key not in ("signal", "target_per_instance", "tuned_at"):
                 text += f"  {key}: {_flow(value)}\n"
         return text
@@ -263,24 +264,8 @@ def tune(
     )
 
 
-def _differing(value: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
-    """The entries of `value` that differ from `default`'s, nested mappings by their entries."""
-    out: dict[str, Any] = {}
-    for key, v in value.items():
-        d = default.get(key)
-        if isinstance(v, dict) and isinstance(d, dict):
-            inner = _differing(v, d)
-            if inner:
-                out[key] = inner
-        elif v != d:
-            out[key] = v
-    return out
-
-
 def _flow(value: Any) -> str:
     """One YAML flow value: `{metric: both}`, `0.0`."""
-    import yaml
-
     return (
         yaml.safe_dump(value, default_flow_style=True, width=10_000)
         .strip()
