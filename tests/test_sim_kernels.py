@@ -18,6 +18,7 @@ pytest.importorskip("numba")
 from sim_builders import H20_HOSTS, L20_HOSTS, small_sim  # noqa: E402
 
 from heteroscale_ray.config import Role, load_services  # noqa: E402
+from heteroscale_ray.perf.capacity import prefill_work_s  # noqa: E402
 from heteroscale_ray.sim import kernels  # noqa: E402
 from heteroscale_ray.sim.cluster import ClusterSim  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
@@ -26,7 +27,8 @@ from heteroscale_ray.traces import load_trace, scale_rate  # noqa: E402
 from heteroscale_ray.traces.samples import SAMPLES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUEST_ARRAYS = ("p_inst", "d_inst", "cached", "t_first", "t_kv", "t_dstart", "t_done")
+REQUEST_ARRAYS = ("p_inst", "d_inst", "cached", "t_first", "p_work", "t_kv", "t_dstart")
+REQUEST_ARRAYS += ("t_done",)
 REQUEST_ARRAYS += ("kv_level", "kv_time", "gen", "reserve")
 
 
@@ -154,6 +156,40 @@ def test_requests_held_at_the_ingress_are_the_same(
     _assert_same(compiled, reference)
     assert compiled["most_held"][0] > 100  # the hold was exercised
     assert np.isfinite(compiled["t_done"]).all()  # and every request finished
+
+
+@pytest.mark.parametrize(
+    ("sample", "model"),
+    [("azure-conv", None), ("azure-conv", "moe-a3b"), ("mooncake", None)],
+)
+def test_each_routed_prompt_keeps_its_kinds_own_prefill_price(
+    monkeypatch: pytest.MonkeyPatch, sample: str, model: str | None
+) -> None:
+    """The prefill queue and the TTFT split read `p_work`, routing's price of each prompt, for
+    the price of its kind: the same number, whether routing ran compiled or not, on a dense
+    model, an MoE one (the weights read depend on the tokens) and prefix-cache hits."""
+    services = load_services(ROOT / "examples" / "sim_services.yaml")
+    spec = services.by_name()["general"]
+    if model is not None:
+        spec = spec.model_copy(update={"model": model})
+    one = services.model_copy(update={"services": [spec]})
+    trace = load_trace(SAMPLES[sample].path).slice(0, 240)
+
+    def run() -> dict:
+        sim = run_replay(one, fleet_for([spec], 256), {"general": trace}, ReplayOptions()).sim
+        ids = np.flatnonzero(sim.p_inst >= 0)
+        kinds = sim.inst.kind[sim.p_inst[ids]]
+        own = np.empty(len(ids))
+        for k in np.unique(kinds):
+            m = kinds == k
+            own[m] = prefill_work_s(sim.kinds[k], sim.w.input_tokens[ids[m]], sim.cached[ids[m]])
+        return {"routed": sim.p_work[ids], "own": own, "hits": np.array([sim.cached.sum()])}
+
+    for got in _both(monkeypatch, run):
+        assert len(got["own"]) > 100
+        np.testing.assert_array_equal(got["routed"], got["own"], strict=True)
+    if sample == "mooncake":
+        assert got["hits"][0] > 0  # prefix-cache hits were priced
 
 
 def _numbers(summary: dict) -> str:

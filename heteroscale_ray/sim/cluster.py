@@ -163,6 +163,7 @@ class ClusterSim:
         self.d_inst = np.full(n, -1, dtype=np.int64)
         self.cached = np.zeros(n, dtype=np.int64)
         self.t_first = np.full(n, np.nan)
+        self.p_work = np.full(n, np.nan)  # its prefill's own seconds, as routing priced it
         self.t_kv = np.full(n, np.nan)
         self.t_dstart = np.full(n, np.nan)
         self.t_done = np.full(n, np.nan)

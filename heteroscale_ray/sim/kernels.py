@@ -94,6 +94,7 @@ def route_tick(
     p_inst,  # per request: written
     d_inst,
     t_first,
+    p_work,
     t_done,
     reserve,
     kv_level,
@@ -171,6 +172,7 @@ def route_tick(
         cum_flops[row] += flops[kr, j]
         p_inst[rid] = row
         t_first[rid] = fin
+        p_work[rid] = svc[kr, j]
         reserve[rid] = res[c, j]
         tick = int(fin / dt)
         ts_prefill_tokens[tick if tick < last_tick else last_tick] += inp[j]

@@ -19,7 +19,6 @@ from heteroscale_ray.policy.types import Signals
 from heteroscale_ray.sim import kernels
 from heteroscale_ray.sim.cluster import DECODE, PREFILL, ClusterSim
 from heteroscale_ray.sim.instances import READY, distinct
-from heteroscale_ray.sim.prefill_queue import prefill_seconds
 
 
 def _peak(values: np.ndarray) -> float | None:
@@ -177,7 +176,7 @@ def observe(
         offered = float(np.sum(w.input_tokens[arrived])) * miss_share / span if span > 0 else 0.0
         bursts = heaviest(w.arrival[arrived], w.input_tokens[arrived] * miss_share)
         tbt = request_tbt(sim, done_in)
-        service = prefill_seconds(sim, first_in)
+        service = sim.p_work[first_in]
         wait = np.maximum(ttft - service, 0.0)
         # p99 of the three per-first-token series in one call (row by row, the same values)
         ttft_p99, wait_p99, service_p99 = (

@@ -10,23 +10,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from heteroscale_ray.perf.capacity import prefill_work_s
-from heteroscale_ray.sim.instances import READY, distinct
+from heteroscale_ray.sim.instances import READY
 
 if TYPE_CHECKING:
     from heteroscale_ray.sim.cluster import ClusterSim
     from heteroscale_ray.sim.layout import Layout
-
-
-def prefill_seconds(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
-    """Each request's own prefill compute on the instance it ran on (no queueing)."""
-    out = np.zeros(len(ids))
-    kinds = sim.inst.kind[sim.p_inst[ids]]
-    inp, cached = sim.w.input_tokens[ids], sim.cached[ids]
-    for k in distinct(kinds, len(sim.kinds)):
-        m = kinds == k
-        out[m] = prefill_work_s(sim.kinds[k], inp[m], cached[m])
-    return out
 
 
 def record_queue(sim: ClusterSim, lay: Layout, t1: float, waiting: np.ndarray) -> None:
@@ -43,7 +31,7 @@ def record_queue(sim: ClusterSim, lay: Layout, t1: float, waiting: np.ndarray) -
     queued = np.zeros(k)
     ids = waiting[T.state[sim.p_inst[waiting]] == READY] if len(waiting) else waiting
     if len(ids):
-        work = prefill_seconds(sim, ids)
+        work = sim.p_work[ids]  # routing's price: the instance's own compute, no queueing
         later = sim.t_first[ids] - work > t1
         queued = np.bincount(sim.w.service[ids[later]], weights=work[later], minlength=k)
     sim.ts_prefill_queue[sim.tick] = np.where(count > 0, queued / np.maximum(count, 1.0), np.nan)

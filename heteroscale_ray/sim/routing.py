@@ -243,6 +243,7 @@ def _route_compiled(
         sim.p_inst,
         sim.d_inst,
         sim.t_first,
+        sim.p_work,
         sim.t_done,
         sim.reserve,
         sim.kv_level,
@@ -315,6 +316,7 @@ def _commit(
     np.add.at(T.cum_flops, p_rows, flops_l)
     sim.p_inst[at] = p_rows
     sim.t_first[at] = fin_l
+    sim.p_work[at] = work_l
     sim.reserve[at] = res_l
     new_tokens = inp_a
     if cached_l is not None:
