@@ -17,11 +17,14 @@ pytest.importorskip("numba")
 
 from sim_builders import H20_HOSTS, L20_HOSTS, small_sim  # noqa: E402
 
-from heteroscale_ray.config import Role, load_services  # noqa: E402
+from heteroscale_ray.config import BUILTIN_GPUS, Role, load_services  # noqa: E402
 from heteroscale_ray.perf.capacity import prefill_work_s  # noqa: E402
+from heteroscale_ray.perf.instance_kind import InstanceKind  # noqa: E402
+from heteroscale_ray.perf.profiles import BUILTIN_PROFILES  # noqa: E402
 from heteroscale_ray.sim import kernels  # noqa: E402
 from heteroscale_ray.sim.cluster import ClusterSim  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
+from heteroscale_ray.sim.layout import STEP_COEFFS, layout  # noqa: E402
 from heteroscale_ray.sim.replay import ReplayOptions, run_replay  # noqa: E402
 from heteroscale_ray.traces import load_trace, scale_rate  # noqa: E402
 from heteroscale_ray.traces.samples import SAMPLES  # noqa: E402
@@ -183,13 +186,47 @@ def test_each_routed_prompt_keeps_its_kinds_own_prefill_price(
         for k in np.unique(kinds):
             m = kinds == k
             own[m] = prefill_work_s(sim.kinds[k], sim.w.input_tokens[ids[m]], sim.cached[ids[m]])
-        return {"routed": sim.p_work[ids], "own": own, "hits": np.array([sim.cached.sum()])}
+        twin = layout(sim).step_coeffs is not None
+        return {"routed": sim.p_work[ids], "own": own, "hits": np.array([sim.cached.sum()])} | {
+            "twin": np.array([twin])
+        }
 
     for got in _both(monkeypatch, run):
         assert len(got["own"]) > 100
         np.testing.assert_array_equal(got["routed"], got["own"], strict=True)
+        # decode's steps are priced by the compiled twin on a dense kind only
+        assert got["twin"][0] == (model is None)
     if sample == "mooncake":
         assert got["hits"][0] > 0  # prefix-cache hits were priced
+
+
+def test_the_step_time_twin_prices_as_the_kind_does() -> None:
+    """`kernels._price_steps` against `InstanceKind.step_seconds`, bit for bit, on every dense
+    built-in model on every built-in GPU, 4 and 8 to an instance: averaged (fractional)
+    batches, empty ones, and both sides of the memory / compute bound."""
+    if not kernels.ENABLED:
+        pytest.skip("kernels switched off (HETEROSCALE_SIM_KERNELS=0)")
+    rng = np.random.default_rng(3)
+    n = 2_000
+    dense = [
+        InstanceKind.build(profile, gpu, n_gpus)
+        for profile in BUILTIN_PROFILES
+        if profile.n_experts is None
+        for gpu in BUILTIN_GPUS
+        for n_gpus in (4, 8)  # dense-70b fits on 4 of any built-in GPU
+    ]
+    assert len(dense) >= 4
+    for kind in dense:
+        batch = np.where(rng.random(n) < 0.1, 0.0, rng.random(n) * 4_000)
+        ctx = batch * np.exp(rng.uniform(0.0, np.log(40_000), n))  # 1-40k tokens a sequence
+        coeffs = np.repeat([[getattr(kind, f) for f in STEP_COEFFS]], n, 0)
+        tau = np.full(n, -1.0)
+        kernels._price_steps(np.arange(n), coeffs, batch, ctx, tau)
+        want = kind.step_seconds(batch, ctx)
+        np.testing.assert_array_equal(tau, want, strict=True)
+        mem = (kind.w_shared + ctx * kind.kv_bytes_per_token) / kind.mem_bw
+        compute = kind.decode_flops(batch, ctx) / kind.decode_flops_s
+        assert (mem > compute).any() and (compute > mem).any()  # both bounds were priced
 
 
 def _numbers(summary: dict) -> str:

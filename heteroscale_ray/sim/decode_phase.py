@@ -110,7 +110,53 @@ def advance_decode(sim: ClusterSim, t0: float, t1: float) -> None:
         sim._dec_tokens = np.zeros(n)
         sim._dec_steps = np.zeros(n)
         return
-    by_kind = layout(sim).decode_by_kind
+    lay = layout(sim)
+    by_kind = lay.decode_by_kind
+    if kernels.ENABLED and lay.step_coeffs is not None:
+        B, C, tau = kernels.decode_step_times(
+            A, sim.d_inst, w.input_tokens, w.output_tokens, sim.gen, sim.t_dstart,
+            lay.decode_rows, lay.step_coeffs, t0, t1, BATCH_ROUNDS, n,
+        )  # fmt: skip
+    else:
+        B, C, tau = _step_times(sim, A, by_kind, t0, t1)
+    if kernels.ENABLED:
+        sim._dec_tokens = np.zeros(n)
+        sim._active = kernels.progress(
+            A,
+            sim.d_inst,
+            w.output_tokens,
+            sim.gen,
+            sim.t_dstart,
+            sim.reserve,
+            sim.t_done,
+            tau,
+            T.kv_used,
+            T.kv_promised,
+            T.n_active,
+            sim._dec_busy,
+            sim._dec_tokens,
+            t0,
+            t1,
+            sim.dt,
+        )
+    else:
+        _progress(sim, A, sim.d_inst[A], sim.gen[A], tau, t0, t1)
+    sim._dec_steps = tau
+    steps = sim._dec_busy * sim.dt / np.where(tau > 0, tau, 1.0)
+    for k, rows in by_kind:
+        sim._dec_flops[rows] = steps[rows] * sim.kinds[k].decode_flops(B[rows], C[rows])
+
+
+def _step_times(
+    sim: ClusterSim,
+    A: np.ndarray,
+    by_kind: list[tuple[int, np.ndarray]],
+    t0: float,
+    t1: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each decode instance's batch B, KV tokens C and step time tau in the tick: the batch it
+    holds, then `BATCH_ROUNDS` times the batch it held on average at the step times before."""
+    w, n = sim.w, sim.inst.n
     if kernels.ENABLED:
         B, C = kernels.batch_sums(A, sim.d_inst, w.input_tokens, sim.gen, n)
     else:
@@ -134,32 +180,7 @@ def advance_decode(sim: ClusterSim, t0: float, t1: float) -> None:
         else:
             B, C = _overlap_sums(sim, A, tau, t0, t1, B, C)
         price()
-    if kernels.ENABLED:
-        sim._dec_tokens = np.zeros(n)
-        sim._active = kernels.progress(
-            A,
-            sim.d_inst,
-            w.output_tokens,
-            sim.gen,
-            sim.t_dstart,
-            sim.reserve,
-            sim.t_done,
-            tau,
-            T.kv_used,
-            T.kv_promised,
-            T.n_active,
-            sim._dec_busy,
-            sim._dec_tokens,
-            t0,
-            t1,
-            sim.dt,
-        )
-    else:
-        _progress(sim, A, d, gen, tau, t0, t1)
-    sim._dec_steps = tau
-    steps = sim._dec_busy * sim.dt / np.where(tau > 0, tau, 1.0)
-    for k, rows in by_kind:
-        sim._dec_flops[rows] = steps[rows] * sim.kinds[k].decode_flops(B[rows], C[rows])
+    return B, C, tau
 
 
 def _overlap_sums(

@@ -8,7 +8,9 @@ The Python and numpy versions (`routing._assign` and `_commit`, `decode_phase.ad
 `_progress`, `tick_record._sums`) stay the reference and the fallback: each kernel here performs
 the same floating-point operations in the same order, so a replay gives the same numbers bit
 for bit either way (tests/test_sim_kernels.py runs both on the same scenarios). The timing
-formulas stay in `perf` (applied per tick, or per block of requests), not here.
+formulas stay in `perf` (applied per tick, or per block of requests); the one twin here,
+decode's step time on a dense kind (`_price_steps`, priced three times a tick), performs
+`InstanceKind.step_seconds`' operations in their order.
 The prefix-cache path (cache-aware routing and its LRU) has its twins in `cache_kernels.py`.
 
 Set HETEROSCALE_SIM_KERNELS=0 to use the reference code even when numba is installed.
@@ -347,6 +349,42 @@ def overlap_sums(active, d_inst, input_tokens, output_tokens, gen, t_dstart, tau
             Bo[d] = held[d] / span
             Co[d] = held_ctx[d] / span
     return Bo, Co
+
+
+@compiled
+def decode_step_times(
+    active, d_inst, input_tokens, output_tokens, gen, t_dstart, rows, coeffs, t0, t1, rounds, n
+):
+    """`decode_phase.advance_decode`'s step times on dense kinds: each instance's batch
+    (`batch_sums`), then `rounds` times its average over the tick (`overlap_sums`), each
+    priced by `InstanceKind.step_seconds`' operations in their order (the instances `rows`,
+    their kinds' coefficients in `coeffs`, `layout.STEP_COEFFS` order). Returns B, C, tau."""
+    B, C = batch_sums(active, d_inst, input_tokens, gen, n)
+    tau = np.zeros(n)
+    _price_steps(rows, coeffs, B, C, tau)
+    for _ in range(rounds):
+        B, C = overlap_sums(
+            active, d_inst, input_tokens, output_tokens, gen, t_dstart, tau, t0, t1, B, C
+        )
+        _price_steps(rows, coeffs, B, C, tau)
+    return B, C, tau
+
+
+@compiled
+def _price_steps(rows, coeffs, B, C, tau):
+    """`tau[rows] = step_seconds(B[rows], C[rows])` of a dense kind: max(weights and KV
+    read, compute) + the step's overhead; 0 with no sequence."""
+    for i in range(len(rows)):
+        d = rows[i]
+        b = B[d]
+        if b > 0:
+            k = coeffs[i]
+            c = C[d]
+            mem = (k[0] + c * k[1]) / k[2]
+            comp = (k[3] * b + k[4] * c) / k[5]
+            tau[d] = (mem if mem >= comp else comp) + k[6]
+        else:
+            tau[d] = 0.0
 
 
 @compiled

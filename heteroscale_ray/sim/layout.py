@@ -30,6 +30,17 @@ SERIES = (
     "ts_kv",
     "ts_tokens",  # decode's column only: prefill's is written by routing
 )
+# `InstanceKind.step_seconds`' coefficients of a dense kind, in the order
+# `kernels.decode_step_times` reads them
+STEP_COEFFS = (
+    "w_shared",
+    "kv_bytes_per_token",
+    "mem_bw",
+    "flops_per_token",
+    "flops_per_pair",
+    "decode_flops_s",
+    "step_overhead_s",
+)
 
 
 class Layout:
@@ -68,6 +79,16 @@ class Layout:
         self.decode_by_kind: list[tuple[int, np.ndarray]] = [
             (k, dec[dkind == k]) for k in np.unique(dkind).tolist()
         ]
+        # the same rows, each with its kind's step coefficients, for the compiled twin of
+        # `step_seconds`; None when a kind is an MoE (its weights read depend on the batch)
+        by_kind = self.decode_by_kind
+        self.decode_rows = np.concatenate([r for _, r in by_kind]) if by_kind else dec
+        self.step_coeffs: np.ndarray | None = None
+        if all(sim.kinds[k].w_experts == 0.0 for k, _ in by_kind):
+            coeffs = [[float(getattr(sim.kinds[k], f)) for f in STEP_COEFFS] for k, _ in by_kind]
+            self.step_coeffs = np.repeat(
+                np.array(coeffs).reshape(-1, len(STEP_COEFFS)), [len(r) for _, r in by_kind], 0
+            )
 
 
 def layout(sim: ClusterSim) -> Layout:
