@@ -21,7 +21,7 @@ from heteroscale_ray.config import BUILTIN_GPUS, Role, load_services  # noqa: E4
 from heteroscale_ray.perf.capacity import prefill_work_s  # noqa: E402
 from heteroscale_ray.perf.instance_kind import InstanceKind  # noqa: E402
 from heteroscale_ray.perf.profiles import BUILTIN_PROFILES  # noqa: E402
-from heteroscale_ray.sim import kernels  # noqa: E402
+from heteroscale_ray.sim import decode_kernels, kernels  # noqa: E402
 from heteroscale_ray.sim.cluster import ClusterSim  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.layout import STEP_COEFFS, layout  # noqa: E402
@@ -201,7 +201,7 @@ def test_each_routed_prompt_keeps_its_kinds_own_prefill_price(
 
 
 def test_the_step_time_twin_prices_as_the_kind_does() -> None:
-    """`kernels._price_steps` against `InstanceKind.step_seconds`, bit for bit, on every dense
+    """`decode_kernels._price_steps` against `InstanceKind.step_seconds`, bit for bit, on every dense
     built-in model on every built-in GPU, 4 and 8 to an instance: averaged (fractional)
     batches, empty ones, and both sides of the memory / compute bound."""
     if not kernels.ENABLED:
@@ -221,7 +221,7 @@ def test_the_step_time_twin_prices_as_the_kind_does() -> None:
         ctx = batch * np.exp(rng.uniform(0.0, np.log(40_000), n))  # 1-40k tokens a sequence
         coeffs = np.repeat([[getattr(kind, f) for f in STEP_COEFFS]], n, 0)
         tau = np.full(n, -1.0)
-        kernels._price_steps(np.arange(n), coeffs, batch, ctx, tau)
+        decode_kernels._price_steps(np.arange(n), coeffs, batch, ctx, tau)
         want = kind.step_seconds(batch, ctx)
         np.testing.assert_array_equal(tau, want, strict=True)
         mem = (kind.w_shared + ctx * kind.kv_bytes_per_token) / kind.mem_bw

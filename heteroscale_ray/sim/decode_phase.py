@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from heteroscale_ray.sim import kernels
+from heteroscale_ray.sim import decode_kernels, kernels
 from heteroscale_ray.sim.layout import layout
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def admit_fifo(sim: ClusterSim, t0: float, t1: float) -> None:
         return
     T = sim.inst
     if kernels.ENABLED:
-        left, admitted = kernels.admit(
+        left, admitted = decode_kernels.admit(
             p,
             sim.t_kv,
             sim.d_inst,
@@ -113,7 +113,7 @@ def advance_decode(sim: ClusterSim, t0: float, t1: float) -> None:
     lay = layout(sim)
     by_kind = lay.decode_by_kind
     if kernels.ENABLED and lay.step_coeffs is not None:
-        B, C, tau = kernels.decode_step_times(
+        B, C, tau = decode_kernels.decode_step_times(
             A, sim.d_inst, w.input_tokens, w.output_tokens, sim.gen, sim.t_dstart,
             lay.decode_rows, lay.step_coeffs, t0, t1, BATCH_ROUNDS, n,
         )  # fmt: skip
@@ -121,7 +121,7 @@ def advance_decode(sim: ClusterSim, t0: float, t1: float) -> None:
         B, C, tau = _step_times(sim, A, by_kind, t0, t1)
     if kernels.ENABLED:
         sim._dec_tokens = np.zeros(n)
-        sim._active = kernels.progress(
+        sim._active = decode_kernels.progress(
             A,
             sim.d_inst,
             w.output_tokens,
@@ -158,7 +158,7 @@ def _step_times(
     holds, then `BATCH_ROUNDS` times the batch it held on average at the step times before."""
     w, n = sim.w, sim.inst.n
     if kernels.ENABLED:
-        B, C = kernels.batch_sums(A, sim.d_inst, w.input_tokens, sim.gen, n)
+        B, C = decode_kernels.batch_sums(A, sim.d_inst, w.input_tokens, sim.gen, n)
     else:
         d = sim.d_inst[A]
         gen = sim.gen[A]
@@ -173,7 +173,7 @@ def _step_times(
     price()
     for _ in range(BATCH_ROUNDS):
         if kernels.ENABLED:
-            B, C = kernels.overlap_sums(
+            B, C = decode_kernels.overlap_sums(
                 A, sim.d_inst, w.input_tokens, w.output_tokens, sim.gen, sim.t_dstart, tau,
                 t0, t1, B, C,
             )  # fmt: skip

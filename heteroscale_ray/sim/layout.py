@@ -31,7 +31,7 @@ SERIES = (
     "ts_tokens",  # decode's column only: prefill's is written by routing
 )
 # `InstanceKind.step_seconds`' coefficients of a dense kind, in the order
-# `kernels.decode_step_times` reads them
+# `decode_kernels.decode_step_times` reads them
 STEP_COEFFS = (
     "w_shared",
     "kv_bytes_per_token",
