@@ -21,6 +21,7 @@ from heteroscale_ray.config import BUILTIN_GPUS, Role, load_services  # noqa: E4
 from heteroscale_ray.perf.capacity import prefill_work_s  # noqa: E402
 from heteroscale_ray.perf.instance_kind import InstanceKind  # noqa: E402
 from heteroscale_ray.perf.profiles import BUILTIN_PROFILES  # noqa: E402
+from heteroscale_ray.policy.arrival_bursts import heaviest  # noqa: E402
 from heteroscale_ray.sim import decode_kernels, kernels  # noqa: E402
 from heteroscale_ray.sim.cluster import ClusterSim  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
@@ -233,3 +234,16 @@ def _numbers(summary: dict) -> str:
     """The summary's numbers (not its wall time) as one comparable string."""
     kept = {k: v for k, v in summary.items() if k not in ("wall_s", "speedup")}
     return json.dumps(kept, sort_keys=True, default=str)
+
+
+def test_the_burst_scan_twin_finds_the_same_heaviest_bursts() -> None:
+    """Poisson arrivals, prompts sent at one instant, one arrival, and spans longer than the
+    trace: the compiled scan and numpy's searchsorted agree bit for bit."""
+    rng = np.random.default_rng(7)
+    poisson = np.cumsum(rng.exponential(0.01, 5_000))
+    instants = np.repeat(np.arange(0.0, 30.0, 5.0), 150)
+    for arrivals in (poisson, instants, np.array([3.0]), np.array([0.0, 0.5, 0.5, 9.0])):
+        tokens = rng.lognormal(7.0, 1.2, len(arrivals)) * 0.37  # a cache-miss share
+        reference = heaviest(arrivals, tokens)
+        assert heaviest(arrivals, tokens, kernels.heaviest_scan) == reference
+        assert reference[0] > 0 and reference == tuple(sorted(reference))

@@ -20,6 +20,7 @@ comparing a calm need's noise with the calm before, let some go between bursts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -32,13 +33,21 @@ from heteroscale_ray.policy.types import PolicyState, Signals
 BURST_SPANS_S = (1.0, 2.0, 4.0, 8.0)
 
 
-def heaviest(arrivals: np.ndarray, tokens: np.ndarray) -> tuple[float, ...]:
+def heaviest(
+    arrivals: np.ndarray,
+    tokens: np.ndarray,
+    scan: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> tuple[float, ...]:
     """The most tokens arriving within any span of each of `BURST_SPANS_S` seconds; `arrivals`
-    sorted. A window starting at an arrival holds the most any window of its length does."""
+    sorted. A window starting at an arrival holds the most any window of its length does.
+    `scan` is a compiled twin of the search below, the same values (the simulator's, on
+    thousands of arrivals a snapshot: `sim.kernels.heaviest_scan`)."""
     if len(arrivals) == 0:
         return tuple(0.0 for _ in BURST_SPANS_S)
     t = np.asarray(arrivals, dtype=np.float64)
     total = np.concatenate(([0.0], np.cumsum(np.asarray(tokens, dtype=np.float64))))
+    if scan is not None:
+        return tuple(scan(t, total, np.asarray(BURST_SPANS_S, dtype=np.float64)).tolist())
     first = total[: len(t)]
     return tuple(
         float(np.max(total[np.searchsorted(t, t + span, side="left")] - first))

@@ -283,3 +283,25 @@ def in_window(t_first, t_done, lo, hi, a, b):
             done[n_done] = i
             n_done += 1
     return first[:n_first].copy(), done[:n_done].copy()
+
+
+@compiled
+def heaviest_scan(t, total, spans):
+    """`arrival_bursts.heaviest`'s scan, one pass per span: for each u in `spans`, the largest
+    `total[searchsorted(t, t + u, "left")] - total[:len(t)]` (`t` sorted, `total` its running
+    sum from 0). The window's end only moves forward, so it walks instead of searching."""
+    n = len(t)
+    out = np.empty(len(spans))
+    for k in range(len(spans)):
+        u = spans[k]
+        j = 0
+        best = -np.inf
+        for i in range(n):
+            end = t[i] + u
+            while j < n and t[j] < end:
+                j += 1
+            v = total[j] - total[i]
+            if v > best:
+                best = v
+        out[k] = best
+    return out

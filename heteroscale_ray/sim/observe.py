@@ -174,7 +174,11 @@ def observe(
         prompt = float(np.sum(w.input_tokens[first_in]))
         miss_share = 1.0 - float(np.sum(sim.cached[first_in])) / prompt if prompt > 0 else 1.0
         offered = float(np.sum(w.input_tokens[arrived])) * miss_share / span if span > 0 else 0.0
-        bursts = heaviest(w.arrival[arrived], w.input_tokens[arrived] * miss_share)
+        bursts = heaviest(
+            w.arrival[arrived],
+            w.input_tokens[arrived] * miss_share,
+            kernels.heaviest_scan if kernels.ENABLED else None,
+        )
         tbt = request_tbt(sim, done_in)
         service = sim.p_work[first_in]
         wait = np.maximum(ttft - service, 0.0)
