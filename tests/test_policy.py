@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from heteroscale_ray.policy.limits import fit_to_limits, ratio_range
 from heteroscale_ray.policy.periodic import active_entry, covers
 from heteroscale_ray.policy.proportional import Direction, ceil_eps, damped_target, dead_band
 from heteroscale_ray.policy.split import follower_count, split
+from heteroscale_ray.policy.types import evolve
 
 DAY = 1_699_920_000.0  # 2023-11-14 00:00:00 UTC
 NOW = DAY + 12 * 3600  # noon UTC
@@ -912,6 +915,18 @@ def test_state_json_round_trip_and_tolerates_unknown_keys() -> None:
     extended = json.loads(state.to_json()) | {"added_later": 1}
     assert PolicyState.from_json(json.dumps(extended)) == state
     assert PolicyState.from_json("{}") == PolicyState()
+
+
+def test_evolve_builds_what_dataclasses_replace_builds() -> None:
+    state = PolicyState(last_scale_out_at=NOW, decode_peaks=((NOW, 4.0, 3.5),))
+    changes = dict(last_scale_out_at=None, decode_context=2_048.0, startups=(95.0,))
+    evolved = evolve(state, **changes)
+    assert evolved == replace(state, **changes)
+    assert state == PolicyState(last_scale_out_at=NOW, decode_peaks=((NOW, 4.0, 3.5),))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evolved.decode_context = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError, match="no field decode_contxt"):
+        evolve(state, decode_contxt=1.0)
 
 
 def test_the_papers_guard_leaves_a_tbt_floor_alone() -> None:

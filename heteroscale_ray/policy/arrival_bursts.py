@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 
 from heteroscale_ray.config import ServiceSpec
-from heteroscale_ray.policy.types import PolicyState, Signals
+from heteroscale_ray.policy.types import PolicyState, Signals, evolve
 
 # The spans the heaviest bursts are measured over, seconds: from prompts sent at once to a
 # burst about as long as the TTFT SLOs served here; longer ones show in the period's mean.
@@ -115,7 +114,7 @@ def remember(
             kept = (*kept[:-1], (now, max(last[1], bursty[0])))
         else:
             kept = (*kept, (now, bursty[0]))
-    return replace(state, arrival_bursts=kept) if kept != state.arrival_bursts else state
+    return evolve(state, arrival_bursts=kept) if kept != state.arrival_bursts else state
 
 
 def recurring(state: PolicyState) -> tuple[float, str] | None:

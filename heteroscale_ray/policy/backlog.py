@@ -11,12 +11,11 @@ that fell from a material level since the last snapshot is draining: the TTFT gu
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy.guard_steps import guard_target
 from heteroscale_ray.policy.startup import timed_startup
-from heteroscale_ray.policy.types import PolicyState, RoleCounts, Signals
+from heteroscale_ray.policy.types import PolicyState, RoleCounts, Signals, evolve
 
 # A queue must grow by more than this share (and be material, below) to count: bursty arrivals
 # and one long prompt must not start a streak.
@@ -52,7 +51,7 @@ def track(spec: ServiceSpec, state: PolicyState, signals: Signals) -> PolicyStat
         streak = getattr(state, f"{role.value}_growth_streak")
         grew = last is not None and material(spec, role, value)
         grew = grew and (value > last * (1 + GROWTH_SHARE) or standing(spec, role, value, last))
-        out = replace(
+        out = evolve(
             out,
             **{
                 f"{role.value}_queue_last": value,
@@ -66,7 +65,7 @@ def track(spec: ServiceSpec, state: PolicyState, signals: Signals) -> PolicyStat
         and material(spec, Role.PREFILL, last)
         and value < last * (1 - GROWTH_SHARE)
     )
-    return replace(out, prefill_queue_fell=fell)
+    return evolve(out, prefill_queue_fell=fell)
 
 
 def standing(spec: ServiceSpec, role: Role, value: float, last: float) -> bool:

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from heteroscale_ray.config import DemandSpec, Role
-from heteroscale_ray.policy.types import BurstMemory, PolicyState
+from heteroscale_ray.policy.types import BurstMemory, PolicyState, evolve
 
 HISTORY_HORIZONS = 30  # rises remembered: 30 horizons (an hour at a 120-s horizon)
 # Default cap (demand.max_burst_margin): at most double the need; a larger rise is an outage.
@@ -180,4 +180,4 @@ def memory_of(state: PolicyState, role: Role) -> BurstMemory:
 
 def with_memory(state: PolicyState, role: Role, memory: BurstMemory) -> PolicyState:
     field = "prefill_burst" if role is Role.PREFILL else "decode_burst"
-    return replace(state, **{field: memory})
+    return evolve(state, **{field: memory})

@@ -32,7 +32,7 @@ from heteroscale_ray.perf.capacity import decode_capacity, prefill_capacity
 from heteroscale_ray.perf.instance_kind import InstanceKind
 from heteroscale_ray.perf.profiles import get_profile
 from heteroscale_ray.policy.dynamic_ratio import sampled_at, smooth
-from heteroscale_ray.policy.types import PolicyState, Signals
+from heteroscale_ray.policy.types import PolicyState, Signals, evolve
 
 DEFAULT_PROMPT = 1024.0  # tokens; the prior's length before any request was seen
 DEFAULT_OUTPUT = 256.0
@@ -159,13 +159,13 @@ def track_spread(
     tau = spec.policy.demand.learn_smoothing_s
     at = sampled_at(state.prompt_spread_at, state.last_decision_at, now, spec.policy.stale_after_s)
     spread = smooth(state.prompt_spread, at, value, now, tau)
-    return replace(state, prompt_spread=spread, prompt_spread_at=now)
+    return evolve(state, prompt_spread=spread, prompt_spread_at=now)
 
 
 def track_context(signals: Signals, state: PolicyState) -> PolicyState:
     """Keep this snapshot's running context for the next one's price (None: not reported)."""
     context = signals.decode_step_context
-    return replace(state, decode_context=context if _positive(context) else None)
+    return evolve(state, decode_context=context if _positive(context) else None)
 
 
 def capacity(
@@ -242,7 +242,7 @@ def learn(
         learned = True
     if not learned:
         return state
-    return replace(
+    return evolve(
         state,
         prefill_capacity_scale=p_scale,
         decode_capacity_scale=d_scale,

@@ -50,7 +50,7 @@ from heteroscale_ray.policy.proportional import (
 from heteroscale_ray.policy.proposal import Proposal
 from heteroscale_ray.policy.split import Ratio, ratio_text, split
 from heteroscale_ray.policy.transport import carried, track_transport
-from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
+from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals, evolve
 
 # Reasons whose stage wanted the counts to move; if limits leave them unchanged, that is HOLD_AT_BOUND.
 CHANGE_INTENTS = {
@@ -359,7 +359,7 @@ def advance_state(
     mark = proposal.guard_mark if guarded else None
     if mark is not None:
         state = remember_guard(state, *mark)
-    return replace(
+    return evolve(
         state.after_decision(
             now, reason, grew=grew, shrank=shrank, guarded=guarded, kv_guarded=kv_guarded
         ),

@@ -46,7 +46,7 @@ from heteroscale_ray.policy.role_need import (
 )
 from heteroscale_ray.policy.role_plan import RolePlan, initial_plan, role_plan
 from heteroscale_ray.policy.sampled_level import Sampled, sampled_level
-from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals
+from heteroscale_ray.policy.types import Decision, PolicyState, Reason, RoleCounts, Signals, evolve
 
 # Steps that show demand is higher than the estimate: the stabilisation window keeps them. (A
 # backlog step drains a queue, which is gone once drained: the window keeps only its arriving need.)
@@ -444,7 +444,7 @@ def advance(
         for r in plans
     }
     asks = {f"{r.value}_asked": p.target for r, p in plans.items()}
-    return replace(
+    return evolve(
         after,
         started_at=now if state.started_at is None else state.started_at,
         **grew_at,

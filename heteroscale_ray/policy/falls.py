@@ -50,14 +50,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from functools import cache
 
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy import recurrence
 from heteroscale_ray.policy.burst import HISTORY_HORIZONS
 from heteroscale_ray.policy.startup import horizon_s
-from heteroscale_ray.policy.types import PolicyState, Return
+from heteroscale_ray.policy.types import PolicyState, Return, evolve
 
 FLOOR_HORIZONS = 3  # a peak is held at least this many start-up horizons (see above)
 
@@ -125,7 +124,7 @@ def _observe(
             # earlier one did, for longer
             returns = (*(r for r in returns if not _covers(back, r)), back)
         lows = (*(low for low in lows if low[1] < need), (now, need))
-    return replace(state, **{f"{role.value}_returns": returns, f"{role.value}_lows": lows})
+    return evolve(state, **{f"{role.value}_returns": returns, f"{role.value}_lows": lows})
 
 
 def current_need(state: PolicyState, role: Role, now: float) -> float | None:

@@ -25,7 +25,7 @@ from heteroscale_ray.policy.cooldown import cooldown_left
 from heteroscale_ray.policy.freshness import snapshot_problem, value_problem
 from heteroscale_ray.policy.guard_steps import guard_target, reached_tier
 from heteroscale_ray.policy.role_plan import RolePlan
-from heteroscale_ray.policy.types import PolicyState, Reason, RoleCounts, Signals
+from heteroscale_ray.policy.types import PolicyState, Reason, RoleCounts, Signals, evolve
 
 FLOOR_SHARE = 0.2  # queueing under this share of the TTFT SLO: more prefill cannot help
 TBT_FLOOR_SHARE = (
@@ -180,11 +180,11 @@ def calm(spec: ServiceSpec, state: PolicyState, role: Role, now: float, under: b
     if state.guard_role != role.value:
         return state
     if not under:
-        return state if state.guard_calm_since is None else replace(state, guard_calm_since=None)
+        return state if state.guard_calm_since is None else evolve(state, guard_calm_since=None)
     since = now if state.guard_calm_since is None else state.guard_calm_since
     if now - since >= startup.horizon_s(spec, state):
         return forget_guard(state)
-    return replace(state, guard_calm_since=since)
+    return evolve(state, guard_calm_since=since)
 
 
 def remember_guard(
@@ -192,7 +192,7 @@ def remember_guard(
 ) -> PolicyState:
     """A guard step on `role` taken at `fixable` latency and `load` per instance: the next
     breach is judged against it (`unhelped`)."""
-    return replace(
+    return evolve(
         state,
         guard_role=role.value,
         guard_fixable_s=fixable,
@@ -203,7 +203,7 @@ def remember_guard(
 
 def forget_guard(state: PolicyState) -> PolicyState:
     """No guard step to judge the next breach against: its first step is always taken."""
-    return replace(
+    return evolve(
         state, guard_role=None, guard_fixable_s=None, guard_load=None, guard_calm_since=None
     )
 

@@ -17,13 +17,12 @@ are levels: a need read from few arrivals is averaged until its noise is within 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy import falls
 from heteroscale_ray.policy.proof import load_holds
 from heteroscale_ray.policy.startup import horizon_s
-from heteroscale_ray.policy.types import PolicyState, RoleCounts
+from heteroscale_ray.policy.types import PolicyState, RoleCounts, evolve
 
 # The scale-in window holds a peak with its burst margin this many burst horizons, bare after.
 # The margin insures a rise within one horizon above the level held; one that starts as a peak
@@ -119,7 +118,7 @@ def raise_peak(
         for t, m, b in getattr(state, f"{role.value}_peaks")
         if now - t <= span and not (m <= need and b <= bare)
     )
-    return replace(state, **{f"{role.value}_peaks": (*kept, (now, need, bare))})
+    return evolve(state, **{f"{role.value}_peaks": (*kept, (now, need, bare))})
 
 
 def raise_step(
@@ -137,7 +136,7 @@ def raise_step(
     if load is None or not math.isfinite(load):
         return raise_peak(spec, state, role, float(instances), now)
     kept = tuple(s for s in getattr(state, f"{role.value}_steps") if s[1] > instances)
-    return replace(state, **{f"{role.value}_steps": (*kept, (now, float(instances), load))})
+    return evolve(state, **{f"{role.value}_steps": (*kept, (now, float(instances), load))})
 
 
 def lapse_steps(
@@ -150,7 +149,7 @@ def lapse_steps(
     kept = tuple(s for s in steps if now - s[0] <= window)
     if need is not None and math.isfinite(need):
         kept = tuple(s for s in kept if load_holds(spec, need, s[2]))
-    return replace(state, **{f"{role.value}_steps": kept}) if len(kept) < len(steps) else state
+    return evolve(state, **{f"{role.value}_steps": kept}) if len(kept) < len(steps) else state
 
 
 def hold_found_fleet(

@@ -26,10 +26,9 @@ Pure: the caller passes the state.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
-from heteroscale_ray.policy.types import PolicyState
+from heteroscale_ray.policy.types import PolicyState, evolve
 
 MAX_PROOF = 2.0  # never more than double the estimate (as the burst headroom's default cap)
 
@@ -45,7 +44,7 @@ def remember_load(
     name = f"{role.value}_loads"
     earlier = (x for x in getattr(state, name) if now - x[0] <= horizon_s and x[0] != now)
     kept = (*earlier, (now, float(need)))
-    return replace(state, **{name: kept}), max(n for _, n in kept)
+    return evolve(state, **{name: kept}), max(n for _, n in kept)
 
 
 def proof_of(state: PolicyState, role: Role) -> tuple[float, float] | None:
@@ -78,8 +77,8 @@ def record_step(
     load = need if load is None else load
     if proof_of(state, role) is None and getattr(state, f"{role.value}_first_step") is None:
         first = (float(need), float(instances), float(load))
-        return replace(state, **{f"{role.value}_first_step": first})
-    return replace(prove(state, role, need, instances, load), **{f"{role.value}_first_step": None})
+        return evolve(state, **{f"{role.value}_first_step": first})
+    return evolve(prove(state, role, need, instances, load), **{f"{role.value}_first_step": None})
 
 
 def prove(
@@ -90,7 +89,7 @@ def prove(
         return state
     load = need if load is None else load
     held = (float(need), float(instances), float(load))
-    return replace(state, **{f"{role.value}_proof": held})
+    return evolve(state, **{f"{role.value}_proof": held})
 
 
 def _added_capacity(need: float | None, instances: int) -> bool:
@@ -111,7 +110,7 @@ def lapse(spec: ServiceSpec, state: PolicyState, role: Role, need: float | None)
     for name in (f"{role.value}_proof", f"{role.value}_first_step"):
         held = getattr(state, name)
         if held is not None and not load_holds(spec, need, held[2]):
-            state = replace(state, **{name: None})
+            state = evolve(state, **{name: None})
     return state
 
 

@@ -37,13 +37,12 @@ start-up, the line the burst margin's. Pure: time comes in as `now`.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import NamedTuple
 
 from heteroscale_ray.config import Role, ServiceSpec
 from heteroscale_ray.policy.burst import memory_of
 from heteroscale_ray.policy.startup import horizon_s
-from heteroscale_ray.policy.types import Onset, PolicyState
+from heteroscale_ray.policy.types import Onset, PolicyState, evolve
 
 KEPT = 3  # onsets kept per role: two intervals
 AGREE_HORIZONS = 2.0  # two intervals agree within this many start-up horizons: the lead
@@ -206,4 +205,4 @@ def _onsets(state: PolicyState, role: Role) -> tuple[Onset, ...]:
 
 
 def _with(state: PolicyState, role: Role, onsets: tuple[Onset, ...]) -> PolicyState:
-    return replace(state, **{f"{role.value}_onsets": onsets})
+    return evolve(state, **{f"{role.value}_onsets": onsets})

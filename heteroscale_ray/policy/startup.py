@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import replace
 
 from heteroscale_ray.config import Role, ServiceSpec
-from heteroscale_ray.policy.types import PolicyState, RoleCounts
+from heteroscale_ray.policy.types import PolicyState, RoleCounts, evolve
 
 KEPT = 5  # timings the median is taken over: one slow node does not move the horizon
 
@@ -62,7 +61,7 @@ def observe(
             # Grown with nothing starting: instances held by the soft scale-in window came
             # back at once; that ask has no start-up to time.
             landed = counts.starting_of(role) == 0
-            state = replace(
+            state = evolve(
                 state,
                 **{f"{role.value}_launch_from": None},
                 **({f"{role.value}_launch_at": None} if landed else {}),
@@ -73,10 +72,10 @@ def observe(
         last = state.last_decision_at
         period = 0.0 if last is None else max(now - last, 0.0)
         if now <= at or period > stale_after_s:  # a clock that went back, or a gap
-            state = replace(state, **{f"{role.value}_launch_at": None})
+            state = evolve(state, **{f"{role.value}_launch_at": None})
             continue
         timings = (*state.startups, now - at)[-KEPT:]
-        state = replace(
+        state = evolve(
             state,
             startups=timings,
             startup_horizon_s=statistics.median(timings) + period,
@@ -97,7 +96,7 @@ def after_decision(
             at, before = now, counts.of(role)
         else:
             continue
-        state = replace(
+        state = evolve(
             state, **{f"{role.value}_launch_at": at, f"{role.value}_launch_from": before}
         )
     return state

@@ -26,12 +26,12 @@ clock, no I/O; time comes in as `now`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from heteroscale_ray.config import DEFAULT_CATALOG, GpuCatalog, PdRatio, ServiceSpec, TunedAt
 from heteroscale_ray.policy.capacity import SCALE_BOUNDS, Lengths, lengths, prior, rounded
 from heteroscale_ray.policy.dynamic_ratio import sampled_at, smooth
-from heteroscale_ray.policy.types import PolicyState, Signals
+from heteroscale_ray.policy.types import PolicyState, Signals, evolve
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def track_transport(
         work = _per_decode_token(today) / _per_decode_token(tuned)
         tau = spec.policy.demand.learn_smoothing_s
         at = sampled_at(state.carried_at, state.last_decision_at, now, spec.policy.stale_after_s)
-        state = replace(
+        state = evolve(
             state,
             carried_prefill=smooth(state.carried_prefill, at, _bounded(p_now / p_then), now, tau),
             carried_decode=smooth(state.carried_decode, at, _bounded(d_now / d_then), now, tau),
