@@ -247,3 +247,35 @@ def test_the_burst_scan_twin_finds_the_same_heaviest_bursts() -> None:
         reference = heaviest(arrivals, tokens)
         assert heaviest(arrivals, tokens, kernels.heaviest_scan) == reference
         assert reference[0] > 0 and reference == tuple(sorted(reference))
+
+
+def test_the_pairwise_sum_twin_adds_as_numpy_does() -> None:
+    """Lengths on both sides of every block edge: numpy's pairwise sum, bit for bit, where a
+    sum in order rounds differently."""
+    rng = np.random.default_rng(11)
+    lengths = [0, 1, 7, 8, 9, 15, 16, 127, 128, 129, 255, 256, 257, 1000, 8191, 8192, 8193]
+    lengths += [int(n) for n in rng.integers(0, 20_000, 200)]
+    in_order_differs = 0
+    for n in lengths:
+        a = rng.lognormal(0.0, 2.0, n) * rng.choice([1e-3, 1.0, 1e6])
+        assert kernels.pairwise_sum(a, 0, n) == np.sum(a), n
+        lo = n // 3
+        assert kernels.pairwise_sum(a, lo, n - lo) == np.sum(a[lo:]), n
+        in_order_differs += float(sum(a.tolist())) != np.sum(a)
+    assert in_order_differs > 0  # the test can tell the two apart
+
+
+def test_two_services_replay_the_same_with_and_without_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Series kept per service (the prefill queue, decode's token steps) on a shared fleet."""
+    services = load_services(ROOT / "examples" / "sim_services.yaml")
+    specs = [services.by_name()[name] for name in ("dialogue", "general")]
+    azure = load_trace(SAMPLES["azure-conv"].path).slice(0, 240)
+    traces = {"dialogue": scale_rate(azure, 6, seed=3), "general": scale_rate(azure, 4, seed=4)}
+
+    def run() -> dict:
+        res = run_replay(services, fleet_for(specs, 1024), traces, ReplayOptions())
+        return _state(res.sim)
+
+    _assert_same(*_both(monkeypatch, run))

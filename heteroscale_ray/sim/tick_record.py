@@ -61,7 +61,13 @@ def record_tick(sim: ClusterSim, t1: float) -> None:
     sums = sums.reshape(len(SERIES), -1, 2)
     sim.series[:, t] = sums[:-1]
     sim.ts_tokens[t, :, DECODE] = sums[-1][:, DECODE]
-    _token_steps(sim)
+    if kernels.ENABLED:
+        n = T.n
+        kernels.token_steps(
+            sim._dec_tokens[:n], sim._dec_steps[:n], T.svc[:n], sim.ts_token_steps[t]
+        )
+    else:
+        _token_steps(sim)
     waiting = sim.first_pending(t1)
     record_queue(sim, lay, t1, waiting)
     _ongoing(sim, waiting)
