@@ -279,3 +279,15 @@ def test_two_services_replay_the_same_with_and_without_kernels(
         return _state(res.sim)
 
     _assert_same(*_both(monkeypatch, run))
+
+
+def test_the_percentile_twin_interpolates_as_numpy_does() -> None:
+    """Continuous values, ties, one value, and the quantiles at and near the ends."""
+    rng = np.random.default_rng(13)
+    for n in [1, 2, 3, 99, 100, 101, 1_000, *(int(v) for v in rng.integers(1, 30_000, 60))]:
+        for x in (rng.lognormal(0.0, 1.5, n), rng.integers(0, 4, n).astype(float)):
+            before = x.copy()
+            for q in (0.0, 50.0, 90.0, 99.0, 99.9, 100.0):
+                assert kernels.percentile(x, q) == np.percentile(x, q), (n, q)
+            np.testing.assert_array_equal(x, before)
+    assert np.isnan(kernels.percentile(np.array([1.0, np.nan, 2.0]), 99.0))

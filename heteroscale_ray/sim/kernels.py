@@ -424,3 +424,27 @@ def prefill_queue(row_ids, prefill, svc, state, p_inst, waiting, p_work, t_first
             queued[service[rid]] += work
     for s in range(k):
         out[s] = queued[s] / (count[s] if count[s] >= 1.0 else 1.0) if count[s] > 0 else np.nan
+
+
+@compiled
+def percentile(x, q):
+    """`np.percentile(x, q)` (its default, linear method) of a non-empty float64 array, bit
+    for bit: the two order statistics around the virtual index (n - 1) * q / 100, exact
+    however they are selected, then numpy's interpolation (from the upper one when the
+    weight is at least a half). NaN if any value is. `x` is not changed."""
+    n = len(x)
+    for i in range(n):
+        if np.isnan(x[i]):
+            return np.nan
+    at = (n - 1) * (q / 100.0)
+    if at >= n - 1:
+        return np.max(x)
+    below = int(np.floor(at))
+    part = np.partition(x, below)
+    a = part[below]
+    b = np.min(part[below + 1 :])
+    gamma = at - below
+    diff = b - a
+    if gamma >= 0.5:
+        return b - diff * (1.0 - gamma)
+    return a + diff * gamma
