@@ -18,9 +18,8 @@ ServeGen m-mid days 4-5 -- its hour without data is a real monitoring gap and is
    static and oracle.
 4. Per run: GPU-hours, SLO attainment and ceiling, latency p99s, scaling actions, direction
    changes per role per hour (sign flips of successive non-zero changes of the desired
-   prefill / decode counts), wall time and speed; issue 10's goals checked per trace. The
-   process's first replay (the first trace's first minute, untimed) loads the compiled
-   kernels, numba's one-time set-up, so each row's wall time is its replay's alone.
+   prefill / decode counts), wall time and speed (numba's one-time set-up paid before, apart);
+   issue 10's goals checked per trace.
 
 Writes results/generalization/<trace>.png and summary.json; the last stdout line is one JSON
 object. Run: .venv/bin/python benchmarks/generalization.py [--quick] [--traces ...] [--static-gpus N]
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from heteroscale_ray.config import ServicesConfig, ServiceSpec, load_services  # noqa: E402
+from heteroscale_ray.sim import kernels  # noqa: E402
 from heteroscale_ray.sim.cli_support import clean, progress  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.replay import ORACLE_NOTE, ReplayOptions, run_replay  # noqa: E402
@@ -254,23 +254,6 @@ def _replay(
     return res, time.perf_counter() - t1
 
 
-_kernels_loaded = False
-
-
-def _load_kernels(services: ServicesConfig, spec: ServiceSpec, topo: Any, trace: Trace) -> None:
-    """Replay the trace's first minute once per process, untimed: the first replay of a
-    process pays numba's set-up (its typing context, then each compiled kernel's load from the
-    on-disk cache: 0.7-0.9 s here), which is not the simulator's speed, as importing it is
-    not. Said aloud, with its time."""
-    global _kernels_loaded
-    if _kernels_loaded:
-        return
-    t0 = time.perf_counter()
-    _replay("heteroscale", services, spec, None, topo, trace.slice(0, 60.0))
-    _kernels_loaded = True
-    print(f"compiled kernels loaded (once per process, untimed): {time.perf_counter() - t0:.1f} s")
-
-
 def _row(pol: str, res: Any, wall: float, hours: float) -> dict[str, Any]:
     s = res.summary
     flips = {
@@ -342,7 +325,6 @@ def run_trace(
         f"{' (--quick cut)' if cut_applied else ''}, fleet {topo.total_gpus()} GPUs",
         flush=True,
     )
-    _load_kernels(services, spec, topo, trace)
     hours = trace.duration_s / 3600.0
     bin_s = max(60.0, trace.duration_s / 600.0)
     rows: list[dict[str, Any]] = []
@@ -451,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    print(f"numba's one-time set-up (untimed in each replay): {kernels.warm():.1f} s")
     t0 = time.perf_counter()
     report: dict[str, Any] = {
         "benchmark": "generalization",

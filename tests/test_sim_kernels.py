@@ -22,7 +22,12 @@ from heteroscale_ray.perf.capacity import prefill_work_s  # noqa: E402
 from heteroscale_ray.perf.instance_kind import InstanceKind  # noqa: E402
 from heteroscale_ray.perf.profiles import BUILTIN_PROFILES  # noqa: E402
 from heteroscale_ray.policy.arrival_bursts import heaviest  # noqa: E402
-from heteroscale_ray.sim import decode_kernels, kernels  # noqa: E402
+from heteroscale_ray.sim import (  # noqa: E402
+    decode_kernels,
+    kernels,
+    observe_kernels,
+    tick_kernels,
+)
 from heteroscale_ray.sim.cluster import ClusterSim  # noqa: E402
 from heteroscale_ray.sim.fleet import fleet_for  # noqa: E402
 from heteroscale_ray.sim.layout import STEP_COEFFS, layout  # noqa: E402
@@ -245,7 +250,7 @@ def test_the_burst_scan_twin_finds_the_same_heaviest_bursts() -> None:
     for arrivals in (poisson, instants, np.array([3.0]), np.array([0.0, 0.5, 0.5, 9.0])):
         tokens = rng.lognormal(7.0, 1.2, len(arrivals)) * 0.37  # a cache-miss share
         reference = heaviest(arrivals, tokens)
-        assert heaviest(arrivals, tokens, kernels.heaviest_scan) == reference
+        assert heaviest(arrivals, tokens, observe_kernels.heaviest_scan) == reference
         assert reference[0] > 0 and reference == tuple(sorted(reference))
 
 
@@ -258,9 +263,9 @@ def test_the_pairwise_sum_twin_adds_as_numpy_does() -> None:
     in_order_differs = 0
     for n in lengths:
         a = rng.lognormal(0.0, 2.0, n) * rng.choice([1e-3, 1.0, 1e6])
-        assert kernels.pairwise_sum(a, 0, n) == np.sum(a), n
+        assert tick_kernels.pairwise_sum(a, 0, n) == np.sum(a), n
         lo = n // 3
-        assert kernels.pairwise_sum(a, lo, n - lo) == np.sum(a[lo:]), n
+        assert tick_kernels.pairwise_sum(a, lo, n - lo) == np.sum(a[lo:]), n
         in_order_differs += float(sum(a.tolist())) != np.sum(a)
     assert in_order_differs > 0  # the test can tell the two apart
 
@@ -288,6 +293,6 @@ def test_the_percentile_twin_interpolates_as_numpy_does() -> None:
         for x in (rng.lognormal(0.0, 1.5, n), rng.integers(0, 4, n).astype(float)):
             before = x.copy()
             for q in (0.0, 50.0, 90.0, 99.0, 99.9, 100.0):
-                assert kernels.percentile(x, q) == np.percentile(x, q), (n, q)
+                assert observe_kernels.percentile(x, q) == np.percentile(x, q), (n, q)
             np.testing.assert_array_equal(x, before)
-    assert np.isnan(kernels.percentile(np.array([1.0, np.nan, 2.0]), 99.0))
+    assert np.isnan(observe_kernels.percentile(np.array([1.0, np.nan, 2.0]), 99.0))

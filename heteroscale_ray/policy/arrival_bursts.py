@@ -40,7 +40,7 @@ def heaviest(
     """The most tokens arriving within any span of each of `BURST_SPANS_S` seconds; `arrivals`
     sorted. A window starting at an arrival holds the most any window of its length does.
     `scan` is a compiled twin of the search below, the same values (the simulator's, on
-    thousands of arrivals a snapshot: `sim.kernels.heaviest_scan`)."""
+    thousands of arrivals a snapshot: `sim.observe_kernels.heaviest_scan`)."""
     if len(arrivals) == 0:
         return tuple(0.0 for _ in BURST_SPANS_S)
     t = np.asarray(arrivals, dtype=np.float64)

@@ -4,12 +4,16 @@ A replay spends its time in loops over requests: the routing loop (one pass per 
 arrival order, because each choice changes the queues the next one sees) and the per-tick
 bookkeeping of decode admission, decode progress and the per-tick series. In Python and numpy
 they cost microseconds per request and tens of numpy calls per tick; compiled, nanoseconds.
-The Python and numpy versions (`routing._assign` and `_commit`, `tick_record._sums`) stay the
-reference and the fallback: each kernel here performs the same floating-point operations in the
+The Python and numpy versions (`routing._assign` and `_commit`, `tick_record._sums`, ...) stay
+the reference and the fallback: each kernel performs the same floating-point operations in the
 same order, so a replay gives the same numbers bit for bit either way (tests/test_sim_kernels.py
 runs both on the same scenarios). The timing formulas stay in `perf` (applied per tick, or per
-block of requests), not here. The decode side of a tick (admission, step times, progress) has
-its twins in `decode_kernels.py`; the prefix-cache path (cache-aware routing and its LRU) in
+block of requests), not here.
+
+This module holds the switch, the `compiled` decorator and the routing loop. The twins of the
+rest of a tick live beside it: the decode side (admission, step times, progress) in
+`decode_kernels.py`, the per-tick series in `tick_kernels.py`, the observation's scans in
+`observe_kernels.py`, and the prefix-cache path (cache-aware routing and its LRU) in
 `cache_kernels.py`.
 
 Set HETEROSCALE_SIM_KERNELS=0 to use the reference code even when numba is installed.
@@ -18,10 +22,9 @@ Set HETEROSCALE_SIM_KERNELS=0 to use the reference code even when numba is insta
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
-
-from heteroscale_ray.sim.instances import READY
 
 try:  # numba is optional: without it the reference code runs
     from numba import njit
@@ -34,6 +37,15 @@ ENABLED = njit is not None and os.environ.get("HETEROSCALE_SIM_KERNELS", "1") !=
 def compiled(fn):
     """`fn` compiled (cached on disk beside its module) when the kernels are on."""
     return njit(cache=True, nogil=True)(fn) if ENABLED else fn
+
+
+def warm() -> float:
+    """Pay numba's one-time set-up of a process now (its typing context, 0.5-0.7 s here, on
+    the first call of any kernel), so that a benchmark times the replay and not it; seconds."""
+    t0 = time.perf_counter()
+    if ENABLED:
+        group_min(np.zeros(1), np.zeros(1, dtype=np.int64), 0, 0)
+    return time.perf_counter() - t0
 
 
 @compiled
@@ -197,254 +209,3 @@ def route_tick(
     for p in range(n_pre):
         free_at[pre[p]] = pkey[p]
     return n_routed, n_go
-
-
-@compiled
-def record(
-    rows,  # int64[m]: held instances
-    key,  # int64[m]: their (service, role) bin
-    prefill,  # bool[m]
-    t_ready,  # float64[m]
-    gpus,  # float64[m]
-    gpu_cost,  # float64[m]
-    den,  # float64[m]: SM-activity denominator (peak FLOP/s)
-    state,  # per instance
-    cum_work,
-    free_at,
-    cum_flops,
-    exec_prev,  # updated
-    kv_used,
-    kv_cap,
-    dec_busy,
-    dec_flops,
-    dec_tokens,
-    t1,
-    dt,
-    sums,  # float64[series, bins], zeros: the tick's row of every series (out)
-):
-    """`tick_record.record_tick`'s per-instance part: the same sums in the same row order
-    (numpy's maximum/minimum spelled out: `a if a >= b else b`, `a if a <= b else b`)."""
-    for i in range(len(rows)):
-        row = rows[i]
-        st = state[row]
-        held_out = st == 4 and t_ready[i] <= t1  # SOFT, model loaded
-        ready = st == 1  # READY
-        leaving = st == 2 or held_out  # DRAINING
-        serving = ready or leaving
-        cw = cum_work[row]
-        ready_at = t1 if t1 >= t_ready[i] else t_ready[i]
-        queued = free_at[row] - ready_at
-        executed = cw - (0.0 if queued <= 0.0 else queued)
-        if not cw > 0:
-            executed = 0.0
-        x = (executed - exec_prev[row]) / dt
-        x = x if x >= 0.0 else 0.0
-        busy_p = x if x <= 1.0 else 1.0
-        flops_rate = cum_flops[row] / cw if cw > 0 else 0.0
-        sm_p = busy_p * flops_rate / den[i]
-        exec_prev[row] = executed
-        sm_d = dec_flops[row] / (dt * den[i])
-        bd = dec_busy[row]
-        busy = busy_p if prefill[i] else (bd if bd <= 1.0 else 1.0)
-        sm = sm_p if prefill[i] else sm_d
-        sm = sm if sm <= 1.0 else 1.0
-        if not serving:
-            busy = 0.0
-            sm = 0.0
-        cap = kv_cap[row]
-        kv = kv_used[row] / (cap if cap >= 1.0 else 1.0) if serving and not prefill[i] else 0.0
-        b = key[i]
-        sums[0, b] += 1.0 if ready else 0.0
-        sums[1, b] += 1.0 if st == 0 else 0.0  # STARTING
-        sums[2, b] += 1.0 if leaving else 0.0
-        sums[3, b] += gpus[i]
-        sums[4, b] += gpu_cost[i]
-        sums[5, b] += busy
-        sums[6, b] += sm
-        sums[7, b] += busy * gpus[i]
-        sums[8, b] += sm * gpus[i]
-        sums[9, b] += kv
-        sums[10, b] += dec_tokens[row] if serving else 0.0
-
-
-@compiled
-def in_window(t_first, t_done, lo, hi, a, b):
-    """Requests in [lo, hi) whose first token, and those whose last token, fell in [a, b):
-    `np.flatnonzero((x >= a) & (x < b)) + lo` for x = t_first[lo:hi] and t_done[lo:hi]."""
-    first = np.empty(hi - lo, dtype=np.int64)
-    done = np.empty(hi - lo, dtype=np.int64)
-    n_first = 0
-    n_done = 0
-    for i in range(lo, hi):
-        x = t_first[i]
-        if x >= a and x < b:
-            first[n_first] = i
-            n_first += 1
-        x = t_done[i]
-        if x >= a and x < b:
-            done[n_done] = i
-            n_done += 1
-    return first[:n_first].copy(), done[:n_done].copy()
-
-
-@compiled
-def heaviest_scan(t, total, spans):
-    """`arrival_bursts.heaviest`'s scan, one pass per span: for each u in `spans`, the largest
-    `total[searchsorted(t, t + u, "left")] - total[:len(t)]` (`t` sorted, `total` its running
-    sum from 0). The window's end only moves forward, so it walks instead of searching."""
-    n = len(t)
-    out = np.empty(len(spans))
-    for k in range(len(spans)):
-        u = spans[k]
-        j = 0
-        best = -np.inf
-        for i in range(n):
-            end = t[i] + u
-            while j < n and t[j] < end:
-                j += 1
-            v = total[j] - total[i]
-            if v > best:
-                best = v
-        out[k] = best
-    return out
-
-
-@compiled
-def pairwise_sum(a, lo, n):
-    """`np.sum(a[lo:lo + n])` of float64 values, bit for bit: numpy adds a contiguous array
-    pairwise (halves, cut at a multiple of 8, down to blocks of at most 128, each summed in
-    eight interleaved lanes), not in order, so a loop that adds in order rounds differently.
-    Walked with a stack: numba's on-disk cache mishandles recursive functions."""
-    if n <= 128:
-        return _block_sum(a, lo, n)
-    starts = np.empty(64, dtype=np.int64)  # the halving is at most 64 levels deep
-    sizes = np.empty(64, dtype=np.int64)
-    stage = np.zeros(64, dtype=np.int64)  # 0: go left, 1: go right, 2: add the two
-    sums = np.empty(64)
-    top, held = 0, 0
-    starts[0], sizes[0] = lo, n
-    while top >= 0:
-        m = sizes[top]
-        if m <= 128:
-            sums[held] = _block_sum(a, starts[top], m)
-            held += 1
-            top -= 1
-            continue
-        half = m // 2
-        half -= half % 8
-        if stage[top] == 2:
-            held -= 1
-            sums[held - 1] = sums[held - 1] + sums[held]
-            top -= 1
-            continue
-        right = stage[top] == 1
-        stage[top] += 1
-        top += 1
-        starts[top] = starts[top - 1] + (half if right else 0)
-        sizes[top] = m - half if right else half
-        stage[top] = 0
-    return sums[0]
-
-
-@compiled
-def _block_sum(a, lo, n):
-    """numpy's pairwise sum of at most 128 values: in order under 8, else 8 lanes."""
-    if n < 8:
-        res = 0.0
-        for i in range(lo, lo + n):
-            res += a[i]
-        return res
-    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-    i = 8
-    while i < n - (n % 8):
-        j = lo + i
-        r0 += a[j]
-        r1 += a[j + 1]
-        r2 += a[j + 2]
-        r3 += a[j + 3]
-        r4 += a[j + 4]
-        r5 += a[j + 5]
-        r6 += a[j + 6]
-        r7 += a[j + 7]
-        i += 8
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        res += a[lo + i]
-        i += 1
-    return res
-
-
-@compiled
-def token_steps(made, tau, svc, out):
-    """`tick_record._token_steps` into `out` (one value per service): each service's decode
-    tokens of the tick times its busy instances' mean step (`made`, `tau` and `svc` per
-    instance)."""
-    n = len(made)
-    k = len(out)
-    busy = np.empty(n)
-    count = np.zeros(k)
-    steps = np.zeros(k)
-    tokens = np.zeros(k)
-    m = 0
-    for i in range(n):
-        tokens[svc[i]] += made[i]
-        if made[i] > 0:
-            busy[m] = tau[i]
-            m += 1
-            steps[svc[i]] += tau[i]
-            count[svc[i]] += 1.0
-    if m == 0:
-        out[:] = 0.0
-    elif k == 1:
-        out[0] = (0.0 + pairwise_sum(busy, 0, m)) / m * (0.0 + pairwise_sum(made, 0, n))
-    else:
-        for s in range(k):
-            out[s] = steps[s] / (count[s] if count[s] >= 1.0 else 1.0) * tokens[s]
-
-
-@compiled
-def prefill_queue(row_ids, prefill, svc, state, p_inst, waiting, p_work, t_first, service, t1, out):
-    """`prefill_queue.record_queue` into `out` (one value per service): the work routed to
-    each service's ready prefill instances and not started at `t1`, per such instance (NaN
-    without one); `waiting` in the reference's order, so each sum adds as its bincount does."""
-    k = len(out)
-    count = np.zeros(k)
-    queued = np.zeros(k)
-    for i in range(len(row_ids)):
-        r = row_ids[i]
-        if prefill[i] and state[r] == READY:
-            count[svc[r]] += 1.0
-    for x in range(len(waiting)):
-        rid = waiting[x]
-        if state[p_inst[rid]] != READY:
-            continue
-        work = p_work[rid]
-        if t_first[rid] - work > t1:
-            queued[service[rid]] += work
-    for s in range(k):
-        out[s] = queued[s] / (count[s] if count[s] >= 1.0 else 1.0) if count[s] > 0 else np.nan
-
-
-@compiled
-def percentile(x, q):
-    """`np.percentile(x, q)` (its default, linear method) of a non-empty float64 array, bit
-    for bit: the two order statistics around the virtual index (n - 1) * q / 100, exact
-    however they are selected, then numpy's interpolation (from the upper one when the
-    weight is at least a half). NaN if any value is. `x` is not changed."""
-    n = len(x)
-    for i in range(n):
-        if np.isnan(x[i]):
-            return np.nan
-    at = (n - 1) * (q / 100.0)
-    if at >= n - 1:
-        return np.max(x)
-    below = int(np.floor(at))
-    part = np.partition(x, below)
-    a = part[below]
-    b = np.min(part[below + 1 :])
-    gamma = at - below
-    diff = b - a
-    if gamma >= 0.5:
-        return b - diff * (1.0 - gamma)
-    return a + diff * gamma

@@ -16,7 +16,7 @@ from heteroscale_ray.control.types import Observation, PoolObservation
 from heteroscale_ray.perf.capacity import prefill_work_s
 from heteroscale_ray.policy.arrival_bursts import heaviest
 from heteroscale_ray.policy.types import Signals
-from heteroscale_ray.sim import kernels
+from heteroscale_ray.sim import kernels, observe_kernels
 from heteroscale_ray.sim.cluster import DECODE, PREFILL, ClusterSim
 from heteroscale_ray.sim.instances import READY, distinct
 
@@ -34,7 +34,9 @@ def _ratio(num: float, den: float) -> float | None:
 def _p(values: np.ndarray, q: float) -> float | None:
     if not len(values):
         return None
-    return float(kernels.percentile(values, q) if kernels.ENABLED else np.percentile(values, q))
+    return float(
+        observe_kernels.percentile(values, q) if kernels.ENABLED else np.percentile(values, q)
+    )
 
 
 def request_tbt(sim: ClusterSim, ids: np.ndarray) -> np.ndarray:
@@ -153,7 +155,7 @@ def observe(
         if recent is None:
             # requests [lo, hi) by slices; arrival is sorted, so the last `span` is a suffix
             if kernels.ENABLED:
-                first_in, finished = kernels.in_window(
+                first_in, finished = observe_kernels.in_window(
                     sim.t_first, sim.t_done, lo, hi, now - window_s, now
                 )
             else:
@@ -179,7 +181,7 @@ def observe(
         bursts = heaviest(
             w.arrival[arrived],
             w.input_tokens[arrived] * miss_share,
-            kernels.heaviest_scan if kernels.ENABLED else None,
+            observe_kernels.heaviest_scan if kernels.ENABLED else None,
         )
         tbt = request_tbt(sim, done_in)
         service = sim.p_work[first_in]

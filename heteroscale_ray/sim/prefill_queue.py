@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from heteroscale_ray.sim import kernels
+from heteroscale_ray.sim import kernels, tick_kernels
 from heteroscale_ray.sim.instances import READY
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def record_queue(sim: ClusterSim, lay: Layout, t1: float, waiting: np.ndarray) -
     does not shorten."""
     T = sim.inst
     if kernels.ENABLED:
-        kernels.prefill_queue(
+        tick_kernels.prefill_queue(
             lay.row_ids, lay.prefill, T.svc, T.state, sim.p_inst, waiting, sim.p_work,
             sim.t_first, sim.w.service, t1, sim.ts_prefill_queue[sim.tick],
         )  # fmt: skip

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from heteroscale_ray.sim import kernels
+from heteroscale_ray.sim import kernels, tick_kernels
 from heteroscale_ray.sim.instances import DECODE, DRAINING, PREFILL, READY, SOFT, STARTING
 from heteroscale_ray.sim.layout import SERIES, Layout, layout
 from heteroscale_ray.sim.prefill_queue import record_queue
@@ -34,7 +34,7 @@ def record_tick(sim: ClusterSim, t1: float) -> None:
     lay = layout(sim)
     if kernels.ENABLED:
         sums = np.zeros((len(SERIES), lay.size))
-        kernels.record(
+        tick_kernels.record(
             lay.row_ids,
             lay.key,
             lay.prefill,
@@ -63,7 +63,7 @@ def record_tick(sim: ClusterSim, t1: float) -> None:
     sim.ts_tokens[t, :, DECODE] = sums[-1][:, DECODE]
     if kernels.ENABLED:
         n = T.n
-        kernels.token_steps(
+        tick_kernels.token_steps(
             sim._dec_tokens[:n], sim._dec_steps[:n], T.svc[:n], sim.ts_token_steps[t]
         )
     else:
