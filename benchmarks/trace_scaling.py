@@ -5,13 +5,15 @@ traces are one service's sampled traffic): K time-shifted copies are superposed 
 seed 0; on a diurnal trace each copy shifts by at most 600 s so the day's shape survives) with
 the smallest K for which the static policy's sizing (the peak of 15-s bins, sim/sizing.py, as
 `make_autoscaler('static')` sizes it, without the prefix-cache discount) reaches the target. The
-fleet then holds 2.5x those GPUs of each type. Used by generalization.py and shapes.py.
+fleet then holds 2.5x those GPUs of each type. Used by generalization.py and shapes.py, with
+the command-line helpers the benchmarks share (`--static-gpus`, a chosen subset of names).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,14 @@ def refuse_static_gpus(n: int) -> bool:
         print("--static-gpus must be at least 1", file=sys.stderr)
         return True
     return False
+
+
+def pick(text: str | None, every: Iterable[str]) -> tuple[str, ...]:
+    """A comma-separated command-line subset, or all of `every`."""
+    return tuple(text.split(",")) if text else tuple(every)
+
+
+def unknown(chosen: Iterable[str], known: Iterable[str]) -> str | None:
+    """The first of `chosen` not in `known`, or None."""
+    names = set(known)
+    return next((x for x in chosen if x not in names), None)

@@ -22,7 +22,6 @@ Set HETEROSCALE_SIM_KERNELS=0 to use the reference code even when numba is insta
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
@@ -37,15 +36,6 @@ ENABLED = njit is not None and os.environ.get("HETEROSCALE_SIM_KERNELS", "1") !=
 def compiled(fn):
     """`fn` compiled (cached on disk beside its module) when the kernels are on."""
     return njit(cache=True, nogil=True)(fn) if ENABLED else fn
-
-
-def warm() -> float:
-    """Pay numba's one-time set-up of a process now (its typing context, 0.5-0.7 s here, on
-    the first call of any kernel), so that a benchmark times the replay and not it; seconds."""
-    t0 = time.perf_counter()
-    if ENABLED:
-        group_min(np.zeros(1), np.zeros(1, dtype=np.int64), 0, 0)
-    return time.perf_counter() - t0
 
 
 @compiled
