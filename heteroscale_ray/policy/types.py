@@ -436,9 +436,9 @@ def _onsets(value: Any) -> tuple[Onset, ...]:
 def evolve(state: PolicyState, **changes: Any) -> PolicyState:
     """`dataclasses.replace` for the policy's state, at a tenth of its cost: a decision copies
     its state about 17 times, and replace rebuilds all of its ~65 fields through `__init__`
-    each time (a third of a decision's time on a replay). PolicyState has no `__post_init__`
-    and every field is an init field, so a copy of its fields with `changes` set is what
-    replace builds."""
+    each time (about a fifth of a decision's time on a replay). PolicyState has no
+    `__post_init__` and every field is an init field, so a copy of its fields with `changes`
+    set is what replace builds."""
     unknown = changes.keys() - _STATE_FIELDS
     if unknown:
         raise TypeError(f"PolicyState has no field {', '.join(sorted(unknown))}")
