@@ -48,6 +48,7 @@ from heteroscale_ray.sim.replay import ORACLE_NOTE, ReplayOptions, run_replay  #
 from heteroscale_ray.sim.report import timeline  # noqa: E402
 from heteroscale_ray.sim.tune import TuneResult, paper_rule, tune  # noqa: E402
 from heteroscale_ray.traces import Trace, load_trace  # noqa: E402
+from heteroscale_ray.traces.samples import SAMPLES  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from trace_scaling import (  # noqa: E402
@@ -256,9 +257,9 @@ def _replay(
 
 def _warm(services: ServicesConfig) -> float:
     """Pay numba's one-time set-up (its typing context, each kernel's load from the disk cache)
-    before any replay is timed: a minute of Azure on a small fleet; seconds."""
+    before any replay is timed: a minute of the package's Azure sample on a small fleet."""
     t0 = time.perf_counter()
-    spec, trace = services.by_name()[SERVICE], load_trace(TRACES_DIR / TRACES["azure-conv"][0])
+    spec, trace = services.by_name()[SERVICE], load_trace(SAMPLES["azure-conv"].path)
     _replay("heteroscale", services, spec, None, fleet_for([spec], 256), trace.slice(0, 60.0))
     return time.perf_counter() - t0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from heteroscale_ray.sim.instances import READY
+from heteroscale_ray.sim.instances import DRAINING, READY, SOFT, STARTING
 from heteroscale_ray.sim.kernels import compiled
 
 
@@ -44,9 +44,9 @@ def record(
     for i in range(len(rows)):
         row = rows[i]
         st = state[row]
-        held_out = st == 4 and t_ready[i] <= t1  # SOFT, model loaded
-        ready = st == 1  # READY
-        leaving = st == 2 or held_out  # DRAINING
+        held_out = st == SOFT and t_ready[i] <= t1  # model loaded
+        ready = st == READY
+        leaving = st == DRAINING or held_out
         serving = ready or leaving
         cw = cum_work[row]
         ready_at = t1 if t1 >= t_ready[i] else t_ready[i]
@@ -72,7 +72,7 @@ def record(
         kv = kv_used[row] / (cap if cap >= 1.0 else 1.0) if serving and not prefill[i] else 0.0
         b = key[i]
         sums[0, b] += 1.0 if ready else 0.0
-        sums[1, b] += 1.0 if st == 0 else 0.0  # STARTING
+        sums[1, b] += 1.0 if st == STARTING else 0.0
         sums[2, b] += 1.0 if leaving else 0.0
         sums[3, b] += gpus[i]
         sums[4, b] += gpu_cost[i]
@@ -172,7 +172,7 @@ def token_steps(made, tau, svc, out):
     if m == 0:
         out[:] = 0.0
     elif k == 1:
-        out[0] = (0.0 + pairwise_sum(busy, 0, m)) / m * (0.0 + pairwise_sum(made, 0, n))
+        out[0] = pairwise_sum(busy, 0, m) / m * pairwise_sum(made, 0, n)
     else:
         for s in range(k):
             out[s] = steps[s] / (count[s] if count[s] >= 1.0 else 1.0) * tokens[s]
