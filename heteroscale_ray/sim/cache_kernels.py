@@ -64,7 +64,7 @@ def route_cached(
     ids,  # int64[m]: the requests, arrival order
     arrival,  # float64[n requests]
     input_tokens,  # int64[n requests]
-    block_start,  # int64[n requests + 1], block_ids: `workload.PromptBlocks`
+    block_start,  # int64[n requests + 1], block_ids: `traces.prompt_blocks.PromptBlocks`
     block_ids,
     t0,  # tick start
     kp,  # float64[P, coefficients]: prefill position -> its kind's `prefill_one` coefficients
@@ -72,7 +72,8 @@ def route_cached(
     dkv,  # float64[D]: decode KV load; updated
     dseqs,  # float64[D]: decode sequence load; updated
     dload,  # float64[D]: the binding one of the two; updated
-    inc,  # float64[D, m]: KV load each request adds per decode position
+    inc,  # float64[classes, m]: KV load each request adds per decode class
+    dc,  # int64[D]: decode position -> row of inc
     per_seq,  # float64[D]: sequence load per request
     pstart,  # int64[G+1], ppos: prefill positions of DG i are ppos[pstart[i]:pstart[i+1]]
     ppos,
@@ -150,7 +151,7 @@ def route_cached(
         parg[gi] = group_argmin(pkey, ppos, pstart[gi], pstart[gi + 1])
         pmin[gi] = pkey[parg[gi]]
         d = group_argmin(dload, dpos, dstart[gi], dstart[gi + 1])
-        k = dkv[d] + inc[d, j]
+        k = dkv[d] + inc[dc[d], j]
         dkv[d] = k
         q = dseqs[d] + per_seq[d]
         dseqs[d] = q

@@ -13,7 +13,7 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from heteroscale_ray.sim import cache_kernels, kernels
+from heteroscale_ray.sim import cache_kernels
 from heteroscale_ray.sim.pools import Pools, PoolShape
 from heteroscale_ray.sim.prefix_cache import cached_tokens, pool_blocks
 
@@ -77,13 +77,11 @@ def assign_cached(
     request j adds on a decode instance of class c.
 
     The DG choice is cache-aware (as Mooncake's conductor): the prefill seconds a DG's
-    cached prefix would save count against its queue. Compiled (`cache_kernels.route_cached`)
-    when the kernels are on; the same numbers either way.
+    cached prefix would save count against its queue. The reference for `route_compiled`,
+    which gives the same numbers.
     """
     cshape = _cache_shape(sim, pools.shape)
     ttft_slo = sim.services[s].slo.ttft_s
-    if kernels.ENABLED:
-        return _assign_cached_compiled(sim, ids, t0, pools, inc, cshape, ttft_slo, hold)
     inc_by_pos = [inc[c].tolist() for c in pools.shape.dcls]
     w, cache = sim.w, sim.prefix_cache
     hashes = w.hash_ids
@@ -157,30 +155,25 @@ def assign_cached(
     )
 
 
-def _assign_cached_compiled(
+def route_compiled(
     sim: ClusterSim,
+    shape: PoolShape,
     ids: np.ndarray,
+    inc: np.ndarray,
     t0: float,
-    pools: Pools,
-    inc: list[np.ndarray],
-    cshape: _CacheShape,
     ttft_slo: float,
     hold: float,
+    keys: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, ...]:
-    """`assign_cached` by `cache_kernels.route_cached`: the pools' heaps as arrays in, and back."""
+    """`assign_cached` by `cache_kernels.route_cached` on the pools as arrays (`keys`:
+    `kernels.pool_keys`, updated); `inc[c][j]` as there, one row per decode class."""
     blocks = sim.w.blocks
     assert blocks is not None
-    shape = pools.shape
+    cshape = _cache_shape(sim, shape)
     lru = sim.prefix_cache.arrays(blocks.n_distinct)
     if cshape.slots is None:
         cshape.slots = lru.slots(shape.groups)
     lru.reserve(cshape.slots, int((blocks.start[ids + 1] - blocks.start[ids]).sum()))
-    pkey = np.empty(len(shape.pre))
-    for heap in pools.ph:
-        for f, p in heap:
-            pkey[p] = f
-    dkv, dseqs = np.array(pools.kv), np.array(pools.seqs)
-    dload = np.maximum(dkv, dseqs)  # as `Pools` keys its decode heaps
     m = len(ids)
     out = (
         np.empty(m, dtype=np.int64),
@@ -198,13 +191,9 @@ def _assign_cached_compiled(
         blocks.ids,
         t0,
         cshape.coeffs,
-        pkey,
-        dkv,
-        dseqs,
-        dload,
-        # per decode position, by its class; built in numpy: through Python lists this cost
-        # seconds a tick once a backlog held thousands of requests at the ingress
-        np.array(inc, dtype=float)[shape.dcls_arr].reshape(len(shape.dec), m),
+        *keys,
+        inc,
+        shape.dcls_arr,
         shape.per_seq_arr,
         shape.pstart,
         shape.ppos_flat,
@@ -221,13 +210,4 @@ def _assign_cached_compiled(
         hold,
         *out,
     )
-    # the heaps as the Python loop leaves them (`Pools.free_at` reads them next)
-    free, load = pkey.tolist(), dload.tolist()
-    for heap, pos in zip(pools.ph, shape.ppos, strict=True):
-        heap[:] = [(free[p], p) for p in pos]
-        heapq.heapify(heap)
-    for heap, pos in zip(pools.dh, shape.dpos, strict=True):
-        heap[:] = [(load[d], d) for d in pos]
-        heapq.heapify(heap)
-    pools.kv[:], pools.seqs[:] = dkv.tolist(), dseqs.tolist()
     return tuple(a[:n_routed] for a in out)

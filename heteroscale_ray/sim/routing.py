@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from heteroscale_ray.perf.network import SharedLevel
-from heteroscale_ray.sim import kernels
-from heteroscale_ray.sim.cached_routing import assign_cached
+from heteroscale_ray.sim import cached_routing, kernels
+from heteroscale_ray.sim.compiled_routing import route_compiled
 from heteroscale_ray.sim.instances import PREFILL, distinct
 from heteroscale_ray.sim.pools import Pools, PoolShape, shapes
 
 if TYPE_CHECKING:
-    from heteroscale_ray.perf.instance_kind import InstanceKind
     from heteroscale_ray.sim.cluster import ClusterSim
 
 
@@ -154,17 +153,17 @@ def _route_service(
     ttft_slo = sim.services[s].slo.ttft_s
     hold = hold_s(sim, s)
     cached_l: np.ndarray | None = None  # no hits: `sim.cached` stays 0
+    if kernels.ENABLED:
+        return route_compiled(sim, s, shape, batch, t0, ttft_slo, hold)
     if sim.w.hash_ids is not None:
         pools = Pools(sim, shape, t0)
-        p_pos, d_pos, fin_l, work_l, flops_l, cached_l = assign_cached(
+        p_pos, d_pos, fin_l, work_l, flops_l, cached_l = cached_routing.assign_cached(
             sim, s, ids, t0, pools, batch.inc, hold
         )
         batch = batch.first(len(p_pos))
         (res_l,) = _per_request(d_pos, shape.dcls, {c: (r,) for c, r in enumerate(batch.res)})
         pos, free = pools.free_at()
         T.free_at[shape.pre[pos]] = free
-    elif kernels.ENABLED:
-        return _route_compiled(sim, s, shape, batch, t0, ttft_slo, hold)
     else:
         pools = Pools(sim, shape, t0)
         inc_c = [inc.tolist() for inc in batch.inc]
@@ -186,112 +185,6 @@ def _route_service(
     if len(p_pos):
         _commit(sim, s, shape, batch, p_pos, d_pos, fin_l, work_l, flops_l, res_l, cached_l)
     return ids[len(p_pos) :]
-
-
-def _rows(arrays: list[np.ndarray]) -> np.ndarray:
-    """The arrays as the rows of one 2-D array (a view when there is one)."""
-    return arrays[0].reshape(1, -1) if len(arrays) == 1 else np.stack(arrays)
-
-
-def _route_compiled(
-    sim: ClusterSim,
-    s: int,
-    shape: PoolShape,
-    batch: _Batch,
-    t0: float,
-    ttft_slo: float,
-    hold: float,
-) -> np.ndarray:
-    """`_assign` and `_commit` by `kernels.route_tick`; the same numbers. Returns the held
-    requests."""
-    T = sim.inst
-    m = len(batch.ids)
-    go_ids = np.empty(m, dtype=np.int64)
-    level_counts = np.zeros(len(SharedLevel), dtype=np.int64)
-    n_routed, n_go = kernels.route_tick(
-        batch.ids,
-        batch.arrival,
-        batch.inp,
-        batch.out,
-        t0,
-        _rows([batch.work[k][0] for k in shape.pkinds]),
-        _rows([batch.work[k][1] for k in shape.pkinds]),
-        _kv_seconds(sim, shape, batch),
-        shape.pk_row,
-        _rows(batch.inc),
-        _rows(batch.res),
-        shape.dcls_arr,
-        shape.pre,
-        shape.dec,
-        shape.level(sim),
-        shape.pstart,
-        shape.ppos_flat,
-        shape.dstart,
-        shape.dpos_flat,
-        shape.full_row,
-        shape.batch_row,
-        shape.per_seq_arr,
-        ttft_slo,
-        hold,
-        sim.dt,
-        T.free_at,
-        T.cum_work,
-        T.cum_flops,
-        T.kv_promised,
-        T.n_active,
-        T.n_pending,
-        sim.p_inst,
-        sim.d_inst,
-        sim.t_first,
-        sim.p_work,
-        sim.t_done,
-        sim.reserve,
-        sim.kv_level,
-        sim.kv_time,
-        sim.t_kv,
-        sim.ts_tokens[:, s, PREFILL],
-        level_counts,
-        go_ids,
-    )
-    sim.ts_routed_kvlevel[sim.tick] += level_counts
-    if n_routed:
-        sim._pending = np.concatenate([sim._pending, go_ids[:n_go]])
-        sim._first_new.append(batch.ids[:n_routed])
-    return batch.ids[n_routed:]
-
-
-def _kv_seconds(sim: ClusterSim, shape: PoolShape, batch: _Batch) -> np.ndarray:
-    """KV transfer seconds of each request per prefill kind and switch level [kind, level, j]."""
-    w = sim.w
-
-    def price(kind: InstanceKind, inp: np.ndarray) -> tuple[np.ndarray]:
-        tokens = inp.astype(float)
-        return (
-            np.stack(
-                [
-                    kind.kv_transfer_seconds(tokens, np.full(len(tokens), int(lvl)))
-                    for lvl in SharedLevel
-                ]
-            ),
-        )
-
-    out = []
-    for k in shape.pkinds:
-        kind = sim.kinds[k]
-        if isinstance(batch.at, slice):
-            lo, hi = batch.at.start, batch.at.stop
-            (secs,) = sim.columns.get(
-                ("kv_seconds", k),
-                lo,
-                hi,
-                len(w),
-                lambda a, b, kind=kind: price(kind, w.input_tokens[a:b]),
-                axis=1,
-            )
-        else:
-            (secs,) = price(kind, batch.inp)
-        out.append(secs)
-    return out[0][None] if len(out) == 1 else np.stack(out)
 
 
 def _commit(
