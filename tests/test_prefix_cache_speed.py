@@ -19,7 +19,8 @@ from heteroscale_ray.sim import cache_kernels, kernels
 from heteroscale_ray.sim.cached_routing import PREFILL_COEFFS
 from heteroscale_ray.sim.cluster import ClusterSim, SimConfig
 from heteroscale_ray.sim.prefix_cache import PREFILL_WORKING_TOKENS, LruArrays, PrefixCache
-from heteroscale_ray.sim.workload import PromptBlocks, Workload
+from heteroscale_ray.sim.workload import Workload
+from heteroscale_ray.traces.prompt_blocks import PromptBlocks
 from heteroscale_ray.traces.trace import BLOCK_TOKENS
 
 

@@ -4,40 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class PromptBlocks:
-    """Every prompt's block hashes renumbered 0..n_distinct-1, flat: request j's blocks are
-    `ids[start[j]:start[j + 1]]`. Dense numbers let the compiled prefix cache index arrays
-    by block (`prefix_cache.LruArrays`) instead of hashing Python ints."""
-
-    start: np.ndarray  # int64[n + 1]
-    ids: np.ndarray  # int32[total blocks]
-    n_distinct: int
-
-    @staticmethod
-    def number(hash_ids: Sequence[Sequence[int]]) -> PromptBlocks:
-        lens = np.fromiter(map(len, hash_ids), dtype=np.int64, count=len(hash_ids))
-        start = np.zeros(len(hash_ids) + 1, dtype=np.int64)
-        np.cumsum(lens, out=start[1:])
-        flat = np.fromiter(chain.from_iterable(hash_ids), dtype=np.int64, count=int(start[-1]))
-        if not len(flat):
-            return PromptBlocks(start, np.zeros(0, dtype=np.int32), 0)
-        top = int(flat.max())
-        if flat.min() >= 0 and top < 4 * len(flat) + 1024:  # small (Mooncake's): a table
-            seen = np.zeros(top + 1, dtype=np.int32)
-            seen[flat] = 1
-            rank = np.cumsum(seen) - 1
-            n_distinct = int(rank[-1]) + 1
-            ids = rank[flat]
-        else:
-            uniq, ids = np.unique(flat, return_inverse=True)
-            n_distinct = len(uniq)
-        return PromptBlocks(start, ids.astype(np.int32), n_distinct)
+from heteroscale_ray.traces.prompt_blocks import PromptBlocks
 
 
 @dataclass(frozen=True)
@@ -49,12 +19,14 @@ class Workload:
     output_tokens: np.ndarray
     service: np.ndarray  # index into the simulator's service list
     hash_ids: tuple[tuple[int, ...], ...] | None  # None: no prefix-cache information
-    # `hash_ids` densely numbered, once per workload (None with them)
-    blocks: PromptBlocks | None = field(init=False, repr=False, compare=False)
+    # `hash_ids` densely numbered (None without them); numbered here unless given
+    blocks: PromptBlocks | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        blocks = None if self.hash_ids is None else PromptBlocks.number(self.hash_ids)
-        object.__setattr__(self, "blocks", blocks)
+        if self.hash_ids is None:
+            object.__setattr__(self, "blocks", None)
+        elif self.blocks is None:
+            object.__setattr__(self, "blocks", PromptBlocks.number(self.hash_ids))
 
     @staticmethod
     def from_traces(traces: Mapping[str, object], service_names: Sequence[str]) -> Workload:
@@ -88,12 +60,15 @@ class Workload:
         if np.any(arrival[1:] < arrival[:-1]):
             return None
         hashes = getattr(trace, "hash_ids", ())
+        has_hashes = any(hashes)
         return Workload(
             arrival=arrival,
             input_tokens=np.asarray(trace.input_tokens, dtype=np.int64),  # type: ignore[attr-defined]
             output_tokens=np.asarray(trace.output_tokens, dtype=np.int64),  # type: ignore[attr-defined]
             service=np.broadcast_to(np.int64(service), arrival.shape),
-            hash_ids=tuple(hashes) if any(hashes) else None,
+            hash_ids=tuple(hashes) if has_hashes else None,
+            # a `Trace` numbers its blocks once, however many replays read it
+            blocks=getattr(trace, "prompt_blocks", None) if has_hashes else None,
         )
 
     def __len__(self) -> int:

@@ -13,6 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
+from heteroscale_ray.traces.prompt_blocks import PromptBlocks
 from heteroscale_ray.traces.request import Request
 
 BLOCK_TOKENS = 512  # each of a prompt's hash_ids covers this many tokens (Mooncake's block)
@@ -122,6 +123,12 @@ class Trace:
 
     def __len__(self) -> int:
         return len(self.arrival_s)
+
+    @cached_property
+    def prompt_blocks(self) -> PromptBlocks:
+        """`hash_ids` numbered densely, once per trace (a replay and its cache calibration
+        read the same trace; numbering Mooncake's 1.7M blocks took about 0.1 s)."""
+        return PromptBlocks.number(self.hash_ids)
 
     @cached_property
     def has_hashes(self) -> bool:
