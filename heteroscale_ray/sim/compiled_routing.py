@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from heteroscale_ray.perf.instance_kind import InstanceKind
     from heteroscale_ray.sim.cluster import ClusterSim
     from heteroscale_ray.sim.pools import PoolShape
-    from heteroscale_ray.sim.routing import _Batch
+    from heteroscale_ray.sim.routing import RequestBatch
 
 
 def _rows(arrays: list[np.ndarray]) -> np.ndarray:
@@ -33,7 +33,7 @@ def route_compiled(
     sim: ClusterSim,
     s: int,
     shape: PoolShape,
-    batch: _Batch,
+    batch: RequestBatch,
     t0: float,
     ttft_slo: float,
     hold: float,
@@ -149,7 +149,7 @@ def _request_columns(sim: ClusterSim) -> tuple[np.ndarray, ...]:
     )
 
 
-def _kv_seconds(sim: ClusterSim, shape: PoolShape, batch: _Batch) -> np.ndarray:
+def _kv_seconds(sim: ClusterSim, shape: PoolShape, batch: RequestBatch) -> np.ndarray:
     """KV transfer seconds of each request per prefill kind and switch level [kind, level, j]."""
     w = sim.w
 

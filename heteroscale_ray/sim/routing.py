@@ -5,7 +5,9 @@ the TTFT SLO plus decode KV load; cache-aware where prompts share prefixes).
 Functions of the `ClusterSim` they route for; kept apart from the tick loop in `cluster.py`.
 The per-request loop is the simulator's hottest code (one pass per request of a trace), so it
 works on plain lists with positions into the tick's instance lists, and everything per request
-that does not depend on the choice is priced in bulk beforehand (`RequestColumns`).
+that does not depend on the choice is priced in bulk beforehand (`RequestColumns`). This
+Python is the reference; with numba installed `compiled_routing` routes by the kernels, with
+the same numbers.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def hold_s(sim: ClusterSim, s: int) -> float:
     return 2.0 * sim.dt
 
 
-class _Batch:
+class RequestBatch:
     """The requests one service routes in a tick (arrival order) and what they cost."""
 
     def __init__(self, sim: ClusterSim, s: int, ids: np.ndarray, shape: PoolShape) -> None:
@@ -112,11 +114,11 @@ class _Batch:
                     else kind.prefill_many(self.inp)
                 )
 
-    def first(self, k: int) -> _Batch:
+    def first(self, k: int) -> RequestBatch:
         """The first `k` requests (the routed ones when the rest are held)."""
         if k == len(self.ids):
             return self
-        head = object.__new__(_Batch)
+        head = object.__new__(RequestBatch)
         head.ids = self.ids[:k]
         at = self.at
         head.at = slice(at.start, at.start + k) if isinstance(at, slice) else at[:k]
@@ -149,23 +151,19 @@ def _route_service(
     in order, for the next tick.
     """
     T = sim.inst
-    batch = _Batch(sim, s, ids, shape)
+    batch = RequestBatch(sim, s, ids, shape)
     ttft_slo = sim.services[s].slo.ttft_s
     hold = hold_s(sim, s)
-    cached_l: np.ndarray | None = None  # no hits: `sim.cached` stays 0
     if kernels.ENABLED:
         return route_compiled(sim, s, shape, batch, t0, ttft_slo, hold)
+    pools = Pools(sim, shape, t0)
+    cached_l: np.ndarray | None = None  # no hits: `sim.cached` stays 0
     if sim.w.hash_ids is not None:
-        pools = Pools(sim, shape, t0)
         p_pos, d_pos, fin_l, work_l, flops_l, cached_l = cached_routing.assign_cached(
             sim, s, ids, t0, pools, batch.inc, hold
         )
         batch = batch.first(len(p_pos))
-        (res_l,) = _per_request(d_pos, shape.dcls, {c: (r,) for c, r in enumerate(batch.res)})
-        pos, free = pools.free_at()
-        T.free_at[shape.pre[pos]] = free
     else:
-        pools = Pools(sim, shape, t0)
         inc_c = [inc.tolist() for inc in batch.inc]
         svc_k = {k: work[0].tolist() for k, work in batch.work.items()}
         p_pos, d_pos, fin_l = _assign(
@@ -179,9 +177,9 @@ def _route_service(
         )
         batch = batch.first(len(p_pos))
         work_l, flops_l = _per_request(p_pos, shape.pkind, batch.work)
-        (res_l,) = _per_request(d_pos, shape.dcls, {c: (r,) for c, r in enumerate(batch.res)})
-        pos, free = pools.free_at()
-        T.free_at[shape.pre[pos]] = free
+    (res_l,) = _per_request(d_pos, shape.dcls, {c: (r,) for c, r in enumerate(batch.res)})
+    pos, free = pools.free_at()
+    T.free_at[shape.pre[pos]] = free
     if len(p_pos):
         _commit(sim, s, shape, batch, p_pos, d_pos, fin_l, work_l, flops_l, res_l, cached_l)
     return ids[len(p_pos) :]
@@ -191,7 +189,7 @@ def _commit(
     sim: ClusterSim,
     s: int,
     shape: PoolShape,
-    batch: _Batch,
+    batch: RequestBatch,
     p_pos: np.ndarray,
     d_pos: np.ndarray,
     fin_l: np.ndarray,
