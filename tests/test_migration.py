@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from heteroscale_ray.actors.control_plane import format_migrations
 from heteroscale_ray.config import ConfigError, ServiceSpec, parse_model
 from heteroscale_ray.serving.decode import DecodeChunk, KvHandoffError
 from heteroscale_ray.serving.metrics_hub import MetricsHub
@@ -30,7 +31,6 @@ from heteroscale_ray.serving.migration import (
     Stage,
     StreamEnded,
     failure_reason,
-    format_migrations,
     migration_target,
 )
 from heteroscale_ray.serving.model import (
@@ -566,7 +566,8 @@ def test_killed_decode_replica_under_8_seeded_streams_loses_nothing(stack: Stack
     print(f"\n8 streams completed, {on_victim} on the killed replica, {moved:g} migrations")
     assert moved >= 1, after
 
-    from heteroscale_ray.serving.deployments import request_migrations, wait_for_replicas
+    from heteroscale_ray.serving.deployments import wait_for_replicas
+    from heteroscale_ray.serving.routing_table import request_migrations
 
     totals = _wait_for("the hub's migration totals", lambda: request_migrations() or None)
     assert totals[SERVICE]["decode_failed"] >= moved

@@ -115,11 +115,11 @@ def _status_text(args: argparse.Namespace, *, one_line: bool = False) -> str:
 
     from heteroscale_ray.actors.control_plane import (
         control_plane_status,
+        format_migrations,
         format_status,
         policy_engine,
     )
-    from heteroscale_ray.serving.deployments import request_migrations
-    from heteroscale_ray.serving.migration import format_migrations
+    from heteroscale_ray.serving.routing_table import request_migrations
 
     if args.metrics:
         return ray.get(policy_engine().metrics_text.remote(), timeout=60).rstrip("\n")

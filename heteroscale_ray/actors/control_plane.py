@@ -379,3 +379,19 @@ def format_status(st: dict[str, Any]) -> str:
             f"{e['prefill']}P/{e['decode']}D: {e['message']}"
         )
     return "\n".join(lines)
+
+
+def format_migrations(counts: Mapping[str, Mapping[str, int]] | None) -> str:
+    """`heteroscale status`'s line: requests moved off failed replicas, per service and reason
+    (None: the routing table did not answer)."""
+    if counts is None:
+        return "request migrations: n/a (the routing table did not answer)"
+    if not any(sum(by.values()) for by in counts.values()):
+        return "request migrations: none"
+    parts = []
+    for svc in sorted(counts):
+        by = {r: n for r, n in counts[svc].items() if n}
+        if by:
+            detail = ", ".join(f"{r} {n}" for r, n in sorted(by.items()))
+            parts.append(f"{svc} {sum(by.values())} ({detail})")
+    return "request migrations: " + "; ".join(parts)

@@ -11,7 +11,8 @@
 - `delete_dg`: stop routing to a DG, then delete its application (replicas drain first).
 - `replica_ids`, `replica_details`, `replica_stats`: what runs where, and its metrics.
 - `prompt_arrival_rates`, `ingress_loads`: what arrives at the ingress per service.
-- `request_migrations`: requests moved off failed replicas, per service and reason.
+- `request_migrations` (in `routing_table`, so `heteroscale status` need not import Serve's
+  router): requests moved off failed replicas, per service and reason.
 - `deploy_ingress`: the OpenAI-compatible router application, pinned to the head node.
 
 All functions are synchronous (ray.get) and work from a driver or from inside an actor.
@@ -326,19 +327,6 @@ def ingress_loads() -> dict[str, IngressLoad]:
     import ray
 
     return ray.get(get_routing_table().ingress_loads.remote(), timeout=30)
-
-
-def request_migrations() -> dict[str, dict[str, int]] | None:
-    """Requests the ingress moved off failed replicas, per service and reason (all ingress
-    replicas, since they started); None when no routing table runs or it does not answer."""
-    import ray
-    from ray.exceptions import RayError
-
-    try:
-        table = get_routing_table(create=False)
-        return ray.get(table.request_migrations.remote(), timeout=30)
-    except (ValueError, RayError):  # no serving stack here, or its actor is restarting
-        return None
 
 
 def deploy_ingress(

@@ -151,19 +151,3 @@ def migration_target(
     fresh = {k: d for k, d in others.items() if d.app_name not in failed}
     whole = same is not None and same.prefill_replicas > 0 and same.decode_replicas > 0
     return choose_dg(fresh, inflight) or choose_dg(others, inflight) or (same if whole else None)
-
-
-def format_migrations(counts: Mapping[str, Mapping[str, int]] | None) -> str:
-    """`heteroscale status`'s line: requests moved off failed replicas, per service and reason
-    (None: the routing table did not answer)."""
-    if counts is None:
-        return "request migrations: n/a (the routing table did not answer)"
-    if not any(sum(by.values()) for by in counts.values()):
-        return "request migrations: none"
-    parts = []
-    for svc in sorted(counts):
-        by = {r: n for r, n in counts[svc].items() if n}
-        if by:
-            detail = ", ".join(f"{r} {n}" for r, n in sorted(by.items()))
-            parts.append(f"{svc} {sum(by.values())} ({detail})")
-    return "request migrations: " + "; ".join(parts)

@@ -305,6 +305,19 @@ def get_routing_table(create: bool = True) -> Any:
     ).remote(None, GcsRouteStore())
 
 
+def request_migrations() -> dict[str, dict[str, int]] | None:
+    """Requests the ingress moved off failed replicas, per service and reason (all ingress
+    replicas, since they started); None when no routing table runs or it does not answer."""
+    import ray
+    from ray.exceptions import RayError
+
+    try:
+        table = get_routing_table(create=False)
+        return ray.get(table.request_migrations.remote(), timeout=30)
+    except (ValueError, RayError):  # no serving stack here, or its actor is restarting
+        return None
+
+
 def kill_routing_table() -> None:
     """Remove the detached actor and its checkpoint (tests and benchmarks/serve_e2e.py), so the
     next table starts empty; a no-op when absent."""
