@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from heteroscale_ray.perf.instance_kind import InstanceKind
     from heteroscale_ray.sim.cluster import ClusterSim
     from heteroscale_ray.sim.pools import PoolShape
-    from heteroscale_ray.sim.routing import RequestBatch
+    from heteroscale_ray.sim.request_batch import RequestBatch
 
 
 def _rows(arrays: list[np.ndarray]) -> np.ndarray:
